@@ -1,0 +1,156 @@
+"""The public library API: ``qimg.open`` and ``qimg.create``. The CLI uses nothing else to
+reach images."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+from .errors import QimgError
+from .image import MAX_CHAIN_DEPTH, Image
+from .options import parse_options
+from .plugins import get_registry
+from .protocol import FileProtocol, Protocol
+
+#: where warnings go (the CLI may replace it); qemu-img prints them on stderr
+warn: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
+
+
+def open_protocol(filename: str, *, writable: bool = False, create: bool = False) -> Protocol:
+    """Open the bytes of an image: a host file, or a registered protocol's ``prefix:`` name."""
+    entry = get_registry().protocol_for(filename)
+    if entry is None or entry.name == "file":
+        if create:
+            return FileProtocol.create(filename)
+        return FileProtocol(filename, writable=writable)
+    cls = entry.load()
+    if create:
+        return cls.create(filename)  # type: ignore[attr-defined]
+    return cls(filename, writable=writable)  # type: ignore[call-arg]
+
+
+def resolve_backing_name(image_filename: str, backing: str) -> str:
+    """A backing name as QEMU resolves it: relative names against the image's folder."""
+    if not backing or os.path.isabs(backing) or backing.startswith("json:"):
+        return backing
+    if get_registry().protocol_for(backing) is not None:
+        return backing
+    if get_registry().protocol_for(image_filename) is not None:
+        return backing
+    folder = os.path.dirname(image_filename)
+    return os.path.join(folder, backing) if folder else backing
+
+
+def probe_format(file: Protocol, filename: str) -> str:
+    head = file.pread(0, 512)
+    entry = get_registry().probe(head, filename)
+    if entry is None:
+        raise QimgError(f"Could not open '{filename}': Could not determine image format")
+    return entry.name
+
+
+def open(  # noqa: A001 - the natural name for the public API
+    filename: str,
+    fmt: str | None = None,
+    *,
+    writable: bool = False,
+    backing: bool = True,
+    force_share: bool = False,
+    options: dict[str, Any] | None = None,
+    backing_override: tuple[str | None, str | None] | None = None,
+    _depth: int = 0,
+    _seen: frozenset[str] = frozenset(),
+) -> Image:
+    """Open an image and (unless ``backing=False``) its backing chain.
+
+    ``fmt`` None probes the format (raw only as the last resort, with qemu-img's warning
+    left to the caller). ``options`` are driver open options (``--image-opts`` keys).
+    ``backing_override`` = (filename, format) opens a different backing file than recorded
+    (``None`` filename: no backing at all).
+    """
+    if _depth > MAX_CHAIN_DEPTH:
+        raise QimgError(f"Could not open '{filename}': Backing chain is too deep (more than {MAX_CHAIN_DEPTH} images)")
+    reg = get_registry()
+    entry = reg.format(fmt) if fmt else None
+    file = open_protocol(filename, writable=writable)
+    try:
+        if entry is None:
+            entry = reg.format(probe_format(file, filename))
+        cls = entry.load()
+        try:
+            driver = cls(file, filename=filename, writable=writable, options=dict(options or {}))
+        except QimgError as e:
+            if e.message.startswith("Could not open"):
+                raise
+            raise QimgError(f"Could not open '{filename}': {e.message}", e.exit_code) from None
+    except BaseException:
+        file.close()
+        raise
+    img = Image(driver, format_name=entry.name, filename=filename)
+    if backing_override is not None:
+        bname, bfmt = backing_override
+    else:
+        bname, bfmt = driver.backing_filename, driver.backing_format
+    if backing and bname:
+        full = resolve_backing_name(filename, bname) if backing_override is None else bname
+        key = os.path.realpath(full) if get_registry().protocol_for(full) is None else full
+        me = os.path.realpath(filename)
+        if key in _seen or key == me:
+            driver.close()
+            raise QimgError(f"Could not open '{filename}': Backing file '{bname}' creates an infinite loop")
+        try:
+            img.backing = open(full, bfmt, writable=False, force_share=True,
+                               _depth=_depth + 1, _seen=_seen | {me})
+        except QimgError as e:
+            driver.close()
+            msg = e.message
+            if not msg.startswith("Could not open backing file"):
+                msg = f"Could not open backing file: {msg}"
+            raise QimgError(f"Could not open '{filename}': {msg}" if _depth == 0 else msg, e.exit_code) from None
+        driver.backing = img.backing
+    return img
+
+
+def create(
+    filename: str,
+    fmt: str,
+    size: int | None = None,
+    options: dict[str, Any] | str | None = None,
+    *,
+    backing_file: str | None = None,
+    backing_fmt: str | None = None,
+    unsafe: bool = False,
+) -> None:
+    """Create an image, as ``qemu-img create``.
+
+    ``options`` is a dict of typed values or a ``-o`` string (validated against the driver's
+    ``create_opts``). Without ``size`` the backing file's size is used (opened unless
+    ``unsafe``).
+    """
+    cls = get_registry().format(fmt).load()
+    if isinstance(options, str) or options is None:
+        opts = parse_options(options or "", cls.create_opts)
+    else:
+        opts = dict(options)
+    if backing_file is not None:
+        opts["backing_file"] = backing_file
+    if backing_fmt is not None:
+        opts["backing_fmt"] = backing_fmt
+    if opts.get("backing_file") and not cls.supports_backing:
+        raise QimgError(f"Backing file not supported for file format '{fmt}'")
+    if size is None:
+        size = opts.pop("size", None)
+    else:
+        opts.pop("size", None)
+    if opts.get("backing_file") and (size is None or not unsafe):
+        bname = resolve_backing_name(filename, opts["backing_file"])
+        try:
+            with open(bname, opts.get("backing_fmt"), force_share=True) as b:
+                if size is None:
+                    size = b.size
+        except QimgError as e:
+            if size is None or not unsafe:
+                raise QimgError(f"Could not open backing image.\n{e.message}" if size is None else e.message) from None
+    if size is None:
+        raise QimgError("Image creation needs a size parameter")
+    cls.create(filename, size, opts)

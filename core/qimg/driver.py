@@ -1,0 +1,227 @@
+"""The format driver interface: QEMU's BlockDriver, in Python, synchronous.
+
+A driver subclasses :class:`Format`. The class carries the static facts (``format_name``,
+``create_opts``, ...); an instance is one open image. The generic layer (:mod:`qimg.image`)
+does bounds checks, reading past the end, falling through to the backing image and chain
+walks once for every format, so a driver answers only for its own layer.
+
+Every optional capability raises :class:`NotSupported` with qemu-img's message by default.
+Drivers do all I/O through ``self.file`` (a :class:`qimg.protocol.Protocol`); reads of
+unallocated ranges are never asked of them. Copy-on-write of partial clusters reads
+``self.backing`` (an :class:`qimg.image.Image` or None) via :meth:`read_backing`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from .blockstatus import ALLOCATED, DATA, OFFSET_VALID, Status
+from .errors import NotSupported
+from .options import Option
+
+if TYPE_CHECKING:
+    from .image import Image
+    from .protocol import Protocol
+
+ProgressFn = Callable[[float, float], None]  # (done, total)
+
+
+@dataclass
+class CheckResult:
+    """Result of ``check``; field names follow QEMU's ImageCheck and the JSON keys."""
+
+    filename: str = ""
+    format: str = ""
+    check_errors: int = 0
+    corruptions: int = 0
+    leaks: int = 0
+    corruptions_fixed: int = 0
+    leaks_fixed: int = 0
+    image_end_offset: int | None = None
+    total_clusters: int | None = None
+    allocated_clusters: int | None = None
+    fragmented_clusters: int | None = None
+    compressed_clusters: int | None = None
+    # human-readable lines printed before the summary (``Leaked cluster 5 refcount=1 reference=0``)
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SnapshotInfo:
+    """One internal snapshot, as ``qemu-img snapshot -l`` and ``info`` show it."""
+
+    id: str
+    name: str
+    vm_state_size: int = 0
+    date_sec: int = 0
+    date_nsec: int = 0
+    vm_clock_nsec: int = 0
+    icount: int | None = None
+
+
+class Format:
+    """Base class of format drivers. Override what the format supports."""
+
+    #: name given to ``-f``/``-O``
+    format_name: ClassVar[str] = ""
+    #: options accepted by ``create -o`` (also printed by ``-o help``)
+    create_opts: ClassVar[list[Option]] = []
+    #: options accepted by ``amend -o``; empty means amend is not supported
+    amend_opts: ClassVar[list[Option]] = []
+    #: the format can record a backing file
+    supports_backing: ClassVar[bool] = False
+    #: the format stores compressed clusters (``convert -c``)
+    supports_compression: ClassVar[bool] = False
+    #: a new image reads as zeroes without writing them (``convert`` may skip zero runs)
+    zero_init: ClassVar[bool] = True
+
+    # -- set by open --------------------------------------------------------
+    file: "Protocol"
+    filename: str
+    writable: bool
+    backing: "Image | None" = None
+    #: backing file name as recorded in the image (not resolved), or None
+    backing_filename: str | None = None
+    #: backing format as recorded, or None
+    backing_format: str | None = None
+
+    # -- static -------------------------------------------------------------
+    @classmethod
+    def probe(cls, head: bytes, filename: str) -> int:
+        """Score 0..100 that ``head`` (first 512 bytes) is this format."""
+        return 0
+
+    @classmethod
+    def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
+        """Create a new image at ``filename`` of ``size`` bytes.
+
+        ``opts`` holds validated create options by name (``backing_file``, ``backing_fmt``,
+        ``preallocation``, ...). Use :meth:`qimg.protocol.FileProtocol.create` (or the
+        registry's protocol for prefixed names) to make the file.
+        """
+        raise NotSupported(f"Format driver '{cls.format_name}' does not support image creation")
+
+    @classmethod
+    def measure(cls, size: int | None, opts: dict[str, Any], source: "Image | None") -> dict[str, int]:
+        """Return ``{"required": n, "fully-allocated": m}`` (and ``"bitmaps"`` if any)."""
+        raise NotSupported(f"Format driver '{cls.format_name}' does not support size measurement")
+
+    # -- open ---------------------------------------------------------------
+    def __init__(self, file: "Protocol", *, filename: str, writable: bool, options: dict[str, Any]) -> None:
+        """Parse and validate the header; raise QimgError/CorruptImage on bad input."""
+        self.file = file
+        self.filename = filename
+        self.writable = writable
+        self.options = options
+
+    @property
+    def size(self) -> int:
+        """Virtual (guest) size in bytes."""
+        raise NotImplementedError
+
+    # -- I/O of this layer ----------------------------------------------------
+    def block_status(self, offset: int, length: int) -> Status:
+        """Status of the run starting at ``offset`` (``0 < result.length <= length``).
+
+        ``ALLOCATED`` means this layer answers; ``ZERO`` means it reads as zeroes;
+        ``DATA|OFFSET_VALID`` with ``host_offset``/``file`` for data stored plainly.
+        Compressed or encrypted data is ``DATA|ALLOCATED`` without OFFSET_VALID.
+        """
+        return Status(DATA | ALLOCATED | OFFSET_VALID, length, offset, self.file.filename)
+
+    def read(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` with guest data at ``offset``; only called on allocated data runs."""
+        raise NotImplementedError
+
+    def write(self, offset: int, data: memoryview) -> None:
+        """Write guest data (within ``size``); do copy-on-write from the backing image."""
+        raise NotSupported("Operation not supported")
+
+    def write_compressed(self, offset: int, data: memoryview) -> None:
+        """Write one whole cluster compressed (``convert -c``)."""
+        raise NotSupported("Compression is not supported for this image format")
+
+    def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
+        """Make a range read as zeroes (in this layer, hiding the backing image)."""
+        from .protocol import ZERO_CHUNK
+
+        end = offset + length
+        while offset < end:
+            n = min(len(ZERO_CHUNK), end - offset)
+            self.write(offset, memoryview(ZERO_CHUNK)[:n])
+            offset += n
+
+    def discard(self, offset: int, length: int) -> None:
+        """Deallocate a range if the format can; reads may then fall through to backing."""
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        """Write back metadata and release the file."""
+        self.file.close()
+
+    def read_backing(self, offset: int, buf: memoryview) -> None:
+        """Helper for copy-on-write: backing image data, zeroes where there is none."""
+        if self.backing is None:
+            buf[:] = bytes(len(buf))
+        else:
+            self.backing.preadinto(offset, buf)
+
+    # -- metadata -----------------------------------------------------------
+    def allocated_file_size(self) -> int | None:
+        """``disk size``: host bytes used by this image's files."""
+        return self.file.allocated_size()
+
+    def format_specific_info(self) -> dict[str, Any] | None:
+        """``format-specific`` data of ``info`` (JSON keys; the human form is derived)."""
+        return None
+
+    def info_extra(self) -> dict[str, Any]:
+        """Extra top-level ``info`` keys (``cluster-size``, ``encrypted``, ``dirty-flag``...)."""
+        return {}
+
+    def truncate(self, size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
+        raise NotSupported("Image format driver does not support resize")
+
+    def check(self, fix: set[str]) -> CheckResult:
+        """Check (``fix`` is a subset of ``{"leaks", "errors"}``)."""
+        raise NotSupported("This image format does not support checks", exit_code=63)
+
+    def amend(self, opts: dict[str, Any], progress: ProgressFn | None = None, force: bool = False) -> None:
+        raise NotSupported(f"Format driver '{self.format_name}' does not support option amendment")
+
+    def make_empty(self) -> None:
+        """Drop all data of this layer (``commit`` without ``-d``)."""
+        raise NotSupported("Operation not supported")
+
+    def change_backing_file(self, filename: str | None, fmt: str | None) -> None:
+        """Rewrite the recorded backing name/format (rebase)."""
+        raise NotSupported("Operation not supported")
+
+    # -- snapshots ----------------------------------------------------------
+    def snapshot_list(self) -> list[SnapshotInfo]:
+        return []
+
+    def snapshot_create(self, name: str) -> None:
+        raise NotSupported("Operation not supported")
+
+    def snapshot_goto(self, id_or_name: str) -> None:
+        raise NotSupported("Operation not supported")
+
+    def snapshot_delete(self, id_or_name: str | None, name: str | None = None) -> None:
+        raise NotSupported("Operation not supported")
+
+    def snapshot_load_readonly(self, snapshot_id: str | None, name: str | None) -> None:
+        """Switch this (read-only) instance to show a snapshot's data (``convert -l``)."""
+        raise NotSupported("Operation not supported")
+
+    # -- cluster geometry (convert, measure, map use it for alignment) --------
+    @property
+    def cluster_size(self) -> int | None:
+        return None
+
+
+def plain_data_status(length: int, offset: int, filename: str) -> Status:
+    """Convenience for formats whose data is stored as-is at a known offset."""
+    return Status(DATA | ALLOCATED | OFFSET_VALID, length, offset, filename)

@@ -1,0 +1,231 @@
+"""The generic block layer: an open image with its backing chain.
+
+This is what ``qimg.open`` returns and what every command uses. It does, once for every
+format, what QEMU's ``block/io.c`` does: bounds checks, zeroes past the end, falling through
+to the backing image for unallocated runs, and chain-wide block status with depth.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import TYPE_CHECKING, Any, Iterator
+
+from .blockstatus import ALLOCATED, DATA, ZERO, Status
+from .errors import QimgError
+from .protocol import ZERO_CHUNK
+
+if TYPE_CHECKING:
+    from .driver import Format
+
+#: deepest backing chain we follow before calling it an error (guards hostile loops too)
+MAX_CHAIN_DEPTH = 256
+
+
+def zero_fill(view: memoryview) -> None:
+    """Zero a writable buffer without allocating per call."""
+    n = len(view)
+    pos = 0
+    while pos < n:
+        k = min(len(ZERO_CHUNK), n - pos)
+        view[pos : pos + k] = ZERO_CHUNK[:k]
+        pos += k
+
+
+def is_zero(data: bytes | memoryview) -> bool:
+    """True when a buffer holds only zero bytes (compared in C, not per byte)."""
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    n = len(view)
+    pos = 0
+    while pos < n:
+        k = min(len(ZERO_CHUNK), n - pos)
+        if view[pos : pos + k] != ZERO_CHUNK[:k]:
+            return False
+        pos += k
+    return True
+
+
+class Image:
+    """An open image: guest-visible reads and writes over a driver and its backing chain."""
+
+    def __init__(self, driver: "Format", *, format_name: str, filename: str,
+                 backing: "Image | None" = None) -> None:
+        self.driver = driver
+        self.format = format_name
+        self.filename = filename
+        self.backing = backing
+        driver.backing = backing
+
+    # -- facts ----------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self.driver.size
+
+    @property
+    def writable(self) -> bool:
+        return self.driver.writable
+
+    def chain(self) -> list["Image"]:
+        """This image and its backing images, top first."""
+        out: list[Image] = []
+        img: Image | None = self
+        while img is not None:
+            out.append(img)
+            img = img.backing
+        return out
+
+    # -- reads ------------------------------------------------------------------
+    def pread(self, offset: int, length: int) -> bytes:
+        buf = bytearray(length)
+        self.preadinto(offset, memoryview(buf))
+        return bytes(buf)
+
+    def preadinto(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` with guest data from ``offset``; zeroes past the end."""
+        if offset < 0:
+            raise QimgError("Invalid offset")
+        buf = memoryview(buf).cast("B") if memoryview(buf).format != "B" else memoryview(buf)
+        n = len(buf)
+        size = self.size
+        pos = 0
+        drv = self.driver
+        while pos < n:
+            off = offset + pos
+            if off >= size:
+                zero_fill(buf[pos:])
+                return
+            st = drv.block_status(off, min(n - pos, size - off))
+            k = st.length
+            if k <= 0:
+                raise QimgError(f"'{self.filename}': driver returned an empty block status run")
+            view = buf[pos : pos + k]
+            if st.flags & ZERO:
+                zero_fill(view)
+            elif st.flags & (ALLOCATED | DATA):
+                drv.read(off, view)
+            elif self.backing is not None:
+                self.backing.preadinto(off, view)
+            else:
+                zero_fill(view)
+            pos += k
+
+    # -- writes -----------------------------------------------------------------
+    def _check_write(self, offset: int, length: int) -> None:
+        if not self.writable:
+            raise QimgError(f"'{self.filename}' is opened read-only")
+        if offset < 0 or offset + length > self.size:
+            raise QimgError(f"Write of {length} bytes at {offset} is beyond the end of '{self.filename}'")
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B") if memoryview(data).format != "B" else memoryview(data)
+        self._check_write(offset, len(view))
+        if len(view):
+            self.driver.write(offset, view)
+
+    def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
+        self._check_write(offset, length)
+        if length:
+            self.driver.write_zeroes(offset, length, unmap)
+
+    def write_compressed(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        self._check_write(offset, len(view))
+        self.driver.write_compressed(offset, view)
+
+    def discard(self, offset: int, length: int) -> None:
+        self._check_write(offset, length)
+        self.driver.discard(offset, length)
+
+    def flush(self) -> None:
+        if self.writable:
+            self.driver.flush()
+
+    def truncate(self, size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
+        self.driver.truncate(size, shrink=shrink, preallocation=preallocation)
+
+    # -- block status -----------------------------------------------------------------
+    def block_status(self, offset: int, length: int) -> Status:
+        """This layer's status for the run at ``offset`` (past the end: unallocated zeroes)."""
+        size = self.size
+        if offset >= size:
+            return Status(ZERO, max(length, 1))
+        return self.driver.block_status(offset, min(length, size - offset))
+
+    def chain_status(self, offset: int, length: int, base: "Image | None" = None) -> Status:
+        """Status across the chain down to (not including) ``base``, with ``depth``.
+
+        A run allocated nowhere has depth == number of layers searched and no DATA.
+        """
+        img: Image | None = self
+        depth = 0
+        while img is not None and img is not base:
+            st = img.block_status(offset, length)
+            if st.flags & ALLOCATED:
+                return Status(st.flags, st.length, st.host_offset, st.file, depth)
+            length = st.length
+            img = img.backing
+            depth += 1
+        return Status(0, length, None, None, depth)
+
+    def extents(self, offset: int = 0, length: int | None = None, base: "Image | None" = None) -> Iterator[Status]:
+        """Iterate chain statuses over a range, merged where identical in kind."""
+        end = self.size if length is None else offset + length
+        while offset < end:
+            st = self.chain_status(offset, end - offset, base)
+            yield st
+            offset += st.length
+
+    # -- life cycle ---------------------------------------------------------------
+    def close(self) -> None:
+        for img in self.chain():
+            try:
+                img.driver.close()
+            except OSError as e:
+                raise QimgError(f"Could not close '{img.filename}': {os.strerror(e.errno or 5)}") from None
+
+    def __enter__(self) -> "Image":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def as_file(self) -> "ImageFile":
+        """A seekable binary file object over the guest view."""
+        return ImageFile(self)
+
+
+class ImageFile(io.RawIOBase):
+    """``io`` adapter: lets any Python code read (and write) an image as a file."""
+
+    def __init__(self, image: Image) -> None:
+        self.image = image
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return self.image.writable
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.image.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        n = max(0, min(len(b), self.image.size - self.pos))
+        if n:
+            self.image.preadinto(self.pos, memoryview(b)[:n])
+        self.pos += n
+        return n
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b)
+        self.image.pwrite(self.pos, view)
+        self.pos += len(view)
+        return len(view)

@@ -1,0 +1,147 @@
+"""Option strings (``-o a=b,c=d``) and typed option declarations, as QEMU's QemuOpts.
+
+A driver declares its create and amend options as a list of :class:`Option`; the same
+data serves ``-o help``, validation, and conversion of the strings to Python values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .errors import QimgError
+from .units import parse_size
+
+SIZE, BOOL, STRING, NUMBER = "size", "bool", "str", "num"
+
+_TRUE = {"on", "yes", "true", "y"}
+_FALSE = {"off", "no", "false", "n"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One create/amend option: ``name``, ``type`` (size/bool/str/num), ``help``, ``default``."""
+
+    name: str
+    type: str
+    help: str
+    default: Any = None
+
+    def help_line(self) -> str:
+        kind = {SIZE: "<size>", BOOL: "<bool (on/off)>", STRING: "<str>", NUMBER: "<num>"}[self.type]
+        left = f"  {self.name}={kind}"
+        return f"{left:<24} - {self.help}" if self.help else left
+
+    def convert(self, value: str) -> Any:
+        """String to typed value, raising QimgError with QEMU's message."""
+        if self.type == BOOL:
+            v = value.lower()
+            if v in _TRUE:
+                return True
+            if v in _FALSE:
+                return False
+            raise QimgError(f"Parameter '{self.name}' expects 'on' or 'off'")
+        if self.type == SIZE:
+            try:
+                if value.startswith("-"):
+                    raise ValueError
+                return parse_size(value)
+            except ValueError:
+                raise QimgError(
+                    f"Parameter '{self.name}' expects a non-negative number below 2^64\n"
+                    "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+                    "and exabytes, respectively."
+                ) from None
+        if self.type == NUMBER:
+            try:
+                return int(value, 0)
+            except ValueError:
+                raise QimgError(f"Parameter '{self.name}' expects a number") from None
+        return value
+
+
+def split_options(text: str) -> list[tuple[str, str | None]]:
+    """Split ``a=b,c,,d=e,flag`` into pairs; ``,,`` is an escaped comma.
+
+    A bare name (no ``=``) yields ``(name, None)``; callers treat it as ``on`` for
+    booleans and ``help``/``?`` as the help request.
+    """
+    pairs: list[tuple[str, str | None]] = []
+    i, n = 0, len(text)
+    while i < n:
+        # key up to '=' or ','
+        j = i
+        while j < n and text[j] not in "=,":
+            j += 1
+        key = text[i:j]
+        if j < n and text[j] == "=":
+            j += 1
+            buf = []
+            while j < n:
+                if text[j] == ",":
+                    if j + 1 < n and text[j + 1] == ",":
+                        buf.append(",")
+                        j += 2
+                        continue
+                    break
+                buf.append(text[j])
+                j += 1
+            pairs.append((key, "".join(buf)))
+        else:
+            pairs.append((key, None))
+        i = j + 1
+    return pairs
+
+
+def merge_option_strings(strings: Iterable[str]) -> str:
+    """Repeated ``-o`` options merge with a comma, as qemu-img does."""
+    return ",".join(s for s in strings if s)
+
+
+def is_help_request(text: str | None) -> bool:
+    """True when an option string asks for the option list (``help`` or ``?`` anywhere)."""
+    if not text:
+        return False
+    return any(k in ("help", "?") and v is None for k, v in split_options(text))
+
+
+def parse_options(text: str, declared: list[Option], *, prefix_error: str = "") -> dict[str, Any]:
+    """Validate and convert an option string against declared options.
+
+    Later values of a repeated key win, as with QemuOpts. Unknown keys raise
+    ``Invalid parameter 'x'``. Nested names (``encrypt.format``) are kept flat.
+    """
+    by_name = {o.name: o for o in declared}
+    result: dict[str, Any] = {}
+    for key, value in split_options(text):
+        if not key and value is None:
+            continue
+        opt = by_name.get(key)
+        if opt is None:
+            raise QimgError(f"{prefix_error}Invalid parameter '{key}'")
+        if value is None:
+            if opt.type == BOOL:
+                result[key] = True
+                continue
+            value = ""
+        try:
+            result[key] = opt.convert(value)
+        except QimgError as e:
+            raise QimgError(prefix_error + e.message) from None
+    return result
+
+
+def options_help(format_name: str, declared: list[Option]) -> str:
+    """The text of ``qemu-img create -f FMT -o help``."""
+    lines = [f"Supported {format_name} options:"]
+    lines += [o.help_line() for o in sorted(declared, key=lambda o: o.name)]
+    lines += ["", "The protocol level may support further options.",
+              "Specify the target filename to include those options."]
+    return "\n".join(lines)
+
+
+def parse_dotted(text: str) -> dict[str, str]:
+    """``driver=qcow2,file.filename=x`` (``--image-opts``) into a flat dict of strings."""
+    out: dict[str, str] = {}
+    for k, v in split_options(text):
+        out[k] = "on" if v is None else v
+    return out

@@ -1,0 +1,103 @@
+"""The registry plugins fill: formats and protocols by name, loaded lazily."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import QimgError
+
+if TYPE_CHECKING:
+    from .driver import Format
+    from .protocol import Protocol
+
+ProbeFn = Callable[[bytes, str], int]
+
+
+def load_object(path: str) -> Any:
+    """Import ``"package.module:Attr"``."""
+    module, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split(".") if attr else []:
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass
+class FormatEntry:
+    name: str
+    driver: str
+    probe: ProbeFn | None = None
+    description: str = ""
+    plugin: str = ""
+    _cls: Any = field(default=None, repr=False)
+
+    def load(self) -> "type[Format]":
+        if self._cls is None:
+            self._cls = load_object(self.driver)
+        return self._cls
+
+
+@dataclass
+class ProtocolEntry:
+    name: str
+    driver: str
+    prefixes: tuple[str, ...] = ()
+    plugin: str = ""
+    _cls: Any = field(default=None, repr=False)
+
+    def load(self) -> "type[Protocol]":
+        if self._cls is None:
+            self._cls = load_object(self.driver)
+        return self._cls
+
+
+class Registry:
+    """What plugins registered. Duplicate names are refused (pluggy would hide them)."""
+
+    def __init__(self) -> None:
+        self.formats: dict[str, FormatEntry] = {}
+        self.protocols: dict[str, ProtocolEntry] = {}
+        self.current_plugin = ""
+
+    def add_format(self, name: str, driver: str, *, probe: ProbeFn | None = None, description: str = "") -> None:
+        if name in self.formats:
+            other = self.formats[name].plugin
+            raise QimgError(f"Format '{name}' is registered twice (by {other} and {self.current_plugin})")
+        self.formats[name] = FormatEntry(name, driver, probe, description, self.current_plugin)
+
+    def add_protocol(self, name: str, driver: str, *, prefixes: tuple[str, ...] = ()) -> None:
+        if name in self.protocols:
+            raise QimgError(f"Protocol '{name}' is registered twice")
+        self.protocols[name] = ProtocolEntry(name, driver, tuple(prefixes) or (name,), self.current_plugin)
+
+    def format(self, name: str) -> FormatEntry:
+        """Entry for a format name, or qemu-img's ``Unknown file format`` error."""
+        try:
+            return self.formats[name]
+        except KeyError:
+            raise QimgError(f"Unknown file format '{name}'") from None
+
+    def format_names(self) -> list[str]:
+        return sorted(self.formats)
+
+    def probe(self, head: bytes, filename: str) -> FormatEntry | None:
+        """Best-scoring format for the first bytes of a file, as QEMU's bdrv_probe_all."""
+        best, best_score = None, 0
+        for entry in self.formats.values():
+            if entry.probe is None:
+                continue
+            score = entry.probe(head, filename)
+            if score > best_score:
+                best, best_score = entry, score
+        return best
+
+    def protocol_for(self, filename: str) -> ProtocolEntry | None:
+        """The protocol a ``prefix:`` filename selects, or None for a plain path."""
+        head, sep, _ = filename.partition(":")
+        if not sep or "/" in head:
+            return None
+        for entry in self.protocols.values():
+            if head in entry.prefixes or head.split("+")[0] in entry.prefixes:
+                return entry
+        return None

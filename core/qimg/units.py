@@ -1,0 +1,69 @@
+"""Size parsing and printing, as QEMU's ``qemu_strtosz`` and ``size_to_str`` do."""
+from __future__ import annotations
+
+import re
+
+from .errors import QimgError
+
+_SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|0[xX][0-9a-fA-F]+)\s*([a-zA-Z]?)\s*$")
+
+
+def parse_size(text: str, default_suffix: str = "b") -> int:
+    """Parse ``1.5G``, ``512``, ``64k``.  Raise ValueError on junk or overflow.
+
+    Like qemu_strtosz: suffixes b/k/M/G/T/P/E in either case, binary multiples,
+    fractions allowed only with a suffix other than bytes, result must fit in int64.
+    """
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(text)
+    num, suffix = m.group(1), m.group(2).lower()
+    if not suffix:
+        suffix = default_suffix
+    if suffix not in _SUFFIX:
+        raise ValueError(text)
+    mult = _SUFFIX[suffix]
+    if num.lower().startswith("0x"):
+        if m.group(2):
+            raise ValueError(text)
+        value = int(num, 16)
+    elif "." in num:
+        if mult == 1:
+            raise ValueError(text)
+        from fractions import Fraction
+
+        value = int(Fraction(num) * mult)
+    else:
+        value = int(num) * mult
+    if value >= 1 << 63:
+        raise ValueError(text)
+    return value
+
+
+def parse_image_size(text: str) -> int:
+    """Size argument of create/measure, with qemu-img's error text."""
+    try:
+        if text.startswith("-"):
+            raise ValueError(text)
+        return parse_size(text)
+    except ValueError:
+        raise QimgError(
+            "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
+            "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
+        ) from None
+
+
+def size_to_str(size: int) -> str:
+    """Human size as QEMU's ``size_to_str``: ``1 MiB``, ``4 KiB``, ``1.5 GiB``, ``512 B``."""
+    suffixes = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    if size < 1024:
+        return f"{size} B"
+    import math
+
+    # QEMU switches unit once the value would print as >= 1000 of the smaller one
+    i = int(math.floor(math.log2(size * (1024 / 1000))) // 10)
+    i = min(i, len(suffixes) - 1)
+    div = 1 << (10 * i)
+    value = size / div
+    return f"{value:0.3g} {suffixes[i]}"

@@ -1,0 +1,12 @@
+"""qimg-raw: the raw format plugin. Registers a name, a probe and a lazy driver path."""
+from qimg.plugins import hookimpl
+
+
+def probe(head: bytes, filename: str) -> int:
+    # raw matches anything, with the lowest score: it wins only when no format claims the file
+    return 1
+
+
+@hookimpl
+def qimg_register_formats(registry) -> None:
+    registry.add_format("raw", "qimg_raw.driver:RawFormat", probe=probe, description="Raw disk image")

@@ -1,0 +1,109 @@
+"""The raw format: guest bytes are the file's bytes (optionally a window: offset/size)."""
+from __future__ import annotations
+
+from typing import Any
+
+from qimg.api import open_protocol
+from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
+from qimg.driver import Format
+from qimg.errors import QimgError
+from qimg.options import SIZE, STRING, Option
+
+PREALLOC_MODES = ("off", "falloc", "full")
+
+
+def preallocate(file, start: int, end: int, mode: str) -> None:
+    """Grow a file from ``start`` to ``end`` by preallocation mode (off/falloc/full)."""
+    if end <= start:
+        return
+    if mode == "off":
+        file.truncate(end)
+    elif mode == "falloc":
+        file.truncate(end)
+        file.allocate(start, end - start)
+    elif mode == "full":
+        from qimg.protocol import ZERO_CHUNK
+
+        pos = start
+        while pos < end:
+            n = min(len(ZERO_CHUNK), end - pos)
+            file.pwrite(pos, memoryview(ZERO_CHUNK)[:n])
+            pos += n
+    else:
+        raise QimgError(f"Unsupported preallocation mode '{mode}'")
+
+
+class RawFormat(Format):
+    format_name = "raw"
+    create_opts = [
+        Option("size", SIZE, "Virtual disk size"),
+    ]
+    # the file protocol's options qemu-img shows when a filename is given
+    file_create_opts = [
+        Option("extent_size_hint", SIZE, "Extent size hint for the image file, 0 to disable"),
+        Option("nocow", "bool", "Turn off copy-on-write (valid only on btrfs)"),
+        Option("preallocation", STRING, "Preallocation mode (allowed values: off, falloc, full)"),
+        Option("size", SIZE, "Virtual disk size"),
+    ]
+
+    @classmethod
+    def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
+        mode = opts.get("preallocation") or "off"
+        if mode not in PREALLOC_MODES:
+            raise QimgError(f"Parameter 'preallocation' does not accept value '{mode}'")
+        file = open_protocol(filename, create=True, writable=True)
+        try:
+            file.truncate(0)
+            preallocate(file, 0, size, mode)
+        finally:
+            file.close()
+
+    def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
+        super().__init__(file, filename=filename, writable=writable, options=options)
+        self.offset = int(options.get("offset", 0) or 0)
+        fsize = file.size()
+        if "size" in options and options["size"] is not None:
+            self._size = int(options["size"])
+            self._fixed = True
+        else:
+            self._size = max(0, fsize - self.offset)
+            self._fixed = False
+
+    @property
+    def size(self) -> int:
+        if not self._fixed:
+            return max(0, self.file.size() - self.offset)
+        return self._size
+
+    def block_status(self, offset: int, length: int) -> Status:
+        for start, n, is_data in self.file.data_extents(self.offset + offset, length):
+            host = start
+            if is_data:
+                return Status(DATA | ALLOCATED | OFFSET_VALID, n, host, self.file.filename)
+            return Status(ZERO | ALLOCATED | OFFSET_VALID, n, host, self.file.filename)
+        return Status(ZERO | ALLOCATED, length)
+
+    def read(self, offset: int, buf: memoryview) -> None:
+        got = self.file.preadinto(self.offset + offset, buf)
+        if got < len(buf):
+            buf[got:] = bytes(len(buf) - got)
+
+    def write(self, offset: int, data: memoryview) -> None:
+        self.file.pwrite(self.offset + offset, data)
+
+    def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
+        self.file.write_zeroes(self.offset + offset, length, unmap)
+
+    def discard(self, offset: int, length: int) -> None:
+        self.file.discard(self.offset + offset, length)
+
+    def truncate(self, size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
+        if self._fixed or self.offset:
+            raise QimgError("Cannot resize a raw image with an offset or a fixed size")
+        old = self.file.size()
+        if size < old:
+            self.file.truncate(size)
+        else:
+            if preallocation not in PREALLOC_MODES:
+                raise QimgError(f"Unsupported preallocation mode '{preallocation}'")
+            preallocate(self.file, old, size, preallocation)
