@@ -43,6 +43,8 @@ def parse_size(text: str, default_suffix: str = "b") -> int:
 
 def parse_image_size(text: str) -> int:
     """Size argument of create/measure, with qemu-img's error text."""
+    if _looks_too_big(text):
+        raise QimgError("Invalid image size specified. Must be between 0 and 9223372036854775807.")
     try:
         if text.startswith("-"):
             raise ValueError(text)
@@ -50,8 +52,21 @@ def parse_image_size(text: str) -> int:
     except ValueError:
         raise QimgError(
             "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
-            "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
+            "qimg: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
         ) from None
+
+
+def _looks_too_big(text: str) -> bool:
+    """A well-formed size that does not fit in int64 (qemu-img words that error differently)."""
+    m = _SIZE_RE.match(text)
+    if not m or text.startswith("-"):
+        return False
+    try:
+        parse_size(text)
+    except ValueError:
+        num, suffix = m.group(1), (m.group(2) or "b").lower()
+        return suffix in _SUFFIX and not num.lower().startswith("0x") and ("." not in num or suffix != "b")
+    return False
 
 
 def size_to_str(size: int) -> str:
