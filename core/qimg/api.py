@@ -41,8 +41,12 @@ def resolve_backing_name(image_filename: str, backing: str) -> str:
     return os.path.join(folder, backing) if folder else backing
 
 
-def probe_format(file: Protocol, filename: str) -> str:
+def probe_format(file: Protocol, filename: str, *, untrusted: bool = False) -> str:
     head = file.pread(0, 512)
+    if untrusted:
+        from .untrusted import check_probe
+
+        check_probe(get_registry(), head, filename)
     entry = get_registry().probe(head, filename)
     if entry is None:
         raise QimgError(f"Could not open '{filename}': Could not determine image format")
@@ -58,6 +62,10 @@ def open(  # noqa: A001 - the natural name for the public API
     force_share: bool = False,
     options: dict[str, Any] | None = None,
     backing_override: tuple[str | None, str | None] | None = None,
+    untrusted: bool | None = None,
+    no_io: bool = False,
+    resize: bool = False,
+    no_share: bool = False,
     _depth: int = 0,
     _seen: frozenset[str] = frozenset(),
 ) -> Image:
@@ -67,7 +75,18 @@ def open(  # noqa: A001 - the natural name for the public API
     left to the caller). ``options`` are driver open options (``--image-opts`` keys).
     ``backing_override`` = (filename, format) opens a different backing file than recorded
     (``None`` filename: no backing at all).
+
+    Locking (:mod:`qimg.locking`): the image file gets QEMU's permission locks; ``force_share``
+    (``-U``) shares everything, ``no_io`` (``info``) skips the consistent-read permission,
+    ``resize`` adds the resize permission (raw), ``no_share`` refuses writers even over raw
+    (``convert`` sources); the option ``file.locking=off`` disables locking.
+    ``untrusted`` (default: :func:`qimg.untrusted.is_enabled`) opens nothing the image names:
+    a backing file is an error unless ``backing=False``, drivers get ``options["untrusted"]``.
     """
+    from . import locking
+    from .untrusted import is_enabled, refuse_backing
+
+    untrusted = is_enabled(untrusted)
     if _depth > MAX_CHAIN_DEPTH:
         raise QimgError(f"Could not open '{filename}': Backing chain is too deep (more than {MAX_CHAIN_DEPTH} images)")
     reg = get_registry()
@@ -75,10 +94,21 @@ def open(  # noqa: A001 - the natural name for the public API
     file = open_protocol(filename, writable=writable)
     try:
         if entry is None:
-            entry = reg.format(probe_format(file, filename))
+            entry = reg.format(probe_format(file, filename, untrusted=untrusted))
         cls = entry.load()
+        drv_options = dict(options or {})
+        if untrusted:
+            drv_options["untrusted"] = True
+        if not locking.locking_disabled(drv_options):
+            try:
+                file.set_perms(*locking.wanted(entry.name, writable=writable, force_share=force_share,
+                                               no_io=no_io, resize=resize, no_share=no_share, cls=cls))
+            except locking.LockError as e:
+                # qemu-img: the top image's name prefixes the message, a backing file's does not
+                raise locking.LockError(e.message if _depth else f"Could not open '{filename}': {e.message}",
+                                        e.exit_code) from None
         try:
-            driver = cls(file, filename=filename, writable=writable, options=dict(options or {}))
+            driver = cls(file, filename=filename, writable=writable, options=drv_options)
         except QimgError as e:
             if e.message.startswith("Could not open"):
                 raise
@@ -91,6 +121,9 @@ def open(  # noqa: A001 - the natural name for the public API
         bname, bfmt = backing_override
     else:
         bname, bfmt = driver.backing_filename, driver.backing_format
+    if backing and bname and untrusted and backing_override is None:
+        driver.close()
+        raise refuse_backing(filename, bname)
     if backing and bname:
         full = resolve_backing_name(filename, bname) if backing_override is None else bname
         key = os.path.realpath(full) if get_registry().protocol_for(full) is None else full
@@ -99,8 +132,8 @@ def open(  # noqa: A001 - the natural name for the public API
             driver.close()
             raise QimgError(f"Could not open '{filename}': Backing file '{bname}' creates an infinite loop")
         try:
-            img.backing = open(full, bfmt, writable=False, force_share=True,
-                               _depth=_depth + 1, _seen=_seen | {me})
+            img.backing = open(full, bfmt, writable=False, force_share=force_share, no_io=no_io,
+                               untrusted=untrusted, _depth=_depth + 1, _seen=_seen | {me})
         except QimgError as e:
             driver.close()
             msg = e.message

@@ -70,6 +70,9 @@ class Protocol:
         """Reserve space (``preallocation=falloc``)."""
         raise NotImplementedError
 
+    def set_perms(self, perm: int, shared: int) -> None:
+        """Advertise permissions to other processes (:mod:`qimg.locking`); no-op by default."""
+
     def __enter__(self):
         return self
 
@@ -109,7 +112,7 @@ class FileProtocol(Protocol):
         self.path = path
         flags = os.O_RDWR if writable else os.O_RDONLY
         if create:
-            flags |= os.O_CREAT | os.O_TRUNC
+            flags |= os.O_CREAT  # truncated below, once the locks say nobody uses the file
         flags |= getattr(os, "O_CLOEXEC", 0)
         try:
             self.fd = os.open(path, flags, 0o644)
@@ -121,6 +124,27 @@ class FileProtocol(Protocol):
             raise QimgError(f"Could not open '{filename}': Is a directory")
         self.is_block = stat.S_ISBLK(st.st_mode)
         self._seek_ok = True
+        self._perms = (0, 0xF)  # (held, shared) advertised on self.fd, see set_perms
+        if create:
+            from .locking import create_perms
+
+            try:
+                self.set_perms(*create_perms())
+            except QimgError:
+                os.close(self.fd)
+                raise
+            if not self.is_block:
+                os.ftruncate(self.fd, 0)
+            # like QEMU's file creation, hold the locks only while truncating: the format's
+            # own open of the new image takes the lasting ones
+            self.set_perms(0, 0xF)
+
+    def set_perms(self, perm: int, shared: int) -> None:
+        """Take QEMU-compatible permission locks (:func:`qimg.locking.apply`) on this file."""
+        from .locking import apply
+
+        if apply(self.fd, perm, shared, self.path, held=self._perms):
+            self._perms = (perm, shared)
 
     @classmethod
     def create(cls, filename: str) -> "FileProtocol":
