@@ -43,8 +43,17 @@ def print_version() -> None:
 @click.option("-h", "--help", "show_help", is_flag=True)
 @click.option("-V", "--version", "show_version", is_flag=True)
 @click.option("-T", "--trace", "trace", multiple=True)
+@click.option("--untrusted", "untrusted", is_flag=True)
 @click.pass_context
-def cli(ctx: click.Context, show_help: bool, show_version: bool, trace: tuple[str, ...]) -> None:
+def cli(ctx: click.Context, show_help: bool, show_version: bool, trace: tuple[str, ...],
+        untrusted: bool = False) -> None:
+    import os
+
+    if untrusted or os.environ.get("QIMG_UNTRUSTED", "").strip().lower() in ("1", "yes", "on", "true"):
+        # docs/security.md: follow no names found in images, cap memory and CPU time
+        from qimg.untrusted import enable_cli
+
+        enable_cli()
     if trace:
         from .trace import configure
 
