@@ -9,6 +9,16 @@ Every optional capability raises :class:`NotSupported` with qemu-img's message b
 Drivers do all I/O through ``self.file`` (a :class:`qimg.protocol.Protocol`); reads of
 unallocated ranges are never asked of them. Copy-on-write of partial clusters reads
 ``self.backing`` (an :class:`qimg.image.Image` or None) via :meth:`read_backing`.
+
+Untrusted images (docs/security.md): when ``options.get("untrusted")`` is true the driver must
+not open any file the image names (external data files, extents, ``json:``/protocol names):
+keep the names for ``info`` (``format_specific_info``) and raise
+``qimg.untrusted.refuse_named_file(filename, "data file", name)`` when data there is needed
+(reads, block status). Every field read from the file is validated before use, and memory
+never depends on sizes the file claims beyond fixed caps (:mod:`qimg.limits`). Locks are taken
+by ``qimg.open`` on ``self.file`` (:mod:`qimg.locking`); a driver opening further files of its
+own calls ``file.set_perms(*qimg.locking.wanted("raw", writable=...))`` on them. A driver
+whose file is plain guest data like raw's may set ``lock_as_filter = True``.
 """
 from __future__ import annotations
 
