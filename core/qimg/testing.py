@@ -1,0 +1,228 @@
+"""qimg.testing: a pytest plugin with a conformance suite for format drivers.
+
+Opt in with ``pytest -p qimg.testing`` or ``pytest_plugins = ["qimg.testing"]`` in a test
+module, then subclass :class:`FormatConformance`::
+
+    from qimg.testing import FormatConformance
+
+    pytest_plugins = ["qimg.testing"]
+
+    class TestMyFormat(FormatConformance):
+        qimg_formats = ["myfmt"]      # omit: every installed format that can create images
+
+Every test of the class runs once per format name (``qimg_format`` fixture). The names come
+from, in order: the class's ``qimg_formats``, the module's ``qimg_formats``, the
+``--qimg-format`` command-line option (repeatable), else all installed formats whose driver
+implements ``create``. The suite exercises the public API (``qimg.create``/``qimg.open``) the
+way the commands do: create, size, reads of a new image, writes and reads at unaligned offsets
+across cluster boundaries, block status covering the range, write_zeroes, reopening, probing,
+and ``qimg info`` (when the CLI is installed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+#: virtual size of conformance images: several clusters of any common cluster size
+IMAGE_SIZE = 4 << 20
+
+#: (offset, length) of the writes: unaligned, crossing 512 B, 4 KiB and 64 KiB boundaries
+WRITES = [
+    (0, 1),
+    (1, 7),
+    (511, 2),
+    (4095, 4099),
+    (65535, 65538),
+    (65536 * 3 + 100, 200_000),
+    (IMAGE_SIZE - 3, 3),
+    (1 << 20, 1 << 20),
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--qimg-format", action="append", default=[], metavar="NAME",
+                     help="format to run qimg's conformance suite for (repeatable; default: all installed)")
+
+
+def creatable_formats() -> list[str]:
+    """Installed formats whose driver can create images (those the suite can test)."""
+    from qimg.driver import Format
+    from qimg.plugins import get_registry
+
+    reg = get_registry()
+    names = []
+    for name in reg.format_names():
+        cls = reg.format(name).load()
+        if getattr(cls, "create", None) is not None and cls.create.__func__ is not Format.create.__func__:
+            names.append(name)
+    return names
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "qimg_format" not in metafunc.fixturenames:
+        return
+    names = (getattr(metafunc.cls, "qimg_formats", None)
+             or getattr(metafunc.module, "qimg_formats", None)
+             or metafunc.config.getoption("qimg_format")
+             or creatable_formats())
+    metafunc.parametrize("qimg_format", list(names), ids=[str(n) for n in names])
+
+
+def pattern(length: int, seed: int) -> bytes:
+    """Deterministic non-zero bytes that differ between writes (built in C, not per byte)."""
+    unit = bytes((seed * 31 + i * 7) % 251 + 1 for i in range(251))
+    return (unit * (length // len(unit) + 1))[:length]
+
+
+@pytest.fixture
+def qimg_new_image(tmp_path: Any, qimg_format: str) -> Callable[..., str]:
+    """Factory: ``qimg_new_image(size=IMAGE_SIZE, options=None)`` creates an image, returns its path."""
+    import qimg
+
+    counter = iter(range(1 << 30))
+
+    def make(size: int = IMAGE_SIZE, options: dict[str, Any] | str | None = None) -> str:
+        path = str(tmp_path / f"conformance-{next(counter)}.{qimg_format}")
+        qimg.create(path, qimg_format, size, options)
+        return path
+
+    return make
+
+
+def _runs(img: Any, offset: int = 0, length: int | None = None) -> Iterator[Any]:
+    """This layer's block status runs over a range, checking each run's length."""
+    end = img.size if length is None else offset + length
+    while offset < end:
+        st = img.block_status(offset, end - offset)
+        assert 0 < st.length <= end - offset, f"block_status({offset}, {end - offset}) returned length {st.length}"
+        yield offset, st
+        offset += st.length
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    code = "import sys; from qimg_cli.main import main; sys.argv[0] = 'qimg'; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+
+
+class FormatConformance:
+    """The conformance tests; subclass it as ``Test...`` (see the module docstring)."""
+
+    def test_create_open_size(self, qimg_new_image: Callable[..., str], qimg_format: str) -> None:
+        import qimg
+
+        path = qimg_new_image()
+        with qimg.open(path, qimg_format) as img:
+            assert img.size == IMAGE_SIZE
+            assert img.format == qimg_format
+            assert not img.writable
+
+    def test_new_image_reads_zero(self, qimg_new_image: Callable[..., str], qimg_format: str) -> None:
+        import qimg
+        from qimg.image import is_zero
+
+        with qimg.open(qimg_new_image(), qimg_format) as img:
+            assert is_zero(img.pread(0, IMAGE_SIZE))
+            # past the end reads as zeroes too (the generic layer's rule)
+            assert img.pread(IMAGE_SIZE - 1, 10) == bytes(10)
+
+    def test_block_status_covers_range(self, qimg_new_image: Callable[..., str], qimg_format: str) -> None:
+        import qimg
+        from qimg.blockstatus import ZERO
+
+        path = qimg_new_image()
+        with qimg.open(path, qimg_format, writable=True) as img:
+            img.pwrite(70_000, pattern(100_000, 1))
+        with qimg.open(path, qimg_format) as img:
+            runs = list(_runs(img))
+            assert sum(st.length for _, st in runs) == IMAGE_SIZE
+            for off, st in runs:
+                if st.flags & ZERO:
+                    assert img.pread(off, st.length) == bytes(st.length), f"ZERO run at {off} reads non-zero"
+            # the written range is reported as data somewhere
+            assert any(st.data and off < 170_000 and off + st.length > 70_000 for off, st in runs)
+            # queries starting mid-run and with short lengths stay within bounds
+            for off in (1, 4097, 70_001, IMAGE_SIZE - 1):
+                for length in (1, 513, IMAGE_SIZE - off):
+                    list(_runs(img, off, min(length, IMAGE_SIZE - off)))
+
+    def test_write_read_unaligned(self, qimg_new_image: Callable[..., str], qimg_format: str) -> None:
+        import qimg
+
+        path = qimg_new_image()
+        model = bytearray(IMAGE_SIZE)
+        with qimg.open(path, qimg_format, writable=True) as img:
+            for i, (off, n) in enumerate(WRITES):
+                data = pattern(n, i)
+                img.pwrite(off, data)
+                model[off : off + n] = data
+                # read back around the write, unaligned
+                lo, hi = max(0, off - 777), min(IMAGE_SIZE, off + n + 777)
+                assert img.pread(lo, hi - lo) == bytes(model[lo:hi]), f"read-back after write {i} at {off}"
+            assert img.pread(0, IMAGE_SIZE) == bytes(model)
+        # persisted: a fresh open (and the format probe) sees the same bytes
+        with qimg.open(path, qimg_format) as img:
+            assert img.size == IMAGE_SIZE
+            assert img.pread(0, IMAGE_SIZE) == bytes(model)
+            buf = bytearray(5000)
+            img.preadinto(4093, memoryview(buf))
+            assert bytes(buf) == bytes(model[4093:9093])
+
+    def test_write_zeroes(self, qimg_new_image: Callable[..., str], qimg_format: str) -> None:
+        import qimg
+
+        path = qimg_new_image()
+        model = bytearray(pattern(IMAGE_SIZE, 5))
+        with qimg.open(path, qimg_format, writable=True) as img:
+            img.pwrite(0, model)
+            for off, n, unmap in ((1000, 3000, False), (65536, 65536, True), (200_001, 300_000, False),
+                                  (1 << 20, 1 << 20, True), (IMAGE_SIZE - 1, 1, False)):
+                img.write_zeroes(off, n, unmap)
+                model[off : off + n] = bytes(n)
+                lo, hi = max(0, off - 100), min(IMAGE_SIZE, off + n + 100)
+                assert img.pread(lo, hi - lo) == bytes(model[lo:hi]), f"write_zeroes({off}, {n}, unmap={unmap})"
+        with qimg.open(path, qimg_format) as img:
+            assert img.pread(0, IMAGE_SIZE) == bytes(model)
+
+    def test_read_only_refuses_writes(self, qimg_new_image: Callable[..., str], qimg_format: str) -> None:
+        import qimg
+        from qimg.errors import QimgError
+
+        with qimg.open(qimg_new_image(), qimg_format) as img:
+            with pytest.raises(QimgError):
+                img.pwrite(0, b"x")
+
+    def test_probe(self, qimg_new_image: Callable[..., str], qimg_format: str) -> None:
+        import qimg
+        from qimg.plugins import get_registry
+
+        if get_registry().format(qimg_format).probe is None:
+            pytest.skip(f"format {qimg_format} registers no probe")
+        path = qimg_new_image()
+        with qimg.open(path, qimg_format, writable=True) as img:
+            img.pwrite(0, pattern(4096, 9))  # data must not confuse the probe
+        with qimg.open(path) as img:
+            assert img.format == qimg_format
+
+    def test_info(self, qimg_new_image: Callable[..., str], qimg_format: str) -> None:
+        try:
+            import qimg_cli.commands.info  # noqa: F401
+        except ImportError:
+            pytest.skip("the qimg CLI's info command is not installed")
+        path = qimg_new_image()
+        r = _cli("info", "--output=json", "-f", qimg_format, path)
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        assert data["format"] == qimg_format
+        assert data["virtual-size"] == IMAGE_SIZE
+        assert data["filename"] == path
+        r = _cli("info", path)
+        assert r.returncode == 0, r.stderr
+        assert f"file format: {qimg_format}\n" in r.stdout
+        assert f"({IMAGE_SIZE} bytes)" in r.stdout
+        assert os.path.exists(path)
