@@ -82,7 +82,6 @@ def _blocks() -> list[dict]:
 def test_plugins_guide_examples_run(tmp_path: Path) -> None:
     import click
     from click.testing import CliRunner
-
     from qimg.image import Image
     from qimg.protocol import FileProtocol
     from qimg.registry import Registry
