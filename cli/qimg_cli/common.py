@@ -1,10 +1,13 @@
-"""Helpers every subcommand shares: opening images the qemu-img way, -o merging, --output,
-progress (-p and SIGUSR1), quiet printing, --object secrets."""
+"""Helpers every subcommand shares: qemu-img's option parsing (:class:`QemuCommand`), opening
+images the qemu-img way, -o merging, --output, progress (-p and SIGUSR1), quiet printing,
+--object secrets, size arguments."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any, NoReturn
 
 import click
 
@@ -19,6 +22,11 @@ def say(text: str, quiet: bool = False) -> None:
 
 def warn(text: str) -> None:
     sys.stderr.write(f"{PROG}: {text}\n")
+
+
+def usage_exit(message: str) -> NoReturn:
+    """qemu-img's ``error_exit``: the message plus the ``--help`` hint, exit 1."""
+    error_exit(f"{message}\nTry '{PROG} --help' for more information")
 
 
 def check_output_format(value: str | None) -> str:
@@ -47,33 +55,182 @@ def parse_objects(objects: Iterable[str]) -> None:
         secrets.add_object(text)
 
 
+def image_size_arg(text: str) -> int:
+    """A size argument of create/measure, with qemu-img's messages (qemu's ``cvtnum``)."""
+    from qimg.errors import QimgError
+    from qimg.units import parse_size
+
+    try:
+        if text.startswith("-"):
+            raise ValueError(text)
+        value = parse_size(text)
+    except ValueError:
+        from qimg.units import _SIZE_RE
+
+        m = _SIZE_RE.match(text)
+        if m and not text.startswith("-") and "." not in m.group(1):
+            # well-formed but too large for int64
+            raise QimgError("Invalid image size specified. Must be between 0 and 9223372036854775807.") from None
+        raise QimgError(
+            "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
+            f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
+        ) from None
+    return value
+
+
+# -- qemu-img's getopt parsing on top of click ----------------------------------------------------
+
+def _getopt_spec(cmd: click.Command) -> tuple[list[Any], dict[str, Any]]:
+    """Opt list for a click command, and Opt key -> the click option token to re-emit."""
+    from .getopt import Opt
+
+    legacy = getattr(cmd, "legacy_longs", None)
+    opts: list[Opt] = []
+    tokens: dict[str, Any] = {}
+    have_h = False
+    for p in cmd.params:
+        if not isinstance(p, click.Option):
+            continue
+        shorts = [s[1] for s in p.opts if len(s) == 2 and s[0] == "-" and s[1] != "-"]
+        longs = [s[2:] for s in p.opts if s.startswith("--")]
+        old = tuple(n for n in longs if legacy is None or n in legacy)
+        new = tuple(n for n in longs if n not in old)
+        short = shorts[0] if shorts else None
+        have_h = have_h or short == "h"
+        o = Opt(p.name or p.opts[0], short, old, not p.is_flag, new)
+        opts.append(o)
+        tokens[o.key] = (p.opts[0], p.is_flag)
+    if not have_h:
+        opts.append(Opt("__help__", "h", ("help",), False))
+    return opts, tokens
+
+
+def normalize_args(cmd: click.Command, args: list[str]) -> list[str]:
+    """Parse ``args`` as qemu-img would for ``cmd`` and return canonical click tokens.
+
+    Usage errors exit with qemu-img's text; ``-h``/``--help`` prints the full help and exits 0
+    at the point getopt meets it.
+    """
+    from .getopt import GetoptError, getopt
+
+    opts, tokens = _getopt_spec(cmd)
+
+    def on_option(o: Any, value: str | None) -> None:
+        if o.key == "__help__":
+            from .app import print_help
+
+            print_help()
+            raise SystemExit(0)
+
+    try:
+        found, positionals = getopt(list(args), opts, on_option=on_option)
+    except GetoptError as e:
+        usage_exit(str(e))
+    out: list[str] = []
+    for o, value in found:
+        token, is_flag = tokens[o.key]
+        out.append(token)
+        if not is_flag:
+            out.append(value if value is not None else "")
+    out.append("--")
+    out.extend(positionals)
+    return out
+
+
+class QemuCommand(click.Command):
+    """A click command whose arguments are parsed with qemu-img's getopt semantics.
+
+    ``legacy_longs``: the long option names qemu-img 7.2 knew for this command (others are
+    10.x additions, lower priority for abbreviations). ``size_last``: take the last argument
+    out before parsing (qemu-img resize does this so that ``-1G`` is not an option).
+    """
+
+    def __init__(self, *args: Any, legacy_longs: Iterable[str] | None = None, size_last: bool = False,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("add_help_option", False)
+        super().__init__(*args, **kwargs)
+        self.legacy_longs = set(legacy_longs) if legacy_longs is not None else None
+        self.size_last = size_last
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        extra: list[str] = []
+        if self.size_last:
+            if len(args) < 2:
+                usage_exit("Not enough arguments")
+            args, extra = list(args[:-1]), [args[-1]]
+        return super().parse_args(ctx, normalize_args(self, list(args)) + extra)
+
+
+def qemu_command(name: str, **kwargs: Any) -> Any:
+    """``@qemu_command("info", legacy_longs=...)``: a click command parsed as qemu-img parses."""
+    kwargs.setdefault("cls", QemuCommand)
+    kwargs.setdefault("context_settings", {"ignore_unknown_options": True})
+    return click.command(name, **kwargs)
+
+
+# -- opening images ---------------------------------------------------------------------------------
+
+_STRERRORS: set[str] | None = None
+
+
+def _is_strerror(text: str) -> bool:
+    global _STRERRORS
+    if _STRERRORS is None:
+        _STRERRORS = {os.strerror(i) for i in range(1, 134)}
+    return text in _STRERRORS
+
+
+RAW_PROBE_WARNING = (
+    "WARNING: Image format was not specified for '{0}' and probing guessed raw.\n"
+    "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n"
+    "         Specify the 'raw' format explicitly to remove the restrictions."
+)
+
+
 def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = False,
                writable: bool = False, force_share: bool = False, backing: bool = True,
-               quiet_probe_warning: bool = True) -> Any:
+               quiet_probe_warning: bool = True, options: dict[str, Any] | None = None) -> Any:
     """Open an image for a command, returning a :class:`qimg.image.Image`.
 
     With ``image_opts`` the filename is a ``driver=...,file.filename=...`` option string.
-    Errors become QimgError with qemu-img's ``Could not open`` wording.
+    Errors become QimgError with qemu-img's ``Could not open 'x': ...`` wording (qemu-img
+    prefixes every open error, so a missing file reads ``Could not open 'x': Could not open
+    'x': No such file or directory``). A writable open whose format was probed as raw prints
+    qemu's raw-probing warning, as qemu's raw driver does (``quiet_probe_warning`` is kept for
+    compatibility and ignored). ``options`` are extra driver open options.
     """
     import qimg
     from qimg.errors import QimgError
 
-    options: dict[str, Any] = {}
+    opts: dict[str, Any] = dict(options or {})
+    shown = filename
     if image_opts:
         if fmt:
             raise QimgError("--image-opts and --format are mutually exclusive")
         from qimg.options import parse_dotted
 
-        opts = parse_dotted(filename)
-        fmt = opts.pop("driver", None)
-        fname = opts.pop("file.filename", None) or opts.pop("filename", None)
-        opts.pop("file.driver", None)
+        parsed = parse_dotted(filename)
+        fmt = parsed.pop("driver", None)
+        fname = parsed.pop("file.filename", None) or parsed.pop("filename", None)
+        parsed.pop("file.driver", None)
         if fname is None:
             raise QimgError("Could not open '" + filename + "': A block device must be specified for \"file\"")
         filename = fname
-        options = opts
-    return qimg.open(filename, fmt, writable=writable, force_share=force_share, backing=backing,
-                     options=options)
+        opts.update(parsed)
+    try:
+        img = qimg.open(filename, fmt, writable=writable, force_share=force_share, backing=backing,
+                        options=opts)
+    except QimgError as e:
+        prefix = f"Could not open '{shown}': "
+        msg = e.message
+        if msg.startswith(prefix) and _is_strerror(msg[len(prefix):]):
+            msg = prefix + msg
+        elif not msg.startswith(prefix):
+            msg = prefix + msg
+        raise QimgError(msg, e.exit_code) from None
+    if fmt is None and writable and img.format == "raw":
+        sys.stderr.write(RAW_PROBE_WARNING.format(filename) + "\n")
+    return img
 
 
 class Progress:
