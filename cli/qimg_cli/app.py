@@ -42,9 +42,16 @@ class QemuGroup(LazyGroup):
         from .getopt import GetoptError, Opt, getopt
 
         spec = [Opt("help", "h", ("help",)), Opt("version", "V", ("version",)),
-                Opt("trace", "T", ("trace",), True)]
+                Opt("trace", "T", ("trace",), True),
+                Opt("untrusted", None, ("untrusted",), new_longs=("untrusted",))]
 
         def on_option(o: Opt, value: str | None) -> None:
+            if o.key == "untrusted":
+                # docs/security.md: follow no names found in images, cap memory and CPU time
+                from qimg.untrusted import enable_cli
+
+                enable_cli()
+                return
             if o.key == "help":
                 print_help()
                 raise SystemExit(0)
@@ -61,6 +68,12 @@ class QemuGroup(LazyGroup):
             usage_exit(str(e))
         if not rest:
             usage_exit("Not enough arguments")
+        from qimg.untrusted import ENV, _env_true
+
+        if _env_true(ENV):  # QIMG_UNTRUSTED=1 does what --untrusted does
+            from qimg.untrusted import enable_cli
+
+            enable_cli()
         name = rest[0]
         cmd = self.get_command(ctx, name) if not name.startswith("-") else None
         if cmd is None:
