@@ -57,6 +57,13 @@ def refuse_backing(filename: str, backing: str) -> QimgError:
                      "(the image names it; inspect it and open it explicitly if it is safe)")
 
 
+def check_follow(filename: str, backing: str, untrusted: bool | None = None) -> None:
+    """For code that walks a backing chain itself (``info --backing-chain``): call before
+    opening a backing name read from ``filename``; raises in untrusted mode."""
+    if is_enabled(untrusted):
+        raise refuse_backing(filename, backing)
+
+
 def refuse_named_file(filename: str, kind: str, name: str) -> QimgError:
     """For drivers: the error when reaching a file the image names (``kind``: "data file", "extent")."""
     return QimgError(f"Could not open '{filename}': {kind[0].upper() + kind[1:]} '{name}' is not opened in untrusted mode")
