@@ -84,6 +84,13 @@ class Format:
     supports_compression: ClassVar[bool] = False
     #: a new image reads as zeroes without writing them (``convert`` may skip zero runs)
     zero_init: ClassVar[bool] = True
+    #: optional: the option order of create's ``Formatting 'f', fmt=x ...`` line, as QEMU's
+    #: option list declares it (qemu-img prints every option that is set or has a printed
+    #: default, in this order). None: ``create_opts`` order.
+    create_print_order: ClassVar[tuple[str, ...] | list[str] | None] = None
+    #: optional: defaults that line shows for options not given (``{"cluster_size": "65536"}``).
+    #: None: each ``Option.default`` that is not None (booleans as on/off).
+    create_print_defaults: ClassVar[dict[str, str] | None] = None
 
     # -- set by open --------------------------------------------------------
     file: "Protocol"
@@ -225,6 +232,28 @@ class Format:
     def snapshot_load_readonly(self, snapshot_id: str | None, name: str | None) -> None:
         """Switch this (read-only) instance to show a snapshot's data (``convert -l``)."""
         raise NotSupported("Operation not supported")
+
+    # -- persistent dirty bitmaps (``qemu-img bitmap``; optional) ---------------------------
+    # Each raises NotSupported by default with qemu-img's message for a format without
+    # persistent bitmaps. ``granularity`` None means the driver's default.
+    def bitmap_add(self, name: str, granularity: int | None = None) -> None:
+        raise NotSupported(f"Can't store persistent bitmaps to {self.filename}: Operation not supported")
+
+    def bitmap_remove(self, name: str) -> None:
+        raise NotSupported(f"Dirty bitmap '{name}' not found")
+
+    def bitmap_clear(self, name: str) -> None:
+        raise NotSupported(f"Dirty bitmap '{name}' not found")
+
+    def bitmap_enable(self, name: str) -> None:
+        raise NotSupported(f"Dirty bitmap '{name}' not found")
+
+    def bitmap_disable(self, name: str) -> None:
+        raise NotSupported(f"Dirty bitmap '{name}' not found")
+
+    def bitmap_merge(self, name: str, source_image: "Image", source_name: str) -> None:
+        """Merge bitmap ``source_name`` of ``source_image`` (maybe this image) into ``name``."""
+        raise NotSupported(f"Dirty bitmap '{name}' not found")
 
     # -- cluster geometry (convert, measure, map use it for alignment) --------
     @property
