@@ -1,0 +1,193 @@
+"""``qemu-img create``: option lists, ``-o help`` text, the ``Formatting ...`` line, and the
+creation sequence of QEMU's ``bdrv_img_create`` (checks in its order, with its messages).
+
+Options accepted by ``-o`` are the format's ``create_opts`` plus the protocol's (the file
+protocol's: ``extent_size_hint``, ``nocow``, ``preallocation``, ``size``), as QEMU appends
+the protocol driver's list to the format's.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import trace
+from ..errors import QimgError
+from ..options import BOOL, NUMBER, SIZE, STRING, Option, parse_options, split_options
+
+if TYPE_CHECKING:
+    from ..driver import Format
+
+#: the file protocol's create options (QEMU's file-posix)
+FILE_CREATE_OPTS: list[Option] = [
+    Option("size", SIZE, "Virtual disk size"),
+    Option("preallocation", STRING, "Preallocation mode (allowed values: off, falloc, full)"),
+    Option("nocow", BOOL, "Turn off copy-on-write (valid only on btrfs)"),
+    Option("extent_size_hint", SIZE, "Extent size hint for the image file, 0 to disable"),
+]
+
+
+def format_class(fmt: str) -> "type[Format]":
+    from ..plugins import get_registry
+
+    return get_registry().format(fmt).load()
+
+
+def supports_create(cls: "type[Format]") -> bool:
+    from ..driver import Format
+
+    return getattr(cls.create, "__func__", None) is not Format.create.__func__
+
+
+def protocol_create_opts(filename: str) -> list[Option]:
+    """Create options of the protocol that ``filename`` selects (``create_opts`` attribute of
+    a registered protocol class; the file protocol's list for plain paths)."""
+    from ..plugins import get_registry
+
+    entry = get_registry().protocol_for(filename)
+    if entry is None or entry.name == "file":
+        return list(FILE_CREATE_OPTS)
+    return list(getattr(entry.load(), "create_opts", []) or [])
+
+
+def merged_opts(first: list[Option], second: list[Option]) -> list[Option]:
+    """QEMU's qemu_opts_append: ``second``'s options not already named in ``first``."""
+    names = {o.name for o in first}
+    return list(first) + [o for o in second if o.name not in names]
+
+
+def all_create_opts(cls: "type[Format]", filename: str | None) -> list[Option]:
+    opts = list(cls.create_opts)
+    if filename is not None:
+        opts = merged_opts(opts, protocol_create_opts(filename))
+    return opts
+
+
+def help_text(fmt: str, filename: str | None = None) -> str:
+    """The text of ``create -f FMT -o help [FILENAME]`` (no trailing newline)."""
+    cls = format_class(fmt)
+    if not supports_create(cls):
+        raise QimgError(f"Format driver '{fmt}' does not support image creation")
+    opts = all_create_opts(cls, filename)
+    lines = ["Supported options:" if filename is not None else f"Supported {fmt} options:"]
+    lines += [o.help_line() for o in sorted(opts, key=lambda o: o.name)]
+    if filename is None:
+        lines += ["", "The protocol level may support further options.",
+                  "Specify the target filename to include those options."]
+    return "\n".join(lines)
+
+
+def valid_option_list(text: str) -> bool:
+    """qemu-img refuses ``-o ''``, a leading comma and an odd run of trailing commas."""
+    if not text or text[0] == ",":
+        return False
+    trailing = len(text) - len(text.rstrip(","))
+    return trailing % 2 == 0
+
+
+def option_texts(text: str, declared: list[Option]) -> dict[str, str]:
+    """The value text of each given option as QEMU prints it (numbers normalised)."""
+    by_name = {o.name: o for o in declared}
+    out: dict[str, str] = {}
+    for key, value in split_options(text):
+        opt = by_name.get(key)
+        if opt is None:
+            continue
+        if value is None:
+            value = "on" if opt.type == BOOL else ""
+        if opt.type in (SIZE, NUMBER):
+            try:
+                value = str(opt.convert(value))
+            except QimgError:
+                pass
+        out[key] = value
+    return out
+
+
+def _default_text(opt: Option) -> str | None:
+    if opt.default is None:
+        return None
+    if isinstance(opt.default, bool):
+        return "on" if opt.default else "off"
+    return str(opt.default)
+
+
+def formatting_line(filename: str, fmt: str, cls: "type[Format]", declared: list[Option],
+                    texts: dict[str, str]) -> str:
+    """``Formatting 'f', fmt=F opt=value ...`` in the driver's declared print order."""
+    order = list(cls.create_print_order or [o.name for o in cls.create_opts])
+    order += [o.name for o in declared if o.name not in order]
+    if cls.create_print_defaults is not None:
+        defaults = dict(cls.create_print_defaults)
+    else:
+        defaults = {o.name: t for o in cls.create_opts if (t := _default_text(o)) is not None}
+    by_name = {o.name for o in declared}
+    parts = [f"Formatting '{filename}', fmt={fmt}"]
+    for name in order:
+        if name not in by_name:
+            continue
+        value = texts.get(name, defaults.get(name))
+        if value is not None:
+            parts.append(f"{name}={value}")
+    return " ".join(parts)
+
+
+def create_image(filename: str, fmt: str = "raw", size: int | None = None, options: str = "", *,
+                 backing_file: str | None = None, backing_fmt: str | None = None, unsafe: bool = False,
+                 echo: Callable[[str], None] | None = None) -> None:
+    """Create an image as ``qemu-img create`` does; ``echo`` receives the Formatting line.
+
+    Errors are QimgError without the ``filename:`` prefix the CLI adds.
+    """
+    from ..api import open as open_image
+    from ..api import resolve_backing_name
+
+    cls = format_class(fmt)
+    if not supports_create(cls):
+        raise QimgError(f"Format driver '{fmt}' does not support image creation")
+    declared = all_create_opts(cls, filename)
+    names = {o.name for o in declared}
+    typed: dict[str, Any] = parse_options(options, declared) if options else {}
+    texts = option_texts(options, declared) if options else {}
+    if "size" in typed:
+        if size is not None:
+            raise QimgError("The image size must be specified only once")
+        size = typed.pop("size")
+    texts.pop("size", None)
+    if backing_file is not None:
+        if "backing_file" not in names:
+            raise QimgError(f"Backing file not supported for file format '{fmt}'")
+        typed["backing_file"] = texts["backing_file"] = backing_file
+    if backing_fmt is not None:
+        if "backing_fmt" not in names:
+            raise QimgError(f"Backing file format not supported for file format '{fmt}'")
+        typed["backing_fmt"] = texts["backing_fmt"] = backing_fmt
+    bf = typed.get("backing_file")
+    bfmt = typed.get("backing_fmt")
+    if bf is not None:
+        if bf == filename:
+            raise QimgError("Error: Trying to create an image with the same filename as the backing file")
+        if bf == "":
+            raise QimgError("Expected backing file name, got empty string")
+    if bf and not unsafe:
+        try:
+            with open_image(resolve_backing_name(filename, bf), bfmt, backing=False, force_share=True) as b:
+                detected, bsize = b.format, b.size
+        except QimgError as e:
+            raise QimgError(f"{e.message}\nCould not open backing image.") from None
+        if not bfmt:
+            # qemu-img prints this hint without a final newline
+            raise QimgError(f"Backing file specified without backing format\nDetected format of {detected}.")
+        if size is None:
+            size = bsize
+    elif bf and not bfmt:
+        raise QimgError("Backing file specified without backing format")
+    if size is None:
+        raise QimgError("Image creation needs a size parameter")
+    if echo is not None:
+        texts_all = dict(texts)
+        texts_all["size"] = str(size)
+        echo(formatting_line(filename, fmt, cls, declared, texts_all))
+    trace.event("create_image", filename=filename, format=fmt, size=size)
+    try:
+        cls.create(filename, size, typed)
+    except OSError as e:
+        raise QimgError(f"Could not create '{filename}': {e.strerror or e}") from None

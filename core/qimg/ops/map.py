@@ -1,0 +1,137 @@
+"""``qemu-img map``: where each guest range lives, across the backing chain.
+
+The walk follows qemu-img's: for each run, ask the top layer; a layer answering DATA or ZERO
+ends the search (ALLOCATED alone does not), otherwise go down one layer (``depth`` + 1). An
+unallocated range of a layer with no backing image, or past the end of its backing image,
+reads as zeroes (ZERO, not present). Runs are merged as qemu-img merges them: same
+zero/data/depth/present, both with or without an offset, and contiguous offsets.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import trace
+from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
+from ..errors import QimgError
+
+if TYPE_CHECKING:
+    from ..image import Image
+
+#: qemu-img asks block status in chunks of at most 1 GiB
+_CHUNK = 1 << 30
+
+
+def _status(img: "Image", offset: int, length: int) -> dict[str, Any]:
+    layer: Image = img
+    depth = 0
+    while True:
+        size = layer.size
+        if offset >= size:
+            flags, n, host, fname = ZERO, length, None, None
+        else:
+            st = layer.driver.block_status(offset, min(length, size - offset))
+            if st.length <= 0:
+                raise QimgError(f"'{layer.filename}': driver returned an empty block status run")
+            flags, n, host, fname = st.flags, min(st.length, length), st.host_offset, st.file
+        if flags & (DATA | ZERO):
+            break
+        if not flags & ALLOCATED:
+            backing = layer.backing
+            if backing is None:
+                flags |= ZERO
+                break
+            if offset >= backing.size:
+                flags |= ZERO
+                break
+            length = n
+            layer = backing
+            depth += 1
+            continue
+        break
+    entry: dict[str, Any] = {"start": offset, "length": n, "depth": depth,
+                             "present": bool(flags & ALLOCATED), "zero": bool(flags & ZERO),
+                             "data": bool(flags & DATA)}
+    if flags & OFFSET_VALID and host is not None:
+        entry["offset"] = host
+    if fname is not None:
+        entry["filename"] = fname
+    return entry
+
+
+def _mergeable(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if a["length"] == 0:
+        return False
+    for k in ("zero", "data", "depth", "present"):
+        if a[k] != b[k]:
+            return False
+    if ("offset" in a) != ("offset" in b):
+        return False
+    if "offset" in a and a["offset"] + a["length"] != b["offset"]:
+        return False
+    return True
+
+
+def map_extents(img: "Image", start: int = 0, length: int | None = None) -> list[dict[str, Any]]:
+    """Merged map entries (dicts with qemu-img's JSON keys, plus ``filename`` when known)."""
+    size = img.size
+    end = size if length is None else min(size, start + length)
+    out: list[dict[str, Any]] = []
+    cur: dict[str, Any] | None = None
+    offset = start
+    while offset < end:
+        e = _status(img, offset, min(_CHUNK, end - offset))
+        offset += e["length"]
+        if cur is not None and _mergeable(cur, e):
+            cur["length"] += e["length"]
+            continue
+        if cur is not None:
+            out.append(cur)
+        cur = e
+    if cur is not None:
+        out.append(cur)
+    if trace.active:
+        for e in out:
+            trace.event("map_entry", start=e["start"], length=e["length"], depth=e["depth"],
+                        present=e["present"], zero=e["zero"], data=e["data"], offset=e.get("offset"))
+    return out
+
+
+def iter_lines_json(entries: list[dict[str, Any]]):
+    """qemu-img's hand-written JSON: one entry a line, inside ``[`` ``]``."""
+    for i, e in enumerate(entries):
+        text = ('{ "start": %d, "length": %d, "depth": %d, "present": %s, "zero": %s, "data": %s'  # noqa: UP031
+                % (e["start"], e["length"], e["depth"], _b(e["present"]), _b(e["zero"]), _b(e["data"])))
+        if "offset" in e:
+            text += f', "offset": {e["offset"]}'
+        text += "}"
+        yield ("[" if i == 0 else "") + text + (",\n" if i < len(entries) - 1 else "]\n")
+
+
+def _b(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def format_json(entries: list[dict[str, Any]], start: int = 0) -> str:
+    if not entries:  # qemu-img prints its empty starting entry
+        entries = [{"start": start, "length": 0, "depth": 0, "present": False, "zero": False, "data": False}]
+    return "".join(iter_lines_json(entries))
+
+
+def _hex(v: int) -> str:
+    return f"{v:#x}" if v else "0"
+
+
+def human_lines(entries: list[dict[str, Any]]):
+    """Lines of the human map: only data ranges with a host offset are listed; data without
+    one (compressed, encrypted) raises, after the lines before it, as qemu-img does."""
+    yield "%-16s%-16s%-16s%s" % ("Offset", "Length", "Mapped to", "File")  # noqa: UP031
+    for e in entries:
+        if e["data"] and "offset" not in e:
+            raise QimgError("File contains external, encrypted or compressed clusters.")
+        if e["data"] and not e["zero"]:
+            yield (f"{_hex(e['start']):<16}{_hex(e['length']):<16}{_hex(e.get('offset', 0)):<16}"
+                   f"{e.get('filename', '')}")
+
+
+def format_human(entries: list[dict[str, Any]]) -> str:
+    return "".join(line + "\n" for line in human_lines(entries))
