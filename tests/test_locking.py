@@ -238,8 +238,10 @@ def test_backing_file_locks(tmp_path, qemu_img):
             assert qimg_open_error(top, "qcow2") == expect
             assert qimg_open_error(top, "qcow2", force_share=True) is None if b != 200 else True
     with held(base, 101):
+        # info --backing-chain opens each image of the chain as a top image
         expect = qemu_error(qemu_img("info", "--backing-chain", top))
-        assert qimg_open_error(top, "qcow2", no_io=True) == expect
+        assert qimg_open_error(base, "qcow2", no_io=True) == expect
+        assert qimg_open_error(top, "qcow2", no_io=True, backing=False) is None
 
 
 def test_locking_off_and_relock(tmp_path, qemu_img):
