@@ -58,6 +58,13 @@ class RawFormat(Format):
         finally:
             file.close()
 
+    @classmethod
+    def measure(cls, size: int | None, opts: dict[str, Any], source=None) -> dict[str, int]:
+        # QEMU counts whole 512-byte sectors, allocated or not: raw has no metadata
+        n = source.size if source is not None else (size or 0)
+        n = -(-n // 512) * 512
+        return {"required": n, "fully-allocated": n}
+
     def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
         super().__init__(file, filename=filename, writable=writable, options=options)
         self.offset = int(options.get("offset", 0) or 0)
