@@ -1,0 +1,493 @@
+"""qcow2 persistent dirty bitmaps: the bitmaps extension, bitmap directory and bitmap tables.
+
+Layout (docs/interop/qcow2.rst, "Bitmaps"): the header extension holds the number of bitmaps
+and the directory's size and offset; each directory entry names a bitmap table (one u64 per
+cluster of bitmap data: a cluster offset, or 0 with bit 0 meaning "all zeroes"/"all ones") plus
+flags (in-use, auto) and granularity. Bit ``i`` of the data (LSB first within each byte) covers
+guest bytes ``[i*granularity, (i+1)*granularity)``.
+
+Every change writes new structures into fresh clusters, switches the header to them and only
+then frees the old ones, so an interruption never leaves a broken directory behind.
+"""
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from construct import Int8ub, Int16ub, Int32ub, Int64ub, Struct
+from qimg.errors import QimgError
+
+from . import structs as S
+
+if TYPE_CHECKING:
+    from qimg.driver import CheckResult
+
+    from .check import _Checker
+    from .driver import Qcow2Format
+
+BitmapsExt = Struct(
+    "nb_bitmaps" / Int32ub,
+    "reserved" / Int32ub,
+    "bitmap_directory_size" / Int64ub,
+    "bitmap_directory_offset" / Int64ub,
+)
+DirEntry = Struct(
+    "bitmap_table_offset" / Int64ub,
+    "bitmap_table_size" / Int32ub,
+    "flags" / Int32ub,
+    "type" / Int8ub,
+    "granularity_bits" / Int8ub,
+    "name_size" / Int16ub,
+    "extra_data_size" / Int32ub,
+)
+DIR_ENTRY_SIZE = 24
+
+FLAG_IN_USE = 1 << 0
+FLAG_AUTO = 1 << 1
+FLAG_EXTRA_DATA_COMPATIBLE = 1 << 2
+FLAGS_KNOWN = FLAG_IN_USE | FLAG_AUTO | FLAG_EXTRA_DATA_COMPATIBLE
+TYPE_DIRTY_TRACKING = 1
+MAX_BITMAPS = 65535
+MAX_NAME_SIZE = 1023
+MAX_DIRECTORY_SIZE = 64 << 20  # QEMU's BME_MAX_DIRECTORY_SIZE-like cap
+MAX_TABLE_SIZE = 0x8000000  # entries
+MIN_GRANULARITY_BITS = 9
+MAX_GRANULARITY_BITS = 31
+TABLE_ENTRY_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+TABLE_ENTRY_RESERVED_MASK = 0xFF000000000001FE
+TABLE_ENTRY_ALL_ONES = 1
+#: bitmap data held in memory at once (a merge/copy of bigger bitmaps is refused)
+MAX_DATA_BYTES = 1 << 30
+
+
+@dataclass
+class Bitmap:
+    name: str
+    table_offset: int
+    table_size: int
+    flags: int
+    granularity_bits: int
+    type: int = TYPE_DIRTY_TRACKING
+    extra_data: bytes = b""
+
+    @property
+    def granularity(self) -> int:
+        return 1 << self.granularity_bits
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.flags & FLAG_IN_USE)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.flags & FLAG_AUTO)
+
+    def encode(self) -> bytes:
+        name = self.name.encode()
+        out = DirEntry.build(dict(bitmap_table_offset=self.table_offset, bitmap_table_size=self.table_size,
+                                  flags=self.flags, type=self.type, granularity_bits=self.granularity_bits,
+                                  name_size=len(name), extra_data_size=len(self.extra_data)))
+        out += self.extra_data + name
+        return out + bytes((-len(out)) % 8)
+
+
+@dataclass
+class BitmapsState:
+    nb_bitmaps: int = 0
+    directory_size: int = 0
+    directory_offset: int = 0
+    bitmaps: list[Bitmap] = field(default_factory=list)
+
+
+# -- reading -------------------------------------------------------------------------------
+def has_bitmaps(drv: "Qcow2Format") -> bool:
+    h = drv.header
+    return h.bitmaps_ext is not None and bool(h.autoclear_features & S.AUTOCLEAR_BITMAPS)
+
+
+def _ext(drv: "Qcow2Format") -> tuple[int, int, int]:
+    raw = drv.header.bitmaps_ext or b""
+    if len(raw) < 24:
+        raise QimgError("Invalid bitmaps extension length")
+    e = BitmapsExt.parse(raw[:24])
+    return e.nb_bitmaps, e.bitmap_directory_size, e.bitmap_directory_offset
+
+
+def table_size_for(disk_size: int, granularity_bits: int, cluster_size: int) -> int:
+    nbits = -(-disk_size // (1 << granularity_bits))
+    return -(-nbits // (cluster_size * 8))
+
+
+def parse_directory(data: bytes, nb: int, drv: "Qcow2Format") -> list[Bitmap]:
+    """Directory entries, validated as QEMU does when it loads the list."""
+    out: list[Bitmap] = []
+    pos = 0
+    cs = drv.cluster_size
+    for _ in range(nb):
+        if pos + DIR_ENTRY_SIZE > len(data):
+            raise QimgError("Bitmap directory is corrupted")
+        e = DirEntry.parse(data[pos : pos + DIR_ENTRY_SIZE])
+        end = pos + DIR_ENTRY_SIZE + e.extra_data_size + e.name_size
+        if end > len(data):
+            raise QimgError("Bitmap directory is corrupted")
+        extra = bytes(data[pos + DIR_ENTRY_SIZE : pos + DIR_ENTRY_SIZE + e.extra_data_size])
+        name = bytes(data[end - e.name_size : end]).decode("utf-8", "replace")
+        bm = Bitmap(name=name, table_offset=e.bitmap_table_offset, table_size=e.bitmap_table_size,
+                    flags=e.flags, granularity_bits=e.granularity_bits, type=e.type, extra_data=extra)
+        if (e.granularity_bits < MIN_GRANULARITY_BITS or e.granularity_bits > MAX_GRANULARITY_BITS
+                or e.type != TYPE_DIRTY_TRACKING or e.name_size == 0 or e.name_size > MAX_NAME_SIZE
+                or e.bitmap_table_offset & (cs - 1) or e.bitmap_table_size > MAX_TABLE_SIZE
+                or e.flags & ~FLAGS_KNOWN
+                or (e.extra_data_size and not e.flags & FLAG_EXTRA_DATA_COMPATIBLE)
+                or (not e.flags & FLAG_IN_USE
+                    and e.bitmap_table_size != table_size_for(drv.size, e.granularity_bits, cs))):
+            raise QimgError("Bitmap directory is corrupted")
+        out.append(bm)
+        pos = (end + 7) & ~7
+    return out
+
+
+def read_state(drv: "Qcow2Format") -> BitmapsState:
+    if not has_bitmaps(drv):
+        return BitmapsState()
+    nb, size, offset = _ext(drv)
+    if nb > MAX_BITMAPS or size > MAX_DIRECTORY_SIZE or offset & (drv.cluster_size - 1):
+        raise QimgError("Bitmap directory is corrupted")
+    data = drv.file.pread(offset, size) if size else b""
+    if len(data) < size:
+        raise QimgError("Bitmap directory is corrupted")
+    return BitmapsState(nb, size, offset, parse_directory(data, nb, drv))
+
+
+def read_bitmaps(drv: "Qcow2Format") -> list[Bitmap]:
+    return read_state(drv).bitmaps
+
+
+def bitmap_info(drv: "Qcow2Format") -> list[dict]:
+    """The ``bitmaps`` list of ``qemu-img info``'s format-specific data (JSON keys)."""
+    out = []
+    for bm in read_bitmaps(drv):
+        flags = []
+        if bm.flags & FLAG_IN_USE:
+            flags.append("in-use")
+        if bm.flags & FLAG_AUTO:
+            flags.append("auto")
+        out.append({"flags": flags, "name": bm.name, "granularity": bm.granularity})
+    return out
+
+
+def _read_table(drv: "Qcow2Format", bm: Bitmap) -> list[int]:
+    if not bm.table_size:
+        return []
+    raw = drv.file.pread(bm.table_offset, bm.table_size * 8)
+    if len(raw) < bm.table_size * 8:
+        raise QimgError(f"Could not read bitmap table of '{bm.name}'")
+    return list(struct.unpack(f">{bm.table_size}Q", raw))
+
+
+def _check_entry(entry: int, cluster_size: int) -> bool:
+    offset = entry & TABLE_ENTRY_OFFSET_MASK
+    if entry & TABLE_ENTRY_RESERVED_MASK or offset & (cluster_size - 1):
+        return False
+    return not (offset and entry & TABLE_ENTRY_ALL_ONES)
+
+
+def read_data(drv: "Qcow2Format", bm: Bitmap) -> bytearray:
+    """The whole bitmap as bytes (bit i of the bitmap is bit i%8 of byte i//8)."""
+    cs = drv.cluster_size
+    nbits = -(-drv.size // bm.granularity)
+    nbytes = -(-nbits // 8)
+    if nbytes > MAX_DATA_BYTES:
+        raise QimgError(f"Bitmap '{bm.name}' is too large to load")
+    out = bytearray(bm.table_size * cs)
+    for i, e in enumerate(_read_table(drv, bm)):
+        if not _check_entry(e, cs):
+            raise QimgError(f"Bitmap '{bm.name}' has a corrupted bitmap table entry")
+        off = e & TABLE_ENTRY_OFFSET_MASK
+        if off:
+            chunk = drv.file.pread(off, cs)
+            out[i * cs : i * cs + len(chunk)] = chunk
+        elif e & TABLE_ENTRY_ALL_ONES:
+            out[i * cs : (i + 1) * cs] = b"\xff" * cs
+    del out[nbytes:]
+    if nbits % 8 and out:
+        out[-1] &= (1 << (nbits % 8)) - 1
+    return out
+
+
+# -- writing -------------------------------------------------------------------------------
+def _free_table(drv: "Qcow2Format", bm: Bitmap) -> None:
+    if not bm.table_offset:
+        return
+    cs = drv.cluster_size
+    try:
+        entries = _read_table(drv, bm)
+    except QimgError:
+        entries = []
+    for e in entries:
+        off = e & TABLE_ENTRY_OFFSET_MASK
+        if off and _check_entry(e, cs):
+            drv.free_clusters(off, cs)
+    drv.free_clusters(bm.table_offset, bm.table_size * 8)
+
+
+def _write_data(drv: "Qcow2Format", bm: Bitmap, data: bytes | bytearray | None) -> None:
+    """Write ``data`` (None: all zeroes) as a fresh table + clusters; sets bm.table_offset/size."""
+    cs = drv.cluster_size
+    bm.table_size = table_size_for(drv.size, bm.granularity_bits, cs)
+    entries = [0] * bm.table_size
+    if data is not None:
+        view = memoryview(bytes(data))
+        zero = bytes(cs)
+        for i in range(bm.table_size):
+            chunk = view[i * cs : (i + 1) * cs]
+            if chunk == zero[: len(chunk)]:
+                continue
+            off = drv.alloc_clusters(1)
+            drv.flush_caches()
+            drv.file.pwrite(off, bytes(chunk) + bytes(cs - len(chunk)))
+            entries[i] = off
+    if bm.table_size:
+        nbytes = bm.table_size * 8
+        off = drv.alloc_clusters(-(-nbytes // cs))
+        drv.flush_caches()
+        raw = struct.pack(f">{bm.table_size}Q", *entries)
+        drv.file.pwrite(off, raw + bytes((-len(raw)) % cs))
+        bm.table_offset = off
+    else:
+        bm.table_offset = 0
+
+
+def _write_directory(drv: "Qcow2Format", bitmaps: list[Bitmap], old: BitmapsState) -> None:
+    """Write the directory to new clusters, switch the header extension, free the old one."""
+    h = drv.header
+    cs = drv.cluster_size
+    if bitmaps:
+        data = b"".join(bm.encode() for bm in bitmaps)
+        if len(data) > MAX_DIRECTORY_SIZE:
+            raise QimgError("Bitmap directory is too large")
+        off = drv.alloc_clusters(-(-len(data) // cs))
+        drv.flush_caches()
+        drv.file.pwrite(off, data)
+        drv.file.flush()
+        h.bitmaps_ext = BitmapsExt.build(dict(nb_bitmaps=len(bitmaps), reserved=0,
+                                              bitmap_directory_size=len(data), bitmap_directory_offset=off))
+        h.autoclear_features |= S.AUTOCLEAR_BITMAPS
+    else:
+        h.bitmaps_ext = None
+        h.autoclear_features &= ~S.AUTOCLEAR_BITMAPS
+    drv.flush_caches()
+    drv.update_header()
+    drv.file.flush()
+    if old.directory_offset and old.directory_size:
+        drv.free_clusters(old.directory_offset, old.directory_size)
+    drv.flush_caches()
+
+
+def _find(bitmaps: list[Bitmap], name: str) -> int:
+    for i, bm in enumerate(bitmaps):
+        if bm.name == name:
+            return i
+    return -1
+
+
+def _get(bitmaps: list[Bitmap], name: str) -> Bitmap:
+    i = _find(bitmaps, name)
+    if i < 0:
+        raise QimgError(f"Dirty bitmap '{name}' not found")
+    return bitmaps[i]
+
+
+def _writable_state(drv: "Qcow2Format") -> BitmapsState:
+    if not drv.writable:
+        raise QimgError("Device is not writable")
+    if drv.header.version < 3:
+        raise QimgError("Cannot store dirty bitmaps in qcow2 v2 files")
+    drv.flush_caches()
+    return read_state(drv)
+
+
+def default_granularity(drv: "Qcow2Format") -> int:
+    """QEMU's default: the cluster size, clamped to [4 KiB, 64 KiB]."""
+    return min(max(drv.cluster_size, 4096), 65536)
+
+
+def bitmap_add(drv: "Qcow2Format", name: str, granularity: int | None = None, disabled: bool = False) -> None:
+    st = _writable_state(drv)
+    gran = default_granularity(drv) if granularity is None else granularity
+    if gran < 512 or gran & (gran - 1):
+        raise QimgError("Granularity must be power of 2 and at least 512")
+    if gran > 1 << MAX_GRANULARITY_BITS:
+        raise QimgError(f"Granularity exceeds maximum ({1 << MAX_GRANULARITY_BITS} bytes)")
+    if _find(st.bitmaps, name) >= 0:
+        raise QimgError(f"Bitmap already exists: {name}")
+    if len(name.encode()) > MAX_NAME_SIZE:
+        raise QimgError(f"Can't store bitmap '{name}' into '{drv.filename}': Bitmap name is too long")
+    if len(st.bitmaps) >= MAX_BITMAPS:
+        raise QimgError(f"Can't store bitmap '{name}' into '{drv.filename}': Maximum number of persistent bitmaps is already reached")
+    bm = Bitmap(name=name, table_offset=0, table_size=0, flags=0 if disabled else FLAG_AUTO,
+                granularity_bits=gran.bit_length() - 1)
+    _write_data(drv, bm, None)
+    _write_directory(drv, [*st.bitmaps, bm], st)
+
+
+def bitmap_remove(drv: "Qcow2Format", name: str) -> None:
+    st = _writable_state(drv)
+    bm = _get(st.bitmaps, name)
+    rest = [b for b in st.bitmaps if b is not bm]
+    _write_directory(drv, rest, st)
+    _free_table(drv, bm)
+    drv.flush_caches()
+
+
+def _set_flags(drv: "Qcow2Format", name: str, set_bits: int, clear_bits: int) -> None:
+    st = _writable_state(drv)
+    bm = _get(st.bitmaps, name)
+    if bm.in_use:
+        raise QimgError(f"Bitmap '{name}' is inconsistent and cannot be used")
+    bm.flags = (bm.flags | set_bits) & ~clear_bits
+    _write_directory(drv, st.bitmaps, st)
+
+
+def bitmap_enable(drv: "Qcow2Format", name: str) -> None:
+    _set_flags(drv, name, FLAG_AUTO, 0)
+
+
+def bitmap_disable(drv: "Qcow2Format", name: str) -> None:
+    _set_flags(drv, name, 0, FLAG_AUTO)
+
+
+def _replace_data(drv: "Qcow2Format", st: BitmapsState, bm: Bitmap, data: bytes | bytearray | None) -> None:
+    old = Bitmap(bm.name, bm.table_offset, bm.table_size, bm.flags, bm.granularity_bits)
+    _write_data(drv, bm, data)
+    _write_directory(drv, st.bitmaps, st)
+    _free_table(drv, old)
+    drv.flush_caches()
+
+
+def bitmap_clear(drv: "Qcow2Format", name: str) -> None:
+    st = _writable_state(drv)
+    bm = _get(st.bitmaps, name)
+    if bm.in_use:
+        raise QimgError(f"Bitmap '{name}' is inconsistent and cannot be used")
+    _replace_data(drv, st, bm, None)
+
+
+def _regranulate(data: bytes | bytearray, src_bits: int, dst_bits: int, size: int) -> bytearray:
+    """Re-express a bitmap at another granularity (a destination bit is set if any covered byte is)."""
+    dst_n = -(-size // (1 << dst_bits))
+    out = bytearray(-(-dst_n // 8))
+    if src_bits == dst_bits:
+        out[:] = data[: len(out)]
+        return out
+    src = bytes(data)
+    for byte_i, b in enumerate(src):
+        if not b:
+            continue
+        for bit in range(8):
+            if not b >> bit & 1:
+                continue
+            i = byte_i * 8 + bit
+            start = i << src_bits
+            if start >= size:
+                break
+            end = min(size, (i + 1) << src_bits)
+            for d in range(start >> dst_bits, ((end - 1) >> dst_bits) + 1):
+                out[d >> 3] |= 1 << (d & 7)
+    return out
+
+
+def bitmap_merge(drv: "Qcow2Format", dst_name: str, src_drv: "Qcow2Format | None", src_name: str) -> None:
+    """OR bitmap ``src_name`` (of ``src_drv``, default this image) into ``dst_name``."""
+    st = _writable_state(drv)
+    dst = _get(st.bitmaps, dst_name)
+    if dst.in_use:
+        raise QimgError(f"Bitmap '{dst_name}' is inconsistent and cannot be used")
+    sdrv = src_drv if src_drv is not None else drv
+    src = _get(read_bitmaps(sdrv), src_name)
+    if src.in_use:
+        raise QimgError(f"Bitmap '{src_name}' is inconsistent and cannot be used")
+    sdata = _regranulate(read_data(sdrv, src), src.granularity_bits, dst.granularity_bits, min(sdrv.size, drv.size))
+    ddata = read_data(drv, dst)
+    merged = (int.from_bytes(bytes(ddata), "little") | int.from_bytes(bytes(sdata), "little"))
+    _replace_data(drv, st, dst, merged.to_bytes(len(ddata), "little"))
+
+
+def copy_bitmaps(src_drv: "Qcow2Format", dst_drv: "Qcow2Format", skip_broken: bool = False,
+                 warn: Callable[[str], None] | None = None) -> None:
+    """``convert --bitmaps``: copy every bitmap (name, granularity, enabled state, bits).
+
+    Inconsistent (in-use) bitmaps raise QimgError unless ``skip_broken``, then ``warn`` is told.
+    """
+    bitmaps = read_bitmaps(src_drv)
+    for bm in bitmaps:
+        if bm.in_use and not skip_broken:
+            raise QimgError(f"Cannot copy inconsistent bitmap '{bm.name}'\n"
+                            "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it")
+    for bm in bitmaps:
+        if bm.in_use:
+            if warn is not None:
+                warn(f"Skipping inconsistent bitmap '{bm.name}'")
+            continue
+        bitmap_add(dst_drv, bm.name, bm.granularity, disabled=not bm.enabled)
+        bitmap_merge(dst_drv, bm.name, src_drv, bm.name)
+
+
+def check_inconsistent(src_drv: "Qcow2Format") -> list[str]:
+    """Names of in-use bitmaps (``convert --bitmaps`` refuses them without --skip-broken-bitmaps)."""
+    return [bm.name for bm in read_bitmaps(src_drv) if bm.in_use]
+
+
+def bitmaps_size(drv: "Qcow2Format", size: int | None = None) -> int:
+    """Bytes the bitmaps of this image need in a copy (``measure``'s ``bitmaps`` field)."""
+    cs = drv.cluster_size
+    total = 0
+    disk = drv.size if size is None else size
+    for bm in read_bitmaps(drv):
+        if bm.in_use:
+            continue
+        nbits = -(-disk // bm.granularity)
+        data_clusters = -(-nbits // (cs * 8))
+        table_bytes = data_clusters * 8
+        total += data_clusters * cs + -(-table_bytes // cs) * cs
+    return total
+
+
+# -- check ---------------------------------------------------------------------------------
+def check_bitmap_refcounts(c: "_Checker", res: "CheckResult", table: list[int]) -> None:
+    """Count references of the directory, bitmap tables and data clusters (qemu-img check)."""
+    drv = c.drv
+    if not has_bitmaps(drv):
+        return
+    try:
+        nb, size, offset = _ext(drv)
+    except QimgError:
+        res.corruptions += 1
+        return
+    if nb == 0:
+        return
+    c.inc(res, table, offset, size)
+    try:
+        if nb > MAX_BITMAPS or size > MAX_DIRECTORY_SIZE or offset & (c.cluster_size - 1):
+            raise QimgError("Bitmap directory is corrupted")
+        data = c.read(offset, size)
+        bitmaps = parse_directory(data, nb, drv)
+    except QimgError:
+        res.corruptions += 1
+        return
+    for bm in bitmaps:
+        c.inc(res, table, bm.table_offset, bm.table_size * 8)
+        try:
+            entries = _read_table(drv, bm)
+        except QimgError:
+            res.corruptions += 1
+            break
+        for e in entries:
+            if not _check_entry(e, c.cluster_size):
+                res.corruptions += 1
+                continue
+            off = e & TABLE_ENTRY_OFFSET_MASK
+            if off:
+                c.inc(res, table, off, c.cluster_size)

@@ -1,0 +1,678 @@
+"""qcow2 consistency check and repair (``qemu-img check [-r leaks|all]``).
+
+The expected refcount of every host cluster is rebuilt by walking all metadata (header, active
+and snapshot L1/L2 tables, snapshot table, refcount table and blocks, crypto header, bitmap
+directory and tables) and compared with the stored refcounts. The order of the walk, the message
+lines and the counters follow qemu-img 7.2 so that both print the same report for the same image.
+
+Stored metadata is read straight from the file (after the driver flushed its caches); repairs are
+written through the driver's own APIs (``set_refcount``, ``write_l1``, the L2 cache) so its
+in-memory model stays consistent, except the full refcount rebuild, which writes new structures
+and then hands them to the driver with :func:`_install_reftable`.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from array import array
+from typing import TYPE_CHECKING
+
+from qimg.driver import CheckResult
+from qimg.errors import QimgError
+
+from . import structs as S
+
+if TYPE_CHECKING:
+    from .driver import Qcow2Format
+
+FIX_LEAKS = "leaks"
+FIX_ERRORS = "errors"
+
+CHECK_FRAG_INFO = 2
+REFT_RESERVED_MASK = 0x1FF
+# extended L2: the two halves of the subcluster bitmap
+L2_BITMAP_ALL_ALLOC = 0xFFFFFFFF
+L2_BITMAP_ALL_ZEROES = 0xFFFFFFFF << 32
+
+
+def _be_u64_array(data: bytes) -> array:
+    arr = array("Q")
+    arr.frombytes(data)
+    if arr.itemsize != 8:  # pragma: no cover - exotic platforms
+        raise QimgError("array('Q') is not 64-bit on this platform")
+    if struct.pack("=H", 1) != struct.pack(">H", 1):
+        arr.byteswap()
+    return arr
+
+
+class _StoredRefcounts:
+    """Read-only view of the refcounts as stored on disk (refcount table + blocks)."""
+
+    def __init__(self, drv: "Qcow2Format") -> None:
+        h = drv.header
+        self.file = drv.file
+        self.cluster_bits = h.cluster_bits
+        self.cluster_size = 1 << h.cluster_bits
+        self.bits = 1 << h.refcount_order
+        self.block_bits = h.cluster_bits + 3 - h.refcount_order  # log2(entries per block)
+        nbytes = min(h.refcount_table_clusters * self.cluster_size, S.MAX_REFTABLE_SIZE)
+        self.table = _be_u64_array(self._read(h.refcount_table_offset, nbytes))
+        self.blocks: dict[int, list[int]] = {}
+
+    def _read(self, offset: int, n: int) -> bytes:
+        data = self.file.pread(offset, n)
+        return data + bytes(n - len(data))
+
+    def _decode(self, raw: bytes) -> list[int]:
+        bits = self.bits
+        if bits == 16:
+            return list(struct.unpack(f">{len(raw) // 2}H", raw))
+        if bits == 8:
+            return list(raw)
+        if bits == 32:
+            return list(struct.unpack(f">{len(raw) // 4}I", raw))
+        if bits == 64:
+            return list(struct.unpack(f">{len(raw) // 8}Q", raw))
+        # sub-byte widths: entry 0 in the least significant bits of byte 0
+        per = 8 // bits
+        mask = (1 << bits) - 1
+        table = [[(b >> (k * bits)) & mask for k in range(per)] for b in range(256)]
+        out: list[int] = []
+        for b in raw:
+            out.extend(table[b])
+        return out
+
+    def block(self, index: int) -> list[int] | None:
+        """Decoded refcount block ``index``; None when there is none; raises OSError(EIO) if bad."""
+        if index >= len(self.table):
+            return None
+        offset = self.table[index] & S.REFT_OFFSET_MASK
+        if not offset:
+            return None
+        if offset & (self.cluster_size - 1):
+            raise OSError(errno.EIO, "unaligned refcount block")
+        got = self.blocks.get(index)
+        if got is None:
+            got = self._decode(self._read(offset, self.cluster_size))
+            self.blocks[index] = got
+        return got
+
+    def get(self, cluster: int) -> int:
+        blk = self.block(cluster >> self.block_bits)
+        if blk is None:
+            return 0
+        return blk[cluster & ((1 << self.block_bits) - 1)]
+
+    def set_cached(self, cluster: int, value: int) -> None:
+        blk = self.blocks.get(cluster >> self.block_bits)
+        if blk is not None:
+            blk[cluster & ((1 << self.block_bits) - 1)] = value
+
+
+class _Checker:
+    def __init__(self, drv: "Qcow2Format", fix: set[str]) -> None:
+        self.drv = drv
+        self.fix = set(fix)
+        h = drv.header
+        self.h = h
+        self.file = drv.file
+        self.cluster_bits = h.cluster_bits
+        self.cluster_size = 1 << h.cluster_bits
+        self.extended_l2 = bool(h.incompatible_features & S.INCOMPAT_EXTL2)
+        self.data_file = bool(h.incompatible_features & S.INCOMPAT_DATA_FILE)
+        self.l2_entries = self.cluster_size // (16 if self.extended_l2 else 8)
+        self.refcount_max = (1 << (1 << h.refcount_order)) - 1
+        # compressed descriptor geometry
+        self.csize_shift = 62 - (self.cluster_bits - 8)
+        self.csize_mask = (1 << (self.cluster_bits - 8)) - 1
+        self.coffset_mask = (1 << self.csize_shift) - 1
+        self.msgs: list[str] = []
+        self.file_len = self.file.size()
+
+    # -- helpers --------------------------------------------------------------
+    def say(self, line: str) -> None:
+        self.msgs.append(line)
+
+    def read(self, offset: int, n: int) -> bytes:
+        data = self.file.pread(offset, n)
+        return data + bytes(n - len(data))
+
+    def inc(self, res: CheckResult, table: list[int], offset: int, size: int) -> None:
+        """Count one reference to every cluster of [offset, offset+size) (qcow2_inc_refcounts_imrt)."""
+        if size <= 0:
+            return
+        if offset + size - self.file_len >= self.cluster_size:
+            self.say("ERROR: counting reference for region exceeding the end of the file by one "
+                     f"cluster or more: offset {offset:#x} size {size:#x}")
+            res.corruptions += 1
+            return
+        first = offset >> self.cluster_bits
+        last = (offset + size - 1) >> self.cluster_bits
+        if last >= len(table):
+            table.extend([0] * (last + 1 - len(table)))
+        for k in range(first, last + 1):
+            v = table[k]
+            if v == self.refcount_max:
+                self.say(f"ERROR: overflow cluster offset={k << self.cluster_bits:#x}")
+                self.say("Use qemu-img amend to increase the refcount entry width or qemu-img convert "
+                         "to create a clean copy if the image cannot be opened for writing")
+                res.corruptions += 1
+                continue
+            table[k] = v + 1
+
+    # -- L1/L2 walk ------------------------------------------------------------------
+    def check_l1(self, res: CheckResult, table: list[int], l1_offset: int, l1_size: int, flags: int,
+                 active: bool) -> None:
+        if l1_size == 0:
+            return
+        self.inc(res, table, l1_offset, l1_size * 8)
+        l1 = _be_u64_array(self.read(l1_offset, l1_size * 8))
+        for e in l1:
+            if not e:
+                continue
+            if e & S.L1E_RESERVED_MASK:
+                self.say(f"ERROR found L1 entry with reserved bits set: {e:x}")
+                res.corruptions += 1
+            l2_offset = e & S.L1E_OFFSET_MASK
+            if not l2_offset:
+                continue
+            self.inc(res, table, l2_offset, self.cluster_size)
+            if l2_offset & (self.cluster_size - 1):
+                self.say(f"ERROR l2_offset={l2_offset:x}: Table is not cluster aligned; L1 entry corrupted")
+                res.corruptions += 1
+            # contiguity is judged within one L2 table (qemu-img counts no break between tables)
+            self.check_l2(res, table, l2_offset, flags, active, [0])
+
+    def _load_l2(self, l2_offset: int) -> tuple[array, array | None]:
+        raw = _be_u64_array(self.read(l2_offset, self.cluster_size))
+        if self.extended_l2:
+            return raw[0::2], raw[1::2]
+        return raw, None
+
+    def check_l2(self, res: CheckResult, table: list[int], l2_offset: int, flags: int, active: bool,
+                 frag: list[int]) -> None:
+        entries, bitmaps = self._load_l2(l2_offset)
+        cs = self.cluster_size
+        for i, e in enumerate(entries):
+            if not e:
+                if bitmaps is not None and bitmaps[i] & L2_BITMAP_ALL_ALLOC:
+                    self.say(f"ERROR: Unallocated cluster has non-zero subcluster allocation bitmap, entry={e:#x}")
+                    res.corruptions += 1
+                continue
+            bm = bitmaps[i] if bitmaps is not None else 0
+            if e & S.OFLAG_COMPRESSED:
+                if e & S.OFLAG_COPIED:
+                    self.say(f"ERROR: coffset=0x{e & self.coffset_mask:x}: copied flag must never be set "
+                             "for compressed clusters")
+                    e &= ~S.OFLAG_COPIED
+                    res.corruptions += 1
+                if self.data_file:
+                    self.say(f"ERROR compressed cluster {i} with data file, entry=0x{e:x}")
+                    res.corruptions += 1
+                    continue
+                if bm:
+                    self.say(f"ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, "
+                             f"entry=0x{e:x}")
+                    res.corruptions += 1
+                    continue
+                coffset = e & self.coffset_mask
+                nsect = ((e >> self.csize_shift) & self.csize_mask) + 1
+                csize = nsect * 512 - (coffset & 511)
+                self.inc(res, table, coffset, csize)
+                if flags & CHECK_FRAG_INFO:
+                    res.allocated_clusters += 1
+                    res.compressed_clusters += 1
+                    res.fragmented_clusters += 1
+                continue
+            if e & S.L2E_STD_RESERVED_MASK:
+                self.say(f"ERROR found l2 entry with reserved bits set: {e:x}")
+                res.corruptions += 1
+            offset = e & S.L2E_OFFSET_MASK
+            if not self.extended_l2 and e & S.OFLAG_ZERO and not offset:
+                continue  # plain zero cluster
+            if not offset and not (self.data_file and e & S.OFLAG_COPIED):
+                if bm & L2_BITMAP_ALL_ALLOC:
+                    self.say(f"ERROR: Unallocated cluster has non-zero subcluster allocation bitmap, entry={e:#x}")
+                    res.corruptions += 1
+                continue
+            # normal or preallocated-zero cluster
+            if self.extended_l2 and (bm >> 32) & bm & L2_BITMAP_ALL_ALLOC:
+                self.say(f"ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap")
+                res.corruptions += 1
+            if offset & (cs - 1):
+                res.corruptions += 1
+                if self.extended_l2:
+                    contains_data = bool(bm & L2_BITMAP_ALL_ALLOC)
+                else:
+                    contains_data = not (e & S.OFLAG_ZERO)
+                if not contains_data:
+                    repair = FIX_ERRORS in self.fix
+                    self.say(f"{'Repairing' if repair else 'ERROR'} offset={offset:x}: Preallocated cluster is "
+                             "not properly aligned; L2 entry corrupted.")
+                    if repair:
+                        if self._repair_prealloc_zero(l2_offset, i, e, bm):
+                            res.corruptions -= 1
+                            res.corruptions_fixed += 1
+                            continue
+                        res.check_errors += 1
+                else:
+                    self.say(f"ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted.")
+            if flags & CHECK_FRAG_INFO:
+                res.allocated_clusters += 1
+                if frag[0] and offset != frag[0]:
+                    res.fragmented_clusters += 1
+                frag[0] = offset + cs
+            if not self.data_file:
+                self.inc(res, table, offset, cs)
+
+    def _repair_prealloc_zero(self, l2_offset: int, index: int, entry: int, bitmap: int) -> bool:
+        drv = self.drv
+        try:
+            l2 = drv.get_l2(l2_offset)
+            if self.extended_l2:
+                l2[2 * index] = 0
+                l2[2 * index + 1] = L2_BITMAP_ALL_ZEROES
+            else:
+                l2[index] = S.OFLAG_ZERO
+            drv.l2_cache.mark_dirty(l2_offset)
+            drv.flush_caches()
+        except (OSError, QimgError) as exc:
+            self.say(f"ERROR: Failed to overwrite L2 table entry: {_strerror(exc)}")
+            return False
+        return True
+
+    # -- refcount blocks ---------------------------------------------------------------
+    def check_refblocks(self, res: CheckResult, table: list[int], stored: _StoredRefcounts) -> bool:
+        rebuild = False
+        nb = len(table)
+        for i, e in enumerate(stored.table):
+            offset = e & S.REFT_OFFSET_MASK
+            cluster = offset >> self.cluster_bits
+            if e & REFT_RESERVED_MASK:
+                self.say(f"ERROR refcount table entry {i} has reserved bits set")
+                res.corruptions += 1
+                rebuild = True
+                continue
+            if offset & (self.cluster_size - 1):
+                self.say(f"ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted")
+                res.corruptions += 1
+                rebuild = True
+                continue
+            if cluster >= nb:
+                res.corruptions += 1
+                self.say(f"ERROR refcount block {i} is outside image")
+                rebuild = True
+                continue
+            if offset:
+                self.inc(res, table, offset, self.cluster_size)
+                if table[cluster] != 1:
+                    self.say(f"ERROR refcount block {i} refcount={table[cluster]}")
+                    res.corruptions += 1
+                    rebuild = True
+        return rebuild
+
+    # -- the whole walk ---------------------------------------------------------------
+    def calculate(self, res: CheckResult, stored: _StoredRefcounts, snapshots: list) -> tuple[list[int], bool]:
+        h = self.h
+        nb_clusters = -(-self.file_len // self.cluster_size)
+        table = [0] * nb_clusters
+        self.inc(res, table, 0, self.cluster_size)
+        self.check_l1(res, table, h.l1_table_offset, h.l1_size, CHECK_FRAG_INFO, True)
+        if self.data_file and snapshots:
+            self.say(f"ERROR {len(snapshots)} snapshots in image with data file")
+            res.corruptions += 1
+        for sn in snapshots:
+            if sn.l1_table_offset & (self.cluster_size - 1):
+                self.say(f"ERROR snapshot {sn.id} ({sn.name}) l1_offset={sn.l1_table_offset:#x}: "
+                         "L1 table is not cluster aligned; snapshot table entry corrupted")
+                res.corruptions += 1
+                continue
+            if sn.l1_size > S.MAX_L1_SIZE // 8:
+                self.say(f"ERROR snapshot {sn.id} ({sn.name}) l1_size={sn.l1_size:#x}: "
+                         "L1 table is too large; snapshot table entry corrupted")
+                res.corruptions += 1
+                continue
+            self.check_l1(res, table, sn.l1_table_offset, sn.l1_size, 0, False)
+        if h.nb_snapshots:
+            from .snapshot import snapshot_table_size
+
+            self.inc(res, table, h.snapshots_offset, snapshot_table_size(snapshots))
+        self.inc(res, table, h.refcount_table_offset, h.refcount_table_clusters * self.cluster_size)
+        if h.crypto_header:
+            coff, clen = struct.unpack(">QQ", h.crypto_header[:16])
+            self.inc(res, table, coff, clen)
+        if h.bitmaps_ext is not None:
+            from .bitmap import check_bitmap_refcounts
+
+            check_bitmap_refcounts(self, res, table)
+        rebuild = self.check_refblocks(res, table, stored)
+        return table, rebuild
+
+    def compare(self, res: CheckResult, stored: _StoredRefcounts, table: list[int], fix: set[str],
+                highest: list[int]) -> bool:
+        rebuild = False
+        bb = stored.block_bits
+        per = 1 << bb
+        nb = len(table)
+        for base in range(0, nb, per):
+            end = min(nb, base + per)
+            try:
+                blk = stored.block(base >> bb)
+            except OSError:
+                for i in range(base, end):
+                    self.say(f"Can't get refcount for cluster {i}: Input/output error")
+                    res.check_errors += 1
+                continue
+            want = table[base:end]
+            have = blk[: end - base] if blk is not None else [0] * (end - base)
+            for k in range(end - base - 1, -1, -1):
+                if have[k] or want[k]:
+                    highest[0] = max(highest[0], base + k)
+                    break
+            if have == want:
+                continue
+            for k in range(end - base):
+                r1, r2 = have[k], want[k]
+                if r1 == r2:
+                    continue
+                i = base + k
+                fixed = None
+                if r1 == 0:
+                    rebuild = True
+                elif r1 > r2 and FIX_LEAKS in fix:
+                    fixed = "leaks"
+                elif r1 < r2 and FIX_ERRORS in fix:
+                    fixed = "errors"
+                word = "Repairing" if fixed else ("ERROR" if r1 < r2 else "Leaked")
+                self.say(f"{word} cluster {i} refcount={r1} reference={r2}")
+                if fixed:
+                    try:
+                        self.drv.set_refcount(i, r2)
+                        stored.set_cached(i, r2)
+                        if r2 == 0:
+                            self.file.discard(i << self.cluster_bits, self.cluster_size)
+                    except (OSError, QimgError):
+                        pass
+                    else:
+                        if fixed == "leaks":
+                            res.leaks_fixed += 1
+                        else:
+                            res.corruptions_fixed += 1
+                        continue
+                if r1 < r2:
+                    res.corruptions += 1
+                else:
+                    res.leaks += 1
+        return rebuild
+
+    # -- OFLAG_COPIED --------------------------------------------------------------------
+    def check_oflag_copied(self, res: CheckResult) -> None:
+        drv = self.drv
+        if FIX_ERRORS in self.fix:
+            repair = True
+        elif FIX_LEAKS in self.fix:
+            repair = not res.check_errors and not res.corruptions and not res.leaks
+        else:
+            repair = False
+        word = "Repairing" if repair else "ERROR"
+        stored = _StoredRefcounts(drv)
+        l1 = _be_u64_array(self.read(self.h.l1_table_offset, self.h.l1_size * 8))
+        for i, e in enumerate(l1):
+            l2_offset = e & S.L1E_OFFSET_MASK
+            if not l2_offset:
+                continue
+            try:
+                rc = stored.get(l2_offset >> self.cluster_bits)
+            except OSError:
+                continue
+            if (rc == 1) != bool(e & S.OFLAG_COPIED):
+                res.corruptions += 1
+                self.say(f"{word} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}")
+                if repair:
+                    new = e | S.OFLAG_COPIED if rc == 1 else e & ~S.OFLAG_COPIED
+                    try:
+                        drv.l1[i] = new
+                        drv.write_l1(i, 1)
+                    except (OSError, QimgError):
+                        res.check_errors += 1
+                        return
+                    res.corruptions -= 1
+                    res.corruptions_fixed += 1
+            entries, _ = self._load_l2(l2_offset)
+            dirty: list[tuple[int, int]] = []
+            for j, le in enumerate(entries):
+                if not le or le & S.OFLAG_COMPRESSED:
+                    continue
+                off = le & S.L2E_OFFSET_MASK
+                if not off and not (self.data_file and le & S.OFLAG_COPIED):
+                    continue
+                if self.data_file:
+                    rc = 1
+                else:
+                    try:
+                        rc = stored.get(off >> self.cluster_bits)
+                    except OSError:
+                        continue
+                if (rc == 1) != bool(le & S.OFLAG_COPIED):
+                    res.corruptions += 1
+                    self.say(f"{word} OFLAG_COPIED data cluster: l2_entry={le:x} refcount={rc}")
+                    if repair:
+                        dirty.append((j, le | S.OFLAG_COPIED if rc == 1 else le & ~S.OFLAG_COPIED))
+            if dirty:
+                try:
+                    l2 = drv.get_l2(l2_offset)
+                    step = 2 if self.extended_l2 else 1
+                    for j, v in dirty:
+                        l2[j * step] = v
+                    drv.l2_cache.mark_dirty(l2_offset)
+                    drv.flush_caches()
+                except (OSError, QimgError) as exc:
+                    self.say(f"ERROR: Could not write L2 table: {_strerror(exc)}")
+                    res.check_errors += 1
+                    return
+                res.corruptions -= len(dirty)
+                res.corruptions_fixed += len(dirty)
+
+    # -- rebuild ------------------------------------------------------------------------
+    def rebuild_refcounts(self, table: list[int]) -> None:
+        """Write fresh refcount blocks and table for the computed refcounts and switch to them.
+
+        New structures take the first clusters that are free in ``table`` (which is updated),
+        as QEMU does; the old ones become leaks for the following compare pass.
+        """
+        cs = self.cluster_size
+        rc_bits = 1 << self.h.refcount_order
+        per_block = cs * 8 // rc_bits
+        first_free = [0]
+
+        def alloc(n: int) -> int:
+            i = first_free[0]
+            while True:
+                if i + n > len(table):
+                    table.extend([0] * (i + n - len(table)))
+                run = table[i : i + n]
+                if not any(run):
+                    break
+                # skip past the last used cluster of the window
+                i += max(k for k in range(n) if run[k]) + 1
+            for k in range(i, i + n):
+                table[k] = 1
+            if i == first_free[0]:
+                first_free[0] = i + n
+            return i << self.cluster_bits
+
+        reftable: list[int] = []
+        rt_offset = -1
+        rt_clusters = 0
+        while True:
+            rt_start = rt_offset >> self.cluster_bits if rt_offset >= 0 else -1
+            nblocks = -(-len(table) // per_block)
+            for bi in range(nblocks):
+                lo, hi = bi * per_block, (bi + 1) * per_block
+                in_rt = rt_start >= 0 and rt_start < hi and rt_start + rt_clusters > lo
+                if bi < len(reftable) and reftable[bi]:
+                    continue
+                if not any(table[lo:hi]) and not in_rt:
+                    continue
+                off = alloc(1)
+                if bi >= len(reftable):
+                    reftable.extend([0] * (bi + 1 - len(reftable)))
+                reftable[bi] = off
+                nblocks = max(nblocks, -(-len(table) // per_block))
+            need = -(-len(reftable) * 8 // cs)
+            if rt_offset < 0 or need > rt_clusters:
+                rt_clusters = need
+                rt_offset = alloc(rt_clusters)
+                continue
+            # allocations for the table may have needed more blocks: loop until stable
+            nblocks = -(-len(table) // per_block)
+            if all(bi < len(reftable) and reftable[bi] for bi in range(nblocks)
+                   if any(table[bi * per_block:(bi + 1) * per_block])):
+                break
+        # write blocks
+        for bi, off in enumerate(reftable):
+            if off:
+                vals = table[bi * per_block:(bi + 1) * per_block]
+                vals += [0] * (per_block - len(vals))
+                self.file.pwrite(off, _encode_refcounts(vals, rc_bits))
+        rt = array("Q", reftable + [0] * (rt_clusters * cs // 8 - len(reftable)))
+        raw = rt.tobytes() if struct.pack("=H", 1) == struct.pack(">H", 1) else _swapped(rt)
+        self.file.pwrite(rt_offset, raw)
+        self.file.flush()
+        _install_reftable(self.drv, rt_offset, rt_clusters, rt)
+        self.file_len = self.file.size()
+
+
+def _swapped(arr: array) -> bytes:
+    a = array("Q", arr)
+    a.byteswap()
+    return a.tobytes()
+
+
+def _encode_refcounts(vals: list[int], bits: int) -> bytes:
+    if bits == 16:
+        return struct.pack(f">{len(vals)}H", *vals)
+    if bits == 8:
+        return bytes(vals)
+    if bits == 32:
+        return struct.pack(f">{len(vals)}I", *vals)
+    if bits == 64:
+        return struct.pack(f">{len(vals)}Q", *vals)
+    per = 8 // bits
+    out = bytearray(len(vals) // per)
+    for i in range(0, len(vals), per):
+        b = 0
+        for k in range(per):
+            b |= vals[i + k] << (k * bits)
+        out[i // per] = b
+    return bytes(out)
+
+
+def _install_reftable(drv: "Qcow2Format", offset: int, clusters: int, table: array) -> None:
+    """Make the driver use a newly written refcount table (header updated atomically)."""
+    drv.refblock_cache.clear()
+    drv.refcount_table = table
+    drv.header.refcount_table_offset = offset
+    drv.header.refcount_table_clusters = clusters
+    # refcount table offset and size are adjacent in the header: one write switches both
+    drv.file.pwrite(48, struct.pack(">QI", offset, clusters))
+    drv.file.flush()
+    if hasattr(drv, "free_cluster_index"):
+        drv.free_cluster_index = 0
+
+
+def _strerror(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc)
+
+
+def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
+    """``qemu-img check`` for an open qcow2 image; ``fix`` is a subset of {"leaks", "errors"}."""
+    from .snapshot import read_snapshots
+
+    fix = set(fix)
+    if fix and not drv.writable:
+        raise QimgError("Cannot repair a read-only image")
+    if drv.writable:
+        drv.flush_caches()
+    c = _Checker(drv, fix)
+    res = CheckResult(filename=drv.filename, format="qcow2", image_end_offset=0, total_clusters=0,
+                      allocated_clusters=0, fragmented_clusters=0, compressed_clusters=0)
+    res.total_clusters = -(-drv.header.size // c.cluster_size)
+    try:
+        snapshots = read_snapshots(drv)
+    except QimgError as e:
+        c.say(f"ERROR: Failed to read the snapshot table: {e.message}")
+        res.check_errors += 1
+        res.messages = c.msgs
+        return res
+    stored = _StoredRefcounts(drv)
+    table, rebuild = c.calculate(res, stored, snapshots)
+    pre = _copy(res)
+    highest = [0]
+    if c.compare(res, stored, table, set(), highest):
+        rebuild = True
+    if rebuild and FIX_ERRORS in fix:
+        old = _copy(res)
+        c.say("Rebuilding refcount structure")
+        c.rebuild_refcounts(table)
+        res.corruptions = 0
+        res.leaks = 0
+        stored = _StoredRefcounts(drv)
+        table, rebuild = c.calculate(res, stored, snapshots)
+        fresh_leaks = 0
+        if FIX_LEAKS in fix:
+            saved = _copy(res)
+            tmp = CheckResult()
+            highest = [0]
+            if c.compare(tmp, stored, table, {FIX_LEAKS}, highest):
+                c.say("ERROR rebuilt refcount structure is still broken")
+            fresh_leaks = tmp.leaks
+            _assign(res, saved)
+        if res.corruptions < old.corruptions:
+            res.corruptions_fixed += old.corruptions - res.corruptions
+        if res.leaks < old.leaks:
+            res.leaks_fixed += old.leaks - res.leaks
+        res.leaks += fresh_leaks
+        drv.flush_caches()
+    elif fix:
+        if rebuild:
+            c.say("ERROR need to rebuild refcount structures")
+            res.check_errors += 1
+            res.messages = c.msgs
+            return res
+        if res.leaks or res.corruptions:
+            _assign(res, pre)
+            highest = [0]
+            c.compare(res, stored, table, fix, highest)
+            drv.flush_caches()
+    c.check_oflag_copied(res)
+    res.image_end_offset = (highest[0] + 1) * c.cluster_size
+    if fix and not res.check_errors and not res.corruptions:
+        _mark_clean(drv)
+    res.messages = c.msgs
+    return res
+
+
+def _copy(res: CheckResult) -> CheckResult:
+    from dataclasses import replace
+
+    return replace(res, messages=[])
+
+
+def _assign(dst: CheckResult, src: CheckResult) -> None:
+    for name in ("check_errors", "corruptions", "leaks", "corruptions_fixed", "leaks_fixed",
+                 "allocated_clusters", "fragmented_clusters", "compressed_clusters", "total_clusters"):
+        setattr(dst, name, getattr(src, name))
+
+
+def _mark_clean(drv: "Qcow2Format") -> None:
+    """After a successful repair the image is neither dirty nor corrupt any more."""
+    h = drv.header
+    bits = S.INCOMPAT_DIRTY | S.INCOMPAT_CORRUPT
+    if h.version >= 3 and h.incompatible_features & bits:
+        drv.flush_caches()
+        h.incompatible_features &= ~bits
+        drv.update_header()

@@ -1,0 +1,387 @@
+"""qcow2 internal snapshots: the snapshot table, per-snapshot L1 tables and refcount sharing.
+
+Layout of one snapshot table entry (docs/interop/qcow2.rst, "Snapshots"): a 40-byte fixed part,
+``extra_data_size`` bytes of extra data (vm_state_size_large, disk_size, icount, then anything a
+newer writer added, which we keep byte for byte), the id string, the name, padding to 8 bytes.
+
+Taking a snapshot copies the active L1 table and counts one more reference to every L2 table and
+data cluster it reaches (clearing OFLAG_COPIED, so the driver's write path copies them before
+writing). Deleting drops those references again; applying a snapshot swaps the L1 contents.
+"""
+from __future__ import annotations
+
+import struct
+import time
+from array import array
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from construct import Int16ub, Int32ub, Int64ub, Struct
+from qimg.driver import SnapshotInfo
+from qimg.errors import QimgError
+
+from . import structs as S
+
+if TYPE_CHECKING:
+    from .driver import Qcow2Format
+
+SnapshotHeader = Struct(
+    "l1_table_offset" / Int64ub,
+    "l1_size" / Int32ub,
+    "id_str_size" / Int16ub,
+    "name_size" / Int16ub,
+    "date_sec" / Int32ub,
+    "date_nsec" / Int32ub,
+    "vm_clock_nsec" / Int64ub,
+    "vm_state_size" / Int32ub,
+    "extra_data_size" / Int32ub,
+)
+SNAPSHOT_HEADER_SIZE = 40
+#: the extra data QEMU 7.2 writes: vm_state_size_large, disk_size, icount
+KNOWN_EXTRA_SIZE = 24
+MAX_EXTRA_SIZE = 1024
+#: QEMU's cap on the whole table (QCOW_MAX_SNAPSHOTS_SIZE)
+MAX_TABLE_SIZE = 64 << 20
+NO_ICOUNT = (1 << 64) - 1
+
+
+@dataclass
+class Snapshot:
+    l1_table_offset: int
+    l1_size: int
+    id: str
+    name: str
+    date_sec: int = 0
+    date_nsec: int = 0
+    vm_clock_nsec: int = 0
+    vm_state_size: int = 0
+    disk_size: int = 0
+    icount: int = NO_ICOUNT
+    #: extra data beyond the three known fields, preserved as read
+    unknown_extra: bytes = b""
+    #: extra_data_size as read (0 for new snapshots: we write the known 24 bytes)
+    extra_data_size: int = KNOWN_EXTRA_SIZE
+
+    def info(self) -> SnapshotInfo:
+        return SnapshotInfo(id=self.id, name=self.name, vm_state_size=self.vm_state_size,
+                            date_sec=self.date_sec, date_nsec=self.date_nsec,
+                            vm_clock_nsec=self.vm_clock_nsec,
+                            icount=None if self.icount == NO_ICOUNT else self.icount)
+
+    def encode(self) -> bytes:
+        id_b = self.id.encode()
+        name_b = self.name.encode()
+        extra = struct.pack(">QQQ", self.vm_state_size, self.disk_size, self.icount) + self.unknown_extra
+        head = SnapshotHeader.build(dict(
+            l1_table_offset=self.l1_table_offset, l1_size=self.l1_size, id_str_size=len(id_b),
+            name_size=len(name_b), date_sec=self.date_sec & 0xFFFFFFFF, date_nsec=self.date_nsec,
+            vm_clock_nsec=self.vm_clock_nsec, vm_state_size=self.vm_state_size & 0xFFFFFFFF,
+            extra_data_size=len(extra)))
+        return head + extra + id_b + name_b
+
+
+def snapshot_table_size(snapshots: list[Snapshot]) -> int:
+    """Bytes of the table as QEMU counts them: entries aligned to 8, the last one unpadded."""
+    size = 0
+    for sn in snapshots:
+        size = (size + 7) & ~7
+        size += len(sn.encode())
+    return size
+
+
+def encode_table(snapshots: list[Snapshot]) -> bytes:
+    out = bytearray()
+    for sn in snapshots:
+        out += bytes((-len(out)) % 8)
+        out += sn.encode()
+    return bytes(out)
+
+
+def read_snapshots(drv: "Qcow2Format") -> list[Snapshot]:
+    """Parse the snapshot table; QimgError on a table that cannot be read."""
+    h = drv.header
+    n = h.nb_snapshots
+    if not n:
+        return []
+    if n > S.MAX_SNAPSHOTS:
+        raise QimgError("Too many snapshots")
+    file_size = drv.file.size()
+    offset = h.snapshots_offset
+    if offset & ((1 << h.cluster_bits) - 1) or offset >= file_size:
+        raise QimgError("Snapshot table offset invalid")
+    out: list[Snapshot] = []
+    pos = offset
+    for _ in range(n):
+        pos = (pos + 7) & ~7
+        if pos - offset > MAX_TABLE_SIZE:
+            raise QimgError("Snapshot table exceeds the maximum size")
+        raw = drv.file.pread(pos, SNAPSHOT_HEADER_SIZE)
+        if len(raw) < SNAPSHOT_HEADER_SIZE:
+            raise QimgError("Snapshot table is truncated")
+        sh = SnapshotHeader.parse(raw)
+        pos += SNAPSHOT_HEADER_SIZE
+        if sh.extra_data_size > MAX_EXTRA_SIZE:
+            raise QimgError(f"Too much extra metadata in snapshot table entry {len(out)}")
+        extra = drv.file.pread(pos, sh.extra_data_size)
+        pos += sh.extra_data_size
+        strs = drv.file.pread(pos, sh.id_str_size + sh.name_size)
+        pos += sh.id_str_size + sh.name_size
+        if len(extra) < sh.extra_data_size or len(strs) < sh.id_str_size + sh.name_size:
+            raise QimgError("Snapshot table is truncated")
+        sn = Snapshot(l1_table_offset=sh.l1_table_offset, l1_size=sh.l1_size,
+                      id=strs[: sh.id_str_size].decode("utf-8", "replace"),
+                      name=strs[sh.id_str_size:].decode("utf-8", "replace"),
+                      date_sec=sh.date_sec, date_nsec=sh.date_nsec, vm_clock_nsec=sh.vm_clock_nsec,
+                      vm_state_size=sh.vm_state_size, disk_size=h.size,
+                      extra_data_size=sh.extra_data_size)
+        if len(extra) >= 8:
+            sn.vm_state_size = struct.unpack_from(">Q", extra, 0)[0]
+        if len(extra) >= 16:
+            sn.disk_size = struct.unpack_from(">Q", extra, 8)[0]
+        if len(extra) >= 24:
+            sn.icount = struct.unpack_from(">Q", extra, 16)[0]
+        sn.unknown_extra = bytes(extra[KNOWN_EXTRA_SIZE:])
+        out.append(sn)
+    return out
+
+
+def _find(snapshots: list[Snapshot], snapshot_id: str | None, name: str | None) -> int:
+    """Index of the snapshot matching id and/or name (QEMU's find_snapshot_by_id_and_name)."""
+    for i, sn in enumerate(snapshots):
+        if snapshot_id is not None and sn.id != snapshot_id:
+            continue
+        if name is not None and sn.name != name:
+            continue
+        if snapshot_id is None and name is None:
+            continue
+        return i
+    return -1
+
+
+def _find_id_or_name(snapshots: list[Snapshot], id_or_name: str) -> int:
+    i = _find(snapshots, id_or_name, None)
+    return i if i >= 0 else _find(snapshots, None, id_or_name)
+
+
+# -- table writing --------------------------------------------------------------------
+def _write_table(drv: "Qcow2Format", snapshots: list[Snapshot]) -> None:
+    """Write a new table into fresh clusters, switch the header to it, free the old one."""
+    h = drv.header
+    old_offset, old_size = h.snapshots_offset, 0
+    if h.nb_snapshots:
+        old_size = snapshot_table_size(read_snapshots(drv))
+    data = encode_table(snapshots)
+    offset = 0
+    if snapshots:
+        cs = drv.cluster_size
+        offset = drv.alloc_clusters(-(-len(data) // cs))
+        drv.flush_caches()
+        drv.file.pwrite(offset, data)
+    drv.flush_caches()
+    drv.file.flush()
+    h.nb_snapshots = len(snapshots)
+    h.snapshots_offset = offset
+    # nb_snapshots and snapshots_offset are adjacent: one write switches both
+    drv.file.pwrite(60, struct.pack(">IQ", h.nb_snapshots, h.snapshots_offset))
+    drv.file.flush()
+    if old_offset and old_size:
+        drv.free_clusters(old_offset, old_size)
+
+
+# -- refcount sharing -------------------------------------------------------------------
+def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_active: bool) -> bool:
+    """Add ``addend`` (-1, 0, +1) references to all clusters reached from ``l1`` and fix the
+    OFLAG_COPIED flags of the entries to match the new refcounts. Returns True if ``l1`` changed."""
+    cb = drv.cluster_bits
+    cs = 1 << cb
+    step = 2 if drv.extended_l2 else 1
+    l1_changed = False
+    for i, e in enumerate(l1):
+        l2_off = e & S.L1E_OFFSET_MASK
+        if not l2_off:
+            continue
+        if l2_off & (cs - 1):
+            raise QimgError(f"L2 table offset {l2_off:#x} unaligned (L1 index: {i:#x})")
+        l2_rc = drv.get_refcount(l2_off >> cb)
+        # a table that this change frees is left untouched (it must not be written back later)
+        touch = not (addend < 0 and l2_rc <= 1)
+        l2 = drv.get_l2(l2_off)
+        dirty = False
+        for j in range(0, len(l2), step):
+            le = l2[j]
+            if not le:
+                continue
+            if le & S.OFLAG_COMPRESSED:
+                if addend:
+                    first, n = drv.compressed_clusters(le)
+                    drv.update_refcount(first, n * cs, addend)
+                continue
+            off = le & S.L2E_OFFSET_MASK
+            if not off:
+                continue
+            if addend:
+                drv.update_refcount(off, cs, addend)
+            if touch:
+                rc = drv.get_refcount(off >> cb)
+                new = le | S.OFLAG_COPIED if rc == 1 else le & ~S.OFLAG_COPIED
+                if new != le:
+                    l2[j] = new
+                    dirty = True
+        if dirty:
+            drv.l2_cache.mark_dirty(l2_off)
+        if addend:
+            if not touch:
+                drv.l2_cache.drop(l2_off)
+            drv.update_refcount(l2_off, cs, addend)
+        rc = drv.get_refcount(l2_off >> cb)
+        new = e | S.OFLAG_COPIED if rc == 1 else e & ~S.OFLAG_COPIED
+        if new != e:
+            l1[i] = new
+            l1_changed = True
+    return l1_changed
+
+
+def _read_l1(drv: "Qcow2Format", offset: int, size: int) -> array:
+    if size > S.MAX_L1_SIZE // 8:
+        raise QimgError("Snapshot L1 table is too large")
+    if offset & (drv.cluster_size - 1):
+        raise QimgError("Snapshot L1 table offset invalid")
+    return drv.read_table(offset, size)
+
+
+def _next_id(snapshots: list[Snapshot]) -> str:
+    best = 0
+    for sn in snapshots:
+        try:
+            best = max(best, int(sn.id))
+        except ValueError:
+            pass
+    return str(best + 1)
+
+
+# -- the driver-facing operations ----------------------------------------------------------
+def snapshot_list(drv: "Qcow2Format") -> list[SnapshotInfo]:
+    return [sn.info() for sn in read_snapshots(drv)]
+
+
+def _require_writable(drv: "Qcow2Format") -> None:
+    if not drv.writable:
+        raise QimgError("Device is not writable")
+
+
+def snapshot_create(drv: "Qcow2Format", name: str, *, snapshot_id: str | None = None,
+                    date_sec: int | None = None, date_nsec: int | None = None) -> SnapshotInfo:
+    """Take an internal snapshot of the current disk state (``qemu-img snapshot -c``)."""
+    _require_writable(drv)
+    snapshots = read_snapshots(drv)
+    if len(snapshots) >= S.MAX_SNAPSHOTS:
+        raise QimgError("Too many snapshots")
+    sid = snapshot_id or _next_id(snapshots)
+    if _find(snapshots, sid, None) >= 0:
+        raise QimgError("File exists")
+    if date_sec is None:
+        # qemu-img records wall time with microsecond precision
+        us = time.time_ns() // 1000
+        date_sec, date_nsec = us // 1_000_000, (us % 1_000_000) * 1000
+    drv.flush_caches()
+    h = drv.header
+    l1 = array("Q", drv.l1)
+    l1_offset = 0
+    if h.l1_size:
+        l1_offset = drv.alloc_clusters(-(-h.l1_size * 8 // drv.cluster_size))
+        drv.flush_caches()
+        drv.write_table(l1_offset, l1)
+    # one more reference to everything the active L1 reaches; COPIED cleared where shared
+    if _update_snapshot_refcount(drv, drv.l1, 1, is_active=True):
+        drv.write_l1()
+    drv.flush_caches()
+    sn = Snapshot(l1_table_offset=l1_offset, l1_size=h.l1_size, id=sid, name=name,
+                  date_sec=date_sec, date_nsec=date_nsec or 0, vm_clock_nsec=0, vm_state_size=0,
+                  disk_size=drv.size, icount=0)
+    _write_table(drv, [*snapshots, sn])
+    drv.flush_caches()
+    return sn.info()
+
+
+def snapshot_goto(drv: "Qcow2Format", id_or_name: str) -> None:
+    """Revert the disk to a snapshot (``qemu-img snapshot -a``)."""
+    _require_writable(drv)
+    snapshots = read_snapshots(drv)
+    i = _find_id_or_name(snapshots, id_or_name)
+    if i < 0:
+        raise QimgError("Failed to load snapshot: No such file or directory")
+    sn = snapshots[i]
+    drv.flush_caches()
+    h = drv.header
+    if sn.disk_size != drv.size:
+        drv.truncate(sn.disk_size, shrink=True)
+    sn_l1 = _read_l1(drv, sn.l1_table_offset, sn.l1_size)
+    if sn.l1_size > h.l1_size:
+        _grow_l1(drv, sn.l1_size)
+    # references of the snapshot's clusters first, then drop those of the old active state
+    _update_snapshot_refcount(drv, array("Q", sn_l1), 1, is_active=False)
+    old = array("Q", drv.l1)
+    new = array("Q", sn_l1)
+    new.extend([0] * (h.l1_size - len(new)))
+    drv.l1 = new
+    drv.write_l1()
+    drv.flush_caches()
+    _update_snapshot_refcount(drv, old, -1, is_active=False)
+    if _update_snapshot_refcount(drv, drv.l1, 0, is_active=True):
+        drv.write_l1()
+    drv.flush_caches()
+
+
+def _grow_l1(drv: "Qcow2Format", new_size: int) -> None:
+    h = drv.header
+    cs = drv.cluster_size
+    l1 = array("Q", drv.l1)
+    l1.extend([0] * (new_size - len(l1)))
+    offset = drv.alloc_clusters(-(-new_size * 8 // cs))
+    drv.flush_caches()
+    drv.write_table(offset, l1)
+    old_off, old_size = h.l1_table_offset, h.l1_size
+    drv.l1 = l1
+    h.l1_size = new_size
+    h.l1_table_offset = offset
+    drv.file.pwrite(36, struct.pack(">IQ", new_size, offset))
+    drv.file.flush()
+    if old_off and old_size:
+        drv.free_clusters(old_off, old_size * 8)
+
+
+def snapshot_delete(drv: "Qcow2Format", snapshot_id: str | None, name: str | None = None) -> None:
+    """Delete a snapshot by id and/or name; with only ``snapshot_id`` given it is tried as an id,
+    then as a name (``qemu-img snapshot -d`` resolves names before calling this)."""
+    _require_writable(drv)
+    snapshots = read_snapshots(drv)
+    if name is None and snapshot_id is not None:
+        i = _find_id_or_name(snapshots, snapshot_id)
+    else:
+        i = _find(snapshots, snapshot_id, name)
+    if i < 0:
+        raise QimgError("snapshot not found")
+    sn = snapshots.pop(i)
+    drv.flush_caches()
+    sn_l1 = _read_l1(drv, sn.l1_table_offset, sn.l1_size)
+    _write_table(drv, snapshots)
+    _update_snapshot_refcount(drv, sn_l1, -1, is_active=False)
+    if sn.l1_size:
+        drv.free_clusters(sn.l1_table_offset, sn.l1_size * 8)
+    if _update_snapshot_refcount(drv, drv.l1, 0, is_active=True):
+        drv.write_l1()
+    drv.flush_caches()
+
+
+def snapshot_load_readonly(drv: "Qcow2Format", snapshot_id: str | None, name: str | None) -> None:
+    """Show a snapshot's data in this read-only instance (``convert -l``, ``measure -l``)."""
+    if drv.writable:
+        raise QimgError("Device is not readonly")
+    snapshots = read_snapshots(drv)
+    i = _find(snapshots, snapshot_id, name)
+    if i < 0:
+        raise QimgError("Can't find snapshot")
+    sn = snapshots[i]
+    drv.l1 = _read_l1(drv, sn.l1_table_offset, sn.l1_size)
+    drv.header.l1_size = sn.l1_size
+    drv.header.l1_table_offset = sn.l1_table_offset
