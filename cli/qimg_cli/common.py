@@ -65,17 +65,27 @@ def image_size_arg(text: str) -> int:
             raise ValueError(text)
         value = parse_size(text)
     except ValueError:
-        from qimg.units import _SIZE_RE
-
-        m = _SIZE_RE.match(text)
-        if m and not text.startswith("-") and "." not in m.group(1):
-            # well-formed but too large for int64
+        if _too_large(text):
             raise QimgError("Invalid image size specified. Must be between 0 and 9223372036854775807.") from None
         raise QimgError(
             "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
             f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
         ) from None
     return value
+
+
+def _too_large(text: str) -> bool:
+    """A well-formed size whose value does not fit in int64 (qemu's other message)."""
+    import re
+    from fractions import Fraction
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([bkmgtpeBKMGTPE]?)\s*", text)
+    if not m:
+        return False
+    shift = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}[m.group(2).lower()]
+    if "." in m.group(1) and shift == 0:
+        return False
+    return Fraction(m.group(1)) * (1 << shift) >= 1 << 63
 
 
 # -- qemu-img's getopt parsing on top of click ----------------------------------------------------

@@ -1,0 +1,64 @@
+"""``qemu-img resize``: relative/absolute sizes and qemu-img's checks before truncating."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .. import trace
+from ..errors import QimgError
+from ..options import SIZE, Option
+
+if TYPE_CHECKING:
+    from ..image import Image
+
+PREALLOC_MODES = ("off", "metadata", "falloc", "full")
+
+SHRINK_WARNING = ("Shrinking an image will delete all data beyond the shrunken image's end. Before performing "
+                  "such an operation, make sure there is no important data there.")
+
+
+def check_preallocation(mode: str) -> str:
+    if mode not in PREALLOC_MODES:
+        raise QimgError(f"Invalid preallocation mode '{mode}'")
+    return mode
+
+
+def parse_size_arg(text: str) -> tuple[int, int]:
+    """``+N``/``-N``/``N`` -> (relative sign or 0, N); size errors as QEMU's size option."""
+    relative = 0
+    if text[:1] == "+":
+        relative, text = 1, text[1:]
+    elif text[:1] == "-":
+        relative, text = -1, text[1:]
+    body = text[1:] if text[:1] == "+" else text  # strtoull-style optional sign
+    return relative, Option("size", SIZE, "").convert(body)
+
+
+class ShrinkRefused(QimgError):
+    """Shrinking without --shrink: the CLI also prints qemu-img's warning."""
+
+
+def new_size(current: int, relative: int, n: int, *, shrink: bool, preallocation: str = "off") -> int:
+    total = current + n * relative if relative else n
+    if total <= 0:
+        raise QimgError("New image size must be positive")
+    if total <= current and preallocation != "off":
+        raise QimgError("Preallocation can only be used for growing images")
+    if total < current and not shrink:
+        raise ShrinkRefused("Use the --shrink option to perform a shrink operation.")
+    return total
+
+
+def resize(img: "Image", size: str | int, *, shrink: bool = False, preallocation: str = "off") -> int:
+    """Resize ``img`` (opened writable) to ``size`` (bytes, or qemu-img's ``+N``/``-N`` text);
+    return the new size."""
+    check_preallocation(preallocation)
+    relative, n = (0, size) if isinstance(size, int) else parse_size_arg(size)
+    current = img.size
+    total = new_size(current, relative, n, shrink=shrink, preallocation=preallocation)
+    trace.event("resize_image", filename=img.filename, old_size=current, new_size=total, shrink=shrink,
+                preallocation=preallocation)
+    try:
+        img.truncate(total, shrink=shrink, preallocation=preallocation)
+    except OSError as e:
+        raise QimgError(e.strerror or str(e)) from None
+    return total
