@@ -491,3 +491,135 @@ def check_bitmap_refcounts(c: "_Checker", res: "CheckResult", table: list[int]) 
             off = e & TABLE_ENTRY_OFFSET_MASK
             if off:
                 c.inc(res, table, off, c.cluster_size)
+
+
+# -- tracking guest writes in enabled bitmaps ---------------------------------------------------
+def _set_bits(data: bytearray, first: int, last: int) -> None:
+    """Set bits first..last (inclusive) of an LSB-first bitmap, whole bytes by slice."""
+    last = min(last, len(data) * 8 - 1)
+    if first > last:
+        return
+    fb, lb = first >> 3, last >> 3
+    if fb == lb:
+        data[fb] |= ((0xFF << (first & 7)) & (0xFF >> (7 - (last & 7)))) & 0xFF
+        return
+    data[fb] |= (0xFF << (first & 7)) & 0xFF
+    data[lb] |= 0xFF >> (7 - (last & 7))
+    if lb - fb > 1:
+        data[fb + 1 : lb] = b"\xff" * (lb - fb - 1)
+
+
+class DirtyTracker:
+    """Records guest writes in the image's enabled ("auto") bitmaps, as QEMU does while an image
+    is open read-write: the bitmaps are marked in-use on disk while the changes live in memory,
+    and written back (in-use cleared) by :meth:`store`."""
+
+    def __init__(self, drv: "Qcow2Format") -> None:
+        self.drv = drv
+        st = read_state(drv)
+        self.tracked: dict[str, tuple[int, bytearray]] = {}
+        for bm in st.bitmaps:
+            if bm.enabled and not bm.in_use:
+                self.tracked[bm.name] = (bm.granularity_bits, read_data(drv, bm))
+                bm.flags |= FLAG_IN_USE
+        if self.tracked:
+            _write_directory(drv, st.bitmaps, st)
+
+    def __bool__(self) -> bool:
+        return bool(self.tracked)
+
+    def mark(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        for bits, data in self.tracked.values():
+            _set_bits(data, offset >> bits, (offset + length - 1) >> bits)
+
+    def store(self) -> None:
+        """Write the tracked bitmaps back and clear their in-use flag."""
+        if not self.tracked:
+            return
+        drv = self.drv
+        drv.flush_caches()
+        st = read_state(drv)
+        olds = []
+        for bm in st.bitmaps:
+            got = self.tracked.get(bm.name)
+            if got is None or not bm.in_use:
+                continue
+            olds.append(Bitmap(bm.name, bm.table_offset, bm.table_size, bm.flags, bm.granularity_bits))
+            _write_data(drv, bm, got[1])
+            bm.flags &= ~FLAG_IN_USE
+        _write_directory(drv, st.bitmaps, st)
+        for old in olds:
+            _free_table(drv, old)
+        drv.flush_caches()
+        self.tracked = {}
+
+
+def bitmaps_mark_dirty(drv: "Qcow2Format", offset: int, length: int) -> None:
+    """Driver write-path hook: note a guest write of [offset, offset+length) in enabled bitmaps.
+
+    The tracker is created on the first call and kept in ``drv._bitmap_tracker`` (False when the
+    image has nothing to track, so later calls cost one attribute test)."""
+    tracker = getattr(drv, "_bitmap_tracker", None)
+    if tracker is None:
+        tracker = DirtyTracker(drv) if has_bitmaps(drv) else False
+        drv._bitmap_tracker = tracker or False
+        if not tracker:
+            return
+    elif not tracker:
+        return
+    tracker.mark(offset, length)
+
+
+def bitmaps_store(drv: "Qcow2Format") -> None:
+    """Driver close hook: write back bitmaps changed by tracked writes."""
+    tracker = getattr(drv, "_bitmap_tracker", None)
+    if tracker:
+        tracker.store()
+    drv._bitmap_tracker = None
+
+
+def bitmaps_resize(drv: "Qcow2Format", old_size: int, new_size: int) -> None:
+    """Resize hook: after the virtual size changed from ``old_size``, re-express every bitmap for
+    the new size (bits past the old end start clear, as QEMU's resize leaves them)."""
+    if not has_bitmaps(drv):
+        return
+    st = read_state_for_size(drv, old_size)
+    for bm in st.bitmaps:
+        if bm.in_use:
+            raise QimgError(f"Cannot resize: bitmap '{bm.name}' is inconsistent")
+    datas = []
+    for bm in st.bitmaps:
+        datas.append(_read_data_for_size(drv, bm, old_size))
+    olds = [Bitmap(b.name, b.table_offset, b.table_size, b.flags, b.granularity_bits) for b in st.bitmaps]
+    for bm, data in zip(st.bitmaps, datas, strict=True):
+        nbits = -(-new_size // bm.granularity)
+        nbytes = (nbits + 7) // 8
+        data = data[:nbytes] + bytes(max(0, nbytes - len(data)))
+        if nbits % 8 and data:
+            data[-1] &= (1 << (nbits % 8)) - 1
+        _write_data(drv, bm, data)
+    _write_directory(drv, st.bitmaps, st)
+    for old in olds:
+        _free_table(drv, old)
+    drv.flush_caches()
+
+
+class _SizeView:
+    """A driver stand-in that reports another virtual size (to parse tables made for it)."""
+
+    def __init__(self, drv: "Qcow2Format", size: int) -> None:
+        self._drv = drv
+        self.size = size
+
+    def __getattr__(self, name: str):
+        return getattr(self._drv, name)
+
+
+def read_state_for_size(drv: "Qcow2Format", size: int) -> BitmapsState:
+    return read_state(_SizeView(drv, size))  # type: ignore[arg-type]
+
+
+def _read_data_for_size(drv: "Qcow2Format", bm: Bitmap, size: int) -> bytearray:
+    return read_data(_SizeView(drv, size), bm)  # type: ignore[arg-type]
