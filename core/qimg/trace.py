@@ -84,7 +84,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def event(name: str, **fields: Any) -> None:
+def event(name: str, /, **fields: Any) -> None:
     """Emit a trace event if it is enabled."""
     if not active or name not in _enabled:
         return

@@ -1,0 +1,53 @@
+"""``qimg amend``: -o options (``-o help``), -p progress, --force, over ops.amend."""
+from __future__ import annotations
+
+import click
+
+from ..common import qemu_command
+
+
+@qemu_command("amend", legacy_longs=("help", "object", "image-opts", "force"))
+@click.option("-o", "--options", "options", multiple=True)
+@click.option("-f", "--format", "fmt")
+@click.option("-t", "--cache", "cache")
+@click.option("-p", "--progress", "progress", is_flag=True)
+@click.option("-q", "--quiet", "quiet", is_flag=True)
+@click.option("--object", "objects", multiple=True)
+@click.option("--image-opts", "image_opts", is_flag=True)
+@click.option("--force", "force", is_flag=True)
+@click.argument("args", nargs=-1)
+def command(options, fmt, cache, progress, quiet, objects, image_opts, force, args) -> None:
+    import sys
+
+    from qimg.ops import amend as ops_amend
+    from qimg.ops.create import valid_option_list
+    from qimg.options import is_help_request
+
+    from ..common import Progress, open_image, parse_objects, usage_exit
+    from ..main import error_exit
+
+    for o in options:
+        if not valid_option_list(o):
+            error_exit(f"Invalid option list: {o}")
+    if not options:
+        usage_exit("Must specify options (-o)")
+    opts = ",".join(options)
+    if quiet:
+        progress = False
+    parse_objects(objects)
+    if fmt and is_help_request(opts):
+        sys.stdout.write(ops_amend.help_text(fmt) + "\n")
+        return
+    if len(args) != 1:
+        error_exit("Expecting one image file name")
+    if cache is not None and cache not in ("none", "off", "writeback", "writethrough", "directsync", "unsafe"):
+        error_exit(f"Invalid cache option: {cache}")
+    bar = Progress(progress)
+    try:
+        with open_image(args[0], fmt, image_opts=image_opts, writable=True) as img:
+            if is_help_request(opts):
+                sys.stdout.write(ops_amend.help_text(img.format) + "\n")
+                return
+            ops_amend.amend(img, opts, progress=bar.update, force=force)
+    finally:
+        bar.finish()
