@@ -19,8 +19,8 @@ def command(fmt, options, backing, backing_fmt, unsafe, quiet, objects, args) ->
     import sys
 
     from qimg.errors import QimgError
-    from qimg.options import is_help_request
     from qimg.ops import create as ops_create
+    from qimg.options import is_help_request
 
     from ..common import image_size_arg, parse_objects, usage_exit
     from ..main import PROG, error_exit

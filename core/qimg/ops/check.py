@@ -11,7 +11,8 @@ Exit codes: 0 clean, 1 check failed / internal errors, 2 corruptions, 3 leaks on
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import trace
 from ..driver import CheckResult, Format

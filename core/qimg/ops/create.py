@@ -7,7 +7,8 @@ the protocol driver's list to the format's.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import trace
 from ..errors import QimgError
