@@ -1,0 +1,245 @@
+"""qcow2 persistent dirty bitmaps: qimg's bitmap module against qemu-img in both directions."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import pytest
+import qimg
+from qimg_qcow2 import bitmap as B
+
+
+@pytest.fixture
+def img(tmp_path, qemu_img, qemu_io):
+    p = tmp_path / "b.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", str(p), "16M").returncode == 0
+    assert qemu_io("-c", "write -P 1 0 200k", str(p)).returncode == 0
+    return p
+
+
+def qemu_bitmaps(qemu_img, path) -> list[dict]:
+    r = qemu_img("info", "--output=json", "-U", str(path))
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["format-specific"]["data"].get("bitmaps", [])
+
+
+def qimg_bitmaps(path) -> list[dict]:
+    with qimg.open(str(path), "qcow2") as im:
+        return B.bitmap_info(im.driver)
+
+
+def bits(path, name) -> bytes:
+    with qimg.open(str(path), "qcow2") as im:
+        bm = next(b for b in B.read_bitmaps(im.driver) if b.name == name)
+        return bytes(B.read_data(im.driver, bm))
+
+
+def set_bit_indexes(data: bytes) -> list[int]:
+    return [i * 8 + k for i, b in enumerate(data) if b for k in range(8) if b >> k & 1]
+
+
+def assert_clean(qemu_img, path):
+    r = qemu_img("check", str(path))
+    assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
+
+
+def run(fn, path, *args, **kw):
+    with qimg.open(str(path), "qcow2", writable=True) as im:
+        return fn(im.driver, *args, **kw)
+
+
+def test_qemu_made_bitmaps_listed_and_read(img, qemu_img, qemu_io):
+    assert qemu_img("bitmap", "--add", str(img), "a").returncode == 0
+    assert qemu_img("bitmap", "--add", "-g", "512k", "--disable", str(img), "b").returncode == 0
+    assert qemu_img("bitmap", "--add", "-g", "4k", str(img), "c").returncode == 0
+    assert qemu_io("-c", "write -P 3 2M 100k", "-c", "write -P 4 9M 4k", str(img)).returncode == 0
+    assert qimg_bitmaps(img) == qemu_bitmaps(qemu_img, img)
+    # 64 KiB granularity: chunks 32, 33 (2M..2M+100k) and 144 (9M)
+    assert set_bit_indexes(bits(img, "a")) == [32, 33, 144]
+    assert set_bit_indexes(bits(img, "b")) == []
+    assert set_bit_indexes(bits(img, "c")) == [*range(512, 537), 2304]
+    # an in-use bitmap is listed with both flags, in qemu-img's order
+    raw = bytearray(img.read_bytes())
+    ext = raw.index(bytes.fromhex("23852875"))
+    dir_off = struct.unpack(">Q", raw[ext + 24:ext + 32])[0]
+    struct.pack_into(">I", raw, dir_off + 12, 3)
+    img.write_bytes(bytes(raw))
+    got = qimg_bitmaps(img)
+    assert got == qemu_bitmaps(qemu_img, img)
+    assert got[0]["flags"] == ["in-use", "auto"]
+
+
+def test_qimg_added_bitmaps_visible_to_qemu(img, qemu_img, qemu_io, tmp_path):
+    run(B.bitmap_add, img, "one")
+    run(B.bitmap_add, img, "two", 1 << 20, disabled=True)
+    run(B.bitmap_add, img, "three", 512)
+    assert qemu_bitmaps(qemu_img, img) == qimg_bitmaps(img) == [
+        {"flags": ["auto"], "name": "one", "granularity": 65536},
+        {"flags": [], "name": "two", "granularity": 1 << 20},
+        {"flags": ["auto"], "name": "three", "granularity": 512},
+    ]
+    assert_clean(qemu_img, img)
+    # qemu writes through the qimg-made (empty) tables, then qimg reads qemu's bits
+    assert qemu_io("-c", "write -P 5 5M 64k", str(img)).returncode == 0
+    assert_clean(qemu_img, img)
+    assert set_bit_indexes(bits(img, "one")) == [80]
+    assert set_bit_indexes(bits(img, "two")) == []
+
+
+def test_default_granularity_follows_cluster_size(tmp_path, qemu_img):
+    for cs in ("512", "2M"):
+        a, b = tmp_path / f"a{cs}.qcow2", tmp_path / f"b{cs}.qcow2"
+        for p in (a, b):
+            assert qemu_img("create", "-q", "-f", "qcow2", "-o", f"cluster_size={cs}", str(p), "4M").returncode == 0
+        assert qemu_img("bitmap", "--add", str(a), "x").returncode == 0
+        run(B.bitmap_add, b, "x")
+        assert qemu_bitmaps(qemu_img, a) == qemu_bitmaps(qemu_img, b)
+
+
+@pytest.mark.parametrize("op, args", [
+    ("add", ["-g", "1000", "x"]), ("add", ["-g", "256", "x"]), ("add", ["a"]),
+    ("remove", ["nosuch"]), ("clear", ["nosuch"]), ("enable", ["nosuch"]),
+])
+def test_errors_match(img, qemu_img, op, args):
+    assert qemu_img("bitmap", "--add", str(img), "a").returncode == 0
+    name = args[-1]
+    r = qemu_img("bitmap", f"--{op}", *args[:-1], str(img), name)
+    assert r.returncode == 1
+    want = r.stderr.strip().split("failed: ", 1)[1]
+    fn = {"add": B.bitmap_add, "remove": B.bitmap_remove, "clear": B.bitmap_clear,
+          "enable": B.bitmap_enable}[op]
+    extra = [int(args[1])] if op == "add" and len(args) == 3 else []
+    with pytest.raises(qimg.QimgError) as exc:
+        run(fn, img, name, *extra)
+    assert exc.value.message == want
+
+
+def test_remove_clear_enable_disable_like_qemu(img, qemu_img, qemu_io, tmp_path):
+    for name in ("a", "b", "c"):
+        assert qemu_img("bitmap", "--add", str(img), name).returncode == 0
+    assert qemu_io("-c", "write -P 3 3M 64k", str(img)).returncode == 0
+    ref = tmp_path / "ref.qcow2"
+    shutil.copy(img, ref)
+    assert qemu_img("bitmap", "--remove", str(ref), "a").returncode == 0
+    assert qemu_img("bitmap", "--clear", str(ref), "b").returncode == 0
+    assert qemu_img("bitmap", "--disable", str(ref), "c").returncode == 0
+    run(B.bitmap_remove, img, "a")
+    run(B.bitmap_clear, img, "b")
+    run(B.bitmap_disable, img, "c")
+    assert qimg_bitmaps(img) == qemu_bitmaps(qemu_img, img) == qemu_bitmaps(qemu_img, ref)
+    assert bits(img, "b") == bits(ref, "b") and not any(bits(img, "b"))
+    assert bits(img, "c") == bits(ref, "c") and any(bits(img, "c"))
+    assert_clean(qemu_img, img)
+    run(B.bitmap_enable, img, "c")
+    assert qemu_bitmaps(qemu_img, img)[1]["flags"] == ["auto"]
+    run(B.bitmap_remove, img, "b")
+    run(B.bitmap_remove, img, "c")
+    assert qemu_bitmaps(qemu_img, img) == []
+    assert_clean(qemu_img, img)
+
+
+def test_merge_across_images_and_granularities(img, qemu_img, qemu_io, tmp_path):
+    assert qemu_img("bitmap", "--add", "-g", "1M", str(img), "big").returncode == 0
+    assert qemu_io("-c", "write -P 3 2M 100k", str(img)).returncode == 0
+    other = tmp_path / "o.qcow2"
+    ref = tmp_path / "r.qcow2"
+    for p in (other, ref):
+        assert qemu_img("create", "-q", "-f", "qcow2", str(p), "16M").returncode == 0
+        assert qemu_img("bitmap", "--add", str(p), "small").returncode == 0
+    assert qemu_img("bitmap", "--merge", "big", "-b", str(img), "-F", "qcow2", str(ref), "small").returncode == 0
+    with qimg.open(str(img), "qcow2") as src, qimg.open(str(other), "qcow2", writable=True) as dst:
+        B.bitmap_merge(dst.driver, "small", src.driver, "big")
+    assert bits(other, "small") == bits(ref, "small")
+    assert set_bit_indexes(bits(other, "small")) == list(range(32, 48))
+    assert_clean(qemu_img, other)
+    # a qimg-written bitmap read back by qemu: merge it into a fresh qemu bitmap
+    assert qemu_img("bitmap", "--add", str(other), "copy").returncode == 0
+    assert qemu_img("bitmap", "--merge", "small", str(other), "copy").returncode == 0
+    assert bits(other, "copy") == bits(ref, "small")
+
+
+def test_copy_bitmaps_like_convert(img, qemu_img, qemu_io, tmp_path):
+    assert qemu_img("bitmap", "--add", str(img), "a").returncode == 0
+    assert qemu_img("bitmap", "--add", "--disable", "-g", "128k", str(img), "b").returncode == 0
+    assert qemu_io("-c", "write -P 3 1M 300k", str(img)).returncode == 0
+    assert qemu_img("bitmap", "--enable", str(img), "b").returncode == 0
+    assert qemu_io("-c", "write -P 3 8M 1k", str(img)).returncode == 0
+    assert qemu_img("bitmap", "--disable", str(img), "b").returncode == 0
+    ref = tmp_path / "ref.qcow2"
+    assert qemu_img("convert", "--bitmaps", "-O", "qcow2", str(img), str(ref)).returncode == 0
+    dst = tmp_path / "dst.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", str(dst), "16M").returncode == 0
+    with qimg.open(str(img), "qcow2") as s, qimg.open(str(dst), "qcow2", writable=True) as d:
+        B.copy_bitmaps(s.driver, d.driver)
+    assert qemu_bitmaps(qemu_img, dst) == qemu_bitmaps(qemu_img, ref)
+    for name in ("a", "b"):
+        assert bits(dst, name) == bits(ref, name)
+    assert_clean(qemu_img, dst)
+
+
+def test_copy_refuses_inconsistent_unless_skipped(img, qemu_img, tmp_path):
+    assert qemu_img("bitmap", "--add", str(img), "bad").returncode == 0
+    assert qemu_img("bitmap", "--add", str(img), "good").returncode == 0
+    raw = bytearray(img.read_bytes())
+    ext = raw.index(bytes.fromhex("23852875"))
+    dir_off = struct.unpack(">Q", raw[ext + 24:ext + 32])[0]
+    struct.pack_into(">I", raw, dir_off + 12, 3)
+    img.write_bytes(bytes(raw))
+    out = tmp_path / "o.qcow2"
+    r = qemu_img("convert", "--bitmaps", "-O", "qcow2", str(img), str(out))
+    assert r.returncode == 1
+    assert qemu_img("create", "-q", "-f", "qcow2", str(out), "16M").returncode == 0
+    with qimg.open(str(img), "qcow2") as s:
+        assert B.check_inconsistent(s.driver) == ["bad"]
+        with qimg.open(str(out), "qcow2", writable=True) as d, pytest.raises(qimg.QimgError) as exc:
+            B.copy_bitmaps(s.driver, d.driver)
+        assert "qemu-img: " + exc.value.message.replace("\n", "\n", 1) + "\n" == r.stderr
+        warned = []
+        with qimg.open(str(out), "qcow2", writable=True) as d:
+            B.copy_bitmaps(s.driver, d.driver, skip_broken=True, warn=warned.append)
+    ref = tmp_path / "ref.qcow2"
+    r = qemu_img("convert", "--bitmaps", "--skip-broken-bitmaps", "-O", "qcow2", str(img), str(ref))
+    assert r.returncode == 0
+    assert r.stderr == "".join(f"qemu-img: warning: {w}\n" for w in warned)
+    assert qemu_bitmaps(qemu_img, out) == qemu_bitmaps(qemu_img, ref)
+
+
+def test_writes_tracked_in_enabled_bitmaps(img, qemu_img, qemu_io, tmp_path):
+    """qimg's writes set the same bits qemu's writes do; bitmaps are in-use while open."""
+    assert qemu_img("bitmap", "--add", str(img), "on").returncode == 0
+    assert qemu_img("bitmap", "--add", "--disable", str(img), "off").returncode == 0
+    ref = tmp_path / "ref.qcow2"
+    shutil.copy(img, ref)
+    assert qemu_io("-c", "write -P 6 3M 200k", "-c", "write -z 10M 64k", str(ref)).returncode == 0
+    with qimg.open(str(img), "qcow2", writable=True) as im:
+        B.bitmaps_mark_dirty(im.driver, 3 << 20, 200 << 10)
+        im.pwrite(3 << 20, b"\x06" * (200 << 10))
+        assert qemu_bitmaps(qemu_img, img)[0]["flags"] == ["in-use", "auto"]
+        B.bitmaps_mark_dirty(im.driver, 10 << 20, 64 << 10)
+        im.write_zeroes(10 << 20, 64 << 10)
+        B.bitmaps_store(im.driver)
+    assert qemu_bitmaps(qemu_img, img) == qemu_bitmaps(qemu_img, ref)
+    assert bits(img, "on") == bits(ref, "on")
+    assert bits(img, "off") == bits(ref, "off")
+    assert_clean(qemu_img, img)
+
+
+def test_check_counts_bitmap_clusters(img, qemu_img, qemu_io, tmp_path):
+    assert qemu_img("bitmap", "--add", str(img), "a").returncode == 0
+    assert qemu_io("-c", "write -P 3 2M 100k", str(img)).returncode == 0
+    raw = bytearray(img.read_bytes())
+    ext = raw.index(bytes.fromhex("23852875"))
+    dir_off = struct.unpack(">Q", raw[ext + 24:ext + 32])[0]
+    table = struct.unpack(">Q", raw[dir_off:dir_off + 8])[0]
+    data = struct.unpack(">Q", raw[table:table + 8])[0]
+    rt = struct.unpack(">Q", raw[48:56])[0]
+    rb = struct.unpack(">Q", raw[rt:rt + 8])[0]
+    for cluster in (dir_off >> 16, table >> 16, data >> 16):
+        struct.pack_into(">H", raw, rb + 2 * cluster, 2)
+    img.write_bytes(bytes(raw))
+    want = qemu_img("check", "--output=json", str(img))
+    with qimg.open(str(img), "qcow2") as im:
+        res = im.driver.check(set())
+    assert res.messages == want.stderr.splitlines()
+    assert res.leaks == json.loads(want.stdout)["leaks"] == 3
