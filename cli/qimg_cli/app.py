@@ -63,7 +63,7 @@ class QemuGroup(LazyGroup):
             configure_one(value or "")
 
         try:
-            _, rest = getopt(list(args), spec, require_order=True, on_option=on_option)
+            _, rest = getopt(list(args), spec, require_order=True, on_option=on_option, prog=sys.argv[0])
         except GetoptError as e:
             usage_exit(str(e))
         if not rest:

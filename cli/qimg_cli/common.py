@@ -133,7 +133,7 @@ def normalize_args(cmd: click.Command, args: list[str]) -> list[str]:
             raise SystemExit(0)
 
     try:
-        found, positionals = getopt(list(args), opts, on_option=on_option)
+        found, positionals = getopt(list(args), opts, on_option=on_option, prog=cmd.name or "")
     except GetoptError as e:
         usage_exit(str(e))
     out: list[str] = []

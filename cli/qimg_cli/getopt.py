@@ -43,10 +43,12 @@ def _is_nonopt(arg: str) -> bool:
     return not arg.startswith("-") or arg == "-"
 
 
-def getopt(args: list[str], opts: list[Opt], *, require_order: bool = False,
+def getopt(args: list[str], opts: list[Opt], *, require_order: bool = False, prog: str = "",
            on_option: Callable[[Opt, str | None], None] | None = None) -> tuple[list[tuple[Opt, str | None]], list[str]]:
     """Parse ``args`` (without the program/command name).
 
+    ``prog`` is ``argv[0]`` (qemu-img passes the command name), which appears in messages
+    when an unknown option starts a cluster (``-zU``: getopt has not moved past it yet).
     Returns ``(options in order, positionals)``. ``on_option`` is called for each option as
     it is recognised (before later errors are found), as qemu-img's switch statement acts.
     Raises :class:`GetoptError` with qemu-img's message.
@@ -58,7 +60,7 @@ def getopt(args: list[str], opts: list[Opt], *, require_order: bool = False,
             longs[name] = (o, False)
         for name in o.new_longs:
             longs.setdefault(name, (o, True))
-    argv = ["", *args]
+    argv = [prog, *args]
     argc = len(argv)
     optind = 1
     first_nonopt = last_nonopt = 1

@@ -108,6 +108,7 @@ Parameters to dd subcommand:
   'if=FILE' read from FILE
   'of=FILE' write to FILE
   'skip=N' skip N bs-sized blocks at the start of input
+
 """
 
 TAIL = """\

@@ -102,7 +102,7 @@ def flatten_chain(info: dict[str, Any]) -> list[dict[str, Any]]:
 # -- human rendering ----------------------------------------------------------------------
 
 def snapshot_header() -> str:
-    return "%-9s %-17s %8s %20s %13s %11s" % ("ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")  # noqa: UP031 - printf layout as QEMU
+    return "%-10s%-17s%8s%20s%13s%11s" % ("ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")  # noqa: UP031 - printf layout as QEMU
 
 
 def snapshot_row(sn: dict[str, Any]) -> str:
@@ -112,7 +112,7 @@ def snapshot_row(sn: dict[str, Any]) -> str:
     msecs = sn.get("vm-clock-nsec", 0) // 1_000_000
     clock = "%02d:%02d:%02d.%03d" % (secs // 3600, (secs // 60) % 60, secs % 60, msecs)  # noqa: UP031
     icount = str(sn["icount"]) if sn.get("icount") is not None else ""
-    return "%-9s %-17s %8s %20s %13s %11s" % (sn["id"], sn["name"], size_to_str(sn.get("vm-state-size", 0)),  # noqa: UP031 - printf layout as QEMU
+    return "%-10s%-17s%8s%20s%13s%11s" % (sn["id"], sn["name"], size_to_str(sn.get("vm-state-size", 0)),  # noqa: UP031 - printf layout as QEMU
                                               date, clock, icount)
 
 

@@ -1,0 +1,115 @@
+"""Shared helpers for the CLI comparison tests (test_cli*.py, test_info.py, ...).
+
+``run_qimg`` runs the CLI in-process (fast: no interpreter start-up per case) with the output
+captured; ``run_qemu`` runs qemu-img. ``same`` compares the two after spelling qimg's program
+name as qemu-img's. Tests chdir into tmp_path so relative names print identically.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import Run, as_qemu
+
+
+def need_qemu() -> str:
+    path = shutil.which("qemu-img")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("qemu-img is required in CI")
+        pytest.skip("qemu-img not installed")
+    return path
+
+
+def reset_state() -> None:
+    """Process-wide state the CLI keeps between in-process runs."""
+    from qimg import secrets, trace
+
+    trace.reset()
+    secrets._secrets.clear()
+
+
+def run_qimg(*args: str, cwd: str | os.PathLike | None = None) -> Run:
+    from qimg_cli.main import main
+
+    reset_state()
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    code = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(old)
+        reset_state()
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def run_qimg_subprocess(*args: str, cwd: str | os.PathLike | None = None) -> Run:
+    cmd = [sys.executable, "-c", "import sys; from qimg_cli.main import main; sys.argv[0]='qimg'; main()", *args]
+    p = subprocess.run(cmd, capture_output=True, cwd=cwd)
+    return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+
+
+def run_qemu(*args: str, cwd: str | os.PathLike | None = None) -> Run:
+    p = subprocess.run([need_qemu(), *args], capture_output=True, cwd=cwd)
+    return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+
+
+def run_qemu_io(*args: str, cwd: str | os.PathLike | None = None) -> Run:
+    exe = shutil.which("qemu-io") or pytest.skip("qemu-io not installed")
+    p = subprocess.run([exe, *args], capture_output=True, cwd=cwd)
+    assert p.returncode == 0, p.stderr
+    return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+
+
+def normalized(r: Run) -> tuple[int, str, str]:
+    return r.returncode, as_qemu(r.stdout), as_qemu(r.stderr)
+
+
+def assert_same(mine: Run, theirs: Run) -> None:
+    a, b = normalized(mine), (theirs.returncode, theirs.stdout, theirs.stderr)
+    assert a == b, f"\nqimg:     {a!r}\nqemu-img: {b!r}"
+
+
+def compare(cwd: str | os.PathLike, *args: str) -> Run:
+    """Run qimg and qemu-img with the same arguments in the same folder; assert identical."""
+    theirs = run_qemu(*args, cwd=cwd)
+    mine = run_qimg(*args, cwd=cwd)
+    assert_same(mine, theirs)
+    return mine
+
+
+def compare_in_copies(setup, tmp_path, *args: str) -> tuple[Run, Run]:
+    """For commands that write: ``setup(folder)`` prepares two identical folders."""
+    a, b = tmp_path / "qimg", tmp_path / "qemu"
+    a.mkdir()
+    b.mkdir()
+    setup(a)
+    setup(b)
+    theirs = run_qemu(*args, cwd=b)
+    mine = run_qimg(*args, cwd=a)
+    assert_same(mine, theirs)
+    return mine, theirs
+
+
+def formats_available() -> list[str]:
+    from qimg.plugins import get_registry
+
+    return get_registry().format_names()
+
+
+def qcow2_params() -> list:
+    """``["raw", "qcow2"]`` with qcow2 skipped until its plugin is installed."""
+    have = "qcow2" in formats_available()
+    return ["raw", pytest.param("qcow2", marks=pytest.mark.skipif(not have, reason="qcow2 plugin not installed"))]

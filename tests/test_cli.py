@@ -1,0 +1,156 @@
+"""Top-level CLI behaviour against qemu-img: usage errors, getopt forms, help, version, -T."""
+from __future__ import annotations
+
+import pytest
+from cli_support import compare, run_qemu, run_qimg, run_qimg_subprocess
+
+
+@pytest.fixture
+def raw_dir(tmp_path):
+    run_qemu("create", "-q", "-f", "raw", "a.raw", "1M", cwd=tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("args", [
+    [],
+    ["-z"],
+    ["foo"],
+    ["--foo"],
+    ["-T"],
+    ["info"],
+    ["info", "-z", "x"],
+    ["info", "-Uz", "x"],
+    ["info", "-zU", "x"],
+    ["info", "a.raw", "-zU"],
+    ["info", "--foo", "x"],
+    ["info", "-f"],
+    ["info", "-Uf"],
+    ["info", "--output"],
+    ["info", "--out"],
+    ["info", "a.raw", "b.raw"],
+    ["info", "--backing-chain=1", "a.raw"],
+    ["info", "--image-opts=x", "a.raw"],
+    ["info", "--f", "raw", "a.raw"],
+    ["info", "--fo", "raw", "a.raw"],
+    ["check", "--f", "raw", "a.raw"],
+    ["info", "-V", "a.raw"],
+    ["info", "--version", "a.raw"],
+    ["info", "-T", "x", "a.raw"],
+    ["info", "--output=xml", "a.raw"],
+    ["-z", "-V"],
+])
+def test_usage_errors_and_parsing(raw_dir, args):
+    compare(raw_dir, *args)
+
+
+@pytest.mark.parametrize("args", [
+    ["info", "-fraw", "a.raw"],
+    ["info", "a.raw", "-f", "raw"],
+    ["info", "--", "a.raw"],
+    ["--", "info", "a.raw"],
+    ["info", "--output", "json", "a.raw"],
+    ["info", "--out=json", "a.raw"],
+    ["info", "--force", "a.raw"],
+    ["info", "--backing", "a.raw"],
+    ["info", "-Uf", "raw", "a.raw"],
+    ["info", "-f", "raw", "-f", "raw", "a.raw"],
+    ["info", "--format", "raw", "a.raw"],
+    ["info", "--image-opts", "driver=raw,file.filename=a.raw"],
+    ["--tr", "enable=nothing_matches*", "info", "a.raw"],
+])
+def test_accepted_forms(raw_dir, args):
+    r = compare(raw_dir, *args)
+    assert r.returncode == 0
+
+
+def test_options_after_dash_dash_are_positionals(raw_dir):
+    compare(raw_dir, "info", "--", "-f")
+
+
+@pytest.mark.parametrize("args", [["-h"], ["--help"], ["-h", "x"], ["info", "-h"], ["info", "--help", "a.raw"],
+                                  ["--help", "info"], ["--he"]])
+def test_help(raw_dir, args):
+    mine, theirs = run_qimg(*args, cwd=raw_dir), run_qemu(*args, cwd=raw_dir)
+    assert mine.returncode == theirs.returncode == 0
+    assert mine.stdout.startswith("qimg version ")
+    mine_lines = mine.stdout.splitlines()
+    their_lines = theirs.stdout.splitlines()
+    # identical apart from the version line and the list of formats
+    strip = lambda lines: [ln.replace("qemu-img", "qimg") for ln in lines[1:] if not ln.startswith("Supported formats:")]  # noqa: E731
+    assert strip(mine_lines) == strip(their_lines)
+
+
+def test_help_lists_registered_formats(raw_dir):
+    from qimg.plugins import get_registry
+
+    line = [ln for ln in run_qimg("--help").stdout.splitlines() if ln.startswith("Supported formats:")]
+    assert line == ["Supported formats: " + " ".join(get_registry().format_names())]
+    assert "raw" in line[0].split()
+
+
+def test_help_error_before_help_wins(raw_dir):
+    # getopt order: the unknown option is met before -h
+    compare(raw_dir, "info", "-z", "-h")
+
+
+def test_version(raw_dir):
+    r = run_qimg("-V")
+    assert r.returncode == 0
+    assert r.stdout.splitlines()[0].startswith("qimg version 7.2")
+    assert r.stdout.splitlines()[1] == run_qemu("-V").stdout.splitlines()[1]
+    assert run_qimg("--version", "info").stdout == r.stdout
+
+
+def test_trace_help_lists_qimg_events():
+    from qimg import trace
+
+    r = run_qimg("-T", "help")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == trace.list_events()
+    assert "map_entry" in r.stdout.split()
+
+
+def test_trace_enable_emits_events(raw_dir):
+    r = run_qimg("-T", "map_*", "map", "a.raw", cwd=raw_dir)
+    assert r.returncode == 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("map_entry ")]
+    assert lines and "start 0" in lines[0]
+    r2 = run_qimg("-T", "enable=info_image", "map", "a.raw", cwd=raw_dir)
+    assert "map_entry" not in r2.stderr
+
+
+def test_trace_events_and_file(raw_dir):
+    (raw_dir / "events").write_text("# comment\ninfo_*\n")
+    r = run_qimg("-T", "events=events,file=trace.log", "info", "a.raw", cwd=raw_dir)
+    assert r.returncode == 0
+    assert (raw_dir / "trace.log").read_text().startswith('info_image filename "a.raw" format "raw"')
+    assert "info_image" not in r.stderr
+
+
+def test_trace_unknown_event_warns(raw_dir):
+    compare(raw_dir, "-T", "foo", "info", "a.raw")
+    compare(raw_dir, "-T", "events=/nonexistent/file", "info", "a.raw")
+
+
+def test_trace_disabled_is_silent(raw_dir):
+    from qimg import trace
+
+    trace.reset()
+    assert not trace.active
+    trace.event("map_entry", start=1)  # no output, no error
+
+
+def test_subprocess_entry_point(raw_dir):
+    """The real console path (no in-process shortcuts) agrees too."""
+    mine = run_qimg_subprocess("info", "--output=json", "a.raw", cwd=raw_dir)
+    theirs = run_qemu("info", "--output=json", "a.raw", cwd=raw_dir)
+    assert (mine.returncode, mine.stdout) == (theirs.returncode, theirs.stdout)
+    bad = run_qimg_subprocess("info", cwd=raw_dir)
+    assert bad.returncode == 1 and bad.stderr == "qimg: Expecting one image file name\nTry 'qimg --help' for more information\n"
+
+
+def test_object_secret_accepted(raw_dir):
+    for cmd in (["info"], ["map"], ["check"]):
+        mine = run_qimg(*cmd, "--object", "secret,id=s0,data=abc", "a.raw", cwd=raw_dir)
+        theirs = run_qemu(*cmd, "--object", "secret,id=s0,data=abc", "a.raw", cwd=raw_dir)
+        assert mine.returncode == theirs.returncode
