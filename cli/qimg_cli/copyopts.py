@@ -1,0 +1,113 @@
+"""Option values shared by convert, compare, dd, commit, rebase and bench (qemu-img's texts)."""
+from __future__ import annotations
+
+from typing import Any
+
+from qimg.errors import QimgError
+
+CACHE_MODES = ("none", "off", "writeback", "writethrough", "directsync", "unsafe")
+
+SIZE_SUFFIX_HINT = ("You may use k, M, G, T, P or E suffixes for\n"
+                    "qimg: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
+
+
+def check_cache(mode: str | None, source: bool = False) -> None:
+    """``-t``/``-T``: only QEMU's cache mode names are accepted (they change nothing here)."""
+    if mode is not None and mode not in CACHE_MODES:
+        raise QimgError(f"Invalid {'source ' if source else ''}cache option: {mode}")
+
+
+def cvtnum(what: str, text: str) -> int:
+    """qemu-img's cvtnum: a size with suffixes, or ``Invalid <what> specified...``."""
+    from qimg.units import parse_size
+
+    try:
+        if text.strip().startswith("-"):
+            raise ValueError(text)
+        return parse_size(text)
+    except ValueError:
+        raise QimgError(f"Invalid {what} specified. {SIZE_SUFFIX_HINT}") from None
+
+
+def parse_rate(text: str) -> int:
+    return cvtnum("rate limit", text)
+
+
+def parse_snapshot_param(text: str) -> tuple[str | None, str | None]:
+    """``-l``: ``snapshot.id=ID,snapshot.name=NAME`` or a bare ID_OR_NAME -> (id, name)."""
+    if not text.startswith("snapshot."):
+        return None, text
+    from qimg.options import split_options
+
+    sid = name = None
+    for key, value in split_options(text):
+        if key == "snapshot.id":
+            sid = value or ""
+        elif key == "snapshot.name":
+            name = value or ""
+        else:
+            raise QimgError(f"Invalid parameter '{key}'\nqimg: Failed in parsing snapshot param '{text}'")
+    return sid, name
+
+
+def load_snapshot(img: Any, sid: str | None, name: str | None) -> None:
+    """Show an internal snapshot's data (``convert -l``), with qemu-img's error texts."""
+    from qimg.driver import Format
+
+    drv = img.driver
+    if type(drv).snapshot_load_readonly is Format.snapshot_load_readonly:
+        raise QimgError(f"Failed to load snapshot: Block format '{img.format}' used by device '' "
+                        "does not support temporarily loading internal snapshots")
+    try:
+        if sid is None and name is not None:
+            # a bare ID_OR_NAME: try as id first, then as name (as QEMU does)
+            try:
+                drv.snapshot_load_readonly(name, None)
+            except QimgError:
+                drv.snapshot_load_readonly(None, name)
+        else:
+            drv.snapshot_load_readonly(sid, name)
+    except QimgError as e:
+        msg = e.message
+        if not msg.startswith("Failed to load snapshot"):
+            msg = f"Failed to load snapshot: {msg}"
+        raise QimgError(msg, e.exit_code) from None
+
+
+# the file protocol's creation options, merged into the list when a target name is given
+_FILE_OPTS = [
+    ("extent_size_hint", "size", "Extent size hint for the image file, 0 to disable"),
+    ("nocow", "bool", "Turn off copy-on-write (valid only on btrfs)"),
+    ("preallocation", "str", "Preallocation mode (allowed values: off, falloc, full)"),
+    ("size", "size", "Virtual disk size"),
+]
+
+
+def option_help(fmt: str, filename: str | None) -> str:
+    """The text of ``-o help`` for a target format (with protocol options if a file is named)."""
+    from qimg.options import Option, options_help
+    from qimg.plugins import get_registry
+
+    cls = get_registry().format(fmt).load()
+    declared = list(cls.create_opts)
+    if filename is None:
+        return options_help(fmt, declared)
+    names = {o.name for o in declared}
+    for name, kind, text in _FILE_OPTS:
+        if name not in names:
+            declared.append(Option(name, kind, text))
+    lines = ["Supported options:"] + [o.help_line() for o in sorted(declared, key=lambda o: o.name)]
+    return "\n".join(lines)
+
+
+def image_opts_target(text: str) -> tuple[str, str | None, dict[str, Any]]:
+    """``--target-image-opts`` / ``--image-opts`` string -> (filename, driver, open options)."""
+    from qimg.options import parse_dotted
+
+    opts: dict[str, Any] = dict(parse_dotted(text))
+    fmt = opts.pop("driver", None)
+    fname = opts.pop("file.filename", None) or opts.pop("filename", None)
+    opts.pop("file.driver", None)
+    if fname is None:
+        raise QimgError(f"Could not open '{text}': A block device must be specified for \"file\"")
+    return fname, fmt, opts

@@ -1,0 +1,280 @@
+"""``convert``: copy one or more images (concatenated) into a new or existing image.
+
+The plan follows qemu-img: the sources' block status decides what is read. Without a target
+backing file, runs unallocated through the whole chain or known zero are zero runs (free on a
+fresh target); with ``-B`` only what the source's top layer allocates is copied, the rest is
+left to the target's backing file. ``sparse`` (``-S``) is the granule of zero detection in data
+that was read; 0 copies everything and allocates the whole target.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
+from ..errors import QimgError
+from ..image import zero_fill
+from .copy import COPY, SKIP, Copier, Piece
+from .copy import ZERO as ZERO_OP
+
+if TYPE_CHECKING:
+    from ..image import Image
+
+DEFAULT_SPARSE = 4096
+MAX_WORKERS = 16
+
+
+@dataclass
+class ConvertOptions:
+    """Everything ``qemu-img convert`` takes besides the images (CLI names in comments)."""
+
+    out_format: str | None = "raw"              # -O (None: probe an existing -n target)
+    create_options: str | dict[str, Any] | None = None  # -o (merged)
+    backing_file: str | None = None             # -B
+    backing_format: str | None = None           # -F
+    no_create: bool = False                     # -n
+    target_is_zero: bool = False                # --target-is-zero
+    compress: bool = False                      # -c
+    sparse: int = DEFAULT_SPARSE                # -S
+    workers: int = 8                            # -m
+    ordered: bool = True                        # not -W
+    copy_offload: bool = False                  # -C
+    rate_limit: int = 0                         # -r
+    salvage: bool = False                       # --salvage
+    bitmaps: bool = False                       # --bitmaps
+    skip_broken_bitmaps: bool = False           # --skip-broken-bitmaps
+    target_open_options: dict[str, Any] = field(default_factory=dict)  # --target-image-opts
+
+
+def concat_reader(sources: list["Image"], salvage: bool = False,
+                  warn: Callable[[str], None] | None = None) -> Callable[[int, memoryview], None]:
+    """A reader over the sources laid end to end (what ``convert`` copies)."""
+    bases = [0]
+    for s in sources:
+        bases.append(bases[-1] + s.size)
+
+    def read(offset: int, view: memoryview) -> None:
+        pos, n = 0, len(view)
+        while pos < n:
+            at = offset + pos
+            i = bisect.bisect_right(bases, at) - 1
+            if i >= len(sources):
+                zero_fill(view[pos:])
+                return
+            src = sources[i]
+            local = at - bases[i]
+            k = min(n - pos, src.size - local)
+            part = view[pos:pos + k]
+            try:
+                src.preadinto(local, part)
+            except (OSError, QimgError) as e:
+                if not salvage:
+                    text = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
+                    raise QimgError(f"error while reading at byte {at}: {text}") from None
+                _salvage(src, local, part, warn)
+            pos += k
+
+    return read
+
+
+def _salvage(src: "Image", offset: int, view: memoryview, warn: Callable[[str], None] | None) -> None:
+    """``--salvage``: read sector by sector, zeroes where a read fails."""
+    for s in range(0, len(view), 512):
+        part = view[s:s + 512]
+        try:
+            src.preadinto(offset + s, part)
+        except (OSError, QimgError) as e:
+            zero_fill(part)
+            if warn is not None:
+                text = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
+                warn(f"error while reading offset {offset + s}: {text}")
+
+
+def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int) -> Iterator[Piece]:
+    """What to do with each run of the target, from the sources' block status."""
+    base = 0
+    for src in sources:
+        size = src.size
+        if sparse == 0:
+            if size:
+                yield Piece(base, size, COPY)
+            base += size
+            continue
+        off = 0
+        while off < size:
+            if target_has_backing:
+                st = src.block_status(off, size - off)
+                if not st.flags & ALLOCATED and src.backing is not None:
+                    op = SKIP
+                elif st.flags & ZERO:
+                    op = ZERO_OP
+                else:
+                    op = COPY
+            else:
+                st = src.chain_status(off, size - off)
+                if st.flags & ZERO or not st.flags & (DATA | ALLOCATED):
+                    op = ZERO_OP
+                else:
+                    op = COPY
+            n = min(st.length, size - off)
+            yield Piece(base + off, n, op)
+            off += n
+        base += size
+
+
+def _copy_range_fn(sources: list["Image"], target: "Image") -> Callable[[int, int], bool] | None:
+    """copy_file_range between host files when both ends store data plainly (``-C``)."""
+    from ..protocol import FileProtocol
+
+    dst_file = getattr(target.driver, "file", None)
+    if (len(sources) != 1 or target.format != "raw" or getattr(target.driver, "offset", 0)
+            or not isinstance(dst_file, FileProtocol)):
+        return None
+    src = sources[0]
+    chain = src.chain()
+
+    def copy_range(offset: int, length: int) -> bool:
+        st = src.chain_status(offset, length)
+        if st.length < length or st.flags & (OFFSET_VALID | DATA) != (OFFSET_VALID | DATA):
+            return False
+        if st.flags & ZERO or st.host_offset is None or st.depth >= len(chain):
+            return False
+        proto = getattr(chain[st.depth].driver, "file", None)
+        if not isinstance(proto, FileProtocol) or proto.filename != st.file:
+            return False
+        return proto.copy_range_to(dst_file, st.host_offset, offset, length)
+
+    return copy_range
+
+
+def _create_target(filename: str, opts: ConvertOptions, size: int) -> None:
+    import qimg
+
+    from ..options import parse_options, split_options
+    from ..plugins import get_registry
+
+    cls = get_registry().format(opts.out_format).load()
+    co = opts.create_options
+    if isinstance(co, str) or co is None:
+        text = co or ""
+        text = ",".join(f"{k}={v}" if v is not None else k for k, v in split_options(text) if k != "size")
+        copts = parse_options(text, cls.create_opts)
+    else:
+        copts = {k: v for k, v in co.items() if k != "size"}
+    try:
+        qimg.create(filename, opts.out_format, size, copts, backing_file=opts.backing_file,
+                    backing_fmt=opts.backing_format, unsafe=True)
+    except QimgError as e:
+        if e.message.startswith(("Invalid parameter", "Parameter '")):
+            raise
+        raise QimgError(f"{filename}: error while converting {opts.out_format}: {e.message}",
+                        e.exit_code) from None
+    except OSError as e:
+        raise QimgError(f"{filename}: error while converting {opts.out_format}: "
+                        f"{e.strerror or e}") from None
+
+
+def check_options(opts: ConvertOptions) -> None:
+    """Combinations qemu-img refuses before touching any image."""
+    from ..plugins import get_registry
+
+    if opts.compress and opts.copy_offload:
+        raise QimgError("Cannot enable copy offloading when -c is used")
+    if opts.no_create:
+        return
+    cls = get_registry().format(opts.out_format).load()
+    if opts.compress and not cls.supports_compression:
+        raise QimgError("Compression not supported for this file format")
+    if opts.backing_file is not None and not cls.supports_backing:
+        raise QimgError(f"Backing file not supported for file format '{opts.out_format}'")
+    if opts.backing_format is not None and not cls.supports_backing:
+        raise QimgError(f"Backing file format not supported for file format '{opts.out_format}'")
+    if opts.backing_file is not None and opts.backing_format is None:
+        raise QimgError("Use of backing file requires explicit backing format")
+
+
+def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
+            progress: Callable[[float, float], None] | None = None,
+            warn: Callable[[str], None] | None = None) -> None:
+    """Convert ``sources`` (open images, concatenated) into ``target_filename``."""
+    import qimg
+
+    check_options(opts)
+    if not 1 <= opts.workers <= MAX_WORKERS:
+        raise QimgError("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16")
+    total = sum(s.size for s in sources)
+    if opts.bitmaps:
+        _check_bitmaps(sources, opts)
+    created = False
+    target: Image | None = None
+    try:
+        if not opts.no_create:
+            _create_target(target_filename, opts, total)
+            created = True
+        target = qimg.open(target_filename, opts.out_format, writable=True,
+                           options=dict(opts.target_open_options))
+        if opts.no_create and target.size < total:
+            raise QimgError("output file is smaller than input file")
+        if opts.compress and not target.driver.supports_compression:
+            raise QimgError("Compression not supported for this file format")
+        has_backing = target.backing is not None or bool(target.driver.backing_filename)
+        if opts.no_create:
+            zero_init = opts.target_is_zero
+        else:
+            zero_init = (type(target.driver).zero_init and not has_backing
+                         and not getattr(target.driver.file, "is_block", False))
+        copier = Copier(
+            target, concat_reader(sources, opts.salvage, warn), zero_init=zero_init,
+            granule=opts.sparse, workers=opts.workers, ordered=opts.ordered or opts.compress,
+            compress=opts.compress, unmap=opts.sparse != 0,
+            copy_range=_copy_range_fn(sources, target) if opts.copy_offload else None,
+            progress=(lambda done: progress(done, total)) if progress else None,
+            rate_limit=opts.rate_limit)
+        copier.run(plan(sources, target_has_backing=has_backing, sparse=opts.sparse))
+        if opts.bitmaps:
+            _copy_bitmaps(sources[0], target, opts.skip_broken_bitmaps)
+        target.flush()
+        target.close()
+        target = None
+    except BaseException:
+        if target is not None:
+            try:
+                target.close()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+        if created:
+            try:
+                os.unlink(target_filename)
+            except OSError:
+                pass
+        raise
+
+
+# -- persistent bitmaps (a seam: formats implement bitmap_export/bitmap_import) ----------
+def _check_bitmaps(sources: list["Image"], opts: ConvertOptions) -> None:
+    from ..plugins import get_registry
+
+    if len(sources) != 1:
+        raise QimgError("Copying bitmaps only possible with single source")
+    if not hasattr(sources[0].driver, "bitmap_export"):
+        raise QimgError("Source lacks bitmap support")
+    if not opts.no_create:
+        cls = get_registry().format(opts.out_format).load()
+        if not hasattr(cls, "bitmap_import"):
+            raise QimgError(f"Format driver '{opts.out_format}' does not support bitmaps")
+
+
+def _copy_bitmaps(src: "Image", dst: "Image", skip_broken: bool) -> None:
+    """Copy persistent bitmaps: ``src.driver.bitmap_export()`` yields objects that
+    ``dst.driver.bitmap_import(obj, skip_broken=)`` understands (same plugin family)."""
+    export = getattr(src.driver, "bitmap_export", None)
+    importer = getattr(dst.driver, "bitmap_import", None)
+    if export is None:
+        raise QimgError("Source lacks bitmap support")
+    if importer is None:
+        raise QimgError(f"Format driver '{dst.format}' does not support bitmaps")
+    for bm in export(skip_broken=skip_broken):
+        importer(bm)

@@ -1,0 +1,353 @@
+"""Bulk copy machinery shared by convert, commit, rebase and dd.
+
+A copy is planned as a sequence of :class:`Piece` (target offset, length, what to do) that
+covers the target range in order. The :class:`Copier` reads COPY pieces in chunks of at most
+:data:`CHUNK` bytes with a small thread pool (reads and compression release the GIL), detects
+zero granules in what it read, and writes from the calling thread in order (or as completed
+with ``ordered=False``, qemu-img's ``-W``). Memory is a fixed pool of chunk buffers.
+"""
+from __future__ import annotations
+
+import queue
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..protocol import ZERO_CHUNK
+
+if TYPE_CHECKING:
+    from ..image import Image
+
+#: largest single read/write of a bulk copy (qemu-img convert uses 2 MiB buffers too)
+CHUNK = 2 << 20
+ZERO_VIEW = memoryview(ZERO_CHUNK)
+
+COPY, ZERO, SKIP = "copy", "zero", "skip"
+
+Reader = Callable[[int, memoryview], None]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One planned run of the target: COPY (read then write), ZERO (must read as zeroes) or
+    SKIP (leave the target as it is, e.g. backing data shows through)."""
+
+    offset: int
+    length: int
+    op: str
+
+
+def region_is_zero(buf: bytearray, start: int, end: int) -> bool:
+    """``buf[start:end]`` holds only zeroes (memcmp against the zero page, no copies)."""
+    pos = start
+    while pos < end:
+        n = min(len(ZERO_CHUNK), end - pos)
+        if not buf.startswith(ZERO_VIEW[:n], pos):
+            return False
+        pos += n
+    return True
+
+
+def zero_runs(buf: bytearray, n: int, base: int, granule: int) -> list[tuple[int, int, bool]]:
+    """Split ``buf[:n]`` (target offset ``base``) into coalesced ``(start, length, is_zero)``.
+
+    Zero runs are made of whole granules aligned to target offsets (qemu-img's ``-S``), except
+    that a buffer entirely of zeroes is one zero run. ``granule`` 0 disables detection.
+    """
+    if n <= 0:
+        return []
+    if granule <= 0:
+        return [(0, n, False)]
+    if region_is_zero(buf, 0, n):
+        return [(0, n, True)]
+    zg = ZERO_VIEW[:granule] if granule <= len(ZERO_CHUNK) else bytes(granule)
+    first = (-base) % granule
+    out: list[tuple[int, int, bool]] = []
+    pos = 0
+    search = first
+    while search < n:
+        p = buf.find(zg, search, n)
+        if p < 0:
+            break
+        a = first + -(-(p - first) // granule) * granule
+        if a + granule > n:
+            break
+        if not buf.startswith(zg, a):
+            search = a + granule
+            continue
+        e = a + granule
+        step = granule
+        while e + granule <= n:
+            k = min(step, (n - e) // granule * granule)
+            if region_is_zero(buf, e, e + k):
+                e += k
+                step = min(step * 2, len(ZERO_CHUNK))
+            elif step > granule:
+                step = granule
+            else:
+                break
+        if a > pos:
+            out.append((pos, a - pos, False))
+        out.append((a, e - a, True))
+        pos = search = e
+    if pos < n:
+        out.append((pos, n - pos, False))
+    return out
+
+
+def coalesce(pieces: Iterable[Piece]) -> Iterator[Piece]:
+    """Merge adjacent pieces of the same kind."""
+    cur: Piece | None = None
+    for p in pieces:
+        if p.length <= 0:
+            continue
+        if cur is not None and cur.op == p.op and cur.offset + cur.length == p.offset:
+            cur = Piece(cur.offset, cur.length + p.length, cur.op)
+            continue
+        if cur is not None:
+            yield cur
+        cur = p
+    if cur is not None:
+        yield cur
+
+
+@dataclass
+class _Result:
+    offset: int
+    length: int
+    buf: bytearray | None
+    runs: list[tuple[int, int, str]]          # (start in buf, length, "data"|"zero"|"comp")
+    compressed: list[object] | None = None      # prepared payloads for "comp" runs, in order
+
+
+class Copier:
+    """Writes planned pieces to ``target`` reading COPY data with ``reader(offset, view)``.
+
+    ``zero_init``: the target already reads as zeroes where nothing is written (fresh image
+    without backing, or ``--target-is-zero``); zero runs then cost nothing. ``granule`` is the
+    ``-S`` sparse size (0: write everything read). ``compress`` writes whole clusters through
+    ``Image.write_compressed``. ``copy_range(offset, length) -> bool`` may copy a COPY chunk
+    without reading it (copy offloading); False falls back to reading.
+    """
+
+    def __init__(self, target: "Image", reader: Reader, *, zero_init: bool, granule: int = 4096,
+                 workers: int = 8, ordered: bool = True, compress: bool = False,
+                 unmap: bool = True, copy_range: Callable[[int, int], bool] | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 rate_limit: int = 0) -> None:
+        self.target = target
+        self.reader = reader
+        self.zero_init = zero_init
+        self.granule = granule
+        self.workers = max(1, workers)
+        self.ordered = ordered
+        self.compress = compress
+        self.unmap = unmap
+        self.copy_range = copy_range
+        self.progress = progress
+        self.rate_limit = rate_limit
+        self.cluster = target.driver.cluster_size or 65536 if compress else 0
+        chunk = CHUNK
+        if compress and self.cluster > chunk:
+            chunk = self.cluster
+        self.chunk = chunk
+        self._bufs: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._nbufs = 0
+        self._pending_zero: list[int] | None = None
+        self._done = 0
+        self._started = 0.0
+        drv = target.driver
+        self._prep = getattr(drv, "compress_cluster", None) if compress else None
+        self._write_prep = getattr(drv, "write_compressed_cluster", None) if compress else None
+        if self._prep is None or self._write_prep is None:
+            self._prep = self._write_prep = None
+
+    # -- buffers --------------------------------------------------------------------
+    def _get_buf(self) -> bytearray:
+        try:
+            return self._bufs.get_nowait()
+        except queue.Empty:
+            self._nbufs += 1
+            return bytearray(self.chunk)
+
+    def _put_buf(self, buf: bytearray | None) -> None:
+        if buf is not None:
+            self._bufs.put(buf)
+
+    # -- planning -------------------------------------------------------------------
+    def _tasks(self, pieces: Iterable[Piece]) -> Iterator[tuple[str, int, int]]:
+        """Split pieces into chunk-sized tasks; with compression, whole clusters."""
+        size = self.target.size
+        covered = 0
+        cs = self.cluster
+        for p in coalesce(pieces):
+            start, end = p.offset, p.offset + p.length
+            if p.op == COPY and cs:
+                start = max(covered, start - start % cs)
+                end = min(size, -(-end // cs) * cs)
+                covered = max(covered, end)
+            elif cs and p.op != COPY:
+                start = max(start, covered)
+            if start >= end:
+                continue
+            if p.op != COPY:
+                yield p.op, start, end - start
+                continue
+            pos = start
+            while pos < end:
+                nxt = min(end, (pos // self.chunk + 1) * self.chunk)
+                yield COPY, pos, nxt - pos
+                pos = nxt
+
+    # -- work (in pool threads) -------------------------------------------------------
+    def _work(self, offset: int, length: int) -> _Result:
+        if self.copy_range is not None and self.copy_range(offset, length):
+            return _Result(offset, length, None, [])
+        buf = self._get_buf()
+        view = memoryview(buf)[:length]
+        try:
+            self.reader(offset, view)
+        except BaseException:
+            self._put_buf(buf)
+            raise
+        if self.compress:
+            runs: list[tuple[int, int, str]] = []
+            payloads: list[object] = []
+            cs = self.cluster
+            for s in range(0, length, cs):
+                k = min(cs, length - s)
+                if region_is_zero(buf, s, s + k):
+                    runs.append((s, k, "zero"))
+                else:
+                    runs.append((s, k, "comp"))
+                    if self._prep is not None:
+                        payloads.append(self._prep(view[s:s + k]))
+            return _Result(offset, length, buf, runs, payloads if self._prep else None)
+        runs = [(s, k, "zero" if z else "data") for s, k, z in zero_runs(buf, length, offset, self.granule)]
+        return _Result(offset, length, buf, runs)
+
+    # -- writes (calling thread) --------------------------------------------------------
+    def _zero(self, offset: int, length: int) -> None:
+        if self.zero_init and self.unmap:
+            return
+        pz = self._pending_zero
+        if pz is not None and pz[1] == offset:
+            pz[1] = offset + length
+            return
+        self._flush_zero()
+        self._pending_zero = [offset, offset + length]
+
+    def _flush_zero(self) -> None:
+        pz = self._pending_zero
+        if pz is not None:
+            self._pending_zero = None
+            self.target.write_zeroes(pz[0], pz[1] - pz[0], unmap=self.unmap)
+
+    def _advance(self, n: int) -> None:
+        self._done += n
+        if self.progress is not None:
+            self.progress(self._done)
+        if self.rate_limit:
+            self._throttle()
+
+    def _throttle(self) -> None:
+        import time
+
+        if not self._started:
+            self._started = time.monotonic()
+        due = self._started + self._done / self.rate_limit
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(min(delay, 5.0))
+
+    def _write(self, res: _Result) -> None:
+        try:
+            if res.buf is not None:
+                view = memoryview(res.buf)
+                comp = iter(res.compressed or ())
+                for s, k, kind in res.runs:
+                    off = res.offset + s
+                    if kind == "zero":
+                        self._zero(off, k)
+                        continue
+                    self._flush_zero()
+                    if kind == "data":
+                        self.target.pwrite(off, view[s:s + k])
+                    elif self._write_prep is not None:
+                        self._write_prep(off, next(comp))
+                    else:
+                        self.target.write_compressed(off, view[s:s + k])
+        finally:
+            self._put_buf(res.buf)
+        self._advance(res.length)
+
+    # -- driver ---------------------------------------------------------------------
+    def run(self, pieces: Iterable[Piece]) -> int:
+        """Copy everything; return the number of bytes handled."""
+        tasks = self._tasks(pieces)
+        if self.workers == 1:
+            for op, off, n in tasks:
+                self._do_inline(op, off, n)
+        else:
+            self._run_pool(tasks)
+        self._flush_zero()
+        return self._done
+
+    def _do_inline(self, op: str, off: int, n: int) -> None:
+        if op == COPY:
+            self._write(self._work(off, n))
+        elif op == ZERO:
+            self._zero(off, n)
+            self._advance(n)
+        else:
+            self._advance(n)
+
+    def _run_pool(self, tasks: Iterator[tuple[str, int, int]]) -> None:
+        inflight: deque[Future[_Result] | tuple[str, int, int]] = deque()
+        pending: set[Future[_Result]] = set()
+        self._nfut = 0
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="qimg-copy") as ex:
+            try:
+                for op, off, n in tasks:
+                    if op != COPY:
+                        if self.ordered:
+                            if inflight:
+                                inflight.append((op, off, n))
+                            else:
+                                self._do_inline(op, off, n)
+                        else:
+                            self._do_inline(op, off, n)
+                        continue
+                    fut = ex.submit(self._work, off, n)
+                    if self.ordered:
+                        inflight.append(fut)
+                        self._nfut += 1
+                        while self._nfut > self.workers:
+                            self._drain_one(inflight)
+                    else:
+                        pending.add(fut)
+                        if len(pending) >= self.workers:
+                            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                            for f in done:
+                                pending.discard(f)
+                                self._write(f.result())
+                while inflight:
+                    self._drain_one(inflight)
+                for f in list(pending):
+                    pending.discard(f)
+                    self._write(f.result())
+            except BaseException:
+                for f in list(inflight) + list(pending):
+                    if isinstance(f, Future):
+                        f.cancel()
+                raise
+
+    def _drain_one(self, inflight: deque) -> None:
+        item = inflight.popleft()
+        if isinstance(item, Future):
+            self._nfut -= 1
+            self._write(item.result())
+        else:
+            self._do_inline(*item)
