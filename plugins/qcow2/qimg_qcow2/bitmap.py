@@ -623,3 +623,45 @@ def read_state_for_size(drv: "Qcow2Format", size: int) -> BitmapsState:
 
 def _read_data_for_size(drv: "Qcow2Format", bm: Bitmap, size: int) -> bytearray:
     return read_data(_SizeView(drv, size), bm)  # type: ignore[arg-type]
+
+
+# -- entry points used by the driver's bitmap_* methods ---------------------------------------
+def bitmap_merge_image(drv: "Qcow2Format", dst_name: str, source_image, src_name: str) -> None:
+    """``qemu-img bitmap --merge``: ``source_image`` is a :class:`qimg.image.Image` (maybe ours)."""
+    src_drv = getattr(source_image, "driver", source_image)
+    if src_drv is drv:
+        src_drv = None
+    elif not hasattr(src_drv, "header") or getattr(src_drv, "format_name", "") != "qcow2":
+        raise QimgError(f"Dirty bitmap '{src_name}' not found")
+    bitmap_merge(drv, dst_name, src_drv, src_name)
+
+
+@dataclass
+class ExportedBitmap:
+    """One bitmap as ``convert --bitmaps`` carries it from source to target."""
+
+    source: "Qcow2Format"
+    name: str
+    granularity: int
+    enabled: bool
+
+
+def bitmap_export(drv: "Qcow2Format", skip_broken: bool = False) -> list[ExportedBitmap]:
+    """The bitmaps to copy; in-use ones are an error (qemu-img's two lines) unless skipped."""
+    out = []
+    for bm in read_bitmaps(drv):
+        if bm.in_use:
+            if not skip_broken:
+                raise QimgError(f"Cannot copy inconsistent bitmap '{bm.name}'\n"
+                                "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it")
+            from qimg import api
+
+            api.warn(f"qimg: warning: Skipping inconsistent bitmap '{bm.name}'")
+            continue
+        out.append(ExportedBitmap(drv, bm.name, bm.granularity, bm.enabled))
+    return out
+
+
+def bitmap_import(drv: "Qcow2Format", exported: ExportedBitmap) -> None:
+    bitmap_add(drv, exported.name, exported.granularity, disabled=not exported.enabled)
+    bitmap_merge(drv, exported.name, exported.source, exported.name)

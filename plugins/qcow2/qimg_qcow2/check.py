@@ -26,6 +26,14 @@ from . import structs as S
 if TYPE_CHECKING:
     from .driver import Qcow2Format
 
+class CheckFailed(QimgError):
+    """The check stopped (qemu-img: ``Check failed: <reason>``) after printing ``messages``."""
+
+    def __init__(self, reason: str, messages: list[str]) -> None:
+        super().__init__(reason)
+        self.messages = list(messages)
+
+
 FIX_LEAKS = "leaks"
 FIX_ERRORS = "errors"
 
@@ -301,8 +309,25 @@ class _Checker:
                 continue
             if cluster >= nb:
                 res.corruptions += 1
-                self.say(f"ERROR refcount block {i} is outside image")
-                rebuild = True
+                if FIX_ERRORS not in self.fix:
+                    self.say(f"ERROR refcount block {i} is outside image")
+                    rebuild = True
+                    continue
+                # grow the file so that the block lies inside it; its refcount is then rebuilt
+                self.say(f"Repairing refcount block {i} is outside image")
+                try:
+                    self.file.truncate(offset + self.cluster_size)
+                except OSError as exc:
+                    self.say(f"ERROR could not resize image: {_strerror(exc)}")
+                    rebuild = True
+                    continue
+                self.file_len = self.file.size()
+                nb = -(-self.file_len // self.cluster_size)
+                if nb > len(table):
+                    table.extend([0] * (nb - len(table)))
+                res.corruptions -= 1
+                res.corruptions_fixed += 1
+                self.inc(res, table, offset, self.cluster_size)
                 continue
             if offset:
                 self.inc(res, table, offset, self.cluster_size)
@@ -640,9 +665,7 @@ def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
     elif fix:
         if rebuild:
             c.say("ERROR need to rebuild refcount structures")
-            res.check_errors += 1
-            res.messages = c.msgs
-            return res
+            raise CheckFailed("Input/output error", c.msgs)
         if res.leaks or res.corruptions:
             _assign(res, pre)
             highest = [0]

@@ -123,7 +123,8 @@ def encode_header(h: Header, cluster_size: int) -> bytes:
         out += _ext(S.EXT_DATA_FILE, h.data_file.encode())
     if h.crypto_header is not None:
         out += _ext(S.EXT_CRYPTO, h.crypto_header)
-    if h.version >= 3:
+    if h.version >= 3 and cluster_size > 4096:
+        # QEMU 7.2 leaves the (optional) feature name table out of small clusters
         table = b"".join(S.FeatureEntry.build(dict(type=t, bit=b, name=n.encode().ljust(46, b"\0")))
                          for t, b, n in S.FEATURE_NAMES)
         out += _ext(S.EXT_FEATURE_TABLE, table)

@@ -1,0 +1,59 @@
+"""A bounded LRU cache of metadata tables (L2 tables, refcount blocks) with dirty tracking.
+
+Memory stays bounded whatever sizes an image claims: at most ``capacity`` tables live here.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable
+
+
+class TableCache:
+    def __init__(self, capacity: int, load: Callable[[int], Any], store: Callable[[int, Any], None],
+                 before_evict_dirty: Callable[[], None] | None = None) -> None:
+        self.capacity = max(2, capacity)
+        self._load = load
+        self._store = store
+        self._before = before_evict_dirty
+        self.tables: OrderedDict[int, Any] = OrderedDict()
+        self.dirty: set[int] = set()
+
+    def get(self, offset: int) -> Any:
+        t = self.tables.get(offset)
+        if t is not None:
+            self.tables.move_to_end(offset)
+            return t
+        t = self._load(offset)
+        self.put(offset, t)
+        return t
+
+    def put(self, offset: int, table: Any, dirty: bool = False) -> None:
+        self.tables[offset] = table
+        self.tables.move_to_end(offset)
+        if dirty:
+            self.dirty.add(offset)
+        while len(self.tables) > self.capacity:
+            old = next(iter(self.tables))
+            if old in self.dirty:
+                if self._before is not None:
+                    self._before()
+                self._store(old, self.tables[old])
+                self.dirty.discard(old)
+            del self.tables[old]
+
+    def mark_dirty(self, offset: int) -> None:
+        self.dirty.add(offset)
+
+    def drop(self, offset: int) -> None:
+        """Forget a table (its cluster was freed) without writing it."""
+        self.tables.pop(offset, None)
+        self.dirty.discard(offset)
+
+    def flush(self) -> None:
+        for off in sorted(self.dirty):
+            self._store(off, self.tables[off])
+        self.dirty.clear()
+
+    def clear(self) -> None:
+        self.flush()
+        self.tables.clear()

@@ -1,0 +1,196 @@
+"""qcow2 image creation (the same bytes as qemu-img 7.2 writes) and size measurement."""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from qimg.errors import QimgError
+
+from . import structs as S
+from .header import Header
+
+V3_MSG = "compatibility level 1.1 and above (use version=v3 or greater)"
+
+
+def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """QEMU's option checks, in its order; returns normalized settings."""
+    if size % 512:
+        raise QimgError("Image size must be a multiple of 512 bytes")
+    compat = opts.get("compat")
+    if compat is None:
+        version = 3
+    elif compat in ("0.10", "v2"):
+        version = 2
+    elif compat in ("1.1", "v3"):
+        version = 3
+    else:
+        raise QimgError(f"Parameter 'version' does not accept value '{compat}'")
+    ctype = opts.get("compression_type")
+    if ctype is not None and ctype not in ("zlib", "zstd"):
+        raise QimgError(f"Parameter 'compression-type' does not accept value '{ctype}'")
+    prealloc = opts.get("preallocation") or "off"
+    if prealloc not in ("off", "metadata", "falloc", "full"):
+        raise QimgError(f"Parameter 'preallocation' does not accept value '{prealloc}'")
+    cs = opts.get("cluster_size")
+    cs = 65536 if cs is None else int(cs)
+    ext = bool(opts.get("extended_l2"))
+    if ext:
+        if version < 3:
+            raise QimgError("Extended L2 entries are only supported with " + V3_MSG)
+        if cs < 16384:
+            raise QimgError("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+    if cs < 512 or cs > 2 << 20 or cs & (cs - 1):
+        raise QimgError("Cluster size must be a power of two between 512 and 2048k")
+    backing = opts.get("backing_file")
+    if backing and prealloc != "off" and not ext:
+        raise QimgError("Backing file and preallocation can only be used at the same time if extended_l2 is on")
+    if opts.get("backing_fmt") and not backing:
+        raise QimgError("Backing format cannot be used without backing file")
+    lazy = bool(opts.get("lazy_refcounts"))
+    if version < 3 and lazy:
+        raise QimgError("Lazy refcounts only supported with " + V3_MSG)
+    rb = opts.get("refcount_bits")
+    rb = 16 if rb is None else int(rb)
+    if rb < 1 or rb > 64 or rb & (rb - 1):
+        raise QimgError("Refcount width must be a power of two and may not exceed 64 bits")
+    if version < 3 and rb != 16:
+        raise QimgError("Different refcount widths than 16 bits require compatibility level 1.1 or above "
+                        "(use version=v3 or greater)")
+    data_file = opts.get("data_file")
+    raw = bool(opts.get("data_file_raw"))
+    if raw and not data_file:
+        raise QimgError("data-file-raw requires data-file")
+    if raw and backing:
+        raise QimgError("Backing file and data-file-raw cannot be used at the same time")
+    if raw and prealloc == "off":
+        prealloc = "metadata"
+    if data_file and version < 3:
+        raise QimgError("External data files are only supported with " + V3_MSG)
+    if ctype == "zstd" and version < 3:
+        raise QimgError("Non-zlib compression type is only supported with " + V3_MSG)
+    return dict(version=version, cluster_size=cs, cluster_bits=cs.bit_length() - 1, extended_l2=ext,
+                prealloc=prealloc, lazy=lazy, refcount_order=rb.bit_length() - 1, data_file=data_file,
+                data_file_raw=raw, compression_type=1 if ctype == "zstd" else 0, backing_file=backing,
+                backing_fmt=opts.get("backing_fmt"))
+
+
+def create_image(filename: str, size: int, opts: dict[str, Any]) -> None:
+    from qimg.api import open_protocol, resolve_backing_name
+
+    o = _validate(size, opts)
+    cs = o["cluster_size"]
+    if o["data_file"]:
+        df = open_protocol(o["data_file"], create=True, writable=True)
+        df.truncate(0)
+        df.close()
+    h = Header(version=o["version"], cluster_bits=o["cluster_bits"], refcount_table_offset=cs,
+               refcount_table_clusters=1, refcount_order=o["refcount_order"],
+               compression_type=o["compression_type"])
+    if o["lazy"]:
+        h.compatible_features |= S.COMPAT_LAZY_REFCOUNTS
+    if o["data_file"]:
+        h.incompatible_features |= S.INCOMPAT_DATA_FILE
+    if o["data_file_raw"]:
+        h.autoclear_features |= S.AUTOCLEAR_DATA_FILE_RAW
+    if o["compression_type"]:
+        h.incompatible_features |= S.INCOMPAT_COMPRESSION
+    if o["extended_l2"]:
+        h.incompatible_features |= S.INCOMPAT_EXTL2
+    # first the bare structure: header, a reftable and one refblock, all not yet counted
+    f = open_protocol(filename, create=True, writable=True)
+    try:
+        f.truncate(0)
+        from .header import encode_header
+
+        f.pwrite(0, encode_header(h, cs))
+        f.pwrite(cs, struct.pack(">Q", 2 * cs) + bytes(2 * cs - 8))
+    finally:
+        f.close()
+    from .driver import Qcow2Format
+
+    f = open_protocol(filename, writable=True)
+    dopts: dict[str, Any] = {}
+    if o["data_file"]:
+        dopts["data-file"] = resolve_backing_name(filename, o["data_file"])
+    drv = Qcow2Format(f, filename=filename, writable=True, options=dopts)
+    try:
+        drv.alloc_clusters(3)
+        drv.header.data_file = o["data_file"]
+        drv.flush_caches()
+        drv.update_header()
+        from .resize import truncate
+
+        truncate(drv, size, preallocation=o["prealloc"])
+        if o["backing_file"]:
+            drv.change_backing_file(o["backing_file"], o["backing_fmt"])
+        drv.flush_caches()
+    finally:
+        drv.close()
+
+
+# ---------------------------------------------------------------------------- measure
+def refcount_metadata_clusters(clusters: int, cluster_size: int, refcount_order: int,
+                               generous: bool = False) -> tuple[int, int]:
+    """(refblocks, reftable clusters) needed to count ``clusters`` plus themselves (fixed point)."""
+    per_table_cluster = cluster_size // 8
+    per_block = cluster_size * 8 >> refcount_order
+    table = blocks = 0
+    n = 0
+    while True:
+        last = n
+        blocks = -(-(clusters + table + blocks) // per_block)
+        table = -(-blocks // per_table_cluster)
+        n = clusters + blocks + table
+        if n == last:
+            if generous:
+                clusters += -(-table // 2)
+                generous = False
+                n = 0
+                continue
+            return blocks, table
+
+
+def prealloc_size(total: int, cs: int, refcount_order: int, extended_l2: bool) -> int:
+    """Bytes of a fully allocated image (QEMU's qcow2_calc_prealloc_size semantics)."""
+    aligned = -(-total // cs) * cs
+    esz = 16 if extended_l2 else 8
+    meta = cs
+    nl2e = aligned // cs
+    nl2e = -(-nl2e // (cs // esz)) * (cs // esz)
+    meta += nl2e * esz
+    nl1e = nl2e * esz // cs
+    nl1e = -(-nl1e // (cs // 8)) * (cs // 8)
+    meta += nl1e * 8
+    blocks, table = refcount_metadata_clusters((meta + aligned) // cs, cs, refcount_order)
+    meta += (blocks + table) * cs
+    return meta + aligned
+
+
+def measure(size: int | None, opts: dict[str, Any], source=None) -> dict[str, int]:
+    from qimg.blockstatus import ALLOCATED, DATA, ZERO
+
+    o = _validate(0, {k: v for k, v in opts.items() if k not in ("backing_file", "backing_fmt", "data_file",
+                                                                   "data_file_raw")})
+    cs = o["cluster_size"]
+    if source is not None:
+        ssize = source.size
+        virtual = -(-ssize // cs) * cs
+        required = 0
+        off = 0
+        while off < ssize:
+            st = source.chain_status(off, ssize - off)
+            n = st.length
+            if st.flags & ZERO:
+                pass
+            elif st.flags & (DATA | ALLOCATED) == (DATA | ALLOCATED):
+                n = -(-(off + n) // cs) * cs - off
+                required += off % cs + n
+            off += n
+    else:
+        virtual = -(-(size or 0) // cs) * cs
+        required = 0
+    if o["prealloc"] in ("full", "falloc"):
+        required = virtual
+    full = prealloc_size(virtual, cs, o["refcount_order"], o["extended_l2"])
+    out = {"required": full - virtual + required, "fully-allocated": full}
+    return out

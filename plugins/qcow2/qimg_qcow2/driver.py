@@ -1,0 +1,1112 @@
+"""The qcow2 format driver: open/validate, read, write, metadata (QEMU 7.2 compatible)."""
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from typing import Any
+
+from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
+from qimg.driver import CheckResult, Format, ProgressFn, SnapshotInfo
+from qimg.errors import CorruptImage, QimgError
+from qimg.image import zero_fill
+
+from . import structs as S
+from .cache import TableCache
+from .header import Header, encode_header, parse_extensions, parse_fixed
+from .options import AMEND_OPTS, CREATE_OPTS, FORMAT_LINE_ORDER
+from .refcount import RefcountMixin
+
+_SWAP = sys.byteorder == "little"
+# extent kinds returned by _extent
+UNALLOC, ZEROES, NORMAL, COMPRESSED = 0, 1, 2, 3
+#: metadata cache budget in bytes (QEMU's default l2-cache-size is 1 MiB; more helps big runs)
+CACHE_BYTES = 32 << 20
+ALL_ALLOC = 0xFFFFFFFF
+ALL_ZERO = 0xFFFFFFFF << 32
+
+
+def _be_array(data: bytes | bytearray) -> array:
+    a = array("Q")
+    a.frombytes(data)
+    if _SWAP:
+        a.byteswap()
+    return a
+
+
+def _to_be(a: array) -> bytes:
+    if _SWAP:
+        b = array("Q", a)
+        b.byteswap()
+        return b.tobytes()
+    return a.tobytes()
+
+
+def _zero_run(a: array, i: int, n: int, stride: int = 1) -> int:
+    """Number of leading zero entries in a[i : i+n*stride : stride] (checked in C)."""
+    if stride == 1:
+        raw = memoryview(a)[i : i + n].cast("B")
+        stripped = bytes(raw).lstrip(b"\0")
+        return (len(raw) - len(stripped)) // 8
+    part = a[i : i + n * stride : stride]
+    raw = part.tobytes()
+    return (len(raw) - len(raw.lstrip(b"\0"))) // 8
+
+
+def _same_run(vals: array, e0: int, step: int) -> int:
+    """How many leading entries of ``vals`` equal e0, e0+step, e0+2*step... (binary search on C compares)."""
+    n = len(vals)
+    if step:
+        exp = array("Q", range(e0, e0 + n * step, step))
+    else:
+        exp = array("Q", [e0]) * n
+    if vals == exp:
+        return n
+    lo, hi = 1, n  # vals[:lo] matches, vals[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if vals[:mid] == exp[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class Qcow2Format(RefcountMixin, Format):
+    format_name = "qcow2"
+    create_opts = CREATE_OPTS
+    amend_opts = AMEND_OPTS
+    format_line_order = FORMAT_LINE_ORDER
+    supports_backing = True
+    supports_compression = True
+    zero_init = True
+
+    # ------------------------------------------------------------------ open
+    def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
+        super().__init__(file, filename=filename, writable=writable, options=options)
+        self.data_file = None
+        self._dirty_set = False
+        self._reftable_pending = False
+        self.free_cluster_index = 0
+        self.free_byte_offset = 0
+        self._ccache: tuple[int, bytes] | None = None
+        self._open(options)
+
+    def _open(self, options: dict[str, Any]) -> None:
+        f = self.file
+        head = f.pread(0, S.V3_HEADER_SIZE)
+        if len(head) < S.V2_HEADER_SIZE or head[:4] != b"QFI\xfb":
+            raise QimgError("Image is not in qcow2 format")
+        h = parse_fixed(head)
+        if h.version < 2 or h.version > 3:
+            raise QimgError(f"Unsupported qcow2 version {h.version}")
+        if h.cluster_bits < S.MIN_CLUSTER_BITS or h.cluster_bits > S.MAX_CLUSTER_BITS:
+            raise QimgError(f"Unsupported cluster size: 2^{h.cluster_bits}")
+        cs = 1 << h.cluster_bits
+        if h.version == 3:
+            if len(head) < S.V3_MIN_HEADER_SIZE or h.header_length < S.V3_MIN_HEADER_SIZE:
+                raise QimgError("qcow2 header too short")
+            if h.header_length > cs:
+                raise QimgError("qcow2 header exceeds cluster size")
+            if h.header_length <= S.V3_MIN_HEADER_SIZE:
+                h.compression_type = 0
+        if h.backing_file_offset > cs:
+            raise QimgError("Invalid backing file offset")
+        cluster0 = f.pread(0, cs)
+        ext_end = h.backing_file_offset if h.backing_file_offset else len(cluster0)
+        if h.version == 3:
+            parse_extensions(h, cluster0, ext_end)
+        self.header = h
+        unknown = h.incompatible_features & ~S.INCOMPAT_KNOWN
+        if unknown:
+            parts = []
+            for bit in range(64):
+                if unknown & (1 << bit) and (0, bit) in h.feature_names:
+                    parts.append(h.feature_names[(0, bit)])
+                    unknown &= ~(1 << bit)
+            if unknown:
+                parts.append(f"Unknown incompatible feature: {unknown:x}")
+            raise QimgError("Unsupported qcow2 feature(s): " + ", ".join(parts), 1)
+        self.allow_corrupt = bool(options.get("check") or options.get("_check"))
+        if h.incompatible_features & S.INCOMPAT_CORRUPT and self.writable and not self.allow_corrupt:
+            raise QimgError("qcow2: Image is corrupt; cannot be opened read/write")
+        if h.refcount_order > 6:
+            raise QimgError("Reference count entry width too large; may not exceed 64 bits")
+        if h.crypt_method > 2:
+            raise QimgError(f"Unsupported encryption method {h.crypt_method}")
+        if h.compression_type > 1:
+            raise QimgError(f"qcow2: unknown compression type: {h.compression_type}")
+        if h.compression_type != 0 and not h.incompatible_features & S.INCOMPAT_COMPRESSION:
+            raise QimgError("qcow2: Compression type incompatible feature bit must be set")
+        if h.compression_type == 0 and h.incompatible_features & S.INCOMPAT_COMPRESSION:
+            raise QimgError("qcow2: Compression type incompatible feature bit must not be set")
+        self._setup_geometry()
+        # sizes and tables
+        if self._size_to_l1(h.size) > 0x7FFFFFFF:
+            raise QimgError("Image is too big")
+        if h.refcount_table_clusters == 0:
+            raise QimgError("Image does not contain a reference count table")
+        if h.refcount_table_clusters * cs > S.MAX_REFTABLE_SIZE:
+            raise QimgError("Reference count table too large")
+        if not self._valid_table(h.refcount_table_offset, h.refcount_table_clusters * cs):
+            raise QimgError("Reference count table offset invalid")
+        if h.nb_snapshots > S.MAX_SNAPSHOTS:
+            raise QimgError("Snapshot table too large")
+        if h.nb_snapshots and not self._valid_table(h.snapshots_offset, h.nb_snapshots * 40):
+            raise QimgError("Snapshot table offset invalid")
+        if h.l1_size > S.MAX_L1_SIZE // 8:
+            raise QimgError("Active L1 table too large")
+        if h.l1_size < self._size_to_l1(h.size):
+            raise QimgError("L1 table is too small")
+        if h.l1_size and not self._valid_table(h.l1_table_offset, h.l1_size * 8):
+            raise QimgError("Active L1 table offset invalid")
+        # backing file name
+        if h.backing_file_offset:
+            if h.backing_file_size > 1023 or h.backing_file_size > cs - h.backing_file_offset:
+                raise QimgError("Backing file name too long")
+            h.backing_file = cluster0[h.backing_file_offset : h.backing_file_offset + h.backing_file_size].decode(
+                "utf-8", "replace")
+            self.backing_filename = h.backing_file
+            self.backing_format = h.backing_format
+        if h.crypt_method:
+            self.encrypted = True
+        # tables
+        self.l1 = self.read_table(h.l1_table_offset, h.l1_size) if h.l1_size else array("Q")
+        self.refcount_table = self.read_table(h.refcount_table_offset, h.refcount_table_clusters * cs // 8)
+        ncache = max(16, CACHE_BYTES // cs)
+        self.l2_cache = TableCache(ncache, self._l2_load, self._l2_store, self._flush_refblocks)
+        self.refblock_cache = TableCache(max(8, ncache // 4), self._rb_load, self._rb_store)
+        self._open_data_file(options)
+        if self.writable:
+            self._writable_open_fixups()
+
+    def _setup_geometry(self) -> None:
+        h = self.header
+        self.cluster_bits = h.cluster_bits
+        self._cs = 1 << h.cluster_bits
+        self.extended_l2 = bool(h.incompatible_features & S.INCOMPAT_EXTL2)
+        self.l2_entry_size = 16 if self.extended_l2 else 8
+        self.l2_entries = self._cs // self.l2_entry_size
+        self.l2_bits = self.l2_entries.bit_length() - 1
+        self.subcluster_size = self._cs // 32 if self.extended_l2 else self._cs
+        self.refcount_order = h.refcount_order
+        self.refcount_bits = 1 << h.refcount_order
+        self.max_refcount = (1 << self.refcount_bits) - 1
+        self.rb_bits = h.cluster_bits + 3 - h.refcount_order
+        self.refblock_entries = 1 << self.rb_bits
+        # compressed cluster descriptors
+        self.csize_shift = 62 - (h.cluster_bits - 8)
+        self.csize_mask = (1 << (h.cluster_bits - 8)) - 1
+        self.coffset_mask = (1 << self.csize_shift) - 1
+
+    def _size_to_l1(self, size: int) -> int:
+        shift = self.cluster_bits + self.l2_bits
+        return (size + (1 << shift) - 1) >> shift
+
+    def _valid_table(self, offset: int, nbytes: int) -> bool:
+        return not (offset & (self._cs - 1)) and offset + nbytes <= (1 << 63) - 1
+
+    def _open_data_file(self, options: dict[str, Any]) -> None:
+        h = self.header
+        if not h.incompatible_features & S.INCOMPAT_DATA_FILE:
+            if options.get("data-file"):
+                raise QimgError("'data-file' can only be set for images that use an external data file")
+            return
+        name = options.get("data-file") or h.data_file
+        if not name:
+            raise QimgError("'data-file' is required for this image")
+        from qimg.api import open_protocol, resolve_backing_name
+
+        path = name if options.get("data-file") else resolve_backing_name(self.filename, name)
+        self.data_file = open_protocol(path, writable=self.writable)
+
+    @property
+    def data_raw(self) -> bool:
+        return bool(self.data_file is not None and self.header.autoclear_features & S.AUTOCLEAR_DATA_FILE_RAW)
+
+    def _writable_open_fixups(self) -> None:
+        h = self.header
+        self._compute_free_index()
+        changed = False
+        if h.autoclear_features & ~S.AUTOCLEAR_KNOWN:
+            h.autoclear_features &= S.AUTOCLEAR_KNOWN
+            changed = True
+        if h.bitmaps_ext is not None and not h.autoclear_features & S.AUTOCLEAR_BITMAPS:
+            # a program without bitmap support changed the image: the bitmaps are stale
+            h.bitmaps_ext = None
+            changed = True
+        if h.incompatible_features & S.INCOMPAT_DIRTY:
+            self.repair_dirty()
+            h.incompatible_features &= ~S.INCOMPAT_DIRTY
+            changed = True
+        if changed:
+            self.update_header()
+
+    def _compute_free_index(self) -> None:
+        self.free_cluster_index = 0
+
+    # ------------------------------------------------------------------ tables
+    def read_table(self, offset: int, n: int) -> array:
+        data = self.file.pread(offset, n * 8)
+        if len(data) < n * 8:
+            data += bytes(n * 8 - len(data))
+        return _be_array(data)
+
+    def write_table(self, offset: int, arr: array) -> None:
+        self.file.pwrite(offset, _to_be(arr))
+
+    def write_l1(self, start: int = 0, count: int | None = None) -> None:
+        if count is None:
+            count = len(self.l1) - start
+        self.file.pwrite(self.header.l1_table_offset + start * 8, _to_be(self.l1[start : start + count]))
+
+    def _l2_load(self, off: int) -> array:
+        return self.read_table(off, self._cs // 8)
+
+    def _l2_store(self, off: int, arr: array) -> None:
+        self.write_table(off, arr)
+
+    def _flush_refblocks(self) -> None:
+        self.refblock_cache.flush()
+
+    def get_l2(self, off: int) -> array:
+        if off & (self._cs - 1):
+            raise CorruptImage(f"L2 table offset {off:#x} unaligned")
+        return self.l2_cache.get(off)
+
+    def new_l2(self, off: int, arr: array) -> None:
+        self.l2_cache.put(off, arr, dirty=True)
+
+    def flush_caches(self) -> None:
+        self.refblock_cache.flush()
+        self.l2_cache.flush()
+        self.refblock_cache.flush()
+
+    def update_header(self) -> None:
+        self.file.pwrite(0, encode_header(self.header, self._cs))
+        self.backing_filename = self.header.backing_file
+        self.backing_format = self.header.backing_format
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def size(self) -> int:
+        return self.header.size
+
+    @property
+    def cluster_size(self) -> int:
+        return self._cs
+
+    def compressed_info(self, e: int) -> tuple[int, int]:
+        off = e & self.coffset_mask
+        nsec = ((e >> self.csize_shift) & self.csize_mask) + 1
+        return off, nsec * 512 - (off & 511)
+
+    def compressed_clusters(self, e: int) -> tuple[int, int]:
+        off, n = self.compressed_info(e)
+        first = off & ~(self._cs - 1)
+        last = (off + n - 1) & ~(self._cs - 1)
+        return first, (last - first) // self._cs + 1
+
+    # ------------------------------------------------------------------ mapping
+    def _extent(self, offset: int, length: int, merge_compressed: bool = True) -> tuple[int, int, int]:
+        """(kind, run length, host offset or L2 entry) for the run at guest ``offset``."""
+        cb, cs = self.cluster_bits, self._cs
+        gci = offset >> cb
+        l1i = gci >> self.l2_bits
+        table_end = (l1i + 1) << (self.l2_bits + cb)
+        end = min(offset + length, table_end)
+        if l1i >= len(self.l1):
+            return UNALLOC, offset + length - offset, 0
+        l2off = self.l1[l1i] & S.L1E_OFFSET_MASK
+        if not l2off:
+            # skip all following empty L1 entries at once
+            n_l1 = len(self.l1) - l1i
+            z = _zero_run(self.l1, l1i, n_l1)
+            run_end = min(offset + length, (l1i + z) << (self.l2_bits + cb))
+            return UNALLOC, run_end - offset, 0
+        tbl = self.get_l2(l2off)
+        i = gci & (self.l2_entries - 1)
+        n = ((end - 1) >> cb) - gci + 1  # clusters touched
+        in_cl = offset & (cs - 1)
+        if not self.extended_l2:
+            e = tbl[i]
+            kind, host = self._classify(e, l2off, i)
+            if kind == UNALLOC:
+                k = _zero_run(tbl, i, n) if e == 0 else 1
+                k = max(k, 1)
+                if e != 0:
+                    k = self._class_run(tbl, i, n, UNALLOC, l2off)
+            elif kind == NORMAL:
+                k = _same_run(tbl[i : i + n], e, cs)
+            elif kind == COMPRESSED:
+                k = self._class_run(tbl, i, n, COMPRESSED, l2off) if merge_compressed else 1
+                host = e
+            else:
+                k = self._class_run(tbl, i, n, ZEROES, l2off)
+            run_end = min(end, (gci + k) << cb)
+            return kind, run_end - offset, (host + in_cl if kind in (NORMAL, ZEROES) and host else host)
+        return self._extent_ext(tbl, l2off, i, n, offset, end)
+
+    def _classify(self, e: int, l2off: int, i: int) -> tuple[int, int]:
+        if e & S.OFLAG_COMPRESSED:
+            return COMPRESSED, e
+        host = e & S.L2E_OFFSET_MASK
+        if e & S.OFLAG_ZERO and not self.extended_l2:
+            return ZEROES, host
+        if host:
+            if host & (self._cs - 1) or e & 0x1FE:
+                self._corrupt(f"Cluster allocation offset {host:#x} unaligned (L2 offset: {l2off:#x}, L2 index: {i:#x})")
+            return NORMAL, host
+        if self.data_file is not None and e & S.OFLAG_COPIED:
+            return NORMAL, 0
+        return UNALLOC, 0
+
+    def _class_run(self, tbl: array, i: int, n: int, kind: int, l2off: int) -> int:
+        k = 1
+        while k < n:
+            if self._classify(tbl[i + k], l2off, i + k)[0] != kind:
+                break
+            k += 1
+        return k
+
+    def _extent_ext(self, tbl: array, l2off: int, i: int, n: int, offset: int, end: int) -> tuple[int, int, int]:
+        cb, cs, scs = self.cluster_bits, self._cs, self.subcluster_size
+        e, bm = tbl[2 * i], tbl[2 * i + 1]
+        in_cl = offset & (cs - 1)
+        if e & S.OFLAG_COMPRESSED:
+            k = 1
+            if n > 1:
+                k = 1
+                while k < n and tbl[2 * (i + k)] & S.OFLAG_COMPRESSED:
+                    k += 1
+            return COMPRESSED, min(end, ((offset >> cb) + k) << cb) - offset, e
+        host = e & S.L2E_OFFSET_MASK
+        if host and (host & (cs - 1)):
+            self._corrupt(f"Cluster allocation offset {host:#x} unaligned (L2 offset: {l2off:#x}, L2 index: {i:#x})")
+        alloc_ok = bool(host) or (self.data_file is not None and bool(e & S.OFLAG_COPIED))
+        sc = in_cl // scs
+
+        def sc_kind(bmv: int, j: int) -> int:
+            if (bmv >> (32 + j)) & 1:
+                return ZEROES
+            if (bmv >> j) & 1:
+                return NORMAL if alloc_ok else UNALLOC
+            return UNALLOC
+
+        kind = sc_kind(bm, sc)
+        j = sc + 1
+        while j < 32 and sc_kind(bm, j) == kind:
+            j += 1
+        run_end = min(end, ((offset >> cb) << cb) + j * scs)
+        if j == 32 and run_end < end:
+            # whole rest of this cluster matches: extend over following identical clusters
+            if kind == NORMAL and bm & ALL_ALLOC == ALL_ALLOC and not bm >> 32:
+                rest = n - 1
+                if rest:
+                    ents = tbl[2 * (i + 1) : 2 * (i + n) : 2]
+                    bms = tbl[2 * (i + 1) + 1 : 2 * (i + n) + 1 : 2]
+                    k = min(_same_run(ents, e + cs, cs), _same_run(bms, bm, 0))
+                    run_end = min(end, (((offset >> cb) + 1 + k) << cb))
+            elif kind == UNALLOC and e == 0 and bm == 0:
+                z = _zero_run(tbl, 2 * i, n, 2)
+                zb = _zero_run(tbl, 2 * i + 1, n, 2)
+                run_end = min(end, ((offset >> cb) + max(1, min(z, zb))) << cb)
+            elif kind == ZEROES and bm >> 32 == ALL_ALLOC and not host:
+                bms = tbl[2 * i + 1 : 2 * (i + n) + 1 : 2]
+                ents = tbl[2 * i : 2 * (i + n) : 2]
+                k = min(_same_run(bms, bm, 0), _zero_run(ents, 0, len(ents)))
+                run_end = min(end, ((offset >> cb) + max(1, k)) << cb)
+        hoff = host + in_cl if kind in (NORMAL, ZEROES) and alloc_ok else 0
+        return kind, run_end - offset, hoff
+
+    def _corrupt(self, msg: str) -> None:
+        """Mark the image corrupt (when writable) and fail the request, as QEMU does."""
+        if self.writable and not self.header.incompatible_features & S.INCOMPAT_CORRUPT:
+            from qimg import api
+
+            api.warn(f"qcow2: Marking image as corrupt: {msg}; further corruption events will be suppressed")
+            self.header.incompatible_features |= S.INCOMPAT_CORRUPT | 0
+            try:
+                self.file.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
+            except OSError:
+                pass
+        raise CorruptImage("Input/output error")
+
+    def block_status(self, offset: int, length: int) -> Status:
+        kind, n, host = self._extent(offset, length)
+        if kind == UNALLOC:
+            return Status(0, n)
+        if kind == ZEROES:
+            if host and not self._encrypted():
+                return Status(ZERO | ALLOCATED | OFFSET_VALID, n, host, self._data_name())
+            return Status(ZERO | ALLOCATED, n)
+        if kind == COMPRESSED or self._encrypted():
+            return Status(DATA | ALLOCATED, n)
+        return Status(DATA | ALLOCATED | OFFSET_VALID, n, host, self._data_name())
+
+    def _data_name(self) -> str:
+        return (self.data_file or self.file).filename
+
+    def _encrypted(self) -> bool:
+        return bool(self.header.crypt_method)
+
+    # ------------------------------------------------------------------ read
+    def read(self, offset: int, buf: memoryview) -> None:
+        if self._encrypted():
+            raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
+        pos, total = 0, len(buf)
+        dfile = self.data_file or self.file
+        while pos < total:
+            off = offset + pos
+            kind, n, host = self._extent(off, total - pos, merge_compressed=False)
+            view = buf[pos : pos + n]
+            if kind == NORMAL:
+                got = dfile.preadinto(host, view)
+                if got < n:
+                    zero_fill(view[got:])
+            elif kind == COMPRESSED:
+                data = self._read_compressed(host)
+                s = off & (self._cs - 1)
+                view[:] = data[s : s + n]
+            elif kind == ZEROES:
+                zero_fill(view)
+            else:
+                self.read_backing(off, view)
+            pos += n
+
+    def _read_compressed(self, e: int) -> bytes:
+        if self._ccache is not None and self._ccache[0] == e:
+            return self._ccache[1]
+        from .compress import decompress
+
+        coff, csize = self.compressed_info(e)
+        raw = self.file.pread(coff, csize)
+        data = decompress(raw, self.header.compression_type, self._cs)
+        self._ccache = (e, data)
+        return data
+
+    def _read_layer(self, offset: int, buf: memoryview) -> None:
+        """Guest view of this layer including backing (for copy-on-write)."""
+        pos, total = 0, len(buf)
+        while pos < total:
+            off = offset + pos
+            if off >= self.header.size:
+                zero_fill(buf[pos:])
+                return
+            kind, n, host = self._extent(off, min(total - pos, self.header.size - off), merge_compressed=False)
+            if kind == UNALLOC:
+                self.read_backing(off, buf[pos : pos + n])
+            else:
+                self.read(off, buf[pos : pos + n])
+            pos += n
+
+    # ------------------------------------------------------------------ write helpers
+    def _mark_dirty_lazy(self) -> None:
+        if self.header.compatible_features & S.COMPAT_LAZY_REFCOUNTS and not self._dirty_set:
+            self.header.incompatible_features |= S.INCOMPAT_DIRTY
+            self.file.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
+            self.file.flush()
+            self._dirty_set = True
+
+    def _l2_for_write(self, l1i: int) -> tuple[int, array]:
+        """The L2 table for L1 index ``l1i``, allocated or made private (COPIED) if needed."""
+        e = self.l1[l1i]
+        off = e & S.L1E_OFFSET_MASK
+        if off and e & S.OFLAG_COPIED:
+            return off, self.get_l2(off)
+        new_off = self.alloc_clusters(1)
+        if off:
+            tbl = array("Q", self.get_l2(off))
+            self.update_refcount(off, self._cs, -1)
+        else:
+            tbl = array("Q", bytes(self._cs))
+        self.refblock_cache.flush()
+        self.write_table(new_off, tbl)
+        self.l2_cache.put(new_off, tbl)
+        self.l1[l1i] = new_off | S.OFLAG_COPIED
+        self.write_l1(l1i, 1)
+        return new_off, tbl
+
+    def _free_entry(self, e: int) -> None:
+        """Drop one reference held by an L2 entry (normal, zero-allocated or compressed)."""
+        if e & S.OFLAG_COMPRESSED:
+            first, n = self.compressed_clusters(e)
+            self.update_refcount(first, n * self._cs, -1)
+            return
+        host = e & S.L2E_OFFSET_MASK
+        if host and self.data_file is None:
+            self.update_refcount(host, self._cs, -1)
+
+    def _can_write_in_place(self, e: int) -> bool:
+        if e & S.OFLAG_COMPRESSED or not e & S.OFLAG_COPIED:
+            return False
+        if self.data_file is not None:
+            return True
+        return bool(e & S.L2E_OFFSET_MASK)
+
+    # ------------------------------------------------------------------ write
+    def write(self, offset: int, data: memoryview) -> None:
+        self._check_io_writable()
+        self._mark_dirty_lazy()
+        cb, cs = self.cluster_bits, self._cs
+        pos, total = 0, len(data)
+        while pos < total:
+            off = offset + pos
+            gci = off >> cb
+            l1i = gci >> self.l2_bits
+            table_end = (l1i + 1) << (self.l2_bits + cb)
+            end = min(offset + total, table_end)
+            l2off, tbl = self._l2_for_write(l1i)
+            i0 = gci & (self.l2_entries - 1)
+            n = ((end - 1) >> cb) - gci + 1
+            st = self.l2_entry_size // 8
+            k = 0
+            while k < n:
+                ent = tbl[(i0 + k) * st]
+                inplace = self._can_write_in_place(ent)
+                # group a run of clusters of the same kind
+                j = k + 1
+                while j < n and self._can_write_in_place(tbl[(i0 + j) * st]) == inplace:
+                    j += 1
+                rs = max(off, (gci + k) << cb)
+                re = min(end, (gci + j) << cb)
+                dv = data[rs - offset : re - offset]
+                if inplace:
+                    self._write_in_place(tbl, l2off, i0 + k, rs, dv)
+                else:
+                    self._write_alloc(tbl, l2off, i0 + k, j - k, rs, dv)
+                k = j
+            pos = end - offset
+
+    def _check_io_writable(self) -> None:
+        if self._encrypted():
+            raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
+        if self.header.incompatible_features & S.INCOMPAT_CORRUPT and not self.allow_corrupt:
+            raise QimgError("Input/output error")
+
+    def _write_in_place(self, tbl: array, l2off: int, i: int, goff: int, data: memoryview) -> None:
+        """Write over clusters this image owns (COPIED, uncompressed); host runs coalesced."""
+        cb, cs = self.cluster_bits, self._cs
+        dfile = self.data_file or self.file
+        st = self.l2_entry_size // 8
+        pos, total = 0, len(data)
+        while pos < total:
+            g = goff + pos
+            ci = i + ((g >> cb) - (goff >> cb))
+            e = tbl[ci * st]
+            host = e & S.L2E_OFFSET_MASK
+            # contiguous host clusters
+            k = 1
+            maxk = ((goff + total - 1) >> cb) - (g >> cb) + 1
+            if maxk > 1:
+                k = _same_run(tbl[ci * st : (ci + maxk) * st : st], e, cs)
+            n = min(total - pos, ((g >> cb) + k << cb) - g)
+            chunk = data[pos : pos + n]
+            if self.extended_l2:
+                self._ext_fill_partial(tbl, ci, g, chunk, host, dfile)
+            else:
+                dfile.pwrite(host + (g & (cs - 1)), chunk)
+                if e & S.OFLAG_ZERO:
+                    # a preallocated zero cluster becomes data: fill the rest with zeroes
+                    for c in range(k):
+                        ce = tbl[(ci + c) * st]
+                        if ce & S.OFLAG_ZERO:
+                            self._zero_rest_of_cluster(dfile, ce & S.L2E_OFFSET_MASK, (g >> cb) + c, g, g + n)
+                            tbl[(ci + c) * st] = ce & ~S.OFLAG_ZERO
+                    self.l2_cache.mark_dirty(l2off)
+            if self.extended_l2:
+                self.l2_cache.mark_dirty(l2off)
+            pos += n
+
+    def _zero_rest_of_cluster(self, dfile, host: int, gci: int, ws: int, we: int) -> None:
+        cs = self._cs
+        cstart = gci << self.cluster_bits
+        a, b = max(ws, cstart), min(we, cstart + cs)
+        if a > cstart:
+            dfile.pwrite(host, bytes(a - cstart))
+        if b < cstart + cs:
+            dfile.pwrite(host + (b - cstart), bytes(cstart + cs - b))
+
+    def _ext_fill_partial(self, tbl: array, ci: int, g: int, chunk: memoryview, host: int, dfile) -> None:
+        """Extended L2 in-place write: COW partially written subclusters that are not data yet."""
+        cb, cs, scs = self.cluster_bits, self._cs, self.subcluster_size
+        pos, total = 0, len(chunk)
+        while pos < total:
+            gg = g + pos
+            c = ci + ((gg >> cb) - (g >> cb))
+            cstart = (gg >> cb) << cb
+            n = min(total - pos, cstart + cs - gg)
+            e = tbl[2 * c]
+            h = e & S.L2E_OFFSET_MASK if (e & S.L2E_OFFSET_MASK or self.data_file is None) else 0
+            bm = tbl[2 * c + 1]
+            s0 = (gg - cstart) // scs
+            s1 = (gg - cstart + n - 1) // scs
+            ws, we = gg, gg + n
+            # widen to whole subclusters, filling from the current guest view where needed
+            a = cstart + s0 * scs
+            b = cstart + (s1 + 1) * scs
+            buf = bytearray(b - a)
+            mv = memoryview(buf)
+            if a < ws and not ((bm >> s0) & 1 and not (bm >> (32 + s0)) & 1):
+                self._read_layer(a, mv[: ws - a])
+            elif a < ws:
+                dfile.preadinto(h + (a - cstart), mv[: ws - a])
+            if we < b and not ((bm >> s1) & 1 and not (bm >> (32 + s1)) & 1):
+                self._read_layer(we, mv[we - a :])
+            elif we < b:
+                dfile.preadinto(h + (we - cstart), mv[we - a :])
+            mv[ws - a : we - a] = chunk[pos : pos + n]
+            dfile.pwrite(h + (a - cstart), mv)
+            mask = ((1 << (s1 + 1)) - 1) ^ ((1 << s0) - 1)
+            tbl[2 * c + 1] = (bm | mask) & ~(mask << 32)
+            pos += n
+        del host
+
+    def _write_alloc(self, tbl: array, l2off: int, i: int, n: int, goff: int, data: memoryview) -> None:
+        """Allocate ``n`` new contiguous clusters for L2 indexes i..i+n-1 and write them whole."""
+        cb, cs = self.cluster_bits, self._cs
+        st = self.l2_entry_size // 8
+        first_g = (goff >> cb) << cb
+        last_end = first_g + n * cs
+        head = goff - first_g
+        tail = last_end - (goff + len(data))
+        old = [tbl[(i + k) * st] for k in range(n)]
+        if self.data_file is not None:
+            host = first_g if self.data_raw else None
+            if host is None:
+                host = self._alloc_data_file(n)
+        else:
+            host = self.alloc_clusters(n)
+        bufs: list = []
+        if head:
+            hb = bytearray(head)
+            self._read_layer(first_g, memoryview(hb))
+            bufs.append(hb)
+        bufs.append(data)
+        if tail:
+            tb = bytearray(tail)
+            self._read_layer(goff + len(data), memoryview(tb))
+            bufs.append(tb)
+        dfile = self.data_file or self.file
+        if hasattr(dfile, "pwritev") and len(bufs) > 1:
+            dfile.pwritev(host, bufs)
+        else:
+            p = host
+            for b in bufs:
+                dfile.pwrite(p, b)
+                p += len(b)
+        for k in range(n):
+            tbl[(i + k) * st] = (host + k * cs) | S.OFLAG_COPIED
+            if self.extended_l2:
+                tbl[(i + k) * st + 1] = ALL_ALLOC
+        self.l2_cache.mark_dirty(l2off)
+        for e in old:
+            if e & S.OFLAG_COMPRESSED or e & S.L2E_OFFSET_MASK:
+                self._free_entry(e)
+
+    def _alloc_data_file(self, n: int) -> int:
+        # external data file without raw: the qcow2 refcounts do not cover it; allocate at its end
+        end = max(self.data_file.size(), getattr(self, "_data_end", 0))
+        end = (end + self._cs - 1) & ~(self._cs - 1)
+        self._data_end = end + n * self._cs
+        return end
+
+    # ------------------------------------------------------------------ zeroes / discard
+    def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
+        self._check_io_writable()
+        cs = self._cs
+        unit = self.subcluster_size if self.extended_l2 else cs
+        a = (offset + unit - 1) // unit * unit
+        b = (offset + length) // unit * unit
+        if offset + length == self.header.size and b < offset + length:
+            b = offset + length  # the image tail may be partial
+        if a >= b:
+            self._write_zero_bytes(offset, length)
+            return
+        if self.header.version < 3 and not self.extended_l2:
+            if self.backing is not None:
+                self._write_zero_bytes(offset, length)
+                return
+            if a > offset:
+                self._write_zero_bytes(offset, a - offset)
+            self._discard_range(a, b, full=False)
+            if b < offset + length:
+                self._write_zero_bytes(b, offset + length - b)
+            return
+        if a > offset:
+            self._write_zero_bytes(offset, a - offset)
+        self._mark_dirty_lazy()
+        self._zeroize(a, b, unmap)
+        if b < offset + length:
+            self._write_zero_bytes(b, offset + length - b)
+
+    def _write_zero_bytes(self, offset: int, length: int) -> None:
+        from qimg.protocol import ZERO_CHUNK
+
+        # skip when the range already reads as zeroes
+        buf = bytearray(length)
+        self._read_layer(offset, memoryview(buf))
+        if buf.count(0) == length:
+            return
+        end = offset + length
+        while offset < end:
+            n = min(len(ZERO_CHUNK), end - offset)
+            self.write(offset, memoryview(ZERO_CHUNK)[:n])
+            offset += n
+
+    def _zeroize(self, a: int, b: int, unmap: bool) -> None:
+        cb, cs = self.cluster_bits, self._cs
+        pos = a
+        while pos < b:
+            gci = pos >> cb
+            l1i = gci >> self.l2_bits
+            tend = min(b, (l1i + 1) << (self.l2_bits + cb))
+            l2off, tbl = self._l2_for_write(l1i)
+            while pos < tend:
+                gci = pos >> cb
+                i = gci & (self.l2_entries - 1)
+                cend = min(tend, (gci + 1) << cb)
+                if self.extended_l2:
+                    e, bm = tbl[2 * i], tbl[2 * i + 1]
+                    if cend - pos == cs or (cend == self.header.size and pos & (cs - 1) == 0):
+                        do_unmap = bool(e & S.OFLAG_COMPRESSED) or (unmap and bool(e & S.L2E_OFFSET_MASK))
+                        ne = 0 if do_unmap else e
+                        nb = ALL_ZERO
+                        if e & S.OFLAG_COMPRESSED:
+                            ne = 0
+                        if (ne, nb) != (e, bm):
+                            tbl[2 * i], tbl[2 * i + 1] = ne, nb
+                            if do_unmap:
+                                self._free_entry(e)
+                    else:
+                        if e & S.OFLAG_COMPRESSED:
+                            # cannot zero part of a compressed cluster: write zero bytes instead
+                            self.l2_cache.mark_dirty(l2off)
+                            self._write_zero_bytes(pos, cend - pos)
+                            tbl = self.get_l2(self.l1[l1i] & S.L1E_OFFSET_MASK)
+                            pos = cend
+                            continue
+                        scs = self.subcluster_size
+                        s0 = (pos & (cs - 1)) // scs
+                        s1 = ((cend - 1) & (cs - 1)) // scs
+                        mask = ((1 << (s1 + 1)) - 1) ^ ((1 << s0) - 1)
+                        tbl[2 * i + 1] = (bm & ~mask) | (mask << 32)
+                else:
+                    e = tbl[i]
+                    do_unmap = bool(e & S.OFLAG_COMPRESSED) or (
+                        unmap and bool(e & S.L2E_OFFSET_MASK or (self.data_file and e & S.OFLAG_COPIED)))
+                    ne = (0 if do_unmap else e) | S.OFLAG_ZERO
+                    if ne != e:
+                        tbl[i] = ne
+                        if do_unmap:
+                            self._free_entry(e)
+                pos = cend
+            self.l2_cache.mark_dirty(l2off)
+
+    def discard(self, offset: int, length: int) -> None:
+        self._check_io_writable()
+        cs = self._cs
+        a = (offset + cs - 1) // cs * cs
+        b = (offset + length) // cs * cs
+        if offset + length == self.header.size:
+            b = offset + length
+        if a < b:
+            self._mark_dirty_lazy()
+            self._discard_range(a, b, full=False)
+
+    def _discard_range(self, a: int, b: int, full: bool) -> None:
+        cb = self.cluster_bits
+        pos = a
+        while pos < b:
+            gci = pos >> cb
+            l1i = gci >> self.l2_bits
+            tend = min(b, (l1i + 1) << (self.l2_bits + cb))
+            if not self.l1[l1i] & S.L1E_OFFSET_MASK:
+                pos = tend
+                if self.backing is None or full:
+                    continue
+                pos = gci << cb
+            l2off, tbl = self._l2_for_write(l1i)
+            st = self.l2_entry_size // 8
+            while pos < tend:
+                gci = pos >> cb
+                i = gci & (self.l2_entries - 1)
+                e = tbl[i * st]
+                kind = self._classify(e, l2off, i)[0] if not self.extended_l2 else None
+                allocated = bool(e & (S.OFLAG_COMPRESSED | S.L2E_OFFSET_MASK)) or (
+                    self.data_file is not None and bool(e & S.OFLAG_COPIED))
+                if full:
+                    ne, nb = 0, 0
+                elif self.backing is not None or allocated:
+                    if self.extended_l2:
+                        ne, nb = 0, ALL_ZERO
+                    else:
+                        ne, nb = (S.OFLAG_ZERO if self.header.version >= 3 else 0), 0
+                else:
+                    pos = (gci + 1) << cb
+                    continue
+                del kind
+                tbl[i * st] = ne
+                if self.extended_l2:
+                    tbl[i * st + 1] = nb
+                if allocated:
+                    self._free_entry(e)
+                pos = (gci + 1) << cb
+            self.l2_cache.mark_dirty(l2off)
+
+    # ------------------------------------------------------------------ compressed write
+    def write_compressed(self, offset: int, data: memoryview) -> None:
+        self._check_io_writable()
+        cs = self._cs
+        if self.data_file is not None:
+            raise QimgError("Compression is not supported with external data files")
+        if offset & (cs - 1):
+            raise QimgError("Compressed writes must be cluster aligned")
+        if len(data) != cs:
+            if offset + len(data) != self.header.size:
+                raise QimgError("Compressed writes must cover a whole cluster")
+            buf = bytearray(cs)
+            buf[: len(data)] = data
+            data = memoryview(buf)
+        from .compress import compress
+
+        out = compress(data, self.header.compression_type)
+        if len(out) >= cs:
+            self.write(offset, data[: min(cs, self.header.size - offset)])
+            return
+        self._mark_dirty_lazy()
+        gci = offset >> self.cluster_bits
+        l1i = gci >> self.l2_bits
+        l2off, tbl = self._l2_for_write(l1i)
+        i = gci & (self.l2_entries - 1)
+        st = self.l2_entry_size // 8
+        old = tbl[i * st]
+        host = self.alloc_bytes(len(out))
+        self.file.pwrite(host, out)
+        nsec = ((host + len(out) - 1) >> 9) - (host >> 9)
+        tbl[i * st] = host | S.OFLAG_COMPRESSED | (nsec << self.csize_shift)
+        if self.extended_l2:
+            tbl[i * st + 1] = 0
+        self.l2_cache.mark_dirty(l2off)
+        if old & (S.OFLAG_COMPRESSED | S.L2E_OFFSET_MASK):
+            self._free_entry(old)
+
+    # ------------------------------------------------------------------ life cycle
+    def flush(self) -> None:
+        if self.writable:
+            self.flush_caches()
+            if self.data_file is not None:
+                self.data_file.flush()
+            self.file.flush()
+
+    def close(self) -> None:
+        try:
+            if self.writable and getattr(self, "l2_cache", None) is not None:
+                self.flush_caches()
+                if self._dirty_set:
+                    self.file.flush()
+                    self.header.incompatible_features &= ~S.INCOMPAT_DIRTY
+                    self.file.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
+                    self._dirty_set = False
+                self.file.flush()
+        finally:
+            if self.data_file is not None:
+                self.data_file.close()
+            self.file.close()
+
+    # ------------------------------------------------------------------ metadata
+    def allocated_file_size(self) -> int | None:
+        n = self.file.allocated_size()
+        if n is not None and self.data_file is not None:
+            d = self.data_file.allocated_size()
+            n += d or 0
+        return n
+
+    def format_specific_info(self) -> dict[str, Any] | None:
+        h = self.header
+        d: dict[str, Any] = {}
+        if h.version == 2:
+            d["compat"] = "0.10"
+            d["compression-type"] = "zlib" if h.compression_type == 0 else "zstd"
+            d["refcount-bits"] = self.refcount_bits
+            return d
+        d["compat"] = "1.1"
+        if h.data_file is not None:
+            d["data-file"] = h.data_file
+            d["data-file-raw"] = bool(h.autoclear_features & S.AUTOCLEAR_DATA_FILE_RAW)
+        d["compression-type"] = "zlib" if h.compression_type == 0 else "zstd"
+        d["lazy-refcounts"] = bool(h.compatible_features & S.COMPAT_LAZY_REFCOUNTS)
+        if h.bitmaps_ext is not None and h.autoclear_features & S.AUTOCLEAR_BITMAPS:
+            try:
+                from .bitmap import bitmap_info
+            except ImportError:
+                pass
+            else:
+                bm = bitmap_info(self)
+                if bm is not None:
+                    d["bitmaps"] = bm
+        d["refcount-bits"] = self.refcount_bits
+        if h.crypt_method:
+            d["encrypt"] = {"format": "aes" if h.crypt_method == 1 else "luks"}
+        d["corrupt"] = bool(h.incompatible_features & S.INCOMPAT_CORRUPT)
+        d["extended-l2"] = self.extended_l2
+        return d
+
+    def info_extra(self) -> dict[str, Any]:
+        h = self.header
+        d: dict[str, Any] = {"cluster-size": self._cs}
+        if h.crypt_method:
+            d["encrypted"] = True
+        if h.incompatible_features & S.INCOMPAT_DIRTY:
+            d["dirty-flag"] = True
+        else:
+            d["dirty-flag"] = False
+        if h.backing_format:
+            d["backing-filename-format"] = h.backing_format
+        return d
+
+    # ------------------------------------------------------------------ delegation to sibling modules
+    def check(self, fix: set[str]) -> CheckResult:
+        from .check import check_image
+
+        return check_image(self, fix)
+
+    def snapshot_list(self) -> list[SnapshotInfo]:
+        if not self.header.nb_snapshots:
+            return []
+        from .snapshot import snapshot_list
+
+        return snapshot_list(self)
+
+    def snapshot_create(self, name: str) -> None:
+        from .snapshot import snapshot_create
+
+        snapshot_create(self, name)
+
+    def snapshot_goto(self, id_or_name: str) -> None:
+        from .snapshot import snapshot_goto
+
+        snapshot_goto(self, id_or_name)
+
+    def snapshot_delete(self, id_or_name: str | None, name: str | None = None) -> None:
+        from .snapshot import snapshot_delete
+
+        snapshot_delete(self, id_or_name, name)
+
+    def snapshot_load_readonly(self, snapshot_id: str | None, name: str | None) -> None:
+        from .snapshot import snapshot_load_readonly
+
+        snapshot_load_readonly(self, snapshot_id, name)
+
+    # ------------------------------------------------------------------ whole-image operations
+    def repair_dirty(self) -> None:
+        """Rebuild refcounts after an unclean shutdown with lazy refcounts (QEMU repairs on open)."""
+        try:
+            from .check import check_image
+        except ImportError:
+            check_image = None
+        if check_image is not None:
+            check_image(self, {"leaks", "errors"})
+        else:
+            from .rebuild import rebuild_refcounts
+
+            rebuild_refcounts(self)
+
+    def truncate(self, size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
+        from .resize import truncate
+
+        truncate(self, size, shrink=shrink, preallocation=preallocation)
+
+    def amend(self, opts: dict[str, Any], progress: ProgressFn | None = None, force: bool = False) -> None:
+        from .amend import amend
+
+        amend(self, opts, progress, force)
+
+    def make_empty(self) -> None:
+        from .resize import make_empty
+
+        make_empty(self)
+
+    def change_backing_file(self, filename: str | None, fmt: str | None) -> None:
+        h = self.header
+        h.backing_file = filename or None
+        h.backing_format = fmt if filename else None
+        self.update_header()
+
+    @classmethod
+    def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
+        from .create import create_image
+
+        create_image(filename, size, opts)
+
+    @classmethod
+    def measure(cls, size: int | None, opts: dict[str, Any], source=None) -> dict[str, int]:
+        from .create import measure
+
+        return measure(size, opts, source)
+
+    def _drop_caches(self) -> None:
+        self.l2_cache.clear()
+        self.refblock_cache.clear()
+
+    # ------------------------------------------------------------------ persistent bitmaps (bitmap.py)
+    def bitmap_add(self, name: str, granularity: int | None = None, disabled: bool = False) -> None:
+        from .bitmap import bitmap_add
+
+        bitmap_add(self, name, granularity, disabled)
+
+    def bitmap_remove(self, name: str) -> None:
+        from .bitmap import bitmap_remove
+
+        bitmap_remove(self, name)
+
+    def bitmap_clear(self, name: str) -> None:
+        from .bitmap import bitmap_clear
+
+        bitmap_clear(self, name)
+
+    def bitmap_enable(self, name: str) -> None:
+        from .bitmap import bitmap_enable
+
+        bitmap_enable(self, name)
+
+    def bitmap_disable(self, name: str) -> None:
+        from .bitmap import bitmap_disable
+
+        bitmap_disable(self, name)
+
+    def bitmap_merge(self, name: str, source_image, source_name: str) -> None:
+        from .bitmap import bitmap_merge_image
+
+        bitmap_merge_image(self, name, source_image, source_name)
+
+    def bitmap_export(self, skip_broken: bool = False) -> list:
+        """``convert --bitmaps``: the source's bitmaps, for ``bitmap_import`` of a qcow2 target."""
+        from .bitmap import bitmap_export
+
+        return bitmap_export(self, skip_broken)
+
+    def bitmap_import(self, exported) -> None:
+        from .bitmap import bitmap_import
+
+        bitmap_import(self, exported)
+
+
+
+def _last_used_cluster(self: Qcow2Format) -> int:
+    """Index of the last cluster with a nonzero refcount (-1 if none)."""
+    ent = self.refblock_entries
+    for ti in range(len(self.refcount_table) - 1, -1, -1):
+        off = self.refcount_table[ti] & S.REFT_OFFSET_MASK
+        if not off:
+            continue
+        blk = self.refblock_cache.get(off)
+        if blk.count(0) == len(blk):
+            continue
+        for i in range(ent - 1, -1, -1):
+            if self._rb_get(blk, i):
+                return ti * ent + i
+    return -1
+
+
+Qcow2Format.last_used_cluster = _last_used_cluster  # type: ignore[attr-defined]

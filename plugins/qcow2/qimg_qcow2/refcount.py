@@ -1,0 +1,233 @@
+"""Refcount table, refcount blocks and the cluster allocator (mixed into the driver).
+
+Refcount blocks are cached as raw big-endian ``bytearray`` (sub-byte widths pack entries LSB
+first within each byte, as the spec says); entries are decoded on access.
+"""
+from __future__ import annotations
+
+import struct
+from array import array
+from typing import TYPE_CHECKING
+
+from qimg.errors import CorruptImage, QimgError
+
+from .structs import MAX_FILE_OFFSET, REFT_OFFSET_MASK
+
+if TYPE_CHECKING:
+    from .driver import Qcow2Format
+
+
+class RefcountMixin:
+    # -- block access ------------------------------------------------------------
+    def _rb_load(self: "Qcow2Format", off: int) -> bytearray:
+        data = bytearray(self.file.pread(off, self.cluster_size))
+        if len(data) < self.cluster_size:
+            data += bytes(self.cluster_size - len(data))
+        return data
+
+    def _rb_store(self: "Qcow2Format", off: int, blk: bytearray) -> None:
+        self.file.pwrite(off, blk)
+
+    def _rb_get(self: "Qcow2Format", blk: bytearray, i: int) -> int:
+        order = self.refcount_order
+        if order >= 3:
+            w = 1 << (order - 3)
+            return int.from_bytes(blk[i * w : i * w + w], "big")
+        bits = 1 << order
+        per = 8 >> order
+        return (blk[i // per] >> ((i % per) * bits)) & ((1 << bits) - 1)
+
+    def _rb_set(self: "Qcow2Format", blk: bytearray, i: int, v: int) -> None:
+        order = self.refcount_order
+        if order >= 3:
+            w = 1 << (order - 3)
+            blk[i * w : i * w + w] = v.to_bytes(w, "big")
+            return
+        bits = 1 << order
+        per = 8 >> order
+        sh = (i % per) * bits
+        mask = ((1 << bits) - 1) << sh
+        blk[i // per] = (blk[i // per] & ~mask) | (v << sh)
+
+    def _rb_all_zero_from(self: "Qcow2Format", blk: bytearray, i: int) -> bool:
+        """True when entries i.. of a block are all zero (checked in C)."""
+        start = (i << self.refcount_order) >> 3
+        part = self.refcount_order < 3 and (i << self.refcount_order) & 7
+        if part:
+            if blk[start] >> part:
+                return False
+            start += 1
+        tail = blk[start:]
+        return tail.count(0) == len(tail)
+
+    # -- refcount table ------------------------------------------------------------
+    def _reftable_entry_write(self: "Qcow2Format", ti: int) -> None:
+        if self._reftable_pending:
+            return
+        self.file.pwrite(self.header.refcount_table_offset + ti * 8, struct.pack(">Q", self.refcount_table[ti]))
+
+    def get_refcount(self: "Qcow2Format", ci: int) -> int:
+        ti = ci >> self.rb_bits
+        if ti >= len(self.refcount_table):
+            return 0
+        off = self.refcount_table[ti] & REFT_OFFSET_MASK
+        if not off:
+            return 0
+        return self._rb_get(self.refblock_cache.get(off), ci & (self.refblock_entries - 1))
+
+    def _refblock_for(self: "Qcow2Format", ci: int) -> tuple[int, bytearray]:
+        """The (offset, block) holding cluster ``ci``'s refcount, allocating it if missing."""
+        ti = ci >> self.rb_bits
+        if ti >= len(self.refcount_table):
+            self._grow_reftable(ti + 1)
+        off = self.refcount_table[ti] & REFT_OFFSET_MASK
+        if off:
+            if off & (self.cluster_size - 1):
+                raise CorruptImage(f"Refblock offset {off:#x} unaligned (reftable index: {ti:#x})")
+            return off, self.refblock_cache.get(off)
+        # a new refcount block: at the first free cluster that is not ci itself
+        nb = self._find_free(1, max(self.free_cluster_index, 0))
+        if nb == ci:
+            nb = self._find_free(1, ci + 1)
+        blk = bytearray(self.cluster_size)
+        noff = nb << self.cluster_bits
+        if (nb >> self.rb_bits) == ti:
+            # the block describes itself
+            self._rb_set(blk, nb & (self.refblock_entries - 1), 1)
+        self.refblock_cache.put(noff, blk, dirty=True)
+        if (nb >> self.rb_bits) != ti:
+            self._set_refcount(nb, self.get_refcount(nb) + 1)
+        self.free_cluster_index = max(self.free_cluster_index, nb + 1) if nb >= self.free_cluster_index else self.free_cluster_index
+        self.refblock_cache.flush()
+        self.refcount_table[ti] = noff
+        self._reftable_entry_write(ti)
+        return noff, blk
+
+    def _set_refcount(self: "Qcow2Format", ci: int, v: int) -> None:
+        if v < 0 or v > self.max_refcount:
+            raise CorruptImage(f"Refcount of cluster {ci} out of range ({v})")
+        off, blk = self._refblock_for(ci)
+        self._rb_set(blk, ci & (self.refblock_entries - 1), v)
+        self.refblock_cache.mark_dirty(off)
+        if v == 0 and ci < self.free_cluster_index:
+            self.free_cluster_index = ci
+
+    def set_refcount(self: "Qcow2Format", ci: int, v: int) -> None:
+        self._set_refcount(ci, v)
+
+    def update_refcount(self: "Qcow2Format", offset: int, length: int, delta: int) -> None:
+        if length <= 0:
+            return
+        cb = self.cluster_bits
+        first, last = offset >> cb, (offset + length - 1) >> cb
+        for ci in range(first, last + 1):
+            v = self.get_refcount(ci) + delta
+            if v < 0 or v > self.max_refcount:
+                raise CorruptImage(f"Cannot update refcount of cluster {ci} by {delta}: out of range")
+            self._set_refcount(ci, v)
+
+    # -- allocation ----------------------------------------------------------------
+    def _find_free(self: "Qcow2Format", n: int, start: int | None = None) -> int:
+        """First index of ``n`` consecutive clusters with refcount 0, from ``start``."""
+        ci = self.free_cluster_index if start is None else start
+        ci = max(ci, 0)
+        run_start, run = ci, 0
+        ent = self.refblock_entries
+        limit = (MAX_FILE_OFFSET >> self.cluster_bits) - n
+        while run < n:
+            if ci > limit:
+                raise QimgError("Image is too big: no room for more clusters (File too large)")
+            ti = ci >> self.rb_bits
+            off = self.refcount_table[ti] & REFT_OFFSET_MASK if ti < len(self.refcount_table) else 0
+            idx = ci & (ent - 1)
+            if not off:
+                # a whole uncovered block is free
+                step = ent - idx
+                if run == 0:
+                    run_start = ci
+                run += step
+                ci += step
+                continue
+            blk = self.refblock_cache.get(off)
+            if self._rb_all_zero_from(blk, idx):
+                if run == 0:
+                    run_start = ci
+                run += ent - idx
+                ci += ent - idx
+                continue
+            while idx < ent and run < n:
+                if self._rb_get(blk, idx) == 0:
+                    if run == 0:
+                        run_start = ci
+                    run += 1
+                else:
+                    run = 0
+                idx += 1
+                ci += 1
+        return run_start
+
+    def alloc_clusters(self: "Qcow2Format", n: int) -> int:
+        """Allocate ``n`` contiguous clusters (refcount 1) and return the host offset."""
+        start = self._find_free(n)
+        if start == self.free_cluster_index:
+            self.free_cluster_index = start + n
+        for ci in range(start, start + n):
+            self._set_refcount(ci, 1)
+        return start << self.cluster_bits
+
+    def alloc_bytes(self: "Qcow2Format", size: int) -> int:
+        """Byte-granular allocation for compressed clusters (packed one after another)."""
+        cs = self.cluster_size
+        off = self.free_byte_offset
+        if off and off % cs:
+            in_cluster = cs - off % cs
+            nxt = (off // cs) + 1
+            fits = size <= in_cluster or (
+                self.get_refcount(nxt) == 0 and nxt >= self.free_cluster_index)
+            if fits and self.get_refcount(off // cs) < self.max_refcount:
+                self.update_refcount(off, 1, 1)
+                if size > in_cluster:
+                    self._set_refcount(nxt, 1)
+                    if self.free_cluster_index <= nxt:
+                        self.free_cluster_index = nxt + 1
+                self.free_byte_offset = (off + size) if (off + size) % cs else 0
+                return off
+        off = self.alloc_clusters((size + cs - 1) // cs)
+        self.free_byte_offset = (off + size) if (off + size) % cs else 0
+        return off
+
+    def free_clusters(self: "Qcow2Format", offset: int, length: int) -> None:
+        self.update_refcount(offset, length, -1)
+
+    # -- refcount table growth -----------------------------------------------------------
+    def _grow_reftable(self: "Qcow2Format", min_entries: int) -> None:
+        cs = self.cluster_size
+        per_cluster = cs // 8
+        old_off = self.header.refcount_table_offset
+        old_clusters = self.header.refcount_table_clusters
+        want = max(min_entries, len(self.refcount_table))
+        want = want + (want + 1) // 2
+        while True:
+            n_cl = (want + per_cluster - 1) // per_cluster
+            if n_cl * cs > 8 << 20:
+                raise QimgError("Reference count table too large (File too large)")
+            start = self._find_free(n_cl)
+            need = ((start + n_cl + 2) >> self.rb_bits) + 1
+            if need <= n_cl * per_cluster:
+                break
+            want = need + need // 2
+        new = array("Q", self.refcount_table)
+        new.extend(array("Q", bytes(8 * (n_cl * per_cluster - len(new)))))
+        self.refcount_table = new
+        self._reftable_pending = True
+        self.free_cluster_index = max(self.free_cluster_index, start + n_cl)
+        for ci in range(start, start + n_cl):
+            self._set_refcount(ci, 1)
+        self.refblock_cache.flush()
+        self.write_table(start << self.cluster_bits, new)
+        self.header.refcount_table_offset = start << self.cluster_bits
+        self.header.refcount_table_clusters = n_cl
+        self.file.pwrite(48, struct.pack(">QI", self.header.refcount_table_offset, n_cl))
+        self._reftable_pending = False
+        if old_off:
+            self.update_refcount(old_off, old_clusters * cs, -1)

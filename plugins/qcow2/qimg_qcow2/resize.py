@@ -1,0 +1,249 @@
+"""Resizing (grow with preallocation modes, shrink), L1 growth, make_empty."""
+from __future__ import annotations
+
+import struct
+from array import array
+from typing import TYPE_CHECKING
+
+from qimg.errors import QimgError
+
+from . import structs as S
+
+if TYPE_CHECKING:
+    from .driver import Qcow2Format
+
+
+def grow_l1(drv: "Qcow2Format", min_size: int, exact: bool = True) -> None:
+    """Give the L1 table at least ``min_size`` entries (a new table; the old one is freed)."""
+    h = drv.header
+    if min_size <= h.l1_size:
+        return
+    if exact:
+        new_size = min_size
+    else:
+        new_size = max(h.l1_size, 1)
+        while new_size < min_size:
+            new_size = -(-new_size * 3 // 2)
+    if new_size > S.MAX_L1_SIZE // 8:
+        raise QimgError("File too large")
+    nbytes = new_size * 8
+    new_l1 = array("Q", drv.l1)
+    new_l1.extend(array("Q", bytes(8 * (new_size - len(new_l1)))))
+    off = drv.alloc_clusters(-(-nbytes // drv.cluster_size))
+    drv.refblock_cache.flush()
+    drv.write_table(off, new_l1)
+    old_off, old_size = h.l1_table_offset, h.l1_size
+    drv.file.pwrite(36, struct.pack(">IQ", new_size, off))
+    h.l1_size, h.l1_table_offset = new_size, off
+    drv.l1 = new_l1
+    if old_size:
+        drv.free_clusters(old_off, old_size * 8)
+
+
+def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
+    h = drv.header
+    old = h.size
+    if size % 512:
+        raise QimgError("The new size must be a multiple of 512")
+    if preallocation not in ("off", "metadata", "falloc", "full"):
+        raise QimgError(f"Unsupported preallocation mode '{preallocation}'")
+    if h.nb_snapshots and size != old:
+        raise QimgError("Can't resize an image which has snapshots")
+    if h.bitmaps_ext is not None and size != old:
+        raise QimgError("Can't resize an image which has bitmaps")
+    if size < old:
+        if preallocation != "off":
+            raise QimgError("Preallocation can't be used for shrinking an image")
+        _shrink(drv, size)
+        return
+    drv.flush_caches()
+    grow_l1(drv, drv._size_to_l1(size), exact=True)
+    if preallocation == "metadata" or (preallocation != "off" and drv.data_file is not None):
+        _preallocate_metadata(drv, old, size, preallocation)
+    elif preallocation in ("falloc", "full"):
+        _preallocate_data(drv, old, size, preallocation)
+    if drv.data_file is not None and drv.data_raw and size > old and preallocation == "off":
+        drv.data_file.truncate(size)
+    drv.flush_caches()
+    h.size = size
+    drv.file.pwrite(24, struct.pack(">Q", size))
+
+
+def _preallocate_metadata(drv: "Qcow2Format", start: int, end: int, mode: str) -> None:
+    """Allocate L2 tables and data clusters (not written) for [start, end), table by table."""
+    cb, cs = drv.cluster_bits, drv.cluster_size
+    st = drv.l2_entry_size // 8
+    pos = start & ~(cs - 1)
+    last_host = 0
+    while pos < end:
+        gci = pos >> cb
+        l1i = gci >> drv.l2_bits
+        tend = min(-(-end // cs) * cs, (l1i + 1) << (drv.l2_bits + cb))
+        l2off, tbl = drv._l2_for_write(l1i)
+        i0 = gci & (drv.l2_entries - 1)
+        n = (tend - pos) >> cb
+        # only clusters not yet allocated
+        todo = [k for k in range(n) if not tbl[(i0 + k) * st] & S.L2E_OFFSET_MASK]
+        if todo:
+            if drv.data_file is not None:
+                host = pos
+            else:
+                host = drv.alloc_clusters(len(todo))
+            for j, k in enumerate(todo):
+                hoff = (pos + (k << cb)) if drv.data_file is not None else host + j * cs
+                tbl[(i0 + k) * st] = hoff | S.OFLAG_COPIED
+                if drv.extended_l2:
+                    tbl[(i0 + k) * st + 1] = 0
+                last_host = max(last_host, hoff + cs)
+            drv.l2_cache.mark_dirty(l2off)
+        pos = tend
+    target = drv.data_file if drv.data_file is not None else drv.file
+    if drv.data_file is not None:
+        last_host = end
+    if last_host:
+        cur = target.size()
+        if last_host > cur:
+            _extend(target, cur, last_host, mode if drv.data_file is not None else "off")
+
+
+def _extend(f, cur: int, new: int, mode: str) -> None:
+    if new <= cur:
+        return
+    if mode == "falloc":
+        f.truncate(new)
+        f.allocate(cur, new - cur)
+    elif mode == "full":
+        from qimg.protocol import ZERO_CHUNK
+
+        p = cur
+        while p < new:
+            n = min(len(ZERO_CHUNK), new - p)
+            f.pwrite(p, memoryview(ZERO_CHUNK)[:n])
+            p += n
+    else:
+        f.truncate(new)
+
+
+def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str) -> None:
+    """falloc/full: refcount structures first (a new reftable at the end), then one data area."""
+    from .create import refcount_metadata_clusters
+
+    cb, cs = drv.cluster_bits, drv.cluster_size
+    last = drv.last_used_cluster()
+    fsize = drv.file.size()
+    start = (last + 1) * cs if last >= 0 else -(-fsize // cs) * cs
+    n_data = (-(-new // cs) * cs - (old & ~(cs - 1))) >> cb
+    n_l2 = -(-n_data // drv.l2_entries) + 1
+    alloc_start = refcount_area(drv, start, n_data + n_l2)
+    for ci in range(alloc_start >> cb, (alloc_start >> cb) + n_data):
+        drv._set_refcount(ci, 1)
+    drv.refblock_cache.flush()
+    _extend(drv.file, drv.file.size(), alloc_start + n_data * cs, mode)
+    st = drv.l2_entry_size // 8
+    host = alloc_start
+    pos = old & ~(cs - 1)
+    left = n_data
+    while left:
+        gci = pos >> cb
+        l1i = gci >> drv.l2_bits
+        i0 = gci & (drv.l2_entries - 1)
+        k = min(left, drv.l2_entries - i0)
+        l2off, tbl = drv._l2_for_write(l1i)
+        for j in range(k):
+            tbl[(i0 + j) * st] = (host + j * cs) | S.OFLAG_COPIED
+            if drv.extended_l2:
+                tbl[(i0 + j) * st + 1] = 0xFFFFFFFF
+        drv.l2_cache.mark_dirty(l2off)
+        pos += k * cs
+        host += k * cs
+        left -= k
+    del refcount_metadata_clusters
+
+
+def refcount_area(drv: "Qcow2Format", start: int, additional: int) -> int:
+    """Write a new reftable plus the missing refblocks at ``start`` covering ``additional`` more
+    clusters; return the first offset after them (QEMU's layout for falloc/full preallocation)."""
+    from .create import refcount_metadata_clusters
+
+    cb, cs = drv.cluster_bits, drv.cluster_size
+    total_blocks, _ = refcount_metadata_clusters((start >> cb) + additional, cs, drv.refcount_order)
+    area_index = (start >> cb) >> drv.rb_bits
+    per = cs // 8
+    table_size = -(-total_blocks // per) * per
+    table_clusters = table_size * 8 // cs
+    new = array("Q", bytes(8 * table_size))
+    for i in range(min(len(drv.refcount_table), table_size)):
+        new[i] = drv.refcount_table[i]
+    missing = sum(1 for i in range(area_index, total_blocks) if not new[i])
+    table_off = start + missing * cs
+    end_off = table_off + table_clusters * cs
+    block_off = start
+    for i in range(area_index, total_blocks):
+        if new[i]:
+            boff = new[i] & S.REFT_OFFSET_MASK
+            blk = drv.refblock_cache.get(boff)
+        else:
+            boff = block_off
+            blk = bytearray(cs)
+            drv.refblock_cache.put(boff, blk, dirty=True)
+            new[i] = boff
+            block_off += cs
+        first = (i * drv.refblock_entries) << cb
+        if first < end_off:
+            j = (start - first) >> cb if first < start else 0
+            e = min((end_off - first) >> cb, drv.refblock_entries)
+            for k in range(j, e):
+                drv._rb_set(blk, k, 1)
+            drv.refblock_cache.mark_dirty(boff)
+    drv.refblock_cache.flush()
+    drv.write_table(table_off, new)
+    old_off, old_clusters = drv.header.refcount_table_offset, drv.header.refcount_table_clusters
+    drv.file.pwrite(48, struct.pack(">QI", table_off, table_clusters))
+    drv.header.refcount_table_offset, drv.header.refcount_table_clusters = table_off, table_clusters
+    drv.refcount_table = new
+    drv.update_refcount(old_off, old_clusters * cs, -1)
+    return end_off
+
+
+def _shrink(drv: "Qcow2Format", size: int) -> None:
+    cb, cs = drv.cluster_bits, drv.cluster_size
+    h = drv.header
+    a = -(-size // cs) * cs
+    if a < h.size:
+        drv._discard_range(a, h.size, full=True)
+    new_l1 = drv._size_to_l1(size)
+    span = 1 << (drv.l2_bits + cb)
+    for i in range(new_l1, len(drv.l1)):
+        off = drv.l1[i] & S.L1E_OFFSET_MASK
+        if off:
+            drv.l2_cache.drop(off)
+            drv.l1[i] = 0
+            drv.free_clusters(off, cs)
+    del span
+    if len(drv.l1):
+        drv.write_l1()
+    drv.flush_caches()
+    h.size = size
+    drv.file.pwrite(24, struct.pack(">Q", size))
+    last = drv.last_used_cluster()
+    if last >= 0:
+        drv.file.truncate((last + 1) * cs)
+
+
+def make_empty(drv: "Qcow2Format") -> None:
+    """Drop every cluster of the active layer (commit without -d), keeping the L1 size."""
+    if drv.header.nb_snapshots:
+        size = drv.header.size
+        drv._discard_range(0, size, full=True)
+        drv.flush_caches()
+        return
+    drv._discard_range(0, drv.header.size, full=True)
+    for i in range(len(drv.l1)):
+        off = drv.l1[i] & S.L1E_OFFSET_MASK
+        if off:
+            drv.l2_cache.drop(off)
+            drv.l1[i] = 0
+            drv.free_clusters(off, drv.cluster_size)
+    if len(drv.l1):
+        drv.write_l1()
+    drv.flush_caches()
