@@ -113,6 +113,14 @@ def assert_same_repair(qemu_img, path, tmp_path, mode):
     shutil.copy(path, b)
     _, want, want_msgs = qemu_check(qemu_img, a, "-r", mode)
     fix = {"leaks"} if mode == "leaks" else {"leaks", "errors"}
+    if want_msgs and want_msgs[-1].startswith("qemu-img: Check failed: "):
+        from qimg_qcow2.check import CheckFailed
+
+        with pytest.raises(CheckFailed) as exc:
+            qimg_check(b, fix)
+        assert exc.value.messages == want_msgs[:-1]
+        assert want_msgs[-1] == f"qemu-img: Check failed: {exc.value.message}"
+        return None
     res = qimg_check(b, fix)
     # qemu-img prints the lines of the repair pass; its double check prints more only if unclean
     assert res.messages == want_msgs[: len(res.messages)]
@@ -250,3 +258,34 @@ def test_snapshots_and_bitmaps_counted(base, qemu_img, qemu_io, tmp_path):
     Damage(base).setref(sn_l1 >> 16, 2)
     assert_same_check(qemu_img, base, tmp_path)
     assert_same_repair(qemu_img, base, tmp_path, "leaks")
+
+
+@pytest.mark.parametrize("damage, mode, output", [
+    (None, None, "human"), ("leak", None, "json"), ("leak", "leaks", "human"), ("error", None, "human"),
+    ("error", "all", "json"), ("copied", "all", "human"), ("copied", "leaks", "human"),
+    ("zero_refcount", "leaks", "human"), ("zero_refcount", "all", "human"),
+])
+def test_cli_check_matches_qemu_img(base, qemu_img, qimg, tmp_path, damage, mode, output):
+    from conftest import as_qemu
+
+    d = Damage(base)
+    if damage == "leak":
+        d.setref(8, 2)
+    elif damage == "error":
+        d.setref(6, 1)
+        d.setl2(5, COPIED | 0x60000)
+    elif damage == "copied":
+        d.setl2(1, d.l2e(1) & ~COPIED)
+    elif damage == "zero_refcount":
+        d.setref(7, 0)
+    a = tmp_path / "a" / "img.qcow2"
+    b = tmp_path / "b" / "img.qcow2"
+    for p in (a, b):
+        p.parent.mkdir()
+        shutil.copy(base, p)
+    args = ["--output", output] + (["-r", mode] if mode else [])
+    want = qemu_img("check", *args, str(a))
+    got = qimg("check", *args, str(b))
+    assert got.returncode == want.returncode
+    assert as_qemu(got.stdout).replace(str(b), str(a)) == want.stdout
+    assert as_qemu(got.stderr) == want.stderr

@@ -43,6 +43,9 @@ def _run(img: "Image", fix: set[str], emit: Callable[[str], None]) -> CheckResul
             raise
         raise QimgError(f"Check failed: {e.message}") from None
     except QimgError as e:
+        # a driver may have printed diagnostics before giving up (``messages`` on the error)
+        for m in getattr(e, "messages", ()):
+            emit(m)
         raise QimgError(f"Check failed: {e.message}") from None
     except OSError as e:
         raise QimgError(f"Check failed: {e.strerror or e}") from None
