@@ -235,7 +235,7 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             rate_limit=opts.rate_limit)
         copier.run(plan(sources, target_has_backing=has_backing, sparse=opts.sparse))
         if opts.bitmaps:
-            _copy_bitmaps(sources[0], target, opts.skip_broken_bitmaps)
+            _copy_bitmaps(sources[0], target, opts.skip_broken_bitmaps, warn)
         target.flush()
         target.close()
         target = None
@@ -253,28 +253,49 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         raise
 
 
-# -- persistent bitmaps (a seam: formats implement bitmap_export/bitmap_import) ----------
+# -- persistent bitmaps (through the driver's bitmap_* interface) ----------------------
+def _supports_bitmaps(cls: type) -> bool:
+    from ..driver import Format
+
+    return getattr(cls, "bitmap_add", Format.bitmap_add) is not Format.bitmap_add
+
+
 def _check_bitmaps(sources: list["Image"], opts: ConvertOptions) -> None:
     from ..plugins import get_registry
 
     if len(sources) != 1:
         raise QimgError("Copying bitmaps only possible with single source")
-    if not hasattr(sources[0].driver, "bitmap_export"):
+    if not _supports_bitmaps(type(sources[0].driver)):
         raise QimgError("Source lacks bitmap support")
     if not opts.no_create:
         cls = get_registry().format(opts.out_format).load()
-        if not hasattr(cls, "bitmap_import"):
+        if not _supports_bitmaps(cls):
             raise QimgError(f"Format driver '{opts.out_format}' does not support bitmaps")
 
 
-def _copy_bitmaps(src: "Image", dst: "Image", skip_broken: bool) -> None:
-    """Copy persistent bitmaps: ``src.driver.bitmap_export()`` yields objects that
-    ``dst.driver.bitmap_import(obj, skip_broken=)`` understands (same plugin family)."""
-    export = getattr(src.driver, "bitmap_export", None)
-    importer = getattr(dst.driver, "bitmap_import", None)
-    if export is None:
-        raise QimgError("Source lacks bitmap support")
-    if importer is None:
+def _list_bitmaps(img: "Image") -> list[dict[str, Any]]:
+    info = img.driver.format_specific_info() or {}
+    data = info.get("data", info)
+    return list(data.get("bitmaps") or [])
+
+
+def _copy_bitmaps(src: "Image", dst: "Image", skip_broken: bool,
+                  warn: Callable[[str], None] | None = None) -> None:
+    """Copy every persistent bitmap: add with the same granularity, merge the bits, keep the
+    disabled state (qemu-img's ``--bitmaps``)."""
+    if not _supports_bitmaps(type(dst.driver)):
         raise QimgError(f"Format driver '{dst.format}' does not support bitmaps")
-    for bm in export(skip_broken=skip_broken):
-        importer(bm)
+    for bm in _list_bitmaps(src):
+        name = bm["name"]
+        flags = bm.get("flags") or []
+        if "in-use" in flags:
+            if skip_broken:
+                if warn is not None:
+                    warn(f"Skipping inconsistent bitmap '{name}'")
+                continue
+            raise QimgError(f"Cannot copy inconsistent bitmap '{name}'\n"
+                            "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it")
+        dst.driver.bitmap_add(name, bm.get("granularity"))
+        dst.driver.bitmap_merge(name, src, name)
+        if "auto" not in flags:
+            dst.driver.bitmap_disable(name)

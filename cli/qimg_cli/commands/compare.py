@@ -1,0 +1,83 @@
+"""``qimg compare``: exit 0 identical, 1 different, 2 open errors, 3/4 status/read errors."""
+from __future__ import annotations
+
+from ..qgetopt import Getopt, GetoptCommand, UsageError, show_help
+
+SHORT = ":hf:F:T:pqsU"
+LONG = {"help": False, "object": True, "image-opts": False, "force-share": False}
+
+
+def run(argv: list[str]) -> None:
+    import sys
+
+    from qimg.errors import QimgError
+
+    from ..common import Progress, open_image, parse_objects
+    from ..copyopts import check_cache
+
+    fmt1 = fmt2 = cache = None
+    progress = quiet = strict = force_share = image_opts = False
+    objects: list[str] = []
+    g = Getopt(argv, SHORT, LONG)
+    for opt, val in g:
+        if opt in ("h", "help"):
+            show_help()
+        elif opt == "f":
+            fmt1 = val
+        elif opt == "F":
+            fmt2 = val
+        elif opt == "T":
+            cache = val
+        elif opt == "p":
+            progress = True
+        elif opt == "q":
+            quiet = True
+        elif opt == "s":
+            strict = True
+        elif opt in ("U", "force-share"):
+            force_share = True
+        elif opt == "object":
+            objects.append(val or "")
+        elif opt == "image-opts":
+            image_opts = True
+    if quiet:
+        progress = False
+    files = g.positionals
+    if len(files) != 2:
+        raise UsageError("Expecting two image file names")
+    try:
+        parse_objects(objects)
+        check_cache(cache, source=True)
+    except QimgError as e:
+        raise QimgError(e.message, 2) from None
+    bar = Progress(progress)
+    images = []
+    try:
+        for name, fmt in ((files[0], fmt1), (files[1], fmt2)):
+            try:
+                images.append(open_image(name, fmt, image_opts=image_opts, force_share=force_share))
+            except QimgError as e:
+                raise QimgError(e.message, 2) from None
+        from qimg.ops.compare import compare
+
+        def say(text: str) -> None:
+            if not quiet:
+                sys.stdout.write(text + "\n")
+
+        rc = compare(images[0], images[1], strict=strict, say=say,
+                     progress=bar.update if progress else None,
+                     name1=files[0], name2=files[1])
+    finally:
+        for img in images:
+            try:
+                img.close()
+            except QimgError:
+                pass
+        if bar.enabled:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    raise SystemExit(rc)
+
+
+command = GetoptCommand("compare", run, help="Check if two images have the same content")
+__all__ = ["command", "run"]
