@@ -47,8 +47,9 @@ def command(fmt, repair, output, objects, image_opts, force_share, src_cache, qu
         if ofmt == "human":
             out(ops_check.repaired_text(result))
 
+    # "check": the driver opens as for a check (QEMU's BDRV_O_CHECK: no repair on open)
     with open_image(args[0], fmt, image_opts=image_opts, force_share=force_share,
-                    writable=bool(fix)) as img:
+                    writable=bool(fix), options={"check": True}) as img:
         result = ops_check.check_image(img, fix, on_repaired=on_repaired)
         out(ops_check.format_report(result, ofmt))
     code = ops_check.exit_code(result)
