@@ -235,7 +235,8 @@ class Qcow2Format(RefcountMixin, Format):
             # a program without bitmap support changed the image: the bitmaps are stale
             h.bitmaps_ext = None
             changed = True
-        if h.incompatible_features & S.INCOMPAT_DIRTY:
+        if h.incompatible_features & S.INCOMPAT_DIRTY and not self.allow_corrupt:
+            # opened for ``check`` (option "check"): the check itself reports and repairs
             self.repair_dirty()
             h.incompatible_features &= ~S.INCOMPAT_DIRTY
             changed = True
