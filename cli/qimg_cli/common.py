@@ -111,7 +111,10 @@ def _getopt_spec(cmd: click.Command) -> tuple[list[Any], dict[str, Any]]:
         opts.append(o)
         tokens[o.key] = (p.opts[0], p.is_flag)
     if not have_h:
-        opts.append(Opt("__help__", "h", ("help",), False))
+        opts.insert(0, Opt("__help__", "h", ("help",), False))
+    if legacy is not None:
+        rank = {n: i for i, n in enumerate(legacy)}
+        opts.sort(key=lambda o: min((rank.get(n, len(rank)) for n in o.longs), default=len(rank)))
     return opts, tokens
 
 
@@ -135,6 +138,14 @@ def normalize_args(cmd: click.Command, args: list[str]) -> list[str]:
     try:
         found, positionals = getopt(list(args), opts, on_option=on_option, prog=cmd.name or "")
     except GetoptError as e:
+        if getattr(cmd, "glibc_errors", False):
+            # getopt printed its own message, then qemu-img showed the help (exit 0)
+            sys.stderr.write(f"{cmd.name}: {e.glibc}\n")
+            sys.stderr.flush()
+            from .app import print_help
+
+            print_help()
+            raise SystemExit(0) from None
         usage_exit(str(e))
     out: list[str] = []
     for o, value in found:
@@ -150,17 +161,19 @@ def normalize_args(cmd: click.Command, args: list[str]) -> list[str]:
 class QemuCommand(click.Command):
     """A click command whose arguments are parsed with qemu-img's getopt semantics.
 
-    ``legacy_longs``: the long option names qemu-img 7.2 knew for this command (others are
-    10.x additions, lower priority for abbreviations). ``size_last``: take the last argument
+    ``legacy_longs``: the long option names qemu-img 7.2 knew for this command, in its table
+    order (others are 10.x additions, lower priority for abbreviations). ``glibc_errors``: usage
+    errors print glibc's message and the help, exit 0 (7.2's measure). ``size_last``: take the last argument
     out before parsing (qemu-img resize does this so that ``-1G`` is not an option).
     """
 
     def __init__(self, *args: Any, legacy_longs: Iterable[str] | None = None, size_last: bool = False,
-                 **kwargs: Any) -> None:
+                 glibc_errors: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("add_help_option", False)
         super().__init__(*args, **kwargs)
-        self.legacy_longs = set(legacy_longs) if legacy_longs is not None else None
+        self.legacy_longs = list(legacy_longs) if legacy_longs is not None else None
         self.size_last = size_last
+        self.glibc_errors = glibc_errors
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         extra: list[str] = []

@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 
 
 class GetoptError(Exception):
-    """A usage error with qemu-img's text (``unrecognized option '-z'``)."""
+    """A usage error with qemu-img's text (``unrecognized option '-z'``).
+
+    ``glibc`` holds the message glibc's getopt itself prints (without the program name) for
+    commands whose option string lacks the leading ``:`` (qemu-img 7.2's ``measure``):
+    ``invalid option -- 'Z'``, ``option '--size' requires an argument``...
+    """
+
+    def __init__(self, message: str, glibc: str = "") -> None:
+        super().__init__(message)
+        self.glibc = glibc or message
 
 
 @dataclass(frozen=True)
@@ -113,9 +122,11 @@ def getopt(args: list[str], opts: list[Opt], *, require_order: bool = False, pro
                 body = arg[2:]
                 name, eq, value = body.partition("=")
                 optind += 1
-                opt = _match_long(name, longs)
+                opt, full, ambiguous = _match_long(name, longs)
                 if opt is None:
-                    raise GetoptError(f"unrecognized option '{argv[optind - 1]}'")
+                    glibc = (f"option '--{body}' is ambiguous; possibilities:" + "".join(f" '--{n}'" for n in ambiguous)
+                             if ambiguous else f"unrecognized option '--{body}'")
+                    raise GetoptError(f"unrecognized option '{argv[optind - 1]}'", glibc)
                 if opt.has_arg:
                     if eq:
                         emit(opt, value)
@@ -123,10 +134,12 @@ def getopt(args: list[str], opts: list[Opt], *, require_order: bool = False, pro
                         optind += 1
                         emit(opt, argv[optind - 1])
                     else:
-                        raise GetoptError(f"missing argument for option '{argv[optind - 1]}'")
+                        raise GetoptError(f"missing argument for option '{argv[optind - 1]}'",
+                                          f"option '--{full}' requires an argument")
                 else:
                     if eq:
-                        raise GetoptError(f"unrecognized option '{argv[optind - 1]}'")
+                        raise GetoptError(f"unrecognized option '{argv[optind - 1]}'",
+                                          f"option '--{full}' doesn't allow an argument")
                     emit(opt, None)
                 continue
             nextchar = arg[1:]
@@ -136,13 +149,14 @@ def getopt(args: list[str], opts: list[Opt], *, require_order: bool = False, pro
         opt = shorts.get(c)
         if opt is None or c == ":":
             nextchar = ""
-            raise GetoptError(f"unrecognized option '{argv[optind - 1]}'")
+            raise GetoptError(f"unrecognized option '{argv[optind - 1]}'", f"invalid option -- '{c}'")
         if opt.has_arg:
             if nextchar:
                 value = nextchar
                 optind += 1
             elif optind == argc:
-                raise GetoptError(f"missing argument for option '{argv[optind - 1]}'")
+                raise GetoptError(f"missing argument for option '{argv[optind - 1]}'",
+                                  f"option requires an argument -- '{c}'")
             else:
                 value = argv[optind]
                 optind += 1
@@ -153,16 +167,18 @@ def getopt(args: list[str], opts: list[Opt], *, require_order: bool = False, pro
     return results, argv[optind:]
 
 
-def _match_long(name: str, longs: dict[str, tuple[Opt, bool]]) -> Opt | None:
+def _match_long(name: str, longs: dict[str, tuple[Opt, bool]]) -> tuple[Opt | None, str, list[str]]:
+    """(option, its full name, []) or (None, "", ambiguous candidates in table order)."""
     if name in longs:
-        return longs[name][0]
+        return longs[name][0], name, []
     if not name:
-        return None
+        return None, "", []
     cands = {n: v for n, v in longs.items() if n.startswith(name)}
     distinct = {o for o, _ in cands.values()}
     if len(distinct) == 1:
-        return distinct.pop()
-    old = {o for o, new in cands.values() if not new}
-    if len(old) == 1 and len(distinct) > 1:
-        return old.pop()
-    return None
+        return distinct.pop(), next(iter(cands)), []
+    old = {n: o for n, (o, new) in cands.items() if not new}
+    if len(set(old.values())) == 1:
+        n, o = next(iter(old.items()))
+        return o, n, []
+    return None, "", list(old) if old else list(cands)

@@ -6,7 +6,8 @@ import click
 from ..common import qemu_command
 
 
-@qemu_command("measure", legacy_longs=("help", "image-opts", "object", "output", "size", "force-share"))
+@qemu_command("measure", legacy_longs=("help", "image-opts", "object", "output", "size", "force-share"),
+              glibc_errors=True)
 @click.option("-f", "--format", "fmt")
 @click.option("-O", "--target-format", "out_fmt")
 @click.option("-o", "--options", "options", multiple=True)
