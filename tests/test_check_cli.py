@@ -7,7 +7,6 @@ import struct
 
 import pytest
 from cli_support import compare, formats_available, run_qemu, run_qemu_io, run_qimg
-
 from qimg.driver import CheckResult
 
 
