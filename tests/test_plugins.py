@@ -1,11 +1,13 @@
 """Plugins as users get them: distributions installed into a fresh venv, found through the
 ``qimg`` entry-point group.
 
-Each venv is made with ``venv --without-pip``; the repository's distributions (core, cli, raw
-and the demo plugin in tests/fixtures) are built once as wheels and installed with
-``pip --python VENV install --no-deps``. Their third-party dependencies (pluggy, click, ...)
-come from this test run's environment through a folder of symlinks named by a ``.pth`` file,
-so nothing is downloaded and no other qimg distribution of this environment leaks in.
+Each venv is made with ``venv --without-pip``. The demo plugin (tests/fixtures/qimg-demo-plugin,
+a third-party distribution with its own pyproject.toml) is built by pip and installed with
+``pip --python VENV install --no-deps``. qimg-core, qimg-cli and qimg-raw are the ones this test
+run uses (editable or not), linked into the venv's site-packages with their dist-info (entry
+points) and a ``qimg`` script. Third-party dependencies (pluggy, click, ...) come from this
+environment through a folder of symlinks named by a ``.pth`` file: nothing is downloaded but
+the demo plugin's build backend, and no other qimg distribution of this environment leaks in.
 """
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ from qimg.errors import QimgError
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "tests" / "fixtures" / "qimg-demo-plugin"
 COMMANDS = ROOT / "cli" / "qimg_cli" / "commands"
-CLI = "import sys; from qimg_cli.main import main; sys.argv[0] = 'qimg'; main()"
 
 
 def _dependency_closure(names: list[str]) -> set[str]:
@@ -49,15 +50,16 @@ def _dependency_closure(names: list[str]) -> set[str]:
     return seen
 
 
-def _link_distributions(names: set[str], dest: Path) -> None:
-    """Symlink the installed files (top-level modules and dist-info) of distributions into dest."""
+def _link_distributions(names: set[str], dest: Path, *, pth: bool = False) -> None:
+    """Symlink the installed files (top-level modules, dist-info, with ``pth`` also the .pth files
+    of editable installs) of distributions into dest."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in names:
         dist = md.distribution(name)
         base = Path(dist.locate_file(""))
         tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
         for top in tops:
-            if top.endswith(".pth") or top == "__pycache__":
+            if (top.endswith(".pth") and not pth) or top == "__pycache__":
                 continue
             src, dst = base / top, dest / top
             if src.exists() and not dst.exists():
@@ -65,19 +67,14 @@ def _link_distributions(names: set[str], dest: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Wheels of core, cli, raw and the demo plugin, built once for this module."""
+def demo_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo plugin's wheel, built by pip from its pyproject.toml once for this module."""
     out = tmp_path_factory.mktemp("wheels")
-    srcs = {"qimg_core": ROOT / "core", "qimg_cli": ROOT / "cli", "qimg_raw": ROOT / "plugins" / "raw",
-            "qimg_demo": DEMO}
-    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out),
-                        *map(str, srcs.values())], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(DEMO)],
+                       capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    found = {}
-    for key in srcs:
-        (whl,) = out.glob(f"{key}-*.whl")
-        found[key] = whl
-    return found
+    (whl,) = out.glob("qimg_demo-*.whl")
+    return whl
 
 
 @pytest.fixture(scope="module")
@@ -89,23 +86,35 @@ def deps_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-def make_venv(path: Path, wheels: list[Path], deps_dir: Path) -> Path:
-    """A fresh venv at ``path`` with ``wheels`` installed; returns its python."""
+def make_venv(path: Path, deps_dir: Path, wheels: list[Path] = (),
+              dists: tuple[str, ...] = ("qimg-core", "qimg-cli", "qimg-raw")) -> Path:
+    """A fresh venv at ``path`` with this run's ``dists`` and ``wheels`` installed; returns its python."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     py = path / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    Path(site, "qimg_test_deps.pth").write_text(str(deps_dir) + "\n")
-    p = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
-                        "--no-index", *map(str, wheels)], capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "qimg_test_deps.pth").write_text(str(deps_dir) + "\n")
+    _link_distributions(set(dists), site, pth=True)
+    script = path / "bin" / "qimg"
+    script.write_text(f"#!{py}\nimport sys\nfrom qimg_cli.main import main\nsys.exit(main())\n")
+    script.chmod(0o755)
+    if wheels:
+        p = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
+                            "--no-index", *map(str, wheels)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
     return py
 
 
+def formats_line(help_text: str) -> str:
+    """The ``Supported formats:`` line of ``qimg --help``."""
+    lines = [ln for ln in help_text.splitlines() if ln.startswith("Supported formats:")]
+    assert len(lines) == 1, help_text
+    return lines[0]
+
+
 def run(py: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the venv's ``qimg`` console script (falls back to the module for odd layouts)."""
-    exe = py.parent / "qimg"
-    cmd = [str(exe), *args] if exe.exists() else [str(py), "-c", CLI, *args]
+    """Run the venv's ``qimg`` script."""
+    cmd = [str(py.parent / "qimg"), *args]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "QIMG_DISABLE_PLUGINS")}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
 
@@ -117,26 +126,25 @@ def need_commands(*names: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_venv(tmp_path_factory: pytest.TempPathFactory, wheels: dict[str, Path], deps_dir: Path) -> Path:
-    return make_venv(tmp_path_factory.mktemp("demo") / "venv", list(wheels.values()), deps_dir)
+def demo_venv(tmp_path_factory: pytest.TempPathFactory, demo_wheel: Path, deps_dir: Path) -> Path:
+    return make_venv(tmp_path_factory.mktemp("demo") / "venv", deps_dir, [demo_wheel])
 
 
 def test_help_lists_third_party_format(demo_venv: Path) -> None:
     r = run(demo_venv, "--help")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.rstrip("\n").splitlines()[-1] == "Supported formats: demo raw"
+    assert formats_line(r.stdout) == "Supported formats: demo raw"
 
 
 @pytest.fixture(scope="module")
-def raw_venv(tmp_path_factory: pytest.TempPathFactory, wheels: dict[str, Path], deps_dir: Path) -> Path:
-    return make_venv(tmp_path_factory.mktemp("rawonly") / "venv",
-                     [wheels["qimg_core"], wheels["qimg_cli"], wheels["qimg_raw"]], deps_dir)
+def raw_venv(tmp_path_factory: pytest.TempPathFactory, deps_dir: Path) -> Path:
+    return make_venv(tmp_path_factory.mktemp("rawonly") / "venv", deps_dir)
 
 
 def test_core_cli_raw_alone_list_only_raw(raw_venv: Path) -> None:
     r = run(raw_venv, "--help")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.rstrip("\n").splitlines()[-1] == "Supported formats: raw"
+    assert formats_line(r.stdout) == "Supported formats: raw"
 
 
 def test_core_cli_raw_alone_reject_demo(raw_venv: Path, tmp_path: Path, qemu_img) -> None:
