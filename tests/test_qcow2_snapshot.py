@@ -220,3 +220,24 @@ def test_check_with_snapshots_repairs(img, qemu_img, qemu_io, tmp_path):
         res = im.driver.check({"leaks", "errors"})
     assert res.corruptions == 0
     assert_clean(qemu_img, img)
+
+
+@pytest.mark.parametrize("new_size", ["5M", "20M"])
+def test_goto_snapshot_of_another_size(img, qemu_img, qemu_io, tmp_path, new_size):
+    """A snapshot taken before a resize brings its disk size back, as qemu-img -a does."""
+    assert qemu_io("-c", "write -P 3 7M 1M", str(img)).returncode == 0
+    assert qemu_img("snapshot", "-c", "s", str(img)).returncode == 0
+    assert qemu_img("resize", "--shrink", str(img), new_size).returncode == 0
+    assert qemu_io("-c", "write -P 4 0 1M", str(img)).returncode == 0
+    ref = tmp_path / "ref.qcow2"
+    shutil.copy(img, ref)
+    assert qemu_img("snapshot", "-a", "s", str(ref)).returncode == 0
+    with qimg.open(str(img), "qcow2", writable=True) as im:
+        im.driver.snapshot_goto("s")
+    assert qemu_img("compare", str(img), str(ref)).returncode == 0
+    ja = json.loads(qemu_img("check", "--output=json", str(img)).stdout)
+    jb = json.loads(qemu_img("check", "--output=json", str(ref)).stdout)
+    ja.pop("filename")
+    jb.pop("filename")
+    assert ja == jb
+    assert json.loads(qemu_img("info", "--output=json", str(img)).stdout)["virtual-size"] == 8 * MiB

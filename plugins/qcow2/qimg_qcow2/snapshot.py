@@ -313,11 +313,11 @@ def snapshot_goto(drv: "Qcow2Format", id_or_name: str) -> None:
     sn = snapshots[i]
     drv.flush_caches()
     h = drv.header
-    if sn.disk_size != drv.size:
-        drv.truncate(sn.disk_size, shrink=True)
     sn_l1 = _read_l1(drv, sn.l1_table_offset, sn.l1_size)
-    if sn.l1_size > h.l1_size:
-        _grow_l1(drv, sn.l1_size)
+    # the snapshot may have been taken at another disk size: its L1 must fit and the size follows
+    need = max(sn.l1_size, drv._size_to_l1(sn.disk_size))
+    if need > h.l1_size:
+        _grow_l1(drv, need)
     # references of the snapshot's clusters first, then drop those of the old active state
     _update_snapshot_refcount(drv, array("Q", sn_l1), 1, is_active=False)
     old = array("Q", drv.l1)
@@ -330,6 +330,10 @@ def snapshot_goto(drv: "Qcow2Format", id_or_name: str) -> None:
     if _update_snapshot_refcount(drv, drv.l1, 0, is_active=True):
         drv.write_l1()
     drv.flush_caches()
+    if sn.disk_size != h.size:
+        h.size = sn.disk_size
+        drv.file.pwrite(24, struct.pack(">Q", h.size))
+        drv.file.flush()
 
 
 def _grow_l1(drv: "Qcow2Format", new_size: int) -> None:
