@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Iterator
+from collections.abc import Iterator
 
 from .errors import QimgError, os_error_text
 
@@ -149,7 +149,14 @@ class FileProtocol(Protocol):
     @classmethod
     def create(cls, filename: str) -> "FileProtocol":
         """Create (or truncate) a file for a new image."""
-        return cls(filename, writable=True, create=True)
+        try:
+            return cls(filename, writable=True, create=True)
+        except QimgError as e:
+            # qemu's file driver words a failed creation "Could not create"
+            prefix = f"Could not open '{filename}'"
+            if e.message.startswith(prefix):
+                raise QimgError(f"Could not create '{filename}'" + e.message[len(prefix):], e.exit_code) from None
+            raise
 
     def pread(self, offset: int, length: int) -> bytes:
         out = os.pread(self.fd, length, offset)
