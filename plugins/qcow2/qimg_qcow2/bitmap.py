@@ -305,6 +305,8 @@ def _writable_state(drv: "Qcow2Format") -> BitmapsState:
         raise QimgError("Device is not writable")
     if drv.header.version < 3:
         raise QimgError("Cannot store dirty bitmaps in qcow2 v2 files")
+    # bits recorded by writes so far go to disk first; tracking restarts with the new set
+    bitmaps_store(drv)
     drv.flush_caches()
     return read_state(drv)
 

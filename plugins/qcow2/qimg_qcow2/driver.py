@@ -548,6 +548,7 @@ class Qcow2Format(RefcountMixin, Format):
     # ------------------------------------------------------------------ write
     def write(self, offset: int, data: memoryview) -> None:
         self._check_io_writable()
+        self._bitmaps_dirty(offset, len(data))
         self._mark_dirty_lazy()
         cb, cs = self.cluster_bits, self._cs
         pos, total = 0, len(data)
@@ -715,6 +716,7 @@ class Qcow2Format(RefcountMixin, Format):
     # ------------------------------------------------------------------ zeroes / discard
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
         self._check_io_writable()
+        self._bitmaps_dirty(offset, length)
         cs = self._cs
         unit = self.subcluster_size if self.extended_l2 else cs
         a = (offset + unit - 1) // unit * unit
@@ -806,6 +808,7 @@ class Qcow2Format(RefcountMixin, Format):
 
     def discard(self, offset: int, length: int) -> None:
         self._check_io_writable()
+        self._bitmaps_dirty(offset, length)
         cs = self._cs
         a = (offset + cs - 1) // cs * cs
         b = (offset + length) // cs * cs
@@ -858,6 +861,7 @@ class Qcow2Format(RefcountMixin, Format):
     # ------------------------------------------------------------------ compressed write
     def write_compressed(self, offset: int, data: memoryview) -> None:
         self._check_io_writable()
+        self._bitmaps_dirty(offset, len(data))
         cs = self._cs
         if self.data_file is not None:
             raise QimgError("Compression is not supported with external data files")
@@ -903,6 +907,10 @@ class Qcow2Format(RefcountMixin, Format):
     def close(self) -> None:
         try:
             if self.writable and getattr(self, "l2_cache", None) is not None:
+                if getattr(self, "_bitmap_tracker", None):
+                    from .bitmap import bitmaps_store
+
+                    bitmaps_store(self)
                 self.flush_caches()
                 if self._dirty_set:
                     self.file.flush()
@@ -1051,6 +1059,17 @@ class Qcow2Format(RefcountMixin, Format):
         self.refblock_cache.clear()
 
     # ------------------------------------------------------------------ persistent bitmaps (bitmap.py)
+    def _bitmaps_dirty(self, offset: int, length: int) -> None:
+        """Record a guest write in enabled persistent bitmaps (False: nothing to track)."""
+        if getattr(self, "_bitmap_tracker", None) is False:
+            return
+        if self.header.bitmaps_ext is None:
+            self._bitmap_tracker = False
+            return
+        from .bitmap import bitmaps_mark_dirty
+
+        bitmaps_mark_dirty(self, offset, length)
+
     def bitmap_add(self, name: str, granularity: int | None = None, disabled: bool = False) -> None:
         from .bitmap import bitmap_add
 
