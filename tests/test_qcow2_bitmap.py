@@ -240,3 +240,16 @@ def test_check_counts_bitmap_clusters(img, qemu_img, qemu_io, tmp_path):
         res = im.driver.check(set())
     assert res.messages == want.stderr.splitlines()
     assert res.leaks == json.loads(want.stdout)["leaks"] == 3
+
+
+@pytest.mark.parametrize("args", [["-O", "qcow2"], ["-O", "qcow2", "-o", "cluster_size=4k"],
+                                  ["-O", "qcow2", "-o", "compat=0.10"], ["-O", "raw"],
+                                  ["-O", "qcow2", "--output=json"]])
+def test_measure_bitmaps_size(img, qemu_img, qimg, args):
+    from conftest import as_qemu
+
+    assert qemu_img("bitmap", "--add", str(img), "a").returncode == 0
+    assert qemu_img("bitmap", "--add", "-g", "512", str(img), "a-much-longer-bitmap-name").returncode == 0
+    want = qemu_img("measure", *args, str(img))
+    got = qimg("measure", *args, str(img))
+    assert (got.returncode, as_qemu(got.stdout), as_qemu(got.stderr)) == (want.returncode, want.stdout, want.stderr)

@@ -442,21 +442,6 @@ def check_inconsistent(src_drv: "Qcow2Format") -> list[str]:
     return [bm.name for bm in read_bitmaps(src_drv) if bm.in_use]
 
 
-def bitmaps_size(drv: "Qcow2Format", size: int | None = None) -> int:
-    """Bytes the bitmaps of this image need in a copy (``measure``'s ``bitmaps`` field)."""
-    cs = drv.cluster_size
-    total = 0
-    disk = drv.size if size is None else size
-    for bm in read_bitmaps(drv):
-        if bm.in_use:
-            continue
-        nbits = -(-disk // bm.granularity)
-        data_clusters = -(-nbits // (cs * 8))
-        table_bytes = data_clusters * 8
-        total += data_clusters * cs + -(-table_bytes // cs) * cs
-    return total
-
-
 # -- check ---------------------------------------------------------------------------------
 def check_bitmap_refcounts(c: "_Checker", res: "CheckResult", table: list[int]) -> None:
     """Count references of the directory, bitmap tables and data clusters (qemu-img check)."""
@@ -667,3 +652,22 @@ def bitmap_export(drv: "Qcow2Format", skip_broken: bool = False) -> list[Exporte
 def bitmap_import(drv: "Qcow2Format", exported: ExportedBitmap) -> None:
     bitmap_add(drv, exported.name, exported.granularity, disabled=not exported.enabled)
     bitmap_merge(drv, exported.name, exported.source, exported.name)
+
+
+def measure_bitmaps(source, cluster_size: int) -> int | None:
+    """``measure``'s "bitmaps": bytes the source's bitmaps take in a new qcow2 image with
+    ``cluster_size`` clusters (all data assumed allocated, plus tables and directory), or None
+    when the source cannot carry persistent bitmaps (qemu-img then prints no line)."""
+    drv = getattr(source, "driver", source)
+    if getattr(drv, "format_name", "") != "qcow2" or not hasattr(drv, "header"):
+        return None
+    total = 0
+    dir_size = 0
+    size = drv.size
+    for bm in read_bitmaps(drv):
+        nbytes = (-(-size // bm.granularity) + 7) // 8
+        clusters = -(-nbytes // cluster_size)
+        total += clusters * cluster_size
+        total += -(-(clusters * 8) // cluster_size) * cluster_size
+        dir_size += (DIR_ENTRY_SIZE + len(bm.name.encode()) + 7) & ~7
+    return total + -(-dir_size // cluster_size) * cluster_size

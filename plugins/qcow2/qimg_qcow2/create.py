@@ -193,4 +193,10 @@ def measure(size: int | None, opts: dict[str, Any], source=None) -> dict[str, in
         required = virtual
     full = prealloc_size(virtual, cs, o["refcount_order"], o["extended_l2"])
     out = {"required": full - virtual + required, "fully-allocated": full}
+    if source is not None and o["version"] >= 3:
+        from .bitmap import measure_bitmaps
+
+        bitmaps = measure_bitmaps(source, cs)
+        if bitmaps is not None:
+            out["bitmaps"] = bitmaps
     return out
