@@ -114,10 +114,15 @@ def _default_text(opt: Option) -> str | None:
 def formatting_line(filename: str, fmt: str, cls: "type[Format]", declared: list[Option],
                     texts: dict[str, str]) -> str:
     """``Formatting 'f', fmt=F opt=value ...`` in the driver's declared print order."""
-    order = list(cls.create_print_order or [o.name for o in cls.create_opts])
+    # ``format_line_order``/``format_line_defaults``: accepted aliases of the documented names
+    declared_order = getattr(cls, "create_print_order", None) or getattr(cls, "format_line_order", None)
+    order = list(declared_order or [o.name for o in cls.create_opts])
     order += [o.name for o in declared if o.name not in order]
-    if cls.create_print_defaults is not None:
-        defaults = dict(cls.create_print_defaults)
+    given_defaults = getattr(cls, "create_print_defaults", None)
+    if given_defaults is None:
+        given_defaults = getattr(cls, "format_line_defaults", None)
+    if given_defaults is not None:
+        defaults = dict(given_defaults)
     else:
         defaults = {o.name: t for o in cls.create_opts if (t := _default_text(o)) is not None}
     by_name = {o.name for o in declared}

@@ -112,7 +112,8 @@ def snapshot_row(sn: dict[str, Any]) -> str:
     msecs = sn.get("vm-clock-nsec", 0) // 1_000_000
     clock = "%02d:%02d:%02d.%03d" % (secs // 3600, (secs // 60) % 60, secs % 60, msecs)  # noqa: UP031
     icount = str(sn["icount"]) if sn.get("icount") is not None else ""
-    return "%-10s%-17s%8s%20s%13s%11s" % (sn["id"], sn["name"], size_to_str(sn.get("vm-state-size", 0)),  # noqa: UP031 - printf layout as QEMU
+    # rows keep a space after ID and TAG even when they overflow their columns (unlike the header)
+    return "%-9s %-16s %8s%20s%13s%11s" % (sn["id"], sn["name"], size_to_str(sn.get("vm-state-size", 0)),  # noqa: UP031 - printf layout as QEMU
                                               date, clock, icount)
 
 
