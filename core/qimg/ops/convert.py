@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
 from ..errors import QimgError
 from ..image import zero_fill
-from .copy import COPY, SKIP, Copier, Piece
+from .copy import COPY, SKIP, Copier, Piece, parallel_safe
 from .copy import ZERO as ZERO_OP
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             compress=opts.compress, unmap=opts.sparse != 0,
             copy_range=_copy_range_fn(sources, target) if opts.copy_offload else None,
             progress=(lambda done: progress(done, total)) if progress else None,
-            rate_limit=opts.rate_limit)
+            rate_limit=opts.rate_limit, serial_reads=not parallel_safe(*sources))
         copier.run(plan(sources, target_has_backing=has_backing, sparse=opts.sparse))
         if opts.bitmaps:
             _copy_bitmaps(sources[0], target, opts.skip_broken_bitmaps, warn)

@@ -39,6 +39,19 @@ class Piece:
     op: str
 
 
+def parallel_safe(*images: "Image") -> bool:
+    """Whether pool threads may read these images (and their chains) at the same time.
+
+    Drivers keep caches that are not made for concurrent use; a driver class that is safe
+    says so with ``thread_safe_reads = True``. Raw is: it only calls ``os.preadv``.
+    """
+    for img in images:
+        for layer in img.chain():
+            if layer.format != "raw" and not getattr(type(layer.driver), "thread_safe_reads", False):
+                return False
+    return True
+
+
 def region_is_zero(buf: bytearray, start: int, end: int) -> bool:
     """``buf[start:end]`` holds only zeroes (memcmp against the zero page, no copies)."""
     pos = start
@@ -136,8 +149,18 @@ class Copier:
                  workers: int = 8, ordered: bool = True, compress: bool = False,
                  unmap: bool = True, copy_range: Callable[[int, int], bool] | None = None,
                  progress: Callable[[int], None] | None = None,
-                 rate_limit: int = 0) -> None:
+                 rate_limit: int = 0, serial_reads: bool = False) -> None:
         self.target = target
+        if serial_reads:
+            import threading
+
+            lock = threading.Lock()
+
+            def locked(offset: int, view: memoryview, _read: Reader = reader) -> None:
+                with lock:
+                    _read(offset, view)
+
+            reader = locked
         self.reader = reader
         self.zero_init = zero_init
         self.granule = granule

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..blockstatus import ALLOCATED, DATA, ZERO
 from ..errors import QimgError
-from .copy import COPY, Copier, Piece
+from .copy import COPY, Copier, Piece, parallel_safe
 from .copy import ZERO as ZERO_OP
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ def dd(src: "Image", out_filename: str, out_fmt: str, *, bs: int = 512, count: i
         def read(offset: int, view: memoryview) -> None:
             src.preadinto(start + offset, view)
 
-        copier = Copier(out, read, zero_init=type(out.driver).zero_init, granule=0, workers=4)
+        copier = Copier(out, read, zero_init=type(out.driver).zero_init, granule=0, workers=4,
+                        serial_reads=not parallel_safe(src))
         copier.run(_plan(src, start, size))
         out.flush()
