@@ -295,3 +295,34 @@ def test_cli_check_matches_qemu_img(base, qemu_img, qimg, tmp_path, damage, mode
     assert got.returncode == want.returncode
     assert as_qemu(got.stdout).replace(str(b), str(a)) == want.stdout
     assert as_qemu(got.stderr) == want.stderr
+
+
+@pytest.mark.parametrize("field, fmt, value", [
+    (0, ">Q", 0x90200),     # snapshot L1 not cluster aligned
+    (8, ">I", 0x1000000),   # snapshot L1 too large
+    (0, ">Q", 0x9000000),   # snapshot L1 past the end of the file
+])
+def test_snapshot_table_damage(base, qemu_img, tmp_path, field, fmt, value):
+    for name in ("s1", "s2"):
+        assert qemu_img("snapshot", "-c", name, str(base)).returncode == 0
+    raw = bytearray(base.read_bytes())
+    so = struct.unpack(">Q", raw[64:72])[0]
+    struct.pack_into(fmt, raw, so + field, value)
+    base.write_bytes(bytes(raw))
+    res = assert_same_check(qemu_img, base, tmp_path)
+    assert res.corruptions == 1 and res.leaks == 6
+    assert_same_repair(qemu_img, base, tmp_path, "all")
+
+
+def test_unreadable_snapshot_table_fails_like_qemu(base, qemu_img, qimg, tmp_path):
+    from conftest import as_qemu
+
+    assert qemu_img("snapshot", "-c", "s1", str(base)).returncode == 0
+    raw = bytearray(base.read_bytes())
+    so = struct.unpack(">Q", raw[64:72])[0]
+    struct.pack_into(">I", raw, so + 36, 2000)  # extra data size beyond QEMU's 1024 limit
+    base.write_bytes(bytes(raw))
+    want = qemu_img("check", str(base))
+    got = qimg("check", str(base))
+    assert want.returncode == got.returncode == 1
+    assert as_qemu(got.stderr) == want.stderr and got.stdout == want.stdout

@@ -629,10 +629,12 @@ def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
     try:
         snapshots = read_snapshots(drv)
     except QimgError as e:
-        c.say(f"ERROR: Failed to read the snapshot table: {e.message}")
-        res.check_errors += 1
-        res.messages = c.msgs
-        return res
+        # qemu-img reports this with error_report (program name first), then gives up
+        c.say(f"qimg: ERROR failed to read the snapshot table: {e.message}")
+        hint = getattr(e, "hint", None)
+        if hint:
+            c.say(hint)
+        raise CheckFailed(getattr(e, "reason", "Invalid argument"), c.msgs) from None
     stored = _StoredRefcounts(drv)
     table, rebuild = c.calculate(res, stored, snapshots)
     pre = _copy(res)

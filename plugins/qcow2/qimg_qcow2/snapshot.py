@@ -45,6 +45,15 @@ MAX_TABLE_SIZE = 64 << 20
 NO_ICOUNT = (1 << 64) - 1
 
 
+class SnapshotTableError(QimgError):
+    """An unreadable snapshot table; ``reason`` is the errno text a failed check ends with."""
+
+    def __init__(self, message: str, reason: str = "Invalid argument", hint: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.hint = hint
+
+
 @dataclass
 class Snapshot:
     l1_table_offset: int
@@ -121,7 +130,8 @@ def read_snapshots(drv: "Qcow2Format") -> list[Snapshot]:
         sh = SnapshotHeader.parse(raw)
         pos += SNAPSHOT_HEADER_SIZE
         if sh.extra_data_size > MAX_EXTRA_SIZE:
-            raise QimgError(f"Too much extra metadata in snapshot table entry {len(out)}")
+            raise SnapshotTableError(f"Too much extra metadata in snapshot table entry {len(out)}", "File too large",
+                                     "You can force-remove this extra metadata with qemu-img check -r all")
         extra = drv.file.pread(pos, sh.extra_data_size)
         pos += sh.extra_data_size
         strs = drv.file.pread(pos, sh.id_str_size + sh.name_size)
