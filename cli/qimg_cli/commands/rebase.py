@@ -1,0 +1,76 @@
+"""``qimg rebase``: change the backing file (safe mode keeps the guest view; ``-u`` does not)."""
+from __future__ import annotations
+
+from ..qgetopt import Getopt, GetoptCommand, UsageError, show_help
+
+SHORT = ":hf:F:b:upt:T:qU"
+LONG = {"help": False, "object": True, "image-opts": False, "force-share": False}
+
+
+def run(argv: list[str]) -> None:
+    import sys
+
+    from ..common import Progress, open_image, parse_objects
+    from ..copyopts import check_cache
+
+    fmt = backing_fmt = backing = cache = src_cache = None
+    unsafe = progress = quiet = force_share = image_opts = False
+    objects: list[str] = []
+    g = Getopt(argv, SHORT, LONG)
+    for opt, val in g:
+        if opt in ("h", "help"):
+            show_help()
+        elif opt == "f":
+            fmt = val
+        elif opt == "F":
+            backing_fmt = val
+        elif opt == "b":
+            backing = val
+        elif opt == "u":
+            unsafe = True
+        elif opt == "p":
+            progress = True
+        elif opt == "t":
+            cache = val
+        elif opt == "T":
+            src_cache = val
+        elif opt == "q":
+            quiet = True
+        elif opt in ("U", "force-share"):
+            force_share = True
+        elif opt == "object":
+            objects.append(val or "")
+        elif opt == "image-opts":
+            image_opts = True
+    if quiet:
+        progress = False
+    if len(g.positionals) != 1:
+        raise UsageError("Expecting one image file name")
+    if not unsafe and backing is None:
+        raise UsageError("Must specify backing file (-b) or use unsafe mode (-u)")
+    filename = g.positionals[0]
+    parse_objects(objects)
+    check_cache(cache)
+    check_cache(src_cache, source=True)
+    bar = Progress(progress)
+    try:
+        img = open_image(filename, fmt, image_opts=image_opts, writable=True,
+                         force_share=force_share, backing=not unsafe)
+        try:
+            from qimg.ops.rebase import rebase
+
+            rebase(img, backing, backing_fmt, unsafe=unsafe,
+                   progress=bar.update if progress else None)
+        finally:
+            img.close()
+        if progress:
+            bar.finish()
+    except BaseException:
+        if bar.enabled:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        raise
+
+
+command = GetoptCommand("rebase", run, help="Change the backing file of an image")
+__all__ = ["command", "run"]

@@ -1,0 +1,149 @@
+"""``rebase``: change an image's backing file, keeping the guest view (safe mode) or not.
+
+Safe mode reads, for every run the image itself does not allocate, what the old and the new
+backing chains show; blocks (the image's cluster size) that differ receive the old data, so
+the image reads the same on top of the new backing. Runs that both chains leave as zeroes are
+never read. Unsafe mode (``-u``) only rewrites the recorded name and format.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..blockstatus import ALLOCATED, DATA, ZERO
+from ..errors import QimgError
+from ..image import zero_fill
+from .copy import CHUNK
+
+if TYPE_CHECKING:
+    from ..image import Image
+
+
+def open_new_backing(img: "Image", name: str, fmt: str | None, force_share: bool = True) -> "Image":
+    """Open the new backing file as the image will see it (relative to its folder)."""
+    import qimg
+
+    from ..api import resolve_backing_name
+
+    path = resolve_backing_name(img.filename, name)
+    try:
+        return qimg.open(path, fmt, force_share=force_share)
+    except QimgError as e:
+        msg = e.message
+        prefix = f"Could not open '{path}': "
+        if msg.startswith(prefix) and not _is_strerror(msg[len(prefix):]):
+            msg = msg[len(prefix):]  # qemu names the file only in protocol-level errors
+        raise QimgError(f"Could not open new backing file '{name}': {msg}", e.exit_code) from None
+
+
+def _is_strerror(text: str) -> bool:
+    import errno
+    import os
+
+    return text in {os.strerror(n) for n in errno.errorcode}
+
+
+def _zero_everywhere(img: "Image | None", offset: int, length: int) -> int:
+    """Length of the run at ``offset`` that ``img`` surely reads as zeroes (0 if not)."""
+    if img is None:
+        return length
+    if offset >= img.size:
+        return length
+    st = img.chain_status(offset, min(length, img.size - offset))
+    if st.flags & ZERO or not st.flags & (ALLOCATED | DATA):
+        return min(st.length, length)
+    return 0
+
+
+def _read(img: "Image | None", offset: int, view: memoryview) -> None:
+    if img is None:
+        zero_fill(view)
+    else:
+        img.preadinto(offset, view)  # zeroes past its end
+
+
+def copy_differences(img: "Image", old: "Image | None", new: "Image | None",
+                     progress: Callable[[float, float], None] | None = None) -> None:
+    """Write old-backing data into ``img`` where old and new backing views differ."""
+    size = img.size
+    block = img.driver.cluster_size or 65536
+    buf_old = bytearray(CHUNK)
+    buf_new = bytearray(CHUNK)
+    off = 0
+    while off < size:
+        st = img.block_status(off, size - off)
+        n = min(st.length, size - off)
+        if st.flags & ALLOCATED:
+            off += n
+            if progress:
+                progress(off, size)
+            continue
+        end = off + n
+        while off < end:
+            k = min(end - off, CHUNK)
+            z = min(_zero_everywhere(old, off, k), _zero_everywhere(new, off, k))
+            if z > 0:
+                off += z
+                continue
+            vo = memoryview(buf_old)[:k]
+            vn = memoryview(buf_new)[:k]
+            _read(old, off, vo)
+            _read(new, off, vn)
+            pos = 0
+            while pos < k:
+                d = _first_diff_from(buf_old, buf_new, pos, k)
+                if d < 0:
+                    break
+                # whole blocks (aligned to guest offsets) around each difference get old data
+                bstart = max(pos, (off + d) // block * block - off)
+                bend = min(k, ((off + d) // block + 1) * block - off)
+                img.pwrite(off + bstart, vo[bstart:bend])
+                pos = bend
+            off += k
+            if progress:
+                progress(off, size)
+
+
+def _first_diff_from(a: bytearray, b: bytearray, start: int, end: int) -> int:
+    """First index in [start, end) where ``a`` and ``b`` differ, or -1."""
+    vb = memoryview(b)
+    if a.startswith(vb[start:end], start):
+        return -1
+    lo, hi = start, end
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a.startswith(vb[lo:mid], lo):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe: bool = False,
+           progress: Callable[[float, float], None] | None = None) -> None:
+    """Rebase ``img`` (open writable; with its old chain unless ``unsafe``) onto ``backing``
+    (None or "" = no backing file)."""
+    from ..plugins import get_registry
+
+    name = backing or None
+    if backing_fmt is not None:
+        try:
+            get_registry().format(backing_fmt)
+        except QimgError:
+            raise QimgError(f"Invalid format name: '{backing_fmt}'") from None
+    if name is not None and backing_fmt is None:
+        raise QimgError(f"Could not change the backing file to '{name}': backing format must be specified")
+    if not unsafe:
+        new = open_new_backing(img, name, backing_fmt) if name is not None else None
+        try:
+            copy_differences(img, img.backing, new, progress)
+        finally:
+            if new is not None:
+                new.close()
+        img.flush()
+    try:
+        img.driver.change_backing_file(name, backing_fmt if name is not None else None)
+    except QimgError as e:
+        raise QimgError(f"Could not change the backing file to '{name or ''}': {e.message}",
+                        e.exit_code) from None
+    img.flush()
