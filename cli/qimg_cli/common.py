@@ -240,16 +240,21 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
             raise QimgError("Could not open '" + filename + "': A block device must be specified for \"file\"")
         filename = fname
         opts.update(parsed)
+    prefix = f"Could not open '{shown}': "
+    if os.path.isdir(filename):
+        raise QimgError(f"{prefix}'file' driver requires '{filename}' to be a regular file")
     try:
         img = qimg.open(filename, fmt, writable=writable, force_share=force_share, backing=backing,
                         options=opts)
     except QimgError as e:
-        prefix = f"Could not open '{shown}': "
+        # qemu-img prefixes every open error; the library prefixes driver errors only
         msg = e.message
-        if msg.startswith(prefix) and _is_strerror(msg[len(prefix):]):
+        inner = f"Could not open '{filename}': "
+        rest = msg[len(inner):] if msg.startswith(inner) else msg
+        if msg.startswith(inner) and _is_strerror(rest):
             msg = prefix + msg
-        elif not msg.startswith(prefix):
-            msg = prefix + msg
+        else:
+            msg = prefix + rest
         raise QimgError(msg, e.exit_code) from None
     if fmt is None and writable and img.format == "raw":
         sys.stderr.write(RAW_PROBE_WARNING.format(filename) + "\n")
