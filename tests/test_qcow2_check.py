@@ -310,7 +310,7 @@ def test_snapshot_table_damage(base, qemu_img, tmp_path, field, fmt, value):
     struct.pack_into(fmt, raw, so + field, value)
     base.write_bytes(bytes(raw))
     res = assert_same_check(qemu_img, base, tmp_path)
-    assert res.corruptions == 1 and res.leaks == 6
+    assert res.corruptions == 1 and res.leaks == 7
     assert_same_repair(qemu_img, base, tmp_path, "all")
 
 
