@@ -86,6 +86,12 @@ def test_formatting_line_order_from_driver_declaration():
     declared = list(Fake.create_opts)
     assert formatting_line("f", "fake", Fake, declared, {"size": "5"}) == "Formatting 'f', fmt=fake size=5 flag=off"
 
+    class SizeLast(Format):
+        create_opts = [Option("flag", BOOL, "", False), Option("size", SIZE, "")]
+
+    assert formatting_line("f", "fake", SizeLast, list(SizeLast.create_opts), {"size": "5"}) == \
+        "Formatting 'f', fmt=fake size=5 flag=off"
+
     class Ordered(Fake):
         create_print_order = ("mode", "flag", "size")
         create_print_defaults = {"mode": "auto"}

@@ -86,7 +86,7 @@ class Format:
     zero_init: ClassVar[bool] = True
     #: optional: the option order of create's ``Formatting 'f', fmt=x ...`` line, as QEMU's
     #: option list declares it (qemu-img prints every option that is set or has a printed
-    #: default, in this order). None: ``create_opts`` order.
+    #: default, in this order). None: size, backing_file, backing_fmt, then ``create_opts`` order.
     create_print_order: ClassVar[tuple[str, ...] | list[str] | None] = None
     #: optional: defaults that line shows for options not given (``{"cluster_size": "65536"}``).
     #: None: each ``Option.default`` that is not None (booleans as on/off).

@@ -116,7 +116,12 @@ def formatting_line(filename: str, fmt: str, cls: "type[Format]", declared: list
     """``Formatting 'f', fmt=F opt=value ...`` in the driver's declared print order."""
     # ``format_line_order``/``format_line_defaults``: accepted aliases of the documented names
     declared_order = getattr(cls, "create_print_order", None) or getattr(cls, "format_line_order", None)
-    order = list(declared_order or [o.name for o in cls.create_opts])
+    if declared_order:
+        order = list(declared_order)
+    else:
+        # QEMU's option lists mostly begin with size and the backing options
+        order = [n for n in ("size", "backing_file", "backing_fmt") if n in {o.name for o in cls.create_opts}]
+        order += [o.name for o in cls.create_opts if o.name not in order]
     order += [o.name for o in declared if o.name not in order]
     given_defaults = getattr(cls, "create_print_defaults", None)
     if given_defaults is None:
