@@ -241,3 +241,33 @@ def test_goto_snapshot_of_another_size(img, qemu_img, qemu_io, tmp_path, new_siz
     jb.pop("filename")
     assert ja == jb
     assert json.loads(qemu_img("info", "--output=json", str(img)).stdout)["virtual-size"] == 8 * MiB
+
+
+def test_cli_snapshot_commands_like_qemu_img(img, qemu_img, qimg, qemu_io, tmp_path):
+    """``qimg snapshot -c/-l/-a/-d`` and ``convert -l`` on one copy, qemu-img on another."""
+    import re
+
+    from conftest import as_qemu
+
+    a = tmp_path / "a.qcow2"
+    b = tmp_path / "b.qcow2"
+    shutil.copy(img, a)
+    shutil.copy(img, b)
+    steps = [["-c", "A"], ["-c", "B"], ["-c", "A"], ["-l"], ["-d", "A"], ["-a", "B"], ["-a", "nosuch"],
+             ["-d", "nosuch"], ["-l"]]
+    for i, step in enumerate(steps):
+        want = qemu_img("snapshot", *step, str(a))
+        got = qimg("snapshot", *step, str(b))
+        dates = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+        assert got.returncode == want.returncode, step
+        assert dates.sub("D", as_qemu(got.stdout)) == dates.sub("D", want.stdout), step
+        assert as_qemu(got.stderr).replace(str(b), str(a)) == want.stderr, step
+        if i == 1:
+            for p in (a, b):
+                assert qemu_io("-c", "write -P 9 0 1M", str(p)).returncode == 0
+    assert_clean(qemu_img, b)
+    for snap in ("B", "snapshot.id=3"):
+        outa, outb = tmp_path / "a.raw", tmp_path / "b.raw"
+        assert qemu_img("convert", "-l", snap, "-O", "raw", str(a), str(outa)).returncode == 0
+        assert qimg("convert", "-l", snap, "-O", "raw", str(b), str(outb)).returncode == 0
+        assert outa.read_bytes() == outb.read_bytes()
