@@ -402,3 +402,65 @@ def test_probe_and_lazy_import(tmp_path):
             assert img.format == "vmdk"
     code = "import sys, qimg_vmdk; assert 'construct' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _vmware_stream(path: str, data: bytes) -> None:
+    """A stream-optimized VMDK laid out as VMware writes it: grain directory at the end, footer."""
+    import zlib
+
+    grain, gtes = 65536, 512
+    cap = len(data) // 512
+
+    def header(gd: int) -> bytes:
+        h = struct.pack("<4sIIQQQQIQQQB4sH", b"KDMV", 3, 0x30001, cap, 128, 1, 1, gtes, 0, gd, 128, 0,
+                        b"\n \r\n", 1)
+        return h + bytes(512 - len(h))
+
+    desc = (b'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="streamOptimized"\n'
+            b'RW %d SPARSE "x.vmdk"\n' % cap)
+    out = bytearray(header(0xFFFFFFFFFFFFFFFF) + desc + bytes(512 - len(desc)))
+    out += bytes(128 * 512 - len(out))
+    ngrains = (len(data) + grain - 1) // grain
+    gt = [0] * ((ngrains + gtes - 1) // gtes * gtes)
+    for g in range(ngrains):
+        chunk = data[g * grain:(g + 1) * grain]
+        if not any(chunk):
+            continue
+        comp = zlib.compress(chunk)
+        gt[g] = len(out) // 512
+        out += struct.pack("<QI", g * 128, len(comp)) + comp
+        out += bytes(-len(out) % 512)
+    gd = []
+    for t in range(len(gt) // gtes):
+        out += struct.pack("<QII", 4, 0, 1) + bytes(496)  # GT marker
+        gd.append(len(out) // 512)
+        out += struct.pack(f"<{gtes}I", *gt[t * gtes:(t + 1) * gtes])
+    out += struct.pack("<QII", 1, 0, 2) + bytes(496)  # GD marker
+    gd_sector = len(out) // 512
+    out += struct.pack(f"<{len(gd)}I", *gd)
+    out += bytes(-len(out) % 512)
+    out += struct.pack("<QII", 1, 0, 3) + bytes(496)  # footer marker
+    out += header(gd_sector)
+    out += bytes(512)  # end-of-stream marker
+    with open(path, "wb") as f:
+        f.write(out)
+
+
+def test_read_vmware_stream_with_footer(tmp_path, qemu_img):
+    import random
+
+    rng = random.Random(5)
+    data = bytearray(40 * MiB)
+    for off in (0, 3 * MiB + 65536, 33 * MiB):
+        data[off:off + 200000] = rng.randbytes(200000)
+    path = str(tmp_path / "x.vmdk")
+    _vmware_stream(path, bytes(data))
+    out = str(tmp_path / "x.raw")
+    _ok(qemu_img("convert", "-O", "raw", path, out))
+    assert open(out, "rb").read() == data
+    with qimg.open(path) as img:
+        assert img.pread(0, img.size) == data
+    assert qimg_map(path) == qemu_map(qemu_img, path)
+    same_info(qemu_img, path)
+    with qimg.open(path, writable=True) as img, pytest.raises(QimgError):
+        img.pwrite(10 * MiB, bytes(65536))

@@ -180,7 +180,8 @@ class SparseExtent(Extent):
         if h.version > 3:
             raise QimgError(f"Unsupported VMDK version {h.version}", 95)
         self.file_size = file.size()
-        if h.gd_offset == GD_AT_END:
+        self.gd_at_end = h.gd_offset == GD_AT_END
+        if self.gd_at_end:
             h = self._footer(file, h)
         self.h = h
         if not 0 < h.num_gtes_per_gt <= MAX_GTES:
@@ -375,7 +376,7 @@ class SparseExtent(Extent):
         return off
 
     def write(self, off, data, length, cow):
-        if self.h.gd_offset == GD_AT_END:
+        if self.gd_at_end:
             raise QimgError("Cannot write to a stream-optimized image with the grain directory at its end")
         total = length
         span = self.grain * self.gtes
@@ -498,7 +499,7 @@ class SparseExtent(Extent):
     def write_compressed(self, off, data):
         if not self.compressed:
             raise NotSupported("Compression is not supported for this image format")
-        if self.h.gd_offset == GD_AT_END:
+        if self.gd_at_end:
             raise QimgError("Cannot write to a stream-optimized image with the grain directory at its end")
         g = self.grain
         if off % g or (len(data) != g and off + len(data) != self.capacity):
