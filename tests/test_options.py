@@ -60,7 +60,7 @@ def test_option_list_validity():
 
 TOKENS = ["-f", "raw", "qcow2", "-U", "-Uf", "-fraw", "--output", "json", "--out=json", "--output=human",
           "--backing-chain", "--back", "--", "a.raw", "b.raw", "-z", "-Uz", "--force", "--f", "--image-opts",
-          "--object", "secret,id=s,data=x", "-q", "--format=raw", "-"]
+          "--object", "secret,id=s,data=x", "-q", "--format=raw", "-", "nosuch", "--output=xml", "-h"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -70,4 +70,9 @@ def test_random_argument_lists_parse_as_qemu_img(tmp_path_factory, args, cmd):
     if not (folder / "a.raw").exists():
         folder.mkdir(exist_ok=True)
         run_qemu("create", "-q", "-f", "raw", "a.raw", "64k", cwd=folder)
-    assert_same(run_qimg(cmd, *args, cwd=folder), run_qemu(cmd, *args, cwd=folder))
+    mine, theirs = run_qimg(cmd, *args, cwd=folder), run_qemu(cmd, *args, cwd=folder)
+    if theirs.stdout.startswith("qemu-img version"):  # the help: version and format list differ
+        assert (mine.returncode, mine.stderr) == (theirs.returncode, theirs.stderr)
+        assert mine.stdout.startswith("qimg version") and "Command syntax:" in mine.stdout
+    else:
+        assert_same(mine, theirs)

@@ -241,6 +241,11 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
         filename = fname
         opts.update(parsed)
     prefix = f"Could not open '{shown}': "
+    if fmt:
+        from qimg.plugins import get_registry
+
+        if fmt not in get_registry().formats:
+            raise QimgError(f"{prefix}Unknown driver '{fmt}'")
     if os.path.isdir(filename):
         raise QimgError(f"{prefix}'file' driver requires '{filename}' to be a regular file")
     try:
