@@ -326,3 +326,22 @@ def test_unreadable_snapshot_table_fails_like_qemu(base, qemu_img, qimg, tmp_pat
     got = qimg("check", str(base))
     assert want.returncode == got.returncode == 1
     assert as_qemu(got.stderr) == want.stderr and got.stdout == want.stdout
+
+
+@pytest.mark.parametrize("index, word, value", [
+    (1, 1, 0x0000000100000001),            # a subcluster both allocated and zero
+    (3, 1, 0x3),                           # unallocated cluster with allocation bits
+    (3, 0, (1 << 62) | 0x50000),           # compressed cluster ... with a bitmap (word set below)
+])
+def test_extended_l2_bitmap_damage(tmp_path, qemu_img, qemu_io, index, word, value):
+    p = tmp_path / "x.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "extended_l2=on", str(p), "10M").returncode == 0
+    assert qemu_io("-c", "write -P 1 0 10k", "-c", "write -P 2 1M 64k", str(p)).returncode == 0
+    d = Damage(p)
+    base = d.l1e(0) & L2_MASK
+    d.setq(base + 16 * index + 8 * word, value)
+    if word == 0:
+        d.setq(base + 16 * index + 8, 1)
+    res = assert_same_check(qemu_img, p, tmp_path)
+    assert res.corruptions == 1
+    assert_same_repair(qemu_img, p, tmp_path, "all")

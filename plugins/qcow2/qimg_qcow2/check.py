@@ -205,7 +205,7 @@ class _Checker:
         for i, e in enumerate(entries):
             if not e:
                 if bitmaps is not None and bitmaps[i] & L2_BITMAP_ALL_ALLOC:
-                    self.say(f"ERROR: Unallocated cluster has non-zero subcluster allocation bitmap, entry={e:#x}")
+                    self.say("ERROR: Unallocated cluster has non-zero subcluster allocation map")
                     res.corruptions += 1
                 continue
             bm = bitmaps[i] if bitmaps is not None else 0
@@ -241,7 +241,7 @@ class _Checker:
                 continue  # plain zero cluster
             if not offset and not (self.data_file and e & S.OFLAG_COPIED):
                 if bm & L2_BITMAP_ALL_ALLOC:
-                    self.say(f"ERROR: Unallocated cluster has non-zero subcluster allocation bitmap, entry={e:#x}")
+                    self.say("ERROR: Unallocated cluster has non-zero subcluster allocation map")
                     res.corruptions += 1
                 continue
             # normal or preallocated-zero cluster
