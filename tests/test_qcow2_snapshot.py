@@ -271,3 +271,17 @@ def test_cli_snapshot_commands_like_qemu_img(img, qemu_img, qimg, qemu_io, tmp_p
         assert qemu_img("convert", "-l", snap, "-O", "raw", str(a), str(outa)).returncode == 0
         assert qimg("convert", "-l", snap, "-O", "raw", str(b), str(outb)).returncode == 0
         assert outa.read_bytes() == outb.read_bytes()
+
+
+def test_create_fails_like_qemu_with_1bit_refcounts(tmp_path, qemu_img, qemu_io, qimg):
+    from conftest import as_qemu
+
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    for p in (a, b):
+        assert qemu_img("create", "-q", "-f", "qcow2", "-o", "refcount_bits=1", str(p), "10M").returncode == 0
+        assert qemu_io("-c", "write 0 64k", str(p)).returncode == 0
+    want = qemu_img("snapshot", "-c", "s", str(a))
+    got = qimg("snapshot", "-c", "s", str(b))
+    assert (got.returncode, as_qemu(got.stderr)) == (want.returncode, want.stderr) == (1, want.stderr)
+    ca, cb = qemu_img("check", str(a)), qemu_img("check", str(b))
+    assert (ca.returncode, ca.stdout, ca.stderr) == (cb.returncode, cb.stdout, cb.stderr)

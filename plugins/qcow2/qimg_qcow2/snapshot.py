@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from construct import Int16ub, Int32ub, Int64ub, Struct
 from qimg.driver import SnapshotInfo
-from qimg.errors import QimgError
+from qimg.errors import CorruptImage, QimgError
 
 from . import structs as S
 
@@ -285,7 +285,7 @@ def snapshot_create(drv: "Qcow2Format", name: str, *, snapshot_id: str | None = 
     _require_writable(drv)
     snapshots = read_snapshots(drv)
     if len(snapshots) >= S.MAX_SNAPSHOTS:
-        raise QimgError("Too many snapshots")
+        raise QimgError("File too large")
     sid = snapshot_id or _next_id(snapshots)
     if _find(snapshots, sid, None) >= 0:
         raise QimgError("File exists")
@@ -302,7 +302,13 @@ def snapshot_create(drv: "Qcow2Format", name: str, *, snapshot_id: str | None = 
         drv.flush_caches()
         drv.write_table(l1_offset, l1)
     # one more reference to everything the active L1 reaches; COPIED cleared where shared
-    if _update_snapshot_refcount(drv, drv.l1, 1, is_active=True):
+    try:
+        changed = _update_snapshot_refcount(drv, drv.l1, 1, is_active=True)
+    except CorruptImage:
+        # refcount overflow (e.g. refcount_bits=1): qemu-img reports EINVAL, the L1 copy leaks
+        drv.flush_caches()
+        raise QimgError("Invalid argument") from None
+    if changed:
         drv.write_l1()
     drv.flush_caches()
     sn = Snapshot(l1_table_offset=l1_offset, l1_size=h.l1_size, id=sid, name=name,
