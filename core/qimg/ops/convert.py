@@ -19,6 +19,7 @@ from ..errors import QimgError
 from ..image import zero_fill
 from .copy import COPY, SKIP, Copier, Piece, parallel_safe
 from .copy import ZERO as ZERO_OP
+from .copy import copy_total as _copy_total
 
 if TYPE_CHECKING:
     from ..image import Image
@@ -177,6 +178,22 @@ def _create_target(filename: str, opts: ConvertOptions, size: int) -> None:
                         f"{e.strerror or e}") from None
 
 
+def _open_target(filename: str, opts: ConvertOptions) -> "Image":
+    """Open the target as qemu-img does, with its doubled ``Could not open`` for OS errors."""
+    import errno
+
+    import qimg
+
+    try:
+        return qimg.open(filename, opts.out_format, writable=True, options=dict(opts.target_open_options))
+    except QimgError as e:
+        prefix = f"Could not open '{filename}': "
+        msg = e.message
+        if msg.startswith(prefix) and msg[len(prefix):] in {os.strerror(n) for n in errno.errorcode}:
+            msg = prefix + msg
+        raise QimgError(msg, e.exit_code) from None
+
+
 def check_options(opts: ConvertOptions) -> None:
     """Combinations qemu-img refuses before touching any image."""
     from ..plugins import get_registry
@@ -200,7 +217,6 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             progress: Callable[[float, float], None] | None = None,
             warn: Callable[[str], None] | None = None) -> None:
     """Convert ``sources`` (open images, concatenated) into ``target_filename``."""
-    import qimg
 
     check_options(opts)
     if not 1 <= opts.workers <= MAX_WORKERS:
@@ -214,8 +230,7 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         if not opts.no_create:
             _create_target(target_filename, opts, total)
             created = True
-        target = qimg.open(target_filename, opts.out_format, writable=True,
-                           options=dict(opts.target_open_options))
+        target = _open_target(target_filename, opts)
         if opts.no_create and target.size < total:
             raise QimgError("output file is smaller than input file")
         if opts.compress and not target.driver.supports_compression:
@@ -226,12 +241,15 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         else:
             zero_init = (type(target.driver).zero_init and not has_backing
                          and not getattr(target.driver.file, "is_block", False))
+        copy_total = 0
+        if progress is not None:
+            copy_total = _copy_total(plan(sources, target_has_backing=has_backing, sparse=opts.sparse))
         copier = Copier(
             target, concat_reader(sources, opts.salvage, warn), zero_init=zero_init,
             granule=opts.sparse, workers=opts.workers, ordered=opts.ordered or opts.compress,
             compress=opts.compress, unmap=opts.sparse != 0,
             copy_range=_copy_range_fn(sources, target) if opts.copy_offload else None,
-            progress=(lambda done: progress(done, total)) if progress else None,
+            progress=(lambda done: progress(done, copy_total)) if progress else None,
             rate_limit=opts.rate_limit, serial_reads=not parallel_safe(*sources))
         copier.run(plan(sources, target_has_backing=has_backing, sparse=opts.sparse))
         if opts.bitmaps:

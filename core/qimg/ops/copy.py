@@ -110,6 +110,11 @@ def zero_runs(buf: bytearray, n: int, base: int, granule: int) -> list[tuple[int
     return out
 
 
+def copy_total(pieces: Iterable[Piece]) -> int:
+    """Bytes the COPY pieces cover: the 100% of a progress display."""
+    return sum(p.length for p in pieces if p.op == COPY)
+
+
 def coalesce(pieces: Iterable[Piece]) -> Iterator[Piece]:
     """Merge adjacent pieces of the same kind."""
     cur: Piece | None = None
@@ -149,8 +154,9 @@ class Copier:
                  workers: int = 8, ordered: bool = True, compress: bool = False,
                  unmap: bool = True, copy_range: Callable[[int, int], bool] | None = None,
                  progress: Callable[[int], None] | None = None,
-                 rate_limit: int = 0, serial_reads: bool = False) -> None:
+                 rate_limit: int = 0, serial_reads: bool = False, progress_all: bool = False) -> None:
         self.target = target
+        self.progress_all = progress_all
         if serial_reads:
             import threading
 
@@ -268,7 +274,9 @@ class Copier:
             self._pending_zero = None
             self.target.write_zeroes(pz[0], pz[1] - pz[0], unmap=self.unmap)
 
-    def _advance(self, n: int) -> None:
+    def _advance(self, n: int, copied: bool = True) -> None:
+        if not copied and not self.progress_all:
+            return  # progress counts copied bytes, as qemu-img counts allocated sectors
         self._done += n
         if self.progress is not None:
             self.progress(self._done)
@@ -308,7 +316,7 @@ class Copier:
 
     # -- driver ---------------------------------------------------------------------
     def run(self, pieces: Iterable[Piece]) -> int:
-        """Copy everything; return the number of bytes handled."""
+        """Copy everything; return the number of bytes read and written (COPY pieces)."""
         tasks = self._tasks(pieces)
         if self.workers == 1:
             for op, off, n in tasks:
@@ -323,9 +331,9 @@ class Copier:
             self._write(self._work(off, n))
         elif op == ZERO:
             self._zero(off, n)
-            self._advance(n)
+            self._advance(n, False)
         else:
-            self._advance(n)
+            self._advance(n, False)
 
     def _run_pool(self, tasks: Iterator[tuple[str, int, int]]) -> None:
         inflight: deque[Future[_Result] | tuple[str, int, int]] = deque()
