@@ -125,6 +125,9 @@ def open(  # noqa: A001 - the natural name for the public API
         driver.close()
         raise refuse_backing(filename, bname)
     if backing and bname:
+        if "\0" in bname:  # C strings end there; a driver must not hand such a name over
+            driver.close()
+            raise QimgError(f"Could not open '{filename}': Backing file name contains a NUL byte")
         full = resolve_backing_name(filename, bname) if backing_override is None else bname
         key = os.path.realpath(full) if get_registry().protocol_for(full) is None else full
         me = os.path.realpath(filename)

@@ -148,7 +148,10 @@ class Image:
         size = self.size
         if offset >= size:
             return Status(ZERO, max(length, 1))
-        return self.driver.block_status(offset, min(length, size - offset))
+        st = self.driver.block_status(offset, min(length, size - offset))
+        if st.length <= 0:  # a driver bug on hostile metadata must not make callers loop forever
+            raise QimgError(f"'{self.filename}': driver returned an empty block status run")
+        return st
 
     def chain_status(self, offset: int, length: int, base: "Image | None" = None) -> Status:
         """Status across the chain down to (not including) ``base``, with ``depth``.

@@ -118,6 +118,8 @@ class FileProtocol(Protocol):
             self.fd = os.open(path, flags, 0o644)
         except OSError as e:
             raise QimgError(f"Could not open '{filename}': {os_error_text(e)}") from None
+        except ValueError:  # a NUL byte in a name read from a hostile image
+            raise QimgError(f"Could not open '{filename}': {os.strerror(errno.EINVAL)}") from None
         st = os.fstat(self.fd)
         if stat.S_ISDIR(st.st_mode):
             os.close(self.fd)
@@ -159,7 +161,12 @@ class FileProtocol(Protocol):
             raise
 
     def pread(self, offset: int, length: int) -> bytes:
-        out = os.pread(self.fd, length, offset)
+        if length > (16 << 20):  # a length from a hostile image: never allocate past the end of file
+            length = max(0, min(length, self.size() - offset))
+        try:
+            out = os.pread(self.fd, length, offset)
+        except (OverflowError, ValueError):  # offsets/lengths beyond off_t (hostile metadata)
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL)) from None
         if len(out) == length or not out:
             return out
         parts = [out]
@@ -176,7 +183,10 @@ class FileProtocol(Protocol):
         got = 0
         total = len(buf)
         while got < total:
-            n = os.preadv(self.fd, [buf[got:]], offset + got)
+            try:
+                n = os.preadv(self.fd, [buf[got:]], offset + got)
+            except OverflowError:  # an offset beyond off_t (hostile metadata)
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL)) from None
             if n <= 0:
                 break
             got += n
@@ -185,7 +195,10 @@ class FileProtocol(Protocol):
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while len(view):
-            n = os.pwrite(self.fd, view, offset)
+            try:
+                n = os.pwrite(self.fd, view, offset)
+            except OverflowError:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL)) from None
             view = view[n:]
             offset += n
 
