@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..image import Image
 
 SECTOR = 512
+EOF = 0x20  # QEMU's BDRV_BLOCK_EOF
 _FLAGS = DATA | ZERO | OFFSET_VALID | ALLOCATED
 
 
@@ -60,7 +61,10 @@ def _status(img: "Image", offset: int, length: int, name: str) -> tuple[int, int
     flags = st.flags & _FLAGS
     if not flags & ALLOCATED and not flags & DATA:
         flags |= ZERO  # unallocated through the whole chain reads as zeroes
-    return flags, max(1, min(st.length, length))
+    n = max(1, min(st.length, length))
+    if offset + n >= img.size:
+        flags |= EOF  # QEMU's status of a run that reaches the end: strict mode compares it too
+    return flags, n
 
 
 def _read(img: "Image", offset: int, view: memoryview, name: str) -> None:
