@@ -345,3 +345,18 @@ def test_extended_l2_bitmap_damage(tmp_path, qemu_img, qemu_io, index, word, val
     res = assert_same_check(qemu_img, p, tmp_path)
     assert res.corruptions == 1
     assert_same_repair(qemu_img, p, tmp_path, "all")
+
+
+@pytest.mark.parametrize("opts", ["refcount_bits=1", "refcount_bits=64", "cluster_size=512",
+                                  "cluster_size=4k,refcount_bits=2"])
+def test_rebuild_refcount_structure(tmp_path, qemu_img, qemu_io, opts):
+    """A wiped refcount block: -r all rebuilds the structures where qemu-img puts them."""
+    p = tmp_path / "r.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", opts, str(p), "64M").returncode == 0
+    assert qemu_io("-c", "write -P 1 0 3M", "-c", "write -P 2 40M 5M", str(p)).returncode == 0
+    d = Damage(p)
+    d.wr(d.refblock(), bytes(1 << d.cluster_bits))
+    assert_same_check(qemu_img, p, tmp_path)
+    assert_same_repair(qemu_img, p, tmp_path, "leaks")  # qemu-img: "need to rebuild", check failed
+    res = assert_same_repair(qemu_img, p, tmp_path, "all")
+    assert res.messages[0] != "Rebuilding refcount structure" and "Rebuilding refcount structure" in res.messages
