@@ -7,7 +7,7 @@ import struct
 
 import pytest
 import qimg
-from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
+from oracle_helpers import info_json, qemu_map, qemu_raw, qimg_map, qimg_read_all
 from qimg.errors import QimgError
 
 MiB = 1 << 20
@@ -33,50 +33,6 @@ def vhd_norm(data: bytes) -> bytes:
     return bytes(d)
 
 
-def qemu_map(qemu_img, path: str) -> list[tuple]:
-    r = qemu_img("map", "--output=json", "-f", "vpc", path)
-    assert r.returncode == 0, r.stderr
-    return [(e["start"], e["length"], e["depth"], e["present"], e["zero"], e["data"], e.get("offset"))
-            for e in json.loads(r.stdout)]
-
-
-def qimg_map(path: str) -> list[tuple]:
-    """qimg's block status in qemu-img map's shape (adjacent runs merged as qemu-img does)."""
-    out: list[list] = []
-    with qimg.open(path, "vpc") as img:
-        for st in img.extents():
-            off = st.host_offset if st.flags & OFFSET_VALID else None
-            cur = [None, st.length, st.depth, bool(st.flags & ALLOCATED), bool(st.flags & ZERO),
-                   bool(st.flags & DATA), off]
-            if out:
-                p = out[-1]
-                same = p[2:6] == cur[2:6] and (p[6] is None) == (off is None)
-                if same and (off is None or p[6] + p[1] == off):
-                    p[1] += st.length
-                    continue
-            cur[0] = (out[-1][0] + out[-1][1]) if out else 0
-            out.append(cur)
-    return [tuple(e) for e in out]
-
-
-def qemu_raw(qemu_img, path: str, tmp_path) -> bytes:
-    raw = tmp_path / "converted.raw"
-    r = qemu_img("convert", "-f", "vpc", "-O", "raw", path, str(raw))
-    assert r.returncode == 0, r.stderr
-    return raw.read_bytes()
-
-
-def qimg_read_all(path: str) -> bytes:
-    with qimg.open(path, "vpc") as img:
-        return img.pread(0, img.size)
-
-
-def info_json(qemu_img, path: str) -> dict:
-    r = qemu_img("info", "--output=json", "-f", "vpc", path)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
 @pytest.mark.parametrize("subformat", ["dynamic", "fixed"])
 @pytest.mark.parametrize("force", ["off", "on"])
 @pytest.mark.parametrize("size", ["0", "1000", "3M", "10M", "1G", "127G", "130G", "2040G"])
@@ -97,7 +53,7 @@ def test_create_same_as_qemu(qemu_img, tmp_path, subformat, force, size):
             assert a.tell() == b.tell()
     if subformat == "fixed" and size == "0":
         return  # qemu-img cannot open a 0-byte fixed VHD (footer at 0 looks dynamic); see below
-    mi, ti = info_json(qemu_img, mine), info_json(qemu_img, theirs)
+    mi, ti = info_json(qemu_img, mine, "vpc"), info_json(qemu_img, theirs, "vpc")
     for k in ("filename",):
         mi.pop(k), ti.pop(k)
     assert mi == ti
@@ -156,8 +112,8 @@ def test_read_qemu_written(qemu_img, qemu_io, tmp_path, subformat):
         args += ["-c", f"write -P {pat} {off} {n}"]
     r = qemu_io("-f", "vpc", *args, path)
     assert r.returncode == 0, r.stderr
-    assert qimg_read_all(path) == qemu_raw(qemu_img, path, tmp_path)
-    assert qimg_map(path) == qemu_map(qemu_img, path)
+    assert qimg_read_all(path, "vpc") == qemu_raw(qemu_img, path, "vpc", tmp_path)
+    assert qimg_map(path, "vpc") == qemu_map(qemu_img, path, "vpc")
 
 
 @pytest.mark.parametrize("subformat", ["dynamic", "fixed"])
@@ -180,8 +136,8 @@ def test_qimg_writes_like_qemu(qemu_img, qemu_io, tmp_path, subformat):
         assert vhd_norm(a.read()) == vhd_norm(b.read())
     r = qemu_img("compare", "-f", "vpc", "-F", "raw", mine, str(ref))
     assert r.returncode == 0 and "Images are identical" in r.stdout, r.stdout + r.stderr
-    assert qimg_read_all(mine) == bytes(expect)
-    assert qimg_map(mine) == qemu_map(qemu_img, mine)
+    assert qimg_read_all(mine, "vpc") == bytes(expect)
+    assert qimg_map(mine, "vpc") == qemu_map(qemu_img, mine, "vpc")
 
 
 def test_write_zeroes_and_reopen(qemu_img, tmp_path):
@@ -194,9 +150,9 @@ def test_write_zeroes_and_reopen(qemu_img, tmp_path):
         size = img.size
     expect = b"\x77" * MiB + bytes(MiB) + b"\x77" * MiB
     expect += bytes(size - len(expect))
-    assert qemu_raw(qemu_img, path, tmp_path) == expect
-    assert qimg_read_all(path) == expect
-    assert qimg_map(path) == qemu_map(qemu_img, path)
+    assert qemu_raw(qemu_img, path, "vpc", tmp_path) == expect
+    assert qimg_read_all(path, "vpc") == expect
+    assert qimg_map(path, "vpc") == qemu_map(qemu_img, path, "vpc")
 
 
 def test_probe(tmp_path):
@@ -286,7 +242,7 @@ def test_damaged_images_like_qemu(qemu_img, tmp_path, case):
     else:
         assert r.returncode == 0, r.stderr
         assert img.size == json.loads(r.stdout)["virtual-size"]
-        assert data == qemu_raw(qemu_img, path, tmp_path)
+        assert data == qemu_raw(qemu_img, path, "vpc", tmp_path)
 
 
 def test_qimg_info_cli(qimg, qemu_img, tmp_path):
@@ -301,7 +257,7 @@ def test_qimg_info_cli(qimg, qemu_img, tmp_path):
         pytest.skip("qimg info is not available yet")
     assert r.returncode == 0, r.stderr
     mi = json.loads(r.stdout)
-    ti = info_json(qemu_img, theirs)
+    ti = info_json(qemu_img, theirs, "vpc")
     for k in ("filename", "actual-size"):
         mi.pop(k, None), ti.pop(k, None)
     assert mi == ti

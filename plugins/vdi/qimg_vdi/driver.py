@@ -1,0 +1,294 @@
+"""The vdi format: VirtualBox disk images, dynamic and static, 1 MiB blocks.
+
+Blocks are appended in the data area in allocation order (block ``n`` of the data area
+is at ``offset_data + n * block_size``; the header's ``blocks_allocated`` is the next free
+index). A new block is written whole (zeroes around the guest data), then the header count
+and the block map entry, as qemu-img does.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from array import array
+from typing import Any
+
+from qimg.api import open_protocol
+from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
+from qimg.driver import CheckResult, Format
+from qimg.errors import NotSupported, QimgError
+from qimg.image import zero_fill
+from qimg.options import BOOL, SIZE, Option
+from qimg.protocol import ZERO_CHUNK
+
+from .structs import HEADER_SIZE, SIGNATURE, TEXT, TYPE_DYNAMIC, TYPE_STATIC, VERSION_1_1, Header
+
+SECTOR = 512
+BLOCK_SIZE = 1 << 20
+#: entries >= this are not allocated (0xffffffff free, 0xfffffffe discarded): they read as zeroes
+FIRST_UNALLOCATED = 0xFFFFFFFE
+#: qemu-img's limits: the block map must stay below 2 GiB
+MAX_BLOCKS = 0x1FFFFF80
+MAX_DISK_SIZE = MAX_BLOCKS * BLOCK_SIZE
+#: block map entries we hold in memory at most (256 MiB, a 64 TiB disk)
+MAX_BMAP_ENTRIES = 1 << 26
+
+_UNALLOCATED_RUN = re.compile(rb"(?:[\xfe\xff]\xff\xff\xff)*")
+
+
+def _le_array(data: bytes) -> array:
+    a = array("I", data)
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a
+
+
+def _le_bytes(a: array) -> bytes:
+    if sys.byteorder == "big":
+        a = array("I", a)
+        a.byteswap()
+    return a.tobytes()
+
+
+class VdiFormat(Format):
+    format_name = "vdi"
+    create_opts = [
+        Option("size", SIZE, "Virtual disk size"),
+        Option("static", BOOL, "VDI static (pre-allocated) image"),
+    ]
+
+    # -- create -------------------------------------------------------------------
+    @classmethod
+    def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
+        disk_size = -(-size // SECTOR) * SECTOR
+        if disk_size > MAX_DISK_SIZE:
+            raise QimgError(f"Unsupported VDI image size (size is {disk_size:#x}, "
+                            f"max supported is {MAX_DISK_SIZE:#x})")
+        static = bool(opts.get("static"))
+        blocks = -(-disk_size // BLOCK_SIZE)
+        bmap_bytes = -(-blocks * 4 // SECTOR) * SECTOR
+        offset_data = HEADER_SIZE + bmap_bytes
+        no_geometry = dict(cylinders=0, heads=0, sectors=0, sector_size=0)
+        header = Header.build(dict(
+            text=TEXT.ljust(64, b"\0"),
+            signature=SIGNATURE,
+            version=VERSION_1_1,
+            header_size=0x180,
+            image_type=TYPE_STATIC if static else TYPE_DYNAMIC,
+            image_flags=0,
+            description=bytes(256),
+            offset_bmap=HEADER_SIZE,
+            offset_data=offset_data,
+            legacy_geometry=dict(no_geometry, sector_size=SECTOR),
+            unused=0,
+            disk_size=disk_size,
+            block_size=BLOCK_SIZE,
+            block_extra=0,
+            blocks_in_image=blocks,
+            blocks_allocated=blocks if static else 0,
+            uuid_image=uuid.uuid4().bytes,
+            uuid_last_snap=uuid.uuid4().bytes,
+            uuid_link=bytes(16),
+            uuid_parent=bytes(16),
+            lchs_geometry=no_geometry,
+        ))
+        file = open_protocol(filename, create=True, writable=True)
+        try:
+            file.truncate(0)
+            file.pwrite(0, header)
+            # the block map in bounded pieces (a 2 GiB map for the largest disks)
+            step = 1 << 18
+            for first in range(0, blocks, step):
+                n = min(step, blocks - first)
+                if static:
+                    piece = _le_bytes(array("I", range(first, first + n)))
+                else:
+                    piece = b"\xff\xff\xff\xff" * n
+                file.pwrite(HEADER_SIZE + first * 4, piece)
+            pad = bmap_bytes - blocks * 4
+            if pad:
+                file.pwrite(HEADER_SIZE + blocks * 4, bytes(pad))
+            if static:
+                file.truncate(offset_data + blocks * BLOCK_SIZE)
+        finally:
+            file.close()
+
+    # -- open -----------------------------------------------------------------------
+    def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
+        super().__init__(file, filename=filename, writable=writable, options=options)
+        raw = file.pread(0, HEADER_SIZE).ljust(HEADER_SIZE, b"\0")
+        h = Header.parse(raw)
+        # odd sizes (VBoxManage convertfromraw makes them) round up to a sector
+        disk_size = -(-h.disk_size // SECTOR) * SECTOR
+        if disk_size > MAX_DISK_SIZE:
+            raise QimgError(f"Unsupported VDI image size (size is {disk_size:#x}, "
+                            f"max supported is {MAX_DISK_SIZE:#x})")
+        if h.signature != SIGNATURE:
+            raise QimgError(f"Image not in VDI format (bad signature {h.signature:08x})")
+        if h.version != VERSION_1_1:
+            raise QimgError(f"unsupported VDI image (version {h.version >> 16}.{h.version & 0xFFFF})")
+        if h.offset_bmap % SECTOR:
+            raise QimgError(f"unsupported VDI image (unaligned block map offset {h.offset_bmap:#x})")
+        if h.offset_data % SECTOR:
+            raise QimgError(f"unsupported VDI image (unaligned data offset {h.offset_data:#x})")
+        if h.legacy_geometry.sector_size != SECTOR:
+            raise QimgError(f"unsupported VDI image (sector size {h.legacy_geometry.sector_size} is not {SECTOR})")
+        if h.block_size != BLOCK_SIZE:
+            raise QimgError(f"unsupported VDI image (block size {h.block_size} is not {BLOCK_SIZE})")
+        room = h.blocks_in_image * BLOCK_SIZE
+        if disk_size > room:
+            raise QimgError(f"unsupported VDI image (disk size {disk_size}, image bitmap has room for {room})")
+        if any(h.uuid_link):
+            raise QimgError("unsupported VDI image (non-NULL link UUID)")
+        if any(h.uuid_parent):
+            raise QimgError("unsupported VDI image (non-NULL parent UUID)")
+        if h.blocks_in_image > MAX_BLOCKS:
+            raise QimgError(f"unsupported VDI image (too many blocks {h.blocks_in_image}, max is {MAX_BLOCKS})")
+        # beyond qemu-img: bound memory by the file and a fixed cap
+        blocks = h.blocks_in_image
+        if blocks > MAX_BMAP_ENTRIES:
+            raise QimgError(f"unsupported VDI image (too many blocks {blocks}, qimg supports at most "
+                            f"{MAX_BMAP_ENTRIES})")
+        if h.offset_bmap + blocks * 4 > file.size():
+            raise QimgError("unsupported VDI image (block map extends past the end of the file)")
+        self.header = h
+        self.static = h.image_type == TYPE_STATIC
+        self._size = disk_size
+        self.offset_data = h.offset_data
+        self.bmap = _le_array(file.pread(h.offset_bmap, blocks * 4))
+        self.blocks_allocated = h.blocks_allocated
+        # the highest data-area index in use: allocation must not reuse it
+        self._top = max(filter(FIRST_UNALLOCATED.__gt__, self.bmap), default=-1)
+        self._block_buf: bytearray | None = None
+
+    # -- facts ----------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def cluster_size(self) -> int | None:
+        return BLOCK_SIZE
+
+    def info_extra(self) -> dict[str, Any]:
+        return {"cluster-size": BLOCK_SIZE}
+
+    # -- block status --------------------------------------------------------------------
+    def block_status(self, offset: int, length: int) -> Status:
+        idx, within = divmod(offset, BLOCK_SIZE)
+        last = -(-(offset + length) // BLOCK_SIZE)
+        entry = self.bmap[idx]
+        if entry >= FIRST_UNALLOCATED:
+            m = _UNALLOCATED_RUN.match(memoryview(self.bmap).cast("B"), idx * 4, last * 4)
+            run_end = (idx + (m.end() - idx * 4) // 4) * BLOCK_SIZE
+            # no backing file: unallocated blocks read as zeroes (qemu-img map says zero, present)
+            return Status(ZERO | ALLOCATED, min(length, run_end - offset))
+        # following blocks stored right after this one extend the run
+        nxt = idx + 1
+        while nxt < last and self.bmap[nxt] == entry + (nxt - idx):
+            nxt += 1
+        n = min(length, (nxt - idx) * BLOCK_SIZE - within)
+        host = self.offset_data + entry * BLOCK_SIZE + within
+        if not self.static:
+            return Status(DATA | ALLOCATED | OFFSET_VALID, n, host, self.file.filename)
+        # for static images qemu-img looks into the file: holes show as zero data
+        for start, k, is_data in self.file.data_extents(host, n):
+            flags = DATA | ALLOCATED | OFFSET_VALID | (0 if is_data else ZERO)
+            return Status(flags, k, start, self.file.filename)
+        return Status(DATA | ALLOCATED | OFFSET_VALID, n, host, self.file.filename)
+
+    # -- I/O ----------------------------------------------------------------------------
+    def _pieces(self, offset: int, length: int):
+        """(pos in request, block index, offset in block, length) for each block touched."""
+        pos = 0
+        while pos < length:
+            idx, within = divmod(offset + pos, BLOCK_SIZE)
+            k = min(length - pos, BLOCK_SIZE - within)
+            yield pos, idx, within, k
+            pos += k
+
+    def _host(self, entry: int, within: int) -> int:
+        return self.offset_data + entry * BLOCK_SIZE + within
+
+    def read(self, offset: int, buf: memoryview) -> None:
+        for pos, idx, within, k in self._pieces(offset, len(buf)):
+            view = buf[pos : pos + k]
+            entry = self.bmap[idx]
+            if entry >= FIRST_UNALLOCATED:
+                zero_fill(view)
+                continue
+            got = self.file.preadinto(self._host(entry, within), view)
+            if got < k:
+                zero_fill(view[got:])
+
+    def write(self, offset: int, data: memoryview) -> None:
+        for pos, idx, within, k in self._pieces(offset, len(data)):
+            chunk = data[pos : pos + k]
+            entry = self.bmap[idx]
+            if entry >= FIRST_UNALLOCATED:
+                self._allocate(idx, within, chunk)
+            else:
+                self.file.pwrite(self._host(entry, within), chunk)
+
+    def _allocate(self, idx: int, within: int, chunk: memoryview) -> None:
+        """Append a block: the whole block (zero padded), then the header count, then the map entry."""
+        entry = self.blocks_allocated
+        if entry >= self.header.blocks_in_image or entry <= self._top:
+            raise QimgError(f"'{self.filename}': the block map and the allocated block count disagree; "
+                            "cannot allocate (run 'qimg check')")
+        host = self._host(entry, 0)
+        if len(chunk) == BLOCK_SIZE:
+            self.file.pwrite(host, chunk)
+        else:
+            if self._block_buf is None:
+                self._block_buf = bytearray(BLOCK_SIZE)
+            buf = memoryview(self._block_buf)
+            zero_fill(buf)
+            buf[within : within + len(chunk)] = chunk
+            self.file.pwrite(host, buf)
+        self.blocks_allocated = entry + 1
+        self._top = entry
+        # blocks_allocated sits at byte 388 of the header
+        self.file.pwrite(388, self.blocks_allocated.to_bytes(4, "little"))
+        self.file.pwrite(self.header.offset_bmap + idx * 4, entry.to_bytes(4, "little"))
+        self.bmap[idx] = entry
+
+    def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
+        # unallocated blocks read as zeroes already; allocated ones get zero data written
+        for _pos, idx, within, k in self._pieces(offset, length):
+            entry = self.bmap[idx]
+            if entry >= FIRST_UNALLOCATED:
+                continue
+            host = self._host(entry, within)
+            done = 0
+            while done < k:
+                n = min(len(ZERO_CHUNK), k - done)
+                self.file.pwrite(host + done, memoryview(ZERO_CHUNK)[:n])
+                done += n
+
+    # -- check --------------------------------------------------------------------------
+    def check(self, fix: set[str]) -> CheckResult:
+        if fix:
+            raise NotSupported("This image format does not support checks", exit_code=63)
+        res = CheckResult(filename=self.filename, format=self.format_name)
+        blocks = self.header.blocks_in_image
+        owner = bytearray(blocks)  # 1 where a data-area block is already referenced
+        counted = 0
+        for block, entry in enumerate(self.bmap):
+            if entry >= FIRST_UNALLOCATED:
+                continue
+            if entry < blocks:
+                counted += 1
+                if owner[entry]:
+                    res.messages.append(f"ERROR: block index {entry} also used by {entry}")
+                    res.corruptions += 1
+                else:
+                    owner[entry] = 1
+            else:
+                res.messages.append(f"ERROR: block index {block} too large, is {entry}")
+                res.corruptions += 1
+        if counted != self.header.blocks_allocated:
+            res.messages.append(f"ERROR: allocated blocks mismatch, is {counted}, "
+                                f"should be {self.header.blocks_allocated}")
+            res.corruptions += 1
+        return res
