@@ -648,7 +648,10 @@ def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
         res.corruptions = 0
         res.leaks = 0
         stored = _StoredRefcounts(drv)
+        # references are counted again for the new structures, without repairing anything
+        c.fix = set()
         table, rebuild = c.calculate(res, stored, snapshots)
+        c.fix = fix
         fresh_leaks = 0
         if FIX_LEAKS in fix:
             saved = _copy(res)
