@@ -260,12 +260,14 @@ def _read_l1(drv: "Qcow2Format", offset: int, size: int) -> array:
 
 
 def _next_id(snapshots: list[Snapshot]) -> str:
+    """One more than the largest id, ids read as C's strtoul does (leading digits, else 0)."""
+    import re
+
     best = 0
     for sn in snapshots:
-        try:
-            best = max(best, int(sn.id))
-        except ValueError:
-            pass
+        m = re.match(r"\s*\+?(\d+)", sn.id)
+        if m:
+            best = max(best, int(m.group(1)))
     return str(best + 1)
 
 
