@@ -15,8 +15,9 @@ from, in order: the class's ``qimg_formats``, the module's ``qimg_formats``, the
 ``--qimg-format`` command-line option (repeatable), else all installed formats whose driver
 implements ``create``. The suite exercises the public API (``qimg.create``/``qimg.open``) the
 way the commands do: create, size, reads of a new image, writes and reads at unaligned offsets
-across cluster boundaries, block status covering the range, write_zeroes, reopening, probing,
-and ``qimg info`` (when the CLI is installed).
+across cluster boundaries, block status covering the range, write_zeroes, reopening, backing
+files (fall-through reads, copy-on-write) for formats that have them, probing, and ``qimg info``
+(when the CLI is installed).
 """
 from __future__ import annotations
 
@@ -78,14 +79,15 @@ def pattern(length: int, seed: int) -> bytes:
 
 @pytest.fixture
 def qimg_new_image(tmp_path: Any, qimg_format: str) -> Callable[..., str]:
-    """Factory: ``qimg_new_image(size=IMAGE_SIZE, options=None)`` creates an image, returns its path."""
+    """Factory: ``qimg_new_image(size=IMAGE_SIZE, options=None, **qimg_create_kwargs)`` creates an
+    image of the format under test and returns its path."""
     import qimg
 
     counter = iter(range(1 << 30))
 
-    def make(size: int = IMAGE_SIZE, options: dict[str, Any] | str | None = None) -> str:
+    def make(size: int = IMAGE_SIZE, options: dict[str, Any] | str | None = None, **create_kw: Any) -> str:
         path = str(tmp_path / f"conformance-{next(counter)}.{qimg_format}")
-        qimg.create(path, qimg_format, size, options)
+        qimg.create(path, qimg_format, size, options, **create_kw)
         return path
 
     return make
@@ -204,6 +206,38 @@ class FormatConformance:
                 assert img.pread(lo, hi - lo) == bytes(model[lo:hi]), f"write_zeroes({off}, {n}, unmap={unmap})"
         with qimg.open(path, qimg_format) as img:
             assert img.pread(0, size) == bytes(model), "data differs after reopening"
+
+    def test_backing_file(self, qimg_new_image: Callable[..., str], qimg_format: str) -> None:
+        """Formats with backing files: reads fall through, partial writes copy-on-write."""
+        import qimg
+        from qimg.plugins import get_registry
+
+        if not get_registry().format(qimg_format).load().supports_backing:
+            pytest.skip(f"format {qimg_format} has no backing files")
+        base = qimg_new_image()  # of the same format: some (vmdk) accept no other
+        model = bytearray(pattern(IMAGE_SIZE, 11))
+        with qimg.open(base, qimg_format, writable=True) as img:
+            img.pwrite(0, model)
+        path = qimg_new_image(backing_file=base, backing_fmt=qimg_format)
+        size = created_size(path, qimg_format)
+        with qimg.open(path, qimg_format, writable=True) as img:
+            assert img.backing is not None, "the backing image was not opened"
+            assert img.pread(0, IMAGE_SIZE) == bytes(model), "reads do not fall through to the backing file"
+            for i, (off, n) in enumerate(writes(IMAGE_SIZE)):
+                data = pattern(n, 20 + i)
+                img.pwrite(off, data)
+                model[off : off + n] = data
+            img.write_zeroes(300_000, 70_000)
+            model[300_000:370_000] = bytes(70_000)
+            assert img.pread(0, IMAGE_SIZE) == bytes(model), "copy-on-write lost backing data"
+            st = img.chain_status(IMAGE_SIZE // 2 + 12345, 1)
+            assert st.length == 1 and st.flags & 0x01, "unwritten ranges are not data of the backing file"
+        with qimg.open(path, qimg_format) as img:
+            assert img.pread(0, IMAGE_SIZE) == bytes(model), "data differs after reopening"
+            if size > IMAGE_SIZE:
+                assert img.pread(IMAGE_SIZE, size - IMAGE_SIZE) == bytes(size - IMAGE_SIZE)
+        with qimg.open(base, qimg_format) as img:
+            assert img.pread(0, IMAGE_SIZE) == pattern(IMAGE_SIZE, 11), "the backing file was modified"
 
     def test_read_only_refuses_writes(self, qimg_new_image: Callable[..., str], qimg_format: str) -> None:
         import qimg
