@@ -52,6 +52,10 @@ def parse_objects(objects: Iterable[str]) -> None:
     from qimg import secrets
 
     for text in objects:
+        if text in ("help", "?"):
+            # qimg knows one kind of user creatable object
+            sys.stdout.write("List of user creatable objects:\n  secret\n")
+            raise SystemExit(0)
         secrets.add_object(text)
 
 
@@ -127,8 +131,16 @@ def normalize_args(cmd: click.Command, args: list[str]) -> list[str]:
     from .getopt import GetoptError, getopt
 
     opts, tokens = _getopt_spec(cmd)
+    hook = getattr(cmd, "getopt_hook", None)
+    state: dict[str, Any] = {}
 
     def on_option(o: Any, value: str | None) -> None:
+        if hook is not None:
+            hook(o.key, value, state)
+        if o.key == "objects":
+            # qemu-img defines --object objects while parsing, before later usage errors
+            parse_objects([value or ""])
+            return
         if o.key == "__help__":
             from .app import print_help
 
@@ -149,6 +161,8 @@ def normalize_args(cmd: click.Command, args: list[str]) -> list[str]:
         usage_exit(str(e))
     out: list[str] = []
     for o, value in found:
+        if o.key == "objects":
+            continue  # already defined
         token, is_flag = tokens[o.key]
         out.append(token)
         if not is_flag:
@@ -163,14 +177,17 @@ class QemuCommand(click.Command):
 
     ``legacy_longs``: the long option names qemu-img 7.2 knew for this command, in its table
     order (others are 10.x additions, lower priority for abbreviations). ``glibc_errors``: usage
-    errors print glibc's message and the help, exit 0 (7.2's measure). ``size_last``: take the last argument
+    errors print glibc's message and the help, exit 0 (7.2's measure). ``getopt_hook(key,
+    value, state)`` runs for each option as it is parsed: qemu-img validates some values inside
+    its getopt loop, so their errors come before later usage errors. ``size_last``: take the last argument
     out before parsing (qemu-img resize does this so that ``-1G`` is not an option).
     """
 
     def __init__(self, *args: Any, legacy_longs: Iterable[str] | None = None, size_last: bool = False,
-                 glibc_errors: bool = False, **kwargs: Any) -> None:
+                 glibc_errors: bool = False, getopt_hook: Any = None, **kwargs: Any) -> None:
         kwargs.setdefault("add_help_option", False)
         super().__init__(*args, **kwargs)
+        self.getopt_hook = getopt_hook
         self.legacy_longs = list(legacy_longs) if legacy_longs is not None else None
         self.size_last = size_last
         self.glibc_errors = glibc_errors
@@ -182,6 +199,15 @@ class QemuCommand(click.Command):
                 usage_exit("Not enough arguments")
             args, extra = list(args[:-1]), [args[-1]]
         return super().parse_args(ctx, normalize_args(self, list(args)) + extra)
+
+
+def check_option_list(key: str, value: str | None, state: dict[str, Any]) -> None:
+    """getopt hook for ``-o``: qemu-img's ``Invalid option list`` while parsing."""
+    if key == "options":
+        from qimg.ops.create import valid_option_list
+
+        if not valid_option_list(value or ""):
+            error_exit(f"Invalid option list: {value}")
 
 
 def qemu_command(name: str, **kwargs: Any) -> Any:
@@ -230,8 +256,16 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
     if image_opts:
         if fmt:
             raise QimgError("--image-opts and --format are mutually exclusive")
-        from qimg.options import parse_dotted
+        from qimg.options import parse_dotted, split_options
 
+        pairs = split_options(filename)
+        if pairs and pairs[0][1] is None and pairs[0][0]:
+            pairs[0] = ("file", pairs[0][0])  # QEMU's implied first key
+        for key, value in pairs:
+            if key == "file" and value is not None:
+                raise QimgError(f"Could not open '{filename}': Cannot find device='{value}' nor node-name='{value}'")
+        if not any(k == "driver" or k == "file" or k.startswith("file.") for k, _ in pairs):
+            raise QimgError(f"Could not open '{filename}': Must specify either driver or file")
         parsed = parse_dotted(filename)
         fmt = parsed.pop("driver", None)
         fname = parsed.pop("file.filename", None) or parsed.pop("filename", None)
@@ -241,6 +275,8 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
         filename = fname
         opts.update(parsed)
     prefix = f"Could not open '{shown}': "
+    if force_share and writable:
+        raise QimgError(f"{prefix}force-share=on can only be used with read-only images")
     if fmt:
         from qimg.plugins import get_registry
 
@@ -269,7 +305,8 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
 class Progress:
     """qemu-img's progress line ``    (12.34/100%)\\r``; also printed once on SIGUSR1."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, initial: bool = True) -> None:
+        """``initial`` False: print nothing until the first update (qemu's amend)."""
         self.enabled = enabled
         self.current = 0.0
         self.last_printed = -1.0
@@ -277,8 +314,14 @@ class Progress:
             signal.signal(signal.SIGUSR1, self._on_signal)
         except (ValueError, OSError, AttributeError):
             pass
-        if enabled:
+        if enabled and initial:
             self._print()
+
+    def end(self) -> None:
+        """qemu_progress_end: only the final newline (after a failure, no 100%)."""
+        if self.enabled:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
 
     def _on_signal(self, *_: Any) -> None:
         self._print(force=True)

@@ -11,16 +11,26 @@ _secrets: dict[str, bytes] = {}
 
 def add_object(text: str) -> None:
     """Register an object definition; only ``secret`` objects are meaningful to qimg."""
-    pairs = dict(split_options(text))
+    import re
+
+    items = split_options(text)
+    if items and items[0][1] is None:  # QEMU's implied first key is qom-type
+        items[0] = ("qom-type", items[0][0])
+    for key, _ in items:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", key):
+            raise QimgError(f"Invalid parameter '{key}'")
+    pairs = dict(items)
     qom_type = pairs.pop("qom-type", None)
-    if qom_type is None and text.split(",", 1)[0] in ("secret",):
-        qom_type = text.split(",", 1)[0]
-        pairs.pop(qom_type, None)
+    if qom_type is None:
+        raise QimgError("Parameter 'qom-type' is missing")
     if qom_type != "secret":
-        raise QimgError(f"Invalid object type '{qom_type}'" if qom_type else "Parameter 'id' is missing")
+        raise QimgError(f"Parameter 'qom-type' does not accept value '{qom_type}'")
     ident = pairs.get("id")
     if not ident:
         raise QimgError("Parameter 'id' is missing")
+    for key in pairs:
+        if key not in ("id", "data", "file", "format", "keyid", "iv", "loaded"):
+            raise QimgError(f"Parameter '{key}' is unexpected")
     if ident in _secrets:
         raise QimgError(f"attempt to add duplicate property '{ident}' to object (type 'container')")
     if "data" in pairs and pairs["data"] is not None:
@@ -32,7 +42,7 @@ def add_object(text: str) -> None:
         except OSError as e:
             raise QimgError(f"Unable to read {pairs['file']}: {e.strerror}") from None
     else:
-        raise QimgError("Either 'data' or 'file' must be provided")
+        raise QimgError("Either 'file' or 'data' must be provided")
     if pairs.get("format") == "base64":
         try:
             value = base64.b64decode(value, validate=True)

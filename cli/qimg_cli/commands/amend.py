@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import click
 
-from ..common import qemu_command
+from ..common import check_option_list, qemu_command
 
 
-@qemu_command("amend", legacy_longs=("help", "object", "image-opts", "force"))
+@qemu_command("amend", legacy_longs=("help", "object", "image-opts", "force"), getopt_hook=check_option_list)
 @click.option("-o", "--options", "options", multiple=True)
 @click.option("-f", "--format", "fmt")
 @click.option("-t", "--cache", "cache")
@@ -42,12 +42,18 @@ def command(options, fmt, cache, progress, quiet, objects, image_opts, force, ar
         error_exit("Expecting one image file name")
     if cache is not None and cache not in ("none", "off", "writeback", "writethrough", "directsync", "unsafe"):
         error_exit(f"Invalid cache option: {cache}")
-    bar = Progress(progress)
+    bar = Progress(progress, initial=False)
     try:
         with open_image(args[0], fmt, image_opts=image_opts, writable=True) as img:
             if is_help_request(opts):
                 sys.stdout.write(ops_amend.help_text(img.format) + "\n")
                 return
+            from qimg.ops.amend import parse_amend_options, supports_amend
+
+            if supports_amend(type(img.driver)):
+                parse_amend_options(type(img.driver), opts)
+                bar.update(0, 1)  # as qemu-img, in case the driver reports no progress
             ops_amend.amend(img, opts, progress=bar.update, force=force)
+            bar.update(1, 1)
     finally:
-        bar.finish()
+        bar.end()

@@ -9,7 +9,25 @@ _ACTION_TOKENS = {"--add": "add", "--remove": "remove", "--clear": "clear", "--e
                   "--disable": "disable", "--merge": "merge"}
 
 
-@qemu_command("bitmap", legacy_longs=("help", "object", "image-opts", "add", "remove", "clear", "enable",
+def _in_loop(key: str, value, state: dict) -> None:
+    if key == "granularity":
+        _granularity(value or "")
+
+
+def _granularity(text: str) -> int:
+    from qimg.errors import QimgError
+
+    from ..common import image_size_arg
+    from ..main import PROG, error_exit
+
+    try:
+        return image_size_arg(text)
+    except QimgError:
+        error_exit("Invalid granularity specified. You may use k, M, G, T, P or E suffixes for\n"
+                   f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
+
+
+@qemu_command("bitmap", getopt_hook=_in_loop, legacy_longs=("help", "object", "image-opts", "add", "remove", "clear", "enable",
                                       "disable", "merge", "granularity", "source-file", "source-format"))
 @click.option("--add", "add", is_flag=True)
 @click.option("--remove", "remove", is_flag=True)
@@ -27,22 +45,13 @@ _ACTION_TOKENS = {"--add": "add", "--remove": "remove", "--clear": "clear", "--e
 @click.pass_context
 def command(ctx, add, remove, clear, enable, disable, merge, granularity, source_file, source_fmt, fmt,
             objects, image_opts, args) -> None:
-    from qimg.errors import QimgError
     from qimg.ops import bitmap as ops_bitmap
 
     from ..common import open_image, parse_objects
-    from ..main import PROG, error_exit
+    from ..main import error_exit
 
     actions: list[tuple[str, str | None]] = ctx.meta.get("qimg.bitmap.actions", [])
-    gran = None
-    if granularity is not None:
-        from ..common import image_size_arg
-
-        try:
-            gran = image_size_arg(granularity)
-        except QimgError:
-            error_exit("Invalid granularity specified. You may use k, M, G, T, P or E suffixes for\n"
-                       f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
+    gran = _granularity(granularity) if granularity is not None else None
     parse_objects(objects)
     if not actions:
         error_exit("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge")

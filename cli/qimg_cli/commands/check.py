@@ -6,8 +6,21 @@ import click
 from ..common import qemu_command
 
 
+def _in_loop(key: str, value, state: dict) -> None:
+    from qimg.errors import QimgError
+    from qimg.ops.check import parse_repair
+
+    from ..common import usage_exit
+
+    if key == "repair":
+        try:
+            parse_repair(value or "")
+        except QimgError as e:
+            usage_exit(e.message)
+
+
 @qemu_command("check", legacy_longs=("help", "format", "repair", "output", "object", "image-opts",
-                                     "force-share"))
+                                     "force-share"), getopt_hook=_in_loop)
 @click.option("-f", "--format", "fmt")
 @click.option("-r", "--repair", "repair")
 @click.option("--output", "output")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import click
 
-from ..common import qemu_command
+from ..common import check_option_list, qemu_command
 
 
-@qemu_command("create", legacy_longs=("help", "object"))
+@qemu_command("create", legacy_longs=("help", "object"), getopt_hook=check_option_list)
 @click.option("-f", "--format", "fmt")
 @click.option("-o", "--options", "options", multiple=True)
 @click.option("-b", "--backing", "backing")

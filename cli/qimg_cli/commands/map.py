@@ -6,7 +6,14 @@ import click
 from ..common import qemu_command
 
 
-@qemu_command("map", legacy_longs=("help", "format", "output", "object", "image-opts", "force-share",
+def _in_loop(key: str, value, state: dict) -> None:
+    if key == "start_offset":
+        _offset_arg("start offset", value or "")
+    elif key == "max_length":
+        _offset_arg("max length", value or "")
+
+
+@qemu_command("map", getopt_hook=_in_loop, legacy_longs=("help", "format", "output", "object", "image-opts", "force-share",
                                    "start-offset", "max-length"))
 @click.option("-f", "--format", "fmt")
 @click.option("--output", "output")

@@ -6,8 +6,28 @@ import click
 from ..common import qemu_command
 
 
+def _in_loop(key: str, value, state: dict) -> None:
+    from ..common import check_option_list, check_output_format, image_size_arg
+
+    if key == "options":
+        check_option_list(key, value, state)
+    elif key == "output":
+        check_output_format(value)
+    elif key == "size":
+        image_size_arg(value or "")
+    elif key == "snapshot":
+        from qimg.errors import QimgError
+
+        try:
+            _snapshot_param(value or "")
+        except QimgError as e:
+            from ..main import PROG
+
+            raise QimgError(f"{e.message}\n{PROG}: Failed in parsing snapshot param '{value}'") from None
+
+
 @qemu_command("measure", legacy_longs=("help", "image-opts", "object", "output", "size", "force-share"),
-              glibc_errors=True)
+              glibc_errors=True, getopt_hook=_in_loop)
 @click.option("-f", "--format", "fmt")
 @click.option("-O", "--target-format", "out_fmt")
 @click.option("-o", "--options", "options", multiple=True)
@@ -64,16 +84,26 @@ def command(fmt, out_fmt, options, snapshot, force_share, objects, image_opts, o
         sys.stdout.write(ops_measure.format_human(info))
 
 
-def _load_snapshot(img, param: str) -> None:
-    from qimg.driver import Format
+def _snapshot_param(param: str) -> tuple[str | None, str | None]:
+    """``-l``: ``snapshot.id=ID,snapshot.name=NAME`` or a bare ID_OR_NAME."""
     from qimg.errors import QimgError
     from qimg.options import split_options
 
-    if param.startswith("snapshot."):
-        d = {k: v for k, v in split_options(param)}
-        sid, name = d.get("snapshot.id"), d.get("snapshot.name")
-    else:
-        sid, name = None, param
+    if not param.startswith("snapshot."):
+        return None, param
+    d: dict[str, str | None] = {}
+    for k, v in split_options(param):
+        if k not in ("snapshot.id", "snapshot.name"):
+            raise QimgError(f"Invalid parameter '{k}'")
+        d[k] = v
+    return d.get("snapshot.id"), d.get("snapshot.name")
+
+
+def _load_snapshot(img, param: str) -> None:
+    from qimg.driver import Format
+    from qimg.errors import QimgError
+
+    sid, name = _snapshot_param(param)
     drv = img.driver
     if type(drv).snapshot_load_readonly is Format.snapshot_load_readonly:
         raise QimgError(f"Failed to load snapshot: Block format '{img.format}' used by device '' does not "

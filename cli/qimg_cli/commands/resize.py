@@ -7,7 +7,14 @@ import click
 from ..common import qemu_command
 
 
-@qemu_command("resize", size_last=True,
+def _in_loop(key: str, value, state: dict) -> None:
+    if key == "preallocation":
+        from qimg.ops.resize import check_preallocation
+
+        check_preallocation(value or "")
+
+
+@qemu_command("resize", size_last=True, getopt_hook=_in_loop,
               legacy_longs=("help", "object", "image-opts", "preallocation", "shrink"))
 @click.option("-f", "--format", "fmt")
 @click.option("-q", "--quiet", "quiet", is_flag=True)

@@ -6,7 +6,16 @@ import click
 from ..common import qemu_command
 
 
-@qemu_command("snapshot", legacy_longs=("help", "object", "image-opts", "force-share"))
+def _one_action(key: str, value, state: dict) -> None:
+    if key in ("list_", "apply_", "create", "delete"):
+        if state.get("action"):
+            from ..common import usage_exit
+
+            usage_exit("Cannot mix '-l', '-a', '-c', '-d'")
+        state["action"] = key
+
+
+@qemu_command("snapshot", legacy_longs=("help", "object", "image-opts", "force-share"), getopt_hook=_one_action)
 @click.option("-l", "--list", "list_", is_flag=True)
 @click.option("-a", "--apply", "apply_")
 @click.option("-c", "--create", "create")
@@ -17,24 +26,17 @@ from ..common import qemu_command
 @click.option("--object", "objects", multiple=True)
 @click.option("--image-opts", "image_opts", is_flag=True)
 @click.argument("args", nargs=-1)
-@click.pass_context
-def command(ctx, list_, apply_, create, delete, quiet, force_share, fmt, objects, image_opts, args) -> None:
+def command(list_, apply_, create, delete, quiet, force_share, fmt, objects, image_opts, args) -> None:
     import sys
 
-    from qimg.errors import QimgError
     from qimg.ops import snapshot as ops_snapshot
 
     from ..common import open_image, parse_objects, usage_exit
 
-    actions = ctx.meta.get("qimg.snapshot.actions", 0)
-    if actions > 1:
-        usage_exit("Cannot mix '-l', '-a', '-c', '-d'")
     if len(args) != 1:
         usage_exit("Expecting one image file name")
     parse_objects(objects)
     writable = not list_
-    if force_share and writable:
-        raise QimgError(f"Could not open '{args[0]}': force-share=on can only be used with read-only images")
     with open_image(args[0], fmt, image_opts=image_opts, writable=writable, force_share=force_share) as img:
         if list_:
             sys.stdout.write(ops_snapshot.format_list(ops_snapshot.list_snapshots(img)))
@@ -45,27 +47,3 @@ def command(ctx, list_, apply_, create, delete, quiet, force_share, fmt, objects
         elif delete is not None:
             ops_snapshot.delete_snapshot(img, delete)
     del quiet
-
-
-def _count_actions(cmd: click.Command) -> None:
-    """Count -l/-a/-c/-d occurrences while parsing (qemu-img refuses a second one, even a
-    repeated ``-l``)."""
-    original = cmd.parse_args
-
-    def parse_args(ctx: click.Context, args: list[str]) -> list[str]:
-        from ..common import normalize_args
-
-        tokens = normalize_args(cmd, list(args))
-        n = 0
-        for t in tokens:
-            if t == "--":
-                break
-            if t in ("-l", "-a", "-c", "-d"):
-                n += 1
-        ctx.meta["qimg.snapshot.actions"] = n
-        return original(ctx, args)
-
-    cmd.parse_args = parse_args  # type: ignore[method-assign]
-
-
-_count_actions(command)
