@@ -1,0 +1,120 @@
+"""VHDX on-disk structures (Microsoft "VHDX Format Specification" v1.00); little-endian.
+
+Checksums are CRC-32C over the whole structure with the checksum field zeroed
+(:func:`crc_with_zero_field`); GUIDs are kept as their 16 on-disk bytes (``uuid.bytes_le``).
+"""
+import uuid
+
+import crc32c
+from construct import Bytes, Int16ul, Int32ul, Int64ul, Struct
+
+KiB, MiB = 1 << 10, 1 << 20
+FILE_SIGNATURE = b"vhdxfile"
+HEADER1_OFFSET, HEADER2_OFFSET = 64 * KiB, 128 * KiB
+REGION1_OFFSET, REGION2_OFFSET = 192 * KiB, 256 * KiB
+HEADER_SIZE = 4 * KiB
+REGION_TABLE_SIZE = 64 * KiB
+HEADER_SECTION_END = 1 * MiB
+METADATA_TABLE_SIZE = 64 * KiB
+LOG_SECTOR = 4 * KiB
+
+
+def guid(text: str) -> bytes:
+    return uuid.UUID(text).bytes_le
+
+
+BAT_GUID = guid("2DC27766-F623-4200-9D64-115E9BFD4A08")
+METADATA_GUID = guid("8B7CA206-4790-4B9A-B8FE-575F050F886E")
+FILE_PARAMETERS_GUID = guid("CAA16737-FA36-4D43-B3B6-33F0AA44E76B")
+VIRTUAL_DISK_SIZE_GUID = guid("2FA54224-CD1B-4876-B211-5DBED83BF4B8")
+PAGE83_GUID = guid("BECA12AB-B2E6-4523-93EF-C309E000C746")
+LOGICAL_SECTOR_GUID = guid("8141BF1D-A96F-4709-BA47-F233A8FAAB5F")
+PHYSICAL_SECTOR_GUID = guid("CDA348C7-445D-4471-9CC9-E9885251C556")
+PARENT_LOCATOR_GUID = guid("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C")
+ZERO_GUID = bytes(16)
+
+# metadata entry flags
+META_IS_USER, META_IS_VIRTUAL_DISK, META_IS_REQUIRED = 1, 2, 4
+# file parameters flags
+FP_LEAVE_BLOCKS_ALLOCATED, FP_HAS_PARENT = 1, 2
+
+# BAT entry states (low 3 bits); the file offset in MiB is in bits 20..63
+PAYLOAD_NOT_PRESENT, PAYLOAD_UNDEFINED, PAYLOAD_ZERO, PAYLOAD_UNMAPPED = 0, 1, 2, 3
+PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT = 6, 7
+SB_PRESENT = 6
+BAT_STATE_MASK = 7
+BAT_OFFSET_SHIFT = 20
+
+FileIdentifier = Struct("signature" / Bytes(8), "creator" / Bytes(512))
+
+Header = Struct(
+    "signature" / Bytes(4),  # "head"
+    "checksum" / Int32ul,
+    "sequence_number" / Int64ul,
+    "file_write_guid" / Bytes(16),
+    "data_write_guid" / Bytes(16),
+    "log_guid" / Bytes(16),
+    "log_version" / Int16ul,
+    "version" / Int16ul,
+    "log_length" / Int32ul,
+    "log_offset" / Int64ul,
+    "reserved" / Bytes(4016),
+)
+
+RegionTableHeader = Struct(
+    "signature" / Bytes(4),  # "regi"
+    "checksum" / Int32ul,
+    "entry_count" / Int32ul,
+    "reserved" / Int32ul,
+)
+RegionEntry = Struct(
+    "guid" / Bytes(16),
+    "file_offset" / Int64ul,
+    "length" / Int32ul,
+    "required" / Int32ul,
+)
+
+MetadataTableHeader = Struct(
+    "signature" / Bytes(8),  # "metadata"
+    "reserved" / Int16ul,
+    "entry_count" / Int16ul,
+    "reserved2" / Bytes(20),
+)
+MetadataEntry = Struct(
+    "item_id" / Bytes(16),
+    "offset" / Int32ul,
+    "length" / Int32ul,
+    "flags" / Int32ul,
+    "reserved" / Int32ul,
+)
+FileParameters = Struct("block_size" / Int32ul, "flags" / Int32ul)
+
+LogEntryHeader = Struct(
+    "signature" / Bytes(4),  # "loge"
+    "checksum" / Int32ul,
+    "entry_length" / Int32ul,
+    "tail" / Int32ul,
+    "sequence_number" / Int64ul,
+    "descriptor_count" / Int32ul,
+    "reserved" / Int32ul,
+    "log_guid" / Bytes(16),
+    "flushed_file_offset" / Int64ul,
+    "last_file_offset" / Int64ul,
+)
+# "desc": trailing bytes, leading bytes; "zero": reserved, zero length
+LogDescriptor = Struct(
+    "signature" / Bytes(4),
+    "trailing_bytes" / Int32ul,
+    "leading_bytes" / Int64ul,
+    "file_offset" / Int64ul,
+    "sequence_number" / Int64ul,
+)
+LOG_DESCRIPTOR_SIZE = 32
+LOG_HEADER_SIZE = 64
+
+
+def crc_with_zero_field(data: bytes, field_offset: int = 4) -> int:
+    """CRC-32C of ``data`` with its 4-byte checksum field taken as zero."""
+    c = crc32c.crc32c(data[:field_offset])
+    c = crc32c.crc32c(b"\0\0\0\0", c)
+    return crc32c.crc32c(data[field_offset + 4 :], c)
