@@ -1015,7 +1015,11 @@ class Qcow2Format(RefcountMixin, Format):
         except ImportError:
             check_image = None
         if check_image is not None:
-            check_image(self, {"leaks", "errors"})
+            import sys
+
+            # QEMU's repair on open prints the check's lines on stderr
+            for line in check_image(self, {"leaks", "errors"}).messages:
+                sys.stderr.write(line + "\n")
         else:
             from .rebuild import rebuild_refcounts
 
