@@ -360,3 +360,19 @@ def test_rebuild_refcount_structure(tmp_path, qemu_img, qemu_io, opts):
     assert_same_repair(qemu_img, p, tmp_path, "leaks")  # qemu-img: "need to rebuild", check failed
     res = assert_same_repair(qemu_img, p, tmp_path, "all")
     assert res.messages[0] != "Rebuilding refcount structure" and "Rebuilding refcount structure" in res.messages
+
+
+def test_dirty_image_repaired_on_open_like_qemu(base, qemu_io, tmp_path, capfd):
+    d = Damage(base)
+    d.setq(72, 1)  # dirty bit (lazy refcounts after a crash)
+    d.setref(7, 0)
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    shutil.copy(base, a)
+    shutil.copy(base, b)
+    r = qemu_io("-c", "read 0 512", str(a))
+    assert r.returncode == 0
+    capfd.readouterr()
+    with qimg.open(str(b), "qcow2", writable=True):
+        pass
+    assert capfd.readouterr().err == r.stderr
+    assert a.read_bytes() == b.read_bytes()
