@@ -1,0 +1,140 @@
+"""Hostile images (tests/hostile.py) through the qimg CLI, judged against qemu-img.
+
+For every installed format, every case and every command (info, check, map, convert -O raw,
+compare), run in a forked child under a memory rlimit and a timeout:
+
+* no Python traceback and no ``internal error`` (an exception other than QimgError escaped);
+* a failure prints ``qimg: ...`` (one line, or a few qemu-img-like lines);
+* qimg succeeds only where qemu-img succeeds (it may refuse more: reported, not failed);
+  ``check`` may not call clean an image qemu-img calls corrupt;
+* bounded time and memory (the timeout and rlimit; hitting either fails the case).
+
+New drivers are covered as soon as they are registered (the generic cases).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from qimg.plugins import get_registry
+
+sys.path.insert(0, os.path.dirname(__file__))
+import hostile  # noqa: E402
+
+COMMANDS = ["info", "check", "map", "convert", "compare"]
+FORMATS = get_registry().format_names()
+_corpus: dict[str, list[hostile.Hostile]] = {}
+
+
+def have_command(name: str) -> bool:
+    return importlib.util.find_spec(f"qimg_cli.commands.{name}") is not None
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    def get(fmt: str) -> list[hostile.Hostile]:
+        if fmt not in _corpus:
+            _corpus[fmt] = hostile.build(fmt, tmp_path_factory.mktemp(f"hostile-{fmt}"))
+        return _corpus[fmt]
+
+    return get
+
+
+QEMU_TIMEOUT = 10.0
+
+
+def _qemu(case: hostile.Hostile, args: list[str]) -> tuple[int, bool, str]:
+    """qemu-img's exit code on the same invocation, whether it hung, and its stderr."""
+    if case.qemu_hangs and args[0] != "info":
+        return -9, True, ""
+    try:
+        p = subprocess.run([hostile.QEMU_IMG, *args], capture_output=True, timeout=QEMU_TIMEOUT)
+        return p.returncode, False, p.stderr.decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        return -9, True, ""
+
+
+def judge(case: hostile.Hostile, res: hostile.Result, qemu_rc: int, qemu_timeout: bool,
+          qemu_stderr: str = "") -> list[str]:
+    """Problems with one qimg run (empty: fine)."""
+    cmd = f"qimg {' '.join(res.args)}  [{case.name}: {case.note}]"
+    problems = []
+    if res.timed_out:
+        problems.append(f"{cmd}: timed out after {res.elapsed:.1f}s (qemu-img rc={qemu_rc}, hangs={qemu_timeout})")
+        return problems
+    if "Traceback" in res.stderr or "internal error" in res.stderr:
+        problems.append(f"{cmd}: uncaught exception:\n{res.stderr.strip()[-1500:]}")
+        return problems
+    if res.rc < 0 or res.rc == 99:
+        problems.append(f"{cmd}: died (rc={res.rc}) {res.stderr.strip()[-500:]}")
+        return problems
+    lines = res.stderr.splitlines()
+    qlines = qemu_stderr.splitlines()
+    qemu_says = any(ln.startswith("qemu-img: ") for ln in qlines)
+    if res.rc == 1 and (qemu_says or qemu_rc == 0) and not any(ln.startswith("qimg: ") for ln in lines):
+        problems.append(f"{cmd}: exit 1 without a 'qimg: ...' message: {res.stderr!r}")
+    # one error line, or as many lines as qemu-img prints (check lists what it finds on stderr)
+    errors = [ln for ln in lines if ln.startswith("qimg: ") and "warning" not in ln.lower()]
+    qerrors = [ln for ln in qlines if ln.startswith("qemu-img: ") and "warning" not in ln.lower()]
+    if len(errors) > max(1, len(qerrors)) or len(lines) > max(6, len(qlines) + 3):
+        problems.append(f"{cmd}: stderr is not one error line (qemu-img: {len(qlines)} lines): {res.stderr[-600:]!r}")
+    if res.rc == 0 and qemu_rc != 0 and not qemu_timeout:
+        problems.append(f"{cmd}: succeeded where qemu-img fails (rc={qemu_rc}); stdout {res.stdout[:300]!r}")
+    return problems
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_hostile_images(corpus, tmp_path, fmt, command):
+    if not have_command(command):
+        pytest.skip(f"qimg {command} is not implemented yet")
+    cases = corpus(fmt)
+    assert cases, f"no hostile cases for {fmt}"
+    jobs, owners = [], []
+    for case in cases:
+        for args in hostile.commands_for(case, tmp_path):
+            if args[0] == command:
+                jobs.append(args)
+                owners.append(case)
+    with ThreadPoolExecutor(4) as pool:
+        qimg_results = pool.submit(hostile.run_batch, jobs)
+        qemu_results = list(pool.map(_qemu, owners, jobs))
+        results = qimg_results.result()
+    problems: list[str] = []
+    stricter: list[str] = []
+    for case, res, (qrc, qto, qerr) in zip(owners, results, qemu_results, strict=True):
+        problems += judge(case, res, qrc, qto, qerr)
+        if qrc == 0 and res.rc != 0:
+            stricter.append(f"{case.name}: qimg {' '.join(res.args[:-1])}: {res.stderr.strip()[:200]}")
+            if case.name.endswith("-valid"):
+                problems.append(f"{case.name}: the valid control image fails: {res.stderr.strip()}")
+    if stricter:
+        print(f"\n{len(stricter)} cases qimg refuses but qemu-img accepts:\n  " + "\n  ".join(stricter))
+    assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems)
+
+
+def test_runner_enforces_limits(tmp_path):
+    """The sandbox itself: the memory cap and the timeout apply to the forked child."""
+    img = tmp_path / "x.raw"
+    img.write_bytes(bytes(8 << 20))
+    job = ["convert", "-f", "raw", "-O", "raw", str(img), str(tmp_path / "y.raw")]
+    ok = hostile.run_batch([job])[0]
+    starved = hostile.run_batch([job], mem=32 << 20, timeout=5)[0]
+    slow = hostile.run_batch([job], timeout=0.0)[0]
+    assert (ok.rc, ok.timed_out, ok.stderr) == (0, False, "")
+    assert starved.rc != 0  # killed or MemoryError: either way the cap held
+    assert slow.timed_out and slow.rc != 0
+
+
+def test_hostile_generator_covers_every_format(tmp_path):
+    """Every registered format gets the generic cases, including a zero-length file."""
+    for fmt in FORMATS:
+        names = [c.name for c in hostile.generic_cases(fmt, tmp_path)]
+        assert f"{fmt}-empty" in names and f"{fmt}-random-4k" in names
+        for c in hostile.generic_cases(fmt, tmp_path):
+            assert Path(c.path).exists()
