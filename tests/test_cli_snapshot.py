@@ -77,6 +77,7 @@ def _node_name(text: str) -> str:
     ["--clear", "-g", "64k", "-f", "raw", "a.raw", "b"], ["--merge", "x", "-b", "a.raw", "-F", "raw", "a.raw", "b"],
     ["-b", "a.raw", "--add", "a.raw", "b"], ["--add", "-F", "raw", "-f", "raw", "a.raw", "b0"],
     ["--remove", "--add", "-f", "raw", "a.raw", "b"], ["--add", "-f", "raw", "a.raw", ""],
+    ["--object", "secret,id=s0,data=x", "--remove", "-f", "raw", "a.raw", "b"],
 ])
 def test_bitmap_raw(tmp_path, args):
     (tmp_path / "qimg").mkdir()
@@ -87,6 +88,18 @@ def test_bitmap_raw(tmp_path, args):
     theirs = run_qemu("bitmap", *args, cwd=tmp_path / "qemu")
     assert (mine.returncode, mine.stdout) == (theirs.returncode, theirs.stdout)
     assert _node_name(mine.stderr.replace("qimg:", "qemu-img:")) == _node_name(theirs.stderr)
+
+
+@pytest.mark.parametrize("args", [["--add", "-g", "64k", "q.qcow2", "b1"], ["--add", "--disable", "q.qcow2", "b1"],
+                                  ["--add", "--merge", "nope", "q.qcow2", "b1"], ["--remove", "q.qcow2", "b1"],
+                                  ["--add", "--clear", "--enable", "q.qcow2", "b1"]])
+def test_bitmap_qcow2(tmp_path, args):
+    if "qcow2" not in formats_available():
+        pytest.skip("qcow2 plugin not installed")
+    compare_in_copies(_setup, tmp_path, "bitmap", *args)
+    a, b = (run_qemu("info", "q.qcow2", cwd=tmp_path / d).stdout for d in ("qimg", "qemu"))
+    strip = lambda t: re.sub(r"disk size: .*", "", re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "", t))  # noqa: E731
+    assert strip(a) == strip(b)
 
 
 def test_bitmap_library_defaults():

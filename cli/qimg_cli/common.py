@@ -122,7 +122,7 @@ def _getopt_spec(cmd: click.Command) -> tuple[list[Any], dict[str, Any]]:
     return opts, tokens
 
 
-def normalize_args(cmd: click.Command, args: list[str]) -> list[str]:
+def normalize_args(cmd: click.Command, args: list[str], state: dict[str, Any] | None = None) -> list[str]:
     """Parse ``args`` as qemu-img would for ``cmd`` and return canonical click tokens.
 
     Usage errors exit with qemu-img's text; ``-h``/``--help`` prints the full help and exits 0
@@ -132,7 +132,8 @@ def normalize_args(cmd: click.Command, args: list[str]) -> list[str]:
 
     opts, tokens = _getopt_spec(cmd)
     hook = getattr(cmd, "getopt_hook", None)
-    state: dict[str, Any] = {}
+    if state is None:
+        state = {}
 
     def on_option(o: Any, value: str | None) -> None:
         if hook is not None:
@@ -198,7 +199,10 @@ class QemuCommand(click.Command):
             if len(args) < 2:
                 usage_exit("Not enough arguments")
             args, extra = list(args[:-1]), [args[-1]]
-        return super().parse_args(ctx, normalize_args(self, list(args)) + extra)
+        state: dict[str, Any] = {}
+        tokens = normalize_args(self, list(args), state)
+        ctx.meta["qimg.getopt_state"] = state  # what getopt_hook recorded, for the callback
+        return super().parse_args(ctx, tokens + extra)
 
 
 def check_option_list(key: str, value: str | None, state: dict[str, Any]) -> None:

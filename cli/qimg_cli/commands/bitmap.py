@@ -5,13 +5,15 @@ import click
 
 from ..common import qemu_command
 
-_ACTION_TOKENS = {"--add": "add", "--remove": "remove", "--clear": "clear", "--enable": "enable",
-                  "--disable": "disable", "--merge": "merge"}
+_ACTIONS = {"add", "remove", "clear", "enable", "disable", "merge"}
 
 
 def _in_loop(key: str, value, state: dict) -> None:
     if key == "granularity":
         _granularity(value or "")
+    elif key in _ACTIONS:
+        # kept in command-line order (click would group them by option)
+        state.setdefault("actions", []).append((key, value))
 
 
 def _granularity(text: str) -> int:
@@ -50,7 +52,7 @@ def command(ctx, add, remove, clear, enable, disable, merge, granularity, source
     from ..common import open_image, parse_objects
     from ..main import error_exit
 
-    actions: list[tuple[str, str | None]] = ctx.meta.get("qimg.bitmap.actions", [])
+    actions: list[tuple[str, str | None]] = ctx.meta.get("qimg.getopt_state", {}).get("actions", [])
     gran = _granularity(granularity) if granularity is not None else None
     parse_objects(objects)
     if not actions:
@@ -74,33 +76,3 @@ def command(ctx, add, remove, clear, enable, disable, merge, granularity, source
         finally:
             if src is not None:
                 src.close()
-
-
-def _record_actions(cmd: click.Command) -> None:
-    """Keep the actions in command-line order (click would group them by option)."""
-    original = cmd.parse_args
-
-    def parse_args(ctx: click.Context, args: list[str]) -> list[str]:
-        from ..common import normalize_args
-
-        tokens = normalize_args(cmd, list(args))
-        acts: list[tuple[str, str | None]] = []
-        i = 0
-        while i < len(tokens) and tokens[i] != "--":
-            t = tokens[i]
-            if t == "--merge":
-                acts.append(("merge", tokens[i + 1]))
-                i += 2
-                continue
-            if t in _ACTION_TOKENS:
-                acts.append((_ACTION_TOKENS[t], None))
-            elif t in ("-g", "-b", "-F", "-f", "--object"):
-                i += 1  # skip the value
-            i += 1
-        ctx.meta["qimg.bitmap.actions"] = acts
-        return original(ctx, args)
-
-    cmd.parse_args = parse_args  # type: ignore[method-assign]
-
-
-_record_actions(command)
