@@ -46,7 +46,9 @@ def image_info(img: "Image", backing_chain: bool = False) -> dict[str, Any]:
 
     drv = img.driver
     extra = dict(drv.info_extra() or {})
-    d: dict[str, Any] = {"filename": img.filename, "format": img.format}
+    # QEMU shows the file protocol's name without its "file:" prefix
+    shown = img.filename[5:] if img.filename.startswith("file:") else img.filename
+    d: dict[str, Any] = {"filename": shown, "format": img.format}
     d["dirty-flag"] = bool(extra.pop("dirty-flag", False))
     actual = drv.allocated_file_size()
     if actual is not None and actual >= 0:
