@@ -257,3 +257,22 @@ def test_measure_bitmaps_size(img, qemu_img, qimg, args):
         want.stdout = want.stdout.splitlines()[-1]
         got.stdout = got.stdout.splitlines()[-1]
     assert (got.returncode, as_qemu(got.stdout), as_qemu(got.stderr)) == (want.returncode, want.stdout, want.stderr)
+
+
+@pytest.mark.parametrize("case", ["v2", "long_name", "huge_granularity"])
+def test_cli_add_errors_like_qemu(tmp_path, qemu_img, qimg, case):
+    import re
+
+    from conftest import as_qemu
+
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    opts = ["-o", "compat=0.10"] if case == "v2" else []
+    for p in (a, b):
+        assert qemu_img("create", "-q", "-f", "qcow2", *opts, str(p), "1M").returncode == 0
+    args = {"v2": ["x"], "long_name": ["n" * 1024], "huge_granularity": ["-g", "4G", "x"]}[case]
+    want = qemu_img("bitmap", "--add", *args[:-1], str(a), args[-1])
+    got = qimg("bitmap", "--add", *args[:-1], str(b), args[-1])
+    node = re.compile(r"#block\d+")  # QEMU's generated node name
+    assert got.returncode == want.returncode == 1
+    assert node.sub("#block", as_qemu(got.stderr)) == node.sub("#block", want.stderr)
+    assert qimg_bitmaps(b) == []

@@ -28,8 +28,7 @@ def apply(img: "Image", action: str, name: str, *, granularity: int | None = Non
             check_granularity(granularity)
             if not name:
                 raise QimgError("Bitmap name cannot be empty")
-            if len(name) > 1023:
-                raise QimgError("Bitmap name too long")
+            # a name over 1023 bytes is refused by the format driver, with its own message
             drv.bitmap_add(name, granularity)
         elif action == "merge":
             drv.bitmap_merge(name, source if source is not None else img, source_name or "")

@@ -58,6 +58,8 @@ MAX_GRANULARITY_BITS = 31
 TABLE_ENTRY_OFFSET_MASK = 0x00FFFFFFFFFFFE00
 TABLE_ENTRY_RESERVED_MASK = 0xFF000000000001FE
 TABLE_ENTRY_ALL_ONES = 1
+#: stands for QEMU's generated block node number in messages that name the node
+NODE_NUMBER = 100
 #: bitmap data held in memory at once (a merge/copy of bigger bitmaps is refused)
 MAX_DATA_BYTES = 1 << 30
 
@@ -317,18 +319,23 @@ def default_granularity(drv: "Qcow2Format") -> int:
 
 
 def bitmap_add(drv: "Qcow2Format", name: str, granularity: int | None = None, disabled: bool = False) -> None:
-    st = _writable_state(drv)
     gran = default_granularity(drv) if granularity is None else granularity
-    if gran < 512 or gran & (gran - 1):
+    # qemu-img takes the granularity as 32 bits: 4 GiB and more wrap to invalid values
+    if gran < 512 or gran & (gran - 1) or gran > 1 << MAX_GRANULARITY_BITS:
         raise QimgError("Granularity must be power of 2 and at least 512")
-    if gran > 1 << MAX_GRANULARITY_BITS:
-        raise QimgError(f"Granularity exceeds maximum ({1 << MAX_GRANULARITY_BITS} bytes)")
+    if not drv.writable:
+        raise QimgError("Device is not writable")
+    # QEMU names the block node in these messages; its node names are generated ('#block<N>')
+    where = f"Can't make bitmap '{name}' persistent in '#block{NODE_NUMBER}'"
+    if drv.header.version < 3:
+        raise QimgError(f"{where}: Cannot store dirty bitmaps in qcow2 v2 files")
+    st = _writable_state(drv)
     if _find(st.bitmaps, name) >= 0:
         raise QimgError(f"Bitmap already exists: {name}")
     if len(name.encode()) > MAX_NAME_SIZE:
-        raise QimgError(f"Can't store bitmap '{name}' into '{drv.filename}': Bitmap name is too long")
+        raise QimgError(f"{where}: Name length exceeds maximum ({MAX_NAME_SIZE} characters)")
     if len(st.bitmaps) >= MAX_BITMAPS:
-        raise QimgError(f"Can't store bitmap '{name}' into '{drv.filename}': Maximum number of persistent bitmaps is already reached")
+        raise QimgError(f"{where}: Maximum number of persistent bitmaps is already reached")
     bm = Bitmap(name=name, table_offset=0, table_size=0, flags=0 if disabled else FLAG_AUTO,
                 granularity_bits=gran.bit_length() - 1)
     _write_data(drv, bm, None)
