@@ -105,3 +105,16 @@ def test_report_texts():
     assert format_human(CheckResult()) == "No errors were found on the image.\n"
     assert "    1 leaked clusters\n    0 corruptions\n" in repaired_text(CheckResult(leaks_fixed=1))
     assert format_human(CheckResult(check_errors=2)).startswith("\n2 internal errors have occurred")
+
+
+@pytest.mark.parametrize("args", [["-r", "all", "bad.qcow2"], ["-r", "all", "leak.qcow2"], ["-r", "leaks", "bad.qcow2"],
+                                  ["-r", "all", "--output=json", "bad.qcow2"], ["-q", "-r", "all", "bad.qcow2"]])
+def test_qcow2_repairs(qcow2s, tmp_path, args):
+    from cli_support import compare_in_copies
+
+    def setup(folder):
+        for name in ("bad.qcow2", "leak.qcow2"):
+            shutil.copy(qcow2s / name, folder / name)
+
+    (tmp_path / "copies").mkdir()
+    compare_in_copies(setup, tmp_path / "copies", "check", *args)
