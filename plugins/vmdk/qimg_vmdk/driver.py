@@ -376,8 +376,12 @@ class VmdkFormat(Format):
                 ext.write(rel, None, n, cow)
 
     def write_compressed(self, offset: int, data: memoryview) -> None:
-        self._touch()
         ext, start = self._extent_at(offset)
+        if not (isinstance(ext, SparseExtent) and ext.compressed):
+            # as qemu-img: extents that store no compressed grains take a plain write
+            self.write(offset, data)
+            return
+        self._touch()
         ext.write_compressed(offset - start, data)
 
     def _touch(self) -> None:
@@ -400,6 +404,9 @@ class VmdkFormat(Format):
         self.desc = dsc.parse(text)
 
     def flush(self) -> None:
+        for ext in self.extents:
+            if isinstance(ext, SparseExtent) and ext.pending:
+                ext.flush()
         for f in self._own:
             f.flush()
         self.file.flush()

@@ -33,7 +33,9 @@ from .structs import (
 
 CowRead = Callable[[int, memoryview], None]  # (extent-relative offset, buffer)
 
-UNALLOC, ZEROES, PLAIN, COMPRESSED = 0, 1, 2, 3
+UNALLOC, ZEROES, PLAIN, COMPRESSED, PENDING = 0, 1, 2, 3, 4
+#: partly written grains of a stream-optimized extent kept in memory until complete
+MAX_PENDING = 32
 GT_CACHE = 256
 #: QEMU's limits: at most 512 entries per grain table, grains of at most 128 MiB
 MAX_GTES = 512
@@ -211,6 +213,8 @@ class SparseExtent(Extent):
         self.end = (self.file_size + SECTOR - 1) // SECTOR * SECTOR
         self._grain_cache: tuple[int, bytes] | None = None
         self.dirty = False
+        # stream-optimized grains written in part: grain index -> (data, written-bytes mask)
+        self.pending: OrderedDict[int, tuple[bytearray, bytearray]] = OrderedDict()
 
     # -- metadata -------------------------------------------------------------------------
     def _footer(self, file, h):
@@ -286,6 +290,12 @@ class SparseExtent(Extent):
                 j += 1
         length = min(n, (j - k) * g - off % g)
         host = first * SECTOR + off % g if kind == PLAIN else 0
+        if kind == UNALLOC and self.pending:
+            if gi in self.pending:
+                return PENDING, 0, min(length, g - off % g)
+            later = [p for p in self.pending if gi < p and p * g < off + length]
+            if later:
+                length = min(later) * g - off
         return kind, host, length
 
     def status(self, off, n):
@@ -299,7 +309,7 @@ class SparseExtent(Extent):
             return 0, k, None
         if kind == ZEROES:
             return ZERO | ALLOCATED, k, None
-        if kind == COMPRESSED:
+        if kind in (COMPRESSED, PENDING):
             return DATA | ALLOCATED, k, None
         return DATA | ALLOCATED | OFFSET_VALID, k, host
 
@@ -315,6 +325,9 @@ class SparseExtent(Extent):
                     zero_fill(part[got:])
             elif kind == COMPRESSED:
                 self._read_compressed(off + pos, part)
+            elif kind == PENDING:
+                gi, within = divmod(off + pos, self.grain)
+                part[:] = self.pending[gi][0][within : within + k]
             elif kind == ZEROES:
                 zero_fill(part)
             else:
@@ -414,7 +427,7 @@ class SparseExtent(Extent):
             if self.compressed:
                 if kind != UNALLOC:
                     raise QimgError("Could not write to allocated cluster for streamOptimized")
-                self._write_compressed_run(g0 + j, g0 + m, a, b, piece, new, j)
+                self._write_compressed_run(g0 + j, g0 + m, a, b, piece, new, j, cow)
             elif kind == PLAIN:
                 host = ents[j] * SECTOR + a - (g0 + j) * g
                 if piece is None:
@@ -428,6 +441,8 @@ class SparseExtent(Extent):
             j = m
         if new != ents:
             self._store(gti, k0, new)
+        if self.pending:
+            self._finalize_pending(g0, g1)
 
     def _alloc_run(self, c0: int, c1: int, a: int, piece: memoryview, kind: int, new: array, j: int,
                    cow: CowRead) -> None:
@@ -472,14 +487,44 @@ class SparseExtent(Extent):
         return z0 * g - off, z1 * g
 
     def _write_compressed_run(self, c0: int, c1: int, a: int, b: int, piece: memoryview | None, new: array,
-                              j: int) -> None:
+                              j: int, cow: CowRead) -> None:
+        """Whole grains are compressed at once; partial ones wait in memory until complete
+        (or until the writer moves past them, or flush)."""
         g = self.grain
         for c in range(c0, c1):
             s, e = c * g, min((c + 1) * g, self.capacity)
-            if a > s or b < e:
-                raise QimgError("Invalid argument: stream-optimized images take whole grains only")
-            chunk = bytes(e - s) if piece is None else piece[s - a : e - a]
-            new[j + c - c0] = self._append_compressed(c, chunk)
+            lo, hi = max(a, s), min(b, e)
+            chunk = bytes(hi - lo) if piece is None else piece[lo - a : hi - a]
+            if lo == s and hi == e and c not in self.pending:
+                new[j + c - c0] = self._append_compressed(c, chunk)
+                continue
+            slot = self.pending.get(c)
+            if slot is None:
+                buf = bytearray(e - s)
+                cow(s, memoryview(buf))
+                slot = self.pending[c] = (buf, bytearray(e - s))
+            buf, mask = slot
+            buf[lo - s : hi - s] = chunk
+            mask[lo - s : hi - s] = b"\1" * (hi - lo)
+            if mask.count(0) == 0:
+                del self.pending[c]
+                new[j + c - c0] = self._append_compressed(c, buf)
+
+    def _finalize_pending(self, g0: int = 0, g1: int = 0, everything: bool = False) -> None:
+        """Write out pending grains before ``g0`` (a sequential writer is past them), the
+        oldest ones beyond the cap, or all of them."""
+        for c in list(self.pending):
+            if g0 <= c < g1 and not everything:
+                continue
+            if everything or c < g0 or len(self.pending) > MAX_PENDING:
+                buf, _ = self.pending.pop(c)
+                gti, k = divmod(c, self.gtes)
+                self._store(gti, k, array("I", [self._append_compressed(c, buf)]))
+
+    def flush(self) -> None:
+        if self.pending:
+            self._finalize_pending(everything=True)
+        self.file.flush()
 
     def _append_compressed(self, gi: int, chunk: bytes | memoryview) -> int:
         g = self.grain
@@ -497,8 +542,6 @@ class SparseExtent(Extent):
         return host // SECTOR
 
     def write_compressed(self, off, data):
-        if not self.compressed:
-            raise NotSupported("Compression is not supported for this image format")
         if self.gd_at_end:
             raise QimgError("Cannot write to a stream-optimized image with the grain directory at its end")
         g = self.grain
@@ -509,9 +552,11 @@ class SparseExtent(Extent):
         gt = self._gt(gti)
         if gt is None:
             raise QimgError("Could not write: the grain table is not allocated")
-        if gt[k] != 0:
+        if gt[k] != 0 or gi in self.pending:
             raise QimgError("Could not write to allocated cluster for streamOptimized")
         self._store(gti, k, array("I", [self._append_compressed(gi, data)]))
+        if self.pending:
+            self._finalize_pending(gi, gi + 1)
 
     def check(self) -> tuple[int, list[str]]:
         """Grain offsets past the end of the file are corruptions (as qemu-img check)."""
