@@ -120,8 +120,6 @@ def run(argv: list[str]) -> None:
         raise QimgError("--target-is-zero requires use of -n flag")
     if tgt_image_opts and not opts.no_create:
         raise QimgError("--target-image-opts requires use of -n flag")
-    if opts.copy_offload:
-        opts.sparse = 0
     files = g.positionals
     out_filename = files[-1] if len(files) >= 2 else None
     options = merge_o(o_values)
@@ -140,6 +138,7 @@ def run(argv: list[str]) -> None:
     check_cache(src_cache, source=True)
     check_cache(cache)
     opts.create_options = options or None
+    opts.cache = cache or "unsafe"
     if tgt_image_opts:
         if opts.out_format is not None:
             raise QimgError("--image-opts and --format are mutually exclusive")

@@ -48,6 +48,7 @@ class ConvertOptions:
     bitmaps: bool = False                       # --bitmaps
     skip_broken_bitmaps: bool = False           # --skip-broken-bitmaps
     target_open_options: dict[str, Any] = field(default_factory=dict)  # --target-image-opts
+    cache: str = "unsafe"                       # -t (convert's default: no syncing)
 
 
 def concat_reader(sources: list["Image"], salvage: bool = False,
@@ -246,7 +247,7 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             copy_total = _copy_total(plan(sources, target_has_backing=has_backing, sparse=opts.sparse))
         copier = Copier(
             target, concat_reader(sources, opts.salvage, warn), zero_init=zero_init,
-            granule=opts.sparse, workers=opts.workers, ordered=opts.ordered or opts.compress,
+            granule=0 if opts.copy_offload else opts.sparse, workers=opts.workers, ordered=opts.ordered or opts.compress,
             compress=opts.compress, unmap=opts.sparse != 0,
             copy_range=_copy_range_fn(sources, target) if opts.copy_offload else None,
             progress=(lambda done: progress(done, copy_total)) if progress else None,
@@ -254,7 +255,8 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         copier.run(plan(sources, target_has_backing=has_backing, sparse=opts.sparse))
         if opts.bitmaps:
             _copy_bitmaps(sources[0], target, opts.skip_broken_bitmaps, warn)
-        target.flush()
+        if opts.cache != "unsafe":
+            target.flush()  # qemu-img convert's default cache mode (unsafe) never syncs
         target.close()
         target = None
     except BaseException:
