@@ -175,7 +175,9 @@ class _Checker:
         if l1_size == 0:
             return
         self.inc(res, table, l1_offset, l1_size * 8)
-        l1 = _be_u64_array(self.read(l1_offset, l1_size * 8))
+        # entries past the end of the file read as zero (unallocated): only read what exists
+        present = max(0, min(l1_size * 8, self.file_len - l1_offset)) & ~7
+        l1 = _be_u64_array(self.read(l1_offset, present))
         for e in l1:
             if not e:
                 continue
@@ -193,7 +195,8 @@ class _Checker:
             self.check_l2(res, table, l2_offset, flags, active, [0])
 
     def _load_l2(self, l2_offset: int) -> tuple[array, array | None]:
-        raw = _be_u64_array(self.read(l2_offset, self.cluster_size))
+        present = max(0, min(self.cluster_size, self.file_len - l2_offset)) & ~15
+        raw = _be_u64_array(self.read(l2_offset, present))
         if self.extended_l2:
             return raw[0::2], raw[1::2]
         return raw, None
