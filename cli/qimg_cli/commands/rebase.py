@@ -54,12 +54,12 @@ def run(argv: list[str]) -> None:
     check_cache(src_cache, source=True)
     bar = Progress(progress)
     try:
-        img = open_image(filename, fmt, image_opts=image_opts, writable=True,
-                         force_share=force_share, backing=not unsafe)
+        # -U shares the backing files only: the image itself is written
+        img = open_image(filename, fmt, image_opts=image_opts, writable=True, backing=not unsafe)
         try:
             from qimg.ops.rebase import rebase
 
-            rebase(img, backing, backing_fmt, unsafe=unsafe,
+            rebase(img, backing, backing_fmt, unsafe=unsafe, force_share=force_share,
                    progress=bar.update if progress else None)
         finally:
             img.close()

@@ -120,7 +120,7 @@ def _first_diff_from(a: bytearray, b: bytearray, start: int, end: int) -> int:
 
 
 def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe: bool = False,
-           progress: Callable[[float, float], None] | None = None) -> None:
+           force_share: bool = False, progress: Callable[[float, float], None] | None = None) -> None:
     """Rebase ``img`` (open writable; with its old chain unless ``unsafe``) onto ``backing``
     (None or "" = no backing file)."""
     from ..plugins import get_registry
@@ -134,7 +134,7 @@ def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe
     if name is not None and backing_fmt is None:
         raise QimgError(f"Could not change the backing file to '{name}': backing format must be specified")
     if not unsafe:
-        new = open_new_backing(img, name, backing_fmt) if name is not None else None
+        new = open_new_backing(img, name, backing_fmt, force_share) if name is not None else None
         try:
             copy_differences(img, img.backing, new, progress)
         finally:
