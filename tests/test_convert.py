@@ -82,6 +82,9 @@ ERROR_CASES = [
     ["-O", "raw", "-o", "preallocation=full,help"],
     ["-O", "qcow2", "-o", "foo=bar", "src.raw", "x.qcow2"],
     ["-O", "qcow2", "-B", "src.raw", "src.raw", "x.qcow2"],
+    ["-O", "qcow2", "-o", "backing_file=src.raw", "src.raw", "x.qcow2"],
+    ["-O", "qcow2", "-o", "cluster_size=3", "src.raw", "x.qcow2"],
+    ["-n", "-B", "src.raw", "-O", "qcow2", "src.raw", "small.raw"],
 ]
 
 

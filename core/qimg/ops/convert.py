@@ -210,7 +210,13 @@ def check_options(opts: ConvertOptions) -> None:
         raise QimgError(f"Backing file not supported for file format '{opts.out_format}'")
     if opts.backing_format is not None and not cls.supports_backing:
         raise QimgError(f"Backing file format not supported for file format '{opts.out_format}'")
-    if opts.backing_file is not None and opts.backing_format is None:
+    from ..options import split_options
+
+    co = opts.create_options
+    given = dict(split_options(co)) if isinstance(co, str) else dict(co or {})
+    has_file = opts.backing_file is not None or bool(given.get("backing_file"))
+    has_fmt = opts.backing_format is not None or bool(given.get("backing_fmt"))
+    if has_file and not has_fmt:
         raise QimgError("Use of backing file requires explicit backing format")
 
 
