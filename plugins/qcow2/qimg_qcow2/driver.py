@@ -875,7 +875,30 @@ class Qcow2Format(RefcountMixin, Format):
             data = memoryview(buf)
         from .compress import compress
 
-        out = compress(data, self.header.compression_type)
+        self.write_compressed_cluster(offset, (data, compress(data, self.header.compression_type)))
+
+    def compress_cluster(self, data: memoryview) -> tuple[memoryview, bytes]:
+        """Compress one cluster without touching the image (thread-safe: convert -c runs
+        it in pool threads); hand the result to :meth:`write_compressed_cluster`."""
+        from .compress import compress
+
+        cs = self._cs
+        if len(data) != cs:
+            buf = bytearray(cs)
+            buf[: len(data)] = data
+            data = memoryview(buf)
+        return data, compress(data, self.header.compression_type)
+
+    def write_compressed_cluster(self, offset: int, prepared: tuple[memoryview, bytes]) -> None:
+        """Store a cluster prepared by :meth:`compress_cluster` (same checks as write_compressed)."""
+        self._check_io_writable()
+        cs = self._cs
+        data, out = prepared
+        if self.data_file is not None:
+            raise QimgError("Compression is not supported with external data files")
+        if offset & (cs - 1):
+            raise QimgError("Compressed writes must be cluster aligned")
+        self._bitmaps_dirty(offset, min(cs, self.header.size - offset))
         if len(out) >= cs:
             self.write(offset, data[: min(cs, self.header.size - offset)])
             return
