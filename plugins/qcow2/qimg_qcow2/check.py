@@ -38,6 +38,8 @@ FIX_LEAKS = "leaks"
 FIX_ERRORS = "errors"
 
 CHECK_FRAG_INFO = 2
+#: most host clusters a check keeps expected refcounts for (memory cap against hostile offsets)
+MAX_CHECK_CLUSTERS = 1 << 25
 REFT_RESERVED_MASK = 0x1FF
 # extended L2: the two halves of the subcluster bitmap
 L2_BITMAP_ALL_ALLOC = 0xFFFFFFFF
@@ -314,10 +316,13 @@ class _Checker:
                 res.corruptions += 1
                 if FIX_ERRORS not in self.fix:
                     self.say(f"ERROR refcount block {i} is outside image")
-                    rebuild = True
                     continue
                 # grow the file so that the block lies inside it; its refcount is then rebuilt
                 self.say(f"Repairing refcount block {i} is outside image")
+                if (offset + self.cluster_size) >> self.cluster_bits > MAX_CHECK_CLUSTERS:
+                    # the in-memory refcount array would be too big (qemu-img: ENOMEM)
+                    res.check_errors += 1
+                    raise CheckFailed("Cannot allocate memory", self.msgs)
                 try:
                     self.file.truncate(offset + self.cluster_size)
                 except OSError as exc:
@@ -344,6 +349,9 @@ class _Checker:
     def calculate(self, res: CheckResult, stored: _StoredRefcounts, snapshots: list) -> tuple[list[int], bool]:
         h = self.h
         nb_clusters = -(-self.file_len // self.cluster_size)
+        if nb_clusters > MAX_CHECK_CLUSTERS:
+            res.check_errors += 1
+            raise CheckFailed("File too large", self.msgs)
         table = [0] * nb_clusters
         self.inc(res, table, 0, self.cluster_size)
         self.check_l1(res, table, h.l1_table_offset, h.l1_size, CHECK_FRAG_INFO, True)
