@@ -76,32 +76,43 @@ class RefcountMixin:
         return self._rb_get(self.refblock_cache.get(off), ci & (self.refblock_entries - 1))
 
     def _refblock_for(self: "Qcow2Format", ci: int) -> tuple[int, bytearray]:
-        """The (offset, block) holding cluster ``ci``'s refcount, allocating it if missing."""
+        """The (offset, block) holding cluster ``ci``'s refcount, allocating it if missing.
+
+        A new block goes to the first free cluster (describing itself when it falls in its own
+        range); a full reftable is replaced by a bigger one at the end of the covered area, as
+        QEMU lays it out. ``self._eagain`` tells allocators to search again.
+        """
         ti = ci >> self.rb_bits
-        if ti >= len(self.refcount_table):
-            self._grow_reftable(ti + 1)
-        off = self.refcount_table[ti] & REFT_OFFSET_MASK
+        off = self.refcount_table[ti] & REFT_OFFSET_MASK if ti < len(self.refcount_table) else 0
         if off:
             if off & (self.cluster_size - 1):
                 raise CorruptImage(f"Refblock offset {off:#x} unaligned (reftable index: {ti:#x})")
             return off, self.refblock_cache.get(off)
-        # a new refcount block: at the first free cluster that is not ci itself
-        nb = self._find_free(1, max(self.free_cluster_index, 0))
+        nb = self._find_free(1)
         if nb == ci:
             nb = self._find_free(1, ci + 1)
-        blk = bytearray(self.cluster_size)
+        self.free_cluster_index = nb + 1
         noff = nb << self.cluster_bits
         if (nb >> self.rb_bits) == ti:
-            # the block describes itself
+            blk = bytearray(self.cluster_size)
             self._rb_set(blk, nb & (self.refblock_entries - 1), 1)
-        self.refblock_cache.put(noff, blk, dirty=True)
-        if (nb >> self.rb_bits) != ti:
+        else:
             self._set_refcount(nb, self.get_refcount(nb) + 1)
-        self.free_cluster_index = max(self.free_cluster_index, nb + 1) if nb >= self.free_cluster_index else self.free_cluster_index
+            blk = bytearray(self.cluster_size)
+        self.refblock_cache.put(noff, blk, dirty=True)
         self.refblock_cache.flush()
-        self.refcount_table[ti] = noff
-        self._reftable_entry_write(ti)
-        return noff, blk
+        if ti < len(self.refcount_table):
+            self.refcount_table[ti] = noff
+            self._reftable_entry_write(ti)
+            return noff, blk
+        from .resize import refcount_area
+
+        self._eagain = True
+        # the area starts after every block needed so far, the new one (and its cluster) included
+        used = -(-max(ci + 1, nb + 1) // self.refblock_entries)
+        refcount_area(self, (used * self.refblock_entries) << self.cluster_bits, 0, exact=False,
+                      new_index=ti, new_block=noff)
+        return noff, self.refblock_cache.get(noff)
 
     def _set_refcount(self: "Qcow2Format", ci: int, v: int) -> None:
         if v < 0 or v > self.max_refcount:
@@ -168,12 +179,25 @@ class RefcountMixin:
 
     def alloc_clusters(self: "Qcow2Format", n: int) -> int:
         """Allocate ``n`` contiguous clusters (refcount 1) and return the host offset."""
-        start = self._find_free(n)
-        if start == self.free_cluster_index:
+        while True:
+            start = self._find_free(n)
             self.free_cluster_index = start + n
-        for ci in range(start, start + n):
-            self._set_refcount(ci, 1)
-        return start << self.cluster_bits
+            done = start
+            retry = False
+            for ci in range(start, start + n):
+                self._eagain = False
+                self._refblock_for(ci)
+                if not self._eagain:
+                    self._set_refcount(ci, self.get_refcount(ci) + 1)
+                    done = ci + 1
+                else:
+                    # new refcount metadata may sit where we meant to go: undo and search again
+                    for cj in range(start, done):
+                        self._set_refcount(cj, self.get_refcount(cj) - 1)
+                    retry = True
+                    break
+            if not retry:
+                return start << self.cluster_bits
 
     def alloc_bytes(self: "Qcow2Format", size: int) -> int:
         """Byte-granular allocation for compressed clusters (packed one after another)."""
@@ -199,35 +223,3 @@ class RefcountMixin:
     def free_clusters(self: "Qcow2Format", offset: int, length: int) -> None:
         self.update_refcount(offset, length, -1)
 
-    # -- refcount table growth -----------------------------------------------------------
-    def _grow_reftable(self: "Qcow2Format", min_entries: int) -> None:
-        cs = self.cluster_size
-        per_cluster = cs // 8
-        old_off = self.header.refcount_table_offset
-        old_clusters = self.header.refcount_table_clusters
-        want = max(min_entries, len(self.refcount_table))
-        want = want + (want + 1) // 2
-        while True:
-            n_cl = (want + per_cluster - 1) // per_cluster
-            if n_cl * cs > 8 << 20:
-                raise QimgError("Reference count table too large (File too large)")
-            start = self._find_free(n_cl)
-            need = ((start + n_cl + 2) >> self.rb_bits) + 1
-            if need <= n_cl * per_cluster:
-                break
-            want = need + need // 2
-        new = array("Q", self.refcount_table)
-        new.extend(array("Q", bytes(8 * (n_cl * per_cluster - len(new)))))
-        self.refcount_table = new
-        self._reftable_pending = True
-        self.free_cluster_index = max(self.free_cluster_index, start + n_cl)
-        for ci in range(start, start + n_cl):
-            self._set_refcount(ci, 1)
-        self.refblock_cache.flush()
-        self.write_table(start << self.cluster_bits, new)
-        self.header.refcount_table_offset = start << self.cluster_bits
-        self.header.refcount_table_clusters = n_cl
-        self.file.pwrite(48, struct.pack(">QI", self.header.refcount_table_offset, n_cl))
-        self._reftable_pending = False
-        if old_off:
-            self.update_refcount(old_off, old_clusters * cs, -1)

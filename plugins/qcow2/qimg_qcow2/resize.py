@@ -152,7 +152,7 @@ def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str) -> None
         for j in range(k):
             tbl[(i0 + j) * st] = (host + j * cs) | S.OFLAG_COPIED
             if drv.extended_l2:
-                tbl[(i0 + j) * st + 1] = 0xFFFFFFFF
+                tbl[(i0 + j) * st + 1] = 0  # allocated, subclusters read through
         drv.l2_cache.mark_dirty(l2off)
         pos += k * cs
         host += k * cs
@@ -160,20 +160,29 @@ def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str) -> None
     del refcount_metadata_clusters
 
 
-def refcount_area(drv: "Qcow2Format", start: int, additional: int) -> int:
+def refcount_area(drv: "Qcow2Format", start: int, additional: int, exact: bool = True,
+                  new_index: int | None = None, new_block: int = 0) -> int:
     """Write a new reftable plus the missing refblocks at ``start`` covering ``additional`` more
     clusters; return the first offset after them (QEMU's layout for falloc/full preallocation)."""
     from .create import refcount_metadata_clusters
 
     cb, cs = drv.cluster_bits, drv.cluster_size
-    total_blocks, _ = refcount_metadata_clusters((start >> cb) + additional, cs, drv.refcount_order)
+    total_blocks, _ = refcount_metadata_clusters((start >> cb) + additional, cs, drv.refcount_order,
+                                                 generous=not exact)
+    if total_blocks * 8 > S.MAX_REFTABLE_SIZE:
+        raise QimgError("File too large")
     area_index = (start >> cb) >> drv.rb_bits
     per = cs // 8
-    table_size = -(-total_blocks // per) * per
+    table_size = total_blocks if exact else total_blocks + -(-total_blocks // 2)
+    table_size = -(-table_size // per) * per
+    if table_size * 8 > S.MAX_REFTABLE_SIZE:
+        raise QimgError("File too large")
     table_clusters = table_size * 8 // cs
     new = array("Q", bytes(8 * table_size))
     for i in range(min(len(drv.refcount_table), table_size)):
         new[i] = drv.refcount_table[i]
+    if new_block:
+        new[new_index] = new_block
     missing = sum(1 for i in range(area_index, total_blocks) if not new[i])
     table_off = start + missing * cs
     end_off = table_off + table_clusters * cs
@@ -201,7 +210,7 @@ def refcount_area(drv: "Qcow2Format", start: int, additional: int) -> int:
     drv.file.pwrite(48, struct.pack(">QI", table_off, table_clusters))
     drv.header.refcount_table_offset, drv.header.refcount_table_clusters = table_off, table_clusters
     drv.refcount_table = new
-    drv.update_refcount(old_off, old_clusters * cs, -1)
+    drv.free_clusters(old_off, old_clusters * cs)
     return end_off
 
 
