@@ -276,3 +276,30 @@ def test_cli_add_errors_like_qemu(tmp_path, qemu_img, qimg, case):
     assert got.returncode == want.returncode == 1
     assert node.sub("#block", as_qemu(got.stderr)) == node.sub("#block", want.stderr)
     assert qimg_bitmaps(b) == []
+
+
+@pytest.mark.parametrize("new_size", ["8M", "24M"])
+def test_bitmaps_resize_like_qemu(tmp_path, qemu_img, qemu_io, new_size):
+    """bitmaps_resize re-expresses the bitmaps for a new disk size as qemu-img resize does."""
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", str(a), "16M").returncode == 0
+    assert qemu_img("bitmap", "--add", "-g", "512", str(a), "fine").returncode == 0
+    assert qemu_img("bitmap", "--add", str(a), "coarse").returncode == 0
+    assert qemu_io("-c", "write -P 1 1M 64k", "-c", "write -P 2 15M 1M", str(a)).returncode == 0
+    shutil.copy(a, b)
+    assert qemu_img("resize", "--shrink", str(a), new_size).returncode == 0
+    size = int(new_size[:-1]) << 20
+    with qimg.open(str(b), "qcow2", writable=True) as im:
+        d = im.driver
+        old = d.size
+        if size > old:
+            from qimg_qcow2.snapshot import _grow_l1
+
+            _grow_l1(d, d._size_to_l1(size))
+        d.header.size = size
+        d.file.pwrite(24, struct.pack(">Q", size))
+        B.bitmaps_resize(d, old, size)
+    assert qemu_bitmaps(qemu_img, b) == qemu_bitmaps(qemu_img, a)
+    for name in ("fine", "coarse"):
+        assert bits(b, name) == bits(a, name)
+    assert_clean(qemu_img, b)
