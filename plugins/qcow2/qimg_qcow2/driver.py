@@ -56,6 +56,8 @@ def _zero_run(a: array, i: int, n: int, stride: int = 1) -> int:
 def _same_run(vals: array, e0: int, step: int) -> int:
     """How many leading entries of ``vals`` equal e0, e0+step, e0+2*step... (binary search on C compares)."""
     n = len(vals)
+    if not n or vals[0] != e0:
+        return 0
     if step:
         exp = array("Q", range(e0, e0 + n * step, step))
     else:
@@ -674,9 +676,7 @@ class Qcow2Format(RefcountMixin, Format):
         tail = last_end - (goff + len(data))
         old = [tbl[(i + k) * st] for k in range(n)]
         if self.data_file is not None:
-            host = first_g if self.data_raw else None
-            if host is None:
-                host = self._alloc_data_file(n)
+            host = first_g  # external data files map guest offsets 1:1
         else:
             host = self.alloc_clusters(n)
         bufs: list = []
@@ -705,13 +705,6 @@ class Qcow2Format(RefcountMixin, Format):
         for e in old:
             if e & S.OFLAG_COMPRESSED or e & S.L2E_OFFSET_MASK:
                 self._free_entry(e)
-
-    def _alloc_data_file(self, n: int) -> int:
-        # external data file without raw: the qcow2 refcounts do not cover it; allocate at its end
-        end = max(self.data_file.size(), getattr(self, "_data_end", 0))
-        end = (end + self._cs - 1) & ~(self._cs - 1)
-        self._data_end = end + n * self._cs
-        return end
 
     # ------------------------------------------------------------------ zeroes / discard
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
