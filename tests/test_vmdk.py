@@ -105,7 +105,8 @@ CREATE_VARIANTS = [
     ("", "10M"), ("adapter_type=lsilogic", "3G"), ("adapter_type=buslogic", "1G"), ("adapter_type=legacyESX", "1G"),
     ("compat6=on", "1G"), ("hwversion=12", "100M"), ("toolsversion=10240", "1M"), ("zeroed_grain=on", "5G"),
     ("subformat=streamOptimized", "10M"), ("subformat=monolithicFlat", "1M"), ("subformat=twoGbMaxExtentSparse", "5G"),
-    ("subformat=twoGbMaxExtentFlat", "5G"), ("", "1000"), ("subformat=monolithicFlat,adapter_type=ide", "70000"),
+    ("subformat=twoGbMaxExtentFlat", "5G"), ("", "1000"), ("subformat=streamOptimized,zeroed_grain=on", "10M"),
+    ("subformat=twoGbMaxExtentSparse,zeroed_grain=on,adapter_type=buslogic", "3G"), ("subformat=monolithicFlat,adapter_type=ide", "70000"),
 ]
 
 
@@ -154,7 +155,7 @@ def test_create_backing(tmp_path, qemu_img):
 
 @pytest.mark.parametrize("opts,backing", [
     ("adapter_type=foo", None), ("subformat=x", None), ("compat6=on,hwversion=7", None),
-    ("subformat=monolithicFlat", "vmdk"), ("", "raw"),
+    ("subformat=monolithicFlat", "vmdk"), ("", "raw"), ("subformat=twoGbMaxExtentFlat,zeroed_grain=on", None),
 ])
 def test_create_errors(tmp_path, qemu_img, opts, backing):
     path = str(tmp_path / "e.vmdk")
@@ -475,3 +476,46 @@ def test_read_vmware_stream_with_footer(tmp_path, qemu_img):
     same_info(qemu_img, path)
     with qimg.open(path, writable=True) as img, pytest.raises(QimgError):
         img.pwrite(10 * MiB, bytes(65536))
+
+
+FMT = "vmdk"
+CLI_VARIANTS = ["", "zeroed_grain=on", "subformat=streamOptimized", "subformat=twoGbMaxExtentSparse", "subformat=monolithicFlat"]
+
+
+CLI_MATCH_VARIANTS = ["", "subformat=twoGbMaxExtentSparse"]
+CLI_COMMANDS = [["info"], ["info", "--output=json"], ["check"], ["check", "--output=json"], ["map"],
+                ["map", "--output=json"]]
+
+
+@pytest.mark.parametrize("create_opts", CLI_MATCH_VARIANTS)
+def test_cli_matches_qemu(tmp_path, qemu_img, qemu_io, qimg, create_opts):
+    from conftest import as_qemu
+
+    path = str(tmp_path / f"c.{FMT}")
+    _ok(qemu_img("create", "-q", "-f", FMT, *(["-o", create_opts] if create_opts else []), path, "12M"))
+    _ok(qemu_io("-f", FMT, "-c", "write -P 0x5a 1M 64k", "-c", "write -P 1 100k 10k", "-c", "write -z 4M 1M",
+                "-c", "write -P 3 9M 1M", path))
+    for args in CLI_COMMANDS:
+        q = qemu_img(*args, path)
+        m = qimg(*args, path)
+        assert (m.returncode, as_qemu(m.stdout), as_qemu(m.stderr)) == (q.returncode, q.stdout, q.stderr), args
+
+
+@pytest.mark.parametrize("create_opts", CLI_VARIANTS)
+def test_cli_convert_roundtrip(tmp_path, qemu_img, qimg, create_opts):
+    import random
+
+    rng = random.Random(1)
+    src = str(tmp_path / "src.raw")
+    data = bytearray(12 * MiB)
+    for off, n in ((0, 5000), (MiB + 3, 200000), (7 * MiB, MiB), (12 * MiB - 700, 700)):
+        data[off:off + n] = rng.randbytes(n)
+    with open(src, "wb") as f:
+        f.write(data)
+    out = str(tmp_path / f"o.{FMT}")
+    _ok(qimg("convert", "-O", FMT, *(["-o", create_opts] if create_opts else []), src, out))
+    assert "No errors were found" in _ok(qemu_img("check", out)).stdout
+    assert "Images are identical" in _ok(qemu_img("compare", src, out)).stdout
+    back = str(tmp_path / "back.raw")
+    _ok(qimg("convert", "-O", "raw", out, back))
+    assert open(back, "rb").read() == data

@@ -124,9 +124,9 @@ class VhdxFormat(Format):
         Option("size", SIZE, "Virtual disk size; max of 64TB."),
         Option("log_size", SIZE, "Log size; min 1MB.", 1048576),
         Option("block_size", SIZE, "Block Size; min 1MB, max 256MB. 0 means auto-calculate based on image size.", 0),
+        Option("subformat", STRING, "VHDX format type, can be either 'dynamic' or 'fixed'. Default is 'dynamic'."),
         Option("block_state_zero", BOOL, "Force use of payload blocks of type 'ZERO'. Non-standard, but default.  "
                "Do not set to 'off' when using 'qemu-img convert' with subformat=dynamic."),
-        Option("subformat", STRING, "VHDX format type, can be either 'dynamic' or 'fixed'. Default is 'dynamic'."),
     ]
 
     # -- create ---------------------------------------------------------------------------------

@@ -108,18 +108,19 @@ class VmdkFormat(Format):
     format_name = "vmdk"
     supports_backing = True
     supports_compression = True
+    # in qemu-img's order (the "Formatting ..." line follows it); -o help sorts by name
     create_opts = [
+        Option("size", SIZE, "Virtual disk size"),
         Option("adapter_type", STRING,
                "Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX"),
         Option("backing_file", STRING, "File name of a base image"),
         Option("backing_fmt", STRING, "Must be 'vmdk' if present"),
         Option("compat6", BOOL, "VMDK version 6 image", False),
         Option("hwversion", STRING, "VMDK hardware version", "undefined"),
-        Option("size", SIZE, "Virtual disk size"),
+        Option("toolsversion", STRING, "VMware guest tools version"),
         Option("subformat", STRING,
                "VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | "
                "twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized} "),
-        Option("toolsversion", STRING, "VMware guest tools version"),
         Option("zeroed_grain", BOOL, "Enable efficient zero writes using the zeroed-grain GTE feature"),
     ]
 
@@ -143,9 +144,11 @@ class VmdkFormat(Format):
         flat = sub in ("monolithicFlat", "twoGbMaxExtentFlat")
         backing = opts.get("backing_file")
         parent_cid = 0xFFFFFFFF
+        if backing and flat:
+            raise QimgError("Flat image can't have backing file")
+        if zeroed and flat:
+            raise QimgError("Flat image can't enable zeroed grain")
         if backing:
-            if flat:
-                raise QimgError("Flat image can't have backing file")
             parent_cid = cls._backing_cid(filename, backing, opts.get("backing_fmt"))
         capacity = (size + SECTOR - 1) // SECTOR
         heads = 16 if adapter == "ide" else 255
@@ -206,8 +209,10 @@ class VmdkFormat(Format):
 
         if fmt and fmt != "vmdk":
             raise QimgError("backing_file must be a vmdk image")
+        name = resolve_backing_name(filename, backing)
+        open_protocol(name).close()  # a missing file is reported as such, even with -u
         try:
-            img = qopen(resolve_backing_name(filename, backing), "vmdk", backing=False, force_share=True)
+            img = qopen(name, "vmdk", backing=False, force_share=True)
         except QimgError:
             raise QimgError("backing_file must be a vmdk image") from None
         try:
