@@ -220,7 +220,7 @@ def test_log_replay_like_qemu(tmp_path, qemu_img):
     assert r.returncode == 1
     with pytest.raises(QimgError) as ei:
         qimg.open(m)
-    assert r.stderr.splitlines()[0] == f"qemu-img: {ei.value.message}".replace(m, q)
+    assert r.stderr == f"qemu-img: {ei.value.message}\n".replace(m, q).replace("qimg check", "qemu-img check")
     # read-write: qemu-img check -r all replays, qimg replays on open
     _ok(qemu_img("check", "-r", "all", q))
     with qimg.open(m, writable=True) as img:
@@ -339,3 +339,19 @@ def test_cli_convert_roundtrip(tmp_path, qemu_img, qimg, create_opts):
     back = str(tmp_path / "back.raw")
     _ok(qimg("convert", "-O", "raw", out, back))
     assert open(back, "rb").read() == data
+
+
+def test_log_replay_cli_like_qemu(tmp_path, qemu_img, qimg):
+    from conftest import as_qemu
+
+    clean = str(tmp_path / "clean.vhdx")
+    _ok(qemu_img("create", "-q", "-f", "vhdx", "-o", "block_size=1M", clean, "10M"))
+    d = tmp_path / "d"
+    d.mkdir()
+    img = str(d / "x.vhdx")
+    for args in (["info"], ["check"], ["check", "-r", "all"], ["check", "--output=json"]):
+        _dirty(clean, img)
+        q = qemu_img(*args, img)
+        _dirty(clean, img)
+        m = qimg(*args, img)
+        assert (m.returncode, as_qemu(m.stdout), as_qemu(m.stderr)) == (q.returncode, q.stdout, q.stderr), args

@@ -222,6 +222,7 @@ class VhdxFormat(Format):
         self._read_headers()
         self._read_regions()
         self._headers_updated = False
+        self.log_replayed = False
         log_off, log_len = self.hdr["log_offset"], self.hdr["log_length"]
         if self.hdr["log_guid"] != ZERO_GUID:
             if log_off % MiB or log_len % MiB or log_off < HEADER_SECTION_END or not 0 < log_len <= MAX_LOG:
@@ -230,9 +231,10 @@ class VhdxFormat(Format):
             entries = log.active_sequence()
             if entries and not writable:
                 raise QimgError(f"VHDX image file '{filename}' opened read-only, but contains a log that needs to be "
-                                "replayed")
+                                f"replayed\nTo replay the log, run:\nqimg check -r all '{filename}'")
             if writable:
                 Log.replay(file, entries)
+                self.log_replayed = bool(entries)
                 self.file_size = file.size()
                 self._update_headers(log_guid=ZERO_GUID)
                 self._read_regions()
@@ -442,5 +444,10 @@ class VhdxFormat(Format):
             pos += n
 
     def check(self, fix: set[str]) -> CheckResult:
-        # consistency of the BAT was verified when opening; an image that opens is clean
-        return CheckResult(filename=self.filename, format="vhdx")
+        # consistency of the BAT was verified when opening; an image that opens is clean. A log
+        # replayed by this open counts as a repaired corruption, as in qemu-img.
+        res = CheckResult(filename=self.filename, format="vhdx")
+        if self.log_replayed:
+            res.corruptions = res.corruptions_fixed = 1
+            self.log_replayed = False
+        return res
