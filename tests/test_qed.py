@@ -412,3 +412,16 @@ def test_cli_convert_roundtrip(tmp_path, qemu_img, qimg, create_opts):
     back = str(tmp_path / "back.raw")
     _ok(qimg("convert", "-O", "raw", out, back))
     assert open(back, "rb").read() == data
+
+
+def test_rebase_unsafe_identical(tmp_path, qemu_img, qimg):
+    d = tmp_path
+    _ok(qemu_img("create", "-q", "-f", "raw", str(d / "b1.raw"), "4M"))
+    _ok(qemu_img("create", "-q", "-f", "qed", str(d / "b2.qed"), "4M"))
+    q, m = str(d / "q.qed"), str(d / "m.qed")
+    for p in (q, m):
+        _ok(qemu_img("create", "-q", "-f", "qed", "-b", "b1.raw", "-F", "raw", p))
+    for args in (["-b", "b2.qed", "-F", "qed"], ["-b", ""], ["-b", "b1.raw", "-F", "raw"]):
+        _ok(qemu_img("rebase", "-u", *args, q))
+        _ok(qimg("rebase", "-u", *args, m))
+        assert open(q, "rb").read() == open(m, "rb").read(), args

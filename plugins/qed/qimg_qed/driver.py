@@ -500,7 +500,8 @@ class QedFormat(Format):
         if name and (HEADER_SIZE + len(name) > self.data_start or len(name) > MAX_BACKING_NAME):
             raise QimgError("Backing file name too long")
         h.features &= ~(F_BACKING_FILE | F_BACKING_FORMAT_NO_PROBE)
-        h.backing_filename_offset = h.backing_filename_size = 0
+        # qemu-img keeps the name's offset even when it drops the name
+        h.backing_filename_offset, h.backing_filename_size = HEADER_SIZE, 0
         if name:
             h.features |= F_BACKING_FILE
             if fmt == "raw":
