@@ -14,7 +14,7 @@ from qimg.image import zero_fill
 from . import structs as S
 from .cache import TableCache
 from .header import Header, encode_header, parse_extensions, parse_fixed
-from .options import AMEND_OPTS, CREATE_OPTS, FORMAT_LINE_ORDER
+from .options import AMEND_OPTS, CREATE_OPTS, FORMAT_LINE_DEFAULTS, FORMAT_LINE_ORDER
 from .refcount import RefcountMixin
 
 _SWAP = sys.byteorder == "little"
@@ -78,7 +78,8 @@ class Qcow2Format(RefcountMixin, Format):
     format_name = "qcow2"
     create_opts = CREATE_OPTS
     amend_opts = AMEND_OPTS
-    format_line_order = FORMAT_LINE_ORDER
+    create_print_order = FORMAT_LINE_ORDER
+    create_print_defaults = FORMAT_LINE_DEFAULTS
     supports_backing = True
     supports_compression = True
     zero_init = True
@@ -335,10 +336,11 @@ class Qcow2Format(RefcountMixin, Format):
             e = tbl[i]
             kind, host = self._classify(e, l2off, i)
             if kind == UNALLOC:
-                k = _zero_run(tbl, i, n) if e == 0 else 1
-                k = max(k, 1)
-                if e != 0:
-                    k = self._class_run(tbl, i, n, UNALLOC, l2off)
+                k = max(_zero_run(tbl, i, n), 1) if e == 0 else self._class_run(tbl, i, n, UNALLOC, l2off)
+                if k == n and end == table_end and offset + length > end:
+                    # the rest of this table is empty: go on over empty L1 entries
+                    z = _zero_run(self.l1, l1i + 1, len(self.l1) - l1i - 1)
+                    return UNALLOC, min(offset + length, (l1i + 1 + z) << (self.l2_bits + cb)) - offset, 0
             elif kind == NORMAL:
                 k = _same_run(tbl[i : i + n], e, cs)
             elif kind == COMPRESSED:
@@ -347,7 +349,9 @@ class Qcow2Format(RefcountMixin, Format):
             else:
                 k = self._class_run(tbl, i, n, ZEROES, l2off)
             run_end = min(end, (gci + k) << cb)
-            return kind, run_end - offset, (host + in_cl if kind in (NORMAL, ZEROES) and host else host)
+            if kind == NORMAL or (kind == ZEROES and host):
+                host += in_cl
+            return kind, run_end - offset, host
         return self._extent_ext(tbl, l2off, i, n, offset, end)
 
     def _classify(self, e: int, l2off: int, i: int) -> tuple[int, int]:
@@ -533,6 +537,7 @@ class Qcow2Format(RefcountMixin, Format):
     def _free_entry(self, e: int) -> None:
         """Drop one reference held by an L2 entry (normal, zero-allocated or compressed)."""
         if e & S.OFLAG_COMPRESSED:
+            self._ccache = None
             first, n = self.compressed_clusters(e)
             self.update_refcount(first, n * self._cs, -1)
             return
@@ -902,6 +907,7 @@ class Qcow2Format(RefcountMixin, Format):
         i = gci & (self.l2_entries - 1)
         st = self.l2_entry_size // 8
         old = tbl[i * st]
+        self._ccache = None
         host = self.alloc_bytes(len(out))
         self.file.pwrite(host, out)
         nsec = ((host + len(out) - 1) >> 9) - (host >> 9)

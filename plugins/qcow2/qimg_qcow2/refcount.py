@@ -120,8 +120,12 @@ class RefcountMixin:
         off, blk = self._refblock_for(ci)
         self._rb_set(blk, ci & (self.refblock_entries - 1), v)
         self.refblock_cache.mark_dirty(off)
-        if v == 0 and ci < self.free_cluster_index:
-            self.free_cluster_index = ci
+        if v == 0:
+            if ci < self.free_cluster_index:
+                self.free_cluster_index = ci
+            if self.free_byte_offset and (self.free_byte_offset >> self.cluster_bits) == ci:
+                # the partly used compressed cluster is gone: never pack into it again
+                self.free_byte_offset = 0
 
     def set_refcount(self: "Qcow2Format", ci: int, v: int) -> None:
         self._set_refcount(ci, v)

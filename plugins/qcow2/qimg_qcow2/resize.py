@@ -49,12 +49,11 @@ def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocati
         raise QimgError(f"Unsupported preallocation mode '{preallocation}'")
     if h.nb_snapshots and size != old:
         raise QimgError("Can't resize an image which has snapshots")
-    if h.bitmaps_ext is not None and size != old:
-        raise QimgError("Can't resize an image which has bitmaps")
     if size < old:
         if preallocation != "off":
             raise QimgError("Preallocation can't be used for shrinking an image")
         _shrink(drv, size)
+        _resize_bitmaps(drv, old, size)
         return
     drv.flush_caches()
     grow_l1(drv, drv._size_to_l1(size), exact=True)
@@ -67,6 +66,14 @@ def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocati
     drv.flush_caches()
     h.size = size
     drv.file.pwrite(24, struct.pack(">Q", size))
+    _resize_bitmaps(drv, old, size)
+
+
+def _resize_bitmaps(drv: "Qcow2Format", old: int, new: int) -> None:
+    if drv.header.bitmaps_ext is not None and old != new:
+        from .bitmap import bitmaps_resize
+
+        bitmaps_resize(drv, old, new)
 
 
 def _preallocate_metadata(drv: "Qcow2Format", start: int, end: int, mode: str) -> None:

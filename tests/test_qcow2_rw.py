@@ -1,0 +1,207 @@
+"""qcow2 data path against QEMU: qemu-io writes, qimg reads every byte; qimg writes, qemu-img
+check and compare confirm."""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+import qimg
+
+MiB = 1 << 20
+
+
+def _raw_of(qemu_img, path, tmp_path, fmt="qcow2") -> bytes:
+    out = tmp_path / "oracle.raw"
+    r = qemu_img("convert", "-f", fmt, "-O", "raw", str(path), str(out))
+    assert r.returncode == 0, r.stderr
+    return out.read_bytes()
+
+
+def _read_all(path) -> bytes:
+    with qimg.open(str(path)) as img:
+        return img.pread(0, img.size)
+
+
+READ_VARIANTS = [
+    ("cluster_size=512", ["write -P 0x11 0 3000", "write -P 0x22 100k 700", "write -z 200k 4k"]),
+    ("cluster_size=4k,refcount_bits=1", ["write -P 0x33 4k 40k", "write -z 64k 8k", "write -P 0x44 1M 1"]),
+    ("cluster_size=2M,refcount_bits=64", ["write -P 0x55 1M 2M", "write -z 0 4k"]),
+    ("compat=0.10", ["write -P 0x66 0 1M", "write -z 512k 64k", "discard 128k 64k"]),
+    ("refcount_bits=8,lazy_refcounts=on", ["write -P 0x77 3M 100k", "write -P 0x78 3000 10"]),
+    ("extended_l2=on", ["write -P 0x12 4k 2k", "write -P 0x13 70k 100", "write -z 66k 2k", "write -P 0x14 1M 128k",
+                        "write -z 1M 64k"]),
+    ("extended_l2=on,cluster_size=16k", ["write -P 0x21 1k 500", "write -z 0 512", "write -P 0x22 32k 64k"]),
+    ("preallocation=metadata", ["write -P 0x31 0 10k"]),
+    ("preallocation=falloc,extended_l2=on", ["write -P 0x32 70k 10k"]),
+]
+
+
+@pytest.mark.parametrize("opts,cmds", READ_VARIANTS, ids=[v[0] for v in READ_VARIANTS])
+def test_read_qemu_written(qemu_img, qemu_io, tmp_path, opts, cmds):
+    path = tmp_path / "a.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", opts, str(path), "4M").returncode == 0
+    args = [a for c in cmds for a in ("-c", c)]
+    r = qemu_io(*args, str(path))
+    assert r.returncode == 0, r.stderr
+    assert _read_all(path) == _raw_of(qemu_img, path, tmp_path)
+
+
+@pytest.mark.parametrize("ctype", ["zlib", "zstd"])
+def test_read_compressed(qemu_img, tmp_path, ctype):
+    raw = tmp_path / "src.raw"
+    rnd = random.Random(3)
+    data = bytearray()
+    for i in range(48):
+        kind = i % 4
+        if kind == 0:
+            data += bytes([i]) * 65536
+        elif kind == 1:
+            data += bytes(65536)
+        elif kind == 2:
+            data += rnd.randbytes(65536)  # incompressible: stored plain
+        else:
+            data += (b"qimg" * 16 + rnd.randbytes(16)) * 819 + bytes(65536 - 80 * 819)
+    raw.write_bytes(data)
+    dst = tmp_path / "c.qcow2"
+    r = qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o", f"compression_type={ctype}", str(raw), str(dst))
+    assert r.returncode == 0, r.stderr
+    assert _read_all(dst) == bytes(data)
+    with qimg.open(str(dst)) as img:
+        kinds = {(st.flags, st.host_offset is None) for st in img.extents()}
+    # compressed clusters are DATA without OFFSET_VALID
+    assert (0x09, True) in kinds
+
+
+def test_read_data_file_and_backing(qemu_img, qemu_io, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(base), "4M")
+    qemu_io("-c", "write -P 0xaa 0 4M", str(base))
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "-o", "cluster_size=4k", str(top))
+    qemu_io("-c", "write -P 0xbb 5000 10000", "-c", "write -z 1M 8k", "-c", "discard 2M 4k", str(top))
+    assert _read_all(top) == _raw_of(qemu_img, top, tmp_path)
+    for raw_opt in ("off", "on"):
+        d = tmp_path / f"d{raw_opt}.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file=data{raw_opt}.raw,data_file_raw={raw_opt}",
+                 str(d), "2M")
+        qemu_io("-c", "write -P 0xcc 4k 100k", "-c", "write -z 1M 64k", str(d))
+        assert _read_all(d) == _raw_of(qemu_img, d, tmp_path)
+        with qimg.open(str(d)) as img:
+            st = img.block_status(4096, 4096)
+            assert st.file.endswith(f"data{raw_opt}.raw") and st.host_offset == 4096
+
+
+def test_map_coalesces_and_skips(qemu_img, qemu_io, tmp_path):
+    path = tmp_path / "big.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(path), "1T")
+    qemu_io("-c", "write -P 1 0 8M", "-c", "write -P 2 600G 64k", str(path))
+    with qimg.open(str(path)) as img:
+        runs = list(img.extents())
+    assert len(runs) <= 4
+    assert runs[0].length == 8 * MiB and runs[0].flags & 0x04
+
+
+WRITE_VARIANTS = [
+    "cluster_size=65536", "cluster_size=512", "cluster_size=4k,refcount_bits=1", "compat=0.10",
+    "extended_l2=on", "lazy_refcounts=on", "refcount_bits=64,cluster_size=2M", "compression_type=zstd",
+    "data_file=d.raw", "data_file=d.raw,data_file_raw=on", "preallocation=metadata",
+    "extended_l2=on,cluster_size=16k,preallocation=falloc",
+    "B:cluster_size=65536", "B:compat=0.10", "B:extended_l2=on", "B:cluster_size=512",
+]
+
+
+@pytest.mark.parametrize("variant", WRITE_VARIANTS)
+def test_qimg_writes_pass_check(qemu_img, qemu_io, tmp_path, variant, monkeypatch):
+    size = 4 * MiB
+    backing = variant.startswith("B:")
+    opts = variant[2:] if backing else variant
+    exp = bytearray(size)
+    if backing:
+        b = tmp_path / "b.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", str(b), str(size))
+        qemu_io("-c", f"write -P 0x5a 0 {size}", str(b))
+        exp[:] = b"\x5a" * size
+        opts += ",backing_file=b.qcow2,backing_fmt=qcow2"
+    path = tmp_path / "w.qcow2"
+    monkeypatch.chdir(tmp_path)
+    r = qemu_img("create", "-q", "-f", "qcow2", "-o", opts, str(path), str(size))
+    assert r.returncode == 0, r.stderr
+    rnd = random.Random(7)
+    img = qimg.open(str(path), writable=True)
+    cs = img.driver.cluster_size
+    v3 = img.driver.header.version >= 3
+    for _ in range(60):
+        op = rnd.choice("wwwzdc")
+        off = rnd.randrange(0, size)
+        n = min(rnd.choice([1, 511, 4096, cs, 3 * cs + 17, 200000]), size - off)
+        if op == "w":
+            data = bytes([rnd.randrange(1, 256)]) * n
+            img.pwrite(off, data)
+            exp[off : off + n] = data
+        elif op == "z":
+            img.write_zeroes(off, n, unmap=rnd.random() < 0.5)
+            exp[off : off + n] = bytes(n)
+        elif op == "d":
+            img.discard(off, n)
+            a, b_ = -(-off // cs) * cs, (off + n) // cs * cs
+            if off + n == size:
+                b_ = off + n
+            if a < b_:
+                exp[a:b_] = bytes(b_ - a) if (v3 or not backing) else b"\x5a" * (b_ - a)
+        elif op == "c" and "data_file" not in opts:
+            o = off // cs * cs
+            n = min(cs, size - o)
+            data = (bytes([rnd.randrange(256)]) * 64 + rnd.randbytes(8)) * (n // 72)
+            data += bytes(n - len(data))
+            img.write_compressed(o, data)
+            exp[o : o + n] = data
+    assert img.pread(0, size) == bytes(exp)
+    img.close()
+    c = qemu_img("check", str(path))
+    assert c.returncode == 0, c.stdout + c.stderr
+    assert "No errors were found" in c.stdout
+    rawp = tmp_path / "exp.raw"
+    rawp.write_bytes(exp)
+    cmp = qemu_img("compare", "-f", "qcow2", "-F", "raw", str(path), str(rawp))
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    if "lazy" in opts:
+        info = qemu_img("info", str(path)).stdout
+        assert "cleanly shut down: no" not in info
+
+
+def test_write_shared_cluster_copies(qemu_img, qemu_io, tmp_path):
+    """Clusters shared with an internal snapshot (COPIED clear) are copied on write."""
+    path = tmp_path / "s.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(path), "2M")
+    qemu_io("-c", "write -P 0x11 0 2M", str(path))
+    assert qemu_img("snapshot", "-c", "snap", str(path)).returncode == 0
+    with qimg.open(str(path), writable=True) as img:
+        img.pwrite(1000, b"\x22" * 70000)
+        img.write_zeroes(1 * MiB, 65536)
+    assert qemu_img("check", str(path)).returncode == 0
+    r = qemu_io("-c", "read -P 0x22 1000 70000", "-c", "read -P 0 1M 64k", "-c", "read -P 0x11 0 1000", str(path))
+    assert "Pattern verification failed" not in r.stdout, r.stdout
+    assert qemu_img("snapshot", "-a", "snap", str(path)).returncode == 0
+    r = qemu_io("-c", "read -P 0x11 0 2M", str(path))
+    assert "Pattern verification failed" not in r.stdout
+
+
+def test_large_run_moves_whole_clusters(qemu_img, tmp_path):
+    path = tmp_path / "l.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(path), "64M")
+    data = bytes(range(256)) * (32 * MiB // 256)
+    with qimg.open(str(path), writable=True) as img:
+        calls = []
+        f = img.driver.file
+        orig = f.pwritev
+        f.pwritev = lambda off, bufs: (calls.append(off), orig(off, bufs))[1]
+        orig_w = f.pwrite
+        f.pwrite = lambda off, d: (calls.append(off), orig_w(off, d))[1]
+        img.pwrite(4096, data)
+        assert len(calls) < 16
+    with qimg.open(str(path)) as img:
+        assert img.pread(4096, len(data)) == data
+    assert qemu_img("check", str(path)).returncode == 0
