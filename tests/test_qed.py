@@ -425,3 +425,20 @@ def test_rebase_unsafe_identical(tmp_path, qemu_img, qimg):
         _ok(qemu_img("rebase", "-u", *args, q))
         _ok(qimg("rebase", "-u", *args, m))
         assert open(q, "rb").read() == open(m, "rb").read(), args
+
+
+@pytest.mark.parametrize("fmt", ["qed", "vmdk"])
+def test_commit_keeps_top_like_qemu(tmp_path, qemu_img, qemu_io, qimg, fmt):
+    """qemu-img empties the top image only when its driver can; QED and VMDK drivers cannot."""
+    maps = []
+    for who in ("q", "m"):
+        base, top = str(tmp_path / f"b{who}.{fmt}"), str(tmp_path / f"{who}.{fmt}")
+        _ok(qemu_img("create", "-q", "-f", fmt, base, "4M"))
+        _ok(qemu_img("create", "-q", "-f", fmt, "-b", os.path.basename(base), "-F", fmt, top))
+        _ok(qemu_io("-f", fmt, "-c", "write -P 7 0 1M", top))
+        r = (qemu_img if who == "q" else qimg)("commit", top)
+        assert r.returncode == 0 and r.stdout == "Image committed.\n"
+        maps.append(json.loads(_ok(qemu_img("map", "--output=json", top)).stdout))
+    assert maps[0] == maps[1]
+    assert "Images are identical" in _ok(qemu_img("compare", str(tmp_path / f"bq.{fmt}"),
+                                                  str(tmp_path / f"bm.{fmt}"))).stdout

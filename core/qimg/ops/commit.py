@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from ..blockstatus import ALLOCATED, ZERO
-from ..errors import QimgError
+from ..errors import NotSupported, QimgError
 from .copy import COPY, SKIP, Copier, Piece, parallel_safe
 from .copy import ZERO as ZERO_OP
 
@@ -82,6 +82,8 @@ def commit(top: "Image", base: "Image | None" = None, *, drop: bool = False,
     if not drop:
         try:
             top.driver.make_empty()
+        except NotSupported:
+            pass  # qemu-img only empties the top when its driver can (qed, vmdk, vhdx cannot)
         except QimgError as e:
             raise QimgError(f"Could not empty {top.filename}: {e.message}", e.exit_code) from None
         top.flush()

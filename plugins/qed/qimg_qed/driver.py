@@ -512,13 +512,6 @@ class QedFormat(Format):
         self.backing_filename = filename or None
         self.backing_format = "raw" if name and fmt == "raw" else None
 
-    def make_empty(self) -> None:
-        self._mark_dirty()
-        n = len(self.l1)
-        self.l1 = array("Q", [0]) * n
-        self.file.pwrite(self.h.l1_table_offset, bytes(8 * n))
-        self._l2cache.clear()
-
     def check(self, fix: set[str]) -> CheckResult:
         """Walk L1/L2: every cluster referenced once, every offset valid.
 
