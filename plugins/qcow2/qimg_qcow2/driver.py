@@ -13,7 +13,7 @@ from qimg.image import zero_fill
 
 from . import structs as S
 from .cache import TableCache
-from .header import Header, encode_header, parse_extensions, parse_fixed
+from .header import encode_header, parse_extensions, parse_fixed
 from .options import AMEND_OPTS, CREATE_OPTS, FORMAT_LINE_DEFAULTS, FORMAT_LINE_ORDER
 from .refcount import RefcountMixin
 
@@ -557,7 +557,7 @@ class Qcow2Format(RefcountMixin, Format):
         self._check_io_writable()
         self._bitmaps_dirty(offset, len(data))
         self._mark_dirty_lazy()
-        cb, cs = self.cluster_bits, self._cs
+        cb = self.cluster_bits
         pos, total = 0, len(data)
         while pos < total:
             off = offset + pos

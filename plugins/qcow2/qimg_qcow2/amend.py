@@ -1,0 +1,195 @@
+"""qemu-img amend for qcow2: compat up/down, lazy_refcounts, refcount_bits, backing, data file, size."""
+from __future__ import annotations
+
+from array import array
+from typing import TYPE_CHECKING, Any
+
+from qimg.errors import QimgError
+
+from . import structs as S
+
+if TYPE_CHECKING:
+    from qimg.driver import ProgressFn
+
+    from .driver import Qcow2Format
+
+V3 = "compatibility level 1.1 and above (use version=v3 or greater)"
+
+
+def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None" = None,
+          force: bool = False) -> None:
+    h = drv.header
+    version = h.version
+    compat = opts.get("compat")
+    if compat is not None:
+        if compat in ("0.10", "v2"):
+            version = 2
+        elif compat in ("1.1", "v3"):
+            version = 3
+        else:
+            raise QimgError(f"Invalid compatibility level: '{compat}'")
+    lazy = opts.get("lazy_refcounts")
+    rb = opts.get("refcount_bits")
+    if rb is not None and (rb < 1 or rb > 64 or rb & (rb - 1)):
+        raise QimgError("Refcount width must be a power of two and may not exceed 64 bits")
+    if "data_file" in opts and opts["data_file"] is not None and drv.data_file is None:
+        raise QimgError("data-file can only be set for images that use an external data file")
+    raw = opts.get("data_file_raw")
+    if raw and not drv.data_raw:
+        raise QimgError("data-file-raw cannot be set on existing images")
+    done = [0.0]
+
+    def step(frac: float) -> None:
+        if progress is not None:
+            done[0] = max(done[0], frac)
+            progress(done[0] * 100, 100)
+
+    step(0)
+    if version > h.version:
+        h.version = 3
+        h.refcount_order = drv.refcount_order
+        drv.update_header()
+    if lazy is not None:
+        if lazy and h.version < 3:
+            raise QimgError("Lazy refcounts only supported with " + V3)
+        if lazy:
+            h.compatible_features |= S.COMPAT_LAZY_REFCOUNTS
+        else:
+            drv.flush_caches()
+            h.compatible_features &= ~S.COMPAT_LAZY_REFCOUNTS
+            h.incompatible_features &= ~S.INCOMPAT_DIRTY
+            drv._dirty_set = False
+        drv.update_header()
+    if rb is not None and rb != drv.refcount_bits:
+        if h.version < 3 and version < 3:
+            raise QimgError("Different refcount widths than 16 bits require compatibility level 1.1 or above "
+                            "(use version=v3 or greater)")
+        change_refcount_order(drv, rb.bit_length() - 1)
+        step(0.5)
+    if "backing_file" in opts or "backing_fmt" in opts:
+        bf = opts.get("backing_file", h.backing_file)
+        fmt = opts.get("backing_fmt", h.backing_format)
+        if fmt and not bf:
+            raise QimgError("Backing format cannot be used without backing file")
+        drv.change_backing_file(bf, fmt)
+    if opts.get("data_file") is not None:
+        h.data_file = opts["data_file"]
+        drv.update_header()
+    if raw is False and drv.data_raw:
+        h.autoclear_features &= ~S.AUTOCLEAR_DATA_FILE_RAW
+        drv.update_header()
+    if version < h.version:
+        downgrade(drv, step)
+    size = opts.get("size")
+    if size is not None and size != h.size:
+        from .resize import truncate
+
+        truncate(drv, size, shrink=True)
+    drv.flush_caches()
+    step(1)
+
+
+def downgrade(drv: "Qcow2Format", step) -> None:
+    h = drv.header
+    if drv.refcount_order != 4:
+        raise QimgError("Cannot downgrade an image with a refcount width other than 16 bits")
+    if drv.data_file is not None:
+        raise QimgError("Cannot downgrade an image with a data file")
+    if drv.extended_l2:
+        raise QimgError("Cannot downgrade an image with extended L2 entries")
+    if h.compression_type:
+        raise QimgError("Cannot downgrade an image with non-default compression type")
+    if h.bitmaps_ext is not None:
+        raise QimgError("Cannot downgrade an image with bitmaps")
+    if h.nb_snapshots:
+        raise QimgError("Cannot downgrade an image with internal snapshots (zero clusters in snapshots)")
+    if h.compatible_features & S.COMPAT_LAZY_REFCOUNTS:
+        drv.flush_caches()
+        h.compatible_features &= ~S.COMPAT_LAZY_REFCOUNTS
+    # v2 has no zero clusters: turn them into data (or drop them when nothing shows through)
+    cb, cs = drv.cluster_bits, drv.cluster_size
+    n_l1 = len(drv.l1)
+    for l1i in range(n_l1):
+        if not drv.l1[l1i] & S.L1E_OFFSET_MASK:
+            continue
+        l2off, tbl = drv._l2_for_write(l1i)
+        for i in range(drv.l2_entries):
+            e = tbl[i]
+            if e & S.OFLAG_COMPRESSED or not e & S.OFLAG_ZERO:
+                continue
+            host = e & S.L2E_OFFSET_MASK
+            g = ((l1i << drv.l2_bits) + i) << cb
+            if g >= h.size:
+                tbl[i] = 0
+            elif drv.backing is None and not host:
+                tbl[i] = 0
+            else:
+                if not host or not e & S.OFLAG_COPIED:
+                    if host:
+                        drv.free_clusters(host, cs)
+                    host = drv.alloc_clusters(1)
+                drv.file.pwrite(host, bytes(cs))
+                tbl[i] = host | S.OFLAG_COPIED
+            drv.l2_cache.mark_dirty(l2off)
+        step(0.5 + 0.5 * (l1i + 1) / n_l1)
+    drv.flush_caches()
+    h.version = 2
+    h.incompatible_features = h.compatible_features = h.autoclear_features = 0
+    drv.update_header()
+
+
+def change_refcount_order(drv: "Qcow2Format", order: int) -> None:
+    """Rewrite every refcount with a new width: new blocks and table after the last used cluster."""
+    cb, cs = drv.cluster_bits, drv.cluster_size
+    drv.flush_caches()
+    last = drv.last_used_cluster()
+    counts: dict[int, int] = {}
+    for ci in range(last + 1):
+        v = drv.get_refcount(ci)
+        if v:
+            counts[ci] = v
+    maxv = (1 << (1 << order)) - 1
+    for ci, v in counts.items():
+        if v > maxv:
+            raise QimgError(f"Cannot decrease refcount entry width to {1 << order} bits: Cluster at offset "
+                            f"{ci << cb:#x} has a refcount of {v}")
+    # the old structures stop being counted
+    for ti, e in enumerate(drv.refcount_table):
+        off = e & S.REFT_OFFSET_MASK
+        if off:
+            counts.pop(off >> cb, None)
+    t0 = drv.header.refcount_table_offset >> cb
+    for c in range(t0, t0 + drv.header.refcount_table_clusters):
+        counts.pop(c, None)
+    start = last + 1
+    from .create import refcount_metadata_clusters
+
+    blocks, table = refcount_metadata_clusters(start, cs, order)
+    per_block = (cs * 8) >> order
+    table_entries = table * cs // 8
+    for c in range(start, start + blocks + table):
+        counts[c] = 1
+    new_table = array("Q", bytes(8 * table_entries))
+    raw_blocks: dict[int, bytearray] = {}
+    drv.refcount_order = order
+    for ci, v in counts.items():
+        bi = ci // per_block
+        blk = raw_blocks.setdefault(bi, bytearray(cs))
+        drv._rb_set(blk, ci % per_block, v)
+    for bi in range(blocks):
+        off = (start + bi) << cb
+        new_table[bi] = off
+        drv.file.pwrite(off, raw_blocks.get(bi, bytearray(cs)))
+    toff = (start + blocks) << cb
+    drv.write_table(toff, new_table)
+    drv.file.flush()
+    h = drv.header
+    h.refcount_order = order
+    h.refcount_table_offset = toff
+    h.refcount_table_clusters = table
+    drv.refblock_cache.tables.clear()
+    drv.refblock_cache.dirty.clear()
+    drv._setup_geometry()
+    drv.refcount_table = new_table
+    drv.free_cluster_index = 0
+    drv.update_header()
