@@ -519,3 +519,15 @@ def test_cli_convert_roundtrip(tmp_path, qemu_img, qimg, create_opts):
     back = str(tmp_path / "back.raw")
     _ok(qimg("convert", "-O", "raw", out, back))
     assert open(back, "rb").read() == data
+
+
+def test_check_truncated_like_qemu(tmp_path, qemu_img, qemu_io, qimg):
+    from conftest import as_qemu
+
+    path = str(tmp_path / "t.vmdk")
+    _ok(qemu_img("create", "-q", "-f", "vmdk", path, "4M"))
+    _ok(qemu_io("-f", "vmdk", "-c", "write -P 1 0 256k", "-c", "write -P 2 1M 64k", path))
+    os.truncate(path, 3 * 65536)
+    for args in (["check"], ["check", "--output=json"]):
+        q, m = qemu_img(*args, path), qimg(*args, path)
+        assert (m.returncode, as_qemu(m.stdout), as_qemu(m.stderr)) == (q.returncode, q.stdout, q.stderr)

@@ -431,6 +431,10 @@ class VmdkFormat(Format):
         for ext in self.extents:
             if isinstance(ext, SparseExtent):
                 n, msgs = ext.check()
-                res.corruptions += n
-                res.messages += msgs
+                if n:
+                    # qemu-img stops at the first bad grain: the message, then a failed check
+                    from qimg import api
+
+                    api.warn(msgs[0])
+                    raise QimgError("Invalid argument")  # the check command adds "Check failed: "
         return res
