@@ -319,16 +319,25 @@ class _Checker:
                     continue
                 # grow the file so that the block lies inside it; its refcount is then rebuilt
                 self.say(f"Repairing refcount block {i} is outside image")
-                if (offset + self.cluster_size) >> self.cluster_bits > MAX_CHECK_CLUSTERS:
-                    # the in-memory refcount array would be too big (qemu-img: ENOMEM)
-                    res.check_errors += 1
-                    raise CheckFailed("Cannot allocate memory", self.msgs)
+                old_len = self.file_len
+                if offset > (1 << 63) - 1 - self.cluster_size:
+                    self.say("ERROR could not resize image: Invalid argument")
+                    rebuild = True
+                    continue
                 try:
                     self.file.truncate(offset + self.cluster_size)
-                except OSError as exc:
+                except (OSError, OverflowError) as exc:
+                    if isinstance(exc, OverflowError):
+                        exc = OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+                    self.say(f"qimg: Could not resize file: {_strerror(exc)}")
                     self.say(f"ERROR could not resize image: {_strerror(exc)}")
                     rebuild = True
                     continue
+                if (offset + self.cluster_size) >> self.cluster_bits > MAX_CHECK_CLUSTERS:
+                    # the in-memory refcount array would be too big: give up as on ENOMEM
+                    self.file.truncate(old_len)
+                    res.check_errors += 1
+                    raise CheckFailed("Cannot allocate memory", self.msgs)
                 self.file_len = self.file.size()
                 nb = -(-self.file_len // self.cluster_size)
                 if nb > len(table):
