@@ -16,7 +16,8 @@ from, in order: the class's ``qimg_formats``, the module's ``qimg_formats``, the
 implements ``create``. The suite exercises the public API (``qimg.create``/``qimg.open``) the
 way the commands do: create, size, reads of a new image, writes and reads at unaligned offsets
 across cluster boundaries, block status covering the range, write_zeroes, reopening, backing
-files (fall-through reads, copy-on-write) for formats that have them, probing, and ``qimg info``
+files (fall-through reads, copy-on-write) for formats that have them, a fixed pseudo-random mix
+of operations against a model, probing, and ``qimg info``
 (when the CLI is installed).
 """
 from __future__ import annotations
@@ -238,6 +239,38 @@ class FormatConformance:
                 assert img.pread(IMAGE_SIZE, size - IMAGE_SIZE) == bytes(size - IMAGE_SIZE)
         with qimg.open(base, qimg_format) as img:
             assert img.pread(0, IMAGE_SIZE) == pattern(IMAGE_SIZE, 11), "the backing file was modified"
+
+    def test_random_operations(self, qimg_new_image: Callable[..., str], qimg_format: str) -> None:
+        """A fixed pseudo-random mix of writes, zero writes and reads, reopening now and then."""
+        import random
+
+        import qimg
+
+        rng = random.Random(0x51A6)
+        path = qimg_new_image()
+        size = created_size(path, qimg_format)
+        model = bytearray(size)
+        img = qimg.open(path, qimg_format, writable=True)
+        try:
+            for step in range(300):
+                op = rng.random()
+                off = rng.randrange(size)
+                n = min(size - off, rng.choice((1, rng.randrange(1, 4096), rng.randrange(1, 300_000))))
+                if op < 0.45:
+                    data = pattern(n, step)
+                    img.pwrite(off, data)
+                    model[off : off + n] = data
+                elif op < 0.6:
+                    img.write_zeroes(off, n, unmap=rng.random() < 0.5)
+                    model[off : off + n] = bytes(n)
+                else:
+                    assert img.pread(off, n) == bytes(model[off : off + n]), f"step {step}: read {n} at {off}"
+                if step % 75 == 74:
+                    img.close()
+                    img = qimg.open(path, qimg_format, writable=True)
+            assert img.pread(0, size) == bytes(model), "whole-image read differs after the random operations"
+        finally:
+            img.close()
 
     def test_read_only_refuses_writes(self, qimg_new_image: Callable[..., str], qimg_format: str) -> None:
         import qimg
