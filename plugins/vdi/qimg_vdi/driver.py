@@ -56,6 +56,9 @@ class VdiFormat(Format):
         Option("size", SIZE, "Virtual disk size"),
         Option("static", BOOL, "VDI static (pre-allocated) image"),
     ]
+    # the order and defaults of qemu-img's "Formatting ..." line
+    create_print_order = ("size", "static")
+    create_print_defaults = {"static": "off"}
 
     # -- create -------------------------------------------------------------------
     @classmethod

@@ -134,6 +134,9 @@ class VpcFormat(Format):
         Option("subformat", STRING, "Type of virtual hard disk format. Supported formats are "
                "{dynamic (default) | fixed} "),
     ]
+    # the order and defaults of qemu-img's "Formatting ..." line
+    create_print_order = ("size", "subformat", "force_size")
+    create_print_defaults: dict[str, str] = {}
 
     # -- create -------------------------------------------------------------------
     @classmethod

@@ -1,0 +1,446 @@
+"""The qcow format: QEMU copy-on-write images, version 1.
+
+Two-level tables map guest clusters to host clusters: the L1 table (in memory) points to L2
+tables (cached), whose entries are host offsets, 0 (unallocated: the backing image or zeroes)
+or compressed cluster descriptors. New L2 tables and clusters are appended at the end of the
+file, aligned to the cluster size, as qemu-img does: data first, then the L2 entries, then
+the L1 entry of a new table, so an interrupted write never exposes unwritten clusters.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import zlib
+from array import array
+from collections import OrderedDict
+from typing import Any
+
+from qimg.api import open_protocol
+from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, Status
+from qimg.driver import Format
+from qimg.errors import QimgError
+from qimg.image import is_zero, zero_fill
+from qimg.limits import MAX_TABLE_BYTES
+from qimg.options import BOOL, SIZE, STRING, Option
+
+from .structs import COMPRESSED, CRYPT_AES, CRYPT_NONE, HEADER_SIZE, MAGIC, Header
+
+SECTOR = 512
+#: L2 tables kept in memory (each at most 64 KiB)
+L2_CACHE_TABLES = 64
+#: offsets past this cannot be read at all (QEMU's request limit)
+MAX_OFFSET = (1 << 63) - (1 << 31)
+#: raw deflate with a 4 KiB window, as qemu-img writes it
+DEFLATE_WBITS = -12
+
+_ZERO_RUN = re.compile(rb"(?:\x00{8})*")
+
+
+def _be_array(data: bytes) -> array:
+    a = array("Q", data)
+    if sys.byteorder == "little":
+        a.byteswap()
+    return a
+
+
+def _be_bytes(a: array) -> bytes:
+    if sys.byteorder == "little":
+        a = array("Q", a)
+        a.byteswap()
+    return a.tobytes()
+
+
+def _secret_check(opts: dict[str, Any]) -> int:
+    """crypt_method for the create options, with qemu-img's errors."""
+    fmt = opts.get("encrypt.format")
+    if opts.get("encryption") and fmt is None:
+        fmt = "aes"
+    if fmt is None or fmt == "":
+        return CRYPT_NONE
+    if fmt != "aes":
+        raise QimgError("Unsupported encryption format")
+    key = opts.get("encrypt.key-secret")
+    if not key:
+        raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
+    from qimg.secrets import get_secret
+
+    get_secret(key)
+    return CRYPT_AES
+
+
+class QcowFormat(Format):
+    format_name = "qcow"
+    supports_backing = True
+    supports_compression = True
+    create_opts = [
+        Option("backing_file", STRING, "File name of a base image"),
+        Option("backing_fmt", STRING, "Format of the backing image"),
+        Option("encrypt.format", STRING, "Encrypt the image, format choices: 'aes'"),
+        Option("encrypt.key-secret", STRING, "ID of the secret that provides the AES encryption key"),
+        Option("encryption", BOOL, "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)"),
+        Option("size", SIZE, "Virtual disk size"),
+    ]
+    # the order of qemu-img's "Formatting ..." line
+    create_print_order = ("size", "backing_file", "backing_fmt", "encryption", "encrypt.format",
+                          "encrypt.key-secret")
+    create_print_defaults: dict[str, str] = {}
+
+    # -- create -------------------------------------------------------------------
+    @classmethod
+    def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
+        size = -(-size // SECTOR) * SECTOR
+        if size == 0:
+            raise QimgError("Image size is too small, cannot be zero length")
+        crypt = _secret_check(opts)
+        backing = opts.get("backing_file") or None
+        name = backing.encode() if backing else b""
+        if backing:
+            # 512-byte clusters: a guest sector write never needs copy-on-write
+            cluster_bits, l2_bits = 9, 12
+        else:
+            cluster_bits, l2_bits = 12, 9
+        l1_offset = -(-(HEADER_SIZE + len(name)) // 8) * 8
+        shift = cluster_bits + l2_bits
+        l1_size = -(-size >> shift)
+        header = Header.build(dict(
+            magic=MAGIC, version=1,
+            backing_file_offset=HEADER_SIZE if name else 0,
+            backing_file_size=len(name),
+            mtime=0, size=size, cluster_bits=cluster_bits, l2_bits=l2_bits, padding=0,
+            crypt_method=crypt, l1_table_offset=l1_offset,
+        ))
+        l1_bytes = -(-l1_size * 8 // SECTOR) * SECTOR
+        file = open_protocol(filename, create=True, writable=True)
+        try:
+            file.truncate(0)
+            file.pwrite(0, header + name)
+            # the (empty) L1 table is written, not left a hole, as qemu-img does
+            chunk = bytes(min(l1_bytes, 1 << 20))
+            pos = 0
+            while pos < l1_bytes:
+                n = min(len(chunk), l1_bytes - pos)
+                file.pwrite(l1_offset + pos, memoryview(chunk)[:n])
+                pos += n
+        finally:
+            file.close()
+
+    # -- open -----------------------------------------------------------------------
+    def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
+        super().__init__(file, filename=filename, writable=writable, options=options)
+        raw = file.pread(0, HEADER_SIZE).ljust(HEADER_SIZE, b"\0")
+        h = Header.parse(raw)
+        if h.magic != MAGIC:
+            raise QimgError("Image not in qcow format")
+        if h.version != 1:
+            hint = "\nTry the 'qcow2' driver instead." if h.version in (2, 3) else ""
+            raise QimgError(f"qcow (v1) does not support qcow version {h.version}{hint}")
+        if h.size <= 1:
+            raise QimgError("Image size is too small (must be at least 2 bytes)")
+        if not 9 <= h.cluster_bits <= 16:
+            raise QimgError("Cluster size must be between 512 and 64k")
+        if not 6 <= h.l2_bits <= 13:
+            raise QimgError("L2 table size must be between 512 and 64k")
+        if h.crypt_method > CRYPT_AES:
+            raise QimgError("invalid encryption method in qcow header")
+        shift = h.cluster_bits + h.l2_bits
+        if h.size > (1 << 64) - 1 - (1 << shift):
+            raise QimgError("Image too large")
+        l1_size = -(-h.size >> shift)
+        if l1_size > 0x7FFFFFFF // 8:
+            raise QimgError("Image too large")
+        if l1_size * 8 > MAX_TABLE_BYTES:
+            raise QimgError(f"Image too large: an L1 table of {l1_size * 8} bytes exceeds qimg's "
+                            f"limit of {MAX_TABLE_BYTES}")
+        if h.l1_table_offset + l1_size * 8 > MAX_OFFSET:
+            raise QimgError(f"Could not open '{filename}': Could not open '{filename}': Input/output error")
+        self.header = h
+        self.cluster_bits = h.cluster_bits
+        self.l2_bits = h.l2_bits
+        self._cs = 1 << h.cluster_bits
+        self._l2_entries = 1 << h.l2_bits
+        self._size = h.size // SECTOR * SECTOR
+        self.encrypted = h.crypt_method == CRYPT_AES
+        # unreadable parts of the table (past the end of the file) read as zeroes
+        self.l1 = _be_array(file.pread(h.l1_table_offset, l1_size * 8).ljust(l1_size * 8, b"\0"))
+        self.l1_offset = h.l1_table_offset
+        if h.backing_file_offset:
+            n = h.backing_file_size
+            if n > 1023:
+                raise QimgError("Backing file name too long")
+            if h.backing_file_offset + n > MAX_OFFSET:
+                raise QimgError(f"Could not open '{filename}': Could not open '{filename}': Input/output error")
+            name = file.pread(h.backing_file_offset, n).split(b"\0", 1)[0]
+            if name:
+                self.backing_filename = name.decode("utf-8", "surrogateescape")
+        self._eof = file.size()
+        self._l2_cache: OrderedDict[int, array] = OrderedDict()
+        self._zcache: tuple[int, bytes] | None = None  # last decompressed cluster
+        # compressed descriptors: the offset has 63 - cluster_bits bits, the length the rest
+        self._coff_mask = (1 << (63 - h.cluster_bits)) - 1
+
+    # -- facts ----------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def cluster_size(self) -> int | None:
+        return self._cs
+
+    def info_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"cluster-size": self._cs}
+        if self.encrypted:
+            extra["encrypted"] = True
+        return extra
+
+    # -- tables ---------------------------------------------------------------------------
+    def _l2(self, l2_offset: int) -> array:
+        tbl = self._l2_cache.get(l2_offset)
+        if tbl is not None:
+            self._l2_cache.move_to_end(l2_offset)
+            return tbl
+        n = self._l2_entries * 8
+        raw = self.file.pread(l2_offset, n) if l2_offset + n <= MAX_OFFSET else b""
+        tbl = _be_array(raw.ljust(n, b"\0"))
+        self._l2_cache[l2_offset] = tbl
+        if len(self._l2_cache) > L2_CACHE_TABLES:
+            self._l2_cache.popitem(last=False)
+        return tbl
+
+    def _check_crypto(self) -> None:
+        if self.encrypted:
+            raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
+
+    # -- block status --------------------------------------------------------------------
+    def block_status(self, offset: int, length: int) -> Status:
+        # qemu-img needs the key to open an encrypted image for I/O at all
+        self._check_crypto()
+        cb, cs = self.cluster_bits, self._cs
+        cluster = offset >> cb
+        l1i, l2i = divmod(cluster, self._l2_entries)
+        within = offset & (cs - 1)
+        end = offset + length
+        # clusters of this L2 table the request covers
+        last = min(self._l2_entries, -(-(end - (l1i << (cb + self.l2_bits))) >> cb))
+        l2off = self.l1[l1i]
+        if l2off == 0:
+            # whole L2 ranges without a table, as far as the request goes
+            last_l1 = -(-end >> (cb + self.l2_bits))
+            m = _ZERO_RUN.match(memoryview(self.l1).cast("B"), l1i * 8, last_l1 * 8)
+            run_end = (m.end() // 8) << (cb + self.l2_bits)
+            return Status(0, min(end, run_end) - offset)
+        tbl = self._l2(l2off)
+        entry = tbl[l2i]
+        if entry == 0:
+            m = _ZERO_RUN.match(memoryview(tbl).cast("B"), l2i * 8, last * 8)
+            run_end = ((l1i << self.l2_bits) + m.end() // 8) << cb
+            return Status(0, min(end, run_end) - offset)
+        j = l2i + 1
+        if entry & COMPRESSED:
+            while j < last and tbl[j] & COMPRESSED:
+                j += 1
+            n = min(end, ((l1i << self.l2_bits) + j) << cb) - offset
+            return Status(DATA | ALLOCATED, n)
+        while j < last and tbl[j] == entry + ((j - l2i) << cb):
+            j += 1
+        n = min(end, ((l1i << self.l2_bits) + j) << cb) - offset
+        if self.encrypted:
+            return Status(DATA | ALLOCATED, n)
+        return Status(DATA | ALLOCATED | OFFSET_VALID, n, entry + within, self.file.filename)
+
+    # -- reads --------------------------------------------------------------------------
+    def _decompress(self, entry: int) -> bytes:
+        if self._zcache is not None and self._zcache[0] == entry:
+            return self._zcache[1]
+        cs = self._cs
+        csize = (entry >> (63 - self.cluster_bits)) & (cs - 1)
+        coff = entry & self._coff_mask
+        raw = self.file.pread(coff, csize) if coff + csize <= MAX_OFFSET else b""
+        try:
+            d = zlib.decompressobj(DEFLATE_WBITS)
+            out = d.decompress(raw, cs)
+        except zlib.error:
+            out = b""
+        if len(out) != cs:
+            raise QimgError(f"'{self.filename}': could not decompress the cluster at {coff:#x}: Input/output error")
+        self._zcache = (entry, out)
+        return out
+
+    def read(self, offset: int, buf: memoryview) -> None:
+        self._check_crypto()
+        pos, total = 0, len(buf)
+        cs = self._cs
+        while pos < total:
+            off = offset + pos
+            st = self.block_status(off, total - pos)
+            n = st.length
+            view = buf[pos : pos + n]
+            if not st.flags & ALLOCATED:
+                self.read_backing(off, view)
+            elif st.flags & OFFSET_VALID:
+                self._check_aligned(st.host_offset - (off & (cs - 1)))
+                got = self.file.preadinto(st.host_offset, view)
+                if got < n:
+                    zero_fill(view[got:])
+            else:  # compressed clusters, one by one
+                p = 0
+                while p < n:
+                    o = off + p
+                    data = self._decompress(self._entry(o))
+                    w = o & (cs - 1)
+                    k = min(n - p, cs - w)
+                    view[p : p + k] = data[w : w + k]
+                    p += k
+            pos += n
+
+    def _check_aligned(self, cluster_offset: int) -> None:
+        # qemu-img refuses data clusters that do not start on a sector
+        if cluster_offset & (SECTOR - 1):
+            raise QimgError(f"'{self.filename}': cluster at {cluster_offset:#x} is not sector aligned: "
+                            "Input/output error")
+
+    def _entry(self, offset: int) -> int:
+        l1i, l2i = divmod(offset >> self.cluster_bits, self._l2_entries)
+        l2off = self.l1[l1i]
+        return self._l2(l2off)[l2i] if l2off else 0
+
+    # -- writes -------------------------------------------------------------------------
+    def _alloc_end(self, length: int) -> int:
+        """Reserve ``length`` bytes at the cluster-aligned end of the file."""
+        cs = self._cs
+        start = -(-self._eof // cs) * cs
+        if start + length > MAX_OFFSET or start & COMPRESSED:
+            raise QimgError(f"'{self.filename}': image file too large")
+        self._eof = start + length
+        return start
+
+    def _l2_for_write(self, l1i: int) -> tuple[int, array]:
+        l2off = self.l1[l1i]
+        if l2off:
+            return l2off, self._l2(l2off)
+        n = self._l2_entries * 8
+        l2off = self._alloc_end(n)
+        self.file.pwrite(l2off, bytes(n))
+        tbl = array("Q", bytes(n))
+        self._l2_cache[l2off] = tbl
+        if len(self._l2_cache) > L2_CACHE_TABLES:
+            self._l2_cache.popitem(last=False)
+        return l2off, tbl
+
+    def _commit_l1(self, l1i: int, l2off: int) -> None:
+        if self.l1[l1i] != l2off:
+            self.file.pwrite(self.l1_offset + l1i * 8, l2off.to_bytes(8, "big"))
+            self.l1[l1i] = l2off
+
+    def write(self, offset: int, data: memoryview) -> None:
+        self._check_crypto()
+        span = self._cs << self.l2_bits
+        pos, total = 0, len(data)
+        while pos < total:
+            off = offset + pos
+            l1i = off // span
+            n = min(total - pos, (l1i + 1) * span - off)
+            l2off, tbl = self._l2_for_write(l1i)
+            self._write_in_table(tbl, l2off, off, data[pos : pos + n])
+            self._commit_l1(l1i, l2off)
+            pos += n
+
+    def _write_in_table(self, tbl: array, l2off: int, offset: int, data: memoryview) -> None:
+        """A write within one L2 table's range: in place where allocated, else new clusters."""
+        cb, cs = self.cluster_bits, self._cs
+        base = (offset >> (cb + self.l2_bits)) << (cb + self.l2_bits)
+        pos, total = 0, len(data)
+        while pos < total:
+            off = offset + pos
+            i = (off - base) >> cb
+            first_entry = tbl[i]
+            j = i + 1
+            end_i = -(-(offset + total - base) >> cb)
+            if first_entry and not first_entry & COMPRESSED:
+                # allocated: extend over host-contiguous clusters and write in place
+                while j < end_i and tbl[j] == first_entry + ((j - i) << cb):
+                    j += 1
+                n = min(total - pos, base + (j << cb) - off)
+                self._check_aligned(first_entry)
+                self.file.pwrite(first_entry + (off & (cs - 1)), data[pos : pos + n])
+                pos += n
+                continue
+            if not first_entry:
+                while j < end_i and tbl[j] == 0:
+                    j += 1
+            n = min(total - pos, base + (j << cb) - off)
+            self._write_new(tbl, l2off, i, j, off, data[pos : pos + n], first_entry)
+            pos += n
+
+    def _write_new(self, tbl: array, l2off: int, i: int, j: int, off: int, data: memoryview,
+                   old_entry: int) -> None:
+        """Clusters i..j of a table get fresh host clusters holding ``data`` at guest ``off``."""
+        cb, cs = self.cluster_bits, self._cs
+        run_start = off - (off & (cs - 1))
+        run_len = (j - i) << cb
+        head = off - run_start
+        tail = run_len - head - len(data)
+        host = self._alloc_end(run_len)
+        if head == 0 and tail == 0:
+            self.file.pwrite(host, data)
+        elif old_entry & COMPRESSED or self.backing is not None:
+            # copy-on-write: the old (decompressed) cluster or the backing data around the write
+            buf = bytearray(run_len)
+            view = memoryview(buf)
+            if old_entry & COMPRESSED:
+                view[:] = self._decompress(old_entry)
+            else:
+                if head:
+                    self.read_backing(run_start, view[:head])
+                if tail:
+                    self.read_backing(run_start + run_len - tail, view[run_len - tail :])
+            view[head : head + len(data)] = data
+            self.file.pwrite(host, view)
+        else:
+            # no backing: the rest of the new clusters reads as zeroes from the grown file
+            if host + run_len > self.file.size():
+                self.file.truncate(host + run_len)
+            if not is_zero(data):
+                self.file.pwrite(host + head, data)
+        entries = array("Q", range(host, host + run_len, cs))
+        tbl[i:j] = entries
+        self.file.pwrite(l2off + i * 8, _be_bytes(entries))
+
+    def write_compressed(self, offset: int, data: memoryview) -> None:
+        """One whole cluster, deflated (stored plainly when that does not save space)."""
+        self._check_crypto()
+        cs = self._cs
+        if offset & (cs - 1) or (len(data) != cs and offset + len(data) != self._size):
+            raise QimgError("Compression is supported only for whole clusters")
+        if len(data) < cs:  # the last, partial cluster of the image
+            data = memoryview(bytes(data).ljust(cs, b"\0"))
+        c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, DEFLATE_WBITS)
+        packed = c.compress(data) + c.flush()
+        l1i, l2i = divmod(offset >> self.cluster_bits, self._l2_entries)
+        l2off, tbl = self._l2_for_write(l1i)
+        if len(packed) >= cs or (tbl[l2i] and not tbl[l2i] & COMPRESSED):
+            self._write_in_table(tbl, l2off, offset, data)
+        else:
+            # compressed data is appended unaligned, right at the end of the file
+            host = self._eof
+            if host + len(packed) > MAX_OFFSET:
+                raise QimgError(f"'{self.filename}': image file too large")
+            self.file.pwrite(host, packed)
+            self._eof = host + len(packed)
+            entry = COMPRESSED | (len(packed) << (63 - self.cluster_bits)) | host
+            tbl[l2i] = entry
+            self.file.pwrite(l2off + l2i * 8, entry.to_bytes(8, "big"))
+        self._commit_l1(l1i, l2off)
+
+    def make_empty(self) -> None:
+        """Drop every mapping (``commit`` without ``-d``): an empty L1 table, the file cut after it."""
+        l1_bytes = len(self.l1) * 8
+        self.file.pwrite(self.l1_offset, bytes(l1_bytes))
+        self.l1 = array("Q", bytes(l1_bytes))
+        self._l2_cache.clear()
+        self._zcache = None
+        h = self.header
+        # never cut the header or the backing file name
+        end = max(self.l1_offset + l1_bytes, HEADER_SIZE, h.backing_file_offset + h.backing_file_size)
+        self.file.truncate(end)
+        self._eof = end
