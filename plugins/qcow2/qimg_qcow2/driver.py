@@ -155,7 +155,7 @@ class Qcow2Format(RefcountMixin, Format):
             raise QimgError("Reference count table offset invalid")
         if h.nb_snapshots > S.MAX_SNAPSHOTS:
             raise QimgError("Snapshot table too large")
-        if h.nb_snapshots and not self._valid_table(h.snapshots_offset, h.nb_snapshots * 40):
+        if not self._valid_table(h.snapshots_offset, h.nb_snapshots * 40):
             raise QimgError("Snapshot table offset invalid")
         if h.l1_size > S.MAX_L1_SIZE // 8:
             raise QimgError("Active L1 table too large")
@@ -180,6 +180,11 @@ class Qcow2Format(RefcountMixin, Format):
         self.l2_cache = TableCache(ncache, self._l2_load, self._l2_store, self._flush_refblocks)
         self.refblock_cache = TableCache(max(8, ncache // 4), self._rb_load, self._rb_store)
         self._open_data_file(options)
+        if h.bitmaps_ext is not None:
+            # QEMU loads (and so validates) persistent bitmaps on every open
+            from .bitmap import validate_on_open
+
+            validate_on_open(self)
         if self.writable:
             self._writable_open_fixups()
 

@@ -61,7 +61,7 @@ def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocati
         _preallocate_metadata(drv, old, size, preallocation)
     elif preallocation in ("falloc", "full"):
         _preallocate_data(drv, old, size, preallocation)
-    if drv.data_file is not None and drv.data_raw and size > old and preallocation == "off":
+    if drv.data_file is not None and size > old and preallocation == "off":
         drv.data_file.truncate(size)
     drv.flush_caches()
     h.size = size

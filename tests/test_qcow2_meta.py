@@ -1,0 +1,200 @@
+"""qcow2 metadata against qemu-img: byte-identical create, measure, open validation, info,
+amend and resize."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import pytest
+import qimg
+from qimg.errors import QimgError
+
+CREATE_CASES = [
+    ("", "0"), ("", "3M"), ("compat=0.10", "3M"), ("cluster_size=512,refcount_bits=1", "65M"),
+    ("cluster_size=4k,refcount_bits=64", "3M"), ("extended_l2=on", "3M"),
+    ("lazy_refcounts=on,compression_type=zstd", "1G"), ("cluster_size=2M", "100G"),
+    ("backing_file=base.raw,backing_fmt=raw", "3M"), ("data_file=d.raw", "3M"),
+    ("data_file=d.raw,data_file_raw=on", "3M"), ("preallocation=metadata", "3M"),
+    ("preallocation=metadata,cluster_size=512", "17M"), ("preallocation=falloc", "3M"),
+    ("preallocation=full,cluster_size=1k,refcount_bits=64", "3M"),
+    ("extended_l2=on,preallocation=falloc,cluster_size=16k", "3M"),
+    ("compat=0.10,preallocation=metadata,cluster_size=1k", "65M"),
+    ("cluster_size=512,refcount_bits=64,preallocation=metadata", "3M"),
+    ("extended_l2=on,preallocation=metadata,backing_file=base.raw,backing_fmt=raw", "3M"),
+    ("data_file=d.raw,preallocation=full", "3M"),
+]
+
+
+@pytest.mark.parametrize("opts,size", CREATE_CASES, ids=[f"{o or 'default'}-{s}" for o, s in CREATE_CASES])
+def test_create_byte_identical(qemu_img, tmp_path, monkeypatch, opts, size):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.raw").write_bytes(bytes(4096))
+    args = ["-o", opts] if opts else []
+    r = qemu_img("create", "-q", "-f", "qcow2", *args, "q.qcow2", size)
+    assert r.returncode == 0, r.stderr
+    ref = (tmp_path / "q.qcow2").read_bytes()
+    ref_data = (tmp_path / "d.raw").read_bytes() if "data_file" in opts else None
+    from qimg.units import parse_size
+
+    qimg.create("i.qcow2", "qcow2", parse_size(size), opts)
+    assert (tmp_path / "i.qcow2").read_bytes() == ref
+    if ref_data is not None:
+        assert (tmp_path / "d.raw").read_bytes() == ref_data
+
+
+ERROR_CASES = ["compat=foo", "cluster_size=1000", "cluster_size=4M", "refcount_bits=3",
+               "compat=0.10,refcount_bits=8", "compat=0.10,lazy_refcounts=on", "compat=0.10,extended_l2=on",
+               "compat=0.10,data_file=x.raw", "compat=0.10,compression_type=zstd", "compression_type=lz4",
+               "data_file_raw=on", "preallocation=foo", "extended_l2=on,cluster_size=8k", "backing_fmt=raw"]
+
+
+@pytest.mark.parametrize("opts", ERROR_CASES)
+def test_create_errors_as_qemu(qemu_img, tmp_path, monkeypatch, opts):
+    monkeypatch.chdir(tmp_path)
+    r = qemu_img("create", "-q", "-f", "qcow2", "-o", opts, "q.qcow2", "1M")
+    assert r.returncode == 1
+    with pytest.raises(QimgError) as e:
+        qimg.create("i.qcow2", "qcow2", 1 << 20, opts)
+    assert r.stderr.strip() == f"qemu-img: q.qcow2: {e.value.message}"
+
+
+MEASURE = [("", None), ("cluster_size=512,refcount_bits=1", None), ("extended_l2=on", None),
+           ("cluster_size=2M,refcount_bits=64", None), ("preallocation=full", None), ("", "img"),
+           ("cluster_size=16k,extended_l2=on", "img")]
+
+
+@pytest.mark.parametrize("opts,src", MEASURE)
+def test_measure(qemu_img, qemu_io, tmp_path, opts, src):
+    args = ["-o", opts] if opts else []
+    if src:
+        p = tmp_path / "s.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", str(p), "64M")
+        qemu_io("-c", "write -P 1 0 3M", "-c", "write -P 2 10M 5000", "-c", "write -z 20M 1M", str(p))
+        r = qemu_img("measure", "--output=json", "-O", "qcow2", *args, str(p))
+        with qimg.open(str(p)) as img:
+            got = _measure(opts, img)
+    else:
+        r = qemu_img("measure", "--output=json", "-O", "qcow2", *args, "--size", "7G")
+        got = _measure(opts, None, 7 << 30)
+    assert r.returncode == 0, r.stderr
+    exp = json.loads(r.stdout)
+    assert got["required"] == exp["required"] and got["fully-allocated"] == exp["fully-allocated"]
+
+
+def _opts(opts):
+    from qimg.options import parse_options
+    from qimg_qcow2.options import CREATE_OPTS
+
+    return parse_options(opts, CREATE_OPTS)
+
+
+def _measure(opts, img, size=None):
+    from qimg_qcow2.driver import Qcow2Format
+
+    return Qcow2Format.measure(size, _opts(opts), img)
+
+
+def _patch(path, off, fmt, val):
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(struct.pack(fmt, val))
+
+
+BAD = [(72, ">Q", 1 << 5), (72, ">Q", 1 << 40), (20, ">I", 8), (20, ">I", 22), (4, ">I", 4), (96, ">I", 7),
+       (100, ">I", 100), (100, ">I", 70000), (104, "B", 1), (104, "B", 2), (36, ">I", 0), (40, ">Q", 3 * 65536 + 1),
+       (48, ">Q", 65537), (56, ">I", 0), (56, ">I", 1 << 20), (32, ">I", 3), (8, ">Q", 70000), (36, ">I", 1 << 30),
+       (24, ">Q", 1 << 62), (60, ">I", 70000), (64, ">Q", 13)]
+
+
+@pytest.mark.parametrize("off,fmt,val", BAD)
+def test_open_validation_messages(qemu_img, tmp_path, off, fmt, val):
+    good = tmp_path / "g.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(good), "1M")
+    bad = tmp_path / "b.qcow2"
+    shutil.copy(good, bad)
+    _patch(bad, off, fmt, val)
+    r = qemu_img("info", "-f", "qcow2", str(bad))
+    assert r.returncode == 1
+    with pytest.raises(QimgError) as e:
+        qimg.open(str(bad), "qcow2")
+    assert r.stderr.strip() == f"qemu-img: {e.value.message}"
+
+
+def test_corrupt_and_dirty(qemu_img, qemu_io, tmp_path):
+    p = tmp_path / "c.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(p), "1M")
+    _patch(p, 72, ">Q", 2)
+    qimg.open(str(p)).close()
+    with pytest.raises(QimgError) as e:
+        qimg.open(str(p), writable=True)
+    assert "qcow2: Image is corrupt; cannot be opened read/write" in e.value.message
+    # dirty with lazy refcounts: leaked refcounts get repaired on a writable open
+    d = tmp_path / "d.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", str(d), "1M")
+    with qimg.open(str(d), writable=True) as img:
+        img.pwrite(0, b"x" * 70000)
+        assert img.driver.header.incompatible_features & 1
+        img.driver.flush_caches()
+        img.driver._dirty_set = False  # simulate a crash: the dirty bit stays set
+    assert "cleanly shut down: no" in qemu_img("info", str(d)).stdout
+    with qimg.open(str(d), writable=True):
+        pass
+    assert qemu_img("check", str(d)).returncode == 0
+    assert "cleanly shut down: no" not in qemu_img("info", str(d)).stdout
+
+
+INFO_CASES = ["compat=0.10", "", "lazy_refcounts=on,refcount_bits=8", "extended_l2=on,compression_type=zstd",
+              "data_file=d.raw,data_file_raw=on", "backing_file=base.raw,backing_fmt=raw"]
+
+
+@pytest.mark.parametrize("opts", INFO_CASES)
+def test_info_keys(qemu_img, tmp_path, monkeypatch, opts):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.raw").write_bytes(bytes(4096))
+    args = ["-o", opts] if opts else []
+    qemu_img("create", "-q", "-f", "qcow2", *args, "q.qcow2", "1M")
+    info = json.loads(qemu_img("info", "--output=json", "q.qcow2").stdout)
+    with qimg.open("q.qcow2", backing=False) as img:
+        assert img.driver.format_specific_info() == info["format-specific"]["data"]
+        extra = img.driver.info_extra()
+        for k, v in extra.items():
+            assert info[k] == v, k
+        assert img.driver.cluster_size == info["cluster-size"]
+
+
+def test_amend_and_resize(qemu_img, qemu_io, tmp_path):
+    p = tmp_path / "a.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", str(p), "8M")
+    qemu_io("-c", "write -P 1 0 1M", "-c", "write -z 2M 1M", "-c", "write -P 3 7M 1M", str(p))
+    steps = []
+    with qimg.open(str(p), writable=True) as img:
+        img.driver.amend({"refcount_bits": 1}, progress=lambda d, t: steps.append(d))
+    assert steps and steps[-1] == 100
+    assert qemu_img("check", str(p)).returncode == 0
+    with qimg.open(str(p), writable=True) as img:
+        img.driver.amend({"refcount_bits": 16, "compat": "0.10"})
+    info = qemu_img("info", str(p)).stdout
+    assert "compat: 0.10" in info and qemu_img("check", str(p)).returncode == 0
+    with qimg.open(str(p), writable=True) as img:
+        img.driver.amend({"compat": "1.1", "lazy_refcounts": True})
+        img.truncate(20 << 20)
+    assert qemu_img("check", str(p)).returncode == 0
+    with qimg.open(str(p), writable=True) as img:
+        img.truncate(6 << 20, shrink=True)
+    assert qemu_img("check", str(p)).returncode == 0
+    r = qemu_io("-c", "read -P 1 0 1M", "-c", "read -P 0 2M 4M", str(p))
+    assert "verification failed" not in r.stdout
+    assert "virtual size: 6 MiB" in qemu_img("info", str(p)).stdout
+
+
+@pytest.mark.parametrize("mode", ["off", "metadata", "falloc", "full"])
+def test_resize_grow_like_qemu(qemu_img, tmp_path, mode):
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(a), "1M")
+    shutil.copy(a, b)
+    assert qemu_img("resize", f"--preallocation={mode}", str(a), "5M").returncode == 0
+    with qimg.open(str(b), writable=True) as img:
+        img.truncate(5 << 20, preallocation=mode)
+    assert qemu_img("check", str(b)).returncode == 0
+    assert a.read_bytes() == b.read_bytes()
