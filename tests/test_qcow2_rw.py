@@ -2,11 +2,9 @@
 check and compare confirm."""
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
-
 import qimg
 
 MiB = 1 << 20

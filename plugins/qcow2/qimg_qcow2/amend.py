@@ -154,7 +154,7 @@ def change_refcount_order(drv: "Qcow2Format", order: int) -> None:
             raise QimgError(f"Cannot decrease refcount entry width to {1 << order} bits: Cluster at offset "
                             f"{ci << cb:#x} has a refcount of {v}")
     # the old structures stop being counted
-    for ti, e in enumerate(drv.refcount_table):
+    for e in drv.refcount_table:
         off = e & S.REFT_OFFSET_MASK
         if off:
             counts.pop(off >> cb, None)

@@ -5,7 +5,8 @@ Memory stays bounded whatever sizes an image claims: at most ``capacity`` tables
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class TableCache:

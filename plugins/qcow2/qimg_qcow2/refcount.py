@@ -6,7 +6,6 @@ first within each byte, as the spec says); entries are decoded on access.
 from __future__ import annotations
 
 import struct
-from array import array
 from typing import TYPE_CHECKING
 
 from qimg.errors import CorruptImage, QimgError
