@@ -1,14 +1,16 @@
 """qimg.testing: a pytest plugin with a conformance suite for format drivers.
 
-Opt in with ``pytest -p qimg.testing`` or ``pytest_plugins = ["qimg.testing"]`` in a test
-module, then subclass :class:`FormatConformance`::
+Opt in with ``pytest -p qimg.testing`` or, in your project's root ``conftest.py``,
+``pytest_plugins = ["qimg.testing"]``; then subclass :class:`FormatConformance`::
 
     from qimg.testing import FormatConformance
 
-    pytest_plugins = ["qimg.testing"]
-
     class TestMyFormat(FormatConformance):
         qimg_formats = ["myfmt"]      # omit: every installed format that can create images
+
+(``pytest_plugins`` in a test module works too; call
+``pytest.register_assert_rewrite("qimg.testing")`` before the import there to keep pytest's
+detailed assertion messages.)
 
 Every test of the class runs once per format name (``qimg_format`` fixture). The names come
 from, in order: the class's ``qimg_formats``, the module's ``qimg_formats``, the
@@ -17,8 +19,7 @@ implements ``create``. The suite exercises the public API (``qimg.create``/``qim
 way the commands do: create, size, reads of a new image, writes and reads at unaligned offsets
 across cluster boundaries, block status covering the range, write_zeroes, reopening, backing
 files (fall-through reads, copy-on-write) for formats that have them, a fixed pseudo-random mix
-of operations against a model, probing, and ``qimg info``
-(when the CLI is installed).
+of operations against a model, probing, and ``qimg info`` (when the CLI is installed).
 """
 from __future__ import annotations
 
