@@ -121,7 +121,7 @@ class Format:
     @classmethod
     def measure(cls, size: int | None, opts: dict[str, Any], source: "Image | None") -> dict[str, int]:
         """Return ``{"required": n, "fully-allocated": m}`` (and ``"bitmaps"`` if any)."""
-        raise NotSupported(f"Format driver '{cls.format_name}' does not support size measurement")
+        raise NotSupported(f"Block driver '{cls.format_name}' does not support size measurement")
 
     # -- open ---------------------------------------------------------------
     def __init__(self, file: "Protocol", *, filename: str, writable: bool, options: dict[str, Any]) -> None:
