@@ -473,12 +473,10 @@ def check_bitmap_refcounts(c: "_Checker", res: "CheckResult", table: list[int]) 
         return
     for bm in bitmaps:
         c.inc(res, table, bm.table_offset, bm.table_size * 8)
-        try:
-            entries = _read_table(drv, bm)
-        except QimgError:
-            res.corruptions += 1
-            break
-        for e in entries:
+        # bytes past the end of the file read as zeroes (entries meaning "all zeroes")
+        present = max(0, min(bm.table_size * 8, c.file_len - bm.table_offset)) & ~7
+        raw = c.read(bm.table_offset, present)
+        for e in struct.unpack(f">{present // 8}Q", raw):
             if not _check_entry(e, c.cluster_size):
                 res.corruptions += 1
                 continue
@@ -678,3 +676,89 @@ def measure_bitmaps(source, cluster_size: int) -> int | None:
         total += -(-(clusters * 8) // cluster_size) * cluster_size
         dir_size += (DIR_ENTRY_SIZE + len(bm.name.encode()) + 7) & ~7
     return total + -(-dir_size // cluster_size) * cluster_size
+
+
+# -- validation when an image is opened -----------------------------------------------------
+MAX_DIRECTORY_SIZE_QEMU = 1024 * MAX_BITMAPS
+MAX_PHYS_SIZE = 64 << 20
+
+
+def validate_on_open(drv: "Qcow2Format") -> None:
+    """QEMU's checks on the bitmaps extension, directory and tables when it opens an image;
+    raises QimgError with qemu-img's message (the caller prefixes "Could not open ...")."""
+    h = drv.header
+    raw = h.bitmaps_ext
+    if raw is None:
+        return
+    if len(raw) != 24:
+        raise QimgError("bitmaps_ext: Invalid extension length")
+    if not h.autoclear_features & S.AUTOCLEAR_BITMAPS:
+        from qimg import api
+
+        if h.version < 3:
+            first = ("This qcow2 v2 image contains bitmaps, but they may have been modified by a program "
+                     "without persistent bitmap support; so now they must all be considered inconsistent")
+        else:
+            first = "a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent"
+        api.warn(f"qimg: warning: {first}\n"
+                 "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.")
+        return
+    e = BitmapsExt.parse(raw)
+    if e.reserved:
+        raise QimgError("bitmaps_ext: Reserved field is not zero")
+    if e.nb_bitmaps > MAX_BITMAPS:
+        raise QimgError(f"bitmaps_ext: Image has {e.nb_bitmaps} bitmaps, exceeding the QEMU supported "
+                        f"maximum of {MAX_BITMAPS}")
+    if e.nb_bitmaps == 0:
+        raise QimgError("found bitmaps extension with zero bitmaps")
+    cs = drv.cluster_size
+    if e.bitmap_directory_offset & (cs - 1):
+        raise QimgError("bitmaps_ext: invalid bitmap directory offset")
+    if e.bitmap_directory_size > MAX_DIRECTORY_SIZE_QEMU:
+        raise QimgError(f"bitmaps_ext: bitmap directory size ({e.bitmap_directory_size}) exceeds the maximum "
+                        f"supported size ({MAX_DIRECTORY_SIZE_QEMU})")
+    size = e.bitmap_directory_size
+    data = drv.file.pread(e.bitmap_directory_offset, size) if size else b""
+    data += bytes(size - len(data))  # past the end of the file reads as zeroes
+    # the directory, entry by entry, in QEMU's order of checks
+    entries: list[Bitmap] = []
+    pos = 0
+    while pos < size:
+        if pos + DIR_ENTRY_SIZE > size:
+            raise QimgError("Broken bitmap directory")
+        if len(entries) + 1 > e.nb_bitmaps:
+            raise QimgError("More bitmaps found than specified in header extension")
+        de = DirEntry.parse(data[pos : pos + DIR_ENTRY_SIZE])
+        name_end = pos + DIR_ENTRY_SIZE + de.extra_data_size + de.name_size
+        nxt = (name_end + 7) & ~7
+        if nxt > size:
+            raise QimgError("Broken bitmap directory")
+        if de.extra_data_size:
+            raise QimgError("Bitmap extra data is not supported")
+        name = bytes(data[name_end - de.name_size : name_end]).decode("utf-8", "replace")
+        if (de.type != TYPE_DIRTY_TRACKING or de.flags & ~(FLAG_IN_USE | FLAG_AUTO)
+                or not MIN_GRANULARITY_BITS <= de.granularity_bits <= MAX_GRANULARITY_BITS
+                or de.name_size > MAX_NAME_SIZE
+                or de.bitmap_table_offset == 0 or de.bitmap_table_offset & (cs - 1)
+                or de.bitmap_table_size == 0 or de.bitmap_table_size > MAX_TABLE_SIZE
+                or de.bitmap_table_size * cs > MAX_PHYS_SIZE):
+            raise QimgError(f"Bitmap '{name}' doesn't satisfy the constraints")
+        entries.append(Bitmap(name=name, table_offset=de.bitmap_table_offset, table_size=de.bitmap_table_size,
+                              flags=de.flags, granularity_bits=de.granularity_bits, type=de.type))
+        pos = nxt
+    if len(entries) != e.nb_bitmaps:
+        raise QimgError("Less bitmaps found than specified in header extension")
+    if pos != size:
+        raise QimgError("Broken bitmap directory")
+    # consistent bitmaps are loaded: their tables and sizes must be right
+    for bm in entries:
+        if bm.in_use:
+            continue
+        raw_t = drv.file.pread(bm.table_offset, bm.table_size * 8)
+        raw_t += bytes(bm.table_size * 8 - len(raw_t))
+        for ent in struct.unpack(f">{bm.table_size}Q", raw_t):
+            if not _check_entry(ent, cs):
+                raise QimgError(f"Could not read bitmap_table table from image for bitmap '{bm.name}': "
+                                "Invalid argument")
+        if bm.table_size != table_size_for(drv.size, bm.granularity_bits, cs):
+            raise QimgError(f"Could not read bitmap '{bm.name}' from image: Invalid argument")
