@@ -203,3 +203,17 @@ def test_large_run_moves_whole_clusters(qemu_img, tmp_path):
     with qimg.open(str(path)) as img:
         assert img.pread(4096, len(data)) == data
     assert qemu_img("check", str(path)).returncode == 0
+
+
+@pytest.mark.parametrize("opts", ["preallocation=metadata", "preallocation=metadata,cluster_size=4k,refcount_bits=2",
+                                  "extended_l2=on", "extended_l2=on,preallocation=metadata", "data_file=dd.raw",
+                                  "compat=0.10", "preallocation=falloc"])
+def test_map_and_info_as_qemu(qemu_img, qemu_io, qimg, tmp_path, monkeypatch, opts):
+    monkeypatch.chdir(tmp_path)
+    qemu_img("create", "-q", "-f", "qcow2", "-o", opts, "m.qcow2", "4M")
+    qemu_io("-c", "write -P 1 64k 100k", "-c", "write -z 1M 64k", "-c", "write -P 2 1M 3k", "m.qcow2")
+    for cmd in (["map", "--output=json"], ["info", "--output=json"]):
+        exp = qemu_img(*cmd, "m.qcow2")
+        got = qimg(*cmd, "m.qcow2")
+        assert got.returncode == exp.returncode == 0, got.stderr
+        assert got.stdout == exp.stdout

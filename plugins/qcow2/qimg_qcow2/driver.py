@@ -428,7 +428,10 @@ class Qcow2Format(RefcountMixin, Format):
                 ents = tbl[2 * i : 2 * (i + n) : 2]
                 k = min(_same_run(bms, bm, 0), _zero_run(ents, 0, len(ents)))
                 run_end = min(end, ((offset >> cb) + max(1, k)) << cb)
-        hoff = host + in_cl if kind in (NORMAL, ZEROES) and alloc_ok else 0
+        if kind in (NORMAL, ZEROES):
+            hoff = host + in_cl if alloc_ok else 0
+        else:
+            hoff = host + in_cl if alloc_ok else -1
         return kind, run_end - offset, hoff
 
     def _corrupt(self, msg: str) -> None:
@@ -447,6 +450,9 @@ class Qcow2Format(RefcountMixin, Format):
     def block_status(self, offset: int, length: int) -> Status:
         kind, n, host = self._extent(offset, length)
         if kind == UNALLOC:
+            if self.extended_l2 and host >= 0 and not self._encrypted():
+                # an unallocated subcluster of an allocated cluster keeps its host offset
+                return Status(OFFSET_VALID, n, host, self._data_name())
             return Status(0, n)
         if kind == ZEROES:
             if host and not self._encrypted():
@@ -454,7 +460,56 @@ class Qcow2Format(RefcountMixin, Format):
             return Status(ZERO | ALLOCATED, n)
         if kind == COMPRESSED or self._encrypted():
             return Status(DATA | ALLOCATED, n)
-        return Status(DATA | ALLOCATED | OFFSET_VALID, n, host, self._data_name())
+        flags = DATA | ALLOCATED | OFFSET_VALID
+        if self.data_file is None and self._metadata_preallocated():
+            # as QEMU: ask the host file whether preallocated clusters are holes (read as zeroes)
+            for _start, k, is_data in (self.data_file or self.file).data_extents(host, n):
+                n = min(n, k)
+                if not is_data:
+                    flags |= ZERO
+                break
+        return Status(flags, n, host, self._data_name())
+
+    def _metadata_preallocated(self) -> bool:
+        """QEMU's heuristic: far more clusters are refcounted than the host file really stores."""
+        cached = getattr(self, "_prealloc_detected", None)
+        if cached is not None:
+            return cached
+        cs = self._cs
+        try:
+            flen = self.file.size()
+            real = (self.file.allocated_size() or 0) // cs
+        except OSError:
+            self._prealloc_detected = False
+            return False
+        threshold = max(real * 10 // 9, real + 2)
+        end = -(-flen // cs)
+        count = 0
+        for ti in range(len(self.refcount_table)):
+            first = ti * self.refblock_entries
+            if first >= end or count >= threshold:
+                break
+            off = self.refcount_table[ti] & S.REFT_OFFSET_MASK
+            if off:
+                count += self._count_nonzero(self.refblock_cache.get(off), min(self.refblock_entries, end - first))
+        self._prealloc_detected = count >= threshold
+        return self._prealloc_detected
+
+    def _count_nonzero(self, blk: bytearray, n: int) -> int:
+        """Nonzero refcounts among the first ``n`` entries of a block (counted in C)."""
+        order = self.refcount_order
+        if order >= 3:
+            w = 1 << (order - 3)
+            a = array({1: "B", 2: "H", 4: "I", 8: "Q"}[w])
+            a.frombytes(bytes(blk[: n * w]))
+            return n - a.count(0)
+        nbits = n << order
+        v = int.from_bytes(blk[: -(-nbits // 8)], "little") & ((1 << nbits) - 1)
+        if order == 1:
+            v = (v | (v >> 1)) & int("01" * (nbits // 2 + 1), 2)
+        elif order == 2:
+            v = (v | (v >> 1) | (v >> 2) | (v >> 3)) & int("0001" * (nbits // 4 + 1), 2)
+        return v.bit_count()
 
     def _data_name(self) -> str:
         return (self.data_file or self.file).filename
@@ -952,11 +1007,8 @@ class Qcow2Format(RefcountMixin, Format):
 
     # ------------------------------------------------------------------ metadata
     def allocated_file_size(self) -> int | None:
-        n = self.file.allocated_size()
-        if n is not None and self.data_file is not None:
-            d = self.data_file.allocated_size()
-            n += d or 0
-        return n
+        # as qemu-img: the qcow2 file only, an external data file is not counted
+        return self.file.allocated_size()
 
     def format_specific_info(self) -> dict[str, Any] | None:
         h = self.header
