@@ -45,6 +45,9 @@ def command(fmt, output, backing_chain, objects, image_opts, force_share, args) 
         cur = infos[-1]
         if not backing_chain or "backing-filename" not in cur:
             break
+        from qimg.untrusted import check_follow
+
+        check_follow(name, cur["backing-filename"])  # untrusted mode opens nothing an image names
         name = cur.get("full-backing-filename") or cur["backing-filename"]
         f = cur.get("backing-filename-format")
         iopts = False
