@@ -303,3 +303,57 @@ def test_bitmaps_resize_like_qemu(tmp_path, qemu_img, qemu_io, new_size):
     for name in ("fine", "coarse"):
         assert bits(b, name) == bits(a, name)
     assert_clean(qemu_img, b)
+
+
+@pytest.fixture
+def two_bitmaps(tmp_path, qemu_img, qemu_io):
+    p = tmp_path / "two.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", str(p), "64M").returncode == 0
+    assert qemu_io("-c", "write -P 1 0 100k", str(p)).returncode == 0
+    assert qemu_img("bitmap", "--add", str(p), "b0").returncode == 0
+    assert qemu_img("bitmap", "--add", "-g", "4k", str(p), "b1").returncode == 0
+    assert qemu_io("-c", "write -P 2 1M 30k", str(p)).returncode == 0
+    return p
+
+
+OPEN_DAMAGE = {
+    # name: (where, offset, struct format, value or function of the old value)
+    "ext_nb_plus": ("ext", 0, ">I", lambda v: v + 1),
+    "ext_nb_minus": ("ext", 0, ">I", lambda v: v - 1),
+    "ext_nb_zero": ("ext", 0, ">I", lambda v: 0),
+    "ext_reserved": ("ext", 4, ">I", lambda v: 1),
+    "ext_dirsize": ("ext", 8, ">Q", lambda v: v + 8),
+    "ext_diroff_unaligned": ("ext", 16, ">Q", lambda v: v + 8),
+    "ext_diroff_eof": ("ext", 16, ">Q", lambda v: 1 << 40),
+    "table_offset_unaligned": ("dir", 0, ">Q", lambda v: v + 8),
+    "table_offset_eof": ("dir", 0, ">Q", lambda v: 1 << 40),
+    "table_size": ("dir", 8, ">I", lambda v: v + 1),
+    "flags_unknown": ("dir", 12, ">I", lambda v: v | 8),
+    "flags_in_use": ("dir", 12, ">I", lambda v: v | 1),
+    "granularity": ("dir", 17, ">B", lambda v: 8),
+    "name_size_zero": ("dir", 18, ">H", lambda v: 0),
+    "extra_data": ("dir", 20, ">I", lambda v: 8),
+    "entry_reserved": ("table", 0, ">Q", lambda v: v | 2),
+    "entry_all_ones": ("table", 0, ">Q", lambda v: 1),
+    "autoclear_cleared": ("header", 88, ">Q", lambda v: 0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPEN_DAMAGE))
+def test_open_validation_like_qemu(two_bitmaps, qemu_img, qimg, case):
+    """Damaged bitmap metadata: ``info`` and ``check`` fail or warn exactly as qemu-img does."""
+    from conftest import as_qemu
+
+    raw = bytearray(two_bitmaps.read_bytes())
+    ext = raw.index(bytes.fromhex("23852875")) + 8
+    dir_off = struct.unpack(">Q", raw[ext + 16:ext + 24])[0]
+    table = struct.unpack(">Q", raw[dir_off:dir_off + 8])[0]
+    where, off, fmt, fn = OPEN_DAMAGE[case]
+    pos = {"ext": ext, "dir": dir_off, "table": table, "header": 0}[where] + off
+    struct.pack_into(fmt, raw, pos, fn(struct.unpack_from(fmt, raw, pos)[0]))
+    two_bitmaps.write_bytes(bytes(raw))
+    for cmd in ("info", "check"):
+        want = qemu_img(cmd, str(two_bitmaps))
+        got = qimg(cmd, str(two_bitmaps))
+        assert (got.returncode, as_qemu(got.stdout), as_qemu(got.stderr)) == \
+            (want.returncode, want.stdout, want.stderr), cmd

@@ -693,15 +693,17 @@ def validate_on_open(drv: "Qcow2Format") -> None:
     if len(raw) != 24:
         raise QimgError("bitmaps_ext: Invalid extension length")
     if not h.autoclear_features & S.AUTOCLEAR_BITMAPS:
-        from qimg import api
+        import sys
 
         if h.version < 3:
             first = ("This qcow2 v2 image contains bitmaps, but they may have been modified by a program "
                      "without persistent bitmap support; so now they must all be considered inconsistent")
         else:
             first = "a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent"
-        api.warn(f"qimg: warning: {first}\n"
-                 "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.")
+        # qemu-img ends the hint without a newline
+        sys.stderr.write(f"qimg: warning: {first}\n"
+                         "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.")
+        sys.stderr.flush()
         return
     e = BitmapsExt.parse(raw)
     if e.reserved:
