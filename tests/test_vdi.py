@@ -258,3 +258,15 @@ def test_qimg_cli_info_and_check(qimg, qemu_img, tmp_path):
         assert r.returncode == t.returncode, r.stderr
         assert r.stdout.replace(mine, theirs).replace('"actual-size": 4096', "") == \
             t.stdout.replace('"actual-size": 4096', "")
+
+
+@pytest.mark.parametrize("args", [["3M"], ["-o", "static=on", "3M"], ["-o", "static=off", "0"]])
+def test_cli_create(qimg, qemu_img, tmp_path, args):
+    mine, theirs = str(tmp_path / "m.vdi"), str(tmp_path / "t.vdi")
+    r = qimg("create", "-f", "vdi", mine, *args)
+    if "Command not found: create" in r.stderr:
+        pytest.skip("qimg create is not available yet")
+    t = qemu_img("create", "-f", "vdi", theirs, *args)
+    assert (r.returncode, r.stdout.replace(mine, theirs), r.stderr) == (t.returncode, t.stdout, t.stderr)
+    with open(mine, "rb") as a, open(theirs, "rb") as b:
+        assert vdi_norm(a.read(MiB)) == vdi_norm(b.read(MiB))

@@ -261,3 +261,20 @@ def test_qimg_info_cli(qimg, qemu_img, tmp_path):
     for k in ("filename", "actual-size"):
         mi.pop(k, None), ti.pop(k, None)
     assert mi == ti
+
+
+@pytest.mark.parametrize("args", [["3M"], ["-o", "subformat=fixed,force_size=on", "3M"],
+                                  ["-o", "force_size=on,subformat=fixed", "3M"], ["-o", "subformat=bad", "1M"]])
+def test_cli_create(qimg, qemu_img, tmp_path, args):
+    mine, theirs = str(tmp_path / "m.vhd"), str(tmp_path / "t.vhd")
+    r = qimg("create", "-f", "vpc", mine, *args)
+    if "Command not found: create" in r.stderr:
+        pytest.skip("qimg create is not available yet")
+    t = qemu_img("create", "-f", "vpc", theirs, *args)
+    assert (r.returncode, r.stdout.replace(mine, theirs), r.stderr.replace(mine, theirs)) == \
+        (t.returncode, t.stdout, t.stderr.replace("qemu-img:", "qimg:"))
+    if t.returncode == 0:
+        with open(mine, "rb") as a, open(theirs, "rb") as b:
+            a.seek(-512, 2)
+            b.seek(-512, 2)
+            assert vhd_norm(a.read()) == vhd_norm(b.read())

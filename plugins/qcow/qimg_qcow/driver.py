@@ -177,6 +177,17 @@ class QcowFormat(Format):
         self._zcache: tuple[int, bytes] | None = None  # last decompressed cluster
         # compressed descriptors: the offset has 63 - cluster_bits bits, the length the rest
         self._coff_mask = (1 << (63 - h.cluster_bits)) - 1
+        self._aes = None
+        key_id = options.get("encrypt.key-secret")
+        if self.encrypted and key_id:
+            from qimg.secrets import get_secret
+
+            secret = get_secret(key_id)
+            try:
+                from .crypto import QcowAES
+            except ImportError:
+                raise QimgError("AES-encrypted qcow images need the Python package 'cryptography'") from None
+            self._aes = QcowAES(secret)
 
     # -- facts ----------------------------------------------------------------------------
     @property
@@ -208,7 +219,7 @@ class QcowFormat(Format):
         return tbl
 
     def _check_crypto(self) -> None:
-        if self.encrypted:
+        if self.encrypted and self._aes is None:
             raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
 
     # -- block status --------------------------------------------------------------------
@@ -282,16 +293,37 @@ class QcowFormat(Format):
                 got = self.file.preadinto(st.host_offset, view)
                 if got < n:
                     zero_fill(view[got:])
-            else:  # compressed clusters, one by one
+            else:  # compressed or encrypted clusters, one by one
                 p = 0
                 while p < n:
                     o = off + p
-                    data = self._decompress(self._entry(o))
+                    entry = self._entry(o)
                     w = o & (cs - 1)
                     k = min(n - p, cs - w)
-                    view[p : p + k] = data[w : w + k]
+                    if entry & COMPRESSED:
+                        view[p : p + k] = self._decompress(entry)[w : w + k]
+                    else:
+                        self._check_aligned(entry)
+                        view[p : p + k] = self._read_decrypted(entry + w, o, k)
                     p += k
             pos += n
+
+    def _read_decrypted(self, host: int, guest: int, length: int) -> bytes:
+        """Guest bytes of an encrypted cluster: whole sectors read and decrypted."""
+        head = guest % SECTOR
+        n = -(-(head + length) // SECTOR) * SECTOR
+        raw = self.file.pread(host - head, n).ljust(n, b"\0")
+        return self._aes.decrypt(guest - head, raw)[head : head + length]
+
+    def _pwrite_encrypted(self, host: int, guest: int, data: memoryview) -> None:
+        """Encrypt and write; partial sectors are read, decrypted and patched first."""
+        head = guest % SECTOR
+        n = -(-(head + len(data)) // SECTOR) * SECTOR
+        if head or n != len(data):
+            buf = bytearray(self._aes.decrypt(guest - head, self.file.pread(host - head, n).ljust(n, b"\0")))
+            buf[head : head + len(data)] = data
+            data = memoryview(buf)
+        self.file.pwrite(host - head, self._aes.encrypt(guest - head, data))
 
     def _check_aligned(self, cluster_offset: int) -> None:
         # qemu-img refuses data clusters that do not start on a sector
@@ -362,7 +394,10 @@ class QcowFormat(Format):
                     j += 1
                 n = min(total - pos, base + (j << cb) - off)
                 self._check_aligned(first_entry)
-                self.file.pwrite(first_entry + (off & (cs - 1)), data[pos : pos + n])
+                if self._aes is not None:
+                    self._pwrite_encrypted(first_entry + (off & (cs - 1)), off, data[pos : pos + n])
+                else:
+                    self.file.pwrite(first_entry + (off & (cs - 1)), data[pos : pos + n])
                 pos += n
                 continue
             if not first_entry:
@@ -382,8 +417,11 @@ class QcowFormat(Format):
         tail = run_len - head - len(data)
         host = self._alloc_end(run_len)
         if head == 0 and tail == 0:
-            self.file.pwrite(host, data)
-        elif old_entry & COMPRESSED or self.backing is not None:
+            if self._aes is not None:
+                self.file.pwrite(host, self._aes.encrypt(run_start, data))
+            else:
+                self.file.pwrite(host, data)
+        elif old_entry & COMPRESSED or self.backing is not None or self._aes is not None:
             # copy-on-write: the old (decompressed) cluster or the backing data around the write
             buf = bytearray(run_len)
             view = memoryview(buf)
@@ -395,7 +433,8 @@ class QcowFormat(Format):
                 if tail:
                     self.read_backing(run_start + run_len - tail, view[run_len - tail :])
             view[head : head + len(data)] = data
-            self.file.pwrite(host, view)
+            # encrypted: the sectors around the write hold encrypted zeroes, as qemu-img writes them
+            self.file.pwrite(host, self._aes.encrypt(run_start, view) if self._aes is not None else view)
         else:
             # no backing: the rest of the new clusters reads as zeroes from the grown file
             if host + run_len > self.file.size():
@@ -409,6 +448,8 @@ class QcowFormat(Format):
     def write_compressed(self, offset: int, data: memoryview) -> None:
         """One whole cluster, deflated (stored plainly when that does not save space)."""
         self._check_crypto()
+        if self.encrypted:
+            raise QimgError("Compression is not supported for encrypted images")
         cs = self._cs
         if offset & (cs - 1) or (len(data) != cs and offset + len(data) != self._size):
             raise QimgError("Compression is supported only for whole clusters")
@@ -421,8 +462,8 @@ class QcowFormat(Format):
         if len(packed) >= cs or (tbl[l2i] and not tbl[l2i] & COMPRESSED):
             self._write_in_table(tbl, l2off, offset, data)
         else:
-            # compressed data is appended unaligned, right at the end of the file
-            host = self._eof
+            # compressed data is appended at the end of the file, which QEMU counts in sectors
+            host = -(-self._eof // SECTOR) * SECTOR
             if host + len(packed) > MAX_OFFSET:
                 raise QimgError(f"'{self.filename}': image file too large")
             self.file.pwrite(host, packed)
