@@ -138,3 +138,42 @@ def test_hostile_generator_covers_every_format(tmp_path):
         assert f"{fmt}-empty" in names and f"{fmt}-random-4k" in names
         for c in hostile.generic_cases(fmt, tmp_path):
             assert Path(c.path).exists()
+
+
+_BOOM = r"""
+import sys
+from qimg.driver import Format
+from qimg.plugins import get_registry
+from qimg.registry import FormatEntry
+
+class Boom(Format):
+    format_name = "boom"
+
+    def __init__(self, file, *, filename, writable, options):
+        super().__init__(file, filename=filename, writable=writable, options=options)
+        raise KeyError("plugin bug")
+
+get_registry().formats["boom"] = FormatEntry("boom", "unused:Boom", _cls=Boom)
+from qimg_cli.main import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(not have_command("info"), reason="qimg info is not implemented yet")
+def test_internal_error_is_one_line(tmp_path):
+    """A plugin raising something other than QimgError: one ``qimg:`` line, exit 1; QIMG_DEBUG=1
+    shows the traceback instead."""
+    img = tmp_path / "x.img"
+    img.write_bytes(bytes(512))
+    env = {k: v for k, v in os.environ.items() if k != "QIMG_DEBUG"}
+    p = subprocess.run([sys.executable, "-c", _BOOM, "info", "-f", "boom", str(img)], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert p.returncode == 1
+    assert p.stdout == ""
+    assert p.stderr == "qimg: internal error: KeyError: 'plugin bug' (set QIMG_DEBUG=1 for a traceback)\n"
+    p = subprocess.run([sys.executable, "-c", _BOOM, "info", "-f", "boom", str(img)], capture_output=True,
+                       text=True, env={**env, "QIMG_DEBUG": "1"}, timeout=60)
+    assert p.returncode == 1
+    assert p.stderr.startswith("Traceback (most recent call last):")
+    assert 'File "<string>", line 12, in __init__\n' in p.stderr  # the plugin's frame
+    assert p.stderr.rstrip().endswith("KeyError: 'plugin bug'")
