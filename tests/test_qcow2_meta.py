@@ -198,3 +198,21 @@ def test_resize_grow_like_qemu(qemu_img, tmp_path, mode):
         img.truncate(5 << 20, preallocation=mode)
     assert qemu_img("check", str(b)).returncode == 0
     assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("opts", ["cluster_size=4k", "lazy_refcounts=on", "compat=0.10"])
+def test_make_empty_as_qemu_commit(qemu_img, qemu_io, tmp_path, opts):
+    base, top, top2 = tmp_path / "base.qcow2", tmp_path / "top.qcow2", tmp_path / "top2.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(base), "8M")
+    qemu_img("create", "-q", "-f", "qcow2", "-o", opts, "-b", str(base), "-F", "qcow2", str(top))
+    qemu_io("-c", "write -P 7 100k 1M", "-c", "write -z 3M 64k", str(top))
+    shutil.copy(top, top2)
+    assert qemu_img("commit", "-q", str(top)).returncode == 0
+    with qimg.open(str(top2), writable=True) as img:
+        img.driver.make_empty()
+    assert qemu_img("check", str(top2)).returncode == 0
+    if "0.10" not in opts:
+        assert top.read_bytes() == top2.read_bytes()
+    # the emptied overlay shows its (committed) base again
+    r = qemu_img("compare", str(top2), str(base))
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -246,8 +246,43 @@ def _shrink(drv: "Qcow2Format", size: int) -> None:
         drv.file.truncate((last + 1) * cs)
 
 
+def _make_completely_empty(drv: "Qcow2Format") -> None:
+    """Rebuild a minimal image in place: header, one reftable and refblock, a zeroed L1."""
+    cs = drv.cluster_size
+    h = drv.header
+    l1_bytes = h.l1_size * 8
+    l1_clusters = -(-l1_bytes // cs)
+    drv.flush_caches()
+    drv.l2_cache.tables.clear()
+    drv.refblock_cache.tables.clear()
+    # zero the L1 at its final place and make the metadata consistent before the header points there
+    drv.file.pwrite(3 * cs, bytes(l1_bytes))
+    table = array("Q", bytes(cs))
+    table[0] = 2 * cs
+    drv.write_table(cs, table)
+    blk = bytearray(cs)
+    for ci in range(3 + l1_clusters):
+        drv._rb_set(blk, ci, 1)
+    drv.file.pwrite(2 * cs, blk)
+    h.l1_table_offset = 3 * cs if h.l1_size else 0
+    h.refcount_table_offset = cs
+    h.refcount_table_clusters = 1
+    drv.update_header()
+    drv.file.truncate((3 + l1_clusters) * cs)
+    drv.l1 = array("Q", bytes(l1_bytes))
+    drv.refcount_table = table
+    drv.free_cluster_index = 0
+    drv.free_byte_offset = 0
+
+
 def make_empty(drv: "Qcow2Format") -> None:
     """Drop every cluster of the active layer (commit without -d), keeping the L1 size."""
+    h = drv.header
+    l1_clusters = -(-h.l1_size * 8 // drv.cluster_size)
+    if (h.version >= 3 and not h.nb_snapshots and h.bitmaps_ext is None and drv.data_file is None
+            and h.crypt_method != 2 and 3 + l1_clusters <= drv.refblock_entries):
+        _make_completely_empty(drv)
+        return
     if drv.header.nb_snapshots:
         size = drv.header.size
         drv._discard_range(0, size, full=True)
