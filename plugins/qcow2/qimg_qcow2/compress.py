@@ -7,6 +7,19 @@ from qimg.errors import QimgError
 
 from .structs import COMPRESSION_ZLIB
 
+_pool = None
+
+
+def pool():
+    """A shared thread pool for (de)compression, created on first use."""
+    global _pool
+    if _pool is None:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    return _pool
+
 
 def compress(data: bytes | memoryview, ctype: int) -> bytes:
     if ctype == COMPRESSION_ZLIB:

@@ -532,14 +532,40 @@ class Qcow2Format(RefcountMixin, Format):
                 if got < n:
                     zero_fill(view[got:])
             elif kind == COMPRESSED:
-                data = self._read_compressed(host)
                 s = off & (self._cs - 1)
-                view[:] = data[s : s + n]
+                if s == 0 and total - pos >= 4 * self._cs:
+                    n = self._read_compressed_batch(off, buf[pos:])
+                else:
+                    data = self._read_compressed(host)
+                    view[:] = data[s : s + n]
             elif kind == ZEROES:
                 zero_fill(view)
             else:
                 self.read_backing(off, view)
             pos += n
+
+    def _read_compressed_batch(self, offset: int, buf: memoryview) -> int:
+        """Decompress the run of compressed clusters at ``offset`` (cluster aligned) into ``buf``
+        with a thread pool (zlib and zstd release the GIL); return the bytes filled."""
+        from .compress import decompress, pool
+
+        cs = self._cs
+        entries: list[int] = []
+        pos = 0
+        while pos + cs <= len(buf) and len(entries) < 256:
+            kind, n, e = self._extent(offset + pos, cs, merge_compressed=False)
+            if kind != COMPRESSED:
+                break
+            entries.append(e)
+            pos += cs
+        raws = []
+        for e in entries:
+            coff, csize = self.compressed_info(e)
+            raws.append(self.file.pread(coff, csize))
+        ctype = self.header.compression_type
+        for j, data in enumerate(pool().map(lambda r: decompress(r, ctype, cs), raws)):
+            buf[j * cs : (j + 1) * cs] = data
+        return pos
 
     def _read_compressed(self, e: int) -> bytes:
         if self._ccache is not None and self._ccache[0] == e:
