@@ -35,15 +35,16 @@ def command(options, fmt, cache, progress, quiet, objects, image_opts, force, ar
     if quiet:
         progress = False
     parse_objects(objects)
-    if fmt and is_help_request(opts):
-        sys.stdout.write(ops_amend.help_text(fmt) + "\n")
-        return
-    if len(args) != 1:
-        error_exit("Expecting one image file name")
-    if cache is not None and cache not in ("none", "off", "writeback", "writethrough", "directsync", "unsafe"):
-        error_exit(f"Invalid cache option: {cache}")
+    # qemu-img starts its progress meter here: every later exit ends it (a newline with -p)
     bar = Progress(progress, initial=False)
     try:
+        if fmt and is_help_request(opts):
+            sys.stdout.write(ops_amend.help_text(fmt) + "\n")
+            return
+        if len(args) != 1:
+            error_exit("Expecting one image file name")
+        if cache is not None and cache not in ("none", "off", "writeback", "writethrough", "directsync", "unsafe"):
+            error_exit(f"Invalid cache option: {cache}")
         with open_image(args[0], fmt, image_opts=image_opts, writable=True) as img:
             if is_help_request(opts):
                 sys.stdout.write(ops_amend.help_text(img.format) + "\n")
