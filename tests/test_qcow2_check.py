@@ -376,3 +376,47 @@ def test_dirty_image_repaired_on_open_like_qemu(base, qemu_io, tmp_path, capfd):
         pass
     assert capfd.readouterr().err == r.stderr
     assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def fuzz_base(tmp_path_factory):
+    """Small clusters, a snapshot, compressed clusters: many kinds of metadata in few bytes."""
+    import subprocess
+
+    p = tmp_path_factory.mktemp("fuzz") / "base.qcow2"
+    for args in (["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", str(p), "4M"],
+                 ["qemu-io", "-c", "write -P 1 0 100k", "-c", "write -P 2 1M 30k", str(p)],
+                 ["qemu-img", "snapshot", "-c", "s1", str(p)],
+                 ["qemu-io", "-c", "write -P 3 8k 16k", "-c", "write -c -P 4 2M 4k", "-c", "write -c -P 5 2052k 4k",
+                  str(p)]):
+        if subprocess.run(args, capture_output=True).returncode:
+            pytest.skip("qemu tools unavailable")
+    return p.read_bytes()
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_metadata_damage(fuzz_base, qemu_img, tmp_path, seed):
+    """Random bit flips in metadata: same lines and statistics as qemu-img (and same repair)."""
+    import random
+
+    rnd = random.Random(seed)
+    raw = bytearray(fuzz_base)
+    cs = 4096
+    for _ in range(rnd.randint(1, 3)):
+        cl = rnd.randint(1, len(raw) // cs - 1)
+        off = cl * cs + rnd.choice([rnd.randint(0, 63), rnd.randint(0, cs - 1)])
+        raw[off] ^= 1 << rnd.randint(0, 7)
+    p = tmp_path / "f.qcow2"
+    p.write_bytes(bytes(raw))
+    rc, want, want_msgs = qemu_check(qemu_img, p)
+    try:
+        res = qimg_check(p)
+    except qimg.QimgError as e:
+        assert rc == 1 and any(e.message in m for m in want_msgs)
+        return
+    assert res.messages == want_msgs
+    got = as_json(res)
+    got["filename"] = want["filename"]
+    assert got == want
+    if seed % 4 == 0:
+        assert_same_repair(qemu_img, p, tmp_path, "all")
