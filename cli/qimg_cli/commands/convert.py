@@ -150,7 +150,10 @@ def run(argv: list[str]) -> None:
         if opts.bitmaps and len(files) - 1 > 1:
             raise QimgError("Copying bitmaps only possible with single source")
         for name in files[:-1]:
-            sources.append(open_image(name, fmt, image_opts=image_opts, force_share=force_share))
+            src = open_image(name, fmt, image_opts=image_opts, force_share=force_share)
+            sources.append(src)
+            if not force_share:
+                _refuse_writers(src, name)
         if snapshot is not None:
             if len(sources) > 1:
                 raise QimgError("No support for concatenating multiple snapshot")
@@ -173,6 +176,20 @@ def run(argv: list[str]) -> None:
                 s.close()
             except QimgError:
                 pass
+
+
+def _refuse_writers(img, name: str) -> None:  # noqa: ANN001 - qimg.image.Image
+    """qemu-img convert shares no write permission on its sources, raw ones included."""
+    from qimg import locking
+    from qimg.errors import QimgError
+
+    if locking.locking_disabled(getattr(img.driver, "options", None)):
+        return
+    perm, shared = locking.wanted(img.format, writable=False, no_share=True, cls=type(img.driver))
+    try:
+        locking.lock_image(img, perm, shared)
+    except QimgError as e:
+        raise QimgError(f"Could not open '{name}': {e.message}", e.exit_code) from None
 
 
 command = GetoptCommand("convert", run, help="Convert an image to another format")
