@@ -77,3 +77,13 @@ def test_commit_into_immediate_backing_empties_top(chain):
     reads(chain, "top.qcow2", *GUEST)
     assert run_qemu("check", "mid.qcow2", cwd=chain).returncode == 0
     assert run_qemu("check", "top.qcow2", cwd=chain).returncode == 0
+
+
+def test_convert_B_copies_only_the_top_layer_like_qemu(chain):
+    """qemu-img 7.2 copies what the source's top image allocates, even when -B names an image
+    further down: the man page asks for a backing file equal to the source's own backing."""
+    for tool, out in ((run_qemu, "q.qcow2"), (run_qimg, "p.qcow2")):
+        r = tool("convert", "-B", "base.qcow2", "-F", "qcow2", "-O", "qcow2", "top.qcow2", out, cwd=chain)
+        assert r.returncode == 0, r.stderr
+    maps = [run_qemu("map", "--output=json", name, cwd=chain).stdout for name in ("q.qcow2", "p.qcow2")]
+    assert maps[0] == maps[1]
