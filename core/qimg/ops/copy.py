@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..errors import QimgError
 from ..protocol import ZERO_CHUNK
 
 if TYPE_CHECKING:
@@ -304,12 +305,15 @@ class Copier:
                         self._zero(off, k)
                         continue
                     self._flush_zero()
-                    if kind == "data":
-                        self.target.pwrite(off, view[s:s + k])
-                    elif self._write_prep is not None:
-                        self._write_prep(off, next(comp))
-                    else:
-                        self.target.write_compressed(off, view[s:s + k])
+                    try:
+                        if kind == "data":
+                            self.target.pwrite(off, view[s:s + k])
+                        elif self._write_prep is not None:
+                            self._write_prep(off, next(comp))
+                        else:
+                            self.target.write_compressed(off, view[s:s + k])
+                    except OSError as e:
+                        raise QimgError(f"error while writing at byte {off}: {e.strerror or e}") from None
         finally:
             self._put_buf(res.buf)
         self._advance(res.length)
