@@ -79,7 +79,9 @@ class RawFormat(Format):
     @property
     def size(self) -> int:
         if not self._fixed:
-            return max(0, self.file.size() - self.offset)
+            # QEMU's block layer counts whole 512-byte sectors: a 1000-byte file is 1024 bytes
+            # of guest disk (the tail reads as zeroes)
+            return -(-max(0, self.file.size() - self.offset) // 512) * 512
         return self._size
 
     def block_status(self, offset: int, length: int) -> Status:
