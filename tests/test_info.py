@@ -118,3 +118,10 @@ def test_qjson_order_is_qemus():
         "actual-size", "format-specific", "full-backing-filename", "backing-filename", "dirty-flag"]
     assert dumps({"a": {}, "b": []}) == '{\n    "a": {\n    },\n    "b": [\n    ]\n}'
     assert dumps("é\x01") == '"\\u00E9\\u0001"'
+
+
+def test_unaligned_raw_counts_whole_sectors(tmp_path):
+    (tmp_path / "odd.raw").write_bytes(b"\1" * 1000)
+    compare(tmp_path, "info", "odd.raw")
+    compare(tmp_path, "info", "--output=json", "odd.raw")
+    compare(tmp_path, "map", "--output=json", "odd.raw")
