@@ -179,6 +179,8 @@ class Qcow2Format(RefcountMixin, Format):
         ncache = max(16, CACHE_BYTES // cs)
         self.l2_cache = TableCache(ncache, self._l2_load, self._l2_store, self._flush_refblocks)
         self.refblock_cache = TableCache(max(8, ncache // 4), self._rb_load, self._rb_store)
+        if h.nb_snapshots and not self.allow_corrupt:
+            self._validate_snapshots()
         self._open_data_file(options)
         if h.bitmaps_ext is not None:
             # QEMU loads (and so validates) persistent bitmaps on every open
@@ -187,6 +189,16 @@ class Qcow2Format(RefcountMixin, Format):
             validate_on_open(self)
         if self.writable:
             self._writable_open_fixups()
+
+    def _validate_snapshots(self) -> None:
+        """QEMU reads the snapshot table on open and refuses an unreadable one."""
+        from .snapshot import read_snapshots
+
+        try:
+            read_snapshots(self)
+        except QimgError as e:
+            hint = getattr(e, "hint", None)
+            raise QimgError(e.message + (f"\n{hint}" if hint else ""), e.exit_code) from None
 
     def _setup_geometry(self) -> None:
         h = self.header
@@ -330,7 +342,7 @@ class Qcow2Format(RefcountMixin, Format):
         if not l2off:
             # skip all following empty L1 entries at once
             n_l1 = len(self.l1) - l1i
-            z = _zero_run(self.l1, l1i, n_l1)
+            z = _zero_run(self.l1, l1i, n_l1) if self.l1[l1i] == 0 else 1
             run_end = min(offset + length, (l1i + z) << (self.l2_bits + cb))
             return UNALLOC, run_end - offset, 0
         tbl = self.get_l2(l2off)
