@@ -270,3 +270,21 @@ def test_cli_create(qimg, qemu_img, tmp_path, args):
     assert (r.returncode, r.stdout.replace(mine, theirs), r.stderr) == (t.returncode, t.stdout, t.stderr)
     with open(mine, "rb") as a, open(theirs, "rb") as b:
         assert vdi_norm(a.read(MiB)) == vdi_norm(b.read(MiB))
+
+
+def test_virtualbox_layout_both_directions(qemu_img, qemu_io, tmp_path):
+    """VirtualBox's layout: its banner, the data area at 1 MiB, LCHS geometry filled in."""
+    mine, theirs = str(tmp_path / "mine.vdi"), str(tmp_path / "theirs.vdi")
+    qimg.create(mine, "vdi", 8 * MiB)
+    patch(mine, [(0, b"<<< Oracle VM VirtualBox Disk Image >>>\n"), (344, MiB),
+                 (456, struct.pack("<4I", 16, 16, 63, 512))])
+    with open(mine, "rb") as f:
+        (tmp_path / "theirs.vdi").write_bytes(f.read())
+    with qimg.open(mine, "vdi", writable=True) as img:
+        for pat, off, n in WRITES:
+            img.pwrite(off, bytes([int(pat, 16)]) * n)
+    assert qemu_io("-f", "vdi", *pattern_args(WRITES), theirs).returncode == 0
+    with open(mine, "rb") as a, open(theirs, "rb") as b:
+        assert a.read() == b.read()
+    assert qimg_read_all(theirs, "vdi") == qemu_raw(qemu_img, theirs, "vdi", tmp_path)
+    assert qimg_map(theirs, "vdi") == qemu_map(qemu_img, theirs, "vdi")

@@ -278,3 +278,29 @@ def test_cli_create(qimg, qemu_img, tmp_path, args):
             a.seek(-512, 2)
             b.seek(-512, 2)
             assert vhd_norm(a.read()) == vhd_norm(b.read())
+
+
+@pytest.mark.parametrize("block_size", [512 * 1024, 8 * MiB])
+def test_other_block_sizes_both_directions(qemu_img, qemu_io, tmp_path, block_size):
+    """Images from other tools may use other block sizes (and bitmaps of several sectors)."""
+    mine, theirs = str(tmp_path / "mine.vhd"), str(tmp_path / "theirs.vhd")
+    qimg.create(mine, "vpc", 10 * MiB)
+    entries = -(-10514432 // block_size)
+    dyn = {32: struct.pack(">I", block_size), 28: struct.pack(">I", entries)}
+    with open(mine, "r+b") as f:
+        patch_footer(f, {}, dyn=dyn)
+    with open(mine, "rb") as f:
+        (tmp_path / "theirs.vhd").write_bytes(f.read())
+    with qimg.open(mine, "vpc", writable=True) as img:
+        for pat, off, n in WRITES:
+            img.pwrite(off, bytes([int(pat, 16)]) * n)
+    args = []
+    for pat, off, n in WRITES:
+        args += ["-c", f"write -P {pat} {off} {n}"]
+    assert qemu_io("-f", "vpc", *args, theirs).returncode == 0
+    with open(mine, "rb") as a, open(theirs, "rb") as b:
+        assert a.read() == b.read()
+    assert qimg_read_all(theirs, "vpc") == qemu_raw(qemu_img, theirs, "vpc", tmp_path)
+    assert qimg_map(theirs, "vpc") == qemu_map(qemu_img, theirs, "vpc")
+    with qimg.open(theirs, "vpc") as img:
+        assert img.driver.info_extra() == {"cluster-size": block_size}
