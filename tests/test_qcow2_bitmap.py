@@ -359,3 +359,23 @@ def test_open_validation_like_qemu(two_bitmaps, qemu_img, qimg, case):
             (want.returncode, want.stdout, want.stderr), cmd
         if want.returncode:
             break  # the open failed: check fails the same way
+
+
+@pytest.mark.parametrize("op", [["--clear"], ["--enable"], ["--disable"], ["--merge", "ok"], ["--remove"]])
+def test_cli_ops_on_inconsistent_bitmap(img, qemu_img, qimg, tmp_path, op):
+    from conftest import as_qemu
+
+    assert qemu_img("bitmap", "--add", str(img), "bad").returncode == 0
+    assert qemu_img("bitmap", "--add", str(img), "ok").returncode == 0
+    raw = bytearray(img.read_bytes())
+    ext = raw.index(bytes.fromhex("23852875"))
+    dir_off = struct.unpack(">Q", raw[ext + 24:ext + 32])[0]
+    struct.pack_into(">I", raw, dir_off + 12, 3)  # "bad": in-use + auto
+    img.write_bytes(bytes(raw))
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    shutil.copy(img, a)
+    shutil.copy(img, b)
+    want = qemu_img("bitmap", *op, str(a), "bad")
+    got = qimg("bitmap", *op, str(b), "bad")
+    assert (got.returncode, as_qemu(got.stderr).replace(str(b), str(a))) == (want.returncode, want.stderr)
+    assert qemu_bitmaps(qemu_img, a) == qemu_bitmaps(qemu_img, b)

@@ -295,6 +295,11 @@ def _find(bitmaps: list[Bitmap], name: str) -> int:
     return -1
 
 
+def _inconsistent(name: str) -> QimgError:
+    return QimgError(f"Bitmap '{name}' is inconsistent and cannot be used\n"
+                     "Try block-dirty-bitmap-remove to delete this bitmap from disk")
+
+
 def _get(bitmaps: list[Bitmap], name: str) -> Bitmap:
     i = _find(bitmaps, name)
     if i < 0:
@@ -355,7 +360,7 @@ def _set_flags(drv: "Qcow2Format", name: str, set_bits: int, clear_bits: int) ->
     st = _writable_state(drv)
     bm = _get(st.bitmaps, name)
     if bm.in_use:
-        raise QimgError(f"Bitmap '{name}' is inconsistent and cannot be used")
+        raise _inconsistent(name)
     bm.flags = (bm.flags | set_bits) & ~clear_bits
     _write_directory(drv, st.bitmaps, st)
 
@@ -380,7 +385,7 @@ def bitmap_clear(drv: "Qcow2Format", name: str) -> None:
     st = _writable_state(drv)
     bm = _get(st.bitmaps, name)
     if bm.in_use:
-        raise QimgError(f"Bitmap '{name}' is inconsistent and cannot be used")
+        raise _inconsistent(name)
     _replace_data(drv, st, bm, None)
 
 
@@ -413,11 +418,11 @@ def bitmap_merge(drv: "Qcow2Format", dst_name: str, src_drv: "Qcow2Format | None
     st = _writable_state(drv)
     dst = _get(st.bitmaps, dst_name)
     if dst.in_use:
-        raise QimgError(f"Bitmap '{dst_name}' is inconsistent and cannot be used")
+        raise _inconsistent(dst_name)
     sdrv = src_drv if src_drv is not None else drv
     src = _get(read_bitmaps(sdrv), src_name)
     if src.in_use:
-        raise QimgError(f"Bitmap '{src_name}' is inconsistent and cannot be used")
+        raise _inconsistent(src_name)
     sdata = _regranulate(read_data(sdrv, src), src.granularity_bits, dst.granularity_bits, min(sdrv.size, drv.size))
     ddata = read_data(drv, dst)
     merged = (int.from_bytes(bytes(ddata), "little") | int.from_bytes(bytes(sdata), "little"))
