@@ -26,6 +26,15 @@ def test_raw(imgs, args):
     compare(imgs, "measure", *args)
 
 
+@pytest.mark.parametrize("size", ["1e3", " 1M", "1M ", "1 M", "+1M", "0x1k", "1b", "1B", "1.k", ".5M", "1.5M",
+                                  "0x10M", "00012", "0100", "1.0000000001k", "18446744073709551615",
+                                  "9223372036854775807", "9223372036854775808", "1k5", "+ 1k", "0x", "0x1.5k",
+                                  "1.5b", "1.5kb", "0X1F", "1.", "8E", "7.99E"])
+def test_size_syntax(imgs, size):
+    """qemu_strtosz's grammar: sign, hex (suffix deprecated), fractions, whitespace, range."""
+    compare(imgs, "measure", "--size", size)
+
+
 @pytest.mark.parametrize("args", [["--o=x"], ["--size=1M", "--output"], ["--image-opts=1"], ["-Z", "--size", "1M"],
                                   ["--size", "1M", "-Z"], ["-O"], ["--siz"]])
 def test_glibc_usage_messages_then_help(imgs, args):

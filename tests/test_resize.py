@@ -20,7 +20,9 @@ def _setup(folder):
     ["-f", "raw", "b.raw", "2M", "3"], ["-f", "raw", "b.raw", "++1M"], ["-f", "raw", "b.raw", "0"],
     ["-f", "raw", "b.raw", "1.5k"], ["b.raw"], [], ["nonexist", "1M"], ["-f", "raw", "b.raw", "1M"],
     ["--image-opts", "driver=raw,file.filename=b.raw", "3M"], ["-f", "raw", "-z", "b.raw", "2M"],
-    ["-f", "raw", "--shrink", "b.raw", "-1"],
+    ["-f", "raw", "--shrink", "b.raw", "-1"], ["-f", "raw", "b.raw", "9E"], ["-f", "raw", "b.raw", "+9E"],
+    ["-f", "raw", "b.raw", "-9E"], ["-f", "raw", "b.raw", "16E"], ["-f", "raw", "b.raw", "0x1k"],
+    ["-f", "raw", "b.raw", " 3M"], ["-f", "raw", "b.raw", "+ 1M"], ["-f", "raw", "b.raw", "2M "],
 ])
 def test_raw(tmp_path, args):
     compare_in_copies(_setup, tmp_path, "resize", *args)

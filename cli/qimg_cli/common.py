@@ -59,37 +59,26 @@ def parse_objects(objects: Iterable[str]) -> None:
         secrets.add_object(text)
 
 
+def strtosz(text: str) -> int:
+    """QEMU's ``qemu_strtosz`` (see :func:`qimg.ops.sizes.strtosz`), warnings on stderr."""
+    from qimg.ops.sizes import strtosz as _strtosz
+
+    return _strtosz(text, warn)
+
+
 def image_size_arg(text: str) -> int:
     """A size argument of create/measure, with qemu-img's messages (qemu's ``cvtnum``)."""
     from qimg.errors import QimgError
-    from qimg.units import parse_size
 
     try:
-        if text.startswith("-"):
-            raise ValueError(text)
-        value = parse_size(text)
+        return strtosz(text)
+    except OverflowError:
+        raise QimgError("Invalid image size specified. Must be between 0 and 9223372036854775807.") from None
     except ValueError:
-        if _too_large(text):
-            raise QimgError("Invalid image size specified. Must be between 0 and 9223372036854775807.") from None
         raise QimgError(
             "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
             f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
         ) from None
-    return value
-
-
-def _too_large(text: str) -> bool:
-    """A well-formed size whose value does not fit in int64 (qemu's other message)."""
-    import re
-    from fractions import Fraction
-
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([bkmgtpeBKMGTPE]?)\s*", text)
-    if not m:
-        return False
-    shift = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}[m.group(2).lower()]
-    if "." in m.group(1) and shift == 0:
-        return False
-    return Fraction(m.group(1)) * (1 << shift) >= 1 << 63
 
 
 # -- qemu-img's getopt parsing on top of click ----------------------------------------------------

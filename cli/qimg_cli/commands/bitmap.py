@@ -10,7 +10,7 @@ _ACTIONS = {"add", "remove", "clear", "enable", "disable", "merge"}
 
 def _in_loop(key: str, value, state: dict) -> None:
     if key == "granularity":
-        _granularity(value or "")
+        state["granularity"] = _granularity(value or "")
     elif key in _ACTIONS:
         # kept in command-line order (click would group them by option)
         state.setdefault("actions", []).append((key, value))
@@ -53,7 +53,7 @@ def command(ctx, add, remove, clear, enable, disable, merge, granularity, source
     from ..main import error_exit
 
     actions: list[tuple[str, str | None]] = ctx.meta.get("qimg.getopt_state", {}).get("actions", [])
-    gran = _granularity(granularity) if granularity is not None else None
+    gran = ctx.meta.get("qimg.getopt_state", {}).get("granularity") if granularity is not None else None
     parse_objects(objects)
     if not actions:
         error_exit("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge")

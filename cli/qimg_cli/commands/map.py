@@ -8,9 +8,9 @@ from ..common import qemu_command
 
 def _in_loop(key: str, value, state: dict) -> None:
     if key == "start_offset":
-        _offset_arg("start offset", value or "")
+        state["start_offset"] = _offset_arg("start offset", value or "")
     elif key == "max_length":
-        _offset_arg("max length", value or "")
+        state["max_length"] = _offset_arg("max length", value or "")
 
 
 @qemu_command("map", getopt_hook=_in_loop, legacy_longs=("help", "format", "output", "object", "image-opts", "force-share",
@@ -23,15 +23,17 @@ def _in_loop(key: str, value, state: dict) -> None:
 @click.option("--start-offset", "start_offset")
 @click.option("--max-length", "max_length")
 @click.argument("args", nargs=-1)
-def command(fmt, output, objects, image_opts, force_share, start_offset, max_length, args) -> None:
+@click.pass_context
+def command(ctx, fmt, output, objects, image_opts, force_share, start_offset, max_length, args) -> None:
     import sys
 
     from qimg.ops import map as ops_map
 
     from ..common import check_output_format, open_image, parse_objects, usage_exit
 
-    start = _offset_arg("start offset", start_offset) if start_offset is not None else 0
-    length = _offset_arg("max length", max_length) if max_length is not None else None
+    parsed = ctx.meta.get("qimg.getopt_state", {})  # values converted while parsing, as qemu-img
+    start = parsed.get("start_offset", 0) if start_offset is not None else 0
+    length = parsed.get("max_length") if max_length is not None else None
     if len(args) != 1:
         usage_exit("Expecting one image file name")
     ofmt = check_output_format(output)

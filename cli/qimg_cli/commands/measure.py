@@ -14,7 +14,7 @@ def _in_loop(key: str, value, state: dict) -> None:
     elif key == "output":
         check_output_format(value)
     elif key == "size":
-        image_size_arg(value or "")
+        state["size"] = image_size_arg(value or "")
     elif key == "snapshot":
         from qimg.errors import QimgError
 
@@ -38,21 +38,22 @@ def _in_loop(key: str, value, state: dict) -> None:
 @click.option("--output", "output")
 @click.option("--size", "size")
 @click.argument("args", nargs=-1)
-def command(fmt, out_fmt, options, snapshot, force_share, objects, image_opts, output, size, args) -> None:
+@click.pass_context
+def command(ctx, fmt, out_fmt, options, snapshot, force_share, objects, image_opts, output, size, args) -> None:
     import sys
 
     from qimg.errors import QimgError
     from qimg.ops import measure as ops_measure
     from qimg.ops.create import valid_option_list
 
-    from ..common import check_output_format, image_size_arg, open_image, parse_objects
+    from ..common import check_output_format, open_image, parse_objects
     from ..main import PROG, error_exit
 
     for o in options:
         if not valid_option_list(o):
             error_exit(f"Invalid option list: {o}")
     ofmt = check_output_format(output)
-    img_size = image_size_arg(size) if size is not None else None
+    img_size = ctx.meta.get("qimg.getopt_state", {}).get("size") if size is not None else None
     parse_objects(objects)
     if len(args) > 1:
         error_exit("At most one filename argument is allowed.")

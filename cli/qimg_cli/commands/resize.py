@@ -36,7 +36,7 @@ def command(fmt, quiet, objects, image_opts, preallocation, shrink, args) -> Non
         usage_exit("Expecting image file name and size")
     filename, size = args
     parse_objects(objects)
-    relative, n = ops_resize.parse_size_arg(size)
+    relative, n = ops_resize.parse_size_arg(size, warn)
     with open_image(filename, fmt, image_opts=image_opts, writable=True) as img:
         try:
             total = ops_resize.new_size(img.size, relative, n, shrink=shrink,

@@ -1,11 +1,11 @@
 """``qemu-img resize``: relative/absolute sizes and qemu-img's checks before truncating."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import trace
 from ..errors import QimgError
-from ..options import SIZE, Option
 
 if TYPE_CHECKING:
     from ..image import Image
@@ -22,15 +22,26 @@ def check_preallocation(mode: str) -> str:
     return mode
 
 
-def parse_size_arg(text: str) -> tuple[int, int]:
+def parse_size_arg(text: str, warn: Callable[[str], None] | None = None) -> tuple[int, int]:
     """``+N``/``-N``/``N`` -> (relative sign or 0, N); size errors as QEMU's size option."""
+    from .sizes import strtosz
+
     relative = 0
     if text[:1] == "+":
         relative, text = 1, text[1:]
     elif text[:1] == "-":
         relative, text = -1, text[1:]
-    body = text[1:] if text[:1] == "+" else text  # strtoull-style optional sign
-    return relative, Option("size", SIZE, "").convert(body)
+    try:
+        n = strtosz(text, warn, limit=1 << 64)
+    except OverflowError:
+        raise QimgError(f"Value '{text}' is out of range for parameter 'size'") from None
+    except ValueError:
+        raise QimgError(
+            "Parameter 'size' expects a non-negative number below 2^64\n"
+            "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+            "and exabytes, respectively.") from None
+    # QemuOpts reads a uint64; qemu-img then uses it as int64 (huge values go negative)
+    return relative, n - (1 << 64) if n >= 1 << 63 else n
 
 
 class ShrinkRefused(QimgError):
@@ -59,6 +70,6 @@ def resize(img: "Image", size: str | int, *, shrink: bool = False, preallocation
                 preallocation=preallocation)
     try:
         img.truncate(total, shrink=shrink, preallocation=preallocation)
-    except OSError as e:
-        raise QimgError(e.strerror or str(e)) from None
+    except OSError as e:  # the file protocol's failure, worded as QEMU's file driver
+        raise QimgError(f"Could not resize file: {e.strerror or e}") from None
     return total
