@@ -372,7 +372,7 @@ def test_cli_ops_on_inconsistent_bitmap(img, qemu_img, qimg, tmp_path, op):
     dir_off = struct.unpack(">Q", raw[ext + 24:ext + 32])[0]
     struct.pack_into(">I", raw, dir_off + 12, 3)  # "bad": in-use + auto
     img.write_bytes(bytes(raw))
-    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    a, b = tmp_path / "qemu.qcow2", tmp_path / "qimg.qcow2"
     shutil.copy(img, a)
     shutil.copy(img, b)
     want = qemu_img("bitmap", *op, str(a), "bad")
