@@ -71,3 +71,16 @@ def test_qcow2_source_raw_target(imgs):
     run_qemu("create", "-q", "-f", "qcow2", "s.qcow2", "8M", cwd=imgs)
     run_qemu_io("-c", "write -P 1 1M 1M", "s.qcow2", cwd=imgs)
     compare(imgs, "measure", "-O", "raw", "s.qcow2")
+
+
+@pytest.mark.parametrize("snap", ["s1", "snapshot.name=s1", "snapshot.id=1", "nonex", "snapshot.id=7",
+                                  "snapshot.foo=1"])
+@pytest.mark.parametrize("out", ["raw", "qcow2"])
+def test_qcow2_snapshot_source(imgs, snap, out):
+    if "qcow2" not in formats_available():
+        pytest.skip("qcow2 plugin not installed")
+    run_qemu("create", "-q", "-f", "qcow2", "q.qcow2", "4M", cwd=imgs)
+    run_qemu_io("-c", "write 0 1M", "q.qcow2", cwd=imgs)
+    run_qemu("snapshot", "-c", "s1", "q.qcow2", cwd=imgs)
+    run_qemu_io("-c", "write 1M 2M", "q.qcow2", cwd=imgs)
+    compare(imgs, "measure", "-l", snap, "-O", out, "q.qcow2")
