@@ -41,6 +41,9 @@ def configure_one(text: str) -> None:
 
 def _enable_pattern(pattern: str) -> None:
     from qimg import trace
+    from qimg.plugins import get_plugin_manager
+
+    get_plugin_manager()  # plugins declare their events when their package is imported
 
     if pattern == "help":
         sys.stdout.write("".join(f"{name}\n" for name in trace.list_events()))
