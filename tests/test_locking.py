@@ -28,6 +28,8 @@ ALL_BYTES = [locking.PERM_BASE + i for i in range(4)] + [locking.SHARED_BASE + i
 META_FORMATS = [f for f in ("qcow2", "qed", "vmdk", "vdi", "vpc", "vhdx", "qcow", "parallels")
                 if f in get_registry().formats]
 SIZE = "1M"
+# the CLI and cross-process tests use raw and one metadata format (the matrix covers them all)
+SAMPLE_FORMATS = ["raw"] + (["qcow2"] if "qcow2" in META_FORMATS else META_FORMATS[:1])
 
 
 @contextlib.contextmanager
@@ -72,8 +74,8 @@ def qemu_error(r) -> str | None:
 def _modes(fmt: str, img: str, other: str) -> dict[str, tuple[list[str], dict]]:
     modes = {
         "info": (["info", "-f", fmt, img], {"no_io": True, "backing": False}),
-        "read": (["map", "-f", fmt, img], {}),
-        "force-share": (["map", "-U", "-f", fmt, img], {"force_share": True}),
+        "read": (["map", "--output=json", "-f", fmt, img], {}),
+        "force-share": (["map", "--output=json", "-U", "-f", fmt, img], {"force_share": True}),
     }
     if fmt == "raw":
         modes["write"] = (["convert", "-n", "-f", "raw", "-O", "raw", other, img], {"writable": True})
@@ -116,7 +118,7 @@ def test_qimg_locks_seen_by_qemu_img(tmp_path, qemu_img):
               "print('ready', flush=True)\n"
               "sys.stdin.read()\n")
     fmts = [("raw", img)]
-    for fmt in META_FORMATS:
+    for fmt in SAMPLE_FORMATS[1:]:
         p = str(tmp_path / f"w.{fmt}")
         qemu_img("create", "-q", "-f", fmt, p, SIZE)
         fmts.append((fmt, p))
@@ -274,7 +276,7 @@ def run_both(qemu_img, qimg_runner, *args: str):
     return qemu_img(*args), qimg_runner(*args)
 
 
-@pytest.mark.parametrize("fmt", ["raw", *META_FORMATS])
+@pytest.mark.parametrize("fmt", SAMPLE_FORMATS)
 def test_cli_against_a_held_image(tmp_path, qemu_img, qimg, fmt):
     """The commands: info fails without -U and works with it; write commands fail; same text and code."""
     cmds = [c for c in ("info", "map", "check", "resize", "compare", "convert") if _have_command(c)]
