@@ -335,6 +335,7 @@ DAMAGE = {
     "l2-unaligned": [(48, P(">Q", 100))],
     "cluster-past-eof": [(4096 + 256 * 8, P(">Q", 1 << 40))],
     "cluster-unaligned": [(4096 + 256 * 8, P(">Q", 8192 + 77))],
+    "cluster-huge-offset": [(4096 + 256 * 8, P(">Q", (1 << 63) - 4096))],
 }
 
 

@@ -326,9 +326,12 @@ class QcowFormat(Format):
         self.file.pwrite(host - head, self._aes.encrypt(guest - head, data))
 
     def _check_aligned(self, cluster_offset: int) -> None:
-        # qemu-img refuses data clusters that do not start on a sector
+        # qemu-img refuses data clusters that do not start on a sector (or cannot be addressed)
         if cluster_offset & (SECTOR - 1):
             raise QimgError(f"'{self.filename}': cluster at {cluster_offset:#x} is not sector aligned: "
+                            "Input/output error")
+        if cluster_offset + self._cs > MAX_OFFSET:
+            raise QimgError(f"'{self.filename}': cluster at {cluster_offset:#x} is out of range: "
                             "Input/output error")
 
     def _entry(self, offset: int) -> int:
@@ -348,9 +351,11 @@ class QcowFormat(Format):
 
     def _l2_for_write(self, l1i: int) -> tuple[int, array]:
         l2off = self.l1[l1i]
-        if l2off:
-            return l2off, self._l2(l2off)
         n = self._l2_entries * 8
+        if l2off:
+            if l2off + n > MAX_OFFSET:
+                raise QimgError(f"'{self.filename}': L2 table at {l2off:#x} is out of range: Input/output error")
+            return l2off, self._l2(l2off)
         l2off = self._alloc_end(n)
         self.file.pwrite(l2off, bytes(n))
         tbl = array("Q", bytes(n))
