@@ -74,6 +74,25 @@ def _same_run(vals: array, e0: int, step: int) -> int:
     return lo
 
 
+class _RefusedFile:
+    """Stands for an external data file that untrusted mode does not open: any I/O fails."""
+
+    def __init__(self, image: str, name: str) -> None:
+        self.filename = name
+        self._image = image
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        from qimg.untrusted import refuse_named_file
+
+        raise refuse_named_file(self._image, "data file", self.filename)
+
+    pread = preadinto = pwrite = pwritev = size = truncate = flush = allocate = data_extents = _refuse
+    allocated_size = _refuse
+
+    def close(self) -> None:
+        pass
+
+
 class Qcow2Format(RefcountMixin, Format):
     format_name = "qcow2"
     create_opts = CREATE_OPTS
@@ -238,6 +257,10 @@ class Qcow2Format(RefcountMixin, Format):
         from qimg.api import open_protocol, resolve_backing_name
 
         path = name if options.get("data-file") else resolve_backing_name(self.filename, name)
+        if options.get("untrusted") and not options.get("data-file"):
+            # CVE-2024-32498: never follow a data file name found in an untrusted image
+            self.data_file = _RefusedFile(self.filename, path)
+            return
         self.data_file = open_protocol(path, writable=self.writable)
 
     @property
