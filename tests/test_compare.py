@@ -78,3 +78,14 @@ def test_qcow2_and_chains(tmp_path):
         compare(d, "compare", *args)
     r = run_qimg("compare", "-f", "qcow2", "-F", "raw", "q.qcow2", "c3.img", cwd=d)
     assert r.returncode == 0 and r.stdout == "Images are identical.\n"
+
+
+def test_progress_lines_byte_for_byte(tmp_path):
+    for name in ("big.img", "big2.img"):
+        with open(tmp_path / name, "wb") as f:
+            f.truncate(300 << 20)
+            for i in range(0, 300, 3):  # many short runs: many progress steps
+                f.seek(i << 20)
+                f.write(b"1")
+    r = compare(tmp_path, "compare", "-p", "big.img", "big2.img")
+    assert r.stdout.count("\r") > 20

@@ -343,3 +343,16 @@ def test_random_images_convert_exactly(tmp_path):
         assert got[:size] == want and not any(got[size:]) and len(got) == -(-size // 512) * 512, (i, opts)
         if opts.sparse == 0:
             assert os.stat(out).st_blocks * 512 >= size
+
+
+def test_progress_lines_byte_for_byte(tmp_path):
+    """convert -p prints the same lines as qemu-img (its 1-point threshold, float32 sums)."""
+    def setup(d):
+        with open(d / "s.raw", "wb") as f:
+            f.truncate(70 * MIB)
+            f.write(b"\x01" * 4096)
+
+    for args in (["-S", "0"], ["-S", "0", "-m", "1"]):
+        (tmp_path / args[-1]).mkdir()
+        mine, theirs = compare_in_copies(setup, tmp_path / args[-1], "convert", "-p", *args, "-O", "raw", "s.raw", "o.raw")
+        assert mine.stdout.count("\r") > 10

@@ -95,3 +95,22 @@ def test_diff_recipe(tmp_path):
     assert run_qemu("compare", "diff.qcow2", "modified.img", cwd=d).returncode == 0
     m = run_qemu("map", "--output=json", "diff.qcow2", cwd=d).stdout
     assert m.count('"depth": 0') == 1 and '"start": 524288, "length": 65536, "depth": 0' in m
+
+
+def test_progress_lines_byte_for_byte(tmp_path):
+    need_qcow2()
+
+    def setup(d):
+        with open(d / "old.raw", "wb") as f:
+            f.truncate(120 << 20)
+        with open(d / "new.raw", "wb") as f:
+            f.truncate(120 << 20)
+            f.seek(50 << 20)
+            f.write(b"\x02" * 4096)
+        assert run_qemu("create", "-f", "qcow2", "-b", "old.raw", "-F", "raw", "t.qcow2", cwd=d).returncode == 0
+        run_qemu_io("-c", "write 0 1k", "-c", "write 100M 1k", "t.qcow2", cwd=d)
+
+    mine, _ = compare_in_copies(setup, tmp_path, "rebase", "-p", "-b", "new.raw", "-F", "raw", "t.qcow2")
+    assert mine.stdout.count("\r") > 10
+    (tmp_path / "u").mkdir()
+    compare_in_copies(setup, tmp_path / "u", "rebase", "-p", "-u", "-b", "new.raw", "-F", "raw", "t.qcow2")

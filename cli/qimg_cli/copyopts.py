@@ -111,3 +111,31 @@ def image_opts_target(text: str) -> tuple[str, str | None, dict[str, Any]]:
     if fname is None:
         raise QimgError(f"Could not open '{text}': A block device must be specified for \"file\"")
     return fname, fmt, opts
+
+
+def _f32(x: float) -> float:
+    import struct
+
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def qemu_progress(enabled: bool, min_skip: float = 1.0) -> Any:
+    """A progress line that prints exactly when qemu's does (qemu_progress_print): on a move
+    of more than ``min_skip`` points (convert 1, compare and rebase 2), at 0 and at 100, with
+    qemu's single-precision arithmetic."""
+    from .common import Progress
+
+    class QemuProgress(Progress):
+        def update(self, done: float, total: float) -> None:
+            cur = _f32(100.0 if total <= 0 else min(100.0, done * 100.0 / total))
+            self.current = cur
+            last = self.last_printed
+            if not self.enabled:
+                return
+            if (cur > _f32(last + min_skip) or cur < _f32(last - min_skip) or cur == 0 or cur == 100):
+                self._print()
+
+    bar = QemuProgress(enabled)
+    if bar.last_printed < 0:
+        bar.last_printed = 0.0
+    return bar

@@ -12,8 +12,8 @@ def run(argv: list[str]) -> None:
 
     from qimg.errors import QimgError
 
-    from ..common import Progress, open_image, parse_objects
-    from ..copyopts import check_cache
+    from ..common import open_image, parse_objects
+    from ..copyopts import check_cache, qemu_progress
 
     fmt1 = fmt2 = cache = None
     progress = quiet = strict = force_share = image_opts = False
@@ -50,7 +50,7 @@ def run(argv: list[str]) -> None:
         check_cache(cache, source=True)
     except QimgError as e:
         raise QimgError(e.message, 2) from None
-    bar = Progress(progress)
+    bar = qemu_progress(progress, 2.0)
     images = []
     try:
         for name, fmt in ((files[0], fmt1), (files[1], fmt2)):

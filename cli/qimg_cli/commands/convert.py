@@ -13,7 +13,7 @@ def run(argv: list[str]) -> None:
     from qimg.errors import QimgError
     from qimg.ops.convert import ConvertOptions
 
-    from ..common import Progress, merge_o, open_image, parse_objects
+    from ..common import merge_o, open_image, parse_objects
     from ..copyopts import (
         check_cache,
         cvtnum,
@@ -22,6 +22,7 @@ def run(argv: list[str]) -> None:
         option_help,
         parse_rate,
         parse_snapshot_param,
+        qemu_progress,
     )
 
     opts = ConvertOptions(out_format=None)
@@ -145,7 +146,7 @@ def run(argv: list[str]) -> None:
         out_filename, opts.out_format, opts.target_open_options = image_opts_target(out_filename)
 
     sources = []
-    bar = Progress(progress and not quiet)
+    bar = qemu_progress(progress and not quiet, 1.0)
     try:
         if opts.bitmaps and len(files) - 1 > 1:
             raise QimgError("Copying bitmaps only possible with single source")

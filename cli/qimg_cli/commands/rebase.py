@@ -10,8 +10,8 @@ LONG = {"help": False, "object": True, "image-opts": False, "force-share": False
 def run(argv: list[str]) -> None:
     import sys
 
-    from ..common import Progress, open_image, parse_objects
-    from ..copyopts import check_cache
+    from ..common import open_image, parse_objects
+    from ..copyopts import check_cache, qemu_progress
 
     fmt = backing_fmt = backing = cache = src_cache = None
     unsafe = progress = quiet = force_share = image_opts = False
@@ -52,7 +52,7 @@ def run(argv: list[str]) -> None:
     parse_objects(objects)
     check_cache(cache)
     check_cache(src_cache, source=True)
-    bar = Progress(progress)
+    bar = qemu_progress(progress, 2.0)
     try:
         # -U shares the backing files only: the image itself is written
         img = open_image(filename, fmt, image_opts=image_opts, writable=True, backing=not unsafe)

@@ -19,12 +19,13 @@ from ..errors import QimgError
 from ..image import zero_fill
 from .copy import COPY, SKIP, Copier, Piece, parallel_safe
 from .copy import ZERO as ZERO_OP
-from .copy import copy_total as _copy_total
 
 if TYPE_CHECKING:
     from ..image import Image
 
 DEFAULT_SPARSE = 4096
+#: qemu's largest request (BDRV_REQUEST_MAX_BYTES): block status runs are cut there too
+MAX_REQUEST = (2**31 - 1) & ~511
 MAX_WORKERS = 16
 
 
@@ -100,15 +101,11 @@ def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int) -> It
     base = 0
     for src in sources:
         size = src.size
-        if sparse == 0:
-            if size:
-                yield Piece(base, size, COPY)
-            base += size
-            continue
         off = 0
         while off < size:
+            want = min(size - off, MAX_REQUEST)
             if target_has_backing:
-                st = src.block_status(off, size - off)
+                st = src.block_status(off, want)
                 if not st.flags & ALLOCATED and src.backing is not None:
                     op = SKIP
                 elif st.flags & ZERO:
@@ -116,12 +113,14 @@ def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int) -> It
                 else:
                     op = COPY
             else:
-                st = src.chain_status(off, size - off)
+                st = src.chain_status(off, want)
                 if st.flags & ZERO or not st.flags & (DATA | ALLOCATED):
                     op = ZERO_OP
                 else:
                     op = COPY
-            n = min(st.length, size - off)
+            n = min(st.length, want)
+            if sparse == 0 and op == ZERO_OP:
+                op = COPY  # -S 0: no zero detection at all, zeroes are written as data
             yield Piece(base + off, n, op)
             off += n
         base += size
@@ -243,21 +242,23 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         if opts.compress and not target.driver.supports_compression:
             raise QimgError("Compression not supported for this file format")
         has_backing = target.backing is not None or bool(target.driver.backing_filename)
-        if opts.no_create:
+        if opts.sparse == 0:
+            zero_init = False  # -S 0: zero runs are written too (the target ends up allocated)
+        elif opts.no_create:
             zero_init = opts.target_is_zero
         else:
             zero_init = (type(target.driver).zero_init and not has_backing
                          and not getattr(target.driver.file, "is_block", False))
-        copy_total = 0
-        if progress is not None:
-            copy_total = _copy_total(plan(sources, target_has_backing=has_backing, sparse=opts.sparse))
+        total_done = [0]
         copier = Copier(
             target, concat_reader(sources, opts.salvage, warn), zero_init=zero_init,
             granule=0 if opts.copy_offload else opts.sparse, workers=opts.workers, ordered=opts.ordered or opts.compress,
             compress=opts.compress, unmap=opts.sparse != 0,
             copy_range=_copy_range_fn(sources, target) if opts.copy_offload else None,
-            progress=(lambda done: progress(done, copy_total)) if progress else None,
+            progress=(lambda done: progress(done, total_done[0])) if progress else None,
             rate_limit=opts.rate_limit, serial_reads=not parallel_safe(*sources))
+        if progress is not None:
+            total_done[0] = copier.planned_total(plan(sources, target_has_backing=has_backing, sparse=opts.sparse))
         copier.run(plan(sources, target_has_backing=has_backing, sparse=opts.sparse))
         if opts.bitmaps:
             _copy_bitmaps(sources[0], target, opts.skip_broken_bitmaps, warn)

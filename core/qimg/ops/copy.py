@@ -111,18 +111,20 @@ def zero_runs(buf: bytearray, n: int, base: int, granule: int) -> list[tuple[int
     return out
 
 
-def copy_total(pieces: Iterable[Piece]) -> int:
-    """Bytes the COPY pieces cover: the 100% of a progress display."""
-    return sum(p.length for p in pieces if p.op == COPY)
+def copy_total(pieces: Iterable[Piece], count_zero: bool = False) -> int:
+    """Bytes the COPY (and with ``count_zero`` ZERO) pieces cover: a progress display's 100%."""
+    return sum(p.length for p in pieces if p.op == COPY or (count_zero and p.op == ZERO))
 
 
-def coalesce(pieces: Iterable[Piece]) -> Iterator[Piece]:
-    """Merge adjacent pieces of the same kind."""
+def _merge_non_copy(pieces: Iterable[Piece]) -> Iterator[Piece]:
+    """Merge adjacent ZERO (or SKIP) pieces; COPY pieces keep their run boundaries, which
+    decide the chunking (and so qemu-img's progress steps)."""
     cur: Piece | None = None
     for p in pieces:
         if p.length <= 0:
             continue
-        if cur is not None and cur.op == p.op and cur.offset + cur.length == p.offset:
+        if (cur is not None and cur.op == p.op and p.op != COPY
+                and cur.offset + cur.length == p.offset):
             cur = Piece(cur.offset, cur.length + p.length, cur.op)
             continue
         if cur is not None:
@@ -155,9 +157,11 @@ class Copier:
                  workers: int = 8, ordered: bool = True, compress: bool = False,
                  unmap: bool = True, copy_range: Callable[[int, int], bool] | None = None,
                  progress: Callable[[int], None] | None = None,
-                 rate_limit: int = 0, serial_reads: bool = False, progress_all: bool = False) -> None:
+                 rate_limit: int = 0, serial_reads: bool = False, progress_all: bool = False,
+                 count_zero: bool = False) -> None:
         self.target = target
         self.progress_all = progress_all
+        self.count_zero = count_zero
         if serial_reads:
             import threading
 
@@ -179,10 +183,8 @@ class Copier:
         self.progress = progress
         self.rate_limit = rate_limit
         self.cluster = target.driver.cluster_size or 65536 if compress else 0
-        chunk = CHUNK
-        if compress and self.cluster > chunk:
-            chunk = self.cluster
-        self.chunk = chunk
+        # qemu-img convert compresses one cluster per request
+        self.chunk = self.cluster if compress else CHUNK
         self._bufs: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._nbufs = 0
         self._pending_zero: list[int] | None = None
@@ -208,11 +210,13 @@ class Copier:
 
     # -- planning -------------------------------------------------------------------
     def _tasks(self, pieces: Iterable[Piece]) -> Iterator[tuple[str, int, int]]:
-        """Split pieces into chunk-sized tasks; with compression, whole clusters."""
+        """Split pieces into tasks as qemu-img convert iterates: chunks of at most
+        :data:`CHUNK` from each run's start (whole clusters when compressing). Zero runs are
+        one task unless ``count_zero`` (then they are chunked too and count as progress)."""
         size = self.target.size
         covered = 0
         cs = self.cluster
-        for p in coalesce(pieces):
+        for p in _merge_non_copy(pieces):
             start, end = p.offset, p.offset + p.length
             if p.op == COPY and cs:
                 start = max(covered, start - start % cs)
@@ -222,14 +226,19 @@ class Copier:
                 start = max(start, covered)
             if start >= end:
                 continue
-            if p.op != COPY:
+            if p.op != COPY and not (p.op == ZERO and self.count_zero):
                 yield p.op, start, end - start
                 continue
             pos = start
             while pos < end:
-                nxt = min(end, (pos // self.chunk + 1) * self.chunk)
-                yield COPY, pos, nxt - pos
+                nxt = min(end, pos + self.chunk)
+                yield p.op, pos, nxt - pos
                 pos = nxt
+
+    def planned_total(self, pieces: Iterable[Piece]) -> int:
+        """Bytes :meth:`run` will count as progress for these pieces (its 100%)."""
+        return sum(n for op, _, n in self._tasks(pieces)
+                   if op == COPY or self.progress_all or (op == ZERO and self.count_zero))
 
     # -- work (in pool threads) -------------------------------------------------------
     def _work(self, offset: int, length: int) -> _Result:
@@ -335,7 +344,7 @@ class Copier:
             self._write(self._work(off, n))
         elif op == ZERO:
             self._zero(off, n)
-            self._advance(n, False)
+            self._advance(n, self.count_zero)
         else:
             self._advance(n, False)
 
