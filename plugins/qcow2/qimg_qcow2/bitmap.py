@@ -22,6 +22,8 @@ from qimg.errors import QimgError
 from . import structs as S
 
 if TYPE_CHECKING:
+    from array import array
+
     from qimg.driver import CheckResult
 
     from .check import _Checker
@@ -455,7 +457,7 @@ def check_inconsistent(src_drv: "Qcow2Format") -> list[str]:
 
 
 # -- check ---------------------------------------------------------------------------------
-def check_bitmap_refcounts(c: "_Checker", res: "CheckResult", table: list[int]) -> None:
+def check_bitmap_refcounts(c: "_Checker", res: "CheckResult", table: "array") -> None:
     """Count references of the directory, bitmap tables and data clusters (qemu-img check)."""
     drv = c.drv
     if not has_bitmaps(drv):

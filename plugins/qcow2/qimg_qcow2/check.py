@@ -38,8 +38,23 @@ FIX_LEAKS = "leaks"
 FIX_ERRORS = "errors"
 
 CHECK_FRAG_INFO = 2
-#: most host clusters a check keeps expected refcounts for (memory cap against hostile offsets)
-MAX_CHECK_CLUSTERS = 1 << 25
+#: most host clusters a check keeps expected refcounts for (memory cap against hostile offsets;
+#: the array holds one refcount-width item per cluster, as QEMU's does)
+MAX_CHECK_CLUSTERS = 1 << 27
+
+
+def _new_table(refcount_order: int, n: int) -> array:
+    """Expected refcounts, one item per host cluster, as wide as the image's refcounts."""
+    bits = 1 << refcount_order
+    code = "B" if bits <= 8 else "H" if bits == 16 else "I" if bits == 32 else "Q"
+    table = array(code)
+    _grow(table, n)
+    return table
+
+
+def _grow(table: array, n: int) -> None:
+    if n > len(table):
+        table.frombytes(bytes((n - len(table)) * table.itemsize))
 REFT_RESERVED_MASK = 0x1FF
 # extended L2: the two halves of the subcluster bitmap
 L2_BITMAP_ALL_ALLOC = 0xFFFFFFFF
@@ -148,7 +163,7 @@ class _Checker:
         data = self.file.pread(offset, n)
         return data + bytes(n - len(data))
 
-    def inc(self, res: CheckResult, table: list[int], offset: int, size: int) -> None:
+    def inc(self, res: CheckResult, table: array, offset: int, size: int) -> None:
         """Count one reference to every cluster of [offset, offset+size) (qcow2_inc_refcounts_imrt)."""
         if size <= 0:
             return
@@ -160,7 +175,7 @@ class _Checker:
         first = offset >> self.cluster_bits
         last = (offset + size - 1) >> self.cluster_bits
         if last >= len(table):
-            table.extend([0] * (last + 1 - len(table)))
+            _grow(table, last + 1)
         for k in range(first, last + 1):
             v = table[k]
             if v == self.refcount_max:
@@ -172,7 +187,7 @@ class _Checker:
             table[k] = v + 1
 
     # -- L1/L2 walk ------------------------------------------------------------------
-    def check_l1(self, res: CheckResult, table: list[int], l1_offset: int, l1_size: int, flags: int,
+    def check_l1(self, res: CheckResult, table: array, l1_offset: int, l1_size: int, flags: int,
                  active: bool) -> None:
         if l1_size == 0:
             return
@@ -203,7 +218,7 @@ class _Checker:
             return raw[0::2], raw[1::2]
         return raw, None
 
-    def check_l2(self, res: CheckResult, table: list[int], l2_offset: int, flags: int, active: bool,
+    def check_l2(self, res: CheckResult, table: array, l2_offset: int, flags: int, active: bool,
                  frag: list[int]) -> None:
         entries, bitmaps = self._load_l2(l2_offset)
         cs = self.cluster_size
@@ -296,7 +311,7 @@ class _Checker:
         return True
 
     # -- refcount blocks ---------------------------------------------------------------
-    def check_refblocks(self, res: CheckResult, table: list[int], stored: _StoredRefcounts) -> bool:
+    def check_refblocks(self, res: CheckResult, table: array, stored: _StoredRefcounts) -> bool:
         rebuild = False
         nb = len(table)
         for i, e in enumerate(stored.table):
@@ -341,7 +356,7 @@ class _Checker:
                 self.file_len = self.file.size()
                 nb = -(-self.file_len // self.cluster_size)
                 if nb > len(table):
-                    table.extend([0] * (nb - len(table)))
+                    _grow(table, nb)
                 res.corruptions -= 1
                 res.corruptions_fixed += 1
                 self.inc(res, table, offset, self.cluster_size)
@@ -355,13 +370,13 @@ class _Checker:
         return rebuild
 
     # -- the whole walk ---------------------------------------------------------------
-    def calculate(self, res: CheckResult, stored: _StoredRefcounts, snapshots: list) -> tuple[list[int], bool]:
+    def calculate(self, res: CheckResult, stored: _StoredRefcounts, snapshots: list) -> tuple[array, bool]:
         h = self.h
         nb_clusters = -(-self.file_len // self.cluster_size)
         if nb_clusters > MAX_CHECK_CLUSTERS:
             res.check_errors += 1
             raise CheckFailed("File too large", self.msgs)
-        table = [0] * nb_clusters
+        table = _new_table(self.h.refcount_order, nb_clusters)
         self.inc(res, table, 0, self.cluster_size)
         self.check_l1(res, table, h.l1_table_offset, h.l1_size, CHECK_FRAG_INFO, True)
         if self.data_file and snapshots:
@@ -394,7 +409,7 @@ class _Checker:
         rebuild = self.check_refblocks(res, table, stored)
         return table, rebuild
 
-    def compare(self, res: CheckResult, stored: _StoredRefcounts, table: list[int], fix: set[str],
+    def compare(self, res: CheckResult, stored: _StoredRefcounts, table: array, fix: set[str],
                 highest: list[int]) -> bool:
         rebuild = False
         bb = stored.block_bits
@@ -409,7 +424,7 @@ class _Checker:
                     self.say(f"Can't get refcount for cluster {i}: Input/output error")
                     res.check_errors += 1
                 continue
-            want = table[base:end]
+            want = table[base:end].tolist()
             have = blk[: end - base] if blk is not None else [0] * (end - base)
             for k in range(end - base - 1, -1, -1):
                 if have[k] or want[k]:
@@ -520,7 +535,7 @@ class _Checker:
                 res.corruptions_fixed += len(dirty)
 
     # -- rebuild ------------------------------------------------------------------------
-    def rebuild_refcounts(self, table: list[int]) -> None:
+    def rebuild_refcounts(self, table: array) -> None:
         """Write fresh refcount blocks and table for the computed refcounts and switch to them.
 
         New structures take the first clusters that are free in ``table`` (which is updated),
@@ -535,7 +550,7 @@ class _Checker:
             i = first_free[0]
             while True:
                 if i + n > len(table):
-                    table.extend([0] * (i + n - len(table)))
+                    _grow(table, i + n)
                 run = table[i : i + n]
                 if not any(run):
                     break
@@ -547,7 +562,7 @@ class _Checker:
                 first_free[0] = i + n
             return i << self.cluster_bits
 
-        reftable: list[int] = []
+        reftable: array = []
         rt_offset = -1
         rt_clusters = 0
         while True:
@@ -578,7 +593,7 @@ class _Checker:
         # write blocks
         for bi, off in enumerate(reftable):
             if off:
-                vals = table[bi * per_block:(bi + 1) * per_block]
+                vals = table[bi * per_block:(bi + 1) * per_block].tolist()
                 vals += [0] * (per_block - len(vals))
                 self.file.pwrite(off, _encode_refcounts(vals, rc_bits))
         rt = array("Q", reftable + [0] * (rt_clusters * cs // 8 - len(reftable)))
