@@ -219,8 +219,11 @@ class QcowFormat(Format):
         return tbl
 
     def _check_crypto(self) -> None:
+        # qemu-img refuses to open the image for I/O at all; qimg opens it (info needs no key)
+        # and fails on first use with the same words
         if self.encrypted and self._aes is None:
-            raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
+            raise QimgError(f"Could not open '{self.filename}': Parameter 'encrypt.key-secret' is required "
+                            "for cipher")
 
     # -- block status --------------------------------------------------------------------
     def block_status(self, offset: int, length: int) -> Status:
