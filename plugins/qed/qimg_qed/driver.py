@@ -19,7 +19,7 @@ from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
 from qimg.driver import CheckResult, Format
 from qimg.errors import CorruptImage, QimgError
-from qimg.image import zero_fill
+from qimg.image import is_zero, zero_fill
 from qimg.options import SIZE, STRING, Option
 
 from .structs import (
@@ -512,6 +512,20 @@ class QedFormat(Format):
         self.backing_filename = filename or None
         self.backing_format = "raw" if name and fmt == "raw" else None
 
+    def _all_l1_entries(self):
+        """Non-zero ``(index, entry)`` of the whole L1 table (qemu-img checks all of it, not
+        only the part the image size uses), read in windows."""
+        n = self.nelems
+        for w in range(0, n, L2_WINDOW):
+            k = min(L2_WINDOW, n - w)
+            buf = bytearray(8 * k)
+            self.file.preadinto(self.h.l1_table_offset + 8 * w, memoryview(buf))
+            if is_zero(buf):
+                continue
+            for i, e in enumerate(_from_le(bytes(buf))):
+                if e:
+                    yield w + i, (self.l1[w + i] if w + i < len(self.l1) else e)
+
     def check(self, fix: set[str]) -> CheckResult:
         """Walk L1/L2: every cluster referenced once, every offset valid.
 
@@ -540,14 +554,12 @@ class QedFormat(Format):
             mark(c * cs, 1)
         mark(self.h.l1_table_offset, self.h.table_size)
         allocated = fragmented = 0
-        for l1i in range(len(self.l1)):
-            l2off = self.l1[l1i]
-            if not l2off:
-                continue
+        for l1i, l2off in self._all_l1_entries():
             if not self._table_ok(l2off) or not mark(l2off, self.h.table_size):
                 res.corruptions += 1
                 if fix_errors:
-                    self.l1[l1i] = 0
+                    if l1i < len(self.l1):
+                        self.l1[l1i] = 0
                     self.file.pwrite(self.h.l1_table_offset + 8 * l1i, bytes(8))
                     res.corruptions_fixed += 1
                 continue

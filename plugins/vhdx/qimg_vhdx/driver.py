@@ -257,7 +257,8 @@ class VhdxFormat(Format):
         self.hdr_slot, self.hdr = best
 
     def _read_regions(self) -> None:
-        for off in (REGION1_OFFSET, REGION2_OFFSET):
+        # like qemu-img, only the first copy is used: a damaged first table is an error
+        for off in (REGION1_OFFSET,):
             raw = self.file.pread(off, REGION_TABLE_SIZE)
             if len(raw) < REGION_TABLE_SIZE or raw[:4] != b"regi":
                 continue
