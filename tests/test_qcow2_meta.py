@@ -216,3 +216,44 @@ def test_make_empty_as_qemu_commit(qemu_img, qemu_io, tmp_path, opts):
     # the emptied overlay shows its (committed) base again
     r = qemu_img("compare", str(top2), str(base))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+AMEND_CASES = [("extended_l2=on", "compat=foo"), ("extended_l2=on", "compat=0.10"), ("", "backing_fmt=raw"),
+               ("", "compat=0.10,lazy_refcounts=on"), ("", "refcount_bits=8,compat=0.10"),
+               ("refcount_bits=8", "compat=0.10"), ("data_file=dx.raw", "compat=0.10"), ("", "data_file=x.raw"),
+               ("", "refcount_bits=3"), ("", "data_file_raw=on"), ("compression_type=zstd", "compat=0.10"),
+               ("lazy_refcounts=on", "compat=0.10"), ("compat=0.10", "compat=1.1,lazy_refcounts=on")]
+
+
+@pytest.mark.parametrize("create,opts", AMEND_CASES)
+def test_amend_as_qemu(qemu_img, qemu_io, qimg, tmp_path, monkeypatch, create, opts):
+    monkeypatch.chdir(tmp_path)
+    args = ["-o", create] if create else []
+    qemu_img("create", "-q", "-f", "qcow2", *args, "a.qcow2", "1M")
+    qemu_io("-c", "write -z 0 64k", "-c", "write -P 3 64k 64k", "a.qcow2")
+    shutil.copy("a.qcow2", "b.qcow2")
+    exp = qemu_img("amend", "-o", opts, "a.qcow2")
+    got = qimg("amend", "-o", opts, "b.qcow2")
+    assert (got.returncode, got.stderr) == (exp.returncode, exp.stderr.replace("qemu-img: ", "qimg: "))
+    if exp.returncode == 0:
+        assert qemu_img("check", "b.qcow2").returncode == 0
+        assert qemu_img("compare", "a.qcow2", "b.qcow2").returncode == 0
+        ia = json.loads(qemu_img("info", "--output=json", "a.qcow2").stdout)["format-specific"]
+        ib = json.loads(qemu_img("info", "--output=json", "b.qcow2").stdout)["format-specific"]
+        assert ia == ib
+
+
+def test_downgrade_with_snapshot(qemu_img, qemu_io, qimg, tmp_path):
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(a), "1M")
+    qemu_io("-c", "write -z 0 64k", "-c", "write -P 3 64k 64k", str(a))
+    qemu_img("snapshot", "-c", "s", str(a))
+    qemu_io("-c", "write -z 64k 128k", str(a))
+    shutil.copy(a, b)
+    assert qemu_img("amend", "-o", "compat=0.10", str(a)).returncode == 0
+    assert qimg("amend", "-o", "compat=0.10", str(b)).returncode == 0
+    assert qemu_img("check", str(b)).returncode == 0
+    assert qemu_img("compare", str(a), str(b)).returncode == 0
+    for p in (a, b):
+        assert qemu_img("snapshot", "-a", "s", str(p)).returncode == 0
+    assert qemu_img("compare", str(a), str(b)).returncode == 0

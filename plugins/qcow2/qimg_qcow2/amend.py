@@ -18,8 +18,11 @@ V3 = "compatibility level 1.1 and above (use version=v3 or greater)"
 
 def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None" = None,
           force: bool = False) -> None:
+    """Apply amend options in QEMU's order: checks, upgrade, backing, lazy refcounts, refcount
+    width, data file, size, and a downgrade last."""
     h = drv.header
-    version = h.version
+    old_version = h.version
+    version = old_version
     compat = opts.get("compat")
     if compat is not None:
         if compat in ("0.10", "v2"):
@@ -27,12 +30,12 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
         elif compat in ("1.1", "v3"):
             version = 3
         else:
-            raise QimgError(f"Invalid compatibility level: '{compat}'")
+            raise QimgError(f"Unknown compatibility level {compat}")
     lazy = opts.get("lazy_refcounts")
     rb = opts.get("refcount_bits")
     if rb is not None and (rb < 1 or rb > 64 or rb & (rb - 1)):
         raise QimgError("Refcount width must be a power of two and may not exceed 64 bits")
-    if "data_file" in opts and opts["data_file"] is not None and drv.data_file is None:
+    if opts.get("data_file") and drv.data_file is None:
         raise QimgError("data-file can only be set for images that use an external data file")
     raw = opts.get("data_file_raw")
     if raw and not drv.data_raw:
@@ -45,14 +48,18 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
             progress(done[0] * 100, 100)
 
     step(0)
-    if version > h.version:
-        h.version = 3
+    if version > old_version:
+        h.version = version
         h.refcount_order = drv.refcount_order
         drv.update_header()
-    if lazy is not None:
-        if lazy and h.version < 3:
-            raise QimgError("Lazy refcounts only supported with " + V3)
+    if "backing_file" in opts or "backing_fmt" in opts:
+        if opts.get("backing_file") != h.backing_file or opts.get("backing_fmt") != h.backing_format:
+            raise QimgError("Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.")
+    if lazy is not None and lazy != bool(h.compatible_features & S.COMPAT_LAZY_REFCOUNTS):
         if lazy:
+            if version < 3:
+                raise QimgError("Lazy refcounts only supported with compatibility level 1.1 and above "
+                                "(use compat=1.1 or greater)")
             h.compatible_features |= S.COMPAT_LAZY_REFCOUNTS
         else:
             drv.flush_caches()
@@ -61,30 +68,24 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
             drv._dirty_set = False
         drv.update_header()
     if rb is not None and rb != drv.refcount_bits:
-        if h.version < 3 and version < 3:
-            raise QimgError("Different refcount widths than 16 bits require compatibility level 1.1 or above "
-                            "(use version=v3 or greater)")
+        if version < 3 and rb != 16:
+            raise QimgError("Refcount widths other than 16 bits require compatibility level 1.1 or above "
+                            "(use compat=1.1 or greater)")
         change_refcount_order(drv, rb.bit_length() - 1)
         step(0.5)
-    if "backing_file" in opts or "backing_fmt" in opts:
-        bf = opts.get("backing_file", h.backing_file)
-        fmt = opts.get("backing_fmt", h.backing_format)
-        if fmt and not bf:
-            raise QimgError("Backing format cannot be used without backing file")
-        drv.change_backing_file(bf, fmt)
-    if opts.get("data_file") is not None:
+    if opts.get("data_file"):
         h.data_file = opts["data_file"]
         drv.update_header()
     if raw is False and drv.data_raw:
         h.autoclear_features &= ~S.AUTOCLEAR_DATA_FILE_RAW
         drv.update_header()
-    if version < h.version:
-        downgrade(drv, step)
     size = opts.get("size")
     if size is not None and size != h.size:
         from .resize import truncate
 
         truncate(drv, size, shrink=True)
+    if version < old_version:
+        downgrade(drv, step)
     drv.flush_caches()
     step(1)
 
@@ -92,50 +93,62 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
 def downgrade(drv: "Qcow2Format", step) -> None:
     h = drv.header
     if drv.refcount_order != 4:
-        raise QimgError("Cannot downgrade an image with a refcount width other than 16 bits")
+        raise QimgError("compat=0.10 requires refcount_bits=16")
     if drv.data_file is not None:
         raise QimgError("Cannot downgrade an image with a data file")
-    if drv.extended_l2:
-        raise QimgError("Cannot downgrade an image with extended L2 entries")
-    if h.compression_type:
-        raise QimgError("Cannot downgrade an image with non-default compression type")
-    if h.bitmaps_ext is not None:
-        raise QimgError("Cannot downgrade an image with bitmaps")
-    if h.nb_snapshots:
-        raise QimgError("Cannot downgrade an image with internal snapshots (zero clusters in snapshots)")
-    if h.compatible_features & S.COMPAT_LAZY_REFCOUNTS:
+    if h.incompatible_features & S.INCOMPAT_DIRTY:
         drv.flush_caches()
-        h.compatible_features &= ~S.COMPAT_LAZY_REFCOUNTS
+        h.incompatible_features &= ~S.INCOMPAT_DIRTY
+        drv._dirty_set = False
+    if h.incompatible_features & ~S.INCOMPAT_COMPRESSION:
+        raise QimgError(f"Cannot downgrade an image with incompatible features {h.incompatible_features:#x} set")
+    h.compatible_features = 0
+    h.autoclear_features = 0
     # v2 has no zero clusters: turn them into data (or drop them when nothing shows through)
+    l1s: list[tuple[int, int, bool]] = [(h.l1_table_offset, h.l1_size, True)]
+    if h.nb_snapshots:
+        from .snapshot import read_snapshots
+
+        l1s += [(sn.l1_table_offset, sn.l1_size, False) for sn in read_snapshots(drv)]
+    for n, (l1_off, l1_size, active) in enumerate(l1s):
+        l1 = drv.l1 if active else drv.read_table(l1_off, l1_size)
+        _expand_zero_clusters(drv, l1, active)
+        step(0.5 + 0.5 * (n + 1) / len(l1s))
+    drv.flush_caches()
+    h.version = 2
+    h.incompatible_features = 0
+    h.bitmaps_ext = None
+    drv.update_header()
+
+
+def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
     cb, cs = drv.cluster_bits, drv.cluster_size
-    n_l1 = len(drv.l1)
-    for l1i in range(n_l1):
-        if not drv.l1[l1i] & S.L1E_OFFSET_MASK:
+    h = drv.header
+    for l1i in range(len(l1)):
+        l2off = l1[l1i] & S.L1E_OFFSET_MASK
+        if not l2off:
             continue
-        l2off, tbl = drv._l2_for_write(l1i)
+        tbl = drv.get_l2(l2off)
+        l2_refs = drv.get_refcount(l2off >> cb)
+        changed = False
         for i in range(drv.l2_entries):
             e = tbl[i]
             if e & S.OFLAG_COMPRESSED or not e & S.OFLAG_ZERO:
                 continue
             host = e & S.L2E_OFFSET_MASK
             g = ((l1i << drv.l2_bits) + i) << cb
-            if g >= h.size:
-                tbl[i] = 0
-            elif drv.backing is None and not host:
+            if active and drv.backing is None and not host or g >= h.size:
                 tbl[i] = 0
             else:
-                if not host or not e & S.OFLAG_COPIED:
-                    if host:
-                        drv.free_clusters(host, cs)
+                if not host:
                     host = drv.alloc_clusters(1)
+                    if l2_refs > 1:
+                        drv.set_refcount(host >> cb, l2_refs)
                 drv.file.pwrite(host, bytes(cs))
-                tbl[i] = host | S.OFLAG_COPIED
+                tbl[i] = host | (S.OFLAG_COPIED if drv.get_refcount(host >> cb) == 1 else 0)
+            changed = True
+        if changed:
             drv.l2_cache.mark_dirty(l2off)
-        step(0.5 + 0.5 * (l1i + 1) / n_l1)
-    drv.flush_caches()
-    h.version = 2
-    h.incompatible_features = h.compatible_features = h.autoclear_features = 0
-    drv.update_header()
 
 
 def change_refcount_order(drv: "Qcow2Format", order: int) -> None:
