@@ -120,6 +120,8 @@ class _StoredRefcounts:
         got = self.blocks.get(index)
         if got is None:
             got = self._decode(self._read(offset, self.cluster_size))
+            if len(self.blocks) >= 64:  # bounded: blocks are mostly visited in order
+                del self.blocks[next(iter(self.blocks))]
             self.blocks[index] = got
         return got
 
