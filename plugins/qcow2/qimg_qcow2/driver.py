@@ -1030,6 +1030,11 @@ class Qcow2Format(RefcountMixin, Format):
         old = tbl[i * st]
         self._ccache = None
         host = self.alloc_bytes(len(out))
+        end = host + len(out)
+        pad = (-end) % 512
+        if pad and end >= self.file.size():
+            # QEMU's block layer writes whole sectors: the file grows to a 512-byte multiple
+            out = bytes(out) + bytes(pad)
         self.file.pwrite(host, out)
         nsec = ((host + len(out) - 1) >> 9) - (host >> 9)
         tbl[i * st] = host | S.OFLAG_COMPRESSED | (nsec << self.csize_shift)
