@@ -257,3 +257,19 @@ def test_downgrade_with_snapshot(qemu_img, qemu_io, qimg, tmp_path):
     for p in (a, b):
         assert qemu_img("snapshot", "-a", "s", str(p)).returncode == 0
     assert qemu_img("compare", str(a), str(b)).returncode == 0
+
+
+def test_unknown_feature_named_in_table(qemu_img, tmp_path):
+    """Unknown incompatible bits are listed by the names of the image's feature table."""
+    p = tmp_path / "f.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(p), "1M")
+    data = bytearray(p.read_bytes())
+    # rename the table's "compression type" entry (type 0, bit 3) to bit 5, then set bits 5 and 9
+    i = data.index(b"compression type") - 2
+    data[i + 1] = 5
+    data[72:80] = struct.pack(">Q", (1 << 5) | (1 << 9))
+    p.write_bytes(bytes(data))
+    r = qemu_img("info", str(p))
+    with pytest.raises(QimgError) as e:
+        qimg.open(str(p))
+    assert r.stderr.strip() == f"qemu-img: {e.value.message}"
