@@ -285,3 +285,25 @@ def test_create_fails_like_qemu_with_1bit_refcounts(tmp_path, qemu_img, qemu_io,
     assert (got.returncode, as_qemu(got.stderr)) == (want.returncode, want.stderr) == (1, want.stderr)
     ca, cb = qemu_img("check", str(a)), qemu_img("check", str(b))
     assert (ca.returncode, ca.stdout, ca.stderr) == (cb.returncode, cb.stdout, cb.stderr)
+
+
+@pytest.mark.parametrize("field, fmt, value", [(0, ">Q", 0x90200), (8, ">I", 0x1000000), (0, ">Q", 0x9000000)])
+def test_cli_goto_delete_with_broken_snapshot_l1(img, qemu_img, qimg, tmp_path, field, fmt, value):
+    """Unaligned, oversized or past-EOF snapshot L1: the same messages, exit codes and result."""
+    from conftest import as_qemu
+
+    for name in ("s1", "s2"):
+        assert qemu_img("snapshot", "-c", name, str(img)).returncode == 0
+    raw = bytearray(img.read_bytes())
+    so = struct.unpack(">Q", raw[64:72])[0]
+    struct.pack_into(fmt, raw, so + field, value)
+    img.write_bytes(bytes(raw))
+    a, b = tmp_path / "qemu.qcow2", tmp_path / "qimg.qcow2"
+    shutil.copy(img, a)
+    shutil.copy(img, b)
+    for op in (["-a", "s1"], ["-d", "s1"]):
+        want = qemu_img("snapshot", *op, str(a))
+        got = qimg("snapshot", *op, str(b))
+        assert (got.returncode, as_qemu(got.stderr)) == (want.returncode, want.stderr), op
+    ca, cb = qemu_img("check", str(a)), qemu_img("check", str(b))
+    assert (ca.returncode, ca.stdout, ca.stderr) == (cb.returncode, cb.stdout, cb.stderr)

@@ -251,11 +251,19 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
     return l1_changed
 
 
+class BadSnapshotL1(QimgError):
+    """A snapshot's L1 table fails validation; ``errno_text`` is what a failed goto reports."""
+
+    def __init__(self, message: str, errno_text: str) -> None:
+        super().__init__(message)
+        self.errno_text = errno_text
+
+
 def _read_l1(drv: "Qcow2Format", offset: int, size: int) -> array:
     if size > S.MAX_L1_SIZE // 8:
-        raise QimgError("Snapshot L1 table is too large")
-    if offset & (drv.cluster_size - 1):
-        raise QimgError("Snapshot L1 table offset invalid")
+        raise BadSnapshotL1("Snapshot L1 table too large", "File too large")
+    if offset & (drv.cluster_size - 1) or offset + size * 8 > (1 << 63) - 1:
+        raise BadSnapshotL1("Snapshot L1 table offset invalid", "Invalid argument")
     return drv.read_table(offset, size)
 
 
@@ -331,7 +339,14 @@ def snapshot_goto(drv: "Qcow2Format", id_or_name: str) -> None:
     sn = snapshots[i]
     drv.flush_caches()
     h = drv.header
-    sn_l1 = _read_l1(drv, sn.l1_table_offset, sn.l1_size)
+    try:
+        sn_l1 = _read_l1(drv, sn.l1_table_offset, sn.l1_size)
+    except BadSnapshotL1 as e:
+        # qemu-img reports the reason on its own line, then the errno of the failed load
+        import sys
+
+        sys.stderr.write(f"qimg: {e.message}\n")
+        raise QimgError(f"Failed to load snapshot: {e.errno_text}") from None
     # the snapshot may have been taken at another disk size: its L1 must fit and the size follows
     need = max(sn.l1_size, drv._size_to_l1(sn.disk_size))
     if need > h.l1_size:
@@ -389,7 +404,13 @@ def snapshot_delete(drv: "Qcow2Format", snapshot_id: str | None, name: str | Non
     _write_table(drv, snapshots)
     _update_snapshot_refcount(drv, sn_l1, -1, is_active=False)
     if sn.l1_size:
-        drv.free_clusters(sn.l1_table_offset, sn.l1_size * 8)
+        try:
+            drv.free_clusters(sn.l1_table_offset, sn.l1_size * 8)
+        except CorruptImage:
+            # QEMU reports the failed free and carries on: the snapshot is gone either way
+            import sys
+
+            sys.stderr.write("qcow2_free_clusters failed: Invalid argument\n")
     if _update_snapshot_refcount(drv, drv.l1, 0, is_active=True):
         drv.write_l1()
     drv.flush_caches()
