@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..blockstatus import ALLOCATED, ZERO
 from ..errors import NotSupported, QimgError
-from .copy import COPY, SKIP, Copier, Piece, parallel_safe
+from .copy import COPY, SKIP, Copier, Piece, parallel_safe, run_length
 from .copy import ZERO as ZERO_OP
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def _plan(top: "Image", base: "Image", size: int) -> Iterator[Piece]:
     off = 0
     while off < size:
         st = top.chain_status(off, size - off, base)
-        n = min(st.length, size - off)
+        n = run_length(st, size - off, top)
         if not st.flags & ALLOCATED:
             op = SKIP
         elif st.flags & ZERO:

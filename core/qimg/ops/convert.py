@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
 from ..errors import QimgError
 from ..image import zero_fill
-from .copy import COPY, SKIP, Copier, Piece, parallel_safe
+from .copy import COPY, SKIP, Copier, Piece, parallel_safe, run_length
 from .copy import ZERO as ZERO_OP
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int) -> It
                     op = ZERO_OP
                 else:
                     op = COPY
-            n = min(st.length, want)
+            n = run_length(st, want, src)
             if sparse == 0 and op == ZERO_OP:
                 op = COPY  # -S 0: no zero detection at all, zeroes are written as data
             yield Piece(base + off, n, op)

@@ -19,6 +19,7 @@ from ..errors import QimgError
 from ..protocol import ZERO_CHUNK
 
 if TYPE_CHECKING:
+    from ..blockstatus import Status
     from ..image import Image
 
 #: largest single read/write of a bulk copy (qemu-img convert uses 2 MiB buffers too)
@@ -38,6 +39,15 @@ class Piece:
     offset: int
     length: int
     op: str
+
+
+def run_length(st: "Status", limit: int, img: "Image") -> int:
+    """A status run's usable length; an empty run (a broken driver or image) is an error
+    rather than an endless loop."""
+    n = min(st.length, limit)
+    if n <= 0:
+        raise QimgError(f"'{img.filename}': driver returned an empty block status run")
+    return n
 
 
 def parallel_safe(*images: "Image") -> bool:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..blockstatus import ALLOCATED, DATA, ZERO
 from ..errors import QimgError
-from .copy import COPY, Copier, Piece, parallel_safe
+from .copy import COPY, Copier, Piece, parallel_safe, run_length
 from .copy import ZERO as ZERO_OP
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def _plan(src: "Image", start: int, size: int) -> Iterator[Piece]:
     off = 0
     while off < size:
         st = src.chain_status(start + off, size - off)
-        n = min(st.length, size - off)
+        n = run_length(st, size - off, src)
         op = ZERO_OP if st.flags & ZERO or not st.flags & (DATA | ALLOCATED) else COPY
         yield Piece(off, n, op)
         off += n

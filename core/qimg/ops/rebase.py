@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ..blockstatus import ALLOCATED, DATA, ZERO
 from ..errors import QimgError
 from ..image import zero_fill
-from .copy import CHUNK
+from .copy import CHUNK, run_length
 
 if TYPE_CHECKING:
     from ..image import Image
@@ -78,7 +78,7 @@ def copy_differences(img: "Image", old: "Image | None", new: "Image | None",
     off = 0
     while off < size:
         st = img.block_status(off, size - off)
-        n = min(st.length, size - off)
+        n = run_length(st, size - off, img)
         if st.flags & ALLOCATED:
             off += n
             continue
