@@ -531,3 +531,19 @@ def test_check_truncated_like_qemu(tmp_path, qemu_img, qemu_io, qimg):
     for args in (["check"], ["check", "--output=json"]):
         q, m = qemu_img(*args, path), qimg(*args, path)
         assert (m.returncode, as_qemu(m.stdout), as_qemu(m.stderr)) == (q.returncode, q.stdout, q.stderr)
+
+
+def test_readonly_extent_refuses_writes(tmp_path, qemu_img):
+    path = str(tmp_path / "f.vmdk")
+    _ok(qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", path, "1M"))
+    text = open(path).read()
+    with open(path, "w") as f:
+        f.write(text.replace("RW 2048", "RDONLY 2048"))
+    with qimg.open(path, writable=True) as img:
+        with pytest.raises(QimgError, match="read-only"):
+            img.pwrite(0, b"x" * 10)
+        with pytest.raises(QimgError, match="read-only"):
+            img.write_zeroes(0, 4096)
+    assert open(path).read() == text.replace("RW 2048", "RDONLY 2048")  # CID untouched
+    with qimg.open(path) as img:
+        assert img.pread(0, 10) == bytes(10)

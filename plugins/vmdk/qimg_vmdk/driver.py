@@ -296,12 +296,15 @@ class VmdkFormat(Format):
             from qimg import locking
 
             setter(*locking.wanted("raw", writable=writable))
+        ext: Extent
         if kind == "SPARSE":
             if f.pread(0, 4) == COWD_MAGIC:
                 raise NotSupported("VMDK version 3 (COWD) sparse extents are not supported")
-            return SparseExtent(f, path, length, writable=writable)
-        ext = FlatExtent(f, path, length, line.offset * SECTOR)
-        ext.type_name = line.type
+            ext = SparseExtent(f, path, length, writable=writable)
+        else:
+            ext = FlatExtent(f, path, length, line.offset * SECTOR)
+            ext.type_name = line.type
+        ext.read_only = self.writable and not writable
         return ext
 
     # -- facts -----------------------------------------------------------------------------------------
@@ -347,10 +350,12 @@ class VmdkFormat(Format):
         flags, n, host = ext.status(rel, min(length, ext.length - rel))
         return Status(flags, n, host, ext.file.filename if host is not None and ext.file is not None else None)
 
-    def _each(self, offset: int, length: int):
+    def _each(self, offset: int, length: int, writing: bool = False):
         pos = 0
         while pos < length:
             ext, start = self._extent_at(offset + pos)
+            if writing and ext.read_only:
+                raise QimgError(f"Could not write to '{ext.name}': the descriptor marks the extent read-only")
             rel = offset + pos - start
             n = min(length - pos, ext.length - rel)
             yield ext, start, rel, pos, n
@@ -361,13 +366,15 @@ class VmdkFormat(Format):
             ext.read(rel, buf[pos : pos + n], lambda o, v, s=start: self.read_backing(s + o, v))
 
     def write(self, offset: int, data: memoryview) -> None:
+        runs = list(self._each(offset, len(data), writing=True))
         self._touch()
-        for ext, start, rel, pos, n in self._each(offset, len(data)):
+        for ext, start, rel, pos, n in runs:
             ext.write(rel, data[pos : pos + n], n, lambda o, v, s=start: self.read_backing(s + o, v))
 
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
+        runs = list(self._each(offset, length, writing=True))
         self._touch()
-        for ext, start, rel, _pos, n in self._each(offset, length):
+        for ext, start, rel, _pos, n in runs:
             def cow(o, v, s=start):
                 self.read_backing(s + o, v)
 
@@ -382,6 +389,7 @@ class VmdkFormat(Format):
 
     def write_compressed(self, offset: int, data: memoryview) -> None:
         ext, start = self._extent_at(offset)
+        list(self._each(offset, len(data), writing=True))  # refuses read-only extents
         if not (isinstance(ext, SparseExtent) and ext.compressed):
             # as qemu-img: extents that store no compressed grains take a plain write
             self.write(offset, data)

@@ -66,6 +66,8 @@ class Extent:
     type_name = ""
     cluster_size: int | None = None
     compressed = False
+    #: opened read-only although the image is writable (RDONLY/NOACCESS in the descriptor)
+    read_only = False
 
     def __init__(self, file: Any, name: str, length: int) -> None:
         self.file = file
