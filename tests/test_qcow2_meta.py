@@ -14,7 +14,8 @@ CREATE_CASES = [
     ("", "0"), ("", "3M"), ("compat=0.10", "3M"), ("cluster_size=512,refcount_bits=1", "65M"),
     ("cluster_size=4k,refcount_bits=64", "3M"), ("extended_l2=on", "3M"),
     ("lazy_refcounts=on,compression_type=zstd", "1G"), ("cluster_size=2M", "100G"),
-    ("backing_file=base.raw,backing_fmt=raw", "3M"), ("data_file=d.raw", "3M"),
+    ("backing_file=base.raw,backing_fmt=raw", "3M"), ("compat=0.10,backing_file=base.raw,backing_fmt=raw", "3M"),
+    ("data_file=d.raw", "3M"),
     ("data_file=d.raw,data_file_raw=on", "3M"), ("preallocation=metadata", "3M"),
     ("preallocation=metadata,cluster_size=512", "17M"), ("preallocation=falloc", "3M"),
     ("preallocation=full,cluster_size=1k,refcount_bits=64", "3M"),
@@ -145,7 +146,8 @@ def test_corrupt_and_dirty(qemu_img, qemu_io, tmp_path):
 
 
 INFO_CASES = ["compat=0.10", "", "lazy_refcounts=on,refcount_bits=8", "extended_l2=on,compression_type=zstd",
-              "data_file=d.raw,data_file_raw=on", "backing_file=base.raw,backing_fmt=raw"]
+              "data_file=d.raw,data_file_raw=on", "backing_file=base.raw,backing_fmt=raw",
+              "compat=0.10,backing_file=base.raw,backing_fmt=raw"]
 
 
 @pytest.mark.parametrize("opts", INFO_CASES)

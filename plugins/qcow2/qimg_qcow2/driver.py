@@ -136,8 +136,7 @@ class Qcow2Format(RefcountMixin, Format):
             raise QimgError("Invalid backing file offset")
         cluster0 = f.pread(0, cs)
         ext_end = h.backing_file_offset if h.backing_file_offset else len(cluster0)
-        if h.version == 3:
-            parse_extensions(h, cluster0, ext_end)
+        parse_extensions(h, cluster0, ext_end)
         self.header = h
         unknown = h.incompatible_features & ~S.INCOMPAT_KNOWN
         if unknown:
