@@ -37,6 +37,8 @@ CASES = [
     ["r1.img", "r3.img"], ["-s", "r1.img", "r3.img"], ["-f", "raw", "-F", "raw", "r1.img", "r1.img"],
     ["-U", "r1.img", "r1.img"], ["c1.img", "-s", "c2.img"], ["-p", "c1.img", "c2.img"], ["-p", "-q", "r1.img", "r2.img"],
     ["-p", "c1.img", "c1.img"], ["-f"],
+    ["--image-opts", "driver=raw,file.filename=c1.img", "driver=raw,file.filename=c2.img"],
+    ["--image-opts", "c1.img", "c2.img"],
 ]
 
 

@@ -202,6 +202,20 @@ def test_chain_sources_and_backing_target(tmp_path, args):
         assert _qemu_map(a) == _qemu_map(b)
 
 
+def test_no_create_into_an_overlay_copies_the_whole_chain(tmp_path):
+    """With -n the target's own backing file does not make qemu-img skip anything."""
+    _need_qcow2()
+
+    def setup(d):
+        make_chain(d)
+        assert run_qemu("create", "-f", "qcow2", "-b", "src.raw", "-F", "raw", "t.qcow2", cwd=d).returncode == 0
+
+    compare_in_copies(setup, tmp_path, "convert", "-n", "-O", "qcow2", "top.qcow2", "t.qcow2")
+    a, b = tmp_path / "qimg" / "t.qcow2", tmp_path / "qemu" / "t.qcow2"
+    assert _qemu_map(a) == _qemu_map(b)
+    assert run_qemu("compare", str(a), str(b)).returncode == 0
+
+
 def test_snapshot_source(tmp_path):
     _need_qcow2()
 

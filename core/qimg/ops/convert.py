@@ -194,6 +194,14 @@ def _open_target(filename: str, opts: ConvertOptions) -> "Image":
         raise QimgError(msg, e.exit_code) from None
 
 
+def _option_backing(create_options: str | dict[str, Any] | None) -> bool:
+    from ..options import split_options
+
+    if isinstance(create_options, str):
+        return bool(dict(split_options(create_options)).get("backing_file"))
+    return bool((create_options or {}).get("backing_file"))
+
+
 def check_options(opts: ConvertOptions) -> None:
     """Combinations qemu-img refuses before touching any image."""
     from ..plugins import get_registry
@@ -241,7 +249,9 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             raise QimgError("output file is smaller than input file")
         if opts.compress and not target.driver.supports_compression:
             raise QimgError("Compression not supported for this file format")
-        has_backing = target.backing is not None or bool(target.driver.backing_filename)
+        # qemu-img decides from the command line (-B or -o backing_file), not from what an
+        # existing -n target records
+        has_backing = opts.backing_file is not None or _option_backing(opts.create_options)
         if opts.sparse == 0:
             zero_init = False  # -S 0: zero runs are written too (the target ends up allocated)
         elif opts.no_create:
