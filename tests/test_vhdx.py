@@ -48,7 +48,8 @@ CREATE_VARIANTS = [
     ("", "10M"), ("block_state_zero=off", "10M"), ("block_size=1M", "10M"), ("block_size=2M", "100M"),
     ("log_size=2M", "10M"), ("log_size=1000k", "10M"), ("subformat=fixed", "10M"),
     ("subformat=fixed,block_state_zero=off", "10M"), ("subformat=fixed,block_size=1M", "3M"),
-    ("", "2G"), ("", "101G"), ("", "33T"), ("", "1000"), ("block_size=512M", "10M"),
+    ("", "2G"), ("", "101G"), ("", "33T"), ("", "1000"), ("block_size=512M", "10M"), ("block_size=512k", "10M"),
+    ("log_size=1", "10M"), ("block_size=1", "3M"),
 ]
 
 
@@ -74,7 +75,8 @@ def same_info(qemu_img, path: str) -> None:
     assert m == q
 
 
-@pytest.mark.parametrize("opts,size", [("block_size=3M", "10M"), ("subformat=foo", "10M"), ("", "65T")])
+@pytest.mark.parametrize("opts,size", [("block_size=3M", "10M"), ("subformat=foo", "10M"), ("", "65T"),
+                                       ("log_size=0", "10M"), ("log_size=5G", "10M")])
 def test_create_errors(tmp_path, qemu_img, opts, size):
     path = str(tmp_path / "e.vhdx")
     r = qemu_img("create", "-q", "-f", "vhdx", *(["-o", opts] if opts else []), path, size)

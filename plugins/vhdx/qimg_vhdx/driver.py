@@ -144,7 +144,7 @@ class VhdxFormat(Format):
         log_size = MiB if log_size is None else int(log_size)
         log_size = (log_size + MiB - 1) // MiB * MiB
         if log_size < MiB:
-            raise QimgError("Log size must be at least 1 MB")
+            raise QimgError("Log size must be a multiple of 1 MB")
         if log_size > MAX_LOG - MiB:
             raise QimgError("Log size must be smaller than 4 GB")
         bs = int(opts.get("block_size") or 0)
