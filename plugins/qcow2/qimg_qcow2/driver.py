@@ -732,7 +732,20 @@ class Qcow2Format(RefcountMixin, Format):
             n = min(total - pos, ((g >> cb) + k << cb) - g)
             chunk = data[pos : pos + n]
             if self.extended_l2:
-                self._ext_fill_partial(tbl, ci, g, chunk, host, dfile)
+                # whole clusters in the middle go out in one write; partial ends need subcluster COW
+                a = -(-g // cs) * cs
+                b = ((g + n) // cs) * cs
+                if b - a >= cs:
+                    if a > g:
+                        self._ext_fill_partial(tbl, ci, g, chunk[: a - g], host, dfile)
+                    c0 = ci + ((a >> cb) - (g >> cb))
+                    dfile.pwrite(host + (a - ((g >> cb) << cb)), chunk[a - g : b - g])
+                    for c in range(c0, c0 + ((b - a) >> cb)):
+                        tbl[2 * c + 1] = ALL_ALLOC
+                    if g + n > b:
+                        self._ext_fill_partial(tbl, ci + ((b >> cb) - (g >> cb)), b, chunk[b - g :], host, dfile)
+                else:
+                    self._ext_fill_partial(tbl, ci, g, chunk, host, dfile)
             else:
                 dfile.pwrite(host + (g & (cs - 1)), chunk)
                 if e & S.OFLAG_ZERO:
