@@ -275,3 +275,21 @@ def test_unknown_feature_named_in_table(qemu_img, tmp_path):
     with pytest.raises(QimgError) as e:
         qimg.open(str(p))
     assert r.stderr.strip() == f"qemu-img: {e.value.message}"
+
+
+def test_unknown_extension_preserved_on_header_rewrite(qemu_img, qimg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.raw").write_bytes(bytes(4096))
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "u.qcow2", "1M")
+    d = bytearray((tmp_path / "u.qcow2").read_bytes())
+    ext = struct.pack(">II", 0x12345678, 5) + b"hello" + bytes(3)
+    d[112:112] = ext
+    bo = struct.unpack(">Q", d[8:16])[0]
+    d[8:16] = struct.pack(">Q", bo + len(ext))
+    del d[65536 : 65536 + len(ext)]
+    (tmp_path / "u.qcow2").write_bytes(bytes(d))
+    shutil.copy("u.qcow2", "v.qcow2")
+    assert qemu_img("amend", "-o", "lazy_refcounts=on", "u.qcow2").returncode == 0
+    assert qimg("amend", "-o", "lazy_refcounts=on", "v.qcow2").returncode == 0
+    assert (tmp_path / "u.qcow2").read_bytes() == (tmp_path / "v.qcow2").read_bytes()
+    assert b"hello" in (tmp_path / "v.qcow2").read_bytes()[:4096]
