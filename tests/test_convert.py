@@ -370,3 +370,19 @@ def test_progress_lines_byte_for_byte(tmp_path):
         (tmp_path / args[-1]).mkdir()
         mine, theirs = compare_in_copies(setup, tmp_path / args[-1], "convert", "-p", *args, "-O", "raw", "s.raw", "o.raw")
         assert mine.stdout.count("\r") > 10
+
+
+def test_backing_target_zeroes_past_backing_end_are_skipped(tmp_path):
+    """-B with a backing file shorter than the source: zero runs past its end stay
+    unallocated, runs are cut at its end (same map and progress lines as qemu-img)."""
+    _need_qcow2()
+
+    def setup(d):
+        with open(d / "b.raw", "wb") as f:
+            f.write(b"\x01" * MIB)
+        assert run_qemu("create", "-f", "qcow2", "s.qcow2", "3M", cwd=d).returncode == 0
+        run_qemu_io("-c", "write -z 0 3M", "-c", "write -P 3 512k 1M", "s.qcow2", cwd=d)
+
+    compare_in_copies(setup, tmp_path, "convert", "-p", "-B", "b.raw", "-F", "raw", "-O", "qcow2", "s.qcow2", "o.qcow2")
+    a, b = tmp_path / "qimg" / "o.qcow2", tmp_path / "qemu" / "o.qcow2"
+    assert _qemu_map(a) == _qemu_map(b)

@@ -96,22 +96,30 @@ def _salvage(src: "Image", offset: int, view: memoryview, warn: Callable[[str], 
                 warn(f"error while reading offset {offset + s}: {text}")
 
 
-def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int) -> Iterator[Piece]:
-    """What to do with each run of the target, from the sources' block status."""
+def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
+         backing_end: int | None = None) -> Iterator[Piece]:
+    """What to do with each run of the target, from the sources' block status.
+
+    ``backing_end``: size of the target's backing file; zero runs past it are left alone
+    (the target reads zeroes there anyway) and runs are cut at it, as qemu-img does.
+    """
     base = 0
     for src in sources:
         size = src.size
         off = 0
         while off < size:
             want = min(size - off, MAX_REQUEST)
+            pos = base + off
+            if backing_end is not None and pos < backing_end:
+                want = min(want, backing_end - pos)
             if target_has_backing:
                 st = src.block_status(off, want)
-                if not st.flags & ALLOCATED and src.backing is not None:
-                    op = SKIP
-                elif st.flags & ZERO:
-                    op = ZERO_OP
+                if st.flags & ALLOCATED:
+                    op = ZERO_OP if st.flags & ZERO else COPY
+                elif src.backing is not None:
+                    op = SKIP  # the target's backing file provides it
                 else:
-                    op = COPY
+                    op = ZERO_OP
             else:
                 st = src.chain_status(off, want)
                 if st.flags & ZERO or not st.flags & (DATA | ALLOCATED):
@@ -119,9 +127,11 @@ def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int) -> It
                 else:
                     op = COPY
             n = run_length(st, want, src)
+            if op == ZERO_OP and backing_end is not None and pos >= backing_end:
+                op = SKIP
             if sparse == 0 and op == ZERO_OP:
                 op = COPY  # -S 0: no zero detection at all, zeroes are written as data
-            yield Piece(base + off, n, op)
+            yield Piece(pos, n, op)
             off += n
         base += size
 
@@ -267,9 +277,14 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             copy_range=_copy_range_fn(sources, target) if opts.copy_offload else None,
             progress=(lambda done: progress(done, total_done[0])) if progress else None,
             rate_limit=opts.rate_limit, serial_reads=not parallel_safe(*sources))
+        backing_end = target.backing.size if has_backing and target.backing is not None else None
+
+        def pieces() -> Iterator[Piece]:
+            return plan(sources, target_has_backing=has_backing, sparse=opts.sparse, backing_end=backing_end)
+
         if progress is not None:
-            total_done[0] = copier.planned_total(plan(sources, target_has_backing=has_backing, sparse=opts.sparse))
-        copier.run(plan(sources, target_has_backing=has_backing, sparse=opts.sparse))
+            total_done[0] = copier.planned_total(pieces())
+        copier.run(pieces())
         if opts.bitmaps:
             _copy_bitmaps(sources[0], target, opts.skip_broken_bitmaps, warn)
         if opts.cache != "unsafe":
