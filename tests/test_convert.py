@@ -386,3 +386,14 @@ def test_backing_target_zeroes_past_backing_end_are_skipped(tmp_path):
     compare_in_copies(setup, tmp_path, "convert", "-p", "-B", "b.raw", "-F", "raw", "-O", "qcow2", "s.qcow2", "o.qcow2")
     a, b = tmp_path / "qimg" / "o.qcow2", tmp_path / "qemu" / "o.qcow2"
     assert _qemu_map(a) == _qemu_map(b)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_copy_offload_from_qcow2(tmp_path, compressed):
+    _need_qcow2()
+    make_sources(tmp_path)
+    extra = ["-c"] if compressed else []
+    assert run_qemu("convert", *extra, "-O", "qcow2", "src.raw", "q.qcow2", cwd=tmp_path).returncode == 0
+    r = run_qimg("convert", "-C", "-O", "raw", "q.qcow2", "o.raw", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o.raw").read_bytes() == (tmp_path / "src.raw").read_bytes()
