@@ -102,7 +102,7 @@ def test_create_backing_identical(tmp_path, qemu_img, fmt):
 
 
 @pytest.mark.parametrize("opts,size", [
-    ("cluster_size=1000", "4M"), ("cluster_size=2k", "4M"), ("cluster_size=128M", "4M"),
+    ("cluster_size=1000", "4M"), ("cluster_size=2k", "4M"), ("cluster_size=128M", "4M"), ("cluster_size=0", "4M"),
     ("table_size=3", "4M"), ("table_size=32", "4M"), ("table_size=0", "4M"),
     ("cluster_size=4k,table_size=1", "2G"),
 ])

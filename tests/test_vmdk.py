@@ -106,7 +106,8 @@ CREATE_VARIANTS = [
     ("compat6=on", "1G"), ("hwversion=12", "100M"), ("toolsversion=10240", "1M"), ("zeroed_grain=on", "5G"),
     ("subformat=streamOptimized", "10M"), ("subformat=monolithicFlat", "1M"), ("subformat=twoGbMaxExtentSparse", "5G"),
     ("subformat=twoGbMaxExtentFlat", "5G"), ("", "1000"), ("subformat=streamOptimized,zeroed_grain=on", "10M"),
-    ("subformat=twoGbMaxExtentSparse,zeroed_grain=on,adapter_type=buslogic", "3G"), ("subformat=monolithicFlat,adapter_type=ide", "70000"),
+    ("subformat=twoGbMaxExtentSparse,zeroed_grain=on,adapter_type=buslogic", "3G"),
+    ("subformat=monolithicFlat", "0"), ("subformat=twoGbMaxExtentSparse", "0"), ("adapter_type=ide", "300G"), ("subformat=monolithicFlat,adapter_type=ide", "70000"),
 ]
 
 
@@ -126,7 +127,8 @@ def test_create_identical(tmp_path, qemu_img, opts, size):
         assert os.path.getsize(x) == os.path.getsize(y)
         if os.path.getsize(x) < 64 * MiB:
             assert open(x, "rb").read() == open(y, "rb").read()
-    same_info(qemu_img, b)
+    if size != "0" or "subformat" not in opts:  # qemu-img cannot open extent-less images
+        same_info(qemu_img, b)
 
 
 def same_info(qemu_img, path: str) -> None:

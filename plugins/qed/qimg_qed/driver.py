@@ -85,7 +85,8 @@ class QedFormat(Format):
     # -- create -----------------------------------------------------------------
     @classmethod
     def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
-        cs = int(opts.get("cluster_size") or DEFAULT_CLUSTER)
+        cs = opts.get("cluster_size")
+        cs = DEFAULT_CLUSTER if cs is None else int(cs)
         ts = opts.get("table_size")
         ts = DEFAULT_TABLE if ts is None else int(ts)
         size = (size + 511) & ~511

@@ -152,7 +152,7 @@ class VmdkFormat(Format):
             parent_cid = cls._backing_cid(filename, backing, opts.get("backing_fmt"))
         capacity = (size + SECTOR - 1) // SECTOR
         heads = 16 if adapter == "ide" else 255
-        cylinders = min(capacity // (heads * 63), 16383)
+        cylinders = capacity // (heads * 63)  # qemu-img does not cap it at 16383
         cid = random.getrandbits(32)
 
         def text(lines: list[str]) -> str:
@@ -170,14 +170,15 @@ class VmdkFormat(Format):
                 finally:
                     f.close()
                 return
+            # an empty disk has no extents at all (as qemu-img makes it)
             if sub == "monolithicFlat":
-                sizes = [capacity]
+                sizes = [capacity] if capacity else []
                 names = _extent_names(filename, "flat", 1)
             else:
-                sizes = [min(SPLIT_SECTORS, capacity - i) for i in range(0, capacity, SPLIT_SECTORS)] or [0]
+                sizes = [min(SPLIT_SECTORS, capacity - i) for i in range(0, capacity, SPLIT_SECTORS)]
                 names = _extent_names(filename, "f" if flat else "s", len(sizes))
             lines = []
-            for name, secs in zip(names, sizes, strict=True):
+            for name, secs in zip(names, sizes, strict=False):
                 ef = open_protocol(os.path.join(folder, name), create=True, writable=True)
                 try:
                     if flat:
