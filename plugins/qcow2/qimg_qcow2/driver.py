@@ -373,7 +373,7 @@ class Qcow2Format(RefcountMixin, Format):
         in_cl = offset & (cs - 1)
         if not self.extended_l2:
             e = tbl[i]
-            kind, host = self._classify(e, l2off, i)
+            kind, host = self._classify(e, l2off, i, gci << cb)
             if kind == UNALLOC:
                 k = max(_zero_run(tbl, i, n), 1) if e == 0 else self._class_run(tbl, i, n, UNALLOC, l2off)
                 if k == n and end == table_end and offset + length > end:
@@ -393,7 +393,7 @@ class Qcow2Format(RefcountMixin, Format):
             return kind, run_end - offset, host
         return self._extent_ext(tbl, l2off, i, n, offset, end)
 
-    def _classify(self, e: int, l2off: int, i: int) -> tuple[int, int]:
+    def _classify(self, e: int, l2off: int, i: int, guest: int | None = None) -> tuple[int, int]:
         if e & S.OFLAG_COMPRESSED:
             return COMPRESSED, e
         host = e & S.L2E_OFFSET_MASK
@@ -402,6 +402,9 @@ class Qcow2Format(RefcountMixin, Format):
         if host:
             if host & (self._cs - 1) or e & 0x1FE:
                 self._corrupt(f"Cluster allocation offset {host:#x} unaligned (L2 offset: {l2off:#x}, L2 index: {i:#x})")
+            if guest is not None and self.data_file is not None and host != guest:
+                self._corrupt(f"External data file host cluster offset {host:#x} does not match guest cluster "
+                              f"offset: {guest:#x}, L2 index: {i:#x})")
             return NORMAL, host
         if self.data_file is not None and e & S.OFLAG_COPIED:
             return NORMAL, 0
@@ -469,16 +472,19 @@ class Qcow2Format(RefcountMixin, Format):
         return kind, run_end - offset, hoff
 
     def _corrupt(self, msg: str) -> None:
-        """Mark the image corrupt (when writable) and fail the request, as QEMU does."""
-        if self.writable and not self.header.incompatible_features & S.INCOMPAT_CORRUPT:
-            from qimg import api
+        """Report corruption once, mark the image corrupt when writable, fail the request (QEMU)."""
+        from qimg import api
 
+        if self.writable and not self.header.incompatible_features & S.INCOMPAT_CORRUPT:
             api.warn(f"qcow2: Marking image as corrupt: {msg}; further corruption events will be suppressed")
-            self.header.incompatible_features |= S.INCOMPAT_CORRUPT | 0
+            self.header.incompatible_features |= S.INCOMPAT_CORRUPT
             try:
                 self.file.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
             except OSError:
                 pass
+        elif not self.writable and not getattr(self, "_corruption_signaled", False):
+            api.warn(f"qcow2: Image is corrupt: {msg}; further non-fatal corruption events will be suppressed")
+        self._corruption_signaled = True
         raise CorruptImage("Input/output error")
 
     def block_status(self, offset: int, length: int) -> Status:
