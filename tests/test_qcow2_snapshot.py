@@ -185,8 +185,10 @@ def test_unknown_extra_data_preserved(img, qemu_img, tmp_path):
     assert [(s["id"], s["name"]) for s in qemu_snapshots(qemu_img, img)] == [("1", "old"), ("2", "new")]
 
 
-def test_old_style_entry_without_extra_data(img, qemu_img, tmp_path):
+def test_old_style_entry_without_extra_data(img, qemu_img, qimg, tmp_path):
     """A table entry with no extra data: 32-bit vm_state_size, no icount, disk size = image size."""
+    import qimg as qapi
+
     assert qemu_img("snapshot", "-c", "v2", str(img)).returncode == 0
     raw = bytearray(img.read_bytes())
     off = struct.unpack(">Q", raw[64:72])[0]
@@ -196,10 +198,26 @@ def test_old_style_entry_without_extra_data(img, qemu_img, tmp_path):
     id_name = raw[off + 64:off + 64 + 3]
     raw[off:off + 64 + 3] = bytes(head) + bytes(id_name) + bytes(24)
     img.write_bytes(bytes(raw))
-    with qimg.open(str(img), "qcow2") as im:
+    with qapi.open(str(img), "qcow2") as im:
         infos = im.driver.snapshot_list()
     assert as_qemu_json(infos) == qemu_snapshots(qemu_img, img)
     assert infos[0].icount is None
+    # check calls such an entry incomplete; -r all rewrites the table (24 bytes of extra data)
+    from conftest import as_qemu
+
+    a, b = tmp_path / "qemu.qcow2", tmp_path / "qimg.qcow2"
+    shutil.copy(img, a)
+    shutil.copy(img, b)
+    for args in ([], ["-r", "all"], []):
+        want = qemu_img("check", *args, str(a))
+        got = qimg("check", *args, str(b))
+        assert (got.returncode, as_qemu(got.stdout), as_qemu(got.stderr)) == \
+            (want.returncode, want.stdout, want.stderr), args
+    assert qemu_snapshots(qemu_img, a) == qemu_snapshots(qemu_img, b)
+    with qapi.open(str(b), "qcow2", writable=True) as im:
+        im.driver.snapshot_create("new")
+    assert_clean(qemu_img, b)
+    assert [(s["id"], s["name"]) for s in qemu_snapshots(qemu_img, b)] == [("1", "v2"), ("2", "new")]
 
 
 def test_check_with_snapshots_repairs(img, qemu_img, qemu_io, tmp_path):

@@ -672,6 +672,13 @@ def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
         if hint:
             c.say(hint)
         raise CheckFailed(getattr(e, "reason", "Invalid argument"), c.msgs) from None
+    # entries without the disk size (extra data under 16 bytes) are incomplete; counted apart
+    # from the refcount results (which decide about repairs), as qemu-img does
+    incomplete = 0
+    for i, sn in enumerate(snapshots):
+        if sn.disk_entry_size and sn.extra_data_size < 16:
+            c.say(f"{'Repairing' if FIX_ERRORS in fix else 'ERROR'} snapshot table entry {i} is incomplete")
+            incomplete += 1
     stored = _StoredRefcounts(drv)
     table, rebuild = c.calculate(res, stored, snapshots)
     pre = _copy(res)
@@ -715,6 +722,17 @@ def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
             drv.flush_caches()
     c.check_oflag_copied(res)
     res.image_end_offset = (highest[0] + 1) * c.cluster_size
+    if incomplete:
+        if FIX_ERRORS in fix:
+            from .snapshot import _write_table
+
+            # rewriting the table completes the entries (24 bytes of extra data each)
+            drv.flush_caches()
+            _write_table(drv, snapshots)
+            drv.flush_caches()
+            res.corruptions_fixed += incomplete
+        else:
+            res.corruptions += incomplete
     if fix and not res.check_errors and not res.corruptions:
         _mark_clean(drv)
     res.messages = c.msgs

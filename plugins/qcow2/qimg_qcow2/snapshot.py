@@ -70,6 +70,8 @@ class Snapshot:
     unknown_extra: bytes = b""
     #: extra_data_size as read (0 for new snapshots: we write the known 24 bytes)
     extra_data_size: int = KNOWN_EXTRA_SIZE
+    #: bytes the entry takes in the table it was read from (0: not read from disk)
+    disk_entry_size: int = 0
 
     def info(self) -> SnapshotInfo:
         return SnapshotInfo(id=self.id, name=self.name, vm_state_size=self.vm_state_size,
@@ -90,11 +92,12 @@ class Snapshot:
 
 
 def snapshot_table_size(snapshots: list[Snapshot]) -> int:
-    """Bytes of the table as QEMU counts them: entries aligned to 8, the last one unpadded."""
+    """Bytes of the table as QEMU counts them: entries aligned to 8, the last one unpadded
+    (entries read from disk count with their size there)."""
     size = 0
     for sn in snapshots:
         size = (size + 7) & ~7
-        size += len(sn.encode())
+        size += sn.disk_entry_size or len(sn.encode())
     return size
 
 
@@ -138,7 +141,8 @@ def read_snapshots(drv: "Qcow2Format") -> list[Snapshot]:
         pos += sh.id_str_size + sh.name_size
         if len(extra) < sh.extra_data_size or len(strs) < sh.id_str_size + sh.name_size:
             raise QimgError("Snapshot table is truncated")
-        sn = Snapshot(l1_table_offset=sh.l1_table_offset, l1_size=sh.l1_size,
+        entry_size = SNAPSHOT_HEADER_SIZE + sh.extra_data_size + sh.id_str_size + sh.name_size
+        sn = Snapshot(l1_table_offset=sh.l1_table_offset, l1_size=sh.l1_size, disk_entry_size=entry_size,
                       id=strs[: sh.id_str_size].decode("utf-8", "replace"),
                       name=strs[sh.id_str_size:].decode("utf-8", "replace"),
                       date_sec=sh.date_sec, date_nsec=sh.date_nsec, vm_clock_nsec=sh.vm_clock_nsec,
