@@ -232,3 +232,18 @@ def test_convert_output_identical_to_qemu(qemu_img, qimg, tmp_path, opts):
     r = qimg("convert", "-O", "qcow2", *opts, str(src), str(b))
     assert r.returncode == 0, r.stderr
     assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("off,n", [(4096, 2048), (5000, 100), (61440, 204800), (0, 65536), (1000, 1)])
+def test_subcluster_writes_identical_to_qemu(qemu_img, qemu_io, tmp_path, off, n):
+    """extended_l2: only the touched subclusters are allocated, the rest still shows the backing."""
+    base, a, b = tmp_path / "b.qcow2", tmp_path / "x1.qcow2", tmp_path / "x2.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(base), "1M")
+    qemu_io("-c", "write -P 9 0 1M", str(base))
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", str(base), "-F", "qcow2", str(a))
+    qemu_io("-c", "write -z 100k 8k", str(a))
+    b.write_bytes(a.read_bytes())
+    qemu_io("-c", f"write -P 1 {off} {n}", str(a))
+    with qimg.open(str(b), writable=True) as img:
+        img.pwrite(off, b"\x01" * n)
+    assert a.read_bytes() == b.read_bytes()

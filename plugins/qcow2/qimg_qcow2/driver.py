@@ -823,6 +823,16 @@ class Qcow2Format(RefcountMixin, Format):
             host = first_g  # external data files map guest offsets 1:1
         else:
             host = self.alloc_clusters(n)
+        sub = self.extended_l2 and not any(e & (S.OFLAG_COMPRESSED | S.L2E_OFFSET_MASK) for e in old)
+        if sub:
+            # as QEMU: only the touched subclusters get allocated; the others keep their state
+            scs = self.subcluster_size
+            head = (goff - first_g) % scs
+            tail = (-(goff + len(data) - first_g)) % scs
+            host_w = host + (goff - head - first_g)
+            first_g = goff - head
+        else:
+            host_w = host
         bufs: list = []
         if head:
             hb = bytearray(head)
@@ -835,15 +845,24 @@ class Qcow2Format(RefcountMixin, Format):
             bufs.append(tb)
         dfile = self.data_file or self.file
         if hasattr(dfile, "pwritev") and len(bufs) > 1:
-            dfile.pwritev(host, bufs)
+            dfile.pwritev(host_w, bufs)
         else:
-            p = host
+            p = host_w
             for b in bufs:
                 dfile.pwrite(p, b)
                 p += len(b)
+        c0 = goff >> cb
         for k in range(n):
             tbl[(i + k) * st] = (host + k * cs) | S.OFLAG_COPIED
-            if self.extended_l2:
+            if sub:
+                cstart = (c0 + k) << cb
+                a = max(goff, cstart) - cstart
+                b = min(goff + len(data), cstart + cs) - cstart
+                s0, s1 = a // self.subcluster_size, (b - 1) // self.subcluster_size
+                mask = ((1 << (s1 + 1)) - 1) ^ ((1 << s0) - 1)
+                bm = tbl[(i + k) * st + 1]
+                tbl[(i + k) * st + 1] = (bm | mask) & ~(mask << 32)
+            elif self.extended_l2:
                 tbl[(i + k) * st + 1] = ALL_ALLOC
         self.l2_cache.mark_dirty(l2off)
         for e in old:
