@@ -549,3 +549,19 @@ def test_readonly_extent_refuses_writes(tmp_path, qemu_img):
     assert open(path).read() == text.replace("RW 2048", "RDONLY 2048")  # CID untouched
     with qimg.open(path) as img:
         assert img.pread(0, 10) == bytes(10)
+
+
+def test_many_extents_one_file(tmp_path, qemu_img):
+    """A descriptor naming one file thousands of times: opened once, read like qemu-img."""
+    data = str(tmp_path / "data.bin")
+    with open(data, "wb") as f:
+        f.write(bytes(range(256)) * 8)
+    lines = "".join(f'RW 1 FLAT "data.bin" {i % 4}\n' for i in range(3000))
+    path = str(tmp_path / "many.vmdk")
+    with open(path, "w") as f:
+        f.write('# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\n' + lines)
+    out = str(tmp_path / "out.raw")
+    _ok(qemu_img("convert", "-O", "raw", path, out))
+    with qimg.open(path) as img:
+        assert len(img.driver._own) == 1
+        assert img.pread(0, img.size) == open(out, "rb").read()

@@ -225,6 +225,7 @@ class VmdkFormat(Format):
     def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
         super().__init__(file, filename=filename, writable=writable, options=options)
         self._own: list[Any] = []
+        self._by_path: dict[tuple[str, bool], Any] = {}
         self._cid_updated = False
         self.untrusted = bool(options.get("untrusted"))
         try:
@@ -287,16 +288,20 @@ class VmdkFormat(Format):
         if self.untrusted and os.path.realpath(path) != os.path.realpath(self.filename):
             return UnopenedExtent(self.filename, path, length, line.type)
         writable = self.writable and line.access == "RW"
-        try:
-            f = open_protocol(path, writable=writable)
-        except QimgError as e:
-            raise QimgError(f"Could not open '{self.filename}': {e.message}") from None
-        self._own.append(f)
-        setter = getattr(f, "set_perms", None)
-        if setter is not None:
-            from qimg import locking
+        key = (os.path.realpath(path), writable)
+        f = self._by_path.get(key)  # one descriptor may name a file many times: open it once
+        if f is None:
+            try:
+                f = open_protocol(path, writable=writable)
+            except QimgError as e:
+                raise QimgError(f"Could not open '{self.filename}': {e.message}") from None
+            self._own.append(f)
+            self._by_path[key] = f
+            setter = getattr(f, "set_perms", None)
+            if setter is not None:
+                from qimg import locking
 
-            setter(*locking.wanted("raw", writable=writable))
+                setter(*locking.wanted("raw", writable=writable))
         ext: Extent
         if kind == "SPARSE":
             if f.pread(0, 4) == COWD_MAGIC:
