@@ -20,7 +20,7 @@ CREATE_CASES = [
     ("preallocation=metadata,cluster_size=512", "17M"), ("preallocation=falloc", "3M"),
     ("preallocation=full,cluster_size=1k,refcount_bits=64", "3M"),
     ("extended_l2=on,preallocation=falloc,cluster_size=16k", "3M"),
-    ("compat=0.10,preallocation=metadata,cluster_size=1k", "65M"),
+    ("compat=0.10,preallocation=metadata,cluster_size=1k", "3M"),
     ("cluster_size=512,refcount_bits=64,preallocation=metadata", "3M"),
     ("extended_l2=on,preallocation=metadata,backing_file=base.raw,backing_fmt=raw", "3M"),
     ("data_file=d.raw,preallocation=full", "3M"),
