@@ -125,3 +125,22 @@ def test_unaligned_raw_counts_whole_sectors(tmp_path):
     compare(tmp_path, "info", "odd.raw")
     compare(tmp_path, "info", "--output=json", "odd.raw")
     compare(tmp_path, "map", "--output=json", "odd.raw")
+
+
+def test_qcow2_variants(tmp_path):
+    """Dirty flag, bitmaps (nested lists in format-specific), compat 0.10, external data file."""
+    if "qcow2" not in formats_available():
+        pytest.skip("qcow2 plugin not installed")
+    import subprocess
+
+    run_qemu("create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "dirty.qcow2", "1M", cwd=tmp_path)
+    subprocess.run(["qemu-io", "-c", "write 0 64k", "-c", "abort", "dirty.qcow2"], cwd=tmp_path,
+                   capture_output=True)
+    run_qemu("create", "-q", "-f", "qcow2", "bm.qcow2", "1M", cwd=tmp_path)
+    run_qemu("bitmap", "--add", "bm.qcow2", "b1", cwd=tmp_path)
+    run_qemu("bitmap", "--add", "-g", "128k", "--disable", "bm.qcow2", "b2", cwd=tmp_path)
+    run_qemu("create", "-q", "-f", "qcow2", "-o", "compat=0.10", "old.qcow2", "1M", cwd=tmp_path)
+    run_qemu("create", "-q", "-f", "qcow2", "-o", "data_file=d.raw,data_file_raw=on", "ext.qcow2", "1M", cwd=tmp_path)
+    for name in ("dirty.qcow2", "bm.qcow2", "old.qcow2", "ext.qcow2"):
+        compare(tmp_path, "info", "-U", name)
+        compare(tmp_path, "info", "-U", "--output=json", name)
