@@ -348,13 +348,14 @@ class QedFormat(Format):
         return off
 
     def write(self, offset: int, data: memoryview) -> None:
-        self._write(offset, data, zero=False)
+        self._write(offset, data, len(data))
 
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
-        self._write(offset, None, zero=True, length=length)
+        self._write(offset, None, length)
 
-    def _write(self, offset: int, data: memoryview | None, *, zero: bool, length: int = 0) -> None:
-        total = len(data) if data is not None else length
+    def _write(self, offset: int, data: memoryview | None, length: int) -> None:
+        """Write ``data`` (None: ``length`` zero bytes) table by table."""
+        total = length
         span = self.nelems * self.cs
         pos = 0
         while pos < total:
