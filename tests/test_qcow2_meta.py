@@ -293,3 +293,17 @@ def test_unknown_extension_preserved_on_header_rewrite(qemu_img, qimg, tmp_path,
     assert qimg("amend", "-o", "lazy_refcounts=on", "v.qcow2").returncode == 0
     assert (tmp_path / "u.qcow2").read_bytes() == (tmp_path / "v.qcow2").read_bytes()
     assert b"hello" in (tmp_path / "v.qcow2").read_bytes()[:4096]
+
+
+@pytest.mark.parametrize("args", [["2M"], ["--shrink", "512k"]])
+def test_resize_with_snapshot_as_qemu(qemu_img, qemu_io, qimg, tmp_path, args):
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", str(a), "1M")
+    qemu_io("-c", "write -P 1 0 1M", str(a))
+    qemu_img("snapshot", "-c", "s", str(a))
+    qemu_io("-c", "write -P 2 0 100k", str(a))
+    shutil.copy(a, b)
+    assert qemu_img("resize", str(a), *args).returncode == 0
+    r = qimg("resize", str(b), *args)
+    assert r.returncode == 0, r.stderr
+    assert a.read_bytes() == b.read_bytes()

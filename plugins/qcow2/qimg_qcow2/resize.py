@@ -47,8 +47,6 @@ def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocati
         raise QimgError("The new size must be a multiple of 512")
     if preallocation not in ("off", "metadata", "falloc", "full"):
         raise QimgError(f"Unsupported preallocation mode '{preallocation}'")
-    if h.nb_snapshots and size != old:
-        raise QimgError("Can't resize an image which has snapshots")
     if size < old:
         if preallocation != "off":
             raise QimgError("Preallocation can't be used for shrinking an image")
