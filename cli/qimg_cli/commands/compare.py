@@ -50,7 +50,7 @@ def run(argv: list[str]) -> None:
         check_cache(cache, source=True)
     except QimgError as e:
         raise QimgError(e.message, 2) from None
-    bar = qemu_progress(progress, 2.0)
+    bar = qemu_progress(False)
     images = []
     try:
         for name, fmt in ((files[0], fmt1), (files[1], fmt2)):
@@ -58,6 +58,7 @@ def run(argv: list[str]) -> None:
                 images.append(open_image(name, fmt, image_opts=image_opts, force_share=force_share))
             except QimgError as e:
                 raise QimgError(e.message, 2) from None
+        bar = qemu_progress(progress, 2.0)  # qemu-img starts it once both images are open
         from qimg.ops.compare import compare
 
         def say(text: str) -> None:
@@ -73,7 +74,7 @@ def run(argv: list[str]) -> None:
                 img.close()
             except QimgError:
                 pass
-        if bar.enabled:
+        if progress:
             sys.stdout.write("\n")
             sys.stdout.flush()
     raise SystemExit(rc)

@@ -136,8 +136,7 @@ def run(argv: list[str]) -> None:
         raise QimgError("Must specify image file name")
     if opts.no_create and options:
         raise QimgError("-o has no effect when skipping image creation")
-    check_cache(src_cache, source=True)
-    check_cache(cache)
+    check_cache(src_cache, source=True)  # the target's -t is checked by ops.convert, later
     opts.create_options = options or None
     opts.cache = cache or "unsafe"
     if tgt_image_opts:
@@ -148,8 +147,6 @@ def run(argv: list[str]) -> None:
     sources = []
     bar = qemu_progress(progress and not quiet, 1.0)
     try:
-        if opts.bitmaps and len(files) - 1 > 1:
-            raise QimgError("Copying bitmaps only possible with single source")
         for name in files[:-1]:
             src = open_image(name, fmt, image_opts=image_opts, force_share=force_share)
             sources.append(src)

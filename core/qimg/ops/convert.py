@@ -164,15 +164,13 @@ def _copy_range_fn(sources: list["Image"], target: "Image") -> Callable[[int, in
 def _create_target(filename: str, opts: ConvertOptions, size: int) -> None:
     import qimg
 
-    from ..options import parse_options, split_options
+    from ..options import parse_options
     from ..plugins import get_registry
 
     cls = get_registry().format(opts.out_format).load()
     co = opts.create_options
     if isinstance(co, str) or co is None:
-        text = co or ""
-        text = ",".join(f"{k}={v}" if v is not None else k for k, v in split_options(text) if k != "size")
-        copts = parse_options(text, cls.create_opts)
+        copts = parse_options(_without_size(co or ""), cls.create_opts)
     else:
         copts = {k: v for k, v in co.items() if k != "size"}
     try:
@@ -194,6 +192,10 @@ def _open_target(filename: str, opts: ConvertOptions) -> "Image":
 
     import qimg
 
+    from ..plugins import get_registry
+
+    if opts.out_format and opts.out_format not in get_registry().format_names():
+        raise QimgError(f"Could not open '{filename}': Unknown driver '{opts.out_format}'")
     try:
         return qimg.open(filename, opts.out_format, writable=True, options=dict(opts.target_open_options))
     except QimgError as e:
@@ -212,8 +214,9 @@ def _option_backing(create_options: str | dict[str, Any] | None) -> bool:
     return bool((create_options or {}).get("backing_file"))
 
 
-def check_options(opts: ConvertOptions) -> None:
-    """Combinations qemu-img refuses before touching any image."""
+def check_options(opts: ConvertOptions, sources: list["Image"]) -> None:
+    """What qemu-img refuses before creating the target, in its order: the output format,
+    --bitmaps, compression and backing support, then the cache mode."""
     from ..plugins import get_registry
 
     if opts.compress and opts.copy_offload:
@@ -221,6 +224,8 @@ def check_options(opts: ConvertOptions) -> None:
     if opts.no_create:
         return
     cls = get_registry().format(opts.out_format).load()
+    if opts.bitmaps:
+        _check_bitmaps(sources, opts)
     if opts.compress and not cls.supports_compression:
         raise QimgError("Compression not supported for this file format")
     if opts.backing_file is not None and not cls.supports_backing:
@@ -235,6 +240,22 @@ def check_options(opts: ConvertOptions) -> None:
     has_fmt = opts.backing_format is not None or bool(given.get("backing_fmt"))
     if has_file and not has_fmt:
         raise QimgError("Use of backing file requires explicit backing format")
+    if isinstance(co, str) and co:
+        from ..options import parse_options
+
+        parse_options(_without_size(co), cls.create_opts)  # "Invalid parameter" comes first
+    _check_cache(opts.cache)
+
+
+def _without_size(text: str) -> str:
+    from ..options import split_options
+
+    return ",".join(f"{k}={v}" if v is not None else k for k, v in split_options(text) if k != "size")
+
+
+def _check_cache(mode: str) -> None:
+    if mode not in ("none", "off", "writeback", "writethrough", "directsync", "unsafe"):
+        raise QimgError(f"Invalid cache option: {mode}")
 
 
 def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
@@ -242,12 +263,14 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             warn: Callable[[str], None] | None = None) -> None:
     """Convert ``sources`` (open images, concatenated) into ``target_filename``."""
 
-    check_options(opts)
     if not 1 <= opts.workers <= MAX_WORKERS:
         raise QimgError("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16")
+    check_options(opts, sources)
+    if opts.no_create:
+        if opts.bitmaps:
+            _check_bitmaps(sources, opts)
+        _check_cache(opts.cache)
     total = sum(s.size for s in sources)
-    if opts.bitmaps:
-        _check_bitmaps(sources, opts)
     created = False
     target: Image | None = None
     try:

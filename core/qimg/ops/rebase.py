@@ -159,6 +159,7 @@ def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe
     try:
         img.driver.change_backing_file(name, backing_fmt if name is not None else None)
     except QimgError as e:
-        raise QimgError(f"Could not change the backing file to '{name or ''}': {e.message}",
+        shown = "(null)" if backing is None else backing  # qemu-img prints a NULL name so
+        raise QimgError(f"Could not change the backing file to '{shown}': {e.message}",
                         e.exit_code) from None
     img.flush()
