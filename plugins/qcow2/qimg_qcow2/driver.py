@@ -45,9 +45,18 @@ def _to_be(a: array) -> bytes:
 def _zero_run(a: array, i: int, n: int, stride: int = 1) -> int:
     """Number of leading zero entries in a[i : i+n*stride : stride] (checked in C)."""
     if stride == 1:
-        raw = memoryview(a)[i : i + n].cast("B")
-        stripped = bytes(raw).lstrip(b"\0")
-        return (len(raw) - len(stripped)) // 8
+        # growing chunks: cost follows the zero run found, not the (up to 32 MiB) table
+        done, step = 0, 512
+        mv = memoryview(a)
+        while done < n:
+            k = min(step, n - done)
+            raw = bytes(mv[i + done : i + done + k].cast("B"))
+            z = (len(raw) - len(raw.lstrip(b"\0"))) // 8
+            done += z
+            if z < k:
+                return done
+            step *= 2
+        return done
     part = a[i : i + n * stride : stride]
     raw = part.tobytes()
     return (len(raw) - len(raw.lstrip(b"\0"))) // 8
