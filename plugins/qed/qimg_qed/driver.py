@@ -160,6 +160,7 @@ class QedFormat(Format):
         self._l2cache: OrderedDict[tuple[int, int], array] = OrderedDict()
         self._load_l1()
         self._marked_dirty = False
+        self._open_repairs = 0
         if writable:
             changed = False
             if h.autoclear_features:
@@ -167,10 +168,11 @@ class QedFormat(Format):
                 changed = True
             if h.features & F_NEED_CHECK:
                 res = self.check({"leaks", "errors"})
-                if res.corruptions > res.corruptions_fixed or res.check_errors:
-                    raise QimgError("Image corrupted")
-                h.features &= ~F_NEED_CHECK
-                changed = True
+                # a check command right after this open reports what was repaired here
+                self._open_repairs = res.corruptions_fixed
+                if res.corruptions == res.corruptions_fixed and not res.check_errors:
+                    h.features &= ~F_NEED_CHECK
+                    changed = True
             if changed:
                 self._write_header()
                 self.file.flush()
@@ -557,13 +559,17 @@ class QedFormat(Format):
         mark(self.h.l1_table_offset, self.h.table_size)
         allocated = fragmented = 0
         for l1i, l2off in self._all_l1_entries():
-            if not self._table_ok(l2off) or not mark(l2off, self.h.table_size):
+            if not self._table_ok(l2off):
+                # an invalid offset is cleared when repairing (a shared one cannot be, as in qemu-img)
                 res.corruptions += 1
                 if fix_errors:
                     if l1i < len(self.l1):
                         self.l1[l1i] = 0
                     self.file.pwrite(self.h.l1_table_offset + 8 * l1i, bytes(8))
                     res.corruptions_fixed += 1
+                continue
+            if not mark(l2off, self.h.table_size):
+                res.corruptions += 1
                 continue
             last = 0
             for wi in range((self.nelems + L2_WINDOW - 1) // L2_WINDOW):
@@ -577,8 +583,10 @@ class QedFormat(Format):
                     if last and last + cs != e:
                         fragmented += 1
                     last = e
-                    if not self._cluster_ok(e) or not mark(e, 1):
+                    if not self._cluster_ok(e):
                         bad.append(k)
+                    elif not mark(e, 1):
+                        res.corruptions += 1  # shared: reported, not repairable
                 res.corruptions += len(bad)
                 if bad and fix_errors:
                     for k in bad:
@@ -592,6 +600,10 @@ class QedFormat(Format):
         res.allocated_clusters = allocated
         res.fragmented_clusters = fragmented
         res.compressed_clusters = 0
+        if self._open_repairs:
+            res.corruptions += self._open_repairs
+            res.corruptions_fixed += self._open_repairs
+            self._open_repairs = 0
         if fix_errors and res.corruptions_fixed:
             self.file.flush()
         return res
