@@ -307,3 +307,17 @@ def test_resize_with_snapshot_as_qemu(qemu_img, qemu_io, qimg, tmp_path, args):
     r = qimg("resize", str(b), *args)
     assert r.returncode == 0, r.stderr
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_too_large_for_cluster_size(qemu_img, qimg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exp = qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", "a.qcow2", "1T")
+    got = qimg("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", "b.qcow2", "1T")
+    assert (got.returncode, got.stderr) == (exp.returncode, exp.stderr.replace("qemu-img:", "qimg:").replace("a.q", "b.q"))
+    assert not (tmp_path / "b.qcow2").exists()
+    for name in ("a.qcow2", "b.qcow2"):
+        qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", name, "1M")
+    exp = qemu_img("resize", "a.qcow2", "1T")
+    got = qimg("resize", "b.qcow2", "1T")
+    assert (got.returncode, got.stderr) == (exp.returncode, exp.stderr.replace("qemu-img:", "qimg:"))
+    assert qemu_img("check", "b.qcow2").returncode == 0

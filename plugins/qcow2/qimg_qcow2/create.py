@@ -41,6 +41,10 @@ def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
             raise QimgError("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
     if cs < 512 or cs > 2 << 20 or cs & (cs - 1):
         raise QimgError("Cluster size must be a power of two between 512 and 2048k")
+    esz = 16 if ext else 8
+    l2_span = cs * (cs // esz)
+    if -(-size // l2_span) * 8 > S.MAX_L1_SIZE:
+        raise QimgError("The image size is too large for file format 'qcow2' (try using a larger cluster size)")
     backing = opts.get("backing_file")
     if backing and prealloc != "off" and not ext:
         raise QimgError("Backing file and preallocation can only be used at the same time if extended_l2 is on")

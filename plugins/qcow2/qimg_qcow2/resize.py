@@ -25,7 +25,7 @@ def grow_l1(drv: "Qcow2Format", min_size: int, exact: bool = True) -> None:
         while new_size < min_size:
             new_size = -(-new_size * 3 // 2)
     if new_size > S.MAX_L1_SIZE // 8:
-        raise QimgError("File too large")
+        raise QimgError("Failed to grow the L1 table: File too large")
     nbytes = new_size * 8
     new_l1 = array("Q", drv.l1)
     new_l1.extend(array("Q", bytes(8 * (new_size - len(new_l1)))))
