@@ -139,3 +139,12 @@ def qemu_progress(enabled: bool, min_skip: float = 1.0) -> Any:
     if bar.last_printed < 0:
         bar.last_printed = 0.0
     return bar
+
+
+def open_named(filename: str, fmt: str | None = None, **kw: Any) -> Any:
+    """common.open_image, with qemu's message for an empty file name."""
+    from .common import open_image
+
+    if filename == "" and not kw.get("image_opts"):
+        raise QimgError("Could not open '': The 'file' block driver requires a file name")
+    return open_image(filename, fmt, **kw)

@@ -28,8 +28,7 @@ def run(argv: list[str]) -> None:
     from qimg.errors import QimgError
     from qimg.ops.bench import BenchOptions
 
-    from ..common import open_image
-    from ..copyopts import CACHE_MODES, cvtnum
+    from ..copyopts import CACHE_MODES, cvtnum, open_named
 
     o = BenchOptions()
     fmt = None
@@ -107,7 +106,7 @@ def run(argv: list[str]) -> None:
     if aio == "native" and cache not in ("none", "off", "directsync"):
         raise QimgError(f"Could not open '{filename}': aio=native was specified, but it requires "
                         "cache.direct=on, which was not specified.")
-    img = open_image(filename, fmt, image_opts=image_opts, writable=o.write, force_share=force_share)
+    img = open_named(filename, fmt, image_opts=image_opts, writable=o.write, force_share=force_share)
 
     def say(text: str) -> None:
         sys.stdout.write(text + "\n")

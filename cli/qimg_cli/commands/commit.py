@@ -12,8 +12,8 @@ def run(argv: list[str]) -> None:
 
     from qimg.errors import QimgError
 
-    from ..common import Progress, open_image, parse_objects
-    from ..copyopts import check_cache, parse_rate
+    from ..common import Progress, parse_objects
+    from ..copyopts import check_cache, open_named, parse_rate
 
     fmt = cache = base_name = None
     drop = progress = quiet = image_opts = False
@@ -49,7 +49,7 @@ def run(argv: list[str]) -> None:
     filename = g.positionals[0]
     parse_objects(objects)
     check_cache(cache)
-    img = open_image(filename, fmt, image_opts=image_opts, writable=True)
+    img = open_named(filename, fmt, image_opts=image_opts, writable=True)
     bar = Progress(progress)
     try:
         from qimg.ops.commit import commit, find_in_chain

@@ -12,8 +12,8 @@ def run(argv: list[str]) -> None:
 
     from qimg.errors import QimgError
 
-    from ..common import open_image, parse_objects
-    from ..copyopts import check_cache, qemu_progress
+    from ..common import parse_objects
+    from ..copyopts import check_cache, open_named, qemu_progress
 
     fmt1 = fmt2 = cache = None
     progress = quiet = strict = force_share = image_opts = False
@@ -45,17 +45,17 @@ def run(argv: list[str]) -> None:
     files = g.positionals
     if len(files) != 2:
         raise UsageError("Expecting two image file names")
-    try:
-        parse_objects(objects)
-        check_cache(cache, source=True)
-    except QimgError as e:
-        raise QimgError(e.message, 2) from None
     bar = qemu_progress(False)
     images = []
     try:
+        try:
+            parse_objects(objects)
+            check_cache(cache, source=True)
+        except QimgError as e:
+            raise QimgError(e.message, 2) from None
         for name, fmt in ((files[0], fmt1), (files[1], fmt2)):
             try:
-                images.append(open_image(name, fmt, image_opts=image_opts, force_share=force_share))
+                images.append(open_named(name, fmt, image_opts=image_opts, force_share=force_share))
             except QimgError as e:
                 raise QimgError(e.message, 2) from None
         bar = qemu_progress(progress, 2.0)  # qemu-img starts it once both images are open

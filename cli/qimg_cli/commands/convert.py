@@ -13,12 +13,13 @@ def run(argv: list[str]) -> None:
     from qimg.errors import QimgError
     from qimg.ops.convert import ConvertOptions
 
-    from ..common import merge_o, open_image, parse_objects
+    from ..common import merge_o, parse_objects
     from ..copyopts import (
         check_cache,
         cvtnum,
         image_opts_target,
         load_snapshot,
+        open_named,
         option_help,
         parse_rate,
         parse_snapshot_param,
@@ -148,7 +149,7 @@ def run(argv: list[str]) -> None:
     bar = qemu_progress(progress and not quiet, 1.0)
     try:
         for name in files[:-1]:
-            src = open_image(name, fmt, image_opts=image_opts, force_share=force_share)
+            src = open_named(name, fmt, image_opts=image_opts, force_share=force_share)
             sources.append(src)
             if not force_share:
                 _refuse_writers(src, name)

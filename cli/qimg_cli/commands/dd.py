@@ -13,8 +13,8 @@ def run(argv: list[str]) -> None:
 
     from qimg.errors import QimgError
 
-    from ..common import open_image, parse_objects
-    from ..copyopts import cvtnum
+    from ..common import parse_objects
+    from ..copyopts import cvtnum, open_named
 
     fmt = None
     out_fmt = "raw"
@@ -56,7 +56,7 @@ def run(argv: list[str]) -> None:
     if in_name is None or out_name is None:
         raise QimgError("Must specify both input and output files")
     parse_objects(objects)
-    src = open_image(in_name, fmt, image_opts=image_opts, force_share=force_share)
+    src = open_named(in_name, fmt, image_opts=image_opts, force_share=force_share)
     try:
         from qimg.plugins import get_registry
 

@@ -10,8 +10,8 @@ LONG = {"help": False, "object": True, "image-opts": False, "force-share": False
 def run(argv: list[str]) -> None:
     import sys
 
-    from ..common import open_image, parse_objects
-    from ..copyopts import check_cache, qemu_progress
+    from ..common import parse_objects
+    from ..copyopts import check_cache, open_named, qemu_progress
 
     fmt = backing_fmt = backing = cache = src_cache = None
     unsafe = progress = quiet = force_share = image_opts = False
@@ -55,7 +55,7 @@ def run(argv: list[str]) -> None:
     bar = qemu_progress(progress, 2.0)
     try:
         # -U shares the backing files only: the image itself is written
-        img = open_image(filename, fmt, image_opts=image_opts, writable=True, backing=not unsafe)
+        img = open_named(filename, fmt, image_opts=image_opts, writable=True, backing=not unsafe)
         try:
             from qimg.ops.rebase import rebase
 
