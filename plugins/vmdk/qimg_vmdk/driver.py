@@ -424,7 +424,7 @@ class VmdkFormat(Format):
 
     def flush(self) -> None:
         for ext in self.extents:
-            if isinstance(ext, SparseExtent) and ext.pending:
+            if isinstance(ext, SparseExtent) and (ext.pending or (ext.compressed and ext.dirty)):
                 ext.flush()
         for f in self._own:
             f.flush()

@@ -526,6 +526,10 @@ class SparseExtent(Extent):
     def flush(self) -> None:
         if self.pending:
             self._finalize_pending(everything=True)
+        if self.compressed and self.dirty and self.file.size() < self.end + SECTOR:
+            # end the stream with an end-of-stream marker (an all-zero sector), as qemu-img's
+            # stream-optimized files end; later grains of this session overwrite it
+            self.file.truncate(self.end + SECTOR)
         self.file.flush()
 
     def _append_compressed(self, gi: int, chunk: bytes | memoryview) -> int:
