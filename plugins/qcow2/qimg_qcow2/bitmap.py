@@ -481,7 +481,7 @@ def check_bitmap_refcounts(c: "_Checker", res: "CheckResult", table: "array") ->
     for bm in bitmaps:
         c.inc(res, table, bm.table_offset, bm.table_size * 8)
         # bytes past the end of the file read as zeroes (entries meaning "all zeroes")
-        present = max(0, min(bm.table_size * 8, c.file_len - bm.table_offset)) & ~7
+        present = max(0, min(bm.table_size * 8, (c.file_len - bm.table_offset + 7) & ~7))
         raw = c.read(bm.table_offset, present)
         for e in struct.unpack(f">{present // 8}Q", raw):
             if not _check_entry(e, c.cluster_size):

@@ -38,6 +38,8 @@ FIX_LEAKS = "leaks"
 FIX_ERRORS = "errors"
 
 CHECK_FRAG_INFO = 2
+#: QEMU's block layer refuses requests beyond this offset (EIO)
+BDRV_MAX_LENGTH = ((1 << 63) - 1) & ~((1 << 30) - 1)
 #: most host clusters a check keeps expected refcounts for (memory cap against hostile offsets;
 #: the array holds one refcount-width item per cluster, as QEMU's does)
 MAX_CHECK_CLUSTERS = 1 << 27
@@ -156,13 +158,22 @@ class _Checker:
         self.coffset_mask = (1 << self.csize_shift) - 1
         self.msgs: list[str] = []
         self.file_len = self.file.size()
+        # for the overlap checks of repairs
+        self.snapshots: list = []
+        self.reftable: array = array("Q")
 
     # -- helpers --------------------------------------------------------------
     def say(self, line: str) -> None:
         self.msgs.append(line)
 
     def read(self, offset: int, n: int) -> bytes:
-        data = self.file.pread(offset, n)
+        """``n`` bytes at ``offset``; what lies past the end of the file reads as zeroes."""
+        if n <= 0:
+            return b""
+        try:
+            data = self.file.pread(offset, n) if offset < self.file_len else b""
+        except (OSError, OverflowError):
+            data = b""
         return data + bytes(n - len(data))
 
     def inc(self, res: CheckResult, table: array, offset: int, size: int) -> None:
@@ -194,8 +205,13 @@ class _Checker:
         if l1_size == 0:
             return
         self.inc(res, table, l1_offset, l1_size * 8)
+        if l1_offset > BDRV_MAX_LENGTH or l1_size * 8 > BDRV_MAX_LENGTH - l1_offset:
+            # beyond what QEMU's block layer lets anyone read
+            self.say("ERROR: I/O error in check_refcounts_l1")
+            res.check_errors += 1
+            raise CheckFailed("Input/output error", self.msgs)
         # entries past the end of the file read as zero (unallocated): only read what exists
-        present = max(0, min(l1_size * 8, self.file_len - l1_offset)) & ~7
+        present = max(0, min(l1_size * 8, (self.file_len - l1_offset + 7) & ~7))
         l1 = _be_u64_array(self.read(l1_offset, present))
         for e in l1:
             if not e:
@@ -203,9 +219,8 @@ class _Checker:
             if e & S.L1E_RESERVED_MASK:
                 self.say(f"ERROR found L1 entry with reserved bits set: {e:x}")
                 res.corruptions += 1
+            # a nonzero entry is followed even when its offset is 0 (the header cluster), as QEMU does
             l2_offset = e & S.L1E_OFFSET_MASK
-            if not l2_offset:
-                continue
             self.inc(res, table, l2_offset, self.cluster_size)
             if l2_offset & (self.cluster_size - 1):
                 self.say(f"ERROR l2_offset={l2_offset:x}: Table is not cluster aligned; L1 entry corrupted")
@@ -214,7 +229,7 @@ class _Checker:
             self.check_l2(res, table, l2_offset, flags, active, [0])
 
     def _load_l2(self, l2_offset: int) -> tuple[array, array | None]:
-        present = max(0, min(self.cluster_size, self.file_len - l2_offset)) & ~15
+        present = max(0, min(self.cluster_size, (self.file_len - l2_offset + 15) & ~15))
         raw = _be_u64_array(self.read(l2_offset, present))
         if self.extended_l2:
             return raw[0::2], raw[1::2]
@@ -281,7 +296,7 @@ class _Checker:
                     self.say(f"{'Repairing' if repair else 'ERROR'} offset={offset:x}: Preallocated cluster is "
                              "not properly aligned; L2 entry corrupted.")
                     if repair:
-                        if self._repair_prealloc_zero(l2_offset, i, e, bm):
+                        if self._repair_prealloc_zero(res, l2_offset, i, e, bm):
                             res.corruptions -= 1
                             res.corruptions_fixed += 1
                             continue
@@ -296,8 +311,58 @@ class _Checker:
             if not self.data_file:
                 self.inc(res, table, offset, cs)
 
-    def _repair_prealloc_zero(self, l2_offset: int, index: int, entry: int, bitmap: int) -> bool:
+    def overlap(self, offset: int, size: int) -> str | None:
+        """The metadata a write of [offset, offset+size) would hit (QEMU's default overlap
+        checks, the active L2 tables aside), or None."""
+        def hit(start: int, length: int) -> bool:
+            return length > 0 and offset < start + length and start < offset + size
+
+        cs = self.cluster_size
+        h = self.h
+        if offset < cs:
+            return "qcow2_header"
+        if hit(h.l1_table_offset, h.l1_size * 8):
+            return "active L1 table"
+        if hit(h.refcount_table_offset, h.refcount_table_clusters * cs):
+            return "refcount table"
+        for e in self.reftable:
+            off = e & S.REFT_OFFSET_MASK
+            if off and hit(off, cs):
+                return "refcount block"
+        if h.nb_snapshots:
+            from .snapshot import snapshot_table_size
+
+            if hit(h.snapshots_offset, snapshot_table_size(self.snapshots)):
+                return "snapshot table"
+        for sn in self.snapshots:
+            if hit(sn.l1_table_offset, sn.l1_size * 8):
+                return "inactive L1 table"
+        if h.bitmaps_ext is not None and h.autoclear_features & S.AUTOCLEAR_BITMAPS and len(h.bitmaps_ext) >= 24:
+            dsize, doff = struct.unpack(">QQ", h.bitmaps_ext[8:24])
+            if hit(doff, dsize):
+                return "bitmap directory"
+        return None
+
+    def signal_overlap(self, name: str) -> None:
+        """A repair would overwrite metadata: QEMU marks the image corrupt and refuses."""
+        self.say(f"qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with {name}); "
+                 "further corruption events will be suppressed")
+        h = self.h
+        if h.version >= 3 and not h.incompatible_features & S.INCOMPAT_CORRUPT:
+            h.incompatible_features |= S.INCOMPAT_CORRUPT
+            self.file.pwrite(72, struct.pack(">Q", h.incompatible_features))
+            self.file.flush()
+
+    def _repair_prealloc_zero(self, res: CheckResult, l2_offset: int, index: int, entry: int,
+                              bitmap: int) -> bool:
         drv = self.drv
+        esize = 16 if self.extended_l2 else 8
+        name = self.overlap(l2_offset + index * esize, esize)
+        if name is not None:
+            self.signal_overlap(name)
+            self.say("ERROR: Overlap check failed")
+            res.check_errors += 1
+            raise CheckFailed("Input/output error", self.msgs)
         try:
             l2 = drv.get_l2(l2_offset)
             if self.extended_l2:
@@ -522,6 +587,12 @@ class _Checker:
                     if repair:
                         dirty.append((j, le | S.OFLAG_COPIED if rc == 1 else le & ~S.OFLAG_COPIED))
             if dirty:
+                name = self.overlap(l2_offset, self.cluster_size)
+                if name is not None:
+                    self.signal_overlap(name)
+                    self.say("ERROR: Could not write L2 table; metadata overlap check failed: Input/output error")
+                    res.check_errors += 1
+                    raise CheckFailed("Input/output error", self.msgs)
                 try:
                     l2 = drv.get_l2(l2_offset)
                     step = 2 if self.extended_l2 else 1
@@ -680,6 +751,8 @@ def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
             c.say(f"{'Repairing' if FIX_ERRORS in fix else 'ERROR'} snapshot table entry {i} is incomplete")
             incomplete += 1
     stored = _StoredRefcounts(drv)
+    c.snapshots = snapshots
+    c.reftable = stored.table
     table, rebuild = c.calculate(res, stored, snapshots)
     pre = _copy(res)
     highest = [0]

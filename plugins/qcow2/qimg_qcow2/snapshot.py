@@ -109,6 +109,16 @@ def encode_table(snapshots: list[Snapshot]) -> bytes:
     return bytes(out)
 
 
+def _pread_padded(drv: "Qcow2Format", offset: int, n: int) -> bytes:
+    if n <= 0:
+        return b""
+    try:
+        data = drv.file.pread(offset, n)
+    except (OSError, OverflowError):
+        data = b""
+    return data + bytes(n - len(data))
+
+
 def read_snapshots(drv: "Qcow2Format") -> list[Snapshot]:
     """Parse the snapshot table; QimgError on a table that cannot be read."""
     h = drv.header
@@ -117,9 +127,8 @@ def read_snapshots(drv: "Qcow2Format") -> list[Snapshot]:
         return []
     if n > S.MAX_SNAPSHOTS:
         raise QimgError("Too many snapshots")
-    file_size = drv.file.size()
     offset = h.snapshots_offset
-    if offset & ((1 << h.cluster_bits) - 1) or offset >= file_size:
+    if offset & ((1 << h.cluster_bits) - 1) or offset + n * SNAPSHOT_HEADER_SIZE > (1 << 63) - 1:
         raise QimgError("Snapshot table offset invalid")
     out: list[Snapshot] = []
     pos = offset
@@ -127,24 +136,22 @@ def read_snapshots(drv: "Qcow2Format") -> list[Snapshot]:
         pos = (pos + 7) & ~7
         if pos - offset > MAX_TABLE_SIZE:
             raise QimgError("Snapshot table exceeds the maximum size")
-        raw = drv.file.pread(pos, SNAPSHOT_HEADER_SIZE)
-        if len(raw) < SNAPSHOT_HEADER_SIZE:
-            raise QimgError("Snapshot table is truncated")
+        # like QEMU's block layer, bytes past the end of the file read as zeroes
+        raw = _pread_padded(drv, pos, SNAPSHOT_HEADER_SIZE)
         sh = SnapshotHeader.parse(raw)
         pos += SNAPSHOT_HEADER_SIZE
         if sh.extra_data_size > MAX_EXTRA_SIZE:
             raise SnapshotTableError(f"Too much extra metadata in snapshot table entry {len(out)}", "File too large",
                                      "You can force-remove this extra metadata with qemu-img check -r all")
-        extra = drv.file.pread(pos, sh.extra_data_size)
+        extra = _pread_padded(drv, pos, sh.extra_data_size)
         pos += sh.extra_data_size
-        strs = drv.file.pread(pos, sh.id_str_size + sh.name_size)
+        strs = _pread_padded(drv, pos, sh.id_str_size + sh.name_size)
         pos += sh.id_str_size + sh.name_size
-        if len(extra) < sh.extra_data_size or len(strs) < sh.id_str_size + sh.name_size:
-            raise QimgError("Snapshot table is truncated")
         entry_size = SNAPSHOT_HEADER_SIZE + sh.extra_data_size + sh.id_str_size + sh.name_size
         sn = Snapshot(l1_table_offset=sh.l1_table_offset, l1_size=sh.l1_size, disk_entry_size=entry_size,
-                      id=strs[: sh.id_str_size].decode("utf-8", "replace"),
-                      name=strs[sh.id_str_size:].decode("utf-8", "replace"),
+                      # QEMU keeps them as C strings: they end at the first NUL
+                      id=strs[: sh.id_str_size].split(b"\0", 1)[0].decode("utf-8", "replace"),
+                      name=strs[sh.id_str_size:].split(b"\0", 1)[0].decode("utf-8", "replace"),
                       date_sec=sh.date_sec, date_nsec=sh.date_nsec, vm_clock_nsec=sh.vm_clock_nsec,
                       vm_state_size=sh.vm_state_size, disk_size=h.size,
                       extra_data_size=sh.extra_data_size)
