@@ -124,7 +124,7 @@ def test_runner_enforces_limits(tmp_path):
     img.write_bytes(bytes(8 << 20))
     job = ["convert", "-f", "raw", "-O", "raw", str(img), str(tmp_path / "y.raw")]
     ok = hostile.run_batch([job])[0]
-    starved = hostile.run_batch([job], mem=32 << 20, timeout=5)[0]
+    starved = hostile.run_batch([job], mem=32 << 20, timeout=3)[0]
     slow = hostile.run_batch([job], timeout=0.0)[0]
     assert (ok.rc, ok.timed_out, ok.stderr) == (0, False, "")
     assert starved.rc != 0  # killed or MemoryError: either way the cap held
@@ -134,10 +134,13 @@ def test_runner_enforces_limits(tmp_path):
 def test_hostile_generator_covers_every_format(tmp_path):
     """Every registered format gets the generic cases, including a zero-length file."""
     for fmt in FORMATS:
-        names = [c.name for c in hostile.generic_cases(fmt, tmp_path)]
+        cases = hostile.generic_cases(fmt, tmp_path)
+        names = [c.name for c in cases]
         assert f"{fmt}-empty" in names and f"{fmt}-random-4k" in names
-        for c in hostile.generic_cases(fmt, tmp_path):
+        assert len(names) == len(set(names))
+        for c in cases:
             assert Path(c.path).exists()
+    assert Path(tmp_path / f"{FORMATS[0]}-empty.img").stat().st_size == 0
 
 
 _BOOM = r"""
