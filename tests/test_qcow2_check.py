@@ -420,3 +420,29 @@ def test_random_metadata_damage(fuzz_base, qemu_img, tmp_path, seed):
     assert got == want
     if seed % 4 == 0:
         assert_same_repair(qemu_img, p, tmp_path, "all")
+
+
+def test_l1_entry_without_offset_walks_the_header(base, qemu_img, tmp_path):
+    """A nonzero L1 entry with offset 0 makes QEMU read the header as an L2 table; repairing
+    would overwrite the header: both tools refuse, mark the image corrupt, fail the check."""
+    Damage(base).setl1(0, COPIED)
+    res = assert_same_check(qemu_img, base, tmp_path)
+    assert res.corruptions > 0
+    assert_same_repair(qemu_img, base, tmp_path, "all")
+    a = (tmp_path / "qemu-repaired.qcow2").read_bytes()
+    b = (tmp_path / "qimg-repaired.qcow2").read_bytes()
+    assert a[72:80] == b[72:80] == (2).to_bytes(8, "big")  # the corrupt bit
+
+
+def test_snapshot_l1_beyond_readable_range(base, qemu_img, qimg, tmp_path):
+    from conftest import as_qemu
+
+    assert qemu_img("snapshot", "-c", "s1", str(base)).returncode == 0
+    raw = bytearray(base.read_bytes())
+    so = struct.unpack(">Q", raw[64:72])[0]
+    struct.pack_into(">Q", raw, so, (1 << 63) | struct.unpack(">Q", raw[so:so + 8])[0])
+    base.write_bytes(bytes(raw))
+    want = qemu_img("check", str(base))
+    got = qimg("check", str(base))
+    assert (got.returncode, got.stdout, as_qemu(got.stderr)) == (want.returncode, want.stdout, want.stderr)
+    assert "I/O error in check_refcounts_l1" in want.stderr
