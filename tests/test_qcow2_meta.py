@@ -321,3 +321,18 @@ def test_too_large_for_cluster_size(qemu_img, qimg, tmp_path, monkeypatch):
     got = qimg("resize", "b.qcow2", "1T")
     assert (got.returncode, got.stderr) == (exp.returncode, exp.stderr.replace("qemu-img:", "qimg:"))
     assert qemu_img("check", "b.qcow2").returncode == 0
+
+
+@pytest.mark.parametrize("create,args", [("", ["-u", "-b", "other.raw", "-F", "raw"]), ("", ["-u", "-b", ""]),
+                                         ("", ["-u", "-b", "x" * 1100, "-F", "raw"]),
+                                         ("data_file=d.raw,data_file_raw=on", ["-u", "-b", "base.raw", "-F", "raw"])])
+def test_change_backing_file_as_qemu(qemu_img, qimg, tmp_path, monkeypatch, create, args):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.raw").write_bytes(bytes(4096))
+    opts = ["-o", create] if create else ["-b", "base.raw", "-F", "raw"]
+    qemu_img("create", "-q", "-f", "qcow2", *opts, "a.qcow2", "1M")
+    shutil.copy("a.qcow2", "b.qcow2")
+    exp = qemu_img("rebase", *args, "a.qcow2")
+    got = qimg("rebase", *args, "b.qcow2")
+    assert (got.returncode, got.stderr) == (exp.returncode, exp.stderr.replace("qemu-img:", "qimg:"))
+    assert (tmp_path / "a.qcow2").read_bytes() == (tmp_path / "b.qcow2").read_bytes()

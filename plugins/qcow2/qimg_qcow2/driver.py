@@ -1233,6 +1233,8 @@ class Qcow2Format(RefcountMixin, Format):
 
     def change_backing_file(self, filename: str | None, fmt: str | None) -> None:
         h = self.header
+        if filename and (len(filename.encode()) > 1023 or self.data_raw) or fmt and not filename:
+            raise QimgError("Invalid argument")
         h.backing_file = filename or None
         h.backing_format = fmt if filename else None
         self.update_header()
