@@ -82,7 +82,7 @@ def _hint(display: str) -> str:
     return f"\nIs another process using the image [{display}]?"
 
 
-def apply(fd: int, perm: int, shared: int, display: str, held: tuple[int, int] = (0, 0)) -> bool:
+def apply(fd: int, perm: int, shared: int, display: str, held: tuple[int, int] = (0, ALL)) -> bool:
     """Advertise ``perm`` (held) and ``~shared`` (refused) on ``fd`` and check for conflicts.
 
     ``held`` is what this descriptor advertised before (changing permissions of an open
