@@ -299,3 +299,22 @@ def test_cli_against_a_held_image(tmp_path, qemu_img, qimg, fmt):
             for args in argsets[c]:
                 a, b = run_both(qemu_img, qimg, *args)
                 assert (b.returncode, b.stderr.replace("qimg:", "qemu-img:")) == (a.returncode, a.stderr), args
+
+
+def test_refused_open_leaves_no_locks(tmp_path):
+    """A refused open takes nothing with it: the holder alone stays visible."""
+    path = str(tmp_path / "r.raw")
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+    with held(path, 201):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            with pytest.raises(locking.LockError):
+                locking.apply(fd, locking.CONSISTENT_READ | locking.WRITE, locking.ALL, path)
+        finally:
+            os.close(fd)
+        assert lock_bytes_of(path) == {201}
+        with pytest.raises(qimg.QimgError):
+            qimg.open(path, "raw", writable=True)
+        assert lock_bytes_of(path) == {201}
+    assert lock_bytes_of(path) == set()
