@@ -318,3 +318,16 @@ def test_refused_open_leaves_no_locks(tmp_path):
             qimg.open(path, "raw", writable=True)
         assert lock_bytes_of(path) == {201}
     assert lock_bytes_of(path) == set()
+
+
+@pytest.mark.skipif(not _have_command("resize"), reason="qimg resize is not implemented yet")
+def test_cli_resize_raw_needs_the_resize_permission(tmp_path, qemu_img, qimg):
+    """qemu-nbd serving a raw image refuses resizes only: resize must fail, a write must not."""
+    path = str(tmp_path / "served.raw")
+    qemu_img("create", "-q", "-f", "raw", path, SIZE)
+    with held(path, 203):
+        a = qemu_img("resize", "-f", "raw", path, "2M")
+        b = qimg("resize", "-f", "raw", path, "2M")
+        assert a.returncode == 1 and 'Failed to get "resize" lock' in a.stderr
+        assert (b.returncode, b.stderr.replace("qimg:", "qemu-img:")) == (a.returncode, a.stderr)
+        assert os.path.getsize(path) == 1 << 20
