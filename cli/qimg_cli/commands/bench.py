@@ -103,7 +103,19 @@ def run(argv: list[str]) -> None:
         raise QimgError("Flush interval can't be smaller than depth")
     if force_share and o.write:
         raise QimgError(f"Could not open '{filename}': force-share=on can only be used with read-only images")
-    if aio == "native" and cache not in ("none", "off", "directsync"):
+    if aio == "native" and cache not in ("none", "off", "directsync") and not image_opts:
+        # qemu's file driver refuses this once the file itself is open (before the format)
+        import os
+
+        from qimg.plugins import get_registry
+
+        if fmt and fmt not in get_registry().format_names():
+            raise QimgError(f"Could not open '{filename}': Unknown driver '{fmt}'")
+        try:
+            os.close(os.open(filename, os.O_RDONLY))
+        except OSError as e:
+            text = os.strerror(e.errno) if e.errno else str(e)
+            raise QimgError(f"Could not open '{filename}': Could not open '{filename}': {text}") from None
         raise QimgError(f"Could not open '{filename}': aio=native was specified, but it requires "
                         "cache.direct=on, which was not specified.")
     img = open_named(filename, fmt, image_opts=image_opts, writable=o.write, force_share=force_share)
