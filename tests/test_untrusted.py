@@ -289,3 +289,57 @@ def test_cpu_limit_becomes_an_error():
                        "try:\n    while True:\n        pass\n"
                        "except QimgError as e:\n    print(e)\n")
     assert r.stdout == "CPU time limit of untrusted mode exceeded\n", r.stderr
+
+
+VMDK_FLAT = """# Disk DescriptorFile
+version=1
+CID=fffffffe
+parentCID=ffffffff
+createType="monolithicFlat"
+
+# Extent description
+RW 2048 FLAT "{extent}" 0
+
+# The Disk Data Base
+#DDB
+
+ddb.virtualHWVersion = "4"
+ddb.geometry.cylinders = "2"
+ddb.geometry.heads = "16"
+ddb.geometry.sectors = "63"
+ddb.adapterType = "ide"
+"""
+
+
+@pytest.mark.skipif("vmdk" not in get_registry().formats, reason="no vmdk driver installed")
+def test_vmdk_descriptor_extent_pointing_at_host_file(tmp_path, qemu_img, secret):
+    """A VMDK descriptor whose FLAT extent is a host file (the VMDK side of CVE-2024-32498)."""
+    desc = tmp_path / "evil.vmdk"
+    desc.write_text(VMDK_FLAT.format(extent=secret))
+    out = tmp_path / "qemu.raw"
+    assert qemu_img("convert", "-O", "raw", str(desc), str(out)).returncode == 0
+    assert out.read_bytes().startswith(SECRET)  # qemu-img follows it
+    with qimg.open(str(desc)) as img:  # so does qimg in normal mode
+        assert img.format == "vmdk"
+        assert img.pread(0, len(SECRET)) == SECRET
+    try:
+        img = qimg.open(str(desc), untrusted=True)
+    except QimgError as e:
+        assert e.message == f"Could not open '{desc}': Extent '{secret}' is not opened in untrusted mode"
+        return
+    with img:  # a driver may open the descriptor and refuse only the data
+        assert secret in json.dumps(img.driver.format_specific_info())
+        with pytest.raises(QimgError, match="untrusted"):
+            img.pread(0, len(SECRET))
+
+
+@pytest.mark.skipif("vmdk" not in get_registry().formats or not have_command("info"), reason="needs vmdk and info")
+def test_cli_untrusted_vmdk_info_reports_extent(tmp_path, qemu_img, qimg, secret):
+    desc = tmp_path / "evil.vmdk"
+    desc.write_text(VMDK_FLAT.format(extent=secret))
+    r = qimg("--untrusted", "info", "--output=json", str(desc))
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["format-specific"]["data"]["extents"][0]["filename"] == secret
+    r = qimg("--untrusted", "convert", "-O", "raw", str(desc), str(tmp_path / "o.raw"))
+    assert r.returncode == 1 and "untrusted" in r.stderr
