@@ -24,7 +24,7 @@ from qimg.errors import CorruptImage, NotSupported, QimgError
 from qimg.image import zero_fill
 from qimg.options import BOOL, SIZE, STRING, Option
 
-from .log import Log
+from .log import Log, LogWriter
 from .structs import (
     BAT_GUID,
     BAT_OFFSET_SHIFT,
@@ -418,9 +418,18 @@ class VhdxFormat(Format):
                 zero_fill(view)
             pos += n
 
+    def _bat_sector(self, i: int) -> tuple[int, bytes]:
+        """The 4 KiB BAT sector holding entry ``i``: (file offset, current bytes)."""
+        first = i // 512 * 512
+        raw = _le64(self.bat[first:first + 512])
+        return self.bat_region[0] + first * 8, raw + bytes(4096 - len(raw))
+
     def write(self, offset: int, data: memoryview) -> None:
         if not self._headers_updated:
-            self._update_headers(new_guids=True)
+            # a new log GUID (the BAT changes go through the log) and new write GUIDs
+            self._log = LogWriter(self.file, self.hdr["log_offset"], self.hdr["log_length"],
+                                  uuid.uuid4().bytes_le, random.getrandbits(48) + 1)
+            self._update_headers(new_guids=True, log_guid=self._log.guid)
             self._headers_updated = True
         bs = self.block_size
         pos, total = 0, len(data)
@@ -441,8 +450,20 @@ class VhdxFormat(Format):
                 self.file_size = max(self.file_size, self.end)
                 i = b + b // self.chunk_ratio
                 self.bat[i] = PAYLOAD_FULLY_PRESENT | (host // MiB) << BAT_OFFSET_SHIFT
-                self.file.pwrite(self.bat_region[0] + 8 * i, _le64(self.bat[i:i + 1]))
+                self._log.write_sector(*self._bat_sector(i))
             pos += n
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        try:
+            if self.writable and self._headers_updated and self.hdr["log_guid"] != ZERO_GUID:
+                # everything logged was applied: an empty log again
+                self.file.flush()
+                self._update_headers(log_guid=ZERO_GUID)
+        finally:
+            self.file.close()
 
     def check(self, fix: set[str]) -> CheckResult:
         # consistency of the BAT was verified when opening; an image that opens is clean. A log

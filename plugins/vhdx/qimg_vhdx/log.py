@@ -141,3 +141,49 @@ class Log:
         if file.size() < head.last_file_offset:
             file.truncate(head.last_file_offset)
         file.flush()
+
+
+def build_entry(seq: int, tail: int, log_guid: bytes, file_size: int, file_offset: int, sector: bytes) -> bytes:
+    """One log entry carrying one 4 KiB sector (a ``desc`` descriptor and its ``data`` sector)."""
+    length = 2 * LOG_SECTOR
+    entry = bytearray(length)
+    entry[:LOG_HEADER_SIZE] = LogEntryHeader.build(dict(
+        signature=b"loge", checksum=0, entry_length=length, tail=tail, sequence_number=seq, descriptor_count=1,
+        reserved=0, log_guid=log_guid, flushed_file_offset=file_size, last_file_offset=file_size))
+    entry[LOG_HEADER_SIZE:LOG_HEADER_SIZE + LOG_DESCRIPTOR_SIZE] = LogDescriptor.build(dict(
+        signature=b"desc", trailing_bytes=int.from_bytes(sector[-4:], "little"),
+        leading_bytes=int.from_bytes(sector[:8], "little"), file_offset=file_offset, sequence_number=seq))
+    d = LOG_SECTOR
+    entry[d:d + 4] = b"data"
+    entry[d + 4:d + 8] = (seq >> 32).to_bytes(4, "little")
+    entry[d + 8:d + LOG_SECTOR - 4] = sector[8:LOG_SECTOR - 4]
+    entry[d + LOG_SECTOR - 4:d + LOG_SECTOR] = (seq & 0xFFFFFFFF).to_bytes(4, "little")
+    entry[4:8] = crc_with_zero_field(bytes(entry)).to_bytes(4, "little")
+    return bytes(entry)
+
+
+class LogWriter:
+    """Metadata updates through the log (spec 2.3): entry, flush, then the update in place.
+
+    Each entry is applied right after it is durable, so every entry is its own tail; an
+    interrupted update is replayed on the next read-write open (by qimg or qemu-img).
+    """
+
+    def __init__(self, file: Any, offset: int, length: int, log_guid: bytes, seq: int) -> None:
+        self.file = file
+        self.offset = offset
+        self.length = length
+        self.guid = log_guid
+        self.seq = seq
+        self.pos = 0
+
+    def write_sector(self, file_offset: int, sector: bytes) -> None:
+        if self.pos + 2 * LOG_SECTOR > self.length:
+            self.pos = 0
+        entry = build_entry(self.seq, self.pos, self.guid, self.file.size(), file_offset, sector)
+        self.file.flush()  # the data the entry refers to is on disk first
+        self.file.pwrite(self.offset + self.pos, entry)
+        self.file.flush()
+        self.file.pwrite(file_offset, sector)
+        self.pos += len(entry)
+        self.seq += 1
