@@ -426,6 +426,10 @@ class VhdxFormat(Format):
 
     def write(self, offset: int, data: memoryview) -> None:
         if not self._headers_updated:
+            lo, ln = self.hdr["log_offset"], self.hdr["log_length"]
+            if (lo % MiB or ln % MiB or lo < HEADER_SECTION_END or not MiB <= ln <= MAX_LOG or lo + ln > self.file_size
+                    or any(lo < o + n and o < lo + ln for o, n in (self.bat_region, self.meta_region))):
+                raise CorruptImage("Invalid VHDX log location: refusing to write to the image")
             # a new log GUID (the BAT changes go through the log) and new write GUIDs
             self._log = LogWriter(self.file, self.hdr["log_offset"], self.hdr["log_length"],
                                   uuid.uuid4().bytes_le, random.getrandbits(48) + 1)
