@@ -145,6 +145,8 @@ def open_named(filename: str, fmt: str | None = None, **kw: Any) -> Any:
     """common.open_image, with qemu's message for an empty file name."""
     from .common import open_image
 
+    if fmt == "":
+        raise QimgError(f"Could not open '{filename}': Unknown driver ''")
     if filename == "" and not kw.get("image_opts"):
         raise QimgError("Could not open '': The 'file' block driver requires a file name")
     return open_image(filename, fmt, **kw)

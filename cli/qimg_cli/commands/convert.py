@@ -135,10 +135,10 @@ def run(argv: list[str]) -> None:
 
             click.echo(option_help(opts.out_format or "raw", out_filename))
             raise SystemExit(0)
-    if out_filename is None:
-        raise QimgError("Must specify image file name")
     if opts.no_create and options:
         raise QimgError("-o has no effect when skipping image creation")
+    if out_filename is None:
+        raise QimgError("Must specify image file name")
     check_cache(src_cache, source=True)  # the target's -t is checked by ops.convert, later
     opts.create_options = options or None
     opts.cache = cache or "unsafe"

@@ -146,10 +146,16 @@ def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe
             get_registry().format(backing_fmt)
         except QimgError:
             raise QimgError(f"Invalid format name: '{backing_fmt}'") from None
-    if name is not None and backing_fmt is None:
-        raise QimgError(f"Could not change the backing file to '{name}': backing format must be specified")
+    missing_fmt = QimgError(f"Could not change the backing file to '{name}': backing format must be specified")
+    if unsafe and name is not None and backing_fmt is None:
+        raise missing_fmt
     if not unsafe:
         new = open_new_backing(img, name, backing_fmt, force_share) if name is not None else None
+        if name is not None and backing_fmt is None:
+            # qemu-img fails here only after copying; refusing first leaves the image as it was
+            if new is not None:
+                new.close()
+            raise missing_fmt
         try:
             copy_differences(img, img.backing, new, progress)
         finally:
