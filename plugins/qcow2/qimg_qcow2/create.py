@@ -100,14 +100,24 @@ def create_image(filename: str, size: int, opts: dict[str, Any]) -> None:
         h.incompatible_features |= S.INCOMPAT_COMPRESSION
     if o["extended_l2"]:
         h.incompatible_features |= S.INCOMPAT_EXTL2
-    # first the bare structure: header, a reftable and one refblock, all not yet counted
+    # first the bare structure: a reftable and one refblock counting clusters 0-2, then the
+    # header (written last, so a crash never leaves a qcow2 header over missing refcounts)
+    h.data_file = o["data_file"]
+    order = o["refcount_order"]
+    blk = bytearray(cs)
+    for ci in range(3):
+        if order >= 3:
+            w = 1 << (order - 3)
+            blk[ci * w + w - 1] = 1
+        else:
+            blk[(ci << order) // 8] |= 1 << ((ci << order) % 8)
     f = open_protocol(filename, create=True, writable=True)
     try:
         f.truncate(0)
         from .header import encode_header
 
+        f.pwrite(cs, struct.pack(">Q", 2 * cs) + bytes(cs - 8) + bytes(blk))
         f.pwrite(0, encode_header(h, cs))
-        f.pwrite(cs, struct.pack(">Q", 2 * cs) + bytes(2 * cs - 8))
     finally:
         f.close()
     from .driver import Qcow2Format
@@ -118,7 +128,6 @@ def create_image(filename: str, size: int, opts: dict[str, Any]) -> None:
         dopts["data-file"] = resolve_backing_name(filename, o["data_file"])
     drv = Qcow2Format(f, filename=filename, writable=True, options=dopts)
     try:
-        drv.alloc_clusters(3)
         drv.header.data_file = o["data_file"]
         drv.flush_caches()
         drv.update_header()
