@@ -59,9 +59,11 @@ def run(argv: list[str]) -> None:
             base = find_in_chain(img, base_name)
             if base is None:
                 raise QimgError(f"Did not find '{base_name}' in the backing chain of '{filename}'")
-        commit(img, base, drop=drop, progress=bar.update if progress else None, rate_limit=rate)
+        # qemu-img polls its commit job: 0% again while it starts, then 100% once done
+        commit(img, base, drop=drop, rate_limit=rate)
         if progress:
-            bar.finish()
+            sys.stdout.write("    (0.00/100%)\r    (100.00/100%)\r\n")
+            sys.stdout.flush()
     except BaseException:
         if bar.enabled:
             sys.stdout.write("\n")

@@ -120,10 +120,10 @@ def run(argv: list[str]) -> None:
         raise QimgError("Cannot enable copy offloading when -S is used")
     if opts.copy_offload and opts.salvage:
         raise QimgError("Cannot use copy offloading in salvaging mode")
-    if opts.target_is_zero and not opts.no_create:
-        raise QimgError("--target-is-zero requires use of -n flag")
     if tgt_image_opts and not opts.no_create:
         raise QimgError("--target-image-opts requires use of -n flag")
+    if opts.target_is_zero and not opts.no_create:
+        raise QimgError("--target-is-zero requires use of -n flag")
     files = g.positionals
     out_filename = files[-1] if len(files) >= 2 else None
     options = merge_o(o_values)

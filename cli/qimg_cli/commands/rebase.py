@@ -64,7 +64,7 @@ def run(argv: list[str]) -> None:
         finally:
             img.close()
         if progress:
-            bar.finish()
+            bar.end()  # the 100% line came from ops.rebase, before the name change
     except BaseException:
         if bar.enabled:
             sys.stdout.write("\n")

@@ -162,6 +162,8 @@ def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe
             if new is not None:
                 new.close()
         img.flush()
+    if progress:
+        progress(100.0, 100.0)  # qemu-img reports completion before rewriting the name
     try:
         img.driver.change_backing_file(name, backing_fmt if name is not None else None)
     except QimgError as e:
