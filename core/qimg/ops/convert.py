@@ -216,7 +216,9 @@ def _option_backing(create_options: str | dict[str, Any] | None) -> bool:
 
 def check_options(opts: ConvertOptions, sources: list["Image"]) -> None:
     """What qemu-img refuses before creating the target, in its order: the output format,
-    --bitmaps, compression and backing support, then the cache mode."""
+    the -o options, backing file support, compression. (--bitmaps and the cache mode are
+    checked after the creation, as qemu-img does.)"""
+    from ..options import parse_options, split_options
     from ..plugins import get_registry
 
     if opts.compress and opts.copy_offload:
@@ -224,27 +226,20 @@ def check_options(opts: ConvertOptions, sources: list["Image"]) -> None:
     if opts.no_create:
         return
     cls = get_registry().format(opts.out_format).load()
-    if opts.bitmaps:
-        _check_bitmaps(sources, opts)
-    if opts.compress and not cls.supports_compression:
-        raise QimgError("Compression not supported for this file format")
+    co = opts.create_options
+    if isinstance(co, str) and co:
+        parse_options(_without_size(co), cls.create_opts)
     if opts.backing_file is not None and not cls.supports_backing:
         raise QimgError(f"Backing file not supported for file format '{opts.out_format}'")
     if opts.backing_format is not None and not cls.supports_backing:
         raise QimgError(f"Backing file format not supported for file format '{opts.out_format}'")
-    from ..options import split_options
-
-    co = opts.create_options
     given = dict(split_options(co)) if isinstance(co, str) else dict(co or {})
     has_file = opts.backing_file is not None or bool(given.get("backing_file"))
     has_fmt = opts.backing_format is not None or bool(given.get("backing_fmt"))
     if has_file and not has_fmt:
         raise QimgError("Use of backing file requires explicit backing format")
-    if isinstance(co, str) and co:
-        from ..options import parse_options
-
-        parse_options(_without_size(co), cls.create_opts)  # "Invalid parameter" comes first
-    _check_cache(opts.cache)
+    if opts.compress and not cls.supports_compression:
+        raise QimgError("Compression not supported for this file format")
 
 
 def _without_size(text: str) -> str:
@@ -266,10 +261,6 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
     if not 1 <= opts.workers <= MAX_WORKERS:
         raise QimgError("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16")
     check_options(opts, sources)
-    if opts.no_create:
-        if opts.bitmaps:
-            _check_bitmaps(sources, opts)
-        _check_cache(opts.cache)
     total = sum(s.size for s in sources)
     created = False
     target: Image | None = None
@@ -277,7 +268,12 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         if not opts.no_create:
             _create_target(target_filename, opts, total)
             created = True
+        if opts.bitmaps:
+            _check_bitmaps(sources)
+        _check_cache(opts.cache)
         target = _open_target(target_filename, opts)
+        if opts.bitmaps and not _supports_bitmaps(type(target.driver)):
+            raise QimgError(f"Format driver '{target.format}' does not support bitmaps")
         if opts.no_create and target.size < total:
             raise QimgError("output file is smaller than input file")
         if opts.compress and not target.driver.supports_compression:
@@ -335,17 +331,11 @@ def _supports_bitmaps(cls: type) -> bool:
     return getattr(cls, "bitmap_add", Format.bitmap_add) is not Format.bitmap_add
 
 
-def _check_bitmaps(sources: list["Image"], opts: ConvertOptions) -> None:
-    from ..plugins import get_registry
-
+def _check_bitmaps(sources: list["Image"]) -> None:
     if len(sources) != 1:
         raise QimgError("Copying bitmaps only possible with single source")
     if not _supports_bitmaps(type(sources[0].driver)):
         raise QimgError("Source lacks bitmap support")
-    if not opts.no_create:
-        cls = get_registry().format(opts.out_format).load()
-        if not _supports_bitmaps(cls):
-            raise QimgError(f"Format driver '{opts.out_format}' does not support bitmaps")
 
 
 def _list_bitmaps(img: "Image") -> list[dict[str, Any]]:
