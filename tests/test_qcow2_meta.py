@@ -336,3 +336,16 @@ def test_change_backing_file_as_qemu(qemu_img, qimg, tmp_path, monkeypatch, crea
     got = qimg("rebase", *args, "b.qcow2")
     assert (got.returncode, got.stderr) == (exp.returncode, exp.stderr.replace("qemu-img:", "qimg:"))
     assert (tmp_path / "a.qcow2").read_bytes() == (tmp_path / "b.qcow2").read_bytes()
+
+
+@pytest.mark.parametrize("crypt", ["", ",encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,"
+                                       "encrypt.ivgen-hash-alg=sha256"])
+def test_info_luks(qemu_img, qimg, tmp_path, crypt):
+    p = tmp_path / "l.qcow2"
+    r = qemu_img("create", "-q", "--object", "secret,id=sec0,data=123456", "-f", "qcow2", "-o",
+                 "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10" + crypt, str(p), "1M")
+    assert r.returncode == 0, r.stderr
+    for out in ("--output=json", "--output=human"):
+        exp = qemu_img("info", out, str(p))
+        got = qimg("info", out, str(p))
+        assert (got.returncode, got.stdout) == (exp.returncode, exp.stdout)

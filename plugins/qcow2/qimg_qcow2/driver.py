@@ -1146,8 +1146,12 @@ class Qcow2Format(RefcountMixin, Format):
                 if bm is not None:
                     d["bitmaps"] = bm
         d["refcount-bits"] = self.refcount_bits
-        if h.crypt_method:
-            d["encrypt"] = {"format": "aes" if h.crypt_method == 1 else "luks"}
+        if h.crypt_method == 2:
+            from .luks import luks_info
+
+            d["encrypt"] = luks_info(self) or {"format": "luks"}
+        elif h.crypt_method:
+            d["encrypt"] = {"format": "aes"}
         d["corrupt"] = bool(h.incompatible_features & S.INCOMPAT_CORRUPT)
         d["extended-l2"] = self.extended_l2
         return d
