@@ -11,19 +11,20 @@ from cli_support import run_qemu, run_qimg
 from conftest import as_qemu
 
 VOCABULARY = {
-    "convert": ["-O", "raw", "-f", "raw", "-p", "-q", "-n", "-c", "-S", "4k", "0", "1000", "-m", "2", "0", "-W",
+    "convert": ["t.qcow2", "qcow2", "o.qcow2", "-B", "src.raw", "-F", "raw", "-c", "-o", "cluster_size=4k", "-O", "raw", "-f", "raw", "-p", "-q", "-n", "-c", "-S", "4k", "0", "1000", "-m", "2", "0", "-W",
                 "-o", "size=1M", "src.raw", "src.raw", "out.raw", "out.raw", "--target-is-zero", "-B", "-F", "-l",
                 "snap", "--foo", "-Z", "--", "-C", "-t", "none", "-T", "writeback", "-U", "--image-opts", "-r", "1M",
                 "--salvage", "--bitmaps", "-pq", "-Oraw", "--target-image-opts", "--skip-broken-bitmaps"],
-    "compare": ["-f", "raw", "-F", "-p", "-q", "-s", "-U", "a.raw", "b.raw", "src.raw", "-T", "none", "--image-opts",
+    "compare": ["t.qcow2", "qcow2", "-F", "t.qcow2", "-f", "raw", "-F", "-p", "-q", "-s", "-U", "a.raw", "b.raw", "src.raw", "-T", "none", "--image-opts",
                 "-Z", "--foo", "--", "-sq"],
-    "dd": ["if=src.raw", "of=o.raw", "bs=1k", "bs=0", "count=3", "skip=2", "skip=9999", "-f", "raw", "-O", "-U",
+    "dd": ["-O", "qcow2", "of=t2.qcow2", "if=t.qcow2", "count=1k", "if=src.raw", "of=o.raw", "bs=1k", "bs=0", "count=3", "skip=2", "skip=9999", "-f", "raw", "-O", "-U",
            "--image-opts", "foo=1", "bs", "count=x"],
     "bench": ["-c", "10", "-d", "4", "-s", "512", "-S", "1k", "-o", "0", "-w", "-q", "-f", "raw", "--pattern=3",
               "--flush-interval=8", "--no-drain", "-U", "-n", "-t", "none", "-i", "threads", "src.raw", "b.raw", "-Z",
               "--pat"],
     "rebase": ["-u", "-b", "", "src.raw", "-F", "raw", "-f", "-p", "-q", "-t", "none", "-T", "-U", "t.qcow2", "-Z"],
-    "commit": ["-b", "src.raw", "-d", "-p", "-q", "-f", "qcow2", "-t", "none", "-r", "1M", "t.qcow2", "-Z"],
+    # (no -p: qemu-img's commit progress depends on its event loop's timing)
+    "commit": ["t.qcow2", "-b", "./src.raw", "-d", "-b", "src.raw", "-d", "-q", "-f", "qcow2", "-t", "none", "-r", "1M", "t.qcow2", "-Z"],
 }
 
 
