@@ -177,6 +177,11 @@ def exercise(path: str, fmt: str | None, write: bool) -> None:
 def _where(tb) -> str:
     """The innermost qimg frame of a traceback (driver file:function:line)."""
     frames = traceback.extract_tb(tb)
+    # the driver's frame names the bug better than the core helper it called
+    for fr in reversed(frames):
+        if "/plugins/" in fr.filename:
+            parts = Path(fr.filename).parts
+            return f"{'/'.join(parts[-2:])}:{fr.name}:{fr.lineno}"
     for fr in reversed(frames):
         if "/qimg" in fr.filename or "plugins/" in fr.filename:
             parts = Path(fr.filename).parts
