@@ -247,3 +247,44 @@ def test_subcluster_writes_identical_to_qemu(qemu_img, qemu_io, tmp_path, off, n
     with qimg.open(str(b), writable=True) as img:
         img.pwrite(off, b"\x01" * n)
     assert a.read_bytes() == b.read_bytes()
+
+
+OPS = ["write -z 1000 100", "write -z 100k 300k", "discard 0 1M", "discard 64k 64k;write -P 3 0 10k;discard 0 64k",
+       "write -P 3 0 300k;write -z -u 64k 128k", "write -P 3 0 300k;write -z 64k 128k",
+       "write -P 3 0 300k;discard 10k 300k"]
+
+
+def _apply(img, ops: str) -> None:
+    from qimg.units import parse_size
+
+    for cmd in ops.split(";"):
+        p = cmd.split()
+        if p[0] == "discard":
+            img.discard(parse_size(p[1]), parse_size(p[2]))
+        elif p[1] == "-z":
+            unmap = p[2] == "-u"
+            p = p[1:] if unmap else p
+            img.write_zeroes(parse_size(p[2]), parse_size(p[3]), unmap=unmap)
+        else:
+            img.pwrite(parse_size(p[3]), bytes([int(p[2])]) * parse_size(p[4]))
+
+
+@pytest.mark.parametrize("variant", ["", "compat=0.10", "extended_l2=on", "B", "B:compat=0.10"])
+@pytest.mark.parametrize("ops", OPS)
+def test_zero_and_discard_identical_to_qemu(qemu_img, qemu_io, tmp_path, variant, ops):
+    """write -z (with and without -u) and discard leave the same bytes as qemu-io."""
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    if variant.startswith("B"):
+        base = tmp_path / "base.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", str(base), "1M")
+        qemu_io("-c", "write -P 5 0 64k", str(base))
+        compat = "0.10" if "0.10" in variant else "1.1"
+        qemu_img("create", "-q", "-f", "qcow2", "-o", f"compat={compat}", "-b", str(base), "-F", "qcow2", str(a))
+    else:
+        qemu_img("create", "-q", "-f", "qcow2", *(["-o", variant] if variant else []), str(a), "1M")
+    b.write_bytes(a.read_bytes())
+    r = qemu_io(*[x for c in ops.split(";") for x in ("-c", c)], str(a))
+    assert r.returncode == 0, r.stderr
+    with qimg.open(str(b), writable=True) as img:
+        _apply(img, ops)
+    assert a.read_bytes() == b.read_bytes()

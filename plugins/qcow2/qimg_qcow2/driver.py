@@ -669,16 +669,26 @@ class Qcow2Format(RefcountMixin, Format):
         self.write_l1(l1i, 1)
         return new_off, tbl
 
-    def _free_entry(self, e: int) -> None:
-        """Drop one reference held by an L2 entry (normal, zero-allocated or compressed)."""
+    def _free_entry(self, e: int, punch: bool = False) -> None:
+        """Drop one reference held by an L2 entry (normal, zero-allocated or compressed).
+
+        ``punch``: a guest discard; clusters no longer used are discarded in the host file too,
+        as QEMU passes discard requests down."""
         if e & S.OFLAG_COMPRESSED:
             self._ccache = None
             first, n = self.compressed_clusters(e)
             self.update_refcount(first, n * self._cs, -1)
-            return
-        host = e & S.L2E_OFFSET_MASK
-        if host and self.data_file is None:
+        else:
+            host = e & S.L2E_OFFSET_MASK
+            if not host or self.data_file is not None:
+                return
+            first, n = host, 1
             self.update_refcount(host, self._cs, -1)
+        if punch:
+            for k in range(n):
+                c = first + k * self._cs
+                if self.get_refcount(c >> self.cluster_bits) == 0:
+                    self.file.discard(c, self._cs)
 
     def _can_write_in_place(self, e: int) -> bool:
         if e & S.OFLAG_COMPRESSED or not e & S.OFLAG_COPIED:
@@ -880,42 +890,68 @@ class Qcow2Format(RefcountMixin, Format):
 
     # ------------------------------------------------------------------ zeroes / discard
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
+        """As QEMU: whole (sub)clusters become zero clusters (v3) or are dropped (v2 without a
+        backing file); a partial one is zeroed whole when the rest of it already reads as zeroes
+        and nothing is allocated there, else zero bytes are written."""
         self._check_io_writable()
         self._bitmaps_dirty(offset, length)
-        cs = self._cs
-        unit = self.subcluster_size if self.extended_l2 else cs
-        a = (offset + unit - 1) // unit * unit
-        b = (offset + length) // unit * unit
-        if offset + length == self.header.size and b < offset + length:
-            b = offset + length  # the image tail may be partial
-        if a >= b:
+        unit = self.subcluster_size if self.extended_l2 else self._cs
+        end = offset + length
+        a = -(-offset // unit) * unit
+        b = end // unit * unit
+        if end == self.header.size and b < end:
+            b = end  # the image tail may be partial
+        if self.header.version < 3 and self.backing is not None:
             self._write_zero_bytes(offset, length)
             return
-        if self.header.version < 3 and not self.extended_l2:
-            if self.backing is not None:
-                self._write_zero_bytes(offset, length)
-                return
-            if a > offset:
-                self._write_zero_bytes(offset, a - offset)
-            self._discard_range(a, b, full=False)
-            if b < offset + length:
-                self._write_zero_bytes(b, offset + length - b)
+        if a > b:  # inside one unit
+            self._zero_partial(offset, length, unmap)
             return
         if a > offset:
-            self._write_zero_bytes(offset, a - offset)
-        self._mark_dirty_lazy()
-        self._zeroize(a, b, unmap)
-        if b < offset + length:
-            self._write_zero_bytes(b, offset + length - b)
+            self._zero_partial(offset, a - offset, unmap)
+        if a < b:
+            self._zero_units(a, b, unmap)
+        if b < end:
+            self._zero_partial(b, end - b, unmap)
+
+    def _zero_units(self, a: int, b: int, unmap: bool) -> None:
+        if self.header.version < 3:
+            self._discard_range(a, b, full=False)
+        else:
+            self._mark_dirty_lazy()
+            self._zeroize(a, b, unmap)
+
+    def _zero_partial(self, offset: int, length: int, unmap: bool) -> None:
+        unit = self.subcluster_size if self.extended_l2 else self._cs
+        u0 = offset - offset % unit
+        u1 = min(u0 + unit, self.header.size)
+        end = offset + length
+        if self._reads_zero(u0, offset - u0) and self._reads_zero(end, u1 - end):
+            kind = self._extent(u0, u1 - u0, merge_compressed=False)[0]
+            if kind in (UNALLOC, ZEROES):
+                self._zero_units(u0, u1, unmap)
+                return
+        self._write_zero_bytes(offset, length)
+
+    def _reads_zero(self, offset: int, length: int) -> bool:
+        """Block status says zero (zero clusters, or unallocated down the whole chain)."""
+        end = offset + length
+        while offset < end:
+            kind, n, _h = self._extent(offset, end - offset)
+            if kind == UNALLOC:
+                if self.backing is not None:
+                    st = self.backing.chain_status(offset, n)
+                    n = st.length
+                    if st.flags & ALLOCATED and not st.flags & ZERO:
+                        return False
+            elif kind != ZEROES:
+                return False
+            offset += n
+        return True
 
     def _write_zero_bytes(self, offset: int, length: int) -> None:
         from qimg.protocol import ZERO_CHUNK
 
-        # skip when the range already reads as zeroes
-        buf = bytearray(length)
-        self._read_layer(offset, memoryview(buf))
-        if buf.count(0) == length:
-            return
         end = offset + length
         while offset < end:
             n = min(len(ZERO_CHUNK), end - offset)
@@ -945,7 +981,7 @@ class Qcow2Format(RefcountMixin, Format):
                         if (ne, nb) != (e, bm):
                             tbl[2 * i], tbl[2 * i + 1] = ne, nb
                             if do_unmap:
-                                self._free_entry(e)
+                                self._free_entry(e, punch=True)
                     else:
                         if e & S.OFLAG_COMPRESSED:
                             # cannot zero part of a compressed cluster: write zero bytes instead
@@ -967,7 +1003,7 @@ class Qcow2Format(RefcountMixin, Format):
                     if ne != e:
                         tbl[i] = ne
                         if do_unmap:
-                            self._free_entry(e)
+                            self._free_entry(e, punch=True)
                 pos = cend
             self.l2_cache.mark_dirty(l2off)
 
@@ -990,11 +1026,7 @@ class Qcow2Format(RefcountMixin, Format):
             gci = pos >> cb
             l1i = gci >> self.l2_bits
             tend = min(b, (l1i + 1) << (self.l2_bits + cb))
-            if not self.l1[l1i] & S.L1E_OFFSET_MASK:
-                pos = tend
-                if self.backing is None or full:
-                    continue
-                pos = gci << cb
+            # as QEMU, the L2 table is allocated (or made private) even if nothing changes in it
             l2off, tbl = self._l2_for_write(l1i)
             st = self.l2_entry_size // 8
             while pos < tend:
@@ -1019,7 +1051,7 @@ class Qcow2Format(RefcountMixin, Format):
                 if self.extended_l2:
                     tbl[i * st + 1] = nb
                 if allocated:
-                    self._free_entry(e)
+                    self._free_entry(e, punch=True)
                 pos = (gci + 1) << cb
             self.l2_cache.mark_dirty(l2off)
 
