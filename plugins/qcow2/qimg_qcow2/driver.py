@@ -1015,6 +1015,8 @@ class Qcow2Format(RefcountMixin, Format):
         b = (offset + length) // cs * cs
         if offset + length == self.header.size:
             b = offset + length
+        if self.header.version < 3 and self.backing is not None:
+            return  # v2 cannot hide the backing file: QEMU ignores the request
         if a < b:
             self._mark_dirty_lazy()
             self._discard_range(a, b, full=False)
