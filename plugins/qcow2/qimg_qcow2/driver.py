@@ -1238,21 +1238,14 @@ class Qcow2Format(RefcountMixin, Format):
 
     # ------------------------------------------------------------------ whole-image operations
     def repair_dirty(self) -> None:
-        """Rebuild refcounts after an unclean shutdown with lazy refcounts (QEMU repairs on open)."""
-        try:
-            from .check import check_image
-        except ImportError:
-            check_image = None
-        if check_image is not None:
-            import sys
+        """Repair refcounts after an unclean shutdown with lazy refcounts (QEMU repairs on open)."""
+        import sys
 
-            # QEMU's repair on open prints the check's lines on stderr
-            for line in check_image(self, {"leaks", "errors"}).messages:
-                sys.stderr.write(line + "\n")
-        else:
-            from .rebuild import rebuild_refcounts
+        from .check import check_image
 
-            rebuild_refcounts(self)
+        # QEMU's repair on open prints the check's lines on stderr
+        for line in check_image(self, {"leaks", "errors"}).messages:
+            sys.stderr.write(line + "\n")
 
     def truncate(self, size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
         from .resize import truncate
