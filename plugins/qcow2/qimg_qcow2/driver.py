@@ -1064,8 +1064,19 @@ class Qcow2Format(RefcountMixin, Format):
         cs = self._cs
         if self.data_file is not None:
             raise QimgError("Compression is not supported with external data files")
+        if not len(data):
+            # QEMU's end-of-stream signal: align the file end to a sector
+            fsize = self.file.size()
+            if fsize % 512:
+                self.file.truncate(fsize + (-fsize) % 512)
+            return
         if offset & (cs - 1):
             raise QimgError("Compressed writes must be cluster aligned")
+        if len(data) > cs:
+            # several clusters: each one is compressed on its own, as QEMU splits the request
+            for k in range(0, len(data), cs):
+                self.write_compressed(offset + k, data[k : k + cs])
+            return
         if len(data) != cs:
             if offset + len(data) != self.header.size:
                 raise QimgError("Compressed writes must cover a whole cluster")
