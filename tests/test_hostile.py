@@ -259,3 +259,47 @@ def test_failed_convert_removes_its_target(tmp_path, qemu_img, qimg):
     r = qimg("convert", "-n", "-f", "qcow2", "-O", "raw", bad.path, str(keep))
     assert r.returncode == 1
     assert keep.exists()
+
+
+def test_limits_helpers(tmp_path):
+    """qimg.limits: the validation helpers drivers share refuse what they should, accept the rest."""
+    from qimg import limits
+    from qimg.errors import CorruptImage
+    from qimg.protocol import FileProtocol
+
+    assert limits.check_range(9, 9, 21, "cluster bits") == 9
+    with pytest.raises(CorruptImage, match="Invalid cluster bits: 22"):
+        limits.check_range(22, 9, 21, "cluster bits")
+    with pytest.raises(CorruptImage, match="not aligned"):
+        limits.check_aligned(0x10200, 0x10000, "L2 table offset")
+    limits.check_extent(0, 512, 512, "header")
+    for off, n in ((511, 2), (-1, 1), (2**63 - 1, 2), (0, -5)):
+        with pytest.raises(CorruptImage):
+            limits.check_extent(off, n, 512, "table")
+    assert limits.check_table(65536, 128, 8, 1 << 20, "L1 table", alignment=512) == 1024
+    with pytest.raises(CorruptImage, match="too large"):
+        limits.check_table(0, 0xFFFFFFFF, 8, 1 << 40, "L1 table")
+    with pytest.raises(CorruptImage, match="past the end"):
+        limits.check_table(1 << 20, 16, 8, 1 << 20, "refcount table")
+    p = tmp_path / "f"
+    p.write_bytes(b"x" * 100)
+    f = FileProtocol(str(p))
+    try:
+        assert limits.read_exact(f, 90, 10, "footer") == b"x" * 10
+        with pytest.raises(CorruptImage, match="ends at 0x64"):
+            limits.read_exact(f, 95, 10, "footer")
+        with pytest.raises(CorruptImage, match="too large"):
+            limits.read_exact(f, 0, 1 << 40, "table")
+        # the file protocol itself: hostile offsets/lengths are errors, never huge allocations
+        with pytest.raises(OSError):
+            f.pread(2**64, 10)
+        assert f.pread(50, 1 << 40) == b"x" * 50
+    finally:
+        f.close()
+    assert limits.check_name(b"base.qcow2", "backing file") == "base.qcow2"
+    for bad in (b"a\0b", b"\xff\xfe", b"a" * 5000):
+        with pytest.raises(CorruptImage):
+            limits.check_name(bad, "backing file")
+    limits.check_no_overlap([(0, 512, "header"), (512, 512, "L1 table")])
+    with pytest.raises(CorruptImage, match="L1 table at 0x100 overlaps refcount table at 0x180"):
+        limits.check_no_overlap([(0x100, 0x100, "L1 table"), (0x180, 8, "refcount table")])
