@@ -39,7 +39,13 @@ def get_plugin_manager() -> pluggy.PluginManager:
         from . import builtin
 
         pm.register(builtin, "qimg.builtin")
-        pm.load_setuptools_entrypoints("qimg")
+        # what pm.load_setuptools_entrypoints("qimg") does, without importlib.metadata's cost
+        from .entrypoints import entry_points, load
+
+        for name, value in entry_points("qimg"):
+            if pm.has_plugin(name) or pm.is_blocked(name):
+                continue
+            pm.register(load(value), name=name)
         pm.check_pending()
         _pm = pm
     return _pm

@@ -1,0 +1,94 @@
+"""Cheap discovery of the ``qimg`` entry-point group.
+
+``importlib.metadata`` (what pluggy's ``load_setuptools_entrypoints`` uses) imports zipfile,
+email, csv, ... and parses every distribution's metadata: tens of milliseconds on every ``qimg``
+start. The installed-distribution layout it reads is simple, so for the common case (plain
+directories on ``sys.path``, the standard path finder) this module reads the same files itself:
+each ``*.dist-info``/``*.egg-info`` directory's ``entry_points.txt``, in ``sys.path`` order and
+directory order, as ``importlib.metadata.distributions()`` does. Anything unusual (a zip file on
+the path, a meta-path finder that supplies distributions) falls back to importlib.metadata, so no
+plugin is ever missed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+_STANDARD_FINDERS = ("BuiltinImporter", "FrozenImporter", "PathFinder", "DistutilsMetaFinder")
+
+
+def _fast_path_ok() -> bool:
+    for finder in sys.meta_path:
+        name = getattr(finder, "__name__", type(finder).__name__)
+        if name not in _STANDARD_FINDERS and hasattr(finder, "find_distributions"):
+            return False
+    return True
+
+
+def _parse_group(text: str, group: str) -> Iterator[tuple[str, str]]:
+    """``(name, value)`` of one section of an entry_points.txt (an ini file)."""
+    inside = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line[0] == "[" and line.endswith("]"):
+            inside = line[1:-1].strip() == group
+            continue
+        if inside:
+            name, sep, value = line.partition("=")
+            if sep:
+                yield name.strip(), value.strip()
+
+
+def _scan(group: str) -> list[tuple[str, str]] | None:
+    """Entry points of ``group`` as (name, value), or None when the fast scan cannot be trusted."""
+    if not _fast_path_ok():
+        return None
+    found: list[tuple[str, str]] = []
+    for entry in sys.path:
+        path = entry or "."
+        try:
+            names = os.listdir(path)
+        except NotADirectoryError:
+            if os.path.exists(path):
+                return None  # a zip archive on the path: let importlib.metadata read it
+            continue
+        except OSError:
+            continue
+        for name in names:
+            low = name.lower()
+            if not (low.endswith(".dist-info") or low.endswith(".egg-info")):
+                continue
+            try:
+                with open(os.path.join(path, name, "entry_points.txt"), encoding="utf-8") as f:
+                    text = f.read()
+            except OSError:
+                continue  # no entry points (or an egg-info file)
+            if group in text:  # cheap pre-filter before parsing
+                found.extend(_parse_group(text, group))
+    return found
+
+
+def entry_points(group: str) -> list[tuple[str, str]]:
+    """Every ``(name, "module:attr")`` of ``group``, first occurrence of a name first."""
+    found = _scan(group)
+    if found is None:
+        import importlib.metadata as md
+
+        found = [(ep.name, ep.value) for dist in md.distributions() for ep in dist.entry_points
+                 if ep.group == group]
+    return found
+
+
+def load(value: str) -> object:
+    """Import an entry point's ``module:attr.attr [extras]`` value."""
+    import importlib
+
+    value = value.split("[", 1)[0].strip()
+    module, _, attr = value.partition(":")
+    obj: object = importlib.import_module(module.strip())
+    for part in attr.strip().split(".") if attr.strip() else []:
+        obj = getattr(obj, part)
+    return obj
