@@ -198,6 +198,10 @@ class Copier:
         self._bufs: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._nbufs = 0
         self._pending_zero: list[int] | None = None
+        # the target's size is fixed during a copy: check bounds once here, then write through
+        # the driver directly (Image.pwrite would re-query the size, an fstat, per write)
+        self._tsize = target.size
+        self._twrite = target.driver.write if target.writable else target.pwrite
         self._done = 0
         self._started = 0.0
         drv = target.driver
@@ -326,7 +330,10 @@ class Copier:
                     self._flush_zero()
                     try:
                         if kind == "data":
-                            self.target.pwrite(off, view[s:s + k])
+                            if off + k > self._tsize:
+                                self.target.pwrite(off, view[s:s + k])  # its bounds error
+                            else:
+                                self._twrite(off, view[s:s + k])
                         elif self._write_prep is not None:
                             self._write_prep(off, next(comp))
                         else:
