@@ -74,7 +74,7 @@ def commit(top: "Image", base: "Image | None" = None, *, drop: bool = False,
                 raise QimgError(f"Could not resize '{base.filename}': {e.message}", e.exit_code) from None
         copier = Copier(target, top.preadinto, zero_init=False, granule=0, workers=4,
                         serial_reads=not parallel_safe(top),
-                        unmap=False, rate_limit=rate_limit, progress_all=True,
+                        unmap=True, rate_limit=rate_limit, progress_all=True,
                         progress=(lambda done: progress(done, size)) if progress else None)
         copier.run(_plan(top, target, size))
     finally:
