@@ -7,16 +7,19 @@ import os
 import signal
 import sys
 from collections.abc import Iterable
-from typing import Any, NoReturn
-
-import click
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .main import PROG, error_exit
+
+if TYPE_CHECKING:
+    import click
 
 
 def say(text: str, quiet: bool = False) -> None:
     """Print a line on stdout unless -q."""
     if not quiet:
+        import click
+
         click.echo(text)
 
 
@@ -85,15 +88,23 @@ def image_size_arg(text: str) -> int:
 
 def _getopt_spec(cmd: click.Command) -> tuple[list[Any], dict[str, Any]]:
     """Opt list for a click command, and Opt key -> the click option token to re-emit."""
+    import click
+
+    params = [p for p in cmd.params if isinstance(p, click.Option)]
+    return getopt_spec(params, getattr(cmd, "legacy_longs", None))
+
+
+def getopt_spec(params: Iterable[Any], legacy: Iterable[str] | None) -> tuple[list[Any], dict[str, Any]]:
+    """Opt list for options with click's ``opts``, ``name`` and ``is_flag`` attributes (click
+    Options, or the click-free fast path's :class:`qimg_cli.fast.Option`), and Opt key -> the
+    option token to re-emit."""
     from .getopt import Opt
 
-    legacy = getattr(cmd, "legacy_longs", None)
+    legacy = list(legacy) if legacy is not None else None
     opts: list[Opt] = []
     tokens: dict[str, Any] = {}
     have_h = False
-    for p in cmd.params:
-        if not isinstance(p, click.Option):
-            continue
+    for p in params:
         shorts = [s[1] for s in p.opts if len(s) == 2 and s[0] == "-" and s[1] != "-"]
         longs = [s[2:] for s in p.opts if s.startswith("--")]
         old = tuple(n for n in longs if legacy is None or n in legacy)
@@ -111,18 +122,14 @@ def _getopt_spec(cmd: click.Command) -> tuple[list[Any], dict[str, Any]]:
     return opts, tokens
 
 
-def normalize_args(cmd: click.Command, args: list[str], state: dict[str, Any] | None = None) -> list[str]:
-    """Parse ``args`` as qemu-img would for ``cmd`` and return canonical click tokens.
+def qemu_getopt(name: str, opts: list[Any], args: list[str], hook: Any, state: dict[str, Any],
+                glibc_errors: bool = False) -> tuple[list[Any], list[str]]:
+    """qemu-img's getopt loop for one command: ``(found (Opt, value) pairs, positionals)``.
 
-    Usage errors exit with qemu-img's text; ``-h``/``--help`` prints the full help and exits 0
-    at the point getopt meets it.
+    ``--object`` values are defined as they are met, ``-h``/``--help`` prints the full help and
+    exits 0 there, ``hook(key, value, state)`` sees every option; usage errors exit as qemu-img.
     """
     from .getopt import GetoptError, getopt
-
-    opts, tokens = _getopt_spec(cmd)
-    hook = getattr(cmd, "getopt_hook", None)
-    if state is None:
-        state = {}
 
     def on_option(o: Any, value: str | None) -> None:
         if hook is not None:
@@ -138,17 +145,28 @@ def normalize_args(cmd: click.Command, args: list[str], state: dict[str, Any] | 
             raise SystemExit(0)
 
     try:
-        found, positionals = getopt(list(args), opts, on_option=on_option, prog=cmd.name or "")
+        return getopt(list(args), opts, on_option=on_option, prog=name)
     except GetoptError as e:
-        if getattr(cmd, "glibc_errors", False):
+        if glibc_errors:
             # getopt printed its own message, then qemu-img showed the help (exit 0)
-            sys.stderr.write(f"{cmd.name}: {e.glibc}\n")
+            sys.stderr.write(f"{name}: {e.glibc}\n")
             sys.stderr.flush()
             from .app import print_help
 
             print_help()
             raise SystemExit(0) from None
         usage_exit(str(e))
+
+
+def normalize_args(cmd: click.Command, args: list[str], state: dict[str, Any] | None = None) -> list[str]:
+    """Parse ``args`` as qemu-img would for ``cmd`` and return canonical click tokens.
+
+    Usage errors exit with qemu-img's text; ``-h``/``--help`` prints the full help and exits 0
+    at the point getopt meets it.
+    """
+    opts, tokens = _getopt_spec(cmd)
+    found, positionals = qemu_getopt(cmd.name or "", opts, args, getattr(cmd, "getopt_hook", None),
+                                     {} if state is None else state, getattr(cmd, "glibc_errors", False))
     out: list[str] = []
     for o, value in found:
         if o.key == "objects":
@@ -162,38 +180,6 @@ def normalize_args(cmd: click.Command, args: list[str], state: dict[str, Any] | 
     return out
 
 
-class QemuCommand(click.Command):
-    """A click command whose arguments are parsed with qemu-img's getopt semantics.
-
-    ``legacy_longs``: the long option names qemu-img 7.2 knew for this command, in its table
-    order (others are 10.x additions, lower priority for abbreviations). ``glibc_errors``: usage
-    errors print glibc's message and the help, exit 0 (7.2's measure). ``getopt_hook(key,
-    value, state)`` runs for each option as it is parsed: qemu-img validates some values inside
-    its getopt loop, so their errors come before later usage errors. ``size_last``: take the last argument
-    out before parsing (qemu-img resize does this so that ``-1G`` is not an option).
-    """
-
-    def __init__(self, *args: Any, legacy_longs: Iterable[str] | None = None, size_last: bool = False,
-                 glibc_errors: bool = False, getopt_hook: Any = None, **kwargs: Any) -> None:
-        kwargs.setdefault("add_help_option", False)
-        super().__init__(*args, **kwargs)
-        self.getopt_hook = getopt_hook
-        self.legacy_longs = list(legacy_longs) if legacy_longs is not None else None
-        self.size_last = size_last
-        self.glibc_errors = glibc_errors
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        extra: list[str] = []
-        if self.size_last:
-            if len(args) < 2:
-                usage_exit("Not enough arguments")
-            args, extra = list(args[:-1]), [args[-1]]
-        state: dict[str, Any] = {}
-        tokens = normalize_args(self, list(args), state)
-        ctx.meta["qimg.getopt_state"] = state  # what getopt_hook recorded, for the callback
-        return super().parse_args(ctx, tokens + extra)
-
-
 def check_option_list(key: str, value: str | None, state: dict[str, Any]) -> None:
     """getopt hook for ``-o``: qemu-img's ``Invalid option list`` while parsing."""
     if key == "options":
@@ -203,11 +189,13 @@ def check_option_list(key: str, value: str | None, state: dict[str, Any]) -> Non
             error_exit(f"Invalid option list: {value}")
 
 
-def qemu_command(name: str, **kwargs: Any) -> Any:
-    """``@qemu_command("info", legacy_longs=...)``: a click command parsed as qemu-img parses."""
-    kwargs.setdefault("cls", QemuCommand)
-    kwargs.setdefault("context_settings", {"ignore_unknown_options": True})
-    return click.command(name, **kwargs)
+def __getattr__(name: str) -> Any:
+    # the click-based command class loads click: only commands that run through click need it
+    if name in ("QemuCommand", "qemu_command"):
+        from . import clickcmd
+
+        return getattr(clickcmd, name)
+    raise AttributeError(name)
 
 
 # -- opening images ---------------------------------------------------------------------------------

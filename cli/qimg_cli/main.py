@@ -2,14 +2,14 @@
 
 Nothing heavy happens at import time: the plugin manager is built inside :func:`main`, and each
 subcommand's module is imported only when that subcommand runs (click's LazyGroup pattern).
+The most common read-only commands (info, map, check) run without click at all when no global
+option precedes them (:mod:`qimg_cli.fast`): importing click costs more than such a command.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-
-import click
+from typing import Any
 
 PROG = "qimg"
 
@@ -21,40 +21,12 @@ BUILTIN_COMMANDS: dict[str, str] = {
 }
 
 
-class LazyGroup(click.Group):
-    """Imports a subcommand's module only when it is invoked."""
+def __getattr__(name: str) -> Any:
+    if name == "LazyGroup":  # a click.Group: defined where click is imported
+        from .clickcmd import LazyGroup
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._plugin_commands_loaded = False
-
-    def _load_plugin_commands(self) -> None:
-        if self._plugin_commands_loaded:
-            return
-        self._plugin_commands_loaded = True
-        from qimg.plugins import add_hookspecs, get_plugin_manager
-
-        from . import hookspecs
-
-        add_hookspecs(hookspecs)
-        get_plugin_manager().hook.qimg_register_commands(cli=self)
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        self._load_plugin_commands()
-        return sorted(set(BUILTIN_COMMANDS) | set(self.commands))
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in BUILTIN_COMMANDS:
-            module, _, attr = BUILTIN_COMMANDS[name].partition(":")
-            try:
-                return getattr(importlib.import_module(module), attr)
-            except ModuleNotFoundError as e:
-                if e.name != module:
-                    raise
-                return None
-        if name not in self.commands:
-            self._load_plugin_commands()
-        return self.commands.get(name)
+        return LazyGroup
+    raise AttributeError(name)
 
 
 def error_exit(message: str, code: int = 1) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
@@ -66,26 +38,31 @@ def error_exit(message: str, code: int = 1) -> "NoReturn":  # type: ignore[name-
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point. Turns every error into one line and an exit code."""
-    from .app import cli
-
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=args, prog_name=PROG, standalone_mode=False)
+        from .fast import run_fast
+
+        if not run_fast(args):
+            from .app import cli
+
+            cli.main(args=args, prog_name=PROG, standalone_mode=False)
     except SystemExit:
         raise
-    except click.exceptions.Exit as e:
-        raise SystemExit(e.exit_code) from None
-    except click.exceptions.Abort:
-        raise SystemExit(1) from None
-    except click.ClickException as e:
-        from .app import usage_error
-
-        usage_error(e)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except BrokenPipeError:
         raise SystemExit(1) from None
     except Exception as e:  # noqa: BLE001 - the last line of defence: never a traceback
+        click = sys.modules.get("click")  # click errors can only come from a loaded click
+        if click is not None:
+            if isinstance(e, click.exceptions.Exit):
+                raise SystemExit(e.exit_code) from None
+            if isinstance(e, click.exceptions.Abort):
+                raise SystemExit(1) from None
+            if isinstance(e, click.ClickException):
+                from .app import usage_error
+
+                usage_error(e)
         from qimg.errors import QimgError
 
         if isinstance(e, QimgError):

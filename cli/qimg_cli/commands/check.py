@@ -1,9 +1,7 @@
 """``qimg check``: ops.check's report and exit codes (0, 1, 2, 3, 63)."""
 from __future__ import annotations
 
-import click
-
-from ..common import qemu_command
+from typing import Any
 
 
 def _in_loop(key: str, value, state: dict) -> None:
@@ -19,18 +17,24 @@ def _in_loop(key: str, value, state: dict) -> None:
             usage_exit(e.message)
 
 
-@qemu_command("check", legacy_longs=("help", "format", "repair", "output", "object", "image-opts",
-                                     "force-share"), getopt_hook=_in_loop)
-@click.option("-f", "--format", "fmt")
-@click.option("-r", "--repair", "repair")
-@click.option("--output", "output")
-@click.option("--object", "objects", multiple=True)
-@click.option("--image-opts", "image_opts", is_flag=True)
-@click.option("-U", "--force-share", "force_share", is_flag=True)
-@click.option("-T", "src_cache")
-@click.option("-q", "--quiet", "quiet", is_flag=True)
-@click.argument("args", nargs=-1)
-def command(fmt, repair, output, objects, image_opts, force_share, src_cache, quiet, args) -> None:
+# options as data (see qimg_cli.fast): no click import unless the click command is asked for
+NAME = "check"
+LEGACY_LONGS = ("help", "format", "repair", "output", "object", "image-opts", "force-share")
+#: (parameter name, option declarations, is a flag), in click's parameter order
+OPTIONS = (
+    ("fmt", ("-f", "--format"), False),
+    ("repair", ("-r", "--repair"), False),
+    ("output", ("--output",), False),
+    ("objects", ("--object",), False),
+    ("image_opts", ("--image-opts",), True),
+    ("force_share", ("-U", "--force-share"), True),
+    ("src_cache", ("-T",), False),
+    ("quiet", ("-q", "--quiet"), True),
+)
+GETOPT_HOOK = _in_loop
+
+
+def run(fmt, repair, output, objects, image_opts, force_share, src_cache, quiet, args, state) -> None:
     import sys
 
     from qimg.errors import QimgError
@@ -76,3 +80,11 @@ def _check_cache(mode: str | None) -> None:
 
     if mode is not None and mode not in ("none", "off", "writeback", "writethrough", "directsync", "unsafe"):
         raise QimgError(f"Invalid source cache option: {mode}")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "command":
+        from ..fast import lazy_command
+
+        return lazy_command(__name__)
+    raise AttributeError(name)

@@ -1,21 +1,24 @@
 """``qimg info``: the ops.info report, human or JSON."""
 from __future__ import annotations
 
-import click
+from typing import Any
 
-from ..common import qemu_command
+# options as data (see qimg_cli.fast): no click import unless the click command is asked for
+NAME = "info"
+LEGACY_LONGS = ("help", "format", "output", "backing-chain", "object", "image-opts", "force-share")
+#: (parameter name, option declarations, is a flag), in click's parameter order
+OPTIONS = (
+    ("fmt", ("-f", "--format"), False),
+    ("output", ("--output",), False),
+    ("backing_chain", ("--backing-chain",), True),
+    ("objects", ("--object",), False),
+    ("image_opts", ("--image-opts",), True),
+    ("force_share", ("-U", "--force-share"), True),
+)
+GETOPT_HOOK = None
 
 
-@qemu_command("info", legacy_longs=("help", "format", "output", "backing-chain", "object", "image-opts",
-                                    "force-share"))
-@click.option("-f", "--format", "fmt")
-@click.option("--output", "output")
-@click.option("--backing-chain", "backing_chain", is_flag=True)
-@click.option("--object", "objects", multiple=True)
-@click.option("--image-opts", "image_opts", is_flag=True)
-@click.option("-U", "--force-share", "force_share", is_flag=True)
-@click.argument("args", nargs=-1)
-def command(fmt, output, backing_chain, objects, image_opts, force_share, args) -> None:
+def run(fmt, output, backing_chain, objects, image_opts, force_share, args, state) -> None:
     import os
     import sys
 
@@ -55,3 +58,11 @@ def command(fmt, output, backing_chain, objects, image_opts, force_share, args) 
         sys.stdout.write(ops_info.format_json(infos if backing_chain else infos[0]))
     else:
         sys.stdout.write(ops_info.format_human(infos if backing_chain else infos[0]))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "command":
+        from ..fast import lazy_command
+
+        return lazy_command(__name__)
+    raise AttributeError(name)

@@ -1,9 +1,7 @@
 """``qimg map``: the ops.map entries, human or JSON."""
 from __future__ import annotations
 
-import click
-
-from ..common import qemu_command
+from typing import Any
 
 
 def _in_loop(key: str, value, state: dict) -> None:
@@ -13,25 +11,30 @@ def _in_loop(key: str, value, state: dict) -> None:
         state["max_length"] = _offset_arg("max length", value or "")
 
 
-@qemu_command("map", getopt_hook=_in_loop, legacy_longs=("help", "format", "output", "object", "image-opts", "force-share",
-                                   "start-offset", "max-length"))
-@click.option("-f", "--format", "fmt")
-@click.option("--output", "output")
-@click.option("--object", "objects", multiple=True)
-@click.option("--image-opts", "image_opts", is_flag=True)
-@click.option("-U", "--force-share", "force_share", is_flag=True)
-@click.option("--start-offset", "start_offset")
-@click.option("--max-length", "max_length")
-@click.argument("args", nargs=-1)
-@click.pass_context
-def command(ctx, fmt, output, objects, image_opts, force_share, start_offset, max_length, args) -> None:
+# options as data (see qimg_cli.fast): no click import unless the click command is asked for
+NAME = "map"
+LEGACY_LONGS = ("help", "format", "output", "object", "image-opts", "force-share", "start-offset", "max-length")
+#: (parameter name, option declarations, is a flag), in click's parameter order
+OPTIONS = (
+    ("fmt", ("-f", "--format"), False),
+    ("output", ("--output",), False),
+    ("objects", ("--object",), False),
+    ("image_opts", ("--image-opts",), True),
+    ("force_share", ("-U", "--force-share"), True),
+    ("start_offset", ("--start-offset",), False),
+    ("max_length", ("--max-length",), False),
+)
+GETOPT_HOOK = _in_loop
+
+
+def run(fmt, output, objects, image_opts, force_share, start_offset, max_length, args, state) -> None:
     import sys
 
     from qimg.ops import map as ops_map
 
     from ..common import check_output_format, open_image, parse_objects, usage_exit
 
-    parsed = ctx.meta.get("qimg.getopt_state", {})  # values converted while parsing, as qemu-img
+    parsed = state  # values converted while parsing, as qemu-img
     start = parsed.get("start_offset", 0) if start_offset is not None else 0
     length = parsed.get("max_length") if max_length is not None else None
     if len(args) != 1:
@@ -59,3 +62,11 @@ def _offset_arg(what: str, text: str) -> int:
     except QimgError:
         raise QimgError(f"Invalid {what} specified. You may use k, M, G, T, P or E suffixes for\n"
                         f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.") from None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "command":
+        from ..fast import lazy_command
+
+        return lazy_command(__name__)
+    raise AttributeError(name)
