@@ -63,24 +63,31 @@ def _zero_run(a: array, i: int, n: int, stride: int = 1) -> int:
 
 
 def _same_run(vals: array, e0: int, step: int) -> int:
-    """How many leading entries of ``vals`` equal e0, e0+step, e0+2*step... (binary search on C compares)."""
+    """How many leading entries of ``vals`` equal e0, e0+step, e0+2*step... (C compares).
+
+    Galloping: chunks double from 16 entries, so the cost follows the run found, not the
+    (up to 8192-entry) slice; the chunk holding the first mismatch is bisected."""
     n = len(vals)
     if not n or vals[0] != e0:
         return 0
-    if step:
-        exp = array("Q", range(e0, e0 + n * step, step))
-    else:
-        exp = array("Q", [e0]) * n
-    if vals == exp:
-        return n
-    lo, hi = 1, n  # vals[:lo] matches, vals[:hi] does not
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if vals[:mid] == exp[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    done, k = 0, 16
+    while done < n:
+        k = min(k, n - done)
+        base = e0 + done * step
+        exp = array("Q", range(base, base + k * step, step)) if step else array("Q", [e0]) * k
+        if vals[done : done + k] == exp:
+            done += k
+            k *= 2
+            continue
+        lo, hi = 0, k  # vals[done:done+lo] matches, vals[done:done+hi] does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if vals[done : done + mid] == exp[:mid]:
+                lo = mid
+            else:
+                hi = mid
+        return done + lo
+    return done
 
 
 class _RefusedFile:

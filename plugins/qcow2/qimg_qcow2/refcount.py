@@ -56,8 +56,7 @@ class RefcountMixin:
             if blk[start] >> part:
                 return False
             start += 1
-        tail = blk[start:]
-        return tail.count(0) == len(tail)
+        return blk[start:] == bytes(len(blk) - start)
 
     # -- refcount table ------------------------------------------------------------
     def _reftable_entry_write(self: "Qcow2Format", ti: int) -> None:
@@ -185,6 +184,8 @@ class RefcountMixin:
         while True:
             start = self._find_free(n)
             self.free_cluster_index = start + n
+            if self._bulk_claim(start, n):
+                return start << self.cluster_bits
             done = start
             retry = False
             for ci in range(start, start + n):
@@ -201,6 +202,35 @@ class RefcountMixin:
                     break
             if not retry:
                 return start << self.cluster_bits
+
+    def _bulk_claim(self: "Qcow2Format", start: int, n: int) -> bool:
+        """Set the refcounts of free clusters start..start+n-1 to 1 with one slice assignment
+        per refcount block; False (nothing changed) when a block is missing or the width is
+        below a byte, and the per-cluster path must run."""
+        order = self.refcount_order
+        if order < 3:
+            return False
+        w = 1 << (order - 3)
+        ent, rb = self.refblock_entries, self.rb_bits
+        segs = []
+        ci, end = start, start + n
+        while ci < end:
+            ti = ci >> rb
+            off = self.refcount_table[ti] & REFT_OFFSET_MASK if ti < len(self.refcount_table) else 0
+            if not off or off & (self.cluster_size - 1):
+                return False
+            blk = self.refblock_cache.get(off)
+            a = ci & (ent - 1)
+            b = min(ent, a + end - ci)
+            if blk[a * w : b * w] != bytes((b - a) * w):
+                return False
+            segs.append((off, blk, a, b))
+            ci += b - a
+        one = (1).to_bytes(w, "big")
+        for off, blk, a, b in segs:
+            blk[a * w : b * w] = one * (b - a)
+            self.refblock_cache.mark_dirty(off)
+        return True
 
     def alloc_bytes(self: "Qcow2Format", size: int) -> int:
         """Byte-granular allocation for compressed clusters (packed one after another)."""
