@@ -1,9 +1,92 @@
-"""Option values shared by convert, compare, dd, commit, rebase and bench (qemu-img's texts)."""
+"""Option parsing and values shared by convert, compare, dd, commit, rebase and bench
+(qemu-img's texts).
+
+These commands validate each option inside their getopt loop, in qemu-img's order (an invalid
+``-m 0`` is reported before a later unknown option), so they iterate over :class:`Getopt`,
+a loop over :func:`qimg_cli.getopt.getopt` (the one glibc ``getopt_long`` emulation), and
+their handler gets the raw arguments from :class:`GetoptCommand`.
+"""
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
+import click
 from qimg.errors import QimgError
+
+
+class UsageError(Exception):
+    """An option error qemu-img reports followed by the ``--help`` hint (exit 1)."""
+
+
+class Getopt:
+    """``for opt, val in Getopt(argv, ":hf:", {"help": False})``: qemu-img's getopt loop.
+
+    ``argv[0]`` is the command name. ``opt`` is the option letter or the long name. The
+    options before a getopt error are yielded first, then :class:`UsageError` is raised with
+    qemu-img's message, so per-option checks keep qemu-img's order. ``positionals`` holds
+    the (permuted) non-option arguments.
+    """
+
+    def __init__(self, argv: list[str], short: str, long: dict[str, bool]) -> None:
+        from .getopt import GetoptError, Opt, getopt
+
+        opts = [Opt(c, c, (), takes) for c, takes in _parse_short(short).items()]
+        opts += [Opt(name, None, (name,), takes) for name, takes in long.items()]
+        self._items: list[tuple[str, str | None]] = []
+        self._error: str | None = None
+        self.positionals: list[str] = []
+        try:
+            _, self.positionals = getopt(list(argv[1:]), opts, prog=argv[0] if argv else "",
+                                         on_option=lambda o, v: self._items.append((o.key, v)))
+        except GetoptError as e:
+            self._error = str(e)
+
+    def __iter__(self) -> Iterator[tuple[str, str | None]]:
+        yield from self._items
+        if self._error is not None:
+            raise UsageError(self._error)
+
+
+def _parse_short(spec: str) -> dict[str, bool]:
+    """A getopt option string (``":hf:O:"``) -> {letter: takes an argument}."""
+    out: dict[str, bool] = {}
+    spec = spec.lstrip(":+-")
+    i = 0
+    while i < len(spec):
+        takes = spec[i + 1 : i + 2] == ":"
+        out[spec[i]] = takes
+        i += 2 if takes else 1
+    return out
+
+
+def show_help() -> NoReturn:
+    """``-h``/``--help`` inside a command: the global help, exit 0 (as qemu-img)."""
+    from .app import print_help
+
+    print_help()
+    raise SystemExit(0)
+
+
+class GetoptCommand(click.Command):
+    """A click command that hands its raw arguments to ``handler([name, *args])``."""
+
+    def __init__(self, name: str, handler: Callable[[list[str]], None], help: str = "") -> None:
+        super().__init__(name, add_help_option=False, help=help,
+                         context_settings={"ignore_unknown_options": True})
+        self.handler = handler
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["qimg.argv"] = list(args)
+        return []
+
+    def invoke(self, ctx: click.Context) -> None:
+        try:
+            self.handler([self.name or "", *ctx.meta.get("qimg.argv", [])])
+        except UsageError as e:
+            from .common import usage_exit
+
+            usage_exit(str(e))
 
 CACHE_MODES = ("none", "off", "writeback", "writethrough", "directsync", "unsafe")
 

@@ -1,7 +1,7 @@
 """``qimg bench``: sequential read/write benchmark with qemu-img's options and output."""
 from __future__ import annotations
 
-from ..qgetopt import Getopt, GetoptCommand, UsageError, show_help
+from ..copyopts import Getopt, GetoptCommand, UsageError, show_help
 
 SHORT = ":hc:d:f:ni:o:qs:S:t:wU"
 LONG = {"help": False, "flush-interval": True, "image-opts": False, "pattern": True,

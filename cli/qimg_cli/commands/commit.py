@@ -1,7 +1,7 @@
 """``qimg commit``: commit an image's changes into its backing file (or ``-b base``)."""
 from __future__ import annotations
 
-from ..qgetopt import Getopt, GetoptCommand, UsageError, show_help
+from ..copyopts import Getopt, GetoptCommand, UsageError, show_help
 
 SHORT = ":f:ht:b:dpqr:"
 LONG = {"help": False, "object": True, "image-opts": False}

@@ -1,7 +1,7 @@
 """``qimg compare``: exit 0 identical, 1 different, 2 open errors, 3/4 status/read errors."""
 from __future__ import annotations
 
-from ..qgetopt import Getopt, GetoptCommand, UsageError, show_help
+from ..copyopts import Getopt, GetoptCommand, UsageError, show_help
 
 SHORT = ":hf:F:T:pqsU"
 LONG = {"help": False, "object": True, "image-opts": False, "force-share": False}

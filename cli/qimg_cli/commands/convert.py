@@ -1,7 +1,7 @@
 """``qimg convert``: option parsing exactly as qemu-img; the work is qimg.ops.convert."""
 from __future__ import annotations
 
-from ..qgetopt import Getopt, GetoptCommand, UsageError, show_help
+from ..copyopts import Getopt, GetoptCommand, UsageError, show_help
 
 SHORT = ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:"
 LONG = {"help": False, "object": True, "image-opts": False, "target-image-opts": False,

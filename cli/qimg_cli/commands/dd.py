@@ -1,7 +1,7 @@
 """``qimg dd``: ``bs= count= skip= if= of=`` operands as qemu-img dd."""
 from __future__ import annotations
 
-from ..qgetopt import Getopt, GetoptCommand, show_help
+from ..copyopts import Getopt, GetoptCommand, show_help
 
 SHORT = ":hf:O:U"
 LONG = {"help": False, "object": True, "image-opts": False, "force-share": False}

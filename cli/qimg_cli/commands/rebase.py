@@ -1,7 +1,7 @@
 """``qimg rebase``: change the backing file (safe mode keeps the guest view; ``-u`` does not)."""
 from __future__ import annotations
 
-from ..qgetopt import Getopt, GetoptCommand, UsageError, show_help
+from ..copyopts import Getopt, GetoptCommand, UsageError, show_help
 
 SHORT = ":hf:F:b:upt:T:qU"
 LONG = {"help": False, "object": True, "image-opts": False, "force-share": False}
