@@ -1,0 +1,142 @@
+"""The fast paths added for start-up and qcow2 check speed behave exactly as the general ones:
+
+- ``info``/``map``/``check`` run without click (qimg_cli.fast) and print, for good and bad
+  arguments alike, what the click path prints (``QIMG_NO_FAST_PATH=1`` forces the click path);
+- the entry-point scan of qimg.entrypoints finds what importlib.metadata finds;
+- qcow2 check's whole-table walk gives qemu-img's report for images with fragmented, zero,
+  compressed and unallocated clusters over several L2 tables.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import as_qemu
+
+CODE = """
+import atexit, json, os, sys
+def _dump():
+    with open(os.environ["QIMG_MODULES_OUT"], "w") as f:
+        json.dump(sorted(sys.modules), f)
+atexit.register(_dump)
+from qimg_cli.main import main
+sys.argv[0] = "qimg"
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("fast")
+    raw = d / "disk.raw"
+    raw.write_bytes(b"\1" * 65536 + bytes(65536))
+    q = d / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(q), "8M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 7 64k 192k", str(q)], check=True, capture_output=True)
+    return {"raw": str(raw), "qcow2": str(q), "missing": str(d / "nope.qcow2")}
+
+
+ARGS = [
+    ["info", "{qcow2}"], ["info", "--output=json", "{qcow2}"], ["info", "--outp", "json", "-f", "raw", "{raw}"],
+    ["info", "-U", "--backing-chain", "{qcow2}"], ["info"], ["info", "a", "b"], ["info", "--bogus", "{raw}"],
+    ["info", "-f"], ["info", "--output=xml", "{raw}"], ["info", "{missing}"], ["info", "-f", "nope", "{raw}"],
+    ["info", "--object", "secret,id=s0,data=x", "{qcow2}"], ["info", "--object", "help"], ["info", "-h"],
+    ["info", "--image-opts", "driver=qcow2,file.filename={qcow2}"], ["info", "--", "{raw}"],
+    ["map", "{qcow2}"], ["map", "--output=json", "{qcow2}"], ["map", "--start-offset=64k", "--max-length=1M", "{qcow2}"],
+    ["map", "--start-offset=1x", "{qcow2}"], ["map", "--max-length", "-1", "{qcow2}"], ["map", "-f", "raw", "{raw}"],
+    ["check", "{qcow2}"], ["check", "-q", "{qcow2}"], ["check", "--output=json", "{qcow2}"], ["check", "-r", "foo", "{qcow2}"],
+    ["check", "-T", "bogus", "{qcow2}"], ["check", "-f", "raw", "{raw}"], ["check", "{missing}"], ["check", "-r"],
+]
+
+
+def _run(args: list[str], env_extra: dict[str, str]) -> tuple[int, str, str]:
+    env = {**os.environ, **env_extra}
+    p = subprocess.run([sys.executable, "-c", "import sys; from qimg_cli.main import main; sys.argv[0] = 'qimg'; main()",
+                        *args], capture_output=True, text=True, env=env)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("args", ARGS, ids=lambda a: " ".join(a)[:40])
+def test_fast_path_matches_click_path(args: list[str], images: dict[str, str]) -> None:
+    argv = [a.format(**images) for a in args]
+    fast = _run(argv, {})
+    slow = _run(argv, {"QIMG_NO_FAST_PATH": "1"})
+    assert fast == slow
+
+
+def test_fast_commands_do_not_import_click(tmp_path: Path, images: dict[str, str]) -> None:
+    out = tmp_path / "mods.json"
+    for cmd in (["info", images["raw"]], ["map", images["qcow2"]], ["check", images["qcow2"]]):
+        p = subprocess.run([sys.executable, "-c", CODE, *cmd], capture_output=True, text=True,
+                           env={**os.environ, "QIMG_MODULES_OUT": str(out)})
+        assert p.returncode == 0, p.stderr
+        mods = json.loads(out.read_text())
+        assert "click" not in mods, cmd
+        assert "importlib.metadata" not in mods, cmd
+    # a global option goes through the click group
+    p = subprocess.run([sys.executable, "-c", CODE, "-T", "nothing", "info", images["raw"]], capture_output=True,
+                       text=True, env={**os.environ, "QIMG_MODULES_OUT": str(out)})
+    assert "click" in json.loads(out.read_text())
+
+
+def test_entry_point_scan_matches_importlib_metadata() -> None:
+    import importlib.metadata as md
+
+    from qimg.entrypoints import _scan, entry_points
+
+    want = [(ep.name, ep.value) for dist in md.distributions() for ep in dist.entry_points if ep.group == "qimg"]
+    assert _scan("qimg") == want
+    assert entry_points("qimg") == want
+    assert ("qcow2", "qimg_qcow2") in want
+
+
+def test_entry_point_parsing() -> None:
+    from qimg.entrypoints import _parse_group
+
+    text = "[console_scripts]\nqimg = x:y\n\n[qimg]\n# comment\nfoo = pkg.mod:attr [extra]\n ; other\nbar=pkg\n[other]\nbaz = z\n"
+    assert list(_parse_group(text, "qimg")) == [("foo", "pkg.mod:attr [extra]"), ("bar", "pkg")]
+
+
+def _check_both(qemu_img, qimg, path: str) -> None:
+    for extra in ([], ["--output=json"]):
+        want = qemu_img("check", *extra, path)
+        got = qimg("check", *extra, path)
+        assert (got.returncode, as_qemu(got.stdout), as_qemu(got.stderr)) == (want.returncode, want.stdout, want.stderr)
+
+
+def test_check_fragmented_multi_table(tmp_path: Path, qemu_img, qemu_io, qimg) -> None:
+    """Clusters written backwards (every one a fragment), across three L2 tables (4k clusters:
+    one table maps 2 MiB), with zero, compressed and discarded clusters among them."""
+    img = str(tmp_path / "frag.qcow2")
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", img, "7M").returncode == 0
+    cmds = [f"write -P {i % 250 + 1} {off} 4k" for i, off in enumerate(range(6 << 20, 0, -(20 << 10)))]
+    cmds += ["write -z 8k 8k", "write -c -P 3 4M 8k", "discard 5M 40k", "write -z -u 3M 4k"]
+    args = [a for c in cmds for a in ("-c", c)]
+    r = qemu_io("-f", "qcow2", *args, img)
+    assert r.returncode == 0, r.stderr
+    _check_both(qemu_img, qimg, img)
+
+
+def test_check_contiguous_and_leaky(tmp_path: Path, qemu_img, qemu_io, qimg) -> None:
+    """A plain contiguous image (the whole-table walk only), then the same with a leaked cluster
+    (refcount block entry raised): the counts and the leak report agree with qemu-img."""
+    img = tmp_path / "plain.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", str(img), "16M").returncode == 0
+    assert qemu_io("-f", "qcow2", "-c", "write -P 9 0 3M", "-c", "write -P 8 9M 1M", str(img)).returncode == 0
+    _check_both(qemu_img, qimg, str(img))
+    # bump the refcount of the last data cluster (16-bit refcounts, first refcount block)
+    data = img.read_bytes()
+    rt_off = int.from_bytes(data[48:56], "big")
+    rb_off = int.from_bytes(data[rt_off:rt_off + 8], "big")
+    nclusters = len(data) // 65536
+    k = nclusters - 1
+    pos = rb_off + 2 * k
+    with open(img, "r+b") as f:
+        f.seek(pos)
+        f.write((int.from_bytes(data[pos:pos + 2], "big") + 1).to_bytes(2, "big"))
+    _check_both(qemu_img, qimg, str(img))
