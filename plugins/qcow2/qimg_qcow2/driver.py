@@ -721,6 +721,11 @@ class Qcow2Format(RefcountMixin, Format):
             i0 = gci & (self.l2_entries - 1)
             n = ((end - 1) >> cb) - gci + 1
             st = self.l2_entry_size // 8
+            if st == 1 and tbl[i0 : i0 + n].count(0) == n:
+                # nothing allocated yet (the copy case): one run of new clusters
+                self._write_alloc(tbl, l2off, i0, n, off, data[pos : end - offset])
+                pos = end - offset
+                continue
             k = 0
             while k < n:
                 ent = tbl[(i0 + k) * st]
@@ -844,7 +849,7 @@ class Qcow2Format(RefcountMixin, Format):
         last_end = first_g + n * cs
         head = goff - first_g
         tail = last_end - (goff + len(data))
-        old = [tbl[(i + k) * st] for k in range(n)]
+        old = tbl[i * st : (i + n) * st : st]
         if self.data_file is not None:
             host = first_g  # external data files map guest offsets 1:1
         else:
@@ -878,7 +883,10 @@ class Qcow2Format(RefcountMixin, Format):
                 dfile.pwrite(p, b)
                 p += len(b)
         c0 = goff >> cb
-        for k in range(n):
+        if st == 1:
+            first = host | S.OFLAG_COPIED
+            tbl[i : i + n] = array("Q", range(first, first + n * cs, cs))
+        for k in range(n if st != 1 else 0):
             tbl[(i + k) * st] = (host + k * cs) | S.OFLAG_COPIED
             if sub:
                 cstart = (c0 + k) << cb
@@ -891,6 +899,8 @@ class Qcow2Format(RefcountMixin, Format):
             elif self.extended_l2:
                 tbl[(i + k) * st + 1] = ALL_ALLOC
         self.l2_cache.mark_dirty(l2off)
+        if old.count(0) == len(old):
+            return
         for e in old:
             if e & S.OFLAG_COMPRESSED or e & S.L2E_OFFSET_MASK:
                 self._free_entry(e)
