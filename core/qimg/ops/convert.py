@@ -322,7 +322,8 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             compress=opts.compress, unmap=opts.sparse != 0,
             copy_range=_copy_range_fn(sources, target) if opts.copy_offload else None,
             progress=(lambda done: progress(done, total_done[0])) if progress else None,
-            rate_limit=opts.rate_limit, serial_reads=not parallel_safe(*sources))
+            rate_limit=opts.rate_limit, serial_reads=not parallel_safe(*sources),
+            parallel_writes=target.format == "raw" and target.backing is None)
         backing_end = target.backing.size if has_backing and target.backing is not None else None
 
         def pieces() -> Iterator[Piece]:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 #: largest single read/write of a bulk copy (qemu-img convert uses 2 MiB buffers too)
 CHUNK = 2 << 20
 ZERO_VIEW = memoryview(ZERO_CHUNK)
+#: bytes of whole clusters one compression task reads (then compressed cluster by cluster)
+COMPRESS_BATCH = 1 << 20
 
 COPY, ZERO, SKIP = "copy", "zero", "skip"
 
@@ -168,8 +170,11 @@ class Copier:
                  unmap: bool = True, copy_range: Callable[[int, int], bool] | None = None,
                  progress: Callable[[int], None] | None = None,
                  rate_limit: int = 0, serial_reads: bool = False, progress_all: bool = False,
-                 count_zero: bool = False) -> None:
+                 count_zero: bool = False, parallel_writes: bool = False) -> None:
         self.target = target
+        # a target without metadata (raw) takes data writes from the pool threads, right after
+        # their read, at distinct offsets: the bytes do not depend on the order
+        self.parallel_writes = parallel_writes and not compress and workers > 1
         self.progress_all = progress_all
         self.count_zero = count_zero
         if serial_reads:
@@ -193,8 +198,10 @@ class Copier:
         self.progress = progress
         self.rate_limit = rate_limit
         self.cluster = target.driver.cluster_size or 65536 if compress else 0
-        # qemu-img convert compresses one cluster per request
-        self.chunk = self.cluster if compress else CHUNK
+        # qemu-img convert compresses one cluster per request; a task here reads a batch of
+        # whole clusters (fewer thread hand-offs) and still compresses and counts progress
+        # cluster by cluster, so the output and the progress steps are the same
+        self.chunk = max(self.cluster, COMPRESS_BATCH // self.cluster * self.cluster) if compress else CHUNK
         self._bufs: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._nbufs = 0
         self._pending_zero: list[int] | None = None
@@ -279,6 +286,15 @@ class Copier:
                         payloads.append(self._prep(view[s:s + k]))
             return _Result(offset, length, buf, runs, payloads if self._prep else None)
         runs = [(s, k, "zero" if z else "data") for s, k, z in zero_runs(buf, length, offset, self.granule)]
+        if self.parallel_writes and offset + length <= self._tsize:
+            for j, (s, k, kind) in enumerate(runs):
+                if kind == "data":
+                    try:
+                        self._twrite(offset + s, view[s:s + k])
+                    except OSError as e:
+                        self._put_buf(buf)
+                        raise QimgError(f"error while writing at byte {offset + s}: {e.strerror or e}") from None
+                    runs[j] = (s, k, "done")
         return _Result(offset, length, buf, runs)
 
     # -- writes (calling thread) --------------------------------------------------------
@@ -326,8 +342,12 @@ class Copier:
                     off = res.offset + s
                     if kind == "zero":
                         self._zero(off, k)
+                        if self.compress:
+                            self._advance(k)  # per cluster, as qemu-img's one-cluster requests
                         continue
                     self._flush_zero()
+                    if kind == "done":
+                        continue
                     try:
                         if kind == "data":
                             if off + k > self._tsize:
@@ -340,6 +360,10 @@ class Copier:
                             self.target.write_compressed(off, view[s:s + k])
                     except OSError as e:
                         raise QimgError(f"error while writing at byte {off}: {e.strerror or e}") from None
+                    if self.compress:
+                        self._advance(k)
+                if self.compress:
+                    return
         finally:
             self._put_buf(res.buf)
         self._advance(res.length)
