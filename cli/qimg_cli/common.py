@@ -4,7 +4,6 @@ images the qemu-img way, -o merging, --output, progress (-p and SIGUSR1), quiet 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -291,6 +290,8 @@ class Progress:
         self.enabled = enabled
         self.current = 0.0
         self.last_printed = -1.0
+        import signal  # only commands with progress need it
+
         try:
             signal.signal(signal.SIGUSR1, self._on_signal)
         except (ValueError, OSError, AttributeError):
