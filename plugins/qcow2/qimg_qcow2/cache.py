@@ -1,9 +1,11 @@
 """A bounded LRU cache of metadata tables (L2 tables, refcount blocks) with dirty tracking.
 
 Memory stays bounded whatever sizes an image claims: at most ``capacity`` tables live here.
+A lock makes lookups safe from the copy engine's reader threads (``thread_safe_reads``).
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -18,17 +20,24 @@ class TableCache:
         self._before = before_evict_dirty
         self.tables: OrderedDict[int, Any] = OrderedDict()
         self.dirty: set[int] = set()
+        # reentrant: a store callback may flush another cache, never this one, but stay safe
+        self._lock = threading.RLock()
 
     def get(self, offset: int) -> Any:
-        t = self.tables.get(offset)
-        if t is not None:
-            self.tables.move_to_end(offset)
+        with self._lock:
+            t = self.tables.get(offset)
+            if t is not None:
+                self.tables.move_to_end(offset)
+                return t
+            t = self._load(offset)
+            self._put(offset, t, False)
             return t
-        t = self._load(offset)
-        self.put(offset, t)
-        return t
 
     def put(self, offset: int, table: Any, dirty: bool = False) -> None:
+        with self._lock:
+            self._put(offset, table, dirty)
+
+    def _put(self, offset: int, table: Any, dirty: bool) -> None:
         self.tables[offset] = table
         self.tables.move_to_end(offset)
         if dirty:
@@ -47,14 +56,17 @@ class TableCache:
 
     def drop(self, offset: int) -> None:
         """Forget a table (its cluster was freed) without writing it."""
-        self.tables.pop(offset, None)
-        self.dirty.discard(offset)
+        with self._lock:
+            self.tables.pop(offset, None)
+            self.dirty.discard(offset)
 
     def flush(self) -> None:
-        for off in sorted(self.dirty):
-            self._store(off, self.tables[off])
-        self.dirty.clear()
+        with self._lock:
+            for off in sorted(self.dirty):
+                self._store(off, self.tables[off])
+            self.dirty.clear()
 
     def clear(self) -> None:
-        self.flush()
-        self.tables.clear()
+        with self._lock:
+            self.flush()
+            self.tables.clear()

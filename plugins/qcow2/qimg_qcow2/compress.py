@@ -1,6 +1,7 @@
 """Cluster compression codecs: zlib raw deflate (window 2^12) and zstd, as QEMU's qcow2."""
 from __future__ import annotations
 
+import threading
 import zlib
 
 from qimg.errors import QimgError
@@ -10,15 +11,20 @@ from .structs import COMPRESSION_ZLIB
 _pool = None
 
 
-def pool():
-    """A shared thread pool for (de)compression, created on first use."""
-    global _pool
-    if _pool is None:
-        import os
-        from concurrent.futures import ThreadPoolExecutor
+_pool_lock = threading.Lock()
 
-        _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
-    return _pool
+
+def pool():
+    """A shared thread pool for (de)compression, created on first use (reader threads may
+    ask at the same time)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            import os
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+        return _pool
 
 
 def compress(data: bytes | memoryview, ctype: int) -> bytes:

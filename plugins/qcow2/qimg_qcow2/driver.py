@@ -118,6 +118,9 @@ class Qcow2Format(RefcountMixin, Format):
     supports_backing = True
     supports_compression = True
     zero_init = True
+    #: read/block_status may run in several threads at once (the copy engine's readers): the
+    #: table caches are locked, everything else on the read path is a local or a pread
+    thread_safe_reads = True
 
     # ------------------------------------------------------------------ open
     def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
@@ -624,8 +627,9 @@ class Qcow2Format(RefcountMixin, Format):
         return pos
 
     def _read_compressed(self, e: int) -> bytes:
-        if self._ccache is not None and self._ccache[0] == e:
-            return self._ccache[1]
+        cached = self._ccache  # one read: reader threads may replace it meanwhile
+        if cached is not None and cached[0] == e:
+            return cached[1]
         from .compress import decompress
 
         coff, csize = self.compressed_info(e)
