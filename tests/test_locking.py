@@ -331,3 +331,19 @@ def test_cli_resize_raw_needs_the_resize_permission(tmp_path, qemu_img, qimg):
         assert a.returncode == 1 and 'Failed to get "resize" lock' in a.stderr
         assert (b.returncode, b.stderr.replace("qimg:", "qemu-img:")) == (a.returncode, a.stderr)
         assert os.path.getsize(path) == 1 << 20
+
+
+@pytest.mark.skipif(not _have_command("create"), reason="qimg create is not implemented yet")
+@pytest.mark.parametrize("fmt", SAMPLE_FORMATS)
+def test_cli_create_over_an_image_in_use(tmp_path, qemu_img, qimg, fmt):
+    """``create`` over a file a VM uses: same text and code as qemu-img, file untouched."""
+    path = str(tmp_path / "busy.img")
+    with open(path, "wb") as f:
+        f.write(b"precious" * 4096)
+    with held(path, 100, 101, 203):
+        a = qemu_img("create", "-f", fmt, path, SIZE)
+        b = qimg("create", "-f", fmt, path, SIZE)
+    assert a.returncode == 1 and 'Failed to get "resize" lock' in a.stderr
+    assert (b.returncode, b.stdout, b.stderr.replace("qimg:", "qemu-img:")) == (a.returncode, a.stdout, a.stderr)
+    with open(path, "rb") as f:
+        assert f.read(8) == b"precious"
