@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 import qimg
 from qimg.blockstatus import DATA, ZERO
 from qimg.errors import QimgError

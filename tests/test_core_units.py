@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from qimg.errors import QimgError
 from qimg.units import parse_image_size, parse_size, size_to_str
 

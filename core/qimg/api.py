@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import QimgError
 from .image import MAX_CHAIN_DEPTH, Image
@@ -12,8 +13,13 @@ from .options import parse_options
 from .plugins import get_registry
 from .protocol import FileProtocol, Protocol
 
+
+def _print_warning(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
 #: where warnings go (the CLI may replace it); qemu-img prints them on stderr
-warn: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
+warn: Callable[[str], None] = _print_warning
 
 
 def open_protocol(filename: str, *, writable: bool = False, create: bool = False) -> Protocol:

@@ -22,8 +22,9 @@ whose file is plain guest data like raw's may set ``lock_as_filter = True``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .blockstatus import ALLOCATED, DATA, OFFSET_VALID, Status
 from .errors import NotSupported

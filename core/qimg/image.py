@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import io
 import os
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from .blockstatus import ALLOCATED, DATA, ZERO, Status
 from .errors import QimgError

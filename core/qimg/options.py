@@ -5,8 +5,9 @@ data serves ``-o help``, validation, and conversion of the strings to Python val
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import QimgError
 from .units import parse_size
