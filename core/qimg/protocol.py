@@ -21,6 +21,8 @@ class Protocol:
 
     filename: str
     writable: bool
+    #: cache=unsafe (qemu-img convert's default): flush() does not reach the disk
+    unsafe_cache: bool = False
 
     def pread(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``; shorter only at end of file."""
@@ -219,7 +221,7 @@ class FileProtocol(Protocol):
         os.ftruncate(self.fd, size)
 
     def flush(self) -> None:
-        if self.writable:
+        if self.writable and not self.unsafe_cache:
             os.fdatasync(self.fd)
 
     def close(self) -> None:

@@ -175,15 +175,8 @@ def _never_sync(target: "Image") -> None:
     reach the disk, as in qemu-img (an fdatasync of a fresh 1 GiB target costs ~0.5 s)."""
     for name in ("file", "data_file"):
         proto = getattr(target.driver, name, None)
-        if proto is not None and callable(getattr(proto, "flush", None)):
-            try:
-                proto.flush = _no_flush
-            except AttributeError:  # a protocol object with __slots__: keep its flush
-                pass
-
-
-def _no_flush() -> None:
-    pass
+        if proto is not None:
+            proto.unsafe_cache = True
 
 
 def _create_target(filename: str, opts: ConvertOptions, size: int) -> None:
