@@ -321,8 +321,6 @@ def test_refused_open_leaves_no_locks(tmp_path):
 
 
 @pytest.mark.skipif(not _have_command("resize"), reason="qimg resize is not implemented yet")
-@pytest.mark.xfail(reason="known gap (resize command): it must open raw images with qimg.open(..., resize=True) "
-                          "so that a refused 'resize' permission stops it, as qemu-img; remove this mark then")
 def test_cli_resize_raw_needs_the_resize_permission(tmp_path, qemu_img, qimg):
     """qemu-nbd serving a raw image refuses resizes only: resize must fail, a write must not."""
     path = str(tmp_path / "served.raw")

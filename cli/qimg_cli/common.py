@@ -218,7 +218,8 @@ RAW_PROBE_WARNING = (
 
 def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = False,
                writable: bool = False, force_share: bool = False, backing: bool = True,
-               quiet_probe_warning: bool = True, options: dict[str, Any] | None = None) -> Any:
+               quiet_probe_warning: bool = True, options: dict[str, Any] | None = None,
+               resize: bool = False) -> Any:
     """Open an image for a command, returning a :class:`qimg.image.Image`.
 
     With ``image_opts`` the filename is a ``driver=...,file.filename=...`` option string.
@@ -226,7 +227,8 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
     prefixes every open error, so a missing file reads ``Could not open 'x': Could not open
     'x': No such file or directory``). A writable open whose format was probed as raw prints
     qemu's raw-probing warning, as qemu's raw driver does (``quiet_probe_warning`` is kept for
-    compatibility and ignored). ``options`` are extra driver open options.
+    compatibility and ignored). ``options`` are extra driver open options. ``resize`` asks
+    for QEMU's resize permission too (``qimg resize``).
     """
     import qimg
     from qimg.errors import QimgError
@@ -266,7 +268,7 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
         raise QimgError(f"{prefix}'file' driver requires '{filename}' to be a regular file")
     try:
         img = qimg.open(filename, fmt, writable=writable, force_share=force_share, backing=backing,
-                        options=opts)
+                        options=opts, resize=resize)
     except QimgError as e:
         # qemu-img prefixes every open error; the library prefixes driver errors only
         msg = e.message

@@ -37,7 +37,7 @@ def command(fmt, quiet, objects, image_opts, preallocation, shrink, args) -> Non
     filename, size = args
     parse_objects(objects)
     relative, n = ops_resize.parse_size_arg(size, warn)
-    with open_image(filename, fmt, image_opts=image_opts, writable=True) as img:
+    with open_image(filename, fmt, image_opts=image_opts, writable=True, resize=True) as img:
         try:
             total = ops_resize.new_size(img.size, relative, n, shrink=shrink,
                                         preallocation=preallocation or "off")
