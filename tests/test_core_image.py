@@ -85,3 +85,25 @@ def test_option_strings():
         parse_options("nope=1", decl)
     with pytest.raises(QimgError, match="expects 'on' or 'off'"):
         parse_options("flag=maybe", decl)
+
+
+def test_broken_driver_path_is_one_clean_error():
+    reg = Registry()
+    reg.add_format("x", "qimg_no_such_module.driver:Cls")
+    with pytest.raises(QimgError, match="Could not load the format driver 'x'"):
+        reg.format("x").load()
+
+
+def test_broken_plugin_entry_point_is_one_clean_error(tmp_path, qimg):
+    """A registered plugin whose module cannot be imported: one line, exit 1, no traceback."""
+    dist = tmp_path / "qimg_broken-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: qimg-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[qimg]\nbroken = qimg_broken_missing_module\n")
+    env = {"PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = qimg("--help", env=env)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("qimg: Could not load plugin 'broken'")
+    r = qimg("--help", env={**env, "QIMG_DISABLE_PLUGINS": "broken"})
+    assert r.returncode == 0 and "Supported formats:" in r.stdout

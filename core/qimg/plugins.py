@@ -45,7 +45,14 @@ def get_plugin_manager() -> pluggy.PluginManager:
         for name, value in entry_points("qimg"):
             if pm.has_plugin(name) or pm.is_blocked(name):
                 continue
-            pm.register(load(value), name=name)
+            try:
+                module = load(value)
+            except Exception as e:  # noqa: BLE001 - a broken plugin is a clean one-line error
+                from .errors import QimgError
+
+                raise QimgError(f"Could not load plugin '{name}' ({value}): {type(e).__name__}: {e} "
+                                f"(QIMG_DISABLE_PLUGINS={name} skips it)") from None
+            pm.register(module, name=name)
         pm.check_pending()
         _pm = pm
     return _pm

@@ -24,6 +24,14 @@ def load_object(path: str) -> Any:
     return obj
 
 
+def _load_driver(kind: str, name: str, path: str) -> Any:
+    """Import a registered driver class; a broken plugin becomes one clean error line."""
+    try:
+        return load_object(path)
+    except (ImportError, AttributeError) as e:
+        raise QimgError(f"Could not load the {kind} driver '{name}' ({path}): {e}") from None
+
+
 @dataclass
 class FormatEntry:
     name: str
@@ -35,7 +43,7 @@ class FormatEntry:
 
     def load(self) -> "type[Format]":
         if self._cls is None:
-            self._cls = load_object(self.driver)
+            self._cls = _load_driver("format", self.name, self.driver)
         return self._cls
 
 
@@ -49,7 +57,7 @@ class ProtocolEntry:
 
     def load(self) -> "type[Protocol]":
         if self._cls is None:
-            self._cls = load_object(self.driver)
+            self._cls = _load_driver("protocol", self.name, self.driver)
         return self._cls
 
 
