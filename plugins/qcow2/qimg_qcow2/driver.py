@@ -15,7 +15,7 @@ from . import structs as S
 from .cache import TableCache
 from .header import encode_header, parse_extensions, parse_fixed
 from .options import AMEND_OPTS, CREATE_OPTS, FORMAT_LINE_DEFAULTS, FORMAT_LINE_ORDER
-from .refcount import RefcountMixin
+from .refcount import RefcountMixin, meta_pwrite
 
 _SWAP = sys.byteorder == "little"
 # extent kinds returned by _extent
@@ -320,7 +320,7 @@ class Qcow2Format(RefcountMixin, Format):
     def write_l1(self, start: int = 0, count: int | None = None) -> None:
         if count is None:
             count = len(self.l1) - start
-        self.file.pwrite(self.header.l1_table_offset + start * 8, _to_be(self.l1[start : start + count]))
+        meta_pwrite(self.file, self.header.l1_table_offset + start * 8, _to_be(self.l1[start : start + count]), "L1 table")
 
     def _l2_load(self, off: int) -> array:
         return self.read_table(off, self._cs // 8)

@@ -5,27 +5,43 @@ first within each byte, as the spec says); entries are decoded on access.
 """
 from __future__ import annotations
 
+import errno
 import struct
 from typing import TYPE_CHECKING
 
-from qimg.errors import CorruptImage, QimgError
+from qimg.errors import CorruptImage, QimgError, os_error_text
 
 from .structs import MAX_FILE_OFFSET, REFT_OFFSET_MASK
 
 if TYPE_CHECKING:
+    from qimg.protocol import Protocol
+
     from .driver import Qcow2Format
+
+
+def meta_pwrite(file: "Protocol", offset: int, data: bytes | bytearray | memoryview, what: str) -> None:
+    """Write metadata; an offset the file system refuses (a corrupt table offset) is a QimgError."""
+    try:
+        file.pwrite(offset, data)
+    except OSError as e:
+        if e.errno not in (errno.EFBIG, errno.EINVAL):
+            raise
+        raise CorruptImage(f"Could not write {what} at offset {offset:#x}: {os_error_text(e)}") from None
 
 
 class RefcountMixin:
     # -- block access ------------------------------------------------------------
     def _rb_load(self: "Qcow2Format", off: int) -> bytearray:
+        if off > MAX_FILE_OFFSET:
+            # a corrupt reftable entry: an offset no file can hold (the OS would refuse the read)
+            raise CorruptImage(f"Refblock offset {off:#x} is beyond the maximum file offset")
         data = bytearray(self.file.pread(off, self.cluster_size))
         if len(data) < self.cluster_size:
             data += bytes(self.cluster_size - len(data))
         return data
 
     def _rb_store(self: "Qcow2Format", off: int, blk: bytearray) -> None:
-        self.file.pwrite(off, blk)
+        meta_pwrite(self.file, off, blk, "refcount block")
 
     def _rb_get(self: "Qcow2Format", blk: bytearray, i: int) -> int:
         order = self.refcount_order
@@ -62,7 +78,8 @@ class RefcountMixin:
     def _reftable_entry_write(self: "Qcow2Format", ti: int) -> None:
         if self._reftable_pending:
             return
-        self.file.pwrite(self.header.refcount_table_offset + ti * 8, struct.pack(">Q", self.refcount_table[ti]))
+        meta_pwrite(self.file, self.header.refcount_table_offset + ti * 8, struct.pack(">Q", self.refcount_table[ti]),
+                    "refcount table")
 
     def get_refcount(self: "Qcow2Format", ci: int) -> int:
         ti = ci >> self.rb_bits
