@@ -8,6 +8,7 @@ the L1 entry of a new table, so an interrupted write never exposes unwritten clu
 """
 from __future__ import annotations
 
+import errno
 import re
 import sys
 import zlib
@@ -18,7 +19,7 @@ from typing import Any
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, Status
 from qimg.driver import Format
-from qimg.errors import QimgError
+from qimg.errors import QimgError, os_error_text
 from qimg.image import is_zero, zero_fill
 from qimg.limits import MAX_TABLE_BYTES
 from qimg.options import BOOL, SIZE, STRING, Option
@@ -367,9 +368,19 @@ class QcowFormat(Format):
             self._l2_cache.popitem(last=False)
         return l2off, tbl
 
+    def _meta_pwrite(self, offset: int, data: bytes, what: str) -> None:
+        """Write a table entry; an offset the file system refuses (corrupt table offset) is a QimgError."""
+        try:
+            self.file.pwrite(offset, data)
+        except OSError as e:
+            if e.errno not in (errno.EFBIG, errno.EINVAL):
+                raise
+            raise QimgError(f"'{self.filename}': could not write {what} at offset {offset:#x}: "
+                            f"{os_error_text(e)}") from None
+
     def _commit_l1(self, l1i: int, l2off: int) -> None:
         if self.l1[l1i] != l2off:
-            self.file.pwrite(self.l1_offset + l1i * 8, l2off.to_bytes(8, "big"))
+            self._meta_pwrite(self.l1_offset + l1i * 8, l2off.to_bytes(8, "big"), "L1 table")
             self.l1[l1i] = l2off
 
     def write(self, offset: int, data: memoryview) -> None:
@@ -451,7 +462,7 @@ class QcowFormat(Format):
                 self.file.pwrite(host + head, data)
         entries = array("Q", range(host, host + run_len, cs))
         tbl[i:j] = entries
-        self.file.pwrite(l2off + i * 8, _be_bytes(entries))
+        self._meta_pwrite(l2off + i * 8, _be_bytes(entries), "L2 table")
 
     def write_compressed(self, offset: int, data: memoryview) -> None:
         """One whole cluster, deflated (stored plainly when that does not save space)."""
@@ -478,7 +489,7 @@ class QcowFormat(Format):
             self._eof = host + len(packed)
             entry = COMPRESSED | (len(packed) << (63 - self.cluster_bits)) | host
             tbl[l2i] = entry
-            self.file.pwrite(l2off + l2i * 8, entry.to_bytes(8, "big"))
+            self._meta_pwrite(l2off + l2i * 8, entry.to_bytes(8, "big"), "L2 table")
         self._commit_l1(l1i, l2off)
 
     def make_empty(self) -> None:
