@@ -16,7 +16,7 @@ from typing import Any
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
 from qimg.driver import CheckResult, Format
-from qimg.errors import NotSupported, QimgError
+from qimg.errors import CorruptImage, NotSupported, QimgError
 from qimg.image import zero_fill
 from qimg.options import BOOL, SIZE, Option
 from qimg.protocol import ZERO_CHUNK
@@ -231,6 +231,10 @@ class VdiFormat(Format):
             if entry >= FIRST_UNALLOCATED:
                 self._allocate(idx, within, chunk)
             else:
+                if entry >= self.header.blocks_in_image:
+                    # a corrupt map entry points past the image: refuse before writing there
+                    raise CorruptImage(f"'{self.filename}': block index {idx} too large, is {entry} "
+                                       "(run 'qimg check')")
                 self.file.pwrite(self._host(entry, within), chunk)
 
     def _allocate(self, idx: int, within: int, chunk: memoryview) -> None:
