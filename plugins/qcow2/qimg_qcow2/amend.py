@@ -21,6 +21,10 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
     """Apply amend options in QEMU's order: checks, upgrade, backing, lazy refcounts, refcount
     width, data file, size, and a downgrade last."""
     h = drv.header
+    if any(k.startswith("encrypt.") for k in opts):
+        if not h.crypt_method:
+            raise QimgError("Can't amend encryption options - encryption not present")
+        raise QimgError("Amending the keyslots of encrypted qcow2 images is not supported by qimg")
     old_version = h.version
     version = old_version
     compat = opts.get("compat")

@@ -12,10 +12,27 @@ from .header import Header
 V3_MSG = "compatibility level 1.1 and above (use version=v3 or greater)"
 
 
+def _refuse_encryption(opts: dict[str, Any]) -> None:
+    """qemu-img's checks of the encrypt.* options, then a clear refusal: qimg does not write
+    encrypted qcow2 images (their own issue)."""
+    fmt = opts.get("encrypt.format")
+    if fmt is None and opts.get("encryption"):
+        fmt = "aes"
+    wants = fmt is not None or any(k.startswith("encrypt.") for k in opts)
+    if not wants:
+        return
+    if fmt is not None and fmt not in ("aes", "luks"):
+        raise QimgError(f"Parameter 'format' does not accept value '{fmt}'")
+    if not opts.get("encrypt.key-secret"):
+        raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
+    raise QimgError("Creating encrypted qcow2 images is not supported by qimg")
+
+
 def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
     """QEMU's option checks, in its order; returns normalized settings."""
     if size % 512:
         raise QimgError("Image size must be a multiple of 512 bytes")
+    _refuse_encryption(opts)
     compat = opts.get("compat")
     if compat is None:
         version = 3

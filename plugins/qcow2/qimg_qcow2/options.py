@@ -12,6 +12,16 @@ _O = {
                                "Compression method used for image cluster compression", "zlib"),
     "data_file": Option("data_file", STRING, "File name of an external data file"),
     "data_file_raw": Option("data_file_raw", BOOL, "The external data file must stay valid as a raw image"),
+    "encrypt.cipher-alg": Option("encrypt.cipher-alg", STRING, "Name of encryption cipher algorithm"),
+    "encrypt.cipher-mode": Option("encrypt.cipher-mode", STRING, "Name of encryption cipher mode"),
+    "encrypt.format": Option("encrypt.format", STRING, "Encrypt the image, format choices: 'aes', 'luks'"),
+    "encrypt.hash-alg": Option("encrypt.hash-alg", STRING, "Name of encryption hash algorithm"),
+    "encrypt.iter-time": Option("encrypt.iter-time", NUMBER, "Time to spend in PBKDF in milliseconds"),
+    "encrypt.ivgen-alg": Option("encrypt.ivgen-alg", STRING, "Name of IV generator algorithm"),
+    "encrypt.ivgen-hash-alg": Option("encrypt.ivgen-hash-alg", STRING, "Name of IV generator hash algorithm"),
+    "encrypt.key-secret": Option("encrypt.key-secret", STRING, "ID of secret providing qcow AES key or LUKS passphrase"),
+    "encryption": Option("encryption", BOOL,
+                         "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)"),
     "extended_l2": Option("extended_l2", BOOL, "Extended L2 tables", False),
     "extent_size_hint": Option("extent_size_hint", SIZE, "Extent size hint for the image file, 0 to disable"),
     "lazy_refcounts": Option("lazy_refcounts", BOOL, "Postpone refcount updates", False),
@@ -22,15 +32,27 @@ _O = {
     "size": Option("size", SIZE, "Virtual disk size"),
 }
 
-CREATE_OPTS: list[Option] = list(_O.values())
+# nocow and extent_size_hint belong to the file protocol: qemu-img lists them only when a
+# filename is given, which the core's create does by appending the protocol's options
+CREATE_OPTS: list[Option] = [o for k, o in _O.items() if k not in ("nocow", "extent_size_hint")]
+
+#: LUKS keyslot options amend accepts (qimg does not write encrypted qcow2: they are refused)
+_AMEND_ENCRYPT: list[Option] = [
+    _O["encrypt.iter-time"],
+    Option("encrypt.keyslot", NUMBER, "Select a single keyslot to modify explicitly"),
+    Option("encrypt.new-secret", STRING, "New secret to set in the matching keyslots. Empty string to erase"),
+    Option("encrypt.old-secret", STRING, "Select all keyslots that match this password"),
+    Option("encrypt.state", STRING, "Select new state of affected keyslots (active/inactive)"),
+]
 
 AMEND_OPTS: list[Option] = [_O[k] for k in (
     "backing_file", "backing_fmt", "compat", "data_file", "data_file_raw", "lazy_refcounts",
-    "refcount_bits", "size")]
+    "refcount_bits", "size")] + _AMEND_ENCRYPT
 
 #: option order of qemu-img's "Formatting ..." line; defaults shown even when not given
 FORMAT_LINE_ORDER: list[str] = [
-    "encryption", "cluster_size", "extended_l2", "preallocation", "compression_type", "size", "compat",
+    "encryption", "encrypt.format", "encrypt.key-secret", "encrypt.cipher-alg", "encrypt.cipher-mode",
+    "encrypt.ivgen-alg", "encrypt.ivgen-hash-alg", "encrypt.hash-alg", "encrypt.iter-time", "cluster_size", "extended_l2", "preallocation", "compression_type", "size", "compat",
     "backing_file", "backing_fmt", "data_file", "data_file_raw", "lazy_refcounts", "refcount_bits",
     "nocow", "extent_size_hint",
 ]
