@@ -107,3 +107,24 @@ def test_broken_plugin_entry_point_is_one_clean_error(tmp_path, qimg):
     assert r.stderr.startswith("qimg: Could not load plugin 'broken'")
     r = qimg("--help", env={**env, "QIMG_DISABLE_PLUGINS": "broken"})
     assert r.returncode == 0 and "Supported formats:" in r.stdout
+
+
+def test_short_form_booleans_as_qemuopts():
+    decl = [Option("size", SIZE, "s"), Option("flag", BOOL, "f")]
+    assert parse_options("noflag", decl) == {"flag": False}
+    assert parse_options("flag", decl) == {"flag": True}
+    with pytest.raises(QimgError, match="Invalid parameter 'cow'"):
+        parse_options("nocow", decl)
+    with pytest.raises(QimgError, match="Parameter 'size' expects"):
+        parse_options("nosize", decl)
+
+
+@pytest.mark.parametrize("opt", ["nolazy_refcounts", "lazy_refcounts", "nocow", "nosize", "noextended_l2"])
+def test_short_form_options_like_qemu_img(opt, tmp_path, qemu_img, qimg):
+    a, b = str(tmp_path / "a.qcow2"), str(tmp_path / "b.qcow2")
+    theirs = qemu_img("create", "-q", "-f", "qcow2", "-o", opt, a, "1M")
+    mine = qimg("create", "-q", "-f", "qcow2", "-o", opt, b, "1M")
+    assert mine.returncode == theirs.returncode
+    assert mine.stderr.replace("qimg:", "qemu-img:").replace(b, a) == theirs.stderr
+    if theirs.returncode == 0:
+        assert open(a, "rb").read() == open(b, "rb").read()

@@ -116,14 +116,12 @@ def parse_options(text: str, declared: list[Option], *, prefix_error: str = "") 
     for key, value in split_options(text):
         if not key and value is None:
             continue
+        if value is None:
+            # QemuOpts' short form: a bare ``FLAG`` means ``FLAG=on``, ``noFLAG`` means ``FLAG=off``
+            key, value = (key[2:], "off") if key.startswith("no") else (key, "on")
         opt = by_name.get(key)
         if opt is None:
             raise QimgError(f"{prefix_error}Invalid parameter '{key}'")
-        if value is None:
-            if opt.type == BOOL:
-                result[key] = True
-                continue
-            value = ""
         try:
             result[key] = opt.convert(value)
         except QimgError as e:
