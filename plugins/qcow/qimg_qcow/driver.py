@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import re
-import sys
 import zlib
 from array import array
 from collections import OrderedDict
@@ -23,6 +22,8 @@ from qimg.errors import QimgError, os_error_text
 from qimg.image import is_zero, zero_fill
 from qimg.limits import MAX_TABLE_BYTES
 from qimg.options import BOOL, SIZE, STRING, Option
+from qimg.tables import be64_bytes as _be_bytes
+from qimg.tables import be64_table as _be_array
 
 from .structs import COMPRESSED, CRYPT_AES, CRYPT_NONE, HEADER_SIZE, MAGIC, Header
 
@@ -35,20 +36,6 @@ MAX_OFFSET = (1 << 63) - (1 << 31)
 DEFLATE_WBITS = -12
 
 _ZERO_RUN = re.compile(rb"(?:\x00{8})*")
-
-
-def _be_array(data: bytes) -> array:
-    a = array("Q", data)
-    if sys.byteorder == "little":
-        a.byteswap()
-    return a
-
-
-def _be_bytes(a: array) -> bytes:
-    if sys.byteorder == "little":
-        a = array("Q", a)
-        a.byteswap()
-    return a.tobytes()
 
 
 def _secret_check(opts: dict[str, Any]) -> int:

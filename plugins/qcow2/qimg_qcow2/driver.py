@@ -10,6 +10,8 @@ from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
 from qimg.driver import CheckResult, Format, ProgressFn, SnapshotInfo
 from qimg.errors import CorruptImage, QimgError
 from qimg.image import zero_fill
+from qimg.tables import be64_bytes as _to_be
+from qimg.tables import be64_table as _be_array
 
 from . import structs as S
 from .cache import TableCache
@@ -17,29 +19,12 @@ from .header import encode_header, parse_extensions, parse_fixed
 from .options import AMEND_OPTS, CREATE_OPTS, FORMAT_LINE_DEFAULTS, FORMAT_LINE_ORDER
 from .refcount import RefcountMixin, meta_pwrite
 
-_SWAP = sys.byteorder == "little"
 # extent kinds returned by _extent
 UNALLOC, ZEROES, NORMAL, COMPRESSED = 0, 1, 2, 3
 #: metadata cache budget in bytes (QEMU's default l2-cache-size is 1 MiB; more helps big runs)
 CACHE_BYTES = 32 << 20
 ALL_ALLOC = 0xFFFFFFFF
 ALL_ZERO = 0xFFFFFFFF << 32
-
-
-def _be_array(data: bytes | bytearray) -> array:
-    a = array("Q")
-    a.frombytes(data)
-    if _SWAP:
-        a.byteswap()
-    return a
-
-
-def _to_be(a: array) -> bytes:
-    if _SWAP:
-        b = array("Q", a)
-        b.byteswap()
-        return b.tobytes()
-    return a.tobytes()
 
 
 def _zero_run(a: array, i: int, n: int, stride: int = 1) -> int:
@@ -1271,7 +1256,6 @@ class Qcow2Format(RefcountMixin, Format):
     # ------------------------------------------------------------------ whole-image operations
     def repair_dirty(self) -> None:
         """Repair refcounts after an unclean shutdown with lazy refcounts (QEMU repairs on open)."""
-        import sys
 
         from .check import check_image
 
@@ -1370,7 +1354,6 @@ class Qcow2Format(RefcountMixin, Format):
         from .bitmap import bitmap_import
 
         bitmap_import(self, exported)
-
 
 
 def _last_used_cluster(self: Qcow2Format) -> int:

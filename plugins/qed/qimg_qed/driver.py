@@ -10,7 +10,6 @@ the NEED_CHECK feature bit brackets them and is cleared on flush/close.
 from __future__ import annotations
 
 import os
-import sys
 from array import array
 from collections import OrderedDict
 from typing import Any
@@ -21,6 +20,8 @@ from qimg.driver import CheckResult, Format
 from qimg.errors import CorruptImage, QimgError
 from qimg.image import is_zero, zero_fill
 from qimg.options import SIZE, STRING, Option
+from qimg.tables import le64_bytes as _to_le
+from qimg.tables import le64_table as _from_le
 
 from .structs import (
     F_BACKING_FILE,
@@ -43,7 +44,6 @@ L2_CACHE = 32
 
 UNALLOC, ZEROES, DATA_RUN = 0, 1, 2
 
-_LE = sys.byteorder == "little"
 
 
 def _pow2_in(v: int, lo: int, hi: int) -> bool:
@@ -53,22 +53,6 @@ def _pow2_in(v: int, lo: int, hi: int) -> bool:
 def _max_image_size(cluster_size: int, table_size: int) -> int:
     n = table_size * cluster_size // 8
     return n * n * cluster_size
-
-
-def _to_le(a: array) -> bytes:
-    if _LE:
-        return a.tobytes()
-    b = array("Q", a)
-    b.byteswap()
-    return b.tobytes()
-
-
-def _from_le(data: bytes) -> array:
-    a = array("Q")
-    a.frombytes(data)
-    if not _LE:
-        a.byteswap()
-    return a
 
 
 class QedFormat(Format):

@@ -8,7 +8,6 @@ and the block map entry, as qemu-img does.
 from __future__ import annotations
 
 import re
-import sys
 import uuid
 from array import array
 from typing import Any
@@ -20,6 +19,8 @@ from qimg.errors import CorruptImage, NotSupported, QimgError
 from qimg.image import zero_fill
 from qimg.options import BOOL, SIZE, Option
 from qimg.protocol import ZERO_CHUNK
+from qimg.tables import le32_bytes as _le_bytes
+from qimg.tables import le32_table as _le_array
 
 from .structs import HEADER_SIZE, SIGNATURE, TEXT, TYPE_DYNAMIC, TYPE_STATIC, VERSION_1_1, Header
 
@@ -34,20 +35,6 @@ MAX_DISK_SIZE = MAX_BLOCKS * BLOCK_SIZE
 MAX_BMAP_ENTRIES = 1 << 26
 
 _UNALLOCATED_RUN = re.compile(rb"(?:[\xfe\xff]\xff\xff\xff)*")
-
-
-def _le_array(data: bytes) -> array:
-    a = array("I", data)
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a
-
-
-def _le_bytes(a: array) -> bytes:
-    if sys.byteorder == "big":
-        a = array("I", a)
-        a.byteswap()
-    return a.tobytes()
 
 
 class VdiFormat(Format):

@@ -23,6 +23,7 @@ from qimg.driver import CheckResult, Format
 from qimg.errors import CorruptImage, NotSupported, QimgError
 from qimg.image import zero_fill
 from qimg.options import BOOL, SIZE, STRING, Option
+from qimg.tables import le64_bytes as _le64
 
 from .log import Log, LogWriter
 from .structs import (
@@ -71,14 +72,6 @@ PAYLOAD_GAP = 4 * MiB
 MAX_LOG = 1 << 32
 
 _LE = sys.byteorder == "little"
-
-
-def _le64(a: array) -> bytes:
-    if _LE:
-        return a.tobytes()
-    b = array("Q", a)
-    b.byteswap()
-    return b.tobytes()
 
 
 def _auto_block_size(size: int) -> int:

@@ -6,7 +6,6 @@ small LRU; compressed grains are inflated with a cap of one grain, one grain cac
 """
 from __future__ import annotations
 
-import sys
 import zlib
 from array import array
 from collections import OrderedDict
@@ -17,6 +16,8 @@ from qimg import limits
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
 from qimg.errors import CorruptImage, NotSupported, QimgError
 from qimg.image import zero_fill
+from qimg.tables import le32_bytes as _le32
+from qimg.tables import le32_table as _u32
 
 from .structs import (
     FLAG_COMPRESSED,
@@ -41,23 +42,6 @@ GT_CACHE = 256
 MAX_GTES = 512
 MAX_GRAIN_SECTORS = (128 << 20) // SECTOR
 
-_LE = sys.byteorder == "little"
-
-
-def _u32(data: bytes) -> array:
-    a = array("I")
-    a.frombytes(data)
-    if not _LE:
-        a.byteswap()
-    return a
-
-
-def _le32(a: array) -> bytes:
-    if _LE:
-        return a.tobytes()
-    b = array("I", a)
-    b.byteswap()
-    return b.tobytes()
 
 
 class Extent:
