@@ -37,7 +37,7 @@ def command_lines(draw):
     return cmd, draw(st.lists(st.sampled_from(TOKENS[cmd]), max_size=7))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command_lines())
 def test_random_command_lines(tmp_path_factory, line):
     cmd, args = line

@@ -63,7 +63,7 @@ TOKENS = ["-f", "raw", "qcow2", "-U", "-Uf", "-fraw", "--output", "json", "--out
           "--object", "secret,id=s,data=x", "-q", "--format=raw", "-", "nosuch", "--output=xml", "-h"]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.sampled_from(TOKENS), max_size=6), st.sampled_from(["info", "map", "check"]))
 def test_random_argument_lists_parse_as_qemu_img(tmp_path_factory, args, cmd):
     folder = tmp_path_factory.getbasetemp() / "optfuzz"
