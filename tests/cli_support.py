@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Run, as_qemu
+from conftest import Run, _need, as_qemu
 
 
 def need_qemu() -> str:
@@ -68,7 +68,7 @@ def run_qemu(*args: str, cwd: str | os.PathLike | None = None) -> Run:
 
 
 def run_qemu_io(*args: str, cwd: str | os.PathLike | None = None) -> Run:
-    exe = shutil.which("qemu-io") or pytest.skip("qemu-io not installed")
+    exe = _need("qemu-io")
     p = subprocess.run([exe, *args], capture_output=True, cwd=cwd)
     assert p.returncode == 0, p.stderr
     return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))

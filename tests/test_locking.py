@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import importlib.util
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -173,9 +172,9 @@ def test_qimg_advertises_what_qemu_img_does(tmp_path, qemu_img):
 
 @contextlib.contextmanager
 def qemu_nbd(path: str, fmt: str, tmp_path, read_only: bool = False):
-    exe = shutil.which("qemu-nbd")
-    if exe is None:
-        pytest.skip("qemu-nbd is not installed")
+    from conftest import _need
+
+    exe = _need("qemu-nbd")  # fails instead of skipping when CI is set
     sock = str(tmp_path / f"nbd-{os.getpid()}-{time.monotonic_ns()}.sock")
     args = [exe, "-f", fmt, f"--socket={sock}", "--persistent", *(["-r"] if read_only else []), path]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
