@@ -342,9 +342,9 @@ def test_change_backing_file_as_qemu(qemu_img, qimg, tmp_path, monkeypatch, crea
                                        "encrypt.ivgen-hash-alg=sha256"])
 def test_info_luks(qemu_img, qimg, tmp_path, crypt):
     p = tmp_path / "l.qcow2"
-    for _ in range(5):  # a very short iter-time sometimes makes QEMU's PBKDF benchmark give up
+    for _ in range(10):  # a short iter-time sometimes makes QEMU's PBKDF benchmark give up
         r = qemu_img("create", "-q", "--object", "secret,id=sec0,data=123456", "-f", "qcow2", "-o",
-                     "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=20" + crypt, str(p), "1M")
+                     "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=200" + crypt, str(p), "1M")
         if "accurate CPU usage" not in r.stderr:
             break
     assert r.returncode == 0, r.stderr
