@@ -8,6 +8,7 @@ import struct
 import uuid
 
 import crc32c
+import format_checks
 import pytest
 import qimg
 from qimg.errors import QimgError
@@ -305,42 +306,14 @@ CLI_VARIANTS = ["block_size=1M", "subformat=fixed", "block_state_zero=off"]
 
 
 CLI_MATCH_VARIANTS = ["block_size=1M"]
-CLI_COMMANDS = [["info"], ["info", "--output=json"], ["check"], ["check", "--output=json"], ["map"],
-                ["map", "--output=json"]]
-
-
 @pytest.mark.parametrize("create_opts", CLI_MATCH_VARIANTS)
 def test_cli_matches_qemu(tmp_path, qemu_img, qemu_io, qimg, create_opts):
-    from conftest import as_qemu
-
-    path = str(tmp_path / f"c.{FMT}")
-    _ok(qemu_img("create", "-q", "-f", FMT, *(["-o", create_opts] if create_opts else []), path, "12M"))
-    _ok(qemu_io("-f", FMT, "-c", "write -P 0x5a 1M 64k", "-c", "write -P 1 100k 10k", "-c", "write -z 4M 1M",
-                "-c", "write -P 3 9M 1M", path))
-    for args in CLI_COMMANDS:
-        q = qemu_img(*args, path)
-        m = qimg(*args, path)
-        assert (m.returncode, as_qemu(m.stdout), as_qemu(m.stderr)) == (q.returncode, q.stdout, q.stderr), args
+    format_checks.cli_matches_qemu(FMT, tmp_path, qemu_img, qemu_io, qimg, create_opts)
 
 
 @pytest.mark.parametrize("create_opts", CLI_VARIANTS)
 def test_cli_convert_roundtrip(tmp_path, qemu_img, qimg, create_opts):
-    import random
-
-    rng = random.Random(1)
-    src = str(tmp_path / "src.raw")
-    data = bytearray(12 * MiB)
-    for off, n in ((0, 5000), (MiB + 3, 200000), (7 * MiB, MiB), (12 * MiB - 700, 700)):
-        data[off:off + n] = rng.randbytes(n)
-    with open(src, "wb") as f:
-        f.write(data)
-    out = str(tmp_path / f"o.{FMT}")
-    _ok(qimg("convert", "-O", FMT, *(["-o", create_opts] if create_opts else []), src, out))
-    assert "No errors were found" in _ok(qemu_img("check", out)).stdout
-    assert "Images are identical" in _ok(qemu_img("compare", src, out)).stdout
-    back = str(tmp_path / "back.raw")
-    _ok(qimg("convert", "-O", "raw", out, back))
-    assert open(back, "rb").read() == data
+    format_checks.convert_roundtrip(FMT, tmp_path, qemu_img, qimg, create_opts)
 
 
 def test_log_replay_cli_like_qemu(tmp_path, qemu_img, qimg):
