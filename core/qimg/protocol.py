@@ -127,6 +127,9 @@ class FileProtocol(Protocol):
             os.close(self.fd)
             raise QimgError(f"Could not open '{filename}': Is a directory")
         self.is_block = stat.S_ISBLK(st.st_mode)
+        # a file opened read-only does not change size under us (writers are locked out), so
+        # block status need not fstat on every call; writable files are asked each time
+        self._ro_size = None if writable or self.is_block else st.st_size
         self._seek_ok = True
         self._perms = (0, 0xF)  # (held, shared) advertised on self.fd, see set_perms
         if create:
@@ -213,6 +216,8 @@ class FileProtocol(Protocol):
             self.pwrite(offset + n, joined[n:])
 
     def size(self) -> int:
+        if self._ro_size is not None:
+            return self._ro_size
         if self.is_block:
             return os.lseek(self.fd, 0, os.SEEK_END)
         return os.fstat(self.fd).st_size

@@ -9,8 +9,9 @@ that was read; 0 copies everything and allocates the whole target.
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ MAX_REQUEST = (2**31 - 1) & ~511
 MAX_WORKERS = 16
 #: first block-status window of the plan (see plan())
 PLAN_WINDOW = 8 << 20
+#: planned pieces kept between the progress walk and the copy (~100 bytes each)
+PLAN_MEMO = 1 << 16
 
 
 @dataclass
@@ -315,16 +318,24 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             compress=opts.compress, unmap=opts.sparse != 0,
             copy_range=_copy_range_fn(sources, target) if opts.copy_offload else None,
             progress=(lambda done: progress(done, total_done[0])) if progress else None,
-            rate_limit=opts.rate_limit, serial_reads=not parallel_safe(*sources),
-            parallel_writes=target.format == "raw" and target.backing is None)
+            rate_limit=opts.rate_limit, serial_reads=not parallel_safe(*sources))
         backing_end = target.backing.size if has_backing and target.backing is not None else None
 
         def pieces() -> Iterator[Piece]:
             return plan(sources, target_has_backing=has_backing, sparse=opts.sparse, backing_end=backing_end)
 
+        todo: Iterable[Piece] = pieces()
         if progress is not None:
-            total_done[0] = copier.planned_total(pieces())
-        copier.run(pieces())
+            # qemu-img also walks the block status once for the progress total; keep that
+            # walk's pieces for the copy unless there are very many (memory stays bounded)
+            memo = list(itertools.islice(todo, PLAN_MEMO + 1))
+            if len(memo) > PLAN_MEMO:
+                total_done[0] = copier.planned_total(pieces())
+                todo = pieces()
+            else:
+                total_done[0] = copier.planned_total(memo)
+                todo = memo
+        copier.run(todo)
         if opts.bitmaps:
             _copy_bitmaps(sources[0], target, opts.skip_broken_bitmaps, warn)
         if opts.cache != "unsafe":

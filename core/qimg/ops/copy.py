@@ -11,7 +11,6 @@ from __future__ import annotations
 import queue
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,6 +28,8 @@ ZERO_VIEW = memoryview(ZERO_CHUNK)
 COMPRESS_BATCH = 1 << 20
 
 COPY, ZERO, SKIP = "copy", "zero", "skip"
+#: reader threads of a plain (uncompressed) copy, beside the writing thread
+PLAIN_READERS = 1
 
 Reader = Callable[[int, memoryview], None]
 
@@ -170,11 +171,8 @@ class Copier:
                  unmap: bool = True, copy_range: Callable[[int, int], bool] | None = None,
                  progress: Callable[[int], None] | None = None,
                  rate_limit: int = 0, serial_reads: bool = False, progress_all: bool = False,
-                 count_zero: bool = False, parallel_writes: bool = False) -> None:
+                 count_zero: bool = False) -> None:
         self.target = target
-        # a target without metadata (raw) takes data writes from the pool threads, right after
-        # their read, at distinct offsets: the bytes do not depend on the order
-        self.parallel_writes = parallel_writes and not compress and workers > 1
         self.progress_all = progress_all
         self.count_zero = count_zero
         if serial_reads:
@@ -286,15 +284,6 @@ class Copier:
                         payloads.append(self._prep(view[s:s + k]))
             return _Result(offset, length, buf, runs, payloads if self._prep else None)
         runs = [(s, k, "zero" if z else "data") for s, k, z in zero_runs(buf, length, offset, self.granule)]
-        if self.parallel_writes and offset + length <= self._tsize:
-            for j, (s, k, kind) in enumerate(runs):
-                if kind == "data":
-                    try:
-                        self._twrite(offset + s, view[s:s + k])
-                    except OSError as e:
-                        self._put_buf(buf)
-                        raise QimgError(f"error while writing at byte {offset + s}: {e.strerror or e}") from None
-                    runs[j] = (s, k, "done")
         return _Result(offset, length, buf, runs)
 
     # -- writes (calling thread) --------------------------------------------------------
@@ -346,8 +335,6 @@ class Copier:
                             self._advance(k)  # per cluster, as qemu-img's one-cluster requests
                         continue
                     self._flush_zero()
-                    if kind == "done":
-                        continue
                     try:
                         if kind == "data":
                             if off + k > self._tsize:
@@ -389,50 +376,100 @@ class Copier:
         else:
             self._advance(n, False)
 
-    def _run_pool(self, tasks: Iterator[tuple[str, int, int]]) -> None:
-        inflight: deque[Future[_Result] | tuple[str, int, int]] = deque()
-        pending: set[Future[_Result]] = set()
-        self._nfut = 0
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="qimg-copy") as ex:
-            try:
-                for op, off, n in tasks:
-                    if op != COPY:
-                        if self.ordered:
-                            if inflight:
-                                inflight.append((op, off, n))
-                            else:
-                                self._do_inline(op, off, n)
-                        else:
-                            self._do_inline(op, off, n)
-                        continue
-                    fut = ex.submit(self._work, off, n)
-                    if self.ordered:
-                        inflight.append(fut)
-                        self._nfut += 1
-                        while self._nfut > self.workers:
-                            self._drain_one(inflight)
-                    else:
-                        pending.add(fut)
-                        if len(pending) >= self.workers:
-                            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                            for f in done:
-                                pending.discard(f)
-                                self._write(f.result())
-                while inflight:
-                    self._drain_one(inflight)
-                for f in list(pending):
-                    pending.discard(f)
-                    self._write(f.result())
-            except BaseException:
-                for f in list(inflight) + list(pending):
-                    if isinstance(f, Future):
-                        f.cancel()
-                raise
+    def _threads(self) -> int:
+        """Pool threads: compression is CPU-bound (zlib/zstd release the GIL), so one thread per
+        core; a plain copy moves page-cache bytes, where one reader beside the writing thread
+        keeps both syscalls busy and more threads only trade the GIL back and forth."""
+        import os
 
-    def _drain_one(self, inflight: deque) -> None:
-        item = inflight.popleft()
-        if isinstance(item, Future):
-            self._nfut -= 1
-            self._write(item.result())
-        else:
-            self._do_inline(*item)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        want = cores if self.compress else PLAIN_READERS
+        return max(1, min(self.workers, want))
+
+    def _run_pool(self, tasks: Iterator[tuple[str, int, int]]) -> None:
+        """Reader threads take COPY tasks in order from ``todo`` and hand results to ``done``;
+        the calling thread writes them, in task order unless ``ordered`` is False. At most
+        ``depth`` tasks (and so buffers) are in flight."""
+        import threading
+
+        nthreads = self._threads()
+        depth = max(self.workers, 2 * nthreads)
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        stop = threading.Event()
+
+        def worker() -> None:
+            while True:
+                item = todo.get()
+                if item is None:
+                    return
+                seq, off, n = item
+                if stop.is_set():
+                    done.put((seq, None))
+                    continue
+                try:
+                    done.put((seq, self._work(off, n)))
+                except BaseException as e:  # noqa: BLE001 - handed to the writing thread
+                    done.put((seq, e))
+
+        threads = [threading.Thread(target=worker, name=f"qimg-copy-{i}", daemon=True) for i in range(nthreads)]
+        for t in threads:
+            t.start()
+        # ordered: COPY tasks by sequence number, with the ZERO/SKIP tasks that follow each
+        order: deque = deque()
+        ready: dict[int, object] = {}
+        state = {"next": 0, "inflight": 0}
+
+        def take(seq_wanted: int | None) -> None:
+            """Write one finished task: the next in order, or (unordered) any."""
+            while True:
+                if seq_wanted is not None and seq_wanted in ready:
+                    res = ready.pop(seq_wanted)
+                    break
+                seq, res = done.get()
+                if seq_wanted is None or seq == seq_wanted:
+                    break
+                ready[seq] = res
+            state["inflight"] -= 1
+            if isinstance(res, BaseException):
+                raise res
+            self._write(res)
+
+        def drain_one() -> None:
+            if not self.ordered:
+                take(None)
+                return
+            item = order.popleft()
+            if isinstance(item, int):
+                take(item)
+            else:
+                self._do_inline(*item)
+
+        seq = 0
+        try:
+            for op, off, n in tasks:
+                if op != COPY:
+                    if self.ordered and order:
+                        order.append((op, off, n))
+                    else:
+                        self._do_inline(op, off, n)
+                    continue
+                todo.put((seq, off, n))
+                if self.ordered:
+                    order.append(seq)
+                seq += 1
+                state["inflight"] += 1
+                while state["inflight"] >= depth:
+                    drain_one()
+            while state["inflight"] or order:
+                drain_one()
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            for _ in threads:
+                todo.put(None)
+            for t in threads:
+                t.join()
+            # buffers of results nobody wrote go back to the pool (it is dropped anyway)
+            ready.clear()
