@@ -8,7 +8,7 @@ bytes at ``entry & ((1 << (63 - cluster_bits)) - 1)``.
 """
 from __future__ import annotations
 
-from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
+from qimg.records import Record
 
 MAGIC = b"QFI\xfb"
 HEADER_SIZE = 48
@@ -16,16 +16,18 @@ CRYPT_NONE = 0
 CRYPT_AES = 1
 COMPRESSED = 1 << 63
 
-Header = Struct(
-    "magic" / Bytes(4),
-    "version" / Int32ub,
-    "backing_file_offset" / Int64ub,
-    "backing_file_size" / Int32ub,
-    "mtime" / Int32ub,
-    "size" / Int64ub,
-    "cluster_bits" / Int8ub,
-    "l2_bits" / Int8ub,
-    "padding" / Int16ub,
-    "crypt_method" / Int32ub,
-    "l1_table_offset" / Int64ub,
+Header = Record(
+    ">",
+    ("magic", "4s"),
+    ("version", "I"),
+    ("backing_file_offset", "Q"),
+    ("backing_file_size", "I"),
+    ("mtime", "I"),
+    ("size", "Q"),
+    ("cluster_bits", "B"),
+    ("l2_bits", "B"),
+    ("padding", "H"),
+    ("crypt_method", "I"),
+    ("l1_table_offset", "Q"),
+    name="qcow header",
 )

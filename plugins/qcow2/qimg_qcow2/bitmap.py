@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from construct import Int8ub, Int16ub, Int32ub, Int64ub, Struct
 from qimg.errors import QimgError
+from qimg.records import Record
 
 from . import structs as S
 
@@ -29,20 +29,24 @@ if TYPE_CHECKING:
     from .check import _Checker
     from .driver import Qcow2Format
 
-BitmapsExt = Struct(
-    "nb_bitmaps" / Int32ub,
-    "reserved" / Int32ub,
-    "bitmap_directory_size" / Int64ub,
-    "bitmap_directory_offset" / Int64ub,
+BitmapsExt = Record(
+    ">",
+    ("nb_bitmaps", "I"),
+    ("reserved", "I"),
+    ("bitmap_directory_size", "Q"),
+    ("bitmap_directory_offset", "Q"),
+    name="qcow2 bitmaps extension",
 )
-DirEntry = Struct(
-    "bitmap_table_offset" / Int64ub,
-    "bitmap_table_size" / Int32ub,
-    "flags" / Int32ub,
-    "type" / Int8ub,
-    "granularity_bits" / Int8ub,
-    "name_size" / Int16ub,
-    "extra_data_size" / Int32ub,
+DirEntry = Record(
+    ">",
+    ("bitmap_table_offset", "Q"),
+    ("bitmap_table_size", "I"),
+    ("flags", "I"),
+    ("type", "B"),
+    ("granularity_bits", "B"),
+    ("name_size", "H"),
+    ("extra_data_size", "I"),
+    name="qcow2 bitmap directory entry",
 )
 DIR_ENTRY_SIZE = 24
 

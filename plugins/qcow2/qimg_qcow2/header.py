@@ -3,42 +3,78 @@ encode exactly as QEMU 7.2 lays out the first cluster."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
 from qimg.errors import QimgError
 
 from . import structs as S
 
-
-@dataclass
-class Header:
-    version: int = 3
-    backing_file_offset: int = 0
-    backing_file_size: int = 0
-    cluster_bits: int = 16
-    size: int = 0
-    crypt_method: int = 0
-    l1_size: int = 0
-    l1_table_offset: int = 0
-    refcount_table_offset: int = 0
-    refcount_table_clusters: int = 0
-    nb_snapshots: int = 0
-    snapshots_offset: int = 0
-    incompatible_features: int = 0
-    compatible_features: int = 0
-    autoclear_features: int = 0
-    refcount_order: int = 4
-    header_length: int = S.V3_HEADER_SIZE
-    compression_type: int = 0
+#: Header's fields and defaults, in order (``repr`` and ``==`` follow it)
+_FIELDS = (
+    ("version", 3), ("backing_file_offset", 0), ("backing_file_size", 0), ("cluster_bits", 16),
+    ("size", 0), ("crypt_method", 0), ("l1_size", 0), ("l1_table_offset", 0),
+    ("refcount_table_offset", 0), ("refcount_table_clusters", 0), ("nb_snapshots", 0),
+    ("snapshots_offset", 0), ("incompatible_features", 0), ("compatible_features", 0),
+    ("autoclear_features", 0), ("refcount_order", 4), ("header_length", S.V3_HEADER_SIZE),
+    ("compression_type", 0),
     # extension state
-    backing_file: str | None = None
-    backing_format: str | None = None
-    data_file: str | None = None
-    crypto_header: bytes | None = None
-    bitmaps_ext: bytes | None = None
-    unknown_exts: list[tuple[int, bytes]] = field(default_factory=list)
-    # names from the image's feature table: {(type, bit): name}
-    feature_names: dict[tuple[int, int], str] = field(default_factory=dict)
+    ("backing_file", None), ("backing_format", None), ("data_file", None), ("crypto_header", None),
+    ("bitmaps_ext", None),
+)
+
+
+class Header:
+    """The parsed header and extensions (a plain class: no dataclasses import at start-up)."""
+
+    __slots__ = tuple(name for name, _ in _FIELDS) + ("unknown_exts", "feature_names")
+
+    version: int
+    backing_file_offset: int
+    backing_file_size: int
+    cluster_bits: int
+    size: int
+    crypt_method: int
+    l1_size: int
+    l1_table_offset: int
+    refcount_table_offset: int
+    refcount_table_clusters: int
+    nb_snapshots: int
+    snapshots_offset: int
+    incompatible_features: int
+    compatible_features: int
+    autoclear_features: int
+    refcount_order: int
+    header_length: int
+    compression_type: int
+    backing_file: str | None
+    backing_format: str | None
+    data_file: str | None
+    crypto_header: bytes | None
+    bitmaps_ext: bytes | None
+    unknown_exts: list[tuple[int, bytes]]
+    #: names from the image's feature table: {(type, bit): name}
+    feature_names: dict[tuple[int, int], str]
+
+    def __init__(self, *, unknown_exts: list[tuple[int, bytes]] | None = None,
+                 feature_names: dict[tuple[int, int], str] | None = None, **values: object) -> None:
+        for name, default in _FIELDS:
+            setattr(self, name, values.pop(name, default))
+        if values:
+            raise TypeError(f"Header() got unexpected keyword argument(s) {', '.join(values)}")
+        self.unknown_exts = [] if unknown_exts is None else unknown_exts
+        self.feature_names = {} if feature_names is None else feature_names
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return "Header(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 def parse_fixed(buf: bytes) -> Header:
@@ -69,7 +105,7 @@ def parse_extensions(h: Header, cluster: bytes, end: int) -> None:
     """Read the extensions between ``header_length`` and ``end`` (backing name offset or cluster end)."""
     pos = h.header_length
     while pos + 8 <= end:
-        ext = S.ExtHeader.parse(cluster[pos : pos + 8])
+        ext = S.ExtHeader.parse(cluster, pos)
         pos += 8
         if ext.type == S.EXT_END:
             return

@@ -16,25 +16,27 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from construct import Int16ub, Int32ub, Int64ub, Struct
 from qimg.driver import SnapshotInfo
 from qimg.errors import CorruptImage, QimgError
+from qimg.records import Record
 
 from . import structs as S
 
 if TYPE_CHECKING:
     from .driver import Qcow2Format
 
-SnapshotHeader = Struct(
-    "l1_table_offset" / Int64ub,
-    "l1_size" / Int32ub,
-    "id_str_size" / Int16ub,
-    "name_size" / Int16ub,
-    "date_sec" / Int32ub,
-    "date_nsec" / Int32ub,
-    "vm_clock_nsec" / Int64ub,
-    "vm_state_size" / Int32ub,
-    "extra_data_size" / Int32ub,
+SnapshotHeader = Record(
+    ">",
+    ("l1_table_offset", "Q"),
+    ("l1_size", "I"),
+    ("id_str_size", "H"),
+    ("name_size", "H"),
+    ("date_sec", "I"),
+    ("date_nsec", "I"),
+    ("vm_clock_nsec", "Q"),
+    ("vm_state_size", "I"),
+    ("extra_data_size", "I"),
+    name="qcow2 snapshot table entry",
 )
 SNAPSHOT_HEADER_SIZE = 40
 #: the extra data QEMU 7.2 writes: vm_state_size_large, disk_size, icount

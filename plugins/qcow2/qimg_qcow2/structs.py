@@ -1,45 +1,50 @@
-"""On-disk structures of qcow2 (QEMU docs/interop/qcow2.rst) as construct Structs.
+"""On-disk structures of qcow2 (QEMU docs/interop/qcow2.rst).
 
-Only fixed-layout records use construct; the big tables (L1, L2, refcounts) are arrays.
+Fixed-layout records are declarative :class:`qimg.records.Record` layouts (each one's
+``.construct`` is the equivalent construct Struct); the big tables (L1, L2, refcounts) are arrays.
 """
 from __future__ import annotations
 
-from construct import Bytes, Int8ub, Int32ub, Int64ub, Struct
+from qimg.records import Record
 
 QCOW_MAGIC = 0x514649FB
 
-HeaderV2 = Struct(
-    "magic" / Int32ub,
-    "version" / Int32ub,
-    "backing_file_offset" / Int64ub,
-    "backing_file_size" / Int32ub,
-    "cluster_bits" / Int32ub,
-    "size" / Int64ub,
-    "crypt_method" / Int32ub,
-    "l1_size" / Int32ub,
-    "l1_table_offset" / Int64ub,
-    "refcount_table_offset" / Int64ub,
-    "refcount_table_clusters" / Int32ub,
-    "nb_snapshots" / Int32ub,
-    "snapshots_offset" / Int64ub,
+HeaderV2 = Record(
+    ">",
+    ("magic", "I"),
+    ("version", "I"),
+    ("backing_file_offset", "Q"),
+    ("backing_file_size", "I"),
+    ("cluster_bits", "I"),
+    ("size", "Q"),
+    ("crypt_method", "I"),
+    ("l1_size", "I"),
+    ("l1_table_offset", "Q"),
+    ("refcount_table_offset", "Q"),
+    ("refcount_table_clusters", "I"),
+    ("nb_snapshots", "I"),
+    ("snapshots_offset", "Q"),
+    name="qcow2 header",
 )
 V2_HEADER_SIZE = 72
 
 # version 3 fields that follow the v2 part
-HeaderV3Tail = Struct(
-    "incompatible_features" / Int64ub,
-    "compatible_features" / Int64ub,
-    "autoclear_features" / Int64ub,
-    "refcount_order" / Int32ub,
-    "header_length" / Int32ub,
+HeaderV3Tail = Record(
+    ">",
+    ("incompatible_features", "Q"),
+    ("compatible_features", "Q"),
+    ("autoclear_features", "Q"),
+    ("refcount_order", "I"),
+    ("header_length", "I"),
+    name="qcow2 version 3 header",
 )
 V3_MIN_HEADER_SIZE = 104
 # what QEMU 7.2 writes: the v3 fields plus compression_type and 7 bytes of padding
 V3_HEADER_SIZE = 112
 
-ExtHeader = Struct("type" / Int32ub, "length" / Int32ub)
+ExtHeader = Record(">", ("type", "I"), ("length", "I"), name="qcow2 header extension")
 
-FeatureEntry = Struct("type" / Int8ub, "bit" / Int8ub, "name" / Bytes(46))
+FeatureEntry = Record(">", ("type", "B"), ("bit", "B"), ("name", "46s"), name="qcow2 feature name table entry")
 
 # header extension types
 EXT_END = 0

@@ -7,7 +7,7 @@ sector; the block map (one u32 per 1 MiB block: index of the block in the data a
 """
 from __future__ import annotations
 
-from construct import Bytes, Int32ul, Int64ul, Padding, Struct
+from qimg.records import Record
 
 HEADER_SIZE = 512
 SIGNATURE = 0xBEDA107F
@@ -17,36 +17,40 @@ TEXT = b"<<< QEMU VM Virtual Disk Image >>>\n"
 TYPE_DYNAMIC = 1
 TYPE_STATIC = 2
 
-Geometry = Struct(
-    "cylinders" / Int32ul,
-    "heads" / Int32ul,
-    "sectors" / Int32ul,
-    "sector_size" / Int32ul,
+Geometry = Record(
+    "<",
+    ("cylinders", "I"),
+    ("heads", "I"),
+    ("sectors", "I"),
+    ("sector_size", "I"),
+    name="VDI geometry",
 )
 
-Header = Struct(
-    "text" / Bytes(64),
-    "signature" / Int32ul,
-    "version" / Int32ul,          # major << 16 | minor
-    "header_size" / Int32ul,      # bytes from here to the end of the v1.1 fields: 0x180
-    "image_type" / Int32ul,
-    "image_flags" / Int32ul,
-    "description" / Bytes(256),
-    "offset_bmap" / Int32ul,
-    "offset_data" / Int32ul,
-    "legacy_geometry" / Geometry,
-    "unused" / Int32ul,
-    "disk_size" / Int64ul,
-    "block_size" / Int32ul,
-    "block_extra" / Int32ul,
-    "blocks_in_image" / Int32ul,
-    "blocks_allocated" / Int32ul,
-    "uuid_image" / Bytes(16),
-    "uuid_last_snap" / Bytes(16),  # VirtualBox's "modification" UUID
-    "uuid_link" / Bytes(16),
-    "uuid_parent" / Bytes(16),
-    "lchs_geometry" / Geometry,
-    Padding(40),
+Header = Record(
+    "<",
+    ("text", "64s"),
+    ("signature", "I"),
+    ("version", "I"),  # major << 16 | minor
+    ("header_size", "I"),  # bytes from here to the end of the v1.1 fields: 0x180
+    ("image_type", "I"),
+    ("image_flags", "I"),
+    ("description", "256s"),
+    ("offset_bmap", "I"),
+    ("offset_data", "I"),
+    ("legacy_geometry", Geometry),
+    ("unused", "I"),
+    ("disk_size", "Q"),
+    ("block_size", "I"),
+    ("block_extra", "I"),
+    ("blocks_in_image", "I"),
+    ("blocks_allocated", "I"),
+    ("uuid_image", "16s"),
+    ("uuid_last_snap", "16s"),  # VirtualBox's "modification" UUID
+    ("uuid_link", "16s"),
+    ("uuid_parent", "16s"),
+    ("lchs_geometry", Geometry),
+    (None, "40x"),
+    name="VDI header",
 )
 
 assert Header.sizeof() == HEADER_SIZE

@@ -6,7 +6,7 @@ Checksums are CRC-32C over the whole structure with the checksum field zeroed
 import uuid
 
 import crc32c
-from construct import Bytes, Int16ul, Int32ul, Int64ul, Struct
+from qimg.records import Record
 
 KiB, MiB = 1 << 10, 1 << 20
 FILE_SIGNATURE = b"vhdxfile"
@@ -45,69 +45,93 @@ SB_PRESENT = 6
 BAT_STATE_MASK = 7
 BAT_OFFSET_SHIFT = 20
 
-FileIdentifier = Struct("signature" / Bytes(8), "creator" / Bytes(512))
-
-Header = Struct(
-    "signature" / Bytes(4),  # "head"
-    "checksum" / Int32ul,
-    "sequence_number" / Int64ul,
-    "file_write_guid" / Bytes(16),
-    "data_write_guid" / Bytes(16),
-    "log_guid" / Bytes(16),
-    "log_version" / Int16ul,
-    "version" / Int16ul,
-    "log_length" / Int32ul,
-    "log_offset" / Int64ul,
-    "reserved" / Bytes(4016),
+FileIdentifier = Record(
+    "<",
+    ("signature", "8s"),
+    ("creator", "512s"),
+    name="VHDX file identifier",
 )
 
-RegionTableHeader = Struct(
-    "signature" / Bytes(4),  # "regi"
-    "checksum" / Int32ul,
-    "entry_count" / Int32ul,
-    "reserved" / Int32ul,
-)
-RegionEntry = Struct(
-    "guid" / Bytes(16),
-    "file_offset" / Int64ul,
-    "length" / Int32ul,
-    "required" / Int32ul,
+Header = Record(
+    "<",
+    ("signature", "4s"),  # "head"
+    ("checksum", "I"),
+    ("sequence_number", "Q"),
+    ("file_write_guid", "16s"),
+    ("data_write_guid", "16s"),
+    ("log_guid", "16s"),
+    ("log_version", "H"),
+    ("version", "H"),
+    ("log_length", "I"),
+    ("log_offset", "Q"),
+    ("reserved", "4016s"),
+    name="VHDX header",
 )
 
-MetadataTableHeader = Struct(
-    "signature" / Bytes(8),  # "metadata"
-    "reserved" / Int16ul,
-    "entry_count" / Int16ul,
-    "reserved2" / Bytes(20),
+RegionTableHeader = Record(
+    "<",
+    ("signature", "4s"),  # "regi"
+    ("checksum", "I"),
+    ("entry_count", "I"),
+    ("reserved", "I"),
+    name="VHDX region table header",
 )
-MetadataEntry = Struct(
-    "item_id" / Bytes(16),
-    "offset" / Int32ul,
-    "length" / Int32ul,
-    "flags" / Int32ul,
-    "reserved" / Int32ul,
+RegionEntry = Record(
+    "<",
+    ("guid", "16s"),
+    ("file_offset", "Q"),
+    ("length", "I"),
+    ("required", "I"),
+    name="VHDX region table entry",
 )
-FileParameters = Struct("block_size" / Int32ul, "flags" / Int32ul)
 
-LogEntryHeader = Struct(
-    "signature" / Bytes(4),  # "loge"
-    "checksum" / Int32ul,
-    "entry_length" / Int32ul,
-    "tail" / Int32ul,
-    "sequence_number" / Int64ul,
-    "descriptor_count" / Int32ul,
-    "reserved" / Int32ul,
-    "log_guid" / Bytes(16),
-    "flushed_file_offset" / Int64ul,
-    "last_file_offset" / Int64ul,
+MetadataTableHeader = Record(
+    "<",
+    ("signature", "8s"),  # "metadata"
+    ("reserved", "H"),
+    ("entry_count", "H"),
+    ("reserved2", "20s"),
+    name="VHDX metadata table header",
+)
+MetadataEntry = Record(
+    "<",
+    ("item_id", "16s"),
+    ("offset", "I"),
+    ("length", "I"),
+    ("flags", "I"),
+    ("reserved", "I"),
+    name="VHDX metadata table entry",
+)
+FileParameters = Record(
+    "<",
+    ("block_size", "I"),
+    ("flags", "I"),
+    name="VHDX file parameters",
+)
+
+LogEntryHeader = Record(
+    "<",
+    ("signature", "4s"),  # "loge"
+    ("checksum", "I"),
+    ("entry_length", "I"),
+    ("tail", "I"),
+    ("sequence_number", "Q"),
+    ("descriptor_count", "I"),
+    ("reserved", "I"),
+    ("log_guid", "16s"),
+    ("flushed_file_offset", "Q"),
+    ("last_file_offset", "Q"),
+    name="VHDX log entry header",
 )
 # "desc": trailing bytes, leading bytes; "zero": reserved, zero length
-LogDescriptor = Struct(
-    "signature" / Bytes(4),
-    "trailing_bytes" / Int32ul,
-    "leading_bytes" / Int64ul,
-    "file_offset" / Int64ul,
-    "sequence_number" / Int64ul,
+LogDescriptor = Record(
+    "<",
+    ("signature", "4s"),
+    ("trailing_bytes", "I"),
+    ("leading_bytes", "Q"),
+    ("file_offset", "Q"),
+    ("sequence_number", "Q"),
+    name="VHDX log descriptor",
 )
 LOG_DESCRIPTOR_SIZE = 32
 LOG_HEADER_SIZE = 64

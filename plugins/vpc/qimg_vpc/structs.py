@@ -7,7 +7,7 @@ structure with the checksum field taken as zero.
 """
 from __future__ import annotations
 
-from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
+from qimg.records import Record
 
 FOOTER_SIZE = 512
 DYN_HEADER_SIZE = 1024
@@ -21,49 +21,55 @@ DISK_FIXED = 2
 DISK_DYNAMIC = 3
 DISK_DIFFERENCING = 4
 
-Footer = Struct(
-    "cookie" / Bytes(8),
-    "features" / Int32ub,
-    "version" / Int32ub,
-    "data_offset" / Int64ub,
-    "timestamp" / Int32ub,       # seconds since 2000-01-01 00:00:00 UTC
-    "creator_app" / Bytes(4),
-    "creator_version" / Int32ub,
-    "creator_os" / Bytes(4),
-    "original_size" / Int64ub,
-    "current_size" / Int64ub,
-    "cylinders" / Int16ub,
-    "heads" / Int8ub,
-    "sectors" / Int8ub,          # per track
-    "disk_type" / Int32ub,
-    "checksum" / Int32ub,
-    "unique_id" / Bytes(16),
-    "saved_state" / Int8ub,
-    Padding(427),
+Footer = Record(
+    ">",
+    ("cookie", "8s"),
+    ("features", "I"),
+    ("version", "I"),
+    ("data_offset", "Q"),
+    ("timestamp", "I"),  # seconds since 2000-01-01 00:00:00 UTC
+    ("creator_app", "4s"),
+    ("creator_version", "I"),
+    ("creator_os", "4s"),
+    ("original_size", "Q"),
+    ("current_size", "Q"),
+    ("cylinders", "H"),
+    ("heads", "B"),
+    ("sectors", "B"),  # per track
+    ("disk_type", "I"),
+    ("checksum", "I"),
+    ("unique_id", "16s"),
+    ("saved_state", "B"),
+    (None, "427x"),
+    name="VHD footer",
 )
 
-ParentLocator = Struct(
-    "platform_code" / Bytes(4),
-    "data_space" / Int32ub,
-    "data_length" / Int32ub,
-    Padding(4),
-    "data_offset" / Int64ub,
+ParentLocator = Record(
+    ">",
+    ("platform_code", "4s"),
+    ("data_space", "I"),
+    ("data_length", "I"),
+    (None, "4x"),
+    ("data_offset", "Q"),
+    name="VHD parent locator",
 )
 
-DynHeader = Struct(
-    "cookie" / Bytes(8),
-    "data_offset" / Int64ub,     # unused, all ones
-    "table_offset" / Int64ub,    # absolute offset of the block allocation table
-    "version" / Int32ub,
-    "max_table_entries" / Int32ub,
-    "block_size" / Int32ub,
-    "checksum" / Int32ub,
-    "parent_unique_id" / Bytes(16),
-    "parent_timestamp" / Int32ub,
-    Padding(4),
-    "parent_name" / Bytes(512),  # UTF-16BE
-    "parent_locators" / ParentLocator[8],
-    Padding(256),
+DynHeader = Record(
+    ">",
+    ("cookie", "8s"),
+    ("data_offset", "Q"),  # unused, all ones
+    ("table_offset", "Q"),  # absolute offset of the block allocation table
+    ("version", "I"),
+    ("max_table_entries", "I"),
+    ("block_size", "I"),
+    ("checksum", "I"),
+    ("parent_unique_id", "16s"),
+    ("parent_timestamp", "I"),
+    (None, "4x"),
+    ("parent_name", "512s"),  # UTF-16BE
+    ("parent_locators", (ParentLocator, 8)),
+    (None, "256x"),
+    name="VHD dynamic disk header",
 )
 
 
@@ -73,7 +79,7 @@ def checksum(raw: bytes | bytearray | memoryview, at: int) -> int:
     return ~(sum(raw) - sum(raw[at : at + 4])) & 0xFFFFFFFF
 
 
-def build_with_checksum(struct: Struct, values: dict, at: int) -> bytes:
+def build_with_checksum(struct: Record, values: dict, at: int) -> bytes:
     """Build a structure and fill its checksum field."""
     raw = bytearray(struct.build({**values, "checksum": 0}))
     raw[at : at + 4] = checksum(raw, at).to_bytes(4, "big")
