@@ -11,9 +11,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
 from ..errors import QimgError
@@ -21,7 +18,11 @@ from ..image import zero_fill
 from .copy import COPY, SKIP, Copier, Piece, parallel_safe, run_length
 from .copy import ZERO as ZERO_OP
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any
+
     from ..image import Image
 
 DEFAULT_SPARSE = 4096
@@ -34,9 +35,11 @@ PLAN_WINDOW = 8 << 20
 PLAN_MEMO = 1 << 16
 
 
-@dataclass
 class ConvertOptions:
-    """Everything ``qemu-img convert`` takes besides the images (CLI names in comments)."""
+    """Everything ``qemu-img convert`` takes besides the images (CLI names in comments).
+
+    A plain class (no dataclass: its import and generated code cost start-up time): the
+    class attributes are the defaults, keyword arguments override them."""
 
     out_format: str | None = "raw"              # -O (None: probe an existing -n target)
     create_options: str | dict[str, Any] | None = None  # -o (merged)
@@ -53,8 +56,18 @@ class ConvertOptions:
     salvage: bool = False                       # --salvage
     bitmaps: bool = False                       # --bitmaps
     skip_broken_bitmaps: bool = False           # --skip-broken-bitmaps
-    target_open_options: dict[str, Any] = field(default_factory=dict)  # --target-image-opts
+    target_open_options: dict[str, Any]         # --target-image-opts
     cache: str = "unsafe"                       # -t (convert's default: no syncing)
+
+    def __init__(self, **options: Any) -> None:
+        self.target_open_options = {}
+        for name, value in options.items():
+            if name not in ConvertOptions.__annotations__:
+                raise TypeError(f"ConvertOptions has no option {name!r}")
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"ConvertOptions({', '.join(f'{k}={getattr(self, k)!r}' for k in ConvertOptions.__annotations__)})"
 
 
 def concat_reader(sources: list["Image"], salvage: bool = False,

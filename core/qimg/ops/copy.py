@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import queue
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..errors import QimgError
 from ..protocol import ZERO_CHUNK
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+
     from ..blockstatus import Status
     from ..image import Image
 
@@ -31,17 +31,24 @@ COPY, ZERO, SKIP = "copy", "zero", "skip"
 #: reader threads of a plain (uncompressed) copy, beside the writing thread
 PLAIN_READERS = 1
 
-Reader = Callable[[int, memoryview], None]
+Reader = "Callable[[int, memoryview], None]"
 
 
-@dataclass(frozen=True)
 class Piece:
     """One planned run of the target: COPY (read then write), ZERO (must read as zeroes) or
     SKIP (leave the target as it is, e.g. backing data shows through)."""
 
-    offset: int
-    length: int
-    op: str
+    __slots__ = ("offset", "length", "op")
+
+    def __init__(self, offset: int, length: int, op: str) -> None:
+        self.offset, self.length, self.op = offset, length, op
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Piece)
+                and (self.offset, self.length, self.op) == (other.offset, other.length, other.op))
+
+    def __repr__(self) -> str:
+        return f"Piece({self.offset}, {self.length}, {self.op!r})"
 
 
 def run_length(st: "Status", limit: int, img: "Image") -> int:
@@ -147,13 +154,15 @@ def _merge_non_copy(pieces: Iterable[Piece]) -> Iterator[Piece]:
         yield cur
 
 
-@dataclass
 class _Result:
-    offset: int
-    length: int
-    buf: bytearray | None
-    runs: list[tuple[int, int, str]]          # (start in buf, length, "data"|"zero"|"comp")
-    compressed: list[object] | None = None      # prepared payloads for "comp" runs, in order
+    """A task's outcome: ``runs`` are (start in buf, length, "data"|"zero"|"comp"), and
+    ``compressed`` the prepared payloads of the "comp" runs, in order."""
+
+    __slots__ = ("offset", "length", "buf", "runs", "compressed")
+
+    def __init__(self, offset: int, length: int, buf: bytearray | None, runs: list[tuple[int, int, str]],
+                 compressed: list[object] | None = None) -> None:
+        self.offset, self.length, self.buf, self.runs, self.compressed = offset, length, buf, runs, compressed
 
 
 class Copier:
