@@ -8,11 +8,12 @@ their handler gets the raw arguments from :class:`GetoptCommand`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
-
-import click
 from qimg.errors import QimgError
+
+TYPE_CHECKING = False  # neither typing nor click is imported when the command runs directly
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any, NoReturn
 
 
 class UsageError(Exception):
@@ -68,25 +69,64 @@ def show_help() -> NoReturn:
     raise SystemExit(0)
 
 
-class GetoptCommand(click.Command):
-    """A click command that hands its raw arguments to ``handler([name, *args])``."""
+#: commands whose module has ``run(argv)`` with ``argv[0]`` the command name
+GETOPT_COMMANDS = ("bench", "commit", "compare", "convert", "dd", "rebase")
 
-    def __init__(self, name: str, handler: Callable[[list[str]], None], help: str = "") -> None:
-        super().__init__(name, add_help_option=False, help=help,
-                         context_settings={"ignore_unknown_options": True})
-        self.handler = handler
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        ctx.meta["qimg.argv"] = list(args)
-        return []
+def run_direct(args: list[str]) -> None:
+    """Run ``[name, *arguments]`` of a getopt command without click (no global options came
+    before it); a :class:`UsageError` exits as the click command would."""
+    import importlib
 
-    def invoke(self, ctx: click.Context) -> None:
-        try:
-            self.handler([self.name or "", *ctx.meta.get("qimg.argv", [])])
-        except UsageError as e:
-            from .common import usage_exit
+    mod = importlib.import_module(f"qimg_cli.commands.{args[0]}")
+    try:
+        mod.run(list(args))
+    except UsageError as e:
+        from .common import usage_exit
 
-            usage_exit(str(e))
+        usage_exit(str(e))
+
+
+_command_class: Any = None
+
+
+def GetoptCommand(name: str, handler: Callable[[list[str]], None], help: str = "") -> Any:  # noqa: N802
+    """A click command that hands its raw arguments to ``handler([name, *args])`` (the class
+    is made on first use, so that importing a command module does not import click)."""
+    global _command_class
+    if _command_class is None:
+        import click
+
+        class _GetoptCommand(click.Command):
+            def __init__(self, name: str, handler: Callable[[list[str]], None], help: str = "") -> None:
+                super().__init__(name, add_help_option=False, help=help,
+                                 context_settings={"ignore_unknown_options": True})
+                self.handler = handler
+
+            def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+                ctx.meta["qimg.argv"] = list(args)
+                return []
+
+            def invoke(self, ctx: click.Context) -> None:
+                try:
+                    self.handler([self.name or "", *ctx.meta.get("qimg.argv", [])])
+                except UsageError as e:
+                    from .common import usage_exit
+
+                    usage_exit(str(e))
+
+        _command_class = _GetoptCommand
+    return _command_class(name, handler, help)
+
+
+def lazy_command(module: str, name: str, handler: Callable[[list[str]], None], help: str) -> Any:
+    """For a command module's ``__getattr__("command")``: build and keep its click command."""
+    import sys
+
+    cmd = GetoptCommand(name, handler, help=help)
+    sys.modules[module].command = cmd  # type: ignore[attr-defined]
+    return cmd
+
 
 CACHE_MODES = ("none", "off", "writeback", "writethrough", "directsync", "unsafe")
 

@@ -1,7 +1,11 @@
 """``qimg bench``: sequential read/write benchmark with qemu-img's options and output."""
 from __future__ import annotations
 
-from ..copyopts import Getopt, GetoptCommand, UsageError, show_help
+from ..copyopts import Getopt, UsageError, lazy_command, show_help
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SHORT = ":hc:d:f:ni:o:qs:S:t:wU"
 LONG = {"help": False, "flush-interval": True, "image-opts": False, "pattern": True,
@@ -132,5 +136,11 @@ def run(argv: list[str]) -> None:
         img.close()
 
 
-command = GetoptCommand("bench", run, help="Run a simple sequential I/O benchmark")
-__all__ = ["command", "run"]
+def __getattr__(attr: str) -> "Any":
+    """``command``, the click command, is built on first use: running directly needs no click."""
+    if attr == "command":
+        return lazy_command(__name__, "bench", run, "Run a simple sequential I/O benchmark")
+    raise AttributeError(attr)
+
+
+__all__ = ["run"]

@@ -1,7 +1,11 @@
 """``qimg commit``: commit an image's changes into its backing file (or ``-b base``)."""
 from __future__ import annotations
 
-from ..copyopts import Getopt, GetoptCommand, UsageError, show_help
+from ..copyopts import Getopt, UsageError, lazy_command, show_help
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SHORT = ":f:ht:b:dpqr:"
 LONG = {"help": False, "object": True, "image-opts": False}
@@ -75,5 +79,11 @@ def run(argv: list[str]) -> None:
         sys.stdout.write("Image committed.\n")
 
 
-command = GetoptCommand("commit", run, help="Commit an image into its backing file")
-__all__ = ["command", "run"]
+def __getattr__(attr: str) -> "Any":
+    """``command``, the click command, is built on first use: running directly needs no click."""
+    if attr == "command":
+        return lazy_command(__name__, "commit", run, "Commit an image into its backing file")
+    raise AttributeError(attr)
+
+
+__all__ = ["run"]

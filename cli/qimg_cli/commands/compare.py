@@ -1,7 +1,11 @@
 """``qimg compare``: exit 0 identical, 1 different, 2 open errors, 3/4 status/read errors."""
 from __future__ import annotations
 
-from ..copyopts import Getopt, GetoptCommand, UsageError, show_help
+from ..copyopts import Getopt, UsageError, lazy_command, show_help
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SHORT = ":hf:F:T:pqsU"
 LONG = {"help": False, "object": True, "image-opts": False, "force-share": False}
@@ -80,5 +84,11 @@ def run(argv: list[str]) -> None:
     raise SystemExit(rc)
 
 
-command = GetoptCommand("compare", run, help="Check if two images have the same content")
-__all__ = ["command", "run"]
+def __getattr__(attr: str) -> "Any":
+    """``command``, the click command, is built on first use: running directly needs no click."""
+    if attr == "command":
+        return lazy_command(__name__, "compare", run, "Check if two images have the same content")
+    raise AttributeError(attr)
+
+
+__all__ = ["run"]

@@ -1,7 +1,11 @@
 """``qimg convert``: option parsing exactly as qemu-img; the work is qimg.ops.convert."""
 from __future__ import annotations
 
-from ..copyopts import Getopt, GetoptCommand, UsageError, show_help
+from ..copyopts import Getopt, UsageError, lazy_command, show_help
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SHORT = ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:"
 LONG = {"help": False, "object": True, "image-opts": False, "target-image-opts": False,
@@ -193,5 +197,11 @@ def _refuse_writers(img, name: str) -> None:  # noqa: ANN001 - qimg.image.Image
         raise QimgError(f"Could not open '{name}': {e.message}", e.exit_code) from None
 
 
-command = GetoptCommand("convert", run, help="Convert an image to another format")
-__all__ = ["command", "run", "UsageError"]
+def __getattr__(attr: str) -> "Any":
+    """``command``, the click command, is built on first use: running directly needs no click."""
+    if attr == "command":
+        return lazy_command(__name__, "convert", run, "Convert an image to another format")
+    raise AttributeError(attr)
+
+
+__all__ = ["run", "UsageError"]

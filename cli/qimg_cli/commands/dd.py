@@ -1,7 +1,11 @@
 """``qimg dd``: ``bs= count= skip= if= of=`` operands as qemu-img dd."""
 from __future__ import annotations
 
-from ..copyopts import Getopt, GetoptCommand, show_help
+from ..copyopts import Getopt, lazy_command, show_help
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SHORT = ":hf:O:U"
 LONG = {"help": False, "object": True, "image-opts": False, "force-share": False}
@@ -72,5 +76,11 @@ def run(argv: list[str]) -> None:
         src.close()
 
 
-command = GetoptCommand("dd", run, help="Copy from input to output converting formats")
-__all__ = ["command", "run"]
+def __getattr__(attr: str) -> "Any":
+    """``command``, the click command, is built on first use: running directly needs no click."""
+    if attr == "command":
+        return lazy_command(__name__, "dd", run, "Copy from input to output converting formats")
+    raise AttributeError(attr)
+
+
+__all__ = ["run"]

@@ -1,7 +1,11 @@
 """``qimg rebase``: change the backing file (safe mode keeps the guest view; ``-u`` does not)."""
 from __future__ import annotations
 
-from ..copyopts import Getopt, GetoptCommand, UsageError, show_help
+from ..copyopts import Getopt, UsageError, lazy_command, show_help
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SHORT = ":hf:F:b:upt:T:qU"
 LONG = {"help": False, "object": True, "image-opts": False, "force-share": False}
@@ -72,5 +76,11 @@ def run(argv: list[str]) -> None:
         raise
 
 
-command = GetoptCommand("rebase", run, help="Change the backing file of an image")
-__all__ = ["command", "run"]
+def __getattr__(attr: str) -> "Any":
+    """``command``, the click command, is built on first use: running directly needs no click."""
+    if attr == "command":
+        return lazy_command(__name__, "rebase", run, "Change the backing file of an image")
+    raise AttributeError(attr)
+
+
+__all__ = ["run"]
