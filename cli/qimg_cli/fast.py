@@ -8,11 +8,13 @@ tests that use the click objects) and :func:`run_fast`, so both parse identicall
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-from types import ModuleType
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
 
 #: commands that can run without click (their modules follow the protocol above)
 FAST_COMMANDS = ("info", "map", "check")
@@ -39,9 +41,11 @@ def run_fast(args: list[str]) -> bool:
         from qimg.untrusted import enable_cli
 
         enable_cli()
+    from qimg.registry import import_module
+
     from .common import getopt_spec, qemu_getopt
 
-    mod = importlib.import_module(f"qimg_cli.commands.{args[0]}")
+    mod = import_module(f"qimg_cli.commands.{args[0]}")
     opts, _ = getopt_spec([Option(*o) for o in mod.OPTIONS], mod.LEGACY_LONGS)
     state: dict[str, Any] = {}
     found, positionals = qemu_getopt(args[0], opts, args[1:], mod.GETOPT_HOOK, state)

@@ -1,9 +1,10 @@
 """The CLI's hook: plugins may add subcommands."""
 from __future__ import annotations
 
-import pluggy
+from qimg.plugins import HookspecMarker
 
-hookspec = pluggy.HookspecMarker("qimg")
+#: ``pluggy.HookspecMarker("qimg")``'s equivalent, without importing pluggy (see qimg.plugins)
+hookspec = HookspecMarker("qimg")
 
 
 @hookspec

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 PROG = "qimg"
 
@@ -40,6 +43,13 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point. Turns every error into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        from qimg.plugins import add_hookspecs
+
+        from . import hookspecs
+
+        # the CLI's hook is known before any plugin is read (qimg_register_commands is no
+        # unknown hook to the plugin checks, whichever command reads the registry first)
+        add_hookspecs(hookspecs)
         from .fast import run_fast
 
         if not run_fast(args):

@@ -12,7 +12,10 @@ Heavy modules load on first use so that ``import qimg`` stays cheap.
 """
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
+
 
 __version__ = "0.1.0"
 #: the qemu-img version whose behaviour qimg follows (``-V`` prints it)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from .errors import QimgError
 from .image import MAX_CHAIN_DEPTH, Image
 from .options import parse_options
 from .plugins import get_registry
 from .protocol import FileProtocol, Protocol
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _print_warning(msg: str) -> None:

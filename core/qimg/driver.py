@@ -23,51 +23,95 @@ whose file is plain guest data like raw's may set ``lock_as_filter = True``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
 
 from .blockstatus import ALLOCATED, DATA, OFFSET_VALID, Status
 from .errors import NotSupported
-from .options import Option
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from typing import Any, ClassVar
+
     from .image import Image
+    from .options import Option
     from .protocol import Protocol
 
 ProgressFn = Callable[[float, float], None]  # (done, total)
 
 
-@dataclass
-class CheckResult:
+class _Record:
+    """Plain value classes (``dataclasses`` costs more to import than ``qimg info`` may take):
+    ``==`` and ``repr`` over ``_fields``, as the dataclasses these were."""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f) for f in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclasses were
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields) + ")"
+
+
+class CheckResult(_Record):
     """Result of ``check``; field names follow QEMU's ImageCheck and the JSON keys."""
 
-    filename: str = ""
-    format: str = ""
-    check_errors: int = 0
-    corruptions: int = 0
-    leaks: int = 0
-    corruptions_fixed: int = 0
-    leaks_fixed: int = 0
-    image_end_offset: int | None = None
-    total_clusters: int | None = None
-    allocated_clusters: int | None = None
-    fragmented_clusters: int | None = None
-    compressed_clusters: int | None = None
-    # human-readable lines printed before the summary (``Leaked cluster 5 refcount=1 reference=0``)
-    messages: list[str] = field(default_factory=list)
+    __slots__ = ("filename", "format", "check_errors", "corruptions", "leaks", "corruptions_fixed",
+                 "leaks_fixed", "image_end_offset", "total_clusters", "allocated_clusters",
+                 "fragmented_clusters", "compressed_clusters", "messages")
+    _fields = __slots__
+
+    def __init__(self, filename: str = "", format: str = "", check_errors: int = 0,  # noqa: A002
+                 corruptions: int = 0, leaks: int = 0, corruptions_fixed: int = 0, leaks_fixed: int = 0,
+                 image_end_offset: int | None = None, total_clusters: int | None = None,
+                 allocated_clusters: int | None = None, fragmented_clusters: int | None = None,
+                 compressed_clusters: int | None = None, messages: list[str] | None = None) -> None:
+        self.filename = filename
+        self.format = format
+        self.check_errors = check_errors
+        self.corruptions = corruptions
+        self.leaks = leaks
+        self.corruptions_fixed = corruptions_fixed
+        self.leaks_fixed = leaks_fixed
+        self.image_end_offset = image_end_offset
+        self.total_clusters = total_clusters
+        self.allocated_clusters = allocated_clusters
+        self.fragmented_clusters = fragmented_clusters
+        self.compressed_clusters = compressed_clusters
+        # human-readable lines printed before the summary (``Leaked cluster 5 refcount=1 reference=0``)
+        self.messages: list[str] = [] if messages is None else messages
+
+    def copy(self, **changes: object) -> "CheckResult":
+        """A copy with some fields replaced (what ``dataclasses.replace`` did)."""
+        new = CheckResult(**{f: getattr(self, f) for f in self._fields})
+        for name, value in changes.items():
+            if name not in self._fields:
+                raise TypeError(f"CheckResult has no field {name!r}")
+            setattr(new, name, value)
+        return new
 
 
-@dataclass
-class SnapshotInfo:
+class SnapshotInfo(_Record):
     """One internal snapshot, as ``qemu-img snapshot -l`` and ``info`` show it."""
 
-    id: str
-    name: str
-    vm_state_size: int = 0
-    date_sec: int = 0
-    date_nsec: int = 0
-    vm_clock_nsec: int = 0
-    icount: int | None = None
+    __slots__ = ("id", "name", "vm_state_size", "date_sec", "date_nsec", "vm_clock_nsec", "icount")
+    _fields = __slots__
+
+    def __init__(self, id: str, name: str, vm_state_size: int = 0, date_sec: int = 0,  # noqa: A002
+                 date_nsec: int = 0, vm_clock_nsec: int = 0, icount: int | None = None) -> None:
+        self.id = id
+        self.name = name
+        self.vm_state_size = vm_state_size
+        self.date_sec = date_sec
+        self.date_nsec = date_nsec
+        self.vm_clock_nsec = vm_clock_nsec
+        self.icount = icount
 
 
 class Format:

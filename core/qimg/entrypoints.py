@@ -84,11 +84,11 @@ def entry_points(group: str) -> list[tuple[str, str]]:
 
 def load(value: str) -> object:
     """Import an entry point's ``module:attr.attr [extras]`` value."""
-    import importlib
+    from .registry import import_module
 
     value = value.split("[", 1)[0].strip()
     module, _, attr = value.partition(":")
-    obj: object = importlib.import_module(module.strip())
+    obj: object = import_module(module.strip())
     for part in attr.strip().split(".") if attr.strip() else []:
         obj = getattr(obj, part)
     return obj

@@ -10,14 +10,14 @@ so that the core does not depend on click.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from .plugins import HookspecMarker
 
-import pluggy
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     from .registry import Registry
 
-hookspec = pluggy.HookspecMarker("qimg")
+#: ``pluggy.HookspecMarker("qimg")``'s equivalent (see :mod:`qimg.plugins`)
+hookspec = HookspecMarker("qimg")
 
 
 @hookspec

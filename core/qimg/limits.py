@@ -7,10 +7,9 @@ QimgError, exit code 1) with a message a driver can use as is or rephrase as qem
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .errors import CorruptImage
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     from .protocol import Protocol
 

@@ -24,9 +24,12 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from typing import Any
 
 from .errors import QimgError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 PERM_BASE = 100
 SHARED_BASE = 200

@@ -1,24 +1,32 @@
 """The registry plugins fill: formats and protocols by name, loaded lazily."""
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+import sys
 
 from .errors import QimgError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from .driver import Format
     from .protocol import Protocol
 
-ProbeFn = Callable[[bytes, str], int]
+    ProbeFn = Callable[[bytes, str], int]
+
+
+def import_module(name: str) -> Any:
+    """``importlib.import_module`` for an absolute name, without importing importlib and
+    warnings at start-up (``-X importtime`` shows such imports, unlike import_module's)."""
+    __import__(name)
+    return sys.modules[name]
 
 
 def load_object(path: str) -> Any:
     """Import ``"package.module:Attr"``."""
     module, _, attr = path.partition(":")
-    obj: Any = importlib.import_module(module)
+    obj: Any = import_module(module)
     for part in attr.split(".") if attr else []:
         obj = getattr(obj, part)
     return obj
@@ -32,14 +40,40 @@ def _load_driver(kind: str, name: str, path: str) -> Any:
         raise QimgError(f"Could not load the {kind} driver '{name}' ({path}): {e}") from None
 
 
-@dataclass
-class FormatEntry:
-    name: str
-    driver: str
-    probe: ProbeFn | None = None
-    description: str = ""
-    plugin: str = ""
-    _cls: Any = field(default=None, repr=False)
+class _Entry:
+    """``==`` and ``repr`` over the public fields (the loaded class is a cache, left out)."""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f) for f in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields) + ")"
+
+
+class FormatEntry(_Entry):
+    """A registered format: its name, ``"module:Class"`` driver path, probe and description."""
+
+    __slots__ = ("name", "driver", "probe", "description", "plugin", "_cls")
+    _fields = ("name", "driver", "probe", "description", "plugin")
+
+    def __init__(self, name: str, driver: str, probe: ProbeFn | None = None, description: str = "",
+                 plugin: str = "", _cls: Any = None) -> None:
+        self.name = name
+        self.driver = driver
+        self.probe = probe
+        self.description = description
+        self.plugin = plugin
+        self._cls = _cls
 
     def load(self) -> "type[Format]":
         if self._cls is None:
@@ -47,13 +81,19 @@ class FormatEntry:
         return self._cls
 
 
-@dataclass
-class ProtocolEntry:
-    name: str
-    driver: str
-    prefixes: tuple[str, ...] = ()
-    plugin: str = ""
-    _cls: Any = field(default=None, repr=False)
+class ProtocolEntry(_Entry):
+    """A registered protocol: its name, ``"module:Class"`` driver path and filename prefixes."""
+
+    __slots__ = ("name", "driver", "prefixes", "plugin", "_cls")
+    _fields = ("name", "driver", "prefixes", "plugin")
+
+    def __init__(self, name: str, driver: str, prefixes: tuple[str, ...] = (), plugin: str = "",
+                 _cls: Any = None) -> None:
+        self.name = name
+        self.driver = driver
+        self.prefixes = prefixes
+        self.plugin = plugin
+        self._cls = _cls
 
     def load(self) -> "type[Protocol]":
         if self._cls is None:

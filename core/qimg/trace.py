@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import fnmatch
 import sys
-from typing import IO, Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 #: the catalogue: event name -> its fields (documentation only)
 EVENTS: dict[str, str] = {

@@ -6,7 +6,16 @@ import re
 from .errors import QimgError
 
 _SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|0[xX][0-9a-fA-F]+)\s*([a-zA-Z]?)\s*$")
+_SIZE_PATTERN = r"^\s*([0-9]+(?:\.[0-9]*)?|0[xX][0-9a-fA-F]+)\s*([a-zA-Z]?)\s*$"
+_size_re: re.Pattern | None = None
+
+
+def _match(text: str) -> re.Match | None:
+    """The size pattern, compiled on first use (not at start-up)."""
+    global _size_re
+    if _size_re is None:
+        _size_re = re.compile(_SIZE_PATTERN)
+    return _size_re.match(text)
 
 
 def parse_size(text: str, default_suffix: str = "b") -> int:
@@ -15,7 +24,7 @@ def parse_size(text: str, default_suffix: str = "b") -> int:
     Like qemu_strtosz: suffixes b/k/M/G/T/P/E in either case, binary multiples,
     fractions allowed only with a suffix other than bytes, result must fit in int64.
     """
-    m = _SIZE_RE.match(text)
+    m = _match(text)
     if not m:
         raise ValueError(text)
     num, suffix = m.group(1), m.group(2).lower()
@@ -58,7 +67,7 @@ def parse_image_size(text: str) -> int:
 
 def _looks_too_big(text: str) -> bool:
     """A well-formed size that does not fit in int64 (qemu-img words that error differently)."""
-    m = _SIZE_RE.match(text)
+    m = _match(text)
     if not m or text.startswith("-"):
         return False
     try:
@@ -74,10 +83,17 @@ def size_to_str(size: int) -> str:
     suffixes = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
     if size < 1024:
         return f"{size} B"
-    import math
+    # QEMU switches unit once the value would print as >= 1000 of the smaller one:
+    # i = floor(log2(x)) // 10 with x = size * 1.024 (floor(log2) is the bit length of int(x) - 1)
+    x = size * (1024 / 1000)
+    bits = int(x).bit_length()
+    if bits % 10 == 0 and x > (1 << bits) * (1 - 1e-9):
+        # a hair below a unit boundary math.log2 rounds up: keep its answer there
+        import math
 
-    # QEMU switches unit once the value would print as >= 1000 of the smaller one
-    i = int(math.floor(math.log2(size * (1024 / 1000))) // 10)
+        i = int(math.floor(math.log2(x)) // 10)
+    else:
+        i = (bits - 1) // 10
     i = min(i, len(suffixes) - 1)
     div = 1 << (10 * i)
     value = size / div

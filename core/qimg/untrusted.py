@@ -18,10 +18,10 @@ Limits: ``QIMG_UNTRUSTED_AS`` (bytes, suffixes allowed, ``0`` = unlimited, defau
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from .errors import QimgError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     from .registry import Registry
 

@@ -1,7 +1,9 @@
 """``qimg check``: ops.check's report and exit codes (0, 1, 2, 3, 63)."""
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _in_loop(key: str, value, state: dict) -> None:

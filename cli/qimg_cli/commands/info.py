@@ -1,7 +1,10 @@
 """``qimg info``: the ops.info report, human or JSON."""
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
+
 
 # options as data (see qimg_cli.fast): no click import unless the click command is asked for
 NAME = "info"

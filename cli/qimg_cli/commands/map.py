@@ -1,7 +1,9 @@
 """``qimg map``: the ops.map entries, human or JSON."""
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _in_loop(key: str, value, state: dict) -> None:

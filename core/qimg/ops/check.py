@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from .. import trace
 from ..driver import CheckResult, Format
 from ..errors import NotSupported, QimgError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..image import Image
 
 FIX_MODES = {"leaks": {"leaks"}, "all": {"leaks", "errors"}}

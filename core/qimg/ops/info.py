@@ -8,12 +8,14 @@ text is derived from the same dict, so every driver gets both outputs from
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
 
 from .. import trace
 from ..units import size_to_str
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..driver import SnapshotInfo
     from ..image import Image
 

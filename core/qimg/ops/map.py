@@ -8,13 +8,14 @@ zero/data/depth/present, both with or without an offset, and contiguous offsets.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .. import trace
 from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
 from ..errors import QimgError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..image import Image
 
 #: qemu-img asks block status in chunks of at most 1 GiB

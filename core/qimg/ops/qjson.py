@@ -11,7 +11,10 @@ empty containers as ``{`` newline ``}``, non-ASCII and control characters as ``\
 """
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
+
 
 _BUCKETS = 512
 

@@ -5,10 +5,13 @@ A lock makes lookups safe from the copy engine's reader threads (``thread_safe_r
 """
 from __future__ import annotations
 
-import threading
+from _thread import RLock  # threading.RLock's C type, without importing threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class TableCache:
@@ -21,7 +24,7 @@ class TableCache:
         self.tables: OrderedDict[int, Any] = OrderedDict()
         self.dirty: set[int] = set()
         # reentrant: a store callback may flush another cache, never this one, but stay safe
-        self._lock = threading.RLock()
+        self._lock = RLock()
 
     def get(self, offset: int) -> Any:
         with self._lock:

@@ -18,13 +18,13 @@ import struct
 from array import array
 from functools import reduce
 from operator import and_, ne, or_
-from typing import TYPE_CHECKING
 
 from qimg.driver import CheckResult
 from qimg.errors import QimgError
 
 from . import structs as S
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     from .driver import Qcow2Format
 
@@ -897,9 +897,7 @@ def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
 
 
 def _copy(res: CheckResult) -> CheckResult:
-    from dataclasses import replace
-
-    return replace(res, messages=[])
+    return res.copy(messages=[])
 
 
 def _assign(dst: CheckResult, src: CheckResult) -> None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import TYPE_CHECKING
 
 from qimg.errors import CorruptImage, QimgError, os_error_text
 
 from .structs import MAX_FILE_OFFSET, REFT_OFFSET_MASK
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     from qimg.protocol import Protocol
 
