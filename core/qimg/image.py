@@ -9,13 +9,15 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
 
 from .blockstatus import ALLOCATED, DATA, ZERO, Status
 from .errors import QimgError
 from .protocol import ZERO_CHUNK
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from typing import Any
+
     from .driver import Format
 
 #: deepest backing chain we follow before calling it an error (guards hostile loops too)

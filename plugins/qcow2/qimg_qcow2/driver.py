@@ -4,7 +4,6 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from typing import Any
 
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
 from qimg.driver import CheckResult, Format, ProgressFn, SnapshotInfo
@@ -18,6 +17,10 @@ from .cache import TableCache
 from .header import encode_header, parse_extensions, parse_fixed
 from .options import AMEND_OPTS, CREATE_OPTS, FORMAT_LINE_DEFAULTS, FORMAT_LINE_ORDER
 from .refcount import RefcountMixin, meta_pwrite
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 # extent kinds returned by _extent
 UNALLOC, ZEROES, NORMAL, COMPRESSED = 0, 1, 2, 3
