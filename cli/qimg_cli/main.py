@@ -45,11 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from qimg.plugins import add_hookspecs
 
-        from . import hookspecs
-
         # the CLI's hook is known before any plugin is read (qimg_register_commands is no
-        # unknown hook to the plugin checks, whichever command reads the registry first)
-        add_hookspecs(hookspecs)
+        # unknown hook to the plugin checks, whichever command reads the registry first);
+        # its module is imported only when a plugin implements a hook the core does not know
+        add_hookspecs("qimg_cli.hookspecs")
         from .fast import run_fast
 
         if not run_fast(args):

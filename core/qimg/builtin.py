@@ -1,9 +1,8 @@
 """The core's own plugin: the ``file`` protocol."""
 from __future__ import annotations
 
-from .plugins import hookimpl
+from .plugins import _register_builtin_protocols, hookimpl
 
-
-@hookimpl
-def qimg_register_protocols(registry) -> None:
-    registry.add_protocol("file", "qimg.protocol:FileProtocol", prefixes=("file",))
+# defined in qimg.plugins, which registers it without importing this module when it reads
+# the registry itself; pluggy's plugin manager registers this module as "qimg.builtin"
+qimg_register_protocols = hookimpl(_register_builtin_protocols)

@@ -17,6 +17,7 @@ reader only ever answers when pluggy would give the same answer.
 from __future__ import annotations
 
 import os
+import sys
 
 from .registry import Registry
 
@@ -80,13 +81,43 @@ _extra_specs: list[object] = []
 _REGISTRY_HOOKS = ("qimg_register_formats", "qimg_register_protocols")
 
 
+#: the core's hooks and their arguments (what :mod:`qimg.hookspecs` declares; a test keeps
+#: both equal), so reading the registry imports no spec module
+_CORE_SPECS: dict[str, tuple[str, ...]] = {
+    "qimg_register_formats": ("registry",),
+    "qimg_register_protocols": ("registry",),
+}
+
+
+def _spec_name(spec: object) -> str:
+    return spec if isinstance(spec, str) else getattr(spec, "__name__", repr(spec))
+
+
+def _spec_module(spec: object) -> object:
+    if isinstance(spec, str):
+        from .registry import import_module
+
+        return import_module(spec)
+    return spec
+
+
 def add_hookspecs(module: object) -> None:
-    """Let a layer above the core (the CLI) add its own hook specifications."""
-    if module in _extra_specs:
-        return
+    """Let a layer above the core (the CLI) add its own hook specifications: a module, or a
+    module's name (imported only when a plugin implements a hook the core does not know)."""
+    name = _spec_name(module)
+    for i, known in enumerate(_extra_specs):
+        if _spec_name(known) == name:
+            if not isinstance(module, str):
+                _extra_specs[i] = module
+            return
     _extra_specs.append(module)
     if _pm is not None:
-        _pm.add_hookspecs(module)
+        _pm.add_hookspecs(_spec_module(module))
+
+
+def _register_builtin_protocols(registry) -> None:
+    """The core's own plugin (:mod:`qimg.builtin`, ``qimg_register_protocols``): ``file``."""
+    registry.add_protocol("file", "qimg.protocol:FileProtocol", prefixes=("file",))
 
 
 def _blocked_names() -> set[str]:
@@ -115,7 +146,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm = pluggy.PluginManager(PROJECT)
         pm.add_hookspecs(hookspecs)
         for spec in _extra_specs:
-            pm.add_hookspecs(spec)
+            pm.add_hookspecs(_spec_module(spec))
         for name in _blocked_names():
             pm.set_blocked(name)
         from . import builtin
@@ -192,7 +223,7 @@ def _add_impl(impls: list[tuple[str, Callable, dict]], item: tuple[str, Callable
         impls.insert(i + 1, item)
 
 
-def _module_impls(module: object, specs: dict[str, tuple[str, ...]]) -> list[tuple[str, Callable, dict]]:
+def _module_impls(module: object, specs: _Specs) -> list[tuple[str, Callable, dict]]:
     """(hook name, function, options) of a plugin module's hookimpls, as pluggy's register
     checks them; _Fallback wherever pluggy would refuse or could differ."""
     import types
@@ -217,26 +248,43 @@ def _module_impls(module: object, specs: dict[str, tuple[str, ...]]) -> list[tup
         if opts["wrapper"] or opts["hookwrapper"]:
             raise _Fallback
         hook = opts["specname"] or attr
-        if hook not in specs:
+        spec = specs.get(hook)
+        if spec is None:
             if not opts["optionalhook"]:
                 raise _Fallback  # pluggy's check_pending refuses an unknown hook
             continue
-        if set(_positional_names(value)) - set(specs[hook]):
+        if set(_positional_names(value)) - set(spec):
             raise _Fallback  # pluggy's argument check refuses it
         out.append((hook, value, opts))
     return out
 
 
+class _Specs:
+    """Hook name -> spec argument names: the core's, then the added spec modules' (a module
+    given by name is imported only when a plugin implements a hook not known so far)."""
+
+    def __init__(self) -> None:
+        self.args = dict(_CORE_SPECS)
+        self.pending = [m for m in _extra_specs if isinstance(m, str)]
+        self.args.update(_spec_args([m for m in _extra_specs if not isinstance(m, str)]))
+
+    def get(self, hook: str) -> tuple[str, ...] | None:
+        if hook not in self.args and self.pending:
+            self.args.update(_spec_args([_spec_module(m) for m in self.pending]))
+            self.pending = []
+        return self.args.get(hook)
+
+
 def _light_hookimpls() -> dict[str, list[tuple[str, Callable]]] | None:
     """The registry hooks' implementations in pluggy's call-list order, as
     ``{hook: [(plugin name, function)]}``, or None when pluggy must decide."""
-    from . import builtin, hookspecs
-
     try:
-        specs = _spec_args([hookspecs, *_extra_specs])
+        specs = _Specs()
         blocked = _blocked_names()
         impls: dict[str, list[tuple[str, Callable, dict]]] = {}
         registered: dict[str, object] = {}
+        defaults = {"tryfirst": False, "trylast": False, "wrapper": False, "hookwrapper": False,
+                    "optionalhook": False, "specname": None}
 
         def register(name: str, module: object) -> None:
             if any(module is m for m in registered.values()):
@@ -247,7 +295,10 @@ def _light_hookimpls() -> dict[str, list[tuple[str, Callable]]] | None:
                 _add_impl(impls.setdefault(hook, []), (name, func, opts))
 
         if "qimg.builtin" not in blocked:
-            register("qimg.builtin", builtin)
+            # qimg.builtin's one hookimpl, without importing that module
+            registered["qimg.builtin"] = None
+            _add_impl(impls.setdefault("qimg_register_protocols", []),
+                      ("qimg.builtin", _register_builtin_protocols, defaults))
         from .entrypoints import entry_points
 
         for name, value in entry_points(PROJECT):
@@ -256,6 +307,8 @@ def _light_hookimpls() -> dict[str, list[tuple[str, Callable]]] | None:
             module = _load_plugin(name, value)
             if module is None:
                 continue  # pluggy ignores a None plugin
+            if name == "qimg.builtin" or module is sys.modules.get("qimg.builtin"):
+                raise _Fallback
             register(name, module)
     except _Fallback:
         return None

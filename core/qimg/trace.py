@@ -10,7 +10,6 @@ backend: ``name field value field value`` (strings quoted), on stderr or the ``f
 """
 from __future__ import annotations
 
-import fnmatch
 import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
@@ -58,6 +57,8 @@ def list_events() -> list[str]:
 def enable(pattern: str, state: bool = True) -> bool:
     """Enable (or disable) events matching a glob; return True if any matched."""
     global active
+    import fnmatch  # only -T needs it: not at start-up
+
     matched = [n for n in EVENTS if fnmatch.fnmatchcase(n, pattern)]
     for n in matched:
         if state:
