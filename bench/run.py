@@ -103,6 +103,7 @@ def prepare(work: Path, sizes: Sizes, qemu_img: str, qemu_io: str | None, with_q
     sh("cp", "--sparse=always", str(work / "src.raw"), str(work / "copy.raw"))
     if with_qcow2:
         sh(qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(work / "src.raw"), str(work / "src.qcow2"))
+        sh(qemu_img, "create", "-q", "-f", "qcow2", str(work / "small.qcow2"), "1G")
         sh(qemu_img, "create", "-q", "-f", "qcow2", str(work / "big.qcow2"), sizes.big_size)
         if qemu_io:
             # a few MiB scattered over the huge image: start, middle, end
@@ -117,6 +118,7 @@ def workloads(work: Path) -> list[Workload]:
     return [
         Workload("python3 -c pass (start-up baseline)", [], baseline=True),
         Workload("info raw (start-up)", ["info", f"{w}/src.raw"]),
+        Workload("info small qcow2 (start-up)", ["info", f"{w}/small.qcow2"], needs_formats=("qcow2",)),
         Workload("convert raw->raw", ["convert", "-f", "raw", "-O", "raw", f"{w}/src.raw", f"{w}/out.raw"],
                  outputs=("out.raw",)),
         Workload("compare raw raw (identical)", ["compare", "-f", "raw", "-F", "raw", f"{w}/src.raw", f"{w}/copy.raw"]),
@@ -129,6 +131,14 @@ def workloads(work: Path) -> list[Workload]:
                                           f"{w}/out.qcow2"], needs_formats=("qcow2",), outputs=("out.qcow2",)),
         Workload("convert -c raw->qcow2 (zlib)", ["convert", "-c", "-f", "raw", "-O", "qcow2", f"{w}/src.raw",
                                                   f"{w}/out.qcow2"], needs_formats=("qcow2",), outputs=("out.qcow2",)),
+        *[Workload(f"convert raw->{label}", ["convert", "-f", "raw", "-O", fmt, *extra, f"{w}/src.raw",
+                                             f"{w}/out.{fmt}"], needs_formats=(fmt,), outputs=(f"out.{fmt}",))
+          for label, fmt, extra in (("vmdk streamOptimized", "vmdk", ["-o", "subformat=streamOptimized"]),
+                                    ("vpc", "vpc", []), ("vhdx", "vhdx", []), ("vdi", "vdi", []),
+                                    ("qed", "qed", []))],
+        Workload("compare qcow2 raw (identical)", ["compare", "-f", "qcow2", "-F", "raw", f"{w}/src.qcow2",
+                                                    f"{w}/src.raw"], needs_formats=("qcow2",)),
+        Workload("info qcow2", ["info", "-f", "qcow2", f"{w}/src.qcow2"], needs_formats=("qcow2",)),
         Workload("check qcow2", ["check", "-f", "qcow2", f"{w}/src.qcow2"], needs_formats=("qcow2",)),
         Workload("map --output=json qcow2", ["map", "--output=json", "-f", "qcow2", f"{w}/src.qcow2"],
                  needs_formats=("qcow2",)),

@@ -7,14 +7,14 @@ Exit codes: 0 identical, 1 different; errors raise QimgError with 3 (block statu
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
 from ..errors import QimgError
 from .copy import CHUNK, ZERO_VIEW, region_is_zero
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..image import Image
 
 SECTOR = 512
