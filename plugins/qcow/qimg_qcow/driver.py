@@ -13,7 +13,6 @@ import re
 import zlib
 from array import array
 from collections import OrderedDict
-from typing import Any
 
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, Status
@@ -26,6 +25,10 @@ from qimg.tables import be64_bytes as _be_bytes
 from qimg.tables import be64_table as _be_array
 
 from .structs import COMPRESSED, CRYPT_AES, CRYPT_NONE, HEADER_SIZE, MAGIC, Header
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 SECTOR = 512
 #: L2 tables kept in memory (each at most 64 KiB)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from array import array
 from collections import OrderedDict
-from typing import Any
 
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
@@ -32,6 +31,10 @@ from .structs import (
     MAGIC,
     Header,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 CLUSTER_MIN, CLUSTER_MAX = 1 << 12, 1 << 26
 TABLE_MIN, TABLE_MAX = 1, 16

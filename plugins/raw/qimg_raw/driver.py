@@ -1,13 +1,15 @@
 """The raw format: guest bytes are the file's bytes (optionally a window: offset/size)."""
 from __future__ import annotations
 
-from typing import Any
-
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
 from qimg.driver import Format
 from qimg.errors import QimgError
 from qimg.options import SIZE, STRING, Option
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 PREALLOC_MODES = ("off", "falloc", "full")
 

@@ -8,9 +8,7 @@ and the block map entry, as qemu-img does.
 from __future__ import annotations
 
 import re
-import uuid
 from array import array
-from typing import Any
 
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
@@ -23,6 +21,10 @@ from qimg.tables import le32_bytes as _le_bytes
 from qimg.tables import le32_table as _le_array
 
 from .structs import HEADER_SIZE, SIGNATURE, TEXT, TYPE_DYNAMIC, TYPE_STATIC, VERSION_1_1, Header
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 SECTOR = 512
 BLOCK_SIZE = 1 << 20
@@ -59,6 +61,8 @@ class VdiFormat(Format):
         bmap_bytes = -(-blocks * 4 // SECTOR) * SECTOR
         offset_data = HEADER_SIZE + bmap_bytes
         no_geometry = dict(cylinders=0, heads=0, sectors=0, sector_size=0)
+        import uuid  # only create needs it (uuid imports platform)
+
         header = Header.build(dict(
             text=TEXT.ljust(64, b"\0"),
             signature=SIGNATURE,

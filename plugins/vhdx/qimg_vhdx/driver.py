@@ -12,9 +12,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-import uuid
 from array import array
-from typing import Any
 
 from qimg import limits
 from qimg.api import open_protocol
@@ -25,7 +23,6 @@ from qimg.image import zero_fill
 from qimg.options import BOOL, SIZE, STRING, Option
 from qimg.tables import le64_bytes as _le64
 
-from .log import Log, LogWriter
 from .structs import (
     BAT_GUID,
     BAT_OFFSET_SHIFT,
@@ -62,6 +59,10 @@ from .structs import (
     RegionTableHeader,
     crc_with_zero_field,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 TiB = 1 << 40
 MAX_SIZE = 64 * TiB
@@ -163,6 +164,8 @@ class VhdxFormat(Format):
                 bat[i] = PAYLOAD_ZERO
             elif fixed:
                 bat[i] = PAYLOAD_FULLY_PRESENT | ((payload + b * bs) // MiB) << BAT_OFFSET_SHIFT
+        import uuid  # not at start-up (uuid imports platform)
+
         file_guid, data_guid = uuid.uuid4().bytes_le, uuid.uuid4().bytes_le
         seq = random.getrandbits(32)
         hdr = dict(signature=b"head", checksum=0, sequence_number=seq, file_write_guid=file_guid,
@@ -220,6 +223,8 @@ class VhdxFormat(Format):
         if self.hdr["log_guid"] != ZERO_GUID:
             if log_off % MiB or log_len % MiB or log_off < HEADER_SECTION_END or not 0 < log_len <= MAX_LOG:
                 raise CorruptImage("Invalid VHDX log location")
+            from .log import Log  # only an image with a log needs it
+
             log = Log(file, log_off, log_len, self.hdr["log_guid"])
             entries = log.active_sequence()
             if entries and not writable:
@@ -358,6 +363,8 @@ class VhdxFormat(Format):
     # -- headers ----------------------------------------------------------------------------------------
     def _update_headers(self, *, log_guid: bytes | None = None, new_guids: bool = False) -> None:
         """Write both headers in turn (the inactive one first), as the spec's update procedure."""
+        import uuid
+
         file_guid = uuid.uuid4().bytes_le if new_guids else self.hdr["file_write_guid"]
         for _ in range(2):
             h = dict(self.hdr)
@@ -424,6 +431,10 @@ class VhdxFormat(Format):
                     or any(lo < o + n and o < lo + ln for o, n in (self.bat_region, self.meta_region))):
                 raise CorruptImage("Invalid VHDX log location: refusing to write to the image")
             # a new log GUID (the BAT changes go through the log) and new write GUIDs
+            import uuid
+
+            from .log import LogWriter
+
             self._log = LogWriter(self.file, self.hdr["log_offset"], self.hdr["log_length"],
                                   uuid.uuid4().bytes_le, random.getrandbits(48) + 1)
             self._update_headers(new_guids=True, log_guid=self._log.guid)

@@ -8,7 +8,6 @@ at a time, capped at the log size (itself capped by the caller).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from qimg.errors import CorruptImage
 
@@ -20,6 +19,10 @@ from .structs import (
     LogEntryHeader,
     crc_with_zero_field,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 #: largest log entry accepted (the spec allows the whole log; 32 MiB is far above real use)
 MAX_ENTRY = 32 << 20

@@ -3,8 +3,6 @@
 Checksums are CRC-32C over the whole structure with the checksum field zeroed
 (:func:`crc_with_zero_field`); GUIDs are kept as their 16 on-disk bytes (``uuid.bytes_le``).
 """
-import uuid
-
 import crc32c
 from qimg.records import Record
 
@@ -20,7 +18,12 @@ LOG_SECTOR = 4 * KiB
 
 
 def guid(text: str) -> bytes:
-    return uuid.UUID(text).bytes_le
+    """A GUID's 16 on-disk bytes (``uuid.UUID(text).bytes_le``, without importing uuid):
+    the first three fields little-endian, the last eight bytes as written."""
+    b = bytes.fromhex(text.replace("-", ""))
+    if len(b) != 16:
+        raise ValueError(f"badly formed GUID {text!r}")
+    return b[3::-1] + b[5:3:-1] + b[7:5:-1] + b[8:]
 
 
 BAT_GUID = guid("2DC27766-F623-4200-9D64-115E9BFD4A08")

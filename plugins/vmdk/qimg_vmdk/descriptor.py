@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from qimg.errors import QimgError
 
@@ -20,20 +19,51 @@ _EXTENT_RE = re.compile(r'^(\S+)\s+(\d+)\s+(\S+)(?:\s+"([^"]*)"(?:\s+(\d+))?)?\s
 _KV_RE = re.compile(r'^([A-Za-z0-9_.]+)\s*=\s*(.*?)\s*$')
 
 
-@dataclass
-class ExtentLine:
-    access: str
-    sectors: int
-    type: str
-    filename: str | None
-    offset: int  # sectors into the file (FLAT)
+class _Value:
+    """``==`` and ``repr`` over ``_fields`` (plain classes: no dataclasses import at start-up)."""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f) for f in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields) + ")"
 
 
-@dataclass
-class Descriptor:
-    text: str
-    values: dict[str, str] = field(default_factory=dict)
-    extents: list[ExtentLine] = field(default_factory=list)
+class ExtentLine(_Value):
+    """One extent line: access, size in sectors, type, file name, offset (sectors into the
+    file, FLAT)."""
+
+    __slots__ = _fields = ("access", "sectors", "type", "filename", "offset")
+
+    def __init__(self, access: str, sectors: int, type: str, filename: str | None,  # noqa: A002
+                 offset: int) -> None:
+        self.access = access
+        self.sectors = sectors
+        self.type = type
+        self.filename = filename
+        self.offset = offset
+
+
+class Descriptor(_Value):
+    """A parsed descriptor: its text, ``key=value`` entries and extent lines."""
+
+    __slots__ = _fields = ("text", "values", "extents")
+
+    def __init__(self, text: str, values: dict[str, str] | None = None,
+                 extents: list[ExtentLine] | None = None) -> None:
+        self.text = text
+        self.values: dict[str, str] = {} if values is None else values
+        self.extents: list[ExtentLine] = [] if extents is None else extents
 
     @property
     def create_type(self) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import os
 import random
-from typing import Any
 
 from qimg import limits
 from qimg.api import open_protocol
@@ -34,6 +33,10 @@ from .structs import (
     SECTOR,
     SparseHeader,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 ADAPTERS = ("ide", "lsilogic", "buslogic", "legacyESX")
 SUBFORMATS = ("monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat", "streamOptimized")

@@ -10,7 +10,6 @@ import zlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from qimg import limits
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
@@ -31,6 +30,10 @@ from .structs import (
     Marker,
     SparseHeader,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 CowRead = Callable[[int, memoryview], None]  # (extent-relative offset, buffer)
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-import uuid
 from array import array
-from typing import Any
 
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
@@ -35,6 +33,10 @@ from .structs import (
     build_with_checksum,
     checksum,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 SECTOR = 512
 #: largest CHS geometry a VHD footer can record (cylinders x heads x sectors)
@@ -98,6 +100,8 @@ def create_geometry(size: int, force_size: bool) -> tuple[int, int, int, int]:
 
 
 def make_footer(disk_type: int, size: int, geometry: tuple[int, int, int], force_size: bool) -> bytes:
+    import uuid  # only create needs it (uuid imports platform)
+
     c, h, s = geometry
     return build_with_checksum(Footer, dict(
         cookie=COOKIE,
