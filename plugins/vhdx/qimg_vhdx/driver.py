@@ -10,7 +10,6 @@ none): the whole disk is data.
 from __future__ import annotations
 
 import os
-import random
 import sys
 from array import array
 
@@ -167,6 +166,8 @@ class VhdxFormat(Format):
         import uuid  # not at start-up (uuid imports platform)
 
         file_guid, data_guid = uuid.uuid4().bytes_le, uuid.uuid4().bytes_le
+        import random  # not at start-up (random imports hashlib, math...)
+
         seq = random.getrandbits(32)
         hdr = dict(signature=b"head", checksum=0, sequence_number=seq, file_write_guid=file_guid,
                    data_write_guid=data_guid, log_guid=ZERO_GUID, log_version=0, version=1,
@@ -431,6 +432,7 @@ class VhdxFormat(Format):
                     or any(lo < o + n and o < lo + ln for o, n in (self.bat_region, self.meta_region))):
                 raise CorruptImage("Invalid VHDX log location: refusing to write to the image")
             # a new log GUID (the BAT changes go through the log) and new write GUIDs
+            import random
             import uuid
 
             from .log import LogWriter

@@ -1,9 +1,11 @@
 """VHDX on-disk structures (Microsoft "VHDX Format Specification" v1.00); little-endian.
 
 Checksums are CRC-32C over the whole structure with the checksum field zeroed
-(:func:`crc_with_zero_field`); GUIDs are kept as their 16 on-disk bytes (``uuid.bytes_le``).
+(:func:`crc_with_zero_field`, the crc32c package's C function); GUIDs are kept as their 16 on-disk bytes (``uuid.bytes_le``).
 """
-import crc32c
+import os
+import sys
+
 from qimg.records import Record
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -142,6 +144,54 @@ LOG_HEADER_SIZE = 64
 
 def crc_with_zero_field(data: bytes, field_offset: int = 4) -> int:
     """CRC-32C of ``data`` with its 4-byte checksum field taken as zero."""
-    c = crc32c.crc32c(data[:field_offset])
-    c = crc32c.crc32c(b"\0\0\0\0", c)
-    return crc32c.crc32c(data[field_offset + 4 :], c)
+    crc = _crc32c()
+    c = crc(data[:field_offset])
+    c = crc(b"\0\0\0\0", c)
+    return crc(data[field_offset + 4 :], c)
+
+
+_crc = None
+
+
+def _crc32c():
+    """The ``crc32c.crc32c(data, value=0)`` function, loaded once.
+
+    The crc32c package's ``__init__`` asks ``importlib.metadata`` for its own version, which
+    imports zipfile, email, csv... (~35 ms, more than the rest of ``qimg info``). The function
+    lives in the package's C extension module, so that module is loaded by itself (public
+    importlib.machinery API) when it sits where ``import crc32c`` would find it; anything
+    unusual imports the package as usual.
+    """
+    global _crc
+    if _crc is None:
+        pkg = sys.modules.get("crc32c")
+        _crc = pkg.crc32c if pkg is not None else (_load_extension() or _import_package())
+    return _crc
+
+
+def _import_package():
+    import crc32c
+
+    return crc32c.crc32c
+
+
+def _load_extension():
+    try:
+        from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, ModuleSpec
+
+        for entry in sys.path:
+            base = os.path.join(entry or ".", "crc32c")
+            if not os.path.isfile(os.path.join(base, "__init__.py")):
+                continue
+            for suffix in EXTENSION_SUFFIXES:
+                path = os.path.join(base, "_crc32c" + suffix)
+                if os.path.isfile(path):
+                    loader = ExtensionFileLoader("crc32c._crc32c", path)
+                    module = loader.create_module(ModuleSpec("crc32c._crc32c", loader, origin=path))
+                    loader.exec_module(module)
+                    fn = module.crc32c
+                    return fn if fn(b"123456789") == 0xE3069283 else None  # the CRC-32C check value
+            return None  # the first crc32c package on the path is the one import would use
+    except Exception:  # noqa: BLE001 - any surprise: the ordinary import decides
+        return None
+    return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import os
-import random
 
 from qimg import limits
 from qimg.api import open_protocol
@@ -156,6 +155,8 @@ class VmdkFormat(Format):
         capacity = (size + SECTOR - 1) // SECTOR
         heads = 16 if adapter == "ide" else 255
         cylinders = capacity // (heads * 63)  # qemu-img does not cap it at 16383
+        import random  # not at start-up (random imports hashlib, math...)
+
         cid = random.getrandbits(32)
 
         def text(lines: list[str]) -> str:
@@ -411,6 +412,8 @@ class VmdkFormat(Format):
         if self._cid_updated or self.desc is None:
             return
         self._cid_updated = True
+        import random  # not at start-up (random imports hashlib, math...)
+
         cid = random.getrandbits(32)
         text = dsc.with_cid(self.desc.text, cid).encode()
         if self.embedded:
