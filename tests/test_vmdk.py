@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import struct
 
@@ -276,6 +277,40 @@ def test_write_stream_optimized(tmp_path, qemu_img):
     assert "No errors were found" in _ok(qemu_img("check", path)).stdout
     assert "Images are identical" in _ok(qemu_img("compare", "-F", "raw", path, rawp)).stdout
     assert qimg_map(path) == qemu_map(qemu_img, path)
+
+
+@pytest.mark.parametrize("layout", ["one-small-grain", "two-grains", "random-last", "far-apart"])
+def test_convert_stream_optimized_identical_to_qemu(tmp_path, qemu_img, qimg, layout):
+    """convert -O vmdk -o subformat=streamOptimized writes QEMU's bytes: both grain tables
+    (primary and redundant) and QEMU's file length (a grain past the last grain's start, or
+    the end of its compressed bytes), apart from the random CID."""
+    src = tmp_path / "src.raw"
+    size = 200 * MiB if layout == "far-apart" else 2 * MiB
+    rnd = bytes(random.Random(7).getrandbits(8) for _ in range(64 << 10))
+    with open(src, "wb") as f:
+        f.truncate(size)
+        if layout == "one-small-grain":
+            f.write(b"\7" * 4096)
+        elif layout == "two-grains":
+            f.write(b"\7" * (128 << 10))
+        elif layout == "random-last":
+            f.write(b"\7" * (64 << 10))
+            f.seek(3 << 16)
+            f.write(rnd)
+        else:  # grains in different grain tables (32 MiB each), the last one random
+            f.write(b"\1" * 512)
+            f.seek(100 * MiB)
+            f.write(rnd)
+            f.seek(size - (64 << 10))
+            f.write(b"\2" * 1000)
+    outs = []
+    for tool, where in ((qemu_img, "q"), (qimg, "m")):
+        out = tmp_path / where / "out.vmdk"  # the same name: the descriptor names the file
+        out.parent.mkdir()
+        _ok(tool("convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", str(src), str(out)))
+        outs.append(normalized(str(out)))
+    assert len(outs[0]) == len(outs[1])
+    assert outs[0] == outs[1]
 
 
 def test_write_compressed_plain_on_plain_sparse(tmp_path, qemu_img):

@@ -314,6 +314,8 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             raise QimgError("output file is smaller than input file")
         if opts.compress and not target.driver.supports_compression:
             raise QimgError("Compression not supported for this file format")
+        # a target that only takes compressed writes (vmdk streamOptimized) is copied as -c
+        compress = opts.compress or bool(getattr(target.driver, "needs_compressed_writes", False))
         # qemu-img decides from the command line (-B or -o backing_file), not from what an
         # existing -n target records
         has_backing = opts.backing_file is not None or _option_backing(opts.create_options)
@@ -327,8 +329,8 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         total_done = [0]
         copier = Copier(
             target, concat_reader(sources, opts.salvage, warn), zero_init=zero_init,
-            granule=0 if opts.copy_offload else opts.sparse, workers=opts.workers, ordered=opts.ordered or opts.compress,
-            compress=opts.compress, unmap=opts.sparse != 0,
+            granule=0 if opts.copy_offload else opts.sparse, workers=opts.workers, ordered=opts.ordered or compress,
+            compress=compress, unmap=opts.sparse != 0,
             copy_range=_copy_range_fn(sources, target) if opts.copy_offload else None,
             progress=(lambda done: progress(done, total_done[0])) if progress else None,
             rate_limit=opts.rate_limit, serial_reads=not parallel_safe(*sources))

@@ -330,6 +330,13 @@ class VmdkFormat(Format):
     def cluster_size(self) -> int | None:
         return self.extents[0].cluster_size if self.extents else None
 
+    @property
+    def needs_compressed_writes(self) -> bool:
+        """A stream-optimized first extent takes whole compressed grains only: convert then
+        copies as with ``-c`` (grains in order, zero grains skipped), as qemu-img does."""
+        ext = self.extents[0] if self.extents else None
+        return isinstance(ext, SparseExtent) and ext.compressed
+
     def info_extra(self) -> dict[str, Any]:
         return {"dirty-flag": False}
 

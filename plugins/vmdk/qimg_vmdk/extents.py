@@ -195,11 +195,22 @@ class SparseExtent(Extent):
         nbytes = limits.table_bytes(n_gd, 4, "L1 table")
         self.gd = self._read_dir(h.gd_offset, n_gd, nbytes, "grain directory")
         self.rgd: array | None = None
-        if h.flags & FLAG_RGD and h.rgd_offset and h.rgd_offset != GD_AT_END and not self.compressed:
-            self.rgd = self._read_dir(h.rgd_offset, n_gd, nbytes, "redundant grain directory")
+        if h.flags & FLAG_RGD and h.rgd_offset and h.rgd_offset != GD_AT_END:
+            if not self.compressed:
+                self.rgd = self._read_dir(h.rgd_offset, n_gd, nbytes, "redundant grain directory")
+            elif not self.gd_at_end:
+                # QEMU's stream-optimized files keep both directories in the header area and
+                # QEMU updates both; a broken redundant one only loses the copy
+                try:
+                    self.rgd = self._read_dir(h.rgd_offset, n_gd, nbytes, "redundant grain directory")
+                except CorruptImage:
+                    self.rgd = None
         self.gt_bytes = 4 * self.gtes
         self._gts: OrderedDict[int, array] = OrderedDict()
         self.end = (self.file_size + SECTOR - 1) // SECTOR * SECTOR
+        # QEMU allocates a whole grain for each compressed grain it appends (the next one is
+        # packed after the compressed bytes): the file ends at least a grain past the last one
+        self.min_file_end = 0
         self._grain_cache: tuple[int, bytes] | None = None
         self.dirty = False
         # stream-optimized grains written in part: grain index -> (data, written-bytes mask)
@@ -513,10 +524,12 @@ class SparseExtent(Extent):
     def flush(self) -> None:
         if self.pending:
             self._finalize_pending(everything=True)
-        if self.compressed and self.dirty and self.file.size() < self.end + SECTOR:
-            # end the stream with an end-of-stream marker (an all-zero sector), as qemu-img's
-            # stream-optimized files end; later grains of this session overwrite it
-            self.file.truncate(self.end + SECTOR)
+        if self.compressed and self.dirty:
+            # the file length QEMU leaves: a grain past the last grain's start, or the end of
+            # its compressed bytes; the zeroes after the last grain read as end-of-stream
+            want = max(self.end, self.min_file_end)
+            if self.file.size() < want:
+                self.file.truncate(want)
         self.file.flush()
 
     def _append_compressed(self, gi: int, chunk: bytes | memoryview) -> int:
@@ -531,6 +544,7 @@ class SparseExtent(Extent):
         pad = -len(blob) % SECTOR
         host = self._alloc(len(blob))
         self.file.pwrite(host, blob + bytes(pad))
+        self.min_file_end = max(self.min_file_end, host + g)
         self.dirty = True
         return host // SECTOR
 
