@@ -14,7 +14,6 @@ import struct
 import time
 from array import array
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from qimg.driver import SnapshotInfo
 from qimg.errors import CorruptImage, QimgError
@@ -22,6 +21,7 @@ from qimg.records import Record
 
 from . import structs as S
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     from .driver import Qcow2Format
 
