@@ -172,7 +172,8 @@ class Copier:
     without backing, or ``--target-is-zero``); zero runs then cost nothing. ``granule`` is the
     ``-S`` sparse size (0: write everything read). ``compress`` writes whole clusters through
     ``Image.write_compressed``. ``copy_range(offset, length) -> bool`` may copy a COPY chunk
-    without reading it (copy offloading); False falls back to reading.
+    without reading it (copy offloading); False falls back to reading. ``chunk`` sets the
+    request size (default :data:`CHUNK`); a format's allocation order follows its requests.
     """
 
     def __init__(self, target: "Image", reader: Reader, *, zero_init: bool, granule: int = 4096,
@@ -180,7 +181,7 @@ class Copier:
                  unmap: bool = True, copy_range: Callable[[int, int], bool] | None = None,
                  progress: Callable[[int], None] | None = None,
                  rate_limit: int = 0, serial_reads: bool = False, progress_all: bool = False,
-                 count_zero: bool = False) -> None:
+                 count_zero: bool = False, chunk: int | None = None) -> None:
         self.target = target
         self.progress_all = progress_all
         self.count_zero = count_zero
@@ -209,6 +210,8 @@ class Copier:
         # whole clusters (fewer thread hand-offs) and still compresses and counts progress
         # cluster by cluster, so the output and the progress steps are the same
         self.chunk = max(self.cluster, COMPRESS_BATCH // self.cluster * self.cluster) if compress else CHUNK
+        if chunk is not None and not compress:
+            self.chunk = max(1, chunk)  # the caller's request size (dd's bs)
         self._bufs: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._nbufs = 0
         self._pending_zero: list[int] | None = None

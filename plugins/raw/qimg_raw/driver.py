@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 PREALLOC_MODES = ("off", "falloc", "full")
+#: what QEMU writes at the start of a newly created raw file
+FIRST_BLOCK = 4096
 
 
 def preallocate(file, start: int, end: int, mode: str) -> None:
@@ -55,8 +57,15 @@ class RawFormat(Format):
             raise QimgError(f"Parameter 'preallocation' does not accept value '{mode}'")
         file = open_protocol(filename, create=True, writable=True)
         try:
+            if getattr(file, "is_block", False):
+                return
+            # QEMU's file creation rounds the size up to whole sectors and writes the first
+            # block (up to 4 KiB) so that alignment probing finds allocated data there
+            size = -(-size // 512) * 512
             file.truncate(0)
             preallocate(file, 0, size, mode)
+            if size and mode != "full":
+                file.pwrite(0, bytes(min(size, FIRST_BLOCK)))
         finally:
             file.close()
 
