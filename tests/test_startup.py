@@ -1,24 +1,36 @@
-"""Start-up stays lazy: ``qimg --help`` and ``qimg info`` of a raw image import no heavy library
-(construct, cryptography, zstandard) and no format driver they do not use. The modules loaded
-are read from ``sys.modules`` when the process exits."""
+"""Start-up stays lazy: ``qimg --help`` and ``qimg info``/``map``/``check`` import no heavy
+library (construct, cryptography, zstandard, crc32c's package, pluggy, click) and none of the
+modules that cost more to import than such a command may take in all (dataclasses, inspect,
+typing, threading, uuid, importlib.metadata), and no format driver they do not use. The modules
+loaded are read from ``sys.modules`` when the process exits. These are module-set assertions,
+never timings (docs/performance.md has the numbers).
+
+The plugin registry is read without pluggy's PluginManager when every plugin is plain
+(:mod:`qimg.plugins`); the second half of this module checks that the light reader gives
+pluggy's answer (hooks, order, plugin names) and hands every other case to pluggy.
+"""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("construct", "cryptography", "zstandard", "crc32c")
+HEAVY = ("construct", "cryptography", "zstandard", "crc32c", "pluggy", "click")
+#: modules (or packages) no info/map/check of a small image imports
+SLOW = ("dataclasses", "inspect", "typing", "threading", "uuid", "importlib.metadata", "zipfile", "email",
+        "ast", "json")
+FORMATS = ("raw", "qcow2", "qcow", "qed", "vdi", "vpc", "vhdx", "vmdk")
 
 CODE = """
-import atexit, json, os, sys
+import atexit, os, sys
 def _dump():
     with open(os.environ["QIMG_MODULES_OUT"], "w") as f:
-        json.dump(sorted(sys.modules), f)
+        f.write("\\n".join(sorted(sys.modules)))
 atexit.register(_dump)
 from qimg_cli.main import main
 sys.argv[0] = "qimg"
@@ -27,14 +39,19 @@ main()
 
 
 def modules_after(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    out = tmp_path / "modules.json"
+    out = tmp_path / "modules.txt"
     env = dict(os.environ, QIMG_MODULES_OUT=str(out))
+    env.pop("QIMG_NO_FAST_PATH", None)
     p = subprocess.run([sys.executable, "-c", CODE, *args], capture_output=True, text=True, env=env)
-    return p, json.loads(out.read_text())
+    return p, out.read_text().split("\n")
 
 
 def heavy(mods: list[str]) -> list[str]:
     return [m for m in mods if m.split(".")[0] in HEAVY]
+
+
+def slow(mods: list[str]) -> list[str]:
+    return [m for m in mods if any(m == s or m.startswith(s + ".") for s in SLOW)]
 
 
 def drivers(mods: list[str]) -> list[str]:
@@ -47,14 +64,12 @@ def test_help_is_lazy(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert "Supported formats:" in p.stdout
     assert "qimg_raw" in mods, "the raw plugin's registration was not even loaded"
-    assert heavy(mods) == []
+    assert [m for m in heavy(mods) if m.split(".")[0] != "click"] == []
     assert drivers(mods) == []
     assert not [m for m in mods if m.startswith("qimg_cli.commands.")]
 
 
 def test_info_raw_loads_only_the_raw_driver(tmp_path: Path) -> None:
-    if not (ROOT / "cli" / "qimg_cli" / "commands" / "info.py").exists():
-        pytest.skip("cli/qimg_cli/commands/info.py is not written yet")
     img = tmp_path / "disk.img"
     with open(img, "wb") as f:
         f.truncate(1 << 20)
@@ -64,3 +79,234 @@ def test_info_raw_loads_only_the_raw_driver(tmp_path: Path) -> None:
     assert heavy(mods) == []
     assert [m for m in drivers(mods) if not m.startswith("qimg_raw.")] == []
     assert "qimg_raw.driver" in mods
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_info_of_each_format_is_lean(tmp_path: Path, fmt: str, qemu_img) -> None:
+    """``qimg info`` of a small image made by qemu-img: its own driver only, no construct
+    (headers are qimg.records), no dataclasses/typing/inspect, no pluggy, no click."""
+    if importlib_find(f"qimg_{fmt}") is None:
+        pytest.skip(f"the {fmt} plugin is not installed")
+    img = tmp_path / f"small.{fmt}"
+    q = qemu_img("create", "-q", "-f", fmt, str(img), "64M")
+    assert q.returncode == 0, q.stderr
+    p, mods = modules_after(tmp_path, "info", str(img))  # probed, as users run it
+    assert p.returncode == 0, p.stderr
+    assert f"file format: {fmt}\n" in p.stdout
+    assert heavy(mods) == []
+    assert slow(mods) == []
+    assert f"qimg_{fmt}.driver" in mods
+    assert [m for m in drivers(mods) if not m.startswith(f"qimg_{fmt}.")] == []
+    assert "qimg_cli.hookspecs" not in mods and "qimg.hookspecs" not in mods  # no spec module read
+
+
+@pytest.mark.parametrize("args", [("map",), ("map", "--output=json"), ("info", "--output=json"), ("check",)])
+def test_qcow2_map_check_json_are_lean(tmp_path: Path, args: tuple[str, ...], qemu_img) -> None:
+    if importlib_find("qimg_qcow2") is None:
+        pytest.skip("the qcow2 plugin is not installed")
+    img = tmp_path / "small.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", str(img), "64M").returncode == 0
+    p, mods = modules_after(tmp_path, *args, str(img))
+    assert p.returncode == 0, p.stderr
+    assert heavy(mods) == []
+    # check reads qcow2's snapshot and bitmap modules (which still use dataclasses) for the
+    # refcount walk; nothing else on these paths may load the slow modules
+    allowed = {"check": ("dataclasses", "inspect", "typing", "ast")}.get(args[0], ())
+    assert [m for m in slow(mods) if m.split(".")[0] not in allowed] == []
+    assert "threading" not in mods and "importlib.metadata" not in mods
+
+
+def importlib_find(name: str):
+    import importlib.util
+
+    return importlib.util.find_spec(name)
+
+
+# -- the plugin registry without pluggy ------------------------------------------------------------
+pluggy = pytest.importorskip("pluggy")
+from qimg import entrypoints, hookspecs, plugins  # noqa: E402
+from qimg.errors import QimgError  # noqa: E402
+from qimg.registry import Registry  # noqa: E402
+
+REGISTRY_HOOKS = ("qimg_register_formats", "qimg_register_protocols")
+
+
+@pytest.fixture
+def clean_plugins(monkeypatch: pytest.MonkeyPatch):
+    """Plugin state of this process forgotten before and after (the test's plugins vanish)."""
+    monkeypatch.delenv("QIMG_DISABLE_PLUGINS", raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+def use_plugins(monkeypatch: pytest.MonkeyPatch, *mods: tuple[str, types.ModuleType]) -> None:
+    """Make ``mods`` (entry point name, module) the only entry points of the group ``qimg``."""
+    entries = []
+    for name, mod in mods:
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+        entries.append((name, mod.__name__))
+    monkeypatch.setattr(entrypoints, "entry_points", lambda group: list(entries))
+
+
+def plugin(name: str, **funcs) -> types.ModuleType:
+    mod = types.ModuleType(f"qimg_test_plugin_{name}")
+    for attr, f in funcs.items():
+        setattr(mod, attr, f)
+    return mod
+
+
+def formats_impl(fmt: str, **marker):
+    def qimg_register_formats(registry) -> None:
+        registry.add_format(fmt, "nowhere:Nothing")
+
+    return plugins.hookimpl(**marker)(qimg_register_formats) if marker else plugins.hookimpl(qimg_register_formats)
+
+
+def pluggy_answer() -> dict[str, list[tuple[str, object]]]:
+    """What the registry gets from pluggy's PluginManager (the reference)."""
+    plugins.reset()
+    pm = plugins.get_plugin_manager()
+    out = {h: [(i.plugin_name, i.function) for i in getattr(pm.hook, h).get_hookimpls()] for h in REGISTRY_HOOKS}
+    plugins.reset()
+    return out
+
+
+def test_installed_plugins_read_alike(clean_plugins) -> None:
+    light = plugins._light_hookimpls()
+    assert light is not None, "the installed plugins are plain: no PluginManager should be needed"
+    assert light == pluggy_answer()
+    names = [n for n, _ in light["qimg_register_formats"]]
+    assert "raw" in names and ("qimg.builtin", plugins._register_builtin_protocols) in light["qimg_register_protocols"]
+
+
+def test_order_and_options_as_pluggy(clean_plugins, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_plugins(monkeypatch,
+                ("first", plugin("first", qimg_register_formats=formats_impl("a", tryfirst=True))),
+                ("plain", plugin("plain", qimg_register_formats=formats_impl("b"))),
+                ("last", plugin("last", qimg_register_formats=formats_impl("c", trylast=True))),
+                ("named", plugin("named", other=formats_impl("d", specname="qimg_register_formats"))),
+                ("optional", plugin("optional", qimg_not_a_hook=plugins.hookimpl(optionalhook=True)(lambda x: None))))
+    light = plugins._light_hookimpls()
+    assert light is not None
+    assert light == pluggy_answer()
+    assert [n for n, _ in light["qimg_register_formats"]] == ["last", "plain", "named", "first"]
+    reg = plugins.get_registry()
+    assert reg.format_names() == ["a", "b", "c", "d"] and reg.formats["a"].plugin == "first"
+
+
+def test_blocked_and_repeated_names(clean_plugins, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = plugin("a", qimg_register_formats=formats_impl("a")), plugin("b", qimg_register_formats=formats_impl("b"))
+    use_plugins(monkeypatch, ("a", a), ("b", b), ("a", plugin("a2", qimg_register_formats=formats_impl("x"))))
+    monkeypatch.setenv("QIMG_DISABLE_PLUGINS", "b, qimg.builtin")
+    light = plugins._light_hookimpls()
+    assert light == pluggy_answer()
+    assert [n for n, _ in light["qimg_register_formats"]] == ["a"] and light["qimg_register_protocols"] == []
+
+
+@pytest.mark.parametrize("case", ["unknown hook", "extra argument", "wrapper", "same module twice", "method"])
+def test_anything_unusual_goes_to_pluggy(clean_plugins, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    good = plugin("good", qimg_register_formats=formats_impl("good"))
+    if case == "unknown hook":
+        odd = plugin("odd", qimg_register_format=plugins.hookimpl(lambda registry: None))  # a typo
+    elif case == "extra argument":
+        odd = plugin("odd", qimg_register_formats=plugins.hookimpl(lambda registry, cli: None))
+    elif case == "wrapper":
+        def qimg_register_formats(registry):
+            yield
+
+        odd = plugin("odd", qimg_register_formats=plugins.hookimpl(wrapper=True)(qimg_register_formats))
+    elif case == "same module twice":
+        odd = good
+    else:
+        class Holder:
+            @plugins.hookimpl
+            def qimg_register_formats(self, registry):
+                registry.add_format("m", "nowhere:Nothing")
+
+        odd = plugin("odd", qimg_register_formats=staticmethod(Holder().qimg_register_formats))
+    use_plugins(monkeypatch, ("good", good), ("odd", odd))
+    assert plugins._light_hookimpls() is None
+    # the registry then comes from pluggy, with pluggy's verdict
+    try:
+        expected = pluggy_answer()
+    except Exception as e:  # noqa: BLE001 - whatever pluggy raises, get_registry raises too
+        with pytest.raises(type(e)):
+            plugins.get_registry()
+        return
+    reg = plugins.get_registry()
+    assert plugins._pm is not None  # pluggy decided
+    ref = Registry()
+    for hook in REGISTRY_HOOKS:
+        for name, fn in expected[hook]:
+            ref.current_plugin = name
+            fn(registry=ref)
+    assert [(f.name, f.plugin) for f in reg.formats.values()] == [(f.name, f.plugin) for f in ref.formats.values()]
+
+
+def test_cli_hook_known_without_importing_its_module(clean_plugins, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin adding commands does not stop the registry (the CLI's spec is read on demand)."""
+    monkeypatch.setattr(plugins, "_extra_specs", ["qimg_cli.hookspecs"])
+    monkeypatch.delitem(sys.modules, "qimg_cli.hookspecs", raising=False)
+    use_plugins(monkeypatch, ("plain", plugin("plain", qimg_register_formats=formats_impl("p"))))
+    assert plugins._light_hookimpls() is not None
+    assert "qimg_cli.hookspecs" not in sys.modules  # nobody implements an unknown hook
+    use_plugins(monkeypatch, ("cmds", plugin("cmds", qimg_register_commands=plugins.hookimpl(lambda cli: None))))
+    light = plugins._light_hookimpls()
+    assert light is not None and light == pluggy_answer()
+    assert "qimg_cli.hookspecs" in sys.modules
+    monkeypatch.setattr(plugins, "_extra_specs", [])
+    assert plugins._light_hookimpls() is None  # without the CLI's spec, pluggy refuses the hook
+
+
+def test_broken_plugin_is_one_line(clean_plugins, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(entrypoints, "entry_points", lambda group: [("broken", "qimg_no_such_module_here")])
+    with pytest.raises(QimgError) as e:
+        plugins.get_registry()
+    assert e.value.message == ("Could not load plugin 'broken' (qimg_no_such_module_here): ModuleNotFoundError: "
+                               "No module named 'qimg_no_such_module_here' (QIMG_DISABLE_PLUGINS=broken skips it)")
+
+
+def test_markers_are_pluggys() -> None:
+    """The markers set exactly what pluggy's set, so pluggy reads qimg's plugins as its own."""
+    for kwargs in ({}, {"tryfirst": True}, {"trylast": True, "optionalhook": True}, {"specname": "x"},
+                   {"wrapper": True}, {"hookwrapper": True}):
+        def f(registry):
+            pass
+
+        def g(registry):
+            pass
+
+        plugins.HookimplMarker("qimg")(**kwargs)(f)
+        pluggy.HookimplMarker("qimg")(**kwargs)(g)
+        assert f.qimg_impl == g.qimg_impl
+    for kwargs in ({}, {"firstresult": True}, {"historic": True}):
+        def s(registry):
+            pass
+
+        def t(registry):
+            pass
+
+        plugins.HookspecMarker("qimg")(**kwargs)(s)
+        pluggy.HookspecMarker("qimg")(**kwargs)(t)
+        assert s.qimg_spec == t.qimg_spec
+    with pytest.raises(ValueError):
+        plugins.HookspecMarker("qimg")(firstresult=True, historic=True)(s)
+
+
+def test_core_specs_match_hookspecs() -> None:
+    """The light reader's copy of the core's hooks is what qimg.hookspecs declares."""
+    assert plugins._CORE_SPECS == plugins._spec_args([hookspecs])
+    pm = pluggy.PluginManager("qimg")
+    pm.add_hookspecs(hookspecs)
+    for name, args in plugins._CORE_SPECS.items():
+        assert getattr(pm.hook, name).spec.argnames == args
+
+
+def test_records_and_registry_load_without_construct() -> None:
+    code = ("import sys, qimg.records, qimg.plugins\n"
+            "qimg.plugins.get_registry()\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('construct', 'pluggy', 'typing', 'dataclasses')]\n"
+            "assert not bad, bad\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
