@@ -43,7 +43,9 @@ def run(fmt, output, backing_chain, objects, image_opts, force_share, args, stat
         if key in seen:
             raise QimgError(f"Backing file '{name}' creates an infinite loop.")
         seen.add(key)
-        img = open_image(name, f, image_opts=iopts, force_share=force_share, backing=False)
+        # "_no_io": info reads metadata only; encrypted images open without their key (QEMU)
+        img = open_image(name, f, image_opts=iopts, force_share=force_share, backing=False,
+                         options={"_no_io": True})
         try:
             infos.append(ops_info.image_info(img))
         finally:

@@ -230,8 +230,12 @@ def _open_target(filename: str, opts: ConvertOptions) -> "Image":
 
     if opts.out_format and opts.out_format not in get_registry().format_names():
         raise QimgError(f"Could not open '{filename}': Unknown driver '{opts.out_format}'")
+    topts = dict(opts.target_open_options)
+    key = _create_key_secret(opts.create_options)
+    if key and not opts.no_create and "encrypt.key-secret" not in topts:
+        topts["encrypt.key-secret"] = key  # qemu-img opens an encrypted target with its -o secret
     try:
-        return qimg.open(filename, opts.out_format, writable=True, options=dict(opts.target_open_options))
+        return qimg.open(filename, opts.out_format, writable=True, options=topts)
     except QimgError as e:
         prefix = f"Could not open '{filename}': "
         msg = e.message
@@ -274,6 +278,17 @@ def check_options(opts: ConvertOptions, sources: list["Image"]) -> None:
         raise QimgError("Use of backing file requires explicit backing format")
     if opts.compress and not cls.supports_compression:
         raise QimgError("Compression not supported for this file format")
+    if opts.compress and (given.get("encrypt.format") is not None
+                          or ("encryption" in given and given["encryption"] not in ("off", "false", "no"))):
+        raise QimgError("Compression and encryption not supported at the same time")
+
+
+def _create_key_secret(create_options: str | dict[str, Any] | None) -> str | None:
+    from ..options import split_options
+
+    if isinstance(create_options, str):
+        return dict(split_options(create_options)).get("encrypt.key-secret")
+    return (create_options or {}).get("encrypt.key-secret")
 
 
 def _without_size(text: str) -> str:

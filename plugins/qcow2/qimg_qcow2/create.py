@@ -12,27 +12,55 @@ from .header import Header
 V3_MSG = "compatibility level 1.1 and above (use version=v3 or greater)"
 
 
-def _refuse_encryption(opts: dict[str, Any]) -> None:
-    """qemu-img's checks of the encrypt.* options, then a clear refusal: qimg does not write
-    encrypted qcow2 images (their own issue)."""
+#: the order qemu-img reports the first ``encrypt.*`` option the AES format does not take
+#: (its option dictionary's iteration order, found by experiment)
+_AES_UNEXPECTED_ORDER = ("cipher-alg", "iter-time", "cipher-mode", "ivgen-alg", "hash-alg", "ivgen-hash-alg")
+
+
+def _encryption_format(opts: dict[str, Any]) -> str | None:
+    """qemu-img's parsing checks of the encrypt.* options: the format ('aes', 'luks' or None)."""
     fmt = opts.get("encrypt.format")
+    if opts.get("encryption") is not None and fmt is not None:
+        raise QimgError("'encrypt.format' and its alias 'encryption' can't be used at the same time")
     if fmt is None and opts.get("encryption"):
         fmt = "aes"
-    wants = fmt is not None or any(k.startswith("encrypt.") for k in opts)
-    if not wants:
-        return
-    if fmt is not None and fmt not in ("aes", "luks"):
+    if fmt is None:
+        if any(k.startswith("encrypt.") for k in opts):
+            raise QimgError("Parameter 'encrypt.format' is missing")
+        return None
+    if fmt not in ("aes", "luks"):
         raise QimgError(f"Parameter 'format' does not accept value '{fmt}'")
+    if fmt == "aes":
+        for name in _AES_UNEXPECTED_ORDER:
+            if opts.get("encrypt." + name) is not None:
+                raise QimgError(f"Parameter 'encrypt.{name}' is unexpected")
+    else:
+        from qimg.luks import CreateParams
+
+        CreateParams.from_options(opts)
+    return fmt
+
+
+def _check_encryption_key(fmt: str | None, opts: dict[str, Any]) -> None:
+    """The checks qemu-img makes when it sets encryption up: secret given and known, cipher usable."""
+    if fmt is None:
+        return
     if not opts.get("encrypt.key-secret"):
         raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
-    raise QimgError("Creating encrypted qcow2 images is not supported by qimg")
+    from qimg.secrets import get_secret
+
+    get_secret(opts["encrypt.key-secret"])
+    if fmt == "luks":
+        from qimg.luks import CreateParams
+
+        CreateParams.from_options(opts).check_supported()
 
 
 def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
     """QEMU's option checks, in its order; returns normalized settings."""
     if size % 512:
         raise QimgError("Image size must be a multiple of 512 bytes")
-    _refuse_encryption(opts)
+    encrypt = _encryption_format(opts)
     compat = opts.get("compat")
     if compat is None:
         version = 3
@@ -89,7 +117,8 @@ def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
         raise QimgError("External data files are only supported with " + V3_MSG)
     if ctype == "zstd" and version < 3:
         raise QimgError("Non-zlib compression type is only supported with " + V3_MSG)
-    return dict(version=version, cluster_size=cs, cluster_bits=cs.bit_length() - 1, extended_l2=ext,
+    _check_encryption_key(encrypt, opts)
+    return dict(encrypt=encrypt, version=version, cluster_size=cs, cluster_bits=cs.bit_length() - 1, extended_l2=ext,
                 prealloc=prealloc, lazy=lazy, refcount_order=rb.bit_length() - 1, data_file=data_file,
                 data_file_raw=raw, compression_type=1 if ctype == "zstd" else 0, backing_file=backing,
                 backing_fmt=opts.get("backing_fmt"))
@@ -154,6 +183,11 @@ def create_image(filename: str, size: int, opts: dict[str, Any]) -> None:
         if o["backing_file"]:
             drv.change_backing_file(o["backing_file"], o["backing_fmt"])
         drv.flush_caches()
+        if o["encrypt"]:
+            # as QEMU: encryption is set up on the sized (and preallocated) image
+            from .luks import create_encryption
+
+            create_encryption(drv, opts, o["encrypt"])
     finally:
         drv.close()
 
@@ -222,6 +256,10 @@ def measure(size: int | None, opts: dict[str, Any], source=None) -> dict[str, in
     if o["prealloc"] in ("full", "falloc"):
         required = virtual
     full = prealloc_size(virtual, cs, o["refcount_order"], o["extended_l2"])
+    if o["encrypt"] == "luks":
+        from qimg.luks import CreateParams, payload_bytes
+
+        full += -(-payload_bytes(CreateParams.from_options(opts)) // cs) * cs
     out = {"required": full - virtual + required, "fully-allocated": full}
     if source is not None and o["version"] >= 3:
         from .bitmap import measure_bitmaps

@@ -119,6 +119,8 @@ class Qcow2Format(RefcountMixin, Format):
         self.free_cluster_index = 0
         self.free_byte_offset = 0
         self._ccache: tuple[int, bytes] | None = None
+        #: the unlocked cipher of an encrypted image (None: not encrypted, or opened for info)
+        self._crypt = None
         self._open(options)
 
     def _open(self, options: dict[str, Any]) -> None:
@@ -198,6 +200,11 @@ class Qcow2Format(RefcountMixin, Format):
             self.backing_format = h.backing_format
         if h.crypt_method:
             self.encrypted = True
+            if not options.get("_no_io"):
+                # as QEMU: every open but info's unlocks the key (and fails without it)
+                from .luks import open_crypto
+
+                self._crypt = open_crypto(self, options)
         # tables
         self.l1 = self.read_table(h.l1_table_offset, h.l1_size) if h.l1_size else array("Q")
         self.refcount_table = self.read_table(h.refcount_table_offset, h.refcount_table_clusters * cs // 8)
@@ -566,7 +573,7 @@ class Qcow2Format(RefcountMixin, Format):
 
     # ------------------------------------------------------------------ read
     def read(self, offset: int, buf: memoryview) -> None:
-        if self._encrypted():
+        if self._encrypted() and self._crypt is None:
             raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
         pos, total = 0, len(buf)
         dfile = self.data_file or self.file
@@ -574,7 +581,9 @@ class Qcow2Format(RefcountMixin, Format):
             off = offset + pos
             kind, n, host = self._extent(off, total - pos, merge_compressed=False)
             view = buf[pos : pos + n]
-            if kind == NORMAL:
+            if kind == NORMAL and self._crypt is not None:
+                self._dpreadinto(dfile, host, off, view)
+            elif kind == NORMAL:
                 got = dfile.preadinto(host, view)
                 if got < n:
                     zero_fill(view[got:])
@@ -590,6 +599,43 @@ class Qcow2Format(RefcountMixin, Format):
             else:
                 self.read_backing(off, view)
             pos += n
+
+    # ------------------------------------------------------------------ encrypted data I/O
+    # Encryption works on whole 512-byte sectors; host and guest offsets share their position
+    # within a sector, so both widen alike. Writes of partial sectors read, patch and rewrite.
+    def _dpreadinto(self, dfile, host: int, guest: int, view: memoryview) -> None:
+        """Read data stored at ``host`` (guest offset ``guest``), decrypted when encrypted."""
+        if self._crypt is None:
+            got = dfile.preadinto(host, view)
+            if got < len(view):
+                zero_fill(view[got:])
+            return
+        head = host % 512
+        n = len(view)
+        span = -(-(head + n) // 512) * 512
+        raw = dfile.pread(host - head, span)
+        if len(raw) < span:
+            raw += bytes(span - len(raw))
+        view[:] = memoryview(self._crypt.decrypt(host - head, guest - head, raw))[head : head + n]
+
+    def _dpwrite(self, dfile, host: int, guest: int, data) -> None:
+        """Write guest data at ``host``, encrypted when the image is."""
+        if self._crypt is None:
+            dfile.pwrite(host, data)
+            return
+        n = len(data)
+        head = host % 512
+        tail = -(host + n) % 512
+        if head or tail:
+            buf = bytearray(head + n + tail)
+            mv = memoryview(buf)
+            if head:
+                self._dpreadinto(dfile, host - head, guest - head, mv[:512])
+            if tail:
+                self._dpreadinto(dfile, host + n + tail - 512, guest + n + tail - 512, mv[-512:])
+            mv[head : head + n] = data
+            data = buf
+        dfile.pwrite(host - head, self._crypt.encrypt(host - head, guest - head, data))
 
     def _read_compressed_batch(self, offset: int, buf: memoryview) -> int:
         """Decompress the run of compressed clusters at ``offset`` (cluster aligned) into ``buf``
@@ -737,7 +783,7 @@ class Qcow2Format(RefcountMixin, Format):
             pos = end - offset
 
     def _check_io_writable(self) -> None:
-        if self._encrypted():
+        if self._encrypted() and self._crypt is None:
             raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
         if self.header.incompatible_features & S.INCOMPAT_CORRUPT and not self.allow_corrupt:
             raise QimgError("Input/output error")
@@ -768,7 +814,7 @@ class Qcow2Format(RefcountMixin, Format):
                     if a > g:
                         self._ext_fill_partial(tbl, ci, g, chunk[: a - g], host, dfile)
                     c0 = ci + ((a >> cb) - (g >> cb))
-                    dfile.pwrite(host + (a - ((g >> cb) << cb)), chunk[a - g : b - g])
+                    self._dpwrite(dfile, host + (a - ((g >> cb) << cb)), a, chunk[a - g : b - g])
                     for c in range(c0, c0 + ((b - a) >> cb)):
                         tbl[2 * c + 1] = ALL_ALLOC
                     if g + n > b:
@@ -776,7 +822,7 @@ class Qcow2Format(RefcountMixin, Format):
                 else:
                     self._ext_fill_partial(tbl, ci, g, chunk, host, dfile)
             else:
-                dfile.pwrite(host + (g & (cs - 1)), chunk)
+                self._dpwrite(dfile, host + (g & (cs - 1)), g, chunk)
                 if e & S.OFLAG_ZERO:
                     # a preallocated zero cluster becomes data: fill the rest with zeroes
                     for c in range(k):
@@ -794,9 +840,9 @@ class Qcow2Format(RefcountMixin, Format):
         cstart = gci << self.cluster_bits
         a, b = max(ws, cstart), min(we, cstart + cs)
         if a > cstart:
-            dfile.pwrite(host, bytes(a - cstart))
+            self._dpwrite(dfile, host, cstart, bytes(a - cstart))
         if b < cstart + cs:
-            dfile.pwrite(host + (b - cstart), bytes(cstart + cs - b))
+            self._dpwrite(dfile, host + (b - cstart), b, bytes(cstart + cs - b))
 
     def _ext_fill_partial(self, tbl: array, ci: int, g: int, chunk: memoryview, host: int, dfile) -> None:
         """Extended L2 in-place write: COW partially written subclusters that are not data yet."""
@@ -821,13 +867,13 @@ class Qcow2Format(RefcountMixin, Format):
             if a < ws and not ((bm >> s0) & 1 and not (bm >> (32 + s0)) & 1):
                 self._read_layer(a, mv[: ws - a])
             elif a < ws:
-                dfile.preadinto(h + (a - cstart), mv[: ws - a])
+                self._dpreadinto(dfile, h + (a - cstart), a, mv[: ws - a])
             if we < b and not ((bm >> s1) & 1 and not (bm >> (32 + s1)) & 1):
                 self._read_layer(we, mv[we - a :])
             elif we < b:
-                dfile.preadinto(h + (we - cstart), mv[we - a :])
+                self._dpreadinto(dfile, h + (we - cstart), we, mv[we - a :])
             mv[ws - a : we - a] = chunk[pos : pos + n]
-            dfile.pwrite(h + (a - cstart), mv)
+            self._dpwrite(dfile, h + (a - cstart), a, mv)
             mask = ((1 << (s1 + 1)) - 1) ^ ((1 << s0) - 1)
             tbl[2 * c + 1] = (bm | mask) & ~(mask << 32)
             pos += n
@@ -867,7 +913,10 @@ class Qcow2Format(RefcountMixin, Format):
             self._read_layer(goff + len(data), memoryview(tb))
             bufs.append(tb)
         dfile = self.data_file or self.file
-        if hasattr(dfile, "pwritev") and len(bufs) > 1:
+        if self._crypt is not None:
+            whole = b"".join(bufs) if len(bufs) > 1 else data
+            self._dpwrite(dfile, host_w, first_g, whole)
+        elif hasattr(dfile, "pwritev") and len(bufs) > 1:
             dfile.pwritev(host_w, bufs)
         else:
             p = host_w
