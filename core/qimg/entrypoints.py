@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Iterator
 
+_METADATA_DIRS = (".dist-info", ".egg-info")
 _STANDARD_FINDERS = ("BuiltinImporter", "FrozenImporter", "PathFinder", "DistutilsMetaFinder")
 
 
@@ -47,6 +48,7 @@ def _scan(group: str) -> list[tuple[str, str]] | None:
     if not _fast_path_ok():
         return None
     found: list[tuple[str, str]] = []
+    key = group.encode()
     for entry in sys.path:
         path = entry or "."
         try:
@@ -58,17 +60,32 @@ def _scan(group: str) -> list[tuple[str, str]] | None:
         except OSError:
             continue
         for name in names:
-            low = name.lower()
-            if not (low.endswith(".dist-info") or low.endswith(".egg-info")):
+            if not name.lower().endswith(_METADATA_DIRS):
                 continue
-            try:
-                with open(os.path.join(path, name, "entry_points.txt"), encoding="utf-8") as f:
-                    text = f.read()
-            except OSError:
-                continue  # no entry points (or an egg-info file)
-            if group in text:  # cheap pre-filter before parsing
-                found.extend(_parse_group(text, group))
+            data = _read_file(os.path.join(path, name, "entry_points.txt"))
+            if data is not None and key in data:  # cheap pre-filter before decoding and parsing
+                found.extend(_parse_group(data.decode("utf-8"), group))
     return found
+
+
+def _read_file(path: str) -> bytes | None:
+    """A small file's bytes, or None if it cannot be read (plain os calls: this runs for every
+    installed distribution on every start)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no entry points (or an egg-info file)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def entry_points(group: str) -> list[tuple[str, str]]:
