@@ -111,7 +111,7 @@ def test_qcow2_map_check_json_are_lean(tmp_path: Path, args: tuple[str, ...], qe
     assert heavy(mods) == []
     # check reads qcow2's snapshot and bitmap modules (which still use dataclasses) for the
     # refcount walk; nothing else on these paths may load the slow modules
-    allowed = {"check": ("dataclasses", "inspect", "typing", "ast")}.get(args[0], ())
+    allowed = {"check": ("dataclasses", "inspect", "ast")}.get(args[0], ())
     assert [m for m in slow(mods) if m.split(".")[0] not in allowed] == []
     assert "threading" not in mods and "importlib.metadata" not in mods
 
