@@ -67,6 +67,9 @@ class Opt:
     def _key(self) -> tuple:
         return (self.key, self.short, self.longs, self.has_arg, self.new_longs)
 
+    def __reduce__(self) -> tuple:
+        return (Opt, self._key())  # copy and pickle rebuild it (its fields cannot be set)
+
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented

@@ -48,6 +48,9 @@ class Option:
     def _key(self) -> tuple:
         return (self.name, self.type, self.help, self.default)
 
+    def __reduce__(self) -> tuple:
+        return (Option, self._key())  # copy and pickle rebuild it (its fields cannot be set)
+
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
