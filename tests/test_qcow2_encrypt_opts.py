@@ -1,5 +1,5 @@
-"""qcow2's encrypt.* options: listed as qemu-img lists them, checked as qemu-img checks them, and
-refused clearly (writing encrypted qcow2 is its own issue)."""
+"""qcow2's encrypt.* options: listed as qemu-img lists them and checked as qemu-img checks them
+(creating and using encrypted images: test_qcow2_luks.py)."""
 from __future__ import annotations
 
 import pytest

@@ -205,6 +205,10 @@ class Qcow2Format(RefcountMixin, Format):
                 from .luks import open_crypto
 
                 self._crypt = open_crypto(self, options)
+        elif options.get("encrypt.format") is not None:
+            from .luks import check_plain_options
+
+            check_plain_options(options)
         # tables
         self.l1 = self.read_table(h.l1_table_offset, h.l1_size) if h.l1_size else array("Q")
         self.refcount_table = self.read_table(h.refcount_table_offset, h.refcount_table_clusters * cs // 8)

@@ -65,15 +65,20 @@ def _secret(options: dict[str, Any]) -> bytes:
     return get_secret(key_id)
 
 
+def check_plain_options(options: dict[str, Any]) -> None:
+    """An unencrypted image opened with ``encrypt.format`` (QEMU refuses; a bare secret is fine)."""
+    fmt = options.get("encrypt.format")
+    if fmt is not None:
+        raise QimgError(f"No encryption in image header, but options specified format '{fmt}'")
+
+
 def open_crypto(drv: "Qcow2Format", options: dict[str, Any]) -> Qcow2Crypto:
     """Unlock the image's encryption with the ``encrypt.key-secret`` passphrase (QEMU's open)."""
     h = drv.header
     fmt = options.get("encrypt.format")
     want = {1: "aes", 2: "luks"}[h.crypt_method]
     if fmt is not None and fmt != want:
-        raise QimgError(f"Header reported 'encrypt.format={want}' but open options requested "
-                        f"'encrypt.format={fmt}'" if fmt in ("aes", "luks") else
-                        f"Parameter 'encrypt.format' does not accept value '{fmt}'")
+        raise QimgError(f"Header reported '{want}' encryption format but options specify '{fmt}'")
     if h.crypt_method == 1:
         secret = _secret(options)
         try:
