@@ -400,3 +400,56 @@ def test_info_of_encrypted_image_imports_no_cryptography(enc_images):
             "finally:\n    print('CRYPTO' if any(m.startswith('cryptography') for m in sys.modules) else 'CLEAN')")
     r = subprocess.run([sys.executable, "-c", code, "info", str(img)], capture_output=True, text=True)
     assert "encrypted: yes" in r.stdout and r.stdout.rstrip().endswith("CLEAN"), r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------------------- amend key slots
+AMEND_STEPS = [  # (-o options, key-secret to open with, --force)
+    ("encrypt.state=active", "sec0", False),
+    ("encrypt.state=inactive,encrypt.new-secret=sec0", "sec0", False),
+    ("encrypt.state=inactive", "sec0", False),
+    ("encrypt.state=active,encrypt.new-secret=sec0,encrypt.keyslot=8", "sec0", False),
+    ("encrypt.new-secret=sec0", "sec0", False),
+    ("encrypt.state=foo", "sec0", False),
+    ("encrypt.state=inactive,encrypt.old-secret=sec0", "sec0", False),
+    ("encrypt.state=active,encrypt.new-secret=sec1,encrypt.iter-time=10", "sec0", False),
+    ("encrypt.state=active,encrypt.new-secret=sec1,encrypt.old-secret=sec2", "sec0", False),
+    ("encrypt.state=active,encrypt.new-secret=sec9", "sec0", False),
+    ("encrypt.state=active,encrypt.new-secret=sec2,encrypt.keyslot=1,encrypt.iter-time=10", "sec0", False),
+    ("encrypt.state=active,encrypt.new-secret=sec2,encrypt.keyslot=1,encrypt.iter-time=10", "sec1", True),
+    ("encrypt.state=inactive,encrypt.keyslot=3", "sec0", False),
+    ("encrypt.state=inactive,encrypt.old-secret=sec1", "sec0", False),
+    ("encrypt.state=inactive,encrypt.old-secret=sec1,encrypt.keyslot=1", "sec0", False),
+    ("encrypt.state=active,encrypt.new-secret=sec1,encrypt.iter-time=10,lazy_refcounts=on", "sec2", False),
+    ("encrypt.state=inactive,encrypt.old-secret=sec0,encrypt.keyslot=0", "sec2", False),
+    ("encrypt.state=inactive,encrypt.old-secret=sec2", "sec1", False),
+    ("encrypt.state=inactive,encrypt.keyslot=2", "sec1", False),
+]
+SECRETS = ["--object", SECRET, "--object", "secret,id=sec1,data=abc", "--object", "secret,id=sec2,data=zzz"]
+
+
+def _active_slots(qemu_img, path) -> list[bool]:
+    d = json.loads(qemu_img("info", "--output=json", str(path)).stdout)
+    return [s["active"] for s in d["format-specific"]["data"]["encrypt"]["slots"]]
+
+
+def test_amend_keyslots_as_qemu(tmp_path, qemu_img, qemu_io, qimg):
+    q, m = tmp_path / "q.qcow2", tmp_path / "m.qcow2"
+    qimg_create(qimg, q, "")
+    qemu_io_ok(qemu_io, q, "write -P 0x5a 0 64k")
+    m.write_bytes(q.read_bytes())
+    for opts, key, force in AMEND_STEPS:
+        args = ["amend", *SECRETS, "-o", opts, *(["--force"] if force else [])]
+        for _ in range(20):  # QEMU's PBKDF benchmark may give up under load
+            exp = qemu_img(*args, "--image-opts", iopts(q, key))
+            if "accurate CPU usage" not in exp.stderr:
+                break
+        got = qimg(*args, "--image-opts", iopts(m, key))
+        assert (got.returncode, as_qemu(got.stderr).replace(str(m), str(q))) == (exp.returncode, exp.stderr), opts
+        assert _active_slots(qemu_img, m) == _active_slots(qemu_img, q), opts
+    # the slot qimg wrote last opens in QEMU (slot 2: sec1; sec0 and sec2 were erased)
+    assert _active_slots(qemu_img, m) == [False, False, True] + [False] * 5
+    r = qemu_io(*SECRETS, "--image-opts", iopts(m, "sec1"), "-c", "read -P 0x5a 0 64k")
+    assert r.returncode == 0 and "fail" not in r.stdout.lower(), r.stdout + r.stderr
+    r = qemu_io(*SECRETS, "--image-opts", iopts(m, "sec0"), "-c", "read 0 512")
+    assert "Invalid password, cannot unlock any keyslot" in r.stderr
+    assert json.loads(qemu_img("info", "--output=json", str(m)).stdout)["format-specific"]["data"]["lazy-refcounts"]

@@ -198,25 +198,55 @@ def sector_cipher(h: Header, key: bytes):
     return SectorCipher(key, h.mode, ivgen, h.ivhash)
 
 
+def try_slot(h: Header, s: KeySlot, read: Callable[[int, int], bytes], passphrase: bytes) -> bytes | None:
+    """The master key if ``passphrase`` opens active slot ``s``, else None."""
+    n = h.key_bytes * s.stripes
+    material = read(s.key_offset * SECTOR, n)
+    if len(material) < n:
+        raise QimgError("Cannot read key material: Input/output error")
+    derived = _pbkdf2(h.hash_spec, passphrase, s.salt, s.iterations, h.key_bytes)
+    split = sector_cipher(h, derived).decrypt(0, material)
+    key = af_merge(split, h.key_bytes, s.stripes, h.hash_spec)
+    digest = _pbkdf2(h.hash_spec, key, h.mk_salt, h.mk_iterations, DIGEST_LEN)
+    return key if digest == h.mk_digest else None
+
+
 def unlock(h: Header, read: Callable[[int, int], bytes], passphrase: bytes) -> bytes:
     """The master key, from the first active slot ``passphrase`` opens.
 
     ``read(offset, length)`` reads the volume relative to the start of the LUKS header."""
     validate_for_unlock(h)
     for s in h.slots:
-        if s.active != SLOT_ACTIVE:
-            continue
-        n = h.key_bytes * s.stripes
-        material = read(s.key_offset * SECTOR, n)
-        if len(material) < n:
-            raise QimgError("Cannot read key material: Input/output error")
-        derived = _pbkdf2(h.hash_spec, passphrase, s.salt, s.iterations, h.key_bytes)
-        split = sector_cipher(h, derived).decrypt(0, material)
-        key = af_merge(split, h.key_bytes, s.stripes, h.hash_spec)
-        digest = _pbkdf2(h.hash_spec, key, h.mk_salt, h.mk_iterations, DIGEST_LEN)
-        if digest == h.mk_digest:
-            return key
+        if s.active == SLOT_ACTIVE:
+            key = try_slot(h, s, read, passphrase)
+            if key is not None:
+                return key
     raise QimgError("Invalid password, cannot unlock any keyslot")
+
+
+def slot_entry_offset(index: int) -> int:
+    """Byte offset of key slot ``index``'s 48-byte entry in the header."""
+    return PHDR.size + index * SLOT.size
+
+
+def new_keyslot(h: Header, index: int, master: bytes, passphrase: bytes, iter_time: int) -> tuple[bytes, bytes]:
+    """(the slot's packed entry, its encrypted key material) holding ``master`` under ``passphrase``."""
+    import os
+
+    s = h.slots[index]
+    iters = max(MIN_SLOT_ITERS, _iters(_iters_per_second(h.hash_spec, h.key_bytes), iter_time))
+    salt = os.urandom(SALT_LEN)
+    derived = _pbkdf2(h.hash_spec, passphrase, salt, iters, h.key_bytes)
+    material = sector_cipher(h, derived).encrypt(0, af_split(master, STRIPES, h.hash_spec))
+    return SLOT.pack(SLOT_ACTIVE, iters, salt, s.key_offset, STRIPES), material
+
+
+def erased_keyslot(h: Header, index: int) -> tuple[bytes, bytes]:
+    """(the inactive entry, random bytes to overwrite the old key material with)."""
+    import os
+
+    s = h.slots[index]
+    return SLOT.pack(SLOT_INACTIVE, 0, bytes(SALT_LEN), s.key_offset, s.stripes), os.urandom(h.key_bytes * s.stripes)
 
 
 # ------------------------------------------------------------------ create

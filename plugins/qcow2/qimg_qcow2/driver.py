@@ -1327,6 +1327,15 @@ class Qcow2Format(RefcountMixin, Format):
     def amend(self, opts: dict[str, Any], progress: ProgressFn | None = None, force: bool = False) -> None:
         from .amend import amend
 
+        if self.header.crypt_method and any(k.startswith("encrypt.") for k in opts):
+            # LUKS key slots (the rest of the options go to the format's amend first)
+            from .luks import amend_encryption
+
+            rest = {k: v for k, v in opts.items() if not k.startswith("encrypt.")}
+            if rest:
+                amend(self, rest, progress, force)
+            amend_encryption(self, opts, force)
+            return
         amend(self, opts, progress, force)
 
     def make_empty(self) -> None:

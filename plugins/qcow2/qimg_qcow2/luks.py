@@ -45,9 +45,10 @@ def luks_info(drv: "Qcow2Format") -> dict[str, Any] | None:
 class Qcow2Crypto:
     """Encrypts/decrypts data clusters; holds only immutable cipher objects (thread-safe)."""
 
-    def __init__(self, cipher: Any, physical: bool) -> None:
+    def __init__(self, cipher: Any, physical: bool, master: bytes | None = None) -> None:
         self.cipher = cipher
         self.physical = physical  # LUKS: IVs from host sectors; AES: from guest sectors
+        self.master = master  # LUKS master key (amend writes new key slots with it)
 
     def decrypt(self, host: int, guest: int, data: bytes | bytearray | memoryview) -> bytes:
         return self.cipher.decrypt((host if self.physical else guest) // SECTOR, data)
@@ -106,7 +107,7 @@ def open_crypto(drv: "Qcow2Format", options: dict[str, Any]) -> Qcow2Crypto:
         return drv.file.pread(offset + off, n)
 
     master = luks.unlock(hdr, read, secret)
-    return Qcow2Crypto(luks.sector_cipher(hdr, master), physical=True)
+    return Qcow2Crypto(luks.sector_cipher(hdr, master), physical=True, master=master)
 
 
 def create_encryption(drv: "Qcow2Format", opts: dict[str, Any], fmt: str) -> None:
@@ -131,3 +132,87 @@ def create_encryption(drv: "Qcow2Format", opts: dict[str, Any], fmt: str) -> Non
     h.crypto_header = struct.pack(">QQ", off, len(area))
     drv.flush_caches()
     drv.update_header()
+
+
+def amend_encryption(drv: "Qcow2Format", opts: dict[str, Any], force: bool) -> None:
+    """``amend -o encrypt.state=active|inactive,...``: add or erase LUKS key slots (QEMU's rules
+    and messages). The master key is the one the image was opened (unlocked) with."""
+    from qimg import luks
+    from qimg.secrets import get_secret
+
+    if drv.header.crypt_method != 2:
+        raise QimgError("Only LUKS encryption options can be amended")
+    state = opts.get("encrypt.state")
+    if state is None:
+        raise QimgError("Parameter 'state' is missing")
+    if state not in ("active", "inactive"):
+        raise QimgError(f"Parameter 'state' does not accept value '{state}'")
+    crypt = drv._crypt
+    if crypt is None or crypt.master is None:
+        raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
+    offset, length = _header_ext(drv) or (0, 0)
+    hdr = luks.parse_header(drv.file.pread(offset, luks.HEADER_SIZE))
+    keyslot = opts.get("encrypt.keyslot")
+    if keyslot is not None:
+        keyslot = int(keyslot)
+        if not 0 <= keyslot < luks.NUM_SLOTS:
+            raise QimgError(f"Invalid keyslot {keyslot & 0xFFFFFFFF} specified, must be between 0 and 7")
+
+    def read(off: int, n: int) -> bytes:
+        return drv.file.pread(offset + off, n) if off + n <= length else b""
+
+    def write_slot(index: int, entry: bytes, material: bytes) -> None:
+        # key material first, then the entry that makes it count (or no longer count)
+        if not erase:
+            drv.file.pwrite(offset + hdr.slots[index].key_offset * SECTOR, material)
+        drv.file.pwrite(offset + luks.slot_entry_offset(index), entry)
+        if erase:
+            drv.file.pwrite(offset + hdr.slots[index].key_offset * SECTOR, material)
+
+    active = [i for i, sl in enumerate(hdr.slots) if sl.active == luks.SLOT_ACTIVE]
+    if state == "active":
+        erase = False
+        if opts.get("encrypt.old-secret") is not None:
+            raise QimgError("'old-secret' must not be given when activating keyslots")
+        new_id = opts.get("encrypt.new-secret")
+        if not new_id:
+            raise QimgError("'new-secret' is required to activate a keyslot")
+        if keyslot is None:
+            free = [i for i in range(luks.NUM_SLOTS) if i not in active]
+            if not free:
+                raise QimgError("Can't add a keyslot - all keyslots are in use")
+            keyslot = free[0]
+        elif keyslot in active and not force:
+            raise QimgError(f"Refusing to overwrite active keyslot {keyslot} - please erase it first")
+        secret = get_secret(new_id)
+        it = opts.get("encrypt.iter-time")
+        entry, material = luks.new_keyslot(hdr, keyslot, crypt.master, secret, 2000 if it is None else int(it))
+        write_slot(keyslot, entry, material)
+    else:
+        erase = True
+        if opts.get("encrypt.new-secret") is not None:
+            raise QimgError("'new-secret' must not be given when erasing keyslots")
+        old_id = opts.get("encrypt.old-secret")
+        old = get_secret(old_id) if old_id is not None else None
+        if keyslot is not None:
+            if keyslot not in active:
+                raise QimgError(f"Given keyslot {keyslot} is already erased (inactive) ")
+            if old is not None and luks.try_slot(hdr, hdr.slots[keyslot], read, old) is None:
+                raise QimgError(f"Given keyslot {keyslot} doesn't contain the given old password for erase operation")
+            if active == [keyslot] and not force:
+                raise QimgError(f"Attempt to erase the only active keyslot {keyslot} which will erase all the data "
+                                "in the image irreversibly - refusing operation")
+            victims = [keyslot]
+        elif old is not None:
+            victims = [i for i in active if luks.try_slot(hdr, hdr.slots[i], read, old) is not None]
+            if not victims:
+                raise QimgError("No keyslots match given (old) password for erase operation")
+            if len(victims) == len(active) and not force:
+                raise QimgError("All the active keyslots match the (old) password that was given and erasing them "
+                                "will erase all the data in the image irreversibly - refusing operation")
+        else:
+            raise QimgError("To erase keyslot(s), either explicit keyslot index or the password currently "
+                            "contained in them must be given")
+        for i in victims:
+            write_slot(i, *luks.erased_keyslot(hdr, i))
+    drv.file.flush()
