@@ -69,10 +69,6 @@ def show_help() -> NoReturn:
     raise SystemExit(0)
 
 
-#: commands whose module has ``run(argv)`` with ``argv[0]`` the command name
-GETOPT_COMMANDS = ("bench", "commit", "compare", "convert", "dd", "rebase")
-
-
 def run_direct(args: list[str]) -> None:
     """Run ``[name, *arguments]`` of a getopt command without click (no global options came
     before it); a :class:`UsageError` exits as the click command would."""

@@ -34,6 +34,8 @@ def __getattr__(name: str) -> Any:
 
 #: commands that can run without click (their modules follow the protocol of qimg_cli.fast)
 FAST_COMMANDS = ("info", "map", "check")
+#: commands whose module parses its own arguments (``run([name, *args])``, see copyopts)
+GETOPT_COMMANDS = ("bench", "commit", "compare", "convert", "dd", "rebase")
 #: set to 1 to always go through click (tests compare both paths)
 DISABLE_ENV = "QIMG_NO_FAST_PATH"
 
@@ -49,7 +51,8 @@ class Option:
 
 def run_fast(args: list[str]) -> bool:
     """Run ``args`` if they start with a fast command's name; False: use the click group."""
-    if not args or args[0] not in FAST_COMMANDS or os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+    if (not args or (args[0] not in FAST_COMMANDS and args[0] not in GETOPT_COMMANDS)
+            or os.environ.get(DISABLE_ENV, "") not in ("", "0")):
         return False
     from qimg.untrusted import ENV, _env_true
 
@@ -57,6 +60,11 @@ def run_fast(args: list[str]) -> bool:
         from qimg.untrusted import enable_cli
 
         enable_cli()
+    if args[0] in GETOPT_COMMANDS:
+        from .copyopts import run_direct
+
+        run_direct(args)  # commands that parse their own arguments with getopt
+        return True
     from qimg.registry import import_module
 
     from .common import getopt_spec, qemu_getopt
