@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
-from typing import Any
 
 import click
 
 from .common import normalize_args, usage_exit
 from .main import BUILTIN_COMMANDS
+
+TYPE_CHECKING = False  # typing's own import costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 
 class LazyGroup(click.Group):

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
 
 from .main import PROG, error_exit
+
+TYPE_CHECKING = False  # typing's own import costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 def configure_one(text: str) -> None:

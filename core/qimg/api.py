@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 
 from .errors import QimgError
 from .image import MAX_CHAIN_DEPTH, Image
@@ -14,6 +13,7 @@ from .protocol import FileProtocol, Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 

@@ -22,20 +22,19 @@ whose file is plain guest data like raw's may set ``lock_as_filter = True``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from .blockstatus import ALLOCATED, DATA, OFFSET_VALID, Status
 from .errors import NotSupported
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, ClassVar
 
     from .image import Image
     from .options import Option
     from .protocol import Protocol
 
-ProgressFn = Callable[[float, float], None]  # (done, total)
+ProgressFn = "Callable[[float, float], None]"  # (done, total); a string: typing is not imported
 
 
 class _Record:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+
+TYPE_CHECKING = False  # typing's own import costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 _METADATA_DIRS = (".dist-info", ".egg-info")
 _STANDARD_FINDERS = ("BuiltinImporter", "FrozenImporter", "PathFinder", "DistutilsMetaFinder")

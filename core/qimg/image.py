@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
 
 from .blockstatus import ALLOCATED, DATA, ZERO, Status
 from .errors import QimgError
@@ -16,6 +15,7 @@ from .protocol import ZERO_CHUNK
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
     from .driver import Format

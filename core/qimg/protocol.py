@@ -8,9 +8,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
 
 from .errors import QimgError, os_error_text
+
+TYPE_CHECKING = False  # typing's own import costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # A zero page for comparisons and hole filling; sized for typical cluster runs.
 ZERO_CHUNK = bytes(1 << 20)

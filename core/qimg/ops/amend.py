@@ -2,14 +2,15 @@
 ``driver.amend``; ``-o help`` text."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .. import trace
 from ..driver import Format, ProgressFn
 from ..errors import QimgError
 from ..options import parse_options
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..image import Image
 
 

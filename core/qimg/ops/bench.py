@@ -7,13 +7,14 @@ bounds nothing here: requests are issued one after the other from one reused buf
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..errors import QimgError
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..image import Image
 
 

@@ -2,11 +2,10 @@
 the driver's optional ``bitmap_*`` methods (see :class:`qimg.driver.Format`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .. import trace
 from ..errors import QimgError
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
     from ..image import Image
 

@@ -11,7 +11,6 @@ Exit codes: 0 clean, 1 check failed / internal errors, 2 corruptions, 3 leaks on
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 
 from .. import trace
 from ..driver import CheckResult, Format
@@ -19,6 +18,7 @@ from ..errors import NotSupported, QimgError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from ..image import Image

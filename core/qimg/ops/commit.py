@@ -8,15 +8,16 @@ emptied afterwards (``Format.make_empty``); ``-b`` implies ``drop`` in the CLI, 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from ..blockstatus import ALLOCATED, ZERO
 from ..errors import NotSupported, QimgError
 from .copy import COPY, SKIP, Copier, Piece, parallel_safe, run_length
 from .copy import ZERO as ZERO_OP
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from ..image import Image
 
 

@@ -7,14 +7,15 @@ the protocol driver's list to the format's.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
 from .. import trace
 from ..errors import QimgError
 from ..options import BOOL, NUMBER, SIZE, STRING, Option, parse_options, split_options
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from ..driver import Format
 
 #: the file protocol's create options (QEMU's file-posix)

@@ -2,13 +2,14 @@
 output format's driver classmethod ``measure(size, opts, source)``."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .. import trace
 from ..errors import NotSupported, QimgError
 from ..options import parse_options
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..image import Image
 
 

@@ -7,15 +7,15 @@ never read. Unsafe mode (``-u``) only rewrites the recorded name and format.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from ..blockstatus import ALLOCATED, DATA, ZERO
 from ..errors import QimgError
 from ..image import zero_fill
 from .copy import CHUNK, run_length
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..image import Image
 
 

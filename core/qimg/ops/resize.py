@@ -1,13 +1,13 @@
 """``qemu-img resize``: relative/absolute sizes and qemu-img's checks before truncating."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from .. import trace
 from ..errors import QimgError
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..image import Image
 
 PREALLOC_MODES = ("off", "metadata", "falloc", "full")

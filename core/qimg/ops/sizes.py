@@ -3,8 +3,11 @@ and QemuOpts size options such as resize's)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from fractions import Fraction
+
+TYPE_CHECKING = False  # typing's own import costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _SHIFT = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 _SIZE = re.compile(r"\s*\+?(?:0[xX]([0-9a-fA-F]+)|([0-9]+)(\.[0-9]*)?)([bkmgtpeBKMGTPE]?)")

@@ -9,12 +9,12 @@ from __future__ import annotations
 import errno
 import os
 import time
-from typing import TYPE_CHECKING
 
 from .. import trace
 from ..driver import Format, SnapshotInfo
 from ..errors import QimgError
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
     from ..image import Image
 

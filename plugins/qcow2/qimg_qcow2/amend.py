@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from array import array
-from typing import TYPE_CHECKING, Any
 
 from qimg.errors import QimgError
 
 from . import structs as S
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
+    from typing import Any
+
     from qimg.driver import ProgressFn
 
     from .driver import Qcow2Format

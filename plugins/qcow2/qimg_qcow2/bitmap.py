@@ -12,8 +12,6 @@ then frees the old ones, so an interruption never leaves a broken directory behi
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from qimg.errors import QimgError
 from qimg.records import Record
@@ -23,6 +21,7 @@ from . import structs as S
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     from array import array
+    from collections.abc import Callable
 
     from qimg.driver import CheckResult
 
@@ -70,15 +69,21 @@ NODE_NUMBER = 100
 MAX_DATA_BYTES = 1 << 30
 
 
-@dataclass
 class Bitmap:
-    name: str
-    table_offset: int
-    table_size: int
-    flags: int
-    granularity_bits: int
-    type: int = TYPE_DIRTY_TRACKING
-    extra_data: bytes = b""
+    """One bitmap directory entry (a plain class: dataclasses cost start-up time)."""
+
+    __slots__ = ("name", "table_offset", "table_size", "flags", "granularity_bits", "type", "extra_data")
+
+    def __init__(self, name: str, table_offset: int, table_size: int, flags: int, granularity_bits: int,
+                 type: int = TYPE_DIRTY_TRACKING, extra_data: bytes = b"") -> None:  # noqa: A002
+        self.name, self.table_offset, self.table_size, self.flags = name, table_offset, table_size, flags
+        self.granularity_bits, self.type, self.extra_data = granularity_bits, type, extra_data
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Bitmap and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __repr__(self) -> str:
+        return f"Bitmap({', '.join(f'{k}={getattr(self, k)!r}' for k in self.__slots__)})"
 
     @property
     def granularity(self) -> int:
@@ -101,12 +106,15 @@ class Bitmap:
         return out + bytes((-len(out)) % 8)
 
 
-@dataclass
 class BitmapsState:
-    nb_bitmaps: int = 0
-    directory_size: int = 0
-    directory_offset: int = 0
-    bitmaps: list[Bitmap] = field(default_factory=list)
+    """The bitmaps extension as read: directory place and size, and its entries."""
+
+    __slots__ = ("nb_bitmaps", "directory_size", "directory_offset", "bitmaps")
+
+    def __init__(self, nb_bitmaps: int = 0, directory_size: int = 0, directory_offset: int = 0,
+                 bitmaps: list[Bitmap] | None = None) -> None:
+        self.nb_bitmaps, self.directory_size, self.directory_offset = nb_bitmaps, directory_size, directory_offset
+        self.bitmaps = [] if bitmaps is None else bitmaps
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -639,14 +647,13 @@ def bitmap_merge_image(drv: "Qcow2Format", dst_name: str, source_image, src_name
     bitmap_merge(drv, dst_name, src_drv, src_name)
 
 
-@dataclass
 class ExportedBitmap:
     """One bitmap as ``convert --bitmaps`` carries it from source to target."""
 
-    source: "Qcow2Format"
-    name: str
-    granularity: int
-    enabled: bool
+    __slots__ = ("source", "name", "granularity", "enabled")
+
+    def __init__(self, source: "Qcow2Format", name: str, granularity: int, enabled: bool) -> None:
+        self.source, self.name, self.granularity, self.enabled = source, name, granularity, enabled
 
 
 def bitmap_export(drv: "Qcow2Format", skip_broken: bool = False) -> list[ExportedBitmap]:

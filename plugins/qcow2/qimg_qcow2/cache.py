@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from _thread import RLock  # threading.RLock's C type, without importing threading
 from collections import OrderedDict
-from collections.abc import Callable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 

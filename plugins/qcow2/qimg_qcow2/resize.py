@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import struct
 from array import array
-from typing import TYPE_CHECKING
 
 from qimg.errors import QimgError
 
 from . import structs as S
 
+TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
     from .driver import Qcow2Format
 

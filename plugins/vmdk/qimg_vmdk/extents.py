@@ -9,7 +9,6 @@ from __future__ import annotations
 import zlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable
 
 from qimg import limits
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
@@ -33,9 +32,10 @@ from .structs import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
-CowRead = Callable[[int, memoryview], None]  # (extent-relative offset, buffer)
+CowRead = "Callable[[int, memoryview], None]"  # (extent-relative offset, buffer)
 
 UNALLOC, ZEROES, PLAIN, COMPRESSED, PENDING = 0, 1, 2, 3, 4
 #: partly written grains of a stream-optimized extent kept in memory until complete
