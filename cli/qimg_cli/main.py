@@ -134,8 +134,10 @@ def _main(args: list[str]) -> None:
                 from .app import usage_error
 
                 usage_error(e)
-        from qimg.errors import QimgError
+        from qimg.errors import QimgError, SilentFailure
 
+        if isinstance(e, SilentFailure):
+            raise SystemExit(e.exit_code) from None
         if isinstance(e, QimgError):
             error_exit(e.message, e.exit_code)
         if isinstance(e, OSError):

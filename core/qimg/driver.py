@@ -27,7 +27,7 @@ from .errors import NotSupported
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable  # noqa: F401 - for the string type alias below
     from typing import Any, ClassVar
 
     from .image import Image

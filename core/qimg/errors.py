@@ -26,6 +26,14 @@ class CorruptImage(QimgError):
     """An image's metadata is inconsistent or hostile."""
 
 
+class SilentFailure(QimgError):
+    """A failure qemu-img reports by its exit status only, with no message (the CLI prints
+    nothing); e.g. ``convert -c`` to a format that refuses the end-of-stream signal."""
+
+    def __init__(self, what: str, exit_code: int = 1) -> None:
+        super().__init__(what, exit_code)
+
+
 def os_error_text(err: OSError) -> str:
     """The strerror text QEMU prints for an errno (``No such file or directory``)."""
     import os

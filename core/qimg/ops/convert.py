@@ -13,7 +13,7 @@ import itertools
 import os
 
 from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
-from ..errors import QimgError
+from ..errors import QimgError, SilentFailure
 from ..image import zero_fill
 from .copy import COPY, SKIP, Copier, Piece, parallel_safe, run_length
 from .copy import ZERO as ZERO_OP
@@ -366,19 +366,23 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
                 total_done[0] = copier.planned_total(memo)
                 todo = memo
         copier.run(todo)
+        if compress:
+            # qemu-img's end-of-stream signal: an empty compressed write (qcow2 and vmdk align
+            # the file end; a driver that refuses it fails the command, the image stays)
+            target.write_compressed(0, b"")
         if opts.bitmaps:
             _copy_bitmaps(sources[0], target, opts.skip_broken_bitmaps, warn)
         if opts.cache != "unsafe":
             target.flush()  # qemu-img convert's default cache mode (unsafe) never syncs
         target.close()
         target = None
-    except BaseException:
+    except BaseException as e:
         if target is not None:
             try:
                 target.close()
             except Exception:  # noqa: BLE001 - the first error is the one to report
                 pass
-        if created:
+        if created and not isinstance(e, SilentFailure):
             try:
                 os.unlink(target_filename)
             except OSError:

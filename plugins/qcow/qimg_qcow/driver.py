@@ -17,7 +17,7 @@ from collections import OrderedDict
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, Status
 from qimg.driver import Format
-from qimg.errors import QimgError, os_error_text
+from qimg.errors import QimgError, SilentFailure, os_error_text
 from qimg.image import is_zero, zero_fill
 from qimg.limits import MAX_TABLE_BYTES
 from qimg.options import BOOL, SIZE, STRING, Option
@@ -456,6 +456,10 @@ class QcowFormat(Format):
 
     def write_compressed(self, offset: int, data: memoryview) -> None:
         """One whole cluster, deflated (stored plainly when that does not save space)."""
+        if not len(data):
+            # QEMU's qcow driver rejects qemu-img convert's end-of-stream signal (an empty
+            # compressed write), so qemu-img convert -c -O qcow exits 1 without a message
+            raise SilentFailure("qcow: empty compressed write")
         self._check_crypto()
         if self.encrypted:
             raise QimgError("Compression is not supported for encrypted images")

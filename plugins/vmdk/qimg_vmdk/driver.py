@@ -405,6 +405,8 @@ class VmdkFormat(Format):
                 ext.write(rel, None, n, cow)
 
     def write_compressed(self, offset: int, data: memoryview) -> None:
+        if not len(data):
+            return  # qemu-img convert's end-of-stream signal: extent files end on sectors already
         ext, start = self._extent_at(offset)
         list(self._each(offset, len(data), writing=True))  # refuses read-only extents
         if not (isinstance(ext, SparseExtent) and ext.compressed):

@@ -32,7 +32,7 @@ from .structs import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable  # noqa: F401 - for the string type alias below
     from typing import Any
 
 CowRead = "Callable[[int, memoryview], None]"  # (extent-relative offset, buffer)
