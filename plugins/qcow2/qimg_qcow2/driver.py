@@ -1236,6 +1236,7 @@ class Qcow2Format(RefcountMixin, Format):
             d["compat"] = "0.10"
             d["compression-type"] = "zlib" if h.compression_type == 0 else "zstd"
             d["refcount-bits"] = self.refcount_bits
+            self._encrypt_info(d)
             return d
         d["compat"] = "1.1"
         if h.data_file is not None:
@@ -1253,15 +1254,19 @@ class Qcow2Format(RefcountMixin, Format):
                 if bm is not None:
                     d["bitmaps"] = bm
         d["refcount-bits"] = self.refcount_bits
-        if h.crypt_method == 2:
-            from .luks import luks_info
-
-            d["encrypt"] = luks_info(self) or {"format": "luks"}
-        elif h.crypt_method:
-            d["encrypt"] = {"format": "aes"}
+        self._encrypt_info(d)
         d["corrupt"] = bool(h.incompatible_features & S.INCOMPAT_CORRUPT)
         d["extended-l2"] = self.extended_l2
         return d
+
+    def _encrypt_info(self, d: dict[str, Any]) -> None:
+        """The ``encrypt`` block (both versions, as QEMU)."""
+        if self.header.crypt_method == 2:
+            from .luks import luks_info
+
+            d["encrypt"] = luks_info(self) or {"format": "luks"}
+        elif self.header.crypt_method:
+            d["encrypt"] = {"format": "aes"}
 
     def info_extra(self) -> dict[str, Any]:
         h = self.header
