@@ -477,3 +477,21 @@ def test_amend_keyslots_as_qemu(tmp_path, qemu_img, qemu_io, qimg):
     r = qemu_io(*SECRETS, "--image-opts", iopts(m, "sec0"), "-c", "read 0 512")
     assert "Invalid password, cannot unlock any keyslot" in r.stderr
     assert json.loads(qemu_img("info", "--output=json", str(m)).stdout)["format-specific"]["data"]["lazy-refcounts"]
+
+
+def test_library_refuses_compressed_writes_to_encrypted_image(tmp_path, qimg):
+    img = tmp_path / "m.qcow2"
+    qimg_create(qimg, img, "", size="1M")
+    code = f"""
+import qimg
+from qimg import secrets
+from qimg.errors import QimgError
+secrets.add_object({SECRET!r})
+with qimg.open({str(img)!r}, "qcow2", writable=True, options={{"encrypt.key-secret": "sec0"}}) as img:
+    try:
+        img.driver.write_compressed(0, memoryview(bytes(65536)))
+    except QimgError as e:
+        print(e.message)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout == "Compression and encryption not supported at the same time\n", r.stderr

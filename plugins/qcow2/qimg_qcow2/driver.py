@@ -1122,6 +1122,8 @@ class Qcow2Format(RefcountMixin, Format):
     # ------------------------------------------------------------------ compressed write
     def write_compressed(self, offset: int, data: memoryview) -> None:
         self._check_io_writable()
+        if self._encrypted():
+            raise QimgError("Compression and encryption not supported at the same time")
         self._bitmaps_dirty(offset, len(data))
         cs = self._cs
         if self.data_file is not None:
@@ -1164,6 +1166,8 @@ class Qcow2Format(RefcountMixin, Format):
     def write_compressed_cluster(self, offset: int, prepared: tuple[memoryview, bytes]) -> None:
         """Store a cluster prepared by :meth:`compress_cluster` (same checks as write_compressed)."""
         self._check_io_writable()
+        if self._encrypted():
+            raise QimgError("Compression and encryption not supported at the same time")
         cs = self._cs
         data, out = prepared
         if self.data_file is not None:
