@@ -495,3 +495,22 @@ with qimg.open({str(img)!r}, "qcow2", writable=True, options={{"encrypt.key-secr
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout == "Compression and encryption not supported at the same time\n", r.stderr
+
+
+def test_secret_from_file_and_base64(tmp_path, qimg, qemu_io):
+    pw = tmp_path / "pw.txt"
+    pw.write_bytes(b"s3cret\n")  # used as is, newline included (QEMU)
+    img = tmp_path / "m.qcow2"
+    r = qimg("create", "-q", "--object", f"secret,id=k,file={pw}", "-f", "qcow2", "-o",
+             "encrypt.format=luks,encrypt.key-secret=k,encrypt.iter-time=10", str(img), "1M")
+    assert r.returncode == 0, r.stderr
+    b64 = "secret,id=k,format=base64,data=czNjcmV0Cg=="
+    r = qemu_io("--object", b64, "--image-opts", iopts(img, "k"), "-c", "write -P 0x3c 0 4k")
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    r = qimg("compare", "--object", f"secret,id=k,file={pw}", "--object", "secret,id=j,data=s3cret",
+             "--image-opts", iopts(img, "k"), iopts(img, "j"))
+    assert (r.returncode, r.stderr) == (2, f"qimg: Could not open '{iopts(img, 'j')}': Invalid password, "
+                                           "cannot unlock any keyslot\n")
+    r = qimg("map", "--output=json", "--object", b64, "--image-opts", iopts(img, "k"))
+    assert r.returncode == 0 and json.loads(r.stdout)[0] == {"start": 0, "length": 4096, "depth": 0,
+                                                              "present": True, "zero": False, "data": True}
