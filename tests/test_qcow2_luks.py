@@ -512,5 +512,5 @@ def test_secret_from_file_and_base64(tmp_path, qimg, qemu_io):
     assert (r.returncode, r.stderr) == (2, f"qimg: Could not open '{iopts(img, 'j')}': Invalid password, "
                                            "cannot unlock any keyslot\n")
     r = qimg("map", "--output=json", "--object", b64, "--image-opts", iopts(img, "k"))
-    assert r.returncode == 0 and json.loads(r.stdout)[0] == {"start": 0, "length": 4096, "depth": 0,
+    assert r.returncode == 0 and json.loads(r.stdout)[0] == {"start": 0, "length": 65536, "depth": 0,
                                                               "present": True, "zero": False, "data": True}
