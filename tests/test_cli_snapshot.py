@@ -29,7 +29,9 @@ def test_snapshot_raw(tmp_path, args):
 
 
 @pytest.mark.parametrize("args", [["-l", "q.qcow2"], ["-d", "nonex", "q.qcow2"], ["-c", "s2", "q.qcow2"],
-                                  ["-d", "s1", "q.qcow2"], ["-a", "s1", "q.qcow2"], ["-a", "nonex", "q.qcow2"]])
+                                  ["-d", "s1", "q.qcow2"], ["-a", "s1", "q.qcow2"], ["-a", "nonex", "q.qcow2"],
+                                  # -d takes a name only, -a an ID or a name
+                                  ["-d", "1", "q.qcow2"], ["-a", "1", "q.qcow2"]])
 def test_snapshot_qcow2(tmp_path, args):
     if "qcow2" not in formats_available():
         pytest.skip("qcow2 plugin not installed")

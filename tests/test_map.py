@@ -27,7 +27,9 @@ def test_raw(raws, name, extra):
 
 @pytest.mark.parametrize("rng", [["--start-offset=4096"], ["--start-offset", "2M", "--max-length", "5000"],
                                  ["--max-length=0"], ["--start-offset=9M"], ["--start-offset=1x"],
-                                 ["--max-length=-1"], ["--start-offset=-1"], ["--start-offset=100", "--max-length=1"]])
+                                 ["--max-length=-1"], ["--start-offset=-1"], ["--start-offset=100", "--max-length=1"],
+                                 # qemu-img 7.2's short forms (not in its man page)
+                                 ["-s", "4096"], ["-s2M", "-l", "5000"], ["-l", "x"], ["-s"]])
 @pytest.mark.parametrize("out", ["human", "json"])
 def test_ranges(raws, rng, out):
     compare(raws, "map", f"--output={out}", *rng, "sparse.raw")

@@ -23,8 +23,9 @@ OPTIONS = (
     ("objects", ("--object",), False),
     ("image_opts", ("--image-opts",), True),
     ("force_share", ("-U", "--force-share"), True),
-    ("start_offset", ("--start-offset",), False),
-    ("max_length", ("--max-length",), False),
+    # qemu-img 7.2 also takes -s and -l for these (its man page does not list them)
+    ("start_offset", ("-s", "--start-offset"), False),
+    ("max_length", ("-l", "--max-length"), False),
 )
 GETOPT_HOOK = _in_loop
 

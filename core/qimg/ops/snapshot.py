@@ -71,7 +71,8 @@ def apply_snapshot(img: "Image", name: str) -> None:
 
 def delete_snapshot(img: "Image", name: str) -> None:
     trace.event("snapshot_op", filename=img.filename, op="delete", name=name)
-    sn = find_snapshot(img, name)
+    # qemu-img snapshot -d looks the snapshot up by name only (apply takes an ID or a name)
+    sn = next((s for s in list_snapshots(img) if s.name == name), None)
     if sn is None:
         raise QimgError(f"Could not delete snapshot '{name}': snapshot not found")
     try:
