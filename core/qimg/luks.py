@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable
 
 from .errors import QimgError
+
+TYPE_CHECKING = False  # typing costs start-up time (info imports this module)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAGIC = b"LUKS\xba\xbe"
 SECTOR = 512
@@ -125,8 +128,6 @@ def validate_for_unlock(h: Header) -> None:
 
 def info(h: Header) -> dict:
     """qemu-img's ``encrypt`` dictionary (key order as QEMU's JSON)."""
-    import uuid as _uuid
-
     slots = []
     for s in h.slots:
         if s.active == SLOT_ACTIVE:
@@ -137,11 +138,7 @@ def info(h: Header) -> dict:
     out: dict = {"ivgen-alg": h.ivgen}
     if h.ivhash:
         out["ivgen-hash-alg"] = h.ivhash
-    try:
-        u = str(_uuid.UUID(h.uuid))
-    except ValueError:
-        u = h.uuid
-    out.update({"hash-alg": h.hash_spec, "cipher-alg": h.cipher_alg, "uuid": u, "format": "luks",
+    out.update({"hash-alg": h.hash_spec, "cipher-alg": h.cipher_alg, "uuid": h.uuid, "format": "luks",
                 "cipher-mode": h.mode, "slots": slots, "payload-offset": h.payload_offset * SECTOR,
                 "master-key-iters": h.mk_iterations})
     return out

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 from qimg.errors import QimgError
 
 from . import structs as S
 from .header import Header
+
+TYPE_CHECKING = False  # no run-time typing import (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 V3_MSG = "compatibility level 1.1 and above (use version=v3 or greater)"
 

@@ -11,11 +11,13 @@ offset in the image file, legacy AES the *guest* offset.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
 
 from qimg.errors import QimgError
 
+TYPE_CHECKING = False  # typing costs start-up time (info imports this module)
 if TYPE_CHECKING:
+    from typing import Any
+
     from .driver import Qcow2Format
 
 SECTOR = 512
