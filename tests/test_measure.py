@@ -65,6 +65,17 @@ def test_qcow2_target(imgs, args):
     compare(imgs, "measure", *args)
 
 
+@pytest.mark.parametrize("compat", ["0.10", "1.1"])
+@pytest.mark.parametrize("out", [[], ["--output=json"], ["-o", "compat=0.10"]])
+def test_qcow2_source_bitmaps_line(imgs, compat, out):
+    """A version 2 source cannot hold persistent bitmaps: qemu-img prints no bitmaps size."""
+    if "qcow2" not in formats_available():
+        pytest.skip("qcow2 plugin not installed")
+    run_qemu("create", "-q", "-f", "qcow2", "-o", f"compat={compat}", "s.qcow2", "8M", cwd=imgs)
+    run_qemu_io("-c", "write -P 1 1M 1M", "s.qcow2", cwd=imgs)
+    compare(imgs, "measure", "-O", "qcow2", *out, "s.qcow2")
+
+
 def test_qcow2_source_raw_target(imgs):
     if "qcow2" not in formats_available():
         pytest.skip("qcow2 plugin not installed")

@@ -684,6 +684,8 @@ def measure_bitmaps(source, cluster_size: int) -> int | None:
     drv = getattr(source, "driver", source)
     if getattr(drv, "format_name", "") != "qcow2" or not hasattr(drv, "header"):
         return None
+    if drv.header.version < 3:
+        return None  # a version 2 image cannot hold persistent bitmaps: QEMU prints no line
     total = 0
     dir_size = 0
     size = drv.size
