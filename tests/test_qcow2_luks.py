@@ -514,3 +514,23 @@ def test_secret_from_file_and_base64(tmp_path, qimg, qemu_io):
     r = qimg("map", "--output=json", "--object", b64, "--image-opts", iopts(img, "k"))
     assert r.returncode == 0 and json.loads(r.stdout)[0] == {"start": 0, "length": 65536, "depth": 0,
                                                               "present": True, "zero": False, "data": True}
+
+
+def test_encrypted_backing_file(tmp_path, qemu_img, qemu_io, qimg, monkeypatch):
+    """A plain overlay over an encrypted image: the key comes as ``backing.encrypt.key-secret``."""
+    monkeypatch.chdir(tmp_path)
+    qimg_create(qimg, "base.qcow2", "", size="1M")
+    qemu_io_ok(qemu_io, "base.qcow2", "write -P 0x21 0 128k")
+    assert qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2",
+                    "1M").returncode == 0
+    r = qemu_io("-c", "write -P 0x43 64k 4k", "top.qcow2")  # top is plain, but opens its backing
+    assert "required for cipher" in r.stderr
+    for args in (["convert", "-O", "raw", "top.qcow2", "o.raw"],
+                 ["convert", *OBJ, "-O", "raw", "--image-opts",
+                  "driver=qcow2,file.filename=top.qcow2,backing.encrypt.key-secret=sec0", "o.raw"]):
+        exp = qemu_img(*args)
+        theirs = open("o.raw", "rb").read() if exp.returncode == 0 else None
+        got = qimg(*args)
+        mine = open("o.raw", "rb").read() if got.returncode == 0 else None
+        assert (got.returncode, as_qemu(got.stderr), mine) == (exp.returncode, exp.stderr, theirs)
+    assert theirs == b"\x21" * 131072 + bytes((1 << 20) - 131072)

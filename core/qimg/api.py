@@ -119,8 +119,8 @@ def open(  # noqa: A001 - the natural name for the public API
         try:
             driver = cls(file, filename=filename, writable=writable, options=drv_options)
         except QimgError as e:
-            if e.message.startswith("Could not open"):
-                raise
+            if e.message.startswith("Could not open") or _depth:
+                raise  # qemu-img names the top image only ("Could not open backing file: <error>")
             raise QimgError(f"Could not open '{filename}': {e.message}", e.exit_code) from None
     except BaseException:
         file.close()
@@ -144,8 +144,11 @@ def open(  # noqa: A001 - the natural name for the public API
             driver.close()
             raise QimgError(f"Could not open '{filename}': Backing file '{bname}' creates an infinite loop")
         try:
+            # ``backing.KEY`` open options are the backing image's (``backing.encrypt.key-secret``)
+            bopts = {k[8:]: v for k, v in drv_options.items() if k.startswith("backing.")}
             img.backing = open(full, bfmt, writable=False, force_share=force_share, no_io=no_io,
-                               untrusted=untrusted, _depth=_depth + 1, _seen=_seen | {me})
+                               options=bopts or None, untrusted=untrusted, _depth=_depth + 1,
+                               _seen=_seen | {me})
         except QimgError as e:
             driver.close()
             msg = e.message
