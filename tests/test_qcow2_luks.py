@@ -534,3 +534,44 @@ def test_encrypted_backing_file(tmp_path, qemu_img, qemu_io, qimg, monkeypatch):
         mine = open("o.raw", "rb").read() if got.returncode == 0 else None
         assert (got.returncode, as_qemu(got.stderr), mine) == (exp.returncode, exp.stderr, theirs)
     assert theirs == b"\x21" * 131072 + bytes((1 << 20) - 131072)
+
+
+def _corrupt(path, what: str) -> None:
+    d = bytearray(path.read_bytes())
+    hlen = struct.unpack(">I", d[100:104])[0]
+    assert struct.unpack(">I", d[hlen : hlen + 4])[0] == 0x0537BE77
+    off = struct.unpack(">Q", d[hlen + 8 : hlen + 16])[0]
+    slot = off + 208
+    if what == "no-ext":
+        d[hlen : hlen + 4] = struct.pack(">I", 0x12345678)
+    elif what == "magic":
+        d[off : off + 4] = b"XXXX"
+    elif what == "version":
+        d[off + 6 : off + 8] = b"\0\2"
+    elif what == "key-bytes":
+        d[off + 108 : off + 112] = struct.pack(">I", 512000)
+    elif what == "stripes":
+        d[slot + 44 : slot + 48] = struct.pack(">I", 3999)
+    elif what == "state":
+        d[slot + 48 : slot + 52] = struct.pack(">I", 7)
+    elif what == "overlap":
+        d[slot + 48 + 40 : slot + 48 + 44] = struct.pack(">I", 100)  # slot 1 inside slot 0
+    elif what == "header":
+        d[slot + 40 : slot + 44] = struct.pack(">I", 1)
+    path.write_bytes(bytes(d))
+
+
+@pytest.mark.parametrize("what", ["no-ext", "magic", "version", "key-bytes", "stripes", "state", "overlap",
+                                  "header"])
+def test_damaged_luks_header_as_qemu(what, tmp_path, qemu_img, qimg, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    qimg_create(qimg, tmp_path / "d.qcow2", "", size="1M")
+    _corrupt(tmp_path / "d.qcow2", what)
+    cmds = [["convert", "-O", "raw", "d.qcow2", "o.raw"],
+            ["convert", *OBJ, "-O", "raw", "--image-opts", iopts("d.qcow2"), "o.raw"]]
+    if what != "no-ext":  # qemu-img info crashes on a missing crypto header extension
+        cmds.append(["info", "d.qcow2"])
+    for args in cmds:
+        exp, got = qemu_img(*args), qimg(*args)
+        assert (got.returncode, as_qemu(got.stderr)) == (exp.returncode, exp.stderr), args
+        assert exp.returncode == 1

@@ -95,8 +95,30 @@ def parse_header(raw: bytes) -> Header:
     return h
 
 
+def check_header(h: Header) -> None:
+    """QEMU's checks of the key slots on every open (``info`` too; the fields are untrusted)."""
+    hdr_sectors = -(-HEADER_SIZE // SECTOR)
+    spans = []
+    for i, s in enumerate(h.slots):
+        if s.active not in (SLOT_ACTIVE, SLOT_INACTIVE):
+            raise QimgError(f"Keyslot {i} state (active/disable) is corrupted")
+        if s.stripes != STRIPES:
+            raise QimgError(f"Keyslot {i} is corrupted (stripes {s.stripes} != {STRIPES})")
+        end = s.key_offset + -(-h.key_bytes * s.stripes // SECTOR)
+        if s.key_offset < hdr_sectors:
+            raise QimgError(f"Keyslot {i} is overlapping with the LUKS header")
+        if end > h.payload_offset:
+            raise QimgError(f"Keyslot {i} is overlapping with the encrypted payload")
+        spans.append((s.key_offset, end))
+    for i in range(NUM_SLOTS):
+        for j in range(i + 1, NUM_SLOTS):
+            if spans[i][0] < spans[j][1] and spans[j][0] < spans[i][1]:
+                raise QimgError(f"Keyslots {i} and {j} are overlapping in the header")
+
+
 def validate_for_unlock(h: Header) -> None:
-    """The checks QEMU makes before touching key material (fields are untrusted)."""
+    """What qimg needs before touching key material: a cipher it has, sane key length."""
+    check_header(h)
     if h.cipher_name != "aes":
         raise QimgError(f"Cipher '{h.cipher_name}' is not supported by qimg")
     if h.mode not in ("xts", "cbc", "ecb", "ctr"):
@@ -109,20 +131,8 @@ def validate_for_unlock(h: Header) -> None:
         raise QimgError(f"Unsupported hash algorithm '{h.ivhash}'")
     if h.key_bytes not in ((32, 48, 64) if h.mode == "xts" else (16, 24, 32)):
         raise QimgError(f"Invalid master key length {h.key_bytes}")
-    hdr_sectors = -(-HEADER_SIZE // SECTOR)
     for i, s in enumerate(h.slots):
-        if s.active not in (SLOT_ACTIVE, SLOT_INACTIVE):
-            raise QimgError(f"Keyslot {i} state (active/disable) is corrupted")
-        if s.active != SLOT_ACTIVE:
-            continue
-        if s.stripes != STRIPES:
-            raise QimgError(f"Keyslot {i} is corrupted (stripes {s.stripes} != {STRIPES})")
-        end = s.key_offset + -(-h.key_bytes * s.stripes // SECTOR)
-        if s.key_offset < hdr_sectors:
-            raise QimgError(f"Keyslot {i} is overlapping with the LUKS header")
-        if end > h.payload_offset:
-            raise QimgError(f"Keyslot {i} is overlapping with the encrypted payload")
-        if s.iterations == 0:
+        if s.active == SLOT_ACTIVE and s.iterations == 0:
             raise QimgError(f"Keyslot {i} iteration count is zero")
 
 

@@ -205,6 +205,11 @@ class Qcow2Format(RefcountMixin, Format):
                 from .luks import open_crypto
 
                 self._crypt = open_crypto(self, options)
+            elif h.crypt_method == 2:
+                # info: no key, but the LUKS header is read and checked all the same
+                from .luks import read_luks_header
+
+                read_luks_header(self)
         elif options.get("encrypt.format") is not None:
             from .luks import check_plain_options
 

@@ -75,6 +75,23 @@ def check_plain_options(options: dict[str, Any]) -> None:
         raise QimgError(f"No encryption in image header, but options specified format '{fmt}'")
 
 
+def read_luks_header(drv: "Qcow2Format") -> tuple[Any, int, int]:
+    """(parsed and checked LUKS header, its offset, the extension's length): QEMU's checks on
+    every open of a LUKS-encrypted qcow2 image, ``info``'s too."""
+    from qimg import luks
+
+    ext = _header_ext(drv)
+    if ext is None:
+        raise QimgError("Missing CRYPTO header for crypt method 2")
+    offset, length = ext
+    hdr = luks.parse_header(drv.file.pread(offset, luks.HEADER_SIZE))
+    luks.check_header(hdr)
+    if hdr.payload_offset * SECTOR > length:
+        # the key material must lie inside the clusters the extension names
+        raise QimgError("LUKS payload is overlapping with the header")
+    return hdr, offset, length
+
+
 def open_crypto(drv: "Qcow2Format", options: dict[str, Any]) -> Qcow2Crypto:
     """Unlock the image's encryption with the ``encrypt.key-secret`` passphrase (QEMU's open)."""
     h = drv.header
@@ -92,16 +109,10 @@ def open_crypto(drv: "Qcow2Format", options: dict[str, Any]) -> Qcow2Crypto:
         return Qcow2Crypto(SectorCipher(key, "cbc", "plain64"), physical=False)
     from qimg import luks
 
+    if _header_ext(drv) is None:
+        raise QimgError("Missing CRYPTO header for crypt method 2")
     secret = _secret(options)
-    ext = _header_ext(drv)
-    if ext is None:
-        raise QimgError("Could not read encryption header: missing crypto header extension")
-    offset, length = ext
-    raw = drv.file.pread(offset, luks.HEADER_SIZE)
-    hdr = luks.parse_header(raw)
-    if hdr.payload_offset * SECTOR > length:
-        # the key material must lie inside the clusters the extension names
-        raise QimgError("LUKS payload is overlapping with the header")
+    hdr, offset, length = read_luks_header(drv)
 
     def read(off: int, n: int) -> bytes:
         if off + n > length:
