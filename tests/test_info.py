@@ -144,3 +144,37 @@ def test_qcow2_variants(tmp_path):
     for name in ("dirty.qcow2", "bm.qcow2", "old.qcow2", "ext.qcow2"):
         compare(tmp_path, "info", "-U", name)
         compare(tmp_path, "info", "-U", "--output=json", name)
+
+
+JSON_NAMES = [
+    'json:{"driver":"qcow2","file":{"driver":"file","filename":"q.qcow2"}}', 'json:{"file.filename":"q.qcow2"}',
+    'json:{"file":{"filename":"q.qcow2"},"driver":"qcow2","lazy-refcounts":true}',
+    'json:{"file.filename":"q.qcow2","driver":"raw"}', 'json:{"file":"q.qcow2"}', 'json:{"filename":"q.qcow2"}',
+    'json:[1]', 'json:{"driver":"qcow2"}', 'json:{"file":{"filename":"nonexist"}}', 'json:{', 'json:',
+    'json:{x}', 'json:{"a":}', 'json:{"file.filename":"q.qcow2",}', 'json:{"file.filename":"q.qcow2"} x',
+    'json:{"driver":"qcow2","file":{"driver":"file","filename":"q.qcow2"},"foo":1}',
+]
+
+
+@pytest.mark.parametrize("cmd", [["info"], ["info", "--output=json"], ["map"], ["check"]])
+@pytest.mark.parametrize("name", JSON_NAMES)
+def test_json_filenames(images, cmd, name):
+    """QEMU's json: pseudo-protocol: the --image-opts keys as a JSON object, with its errors."""
+    if "qcow2" not in formats_available():
+        pytest.skip("qcow2 plugin not installed")
+    run_qemu("create", "-q", "-f", "qcow2", "q.qcow2", "1M", cwd=images)
+    compare(images, *cmd, name)
+
+
+@pytest.mark.parametrize("opts", [
+    "driver=raw,file.filename=a.raw,foo=1", "file.filename=a.raw,foo=1", "driver=raw,file.filename=a.raw,file.foo=2",
+    "driver=raw,file.filename=a.raw,file.locking=off,file.aio=threads",
+    "driver=raw,file.filename=a.raw,discard=unmap,detect-zeroes=on,node-name=x,read-only=on,cache.direct=off",
+    "driver=raw,file.filename=a.raw,backing=null", "driver=raw,file.filename=a.raw,backing.file.filename=x",
+    "driver=vpc,file.filename=a.raw,offset=5",
+])
+def test_unknown_open_options_refused(images, opts):
+    """Open options neither the format nor the file protocol takes fail as in qemu-img."""
+    if "driver=vpc" in opts and "vpc" not in formats_available():
+        pytest.skip("vpc plugin not installed")
+    compare(images, "info", "--image-opts", opts)

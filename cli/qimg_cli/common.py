@@ -218,6 +218,72 @@ RAW_PROBE_WARNING = (
 )
 
 
+#: open options QEMU's block layer takes for every format
+COMMON_RUNTIME_OPTIONS = frozenset(("node-name", "read-only", "auto-read-only", "cache.direct", "cache.no-flush",
+                                    "discard", "detect-zeroes", "force-share", "file"))
+#: the file protocol's open options (``file.<name>``)
+FILE_RUNTIME_OPTIONS = frozenset(("filename", "driver", "aio", "aio-max-batch", "locking", "pr-manager",
+                                  "x-check-cache-dropped", "drop-cache"))
+
+
+def _unsupported_option(cls: type, keys: list[str], has_backing: bool = False) -> str | None:
+    """QEMU's message for the first open option neither the format nor the file takes
+    ("backing.*" only reaches an image that has a backing file)."""
+    allowed = getattr(cls, "runtime_options", None)
+    for key in keys:
+        if key.startswith("file."):
+            name = key[5:]
+            if "." not in name and name not in FILE_RUNTIME_OPTIONS:
+                return f"Block protocol 'file' doesn't support the option '{name}'"
+            continue
+        if key.startswith("backing.") and has_backing:
+            continue  # the backing image's own options (backing.encrypt.key-secret, ...)
+        if allowed is None or key in COMMON_RUNTIME_OPTIONS or key in allowed:
+            continue
+        if any(n.endswith(".") and key.startswith(n) for n in (*allowed, *COMMON_RUNTIME_OPTIONS)):
+            continue
+        return f"Block format '{cls.format_name}' does not support the option '{key}'"
+    return None
+
+
+def _json_filename(name: str) -> str:
+    """A ``json:{...}`` filename as an --image-opts option string (QEMU's messages on errors)."""
+    import json
+
+    from qimg.errors import QimgError
+
+    text = name[5:]
+    prefix = f"Could not open '{name}': Could not parse the JSON options: "
+    if not text.strip():
+        raise QimgError(prefix + "Expecting a JSON value")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":
+            raise QimgError(prefix + "Expecting at most one JSON value") from None
+        rest = text[e.pos:].lstrip()
+        if not rest:
+            raise QimgError(prefix + "JSON parse error, premature EOI") from None
+        word = rest[: len(rest) - len(rest.lstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"))]
+        if word:
+            raise QimgError(prefix + f"JSON parse error, invalid keyword '{word}'") from None
+        raise QimgError(prefix + "JSON parse error, expecting value") from None
+    if not isinstance(value, dict):
+        raise QimgError(f"Could not open '{name}': Invalid JSON object given")
+    pairs: list[str] = []
+
+    def flatten(obj: dict, path: str) -> None:
+        for key, val in obj.items():
+            if isinstance(val, dict):
+                flatten(val, f"{path}{key}.")
+            elif val is not None:
+                text = ("on" if val else "off") if isinstance(val, bool) else str(val)
+                pairs.append(f"{path}{key}={text.replace(',', ',,')}")
+
+    flatten(value, "")
+    return ",".join(pairs)
+
+
 def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = False,
                writable: bool = False, force_share: bool = False, backing: bool = True,
                quiet_probe_warning: bool = True, options: dict[str, Any] | None = None,
@@ -237,6 +303,11 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
 
     opts: dict[str, Any] = dict(options or {})
     shown = filename
+    json_fmt = None
+    if not image_opts and filename.startswith("json:"):
+        # QEMU's json: pseudo-protocol: the same options --image-opts takes, as a JSON object
+        # (a -f format still wins over its "driver")
+        filename, json_fmt, fmt, image_opts = _json_filename(filename), fmt, None, True
     if image_opts:
         if fmt:
             raise QimgError("--image-opts and --format are mutually exclusive")
@@ -247,17 +318,22 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
             pairs[0] = ("file", pairs[0][0])  # QEMU's implied first key
         for key, value in pairs:
             if key == "file" and value is not None:
-                raise QimgError(f"Could not open '{filename}': Cannot find device='{value}' nor node-name='{value}'")
+                raise QimgError(f"Could not open '{shown}': Cannot find device='{value}' nor node-name='{value}'")
         if not any(k == "driver" or k == "file" or k.startswith("file.") for k, _ in pairs):
-            raise QimgError(f"Could not open '{filename}': Must specify either driver or file")
+            raise QimgError(f"Could not open '{shown}': Must specify either driver or file")
         parsed = parse_dotted(filename)
         fmt = parsed.pop("driver", None)
+        if json_fmt:
+            fmt = json_fmt
         fname = parsed.pop("file.filename", None) or parsed.pop("filename", None)
         parsed.pop("file.driver", None)
         if fname is None:
-            raise QimgError("Could not open '" + filename + "': A block device must be specified for \"file\"")
+            raise QimgError("Could not open '" + shown + "': A block device must be specified for \"file\"")
         filename = fname
         opts.update(parsed)
+        user_keys = list(parsed)
+    else:
+        user_keys = []
     prefix = f"Could not open '{shown}': "
     if force_share and writable:
         raise QimgError(f"{prefix}force-share=on can only be used with read-only images")
@@ -281,6 +357,10 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
         else:
             msg = prefix + rest
         raise QimgError(msg, e.exit_code) from None
+    bad = _unsupported_option(type(img.driver), user_keys, bool(img.driver.backing_filename))
+    if bad is not None:
+        img.close()
+        raise QimgError(prefix + bad)
     if fmt is None and writable and img.format == "raw":
         sys.stderr.write(RAW_PROBE_WARNING.format(filename) + "\n")
     return img

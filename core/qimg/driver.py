@@ -126,6 +126,10 @@ class Format:
     supports_backing: ClassVar[bool] = False
     #: the format stores compressed clusters (``convert -c``)
     supports_compression: ClassVar[bool] = False
+    #: open options (``--image-opts``/``json:`` keys) the driver takes besides the block
+    #: layer's common ones; a name ending in "." takes every key under it. None: not declared,
+    #: every key is passed on (QEMU refuses undeclared ones: "does not support the option")
+    runtime_options: ClassVar[frozenset[str] | None] = None
     #: a new image reads as zeroes without writing them (``convert`` may skip zero runs)
     zero_init: ClassVar[bool] = True
     #: optional: the option order of create's ``Formatting 'f', fmt=x ...`` line, as QEMU's

@@ -59,6 +59,8 @@ def _max_image_size(cluster_size: int, table_size: int) -> int:
 
 
 class QedFormat(Format):
+    #: open options besides the block layer's (QEMU's runtime options of this driver)
+    runtime_options = frozenset()
     format_name = "qed"
     supports_backing = True
     create_opts = [

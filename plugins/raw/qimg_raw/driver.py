@@ -38,6 +38,8 @@ def preallocate(file, start: int, end: int, mode: str) -> None:
 
 
 class RawFormat(Format):
+    #: open options besides the block layer's (QEMU's runtime options of this driver)
+    runtime_options = frozenset(("offset", "size"))
     format_name = "raw"
     create_opts = [
         Option("size", SIZE, "Virtual disk size"),

@@ -40,6 +40,8 @@ _UNALLOCATED_RUN = re.compile(rb"(?:[\xfe\xff]\xff\xff\xff)*")
 
 
 class VdiFormat(Format):
+    #: open options besides the block layer's (QEMU's runtime options of this driver)
+    runtime_options = frozenset()
     format_name = "vdi"
     create_opts = [
         Option("size", SIZE, "Virtual disk size"),

@@ -112,6 +112,8 @@ def _region_table(entries: list[tuple[bytes, int, int, int]]) -> bytes:
 
 
 class VhdxFormat(Format):
+    #: open options besides the block layer's (QEMU's runtime options of this driver)
+    runtime_options = frozenset()
     format_name = "vhdx"
     create_opts = [
         Option("size", SIZE, "Virtual disk size; max of 64TB."),

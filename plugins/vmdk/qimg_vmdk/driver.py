@@ -107,6 +107,8 @@ def _write_sparse(file, capacity: int, desc_text: str | None, *, zeroed: bool, s
 
 
 class VmdkFormat(Format):
+    #: open options besides the block layer's (QEMU's runtime options of this driver)
+    runtime_options = frozenset()
     format_name = "vmdk"
     supports_backing = True
     supports_compression = True

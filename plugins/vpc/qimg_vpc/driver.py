@@ -130,6 +130,8 @@ def bitmap_size_for(block_size: int) -> int:
 
 
 class VpcFormat(Format):
+    #: open options besides the block layer's (QEMU's runtime options of this driver)
+    runtime_options = frozenset(("force_size_calc",))
     format_name = "vpc"
     create_opts = [
         Option("force_size", BOOL, "Force disk size calculation to use the actual size specified, "
