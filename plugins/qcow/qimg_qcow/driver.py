@@ -60,6 +60,8 @@ def _secret_check(opts: dict[str, Any]) -> int:
 
 
 class QcowFormat(Format):
+    #: open options besides the block layer's (QEMU's runtime options of this driver)
+    runtime_options = frozenset(("encrypt.",))
     format_name = "qcow"
     supports_backing = True
     supports_compression = True
