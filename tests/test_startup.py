@@ -325,3 +325,23 @@ def test_records_and_registry_load_without_construct() -> None:
             "assert not bad, bad\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_installed_launcher_imports_no_re(tmp_path: Path) -> None:
+    """`qimg` is installed as a plain wheel script (cli/scripts/qimg), not pip's console-script
+    wrapper, whose first line imports `re`: `info` of a raw image then imports no `re` at all."""
+    launcher = Path(sys.executable).parent / "qimg"
+    if not launcher.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{launcher} is not installed")
+        pytest.skip("qimg is not installed beside this Python")
+    assert launcher.read_text().startswith("#!"), "the launcher is a script"
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(1 << 20))
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
+    p = subprocess.run([str(launcher), "info", str(img)], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "file format: raw" in p.stdout
+    imported = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+    assert "qimg_raw.driver" in imported
+    assert "re" not in imported and "typing" not in imported

@@ -8,6 +8,10 @@ from __future__ import annotations
 import sys
 from array import array
 
+TYPE_CHECKING = False  # re only when a pattern is first used
+if TYPE_CHECKING:
+    import re
+
 _LITTLE = sys.byteorder == "little"
 
 
@@ -50,3 +54,22 @@ def le32_table(data: bytes | bytearray | memoryview) -> array:
 
 def le32_bytes(a: array) -> bytes:
     return pack_table(a, False)
+
+
+class LazyPattern:
+    """A bytes regular expression compiled on first use: drivers scan tables for runs with
+    ``match``, and ``info`` (which scans none) does not pay for importing ``re``."""
+
+    __slots__ = ("_source", "_compiled")
+
+    def __init__(self, source: bytes) -> None:
+        self._source = source
+        self._compiled = None
+
+    def match(self, data: bytes | memoryview, pos: int = 0, endpos: int = 2**63 - 1) -> re.Match[bytes] | None:
+        pattern = self._compiled
+        if pattern is None:
+            import re
+
+            pattern = self._compiled = re.compile(self._source)
+        return pattern.match(data, pos, endpos)

@@ -1,9 +1,11 @@
 """Size parsing and printing, as QEMU's ``qemu_strtosz`` and ``size_to_str`` do."""
 from __future__ import annotations
 
-import re
-
 from .errors import QimgError
+
+TYPE_CHECKING = False  # neither typing nor re at start-up (`info` parses no size)
+if TYPE_CHECKING:
+    import re
 
 _SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
 _SIZE_PATTERN = r"^\s*([0-9]+(?:\.[0-9]*)?|0[xX][0-9a-fA-F]+)\s*([a-zA-Z]?)\s*$"
@@ -14,6 +16,8 @@ def _match(text: str) -> re.Match | None:
     """The size pattern, compiled on first use (not at start-up)."""
     global _size_re
     if _size_re is None:
+        import re
+
         _size_re = re.compile(_SIZE_PATTERN)
     return _size_re.match(text)
 

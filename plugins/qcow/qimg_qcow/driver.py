@@ -9,7 +9,6 @@ the L1 entry of a new table, so an interrupted write never exposes unwritten clu
 from __future__ import annotations
 
 import errno
-import re
 import zlib
 from array import array
 from collections import OrderedDict
@@ -21,6 +20,7 @@ from qimg.errors import QimgError, SilentFailure, os_error_text
 from qimg.image import is_zero, zero_fill
 from qimg.limits import MAX_TABLE_BYTES
 from qimg.options import BOOL, SIZE, STRING, Option
+from qimg.tables import LazyPattern
 from qimg.tables import be64_bytes as _be_bytes
 from qimg.tables import be64_table as _be_array
 
@@ -38,7 +38,7 @@ MAX_OFFSET = (1 << 63) - (1 << 31)
 #: raw deflate with a 4 KiB window, as qemu-img writes it
 DEFLATE_WBITS = -12
 
-_ZERO_RUN = re.compile(rb"(?:\x00{8})*")
+_ZERO_RUN = LazyPattern(rb"(?:\x00{8})*")  # compiled on first use
 
 
 def _secret_check(opts: dict[str, Any]) -> int:

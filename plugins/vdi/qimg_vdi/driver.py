@@ -7,7 +7,6 @@ and the block map entry, as qemu-img does.
 """
 from __future__ import annotations
 
-import re
 from array import array
 
 from qimg.api import open_protocol
@@ -17,6 +16,7 @@ from qimg.errors import CorruptImage, NotSupported, QimgError
 from qimg.image import zero_fill
 from qimg.options import BOOL, SIZE, Option
 from qimg.protocol import ZERO_CHUNK
+from qimg.tables import LazyPattern
 from qimg.tables import le32_bytes as _le_bytes
 from qimg.tables import le32_table as _le_array
 
@@ -36,7 +36,7 @@ MAX_DISK_SIZE = MAX_BLOCKS * BLOCK_SIZE
 #: block map entries we hold in memory at most (256 MiB, a 64 TiB disk)
 MAX_BMAP_ENTRIES = 1 << 26
 
-_UNALLOCATED_RUN = re.compile(rb"(?:[\xfe\xff]\xff\xff\xff)*")
+_UNALLOCATED_RUN = LazyPattern(rb"(?:[\xfe\xff]\xff\xff\xff)*")  # compiled on first use
 
 
 class VdiFormat(Format):

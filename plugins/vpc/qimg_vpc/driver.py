@@ -8,7 +8,6 @@ footer was, and the footer moves to the new end of the file.
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 from array import array
@@ -19,6 +18,7 @@ from qimg.driver import Format
 from qimg.errors import QimgError
 from qimg.image import is_zero, zero_fill
 from qimg.options import BOOL, SIZE, STRING, Option
+from qimg.tables import LazyPattern
 
 from .structs import (
     COOKIE,
@@ -54,7 +54,7 @@ MAX_BAT_ENTRIES = 1 << 26
 #: creator applications whose images take their size from ``current_size``, not CHS
 CURRENT_SIZE_CREATORS = (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0")
 
-_UNALLOCATED_RUN = re.compile(rb"(?:\xff\xff\xff\xff)*")
+_UNALLOCATED_RUN = LazyPattern(rb"(?:\xff\xff\xff\xff)*")  # compiled on first use
 
 
 def chs_geometry(total_sectors: int) -> tuple[int, int, int]:
