@@ -186,7 +186,7 @@ def test_qemu_written_data_reads_identical(variant, tmp_path, qemu_img, qemu_io,
 
 def test_legacy_aes_both_directions(tmp_path, qemu_img, qemu_io, qimg):
     a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
-    exp_line = qemu_create(qemu_img, a, "", fmt="aes")
+    qemu_create(qemu_img, a, "", fmt="aes")
     qemu_io_ok(qemu_io, a, *WRITES)
     assert to_raw(qimg, a, tmp_path / "m.raw") == to_raw(qemu_img, a, tmp_path / "t.raw")
     # qimg creates what qemu-img creates (same bytes: AES has no random header)
@@ -196,7 +196,6 @@ def test_legacy_aes_both_directions(tmp_path, qemu_img, qemu_io, qimg):
     exp = qemu_img("create", *OBJ, "-f", "qcow2", "-o", "encryption=on,encrypt.key-secret=sec0", str(c), "4M")
     assert r.stdout.replace(str(b), str(c)) == exp.stdout
     assert b.read_bytes() == c.read_bytes()
-    del exp_line
     _qimg_writes(b)
     _check_qimg_writes(qemu_img, qemu_io, b, tmp_path)
 
