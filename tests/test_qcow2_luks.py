@@ -574,3 +574,16 @@ def test_damaged_luks_header_as_qemu(what, tmp_path, qemu_img, qimg, monkeypatch
         exp, got = qemu_img(*args), qimg(*args)
         assert (got.returncode, as_qemu(got.stderr)) == (exp.returncode, exp.stderr), args
         assert exp.returncode == 1
+
+
+@pytest.mark.parametrize("opts", ["encrypt.format=luks", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.hash-alg=x",
+                                  "encrypt.format=aes,encrypt.key-secret=sec0,encrypt.hash-alg=sha1",
+                                  "encrypt.format=luks,encrypt.key-secret=sec9", "compat=foo"])
+def test_convert_create_errors_as_qemu(opts, tmp_path, qemu_img, qimg, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.raw").write_bytes(bytes(65536))
+    args = ["convert", *OBJ, "-O", "qcow2", "-o", opts, "s.raw", "t.qcow2"]
+    exp = qemu_img(*args)
+    got = qimg(*args)
+    assert (got.returncode, as_qemu(got.stderr)) == (exp.returncode, exp.stderr)
+    assert exp.returncode == 1 and not (tmp_path / "t.qcow2").exists()

@@ -211,7 +211,9 @@ def _create_target(filename: str, opts: ConvertOptions, size: int) -> None:
         qimg.create(filename, opts.out_format, size, copts, backing_file=opts.backing_file,
                     backing_fmt=opts.backing_format, unsafe=True)
     except QimgError as e:
-        if e.message.startswith(("Invalid parameter", "Parameter '")):
+        # option syntax errors surfaced in check_options already; the driver's own checks
+        # ("Parameter 'version' does not accept value", encrypt.*) are prefixed, as qemu-img
+        if e.message.startswith("Invalid parameter"):
             raise
         raise QimgError(f"{filename}: error while converting {opts.out_format}: {e.message}",
                         e.exit_code) from None
