@@ -109,6 +109,11 @@ class Qcow2Format(RefcountMixin, Format):
     #: read/block_status may run in several threads at once (the copy engine's readers): the
     #: table caches are locked, everything else on the read path is a local or a pread
     thread_safe_reads = True
+    #: QEMU 7.2's qcow2 open options (``--image-opts``/``json:``); others are refused as QEMU does
+    runtime_options = frozenset((
+        "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other",
+        "overlap-check", "overlap-check.", "cache-size", "l2-cache-size", "l2-cache-entry-size",
+        "refcount-cache-size", "cache-clean-interval", "encrypt.", "data-file", "data-file."))
 
     # ------------------------------------------------------------------ open
     def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
