@@ -62,6 +62,8 @@ QCOW2_CASES = [
     ["-f", "qcow2", "-o", "lazy_refcounts=yes,cluster_size=4k,compat=1.1,refcount_bits=0x10", "n.qcow2", "1M"],
     ["-f", "qcow2", "-o", "lazy_refcounts,cluster_size=4k", "-o", "cluster_size=8k", "n.qcow2", "1M"],
     ["-f", "qcow2", "-o", "cluster_size=4k,,x", "n.qcow2", "1M"],
+    # sizes that are not whole sectors are rounded up (qemu-img's option path)
+    ["-f", "qcow2", "n.qcow2", "1000"], ["-f", "qcow2", "-o", "size=513", "n.qcow2"], ["-f", "qcow2", "n.qcow2", "1"],
 ]
 
 
@@ -70,6 +72,10 @@ def test_qcow2(tmp_path, args):
     if "qcow2" not in formats_available():
         pytest.skip("qcow2 plugin not installed")
     compare_in_copies(_setup, tmp_path, "create", *args)
+    mine, theirs = tmp_path / "qimg" / "n.qcow2", tmp_path / "qemu" / "n.qcow2"
+    if theirs.exists():
+        info = [run_qemu("info", "--output=json", str(p)).stdout.replace(str(p.parent), "D") for p in (mine, theirs)]
+        assert info[0] == info[1]
 
 
 def test_formatting_line_order_from_driver_declaration():

@@ -130,6 +130,8 @@ def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
 def create_image(filename: str, size: int, opts: dict[str, Any]) -> None:
     from qimg.api import open_protocol, resolve_backing_name
 
+    # qemu-img's option path rounds the size up to whole sectors (its QMP path would refuse)
+    size = -(-size // 512) * 512
     o = _validate(size, opts)
     cs = o["cluster_size"]
     if o["data_file"]:
