@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,11 +185,14 @@ def run_child(argv: list[str]) -> tuple[int, float, int, str]:
             launch = [RSS_METHOD, "-f", "%M", "-o", rss.name, *argv]
         t0 = time.perf_counter()
         proc = subprocess.Popen(launch, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        # a blocking wait, killed by a watchdog: Popen.wait(timeout) polls with doubling sleeps,
+        # which rounds short runs up to 8, 16, 32, 64 ms
+        watchdog = threading.Timer(CHILD_TIMEOUT, proc.kill)
+        watchdog.start()
         try:
-            code = proc.wait(CHILD_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
             code = proc.wait()
+        finally:
+            watchdog.cancel()
         wall = time.perf_counter() - t0
         err.seek(0)
         tail = err.read()[-2000:].decode(errors="replace")
