@@ -50,27 +50,30 @@ def _zero_run(a: array, i: int, n: int, stride: int = 1) -> int:
     return (len(raw) - len(raw.lstrip(b"\0"))) // 8
 
 
-def _same_run(vals: array, e0: int, step: int) -> int:
-    """How many leading entries of ``vals`` equal e0, e0+step, e0+2*step... (C compares).
+def _same_run(vals: array, e0: int, step: int, start: int = 0, count: int | None = None) -> int:
+    """How many entries of ``vals[start:start+count]`` from the first equal e0, e0+step,
+    e0+2*step... (C compares).
 
     Galloping: chunks double from 16 entries, so the cost follows the run found, not the
-    (up to 8192-entry) slice; the chunk holding the first mismatch is bisected."""
-    n = len(vals)
-    if not n or vals[0] != e0:
+    (up to 8192-entry) range, which is never copied whole; the chunk holding the first
+    mismatch is bisected."""
+    n = len(vals) - start if count is None else min(count, len(vals) - start)
+    if n <= 0 or vals[start] != e0:
         return 0
     done, k = 0, 16
     while done < n:
         k = min(k, n - done)
         base = e0 + done * step
         exp = array("Q", range(base, base + k * step, step)) if step else array("Q", [e0]) * k
-        if vals[done : done + k] == exp:
+        at = start + done
+        if vals[at : at + k] == exp:
             done += k
             k *= 2
             continue
-        lo, hi = 0, k  # vals[done:done+lo] matches, vals[done:done+hi] does not
+        lo, hi = 0, k  # vals[at:at+lo] matches, vals[at:at+hi] does not
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if vals[done : done + mid] == exp[:mid]:
+            if vals[at : at + mid] == exp[:mid]:
                 lo = mid
             else:
                 hi = mid
@@ -409,7 +412,7 @@ class Qcow2Format(RefcountMixin, Format):
                     z = _zero_run(self.l1, l1i + 1, len(self.l1) - l1i - 1)
                     return UNALLOC, min(offset + length, (l1i + 1 + z) << (self.l2_bits + cb)) - offset, 0
             elif kind == NORMAL:
-                k = _same_run(tbl[i : i + n], e, cs)
+                k = _same_run(tbl, e, cs, i, n)
             elif kind == COMPRESSED:
                 k = self._class_run(tbl, i, n, COMPRESSED, l2off) if merge_compressed else 1
                 host = e
