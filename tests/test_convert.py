@@ -397,3 +397,26 @@ def test_copy_offload_from_qcow2(tmp_path, compressed):
     r = run_qimg("convert", "-C", "-O", "raw", "q.qcow2", "o.raw", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o.raw").read_bytes() == (tmp_path / "src.raw").read_bytes()
+
+
+def test_sigusr1_prints_progress_once(tmp_path):
+    """As qemu-img: SIGUSR1 prints the progress line even without -p."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "src.raw"
+    src.write_bytes(b"\1" * (8 << 20))
+    code = "import sys; from qimg_cli.main import main; sys.argv[0] = 'qimg'; main()"
+    p = subprocess.Popen([sys.executable, "-c", code, "convert", "-r", "2M", "-f", "raw", "-O", "raw", str(src),
+                          str(tmp_path / "out.raw")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.5)  # start-up, then copying at 2 MiB/s for about 4 s
+        p.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+    finally:
+        p.kill()
+        out, err = p.communicate()
+    assert re.fullmatch(rb" {4}\(\d+\.\d\d/100%\)\r", out), (out, err)

@@ -374,10 +374,11 @@ class Progress:
         self.enabled = enabled
         self.current = 0.0
         self.last_printed = -1.0
-        import signal  # only commands with progress need it
+        # the C module: signal.py wraps it in enums (and imports enum), start-up for nothing
+        import _signal
 
         try:
-            signal.signal(signal.SIGUSR1, self._on_signal)
+            _signal.signal(_signal.SIGUSR1, self._on_signal)
         except (ValueError, OSError, AttributeError):
             pass
         if enabled and initial:

@@ -8,14 +8,18 @@ with ``ordered=False``, qemu-img's ``-W``). Memory is a fixed pool of chunk buff
 """
 from __future__ import annotations
 
-import queue
-from collections import deque
+# the C halves of queue, collections and threading: their Python modules (with functools,
+# enum...) cost every copy command a few milliseconds of start-up for nothing used here
+from _collections import deque
+from _queue import Empty, SimpleQueue
+from _thread import allocate_lock, start_new_thread
 
 from ..errors import QimgError
 from ..protocol import ZERO_CHUNK
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
+    from _thread import LockType
     from collections.abc import Callable, Iterable, Iterator
 
     from ..blockstatus import Status
@@ -186,9 +190,7 @@ class Copier:
         self.progress_all = progress_all
         self.count_zero = count_zero
         if serial_reads:
-            import threading
-
-            lock = threading.Lock()
+            lock = allocate_lock()
 
             def locked(offset: int, view: memoryview, _read: Reader = reader) -> None:
                 with lock:
@@ -212,7 +214,7 @@ class Copier:
         self.chunk = max(self.cluster, COMPRESS_BATCH // self.cluster * self.cluster) if compress else CHUNK
         if chunk is not None and not compress:
             self.chunk = max(1, chunk)  # the caller's request size (dd's bs)
-        self._bufs: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._bufs: SimpleQueue[bytearray] = SimpleQueue()
         self._nbufs = 0
         self._pending_zero: list[int] | None = None
         # the target's size is fixed during a copy: check bounds once here, then write through
@@ -231,7 +233,7 @@ class Copier:
     def _get_buf(self) -> bytearray:
         try:
             return self._bufs.get_nowait()
-        except queue.Empty:
+        except Empty:
             self._nbufs += 1
             return bytearray(self.chunk)
 
@@ -402,31 +404,35 @@ class Copier:
         """Reader threads take COPY tasks in order from ``todo`` and hand results to ``done``;
         the calling thread writes them, in task order unless ``ordered`` is False. At most
         ``depth`` tasks (and so buffers) are in flight."""
-        import threading
-
         nthreads = self._threads()
         depth = max(self.workers, 2 * nthreads)
-        todo: queue.SimpleQueue = queue.SimpleQueue()
-        done: queue.SimpleQueue = queue.SimpleQueue()
-        stop = threading.Event()
+        todo: SimpleQueue = SimpleQueue()
+        done: SimpleQueue = SimpleQueue()
+        stop = [False]  # set on an error: workers skip what is left
 
-        def worker() -> None:
-            while True:
-                item = todo.get()
-                if item is None:
-                    return
-                seq, off, n = item
-                if stop.is_set():
-                    done.put((seq, None))
-                    continue
-                try:
-                    done.put((seq, self._work(off, n)))
-                except BaseException as e:  # noqa: BLE001 - handed to the writing thread
-                    done.put((seq, e))
+        def worker(finished: LockType) -> None:  # ``finished`` is held until the worker returns
+            try:
+                while True:
+                    item = todo.get()
+                    if item is None:
+                        return
+                    seq, off, n = item
+                    if stop[0]:
+                        done.put((seq, None))
+                        continue
+                    try:
+                        done.put((seq, self._work(off, n)))
+                    except BaseException as e:  # noqa: BLE001 - handed to the writing thread
+                        done.put((seq, e))
+            finally:
+                finished.release()
 
-        threads = [threading.Thread(target=worker, name=f"qimg-copy-{i}", daemon=True) for i in range(nthreads)]
-        for t in threads:
-            t.start()
+        exits = []
+        for _ in range(nthreads):
+            finished = allocate_lock()
+            finished.acquire()
+            exits.append(finished)
+            start_new_thread(worker, (finished,))
         # ordered: COPY tasks by sequence number, with the ZERO/SKIP tasks that follow each
         order: deque = deque()
         ready: dict[int, object] = {}
@@ -476,12 +482,12 @@ class Copier:
             while state["inflight"] or order:
                 drain_one()
         except BaseException:
-            stop.set()
+            stop[0] = True
             raise
         finally:
-            for _ in threads:
+            for _ in exits:
                 todo.put(None)
-            for t in threads:
-                t.join()
+            for finished in exits:
+                finished.acquire()  # the worker has returned
             # buffers of results nobody wrote go back to the pool (it is dropped anyway)
             ready.clear()
