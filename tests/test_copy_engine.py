@@ -4,7 +4,9 @@
   cluster by cluster: the same image bytes and the same ``-p`` lines as qemu-img;
 - raw targets written from the pool threads hold the same bytes;
 - the plan's short block-status window gives the same pieces as one query over the whole rest;
-- convert's default cache mode (unsafe) never syncs; ``-t writeback`` does.
+- convert's default cache mode (unsafe) never syncs; ``-t writeback`` does;
+- an error in a reader thread or in the writing thread ends the copy with that error, without
+  leaving threads behind, in order and with ``-W``.
 """
 from __future__ import annotations
 
@@ -103,3 +105,40 @@ def test_cache_unsafe_never_syncs(tmp_path, monkeypatch, cache, syncs):
     finally:
         img.close()
     assert bool(calls) == syncs
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("workers", [1, 2, 8])
+@pytest.mark.parametrize("where", ["read", "write"])
+def test_errors_end_the_copy(tmp_path, ordered, workers, where):
+    import qimg
+    from qimg.errors import QimgError
+    from qimg.ops.copy import COPY, Copier, Piece
+
+    path = str(tmp_path / "t.raw")
+    qimg.create(path, "raw", 64 * MIB)
+    fail_at = 20 * MIB
+
+    def read(offset: int, view: memoryview) -> None:
+        if where == "read" and offset <= fail_at < offset + len(view):
+            raise QimgError("boom while reading")
+        view[:] = b"\1" * len(view)
+
+    def os_threads() -> int:
+        return len(os.listdir("/proc/self/task"))  # the engine's threads are not threading's
+
+    before = os_threads()
+    with qimg.open(path, "raw", writable=True) as img:
+        copier = Copier(img, read, zero_init=True, workers=workers, ordered=ordered)
+        if where == "write":
+            real = copier._twrite
+
+            def write(offset: int, data) -> None:  # noqa: ANN001
+                if offset <= fail_at < offset + len(data):
+                    raise OSError(5, "Input/output error")
+                real(offset, data)
+
+            copier._twrite = write
+        with pytest.raises(QimgError, match="boom while reading" if where == "read" else "Input/output error"):
+            copier.run([Piece(0, 64 * MIB, COPY)])
+    assert os_threads() <= before

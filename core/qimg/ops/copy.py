@@ -435,11 +435,12 @@ class Copier:
             start_new_thread(worker, (finished,))
         # ordered: COPY tasks by sequence number, with the ZERO/SKIP tasks that follow each
         order: deque = deque()
-        ready: dict[int, object] = {}
-        state = {"next": 0, "inflight": 0}
+        ready: dict[int, object] = {}  # finished out of order, waiting for their turn
+        inflight = 0  # COPY tasks handed out and not yet written
 
         def take(seq_wanted: int | None) -> None:
             """Write one finished task: the next in order, or (unordered) any."""
+            nonlocal inflight
             while True:
                 if seq_wanted is not None and seq_wanted in ready:
                     res = ready.pop(seq_wanted)
@@ -448,7 +449,7 @@ class Copier:
                 if seq_wanted is None or seq == seq_wanted:
                     break
                 ready[seq] = res
-            state["inflight"] -= 1
+            inflight -= 1
             if isinstance(res, BaseException):
                 raise res
             self._write(res)
@@ -476,10 +477,10 @@ class Copier:
                 if self.ordered:
                     order.append(seq)
                 seq += 1
-                state["inflight"] += 1
-                while state["inflight"] >= depth:
+                inflight += 1
+                while inflight >= depth:
                     drain_one()
-            while state["inflight"] or order:
+            while inflight or order:
                 drain_one()
         except BaseException:
             stop[0] = True
@@ -489,5 +490,3 @@ class Copier:
                 todo.put(None)
             for finished in exits:
                 finished.acquire()  # the worker has returned
-            # buffers of results nobody wrote go back to the pool (it is dropped anyway)
-            ready.clear()
