@@ -68,6 +68,16 @@ def _status(img: "Image", offset: int, length: int, name: str, size: int) -> tup
     if not flags & ALLOCATED and not flags & DATA:
         flags |= ZERO  # unallocated through the whole chain reads as zeroes
     n = max(1, min(st.length, length))
+    # QEMU's drivers report at most one block/cluster/L2 table per call; the run end decides
+    # the EOF flag, which strict mode compares: clip to each layer the query went through
+    layer: "Image | None" = img
+    for _ in range(st.depth + 1):
+        if layer is None:
+            break
+        end = getattr(layer.driver, "qemu_status_end", None)
+        if end is not None and offset < layer.size:
+            n = max(1, min(n, end(offset) - offset))
+        layer = layer.backing
     if offset + n >= size:
         flags |= EOF  # QEMU's status of a run that reaches the end: strict mode compares it too
     return flags, n

@@ -187,6 +187,10 @@ class QcowFormat(Format):
     def size(self) -> int:
         return self._size
 
+    def qemu_status_end(self, offset: int) -> int:
+        """End of the run one QEMU block-status call reports: one cluster (``compare -s``)."""
+        return (offset // self._cs + 1) * self._cs
+
     @property
     def cluster_size(self) -> int | None:
         return self._cs

@@ -366,6 +366,12 @@ class Qcow2Format(RefcountMixin, Format):
     def size(self) -> int:
         return self.header.size
 
+    def qemu_status_end(self, offset: int) -> int:
+        """End of the run one QEMU block-status call reports (``compare -s`` sees it): the
+        range one L2 table maps, and at most INT_MAX bytes."""
+        span = self._cs * self.l2_entries
+        return min((offset // span + 1) * span, offset + 0x7FFFFFFF)
+
     @property
     def cluster_size(self) -> int:
         return self._cs

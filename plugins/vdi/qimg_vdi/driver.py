@@ -170,6 +170,10 @@ class VdiFormat(Format):
         return {"cluster-size": BLOCK_SIZE}
 
     # -- block status --------------------------------------------------------------------
+    def qemu_status_end(self, offset: int) -> int:
+        """End of the run one QEMU block-status call reports: one block (``compare -s`` sees it)."""
+        return (offset // BLOCK_SIZE + 1) * BLOCK_SIZE
+
     def block_status(self, offset: int, length: int) -> Status:
         idx, within = divmod(offset, BLOCK_SIZE)
         last = -(-(offset + length) // BLOCK_SIZE)

@@ -363,6 +363,14 @@ class VmdkFormat(Format):
             i += 1
         return self.extents[i], self.starts[i]
 
+    def qemu_status_end(self, offset: int) -> int:
+        """End of the run one QEMU block-status call reports (``compare -s`` sees it): one
+        grain of a sparse extent, else the extent."""
+        ext, start = self._extent_at(offset)
+        if isinstance(ext, SparseExtent):
+            return start + ((offset - start) // ext.grain + 1) * ext.grain
+        return start + ext.length
+
     def block_status(self, offset: int, length: int) -> Status:
         ext, start = self._extent_at(offset)
         rel = offset - start
