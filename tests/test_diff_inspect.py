@@ -58,3 +58,20 @@ def test_compare_strict_vdi_unallocated_blocks(tmp_path, qemu_img, qemu_io, qimg
         assert qemu_img("create", "-q", "-f", "vdi", p, "4M").returncode == 0
     assert qemu_io("-f", "vdi", "-c", "write -P 0 1M 1M", a).returncode == 0
     _same(qemu_img, qimg, "compare", "-s", a, b)
+
+
+@pytest.mark.parametrize("sub", ["monolithicSparse", "streamOptimized", "monolithicFlat"])
+@pytest.mark.parametrize("repair", ["leaks", "all"])
+def test_vmdk_check_repair_is_unsupported(tmp_path, qemu_img, qimg, sub, repair):
+    p = str(tmp_path / "a.vmdk")
+    assert qemu_img("create", "-q", "-f", "vmdk", "-o", f"subformat={sub}", p, "1M").returncode == 0
+    _same(qemu_img, qimg, "check", "-r", repair, p)
+    _same(qemu_img, qimg, "check", p)
+
+
+def test_snapshot_apply_on_probed_raw_warns_twice(tmp_path, qemu_img, qimg):
+    p = str(tmp_path / "a.raw")
+    assert qemu_img("create", "-q", "-f", "raw", p, "1M").returncode == 0
+    _same(qemu_img, qimg, "snapshot", "-a", "x", p)
+    _same(qemu_img, qimg, "snapshot", "-f", "raw", "-a", "x", p)
+    _same(qemu_img, qimg, "snapshot", "-c", "x", p)

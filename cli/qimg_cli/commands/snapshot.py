@@ -43,6 +43,12 @@ def command(list_, apply_, create, delete, quiet, force_share, fmt, objects, ima
         elif create is not None:
             ops_snapshot.create_snapshot(img, create)
         elif apply_ is not None:
+            if fmt is None and not image_opts and img.format == "raw":
+                # QEMU falls back to the protocol node and reopens the probed raw driver
+                # on top of it, which warns about the probing a second time
+                from ..common import RAW_PROBE_WARNING
+
+                sys.stderr.write(RAW_PROBE_WARNING.format(args[0]) + "\n")
             ops_snapshot.apply_snapshot(img, apply_)
         elif delete is not None:
             ops_snapshot.delete_snapshot(img, delete)

@@ -466,6 +466,8 @@ class VmdkFormat(Format):
             self.file.close()
 
     def check(self, fix: set[str]) -> CheckResult:
+        if fix:  # QEMU's vmdk check repairs nothing: with -r it refuses like a format without checks
+            raise NotSupported("This image format does not support checks", exit_code=63)
         res = CheckResult(filename=self.filename, format="vmdk")
         for ext in self.extents:
             if isinstance(ext, SparseExtent):
