@@ -201,4 +201,6 @@ def create(
                 raise QimgError(f"Could not open backing image.\n{e.message}" if size is None else e.message) from None
     if size is None:
         raise QimgError("Image creation needs a size parameter")
-    cls.create(filename, size, opts)
+    from .ops.create import run_driver_create
+
+    run_driver_create(cls, filename, size, opts)

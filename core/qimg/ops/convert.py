@@ -200,14 +200,17 @@ def _create_target(filename: str, opts: ConvertOptions, size: int) -> None:
 
     from ..options import parse_options
     from ..plugins import get_registry
+    from .create import all_create_opts, check_protocol_preallocation
 
     cls = get_registry().format(opts.out_format).load()
     co = opts.create_options
     if isinstance(co, str) or co is None:
-        copts = parse_options(_without_size(co or ""), cls.create_opts)
+        # the file protocol's options (preallocation, nocow, ...) are accepted too
+        copts = parse_options(_without_size(co or ""), all_create_opts(cls, filename))
     else:
         copts = {k: v for k, v in co.items() if k != "size"}
     try:
+        check_protocol_preallocation(filename, cls, copts)
         qimg.create(filename, opts.out_format, size, copts, backing_file=opts.backing_file,
                     backing_fmt=opts.backing_format, unsafe=True)
     except QimgError as e:
@@ -254,7 +257,7 @@ def _option_backing(create_options: str | dict[str, Any] | None) -> bool:
     return bool((create_options or {}).get("backing_file"))
 
 
-def check_options(opts: ConvertOptions, sources: list["Image"]) -> None:
+def check_options(opts: ConvertOptions, sources: list["Image"], target_filename: str | None = None) -> None:
     """What qemu-img refuses before creating the target, in its order: the output format,
     the -o options, backing file support, compression. (--bitmaps and the cache mode are
     checked after the creation, as qemu-img does.)"""
@@ -265,10 +268,12 @@ def check_options(opts: ConvertOptions, sources: list["Image"]) -> None:
         raise QimgError("Cannot enable copy offloading when -c is used")
     if opts.no_create:
         return
+    from .create import all_create_opts
+
     cls = get_registry().format(opts.out_format).load()
     co = opts.create_options
     if isinstance(co, str) and co:
-        parse_options(_without_size(co), cls.create_opts)
+        parse_options(_without_size(co), all_create_opts(cls, target_filename))
     if opts.backing_file is not None and not cls.supports_backing:
         raise QimgError(f"Backing file not supported for file format '{opts.out_format}'")
     if opts.backing_format is not None and not cls.supports_backing:
@@ -311,7 +316,12 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
 
     if not 1 <= opts.workers <= MAX_WORKERS:
         raise QimgError("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16")
-    check_options(opts, sources)
+    check_options(opts, sources, target_filename)
+    if opts.no_create and opts.target_is_zero and opts.backing_file is not None:
+        # qemu-img reports this one and gives up with exit status 0, before opening the target
+        if warn is not None:
+            warn("Cannot use --target-is-zero when the destination image has a backing file")
+        return
     total = sum(s.size for s in sources)
     created = False
     target: Image | None = None

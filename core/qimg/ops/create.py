@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 
 #: the file protocol's create options (QEMU's file-posix)
 FILE_CREATE_OPTS: list[Option] = [
+    # in QEMU's list order, which the Formatting line follows
     Option("size", SIZE, "Virtual disk size"),
-    Option("preallocation", STRING, "Preallocation mode (allowed values: off, falloc, full)"),
     Option("nocow", BOOL, "Turn off copy-on-write (valid only on btrfs)"),
+    Option("preallocation", STRING, "Preallocation mode (allowed values: off, falloc, full)"),
     Option("extent_size_hint", SIZE, "Extent size hint for the image file, 0 to disable"),
 ]
 
@@ -142,6 +143,51 @@ def formatting_line(filename: str, fmt: str, cls: "type[Format]", declared: list
     return " ".join(parts)
 
 
+PREALLOC_NAMES = ("off", "metadata", "falloc", "full")
+
+
+def check_protocol_preallocation(filename: str, cls: "type[Format]", typed: dict[str, Any]) -> None:
+    """A ``preallocation`` the format does not declare goes to the file protocol, which knows
+    off/falloc/full: an unknown name is refused before the file exists, ``metadata`` after
+    QEMU has created (and emptied) it."""
+    mode = typed.get("preallocation")
+    if mode is None or any(o.name == "preallocation" for o in cls.create_opts):
+        return
+    if mode not in PREALLOC_NAMES:
+        raise QimgError(f"invalid parameter value: {mode}")
+    if mode == "metadata":
+        import os
+
+        try:
+            if not os.path.exists(filename) or os.path.isfile(filename):
+                with open(filename, "wb"):
+                    pass
+        except OSError:
+            pass
+        raise QimgError("Unsupported preallocation mode: metadata")
+
+
+def run_driver_create(cls: "type[Format]", filename: str, size: int, opts: dict[str, Any]) -> None:
+    """``cls.create``, leaving the file as QEMU does when the driver refuses: its
+    ``create_failure`` says whether QEMU had created it empty first ("empty") or removes it
+    ("delete"); otherwise the file is left alone."""
+    import os
+
+    try:
+        cls.create(filename, size, opts)
+    except QimgError:
+        policy = getattr(cls, "create_failure", None)
+        try:
+            if policy == "empty" and (not os.path.exists(filename) or os.path.isfile(filename)):
+                with open(filename, "wb"):
+                    pass
+            elif policy == "delete" and os.path.isfile(filename):
+                os.unlink(filename)
+        except OSError:
+            pass
+        raise
+
+
 def create_image(filename: str, fmt: str = "raw", size: int | None = None, options: str = "", *,
                  backing_file: str | None = None, backing_fmt: str | None = None, unsafe: bool = False,
                  echo: Callable[[str], None] | None = None) -> None:
@@ -199,7 +245,8 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
         texts_all["size"] = str(size)
         echo(formatting_line(filename, fmt, cls, declared, texts_all))
     trace.event("create_image", filename=filename, format=fmt, size=size)
+    check_protocol_preallocation(filename, cls, typed)
     try:
-        cls.create(filename, size, typed)
+        run_driver_create(cls, filename, size, typed)
     except OSError as e:
         raise QimgError(f"Could not create '{filename}': {e.strerror or e}") from None

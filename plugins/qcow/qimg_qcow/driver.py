@@ -63,6 +63,8 @@ class QcowFormat(Format):
     #: open options besides the block layer's (QEMU's runtime options of this driver)
     runtime_options = frozenset(("encrypt.",))
     format_name = "qcow"
+    #: QEMU creates the (empty) file before checking the options: a refused create leaves it
+    create_failure = "empty"
     supports_backing = True
     supports_compression = True
     create_opts = [

@@ -102,6 +102,8 @@ class _RefusedFile:
 
 class Qcow2Format(RefcountMixin, Format):
     format_name = "qcow2"
+    #: QEMU creates the file before checking the options and deletes it when the create fails
+    create_failure = "delete"
     create_opts = CREATE_OPTS
     amend_opts = AMEND_OPTS
     create_print_order = FORMAT_LINE_ORDER

@@ -55,13 +55,16 @@ def _pow2_in(v: int, lo: int, hi: int) -> bool:
 
 def _max_image_size(cluster_size: int, table_size: int) -> int:
     n = table_size * cluster_size // 8
-    return n * n * cluster_size
+    # QEMU computes this in 64-bit arithmetic: 4 MiB+ clusters wrap to 0 and refuse every size
+    return (n * n * cluster_size) & 0xFFFFFFFFFFFFFFFF
 
 
 class QedFormat(Format):
     #: open options besides the block layer's (QEMU's runtime options of this driver)
     runtime_options = frozenset()
     format_name = "qed"
+    #: QEMU creates the (empty) file before checking the options: a refused create leaves it
+    create_failure = "empty"
     supports_backing = True
     create_opts = [
         Option("backing_file", STRING, "File name of a base image"),

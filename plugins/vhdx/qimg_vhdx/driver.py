@@ -115,6 +115,8 @@ class VhdxFormat(Format):
     #: open options besides the block layer's (QEMU's runtime options of this driver)
     runtime_options = frozenset()
     format_name = "vhdx"
+    #: QEMU creates the (empty) file before checking the options: a refused create leaves it
+    create_failure = "empty"
     create_opts = [
         Option("size", SIZE, "Virtual disk size; max of 64TB."),
         Option("log_size", SIZE, "Log size; min 1MB.", 1048576),

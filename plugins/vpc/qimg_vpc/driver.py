@@ -133,6 +133,8 @@ class VpcFormat(Format):
     #: open options besides the block layer's (QEMU's runtime options of this driver)
     runtime_options = frozenset(("force_size_calc",))
     format_name = "vpc"
+    #: QEMU creates the (empty) file before checking the options: a refused create leaves it
+    create_failure = "empty"
     create_opts = [
         Option("force_size", BOOL, "Force disk size calculation to use the actual size specified, "
                "rather than using the nearest CHS-based calculation"),

@@ -1,0 +1,105 @@
+"""Differential regressions for the commands that create or rewrite images (create, convert,
+dd, measure, amend, resize): each case runs qemu-img and qimg on identical folders and compares
+their output, exit status and the files left behind."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from cli_support import compare_in_copies, run_qemu
+
+
+def _files(folder) -> dict[str, int]:
+    return {n: os.path.getsize(os.path.join(folder, n)) for n in sorted(os.listdir(folder))}
+
+
+def _info(folder, name: str) -> str:
+    r = run_qemu("info", "--output=json", name, cwd=folder)
+    return r.stdout.replace(str(folder), "X") if r.returncode == 0 else r.stderr.split(":", 1)[-1]
+
+
+def same_result(setup, tmp_path, *args: str, images: tuple[str, ...] = ()) -> None:
+    """Same output and status, the same files (names, sizes), the same ``info`` of ``images``."""
+    compare_in_copies(setup, tmp_path, *args)
+    mine, theirs = tmp_path / "qimg", tmp_path / "qemu"
+    assert _files(mine) == _files(theirs)
+    for name in images:
+        if (theirs / name).exists():
+            assert _info(mine, name) == _info(theirs, name)
+
+
+def _source(folder) -> None:
+    run_qemu("create", "-q", "-f", "raw", "s.raw", "4M", cwd=folder)
+
+
+@pytest.mark.parametrize("size", ["10M", "3G"])
+@pytest.mark.parametrize("opts", ["cluster_size=4M", "cluster_size=2M,table_size=16",
+                                  "cluster_size=2M", "cluster_size=64M,table_size=1"])
+def test_qed_max_size_wraps_in_64_bits(tmp_path, opts, size):
+    # QEMU's limit (cluster * (table entries)^2) overflows 64 bits for big clusters: it reads
+    # "less than 0 bytes" and every size is refused
+    same_result(_source, tmp_path, "create", "-f", "qed", "-o", opts, "x.qed", size, images=("x.qed",))
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow", "qed", "vdi", "vpc", "vmdk"])
+@pytest.mark.parametrize("mode", ["metadata", "bad", "full"])
+def test_create_protocol_preallocation(tmp_path, fmt, mode):
+    # formats without their own preallocation pass it to the file protocol
+    same_result(_source, tmp_path, "create", "-f", fmt, "-o", f"preallocation={mode}", "x.img", "1M")
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow", "vdi"])
+@pytest.mark.parametrize("mode", ["metadata", "bad", "falloc", "full"])
+def test_convert_protocol_preallocation(tmp_path, fmt, mode):
+    same_result(_source, tmp_path, "convert", "-O", fmt, "-o", f"preallocation={mode}", "s.raw", "x.img",
+                images=("x.img",))
+
+
+def test_convert_protocol_option_nocow(tmp_path):
+    same_result(_source, tmp_path, "convert", "-O", "qcow2", "-o", "nocow=on", "s.raw", "x.img",
+                images=("x.img",))
+
+
+def test_create_protocol_options_print_order(tmp_path):
+    # the Formatting line lists the file protocol's options in QEMU's declaration order
+    same_result(_source, tmp_path, "create", "-f", "qcow", "-o",
+                "extent_size_hint=1M,preallocation=full,nocow=on", "x.img", "1M")
+
+
+@pytest.mark.parametrize("target", ["t.qcow2", "missing.qcow2"])
+def test_convert_target_is_zero_with_backing(tmp_path, target):
+    # qemu-img prints the refusal but exits with status 0, before opening the target
+    def setup(folder):
+        _source(folder)
+        run_qemu("create", "-q", "-f", "qcow2", "t.qcow2", "4M", cwd=folder)
+        run_qemu("create", "-q", "-f", "qcow2", "b.qcow2", "4M", cwd=folder)
+
+    same_result(setup, tmp_path, "convert", "-n", "--target-is-zero", "-B", "b.qcow2", "-O", "qcow2",
+                "s.raw", target)
+
+
+def _with_old_file(folder) -> None:
+    _source(folder)
+    with open(os.path.join(folder, "x.img"), "wb") as f:
+        f.write(b"old" * 1000)
+
+
+@pytest.mark.parametrize("args", [
+    # qed, vpc, vhdx and qcow leave the file QEMU created (empty) before checking the options
+    ["-f", "qed", "-o", "cluster_size=3k"], ["-f", "qed", "-o", "table_size=3"],
+    ["-f", "vpc", "-o", "subformat=bad"], ["-f", "vhdx", "-o", "block_size=3M"],
+    ["-f", "qcow", "-o", "encrypt.format=luks"],
+    # qcow2 deletes it
+    ["-f", "qcow2", "-o", "compat=bad"], ["-f", "qcow2", "-o", "refcount_bits=3"],
+    ["-f", "qcow2", "-o", "lazy_refcounts=on,compat=0.10"],
+    # refused before any file is touched
+    ["-f", "qcow2", "-o", "cluster_size=abc"], ["-f", "vmdk", "-o", "subformat=bad"],
+])
+@pytest.mark.parametrize("old", [False, True])
+def test_refused_create_leaves_file_as_qemu(tmp_path, args, old):
+    same_result(_with_old_file if old else _source, tmp_path, "create", *args, "x.img", "1M")
+
+
+@pytest.mark.parametrize("args", [["-O", "qed", "-o", "cluster_size=3k"], ["-O", "qcow2", "-o", "compat=bad"]])
+def test_refused_convert_leaves_file_as_qemu(tmp_path, args):
+    same_result(_with_old_file, tmp_path, "convert", *args, "s.raw", "x.img")
