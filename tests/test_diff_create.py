@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from cli_support import compare_in_copies, run_qemu
+from cli_support import compare_in_copies, run_qemu, run_qemu_io
 
 
 def _files(folder) -> dict[str, int]:
@@ -103,3 +103,27 @@ def test_refused_create_leaves_file_as_qemu(tmp_path, args, old):
 @pytest.mark.parametrize("args", [["-O", "qed", "-o", "cluster_size=3k"], ["-O", "qcow2", "-o", "compat=bad"]])
 def test_refused_convert_leaves_file_as_qemu(tmp_path, args):
     same_result(_with_old_file, tmp_path, "convert", *args, "s.raw", "x.img")
+
+
+def _measure_source(folder) -> None:
+    run_qemu("create", "-q", "-f", "qcow2", "s.qcow2", "8M", cwd=folder)
+    run_qemu_io("-c", "write -P 1 0 64k", "s.qcow2", cwd=folder)
+
+
+@pytest.mark.parametrize("opts", [
+    "compat=bad", "compat=v3", "compat=v2", "compat=0.10,refcount_bits=1", "compression_type=bad",
+    "encrypt.format=aes", "encryption=on", "encrypt.cipher-alg=bad", "preallocation=bad",
+    "compat=bad,cluster_size=3k", "refcount_bits=3,compat=bad", "refcount_bits=3,preallocation=bad",
+    "extended_l2=on,compat=0.10", "extended_l2=on,cluster_size=4k,compat=bad", "lazy_refcounts=on,compat=0.10",
+    "preallocation=bad,encrypt.format=luks", "backing_file=x", "backing_file=x,preallocation=metadata",
+])
+@pytest.mark.parametrize("what", [["--size", "1G"], ["s.qcow2"]])
+def test_measure_qcow2_option_checks(tmp_path, opts, what):
+    # measure checks fewer options than create, in another order and other words
+    same_result(_measure_source, tmp_path, "measure", "-O", "qcow2", "-o", opts, *what)
+
+
+@pytest.mark.parametrize("args", [["--size", "100P"], ["--size", "2251799813685248"], ["--size", "2251799813685249"],
+                                  ["-o", "extended_l2=on", "--size", "1125899906842625"]])
+def test_measure_qcow2_too_large(tmp_path, args):
+    same_result(_measure_source, tmp_path, "measure", "-O", "qcow2", *args)

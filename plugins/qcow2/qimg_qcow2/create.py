@@ -235,11 +235,44 @@ def prealloc_size(total: int, cs: int, refcount_order: int, extended_l2: bool) -
     return meta + aligned
 
 
+def _measure_checks(size: int | None, opts: dict[str, Any]) -> dict[str, Any]:
+    """The checks of qemu-img measure, which are not create's: in its order and words, and
+    without create's checks of lazy_refcounts, compression_type, extended_l2 with compat=0.10
+    and AES encryption. Returns the options left for :func:`_validate`."""
+    cs = opts.get("cluster_size")
+    cs = 65536 if cs is None else int(cs)
+    if cs < 512 or cs > 2 << 20 or cs & (cs - 1):
+        raise QimgError("Cluster size must be a power of two between 512 and 2048k")
+    ext = bool(opts.get("extended_l2"))
+    if ext and cs < 16384:
+        raise QimgError("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+    compat = opts.get("compat")
+    if compat is not None and compat not in ("0.10", "1.1"):  # measure knows no v2/v3
+        raise QimgError(f"Invalid compatibility level: '{compat}'")
+    rb = opts.get("refcount_bits")
+    rb = 16 if rb is None else int(rb)
+    if rb < 1 or rb > 64 or rb & (rb - 1):
+        raise QimgError("Refcount width must be a power of two and may not exceed 64 bits")
+    if compat == "0.10" and rb != 16:
+        raise QimgError("Different refcount widths than 16 bits require compatibility level 1.1 or above "
+                        "(use compat=1.1 or greater)")
+    prealloc = opts.get("preallocation")
+    if prealloc is not None and prealloc not in ("off", "metadata", "falloc", "full"):
+        raise QimgError(f"invalid parameter value: {prealloc}")
+    left = {k: v for k, v in opts.items() if k not in (
+        "backing_file", "backing_fmt", "data_file", "data_file_raw", "lazy_refcounts", "compression_type", "compat")}
+    if opts.get("encrypt.format") != "luks":
+        left = {k: v for k, v in left.items() if k != "encryption" and not k.startswith("encrypt.")}
+    l2_span = cs * (cs // (16 if ext else 8))
+    if -(-(size or 0) // l2_span) * 8 > S.MAX_L1_SIZE:
+        raise QimgError("The image size is too large (try using a larger cluster size)")
+    return left
+
+
 def measure(size: int | None, opts: dict[str, Any], source=None) -> dict[str, int]:
     from qimg.blockstatus import ALLOCATED, DATA, ZERO
 
-    o = _validate(0, {k: v for k, v in opts.items() if k not in ("backing_file", "backing_fmt", "data_file",
-                                                                   "data_file_raw")})
+    o = _validate(0, _measure_checks(size if source is None else source.size, opts))
     cs = o["cluster_size"]
     if source is not None:
         ssize = source.size
@@ -258,7 +291,8 @@ def measure(size: int | None, opts: dict[str, Any], source=None) -> dict[str, in
     else:
         virtual = -(-(size or 0) // cs) * cs
         required = 0
-    if o["prealloc"] in ("full", "falloc"):
+    if o["prealloc"] in ("full", "falloc") or (source is not None and opts.get("backing_file")):
+        # with a backing file qemu-img counts every cluster of the source as data
         required = virtual
     full = prealloc_size(virtual, cs, o["refcount_order"], o["extended_l2"])
     if o["encrypt"] == "luks":
@@ -266,7 +300,7 @@ def measure(size: int | None, opts: dict[str, Any], source=None) -> dict[str, in
 
         full += -(-payload_bytes(CreateParams.from_options(opts)) // cs) * cs
     out = {"required": full - virtual + required, "fully-allocated": full}
-    if source is not None and o["version"] >= 3:
+    if source is not None and opts.get("compat") != "0.10":
         from .bitmap import measure_bitmaps
 
         bitmaps = measure_bitmaps(source, cs)
