@@ -127,3 +127,20 @@ def test_measure_qcow2_option_checks(tmp_path, opts, what):
                                   ["-o", "extended_l2=on", "--size", "1125899906842625"]])
 def test_measure_qcow2_too_large(tmp_path, args):
     same_result(_measure_source, tmp_path, "measure", "-O", "qcow2", *args)
+
+
+def _images(folder) -> None:
+    for fmt in ("raw", "qed", "qcow2"):
+        run_qemu("create", "-q", "-f", fmt, f"e.{fmt}", "4M", cwd=folder)
+    run_qemu_io("-c", "write -P 3 0 64k", "e.qcow2", cwd=folder)
+
+
+@pytest.mark.parametrize("args", [
+    ["resize", "--preallocation=metadata", "e.raw", "8M"],
+    ["resize", "--shrink", "e.qed", "1000"], ["resize", "--shrink", "e.qed", "1M"],
+    ["resize", "e.qed", "1000"],
+    # size=0 is "no size" for qcow2 amend
+    ["amend", "-o", "size=0", "e.qcow2"], ["amend", "-o", "size=0,compat=0.10", "e.qcow2"],
+])
+def test_resize_amend_messages(tmp_path, args):
+    same_result(_images, tmp_path, *args, images=(args[-2] if args[0] == "resize" else args[-1],))

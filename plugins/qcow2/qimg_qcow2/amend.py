@@ -86,7 +86,7 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
         h.autoclear_features &= ~S.AUTOCLEAR_DATA_FILE_RAW
         drv.update_header()
     size = opts.get("size")
-    if size is not None and size != h.size:
+    if size and size != h.size:  # QEMU reads size=0 as "not given"
         from .resize import truncate
 
         truncate(drv, size, shrink=True)

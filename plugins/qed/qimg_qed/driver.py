@@ -482,10 +482,10 @@ class QedFormat(Format):
     def truncate(self, size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
         if preallocation != "off":
             raise QimgError(f"Unsupported preallocation mode '{preallocation}'")
-        if size < self.h.image_size:
-            raise QimgError("Shrinking images is currently not supported")
         if not self._image_size_ok(size):
             raise QimgError("Invalid image size specified")
+        if size < self.h.image_size:
+            raise QimgError("Shrinking images is currently not supported")
         self.h.image_size = size
         self._write_header()
         self._load_l1()

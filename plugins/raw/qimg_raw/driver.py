@@ -127,5 +127,5 @@ class RawFormat(Format):
             self.file.truncate(size)
         else:
             if preallocation not in PREALLOC_MODES:
-                raise QimgError(f"Unsupported preallocation mode '{preallocation}'")
+                raise QimgError(f"Unsupported preallocation mode: {preallocation}")
             preallocate(self.file, old, size, preallocation)
