@@ -270,7 +270,7 @@ def _write_data(drv: "Qcow2Format", bm: Bitmap, data: bytes | bytearray | None) 
         off = drv.alloc_clusters(-(-nbytes // cs))
         drv.flush_caches()
         raw = struct.pack(f">{bm.table_size}Q", *entries)
-        drv.file.pwrite(off, raw + bytes((-len(raw)) % cs))
+        drv.file.pwrite(off, raw)  # just the table, as QEMU (the file may end unaligned)
         bm.table_offset = off
     else:
         bm.table_offset = 0
@@ -321,15 +321,14 @@ def _get(bitmaps: list[Bitmap], name: str) -> Bitmap:
     return bitmaps[i]
 
 
-def _writable_state(drv: "Qcow2Format") -> BitmapsState:
+def _writable_state(drv: "Qcow2Format") -> "Session":
+    """The open image's bitmap session (created on first use), as QEMU holds bitmaps in memory
+    from open to close."""
     if not drv.writable:
         raise QimgError("Device is not writable")
     if drv.header.version < 3:
         raise QimgError("Cannot store dirty bitmaps in qcow2 v2 files")
-    # bits recorded by writes so far go to disk first; tracking restarts with the new set
-    bitmaps_store(drv)
-    drv.flush_caches()
-    return read_state(drv)
+    return session(drv)
 
 
 def default_granularity(drv: "Qcow2Format") -> int:
@@ -348,59 +347,60 @@ def bitmap_add(drv: "Qcow2Format", name: str, granularity: int | None = None, di
     where = f"Can't make bitmap '{name}' persistent in '#block{NODE_NUMBER}'"
     if drv.header.version < 3:
         raise QimgError(f"{where}: Cannot store dirty bitmaps in qcow2 v2 files")
-    st = _writable_state(drv)
-    if _find(st.bitmaps, name) >= 0:
+    ses = _writable_state(drv)
+    if ses.find(name) is not None:
         raise QimgError(f"Bitmap already exists: {name}")
     if len(name.encode()) > MAX_NAME_SIZE:
         raise QimgError(f"{where}: Name length exceeds maximum ({MAX_NAME_SIZE} characters)")
-    if len(st.bitmaps) >= MAX_BITMAPS:
+    if len(ses.entries) >= MAX_BITMAPS:
         raise QimgError(f"{where}: Maximum number of persistent bitmaps is already reached")
     bm = Bitmap(name=name, table_offset=0, table_size=0, flags=0 if disabled else FLAG_AUTO,
                 granularity_bits=gran.bit_length() - 1)
-    _write_data(drv, bm, None)
-    _write_directory(drv, [*st.bitmaps, bm], st)
+    ses.entries.append([bm, bytearray(_data_bytes(drv.size, bm.granularity_bits)), None])
+
+
+def _data_bytes(size: int, granularity_bits: int) -> int:
+    nbits = -(-size // (1 << granularity_bits))
+    return (nbits + 7) // 8
 
 
 def bitmap_remove(drv: "Qcow2Format", name: str) -> None:
-    st = _writable_state(drv)
-    bm = _get(st.bitmaps, name)
-    rest = [b for b in st.bitmaps if b is not bm]
-    _write_directory(drv, rest, st)
-    _free_table(drv, bm)
+    """As QEMU: the directory without the bitmap goes to disk at once and its clusters are freed."""
+    ses = _writable_state(drv)
+    ent = ses.find(name)
+    if ent is None:
+        raise QimgError(f"Dirty bitmap '{name}' not found")
+    ses.entries.remove(ent)
+    old = ent[2]
+    if old is None and ent[1] is not None:
+        return  # added in this session: never on disk
+    disk = [e[2] if e[2] is not None else e[0] for e in ses.entries if e[2] is not None or e[1] is None]
+    _write_directory(drv, disk, ses.state)
+    ses.state = read_state(drv)
+    _free_table(drv, old if old is not None else ent[0])
     drv.flush_caches()
 
 
-def _set_flags(drv: "Qcow2Format", name: str, set_bits: int, clear_bits: int) -> None:
-    st = _writable_state(drv)
-    bm = _get(st.bitmaps, name)
-    if bm.in_use:
+def _loaded(drv: "Qcow2Format", name: str) -> list:
+    ent = _writable_state(drv).find(name)
+    if ent is None:
+        raise QimgError(f"Dirty bitmap '{name}' not found")
+    if ent[1] is None:
         raise _inconsistent(name)
-    bm.flags = (bm.flags | set_bits) & ~clear_bits
-    _write_directory(drv, st.bitmaps, st)
+    return ent
 
 
 def bitmap_enable(drv: "Qcow2Format", name: str) -> None:
-    _set_flags(drv, name, FLAG_AUTO, 0)
+    _loaded(drv, name)[0].flags |= FLAG_AUTO
 
 
 def bitmap_disable(drv: "Qcow2Format", name: str) -> None:
-    _set_flags(drv, name, 0, FLAG_AUTO)
-
-
-def _replace_data(drv: "Qcow2Format", st: BitmapsState, bm: Bitmap, data: bytes | bytearray | None) -> None:
-    old = Bitmap(bm.name, bm.table_offset, bm.table_size, bm.flags, bm.granularity_bits)
-    _write_data(drv, bm, data)
-    _write_directory(drv, st.bitmaps, st)
-    _free_table(drv, old)
-    drv.flush_caches()
+    _loaded(drv, name)[0].flags &= ~FLAG_AUTO
 
 
 def bitmap_clear(drv: "Qcow2Format", name: str) -> None:
-    st = _writable_state(drv)
-    bm = _get(st.bitmaps, name)
-    if bm.in_use:
-        raise _inconsistent(name)
-    _replace_data(drv, st, bm, None)
+    ent = _loaded(drv, name)
+    ent[1] = bytearray(len(ent[1]))
 
 
 def _regranulate(data: bytes | bytearray, src_bits: int, dst_bits: int, size: int) -> bytearray:
@@ -429,18 +429,21 @@ def _regranulate(data: bytes | bytearray, src_bits: int, dst_bits: int, size: in
 
 def bitmap_merge(drv: "Qcow2Format", dst_name: str, src_drv: "Qcow2Format | None", src_name: str) -> None:
     """OR bitmap ``src_name`` (of ``src_drv``, default this image) into ``dst_name``."""
-    st = _writable_state(drv)
-    dst = _get(st.bitmaps, dst_name)
-    if dst.in_use:
-        raise _inconsistent(dst_name)
-    sdrv = src_drv if src_drv is not None else drv
-    src = _get(read_bitmaps(sdrv), src_name)
-    if src.in_use:
-        raise _inconsistent(src_name)
-    sdata = _regranulate(read_data(sdrv, src), src.granularity_bits, dst.granularity_bits, min(sdrv.size, drv.size))
-    ddata = read_data(drv, dst)
-    merged = (int.from_bytes(bytes(ddata), "little") | int.from_bytes(bytes(sdata), "little"))
-    _replace_data(drv, st, dst, merged.to_bytes(len(ddata), "little"))
+    dst = _loaded(drv, dst_name)
+    if src_drv is None or src_drv is drv:
+        src = _loaded(drv, src_name)
+        sbits, sdata, ssize = src[0].granularity_bits, src[1], drv.size
+    else:
+        sbm = _get(read_bitmaps(src_drv), src_name)
+        if sbm.in_use:
+            raise _inconsistent(src_name)
+        sbits, sdata, ssize = sbm.granularity_bits, read_data(src_drv, sbm), src_drv.size
+    dbits = dst[0].granularity_bits
+    merged = _regranulate(sdata, sbits, dbits, min(ssize, drv.size))
+    ddata = dst[1]
+    n = min(len(ddata), len(merged))
+    v = int.from_bytes(bytes(ddata[:n]), "little") | int.from_bytes(bytes(merged[:n]), "little")
+    ddata[:n] = v.to_bytes(n, "little")
 
 
 def copy_bitmaps(src_drv: "Qcow2Format", dst_drv: "Qcow2Format", skip_broken: bool = False,
@@ -520,51 +523,71 @@ def _set_bits(data: bytearray, first: int, last: int) -> None:
         data[fb + 1 : lb] = b"\xff" * (lb - fb - 1)
 
 
-class DirtyTracker:
-    """Records guest writes in the image's enabled ("auto") bitmaps, as QEMU does while an image
-    is open read-write: the bitmaps are marked in-use on disk while the changes live in memory,
-    and written back (in-use cleared) by :meth:`store`."""
+class Session:
+    """The bitmaps as QEMU holds them while an image is open read-write: loaded at first use
+    (in-use bitmaps stay on disk untouched), marked in-use in place on disk, changed in memory
+    (guest writes set bits of enabled ones) and stored by :meth:`store` at close the way QEMU
+    stores them: each bitmap's data clusters then its table, in directory order, then a new
+    directory, then the old directory and the old tables are freed."""
 
-    def __init__(self, drv: "Qcow2Format") -> None:
+    def __init__(self, drv: "Qcow2Format", size: int | None = None) -> None:
         self.drv = drv
-        st = read_state(drv)
-        self.tracked: dict[str, tuple[int, bytearray]] = {}
-        for bm in st.bitmaps:
-            if bm.enabled and not bm.in_use:
-                self.tracked[bm.name] = (bm.granularity_bits, read_data(drv, bm))
-                bm.flags |= FLAG_IN_USE
-        if self.tracked:
-            _write_directory(drv, st.bitmaps, st)
+        view = drv if size is None else _SizeView(drv, size)  # tables made for another size
+        self.state = read_state(view)  # type: ignore[arg-type]
+        #: [entry, data (None: in use, not loaded), old entry (None: not on disk)]
+        self.entries: list[list] = []
+        for bm in self.state.bitmaps:
+            if bm.in_use:
+                self.entries.append([bm, None, None])
+            else:
+                old = Bitmap(bm.name, bm.table_offset, bm.table_size, bm.flags, bm.granularity_bits,
+                             bm.type, bm.extra_data)
+                self.entries.append([bm, read_data(view, bm), old])  # type: ignore[arg-type]
+        if any(e[2] is not None for e in self.entries) and self.state.directory_size:
+            # in place (no allocation): a crash now leaves the bitmaps marked inconsistent
+            for e in self.entries:
+                if e[2] is not None:
+                    e[2].flags |= FLAG_IN_USE
+            drv.flush_caches()
+            disk = b"".join((e[2] if e[2] is not None else e[0]).encode() for e in self.entries)
+            drv.file.pwrite(self.state.directory_offset, disk)
+            drv.file.flush()
 
     def __bool__(self) -> bool:
-        return bool(self.tracked)
+        return True
+
+    def find(self, name: str) -> list | None:
+        return next((e for e in self.entries if e[0].name == name), None)
 
     def mark(self, offset: int, length: int) -> None:
         if length <= 0:
             return
-        for bits, data in self.tracked.values():
-            _set_bits(data, offset >> bits, (offset + length - 1) >> bits)
+        for bm, data, _old in self.entries:
+            if data is not None and bm.enabled:
+                _set_bits(data, offset >> bm.granularity_bits, (offset + length - 1) >> bm.granularity_bits)
 
     def store(self) -> None:
-        """Write the tracked bitmaps back and clear their in-use flag."""
-        if not self.tracked:
-            return
         drv = self.drv
+        if not any(e[1] is not None for e in self.entries):
+            return
         drv.flush_caches()
-        st = read_state(drv)
-        olds = []
-        for bm in st.bitmaps:
-            got = self.tracked.get(bm.name)
-            if got is None or not bm.in_use:
-                continue
-            olds.append(Bitmap(bm.name, bm.table_offset, bm.table_size, bm.flags, bm.granularity_bits))
-            _write_data(drv, bm, got[1])
-            bm.flags &= ~FLAG_IN_USE
-        _write_directory(drv, st.bitmaps, st)
-        for old in olds:
-            _free_table(drv, old)
+        for bm, data, _old in self.entries:
+            if data is not None:
+                _write_data(drv, bm, data)
+                bm.flags &= ~FLAG_IN_USE
+        _write_directory(drv, [e[0] for e in self.entries], self.state)
+        for _bm, _data, old in self.entries:
+            if old is not None:
+                _free_table(drv, old)
         drv.flush_caches()
-        self.tracked = {}
+        self.entries = []
+
+
+def session(drv: "Qcow2Format") -> Session:
+    ses = getattr(drv, "_bitmap_tracker", None)
+    if not ses:
+        ses = drv._bitmap_tracker = Session(drv)
+    return ses
 
 
 def bitmaps_mark_dirty(drv: "Qcow2Format", offset: int, length: int) -> None:
@@ -574,7 +597,7 @@ def bitmaps_mark_dirty(drv: "Qcow2Format", offset: int, length: int) -> None:
     image has nothing to track, so later calls cost one attribute test)."""
     tracker = getattr(drv, "_bitmap_tracker", None)
     if tracker is None:
-        tracker = DirtyTracker(drv) if has_bitmaps(drv) else False
+        tracker = Session(drv) if has_bitmaps(drv) else False
         drv._bitmap_tracker = tracker or False
         if not tracker:
             return
@@ -586,6 +609,8 @@ def bitmaps_mark_dirty(drv: "Qcow2Format", offset: int, length: int) -> None:
 def bitmaps_store(drv: "Qcow2Format") -> None:
     """Driver close hook: write back bitmaps changed by tracked writes."""
     tracker = getattr(drv, "_bitmap_tracker", None)
+    if not tracker and drv.writable and drv.header.version >= 3 and has_bitmaps(drv):
+        tracker = Session(drv)  # nothing used the bitmaps: QEMU still rewrites them at close
     if tracker:
         tracker.store()
     drv._bitmap_tracker = None
@@ -593,28 +618,23 @@ def bitmaps_store(drv: "Qcow2Format") -> None:
 
 def bitmaps_resize(drv: "Qcow2Format", old_size: int, new_size: int) -> None:
     """Resize hook: after the virtual size changed from ``old_size``, re-express every bitmap for
-    the new size (bits past the old end start clear, as QEMU's resize leaves them)."""
-    if not has_bitmaps(drv):
+    the new size (bits past the old end start clear, as QEMU's resize leaves them); as QEMU,
+    in memory: the bitmaps reach the disk when the image closes."""
+    if not has_bitmaps(drv) and not getattr(drv, "_bitmap_tracker", None):
         return
-    st = read_state_for_size(drv, old_size)
-    for bm in st.bitmaps:
-        if bm.in_use:
+    ses = getattr(drv, "_bitmap_tracker", None) or Session(drv, old_size)
+    for bm, data, _old in ses.entries:
+        if data is None:
             raise QimgError(f"Cannot resize: bitmap '{bm.name}' is inconsistent")
-    datas = []
-    for bm in st.bitmaps:
-        datas.append(_read_data_for_size(drv, bm, old_size))
-    olds = [Bitmap(b.name, b.table_offset, b.table_size, b.flags, b.granularity_bits) for b in st.bitmaps]
-    for bm, data in zip(st.bitmaps, datas, strict=True):
+    for ent in ses.entries:
+        bm, data = ent[0], ent[1]
         nbits = -(-new_size // bm.granularity)
         nbytes = (nbits + 7) // 8
         data = data[:nbytes] + bytes(max(0, nbytes - len(data)))
         if nbits % 8 and data:
             data[-1] &= (1 << (nbits % 8)) - 1
-        _write_data(drv, bm, data)
-    _write_directory(drv, st.bitmaps, st)
-    for old in olds:
-        _free_table(drv, old)
-    drv.flush_caches()
+        ent[1] = data
+    drv._bitmap_tracker = ses
 
 
 class _SizeView:

@@ -1233,7 +1233,8 @@ class Qcow2Format(RefcountMixin, Format):
     def close(self) -> None:
         try:
             if self.writable and getattr(self, "l2_cache", None) is not None:
-                if getattr(self, "_bitmap_tracker", None):
+                if getattr(self, "_bitmap_tracker", None) or self.header.bitmaps_ext is not None:
+                    # QEMU stores every loaded bitmap when a read-write image closes
                     from .bitmap import bitmaps_store
 
                     bitmaps_store(self)

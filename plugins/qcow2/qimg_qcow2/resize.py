@@ -281,18 +281,6 @@ def make_empty(drv: "Qcow2Format") -> None:
             and h.crypt_method != 2 and 3 + l1_clusters <= drv.refblock_entries):
         _make_completely_empty(drv)
         return
-    if drv.header.nb_snapshots:
-        size = drv.header.size
-        drv._discard_range(0, size, full=True)
-        drv.flush_caches()
-        return
+    # QEMU's fallback discards every cluster; the L2 tables stay (v2, snapshots, bitmaps, data file)
     drv._discard_range(0, drv.header.size, full=True)
-    for i in range(len(drv.l1)):
-        off = drv.l1[i] & S.L1E_OFFSET_MASK
-        if off:
-            drv.l2_cache.drop(off)
-            drv.l1[i] = 0
-            drv.free_clusters(off, drv.cluster_size)
-    if len(drv.l1):
-        drv.write_l1()
     drv.flush_caches()
