@@ -144,3 +144,25 @@ def _images(folder) -> None:
 ])
 def test_resize_amend_messages(tmp_path, args):
     same_result(_images, tmp_path, *args, images=(args[-2] if args[0] == "resize" else args[-1],))
+
+
+def _blocks(folder, name: str) -> int:
+    return os.stat(os.path.join(folder, name)).st_blocks
+
+
+@pytest.mark.parametrize("fmt", ["vdi", "vpc"])
+@pytest.mark.parametrize("sparse", [[], ["-S", "0"]])
+def test_convert_n_fills_vdi_vpc(tmp_path, fmt, sparse):
+    # -n: the target is not known to read as zeroes, so zero runs are written; vdi and vpc have
+    # no zero-write operation in QEMU and so get every block allocated and written, in order
+    def setup(folder):
+        run_qemu("create", "-q", "-f", "qcow2", "s.qcow2", "8M", cwd=folder)
+        run_qemu_io("-c", "write -P 1 0 1M", "-c", "write -P 2 5M 64k", "s.qcow2", cwd=folder)
+        run_qemu("create", "-q", "-f", fmt, "t.img", "16M", cwd=folder)
+
+    same_result(setup, tmp_path, "convert", "-n", "-O", fmt, *sparse, "s.qcow2", "t.img")
+    mine, theirs = tmp_path / "qimg", tmp_path / "qemu"
+    a = run_qemu("map", "--output=json", "-f", fmt, "t.img", cwd=mine)
+    b = run_qemu("map", "--output=json", "-f", fmt, "t.img", cwd=theirs)
+    assert a.stdout == b.stdout
+    assert abs(_blocks(mine, "t.img") - _blocks(theirs, "t.img")) * 512 < 64 * 1024

@@ -258,10 +258,12 @@ class VdiFormat(Format):
         self.bmap[idx] = entry
 
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
-        # unallocated blocks read as zeroes already; allocated ones get zero data written
-        for _pos, idx, within, k in self._pieces(offset, length):
+        # QEMU's vdi has no zero-write operation: its block layer writes zero data, which
+        # allocates the unallocated blocks too (convert -n to a vdi fills it)
+        for pos, idx, within, k in self._pieces(offset, length):
             entry = self.bmap[idx]
             if entry >= FIRST_UNALLOCATED:
+                super().write_zeroes(offset + pos, k, unmap)
                 continue
             host = self._host(entry, within)
             done = 0

@@ -16,7 +16,7 @@ from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
 from qimg.driver import Format
 from qimg.errors import QimgError
-from qimg.image import is_zero, zero_fill
+from qimg.image import zero_fill
 from qimg.options import BOOL, SIZE, STRING, Option
 from qimg.tables import LazyPattern
 
@@ -367,8 +367,8 @@ class VpcFormat(Format):
             raise QimgError(f"'{self.filename}': the image file is too large for more blocks")
         data_start = start + self.bitmap_size
         end = data_start + self.block_size
-        if not is_zero(chunk):  # else: the new block's data area is a hole, zeroes already
-            self.file.pwrite(data_start + within, chunk)
+        # zero data is written too (QEMU does: a block filled by zero writes is on disk)
+        self.file.pwrite(data_start + within, chunk)
         self.file.pwrite(start, self._bitmap)
         self.file.pwrite(end, self._footer_raw)
         self.free_offset = end
@@ -379,9 +379,12 @@ class VpcFormat(Format):
         if self.fixed:
             self.file.write_zeroes(offset, length, False)
             return
-        # unallocated blocks already read as zeroes; allocated ones get their range zeroed
-        for _pos, idx, within, k in self._pieces(offset, length):
+        # QEMU's vpc has no zero-write operation: its block layer writes zero data, which
+        # allocates the unallocated blocks too (convert -n to a vpc fills it)
+        for pos, idx, within, k in self._pieces(offset, length):
             entry = self.bat[idx]
             if entry != UNALLOCATED:
                 self.file.write_zeroes(entry * SECTOR + self.bitmap_size + within, k, False)
+            else:
+                super().write_zeroes(offset + pos, k, unmap)
 
