@@ -166,3 +166,15 @@ def test_convert_n_fills_vdi_vpc(tmp_path, fmt, sparse):
     b = run_qemu("map", "--output=json", "-f", fmt, "t.img", cwd=theirs)
     assert a.stdout == b.stdout
     assert abs(_blocks(mine, "t.img") - _blocks(theirs, "t.img")) * 512 < 64 * 1024
+
+
+@pytest.mark.parametrize("args", [["-o", "compat=0.10", "s.qcow2", "x.qcow2"], ["v2.qcow2", "x.qcow2"],
+                                  ["-n", "s.qcow2", "v2.qcow2"]])
+def test_convert_bitmaps_qcow2_v2(tmp_path, args):
+    # a compat=0.10 image has no bitmap support, as source or target
+    def setup(folder):
+        run_qemu("create", "-q", "-f", "qcow2", "s.qcow2", "1M", cwd=folder)
+        run_qemu("bitmap", "--add", "s.qcow2", "b0", cwd=folder)
+        run_qemu("create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "1M", cwd=folder)
+
+    same_result(setup, tmp_path, "convert", "-O", "qcow2", "--bitmaps", *args)

@@ -335,7 +335,7 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         target = _open_target(target_filename, opts)
         if opts.cache == "unsafe":
             _never_sync(target)
-        if opts.bitmaps and not _supports_bitmaps(type(target.driver)):
+        if opts.bitmaps and not _supports_bitmaps(type(target.driver), target.driver):
             raise QimgError(f"Format driver '{target.format}' does not support bitmaps")
         if opts.no_create and target.size < total:
             raise QimgError("output file is smaller than input file")
@@ -403,16 +403,19 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
 
 
 # -- persistent bitmaps (through the driver's bitmap_* interface) ----------------------
-def _supports_bitmaps(cls: type) -> bool:
+def _supports_bitmaps(cls: type, driver: object = None) -> bool:
     from ..driver import Format
 
-    return getattr(cls, "bitmap_add", Format.bitmap_add) is not Format.bitmap_add
+    if getattr(cls, "bitmap_add", Format.bitmap_add) is Format.bitmap_add:
+        return False
+    # a qcow2 v2 image (compat=0.10) cannot hold persistent bitmaps
+    return getattr(getattr(driver, "header", None), "version", 3) >= 3
 
 
 def _check_bitmaps(sources: list["Image"]) -> None:
     if len(sources) != 1:
         raise QimgError("Copying bitmaps only possible with single source")
-    if not _supports_bitmaps(type(sources[0].driver)):
+    if not _supports_bitmaps(type(sources[0].driver), sources[0].driver):
         raise QimgError("Source lacks bitmap support")
 
 
