@@ -45,7 +45,17 @@ def run(fmt, output, objects, image_opts, force_share, start_offset, max_length,
     ofmt = check_output_format(output)
     parse_objects(objects)
     with open_image(args[0], fmt, image_opts=image_opts, force_share=force_share) as img:
-        entries = ops_map.map_extents(img, start, length)
+        try:
+            entries = ops_map.map_extents(img, start, length)
+        except ops_map.MapError as e:
+            # as qemu-img: the header and the entries finished before the failing query
+            if ofmt == "json":
+                sys.stdout.write(ops_map.format_json_partial(e.entries))
+            else:
+                for line in ops_map.human_lines(e.entries):
+                    sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            raise
         if ofmt == "json":
             sys.stdout.write(ops_map.format_json(entries, start))
         else:

@@ -61,10 +61,9 @@ def _status(img: "Image", offset: int, length: int, name: str, size: int,
         st = img.chain_status(offset, short)
         if st.length >= short and short < length:
             st = img.chain_status(offset, length)
-    except (OSError, QimgError) as e:
-        text = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
-        raise QimgError(f"Sector allocation test failed for {name}: {text}" if text else
-                        f"Sector allocation test failed for {name}", 3) from None
+    except (OSError, QimgError):
+        # qemu-img names the image only, never the error
+        raise QimgError(f"Sector allocation test failed for {name}", 3) from None
     flags = st.flags & _FLAGS
     if not flags & ALLOCATED and not flags & DATA:
         flags |= ZERO  # unallocated through the whole chain reads as zeroes

@@ -78,6 +78,22 @@ def _mergeable(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return True
 
 
+class MapError(QimgError):
+    """A block status query failed: qemu-img has printed the entries before it (``entries``)."""
+
+    def __init__(self, message: str, entries: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.entries = entries
+
+
+def format_json_partial(entries: list[dict[str, Any]]) -> str:
+    """What qemu-img's JSON map has printed when a query fails: ``[`` and the finished entries."""
+    if not entries:
+        return "["
+    return "[" + "".join(line[1:] if i == 0 else line for i, line in enumerate(
+        ln if ln.endswith(",\n") else ln[:-2] + ",\n" for ln in iter_lines_json(entries)))
+
+
 def map_extents(img: "Image", start: int = 0, length: int | None = None) -> list[dict[str, Any]]:
     """Merged map entries (dicts with qemu-img's JSON keys, plus ``filename`` when known)."""
     size = img.size
@@ -88,7 +104,11 @@ def map_extents(img: "Image", start: int = 0, length: int | None = None) -> list
     window = _FIRST_WINDOW
     while offset < end:
         ask = min(window, end - offset)
-        e = _status(img, offset, ask)
+        try:
+            e = _status(img, offset, ask)
+        except (OSError, QimgError) as exc:
+            text = exc.message if isinstance(exc, QimgError) else (exc.strerror or str(exc))
+            raise MapError(f"Could not read file metadata: {text}", out) from None
         window = min(_CHUNK, window * 4) if e["length"] >= ask else _FIRST_WINDOW
         offset += e["length"]
         if cur is not None and _mergeable(cur, e):
