@@ -178,3 +178,16 @@ def test_convert_bitmaps_qcow2_v2(tmp_path, args):
         run_qemu("create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "1M", cwd=folder)
 
     same_result(setup, tmp_path, "convert", "-O", "qcow2", "--bitmaps", *args)
+
+
+@pytest.mark.parametrize("args", [["-O", "vmdk", "--bitmaps", "s.qcow2"], ["-O", "qcow2", "-t", "bogus", "s.qcow2"],
+                                  ["-O", "qcow2", "--bitmaps", "s.raw"], ["-O", "qcow2", "--bitmaps", "s.qcow2", "s.qcow2"]])
+def test_convert_failure_after_create_keeps_target(tmp_path, args):
+    # qemu-img checks the sources' bitmaps before creating the target, and never deletes a
+    # target it created when a later step (cache mode, target bitmap support) fails
+    def setup(folder):
+        _source(folder)
+        run_qemu("create", "-q", "-f", "qcow2", "s.qcow2", "1M", cwd=folder)
+        run_qemu("bitmap", "--add", "s.qcow2", "b0", cwd=folder)
+
+    same_result(setup, tmp_path, "convert", *args, "x.img")

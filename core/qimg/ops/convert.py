@@ -13,7 +13,7 @@ import itertools
 import os
 
 from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
-from ..errors import QimgError, SilentFailure
+from ..errors import QimgError
 from ..image import zero_fill
 from .copy import COPY, SKIP, Copier, Piece, parallel_safe, run_length
 from .copy import ZERO as ZERO_OP
@@ -317,20 +317,18 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
     if not 1 <= opts.workers <= MAX_WORKERS:
         raise QimgError("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16")
     check_options(opts, sources, target_filename)
+    if opts.bitmaps:
+        _check_bitmaps(sources)  # before the target is created
     if opts.no_create and opts.target_is_zero and opts.backing_file is not None:
         # qemu-img reports this one and gives up with exit status 0, before opening the target
         if warn is not None:
             warn("Cannot use --target-is-zero when the destination image has a backing file")
         return
     total = sum(s.size for s in sources)
-    created = False
     target: Image | None = None
     try:
         if not opts.no_create:
             _create_target(target_filename, opts, total)
-            created = True
-        if opts.bitmaps:
-            _check_bitmaps(sources)
         _check_cache(opts.cache)
         target = _open_target(target_filename, opts)
         if opts.cache == "unsafe":
@@ -388,17 +386,13 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             target.flush()  # qemu-img convert's default cache mode (unsafe) never syncs
         target.close()
         target = None
-    except BaseException as e:
+    except BaseException:
         if target is not None:
             try:
                 target.close()
             except Exception:  # noqa: BLE001 - the first error is the one to report
                 pass
-        if created and not isinstance(e, SilentFailure):
-            try:
-                os.unlink(target_filename)
-            except OSError:
-                pass
+        # qemu-img keeps a target it created, whatever fails later (cache mode, bitmaps, I/O)
         raise
 
 
