@@ -180,3 +180,32 @@ def test_block_status_error_like_qemu(tmp_path, qemu_img, qemu_io, qimg, index):
     _same(qemu_img, qimg, "map", bad)
     _same(qemu_img, qimg, "compare", good, bad)
     _same(qemu_img, qimg, "compare", "-s", bad, good)
+
+
+def _qed_bad_entry(tmp_path, qemu_img, qemu_io) -> str:
+    """A QED image whose second L2 entry points far past the end of the file."""
+    import struct
+
+    p = str(tmp_path / "bad.qed")
+    assert qemu_img("create", "-q", "-f", "qed", p, "4M").returncode == 0
+    assert qemu_io("-f", "qed", "-c", "write -P 1 0 128k", "-c", "write -P 2 2M 64k", p).returncode == 0
+    with open(p, "r+b") as f:
+        d = f.read()
+        cs = struct.unpack("<I", d[4:8])[0]
+        l1 = struct.unpack("<Q", d[40:48])[0]
+        l2 = struct.unpack("<Q", d[l1 : l1 + 8])[0]
+        f.seek(l2 + 8)
+        f.write(struct.pack("<Q", len(d) + 100 * cs))
+    return p
+
+
+@pytest.mark.parametrize("repair", ["leaks", "all"])
+def test_qed_check_repairs_everything_with_any_r(tmp_path, qemu_img, qemu_io, qimg, repair):
+    src = _qed_bad_entry(tmp_path, qemu_img, qemu_io)
+    _same_result(tmp_path, qemu_img, qimg, src, "check", "-r", repair, "IMG")
+
+
+def test_qed_bad_entry_map_error(tmp_path, qemu_img, qemu_io, qimg):
+    src = _qed_bad_entry(tmp_path, qemu_img, qemu_io)
+    _same(qemu_img, qimg, "map", "--output=json", src)
+    _same(qemu_img, qimg, "check", src)

@@ -267,7 +267,7 @@ class QedFormat(Format):
         if entry == 1:
             return ZEROES
         if not self._cluster_ok(entry):
-            raise CorruptImage(f"QED cluster offset {entry:#x} is invalid")
+            raise CorruptImage("Invalid argument")  # QEMU's EINVAL for an entry outside the file
         return DATA_RUN
 
     def _run(self, offset: int, length: int) -> tuple[int, int, int]:
@@ -531,7 +531,7 @@ class QedFormat(Format):
         cs = self.cs
         res = CheckResult(filename=self.filename, format="qed")
         res.total_clusters = (self.h.image_size + cs - 1) // cs
-        fix_errors = "errors" in fix and self.writable
+        fix_errors = bool(fix) and self.writable  # QEMU's QED check repairs everything with any -r
         nclusters = self._round_up(self.file_size) // cs
         used = bytearray((nclusters + 7) // 8)
 
