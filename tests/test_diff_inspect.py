@@ -209,3 +209,22 @@ def test_qed_bad_entry_map_error(tmp_path, qemu_img, qemu_io, qimg):
     src = _qed_bad_entry(tmp_path, qemu_img, qemu_io)
     _same(qemu_img, qimg, "map", "--output=json", src)
     _same(qemu_img, qimg, "check", src)
+
+
+def test_vmdk_grain_past_end_of_file(tmp_path, qemu_img, qemu_io, qimg):
+    # QEMU maps such a grain as data and reads zeroes from it; check reports it
+    import struct
+
+    p = str(tmp_path / "k.vmdk")
+    ref = str(tmp_path / "ref.vmdk")
+    for x in (p, ref):
+        assert qemu_img("create", "-q", "-f", "vmdk", x, "4M").returncode == 0
+        assert qemu_io("-f", "vmdk", "-c", "write -P 1 0 128k", x).returncode == 0
+    with open(p, "r+b") as f:
+        d = f.read(1 << 20)
+        gd = struct.unpack("<Q", d[56:64])[0] * 512
+        gt = struct.unpack("<I", d[gd : gd + 4])[0] * 512
+        f.seek(gt + 4 * 5)
+        f.write(struct.pack("<I", 10**6))
+    for args in (("map", "--output=json", p), ("map", p), ("compare", ref, p), ("check", p)):
+        _same(qemu_img, qimg, *args)

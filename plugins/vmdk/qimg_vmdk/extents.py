@@ -257,7 +257,8 @@ class SparseExtent(Extent):
             return UNALLOC
         if e == 1 and self.zero_grain:
             return ZEROES
-        if e * SECTOR >= self.file_size:
+        # a plain grain past the end of the file reads as zeroes and maps as data (as QEMU)
+        if e * SECTOR >= self.file_size and self.compressed:
             raise CorruptImage(f"Grain offset {e * SECTOR:#x} is past the end of the image")
         return COMPRESSED if self.compressed else PLAIN
 
