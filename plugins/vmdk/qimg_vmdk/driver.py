@@ -56,9 +56,12 @@ def _extent_names(filename: str, kind: str, count: int) -> list[str]:
     return [f"{prefix}-{kind}{i:03d}{postfix}" for i in range(1, count + 1)]
 
 
-def _sparse_layout(capacity: int, with_desc: bool) -> dict[str, int]:
-    """Sector layout of a new sparse extent as qemu-img makes it (RGD + GTs, GD + GTs)."""
+def _sparse_layout(capacity: int, with_desc: bool, wrap: bool = False) -> dict[str, int]:
+    """Sector layout of a new sparse extent as qemu-img makes it (RGD + GTs, GD + GTs);
+    ``wrap``: qemu-img's create counts the grains in 32 bits (256 TiB and more wrap)."""
     grains = (capacity + GRAIN_SECTORS - 1) // GRAIN_SECTORS
+    if wrap:
+        grains &= 0xFFFFFFFF
     n_gt = (grains + GTES - 1) // GTES
     gd_sectors = (n_gt * 4 + SECTOR - 1) // SECTOR
     gt_sectors = n_gt * GTES * 4 // SECTOR
@@ -74,7 +77,7 @@ def _sparse_layout(capacity: int, with_desc: bool) -> dict[str, int]:
 
 
 def _write_sparse(file, capacity: int, desc_text: str | None, *, zeroed: bool, stream: bool) -> None:
-    lay = _sparse_layout(capacity, desc_text is not None)
+    lay = _sparse_layout(capacity, desc_text is not None, wrap=True)
     flags = FLAG_NL_DETECT | FLAG_RGD
     version = 1
     if zeroed:
