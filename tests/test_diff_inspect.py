@@ -228,3 +228,21 @@ def test_vmdk_grain_past_end_of_file(tmp_path, qemu_img, qemu_io, qimg):
         f.write(struct.pack("<I", 10**6))
     for args in (("map", "--output=json", p), ("map", p), ("compare", ref, p), ("check", p)):
         _same(qemu_img, qimg, *args)
+
+
+def test_rebase_without_backing_format_copies_then_fails(tmp_path, qemu_img, qemu_io, qimg):
+    # safe mode copies the differences first; only changing the name then fails (as qemu-img)
+    outs = []
+    for tool, tag in ((qemu_img, "q"), (qimg, "m")):
+        d = tmp_path / tag
+        d.mkdir()
+        b, o, t = str(d / "b.qcow2"), str(d / "o.qcow2"), str(d / "t.qcow2")
+        assert qemu_img("create", "-q", "-f", "qcow2", b, "4M").returncode == 0
+        assert qemu_io("-f", "qcow2", "-c", "write -P 1 0 1M", b).returncode == 0
+        assert qemu_img("create", "-q", "-f", "qcow2", o, "4M").returncode == 0
+        assert qemu_io("-f", "qcow2", "-c", "write -P 9 2M 1M", o).returncode == 0
+        assert qemu_img("create", "-q", "-f", "qcow2", "-b", b, "-F", "qcow2", t).returncode == 0
+        r = tool("rebase", "-b", o, t)
+        outs.append((r.returncode, as_qemu(r.stderr).replace(str(d), "D"),
+                     qemu_img("map", "--output=json", t).stdout, qemu_img("check", t).stdout.replace(str(d), "D")))
+    assert outs[1] == outs[0]

@@ -151,11 +151,6 @@ def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe
         raise missing_fmt
     if not unsafe:
         new = open_new_backing(img, name, backing_fmt, force_share) if name is not None else None
-        if name is not None and backing_fmt is None:
-            # qemu-img fails here only after copying; refusing first leaves the image as it was
-            if new is not None:
-                new.close()
-            raise missing_fmt
         try:
             copy_differences(img, img.backing, new, progress)
         finally:
@@ -164,6 +159,8 @@ def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe
         img.flush()
     if progress:
         progress(100.0, 100.0)  # qemu-img reports completion before rewriting the name
+    if name is not None and backing_fmt is None:
+        raise missing_fmt  # as qemu-img: only after the safe mode copied the differences
     try:
         img.driver.change_backing_file(name, backing_fmt if name is not None else None)
     except QimgError as e:
