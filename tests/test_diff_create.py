@@ -197,3 +197,13 @@ def test_convert_failure_after_create_keeps_target(tmp_path, args):
 def test_vmdk_huge_grain_count_wraps(tmp_path, size):
     # qemu-img counts a new sparse extent's grains in 32 bits: from 256 TiB the tables shrink
     same_result(_source, tmp_path, "create", "-q", "-f", "vmdk", "x.vmdk", size)
+
+
+@pytest.mark.parametrize("args", [
+    ["-f", "qcow2", "x.img", "9223372036854775807"], ["-f", "qcow2", "x.img", "9223372035781034496"],
+    ["-f", "qcow2", "x.img", "9223372035781033984"], ["-f", "qcow2", "-o", "compat=bad", "x.img", "9223372036854775807"],
+    # qcow's L1 entry count wraps in 32 bits: no table is written for these
+    ["-f", "qcow", "x.img", "8P"], ["-f", "qcow", "x.img", "1E"], ["-f", "qcow", "x.img", "9007199256838144"],
+])
+def test_create_huge_sizes(tmp_path, args):
+    same_result(_source, tmp_path, "create", *args)

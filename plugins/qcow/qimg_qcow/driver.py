@@ -97,6 +97,10 @@ class QcowFormat(Format):
         l1_offset = -(-(HEADER_SIZE + len(name)) // 8) * 8
         shift = cluster_bits + l2_bits
         l1_size = -(-size >> shift)
+        # QEMU counts the L1 entries in a signed 32-bit int: from 4 PiB (64k clusters) the count
+        # wraps to zero or below and no table is written (the image then fails to open)
+        l1_size = (l1_size + (1 << 31)) % (1 << 32) - (1 << 31)
+        l1_size = max(l1_size, 0)
         header = Header.build(dict(
             magic=MAGIC, version=1,
             backing_file_offset=HEADER_SIZE if name else 0,

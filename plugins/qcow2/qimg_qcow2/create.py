@@ -12,6 +12,8 @@ TYPE_CHECKING = False  # no run-time typing import (start-up time)
 if TYPE_CHECKING:
     from typing import Any
 
+#: QEMU's largest request end: INT64_MAX rounded down to its largest alignment (1 GiB)
+BDRV_MAX_LENGTH = ((1 << 63) - 1) & ~((1 << 30) - 1)
 V3_MSG = "compatibility level 1.1 and above (use version=v3 or greater)"
 
 
@@ -91,7 +93,7 @@ def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
         raise QimgError("Cluster size must be a power of two between 512 and 2048k")
     esz = 16 if ext else 8
     l2_span = cs * (cs // esz)
-    if -(-size // l2_span) * 8 > S.MAX_L1_SIZE:
+    if size <= BDRV_MAX_LENGTH and -(-size // l2_span) * 8 > S.MAX_L1_SIZE:
         raise QimgError("The image size is too large for file format 'qcow2' (try using a larger cluster size)")
     backing = opts.get("backing_file")
     if backing and prealloc != "off" and not ext:
@@ -121,6 +123,11 @@ def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
     if ctype == "zstd" and version < 3:
         raise QimgError("Non-zlib compression type is only supported with " + V3_MSG)
     _check_encryption_key(encrypt, opts)
+    # QEMU creates the image empty and then resizes it: the block layer's limits come last
+    if size >= 1 << 63:
+        raise QimgError("Could not resize image: Image size cannot be negative")
+    if size > BDRV_MAX_LENGTH:
+        raise QimgError(f"Could not resize image: offset({size}) exceeds maximum({BDRV_MAX_LENGTH})")
     return dict(encrypt=encrypt, version=version, cluster_size=cs, cluster_bits=cs.bit_length() - 1, extended_l2=ext,
                 prealloc=prealloc, lazy=lazy, refcount_order=rb.bit_length() - 1, data_file=data_file,
                 data_file_raw=raw, compression_type=1 if ctype == "zstd" else 0, backing_file=backing,
