@@ -207,3 +207,11 @@ def test_vmdk_huge_grain_count_wraps(tmp_path, size):
 ])
 def test_create_huge_sizes(tmp_path, args):
     same_result(_source, tmp_path, "create", *args)
+
+
+def test_refused_create_needs_the_file_first(tmp_path):
+    # the file protocol's own failure (a directory in the way) comes first, nothing is removed
+    def setup(folder):
+        os.mkdir(os.path.join(folder, "x.img"))
+
+    same_result(setup, tmp_path, "create", "-f", "qcow2", "-o", "compat=bad", "x.img", "1M")

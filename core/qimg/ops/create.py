@@ -173,10 +173,16 @@ def run_driver_create(cls: "type[Format]", filename: str, size: int, opts: dict[
     ("delete"); otherwise the file is left alone."""
     import os
 
+    policy = getattr(cls, "create_failure", None)
+    if policy:
+        # QEMU's first step: the protocol creates the file; its errors (lock held, permission)
+        # leave an existing file as it was
+        from ..api import open_protocol
+
+        open_protocol(filename, create=True, writable=True).close()
     try:
         cls.create(filename, size, opts)
     except QimgError:
-        policy = getattr(cls, "create_failure", None)
         try:
             if policy == "empty" and (not os.path.exists(filename) or os.path.isfile(filename)):
                 with open(filename, "wb"):
