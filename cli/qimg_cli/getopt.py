@@ -19,6 +19,8 @@ that was unique among 7.2's names keeps its 7.2 meaning even if a new name share
 """
 from __future__ import annotations
 
+from qimg.values import FrozenValue
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,7 +39,7 @@ class GetoptError(Exception):
         self.glibc = glibc or message
 
 
-class Opt:
+class Opt(FrozenValue):
     """One option: ``key`` identifies it in results; ``short`` is one letter or None.
 
     ``new_longs``: long names unknown to qemu-img 7.2 (lower priority when abbreviated).
@@ -45,6 +47,7 @@ class Opt:
     dataclasses costs more than parsing a command line)."""
 
     __slots__ = ("key", "short", "longs", "has_arg", "new_longs")
+    _fields = __slots__
 
     key: str
     short: str | None
@@ -54,32 +57,7 @@ class Opt:
 
     def __init__(self, key: str, short: str | None = None, longs: tuple[str, ...] = (), has_arg: bool = False,
                  new_longs: tuple[str, ...] = ()) -> None:
-        set_ = object.__setattr__
-        set_(self, "key", key)
-        set_(self, "short", short)
-        set_(self, "longs", longs)
-        set_(self, "has_arg", has_arg)
-        set_(self, "new_longs", new_longs)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field '{name}'")
-
-    def _key(self) -> tuple:
-        return (self.key, self.short, self.longs, self.has_arg, self.new_longs)
-
-    def __reduce__(self) -> tuple:
-        return (Opt, self._key())  # copy and pickle rebuild it (its fields cannot be set)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._key() == other._key()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return "Opt(key={!r}, short={!r}, longs={!r}, has_arg={!r}, new_longs={!r})".format(*self._key())
+        self._set(key=key, short=short, longs=longs, has_arg=has_arg, new_longs=new_longs)
 
 
 def _is_nonopt(arg: str) -> bool:

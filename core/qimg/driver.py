@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from .blockstatus import ALLOCATED, DATA, OFFSET_VALID, Status
 from .errors import NotSupported
+from .values import Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
@@ -37,28 +38,7 @@ if TYPE_CHECKING:
 ProgressFn = "Callable[[float, float], None]"  # (done, total); a string: typing is not imported
 
 
-class _Record:
-    """Plain value classes (``dataclasses`` costs more to import than ``qimg info`` may take):
-    ``==`` and ``repr`` over ``_fields``, as the dataclasses these were."""
-
-    __slots__ = ()
-    _fields: tuple[str, ...] = ()
-
-    def _values(self) -> tuple:
-        return tuple(getattr(self, f) for f in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclasses were
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields) + ")"
-
-
-class CheckResult(_Record):
+class CheckResult(Value):
     """Result of ``check``; field names follow QEMU's ImageCheck and the JSON keys."""
 
     __slots__ = ("filename", "format", "check_errors", "corruptions", "leaks", "corruptions_fixed",
@@ -96,7 +76,7 @@ class CheckResult(_Record):
         return new
 
 
-class SnapshotInfo(_Record):
+class SnapshotInfo(Value):
     """One internal snapshot, as ``qemu-img snapshot -l`` and ``info`` show it."""
 
     __slots__ = ("id", "name", "vm_state_size", "date_sec", "date_nsec", "vm_clock_nsec", "icount")

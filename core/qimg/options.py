@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .errors import QimgError
 from .units import parse_size
+from .values import FrozenValue
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
@@ -19,13 +20,14 @@ _TRUE = {"on", "yes", "true", "y"}
 _FALSE = {"off", "no", "false", "n"}
 
 
-class Option:
+class Option(FrozenValue):
     """One create/amend option: ``name``, ``type`` (size/bool/str/num), ``help``, ``default``.
 
     Immutable and compared by value (as the frozen dataclass it was, without importing
     dataclasses at start-up)."""
 
     __slots__ = ("name", "type", "help", "default")
+    _fields = __slots__
 
     name: str
     type: str
@@ -33,34 +35,7 @@ class Option:
     default: Any
 
     def __init__(self, name: str, type: str, help: str, default: Any = None) -> None:  # noqa: A002
-        set_ = object.__setattr__
-        set_(self, "name", name)
-        set_(self, "type", type)
-        set_(self, "help", help)
-        set_(self, "default", default)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"cannot assign to field '{name}'")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field '{name}'")
-
-    def _key(self) -> tuple:
-        return (self.name, self.type, self.help, self.default)
-
-    def __reduce__(self) -> tuple:
-        return (Option, self._key())  # copy and pickle rebuild it (its fields cannot be set)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._key() == other._key()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return "Option(name={!r}, type={!r}, help={!r}, default={!r})".format(*self._key())
+        self._set(name=name, type=type, help=help, default=default)
 
     def help_line(self) -> str:
         kind = {SIZE: "<size>", BOOL: "<bool (on/off)>", STRING: "<str>", NUMBER: "<num>"}[self.type]

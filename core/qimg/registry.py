@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from .errors import QimgError
+from .values import Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
@@ -40,27 +41,7 @@ def _load_driver(kind: str, name: str, path: str) -> Any:
         raise QimgError(f"Could not load the {kind} driver '{name}' ({path}): {e}") from None
 
 
-class _Entry:
-    """``==`` and ``repr`` over the public fields (the loaded class is a cache, left out)."""
-
-    __slots__ = ()
-    _fields: tuple[str, ...] = ()
-
-    def _values(self) -> tuple:
-        return tuple(getattr(self, f) for f in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields) + ")"
-
-
-class FormatEntry(_Entry):
+class FormatEntry(Value):
     """A registered format: its name, ``"module:Class"`` driver path, probe and description."""
 
     __slots__ = ("name", "driver", "probe", "description", "plugin", "_cls")
@@ -81,7 +62,7 @@ class FormatEntry(_Entry):
         return self._cls
 
 
-class ProtocolEntry(_Entry):
+class ProtocolEntry(Value):
     """A registered protocol: its name, ``"module:Class"`` driver path and filename prefixes."""
 
     __slots__ = ("name", "driver", "prefixes", "plugin", "_cls")

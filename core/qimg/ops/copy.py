@@ -16,6 +16,7 @@ from _thread import allocate_lock, start_new_thread
 
 from ..errors import QimgError
 from ..protocol import ZERO_CHUNK
+from ..values import Value
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
@@ -38,21 +39,18 @@ PLAIN_READERS = 1
 Reader = "Callable[[int, memoryview], None]"
 
 
-class Piece:
+class Piece(Value):
     """One planned run of the target: COPY (read then write), ZERO (must read as zeroes) or
     SKIP (leave the target as it is, e.g. backing data shows through)."""
 
     __slots__ = ("offset", "length", "op")
+    _fields = __slots__
 
     def __init__(self, offset: int, length: int, op: str) -> None:
         self.offset, self.length, self.op = offset, length, op
 
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, Piece)
-                and (self.offset, self.length, self.op) == (other.offset, other.length, other.op))
-
-    def __repr__(self) -> str:
-        return f"Piece({self.offset}, {self.length}, {self.op!r})"
+    def __hash__(self) -> int:  # pieces are never changed (the frozen dataclass they were)
+        return hash(self._values())
 
 
 def run_length(st: "Status", limit: int, img: "Image") -> int:

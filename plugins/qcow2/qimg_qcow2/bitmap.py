@@ -15,6 +15,7 @@ import struct
 
 from qimg.errors import QimgError
 from qimg.records import Record
+from qimg.values import Value
 
 from . import structs as S
 
@@ -69,21 +70,16 @@ NODE_NUMBER = 100
 MAX_DATA_BYTES = 1 << 30
 
 
-class Bitmap:
+class Bitmap(Value):
     """One bitmap directory entry (a plain class: dataclasses cost start-up time)."""
 
     __slots__ = ("name", "table_offset", "table_size", "flags", "granularity_bits", "type", "extra_data")
+    _fields = __slots__
 
     def __init__(self, name: str, table_offset: int, table_size: int, flags: int, granularity_bits: int,
                  type: int = TYPE_DIRTY_TRACKING, extra_data: bytes = b"") -> None:  # noqa: A002
         self.name, self.table_offset, self.table_size, self.flags = name, table_offset, table_size, flags
         self.granularity_bits, self.type, self.extra_data = granularity_bits, type, extra_data
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Bitmap and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
-
-    def __repr__(self) -> str:
-        return f"Bitmap({', '.join(f'{k}={getattr(self, k)!r}' for k in self.__slots__)})"
 
     @property
     def granularity(self) -> int:

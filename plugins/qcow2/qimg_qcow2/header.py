@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 from qimg.errors import QimgError
+from qimg.values import Value
 
 from . import structs as S
 
@@ -22,10 +23,11 @@ _FIELDS = (
 )
 
 
-class Header:
-    """The parsed header and extensions (a plain class: no dataclasses import at start-up)."""
+class Header(Value):
+    """The parsed header and extensions (a plain value class: no dataclasses at start-up)."""
 
     __slots__ = tuple(name for name, _ in _FIELDS) + ("unknown_exts", "feature_names")
+    _fields = __slots__
 
     version: int
     backing_file_offset: int
@@ -62,19 +64,6 @@ class Header:
             raise TypeError(f"Header() got unexpected keyword argument(s) {', '.join(values)}")
         self.unknown_exts = [] if unknown_exts is None else unknown_exts
         self.feature_names = {} if feature_names is None else feature_names
-
-    def _values(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
-
-    def __repr__(self) -> str:
-        return "Header(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 def parse_fixed(buf: bytes) -> Header:

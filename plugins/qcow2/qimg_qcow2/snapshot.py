@@ -17,6 +17,7 @@ from array import array
 from qimg.driver import SnapshotInfo
 from qimg.errors import CorruptImage, QimgError
 from qimg.records import Record
+from qimg.values import Value
 
 from . import structs as S
 
@@ -55,7 +56,7 @@ class SnapshotTableError(QimgError):
         self.hint = hint
 
 
-class Snapshot:
+class Snapshot(Value):
     """One snapshot table entry. ``unknown_extra``: extra data beyond the three known fields,
     preserved as read; ``extra_data_size`` as read (new snapshots write the known 24 bytes);
     ``disk_entry_size``: bytes the entry takes in the table it was read from (0: new).
@@ -63,6 +64,7 @@ class Snapshot:
 
     __slots__ = ("l1_table_offset", "l1_size", "id", "name", "date_sec", "date_nsec", "vm_clock_nsec",
                  "vm_state_size", "disk_size", "icount", "unknown_extra", "extra_data_size", "disk_entry_size")
+    _fields = __slots__
 
     def __init__(self, l1_table_offset: int, l1_size: int, id: str, name: str, date_sec: int = 0,  # noqa: A002
                  date_nsec: int = 0, vm_clock_nsec: int = 0, vm_state_size: int = 0, disk_size: int = 0,
@@ -72,12 +74,6 @@ class Snapshot:
         self.date_sec, self.date_nsec, self.vm_clock_nsec = date_sec, date_nsec, vm_clock_nsec
         self.vm_state_size, self.disk_size, self.icount = vm_state_size, disk_size, icount
         self.unknown_extra, self.extra_data_size, self.disk_entry_size = unknown_extra, extra_data_size, disk_entry_size
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Snapshot and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
-
-    def __repr__(self) -> str:
-        return f"Snapshot({', '.join(f'{k}={getattr(self, k)!r}' for k in self.__slots__)})"
 
     def info(self) -> SnapshotInfo:
         return SnapshotInfo(id=self.id, name=self.name, vm_state_size=self.vm_state_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from qimg.errors import QimgError
+from qimg.values import Value
 
 EXTENT_TYPES = ("FLAT", "SPARSE", "ZERO", "VMFS", "VMFSSPARSE", "VMFSRDM", "VMFSRAW")
 ACCESS = ("RW", "RDONLY", "NOACCESS")
@@ -19,27 +20,7 @@ _EXTENT_RE = re.compile(r'^(\S+)\s+(\d+)\s+(\S+)(?:\s+"([^"]*)"(?:\s+(\d+))?)?\s
 _KV_RE = re.compile(r'^([A-Za-z0-9_.]+)\s*=\s*(.*?)\s*$')
 
 
-class _Value:
-    """``==`` and ``repr`` over ``_fields`` (plain classes: no dataclasses import at start-up)."""
-
-    __slots__ = ()
-    _fields: tuple[str, ...] = ()
-
-    def _values(self) -> tuple:
-        return tuple(getattr(self, f) for f in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields) + ")"
-
-
-class ExtentLine(_Value):
+class ExtentLine(Value):
     """One extent line: access, size in sectors, type, file name, offset (sectors into the
     file, FLAT)."""
 
@@ -54,7 +35,7 @@ class ExtentLine(_Value):
         self.offset = offset
 
 
-class Descriptor(_Value):
+class Descriptor(Value):
     """A parsed descriptor: its text, ``key=value`` entries and extent lines."""
 
     __slots__ = _fields = ("text", "values", "extents")
