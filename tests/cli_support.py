@@ -123,3 +123,34 @@ def qcow2_params() -> list:
     """``["raw", "qcow2"]`` with qcow2 skipped until its plugin is installed."""
     have = "qcow2" in formats_available()
     return ["raw", pytest.param("qcow2", marks=pytest.mark.skipif(not have, reason="qcow2 plugin not installed"))]
+
+
+# Count writes to the files in QIMG_CRASH_FILES (os.pathsep-separated); kill before write number
+# QIMG_CRASH_AFTER + 1. With QIMG_CRASH_COUNT set, write the number of writes there at exit.
+CRASHER = r"""
+import atexit, os, signal, sys
+from qimg import protocol
+limit = int(os.environ["QIMG_CRASH_AFTER"])
+targets = set(os.environ["QIMG_CRASH_FILES"].split(os.pathsep))
+done = [0]
+
+def wrap(name):
+    orig = getattr(protocol.FileProtocol, name)
+
+    def hooked(self, *a, **k):
+        if os.path.abspath(self.path) in targets:
+            if done[0] >= limit:
+                os.kill(os.getpid(), signal.SIGKILL)  # a crash just before this write
+            done[0] += 1
+        return orig(self, *a, **k)
+
+    setattr(protocol.FileProtocol, name, hooked)
+
+for n in ("pwrite", "pwritev", "truncate", "write_zeroes", "discard", "allocate"):
+    wrap(n)
+if os.environ.get("QIMG_CRASH_COUNT"):
+    atexit.register(lambda: open(os.environ["QIMG_CRASH_COUNT"], "w").write(str(done[0])))
+sys.argv[0] = "qimg"
+from qimg_cli.main import main
+main(sys.argv[1:])
+"""

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_support import CRASHER
 
 QEMU_IMG = shutil.which("qemu-img")
 QEMU_IO = shutil.which("qemu-io")
@@ -29,35 +30,6 @@ pytestmark = pytest.mark.skipif(QEMU_IMG is None or QEMU_IO is None,
                                 reason="qemu-img/qemu-io (qemu-utils) are not installed")
 MIB = 1 << 20
 
-# Count writes to the files in QIMG_CRASH_FILES (os.pathsep-separated); kill before write number
-# QIMG_CRASH_AFTER + 1. With QIMG_CRASH_COUNT set, write the number of writes there at exit.
-_CRASHER = r"""
-import atexit, os, signal, sys
-from qimg import protocol
-limit = int(os.environ["QIMG_CRASH_AFTER"])
-targets = set(os.environ["QIMG_CRASH_FILES"].split(os.pathsep))
-done = [0]
-
-def wrap(name):
-    orig = getattr(protocol.FileProtocol, name)
-
-    def hooked(self, *a, **k):
-        if os.path.abspath(self.path) in targets:
-            if done[0] >= limit:
-                os.kill(os.getpid(), signal.SIGKILL)  # a crash just before this write
-            done[0] += 1
-        return orig(self, *a, **k)
-
-    setattr(protocol.FileProtocol, name, hooked)
-
-for n in ("pwrite", "pwritev", "truncate", "write_zeroes", "discard", "allocate"):
-    wrap(n)
-if os.environ.get("QIMG_CRASH_COUNT"):
-    atexit.register(lambda: open(os.environ["QIMG_CRASH_COUNT"], "w").write(str(done[0])))
-sys.argv[0] = "qimg"
-from qimg_cli.main import main
-main(sys.argv[1:])
-"""
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -83,7 +55,7 @@ def _crash_run(args: list[str], written: list[Path], limit: int,
            "QIMG_CRASH_FILES": os.pathsep.join(str(p.resolve()) for p in written)}
     if count_file is not None:
         env["QIMG_CRASH_COUNT"] = str(count_file)
-    p = subprocess.run([sys.executable, "-c", _CRASHER, *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-c", CRASHER, *args], capture_output=True, text=True,
                        env=env, timeout=120)
     assert p.returncode in (0, -9), f"qimg {' '.join(args)} (limit {limit}): {p.stderr}"
     return p.returncode

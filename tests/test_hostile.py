@@ -25,6 +25,7 @@ from qimg.plugins import get_registry
 
 sys.path.insert(0, os.path.dirname(__file__))
 import hostile  # noqa: E402
+from cli_support import CRASHER  # noqa: E402
 
 COMMANDS = ["info", "check", "map", "convert", "compare"]
 FORMATS = get_registry().format_names()
@@ -189,32 +190,6 @@ def _qcow2_writable() -> bool:
         return False
 
 
-_CRASHER = r"""
-import os, signal, sys
-from qimg import protocol
-limit = int(os.environ["QIMG_CRASH_AFTER"])
-target = os.environ["QIMG_CRASH_FILE"]
-done = [0]
-
-def wrap(name):
-    orig = getattr(protocol.FileProtocol, name)
-
-    def hooked(self, *a, **k):
-        if os.path.abspath(self.path) == target:
-            if done[0] >= limit:
-                os.kill(os.getpid(), signal.SIGKILL)  # a crash just before this write
-            done[0] += 1
-        return orig(self, *a, **k)
-
-    setattr(protocol.FileProtocol, name, hooked)
-
-for n in ("pwrite", "pwritev", "truncate", "write_zeroes", "discard", "allocate"):
-    wrap(n)
-from qimg_cli.main import main
-main(sys.argv[1:])
-"""
-
-
 @pytest.mark.skipif(not _qcow2_writable(), reason="needs qimg convert and the qcow2 driver")
 @pytest.mark.parametrize("crash_after", [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 18])
 def test_crash_consistency_of_convert(tmp_path, qemu_img, crash_after):
@@ -226,8 +201,8 @@ def test_crash_consistency_of_convert(tmp_path, qemu_img, crash_after):
     src = tmp_path / "src.raw"
     src.write_bytes(pattern_bytes(12 << 20))
     dst = tmp_path / "dst.qcow2"
-    env = {**os.environ, "QIMG_CRASH_AFTER": str(crash_after), "QIMG_CRASH_FILE": str(dst)}
-    p = subprocess.run([sys.executable, "-c", _CRASHER, "convert", "-O", "qcow2", str(src), str(dst)],
+    env = {**os.environ, "QIMG_CRASH_AFTER": str(crash_after), "QIMG_CRASH_FILES": str(dst)}
+    p = subprocess.run([sys.executable, "-c", CRASHER, "convert", "-O", "qcow2", str(src), str(dst)],
                        capture_output=True, text=True, env=env, timeout=120)
     if p.returncode == 0:
         pytest.skip(f"convert finished in fewer than {crash_after} writes")
