@@ -229,7 +229,7 @@ FILE_RUNTIME_OPTIONS = frozenset(("filename", "driver", "aio", "aio-max-batch", 
 def _unsupported_option(cls: type, keys: list[str], has_backing: bool = False) -> str | None:
     """QEMU's message for the first open option neither the format nor the file takes
     ("backing.*" only reaches an image that has a backing file)."""
-    allowed = getattr(cls, "runtime_options", None)
+    allowed = cls.runtime_options
     for key in keys:
         if key.startswith("file."):
             name = key[5:]

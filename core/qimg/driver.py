@@ -106,6 +106,9 @@ class Format:
     supports_backing: ClassVar[bool] = False
     #: the format stores compressed clusters (``convert -c``)
     supports_compression: ClassVar[bool] = False
+    #: this image takes whole compressed clusters only (vmdk streamOptimized): convert then
+    #: copies as with ``-c`` (a driver may make it a property of the open image)
+    needs_compressed_writes: bool = False
     #: open options (``--image-opts``/``json:`` keys) the driver takes besides the block
     #: layer's common ones; a name ending in "." takes every key under it. None: not declared,
     #: every key is passed on (QEMU refuses undeclared ones: "does not support the option")

@@ -340,7 +340,7 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         if opts.compress and not target.driver.supports_compression:
             raise QimgError("Compression not supported for this file format")
         # a target that only takes compressed writes (vmdk streamOptimized) is copied as -c
-        compress = opts.compress or bool(getattr(target.driver, "needs_compressed_writes", False))
+        compress = opts.compress or target.driver.needs_compressed_writes
         # qemu-img decides from the command line (-B or -o backing_file), not from what an
         # existing -n target records
         has_backing = opts.backing_file is not None or _option_backing(opts.create_options)
