@@ -153,6 +153,9 @@ JSON_NAMES = [
     'json:[1]', 'json:{"driver":"qcow2"}', 'json:{"file":{"filename":"nonexist"}}', 'json:{', 'json:',
     'json:{x}', 'json:{"a":}', 'json:{"file.filename":"q.qcow2",}', 'json:{"file.filename":"q.qcow2"} x',
     'json:{"driver":"qcow2","file":{"driver":"file","filename":"q.qcow2"},"foo":1}',
+    # nesting: QEMU's parser stops past 1024 levels; qimg must neither recurse out nor differ
+    "json:" + '{"a":' * 1024 + "1" + "}" * 1024, "json:" + '{"a":' * 1025 + "1" + "}" * 1025,
+    "json:" + "[" * 5000,
 ]
 
 

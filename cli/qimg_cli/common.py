@@ -246,6 +246,33 @@ def _unsupported_option(cls: type, keys: list[str], has_backing: bool = False) -
     return None
 
 
+#: QEMU's JSON parser refuses objects nested deeper than this
+JSON_MAX_NESTING = 1024
+
+
+def _json_depth(text: str) -> int:
+    """Deepest bracket nesting outside strings (checked before parsing: Python's parser and
+    the flattening below recurse, and a hostile name must not reach the recursion limit)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "}]":
+            depth -= 1
+    return deepest
+
+
 def _json_filename(name: str) -> str:
     """A ``json:{...}`` filename as an --image-opts option string (QEMU's messages on errors)."""
     import json
@@ -256,6 +283,10 @@ def _json_filename(name: str) -> str:
     prefix = f"Could not open '{name}': Could not parse the JSON options: "
     if not text.strip():
         raise QimgError(prefix + "Expecting a JSON value")
+    if _json_depth(text) > JSON_MAX_NESTING:
+        raise QimgError(prefix + "JSON nesting depth limit exceeded")  # QEMU's parser limit
+    # up to QEMU's 1024 levels: Python's parser and the flattening below recurse per level
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * JSON_MAX_NESTING))
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
