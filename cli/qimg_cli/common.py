@@ -226,18 +226,19 @@ FILE_RUNTIME_OPTIONS = frozenset(("filename", "driver", "aio", "aio-max-batch", 
                                   "x-check-cache-dropped", "drop-cache"))
 
 
-def _unsupported_option(cls: type, keys: list[str], has_backing: bool = False) -> str | None:
-    """QEMU's message for the first open option neither the format nor the file takes
-    ("backing.*" only reaches an image that has a backing file)."""
+def _unsupported_option(cls: type, keys: list[str], backing_open: bool = False) -> str | None:
+    """QEMU's message for the first open option neither the file nor the format takes: the
+    file's first (its node opens first), then the format's; "first" in QEMU's QDict order.
+    ``backing``/``backing.*`` belong to the backing image when it is opened."""
+    from qimg.ops.qjson import qdict_order
+
+    for name in qdict_order([k[5:] for k in keys if k.startswith("file.")]):
+        if "." not in name and name not in FILE_RUNTIME_OPTIONS:
+            return f"Block protocol 'file' doesn't support the option '{name}'"
     allowed = cls.runtime_options
-    for key in keys:
-        if key.startswith("file."):
-            name = key[5:]
-            if "." not in name and name not in FILE_RUNTIME_OPTIONS:
-                return f"Block protocol 'file' doesn't support the option '{name}'"
+    for key in qdict_order([k for k in keys if not k.startswith("file.")]):
+        if backing_open and (key == "backing" or key.startswith("backing.")):
             continue
-        if key.startswith("backing.") and has_backing:
-            continue  # the backing image's own options (backing.encrypt.key-secret, ...)
         if allowed is None or key in COMMON_RUNTIME_OPTIONS or key in allowed:
             continue
         if any(n.endswith(".") and key.startswith(n) for n in (*allowed, *COMMON_RUNTIME_OPTIONS)):
@@ -273,8 +274,9 @@ def _json_depth(text: str) -> int:
     return deepest
 
 
-def _json_filename(name: str) -> str:
-    """A ``json:{...}`` filename as an --image-opts option string (QEMU's messages on errors)."""
+def _json_filename(name: str) -> tuple[str, dict[str, Any]]:
+    """A ``json:{...}`` filename as an --image-opts option string (QEMU's messages on errors),
+    and its flattened values with their JSON types."""
     import json
 
     from qimg.errors import QimgError
@@ -302,17 +304,35 @@ def _json_filename(name: str) -> str:
     if not isinstance(value, dict):
         raise QimgError(f"Could not open '{name}': Invalid JSON object given")
     pairs: list[str] = []
+    typed: dict[str, Any] = {}
 
     def flatten(obj: dict, path: str) -> None:
         for key, val in obj.items():
             if isinstance(val, dict):
                 flatten(val, f"{path}{key}.")
-            elif val is not None:
+            elif val is None:
+                typed[path + key] = None  # "backing": null
+            else:
+                typed[path + key] = val
                 text = ("on" if val else "off") if isinstance(val, bool) else str(val)
                 pairs.append(f"{path}{key}={text.replace(',', ',,')}")
 
     flatten(value, "")
-    return ",".join(pairs)
+    return ",".join(pairs), typed
+
+
+def _json_name(cls: type, fmt: str, filename: str, given: dict[str, Any]) -> str | None:
+    """QEMU's name for an image opened with options that change what it is (the driver's
+    strong options): ``json:`` and those options, the driver and the file, in QDict order."""
+    strong = [k for k in cls.strong_runtime_options if k in given]
+    if not strong:
+        return None
+    from qimg.ops.qjson import dumps
+
+    value = {k: given[k] for k in strong}
+    value["driver"] = fmt
+    value["file"] = {"driver": "file", "filename": filename}
+    return "json:" + dumps(value, pretty=False)
 
 
 def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = False,
@@ -335,10 +355,11 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
     opts: dict[str, Any] = dict(options or {})
     shown = filename
     json_fmt = None
+    typed: dict[str, Any] = {}
     if not image_opts and filename.startswith("json:"):
         # QEMU's json: pseudo-protocol: the same options --image-opts takes, as a JSON object
         # (a -f format still wins over its "driver")
-        filename, json_fmt, fmt, image_opts = _json_filename(filename), fmt, None, True
+        (filename, typed), json_fmt, fmt, image_opts = _json_filename(filename), fmt, None, True
     if image_opts:
         if fmt:
             raise QimgError("--image-opts and --format are mutually exclusive")
@@ -361,8 +382,14 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
         if fname is None:
             raise QimgError("Could not open '" + shown + "': A block device must be specified for \"file\"")
         filename = fname
+        if "backing" in typed and typed["backing"] is None:
+            parsed["backing"] = None  # json: "backing": null, no backing file
+        if parsed.get("backing") == "":
+            warn('warning: Use of "backing": "" is deprecated; use "backing": null instead')
         opts.update(parsed)
-        user_keys = list(parsed)
+        # "backing" null or "": no backing file, taken by every open
+        user_keys = [k for k, v in parsed.items() if k != "backing" or v not in ("", None)]
+        given = {k: typed.get(k, v) for k, v in parsed.items()}
     else:
         user_keys = []
     prefix = f"Could not open '{shown}': "
@@ -388,10 +415,19 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
         else:
             msg = prefix + rest
         raise QimgError(msg, e.exit_code) from None
-    bad = _unsupported_option(type(img.driver), user_keys, bool(img.driver.backing_filename))
+    bad = None
+    if backing and img.backing is not None:
+        # the backing image's own options, less the ones that chose it
+        keys = [k[8:] for k in user_keys if k.startswith("backing.")]
+        keys = [k for k in keys if k not in ("file.filename", "driver", "file.driver")]
+        bad = _unsupported_option(type(img.backing.driver), keys, True)
+        bad = bad and "Could not open backing file: " + bad
+    bad = bad or _unsupported_option(type(img.driver), user_keys, backing)
     if bad is not None:
         img.close()
         raise QimgError(prefix + bad)
+    if user_keys:
+        img.display_name = _json_name(type(img.driver), img.format, filename, given)
     if fmt is None and writable and img.format == "raw":
         sys.stderr.write(RAW_PROBE_WARNING.format(filename) + "\n")
     return img

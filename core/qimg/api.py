@@ -100,6 +100,15 @@ def open(  # noqa: A001 - the natural name for the public API
         raise QimgError(f"Could not open '{filename}': Backing chain is too deep (more than {MAX_CHAIN_DEPTH} images)")
     reg = get_registry()
     entry = reg.format(fmt) if fmt else None
+    if options:
+        from .runtime import check_common, check_file
+
+        options = dict(options)
+        try:
+            check_common(options)
+            check_file(options)
+        except QimgError as e:
+            raise QimgError(f"Could not open '{filename}': {e.message}", e.exit_code) from None
     file = open_protocol(filename, writable=writable)
     try:
         if entry is None:
@@ -117,6 +126,10 @@ def open(  # noqa: A001 - the natural name for the public API
                 raise locking.LockError(e.message if _depth else f"Could not open '{filename}': {e.message}",
                                         e.exit_code) from None
         try:
+            if options:
+                from .runtime import convert_typed, runtime_types
+
+                convert_typed(drv_options, runtime_types(cls))  # the format's own option types
             driver = cls(file, filename=filename, writable=writable, options=drv_options)
         except QimgError as e:
             if e.message.startswith("Could not open") or _depth:
@@ -126,6 +139,14 @@ def open(  # noqa: A001 - the natural name for the public API
         file.close()
         raise
     img = Image(driver, format_name=entry.name, filename=filename)
+    # ``backing.KEY`` open options are the backing image's (``backing.encrypt.key-secret``)
+    bopts = {k[8:]: v for k, v in drv_options.items() if k.startswith("backing.")}
+    if backing and backing_override is None and (bopts or "backing" in drv_options):
+        try:
+            backing_override = _backing_from_options(driver, drv_options.get("backing", _ABSENT), bopts)
+        except QimgError as e:
+            driver.close()
+            raise QimgError(f"Could not open '{filename}': Could not open backing file: {e.message}") from None
     if backing_override is not None:
         bname, bfmt = backing_override
     else:
@@ -144,8 +165,6 @@ def open(  # noqa: A001 - the natural name for the public API
             driver.close()
             raise QimgError(f"Could not open '{filename}': Backing file '{bname}' creates an infinite loop")
         try:
-            # ``backing.KEY`` open options are the backing image's (``backing.encrypt.key-secret``)
-            bopts = {k[8:]: v for k, v in drv_options.items() if k.startswith("backing.")}
             img.backing = open(full, bfmt, writable=False, force_share=force_share, no_io=no_io,
                                options=bopts or None, untrusted=untrusted, _depth=_depth + 1,
                                _seen=_seen | {me})
@@ -157,6 +176,31 @@ def open(  # noqa: A001 - the natural name for the public API
             raise QimgError(f"Could not open '{filename}': {msg}" if _depth == 0 else msg, e.exit_code) from None
         driver.backing = img.backing
     return img
+
+
+_ABSENT = object()
+
+
+def _backing_from_options(driver: Any, reference: Any, bopts: dict[str, Any]) -> tuple[str | None, str | None] | None:
+    """The backing file that open options choose, as QEMU: ``backing`` null or "" for none
+    (another string names a node, and there are none), ``backing.file.filename`` and
+    ``backing.driver`` instead of the recorded name and format (``bopts`` keeps the rest)."""
+    if reference is None or reference == "":
+        return (None, None)
+    if reference is not _ABSENT:
+        raise QimgError(f"Cannot find device='{reference}' nor node-name='{reference}'")
+    name = bopts.pop("file.filename", None)
+    fmt = bopts.pop("driver", None)
+    bopts.pop("file.driver", None)
+    if name is None and fmt is None:
+        if not driver.backing_filename and bopts:
+            raise QimgError("Must specify either driver or file")
+        return None
+    if name is None:
+        if not driver.backing_filename:
+            raise QimgError('A block device must be specified for "file"')
+        return (resolve_backing_name(driver.filename, driver.backing_filename), fmt)
+    return (name, fmt if fmt is not None else driver.backing_format)
 
 
 def create(

@@ -28,7 +28,7 @@ from .values import Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
-    from collections.abc import Callable  # noqa: F401 - for the string type alias below
+    from collections.abc import Callable, Mapping  # noqa: F401 - Callable: the string type alias below
     from typing import Any, ClassVar
 
     from .image import Image
@@ -110,9 +110,15 @@ class Format:
     #: copies as with ``-c`` (a driver may make it a property of the open image)
     needs_compressed_writes: bool = False
     #: open options (``--image-opts``/``json:`` keys) the driver takes besides the block
-    #: layer's common ones; a name ending in "." takes every key under it. None: not declared,
-    #: every key is passed on (QEMU refuses undeclared ones: "does not support the option")
-    runtime_options: ClassVar[frozenset[str] | None] = None
+    #: layer's common ones; a name ending in "." takes every key under it. A dict maps each
+    #: name to its option type (``qimg.options.SIZE``/``BOOL``/``NUMBER``/``STRING``): the
+    #: core converts string values and refuses bad ones with QEMU's messages before the
+    #: driver opens (a set passes strings). None: not declared, every key is passed on
+    #: (QEMU refuses undeclared ones: "does not support the option")
+    runtime_options: ClassVar[Mapping[str, str] | frozenset[str] | None] = None
+    #: the open options that change what the image is (QEMU's ``strong_runtime_opts``): an
+    #: image opened with one of them is named ``json:{...}`` (its options) instead of its file
+    strong_runtime_options: ClassVar[tuple[str, ...]] = ()
     #: a new image reads as zeroes without writing them (``convert`` may skip zero runs)
     zero_init: ClassVar[bool] = True
     #: optional: the option order of create's ``Formatting 'f', fmt=x ...`` line, as QEMU's

@@ -55,6 +55,9 @@ class Image:
         self.driver = driver
         self.format = format_name
         self.filename = filename
+        #: the name QEMU gives the image where it differs from the file's (``json:{...}``
+        #: when open options change what the image is); None: the file name
+        self.display_name: str | None = None
         self.backing = backing
         driver.backing = backing
 

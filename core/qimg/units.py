@@ -22,11 +22,11 @@ def _match(text: str) -> re.Match | None:
     return _size_re.match(text)
 
 
-def parse_size(text: str, default_suffix: str = "b") -> int:
+def parse_size(text: str, default_suffix: str = "b", limit: int = 1 << 63) -> int:
     """Parse ``1.5G``, ``512``, ``64k``.  Raise ValueError on junk or overflow.
 
     Like qemu_strtosz: suffixes b/k/M/G/T/P/E in either case, binary multiples,
-    fractions allowed only with a suffix other than bytes, result must fit in int64.
+    fractions allowed only with a suffix other than bytes, result below ``limit`` (int64).
     """
     m = _match(text)
     if not m:
@@ -49,7 +49,7 @@ def parse_size(text: str, default_suffix: str = "b") -> int:
         value = int(Fraction(num) * mult)
     else:
         value = int(num) * mult
-    if value >= 1 << 63:
+    if value >= limit:
         raise ValueError(text)
     return value
 

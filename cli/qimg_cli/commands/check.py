@@ -70,6 +70,7 @@ def run(fmt, repair, output, objects, image_opts, force_share, src_cache, quiet,
     with open_image(args[0], fmt, image_opts=image_opts, force_share=force_share,
                     writable=bool(fix), options={"check": True}) as img:
         result = ops_check.check_image(img, fix, on_repaired=on_repaired)
+        result.filename = args[0]  # as given (an --image-opts string, a json: name)
         out(ops_check.format_report(result, ofmt))
     code = ops_check.exit_code(result)
     if code == 1:

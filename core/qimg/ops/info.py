@@ -50,6 +50,7 @@ def image_info(img: "Image", backing_chain: bool = False) -> dict[str, Any]:
     extra = dict(drv.info_extra() or {})
     # QEMU shows the file protocol's name without its "file:" prefix
     shown = img.filename[5:] if img.filename.startswith("file:") else img.filename
+    shown = img.display_name or shown
     d: dict[str, Any] = {"filename": shown, "format": img.format}
     d["dirty-flag"] = bool(extra.pop("dirty-flag", False))
     actual = drv.allocated_file_size()

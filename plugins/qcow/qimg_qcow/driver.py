@@ -61,7 +61,8 @@ def _secret_check(opts: dict[str, Any]) -> int:
 
 class QcowFormat(Format):
     #: open options besides the block layer's (QEMU's runtime options of this driver)
-    runtime_options = frozenset(("encrypt.",))
+    runtime_options = {"encrypt.": STRING}
+    strong_runtime_options = ("encrypt.key-secret",)
     format_name = "qcow"
     #: QEMU creates the (empty) file before checking the options: a refused create leaves it
     create_failure = "empty"

@@ -15,7 +15,14 @@ from qimg.tables import be64_table as _be_array
 from . import structs as S
 from .cache import TableCache
 from .header import encode_header, parse_extensions, parse_fixed
-from .options import AMEND_OPTS, CREATE_OPTS, FORMAT_LINE_DEFAULTS, FORMAT_LINE_ORDER
+from .options import (
+    AMEND_OPTS,
+    CREATE_OPTS,
+    FORMAT_LINE_DEFAULTS,
+    FORMAT_LINE_ORDER,
+    RUNTIME_OPTIONS,
+    check_runtime_options,
+)
 from .refcount import RefcountMixin, meta_pwrite
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
@@ -115,10 +122,8 @@ class Qcow2Format(RefcountMixin, Format):
     #: table caches are locked, everything else on the read path is a local or a pread
     thread_safe_reads = True
     #: QEMU 7.2's qcow2 open options (``--image-opts``/``json:``); others are refused as QEMU does
-    runtime_options = frozenset((
-        "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other",
-        "overlap-check", "overlap-check.", "cache-size", "l2-cache-size", "l2-cache-entry-size",
-        "refcount-cache-size", "cache-clean-interval", "encrypt.", "data-file", "data-file."))
+    runtime_options = RUNTIME_OPTIONS
+    strong_runtime_options = ("encrypt.key-secret",)
 
     # ------------------------------------------------------------------ open
     def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
@@ -208,6 +213,7 @@ class Qcow2Format(RefcountMixin, Format):
                 "utf-8", "replace")
             self.backing_filename = h.backing_file
             self.backing_format = h.backing_format
+        check_runtime_options(options, cs, h.version)
         if h.crypt_method:
             self.encrypted = True
             if not options.get("_no_io"):

@@ -60,3 +60,45 @@ FORMAT_LINE_DEFAULTS: dict[str, str] = {
     "cluster_size": "65536", "extended_l2": "off", "compression_type": "zlib",
     "lazy_refcounts": "off", "refcount_bits": "16",
 }
+
+
+#: QEMU 7.2's qcow2 open options (``--image-opts``/``json:``) and their types; others are
+#: refused as QEMU does ("overlap-check.<area>" are booleans, the template a string)
+RUNTIME_OPTIONS = {
+    "lazy-refcounts": BOOL, "pass-discard-request": BOOL, "pass-discard-snapshot": BOOL,
+    "pass-discard-other": BOOL, "overlap-check": STRING, "overlap-check.template": STRING,
+    "overlap-check.": BOOL, "cache-size": SIZE, "l2-cache-size": SIZE, "l2-cache-entry-size": SIZE,
+    "refcount-cache-size": SIZE, "cache-clean-interval": NUMBER, "encrypt.": STRING,
+    "data-file": STRING, "data-file.": STRING,
+}
+_OVERLAP_TEMPLATES = ("none", "constant", "cached", "all")
+
+
+def check_runtime_options(options: dict, cluster_size: int, version: int) -> None:
+    """The meaning of the (already typed) open options, checked in QEMU's order."""
+    from qimg.errors import QimgError
+
+    combined, l2, refcount = (options.get(k) for k in ("cache-size", "l2-cache-size", "refcount-cache-size"))
+    if combined is not None:
+        if l2 is not None and refcount is not None:
+            raise QimgError("cache-size, l2-cache-size and refcount-cache-size may not be set at the same time")
+        if l2 is not None and l2 > combined:
+            raise QimgError("l2-cache-size may not exceed cache-size")
+        if refcount is not None and refcount > combined:
+            raise QimgError("refcount-cache-size may not exceed cache-size")
+    entry = options.get("l2-cache-entry-size")
+    if entry is not None and (entry < 512 or entry > cluster_size or entry & (entry - 1)):
+        raise QimgError(f"L2 cache entry size must be a power of two between 512 and the cluster size ({cluster_size})")
+    interval = options.get("cache-clean-interval")
+    if interval is not None and interval > 0xFFFFFFFF:
+        raise QimgError("Cache clean interval too big")
+    if options.get("lazy-refcounts") and version < 3:
+        raise QimgError("Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level")
+    mode, template = options.get("overlap-check"), options.get("overlap-check.template")
+    if mode is not None and template is not None and mode != template:
+        raise QimgError(f"Conflicting values for qcow2 options 'overlap-check' ('{mode}') and "
+                        f"'overlap-check.template' ('{template}')")
+    chosen = template if template is not None else mode
+    if chosen is not None and chosen not in _OVERLAP_TEMPLATES:
+        raise QimgError(f"Unsupported value '{chosen}' for qcow2 option 'overlap-check'. "
+                        f"Allowed are any of the following: {', '.join(_OVERLAP_TEMPLATES)}")

@@ -39,7 +39,8 @@ def preallocate(file, start: int, end: int, mode: str) -> None:
 
 class RawFormat(Format):
     #: open options besides the block layer's (QEMU's runtime options of this driver)
-    runtime_options = frozenset(("offset", "size"))
+    runtime_options = {"offset": SIZE, "size": SIZE}
+    strong_runtime_options = ("offset", "size")
     format_name = "raw"
     create_opts = [
         Option("size", SIZE, "Virtual disk size"),
@@ -82,8 +83,16 @@ class RawFormat(Format):
         super().__init__(file, filename=filename, writable=writable, options=options)
         self.offset = int(options.get("offset", 0) or 0)
         fsize = file.size()
+        if self.offset > fsize:
+            raise QimgError(f"Offset ({self.offset}) cannot be greater than size of the containing file ({fsize})")
         if "size" in options and options["size"] is not None:
             self._size = int(options["size"])
+            if self._size > fsize - self.offset:
+                raise QimgError(f"The sum of offset ({self.offset}) and size ({self._size}) has to be smaller or "
+                                f"equal to the  actual size of the containing file ({fsize})")  # QEMU's two spaces
+            if self._size % 512:
+                # a partial last sector would be rounded up and leak past the window
+                raise QimgError("Specified size is not multiple of 512")
             self._fixed = True
         else:
             self._size = max(0, fsize - self.offset)

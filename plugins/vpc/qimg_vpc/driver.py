@@ -131,7 +131,8 @@ def bitmap_size_for(block_size: int) -> int:
 
 class VpcFormat(Format):
     #: open options besides the block layer's (QEMU's runtime options of this driver)
-    runtime_options = frozenset(("force_size_calc",))
+    runtime_options = {"force_size_calc": STRING}
+    strong_runtime_options = ("force_size_calc",)
     format_name = "vpc"
     #: QEMU creates the (empty) file before checking the options: a refused create leaves it
     create_failure = "empty"
