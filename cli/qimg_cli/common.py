@@ -218,30 +218,24 @@ RAW_PROBE_WARNING = (
 )
 
 
-#: open options QEMU's block layer takes for every format
-COMMON_RUNTIME_OPTIONS = frozenset(("node-name", "read-only", "auto-read-only", "cache.direct", "cache.no-flush",
-                                    "discard", "detect-zeroes", "force-share", "file"))
-#: the file protocol's open options (``file.<name>``)
-FILE_RUNTIME_OPTIONS = frozenset(("filename", "driver", "aio", "aio-max-batch", "locking", "pr-manager",
-                                  "x-check-cache-dropped", "drop-cache"))
-
-
 def _unsupported_option(cls: type, keys: list[str], backing_open: bool = False) -> str | None:
     """QEMU's message for the first open option neither the file nor the format takes: the
     file's first (its node opens first), then the format's; "first" in QEMU's QDict order.
     ``backing``/``backing.*`` belong to the backing image when it is opened."""
     from qimg.ops.qjson import qdict_order
+    from qimg.runtime import COMMON_TYPES, FILE_TYPES
 
+    common = (*COMMON_TYPES, "file")
     for name in qdict_order([k[5:] for k in keys if k.startswith("file.")]):
-        if "." not in name and name not in FILE_RUNTIME_OPTIONS:
+        if "." not in name and name not in FILE_TYPES:
             return f"Block protocol 'file' doesn't support the option '{name}'"
     allowed = cls.runtime_options
     for key in qdict_order([k for k in keys if not k.startswith("file.")]):
         if backing_open and (key == "backing" or key.startswith("backing.")):
             continue
-        if allowed is None or key in COMMON_RUNTIME_OPTIONS or key in allowed:
+        if allowed is None or key in common or key in allowed:
             continue
-        if any(n.endswith(".") and key.startswith(n) for n in (*allowed, *COMMON_RUNTIME_OPTIONS)):
+        if any(n.endswith(".") and key.startswith(n) for n in (*allowed, *common)):
             continue
         return f"Block format '{cls.format_name}' does not support the option '{key}'"
     return None
