@@ -30,6 +30,7 @@ DEFAULT_SPARSE = 4096
 MAX_REQUEST = (2**31 - 1) & ~511
 MAX_WORKERS = 16
 #: first block-status window of the plan (see plan())
+SECTOR = 512
 PLAN_WINDOW = 8 << 20
 #: planned pieces kept between the progress walk and the copy (~100 bytes each)
 PLAN_MEMO = 1 << 16
@@ -124,6 +125,9 @@ def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
     base = 0
     for src in sources:
         size = src.size
+        # qemu-img cuts a run back to the source's cluster (or sector) boundary so the next
+        # block-status query starts aligned: that decides where zero detection chunks begin
+        align = max(SECTOR, src.driver.cluster_size or SECTOR)
         off = 0
         while off < size:
             want = min(size - off, MAX_REQUEST)
@@ -152,6 +156,9 @@ def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
                 else:
                     op = COPY
             n = run_length(st, want, src)
+            tail = (off + n) % align
+            if n > tail:
+                n -= tail
             if op == ZERO_OP and backing_end is not None and pos >= backing_end:
                 op = SKIP
             if sparse == 0 and op == ZERO_OP:

@@ -89,8 +89,10 @@ def region_is_zero(buf: bytearray, start: int, end: int) -> bool:
 def zero_runs(buf: bytearray, n: int, base: int, granule: int) -> list[tuple[int, int, bool]]:
     """Split ``buf[:n]`` (target offset ``base``) into coalesced ``(start, length, is_zero)``.
 
-    Zero runs are made of whole granules aligned to target offsets (qemu-img's ``-S``), except
-    that a buffer entirely of zeroes is one zero run. ``granule`` 0 disables detection.
+    Zero runs are made of whole granules aligned to target offsets (qemu-img's ``-S``), and,
+    as qemu-img treats the edges of what it read: a buffer entirely of zeroes is one zero run,
+    so are leading zeroes that reach the first aligned offset and the zeroes after the last
+    data (that ends at the next aligned offset). ``granule`` 0 disables detection.
     """
     if n <= 0:
         return []
@@ -98,6 +100,49 @@ def zero_runs(buf: bytearray, n: int, base: int, granule: int) -> list[tuple[int
         return [(0, n, False)]
     if region_is_zero(buf, 0, n):
         return [(0, n, True)]
+    runs = _granule_runs(buf, n, base, granule)
+    first = (-base) % granule
+    if 0 < first < n and region_is_zero(buf, 0, first):
+        start, length, _ = runs[0]  # a data run from 0 (the granules start at ``first``)
+        runs[0:1] = [(0, first, True)] + ([(first, length - first, False)] if length > first else [])
+    start, length, is_zero = runs[-1]
+    if not is_zero and not buf[n - 1]:
+        data_end = _data_end(buf, start, n)
+        cut = min(n, data_end + (-(base + data_end)) % granule)
+        if cut < n:
+            runs[-1:] = ([(start, cut - start, False)] if cut > start else []) + [(cut, n - cut, True)]
+    merged: list[tuple[int, int, bool]] = []
+    for run in runs:
+        if merged and merged[-1][2] == run[2]:
+            merged[-1] = (merged[-1][0], merged[-1][1] + run[1], run[2])
+        else:
+            merged.append(run)
+    return merged
+
+
+def _data_end(buf: bytearray, start: int, n: int) -> int:
+    """The end of the last 512-byte sector (counted from ``start``) of ``buf[start:n]`` that
+    holds data: zeroes are searched backwards in doubling steps, then by halves."""
+    sector = 512
+    hi = n - (n - start) % sector if (n - start) % sector else n - sector  # last sector start
+    hi = max(start, hi)
+    if not region_is_zero(buf, hi, n):
+        return n
+    lo_ok = hi  # buf[lo_ok:n] is zero
+    step = sector
+    while lo_ok - step >= start and region_is_zero(buf, lo_ok - step, lo_ok):
+        lo_ok -= step
+        step *= 2
+    step //= 2
+    while step >= sector:
+        if lo_ok - step >= start and region_is_zero(buf, lo_ok - step, lo_ok):
+            lo_ok -= step
+        step //= 2
+    return lo_ok
+
+
+def _granule_runs(buf: bytearray, n: int, base: int, granule: int) -> list[tuple[int, int, bool]]:
+    """Whole zero granules aligned to target offsets, the rest data (coalesced)."""
     zg = ZERO_VIEW[:granule] if granule <= len(ZERO_CHUNK) else bytes(granule)
     first = (-base) % granule
     out: list[tuple[int, int, bool]] = []
