@@ -119,6 +119,10 @@ class Format:
     #: the open options that change what the image is (QEMU's ``strong_runtime_opts``): an
     #: image opened with one of them is named ``json:{...}`` (its options) instead of its file
     strong_runtime_options: ClassVar[tuple[str, ...]] = ()
+    #: where the image puts its clusters depends on how writes are split (qed allocates a
+    #: table after the data of the first write into it): ``convert`` then splits its writes
+    #: where QEMU's would be (each source driver's ``qemu_status_end``), costlier but the same layout
+    layout_follows_requests: ClassVar[bool] = False
     #: a new image reads as zeroes without writing them (``convert`` may skip zero runs)
     zero_init: ClassVar[bool] = True
     #: optional: the option order of create's ``Formatting 'f', fmt=x ...`` line, as QEMU's

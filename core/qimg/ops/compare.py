@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
 from ..errors import QimgError
-from .copy import CHUNK, ZERO_VIEW, region_is_zero
+from .copy import CHUNK, ZERO_VIEW, qemu_run_length, region_is_zero
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
@@ -69,15 +69,9 @@ def _status(img: "Image", offset: int, length: int, name: str, size: int,
         flags |= ZERO  # unallocated through the whole chain reads as zeroes
     n = max(1, min(st.length, length))
     # QEMU's drivers report at most one block/cluster/L2 table per call; the run end decides
-    # the EOF flag, which strict mode compares: clip to each layer the query went through
-    layer: "Image | None" = img if strict else None
-    for _ in range(st.depth + 1):
-        if layer is None:
-            break
-        end = getattr(layer.driver, "qemu_status_end", None)
-        if end is not None and offset < layer.size:
-            n = max(1, min(n, end(offset) - offset))
-        layer = layer.backing
+    # the EOF flag, which strict mode compares
+    if strict:
+        n = qemu_run_length(img, offset, n, st.depth)
     if offset + n >= size:
         flags |= EOF  # QEMU's status of a run that reaches the end: strict mode compares it too
     return flags, n

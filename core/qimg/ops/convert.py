@@ -15,7 +15,7 @@ import os
 from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
 from ..errors import QimgError
 from ..image import zero_fill
-from .copy import COPY, SKIP, Copier, Piece, parallel_safe, run_length
+from .copy import COPY, SKIP, Copier, Piece, parallel_safe, qemu_run_length, run_length
 from .copy import ZERO as ZERO_OP
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
@@ -116,11 +116,13 @@ def _salvage(src: "Image", offset: int, view: memoryview, warn: Callable[[str], 
 
 
 def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
-         backing_end: int | None = None) -> Iterator[Piece]:
+         backing_end: int | None = None, qemu_runs: bool = False) -> Iterator[Piece]:
     """What to do with each run of the target, from the sources' block status.
 
     ``backing_end``: size of the target's backing file; zero runs past it are left alone
     (the target reads zeroes there anyway) and runs are cut at it, as qemu-img does.
+    ``qemu_runs``: runs end where one QEMU block-status call ends (for a target whose layout
+    follows the write requests).
     """
     base = 0
     for src in sources:
@@ -156,6 +158,8 @@ def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
                 else:
                     op = COPY
             n = run_length(st, want, src)
+            if qemu_runs:
+                n = qemu_run_length(src, off, n, st.depth)
             tail = (off + n) % align
             if n > tail:
                 n -= tail
@@ -369,7 +373,8 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         backing_end = target.backing.size if has_backing and target.backing is not None else None
 
         def pieces() -> Iterator[Piece]:
-            return plan(sources, target_has_backing=has_backing, sparse=opts.sparse, backing_end=backing_end)
+            return plan(sources, target_has_backing=has_backing, sparse=opts.sparse, backing_end=backing_end,
+                        qemu_runs=type(target.driver).layout_follows_requests)
 
         todo: Iterable[Piece] = pieces()
         if progress is not None:

@@ -62,6 +62,21 @@ def run_length(st: "Status", limit: int, img: "Image") -> int:
     return n
 
 
+def qemu_run_length(img: "Image", offset: int, n: int, depth: int) -> int:
+    """Clip a chain-status run to what one QEMU block-status call reports: QEMU's drivers
+    answer at most one block/cluster/L2 table per call (a driver's ``qemu_status_end``), for
+    each of the ``depth + 1`` layers the query went through."""
+    layer: Image | None = img
+    for _ in range(depth + 1):
+        if layer is None:
+            break
+        end = getattr(layer.driver, "qemu_status_end", None)
+        if end is not None and offset < layer.size:
+            n = max(1, min(n, end(offset) - offset))
+        layer = layer.backing
+    return n
+
+
 def parallel_safe(*images: "Image") -> bool:
     """Whether pool threads may read these images (and their chains) at the same time.
 
@@ -333,7 +348,7 @@ class Copier:
             cs = self.cluster
             for s in range(0, length, cs):
                 k = min(cs, length - s)
-                if region_is_zero(buf, s, s + k):
+                if self.granule and region_is_zero(buf, s, s + k):  # -S 0: zeroes are compressed too
                     runs.append((s, k, "zero"))
                 else:
                     runs.append((s, k, "comp"))

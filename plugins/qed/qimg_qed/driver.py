@@ -60,6 +60,8 @@ def _max_image_size(cluster_size: int, table_size: int) -> int:
 
 
 class QedFormat(Format):
+    #: a table is allocated after the data of the first write into it: convert splits writes as qemu-img
+    layout_follows_requests = True
     #: open options besides the block layer's (QEMU's runtime options of this driver)
     runtime_options = frozenset()
     format_name = "qed"
