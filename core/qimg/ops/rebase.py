@@ -1,8 +1,8 @@
 """``rebase``: change an image's backing file, keeping the guest view (safe mode) or not.
 
 Safe mode reads, for every run the image itself does not allocate, what the old and the new
-backing chains show; blocks (the image's cluster size) that differ receive the old data, so
-the image reads the same on top of the new backing. Runs that both chains leave as zeroes are
+backing chains show; sectors that differ receive the old data (runs of them one write each,
+as qemu-img 7.2), so the image reads the same on top of the new backing. Runs that both chains leave as zeroes are
 never read. Unsafe mode (``-u``) only rewrites the recorded name and format.
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ from ..blockstatus import ALLOCATED, DATA, ZERO
 from ..errors import QimgError
 from ..image import zero_fill
 from .copy import CHUNK, run_length
+
+SECTOR = 512
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
@@ -66,57 +68,70 @@ def copy_differences(img: "Image", old: "Image | None", new: "Image | None",
                      progress: Callable[[float, float], None] | None = None) -> None:
     """Write old-backing data into ``img`` where old and new backing views differ.
 
-    Progress moves as qemu-img 7.2's does: each unallocated chunk (at most 2 MiB) adds
+    As qemu-img 7.2: chunks of at most 2 MiB, cut where the image's allocation changes and
+    at the end of either backing file; in each chunk every run of differing 512-byte sectors is
+    one write (of zeroes past the old backing's end), so formats whose layout follows the
+    writes (qed) end up as qemu-img leaves them. Progress: each unallocated chunk adds
     ``100 / (size // min(size, 2 MiB))`` percent.
     """
     size = img.size
-    block = img.driver.cluster_size or 65536
     buf_old = bytearray(CHUNK)
     buf_new = bytearray(CHUNK)
     step = 100.0 / max(1, size // max(1, min(size, CHUNK)))
     done = 0.0
     off = 0
     while off < size:
-        st = img.block_status(off, size - off)
-        n = run_length(st, size - off, img)
+        n = min(CHUNK, size - off)
+        st = img.block_status(off, n)
+        n = run_length(st, n, img)
         if st.flags & ALLOCATED:
             off += n
             continue
-        end = off + n
-        while off < end:
-            k = min(end - off, CHUNK)
-            _rebase_chunk(img, old, new, off, k, block, buf_old, buf_new)
-            off += k
-            done += step
-            if progress:
-                progress(min(done, 100.0), 100.0)
+        old_is_zero = old is None or off >= old.size
+        if not old_is_zero:
+            n = min(n, old.size - off)
+        if new is not None and off < new.size:
+            n = min(n, new.size - off)
+        _rebase_chunk(img, old, new, off, n, old_is_zero, buf_old, buf_new)
+        off += n
+        done += step
+        if progress:
+            progress(min(done, 100.0), 100.0)
 
 
 def _rebase_chunk(img: "Image", old: "Image | None", new: "Image | None", off: int, k: int,
-                  block: int, buf_old: bytearray, buf_new: bytearray) -> None:
+                  old_is_zero: bool, buf_old: bytearray, buf_new: bytearray) -> None:
     end = off + k
-    while off < end:
-        z = min(_zero_everywhere(old, off, end - off), _zero_everywhere(new, off, end - off))
+    skip = off
+    while skip < end:
+        z = min(_zero_everywhere(old, skip, end - skip), _zero_everywhere(new, skip, end - skip))
         if z <= 0:
             break
-        off += z  # both chains read zeroes here: nothing to compare
-    k = end - off
+        skip += z  # both chains read zeroes here: nothing differs (and nothing is read)
+    # runs start on sectors counted from the chunk's start, as qemu-img compares
+    first = off + (skip - off) // SECTOR * SECTOR
+    k = end - first
     if k <= 0:
         return
     vo = memoryview(buf_old)[:k]
     vn = memoryview(buf_new)[:k]
-    _read(old, off, vo)
-    _read(new, off, vn)
+    _read(old, first, vo)
+    _read(new, first, vn)
     pos = 0
     while pos < k:
         d = _first_diff_from(buf_old, buf_new, pos, k)
         if d < 0:
             break
-        # whole blocks (aligned to guest offsets) around each difference get the old data
-        bstart = max(pos, (off + d) // block * block - off)
-        bend = min(k, ((off + d) // block + 1) * block - off)
-        img.pwrite(off + bstart, vo[bstart:bend])
-        pos = bend
+        start = d // SECTOR * SECTOR
+        stop = start + SECTOR
+        while stop < k and vo[stop:stop + SECTOR] != vn[stop:stop + SECTOR]:
+            stop += SECTOR
+        stop = min(stop, k)
+        if old_is_zero:
+            img.write_zeroes(first + start, stop - start)
+        else:
+            img.pwrite(first + start, vo[start:stop])
+        pos = stop
 
 
 def _first_diff_from(a: bytearray, b: bytearray, start: int, end: int) -> int:
