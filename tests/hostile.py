@@ -79,6 +79,8 @@ def generic_cases(fmt: str, work: Path) -> list[Hostile]:
     rng = random.Random(f"hostile-{fmt}")
 
     def add(name: str, data: bytes, force_fmt: bool = True, note: str = "") -> None:
+        if any(c.name == f"{fmt}-{name}" for c in out):
+            return  # the seeded smash drew the same field and value twice
         p = work / f"{fmt}-{name}.img"
         p.write_bytes(data)
         out.append(Hostile(f"{fmt}-{name}", str(p), fmt if force_fmt else None, note))

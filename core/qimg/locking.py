@@ -209,11 +209,10 @@ def locking_disabled(options: dict[str, Any] | None) -> bool:
             continue
         if isinstance(val, bool):
             return not val
-        text = str(val).lower()
-        if text in ("off", "false", "no"):
+        if val == "off":
             return True
-        if text not in ("on", "auto", "true", "yes"):
-            raise QimgError(f"Parameter 'locking' does not accept value '{val}'")
+        if val not in ("on", "auto"):
+            raise QimgError(f"invalid parameter value: {val}")  # QEMU's OnOffAuto
     return False
 
 

@@ -116,14 +116,15 @@ def check_common(opts: MutableMapping[str, Any]) -> None:
             raise QimgError("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
 
 
-def check_file(opts: MutableMapping[str, Any]) -> None:
-    """The file protocol's ``file.*`` options (QEMU names them without the ``file.``)."""
-    convert_typed(opts, FILE_TYPES, "file.", shown="")
-    for key, allowed in (("file.locking", _LOCKING), ("file.aio", _AIO)):
+def check_file(opts: MutableMapping[str, Any], prefix: str = "file.") -> None:
+    """The file protocol's options (``file.*`` of a format; QEMU names them without the
+    prefix); ``prefix`` "" when the file protocol is the image's driver."""
+    convert_typed(opts, FILE_TYPES, prefix, shown="")
+    for key, allowed in ((prefix + "locking", _LOCKING), (prefix + "aio", _AIO)):
         value = opts.get(key)
         if value is not None and value not in allowed:
             raise QimgError(f"invalid parameter value: {value}")
-    if opts.get("file.aio") == "native" and opts.get("cache.direct") is not True:
+    if opts.get(prefix + "aio") == "native" and opts.get("cache.direct") is not True:
         raise QimgError("aio=native was specified, but it requires cache.direct=on, which was not specified.")
 
 

@@ -306,7 +306,10 @@ class FormatConformance:
         assert data["format"] == qimg_format
         assert data["virtual-size"] == size
         assert data["filename"] == path
-        r = _cli("info", path)
+        from qimg.plugins import get_registry
+
+        probed = get_registry().format(qimg_format).probe is not None  # else only -f names it
+        r = _cli("info", path) if probed else _cli("info", "-f", qimg_format, path)
         assert r.returncode == 0, r.stderr
         assert f"file format: {qimg_format}\n" in r.stdout
         assert f"({size} bytes)" in r.stdout

@@ -10,3 +10,5 @@ def probe(head: bytes, filename: str) -> int:
 @hookimpl
 def qimg_register_formats(registry) -> None:
     registry.add_format("raw", "qimg_raw.driver:RawFormat", probe=probe, description="Raw disk image")
+    # the file protocol as a format (``-f file``): never probed
+    registry.add_format("file", "qimg_raw.driver:FileFormat", description="The image file itself (protocol)")

@@ -4,8 +4,10 @@ from __future__ import annotations
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
 from qimg.driver import Format
-from qimg.errors import QimgError
-from qimg.options import SIZE, STRING, Option
+from qimg.errors import NotSupported, QimgError
+from qimg.ops.create import FILE_CREATE_OPTS, check_protocol_preallocation
+from qimg.options import SIZE, Option
+from qimg.runtime import FILE_TYPES, check_file
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
@@ -43,13 +45,6 @@ class RawFormat(Format):
     strong_runtime_options = ("offset", "size")
     format_name = "raw"
     create_opts = [
-        Option("size", SIZE, "Virtual disk size"),
-    ]
-    # the file protocol's options qemu-img shows when a filename is given
-    file_create_opts = [
-        Option("extent_size_hint", SIZE, "Extent size hint for the image file, 0 to disable"),
-        Option("nocow", "bool", "Turn off copy-on-write (valid only on btrfs)"),
-        Option("preallocation", STRING, "Preallocation mode (allowed values: off, falloc, full)"),
         Option("size", SIZE, "Virtual disk size"),
     ]
 
@@ -138,3 +133,31 @@ class RawFormat(Format):
             if preallocation not in PREALLOC_MODES:
                 raise QimgError(f"Unsupported preallocation mode: {preallocation}")
             preallocate(self.file, old, size, preallocation)
+
+
+class FileFormat(RawFormat):
+    """QEMU's file protocol named as the format (``-f file``, ``driver=file,filename=x``): the
+    file's bytes as they are, the protocol's own options (``locking=off``) at the top level,
+    no raw window, no size measurement."""
+
+    format_name = "file"
+    #: QEMU words refusals of a protocol's options differently ("Block protocol ... doesn't")
+    is_protocol = True
+    runtime_options = {k: v for k, v in FILE_TYPES.items() if k not in ("filename", "driver")}
+    strong_runtime_options = ()
+    create_opts = FILE_CREATE_OPTS
+
+    def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
+        check_file(options, prefix="")
+        super().__init__(file, filename=filename, writable=writable,
+                         options={k: v for k, v in options.items() if k not in ("offset", "size")})
+
+    @classmethod
+    def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
+        # the protocol's own words for a preallocation it does not know (raw passes them on)
+        check_protocol_preallocation(filename, RawFormat, opts)
+        super().create(filename, size, opts)
+
+    @classmethod
+    def measure(cls, size: int | None, opts: dict[str, Any], source=None) -> dict[str, int]:
+        raise NotSupported("Block driver 'file' does not support size measurement")
