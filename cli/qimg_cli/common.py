@@ -237,7 +237,7 @@ def _unsupported_option(cls: type, keys: list[str], backing_open: bool = False) 
             continue
         if any(n.endswith(".") and key.startswith(n) for n in (*allowed, *common)):
             continue
-        if getattr(cls, "is_protocol", False):
+        if cls.is_protocol:
             return f"Block protocol '{cls.format_name}' doesn't support the option '{key}'"
         return f"Block format '{cls.format_name}' does not support the option '{key}'"
     return None

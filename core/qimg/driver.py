@@ -119,6 +119,9 @@ class Format:
     #: the open options that change what the image is (QEMU's ``strong_runtime_opts``): an
     #: image opened with one of them is named ``json:{...}`` (its options) instead of its file
     strong_runtime_options: ClassVar[tuple[str, ...]] = ()
+    #: the driver is a protocol used as the format (``-f file``): QEMU words refusals of its
+    #: options "Block protocol 'x' doesn't support the option"
+    is_protocol: ClassVar[bool] = False
     #: where the image puts its clusters depends on how writes are split (qed allocates a
     #: table after the data of the first write into it): ``convert`` then splits its writes
     #: where QEMU's would be (each source driver's ``qemu_status_end``), costlier but the same layout

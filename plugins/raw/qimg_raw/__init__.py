@@ -11,4 +11,4 @@ def probe(head: bytes, filename: str) -> int:
 def qimg_register_formats(registry) -> None:
     registry.add_format("raw", "qimg_raw.driver:RawFormat", probe=probe, description="Raw disk image")
     # the file protocol as a format (``-f file``): never probed
-    registry.add_format("file", "qimg_raw.driver:FileFormat", description="The image file itself (protocol)")
+    registry.add_format("file", "qimg_raw.file:FileFormat", description="The image file itself (protocol)")
