@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from cli_support import compare_in_copies, run_qemu
+from cli_support import compare, compare_in_copies, formats_available, run_qemu, run_qemu_io
 
 MIB = 1 << 20
 _RND = os.urandom(2 * MIB)
@@ -92,3 +92,20 @@ def test_dd_allocates_like_qemu(tmp_path, fmt, bs):
     if fmt in ("qcow2", "qed", "vdi", "vhdx"):
         ca, cb = run_qemu("check", str(a)), run_qemu("check", str(b))
         assert (ca.returncode, ca.stdout) == (cb.returncode, cb.stdout)
+
+
+def test_read_error_names_the_input(tmp_path):
+    """A cluster that cannot be read (garbage where a compressed cluster should be) fails as
+    qemu-img dd does: "error while reading from input image file: ..."."""
+    import struct
+
+    if "qcow2" not in formats_available():
+        pytest.skip("qcow2 plugin not installed")
+    run_qemu("create", "-q", "-f", "qcow2", "a.qcow2", "4M", cwd=tmp_path)
+    run_qemu_io("-c", "write -P 1 0 1M", "a.qcow2", cwd=tmp_path)
+    data = bytearray((tmp_path / "a.qcow2").read_bytes())
+    l1 = struct.unpack(">Q", data[40:48])[0]
+    l2 = struct.unpack(">Q", data[l1:l1 + 8])[0] & ((1 << 56) - 1) & ~0x1FF
+    struct.pack_into(">Q", data, l2 + 16, (1 << 62) | 0x50000)  # compressed, pointing at garbage
+    (tmp_path / "a.qcow2").write_bytes(bytes(data))
+    compare(tmp_path, "dd", "if=a.qcow2", "of=o.raw")

@@ -53,3 +53,18 @@ def test_write(tmp_path, args):
         assert a.exists() == b.exists(), name
         if a.exists():
             assert a.read_bytes() == b.read_bytes(), name
+
+
+@pytest.mark.parametrize("args", [
+    ["convert", "-O", "raw", "r.raw", "/dev/null"], ["convert", "-n", "-O", "raw", "r.raw", "/dev/null"],
+    ["convert", "-O", "qcow2", "r.raw", "/dev/null"], ["dd", "if=r.raw", "of=/dev/null"],
+    ["dd", "if=r.raw", "of=/dev/full", "bs=64k"], ["convert", "-n", "-O", "raw", "r.raw", "/dev/full"],
+    ["create", "-f", "raw", "/dev/null", "1M"], ["create", "-f", "raw", "/dev/null", "0"],
+    ["info", "/dev/null"], ["info", "-f", "raw", "/dev/zero"], ["map", "/dev/null"],
+    ["compare", "r.raw", "/dev/null"], ["resize", "-f", "raw", "/dev/null", "1M"],
+    ["resize", "-f", "raw", "/dev/null", "0"], ["check", "/dev/null"],
+])
+def test_character_devices(imgs, args):
+    """Device files keep their size: QEMU's "Cannot grow device files" (and for resize
+    "Cannot resize device files"); /dev/null as a convert target is refused the same way."""
+    compare(imgs, *args)

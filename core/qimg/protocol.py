@@ -130,9 +130,11 @@ class FileProtocol(Protocol):
             os.close(self.fd)
             raise QimgError(f"Could not open '{filename}': Is a directory")
         self.is_block = stat.S_ISBLK(st.st_mode)
+        #: a block or character device (/dev/sdX, /dev/null): sized by seeking, never truncated
+        self.is_device = self.is_block or stat.S_ISCHR(st.st_mode)
         # a file opened read-only does not change size under us (writers are locked out), so
         # block status need not fstat on every call; writable files are asked each time
-        self._ro_size = None if writable or self.is_block else st.st_size
+        self._ro_size = None if writable or self.is_device else st.st_size
         self._seek_ok = True
         self._perms = (0, 0xF)  # (held, shared) advertised on self.fd, see set_perms
         if create:
@@ -143,7 +145,7 @@ class FileProtocol(Protocol):
             except QimgError:
                 os.close(self.fd)
                 raise
-            if not self.is_block:
+            if not self.is_device:
                 os.ftruncate(self.fd, 0)
             # like QEMU's file creation, hold the locks only while truncating: the format's
             # own open of the new image takes the lasting ones
@@ -221,11 +223,16 @@ class FileProtocol(Protocol):
     def size(self) -> int:
         if self._ro_size is not None:
             return self._ro_size
-        if self.is_block:
+        if self.is_device:
             return os.lseek(self.fd, 0, os.SEEK_END)
         return os.fstat(self.fd).st_size
 
     def truncate(self, size: int) -> None:
+        if self.is_device:
+            # QEMU: a device keeps its size; asking for more is an error, for less nothing
+            if size > self.size():
+                raise QimgError("Cannot grow device files")
+            return
         os.ftruncate(self.fd, size)
 
     def flush(self) -> None:

@@ -60,11 +60,27 @@ def dd(src: "Image", out_filename: str, out_fmt: str, *, bs: int = 512, count: i
         raise QimgError(f"{out_filename}: error while creating output image: {text}") from None
     with qimg.open(out_filename, out_fmt, writable=True) as out:
         def read(offset: int, view: memoryview) -> None:
-            src.preadinto(start + offset, view)
+            try:
+                src.preadinto(start + offset, view)
+            except (QimgError, OSError) as e:
+                raise _ReadError(_text(e)) from None
 
         # qemu-img dd reads and writes one bs-sized block at a time: the same requests give
         # the same cluster allocation order (bounded, as a hostile bs must not cost memory)
         copier = Copier(out, read, zero_init=type(out.driver).zero_init, granule=0, workers=1,
                         serial_reads=not parallel_safe(src), chunk=min(bs, MAX_DD_CHUNK))
-        copier.run(_plan(src, start, size))
-        out.flush()
+        try:
+            copier.run(_plan(src, start, size))
+            out.flush()
+        except _ReadError as e:
+            raise QimgError(f"error while reading from input image file: {e.message}") from None
+        except (QimgError, OSError) as e:
+            raise QimgError(f"error while writing to output image file: {_text(e)}") from None
+
+
+class _ReadError(QimgError):
+    """A read of the input failed (qemu-img names the side that failed)."""
+
+
+def _text(e: BaseException) -> str:
+    return e.message if isinstance(e, QimgError) else (getattr(e, "strerror", None) or str(e))

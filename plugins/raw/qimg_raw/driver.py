@@ -53,7 +53,8 @@ class RawFormat(Format):
             raise QimgError(f"Parameter 'preallocation' does not accept value '{mode}'")
         file = open_protocol(filename, create=True, writable=True)
         try:
-            if getattr(file, "is_block", False):
+            if getattr(file, "is_device", False):
+                file.truncate(size)  # a device is not resized: growing it is an error
                 return
             # QEMU's file creation rounds the size up to whole sectors and writes the first
             # block (up to 4 KiB) so that alignment probing finds allocated data there
@@ -125,6 +126,8 @@ class RawFormat(Format):
         if self._fixed or self.offset:
             raise QimgError("Cannot resize a raw image with an offset or a fixed size")
         old = self.file.size()
+        if getattr(self.file, "is_device", False) and size != old:
+            raise QimgError("Cannot resize device files")  # QEMU's exact resize of a device
         if size < old:
             self.file.truncate(size)
         else:
