@@ -140,3 +140,18 @@ def test_vpc_size_mode(imgs, opt):
     _need("vpc")
     run_qemu("create", "-q", "-f", "vpc", "v.vpc", "1M", cwd=imgs)
     compare(imgs, "info", "--image-opts", f"driver=vpc,file.filename=v.vpc,{opt}")
+
+
+@pytest.mark.parametrize("target", [
+    "driver=qcow2,file.filename=t.qcow2", "driver=raw,file.filename=t.raw,offset=1M",
+    "driver=qcow2,file.filename=t.qcow2,foo=1", "driver=qcow2,file.filename=t.qcow2,l2-cache-size=x",
+    "driver=file,filename=t.raw", "driver=raw,file.filename=nonex", "driver=raw,file.filename=t.raw,file.foo=2",
+    "driver=vpc,file.filename=t.raw",
+])
+def test_target_image_opts(imgs, target):
+    """``convert -n --target-image-opts``: the target's options typed, checked and refused as
+    qemu-img does, errors naming the option string."""
+    _need("qcow2")
+    run_qemu("create", "-q", "-f", "qcow2", "t.qcow2", "4M", cwd=imgs)
+    run_qemu("create", "-q", "-f", "raw", "t.raw", "4M", cwd=imgs)
+    compare(imgs, "convert", "-n", "--target-image-opts", "x.qcow2", target)

@@ -218,31 +218,6 @@ RAW_PROBE_WARNING = (
 )
 
 
-def _unsupported_option(cls: type, keys: list[str], backing_open: bool = False) -> str | None:
-    """QEMU's message for the first open option neither the file nor the format takes: the
-    file's first (its node opens first), then the format's; "first" in QEMU's QDict order.
-    ``backing``/``backing.*`` belong to the backing image when it is opened."""
-    from qimg.ops.qjson import qdict_order
-    from qimg.runtime import COMMON_TYPES, FILE_TYPES
-
-    common = (*COMMON_TYPES, "file")
-    for name in qdict_order([k[5:] for k in keys if k.startswith("file.")]):
-        if "." not in name and name not in FILE_TYPES:
-            return f"Block protocol 'file' doesn't support the option '{name}'"
-    allowed = cls.runtime_options
-    for key in qdict_order([k for k in keys if not k.startswith("file.")]):
-        if backing_open and (key == "backing" or key.startswith("backing.")):
-            continue
-        if allowed is None or key in common or key in allowed:
-            continue
-        if any(n.endswith(".") and key.startswith(n) for n in (*allowed, *common)):
-            continue
-        if cls.is_protocol:
-            return f"Block protocol '{cls.format_name}' doesn't support the option '{key}'"
-        return f"Block format '{cls.format_name}' does not support the option '{key}'"
-    return None
-
-
 #: QEMU's JSON parser refuses objects nested deeper than this
 JSON_MAX_NESTING = 1024
 
@@ -411,14 +386,16 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
         else:
             msg = prefix + rest
         raise QimgError(msg, e.exit_code) from None
+    from qimg.runtime import unsupported_option
+
     bad = None
     if backing and img.backing is not None:
         # the backing image's own options, less the ones that chose it
         keys = [k[8:] for k in user_keys if k.startswith("backing.")]
         keys = [k for k in keys if k not in ("file.filename", "driver", "file.driver")]
-        bad = _unsupported_option(type(img.backing.driver), keys, True)
+        bad = unsupported_option(type(img.backing.driver), keys, True)
         bad = bad and "Could not open backing file: " + bad
-    bad = bad or _unsupported_option(type(img.driver), user_keys, backing)
+    bad = bad or unsupported_option(type(img.driver), user_keys, backing)
     if bad is not None:
         img.close()
         raise QimgError(prefix + bad)

@@ -132,3 +132,27 @@ def runtime_types(cls: type) -> Mapping[str, str]:
     """The option types a driver declares (``runtime_options`` as a dict; a set types nothing)."""
     declared = getattr(cls, "runtime_options", None)
     return declared if isinstance(declared, dict) else {}
+
+
+def unsupported_option(cls: type, keys: list[str], backing_open: bool = False) -> str | None:
+    """QEMU's message for the first open option neither the file nor the format takes: the
+    file's first (its node opens first), then the format's; "first" in QEMU's QDict order.
+    ``backing``/``backing.*`` belong to the backing image when it is opened."""
+    from .ops.qjson import qdict_order
+
+    common = (*COMMON_TYPES, "file")
+    for name in qdict_order([k[5:] for k in keys if k.startswith("file.")]):
+        if "." not in name and name not in FILE_TYPES:
+            return f"Block protocol 'file' doesn't support the option '{name}'"
+    allowed = cls.runtime_options
+    for key in qdict_order([k for k in keys if not k.startswith("file.")]):
+        if backing_open and (key == "backing" or key.startswith("backing.")):
+            continue
+        if allowed is None or key in common or key in allowed:
+            continue
+        if any(n.endswith(".") and key.startswith(n) for n in (*allowed, *common)):
+            continue
+        if cls.is_protocol:
+            return f"Block protocol '{cls.format_name}' doesn't support the option '{key}'"
+        return f"Block format '{cls.format_name}' does not support the option '{key}'"
+    return None

@@ -149,6 +149,7 @@ def run(argv: list[str]) -> None:
     if tgt_image_opts:
         if opts.out_format is not None:
             raise QimgError("--image-opts and --format are mutually exclusive")
+        opts.target_name = out_filename
         out_filename, opts.out_format, opts.target_open_options = image_opts_target(out_filename)
 
     sources = []

@@ -58,6 +58,7 @@ class ConvertOptions:
     bitmaps: bool = False                       # --bitmaps
     skip_broken_bitmaps: bool = False           # --skip-broken-bitmaps
     target_open_options: dict[str, Any]         # --target-image-opts
+    target_name: str | None = None              # the name errors give the target (its option string)
     cache: str = "unsafe"                       # -t (convert's default: no syncing)
 
     def __init__(self, **options: Any) -> None:
@@ -250,14 +251,25 @@ def _open_target(filename: str, opts: ConvertOptions) -> "Image":
     key = _create_key_secret(opts.create_options)
     if key and not opts.no_create and "encrypt.key-secret" not in topts:
         topts["encrypt.key-secret"] = key  # qemu-img opens an encrypted target with its -o secret
+    shown = f"Could not open '{opts.target_name or filename}': "
     try:
-        return qimg.open(filename, opts.out_format, writable=True, options=topts)
+        img = qimg.open(filename, opts.out_format, writable=True, options=topts)
     except QimgError as e:
         prefix = f"Could not open '{filename}': "
         msg = e.message
         if msg.startswith(prefix) and msg[len(prefix):] in {os.strerror(n) for n in errno.errorcode}:
             msg = prefix + msg
+        if msg.startswith(prefix):
+            msg = shown + msg[len(prefix):]
         raise QimgError(msg, e.exit_code) from None
+    if opts.target_open_options:
+        from ..runtime import unsupported_option
+
+        bad = unsupported_option(type(img.driver), list(opts.target_open_options), True)
+        if bad is not None:
+            img.close()
+            raise QimgError(shown + bad)
+    return img
 
 
 def _option_backing(create_options: str | dict[str, Any] | None) -> bool:
