@@ -140,3 +140,27 @@ def test_snapshot_list_formatting_matches_qemu(tmp_path):
                           icount=s.get("icount")) for s in info["snapshots"]]
     assert format_list(snaps) == run_qemu("snapshot", "-l", "q.qcow2", cwd=tmp_path).stdout
     compare(tmp_path, "snapshot", "-l", "q.qcow2")
+
+
+def _amend_setup(size: str, *, v2: bool = False, snapshot: bool = False):
+    def setup(folder):
+        args = ["-o", "compat=0.10"] if v2 else []
+        run_qemu("create", "-q", "-f", "qcow2", *args, "q.qcow2", size, cwd=folder)
+        if snapshot:
+            run_qemu("snapshot", "-c", "s1", "q.qcow2", cwd=folder)
+    return setup
+
+
+@pytest.mark.parametrize("opts, size, v2, snapshot", [
+    ("compat=0.10", "4M", False, False), ("compat=0.10", "2G", False, False), ("compat=0.10", "2G", False, True),
+    ("refcount_bits=4", "4M", False, False), ("refcount_bits=64", "2G", False, False),
+    ("refcount_bits=1", "4M", False, False), ("compat=1.1", "4M", True, False),
+    ("compat=1.1,refcount_bits=8", "4M", True, False), ("lazy_refcounts=on", "4M", False, False),
+    ("compat=0.10,refcount_bits=16", "4M", False, False), ("size=8M", "4M", False, False),
+])
+def test_amend_progress_qcow2(tmp_path, opts, size, v2, snapshot):
+    """``amend -p`` prints qemu-img's lines: each operation (upgrade, refcount width,
+    downgrade) reports its steps, the total projected from the operations done so far."""
+    if "qcow2" not in formats_available():
+        pytest.skip("qcow2 plugin not installed")
+    compare_in_copies(_amend_setup(size, v2=v2, snapshot=snapshot), tmp_path, "amend", "-p", "-o", opts, "q.qcow2")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..common import check_option_list, qemu_command
+from ..common import Progress, check_option_list, qemu_command
 
 
 @qemu_command("amend", legacy_longs=("help", "object", "image-opts", "force"), getopt_hook=check_option_list)
@@ -23,7 +23,7 @@ def command(options, fmt, cache, progress, quiet, objects, image_opts, force, ar
     from qimg.ops.create import valid_option_list
     from qimg.options import is_help_request
 
-    from ..common import Progress, open_image, parse_objects, usage_exit
+    from ..common import open_image, parse_objects, usage_exit
     from ..main import error_exit
 
     for o in options:
@@ -36,7 +36,7 @@ def command(options, fmt, cache, progress, quiet, objects, image_opts, force, ar
         progress = False
     parse_objects(objects)
     # qemu-img starts its progress meter here: every later exit ends it (a newline with -p)
-    bar = Progress(progress, initial=False)
+    bar = _AmendProgress(progress, initial=False)
     try:
         if fmt and is_help_request(opts):
             sys.stdout.write(ops_amend.help_text(fmt) + "\n")
@@ -58,3 +58,19 @@ def command(options, fmt, cache, progress, quiet, objects, image_opts, force, ar
             bar.update(1, 1)
     finally:
         bar.end()
+
+
+
+class _AmendProgress(Progress):
+    """qemu-img amend's meter: the driver reports ``(offset, total)``; the percentage is
+    ``100.f * offset / total`` in single precision, printed on a move of more than 1 point,
+    at 0 and at 100 (qemu_progress_print)."""
+
+    def update(self, offset: float, total: float) -> None:
+        from ..copyopts import _f32
+
+        cur = 100.0 if total <= 0 else min(100.0, _f32(_f32(100.0 * _f32(offset)) / _f32(total)))
+        self.current = cur
+        last = self.last_printed
+        if self.enabled and (last < 0 or cur > _f32(last + 1.0) or cur < _f32(last - 1.0) or cur in (0, 100)):
+            self._print()

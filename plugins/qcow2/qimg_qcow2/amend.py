@@ -46,18 +46,15 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
     raw = opts.get("data_file_raw")
     if raw and not drv.data_raw:
         raise QimgError("data-file-raw cannot be set on existing images")
-    done = [0.0]
-
-    def step(frac: float) -> None:
-        if progress is not None:
-            done[0] = max(done[0], frac)
-            progress(done[0] * 100, 100)
-
-    step(0)
+    status = AmendStatus(progress, (version != old_version) + (rb is not None and rb != drv.refcount_bits))
     if version > old_version:
+        status.operation("upgrade")
+        status(0, 2)
         h.version = version
         h.refcount_order = drv.refcount_order
+        status(1, 2)
         drv.update_header()
+        status(2, 2)
     if "backing_file" in opts or "backing_fmt" in opts:
         if opts.get("backing_file") != h.backing_file or opts.get("backing_fmt") != h.backing_format:
             raise QimgError("Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.")
@@ -77,8 +74,8 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
         if version < 3 and rb != 16:
             raise QimgError("Refcount widths other than 16 bits require compatibility level 1.1 or above "
                             "(use compat=1.1 or greater)")
-        change_refcount_order(drv, rb.bit_length() - 1)
-        step(0.5)
+        status.operation("refcount order")
+        change_refcount_order(drv, rb.bit_length() - 1, status)
     if opts.get("data_file"):
         h.data_file = opts["data_file"]
         drv.update_header()
@@ -91,12 +88,43 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
 
         truncate(drv, size, shrink=True)
     if version < old_version:
-        downgrade(drv, step)
+        status.operation("downgrade")
+        downgrade(drv, status)
     drv.flush_caches()
-    step(1)
 
 
-def downgrade(drv: "Qcow2Format", step) -> None:
+class AmendStatus:
+    """QEMU's amend progress: each operation (upgrade, refcount order, downgrade) reports
+    ``(offset, work)`` of its own; the total is projected from the operations done so far
+    (qcow2_amend_helper_cb), and the caller gets ``progress(offset, total)``."""
+
+    def __init__(self, progress: "ProgressFn | None", operations: int) -> None:
+        self.progress = progress
+        self.operations = operations
+        self.current: str | None = None
+        self.last: str | None = None
+        self.completed = 0
+        self.offset_completed = 0
+        self.last_work = 0
+
+    def operation(self, name: str) -> None:
+        self.current = name
+
+    def __call__(self, offset: int, work: int) -> None:
+        if self.progress is None or self.operations <= 0:
+            return
+        if self.current != self.last:
+            if self.last is not None:
+                self.offset_completed += self.last_work
+                self.completed += 1
+            self.last = self.current
+        self.last_work = work
+        current = self.offset_completed + work
+        projected = current * (self.operations - self.completed - 1) // (self.completed + 1)
+        self.progress(self.offset_completed + offset, current + projected)
+
+
+def downgrade(drv: "Qcow2Format", status: AmendStatus) -> None:
     h = drv.header
     if drv.refcount_order != 4:
         raise QimgError("compat=0.10 requires refcount_bits=16")
@@ -116,10 +144,15 @@ def downgrade(drv: "Qcow2Format", step) -> None:
         from .snapshot import read_snapshots
 
         l1s += [(sn.l1_table_offset, sn.l1_size, False) for sn in read_snapshots(drv)]
-    for n, (l1_off, l1_size, active) in enumerate(l1s):
+    # QEMU reports one step per L1 entry visited, over the active and the snapshot tables
+    entries = sum(size for _, size, _ in l1s)
+    visited = 0
+    for l1_off, l1_size, active in l1s:
         l1 = drv.l1 if active else drv.read_table(l1_off, l1_size)
         _expand_zero_clusters(drv, l1, active)
-        step(0.5 + 0.5 * (n + 1) / len(l1s))
+        for _ in range(l1_size):
+            visited += 1
+            status(visited, entries)
     drv.flush_caches()
     h.version = 2
     h.incompatible_features = 0
@@ -157,7 +190,19 @@ def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
             drv.l2_cache.mark_dirty(l2off)
 
 
-def change_refcount_order(drv: "Qcow2Format", order: int) -> None:
+def _report_walks(drv: "Qcow2Format", status: "AmendStatus | None", walks: int) -> None:
+    """QEMU walks the old refcount table ``walks`` times (allocating, checking, writing) and
+    reports each entry of each walk; qimg rewrites in one pass and reports the same steps."""
+    if status is None:
+        return
+    entries = drv.header.refcount_table_clusters * drv.cluster_size // 8
+    for index in range(walks):
+        for i in range(entries):
+            status(index * entries + i, walks * entries)
+        status((index + 1) * entries, walks * entries)
+
+
+def change_refcount_order(drv: "Qcow2Format", order: int, status: "AmendStatus | None" = None) -> None:
     """Rewrite every refcount with a new width: new blocks and table after the last used cluster."""
     cb, cs = drv.cluster_bits, drv.cluster_size
     drv.flush_caches()
@@ -185,6 +230,10 @@ def change_refcount_order(drv: "Qcow2Format", order: int) -> None:
 
     blocks, table = refcount_metadata_clusters(start, cs, order)
     per_block = (cs * 8) >> order
+    # QEMU allocates in a walk, checks in another (again while new structures landed in a
+    # range no new block covered yet) and writes in a last one
+    alloc_walks = 2 if (start + blocks + table - 1) // per_block <= last // per_block else 3
+    _report_walks(drv, status, alloc_walks + 1)
     table_entries = table * cs // 8
     for c in range(start, start + blocks + table):
         counts[c] = 1
