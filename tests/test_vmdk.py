@@ -573,3 +573,19 @@ def test_many_extents_one_file(tmp_path, qemu_img):
     with qimg.open(path) as img:
         assert len(img.driver._own) == 1
         assert img.pread(0, img.size) == open(out, "rb").read()
+
+
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized"])
+def test_convert_missing_backing_leaves_qemus_file(tmp_path, qemu_img, request, subformat):
+    """qemu-img writes a sparse extent before it reads the backing file's CID: with a missing
+    backing file the convert fails and leaves the image without its descriptor; so does qimg."""
+    src = str(tmp_path / "s.raw")
+    _ok(qemu_img("create", "-q", "-f", "raw", src, "5M"))
+    outs = []
+    for tool, name in ((qemu_img, "q.vmdk"), (request.getfixturevalue("qimg"), "m.vmdk")):
+        args = ["convert", "-B", "nonex.vmdk", "-F", "vmdk", "-O", "vmdk", "-o", f"subformat={subformat}", src,
+                str(tmp_path / name)]
+        r = tool(*args)
+        assert r.returncode == 1
+        outs.append((tmp_path / name).read_bytes())
+    assert outs[0] == outs[1]

@@ -155,7 +155,10 @@ class VmdkFormat(Format):
             raise QimgError("Flat image can't have backing file")
         if zeroed and flat:
             raise QimgError("Flat image can't enable zeroed grain")
-        if backing:
+        if backing and opts.get("backing_fmt") not in (None, "vmdk"):
+            raise QimgError("backing_file must be a vmdk image")
+        monolithic = sub in ("monolithicSparse", "streamOptimized")
+        if backing and not monolithic:
             parent_cid = cls._backing_cid(filename, backing, opts.get("backing_fmt"))
         capacity = (size + SECTOR - 1) // SECTOR
         heads = 16 if adapter == "ide" else 255
@@ -171,9 +174,14 @@ class VmdkFormat(Format):
 
         folder = os.path.dirname(filename)
         try:
-            if sub in ("monolithicSparse", "streamOptimized"):
+            if monolithic:
                 f = open_protocol(filename, create=True, writable=True)
                 try:
+                    if backing:
+                        # qemu-img writes the extent before it reads the backing file's CID: a
+                        # backing file that fails leaves the image without its descriptor
+                        _write_sparse(f, capacity, "", zeroed=zeroed, stream=sub == "streamOptimized")
+                        parent_cid = cls._backing_cid(filename, backing, opts.get("backing_fmt"))
                     desc = text([f'RW {capacity} SPARSE "{os.path.basename(filename)}"'])
                     _write_sparse(f, capacity, desc, zeroed=zeroed, stream=sub == "streamOptimized")
                 finally:
