@@ -575,7 +575,7 @@ def test_many_extents_one_file(tmp_path, qemu_img):
         assert img.pread(0, img.size) == open(out, "rb").read()
 
 
-@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized"])
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized", "twoGbMaxExtentSparse"])
 def test_convert_missing_backing_leaves_qemus_file(tmp_path, qemu_img, request, subformat):
     """qemu-img writes a sparse extent before it reads the backing file's CID: with a missing
     backing file the convert fails and leaves the image without its descriptor; so does qimg."""

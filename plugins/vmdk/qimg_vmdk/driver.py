@@ -159,6 +159,13 @@ class VmdkFormat(Format):
             raise QimgError("backing_file must be a vmdk image")
         monolithic = sub in ("monolithicSparse", "streamOptimized")
         if backing and not monolithic:
+            # qemu-img first makes the descriptor file an empty sparse extent, then reads the
+            # backing file's CID: a backing file that fails leaves that file behind
+            f = open_protocol(filename, create=True, writable=True)
+            try:
+                _write_sparse(f, 0, "", zeroed=zeroed, stream=False)
+            finally:
+                f.close()
             parent_cid = cls._backing_cid(filename, backing, opts.get("backing_fmt"))
         capacity = (size + SECTOR - 1) // SECTOR
         heads = 16 if adapter == "ide" else 255
