@@ -30,7 +30,8 @@ RAW_WINDOWS = ["offset=2000000", "offset=1048576", "offset=1048575", "offset=-1"
                "offset=1.5k", "offset=0x10", "offset=abc", "offset=18446744073709551615",
                "offset=18446744073709551616", "offset=9223372036854775808", "size=100", "size=1048577",
                "size=0", "size=-1", "size=abc", "size=16E", "offset=512,size=1048064", "offset=512,size=1048065",
-               "offset=1000,size=100", "offset=4096,size=8192", "offset=512,file.locking=off,read-only=on"]
+               "offset=1000,size=100", "offset=4096,size=8192", "offset=512,file.locking=off,read-only=on",
+               "offset=+5", "offset=+1k", "offset=++5", "offset= 5", "offset=", "offset=1e5"]
 
 
 @pytest.mark.parametrize("window", RAW_WINDOWS)
@@ -74,6 +75,7 @@ QCOW2_OPTIONS = [
     "overlap-check.template=foo", "overlap-check=all,overlap-check.template=none", "overlap-check.main-header=x",
     "pass-discard-other=x", "l2-cache-entry-size=100", "l2-cache-entry-size=4096", "l2-cache-entry-size=1M",
     "l2-cache-size=18446744073709551616", "cache-clean-interval=4294967296,l2-cache-entry-size=3",
+    "cache-clean-interval=99999999999999999999999", "cache-clean-interval=", "node-name=\u00e9",
     # the block layer's own options and the file protocol's
     "discard=foo", "discard=on", "detect-zeroes=x", "detect-zeroes=unmap", "discard=unmap,detect-zeroes=unmap",
     "read-only=x", "cache.direct=x", "force-share=x", "auto-read-only=x", "cache.no-flush=x", "node-name=1bad",

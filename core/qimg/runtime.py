@@ -52,7 +52,7 @@ def parse_number(name: str, text: str) -> int:
     except ValueError:
         raise QimgError(f"Parameter '{name}' expects a number") from None
     if value >= 1 << 64:
-        raise QimgError(f"Value '{text}' is out of range for parameter '{name}'")
+        raise QimgError(f"Value '{text}' is too large for parameter '{name}'")
     return (-value) % (1 << 64) if negative else value
 
 
@@ -65,10 +65,13 @@ def convert_value(name: str, kind: str, value: Any) -> Any:
     if kind == SIZE:
         from .units import parse_size
 
+        text = value.lstrip(" \t\n\r\f\v")
+        if text[:1] == "+" and text[1:2].isdigit():
+            text = text[1:]  # strtod's sign (one, then digits)
         try:
-            if value.startswith("-"):
+            if text.startswith("-"):
                 raise ValueError
-            size = parse_size(value, limit=1 << 128)  # the range is checked below, as QEMU words it
+            size = parse_size(text, limit=1 << 128)  # the range is checked below, as QEMU words it
         except ValueError:
             return Option(name, SIZE, "").convert(value)  # raises QEMU's message with its hint lines
         if size >= 1 << 64:
