@@ -71,7 +71,7 @@ def run(argv: list[str]) -> None:
 
         rc = compare(images[0], images[1], strict=strict, say=say,
                      progress=bar.update if progress else None,
-                     name1=files[0], name2=files[1])
+                     name1=files[0], name2=files[1], qemu_runs=bar.enabled)
     finally:
         for img in images:
             try:

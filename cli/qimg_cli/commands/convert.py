@@ -154,6 +154,7 @@ def run(argv: list[str]) -> None:
 
     sources = []
     bar = qemu_progress(progress and not quiet, 1.0)
+    opts.qemu_runs = bar.enabled  # the meter moves per chunk: chunks as qemu-img's
     try:
         for name in files[:-1]:
             src = open_named(name, fmt, image_opts=image_opts, force_share=force_share)

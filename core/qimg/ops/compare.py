@@ -53,7 +53,7 @@ def first_nonzero(buf: bytearray, n: int) -> int:
 
 
 def _status(img: "Image", offset: int, length: int, name: str, size: int,
-            strict: bool = False) -> tuple[int, int]:
+            strict: bool = False, qemu_runs: bool = False) -> tuple[int, int]:
     try:
         # a short window first (drivers cost per cluster of the window); a run that fills it
         # is asked again in full, so the runs are the same as one query would give
@@ -69,8 +69,8 @@ def _status(img: "Image", offset: int, length: int, name: str, size: int,
         flags |= ZERO  # unallocated through the whole chain reads as zeroes
     n = max(1, min(st.length, length))
     # QEMU's drivers report at most one block/cluster/L2 table per call; the run end decides
-    # the EOF flag, which strict mode compares
-    if strict:
+    # the EOF flag, which strict mode compares, and the steps the progress meter takes
+    if strict or qemu_runs:
         n = qemu_run_length(img, offset, n, st.depth)
     if offset + n >= size:
         flags |= EOF  # QEMU's status of a run that reaches the end: strict mode compares it too
@@ -88,8 +88,11 @@ def _read(img: "Image", offset: int, view: memoryview, name: str) -> None:
 def compare(img1: "Image", img2: "Image", *, strict: bool = False,
             say: Callable[[str], None] = print,
             progress: Callable[[float, float], None] | None = None,
-            name1: str | None = None, name2: str | None = None) -> int:
-    """Compare two images; print qemu-img's result line with ``say``; return 0 or 1."""
+            name1: str | None = None, name2: str | None = None, qemu_runs: bool = False) -> int:
+    """Compare two images; print qemu-img's result line with ``say``; return 0 or 1.
+
+    ``qemu_runs``: step through the images as QEMU's block status reports them (one block,
+    cluster or grain at a time for some formats), so ``progress`` moves in qemu-img's steps."""
     name1 = name1 or img1.filename
     name2 = name2 or img2.filename
     size1, size2 = img1.size, img2.size
@@ -102,8 +105,8 @@ def compare(img1: "Image", img2: "Image", *, strict: bool = False,
     buf2 = bytearray(CHUNK)
     off = 0
     while off < common:
-        f1, n1 = _status(img1, off, common - off, name1, size1, strict)
-        f2, n2 = _status(img2, off, common - off, name2, size2, strict)
+        f1, n1 = _status(img1, off, common - off, name1, size1, strict, qemu_runs)
+        f2, n2 = _status(img2, off, common - off, name2, size2, strict, qemu_runs)
         chunk = min(n1, n2)
         if strict and f1 != f2:
             say(f"Strict mode: Offset {off} block status mismatch!")
@@ -134,7 +137,7 @@ def compare(img1: "Image", img2: "Image", *, strict: bool = False,
         say("Warning: Image size mismatch!")
         over, name = (img1, name1) if size1 > size2 else (img2, name2)
         while off < total:
-            f, n = _status(over, off, total - off, name, over.size)
+            f, n = _status(over, off, total - off, name, over.size, qemu_runs=qemu_runs)
             chunk = n
             if f & ALLOCATED and not f & ZERO:
                 chunk = min(chunk, CHUNK)

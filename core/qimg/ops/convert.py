@@ -59,6 +59,7 @@ class ConvertOptions:
     skip_broken_bitmaps: bool = False           # --skip-broken-bitmaps
     target_open_options: dict[str, Any]         # --target-image-opts
     target_name: str | None = None              # the name errors give the target (its option string)
+    qemu_runs: bool = False                     # -p: chunks (progress steps) where qemu-img's are
     cache: str = "unsafe"                       # -t (convert's default: no syncing)
 
     def __init__(self, **options: Any) -> None:
@@ -386,7 +387,7 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
 
         def pieces() -> Iterator[Piece]:
             return plan(sources, target_has_backing=has_backing, sparse=opts.sparse, backing_end=backing_end,
-                        qemu_runs=type(target.driver).layout_follows_requests)
+                        qemu_runs=opts.qemu_runs or type(target.driver).layout_follows_requests)
 
         todo: Iterable[Piece] = pieces()
         if progress is not None:
