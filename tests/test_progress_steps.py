@@ -1,13 +1,14 @@
 """``convert -p`` and ``compare -p`` move in qemu-img's steps: one per chunk, and chunks end
 where QEMU's block status of the source ends (a grain of a vmdk, a cluster of a qcow, a block
-of a vdi), so sources whose drivers report little at a time print the same lines."""
+of a vdi), so sources whose drivers report little at a time print the same lines. Compressing, a run
+shorter than a target cluster counts as a whole cluster of data, as qemu-img counts it."""
 from __future__ import annotations
 
 import pytest
 from cli_support import compare_in_copies, formats_available, run_qemu, run_qemu_io
 
 SOURCES = {"vmdk": [], "qcow": [], "vdi": [], "vmdk-stream": ["-o", "subformat=streamOptimized"],
-           "vdi-static": ["-o", "static=on"], "qcow2": []}
+           "vdi-static": ["-o", "static=on"], "qcow2": [], "vpc": [], "raw": []}
 
 
 def _setup(fmt: str, opts: list[str]):
@@ -23,6 +24,7 @@ def _setup(fmt: str, opts: list[str]):
 @pytest.mark.parametrize("cmd", [["convert", "-p", "-O", "raw", "src.img", "out.raw"],
                                  ["convert", "-p", "-O", "qcow2", "src.img", "out.qcow2"],
                                  ["convert", "-p", "-S", "0", "-O", "qcow2", "src.img", "out.qcow2"],
+                                 ["convert", "-p", "-c", "-O", "qcow2", "src.img", "out.qcow2"],
                                  ["compare", "-p", "src.raw", "src.img"]])
 def test_progress_lines(tmp_path, kind, cmd):
     fmt = kind.split("-")[0]

@@ -118,13 +118,16 @@ def _salvage(src: "Image", offset: int, view: memoryview, warn: Callable[[str], 
 
 
 def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
-         backing_end: int | None = None, qemu_runs: bool = False) -> Iterator[Piece]:
+         backing_end: int | None = None, qemu_runs: bool = False,
+         compress_cluster: int = 0) -> Iterator[Piece]:
     """What to do with each run of the target, from the sources' block status.
 
     ``backing_end``: size of the target's backing file; zero runs past it are left alone
     (the target reads zeroes there anyway) and runs are cut at it, as qemu-img does.
     ``qemu_runs``: runs end where one QEMU block-status call ends (for a target whose layout
-    follows the write requests).
+    follows the write requests, or progress in qemu-img's steps); compressing into clusters of
+    ``compress_cluster`` bytes, a shorter run is then read as a whole cluster of data and a
+    longer one rounded down to clusters, as qemu-img counts them.
     """
     base = 0
     for src in sources:
@@ -165,6 +168,11 @@ def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
             tail = (off + n) % align
             if n > tail:
                 n -= tail
+            if qemu_runs and compress_cluster:
+                if n < compress_cluster:
+                    n, op = min(compress_cluster, size - off), COPY
+                else:
+                    n -= n % compress_cluster
             if op == ZERO_OP and backing_end is not None and pos >= backing_end:
                 op = SKIP
             if sparse == 0 and op == ZERO_OP:
@@ -387,7 +395,8 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
 
         def pieces() -> Iterator[Piece]:
             return plan(sources, target_has_backing=has_backing, sparse=opts.sparse, backing_end=backing_end,
-                        qemu_runs=opts.qemu_runs or type(target.driver).layout_follows_requests)
+                        qemu_runs=opts.qemu_runs or type(target.driver).layout_follows_requests,
+                        compress_cluster=(target.driver.cluster_size or 0) if compress else 0)
 
         todo: Iterable[Piece] = pieces()
         if progress is not None:
