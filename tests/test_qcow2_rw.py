@@ -323,3 +323,30 @@ def test_writes_identical_to_qemu(qemu_img, qemu_io, tmp_path, variant, ops):
         assert a.read_bytes() == b.read_bytes()[: a.stat().st_size]
     else:
         assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("backing", ["none", "zero", "data", "short"])
+@pytest.mark.parametrize("write", [(1000448, 512), (5, 3000), (65536 + 100, 70000), (4 * MiB - 700, 700)])
+def test_partial_cluster_write_keeps_file_sparse_like_qemu(qemu_img, qemu_io, tmp_path, backing, write):
+    """A write into part of a new cluster: where the rest reads as zero (QEMU's is_zero_cow),
+    QEMU zeroes the cluster in the file and writes only the data; otherwise it copies the rest
+    in. The file (and so ``map``'s zero flags within the cluster) must be the same."""
+    off, n = write
+    paths = []
+    for name in ("q", "m"):
+        p = tmp_path / f"{name}.qcow2"
+        args = []
+        if backing != "none":
+            b = tmp_path / f"{name}-b.qcow2"
+            qemu_img("create", "-q", "-f", "qcow2", str(b), "2M" if backing == "short" else str(4 * MiB))
+            if backing in ("data", "short"):
+                qemu_io("-c", "write -P 0x33 0 2M", str(b))
+            args = ["-b", b.name, "-F", "qcow2"]
+        assert qemu_img("create", "-q", "-f", "qcow2", *args, str(p), str(4 * MiB)).returncode == 0
+        paths.append(p)
+    assert qemu_io("-c", f"write -P 0x44 {off} {n}", str(paths[0])).returncode == 0
+    with qimg.open(str(paths[1]), writable=True) as img:
+        img.pwrite(off, b"\x44" * n)
+    maps = [qemu_img("map", "--output=json", str(p)).stdout.replace(f"{p.stem}-b", "B") for p in paths]
+    assert maps[1] == maps[0]
+    assert qemu_img("compare", str(paths[0]), str(paths[1])).returncode == 0

@@ -910,6 +910,33 @@ class Qcow2Format(RefcountMixin, Format):
             pos += n
         del host
 
+    def _cow_reads_zero(self, old: array, first_g: int, regions: tuple[tuple[int, int], ...]) -> bool:
+        """QEMU's is_zero_cow: each part of the new clusters that is not written reads as zero
+        in one block-status answer (a zero cluster here, or a run the backing chain reports as
+        zero; a part that crosses the backing file's or the image's end does not count)."""
+        cb = self.cluster_bits
+        for start, length in regions:
+            if not length:
+                continue
+            if start + length > self.size:
+                return False  # QEMU's status stops at the image's end: not one zero answer
+            e = old[((start >> cb) - (first_g >> cb))]
+            if e & S.OFLAG_COMPRESSED:
+                return False  # (its low bits are part of the compressed descriptor, not flags)
+            if e & S.OFLAG_ZERO:
+                continue
+            if e & S.L2E_OFFSET_MASK:
+                return False
+            b = self.backing
+            if b is None or start >= b.size:
+                continue
+            if start + length > b.size:
+                return False
+            st = b.chain_status(start, length)
+            if not st.flags & ZERO or st.length < length:
+                return False
+        return True
+
     def _write_alloc(self, tbl: array, l2off: int, i: int, n: int, goff: int, data: memoryview) -> None:
         """Allocate ``n`` new contiguous clusters for L2 indexes i..i+n-1 and write them whole."""
         cb, cs = self.cluster_bits, self._cs
@@ -933,27 +960,35 @@ class Qcow2Format(RefcountMixin, Format):
             first_g = goff - head
         else:
             host_w = host
-        bufs: list = []
-        if head:
-            hb = bytearray(head)
-            self._read_layer(first_g, memoryview(hb))
-            bufs.append(hb)
-        bufs.append(data)
-        if tail:
-            tb = bytearray(tail)
-            self._read_layer(goff + len(data), memoryview(tb))
-            bufs.append(tb)
         dfile = self.data_file or self.file
-        if self._crypt is not None:
-            whole = b"".join(bufs) if len(bufs) > 1 else data
-            self._dpwrite(dfile, host_w, first_g, whole)
-        elif hasattr(dfile, "pwritev") and len(bufs) > 1:
-            dfile.pwritev(host_w, bufs)
+        if ((head or tail) and not sub and self._crypt is None
+                and self._cow_reads_zero(old, first_g, ((first_g, head), (goff + len(data), tail)))):
+            # as QEMU (handle_alloc_space): when nothing below shows through the parts not
+            # written, the new clusters are zeroed in the file (no zero data is written) and
+            # only the data goes out, so the file is as sparse as qemu-img leaves it
+            dfile.write_zeroes(host_w, n * cs)
+            dfile.pwrite(host_w + head, data)
         else:
-            p = host_w
-            for b in bufs:
-                dfile.pwrite(p, b)
-                p += len(b)
+            bufs: list = []
+            if head:
+                hb = bytearray(head)
+                self._read_layer(first_g, memoryview(hb))
+                bufs.append(hb)
+            bufs.append(data)
+            if tail:
+                tb = bytearray(tail)
+                self._read_layer(goff + len(data), memoryview(tb))
+                bufs.append(tb)
+            if self._crypt is not None:
+                whole = b"".join(bufs) if len(bufs) > 1 else data
+                self._dpwrite(dfile, host_w, first_g, whole)
+            elif hasattr(dfile, "pwritev") and len(bufs) > 1:
+                dfile.pwritev(host_w, bufs)
+            else:
+                p = host_w
+                for b in bufs:
+                    dfile.pwrite(p, b)
+                    p += len(b)
         c0 = goff >> cb
         if st == 1:
             first = host | S.OFLAG_COPIED
