@@ -81,7 +81,10 @@ def open(  # noqa: A001 - the natural name for the public API
     """Open an image and (unless ``backing=False``) its backing chain.
 
     ``fmt`` None probes the format (raw only as the last resort, with qemu-img's warning
-    left to the caller). ``options`` are driver open options (``--image-opts`` keys).
+    left to the caller). ``options`` are driver open options (``--image-opts`` keys), typed
+    and checked as QEMU does (:mod:`qimg.runtime`); ``backing`` None or "" opens no backing
+    file, ``backing.file.filename``/``backing.driver`` another one, other ``backing.*`` keys
+    go to the backing image.
     ``backing_override`` = (filename, format) opens a different backing file than recorded
     (``None`` filename: no backing at all).
 
