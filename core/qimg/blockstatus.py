@@ -6,6 +6,8 @@ ZERO = 0x02           # reads return zeroes
 OFFSET_VALID = 0x04   # host_offset is meaningful
 ALLOCATED = 0x08      # this layer answers; without it reads fall through to the backing image
 RECURSE = 0x20        # (unused) kept for parity with QEMU's numbering
+#: QEMU's BDRV_SECTOR_SIZE: block status, sizes and request alignment count in these
+SECTOR = 512
 
 
 class Status:

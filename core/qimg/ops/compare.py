@@ -7,7 +7,7 @@ Exit codes: 0 identical, 1 different; errors raise QimgError with 3 (block statu
 """
 from __future__ import annotations
 
-from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
+from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, ZERO
 from ..errors import QimgError
 from .copy import CHUNK, ZERO_VIEW, qemu_run_length, region_is_zero
 
@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
     from ..image import Image
 
-SECTOR = 512
 EOF = 0x20  # QEMU's BDRV_BLOCK_EOF
 _FLAGS = DATA | ZERO | OFFSET_VALID | ALLOCATED
 STATUS_WINDOW = 8 << 20

@@ -12,7 +12,7 @@ import bisect
 import itertools
 import os
 
-from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
+from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, ZERO
 from ..errors import QimgError
 from ..image import zero_fill
 from .copy import COPY, SKIP, Copier, Piece, parallel_safe, qemu_run_length, run_length
@@ -30,7 +30,6 @@ DEFAULT_SPARSE = 4096
 MAX_REQUEST = (2**31 - 1) & ~511
 MAX_WORKERS = 16
 #: first block-status window of the plan (see plan())
-SECTOR = 512
 PLAN_WINDOW = 8 << 20
 #: planned pieces kept between the progress walk and the copy (~100 bytes each)
 PLAN_MEMO = 1 << 16

@@ -14,6 +14,7 @@ from _collections import deque
 from _queue import Empty, SimpleQueue
 from _thread import allocate_lock, start_new_thread
 
+from ..blockstatus import SECTOR
 from ..errors import QimgError
 from ..protocol import ZERO_CHUNK
 from ..values import Value
@@ -138,7 +139,7 @@ def zero_runs(buf: bytearray, n: int, base: int, granule: int) -> list[tuple[int
 def _data_end(buf: bytearray, start: int, n: int) -> int:
     """The end of the last 512-byte sector (counted from ``start``) of ``buf[start:n]`` that
     holds data: zeroes are searched backwards in doubling steps, then by halves."""
-    sector = 512
+    sector = SECTOR
     hi = n - (n - start) % sector if (n - start) % sector else n - sector  # last sector start
     hi = max(start, hi)
     if not region_is_zero(buf, hi, n):

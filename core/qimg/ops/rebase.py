@@ -7,12 +7,10 @@ never read. Unsafe mode (``-u``) only rewrites the recorded name and format.
 """
 from __future__ import annotations
 
-from ..blockstatus import ALLOCATED, DATA, ZERO
+from ..blockstatus import ALLOCATED, DATA, SECTOR, ZERO
 from ..errors import QimgError
 from ..image import zero_fill
 from .copy import CHUNK, run_length
-
-SECTOR = 512
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from array import array
 from collections import OrderedDict
 
 from qimg.api import open_protocol
-from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, Status
+from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, Status
 from qimg.driver import Format
 from qimg.errors import QimgError, SilentFailure, os_error_text
 from qimg.image import is_zero, zero_fill
@@ -30,7 +30,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-
 if TYPE_CHECKING:
     from typing import Any
 
-SECTOR = 512
 #: L2 tables kept in memory (each at most 64 KiB)
 L2_CACHE_TABLES = 64
 #: offsets past this cannot be read at all (QEMU's request limit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from array import array
 
 from qimg.api import open_protocol
-from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
+from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, ZERO, Status
 from qimg.driver import CheckResult, Format
 from qimg.errors import CorruptImage, NotSupported, QimgError
 from qimg.image import zero_fill
@@ -26,7 +26,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-
 if TYPE_CHECKING:
     from typing import Any
 
-SECTOR = 512
 BLOCK_SIZE = 1 << 20
 #: entries >= this are not allocated (0xffffffff free, 0xfffffffe discarded): they read as zeroes
 FIRST_UNALLOCATED = 0xFFFFFFFE

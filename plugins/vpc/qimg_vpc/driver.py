@@ -13,7 +13,7 @@ import time
 from array import array
 
 from qimg.api import open_protocol
-from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
+from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, ZERO, Status
 from qimg.driver import Format
 from qimg.errors import QimgError
 from qimg.image import zero_fill
@@ -38,7 +38,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-
 if TYPE_CHECKING:
     from typing import Any
 
-SECTOR = 512
 #: largest CHS geometry a VHD footer can record (cylinders x heads x sectors)
 MAX_GEOMETRY = 65535 * 16 * 255
 #: largest disk qemu-img accepts: 2040 GiB
