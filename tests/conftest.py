@@ -44,6 +44,40 @@ def qemu_img():
     return run
 
 
+def qemu10_dir() -> str:
+    """The folder scripts/oracle-10 unpacked qemu-utils 10.0 into (its usr/bin holds the tools)."""
+    d = os.environ.get("QIMG_QEMU10_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "qimg", "qemu-10.0"
+    )
+    return d
+
+
+def need_qemu10(tool: str = "qemu-img") -> tuple[str, dict]:
+    """(path, environment) to run a qemu-utils 10.0 tool: QEMU_MODULE_DIR points at its own
+    block modules (curl, ssh, rbd), not 7.2's. Fails with CI set and the oracle missing."""
+    d = qemu10_dir()
+    exe = os.path.join(d, "usr", "bin", tool)
+    if not os.access(exe, os.X_OK):
+        msg = f"{tool} 10.0 (scripts/oracle-10) is not in {d}"
+        if os.environ.get("CI"):
+            pytest.fail(msg + " but CI is set: the oracle is required")
+        pytest.skip(msg)
+    env = dict(os.environ, QEMU_MODULE_DIR=os.path.join(d, "usr", "lib", "x86_64-linux-gnu", "qemu"))
+    return exe, env
+
+
+@pytest.fixture
+def qemu_img_10():
+    """Run qemu-img 10.0 (the second oracle): ``qemu_img_10("info", path)`` -> Run."""
+    exe, env = need_qemu10("qemu-img")
+
+    def run(*args: str, input: bytes | None = None) -> Run:
+        p = subprocess.run([exe, *args], capture_output=True, input=input, env=env)
+        return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+
+    return run
+
+
 @pytest.fixture
 def qemu_io():
     exe = _need("qemu-io")

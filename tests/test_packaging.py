@@ -51,6 +51,18 @@ def test_ci_runs_the_readme_lines_literally() -> None:
     assert order == sorted(order)
     assert (ROOT / ".ci" / "run").read_text().startswith("#!/usr/bin/env bash\n")
     assert os.access(ROOT / ".ci" / "run", os.X_OK) and os.access(ROOT / "scripts" / "test", os.X_OK)
+    # the rest of the Debian packages come from the one list scripts/test installs from too
+    assert any("scripts/test-packages" in ln for ln in ci)
+    text = (ROOT / "scripts" / "test").read_text()
+    assert "scripts/test-packages" in text and "scripts/oracle-10" in text
+
+
+def test_oracle_10_comes_from_the_machines_own_mirror() -> None:
+    """scripts/oracle-10 reads the mirror from debian.sources and names no registry host."""
+    text = (ROOT / "scripts" / "oracle-10").read_text()
+    assert "/etc/apt/sources.list.d/debian.sources" in text
+    assert "bookworm-backports" in text and "dpkg -x" in text and "apt-get download" in text
+    assert not re.search(r"https?://", text), "scripts/oracle-10 must not name a mirror"
 
 
 def test_scripts_test_runs_pytest_on_two_workers_and_refuses_no_tests() -> None:
