@@ -123,3 +123,13 @@ def pattern_bytes(size: int, seed: int = 0) -> bytes:
     for i in range((size + mib - 1) // mib):
         out += bytes([(i + seed) & 0xFF]) * mib if i % 4 != 3 else bytes(mib)
     return bytes(out[:size])
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """``QIMG_TEST_SHUFFLE=SEED`` runs the tests in an order shuffled by SEED (scripts/stress-test):
+    the suite must pass in any order. The same seed gives every xdist worker the same order."""
+    seed = os.environ.get("QIMG_TEST_SHUFFLE")
+    if seed:
+        import random
+
+        random.Random(seed).shuffle(items)
