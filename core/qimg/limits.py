@@ -28,6 +28,36 @@ MAX_NAME_BYTES = 4096
 MAX_LIST_ENTRIES = 65536
 
 
+def qemu_length(size: int) -> int:
+    """A file's length as QEMU's block layer reports it (bdrv_getlength): whole sectors."""
+    return -(-size // 512) * 512
+
+
+def request_ok(offset: int, length: int) -> bool:
+    """Whether QEMU's block layer accepts a request of ``length`` bytes at ``offset`` (its
+    bdrv_check_qiov_request): anything reaching past :data:`MAX_IMAGE_SIZE` (BDRV_MAX_LENGTH)
+    fails with EIO there, while requests past the end of a file read zeroes."""
+    return 0 <= offset <= MAX_IMAGE_SIZE and 0 <= length <= MAX_IMAGE_SIZE - offset
+
+
+def eio() -> CorruptImage:
+    """The error of a driver request QEMU fails with EIO (commands add their context)."""
+    return CorruptImage("Input/output error")
+
+
+def einval() -> CorruptImage:
+    """The error of a driver request QEMU fails with EINVAL (commands add their context)."""
+    return CorruptImage("Invalid argument")
+
+
+def open_errno(filename: str, code: int) -> CorruptImage:
+    """A driver's open failing with a bare errno, worded as QEMU's bdrv_open_driver
+    (``Could not open 'x': Could not open 'x': Invalid argument``)."""
+    import os
+
+    return CorruptImage(f"Could not open '{filename}': Could not open '{filename}': {os.strerror(code)}")
+
+
 def check_range(value: int, lo: int, hi: int, what: str) -> int:
     """``lo <= value <= hi`` or CorruptImage naming ``what``; returns ``value``."""
     if not isinstance(value, int) or value < lo or value > hi:
