@@ -143,24 +143,25 @@ def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
             # ask about a short window first: drivers cost per cluster of the window (a qcow2
             # L2 scan), and most runs are short; a run filling the window is asked again in full
             short = min(want, PLAN_WINDOW)
-            if target_has_backing:
-                st = src.block_status(off, short)
+            status = src.block_status if target_has_backing else src.chain_status
+            try:
+                st = status(off, short)
                 if st.length >= short and short < want:
-                    st = src.block_status(off, want)
+                    st = status(off, want)
+            except (OSError, QimgError) as e:
+                text = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
+                raise QimgError(f"error while reading block status at offset {off}: {text}") from None
+            if target_has_backing:
                 if st.flags & ALLOCATED:
                     op = ZERO_OP if st.flags & ZERO else COPY
                 elif src.backing is not None:
                     op = SKIP  # the target's backing file provides it
                 else:
                     op = ZERO_OP
+            elif st.flags & ZERO or not st.flags & (DATA | ALLOCATED):
+                op = ZERO_OP
             else:
-                st = src.chain_status(off, short)
-                if st.length >= short and short < want:
-                    st = src.chain_status(off, want)
-                if st.flags & ZERO or not st.flags & (DATA | ALLOCATED):
-                    op = ZERO_OP
-                else:
-                    op = COPY
+                op = COPY
             n = run_length(st, want, src)
             if qemu_runs:
                 n = qemu_run_length(src, off, n, st.depth)
