@@ -18,8 +18,9 @@ from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, Status
 from qimg.driver import Format
 from qimg.errors import QimgError, SilentFailure, os_error_text
 from qimg.image import is_zero, zero_fill
-from qimg.limits import MAX_TABLE_BYTES
+from qimg.limits import MAX_TABLE_BYTES, eio, request_ok
 from qimg.options import BOOL, SIZE, STRING, Option
+from qimg.overlap import MetadataMap
 from qimg.tables import LazyPattern
 from qimg.tables import be64_bytes as _be_bytes
 from qimg.tables import be64_table as _be_array
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 
 #: L2 tables kept in memory (each at most 64 KiB)
 L2_CACHE_TABLES = 64
-#: offsets past this cannot be read at all (QEMU's request limit)
-MAX_OFFSET = (1 << 63) - (1 << 31)
 #: raw deflate with a 4 KiB window, as qemu-img writes it
 DEFLATE_WBITS = -12
 
@@ -150,7 +149,7 @@ class QcowFormat(Format):
         if l1_size * 8 > MAX_TABLE_BYTES:
             raise QimgError(f"Image too large: an L1 table of {l1_size * 8} bytes exceeds qimg's "
                             f"limit of {MAX_TABLE_BYTES}")
-        if h.l1_table_offset + l1_size * 8 > MAX_OFFSET:
+        if not request_ok(h.l1_table_offset, l1_size * 8):
             raise QimgError(f"Could not open '{filename}': Could not open '{filename}': Input/output error")
         self.header = h
         self.cluster_bits = h.cluster_bits
@@ -166,7 +165,7 @@ class QcowFormat(Format):
             n = h.backing_file_size
             if n > 1023:
                 raise QimgError("Backing file name too long")
-            if h.backing_file_offset + n > MAX_OFFSET:
+            if not request_ok(h.backing_file_offset, n):
                 raise QimgError(f"Could not open '{filename}': Could not open '{filename}': Input/output error")
             name = file.pread(h.backing_file_offset, n).split(b"\0", 1)[0]
             if name:
@@ -177,6 +176,7 @@ class QcowFormat(Format):
         # compressed descriptors: the offset has 63 - cluster_bits bits, the length the rest
         self._coff_mask = (1 << (63 - h.cluster_bits)) - 1
         self._aes = None
+        self._meta: MetadataMap | None = None  # built on the first write
         key_id = options.get("encrypt.key-secret")
         if self.encrypted and key_id:
             from qimg.secrets import get_secret
@@ -214,7 +214,11 @@ class QcowFormat(Format):
             self._l2_cache.move_to_end(l2_offset)
             return tbl
         n = self._l2_entries * 8
-        raw = self.file.pread(l2_offset, n) if l2_offset + n <= MAX_OFFSET else b""
+        # QEMU reads the table whatever the entry says: past the end of the file it is zeroes,
+        # past the block layer's limit (an entry of ~0 among them) the read fails
+        if not request_ok(l2_offset, n):
+            raise eio()
+        raw = self.file.pread(l2_offset, n)
         tbl = _be_array(raw.ljust(n, b"\0"))
         self._l2_cache[l2_offset] = tbl
         if len(self._l2_cache) > L2_CACHE_TABLES:
@@ -272,14 +276,16 @@ class QcowFormat(Format):
         cs = self._cs
         csize = (entry >> (63 - self.cluster_bits)) & (cs - 1)
         coff = entry & self._coff_mask
-        raw = self.file.pread(coff, csize) if coff + csize <= MAX_OFFSET else b""
+        if not request_ok(coff, csize):
+            raise eio()
+        raw = self.file.pread(coff, csize)
         try:
             d = zlib.decompressobj(DEFLATE_WBITS)
             out = d.decompress(raw, cs)
         except zlib.error:
             out = b""
         if len(out) != cs:
-            raise QimgError(f"'{self.filename}': could not decompress the cluster at {coff:#x}: Input/output error")
+            raise eio()
         self._zcache = (entry, out)
         return out
 
@@ -295,7 +301,7 @@ class QcowFormat(Format):
             if not st.flags & ALLOCATED:
                 self.read_backing(off, view)
             elif st.flags & OFFSET_VALID:
-                self._check_aligned(st.host_offset - (off & (cs - 1)))
+                self._check_host(st.host_offset - (off & (cs - 1)), st.host_offset, n)
                 got = self.file.preadinto(st.host_offset, view)
                 if got < n:
                     zero_fill(view[got:])
@@ -309,7 +315,7 @@ class QcowFormat(Format):
                     if entry & COMPRESSED:
                         view[p : p + k] = self._decompress(entry)[w : w + k]
                     else:
-                        self._check_aligned(entry)
+                        self._check_host(entry, entry + w, k)
                         view[p : p + k] = self._read_decrypted(entry + w, o, k)
                     p += k
             pos += n
@@ -331,14 +337,12 @@ class QcowFormat(Format):
             data = memoryview(buf)
         self.file.pwrite(host - head, self._aes.encrypt(guest - head, data))
 
-    def _check_aligned(self, cluster_offset: int) -> None:
-        # qemu-img refuses data clusters that do not start on a sector (or cannot be addressed)
-        if cluster_offset & (SECTOR - 1):
-            raise QimgError(f"'{self.filename}': cluster at {cluster_offset:#x} is not sector aligned: "
-                            "Input/output error")
-        if cluster_offset + self._cs > MAX_OFFSET:
-            raise QimgError(f"'{self.filename}': cluster at {cluster_offset:#x} is out of range: "
-                            "Input/output error")
+    @staticmethod
+    def _check_host(cluster_offset: int, host: int, length: int) -> None:
+        """QEMU fails (EIO) data clusters that do not start on a sector and requests the block
+        layer cannot address."""
+        if cluster_offset & (SECTOR - 1) or not request_ok(host, length):
+            raise eio()
 
     def _entry(self, offset: int) -> int:
         l1i, l2i = divmod(offset >> self.cluster_bits, self._l2_entries)
@@ -350,8 +354,10 @@ class QcowFormat(Format):
         """Reserve ``length`` bytes at the cluster-aligned end of the file."""
         cs = self._cs
         start = -(-self._eof // cs) * cs
-        if start + length > MAX_OFFSET or start & COMPRESSED:
+        if not request_ok(start, length) or start & COMPRESSED:
             raise QimgError(f"'{self.filename}': image file too large")
+        # metadata a hostile header places past the end of the file is not overwritten
+        self._metadata().guard(start, length)
         self._eof = start + length
         return start
 
@@ -359,19 +365,32 @@ class QcowFormat(Format):
         l2off = self.l1[l1i]
         n = self._l2_entries * 8
         if l2off:
-            if l2off + n > MAX_OFFSET:
-                raise QimgError(f"'{self.filename}': L2 table at {l2off:#x} is out of range: Input/output error")
             return l2off, self._l2(l2off)
         l2off = self._alloc_end(n)
         self.file.pwrite(l2off, bytes(n))
+        self._metadata().add(l2off, n, "L2 table")
         tbl = array("Q", bytes(n))
         self._l2_cache[l2off] = tbl
         if len(self._l2_cache) > L2_CACHE_TABLES:
             self._l2_cache.popitem(last=False)
         return l2off, tbl
 
-    def _meta_pwrite(self, offset: int, data: bytes, what: str) -> None:
-        """Write a table entry; an offset the file system refuses (corrupt table offset) is a QimgError."""
+    def _metadata(self) -> MetadataMap:
+        """Header, backing file name, L1 and L2 tables: what a write must not overwrite."""
+        if self._meta is None:
+            h = self.header
+            n = self._l2_entries * 8
+            ranges = [(0, HEADER_SIZE, "the header"), (self.l1_offset, len(self.l1) * 8, "L1 table")]
+            if h.backing_file_offset:
+                ranges.append((h.backing_file_offset, h.backing_file_size, "the backing file name"))
+            ranges += [(off, n, "L2 table") for off in set(self.l1) if off]
+            self._meta = MetadataMap(ranges)
+        return self._meta
+
+    def _meta_pwrite(self, offset: int, data: bytes, what: str, table: tuple[int, int, str]) -> None:
+        """Write entries of ``table`` (start, end, name); an offset the file system refuses
+        (corrupt table offset) is a QimgError."""
+        self._metadata().guard(offset, len(data), own=table)
         try:
             self.file.pwrite(offset, data)
         except OSError as e:
@@ -380,9 +399,13 @@ class QcowFormat(Format):
             raise QimgError(f"'{self.filename}': could not write {what} at offset {offset:#x}: "
                             f"{os_error_text(e)}") from None
 
+    def _l2_range(self, l2off: int) -> tuple[int, int, str]:
+        return l2off, l2off + self._l2_entries * 8, "L2 table"
+
     def _commit_l1(self, l1i: int, l2off: int) -> None:
         if self.l1[l1i] != l2off:
-            self._meta_pwrite(self.l1_offset + l1i * 8, l2off.to_bytes(8, "big"), "L1 table")
+            self._meta_pwrite(self.l1_offset + l1i * 8, l2off.to_bytes(8, "big"), "L1 table",
+                              (self.l1_offset, self.l1_offset + len(self.l1) * 8, "L1 table"))
             self.l1[l1i] = l2off
 
     def write(self, offset: int, data: memoryview) -> None:
@@ -414,11 +437,13 @@ class QcowFormat(Format):
                 while j < end_i and tbl[j] == first_entry + ((j - i) << cb):
                     j += 1
                 n = min(total - pos, base + (j << cb) - off)
-                self._check_aligned(first_entry)
+                host = first_entry + (off & (cs - 1))
+                self._check_host(first_entry, host, n)
+                self._metadata().guard(host, n)
                 if self._aes is not None:
-                    self._pwrite_encrypted(first_entry + (off & (cs - 1)), off, data[pos : pos + n])
+                    self._pwrite_encrypted(host, off, data[pos : pos + n])
                 else:
-                    self.file.pwrite(first_entry + (off & (cs - 1)), data[pos : pos + n])
+                    self.file.pwrite(host, data[pos : pos + n])
                 pos += n
                 continue
             if not first_entry:
@@ -464,7 +489,7 @@ class QcowFormat(Format):
                 self.file.pwrite(host + head, data)
         entries = array("Q", range(host, host + run_len, cs))
         tbl[i:j] = entries
-        self._meta_pwrite(l2off + i * 8, _be_bytes(entries), "L2 table")
+        self._meta_pwrite(l2off + i * 8, _be_bytes(entries), "L2 table", self._l2_range(l2off))
 
     def write_compressed(self, offset: int, data: memoryview) -> None:
         """One whole cluster, deflated (stored plainly when that does not save space)."""
@@ -489,13 +514,14 @@ class QcowFormat(Format):
         else:
             # compressed data is appended at the end of the file, which QEMU counts in sectors
             host = -(-self._eof // SECTOR) * SECTOR
-            if host + len(packed) > MAX_OFFSET:
+            if not request_ok(host, len(packed)):
                 raise QimgError(f"'{self.filename}': image file too large")
+            self._metadata().guard(host, len(packed))
             self.file.pwrite(host, packed)
             self._eof = host + len(packed)
             entry = COMPRESSED | (len(packed) << (63 - self.cluster_bits)) | host
             tbl[l2i] = entry
-            self._meta_pwrite(l2off + l2i * 8, entry.to_bytes(8, "big"), "L2 table")
+            self._meta_pwrite(l2off + l2i * 8, entry.to_bytes(8, "big"), "L2 table", self._l2_range(l2off))
         self._commit_l1(l1i, l2off)
 
     def make_empty(self) -> None:
@@ -505,6 +531,7 @@ class QcowFormat(Format):
         self.l1 = array("Q", bytes(l1_bytes))
         self._l2_cache.clear()
         self._zcache = None
+        self._meta = None
         h = self.header
         # never cut the header or the backing file name
         end = max(self.l1_offset + l1_bytes, HEADER_SIZE, h.backing_file_offset + h.backing_file_size)
