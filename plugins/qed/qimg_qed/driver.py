@@ -16,9 +16,11 @@ from collections import OrderedDict
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
 from qimg.driver import CheckResult, Format
-from qimg.errors import CorruptImage, QimgError
+from qimg.errors import QimgError
 from qimg.image import is_zero, zero_fill
+from qimg.limits import einval, qemu_length
 from qimg.options import SIZE, STRING, Option
+from qimg.overlap import MetadataMap
 from qimg.tables import le64_bytes as _to_le
 from qimg.tables import le64_table as _from_le
 
@@ -137,7 +139,8 @@ class QedFormat(Format):
         self.nelems = h.table_size * cs // 8
         self.table_bytes = h.table_size * cs
         self.data_start = h.header_size * cs
-        self.file_size = file.size()
+        # as QEMU, the file ends at its last whole cluster: a partial one holds nothing
+        self.file_size = qemu_length(file.size()) // cs * cs
         if not self._image_size_ok(h.image_size):
             raise QimgError("QED image size is invalid")
         if not self._table_ok(h.l1_table_offset):
@@ -150,7 +153,8 @@ class QedFormat(Format):
             self.backing_filename = os.fsdecode(name) or None
             if self.backing_filename and h.features & F_BACKING_FORMAT_NO_PROBE:
                 self.backing_format = "raw"
-        self._end = self._round_up(self.file_size)
+        self._end = self.file_size
+        self._meta: MetadataMap | None = None  # built on the first write
         self._l2cache: OrderedDict[tuple[int, int], array] = OrderedDict()
         self._load_l1()
         self._marked_dirty = False
@@ -170,9 +174,6 @@ class QedFormat(Format):
             if changed:
                 self._write_header()
                 self.file.flush()
-
-    def _round_up(self, n: int) -> int:
-        return (n + self.cs - 1) // self.cs * self.cs
 
     def _image_size_ok(self, size: int) -> bool:
         return size % 512 == 0 and size <= _max_image_size(self.cs, self.h.table_size)
@@ -220,7 +221,7 @@ class QedFormat(Format):
     def _l2_offset(self, l1i: int) -> int:
         off = self.l1[l1i]
         if off and not self._table_ok(off):
-            raise CorruptImage(f"QED L2 table offset {off:#x} is invalid (L1 index {l1i})")
+            raise einval()  # QEMU's EINVAL for a table outside the file
         return off
 
     def _l2_window(self, l2off: int, wi: int) -> array:
@@ -252,7 +253,17 @@ class QedFormat(Format):
             n -= m
         return out
 
+    def _metadata(self) -> MetadataMap:
+        """Header clusters, L1 and L2 tables: what a write must not overwrite."""
+        if self._meta is None:
+            ranges = [(0, self.data_start, "the header"), (self.h.l1_table_offset, self.table_bytes, "L1 table")]
+            ranges += [(off, self.table_bytes, "L2 table") for off in set(self.l1) if off]
+            self._meta = MetadataMap(ranges)
+        return self._meta
+
     def _store_entries(self, l2off: int, i: int, vals: array) -> None:
+        if self.writable:
+            self._metadata().guard(l2off + 8 * i, 8 * len(vals), own=(l2off, l2off + self.table_bytes, "L2 table"))
         self.file.pwrite(l2off + 8 * i, _to_le(vals))
         pos = 0
         while pos < len(vals):
@@ -269,7 +280,7 @@ class QedFormat(Format):
         if entry == 1:
             return ZEROES
         if not self._cluster_ok(entry):
-            raise CorruptImage("Invalid argument")  # QEMU's EINVAL for an entry outside the file
+            raise einval()  # QEMU's EINVAL for an entry outside the file
         return DATA_RUN
 
     def _run(self, offset: int, length: int) -> tuple[int, int, int]:
@@ -305,7 +316,10 @@ class QedFormat(Format):
     def block_status(self, offset: int, length: int) -> Status:
         kind, host, n = self._run(offset, length)
         while n < length:
-            k2, h2, n2 = self._run(offset + n, length - n)
+            try:
+                k2, h2, n2 = self._run(offset + n, length - n)
+            except QimgError:
+                break  # a bad entry further on fails the query that starts there
             if k2 != kind or (kind == DATA_RUN and h2 != host + n):
                 break
             n += n2
@@ -339,6 +353,7 @@ class QedFormat(Format):
 
     def _alloc(self, nclusters: int) -> int:
         off = self._end
+        self._metadata().guard(off, nclusters * self.cs)
         self._end += nclusters * self.cs
         self.file_size = max(self.file_size, self._end)
         return off
@@ -385,6 +400,7 @@ class QedFormat(Format):
             piece = None if data is None else data[g0 - offset : g1 - offset]
             if kind == DATA_RUN:
                 host = ents[j] + g0 - (c0 + j) * cs
+                self._metadata().guard(host, g1 - g0)
                 if piece is None:
                     self.file.write_zeroes(host, g1 - g0)
                 else:
@@ -404,9 +420,12 @@ class QedFormat(Format):
         if not l2off:
             l2off = self._alloc(self.h.table_size)
             self.file.write_zeroes(l2off, self.table_bytes)
+            self._metadata().add(l2off, self.table_bytes, "L2 table")
             self._store_entries(l2off, i0, new)
             self.l1[l1i] = l2off
-            self.file.pwrite(self.h.l1_table_offset + 8 * l1i, _to_le(array("Q", [l2off])))
+            l1 = self.h.l1_table_offset
+            self._metadata().guard(l1 + 8 * l1i, 8, own=(l1, l1 + self.table_bytes, "L1 table"))
+            self.file.pwrite(l1 + 8 * l1i, _to_le(array("Q", [l2off])))
         else:
             self._store_entries(l2off, i0, new)
 
@@ -491,6 +510,7 @@ class QedFormat(Format):
         self.h.image_size = size
         self._write_header()
         self._load_l1()
+        self._meta = None
 
     def change_backing_file(self, filename: str | None, fmt: str | None) -> None:
         h = self.h
@@ -534,7 +554,7 @@ class QedFormat(Format):
         res = CheckResult(filename=self.filename, format="qed")
         res.total_clusters = (self.h.image_size + cs - 1) // cs
         fix_errors = bool(fix) and self.writable  # QEMU's QED check repairs everything with any -r
-        nclusters = self._round_up(self.file_size) // cs
+        nclusters = self.file_size // cs
         used = bytearray((nclusters + 7) // 8)
 
         def mark(off: int, count: int) -> bool:
