@@ -15,6 +15,7 @@ from qimg.driver import CheckResult, Format
 from qimg.errors import CorruptImage, NotSupported, QimgError
 from qimg.image import zero_fill
 from qimg.options import BOOL, SIZE, Option
+from qimg.overlap import MetadataMap
 from qimg.protocol import ZERO_CHUNK
 from qimg.tables import LazyPattern
 from qimg.tables import le32_bytes as _le_bytes
@@ -113,11 +114,11 @@ class VdiFormat(Format):
         super().__init__(file, filename=filename, writable=writable, options=options)
         raw = file.pread(0, HEADER_SIZE).ljust(HEADER_SIZE, b"\0")
         h = Header.parse(raw)
+        if h.disk_size > MAX_DISK_SIZE:
+            raise QimgError(f"Unsupported VDI image size (size is {h.disk_size:#x}, "
+                            f"max supported is {MAX_DISK_SIZE:#x})")
         # odd sizes (VBoxManage convertfromraw makes them) round up to a sector
         disk_size = -(-h.disk_size // SECTOR) * SECTOR
-        if disk_size > MAX_DISK_SIZE:
-            raise QimgError(f"Unsupported VDI image size (size is {disk_size:#x}, "
-                            f"max supported is {MAX_DISK_SIZE:#x})")
         if h.signature != SIGNATURE:
             raise QimgError(f"Image not in VDI format (bad signature {h.signature:08x})")
         if h.version != VERSION_1_1:
@@ -144,17 +145,19 @@ class VdiFormat(Format):
         if blocks > MAX_BMAP_ENTRIES:
             raise QimgError(f"unsupported VDI image (too many blocks {blocks}, qimg supports at most "
                             f"{MAX_BMAP_ENTRIES})")
-        if h.offset_bmap + blocks * 4 > file.size():
-            raise QimgError("unsupported VDI image (block map extends past the end of the file)")
         self.header = h
         self.static = h.image_type == TYPE_STATIC
         self._size = disk_size
         self.offset_data = h.offset_data
-        self.bmap = _le_array(file.pread(h.offset_bmap, blocks * 4))
+        # as QEMU, a block map reaching past the end of the file reads zeroes there
+        self.bmap = _le_array(file.pread(h.offset_bmap, blocks * 4).ljust(blocks * 4, b"\0"))
         self.blocks_allocated = h.blocks_allocated
         # the highest data-area index in use: allocation must not reuse it
         self._top = max(filter(FIRST_UNALLOCATED.__gt__, self.bmap), default=-1)
         self._block_buf: bytearray | None = None
+        # the header and the block map (whole sectors, as QEMU writes them): no block may overlap them
+        self._meta = MetadataMap([(0, HEADER_SIZE, "the header"),
+                                  (h.offset_bmap, -(-blocks * 4 // SECTOR) * SECTOR, "the block map")])
 
     # -- facts ----------------------------------------------------------------------------
     @property
@@ -231,7 +234,9 @@ class VdiFormat(Format):
                     # a corrupt map entry points past the image: refuse before writing there
                     raise CorruptImage(f"'{self.filename}': block index {idx} too large, is {entry} "
                                        "(run 'qimg check')")
-                self.file.pwrite(self._host(entry, within), chunk)
+                host = self._host(entry, within)
+                self._meta.guard(host, k)
+                self.file.pwrite(host, chunk)
 
     def _allocate(self, idx: int, within: int, chunk: memoryview) -> None:
         """Append a block: the whole block (zero padded), then the header count, then the map entry."""
@@ -240,6 +245,7 @@ class VdiFormat(Format):
             raise QimgError(f"'{self.filename}': the block map and the allocated block count disagree; "
                             "cannot allocate (run 'qimg check')")
         host = self._host(entry, 0)
+        self._meta.guard(host, BLOCK_SIZE)
         if len(chunk) == BLOCK_SIZE:
             self.file.pwrite(host, chunk)
         else:
@@ -264,7 +270,11 @@ class VdiFormat(Format):
             if entry >= FIRST_UNALLOCATED:
                 super().write_zeroes(offset + pos, k, unmap)
                 continue
+            if entry >= self.header.blocks_in_image:
+                raise CorruptImage(f"'{self.filename}': block index {idx} too large, is {entry} "
+                                   "(run 'qimg check')")
             host = self._host(entry, within)
+            self._meta.guard(host, k)
             done = 0
             while done < k:
                 n = min(len(ZERO_CHUNK), k - done)
