@@ -17,7 +17,9 @@ from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, ZERO, Status
 from qimg.driver import Format
 from qimg.errors import QimgError
 from qimg.image import zero_fill
+from qimg.limits import qemu_length, request_ok
 from qimg.options import BOOL, SIZE, STRING, Option
+from qimg.overlap import MetadataMap
 from qimg.tables import LazyPattern
 
 from .structs import (
@@ -46,8 +48,6 @@ MAX_SECTORS = 0xFF000000
 VHD_EPOCH = 946684800
 DEFAULT_BLOCK_SIZE = 0x200000
 UNALLOCATED = 0xFFFFFFFF
-#: offsets past this cannot be read at all (QEMU's request limit); smaller ones read zeroes past EOF
-MAX_OFFSET = (1 << 63) - (1 << 31)
 #: BAT entries we keep in memory at most (256 MiB); qemu-img caps at INT_MAX / 4
 MAX_BAT_ENTRIES = 1 << 26
 #: creator applications whose images take their size from ``current_size``, not CHS
@@ -197,14 +197,14 @@ class VpcFormat(Format):
     # -- open -----------------------------------------------------------------------
     def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
         super().__init__(file, filename=filename, writable=writable, options=options)
-        flen = file.size()
+        flen = qemu_length(file.size())  # QEMU's length of the file: whole sectors
         raw = file.pread(0, FOOTER_SIZE).ljust(FOOTER_SIZE, b"\0")
         # a footer copy at offset 0 means a dynamic layout (whatever its type field says);
         # a fixed disk has its footer only at the end
         dynamic = raw[:8] == COOKIE
         if not dynamic:
             if flen < FOOTER_SIZE:
-                raise QimgError("invalid VPC image")
+                raise QimgError("File too small for a VHD header")
             raw = file.pread(flen - FOOTER_SIZE, FOOTER_SIZE).ljust(FOOTER_SIZE, b"\0")
             if raw[:8] != COOKIE or int.from_bytes(raw[60:64], "big") != DISK_FIXED:
                 raise QimgError("invalid VPC image")
@@ -227,12 +227,16 @@ class VpcFormat(Format):
         if sectors > MAX_SECTORS:
             raise QimgError(f"Could not open '{filename}': Could not open '{filename}': File too large")
         self._size = sectors * SECTOR
+        # what no guest write may overwrite (a fixed disk: the footer at the end)
+        self._meta = MetadataMap([(0, FOOTER_SIZE, "the footer copy")] if dynamic else
+                                 [(flen - FOOTER_SIZE, FOOTER_SIZE, "the footer")])
+        self._last_bitmap = -1
         if dynamic:
             self._open_dynamic(flen)
 
     def _open_dynamic(self, flen: int) -> None:
         off = self.footer.data_offset
-        if off + DYN_HEADER_SIZE > MAX_OFFSET:
+        if not request_ok(off, DYN_HEADER_SIZE):
             raise QimgError("Error reading dynamic VHD header")
         raw = self.file.pread(off, DYN_HEADER_SIZE) if off < flen else b""
         raw = raw.ljust(DYN_HEADER_SIZE, b"\0")
@@ -253,7 +257,7 @@ class VpcFormat(Format):
         self.bitmap_size = bitmap_size_for(bsize)
         self.bat_offset = hdr.table_offset
         bat_bytes = entries * 4
-        if self.bat_offset + bat_bytes > MAX_OFFSET:
+        if not request_ok(self.bat_offset, bat_bytes):
             raise QimgError("Error reading pagetable")
         # where the next block goes: after the BAT and after every allocated block
         free = -(-(self.bat_offset + bat_bytes) // SECTOR) * SECTOR
@@ -272,7 +276,8 @@ class VpcFormat(Format):
         pos = 0
         while pos < entries:
             k = min(chunk, entries - pos)
-            part = array("I", self.file.pread(self.bat_offset + pos * 4, k * 4))
+            # past the end of the file the table reads zeroes, as in QEMU
+            part = array("I", self.file.pread(self.bat_offset + pos * 4, k * 4).ljust(k * 4, b"\0"))
             if sys.byteorder == "little":
                 part.byteswap()
             used = list(filter(UNALLOCATED.__ne__, part))
@@ -287,6 +292,8 @@ class VpcFormat(Format):
             raise truncated
         self.free_offset = free
         self._bitmap = b"\xff" * self.bitmap_size
+        self._meta.add(off, DYN_HEADER_SIZE, "the dynamic disk header")
+        self._meta.add(self.bat_offset, -(-bat_bytes // SECTOR) * SECTOR, "the block allocation table")
 
     # -- facts ----------------------------------------------------------------------------
     @property
@@ -350,6 +357,7 @@ class VpcFormat(Format):
 
     def write(self, offset: int, data: memoryview) -> None:
         if self.fixed:
+            self._meta.guard(offset, len(data))
             self.file.pwrite(offset, data)
             return
         for pos, idx, within, k in self._pieces(offset, len(data)):
@@ -358,7 +366,23 @@ class VpcFormat(Format):
             if entry == UNALLOCATED:
                 self._allocate(idx, within, chunk)
             else:
-                self.file.pwrite(entry * SECTOR + self.bitmap_size + within, chunk)
+                self._write_in_block(entry, within, chunk)
+
+    def _write_in_block(self, entry: int, within: int, chunk: memoryview | None, k: int = 0) -> None:
+        """Write into an allocated block (None: ``k`` zero bytes). As QEMU, the block's sector
+        bitmap is first set to all ones (once per run of writes to the same block)."""
+        bitmap = entry * SECTOR
+        host = bitmap + self.bitmap_size + within
+        n = k if chunk is None else len(chunk)
+        self._meta.guard(host, n)
+        if entry != self._last_bitmap:
+            self._meta.guard(bitmap, self.bitmap_size)
+            self.file.pwrite(bitmap, self._bitmap)
+            self._last_bitmap = entry
+        if chunk is None:
+            self.file.write_zeroes(host, n, False)
+        else:
+            self.file.pwrite(host, chunk)
 
     def _allocate(self, idx: int, within: int, chunk: memoryview) -> None:
         """A new block at the footer's place: data, bitmap, moved footer, then the BAT entry."""
@@ -367,6 +391,7 @@ class VpcFormat(Format):
             raise QimgError(f"'{self.filename}': the image file is too large for more blocks")
         data_start = start + self.bitmap_size
         end = data_start + self.block_size
+        self._meta.guard(start, end + FOOTER_SIZE - start)
         # zero data is written too (QEMU does: a block filled by zero writes is on disk)
         self.file.pwrite(data_start + within, chunk)
         self.file.pwrite(start, self._bitmap)
@@ -377,6 +402,7 @@ class VpcFormat(Format):
 
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
         if self.fixed:
+            self._meta.guard(offset, length)
             self.file.write_zeroes(offset, length, False)
             return
         # QEMU's vpc has no zero-write operation: its block layer writes zero data, which
@@ -384,7 +410,7 @@ class VpcFormat(Format):
         for pos, idx, within, k in self._pieces(offset, length):
             entry = self.bat[idx]
             if entry != UNALLOCATED:
-                self.file.write_zeroes(entry * SECTOR + self.bitmap_size + within, k, False)
+                self._write_in_block(entry, within, None, k)
             else:
                 super().write_zeroes(offset + pos, k, unmap)
 
