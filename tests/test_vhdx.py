@@ -276,12 +276,14 @@ def test_corrupt_images(tmp_path, qemu_img, off, data):
     r = qemu_img("info", "--output=json", "-f", "vhdx", bad)
     try:
         with qimg.open(bad, "vhdx") as img:
-            got = img.pread(0, img.size)
+            # a disk size QEMU accepts may be huge (it has no limit): read what a test can hold
+            size = img.size
+            got = img.pread(0, min(size, 64 * MiB))
             ok = True
     except QimgError as e:
         ok = False
         assert "\n" not in e.message
-    if r.returncode == 0 and ok:
+    if r.returncode == 0 and ok and size <= 64 * MiB:
         out = str(tmp_path / "o.raw")
         if qemu_img("convert", "-f", "vhdx", "-O", "raw", bad, out).returncode == 0:
             assert got == open(out, "rb").read()

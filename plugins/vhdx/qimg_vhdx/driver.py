@@ -9,17 +9,19 @@ none): the whole disk is data.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from array import array
 
-from qimg import limits
+from qimg import api, limits
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, Status
 from qimg.driver import CheckResult, Format
-from qimg.errors import CorruptImage, NotSupported, QimgError
+from qimg.errors import CorruptImage, QimgError
 from qimg.image import zero_fill
 from qimg.options import BOOL, SIZE, STRING, Option
+from qimg.overlap import MetadataMap
 from qimg.tables import le64_bytes as _le64
 
 from .structs import (
@@ -215,155 +217,223 @@ class VhdxFormat(Format):
             file.close()
 
     # -- open -----------------------------------------------------------------------------------------
+    # QEMU's vhdx_open, step by step: most refusals carry only an errno (EINVAL, ENOTSUP), which
+    # qemu-img prints as "Could not open 'x': Could not open 'x': Invalid argument"
     def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
         super().__init__(file, filename=filename, writable=writable, options=options)
-        self.file_size = file.size()
+        self.file_size = limits.qemu_length(file.size())  # as QEMU measures it: whole sectors
         if file.pread(0, 8) != FILE_SIGNATURE:
-            raise QimgError("Image is not in VHDX format")
+            raise self._fail(errno.EINVAL)
         self._read_headers()
-        self._read_regions()
         self._headers_updated = False
         self.log_replayed = False
-        log_off, log_len = self.hdr["log_offset"], self.hdr["log_length"]
-        if self.hdr["log_guid"] != ZERO_GUID:
-            if log_off % MiB or log_len % MiB or log_off < HEADER_SECTION_END or not 0 < log_len <= MAX_LOG:
-                raise CorruptImage("Invalid VHDX log location")
-            from .log import Log  # only an image with a log needs it
-
-            log = Log(file, log_off, log_len, self.hdr["log_guid"])
-            entries = log.active_sequence()
-            if entries and not writable:
-                raise QimgError(f"VHDX image file '{filename}' opened read-only, but contains a log that needs to be "
-                                f"replayed\nTo replay the log, run:\nqimg check -r all '{filename}'")
-            if writable:
-                Log.replay(file, entries)
-                self.log_replayed = bool(entries)
-                self.file_size = file.size()
-                self._update_headers(log_guid=ZERO_GUID)
-                self._read_regions()
+        self._regions: list[tuple[int, int]] = []  # QEMU's overlap list: log, then the regions
+        self._read_log()
+        self._read_regions()
         self._read_metadata()
         self._read_bat()
+        self._meta: MetadataMap | None = None  # built on the first write
+        # qemu-img check opens without the BAT check and reports what it finds instead
+        if not options.get("check"):
+            problems = self._bat_problems(stop_at_first=True)
+            if problems:
+                api.warn(f"qimg: {problems[0]}")
+                raise self._fail(errno.EINVAL)
+
+    def _fail(self, code: int) -> QimgError:
+        return limits.open_errno(self.filename, code)
 
     def _read_headers(self) -> None:
-        best = None
+        valid: list[tuple[int, dict[str, Any], bytes]] = []
         for off in (HEADER1_OFFSET, HEADER2_OFFSET):
-            raw = self.file.pread(off, HEADER_SIZE)
-            if len(raw) < HEADER_SIZE or raw[:4] != b"head":
-                continue
+            raw = self.file.pread(off, HEADER_SIZE).ljust(HEADER_SIZE, b"\0")
             h = Header.parse(raw)
-            if h.checksum != crc_with_zero_field(raw) or h.version != 1:
+            if h.checksum != crc_with_zero_field(raw) or h.signature != b"head" or h.version != 1:
                 continue
-            if best is None or h.sequence_number > best[1]["sequence_number"]:
-                best = (off, dict((k, v) for k, v in h.items() if not k.startswith("_")))
-        if best is None:
+            valid.append((off, dict((k, v) for k, v in h.items() if not k.startswith("_")), raw))
+        if not valid:
             raise QimgError("No valid VHDX header found")
-        self.hdr_slot, self.hdr = best
+        if len(valid) == 2:
+            (o1, h1, r1), (o2, h2, r2) = valid
+            if h1["sequence_number"] == h2["sequence_number"]:
+                # Disk2VHD writes two identical headers; different ones with one number are corrupt
+                # (QEMU compares them with the checksum field zeroed)
+                if r1[:4] + r1[8:] != r2[:4] + r2[8:]:
+                    raise QimgError("No valid VHDX header found")
+                valid = [valid[0]]
+            elif h2["sequence_number"] > h1["sequence_number"]:
+                valid = [valid[1]]
+        self.hdr_slot, self.hdr = valid[0][0], valid[0][1]
+
+    def _read_log(self) -> None:
+        lo, ln = self.hdr["log_offset"], self.hdr["log_length"]
+        self._regions.append((lo, ln))
+        if lo < MiB or lo % MiB or self.hdr["log_version"] != 0:
+            raise self._fail(errno.EINVAL)
+        if self.hdr["log_guid"] == ZERO_GUID or ln == 0:
+            return
+        if ln % MiB:
+            raise self._fail(errno.EINVAL)
+        from .log import Log  # only an image with a log needs it
+
+        log = Log(self.file, lo, ln, self.hdr["log_guid"])
+        entries = log.active_sequence()
+        if entries and not self.writable:
+            raise QimgError(f"VHDX image file '{self.filename}' opened read-only, but contains a log that needs to "
+                            f"be replayed\nTo replay the log, run:\nqimg check -r all '{self.filename}'")
+        if self.writable:
+            # a log writes where it says: never into the header section or into the log itself
+            keep = MetadataMap([(0, HEADER_SECTION_END, "the VHDX header section"), (lo, ln, "the VHDX log")])
+            Log.replay(self.file, entries, keep)
+            self.log_replayed = bool(entries)
+            self.file_size = limits.qemu_length(self.file.size())
+            self._update_headers(log_guid=ZERO_GUID)
+
+    def _overlap_check(self, start: int, length: int) -> str | None:
+        """QEMU's vhdx_region_check against the registered regions: the message, or None."""
+        end = start + length
+        for rs, rn in self._regions:
+            re_ = rs + rn
+            if not (start >= re_ or end <= rs):
+                # QEMU prints the end with "%." PRIu64: a zero end prints as nothing
+                return f"VHDX region {start}-{end} overlaps with region {rs}-{re_ if re_ else ''}"
+        return None
 
     def _read_regions(self) -> None:
         # like qemu-img, only the first copy is used: a damaged first table is an error
-        for off in (REGION1_OFFSET,):
-            raw = self.file.pread(off, REGION_TABLE_SIZE)
-            if len(raw) < REGION_TABLE_SIZE or raw[:4] != b"regi":
-                continue
-            t = RegionTableHeader.parse(raw)
-            if t.checksum != crc_with_zero_field(raw) or t.entry_count > MAX_TABLE_ENTRIES:
-                continue
-            found: dict[bytes, tuple[int, int]] = {}
-            for i in range(t.entry_count):
-                e = RegionEntry.parse(raw[16 + 32 * i:48 + 32 * i])
-                if e.file_offset % MiB or e.length % MiB or e.file_offset < HEADER_SECTION_END:
-                    raise CorruptImage("Invalid VHDX region table entry")
+        raw = self.file.pread(REGION1_OFFSET, REGION_TABLE_SIZE).ljust(REGION_TABLE_SIZE, b"\0")
+        t = RegionTableHeader.parse(raw)
+        if t.checksum != crc_with_zero_field(raw) or t.signature != b"regi" or t.entry_count > MAX_TABLE_ENTRIES:
+            raise self._fail(errno.EINVAL)
+        found: dict[bytes, tuple[int, int]] = {}
+        for i in range(t.entry_count):
+            e = RegionEntry.parse(raw[16 + 32 * i:48 + 32 * i])
+            clash = self._overlap_check(e.file_offset, e.length)
+            if clash:
+                api.warn(f"qimg: {clash}")
+                raise self._fail(errno.EINVAL)
+            self._regions.append((e.file_offset, e.length))
+            if e.guid in (BAT_GUID, METADATA_GUID):
                 if e.guid in found:
-                    raise CorruptImage("Duplicate VHDX region table entry")
-                if e.guid not in (BAT_GUID, METADATA_GUID) and e.required & 1:
-                    raise NotSupported("Unsupported required VHDX region")
+                    raise self._fail(errno.EINVAL)
                 found[e.guid] = (e.file_offset, e.length)
-            if BAT_GUID not in found or METADATA_GUID not in found:
-                raise CorruptImage("VHDX region table lacks the BAT or the metadata region")
-            self.bat_region = found[BAT_GUID]
-            self.meta_region = found[METADATA_GUID]
-            limits.check_no_overlap([(*self.bat_region, "BAT region"), (*self.meta_region, "metadata region")])
-            return
-        raise QimgError("No valid VHDX region table found")
+            elif e.required & 1:
+                raise self._fail(errno.ENOTSUP)
+        if BAT_GUID not in found or METADATA_GUID not in found:
+            raise self._fail(errno.EINVAL)
+        self.bat_region = found[BAT_GUID]
+        self.meta_region = found[METADATA_GUID]
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        """QEMU's bdrv_pread: zeroes past the end of the file, EIO past the block layer's limit."""
+        if not limits.request_ok(offset, length):
+            raise self._fail(errno.EIO)
+        return self.file.pread(offset, length).ljust(length, b"\0")
 
     def _read_metadata(self) -> None:
-        moff, mlen = self.meta_region
-        if mlen < METADATA_TABLE_SIZE:
-            raise CorruptImage("VHDX metadata region is too small")
-        raw = limits.read_exact(self.file, moff, METADATA_TABLE_SIZE, "VHDX metadata table")
+        moff = self.meta_region[0]
+        raw = self._pread(moff, METADATA_TABLE_SIZE)
         t = MetadataTableHeader.parse(raw)
-        if t.signature != b"metadata" or t.entry_count > MAX_TABLE_ENTRIES:
-            raise CorruptImage("Invalid VHDX metadata table")
-        items: dict[bytes, bytes] = {}
-        known = {FILE_PARAMETERS_GUID: 8, VIRTUAL_DISK_SIZE_GUID: 8, PAGE83_GUID: 16, LOGICAL_SECTOR_GUID: 4,
-                 PHYSICAL_SECTOR_GUID: 4}
+        if t.signature != b"metadata" or t.entry_count * 32 > METADATA_TABLE_SIZE - 32:
+            raise self._fail(errno.EINVAL)
+        entries: dict[bytes, int] = {}  # item -> offset in the region
+        known = (FILE_PARAMETERS_GUID, VIRTUAL_DISK_SIZE_GUID, PAGE83_GUID, LOGICAL_SECTOR_GUID,
+                 PHYSICAL_SECTOR_GUID, PARENT_LOCATOR_GUID)
         for i in range(t.entry_count):
             e = MetadataEntry.parse(raw[32 + 32 * i:64 + 32 * i])
-            if e.item_id == PARENT_LOCATOR_GUID:
-                raise NotSupported("VHDX differencing images (with a parent) are not supported")
-            if e.item_id not in known:
-                if e.flags & META_IS_REQUIRED:
-                    raise NotSupported("Unsupported required VHDX metadata item")
-                continue
-            if e.length != known[e.item_id] or e.offset < METADATA_TABLE_SIZE or e.offset + e.length > mlen:
-                raise CorruptImage("Invalid VHDX metadata entry")
-            items[e.item_id] = limits.read_exact(self.file, moff + e.offset, e.length, "VHDX metadata item")
-        for g in (FILE_PARAMETERS_GUID, VIRTUAL_DISK_SIZE_GUID, LOGICAL_SECTOR_GUID, PHYSICAL_SECTOR_GUID):
-            if g not in items:
-                raise CorruptImage("VHDX metadata item missing")
-        fp = FileParameters.parse(items[FILE_PARAMETERS_GUID])
+            if e.item_id in known:
+                if e.item_id in entries:
+                    raise self._fail(errno.EINVAL)
+                entries[e.item_id] = e.offset
+            elif e.flags & META_IS_REQUIRED:
+                raise self._fail(errno.ENOTSUP)
+        if len(entries) != 5 or PARENT_LOCATOR_GUID in entries:
+            raise self._fail(errno.ENOTSUP)
+
+        def item(g: bytes, n: int) -> bytes:
+            return self._pread(moff + entries[g], n)
+
+        fp = FileParameters.parse(item(FILE_PARAMETERS_GUID, 8))
         if fp.flags & FP_HAS_PARENT:
-            raise NotSupported("VHDX differencing images (with a parent) are not supported")
+            raise self._fail(errno.EINVAL)  # a parent without a parent locator
+        size = int.from_bytes(item(VIRTUAL_DISK_SIZE_GUID, 8), "little")
+        self.logical_sector = int.from_bytes(item(LOGICAL_SECTOR_GUID, 4), "little")
+        self.physical_sector = int.from_bytes(item(PHYSICAL_SECTOR_GUID, 4), "little")
         bs = fp.block_size
-        if not MIN_BLOCK <= bs <= MAX_BLOCK or bs & (bs - 1):
-            raise CorruptImage(f"Invalid VHDX block size {bs}")
-        self.block_size = bs
-        self.logical_sector = int.from_bytes(items[LOGICAL_SECTOR_GUID], "little")
-        if self.logical_sector not in (512, 4096):
-            raise NotSupported(f"Unsupported VHDX logical sector size {self.logical_sector}")
-        self.physical_sector = int.from_bytes(items[PHYSICAL_SECTOR_GUID], "little")
-        self._size = int.from_bytes(items[VIRTUAL_DISK_SIZE_GUID], "little")
-        if self._size > MAX_SIZE or self._size % self.logical_sector:
-            raise CorruptImage(f"Invalid VHDX virtual disk size {self._size}")
+        if not MIN_BLOCK <= bs <= MAX_BLOCK:
+            raise self._fail(errno.EINVAL)
+        if self.logical_sector != 512:
+            raise self._fail(errno.ENOTSUP)
         self.chunk_ratio = _chunk_ratio(bs, self.logical_sector)
+        if bs & (bs - 1) or self.chunk_ratio & (self.chunk_ratio - 1):
+            raise self._fail(errno.EINVAL)
+        self.block_size = bs
+        # the disk is a whole number of logical sectors (QEMU's total_sectors)
+        self._size = size // self.logical_sector * self.logical_sector
 
     def _read_bat(self) -> None:
         boff, blen = self.bat_region
-        self.blocks, n = _bat_entries(self._size, self.block_size, self.chunk_ratio)
+        bs = self.block_size
+        # QEMU counts in 32 bits (a size past 2^32 blocks wraps; an empty disk needs a whole chunk)
+        blocks = -(-self._size // bs) & 0xFFFFFFFF
+        n = (blocks + (((blocks - 1) & 0xFFFFFFFF) >> (self.chunk_ratio.bit_length() - 1))) & 0xFFFFFFFF
+        self.blocks = blocks
+        self.bat_entries = n
+        if n > blen // 8:
+            raise self._fail(errno.EINVAL)
         nbytes = limits.table_bytes(n, 8, "BAT")
-        if nbytes > blen:
-            raise CorruptImage("VHDX BAT region is too small for the disk size")
+        if not limits.request_ok(boff, blen):
+            raise self._fail(errno.EIO)
         self.bat = array("Q")
-        self.bat.frombytes(limits.read_exact(self.file, boff, nbytes, "BAT") if nbytes else b"")
+        self.bat.frombytes(self._pread(boff, nbytes) if nbytes else b"")
         if not _LE:
             self.bat.byteswap()
-        # every present block lies in the file and overlaps no metadata and no other block
-        fixed = [(0, HEADER_SECTION_END), (self.hdr["log_offset"], self.hdr["log_length"]), self.bat_region,
-                 self.meta_region]
-        starts: list[int] = []
-        bs = self.block_size
-        for b in range(self.blocks):
-            e = self.bat[b + b // self.chunk_ratio]
+        self.end = self.file_size
+
+    def _bat_problems(self, stop_at_first: bool = False) -> list[str]:
+        """QEMU's vhdx_check_bat_entries: present blocks past the end of the file or over the
+        log, the BAT or the metadata region (the messages; empty: all is well)."""
+        out: list[str] = []
+        bs, fsize = self.block_size, self.file_size
+        payblocks = self.chunk_ratio
+        for i, e in enumerate(self.bat):
             if e & BAT_STATE_MASK != PAYLOAD_FULLY_PRESENT:
                 continue
-            off = (e >> BAT_OFFSET_SHIFT) * MiB
-            if off >= self.file_size:
-                raise CorruptImage(f"VHDX BAT entry {b} start offset {off} points after end of file "
-                                   f"({self.file_size}). Image has probably been truncated.")
-            used = min(bs, self._size - b * bs)  # the last block may extend past the disk
-            if off + used - 1 >= self.file_size:
-                raise CorruptImage(f"VHDX BAT entry {b} end offset {off + used - 1} points after end of file "
-                                   f"({self.file_size}). Image has probably been truncated.")
-            starts.append((off, used))
-        starts.sort()
-        for (a, na), (b2, nb) in zip(starts, starts[1:], strict=False):
-            if b2 < a + na:
-                raise CorruptImage(f"VHDX region {b2}-{b2 + nb} overlaps with region {a}-{a + na}")
-        for s, n in starts:
-            for fo, fl in fixed:
-                if s < fo + fl and fo < s + n:
-                    raise CorruptImage(f"VHDX region {s}-{s + n} overlaps with region {fo}-{fo + fl}")
-        self.end = max([self.file_size] + [s + n for s, n in starts])
+            off = e & ~((1 << BAT_OFFSET_SHIFT) - 1)
+            # QEMU sizes the last block by the BAT index, not the block number
+            left = (self._size - i * bs) & 0xFFFFFFFFFFFFFFFF
+            length = min(bs, left)
+            if off > (1 << 63) - 1 - bs:
+                out.append(f"VHDX BAT entry {i} offset overflow.")
+            if off >= fsize:
+                out.append(f"VHDX BAT entry {i} start offset {off} points after end of file ({fsize}). "
+                           "Image has probably been truncated.")
+            elif off + length > fsize:
+                out.append(f"VHDX BAT entry {i} end offset {off + length - 1} points after end of file "
+                           f"({fsize}). Image has probably been truncated.")
+            if stop_at_first and out:
+                return out
+            if payblocks:
+                payblocks -= 1
+                clash = self._overlap_check(off, bs)
+                if clash:
+                    out.append(clash)
+                    if stop_at_first:
+                        return out
+            else:
+                payblocks = self.chunk_ratio
+        return out
+
+    def _metadata(self) -> MetadataMap:
+        """The header section, the log, the BAT and the metadata region: no write lands there."""
+        if self._meta is None:
+            self._meta = MetadataMap([
+                (0, HEADER_SECTION_END, "the VHDX header section"),
+                (self.hdr["log_offset"], self.hdr["log_length"], "the VHDX log"),
+                (*self.bat_region, "the VHDX BAT"),
+                (*self.meta_region, "the VHDX metadata region"),
+            ])
+        return self._meta
 
     # -- headers ----------------------------------------------------------------------------------------
     def _update_headers(self, *, log_guid: bytes | None = None, new_guids: bool = False) -> None:
@@ -398,7 +468,10 @@ class VhdxFormat(Format):
 
     # -- I/O ------------------------------------------------------------------------------------------------
     def _entry(self, b: int) -> int:
-        return self.bat[b + b // self.chunk_ratio]
+        i = b + b // self.chunk_ratio
+        if i >= len(self.bat):  # a disk size QEMU's 32-bit block count wrapped
+            raise limits.eio()
+        return self.bat[i]
 
     def block_status(self, offset: int, length: int) -> Status:
         # qemu-img 7.2's vhdx driver reports no block status: the whole disk reads as data
@@ -410,11 +483,12 @@ class VhdxFormat(Format):
         while pos < total:
             b, within = divmod(offset + pos, bs)
             n = min(total - pos, bs - within)
-            # merge consecutive blocks stored contiguously
             e = self._entry(b)
             view = buf[pos:pos + n]
             if e & BAT_STATE_MASK == PAYLOAD_FULLY_PRESENT:
                 host = (e >> BAT_OFFSET_SHIFT) * MiB + within
+                if not limits.request_ok(host, n):
+                    raise limits.eio()
                 got = self.file.preadinto(host, view)
                 if got < n:
                     zero_fill(view[got:])
@@ -424,17 +498,21 @@ class VhdxFormat(Format):
             pos += n
 
     def _bat_sector(self, i: int) -> tuple[int, bytes]:
-        """The 4 KiB BAT sector holding entry ``i``: (file offset, current bytes)."""
+        """The 4 KiB BAT sector holding entry ``i``: (file offset, its bytes with our entries)."""
         first = i // 512 * 512
+        off = self.bat_region[0] + first * 8
+        sector = bytearray(self._pread(off, 4096))
         raw = _le64(self.bat[first:first + 512])
-        return self.bat_region[0] + first * 8, raw + bytes(4096 - len(raw))
+        sector[:len(raw)] = raw
+        return off, bytes(sector)
 
     def write(self, offset: int, data: memoryview) -> None:
+        meta = self._metadata()
         if not self._headers_updated:
             lo, ln = self.hdr["log_offset"], self.hdr["log_length"]
-            if (lo % MiB or ln % MiB or lo < HEADER_SECTION_END or not MiB <= ln <= MAX_LOG or lo + ln > self.file_size
-                    or any(lo < o + n and o < lo + ln for o, n in (self.bat_region, self.meta_region))):
+            if not MiB <= ln <= MAX_LOG or ln % MiB:
                 raise CorruptImage("Invalid VHDX log location: refusing to write to the image")
+            meta.guard(lo, ln, own=(lo, lo + ln, "the VHDX log"))
             # a new log GUID (the BAT changes go through the log) and new write GUIDs
             import random
             import uuid
@@ -446,6 +524,7 @@ class VhdxFormat(Format):
             self._update_headers(new_guids=True, log_guid=self._log.guid)
             self._headers_updated = True
         bs = self.block_size
+        bat = (self.bat_region[0], self.bat_region[0] + self.bat_region[1], "the VHDX BAT")
         pos, total = 0, len(data)
         while pos < total:
             b, within = divmod(offset + pos, bs)
@@ -453,16 +532,21 @@ class VhdxFormat(Format):
             e = self._entry(b)
             piece = data[pos:pos + n]
             if e & BAT_STATE_MASK == PAYLOAD_FULLY_PRESENT:
-                self.file.pwrite((e >> BAT_OFFSET_SHIFT) * MiB + within, piece)
+                host = (e >> BAT_OFFSET_SHIFT) * MiB + within
+                meta.guard(host, n)
+                self.file.pwrite(host, piece)
             else:
                 # a new block at the end of the file reads as zeroes where not written
                 host = (self.end + MiB - 1) // MiB * MiB
+                meta.guard(host, bs)
+                i = b + b // self.chunk_ratio
+                sector = self._bat_sector(i)
+                meta.guard(sector[0], len(sector[1]), own=bat)
                 self.end = host + bs
                 self.file.pwrite(host + within, piece)
                 if self.file.size() < self.end:
                     self.file.truncate(self.end)
                 self.file_size = max(self.file_size, self.end)
-                i = b + b // self.chunk_ratio
                 self.bat[i] = PAYLOAD_FULLY_PRESENT | (host // MiB) << BAT_OFFSET_SHIFT
                 self._log.write_sector(*self._bat_sector(i))
             pos += n
@@ -480,10 +564,13 @@ class VhdxFormat(Format):
             self.file.close()
 
     def check(self, fix: set[str]) -> CheckResult:
-        # consistency of the BAT was verified when opening; an image that opens is clean. A log
-        # replayed by this open counts as a repaired corruption, as in qemu-img.
+        # the BAT checks QEMU makes on open (skipped when opening for a check), each problem a
+        # corruption; a log replayed by this open counts as a repaired corruption
         res = CheckResult(filename=self.filename, format="vhdx")
+        for msg in self._bat_problems():
+            res.messages.append(f"qimg: {msg}")
+            res.corruptions += 1
         if self.log_replayed:
-            res.corruptions = res.corruptions_fixed = 1
+            res.corruptions_fixed += 1
             self.log_replayed = False
         return res

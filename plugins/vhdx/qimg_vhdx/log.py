@@ -115,8 +115,9 @@ class Log:
         raise CorruptImage("The VHDX log is corrupt: its active sequence does not end")
 
     @staticmethod
-    def replay(file: Any, entries: list[LogEntry]) -> None:
-        """Apply the entries' descriptors to the file, in order."""
+    def replay(file: Any, entries: list[LogEntry], keep: Any = None) -> None:
+        """Apply the entries' descriptors to the file, in order; ``keep`` (a
+        :class:`qimg.overlap.MetadataMap`) says where no descriptor may write (refused first)."""
         if not entries:
             return
         head = entries[-1]
@@ -134,11 +135,15 @@ class Log:
                     # for "zero" the 8-byte field holds the length
                     if d.leading_bytes % LOG_SECTOR:
                         raise CorruptImage("The VHDX log is corrupt: unaligned zero descriptor")
+                    if keep is not None:
+                        keep.guard(d.file_offset, d.leading_bytes)
                     file.write_zeroes(d.file_offset, d.leading_bytes)
                 else:
                     s = e.data[(desc_sectors + k) * LOG_SECTOR:(desc_sectors + k + 1) * LOG_SECTOR]
                     sector = (d.leading_bytes.to_bytes(8, "little") + s[8:LOG_SECTOR - 4]
                               + d.trailing_bytes.to_bytes(4, "little"))
+                    if keep is not None:
+                        keep.guard(d.file_offset, LOG_SECTOR)
                     file.pwrite(d.file_offset, sector)
                     k += 1
         if file.size() < head.last_file_offset:
