@@ -8,6 +8,7 @@ itself is opened: such extents are still listed by ``info`` but any I/O on them 
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 
 from qimg import limits
@@ -16,9 +17,10 @@ from qimg.blockstatus import Status
 from qimg.driver import CheckResult, Format
 from qimg.errors import NotSupported, QimgError
 from qimg.options import BOOL, SIZE, STRING, Option
+from qimg.overlap import MetadataMap
 
 from . import descriptor as dsc
-from .extents import Extent, FlatExtent, SparseExtent, UnopenedExtent, ZeroExtent, file_read
+from .extents import U64, Extent, FlatExtent, SparseExtent, UnopenedExtent
 from .structs import (
     COMPRESSION_DEFLATE,
     COWD_MAGIC,
@@ -44,6 +46,10 @@ SPLIT_SECTORS = (2 << 30) // SECTOR
 GRAIN_SECTORS = 128
 GTES = 512
 DESC_SECTORS = 20
+#: QEMU reads a descriptor (or the head of a sparse file) up to 1 MiB - 1 bytes
+DESC_READ = (1 << 20) - 1
+#: sparse headers of capacity 0 that point at a descriptor naming further extents, at most
+MAX_NESTING = 8
 
 
 def _extent_names(filename: str, kind: str, count: int) -> list[str]:
@@ -246,11 +252,16 @@ class VmdkFormat(Format):
             img.close()
 
     # -- open -------------------------------------------------------------------------------------
+    # QEMU's vmdk_open, step by step: a sparse file ("KDMV") is its own single extent (its
+    # embedded descriptor only gives CID, parentCID and the parent's name); anything else is a
+    # descriptor file whose extent lines name the extent files (relative to the image's folder)
     def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
         super().__init__(file, filename=filename, writable=writable, options=options)
         self._own: list[Any] = []
         self._by_path: dict[tuple[str, bool], Any] = {}
         self._cid_updated = False
+        self._cid_checked = False
+        self._maps: dict[int, MetadataMap] = {}  # per extent file (id of its protocol), built on a first write
         self.untrusted = bool(options.get("untrusted"))
         try:
             self._open()
@@ -259,36 +270,33 @@ class VmdkFormat(Format):
                 f.close()
             raise
 
+    def _read_desc(self, file: Any, offset: int) -> bytes:
+        """QEMU's vmdk_read_desc: at most 1 MiB - 1 bytes from ``offset`` (zeroes past the end)."""
+        size = file.size()
+        if size < 4:
+            raise QimgError("File is too small, not a valid image")
+        n = min(size, DESC_READ)
+        if not limits.request_ok(offset, n):
+            raise QimgError("Could not read from file: Input/output error")
+        return file.pread(offset, n).ljust(n, b"\0")
+
     def _open(self) -> None:
         file = self.file
-        head = file.pread(0, SECTOR)
-        self.embedded = head[:4] == MAGIC
-        if head[:4] == COWD_MAGIC:
-            raise NotSupported("VMDK version 3 (COWD) sparse extents are not supported")
+        self.extents: list[Extent] = []
+        self.create_type: str | None = None
+        head = self._read_desc(file, 0)
+        self.embedded = head[:4] in (MAGIC, COWD_MAGIC)
         if self.embedded:
-            ext = SparseExtent(file, self.filename, None, writable=self.writable)
-            ext.type_name = ""
-            self.extents: list[Extent] = [ext]
-            h = ext.h
-            self.desc = None
-            if h.desc_offset and h.desc_size:
-                n = limits.table_bytes(h.desc_size, SECTOR, "descriptor", limits.MAX_HEADER_BYTES)
-                limits.check_extent(h.desc_offset * SECTOR, n, ext.file_size, "descriptor")
-                raw = file_read(file, h.desc_offset * SECTOR, n).split(b"\0", 1)[0]
-                if raw.strip():
-                    self.desc = dsc.parse(raw)
-            self.create_type = self.desc.create_type if self.desc else "monolithicSparse"
+            main = self._open_sparse(file, self.filename, head, 0)
+            if main is not None:
+                main.type_name = ""
+            self.desc_offset = 0x200
         else:
-            fsize = file.size()
-            if fsize > limits.MAX_HEADER_BYTES:
-                raise QimgError("File too large")
-            self.desc = dsc.parse(file.pread(0, fsize))
-            self.create_type = self.desc.create_type
-            if self.create_type not in dsc.SUPPORTED_CREATE_TYPES:
-                raise QimgError(f"Unsupported image type '{self.create_type}'")
-            if not self.desc.extents:
-                raise QimgError("Invalid VMDK descriptor: no extents")
-            self.extents = [self._open_extent(e) for e in self.desc.extents]
+            self._open_desc_file(head, 0)
+            self.desc_offset = 0
+        if not self.extents:
+            # qemu-img opens it and then fails an assertion (abort): refuse it cleanly
+            raise QimgError("Invalid VMDK descriptor: no extents")
         self.starts: list[int] = []
         pos = 0
         for e in self.extents:
@@ -297,21 +305,64 @@ class VmdkFormat(Format):
         self._size = pos
         if pos > limits.MAX_IMAGE_SIZE:
             raise QimgError("Image size too large")
-        if self.desc is not None and self.desc.parent_hint:
-            self.backing_filename = self.desc.parent_hint
+        # parentFileNameHint, CID and parentCID come from the descriptor's first 10 KiB
+        area = file.pread(self.desc_offset, dsc.DESC_SIZE).ljust(dsc.DESC_SIZE, b"\0")
+        try:
+            hint = dsc.parent_hint(area)
+        except QimgError:
+            raise limits.open_errno(self.filename, errno.EINVAL) from None
+        cid, pcid = dsc.read_cid(area, False), dsc.read_cid(area, True)
+        if cid is None or pcid is None:
+            raise limits.open_errno(self.filename, errno.EINVAL)
+        self._cid, self.parent_cid = cid, pcid
+        if hint:
+            self.backing_filename = hint
             self.backing_format = "vmdk"
 
-    def _open_extent(self, line: dsc.ExtentLine) -> Extent:
-        length = line.sectors * SECTOR
-        if line.type == "ZERO":
-            return ZeroExtent(None, "", length)
-        name = line.filename or ""
+    def _open_desc_file(self, buf: bytes, depth: int) -> None:
+        ct = dsc.description(buf, "createType")
+        if ct is None:
+            raise QimgError("invalid VMDK image descriptor")
+        if ct not in dsc.DESC_CREATE_TYPES:
+            raise QimgError(f"Unsupported image type '{ct}'")
+        self.create_type = ct
+        for line in dsc.extent_lines(buf):
+            self._open_extent(line, depth)
+
+    def _open_sparse(self, file: Any, name: str, head: bytes, depth: int) -> SparseExtent | None:
+        """A sparse extent file (QEMU's vmdk_open_sparse); a header of capacity 0 with a
+        descriptor makes it a descriptor file instead."""
+        if head[:4] == COWD_MAGIC:
+            raise NotSupported("VMDK version 3 (COWD) sparse extents are not supported")
+        if head[:4] != MAGIC:
+            raise QimgError("Image not in VMDK format")
+        h = SparseHeader.parse(file.pread(0, SECTOR).ljust(SECTOR, b"\0"))
+        if h.capacity == 0 and h.desc_offset:
+            if depth >= MAX_NESTING:
+                raise QimgError("VMDK descriptors nest too deeply")
+            off = (h.desc_offset << 9) & U64
+            if off >= 1 << 63:  # an int64 offset below zero: the read fails
+                raise QimgError("Could not read from file: Input/output error")
+            self._open_desc_file(self._read_desc(file, off), depth + 1)
+            return None
+        if self.create_type is None:
+            self.create_type = "monolithicSparse"
+        ext = SparseExtent(file, name, writable=self.writable, image_file_size=self.file.size())
+        if ext.compressed:
+            self.create_type = "streamOptimized"
+        self.extents.append(ext)
+        return ext
+
+    def _open_extent(self, line: dsc.ExtentLine, depth: int) -> None:
+        name = line.filename
         folder = os.path.dirname(self.filename)
         path = name if os.path.isabs(name) else os.path.join(folder, name)
-        kind = "SPARSE" if line.type in ("SPARSE", "VMFSSPARSE") else "FLAT"
         if self.untrusted and os.path.realpath(path) != os.path.realpath(self.filename):
-            return UnopenedExtent(self.filename, path, length, line.type)
-        writable = self.writable and line.access == "RW"
+            self.extents.append(UnopenedExtent(self.filename, path, line.sectors * SECTOR, line.type))
+            return
+        if line.type == "SESPARSE":
+            raise NotSupported("VMDK seSparse extents are not supported")
+        writable = self.writable
         key = (os.path.realpath(path), writable)
         f = self._by_path.get(key)  # one descriptor may name a file many times: open it once
         if f is None:
@@ -326,16 +377,18 @@ class VmdkFormat(Format):
                 from qimg import locking
 
                 setter(*locking.wanted("raw", writable=writable))
-        ext: Extent
-        if kind == "SPARSE":
-            if f.pread(0, 4) == COWD_MAGIC:
-                raise NotSupported("VMDK version 3 (COWD) sparse extents are not supported")
-            ext = SparseExtent(f, path, length, writable=writable)
-        else:
-            ext = FlatExtent(f, path, length, line.offset * SECTOR)
-            ext.type_name = line.type
-        ext.read_only = self.writable and not writable
-        return ext
+        if line.type in ("SPARSE", "VMFSSPARSE"):
+            # a sparse extent is what its header says, whatever size the line gives (a header
+            # of capacity 0 may make it a descriptor naming further extents)
+            sparse = self._open_sparse(f, path, self._read_desc(f, 0), depth)
+            if sparse is not None:
+                sparse.type_name = line.type
+            return
+        # FLAT and VMFS: the line's size, at the line's offset (sectors; QEMU shifts it in 64 bits)
+        base = (line.offset << 9) & U64
+        ext = FlatExtent(f, path, line.sectors * SECTOR, base - (1 << 64) if base >= 1 << 63 else base)
+        ext.type_name = line.type
+        self.extents.append(ext)
 
     # -- facts -----------------------------------------------------------------------------------------
     @property
@@ -344,7 +397,7 @@ class VmdkFormat(Format):
 
     @property
     def cid(self) -> int:
-        return self.desc.cid if self.desc else 0xFFFFFFFF
+        return self._cid
 
     @property
     def cluster_size(self) -> int | None:
@@ -362,8 +415,8 @@ class VmdkFormat(Format):
 
     def format_specific_info(self) -> dict[str, Any] | None:
         return {
-            "cid": self.cid,
-            "parent-cid": self.desc.parent_cid if self.desc else 0xFFFFFFFF,
+            "cid": self._cid,
+            "parent-cid": self.parent_cid,
             "create-type": self.create_type,
             "extents": [e.info() for e in self.extents],
         }
@@ -395,34 +448,44 @@ class VmdkFormat(Format):
         flags, n, host = ext.status(rel, min(length, ext.length - rel))
         return Status(flags, n, host, ext.file.filename if host is not None and ext.file is not None else None)
 
-    def _each(self, offset: int, length: int, writing: bool = False):
+    def _each(self, offset: int, length: int):
         pos = 0
         while pos < length:
             ext, start = self._extent_at(offset + pos)
-            if writing and ext.read_only:
-                raise QimgError(f"Could not write to '{ext.name}': the descriptor marks the extent read-only")
             rel = offset + pos - start
             n = min(length - pos, ext.length - rel)
             yield ext, start, rel, pos, n
             pos += n
 
+    def _cow(self, start: int):
+        """The extent's copy-on-write reader: the backing file, once its CID is checked."""
+        def cow(o: int, v: memoryview) -> None:
+            if self.backing is not None and not self._cid_checked:
+                # QEMU reads nothing of a parent whose CID is not the parentCID recorded here
+                drv = self.backing.driver
+                if getattr(drv, "format_name", None) != "vmdk" or drv.cid != self.parent_cid:
+                    raise limits.einval()
+                self._cid_checked = True
+            self.read_backing(start + o, v)
+
+        return cow
+
     def read(self, offset: int, buf: memoryview) -> None:
         for ext, start, rel, pos, n in self._each(offset, len(buf)):
-            ext.read(rel, buf[pos : pos + n], lambda o, v, s=start: self.read_backing(s + o, v))
+            ext.read(rel, buf[pos : pos + n], self._cow(start))
 
     def write(self, offset: int, data: memoryview) -> None:
-        runs = list(self._each(offset, len(data), writing=True))
-        self._touch()
+        runs = list(self._each(offset, len(data)))
+        self._guard_all()
         for ext, start, rel, pos, n in runs:
-            ext.write(rel, data[pos : pos + n], n, lambda o, v, s=start: self.read_backing(s + o, v))
+            ext.write(rel, data[pos : pos + n], n, self._cow(start))
+        self._touch()
 
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
-        runs = list(self._each(offset, length, writing=True))
-        self._touch()
+        runs = list(self._each(offset, length))
+        self._guard_all()
         for ext, start, rel, _pos, n in runs:
-            def cow(o, v, s=start):
-                self.read_backing(s + o, v)
-
+            cow = self._cow(start)
             if isinstance(ext, SparseExtent) and not ext.compressed:
                 head, tail = ext.zero_grains(rel, n)
                 if head:
@@ -431,39 +494,72 @@ class VmdkFormat(Format):
                     ext.write(tail, None, rel + n - tail, cow)
             else:
                 ext.write(rel, None, n, cow)
+        self._touch()
 
     def write_compressed(self, offset: int, data: memoryview) -> None:
         if not len(data):
             return  # qemu-img convert's end-of-stream signal: extent files end on sectors already
         ext, start = self._extent_at(offset)
-        list(self._each(offset, len(data), writing=True))  # refuses read-only extents
         if not (isinstance(ext, SparseExtent) and ext.compressed):
             # as qemu-img: extents that store no compressed grains take a plain write
             self.write(offset, data)
             return
-        self._touch()
+        self._guard_all()
         ext.write_compressed(offset - start, data)
+        self._touch()
+
+    # -- metadata a write must not touch ----------------------------------------------------------------
+    def _guard_all(self) -> None:
+        """Before the first write: each extent knows the metadata of its file (sparse headers,
+        grain directories and tables, the descriptor), also where another extent lives in it."""
+        if self._maps:
+            return
+        maps: dict[int, list[tuple[int, int, str]]] = {}
+
+        def add(f: Any, ranges: list[tuple[int, int, str]]) -> None:
+            maps.setdefault(id(f), []).extend(ranges)
+
+        add(self.file, [(self.desc_offset, self._desc_area(), "the descriptor")])
+        for ext in self.extents:
+            if isinstance(ext, SparseExtent):
+                add(ext.file, ext.metadata_ranges())
+        for ext in self.extents:
+            if ext.file is not None:
+                ext.meta = self._maps.setdefault(id(ext.file), MetadataMap(maps.get(id(ext.file), [])))
+        self._maps.setdefault(id(self.file), MetadataMap(maps.get(id(self.file), [])))
+
+    def _desc_area(self) -> int:
+        """Bytes QEMU rewrites to update the CID: 10 KiB in a sparse file, a whole descriptor
+        file (its length in whole sectors, as QEMU measures files)."""
+        if self.desc_offset:
+            return dsc.DESC_SIZE
+        return -(-self.file.size() // SECTOR) * SECTOR
 
     def _touch(self) -> None:
-        """Before the first change of a session: a new CID in the descriptor, as qemu-img."""
-        if self._cid_updated or self.desc is None:
+        """After the first change of a session: a new CID in the descriptor, as QEMU's
+        vmdk_write_cid (the descriptor buffer rewritten whole, its length kept)."""
+        if self._cid_updated:
             return
         self._cid_updated = True
+        n = self._desc_area()
+        if self.desc_offset == 0:
+            if n > 16 << 20:
+                from qimg import api
+
+                api.warn("qimg: VMDK description file too big")
+                raise QimgError("File too large")
         import random  # not at start-up (random imports hashlib, math...)
 
-        cid = random.getrandbits(32)
-        text = dsc.with_cid(self.desc.text, cid).encode()
-        if self.embedded:
-            h = self.extents[0].h  # type: ignore[attr-defined]
-            area = h.desc_size * SECTOR
-            if len(text) > area:
-                return
-            self.file.pwrite(h.desc_offset * SECTOR, text + bytes(area - len(text)))
-        else:
-            padded = text + bytes(-len(text) % SECTOR)
-            self.file.pwrite(0, padded)
-            self.file.truncate(len(padded))
-        self.desc = dsc.parse(text)
+        buf = self.file.pread(self.desc_offset, n).ljust(n, b"\0")
+        new = dsc.rewrite_cid(buf, random.getrandbits(32))
+        if new is None:
+            raise limits.einval()
+        self._maps[id(self.file)].guard(self.desc_offset, n, own=(self.desc_offset, self.desc_offset + n,
+                                                                    "the descriptor"))
+        self.file.pwrite(self.desc_offset, new)
+        cid = dsc.read_cid(new, False)
+        if cid is not None:
+            self._cid = cid
 
     def flush(self) -> None:
         for ext in self.extents:
@@ -484,16 +580,17 @@ class VmdkFormat(Format):
             self.file.close()
 
     def check(self, fix: set[str]) -> CheckResult:
+        """QEMU's vmdk_co_check: every cluster's offset looked up in turn; the first that fails or
+        points past its extent file ends the check with a message and a failure."""
         if fix:  # QEMU's vmdk check repairs nothing: with -r it refuses like a format without checks
             raise NotSupported("This image format does not support checks", exit_code=63)
         res = CheckResult(filename=self.filename, format="vmdk")
-        for ext in self.extents:
-            if isinstance(ext, SparseExtent):
-                n, msgs = ext.check()
-                if n:
-                    # qemu-img stops at the first bad grain: the message, then a failed check
-                    from qimg import api
+        for ext, start in zip(self.extents, self.starts, strict=True):
+            problem = ext.check(start // SECTOR)
+            if problem is not None:
+                from qimg import api
 
-                    api.warn(msgs[0])
-                    raise QimgError("Invalid argument")  # the check command adds "Check failed: "
+                msg, code = problem
+                api.warn(msg)
+                raise QimgError(os.strerror(code))  # the check command adds "Check failed: "
         return res

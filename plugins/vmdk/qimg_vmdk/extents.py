@@ -1,4 +1,4 @@
-"""VMDK extents: flat, zero and hosted sparse (plain or stream-optimized compressed grains).
+"""VMDK extents: flat and hosted sparse (plain or stream-optimized compressed grains).
 
 Each extent answers for guest offsets relative to its own start. Sparse extents keep the
 grain directory as an ``array('I')`` (capped by :mod:`qimg.limits`) and grain tables in a
@@ -6,6 +6,7 @@ small LRU; compressed grains are inflated with a cap of one grain, one grain cac
 """
 from __future__ import annotations
 
+import errno
 import zlib
 from array import array
 from collections import OrderedDict
@@ -18,13 +19,15 @@ from qimg.tables import le32_bytes as _le32
 from qimg.tables import le32_table as _u32
 
 from .structs import (
-    FLAG_COMPRESSED,
+    COMPRESSION_DEFLATE,
     FLAG_MARKERS,
     FLAG_RGD,
     FLAG_ZERO_GRAIN,
     GD_AT_END,
     GRAIN_MARKER_SIZE,
     MAGIC,
+    MARKER_EOS,
+    MARKER_FOOTER,
     SECTOR,
     Marker,
     SparseHeader,
@@ -37,14 +40,22 @@ if TYPE_CHECKING:
 
 CowRead = "Callable[[int, memoryview], None]"  # (extent-relative offset, buffer)
 
-UNALLOC, ZEROES, PLAIN, COMPRESSED, PENDING = 0, 1, 2, 3, 4
+UNALLOC, ZEROES, PLAIN, COMPRESSED, PENDING, ERROR = 0, 1, 2, 3, 4, 5
 #: partly written grains of a stream-optimized extent kept in memory until complete
 MAX_PENDING = 32
 GT_CACHE = 256
-#: QEMU's limits: at most 512 entries per grain table, grains of at most 128 MiB
+#: compressed grains up to this size are inflated whole and cached (QEMU's 64 KiB among them)
+GRAIN_CACHE_MAX = 16 << 20
 MAX_GTES = 512
-MAX_GRAIN_SECTORS = (128 << 20) // SECTOR
 
+
+
+U64 = (1 << 64) - 1
+#: QEMU's limits on a sparse extent: grains of at most 1 GiB (0x200000 sectors), grain
+#: directories of at most 32 Mi entries, grain tables of at most 512 entries
+MAX_GRAIN_SECTORS = 0x200000
+MAX_L1_ENTRIES = 32 * 1024 * 1024
+FOOTER = 1536  # footer marker, footer, end-of-stream marker
 
 
 class Extent:
@@ -53,8 +64,8 @@ class Extent:
     type_name = ""
     cluster_size: int | None = None
     compressed = False
-    #: opened read-only although the image is writable (RDONLY/NOACCESS in the descriptor)
-    read_only = False
+    #: the metadata of this extent's file (set by the driver before the first write)
+    meta: Any = None
 
     def __init__(self, file: Any, name: str, length: int) -> None:
         self.file = file
@@ -74,6 +85,10 @@ class Extent:
 
     def write_compressed(self, off: int, data: memoryview) -> None:
         raise NotSupported("Compression is not supported for this image format")
+
+    def check(self, first_sector: int) -> tuple[str, int] | None:
+        """QEMU's check of this extent: (message, errno) of the first problem, or None."""
+        return None
 
     def info(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
@@ -118,15 +133,8 @@ class UnopenedExtent(Extent):
     def write(self, off, data, length, cow):
         raise self._refuse()
 
-
-class ZeroExtent(Extent):
-    type_name = "ZERO"
-
-    def status(self, off, n):
-        return ZERO | ALLOCATED, n, None
-
-    def read(self, off, view, cow):
-        zero_fill(view)
+    def check(self, first_sector):
+        raise self._refuse()
 
 
 class FlatExtent(Extent):
@@ -139,6 +147,10 @@ class FlatExtent(Extent):
         self.base = base
 
     def status(self, off, n):
+        if self.base < 0 or not limits.request_ok(self.base + off, n):
+            # QEMU asks the file about the extent's start, an offset it cannot have: the answer
+            # is "zeroes" for the whole extent (reads there fail, convert writes zeroes)
+            return DATA | ALLOCATED | OFFSET_VALID | ZERO, n, self.base + off
         for start, k, is_data in self.file.data_extents(self.base + off, n):
             flags = DATA | ALLOCATED | OFFSET_VALID
             if not is_data:
@@ -147,67 +159,92 @@ class FlatExtent(Extent):
         return ZERO | ALLOCATED, n, None
 
     def read(self, off, view, cow):
+        if not limits.request_ok(self.base + off, len(view)):
+            raise limits.eio()
         got = self.file.preadinto(self.base + off, view)
         if got < len(view):
             zero_fill(view[got:])
 
     def write(self, off, data, length, cow):
+        if not limits.request_ok(self.base + off, length):
+            raise limits.eio()
+        if self.meta is not None:
+            self.meta.guard(self.base + off, length)
         if data is None:
             self.file.write_zeroes(self.base + off, length)
         else:
             self.file.pwrite(self.base + off, data)
 
+    def check(self, first_sector):
+        # QEMU looks the extent's one "cluster" up: its start must lie in the file
+        if self.base >= self.file.size() or self.base < 0:
+            return f"ERROR: cluster offset for sector {first_sector} points after EOF", errno.EINVAL
+        return None
+
+
+def _i64(v: int) -> int:
+    v &= U64
+    return v - (1 << 64) if v >= 1 << 63 else v
+
 
 class SparseExtent(Extent):
-    """A hosted sparse extent (``KDMV``): grain directory -> grain tables -> grains."""
+    """A hosted sparse extent (``KDMV``): grain directory -> grain tables -> grains, opened
+    with QEMU's checks (vmdk_open_vmdk4, vmdk_add_extent, vmdk_init_tables) in its order."""
 
     type_name = "SPARSE"
 
-    def __init__(self, file, name: str, length: int | None, *, writable: bool) -> None:
-        raw = file.pread(0, SECTOR)
-        if len(raw) < SECTOR or raw[:4] != MAGIC:
-            raise QimgError("Image not in VMDK format")
-        h = SparseHeader.parse(raw)
-        if h.version > 3:
-            raise QimgError(f"Unsupported VMDK version {h.version}", 95)
-        self.file_size = file.size()
+    def __init__(self, file, name: str, *, writable: bool, image_file_size: int) -> None:
+        h = SparseHeader.parse(file.pread(0, SECTOR).ljust(SECTOR, b"\0"))
+        self.file_size = limits.qemu_length(file.size())  # as QEMU measures it: whole sectors
         self.gd_at_end = h.gd_offset == GD_AT_END
         if self.gd_at_end:
-            h = self._footer(file, h)
+            h = self._footer(file, image_file_size)
         self.h = h
-        if not 0 < h.num_gtes_per_gt <= MAX_GTES:
-            raise CorruptImage("L2 table size too big" if h.num_gtes_per_gt else "Invalid L2 table size")
-        if not 0 < h.grain_size <= MAX_GRAIN_SECTORS:
+        compressed = h.compress_algorithm == COMPRESSION_DEFLATE
+        if h.version > 3:
+            raise QimgError(f"Unsupported VMDK version {h.version}")
+        if h.version == 3 and writable and not compressed:
+            raise QimgError("VMDK version 3 must be read only")
+        if h.num_gtes_per_gt > MAX_GTES:
+            raise CorruptImage("L2 table size too big")
+        # QEMU keeps these in 32 bits
+        l1_entry_sectors = (h.num_gtes_per_gt * h.grain_size) & 0xFFFFFFFF
+        if l1_entry_sectors == 0:
+            raise CorruptImage("L1 entry size is invalid")
+        l1_size = (((h.capacity + l1_entry_sectors - 1) & U64) // l1_entry_sectors) & 0xFFFFFFFF
+        rgd_offset = _i64(h.rgd_offset << 9) if h.flags & FLAG_RGD else 0
+        nb_sectors = (self.file_size + SECTOR - 1) // SECTOR
+        if nb_sectors < h.overhead:
+            raise CorruptImage(f"File truncated, expecting at least {_i64(h.overhead * SECTOR)} bytes")
+        if h.grain_size > MAX_GRAIN_SECTORS:
             raise CorruptImage("Invalid granularity, image may be corrupt")
+        if l1_size > MAX_L1_ENTRIES:
+            raise CorruptImage("L1 size too big")
         if h.capacity * SECTOR > limits.MAX_IMAGE_SIZE:
+            # beyond QEMU (its sector counts overflow there): a size no request could address
             raise CorruptImage("Invalid capacity, image may be corrupt")
         self.grain = h.grain_size * SECTOR
         self.gtes = h.num_gtes_per_gt
         self.capacity = h.capacity * SECTOR
-        super().__init__(file, name, self.capacity if length is None else length)
+        super().__init__(file, name, self.capacity)
         self.cluster_size = self.grain
-        self.compressed = bool(h.flags & FLAG_COMPRESSED)
+        self.compressed = compressed
         self.markers = bool(h.flags & FLAG_MARKERS)
         self.zero_grain = bool(h.flags & FLAG_ZERO_GRAIN)
         self.writable = writable
-        span = self.grain * self.gtes
-        n_gd = (self.capacity + span - 1) // span
-        nbytes = limits.table_bytes(n_gd, 4, "L1 table")
-        self.gd = self._read_dir(h.gd_offset, n_gd, nbytes, "grain directory")
+        self.l1_size = l1_size
+        nbytes = limits.table_bytes(l1_size, 4, "L1 table")
+        self.gd_offset = _i64(h.gd_offset << 9)
+        self.gd = self._read_dir(self.gd_offset, nbytes, "l1 table")
+        self.rgd_offset = rgd_offset
         self.rgd: array | None = None
-        if h.flags & FLAG_RGD and h.rgd_offset and h.rgd_offset != GD_AT_END:
-            if not self.compressed:
-                self.rgd = self._read_dir(h.rgd_offset, n_gd, nbytes, "redundant grain directory")
-            elif not self.gd_at_end:
-                # QEMU's stream-optimized files keep both directories in the header area and
-                # QEMU updates both; a broken redundant one only loses the copy
-                try:
-                    self.rgd = self._read_dir(h.rgd_offset, n_gd, nbytes, "redundant grain directory")
-                except CorruptImage:
-                    self.rgd = None
+        if rgd_offset:
+            self.rgd = self._read_dir(rgd_offset, nbytes, "l1 backup table")
         self.gt_bytes = 4 * self.gtes
         self._gts: OrderedDict[int, array] = OrderedDict()
-        self.end = (self.file_size + SECTOR - 1) // SECTOR * SECTOR
+        # where QEMU allocates the next grain: the file's end rounded up to a grain (its
+        # ROUND_UP is a mask: exact for the powers of two grains are)
+        self.end = ((nb_sectors + h.grain_size - 1) & (-h.grain_size & U64)) * SECTOR
         # QEMU allocates a whole grain for each compressed grain it appends (the next one is
         # packed after the compressed bytes): the file ends at least a grain past the last one
         self.min_file_end = 0
@@ -217,23 +254,39 @@ class SparseExtent(Extent):
         self.pending: OrderedDict[int, tuple[bytearray, bytearray]] = OrderedDict()
 
     # -- metadata -------------------------------------------------------------------------
-    def _footer(self, file, h):
-        """Stream-optimized images may keep the real header in a footer before the EOS marker."""
-        if self.file_size < 3 * SECTOR:
+    @staticmethod
+    def _footer(file, image_file_size: int):
+        """A stream-optimized extent may keep its header in a footer before the end-of-stream
+        marker. QEMU looks for it 1536 bytes before the end of the *image* file (the
+        descriptor's, for an extent a descriptor names), rounded up to a sector."""
+        at = (image_file_size + SECTOR - 1) // SECTOR * SECTOR - FOOTER
+        if not limits.request_ok(at, FOOTER):
+            raise CorruptImage("Failed to read footer: Input/output error")
+        raw = file.pread(at, FOOTER).ljust(FOOTER, b"\0")
+        mark = Marker.parse(raw[:16])
+        eos = Marker.parse(raw[1024:1040])
+        if (raw[512:516] != MAGIC or mark.size != 0 or mark.type != MARKER_FOOTER or eos.val != 0
+                or eos.size != 0 or eos.type != MARKER_EOS):
             raise CorruptImage("Invalid footer")
-        raw = file.pread(self.file_size - 2 * SECTOR, SECTOR)
-        mark = Marker.parse(file.pread(self.file_size - 3 * SECTOR, 16))
-        if raw[:4] != MAGIC or mark.size != 0 or mark.type != 3:
-            raise CorruptImage("Invalid footer")
-        f = SparseHeader.parse(raw)
-        if f.gd_offset == GD_AT_END or f.version != h.version:
-            raise CorruptImage("Invalid footer")
-        return f
+        return SparseHeader.parse(raw[512:1024])
 
-    def _read_dir(self, sector: int, count: int, nbytes: int, what: str) -> array:
-        off = sector * SECTOR
-        limits.check_extent(off, nbytes, self.file_size, what)
-        return _u32(file_read(self.file, off, nbytes))
+    def _read_dir(self, off: int, nbytes: int, what: str) -> array:
+        """A grain directory as QEMU reads it: zeroes past the end of the file."""
+        if not limits.request_ok(off, nbytes):
+            raise CorruptImage(f"Could not read {what} from extent '{self.name}': Input/output error")
+        return _u32(self.file.pread(off, nbytes).ljust(nbytes, b"\0"))
+
+    def metadata_ranges(self) -> list[tuple[int, int, str]]:
+        """Header, directories and the grain tables they name: what no grain may overlap."""
+        out = [(0, SECTOR, "the VMDK header")]
+        if self.gd_at_end:
+            out.append((max(0, self.file_size - FOOTER), FOOTER, "the VMDK footer"))
+        out.append((self.gd_offset, 4 * self.l1_size, "the grain directory"))
+        out += [(sec * SECTOR, self.gt_bytes, "a grain table") for sec in set(self.gd) if sec]
+        if self.rgd is not None:
+            out.append((self.rgd_offset, 4 * self.l1_size, "the redundant grain directory"))
+            out += [(sec * SECTOR, self.gt_bytes, "a redundant grain table") for sec in set(self.rgd) if sec]
+        return out
 
     def _gt(self, gti: int) -> array | None:
         a = self._gts.get(gti)
@@ -243,10 +296,8 @@ class SparseExtent(Extent):
         sec = self.gd[gti]
         if not sec:
             return None
-        off = sec * SECTOR
-        if off + self.gt_bytes > self.file_size:
-            raise CorruptImage(f"Grain table {gti} at {off:#x} is past the end of the image")
-        a = _u32(file_read(self.file, off, self.gt_bytes))
+        # a table past the end of the file reads as zeroes, as in QEMU
+        a = _u32(self.file.pread(sec * SECTOR, self.gt_bytes).ljust(self.gt_bytes, b"\0"))
         self._gts[gti] = a
         if len(self._gts) > GT_CACHE:
             self._gts.popitem(last=False)
@@ -257,9 +308,6 @@ class SparseExtent(Extent):
             return UNALLOC
         if e == 1 and self.zero_grain:
             return ZEROES
-        # a plain grain past the end of the file reads as zeroes and maps as data (as QEMU)
-        if e * SECTOR >= self.file_size and self.compressed:
-            raise CorruptImage(f"Grain offset {e * SECTOR:#x} is past the end of the image")
         return COMPRESSED if self.compressed else PLAIN
 
     def _run(self, off: int, n: int) -> tuple[int, int, int]:
@@ -271,6 +319,9 @@ class SparseExtent(Extent):
         gi = off // g
         gti, k = divmod(gi, self.gtes)
         n = min(n, (self.gtes - k) * g - off % g)
+        if gti >= self.l1_size:
+            # past QEMU's (32-bit) directory: an error for block status, unallocated to a read
+            return ERROR, 0, n
         gt = self._gt(gti)
         if gt is None:
             return UNALLOC, 0, n
@@ -301,6 +352,8 @@ class SparseExtent(Extent):
 
     def status(self, off, n):
         kind, host, k = self._run(off, n)
+        if kind == ERROR:
+            raise limits.eio()
         while k < n:  # coalesce across grain tables
             k2, h2, n2 = self._run(off + k, n - k)
             if k2 != kind or (kind == PLAIN and h2 != host + k):
@@ -321,6 +374,8 @@ class SparseExtent(Extent):
             kind, host, k = self._run(off + pos, total - pos)
             part = view[pos : pos + k]
             if kind == PLAIN:
+                if not limits.request_ok(host, k):
+                    raise limits.eio()
                 got = self.file.preadinto(host, part)
                 if got < k:
                     zero_fill(part[got:])
@@ -331,7 +386,7 @@ class SparseExtent(Extent):
                 part[:] = self.pending[gi][0][within : within + k]
             elif kind == ZEROES:
                 zero_fill(part)
-            else:
+            else:  # unallocated, or past QEMU's directory (a read treats both alike)
                 cow(off + pos, part)
             pos += k
 
@@ -341,50 +396,96 @@ class SparseExtent(Extent):
         while pos < len(view):
             gi, within = divmod(off + pos, g)
             k = min(len(view) - pos, g - within)
-            data = self._grain_data(gi)
-            view[pos : pos + k] = data[within : within + k]
+            if g <= GRAIN_CACHE_MAX:
+                data = self._grain_data(gi, 0, g)
+                if within + k > len(data):
+                    raise limits.einval()  # the grain inflates to less than the read needs
+                view[pos : pos + k] = data[within : within + k]
+            else:  # a (hostile) huge grain: inflate it again, keeping only the part wanted
+                view[pos : pos + k] = self._grain_data(gi, within, within + k)
             pos += k
 
-    def _grain_data(self, gi: int) -> bytes:
-        if self._grain_cache is not None and self._grain_cache[0] == gi:
-            return self._grain_cache[1]
+    def _compressed_input(self, gi: int):
+        """The compressed bytes of grain ``gi`` as QEMU takes them: after the grain marker (its
+        size field) or a grain's worth at the entry; in pieces, zeroes past the end of the file."""
         gti, k = divmod(gi, self.gtes)
         gt = self._gt(gti)
-        e = gt[k] if gt is not None else 0
-        off = e * SECTOR
+        off = (gt[k] if gt is not None else 0) * SECTOR
         g = self.grain
+        n = g
         if self.markers:
-            mark = Marker.parse(self.file.pread(off, 16))
-            if mark.size == 0 or mark.size > 2 * g + 1024:
-                raise CorruptImage(f"Invalid compressed grain at {off:#x}")
-            comp = self.file.pread(off + GRAIN_MARKER_SIZE, mark.size)
-        else:
-            comp = self.file.pread(off, min(2 * g + 1024, max(0, self.file_size - off)))
+            head = self.file.pread(off, GRAIN_MARKER_SIZE).ljust(GRAIN_MARKER_SIZE, b"\0")
+            n = Marker.parse(head + bytes(4)).size
+            off += GRAIN_MARKER_SIZE
+        if not n or n > 2 * g:
+            raise limits.einval()
+        avail = max(0, min(n, self.file_size - off))
+        pos = 0
+        while pos < avail:
+            chunk = self.file.pread(off + pos, min(1 << 20, avail - pos))
+            if not chunk:
+                break
+            yield chunk
+            pos += len(chunk)
+        if pos < n:
+            yield bytes(min(n - pos, 1 << 16))  # zeroes after the end of the file end any stream
+
+    def _grain_data(self, gi: int, lo: int, hi: int) -> bytes:
+        """QEMU's uncompress() of grain ``gi``: the stream must end within a grain (else EINVAL);
+        the bytes ``lo..hi`` of what it inflates to (a whole grain: cached)."""
+        whole = lo == 0 and hi == self.grain
+        if whole and self._grain_cache is not None and self._grain_cache[0] == gi:
+            return self._grain_cache[1]
+        g = self.grain
+        d = zlib.decompressobj()
+        out = bytearray()
+        produced = 0
         try:
-            d = zlib.decompressobj()
-            out = d.decompress(comp, g)
+            for chunk in self._compressed_input(gi):
+                data = chunk
+                while data and not d.eof:
+                    piece = d.decompress(data, min(1 << 20, g + 1 - produced))
+                    a, b = max(lo - produced, 0), min(hi - produced, len(piece))
+                    if a < b:
+                        out += piece[a:b]
+                    produced += len(piece)
+                    if produced > g:
+                        raise limits.einval()  # more than a grain
+                    data = d.unconsumed_tail
+                if d.eof:
+                    break
         except zlib.error:
-            raise CorruptImage(f"Could not decompress the grain at {off:#x}") from None
-        if len(out) < g:
-            out += bytes(g - len(out))
-        self._grain_cache = (gi, out)
-        return out
+            raise limits.einval() from None
+        if not d.eof:
+            raise limits.einval()
+        res = bytes(out)
+        if whole:
+            self._grain_cache = (gi, res)
+        elif produced < hi:
+            raise limits.einval()
+        return res
 
     # -- writes ----------------------------------------------------------------------------------
     def _store(self, gti: int, k: int, vals: array) -> None:
         """Grain table entries: the table, then its redundant copy."""
         data = _le32(vals)
-        self.file.pwrite(self.gd[gti] * SECTOR + 4 * k, data)
-        if self.rgd is not None and self.rgd[gti]:
-            roff = self.rgd[gti] * SECTOR
-            if roff + self.gt_bytes <= self.file_size:
-                self.file.pwrite(roff + 4 * k, data)
+        off = self.gd[gti] * SECTOR
+        self.meta.guard(off + 4 * k, len(data), own=(off, off + self.gt_bytes, "a grain table"))
+        roff = self.rgd[gti] * SECTOR if self.rgd is not None and gti < len(self.rgd) else 0
+        if roff:
+            self.meta.guard(roff + 4 * k, len(data), own=(roff, roff + self.gt_bytes, "a redundant grain table"))
+        self.file.pwrite(off + 4 * k, data)
+        if roff:
+            self.file.pwrite(roff + 4 * k, data)
         gt = self._gts.get(gti)
         if gt is not None:
             gt[k : k + len(vals)] = vals
 
     def _alloc(self, nbytes: int) -> int:
         off = self.end
+        if off // SECTOR >= 1 << 32:  # QEMU's VMDK_EXTENT_MAX_SECTORS
+            raise limits.einval()
+        self.meta.guard(off, nbytes)
         self.end += (nbytes + SECTOR - 1) // SECTOR * SECTOR
         self.file_size = max(self.file_size, self.end)
         return off
@@ -407,6 +508,8 @@ class SparseExtent(Extent):
         g0 = off // g
         g1 = (off + length + g - 1) // g
         gti, k0 = divmod(g0, self.gtes)
+        if gti >= self.l1_size:
+            raise limits.einval()  # past QEMU's directory
         gt = self._gt(gti)
         if gt is None:
             raise QimgError("Could not write: the grain table is not allocated")
@@ -431,6 +534,7 @@ class SparseExtent(Extent):
                 self._write_compressed_run(g0 + j, g0 + m, a, b, piece, new, j, cow)
             elif kind == PLAIN:
                 host = ents[j] * SECTOR + a - (g0 + j) * g
+                self.meta.guard(host, b - a)
                 if piece is None:
                     self.file.write_zeroes(host, b - a)
                 else:
@@ -480,6 +584,8 @@ class SparseExtent(Extent):
         while c < z1:
             gti, k = divmod(c, self.gtes)
             n = min(z1 - c, self.gtes - k)
+            if gti >= self.l1_size:
+                raise limits.einval()
             if self._gt(gti) is None:
                 raise QimgError("Could not write: the grain table is not allocated")
             self._store(gti, k, array("I", [1]) * n)
@@ -557,6 +663,8 @@ class SparseExtent(Extent):
             raise QimgError("Invalid argument: compressed writes take whole grains")
         gi = off // g
         gti, k = divmod(gi, self.gtes)
+        if gti >= self.l1_size:
+            raise limits.einval()
         gt = self._gt(gti)
         if gt is None:
             raise QimgError("Could not write: the grain table is not allocated")
@@ -566,33 +674,25 @@ class SparseExtent(Extent):
         if self.pending:
             self._finalize_pending(gi, gi + 1)
 
-    def check(self) -> tuple[int, list[str]]:
-        """Grain offsets past the end of the file are corruptions (as qemu-img check)."""
-        errors = 0
-        msgs: list[str] = []
-        for gti in range(len(self.gd)):
-            if not self.gd[gti]:
-                continue
-            try:
-                gt = self._gt(gti)
-            except CorruptImage as e:
-                errors += 1
-                msgs.append(f"ERROR: {e.message}")
+    def check(self, first_sector: int) -> tuple[str, int] | None:
+        """QEMU's vmdk_co_check over this extent, a grain at a time: a grain past the directory
+        fails the lookup (EPERM, QEMU's VMDK_ERROR), an allocated grain must start in the file."""
+        g = self.h.grain_size
+        span = self.gtes * g  # sectors per grain table
+        sectors = self.capacity // SECTOR
+        for gti in range(-(-sectors // span) if span else 0):
+            if gti >= self.l1_size:
+                return f"ERROR: could not get cluster_offset for sector {first_sector + gti * span}", errno.EPERM
+            gt = self._gt(gti)
+            if gt is None:
                 continue
             for k, e in enumerate(gt):
-                if e > 1 or (e == 1 and not self.zero_grain):
-                    if e * SECTOR >= self.file_size:
-                        errors += 1
-                        sector = (gti * self.gtes + k) * self.h.grain_size
-                        msgs.append(f"ERROR: cluster offset for sector {sector} points after EOF")
-        return errors, msgs
-
-
-def file_read(file: Any, off: int, n: int) -> bytes:
-    data = file.pread(off, n)
-    if len(data) < n:
-        raise CorruptImage(f"Could not read {n} bytes of metadata at {off:#x}")
-    return data
+                if gti * span + k * g >= sectors:
+                    break
+                if e and not (e == 1 and self.zero_grain) and e * SECTOR >= self.file_size:
+                    return (f"ERROR: cluster offset for sector {first_sector + gti * span + k * g} points after EOF",
+                            errno.EINVAL)
+        return None
 
 
 def _pwritev(file: Any, off: int, bufs: list) -> None:
