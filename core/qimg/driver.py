@@ -239,7 +239,10 @@ class Format:
         return None
 
     def info_extra(self) -> dict[str, Any]:
-        """Extra top-level ``info`` keys (``cluster-size``, ``encrypted``, ``dirty-flag``...)."""
+        """Extra top-level ``info`` keys (``cluster-size``, ``encrypted``, ``dirty-flag``...).
+
+        ``"dirty-flag": None`` leaves the key out, as QEMU does for formats whose driver has
+        no ``bdrv_get_info`` (dmg, bochs, cloop)."""
         return {}
 
     def truncate(self, size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
@@ -308,3 +311,41 @@ class Format:
 def plain_data_status(length: int, offset: int, filename: str) -> Status:
     """Convenience for formats whose data is stored as-is at a known offset."""
     return Status(DATA | ALLOCATED | OFFSET_VALID, length, offset, filename)
+
+
+class ReadOnlyFormat(Format):
+    """Base of the formats QEMU only reads (dmg, bochs, cloop).
+
+    Opening for writing fails with QEMU's ``Image is read-only`` before the file is read (as
+    ``bdrv_apply_auto_read_only``); block status is QEMU's default for a format driver without
+    one: everything is allocated data at no host offset (``map`` prints one data run, ``convert``
+    reads it all). :meth:`read_file` reads the image file as QEMU's block layer does: zeroes past
+    its end, ``Input/output error`` for a request beyond the largest offset QEMU addresses.
+    """
+
+    def __init__(self, file: "Protocol", *, filename: str, writable: bool, options: dict[str, Any]) -> None:
+        if writable:
+            from .errors import QimgError
+
+            raise QimgError("Image is read-only")
+        super().__init__(file, filename=filename, writable=writable, options=options)
+
+    def block_status(self, offset: int, length: int) -> Status:
+        return Status(DATA | ALLOCATED, length)
+
+    def info_extra(self) -> dict[str, Any]:
+        return {"dirty-flag": None}  # these QEMU drivers have no bdrv_get_info
+
+    def read_file(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` from the image file at ``offset`` (zeroes past the end of the file)."""
+        from .limits import MAX_IMAGE_SIZE
+
+        if offset < 0 or offset > MAX_IMAGE_SIZE or len(view) > MAX_IMAGE_SIZE - offset:
+            from .errors import QimgError
+
+            raise QimgError("Input/output error")
+        got = self.file.preadinto(offset, view) if len(view) else 0
+        if got < len(view):
+            from .image import zero_fill
+
+            zero_fill(view[got:])

@@ -300,9 +300,11 @@ def check_options(opts: ConvertOptions, sources: list["Image"], target_filename:
         raise QimgError("Cannot enable copy offloading when -c is used")
     if opts.no_create:
         return
-    from .create import all_create_opts
+    from .create import all_create_opts, supports_create
 
     cls = get_registry().format(opts.out_format).load()
+    if not supports_create(cls):  # dmg, bochs, cloop: read-only formats
+        raise QimgError(f"Format driver '{opts.out_format}' does not support image creation")
     co = opts.create_options
     if isinstance(co, str) and co:
         parse_options(_without_size(co), all_create_opts(cls, target_filename))

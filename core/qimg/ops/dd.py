@@ -47,6 +47,11 @@ def dd(src: "Image", out_filename: str, out_fmt: str, *, bs: int = 512, count: i
     """Copy ``src`` from ``skip*bs`` into a new ``out_fmt`` image ``out_filename``."""
     import qimg
 
+    from ..plugins import get_registry
+    from .create import supports_create
+
+    if not supports_create(get_registry().format(out_fmt).load()):  # dmg, bochs, cloop
+        raise QimgError(f"Format driver '{out_fmt}' does not support image creation")
     size = output_size(src.size, bs, count, skip)
     start = (skip or 0) * bs
     if size is None:

@@ -52,7 +52,9 @@ def image_info(img: "Image", backing_chain: bool = False) -> dict[str, Any]:
     shown = img.filename[5:] if img.filename.startswith("file:") else img.filename
     shown = img.display_name or shown
     d: dict[str, Any] = {"filename": shown, "format": img.format}
-    d["dirty-flag"] = bool(extra.pop("dirty-flag", False))
+    dirty = extra.pop("dirty-flag", False)
+    if dirty is not None:  # None: the driver has no bdrv_get_info, QEMU then prints no dirty-flag
+        d["dirty-flag"] = bool(dirty)
     actual = drv.allocated_file_size()
     if actual is not None and actual >= 0:
         d["actual-size"] = actual
