@@ -113,7 +113,7 @@ def _salvage(src: "Image", offset: int, view: memoryview, warn: Callable[[str], 
             zero_fill(part)
             if warn is not None:
                 text = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
-                warn(f"error while reading offset {offset + s}: {text}")
+                warn(f"warning: error while reading offset {offset + s}: {text}")  # QEMU warn_report
 
 
 def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
