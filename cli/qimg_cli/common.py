@@ -3,7 +3,6 @@ images the qemu-img way, -o merging, --output, progress (-p and SIGUSR1), quiet 
 --object secrets, size arguments."""
 from __future__ import annotations
 
-import os
 import sys
 
 from .main import PROG, error_exit
@@ -201,209 +200,20 @@ def __getattr__(name: str) -> Any:
 
 # -- opening images ---------------------------------------------------------------------------------
 
-_STRERRORS: set[str] | None = None
-
-
-def _is_strerror(text: str) -> bool:
-    global _STRERRORS
-    if _STRERRORS is None:
-        _STRERRORS = {os.strerror(i) for i in range(1, 134)}
-    return text in _STRERRORS
-
-
-RAW_PROBE_WARNING = (
-    "WARNING: Image format was not specified for '{0}' and probing guessed raw.\n"
-    "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n"
-    "         Specify the 'raw' format explicitly to remove the restrictions."
-)
-
-
-#: QEMU's JSON parser refuses objects nested deeper than this
-JSON_MAX_NESTING = 1024
-
-
-def _json_depth(text: str) -> int:
-    """Deepest bracket nesting outside strings (checked before parsing: Python's parser and
-    the flattening below recurse, and a hostile name must not reach the recursion limit)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "}]":
-            depth -= 1
-    return deepest
-
-
-def _json_filename(name: str) -> tuple[str, dict[str, Any]]:
-    """A ``json:{...}`` filename as an --image-opts option string (QEMU's messages on errors),
-    and its flattened values with their JSON types."""
-    import json
-
-    from qimg.errors import QimgError
-
-    text = name[5:]
-    prefix = f"Could not open '{name}': Could not parse the JSON options: "
-    if not text.strip():
-        raise QimgError(prefix + "Expecting a JSON value")
-    if _json_depth(text) > JSON_MAX_NESTING:
-        raise QimgError(prefix + "JSON nesting depth limit exceeded")  # QEMU's parser limit
-    # up to QEMU's 1024 levels: Python's parser and the flattening below recurse per level
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * JSON_MAX_NESTING))
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data":
-            raise QimgError(prefix + "Expecting at most one JSON value") from None
-        rest = text[e.pos:].lstrip()
-        if not rest:
-            raise QimgError(prefix + "JSON parse error, premature EOI") from None
-        word = rest[: len(rest) - len(rest.lstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"))]
-        if word:
-            raise QimgError(prefix + f"JSON parse error, invalid keyword '{word}'") from None
-        raise QimgError(prefix + "JSON parse error, expecting value") from None
-    if not isinstance(value, dict):
-        raise QimgError(f"Could not open '{name}': Invalid JSON object given")
-    pairs: list[str] = []
-    typed: dict[str, Any] = {}
-
-    def flatten(obj: dict, path: str) -> None:
-        for key, val in obj.items():
-            if isinstance(val, dict):
-                flatten(val, f"{path}{key}.")
-            elif val is None:
-                typed[path + key] = None  # "backing": null
-            else:
-                typed[path + key] = val
-                text = ("on" if val else "off") if isinstance(val, bool) else str(val)
-                pairs.append(f"{path}{key}={text.replace(',', ',,')}")
-
-    flatten(value, "")
-    return ",".join(pairs), typed
-
-
-def _json_name(cls: type, fmt: str, filename: str, given: dict[str, Any]) -> str | None:
-    """QEMU's name for an image opened with options that change what it is (the driver's
-    strong options): ``json:`` and those options, the driver and the file, in QDict order."""
-    strong = [k for k in cls.strong_runtime_options if k in given]
-    if not strong:
-        return None
-    from qimg.ops.qjson import dumps
-
-    value = {k: given[k] for k in strong}
-    value["driver"] = fmt
-    value["file"] = {"driver": "file", "filename": filename}
-    return "json:" + dumps(value, pretty=False)
-
-
 def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = False,
                writable: bool = False, force_share: bool = False, backing: bool = True,
                quiet_probe_warning: bool = True, options: dict[str, Any] | None = None,
                resize: bool = False) -> Any:
-    """Open an image for a command, returning a :class:`qimg.image.Image`.
-
-    With ``image_opts`` the filename is a ``driver=...,file.filename=...`` option string.
-    Errors become QimgError with qemu-img's ``Could not open 'x': ...`` wording (qemu-img
-    prefixes every open error, so a missing file reads ``Could not open 'x': Could not open
-    'x': No such file or directory``). A writable open whose format was probed as raw prints
-    qemu's raw-probing warning, as qemu's raw driver does (``quiet_probe_warning`` is kept for
-    compatibility and ignored). ``options`` are extra driver open options. ``resize`` asks
-    for QEMU's resize permission too (``qimg resize``).
-    """
+    """Open an image for a command: :func:`qimg.open`, which parses the name (a path, a
+    protocol URL, ``json:{...}``, or with ``image_opts`` an option string) and words every
+    error as qemu-img (``Could not open 'x': ...``). ``quiet_probe_warning`` is kept for
+    compatibility and ignored (a writable open of a probed raw image prints qemu's warning)."""
     import qimg
-    from qimg.errors import QimgError
+    from qimg import api
 
-    opts: dict[str, Any] = dict(options or {})
-    shown = filename
-    json_fmt = None
-    typed: dict[str, Any] = {}
-    if not image_opts and filename.startswith("json:"):
-        # QEMU's json: pseudo-protocol: the same options --image-opts takes, as a JSON object
-        # (a -f format still wins over its "driver")
-        (filename, typed), json_fmt, fmt, image_opts = _json_filename(filename), fmt, None, True
-    if image_opts:
-        if fmt:
-            raise QimgError("--image-opts and --format are mutually exclusive")
-        from qimg.options import parse_dotted, split_options
-
-        pairs = split_options(filename)
-        if pairs and pairs[0][1] is None and pairs[0][0]:
-            pairs[0] = ("file", pairs[0][0])  # QEMU's implied first key
-        for key, value in pairs:
-            if key == "file" and value is not None:
-                raise QimgError(f"Could not open '{shown}': Cannot find device='{value}' nor node-name='{value}'")
-        if not any(k == "driver" or k == "file" or k.startswith("file.") for k, _ in pairs):
-            raise QimgError(f"Could not open '{shown}': Must specify either driver or file")
-        parsed = parse_dotted(filename)
-        fmt = parsed.pop("driver", None)
-        if json_fmt:
-            fmt = json_fmt
-        fname = parsed.pop("file.filename", None) or parsed.pop("filename", None)
-        parsed.pop("file.driver", None)
-        if fname is None:
-            raise QimgError("Could not open '" + shown + "': A block device must be specified for \"file\"")
-        filename = fname
-        if "backing" in typed and typed["backing"] is None:
-            parsed["backing"] = None  # json: "backing": null, no backing file
-        if parsed.get("backing") == "":
-            warn('warning: Use of "backing": "" is deprecated; use "backing": null instead')
-        opts.update(parsed)
-        # "backing" null or "": no backing file, taken by every open
-        user_keys = [k for k, v in parsed.items() if k != "backing" or v not in ("", None)]
-        given = {k: typed.get(k, v) for k, v in parsed.items()}
-    else:
-        user_keys = []
-    prefix = f"Could not open '{shown}': "
-    if force_share and writable:
-        raise QimgError(f"{prefix}force-share=on can only be used with read-only images")
-    if fmt:
-        from qimg.plugins import get_registry
-
-        if fmt not in get_registry().formats:
-            raise QimgError(f"{prefix}Unknown driver '{fmt}'")
-    if os.path.isdir(filename):
-        raise QimgError(f"{prefix}'file' driver requires '{filename}' to be a regular file")
-    try:
-        img = qimg.open(filename, fmt, writable=writable, force_share=force_share, backing=backing,
-                        options=opts, resize=resize)
-    except QimgError as e:
-        # qemu-img prefixes every open error; the library prefixes driver errors only
-        msg = e.message
-        inner = f"Could not open '{filename}': "
-        rest = msg[len(inner):] if msg.startswith(inner) else msg
-        if msg.startswith(inner) and _is_strerror(rest):
-            msg = prefix + msg
-        else:
-            msg = prefix + rest
-        raise QimgError(msg, e.exit_code) from None
-    from qimg.runtime import unsupported_option
-
-    bad = None
-    if backing and img.backing is not None:
-        # the backing image's own options, less the ones that chose it
-        keys = [k[8:] for k in user_keys if k.startswith("backing.")]
-        keys = [k for k in keys if k not in ("file.filename", "driver", "file.driver")]
-        bad = unsupported_option(type(img.backing.driver), keys, True)
-        bad = bad and "Could not open backing file: " + bad
-    bad = bad or unsupported_option(type(img.driver), user_keys, backing)
-    if bad is not None:
-        img.close()
-        raise QimgError(prefix + bad)
-    if user_keys:
-        img.display_name = _json_name(type(img.driver), img.format, filename, given)
-    if fmt is None and writable and img.format == "raw":
-        sys.stderr.write(RAW_PROBE_WARNING.format(filename) + "\n")
-    return img
+    api.warn = warn  # QEMU's warn_report lines carry the program name
+    return qimg.open(filename, fmt, image_opts=image_opts, writable=writable, force_share=force_share,
+                     backing=backing, options=options, resize=resize)
 
 
 class Progress:

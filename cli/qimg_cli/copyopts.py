@@ -211,6 +211,7 @@ def option_help(fmt: str, filename: str | None) -> str:
     declared = list(cls.create_opts)
     if filename is None:
         return options_help(fmt, declared)
+    get_registry().find_protocol(filename)  # QEMU's "Unknown protocol 'x'"
     names = {o.name for o in declared}
     for name, kind, text in _FILE_OPTS:
         if name not in names:
@@ -220,16 +221,10 @@ def option_help(fmt: str, filename: str | None) -> str:
 
 
 def image_opts_target(text: str) -> tuple[str, str | None, dict[str, Any]]:
-    """``--target-image-opts`` / ``--image-opts`` string -> (filename, driver, open options)."""
-    from qimg.options import parse_dotted
+    """``--target-image-opts`` string -> (filename, driver, open options)."""
+    from qimg.api import target_from_image_opts
 
-    opts: dict[str, Any] = dict(parse_dotted(text))
-    fmt = opts.pop("driver", None)
-    fname = opts.pop("file.filename", None) or opts.pop("filename", None)
-    opts.pop("file.driver", None)
-    if fname is None:
-        raise QimgError(f"Could not open '{text}': A block device must be specified for \"file\"")
-    return fname, fmt, opts
+    return target_from_image_opts(text)
 
 
 def _f32(x: float) -> float:
@@ -261,11 +256,7 @@ def qemu_progress(enabled: bool, min_skip: float = 1.0) -> Any:
 
 
 def open_named(filename: str, fmt: str | None = None, **kw: Any) -> Any:
-    """common.open_image, with qemu's message for an empty file name."""
+    """common.open_image (an empty name or format fails as qemu-img's)."""
     from .common import open_image
 
-    if fmt == "":
-        raise QimgError(f"Could not open '{filename}': Unknown driver ''")
-    if filename == "" and not kw.get("image_opts"):
-        raise QimgError("Could not open '': The 'file' block driver requires a file name")
     return open_image(filename, fmt, **kw)

@@ -121,7 +121,7 @@ More information on the QEMU project at <https://qemu.org>.
 def supported_formats() -> str:
     from qimg.plugins import get_registry
 
-    return "Supported formats: " + " ".join(get_registry().format_names())
+    return "Supported formats: " + " ".join(get_registry().driver_names())
 
 
 def version_text() -> str:

@@ -1,19 +1,26 @@
 """The public library API: ``qimg.open`` and ``qimg.create``. The CLI uses nothing else to
-reach images."""
+reach images.
+
+Opening follows QEMU's ``bdrv_open``: a name (a path, a protocol URL, ``json:{...}``) or an
+options mapping (what ``--image-opts`` gives) is parsed once (:mod:`qimg.names`); the
+protocol layer opens first (the ``file`` protocol, or a plugin's: ``nbd``), then the format
+is probed or taken from ``fmt``/``driver``, then the backing chain. Errors read as qemu-img's
+``Could not open 'NAME': ...``; a failed system call raises a :class:`qimg.errors.QimgOSError`
+subclass (``FileNotFoundError``, ``PermissionError``, ``ConnectionRefusedError``...).
+"""
 from __future__ import annotations
 
 import os
 import sys
 
-from .errors import QimgError
+from .errors import QimgError, public_error
 from .image import MAX_CHAIN_DEPTH, Image
-from .options import parse_options
 from .plugins import get_registry
 from .protocol import FileProtocol, Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from typing import Any
 
 
@@ -21,33 +28,145 @@ def _print_warning(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-#: where warnings go (the CLI may replace it); qemu-img prints them on stderr
+#: where warnings about what was asked go (QEMU's ``warn_report``: the CLI prefixes its
+#: name); qemu-img prints them on stderr
 warn: Callable[[str], None] = _print_warning
 
+RAW_PROBE_WARNING = (
+    "WARNING: Image format was not specified for '{0}' and probing guessed raw.\n"
+    "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n"
+    "         Specify the 'raw' format explicitly to remove the restrictions."
+)
 
-def open_protocol(filename: str, *, writable: bool = False, create: bool = False) -> Protocol:
-    """Open the bytes of an image: a host file, or a registered protocol's ``prefix:`` name."""
-    entry = get_registry().protocol_for(filename)
+#: the block layer's own options (every node takes them; they never reach a protocol)
+_COMMON_KEYS = frozenset(("read-only", "auto-read-only", "force-share", "node-name", "discard", "detect-zeroes",
+                          "cache.direct", "cache.no-flush"))
+
+
+# -- protocols -------------------------------------------------------------------------------
+
+def _protocol_class(name: str) -> type[Protocol]:
+    """The protocol class registered under a driver name, or QEMU's ``Unknown driver``."""
+    if name == "file":
+        return FileProtocol
+    entry = get_registry().protocol(name)
+    if entry is None:
+        raise QimgError(f"Unknown driver '{name}'")
+    return entry.load()
+
+
+def open_protocol(filename: str, *, writable: bool = False, create: bool = False,
+                  options: dict[str, Any] | None = None) -> Protocol:
+    """Open the bytes of an image by name: a host file, or the protocol its ``prefix:``
+    selects (``Unknown protocol 'x'`` when none is installed). ``create``: for a new image
+    (a file is created or emptied; other protocols open their existing target)."""
+    entry = get_registry().find_protocol(filename)
     if entry is None or entry.name == "file":
         if create:
             return FileProtocol.create(filename)
         return FileProtocol(filename, writable=writable)
     cls = entry.load()
     if create:
-        return cls.create(filename)  # type: ignore[attr-defined]
-    return cls(filename, writable=writable)  # type: ignore[call-arg]
+        return cls.create(filename, options)
+    opts = cls.parse_filename(filename)
+    if options:
+        opts.update(options)
+    return cls.open(opts, writable=writable, filename=filename)
 
+
+def _check_protocol_options(cls: type[Protocol], opts: Mapping[str, Any]) -> None:
+    """QEMU refuses open options a protocol does not take once its node is open."""
+    from .ops.qjson import qdict_order
+
+    allowed = cls.runtime_options
+    for key in qdict_order(list(opts)):
+        if key in _COMMON_KEYS or key in allowed:
+            continue
+        if any(n.endswith(".") and key.startswith(n) for n in allowed):
+            continue
+        raise QimgError(f"Block protocol '{cls.protocol_name}' doesn't support the option '{key}'")
+
+
+def _open_file(filename: str | None, options: dict[str, Any], *, writable: bool, top_driver: str | None,
+               parse_filename: bool) -> tuple[Protocol, type[Protocol] | None]:
+    """The protocol node of an image: chosen by ``top_driver`` (a protocol named as the
+    image's driver: its options are the top-level ones), ``file.driver``, or the name's
+    prefix. Returns the open protocol and, for a non-file protocol, its class (whose
+    options were consumed from ``options``)."""
+    if top_driver is not None:
+        cls = _protocol_class(top_driver)
+        popts = {k: v for k, v in options.items() if k not in _COMMON_KEYS and not k.startswith("backing")}
+        for k in popts:
+            options.pop(k, None)
+    else:
+        pdriver = options.pop("file.driver", None)
+        if pdriver is not None and pdriver != "file":
+            cls = _protocol_class(str(pdriver))
+        elif pdriver is None and filename is not None and parse_filename:
+            entry = get_registry().find_protocol(filename)
+            cls = entry.load() if entry is not None and entry.name != "file" else FileProtocol
+        else:
+            cls = FileProtocol
+        if cls is FileProtocol:
+            if filename is None:
+                raise QimgError('A block device must be specified for "file"')
+            return FileProtocol(filename, writable=writable), None
+        popts = {k[5:]: v for k, v in options.items() if k.startswith("file.")}
+        for k in list(options):
+            if k.startswith("file."):
+                del options[k]
+    if filename is not None:
+        if parse_filename:
+            parsed = cls.parse_filename(filename)
+            parsed.update(popts)
+            popts = parsed
+        else:
+            popts.setdefault("filename", filename)
+    if cls.runtime_options:
+        from .runtime import convert_typed
+
+        convert_typed(popts, cls.runtime_options)
+    proto = cls.open(popts, writable=writable, filename=filename or "")
+    try:
+        _check_protocol_options(cls, {k: v for k, v in popts.items() if k not in ("filename", "driver")})
+    except QimgError:
+        proto.close()
+        raise
+    return proto, cls
+
+
+# -- backing names ---------------------------------------------------------------------------
 
 def resolve_backing_name(image_filename: str, backing: str) -> str:
-    """A backing name as QEMU resolves it: relative names against the image's folder."""
-    if not backing or os.path.isabs(backing) or backing.startswith("json:"):
+    """A backing name as QEMU resolves it: names with a protocol prefix, absolute paths and
+    ``json:`` names as they are, relative names against the image's folder (or its URL's
+    directory for a protocol); "" when the image's protocol has no directory (nbd)."""
+    from .names import path_has_protocol
+
+    if not backing or os.path.isabs(backing) or backing.startswith("json:") or path_has_protocol(backing):
         return backing
-    if get_registry().protocol_for(backing) is not None:
-        return backing
-    if get_registry().protocol_for(image_filename) is not None:
-        return backing
-    folder = os.path.dirname(image_filename)
+    entry = get_registry().protocol_for(image_filename)
+    if entry is not None and entry.name != "file":
+        try:
+            return entry.load().dirname_for(image_filename) + backing
+        except QimgError:
+            return ""
+    from .protocol import file_path
+
+    folder = os.path.dirname(file_path(image_filename))
     return os.path.join(folder, backing) if folder else backing
+
+
+def _backing_path(file: Protocol, image_filename: str, backing: str) -> str:
+    """:func:`resolve_backing_name` for an open image: its protocol's directory, or QEMU's
+    error when there is none."""
+    from .names import path_has_protocol
+
+    if not backing or os.path.isabs(backing) or backing.startswith("json:") or path_has_protocol(backing):
+        return backing
+    if isinstance(file, FileProtocol):
+        return resolve_backing_name(image_filename, backing)
+    return file.dirname() + backing
 
 
 def probe_format(file: Protocol, filename: str, *, untrusted: bool = False) -> str:
@@ -62,8 +181,261 @@ def probe_format(file: Protocol, filename: str, *, untrusted: bool = False) -> s
     return entry.name
 
 
+# -- parsing what to open --------------------------------------------------------------------
+
+class _Target:
+    """What one open asks for, parsed once: the file name (None when options name the data),
+    the driver, driver options, whether the name may carry a protocol prefix, and what the
+    user gave (for QEMU's ``json:`` naming and the unsupported-option check)."""
+
+    __slots__ = ("filename", "fmt", "options", "parse_filename", "user_keys", "given")
+
+    def __init__(self, filename: str | None, fmt: str | None, options: dict[str, Any], parse_filename: bool,
+                 user_keys: list[str], given: dict[str, Any]) -> None:
+        self.filename = filename
+        self.fmt = fmt
+        self.options = options
+        self.parse_filename = parse_filename
+        self.user_keys = user_keys
+        self.given = given
+
+
+def _from_options(text: str, typed: dict[str, Any], fmt: str | None, json_fmt: str | None,
+                  extra: dict[str, Any]) -> _Target:
+    """An option string (``--image-opts``, or a ``json:`` name flattened) as a target."""
+    from .options import parse_dotted, split_options
+
+    reg = get_registry()
+    pairs = split_options(text)
+    parsed: dict[str, Any] = parse_dotted(text)
+    driver = json_fmt or parsed.pop("driver", None)
+    parsed.pop("driver", None)
+    if driver is not None and driver not in reg.formats and reg.protocol(driver) is None:
+        raise QimgError(f"Unknown driver '{driver}'")
+    if pairs and pairs[0][1] is None and pairs[0][0]:
+        pairs[0] = ("file", pairs[0][0])  # QEMU's implied first key
+    for key, value in pairs:
+        if key == "file" and value is not None:
+            raise QimgError(f"Cannot find device='{value}' nor node-name='{value}'")
+    if driver is None and not any(k == "file" or k.startswith("file.") for k, _ in pairs):
+        raise QimgError("Must specify either driver or file")
+    # a protocol named as the image's driver takes its file name at the top level
+    top_protocol = driver is not None and (driver == "file" or driver not in reg.formats)
+    fname = parsed.pop("filename", None) if top_protocol else parsed.pop("file.filename", None)
+    fdriver = parsed.get("file.driver")
+    if fname is None and (driver == "file" or not top_protocol) and fdriver in (None, "file"):
+        raise QimgError('A block device must be specified for "file"')
+    if "backing" in typed and typed["backing"] is None:
+        parsed["backing"] = None  # json: "backing": null, no backing file
+    if parsed.get("backing") == "":
+        warn('warning: Use of "backing": "" is deprecated; use "backing": null instead')
+    options = dict(extra)
+    options.update(parsed)
+    # "backing" null or "": no backing file, taken by every open
+    user_keys = [k for k, v in parsed.items() if k != "backing" or v not in ("", None)]
+    given = {k: typed.get(k, v) for k, v in parsed.items()}
+    return _Target(fname, driver, options, False, user_keys, given)
+
+
+def _uses_file_protocol(t: _Target) -> bool:
+    """Whether the image's bytes are a host file (the ``file`` protocol opens them)."""
+    reg = get_registry()
+    if t.fmt is not None and t.fmt != "file" and t.fmt not in reg.formats:
+        return False
+    if t.options.get("file.driver") not in (None, "file"):
+        return False
+    if t.filename is None or not t.parse_filename:
+        return True
+    try:
+        entry = reg.find_protocol(t.filename)
+    except QimgError:
+        return False
+    return entry is None or entry.name == "file"
+
+
+def target_from_image_opts(text: str) -> tuple[str, str | None, dict[str, Any]]:
+    """A ``--target-image-opts`` string as (file name, driver, the other options), for the
+    checks convert makes before it opens the target (which :func:`open` then does with the
+    string itself). The name is "" when options alone name the data (``file.driver=nbd``)."""
+    from .options import parse_dotted
+
+    opts: dict[str, Any] = dict(parse_dotted(text))
+    fmt = opts.pop("driver", None)
+    fname = opts.pop("file.filename", None) or opts.pop("filename", None)
+    fdriver = opts.get("file.driver")
+    reg = get_registry()
+    remote = fdriver not in (None, "file") or (fmt is not None and fmt != "file" and fmt not in reg.formats)
+    if fname is None and not remote:
+        raise QimgError(f"Could not open '{text}': A block device must be specified for \"file\"")
+    return fname or "", fmt, opts
+
+
+def _parse_target(target: Any, fmt: str | None, image_opts: bool, options: Mapping[str, Any] | None) -> _Target:
+    """``qimg.open``'s first argument, whatever its kind, as a :class:`_Target`."""
+    from .names import flatten_options, parse_json_name
+
+    extra = dict(options or {})
+    if not isinstance(target, (str, os.PathLike)) and hasattr(target, "items"):
+        if fmt:
+            raise QimgError("--image-opts and --format are mutually exclusive")
+        text, typed = flatten_options(target)
+        return _from_options(text, typed, None, None, extra)
+    name = os.fspath(target)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if not image_opts and name.startswith("json:"):
+        # QEMU's json: pseudo-protocol: the same options --image-opts takes, as a JSON object
+        # (a -f format still wins over its "driver")
+        text, typed = parse_json_name(name)
+        return _from_options(text, typed, None, fmt, extra)
+    if image_opts:
+        if fmt:
+            raise QimgError("--image-opts and --format are mutually exclusive")
+        return _from_options(name, {}, None, None, extra)
+    return _Target(name, fmt, extra, True, [], {})
+
+
+def _shown_name(target: Any) -> str:
+    from .names import options_text
+
+    if not isinstance(target, (str, os.PathLike)) and hasattr(target, "items"):
+        return options_text(target)
+    name = os.fspath(target)
+    return os.fsdecode(name) if isinstance(name, bytes) else name
+
+
+def _is_strerror(text: str) -> bool:
+    global _STRERRORS
+    if _STRERRORS is None:
+        _STRERRORS = {os.strerror(i) for i in range(1, 134)}
+    return text in _STRERRORS
+
+
+_STRERRORS: set[str] | None = None
+
+
+# -- the public open -------------------------------------------------------------------------
+
 def open(  # noqa: A001 - the natural name for the public API
-    filename: str,
+    target: str | os.PathLike[str] | Mapping[str, Any],
+    fmt: str | None = None,
+    *,
+    writable: bool = False,
+    backing: bool = True,
+    force_share: bool = False,
+    options: dict[str, Any] | None = None,
+    image_opts: bool = False,
+    name: str | None = None,
+    untrusted: bool | None = None,
+    no_io: bool = False,
+    resize: bool = False,
+    no_share: bool = False,
+    probe_warning: bool = True,
+    backing_override: tuple[str | None, str | None] | None = None,
+) -> Image:
+    """Open an image and (unless ``backing=False``) its backing chain.
+
+    ``target`` is a path (``str`` or ``os.PathLike``), a protocol name (``nbd://host/export``,
+    ``nbd+unix:///export?socket=/run/x.sock``: a prefix no installed protocol has fails with
+    ``Unknown protocol 'x'``), a ``json:{...}`` name, or an options mapping as ``--image-opts``
+    gives (``{"driver": "qcow2", "file": {"driver": "nbd", "server": {...}}}`` or dotted keys);
+    with ``image_opts`` a ``str`` target is such an option string (``driver=raw,file.filename=x``).
+    ``fmt`` None probes the format (raw as the last resort: a writable open then prints
+    qemu-img's warning through :data:`warn` unless ``probe_warning`` is False).
+    ``options`` are more driver open options, typed and checked as QEMU does
+    (:mod:`qimg.runtime`): ``backing`` None or "" opens no backing file,
+    ``backing.file.filename``/``backing.driver`` another one, other ``backing.*`` keys go to
+    the backing image. ``name``: how messages name the image (default: ``target``).
+
+    Locking (:mod:`qimg.locking`): the image file gets QEMU's permission locks; ``force_share``
+    (``-U``) shares everything, ``no_io`` (``info``) skips the consistent-read permission,
+    ``resize`` adds the resize permission (raw), ``no_share`` refuses writers even over raw
+    (``convert`` sources); the option ``file.locking=off`` disables locking.
+    ``untrusted`` (default: :func:`qimg.untrusted.is_enabled`) opens nothing the image names:
+    a backing file is an error unless ``backing=False``, drivers get ``options["untrusted"]``.
+    ``backing_override`` = (filename, format) opens a different backing file than recorded
+    (``None`` filename: no backing at all); it is the caller's choice, so untrusted mode opens it.
+
+    Errors: :class:`qimg.errors.QimgError` worded as qemu-img's (``Could not open 'x': ...``);
+    a failed system call is also the matching ``OSError`` subclass (``FileNotFoundError``...).
+    """
+    shown = name if name is not None else _shown_name(target)
+    prefix = f"Could not open '{shown}': "
+    try:
+        t = _parse_target(target, fmt, image_opts, options)
+    except QimgError as e:
+        if e.message == "--image-opts and --format are mutually exclusive":
+            raise
+        raise public_error(e, prefix + e.message) from None
+    if force_share and writable:
+        raise QimgError(f"{prefix}force-share=on can only be used with read-only images")
+    reg = get_registry()
+    if t.fmt is not None and t.fmt not in reg.formats and reg.protocol(t.fmt) is None:
+        raise QimgError(f"{prefix}Unknown driver '{t.fmt}'")
+    fname = t.filename
+    if fname is not None and _uses_file_protocol(t):
+        plain = fname[5:] if t.parse_filename and fname.startswith("file:") else fname
+        if plain == "":
+            raise QimgError(f"{prefix}The 'file' block driver requires a file name")
+        if os.path.isdir(plain):
+            raise QimgError(f"{prefix}'file' driver requires '{plain}' to be a regular file")
+    try:
+        img = _open_node(fname, t.fmt, writable=writable, force_share=force_share, backing=backing,
+                         options=t.options, resize=resize, untrusted=untrusted, no_io=no_io, no_share=no_share,
+                         parse_filename=t.parse_filename, backing_override=backing_override)
+    except QimgError as e:
+        # QEMU prefixes every open error with the name given; the layers below prefix the
+        # errors of a format driver with the file's name (and the file protocol its strerror)
+        msg = e.message
+        inner = f"Could not open '{fname}': "
+        rest = msg[len(inner):] if msg.startswith(inner) else msg
+        if msg.startswith(inner) and _is_strerror(rest):
+            msg = prefix + msg
+        else:
+            msg = prefix + rest
+        raise public_error(e, msg, fname) from None
+    from .runtime import unsupported_option
+
+    bad = None
+    if backing and img.backing is not None:
+        # the backing image's own options, less the ones that chose it
+        keys = [k[8:] for k in t.user_keys if k.startswith("backing.")]
+        keys = [k for k in keys if k not in ("file.filename", "driver", "file.driver")]
+        bad = unsupported_option(type(img.backing.driver), keys, True)
+        bad = bad and "Could not open backing file: " + bad
+    keys = t.user_keys if img.protocol_class is None else [k for k in t.user_keys if not k.startswith("file.")]
+    bad = bad or unsupported_option(type(img.driver), keys, backing)
+    if bad is not None:
+        img.close()
+        raise QimgError(prefix + bad)
+    if t.user_keys:
+        img.display_name = _json_name(img, t.given) or img.display_name
+    if t.fmt is None and writable and img.format == "raw" and probe_warning:
+        sys.stderr.write(RAW_PROBE_WARNING.format(fname) + "\n")  # QEMU prints it as it is
+    return img
+
+
+def _json_name(img: Image, given: dict[str, Any]) -> str | None:
+    """QEMU's name for an image opened with options that change what it is (the driver's
+    strong options): ``json:`` and those options, the driver and the file, in QDict order."""
+    cls = type(img.driver)
+    strong = [k for k in cls.strong_runtime_options if k in given]
+    if not strong:
+        return None
+    from .ops.qjson import dumps
+
+    value: dict[str, Any] = {k: given[k] for k in strong}
+    value["driver"] = img.format
+    file = img.driver.file
+    value["file"] = file.json_options() if not isinstance(file, FileProtocol) else {"driver": "file",
+                                                                                     "filename": file.filename}
+    return "json:" + dumps(value, pretty=False)
+
+
+# -- one node and its chain ------------------------------------------------------------------
+
+def _open_node(
+    filename: str | None,
     fmt: str | None = None,
     *,
     writable: bool = False,
@@ -75,54 +447,64 @@ def open(  # noqa: A001 - the natural name for the public API
     no_io: bool = False,
     resize: bool = False,
     no_share: bool = False,
+    parse_filename: bool = True,
     _depth: int = 0,
     _seen: frozenset[str] = frozenset(),
 ) -> Image:
-    """Open an image and (unless ``backing=False``) its backing chain.
-
-    ``fmt`` None probes the format (raw only as the last resort, with qemu-img's warning
-    left to the caller). ``options`` are driver open options (``--image-opts`` keys), typed
-    and checked as QEMU does (:mod:`qimg.runtime`); ``backing`` None or "" opens no backing
-    file, ``backing.file.filename``/``backing.driver`` another one, other ``backing.*`` keys
-    go to the backing image.
-    ``backing_override`` = (filename, format) opens a different backing file than recorded
-    (``None`` filename: no backing at all).
-
-    Locking (:mod:`qimg.locking`): the image file gets QEMU's permission locks; ``force_share``
-    (``-U``) shares everything, ``no_io`` (``info``) skips the consistent-read permission,
-    ``resize`` adds the resize permission (raw), ``no_share`` refuses writers even over raw
-    (``convert`` sources); the option ``file.locking=off`` disables locking.
-    ``untrusted`` (default: :func:`qimg.untrusted.is_enabled`) opens nothing the image names:
-    a backing file is an error unless ``backing=False``, drivers get ``options["untrusted"]``.
-    """
+    """Open one image by file name and driver options, and its backing chain: the layer
+    under :func:`open`. Errors of a format driver read ``Could not open 'FILE': ...`` for the
+    top image; backing files' errors ``Could not open backing file: ...``."""
     from . import locking
     from .untrusted import is_enabled, refuse_backing
 
     untrusted = is_enabled(untrusted)
+    shown = filename if filename is not None else ""
     if _depth > MAX_CHAIN_DEPTH:
-        raise QimgError(f"Could not open '{filename}': Backing chain is too deep (more than {MAX_CHAIN_DEPTH} images)")
+        raise QimgError(f"Could not open '{shown}': Backing chain is too deep (more than {MAX_CHAIN_DEPTH} images)")
+    if filename is not None and filename.startswith("json:") and parse_filename:
+        # a json: backing file name (as QEMU follows it; untrusted mode never gets here)
+        from .names import parse_json_name
+
+        t = _from_options(*parse_json_name(filename), None, None, {})
+        merged = dict(t.options)
+        merged.update(options or {})
+        return _open_node(t.filename, fmt or t.fmt, writable=writable, backing=backing, force_share=force_share,
+                          options=merged, backing_override=backing_override, untrusted=untrusted, no_io=no_io,
+                          resize=resize, no_share=no_share, parse_filename=False, _depth=_depth, _seen=_seen)
     reg = get_registry()
-    entry = reg.format(fmt) if fmt else None
+    top_driver = fmt if fmt is not None and fmt not in reg.formats and reg.protocol(fmt) is not None else None
+    entry = reg.format(fmt) if fmt and top_driver is None else None
+    options = dict(options or {})
     if options:
         from .runtime import check_common, check_file
 
-        options = dict(options)
         try:
             check_common(options)
-            check_file(options)
+            if top_driver is None and options.get("file.driver") in (None, "file"):
+                check_file(options)
         except QimgError as e:
-            raise QimgError(f"Could not open '{filename}': {e.message}", e.exit_code) from None
-    file = open_protocol(filename, writable=writable)
+            raise QimgError(f"Could not open '{shown}': {e.message}", e.exit_code) from None
+    file, pcls = _open_file(filename, options, writable=writable, top_driver=top_driver,
+                            parse_filename=parse_filename)
+    if filename is None:
+        filename = file.filename
     try:
-        if entry is None:
-            entry = reg.format(probe_format(file, filename, untrusted=untrusted))
-        cls = entry.load()
-        drv_options = dict(options or {})
+        if top_driver is not None:
+            from .protofmt import format_class
+
+            cls = format_class(top_driver, pcls or type(file))
+            fmt_name = top_driver
+        else:
+            if entry is None:
+                entry = reg.format(probe_format(file, filename, untrusted=untrusted))
+            cls = entry.load()
+            fmt_name = entry.name
+        drv_options = dict(options)
         if untrusted:
             drv_options["untrusted"] = True
         if not locking.locking_disabled(drv_options):
             try:
-                file.set_perms(*locking.wanted(entry.name, writable=writable, force_share=force_share,
+                file.set_perms(*locking.wanted(fmt_name, writable=writable, force_share=force_share,
                                                no_io=no_io, resize=resize, no_share=no_share, cls=cls))
             except locking.LockError as e:
                 # qemu-img: the top image's name prefixes the message, a backing file's does not
@@ -141,7 +523,18 @@ def open(  # noqa: A001 - the natural name for the public API
     except BaseException:
         file.close()
         raise
-    img = Image(driver, format_name=entry.name, filename=filename)
+    img = Image(driver, format_name=fmt_name, filename=filename)
+    img.protocol_class = pcls
+    if isinstance(file, FileProtocol) and filename.startswith("file:") and file.path != filename[5:]:
+        img.display_name = file.path  # QEMU shows the path its file driver opened (./image:x)
+    if pcls is not None:
+        exact = file.exact_filename()
+        if exact is None:
+            from .ops.qjson import dumps
+
+            exact = "json:" + dumps(file.json_options(), pretty=False)
+        if exact != filename:
+            img.display_name = exact
     # ``backing.KEY`` open options are the backing image's (``backing.encrypt.key-secret``)
     bopts = {k[8:]: v for k, v in drv_options.items() if k.startswith("backing.")}
     if backing and backing_override is None and (bopts or "backing" in drv_options):
@@ -161,22 +554,27 @@ def open(  # noqa: A001 - the natural name for the public API
         if "\0" in bname:  # C strings end there; a driver must not hand such a name over
             driver.close()
             raise QimgError(f"Could not open '{filename}': Backing file name contains a NUL byte")
-        full = resolve_backing_name(filename, bname) if backing_override is None else bname
-        key = os.path.realpath(full) if get_registry().protocol_for(full) is None else full
-        me = os.path.realpath(filename)
+        try:
+            full = _backing_path(file, filename, bname) if backing_override is None else bname
+        except QimgError as e:
+            driver.close()
+            raise QimgError(f"Could not open '{filename}': {e.message}" if _depth == 0 else e.message,
+                            e.exit_code) from None
+        key = os.path.realpath(full) if reg.protocol_for(full) is None and not full.startswith("json:") else full
+        me = os.path.realpath(filename) if pcls is None else filename
         if key in _seen or key == me:
             driver.close()
             raise QimgError(f"Could not open '{filename}': Backing file '{bname}' creates an infinite loop")
         try:
-            img.backing = open(full, bfmt, writable=False, force_share=force_share, no_io=no_io,
-                               options=bopts or None, untrusted=untrusted, _depth=_depth + 1,
-                               _seen=_seen | {me})
+            img.backing = _open_node(full, bfmt, writable=False, force_share=force_share, no_io=no_io,
+                                     options=bopts or None, untrusted=untrusted, _depth=_depth + 1,
+                                     _seen=_seen | {me})
         except QimgError as e:
             driver.close()
             msg = e.message
             if not msg.startswith("Could not open backing file"):
                 msg = f"Could not open backing file: {msg}"
-            raise QimgError(f"Could not open '{filename}': {msg}" if _depth == 0 else msg, e.exit_code) from None
+            raise public_error(e, f"Could not open '{filename}': {msg}" if _depth == 0 else msg) from None
         driver.backing = img.backing
     return img
 
@@ -202,12 +600,14 @@ def _backing_from_options(driver: Any, reference: Any, bopts: dict[str, Any]) ->
     if name is None:
         if not driver.backing_filename:
             raise QimgError('A block device must be specified for "file"')
-        return (resolve_backing_name(driver.filename, driver.backing_filename), fmt)
+        return (_backing_path(driver.file, driver.filename, driver.backing_filename), fmt)
     return (name, fmt if fmt is not None else driver.backing_format)
 
 
+# -- create ----------------------------------------------------------------------------------
+
 def create(
-    filename: str,
+    filename: str | os.PathLike[str],
     fmt: str,
     size: int | None = None,
     options: dict[str, Any] | str | None = None,
@@ -216,38 +616,26 @@ def create(
     backing_fmt: str | None = None,
     unsafe: bool = False,
 ) -> None:
-    """Create an image, as ``qemu-img create``.
+    """Create an image, as ``qemu-img create`` (:func:`qimg.ops.create.create_image`).
 
-    ``options`` is a dict of typed values or a ``-o`` string (validated against the driver's
-    ``create_opts``). Without ``size`` the backing file's size is used (opened unless
-    ``unsafe``).
+    ``filename`` is a path or a protocol name (an ``nbd://`` export is written in place, as
+    qemu-img does). ``options`` is a dict of typed values or a ``-o`` string (validated
+    against the driver's ``create_opts`` and the protocol's). Without ``size`` the backing
+    file's size is used; the backing file is opened unless ``unsafe`` (then ``backing_fmt``
+    must be given, as qemu-img requires). Errors are qemu-img's messages (without its
+    ``qemu-img: FILE:`` prefix).
     """
-    cls = get_registry().format(fmt).load()
-    if isinstance(options, str) or options is None:
-        opts = parse_options(options or "", cls.create_opts)
-    else:
-        opts = dict(options)
-    if backing_file is not None:
-        opts["backing_file"] = backing_file
-    if backing_fmt is not None:
-        opts["backing_fmt"] = backing_fmt
-    if opts.get("backing_file") and not cls.supports_backing:
-        raise QimgError(f"Backing file not supported for file format '{fmt}'")
-    if size is None:
-        size = opts.pop("size", None)
-    else:
-        opts.pop("size", None)
-    if opts.get("backing_file") and (size is None or not unsafe):
-        bname = resolve_backing_name(filename, opts["backing_file"])
-        try:
-            with open(bname, opts.get("backing_fmt"), force_share=True) as b:
-                if size is None:
-                    size = b.size
-        except QimgError as e:
-            if size is None or not unsafe:
-                raise QimgError(f"Could not open backing image.\n{e.message}" if size is None else e.message) from None
-    if size is None:
-        raise QimgError("Image creation needs a size parameter")
-    from .ops.create import run_driver_create
+    from .ops.create import all_create_opts, create_image, format_class
 
-    run_driver_create(cls, filename, size, opts)
+    name = os.fspath(filename)
+    try:
+        if isinstance(options, str) and options and size is not None:
+            from .options import parse_options
+
+            options = parse_options(options, all_create_opts(format_class(fmt), name))
+        if isinstance(options, dict) and size is not None:
+            options = {k: v for k, v in options.items() if k != "size"}
+        create_image(name, fmt, size, options or "", backing_file=backing_file, backing_fmt=backing_fmt,
+                     unsafe=unsafe)
+    except QimgError as e:
+        raise public_error(e, None, name) from None

@@ -58,6 +58,8 @@ class Image:
         #: the name QEMU gives the image where it differs from the file's (``json:{...}``
         #: when open options change what the image is); None: the file name
         self.display_name: str | None = None
+        #: the protocol class under the format when it is not the ``file`` protocol (nbd...)
+        self.protocol_class: type | None = None
         self.backing = backing
         driver.backing = backing
 

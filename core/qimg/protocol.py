@@ -1,4 +1,5 @@
-"""Protocols: where an image's bytes are stored. ``file`` is the one built in.
+"""Protocols: where an image's bytes are stored. ``file`` is the one built in; plugins add
+others (``nbd``). :class:`Protocol` is the written contract (docs/plugins.md shows a plugin).
 
 Drivers do all I/O through a Protocol object (``self.file``), never through paths, so any
 format works over any protocol. Offsets and lengths are bytes; no alignment is required.
@@ -9,27 +10,132 @@ import errno
 import os
 import stat
 
-from .errors import QimgError, os_error_text
+from .blockstatus import DATA, SECTOR, ZERO
+from .errors import QimgError, os_error_text, with_errno
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
+    from typing import Any, ClassVar
+
+    from .options import Option
 
 # A zero page for comparisons and hole filling; sized for typical cluster runs.
 ZERO_CHUNK = bytes(1 << 20)
 
 
 class Protocol:
-    """Base class of protocol drivers. Every method may raise OSError."""
+    """Base class of protocol drivers: where an image's bytes live (QEMU's protocol
+    BlockDriver). A format driver reads and writes its file only through these methods.
+
+    **Naming and opening** (class level). A plugin registers the class with
+    ``registry.add_protocol(name, "module:Class", prefixes=(...))``; the core then opens it for
+
+    - a name with one of its prefixes (``nbd://h/x``, ``nbd:h:10809``): :meth:`parse_filename`
+      turns the name into open options, then :meth:`open` gets them;
+    - options naming it (``driver=nbd,server.type=unix,...`` at the top level, where the
+      protocol is the image's driver, or ``file.driver=nbd,file.server...`` under a format;
+      ``json:{"driver": "nbd", ...}`` the same as JSON): :meth:`open` gets those options
+      (the ``file.`` prefix removed), typed by :attr:`runtime_options`.
+
+    **Names it gives back**: :meth:`exact_filename` (the name ``info`` and ``map`` show, QEMU's
+    ``bdrv_refresh_filename``; None when no name says it all), :meth:`json_options` (the
+    options of a ``json:{...}`` name), :meth:`dirname` (what a relative backing file name is
+    resolved against, or QEMU's error when there is none).
+
+    **I/O** (instance level): offsets and lengths are bytes, no alignment is required.
+    Reads past the end are short; :meth:`size` is the length; :meth:`block_status` answers
+    what is data, what reads as zeroes. Every method may raise OSError or QimgError; a
+    capability the protocol lacks raises QimgError with qemu-img's words (``Cannot grow NBD
+    nodes``). ``writable`` False means every write raises.
+    """
+
+    #: the driver name: ``driver=`` in options and ``json:`` names, ``info``'s "protocol type"
+    protocol_name: ClassVar[str] = ""
+    #: open options this protocol takes besides ``filename``/``driver`` (name -> option type of
+    #: :mod:`qimg.options`; a name ending in "." takes every key under it); QEMU refuses
+    #: others ("Block protocol 'x' doesn't support the option 'y'")
+    runtime_options: ClassVar[Mapping[str, str]] = {}
+    #: options that change which data is reached (QEMU's ``strong_runtime_opts``): a format
+    #: over this protocol that has one of them in its name is shown as ``json:{...}``
+    strong_runtime_options: ClassVar[tuple[str, ...]] = ()
+    #: ``-o`` options this protocol adds to a format's create options (``preallocation``...)
+    create_opts: ClassVar[list[Option]] = []
+    #: requests a bulk copy should keep in flight to hide latency (threads reading at once;
+    #: such a protocol's pread/preadinto must then be safe to call from several threads)
+    parallel_reads: ClassVar[int] = 1
 
     filename: str
     writable: bool
     #: cache=unsafe (qemu-img convert's default): flush() does not reach the disk
     unsafe_cache: bool = False
 
+    # -- opening ------------------------------------------------------------------------------
+    @classmethod
+    def parse_filename(cls, filename: str) -> dict[str, Any]:
+        """A name with this protocol's prefix as open options (QEMU's ``bdrv_parse_filename``),
+        or QimgError with QEMU's message (``No valid URL specified``). Default: the name is the
+        ``filename`` option."""
+        return {"filename": filename}
+
+    @classmethod
+    def open(cls, options: dict[str, Any], *, writable: bool, filename: str) -> "Protocol":
+        """Open with ``options`` (from :meth:`parse_filename` or given; values typed as
+        :attr:`runtime_options` says). ``filename`` is the name the user gave (for messages).
+        Errors are QimgError with QEMU's message, without the ``Could not open 'x':`` prefix
+        the core adds."""
+        raise NotImplementedError
+
+    @classmethod
+    def create(cls, filename: str, options: dict[str, Any] | None = None) -> "Protocol":
+        """Open ``filename`` for a new image (a format's create writes into what this returns).
+        The default is QEMU's fallback for protocols that cannot create: the existing target
+        is opened writable and its first sector zeroed, so that nothing stale is probed."""
+        from .errors import QimgError
+
+        opts = cls.parse_filename(filename)
+        try:
+            proto = cls.open(opts, writable=True, filename=filename)
+        except QimgError as e:
+            raise QimgError(f"Protocol driver '{cls.protocol_name}' does not support creating new images, so an "
+                            "existing image must be selected as the target; however, opening the given target as "
+                            f"an existing image failed: {e.message}", e.exit_code) from None
+        n = min(SECTOR, proto.size())
+        if n:
+            proto.write_zeroes(0, n)
+        return proto
+
+    # -- names -------------------------------------------------------------------------------
+    def exact_filename(self) -> str | None:
+        """The name that opens this again (what ``info`` shows); None if options say more."""
+        return self.filename
+
+    def json_options(self) -> dict[str, Any]:
+        """This node's options as a ``json:`` name holds them (``{"driver": ..., ...}``)."""
+        return {"driver": self.protocol_name, "filename": self.filename}
+
+    def dirname(self) -> str:
+        """The prefix a relative backing file name is appended to (``http://h/dir/``), or
+        QimgError (QEMU: ``Cannot generate a base directory for NBD nodes``)."""
+        name = self.exact_filename()
+        if not name:
+            raise QimgError(f"Cannot generate a base directory for {self.protocol_name} nodes")
+        return type(self).dirname_for(name)
+
+    @classmethod
+    def dirname_for(cls, filename: str) -> str:
+        """:meth:`dirname` of the node a name opens (without opening it): QEMU's
+        ``path_combine`` keeps everything up to the last ``/``."""
+        from .names import path_combine
+
+        return path_combine(filename, "")
+
+    # -- I/O ---------------------------------------------------------------------------------
     def pread(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``; shorter only at end of file."""
-        raise NotImplementedError
+        buf = bytearray(length)
+        n = self.preadinto(offset, memoryview(buf))
+        return bytes(buf[:n]) if n < length else bytes(buf)
 
     def preadinto(self, offset: int, buf: memoryview) -> int:
         """Fill ``buf`` from ``offset``; return bytes read (short at EOF)."""
@@ -53,12 +159,29 @@ class Protocol:
         pass
 
     def allocated_size(self) -> int | None:
-        """Bytes actually used on the host (``disk size``), or None if unknown."""
+        """Bytes actually used on the host (``disk size``), or None if unknown (``unavailable``)."""
         return None
 
+    def block_status(self, offset: int, length: int) -> tuple[int, int]:
+        """``(n, flags)``: the run of ``n`` bytes (1 <= n <= length) from ``offset`` that has one
+        status; ``flags`` holds :data:`qimg.blockstatus.DATA` (stored data) and/or
+        :data:`qimg.blockstatus.ZERO` (reads as zeroes); neither: unknown contents that must
+        be read. Default: derived from :meth:`data_extents`."""
+        for _start, n, is_data in self.data_extents(offset, length):
+            return max(1, min(n, length)), (DATA if is_data else ZERO)
+        return length, DATA
+
     def data_extents(self, offset: int, length: int) -> Iterator[tuple[int, int, bool]]:
-        """Yield ``(start, length, is_data)`` runs covering the range (holes read as zero)."""
-        yield offset, length, True
+        """Yield ``(start, length, is_data)`` runs covering the range; ``is_data`` False: the
+        run reads as zeroes. A protocol implements this or :meth:`block_status`."""
+        if type(self).block_status is Protocol.block_status:
+            yield offset, length, True
+            return
+        end = offset + length
+        while offset < end:
+            n, flags = self.block_status(offset, end - offset)
+            yield offset, n, not (flags & ZERO)
+            offset += n
 
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
         """Make a range read as zeroes; may deallocate when ``unmap``."""
@@ -69,7 +192,7 @@ class Protocol:
             offset += n
 
     def discard(self, offset: int, length: int) -> None:
-        """Hint that a range is unused; may do nothing."""
+        """Hint that a range is unused (trim); may do nothing."""
 
     def allocate(self, offset: int, length: int) -> None:
         """Reserve space (``preallocation=falloc``)."""
@@ -107,13 +230,31 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 
 
+def file_path(filename: str) -> str:
+    """The host path of a file protocol name: without its ``file:`` prefix, and with ``./``
+    before it when what is left would read as a protocol (``file:image:top.qcow2`` is
+    ``./image:top.qcow2``), as QEMU's file driver parses it."""
+    if not filename.startswith("file:"):
+        return filename
+    path = filename[5:]
+    from .names import path_has_protocol
+
+    return "./" + path if path_has_protocol(path) else path
+
+
 class FileProtocol(Protocol):
-    """A host file or block device, with pread/pwrite, SEEK_DATA/SEEK_HOLE and fallocate."""
+    """A host file or block device, with pread/pwrite, SEEK_DATA/SEEK_HOLE and fallocate.
+
+    ``filename`` may carry the ``file:`` prefix; messages name the path without it, as QEMU's.
+    """
+
+    protocol_name = "file"
+    parallel_reads = 1  # page-cache reads: one reader beside the writer keeps both busy
 
     def __init__(self, filename: str, writable: bool = False, create: bool = False) -> None:
         self.filename = filename
         self.writable = writable
-        path = filename[5:] if filename.startswith("file:") else filename
+        path = file_path(filename)
         self.path = path
         flags = os.O_RDWR if writable else os.O_RDONLY
         if create:
@@ -122,13 +263,13 @@ class FileProtocol(Protocol):
         try:
             self.fd = os.open(path, flags, 0o644)
         except OSError as e:
-            raise QimgError(f"Could not open '{filename}': {os_error_text(e)}") from None
+            raise with_errno(QimgError(f"Could not open '{path}': {os_error_text(e)}"), e.errno) from None
         except ValueError:  # a NUL byte in a name read from a hostile image
-            raise QimgError(f"Could not open '{filename}': {os.strerror(errno.EINVAL)}") from None
+            raise with_errno(QimgError(f"Could not open '{path}': {os.strerror(errno.EINVAL)}"), errno.EINVAL) from None
         st = os.fstat(self.fd)
         if stat.S_ISDIR(st.st_mode):
             os.close(self.fd)
-            raise QimgError(f"Could not open '{filename}': Is a directory")
+            raise with_errno(QimgError(f"Could not open '{path}': Is a directory"), errno.EISDIR)
         self.is_block = stat.S_ISBLK(st.st_mode)
         #: a block or character device (/dev/sdX, /dev/null): sized by seeking, never truncated
         self.is_device = self.is_block or stat.S_ISCHR(st.st_mode)
@@ -159,16 +300,37 @@ class FileProtocol(Protocol):
             self._perms = (perm, shared)
 
     @classmethod
-    def create(cls, filename: str) -> "FileProtocol":
+    def open(cls, options: dict[str, Any], *, writable: bool, filename: str) -> "FileProtocol":
+        name = options.get("filename")
+        if not name:
+            raise QimgError("The 'file' block driver requires a file name")
+        return cls(str(name), writable=writable)
+
+    @classmethod
+    def create(cls, filename: str, options: dict[str, Any] | None = None) -> "FileProtocol":
         """Create (or truncate) a file for a new image."""
         try:
             return cls(filename, writable=True, create=True)
         except QimgError as e:
             # qemu's file driver words a failed creation "Could not create"
-            prefix = f"Could not open '{filename}'"
+            path = file_path(filename)
+            prefix = f"Could not open '{path}'"
             if e.message.startswith(prefix):
-                raise QimgError(f"Could not create '{filename}'" + e.message[len(prefix):], e.exit_code) from None
+                raise with_errno(QimgError(f"Could not create '{path}'" + e.message[len(prefix):], e.exit_code),
+                                 e.errno) from None
             raise
+
+    def exact_filename(self) -> str | None:
+        return self.filename
+
+    def json_options(self) -> dict[str, Any]:
+        return {"driver": "file", "filename": self.path}
+
+    def dirname(self) -> str:
+        import os.path
+
+        folder = os.path.dirname(self.filename)
+        return folder if not folder or folder.endswith("/") else folder + "/"
 
     def pread(self, offset: int, length: int) -> bytes:
         if length > (16 << 20):  # a length from a hostile image: never allocate past the end of file

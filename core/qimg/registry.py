@@ -123,11 +123,31 @@ class Registry:
         return best
 
     def protocol_for(self, filename: str) -> ProtocolEntry | None:
-        """The protocol a ``prefix:`` filename selects, or None for a plain path."""
-        head, sep, _ = filename.partition(":")
-        if not sep or "/" in head:
+        """The protocol a ``prefix:`` filename selects, or None for a plain path or a prefix
+        no installed protocol has (:meth:`find_protocol` says which)."""
+        try:
+            return self.find_protocol(filename)
+        except QimgError:
             return None
+
+    def find_protocol(self, filename: str) -> ProtocolEntry | None:
+        """QEMU's ``bdrv_find_protocol`` for a name the user typed: None for a plain path (no
+        ``:`` before the first ``/``, or a host device), the entry whose prefixes hold the
+        name's prefix exactly, or QEMU's ``Unknown protocol 'x'`` error."""
+        from .names import is_host_device, path_has_protocol, protocol_prefix
+
+        if not path_has_protocol(filename) or is_host_device(filename):
+            return None
+        head = protocol_prefix(filename)
         for entry in self.protocols.values():
-            if head in entry.prefixes or head.split("+")[0] in entry.prefixes:
+            if head in entry.prefixes:
                 return entry
-        return None
+        raise QimgError(f"Unknown protocol '{head}'")
+
+    def protocol(self, name: str) -> ProtocolEntry | None:
+        """The protocol registered under a driver name (``driver=nbd``), or None."""
+        return self.protocols.get(name)
+
+    def driver_names(self) -> list[str]:
+        """Every driver name ``-f``/``driver=`` accepts: formats and protocols (``--help``)."""
+        return sorted(set(self.formats) | set(self.protocols))

@@ -46,7 +46,7 @@ def command(list_, apply_, create, delete, quiet, force_share, fmt, objects, ima
             if fmt is None and not image_opts and img.format == "raw":
                 # QEMU falls back to the protocol node and reopens the probed raw driver
                 # on top of it, which warns about the probing a second time
-                from ..common import RAW_PROBE_WARNING
+                from qimg.api import RAW_PROBE_WARNING
 
                 sys.stderr.write(RAW_PROBE_WARNING.format(args[0]) + "\n")
             ops_snapshot.apply_snapshot(img, apply_)

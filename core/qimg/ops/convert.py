@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import os
 
 from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, ZERO
 from ..errors import QimgError
@@ -217,23 +216,22 @@ def _never_sync(target: "Image") -> None:
 
 
 def _create_target(filename: str, opts: ConvertOptions, size: int) -> None:
-    import qimg
-
     from ..options import parse_options
-    from ..plugins import get_registry
-    from .create import all_create_opts, check_protocol_preallocation
+    from .create import all_create_opts, create_node, format_class
 
-    cls = get_registry().format(opts.out_format).load()
+    cls = format_class(opts.out_format)
     co = opts.create_options
     if isinstance(co, str) or co is None:
         # the file protocol's options (preallocation, nocow, ...) are accepted too
         copts = parse_options(_without_size(co or ""), all_create_opts(cls, filename))
     else:
         copts = {k: v for k, v in co.items() if k != "size"}
+    if opts.backing_file is not None:
+        copts["backing_file"] = opts.backing_file
+    if opts.backing_format is not None:
+        copts["backing_fmt"] = opts.backing_format
     try:
-        check_protocol_preallocation(filename, cls, copts)
-        qimg.create(filename, opts.out_format, size, copts, backing_file=opts.backing_file,
-                    backing_fmt=opts.backing_format, unsafe=True)
+        create_node(filename, opts.out_format, size, copts)
     except QimgError as e:
         # option syntax errors surfaced in check_options already; the driver's own checks
         # ("Parameter 'version' does not accept value", encrypt.*) are prefixed, as qemu-img
@@ -247,38 +245,16 @@ def _create_target(filename: str, opts: ConvertOptions, size: int) -> None:
 
 
 def _open_target(filename: str, opts: ConvertOptions) -> "Image":
-    """Open the target as qemu-img does, with its doubled ``Could not open`` for OS errors."""
-    import errno
-
+    """Open the target as qemu-img does (``--target-image-opts``: its option string)."""
     import qimg
 
-    from ..plugins import get_registry
-
-    if opts.out_format and opts.out_format not in get_registry().format_names():
-        raise QimgError(f"Could not open '{filename}': Unknown driver '{opts.out_format}'")
-    topts = dict(opts.target_open_options)
+    extra: dict[str, Any] = {}
     key = _create_key_secret(opts.create_options)
-    if key and not opts.no_create and "encrypt.key-secret" not in topts:
-        topts["encrypt.key-secret"] = key  # qemu-img opens an encrypted target with its -o secret
-    shown = f"Could not open '{opts.target_name or filename}': "
-    try:
-        img = qimg.open(filename, opts.out_format, writable=True, options=topts)
-    except QimgError as e:
-        prefix = f"Could not open '{filename}': "
-        msg = e.message
-        if msg.startswith(prefix) and msg[len(prefix):] in {os.strerror(n) for n in errno.errorcode}:
-            msg = prefix + msg
-        if msg.startswith(prefix):
-            msg = shown + msg[len(prefix):]
-        raise QimgError(msg, e.exit_code) from None
-    if opts.target_open_options:
-        from ..runtime import unsupported_option
-
-        bad = unsupported_option(type(img.driver), list(opts.target_open_options), True)
-        if bad is not None:
-            img.close()
-            raise QimgError(shown + bad)
-    return img
+    if key and not opts.no_create and "encrypt.key-secret" not in opts.target_open_options:
+        extra["encrypt.key-secret"] = key  # qemu-img opens an encrypted target with its -o secret
+    if opts.target_name is not None:
+        return qimg.open(opts.target_name, image_opts=True, writable=True, options=extra)
+    return qimg.open(filename, opts.out_format, writable=True, options=extra)
 
 
 def _option_backing(create_options: str | dict[str, Any] | None) -> bool:
@@ -300,9 +276,11 @@ def check_options(opts: ConvertOptions, sources: list["Image"], target_filename:
         raise QimgError("Cannot enable copy offloading when -c is used")
     if opts.no_create:
         return
-    from .create import all_create_opts, supports_create
+    from .create import all_create_opts, format_class, supports_create
 
-    cls = get_registry().format(opts.out_format).load()
+    cls = format_class(opts.out_format)
+    if target_filename is not None:
+        get_registry().find_protocol(target_filename)  # QEMU's "Unknown protocol 'x'", before the options
     if not supports_create(cls):  # dmg, bochs, cloop: read-only formats
         raise QimgError(f"Format driver '{opts.out_format}' does not support image creation")
     co = opts.create_options

@@ -29,9 +29,15 @@ FILE_CREATE_OPTS: list[Option] = [
 
 
 def format_class(fmt: str) -> "type[Format]":
+    """The driver class of ``-f``/``-O`` ``fmt``: a format, or a protocol named as one."""
     from ..plugins import get_registry
 
-    return get_registry().format(fmt).load()
+    reg = get_registry()
+    if fmt not in reg.formats and reg.protocol(fmt) is not None:
+        from ..protofmt import format_class as protocol_format
+
+        return protocol_format(fmt, reg.protocol(fmt).load())
+    return reg.format(fmt).load()
 
 
 def supports_create(cls: "type[Format]") -> bool:
@@ -69,6 +75,10 @@ def help_text(fmt: str, filename: str | None = None) -> str:
     cls = format_class(fmt)
     if not supports_create(cls):
         raise QimgError(f"Format driver '{fmt}' does not support image creation")
+    if filename is not None:
+        from ..plugins import get_registry
+
+        get_registry().find_protocol(filename)  # QEMU's "Unknown protocol 'x'"
     opts = all_create_opts(cls, filename)
     lines = ["Supported options:" if filename is not None else f"Supported {fmt} options:"]
     lines += [o.help_line() for o in sorted(opts, key=lambda o: o.name)]
@@ -194,23 +204,46 @@ def run_driver_create(cls: "type[Format]", filename: str, size: int, opts: dict[
         raise
 
 
-def create_image(filename: str, fmt: str = "raw", size: int | None = None, options: str = "", *,
+def create_node(filename: str, fmt: str, size: int, opts: dict[str, Any]) -> None:
+    """QEMU's ``bdrv_create``: the driver makes a ``size``-byte image at ``filename`` (a path
+    or a protocol's name) with typed create options (``backing_file``... included), leaving
+    the file as QEMU does when it refuses. ``create`` ends here, and ``convert`` and ``dd``
+    create their targets with it; each words the error its own way around this message."""
+    cls = format_class(fmt)
+    if opts.get("backing_file") and not cls.supports_backing:
+        raise QimgError(f"Backing file not supported for file format '{fmt}'")
+    check_protocol_preallocation(filename, cls, opts)
+    try:
+        run_driver_create(cls, filename, size, opts)
+    except OSError as e:
+        raise QimgError(f"Could not create '{filename}': {e.strerror or e}") from None
+
+
+def create_image(filename: str, fmt: str = "raw", size: int | None = None, options: str | dict[str, Any] = "", *,
                  backing_file: str | None = None, backing_fmt: str | None = None, unsafe: bool = False,
                  echo: Callable[[str], None] | None = None) -> None:
-    """Create an image as ``qemu-img create`` does; ``echo`` receives the Formatting line.
+    """Create an image as ``qemu-img create`` does (QEMU's ``bdrv_img_create``: the checks,
+    the backing file's size, then :func:`create_node`); ``echo`` receives the Formatting line.
+    ``options`` is a ``-o`` string or a dict of typed values.
 
     Errors are QimgError without the ``filename:`` prefix the CLI adds.
     """
-    from ..api import open as open_image
+    from ..api import _open_node as open_image
     from ..api import resolve_backing_name
+    from ..plugins import get_registry
 
     cls = format_class(fmt)
+    get_registry().find_protocol(filename)  # QEMU's "Unknown protocol 'x'", before anything else
     if not supports_create(cls):
         raise QimgError(f"Format driver '{fmt}' does not support image creation")
     declared = all_create_opts(cls, filename)
     names = {o.name for o in declared}
-    typed: dict[str, Any] = parse_options(options, declared) if options else {}
-    texts = option_texts(options, declared) if options else {}
+    if isinstance(options, dict):
+        typed: dict[str, Any] = dict(options)
+        texts = {k: ("on" if v else "off") if isinstance(v, bool) else str(v) for k, v in options.items()}
+    else:
+        typed = parse_options(options, declared) if options else {}
+        texts = option_texts(options, declared) if options else {}
     if "size" in typed:
         if size is not None:
             raise QimgError("The image size must be specified only once")
@@ -251,8 +284,4 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
         texts_all["size"] = str(size)
         echo(formatting_line(filename, fmt, cls, declared, texts_all))
     trace.event("create_image", filename=filename, format=fmt, size=size)
-    check_protocol_preallocation(filename, cls, typed)
-    try:
-        run_driver_create(cls, filename, size, typed)
-    except OSError as e:
-        raise QimgError(f"Could not create '{filename}': {e.strerror or e}") from None
+    create_node(filename, fmt, size, typed)

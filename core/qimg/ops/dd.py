@@ -48,9 +48,10 @@ def dd(src: "Image", out_filename: str, out_fmt: str, *, bs: int = 512, count: i
     import qimg
 
     from ..plugins import get_registry
-    from .create import supports_create
+    from .create import format_class, supports_create
 
-    if not supports_create(get_registry().format(out_fmt).load()):  # dmg, bochs, cloop
+    get_registry().find_protocol(out_filename)  # QEMU's "Unknown protocol 'x'", before creating
+    if not supports_create(format_class(out_fmt)):  # dmg, bochs, cloop
         raise QimgError(f"Format driver '{out_fmt}' does not support image creation")
     size = output_size(src.size, bs, count, skip)
     start = (skip or 0) * bs
