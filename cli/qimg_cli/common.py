@@ -211,7 +211,7 @@ def open_image(filename: str, fmt: str | None = None, *, image_opts: bool = Fals
     import qimg
     from qimg import api
 
-    api.warn = warn  # QEMU's warn_report lines carry the program name
+    api.report = warn  # QEMU's warn_report lines carry the program name
     return qimg.open(filename, fmt, image_opts=image_opts, writable=writable, force_share=force_share,
                      backing=backing, options=options, resize=resize)
 

@@ -28,9 +28,10 @@ def _print_warning(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-#: where warnings about what was asked go (QEMU's ``warn_report``: the CLI prefixes its
-#: name); qemu-img prints them on stderr
+#: where warnings go, as they are (the CLI may replace it); qemu-img prints them on stderr
 warn: Callable[[str], None] = _print_warning
+#: where QEMU's ``warn_report`` lines go (the CLI prints them after its name)
+report: Callable[[str], None] = _print_warning
 
 RAW_PROBE_WARNING = (
     "WARNING: Image format was not specified for '{0}' and probing guessed raw.\n"
@@ -228,7 +229,7 @@ def _from_options(text: str, typed: dict[str, Any], fmt: str | None, json_fmt: s
     if "backing" in typed and typed["backing"] is None:
         parsed["backing"] = None  # json: "backing": null, no backing file
     if parsed.get("backing") == "":
-        warn('warning: Use of "backing": "" is deprecated; use "backing": null instead')
+        report('warning: Use of "backing": "" is deprecated; use "backing": null instead')
     options = dict(extra)
     options.update(parsed)
     # "backing" null or "": no backing file, taken by every open
