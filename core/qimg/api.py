@@ -69,7 +69,7 @@ def open_protocol(filename: str, *, writable: bool = False, create: bool = False
     cls = entry.load()
     if create:
         return cls.create(filename, options)
-    opts = cls.parse_filename(filename)
+    opts = cls.parse_filename(filename, options)
     if options:
         opts.update(options)
     return cls.open(opts, writable=writable, filename=filename)
@@ -96,7 +96,8 @@ def _open_file(filename: str | None, options: dict[str, Any], *, writable: bool,
     options were consumed from ``options``)."""
     if top_driver is not None:
         cls = _protocol_class(top_driver)
-        popts = {k: v for k, v in options.items() if k not in _COMMON_KEYS and not k.startswith("backing")}
+        popts = {k: v for k, v in options.items()
+                 if k not in _COMMON_KEYS and not k.startswith(("backing", "_")) and k != "untrusted"}
         for k in popts:
             options.pop(k, None)
     else:
@@ -118,7 +119,7 @@ def _open_file(filename: str | None, options: dict[str, Any], *, writable: bool,
                 del options[k]
     if filename is not None:
         if parse_filename:
-            parsed = cls.parse_filename(filename)
+            parsed = cls.parse_filename(filename, popts)
             parsed.update(popts)
             popts = parsed
         else:
@@ -409,7 +410,8 @@ def open(  # noqa: A001 - the natural name for the public API
     if bad is not None:
         img.close()
         raise QimgError(prefix + bad)
-    if t.user_keys:
+    if t.user_keys and not getattr(type(img.driver), "protocol_class", None):
+        # (a protocol named as the driver is named by its own exact name, set by _open_node)
         img.display_name = _json_name(img, t.given) or img.display_name
     if t.fmt is None and writable and img.format == "raw" and probe_warning:
         sys.stderr.write(RAW_PROBE_WARNING.format(fname) + "\n")  # QEMU prints it as it is

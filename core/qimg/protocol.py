@@ -72,10 +72,11 @@ class Protocol:
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
-    def parse_filename(cls, filename: str) -> dict[str, Any]:
+    def parse_filename(cls, filename: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A name with this protocol's prefix as open options (QEMU's ``bdrv_parse_filename``),
-        or QimgError with QEMU's message (``No valid URL specified``). Default: the name is the
-        ``filename`` option."""
+        or QimgError with QEMU's message (``No valid URL specified``). ``options`` are the
+        options given beside the name (QEMU refuses some together with a name). Default: the
+        name is the ``filename`` option."""
         return {"filename": filename}
 
     @classmethod
@@ -93,7 +94,7 @@ class Protocol:
         is opened writable and its first sector zeroed, so that nothing stale is probed."""
         from .errors import QimgError
 
-        opts = cls.parse_filename(filename)
+        opts = cls.parse_filename(filename, options)
         try:
             proto = cls.open(opts, writable=True, filename=filename)
         except QimgError as e:
@@ -150,7 +151,12 @@ class Protocol:
         raise NotImplementedError
 
     def truncate(self, size: int) -> None:
+        """Change the size (a format's create and growth call it)."""
         raise NotImplementedError
+
+    def check_resize(self, size: int) -> None:
+        """Refuse an exact size change ``qemu-img resize`` asks of a raw image over this
+        protocol, in qemu-img's words (``Cannot resize NBD nodes``); the default allows it."""
 
     def flush(self) -> None:
         pass

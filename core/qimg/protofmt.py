@@ -65,6 +65,9 @@ class ProtocolFormat(Format):
     def allocated_file_size(self) -> int | None:
         return self.file.allocated_size()
 
+    def info_extra(self) -> dict[str, Any]:
+        return {"dirty-flag": None}  # a protocol node answers no bdrv_get_info
+
 
 def protocol_status(file: Protocol, offset: int, length: int) -> Status:
     """A protocol's block status as a format over it passes it on (QEMU's raw driver):

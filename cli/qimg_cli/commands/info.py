@@ -56,7 +56,10 @@ def run(fmt, output, backing_chain, objects, image_opts, force_share, args, stat
         from qimg.untrusted import check_follow
 
         check_follow(name, cur["backing-filename"])  # untrusted mode opens nothing an image names
-        name = cur.get("full-backing-filename") or cur["backing-filename"]
+        if "full-backing-filename" not in cur:  # a protocol without folders (nbd)
+            raise QimgError("Could not determine absolute backing filename, but backing filename "
+                            f"'{cur['backing-filename']}' present")
+        name = cur["full-backing-filename"]
         f = cur.get("backing-filename-format")
         iopts = False
     if ofmt == "json":

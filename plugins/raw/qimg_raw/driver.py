@@ -6,6 +6,8 @@ from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
 from qimg.driver import Format
 from qimg.errors import QimgError
 from qimg.options import SIZE, Option
+from qimg.protocol import FileProtocol
+from qimg.protofmt import protocol_status
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
@@ -101,12 +103,19 @@ class RawFormat(Format):
         return self._size
 
     def block_status(self, offset: int, length: int) -> Status:
+        if not isinstance(self.file, FileProtocol):
+            # a remote protocol's status as it is: data, zeroes, both, or unknown (read it)
+            return protocol_status(self.file, self.offset + offset, length)
         for start, n, is_data in self.file.data_extents(self.offset + offset, length):
             host = start
             if is_data:
                 return Status(DATA | ALLOCATED | OFFSET_VALID, n, host, self.file.filename)
             return Status(ZERO | ALLOCATED | OFFSET_VALID, n, host, self.file.filename)
         return Status(ZERO | ALLOCATED, length)
+
+    def info_extra(self) -> dict[str, Any]:
+        # QEMU asks the protocol, and only the file protocol answers (no dirty-flag over nbd)
+        return {} if isinstance(self.file, FileProtocol) else {"dirty-flag": None}
 
     def read(self, offset: int, buf: memoryview) -> None:
         got = self.file.preadinto(self.offset + offset, buf)
@@ -125,6 +134,7 @@ class RawFormat(Format):
     def truncate(self, size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
         if self._fixed or self.offset:
             raise QimgError("Cannot resize a raw image with an offset or a fixed size")
+        self.file.check_resize(size)  # NBD: "Cannot resize NBD nodes"
         old = self.file.size()
         if getattr(self.file, "is_device", False) and size != old:
             raise QimgError("Cannot resize device files")  # QEMU's exact resize of a device
