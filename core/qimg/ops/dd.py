@@ -50,8 +50,9 @@ def dd(src: "Image", out_filename: str, out_fmt: str, *, bs: int = 512, count: i
     from ..plugins import get_registry
     from .create import format_class, supports_create
 
+    cls = format_class(out_fmt)
     get_registry().find_protocol(out_filename)  # QEMU's "Unknown protocol 'x'", before creating
-    if not supports_create(format_class(out_fmt)):  # dmg, bochs, cloop
+    if not supports_create(cls):  # dmg, bochs, cloop
         raise QimgError(f"Format driver '{out_fmt}' does not support image creation")
     size = output_size(src.size, bs, count, skip)
     start = (skip or 0) * bs
