@@ -57,6 +57,19 @@ def test_ci_runs_the_readme_lines_literally() -> None:
     assert "scripts/test-packages" in text and "scripts/oracle-10" in text
 
 
+def test_package_list_reads_as_bare_package_names() -> None:
+    """The line both scripts read scripts/test-packages with yields names apt accepts
+    (a trailing comment once left blanks in them and apt-get refused the whole list)."""
+    for script in (ROOT / ".ci" / "run", ROOT / "scripts" / "test"):
+        line = next(ln for ln in script.read_text().splitlines()
+                    if "mapfile -t PKGS" in ln and "scripts/test-packages" in ln)
+        out = subprocess.run(["bash", "-c", line + '; printf "%s\\n" "${PKGS[@]}"'], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        assert out and "qemu-utils" in out, (script, out)
+        for name in out:
+            assert re.fullmatch(r"[a-z0-9][a-z0-9.+-]+", name), (script, name)
+
+
 def test_oracle_10_comes_from_the_machines_own_mirror() -> None:
     """scripts/oracle-10 reads the mirror from debian.sources and names no registry host."""
     text = (ROOT / "scripts" / "oracle-10").read_text()
