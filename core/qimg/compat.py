@@ -19,10 +19,41 @@ PROFILES: dict[str, tuple[int, int, int]] = {
 DEFAULT = "10.0"
 
 #: named behaviours -> the first profile that has them (older profiles do not)
-FEATURES: dict[str, str] = {}
+FEATURES: dict[str, str] = {
+    # the command line (qimg_cli): getopt prints its own messages ("invalid option -- 'z'")
+    # after "argv[0] COMMAND:", and a usage error's hint names the command
+    "getopt-messages": "10.0",
+    # COMMAND --help prints the command's own help (7.2: -h anywhere prints the global help)
+    "command-help": "10.0",
+    # --output's value is checked as the option is met, before later usage errors
+    "output-checked-in-loop": "10.0",
+    # sizes (qemu_strtosz): a negative number is out of range (7.2: invalid), a suffix on a hex
+    # number is refused (7.2: accepted with a deprecation warning)
+    "negative-size-out-of-range": "10.0",
+    "hex-size-suffix-refused": "10.0",
+    # bench's counts and convert -m are checked as integers in a range (cvtnum's messages)
+    "range-checked-numbers": "10.0",
+    # snapshot with no -l/-a/-c/-d lists (7.2: opens the image for writing, does nothing)
+    "snapshot-lists-by-default": "10.0",
+    # standard options without a command are a usage error (7.2: only no arguments at all)
+    "no-command-is-an-error": "10.0",
+}
 
-#: messages whose wording changed -> {first profile with this wording: text}
-TEXTS: dict[str, dict[str, str]] = {}
+#: messages whose wording changed -> {first profile with this wording: text}. The CLI fills
+#: in ``{prog}`` (the program's name as invoked) and ``{argv0}`` (argv[0] and the command); a
+#: CLI wording that ends in ``{try}`` is a usage error there (qimg_cli.prog.fail).
+TEXTS: dict[str, dict[str, str]] = {
+    "try-help": {"7.2": "Try '{prog} --help' for more information", "10.0": "Try '{argv0} --help' for more info"},
+    "copyright": {"7.2": "Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers",
+                  "10.0": "Copyright (c) 2003-2025 Fabrice Bellard and the QEMU Project developers"},
+    "cvtnum-invalid": {"7.2": "Invalid {what} specified. You may use k, M, G, T, P or E suffixes for\n"
+                              "{prog}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
+                       "10.0": "Invalid {what} specified: '{value}'."},
+    "bad-repair": {"7.2": "Unknown option value for -r (expecting 'leaks' or 'all'): {value}\n{try}",
+                   "10.0": "--repair (-r) expects 'leaks' or 'all' not '{value}'\n{try}"},
+    "bad-output": {"7.2": "--output must be used with human or json as argument.",
+                   "10.0": "--output expects 'human' or 'json' not '{value}'\n{try}"},
+}
 
 
 class UnknownProfile(ValueError):
@@ -64,3 +95,20 @@ def text(key: str) -> str:
     if best is None:
         raise KeyError(f"{key!r} has no wording for profile {name()}")
     return best[1]
+
+
+# -- the program's name ---------------------------------------------------------------------------
+#: the name the program was invoked as (``argv[0]``'s last component): qemu-img writes its own
+#: name as invoked in its messages (the ``qemu-img:`` prefix of every error line, the hints that
+#: tell what to run). The CLI sets it (:func:`set_program`); library users see ``qimg``.
+_program = "qimg"
+
+
+def program() -> str:
+    """The program's name for messages: ``qimg``, or ``qemu-img`` when installed under that name."""
+    return _program
+
+
+def set_program(name: str) -> None:
+    global _program
+    _program = name or "qimg"

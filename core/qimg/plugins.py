@@ -275,9 +275,9 @@ class _Specs:
         return self.args.get(hook)
 
 
-def _light_hookimpls() -> dict[str, list[tuple[str, Callable]]] | None:
-    """The registry hooks' implementations in pluggy's call-list order, as
-    ``{hook: [(plugin name, function)]}``, or None when pluggy must decide."""
+def _light_hookimpls(hooks: tuple[str, ...] = _REGISTRY_HOOKS) -> dict[str, list[tuple[str, Callable]]] | None:
+    """The implementations of ``hooks`` (default: the registry's) in pluggy's call-list order,
+    as ``{hook: [(plugin name, function)]}``, or None when pluggy must decide."""
     try:
         specs = _Specs()
         blocked = _blocked_names()
@@ -312,7 +312,17 @@ def _light_hookimpls() -> dict[str, list[tuple[str, Callable]]] | None:
             register(name, module)
     except _Fallback:
         return None
-    return {hook: [(name, func) for name, func, _ in impls.get(hook, [])] for hook in _REGISTRY_HOOKS}
+    return {hook: [(name, func) for name, func, _ in impls.get(hook, [])] for hook in hooks}
+
+
+def hookimpls(hook: str) -> list[tuple[str, Callable]]:
+    """``[(plugin name, function)]`` implementing ``hook`` (one the core or an added spec module
+    declares), in pluggy's call-list order: read without pluggy when every plugin is plain."""
+    found = _light_hookimpls((hook,)) if _pm is None else None
+    if found is not None:
+        return found[hook]
+    caller = getattr(get_plugin_manager().hook, hook, None)
+    return [] if caller is None else [(impl.plugin_name, impl.function) for impl in caller.get_hookimpls()]
 
 
 def get_registry() -> Registry:
