@@ -63,9 +63,11 @@ def parse_image_size(text: str) -> int:
             raise ValueError(text)
         return parse_size(text)
     except ValueError:
+        from .compat import program
+
         raise QimgError(
             "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
-            "qimg: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
+            f"{program()}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
         ) from None
 
 

@@ -160,8 +160,6 @@ def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe
         except QimgError:
             raise QimgError(f"Invalid format name: '{backing_fmt}'") from None
     missing_fmt = QimgError(f"Could not change the backing file to '{name}': backing format must be specified")
-    if unsafe and name is not None and backing_fmt is None:
-        raise missing_fmt
     if not unsafe:
         new = open_new_backing(img, name, backing_fmt, force_share) if name is not None else None
         try:

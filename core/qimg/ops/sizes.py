@@ -26,8 +26,13 @@ def strtosz(text: str, warn: Callable[[str], None] | None = None, limit: int = 1
     hexdigits, digits, frac, suffix = m.groups()
     shift = _SHIFT[suffix.lower()]
     if hexdigits is not None:
-        if suffix and warn is not None:
-            warn(f"warning: Using a multiplier suffix on hex numbers is deprecated: {text}")
+        if suffix:
+            from ..compat import has
+
+            if has("hex-size-suffix-refused"):
+                raise ValueError(text)  # deprecated in 7.2, refused since
+            if warn is not None:
+                warn(f"warning: Using a multiplier suffix on hex numbers is deprecated: {text}")
         value = int(hexdigits, 16) << shift
     else:
         if frac and frac != "." and shift == 0:
@@ -36,3 +41,11 @@ def strtosz(text: str, warn: Callable[[str], None] | None = None, limit: int = 1
     if value >= limit:
         raise OverflowError(text)
     return value
+
+
+_NEGATIVE = re.compile(r"\s*-[0-9]")
+
+
+def is_negative(text: str) -> bool:
+    """A negative number (qemu-img 10.0's ``qemu_strtosz`` calls it out of range, 7.2 invalid)."""
+    return _NEGATIVE.match(text) is not None
