@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Run, _need, as_qemu
+from conftest import Run, _need, as_qemu, need_qemu10
 
 
 def need_qemu() -> str:
@@ -35,23 +35,34 @@ def reset_state() -> None:
     secrets._secrets.clear()
 
 
-def run_qimg(*args: str, cwd: str | os.PathLike | None = None) -> Run:
+def run_qimg(*args: str, cwd: str | os.PathLike | None = None, profile: str | None = None,
+             prog: str | None = None) -> Run:
+    """qimg in-process; ``profile``: QIMG_COMPAT for this run; ``prog``: the name it is invoked
+    as (argv[0]; default qimg)."""
     from qimg_cli.main import main
 
     reset_state()
     out, err = io.StringIO(), io.StringIO()
     old = os.getcwd()
+    old_profile = os.environ.get("QIMG_COMPAT")
     code = 0
     try:
         if cwd is not None:
             os.chdir(cwd)
+        if profile is not None:
+            os.environ["QIMG_COMPAT"] = profile
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                main(list(args))
+                main(list(args), prog_name=prog)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         os.chdir(old)
+        if profile is not None:
+            if old_profile is None:
+                os.environ.pop("QIMG_COMPAT", None)
+            else:
+                os.environ["QIMG_COMPAT"] = old_profile
         reset_state()
     return Run(code, out.getvalue(), err.getvalue())
 
@@ -65,6 +76,29 @@ def run_qimg_subprocess(*args: str, cwd: str | os.PathLike | None = None) -> Run
 def run_qemu(*args: str, cwd: str | os.PathLike | None = None) -> Run:
     p = subprocess.run([need_qemu(), *args], capture_output=True, cwd=cwd)
     return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+
+
+def run_qemu10(*args: str, cwd: str | os.PathLike | None = None) -> Run:
+    """qemu-img 10.0 (the second oracle; fails under CI when missing)."""
+    exe, env = need_qemu10("qemu-img")
+    p = subprocess.run([exe, *args], capture_output=True, cwd=cwd, env=env)
+    return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+
+
+ORACLES = {"7.2": run_qemu, "10.0": run_qemu10}
+
+
+def oracle_path(profile: str) -> str:
+    """The path the profile's oracle runs from (qimg is run under the same name to compare
+    byte for byte: the messages quote argv[0])."""
+    return need_qemu() if profile == "7.2" else need_qemu10("qemu-img")[0]
+
+
+def as_oracle(profile: str, *args: str, cwd: str | os.PathLike | None = None) -> tuple[Run, Run]:
+    """(qimg, qemu-img) for the profile: qimg in-process under the oracle's own argv[0]."""
+    theirs = ORACLES[profile](*args, cwd=cwd)
+    mine = run_qimg(*args, cwd=cwd, profile=profile, prog=oracle_path(profile))
+    return mine, theirs
 
 
 def run_qemu_io(*args: str, cwd: str | os.PathLike | None = None) -> Run:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from cli_support import compare, formats_available, run_qemu, run_qemu_io, run_qimg
+from cli_support import as_oracle, compare, formats_available, run_qemu, run_qemu_io, run_qimg
 
 
 @pytest.fixture
@@ -45,8 +45,11 @@ def test_glibc_usage_messages_then_help(imgs, args):
 
 
 def test_new_long_options(imgs):
-    mine = run_qimg("measure", "--target-format", "raw", "--size", "1M", cwd=imgs)
-    assert mine.stdout == run_qemu("measure", "-O", "raw", "--size", "1M", cwd=imgs).stdout
+    """qemu-img 10.0's long options (the 10.0 profile); 7.2 has none of them."""
+    mine, theirs = as_oracle("10.0", "measure", "--target-format", "raw", "--size", "1M", cwd=imgs)
+    assert mine == theirs and mine.stdout == run_qemu("measure", "-O", "raw", "--size", "1M", cwd=imgs).stdout
+    mine, theirs = as_oracle("7.2", "measure", "--target-format", "raw", "--size", "1M", cwd=imgs)
+    assert (mine.returncode, mine.stderr) == (theirs.returncode, theirs.stderr) == (0, "measure: unrecognized option '--target-format'\n")
 
 
 @pytest.mark.parametrize("args", [

@@ -5,16 +5,19 @@ import pytest
 from cli_support import assert_same, run_qemu, run_qimg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qimg_cli.getopt import GetoptError, Opt, getopt
+from qimg_cli.parse import NONOPT, GetoptError
+from qimg_cli.parse import getopt_all as getopt_parse
 
-OPTS = [Opt("f", "f", ("format",), True), Opt("U", "U", ("force-share",), False),
-        Opt("output", None, ("output",), True), Opt("chain", None, ("backing-chain",), False),
-        Opt("new", None, (), True, ("backing-file",))]
+SHORTS = {"f": ("f", True), "U": ("U", False)}
+LONGS = [("format", "f", True), ("force-share", "U", False), ("output", "output", True),
+         ("backing-chain", "chain", False), ("backing-file", "new", True), ("left-format", "f", True)]
 
 
 def parse(*args, **kw):
-    found, pos = getopt(list(args), OPTS, prog="info", **kw)
-    return [(o.key, v) for o, v in found], pos
+    found, pos, err = getopt_parse(list(args), SHORTS, LONGS, prog="info", **kw)
+    if err is not None:
+        raise err
+    return [(k, v) for k, v in found], pos
 
 
 def test_forms():
@@ -26,10 +29,20 @@ def test_forms():
     assert parse("--", "-f", "x") == ([], ["-f", "x"])
     assert parse("-", "x") == ([], ["-", "x"])
     assert parse("-f", "-U") == ([("f", "-U")], [])
-    # 7.2's unique abbreviation wins over a newer long name sharing the prefix
-    assert parse("--backing") == ([("chain", None)], [])
+    assert parse("--backing-c") == ([("chain", None)], [])
     assert parse("--backing-f", "b") == ([("new", "b")], [])
-    assert parse("x", "-U", require_order=True) == ([], ["x", "-U"])
+    assert parse("--le", "raw") == ([("f", "raw")], [])
+    assert parse("x", "-U", ordering="+") == ([], ["x", "-U"])
+    assert parse("x", "-U", "y", ordering="-") == ([(NONOPT, "x"), ("U", None), (NONOPT, "y")], [])
+    assert parse("x", "--", "-U", ordering="-") == ([(NONOPT, "x")], ["-U"])
+
+
+def test_same_option_under_two_names_is_no_ambiguity():
+    # --f matches format and left-format (one option) and force-share (another)
+    with pytest.raises(GetoptError) as e:
+        parse("--f", "x")
+    assert e.value.candidates == ("format", "force-share")
+    assert parse("--forma", "x") == ([("f", "x")], [])
 
 
 @pytest.mark.parametrize("args,message,glibc", [
@@ -40,14 +53,18 @@ def test_forms():
     (("-f",), "missing argument for option '-f'", "option requires an argument -- 'f'"),
     (("--out",), "missing argument for option '--out'", "option '--output' requires an argument"),
     (("--f", "x"), "unrecognized option '--f'", "option '--f' is ambiguous; possibilities: '--format' '--force-share'"),
+    (("--backing",), "unrecognized option '--backing'",
+     "option '--backing' is ambiguous; possibilities: '--backing-chain' '--backing-file'"),
     (("--backing-chain=1",), "unrecognized option '--backing-chain=1'", "option '--backing-chain' doesn't allow an argument"),
     (("--nope=1",), "unrecognized option '--nope=1'", "unrecognized option '--nope=1'"),
+    (("--=x",), "unrecognized option '--=x'", "option '--=x' is ambiguous; possibilities: '--format' '--force-share' "
+     "'--output' '--backing-chain' '--backing-file'"),
 ])
 def test_errors(args, message, glibc):
     with pytest.raises(GetoptError) as e:
         parse(*args)
-    assert str(e.value) == message
-    assert e.value.glibc == glibc
+    assert e.value.qemu_message() == message
+    assert e.value.glibc_message() == glibc
 
 
 def test_option_list_validity():

@@ -1,133 +1,19 @@
-"""Option parsing and values shared by convert, compare, dd, commit, rebase and bench
-(qemu-img's texts).
-
-These commands validate each option inside their getopt loop, in qemu-img's order (an invalid
-``-m 0`` is reported before a later unknown option), so they iterate over :class:`Getopt`,
-a loop over :func:`qimg_cli.getopt.getopt` (the one glibc ``getopt_long`` emulation), and
-their handler gets the raw arguments from :class:`GetoptCommand`.
-"""
+"""Option values shared by convert, compare, dd, commit, rebase and bench (qemu-img's texts):
+cache modes, sizes, rates, snapshot parameters, ``-o help``, target image options, progress."""
 from __future__ import annotations
+
+import sys
 
 from qimg.errors import QimgError
 
-TYPE_CHECKING = False  # neither typing nor click is imported when the command runs directly
+from . import parse as prog
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from typing import Any, NoReturn
-
-
-class UsageError(Exception):
-    """An option error qemu-img reports followed by the ``--help`` hint (exit 1)."""
-
-
-class Getopt:
-    """``for opt, val in Getopt(argv, ":hf:", {"help": False})``: qemu-img's getopt loop.
-
-    ``argv[0]`` is the command name. ``opt`` is the option letter or the long name. The
-    options before a getopt error are yielded first, then :class:`UsageError` is raised with
-    qemu-img's message, so per-option checks keep qemu-img's order. ``positionals`` holds
-    the (permuted) non-option arguments.
-    """
-
-    def __init__(self, argv: list[str], short: str, long: dict[str, bool]) -> None:
-        from .getopt import GetoptError, Opt, getopt
-
-        opts = [Opt(c, c, (), takes) for c, takes in _parse_short(short).items()]
-        opts += [Opt(name, None, (name,), takes) for name, takes in long.items()]
-        self._items: list[tuple[str, str | None]] = []
-        self._error: str | None = None
-        self.positionals: list[str] = []
-        try:
-            _, self.positionals = getopt(list(argv[1:]), opts, prog=argv[0] if argv else "",
-                                         on_option=lambda o, v: self._items.append((o.key, v)))
-        except GetoptError as e:
-            self._error = str(e)
-
-    def __iter__(self) -> Iterator[tuple[str, str | None]]:
-        yield from self._items
-        if self._error is not None:
-            raise UsageError(self._error)
-
-
-def _parse_short(spec: str) -> dict[str, bool]:
-    """A getopt option string (``":hf:O:"``) -> {letter: takes an argument}."""
-    out: dict[str, bool] = {}
-    spec = spec.lstrip(":+-")
-    i = 0
-    while i < len(spec):
-        takes = spec[i + 1 : i + 2] == ":"
-        out[spec[i]] = takes
-        i += 2 if takes else 1
-    return out
-
-
-def show_help() -> NoReturn:
-    """``-h``/``--help`` inside a command: the global help, exit 0 (as qemu-img)."""
-    from .app import print_help
-
-    print_help()
-    raise SystemExit(0)
-
-
-def run_direct(args: list[str]) -> None:
-    """Run ``[name, *arguments]`` of a getopt command without click (no global options came
-    before it); a :class:`UsageError` exits as the click command would."""
-    import importlib
-
-    mod = importlib.import_module(f"qimg_cli.commands.{args[0]}")
-    try:
-        mod.run(list(args))
-    except UsageError as e:
-        from .common import usage_exit
-
-        usage_exit(str(e))
-
-
-_command_class: Any = None
-
-
-def GetoptCommand(name: str, handler: Callable[[list[str]], None], help: str = "") -> Any:  # noqa: N802
-    """A click command that hands its raw arguments to ``handler([name, *args])`` (the class
-    is made on first use, so that importing a command module does not import click)."""
-    global _command_class
-    if _command_class is None:
-        import click
-
-        class _GetoptCommand(click.Command):
-            def __init__(self, name: str, handler: Callable[[list[str]], None], help: str = "") -> None:
-                super().__init__(name, add_help_option=False, help=help,
-                                 context_settings={"ignore_unknown_options": True})
-                self.handler = handler
-
-            def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-                ctx.meta["qimg.argv"] = list(args)
-                return []
-
-            def invoke(self, ctx: click.Context) -> None:
-                try:
-                    self.handler([self.name or "", *ctx.meta.get("qimg.argv", [])])
-                except UsageError as e:
-                    from .common import usage_exit
-
-                    usage_exit(str(e))
-
-        _command_class = _GetoptCommand
-    return _command_class(name, handler, help)
-
-
-def lazy_command(module: str, name: str, handler: Callable[[list[str]], None], help: str) -> Any:
-    """For a command module's ``__getattr__("command")``: build and keep its click command."""
-    import sys
-
-    cmd = GetoptCommand(name, handler, help=help)
-    sys.modules[module].command = cmd  # type: ignore[attr-defined]
-    return cmd
+    from typing import Any
 
 
 CACHE_MODES = ("none", "off", "writeback", "writethrough", "directsync", "unsafe")
-
-SIZE_SUFFIX_HINT = ("You may use k, M, G, T, P or E suffixes for\n"
-                    "qimg: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
 
 
 def check_cache(mode: str | None, source: bool = False) -> None:
@@ -136,19 +22,9 @@ def check_cache(mode: str | None, source: bool = False) -> None:
         raise QimgError(f"Invalid {'source ' if source else ''}cache option: {mode}")
 
 
-def cvtnum(what: str, text: str) -> int:
-    """qemu-img's cvtnum: a size with suffixes, or ``Invalid <what> specified...``."""
-    from qimg.units import parse_size
-
-    try:
-        if text.strip().startswith("-"):
-            raise ValueError(text)
-        return parse_size(text)
-    except ValueError:
-        raise QimgError(f"Invalid {what} specified. {SIZE_SUFFIX_HINT}") from None
-
-
 def parse_rate(text: str) -> int:
+    from .common import cvtnum
+
     return cvtnum("rate limit", text)
 
 
@@ -165,7 +41,7 @@ def parse_snapshot_param(text: str) -> tuple[str | None, str | None]:
         elif key == "snapshot.name":
             name = value or ""
         else:
-            raise QimgError(f"Invalid parameter '{key}'\nqimg: Failed in parsing snapshot param '{text}'")
+            raise QimgError(f"Invalid parameter '{key}'\n{prog.NAME}: Failed in parsing snapshot param '{text}'")
     return sid, name
 
 
@@ -237,8 +113,6 @@ def qemu_progress(enabled: bool, min_skip: float = 1.0) -> Any:
     """A progress line that prints exactly when qemu's does (qemu_progress_print): on a move
     of more than ``min_skip`` points (convert 1, compare and rebase 2), at 0 and at 100, with
     qemu's single-precision arithmetic."""
-    from .common import Progress
-
     class QemuProgress(Progress):
         def update(self, done: float, total: float) -> None:
             cur = _f32(100.0 if total <= 0 else min(100.0, done * 100.0 / total))
@@ -260,3 +134,50 @@ def open_named(filename: str, fmt: str | None = None, **kw: Any) -> Any:
     from .common import open_image
 
     return open_image(filename, fmt, **kw)
+
+
+class Progress:
+    """qemu-img's progress line ``    (12.34/100%)\\r``; also printed once on SIGUSR1."""
+
+    def __init__(self, enabled: bool, initial: bool = True) -> None:
+        """``initial`` False: print nothing until the first update (qemu's amend)."""
+        self.enabled = enabled
+        self.current = 0.0
+        self.last_printed = -1.0
+        # the C module: signal.py wraps it in enums (and imports enum), start-up for nothing
+        import _signal
+
+        try:
+            _signal.signal(_signal.SIGUSR1, self._on_signal)
+        except (ValueError, OSError, AttributeError):
+            pass
+        if enabled and initial:
+            self._print()
+
+    def end(self) -> None:
+        """qemu_progress_end: only the final newline (after a failure, no 100%)."""
+        if self.enabled:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+    def _on_signal(self, *_: Any) -> None:
+        self._print(force=True)
+
+    def _print(self, force: bool = False) -> None:
+        sys.stdout.write(f"    ({self.current:.2f}/100%)\r")
+        sys.stdout.flush()
+        self.last_printed = self.current
+
+    def update(self, done: float, total: float) -> None:
+        pct = 100.0 if total <= 0 else min(100.0, done * 100.0 / total)
+        self.current = pct
+        # qemu-img prints when progress moved by at least 1 percent
+        if self.enabled and pct - self.last_printed >= 1.0:
+            self._print()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.current = 100.0
+            self._print()
+            sys.stdout.write("\n")
+            sys.stdout.flush()

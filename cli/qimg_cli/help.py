@@ -1,9 +1,28 @@
-"""The text of ``qimg --help``: qemu-img 7.2's, with qimg's name and the formats installed
-(read from the plugin registry at run time) listed at the end."""
+"""``--help`` and ``--version``, built from the option tables (:mod:`qimg_cli.tables`) in the
+selected profile's layout:
+
+- qemu-img 7.2: one global help (``-h`` anywhere prints it): version, usage, each command's
+  syntax line, the parameters' descriptions, the supported formats on one line;
+- qemu-img 10.0: a global help listing the commands with their summaries and the formats in
+  wrapped lines, and ``COMMAND --help``: the command's usage and its options' entries.
+
+qemu-img writes its own name into these texts; qimg writes the name it was invoked as, so that
+under the name ``qemu-img`` the texts are qemu-img's, byte for byte. The formats listed are
+the registry's (the plugins installed).
+"""
 from __future__ import annotations
 
-USAGE = """\
-usage: qimg [standard options] command [command options]
+import sys
+
+from . import parse as prog
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from .tables import Command
+
+# qemu-img 7.2's help around the command syntax lines ("qemu-img" is the program's name)
+_HEAD_72 = """\
+usage: qemu-img [standard options] command [command options]
 QEMU disk image utility
 
     '-h', '--help'       display this help and exit
@@ -12,22 +31,9 @@ QEMU disk image utility
                          specify tracing options
 
 Command syntax:
-  amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename
-  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename
-  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap
-  check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename
-  commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename
-  compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
-  convert [--object objectdef] [--image-opts] [--target-image-opts] [--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]] output_filename
-  create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
-  dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output
-  info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
-  map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
-  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]
-  snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename
-  rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
-  resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
+"""
 
+_PARAMS_72 = """
 Command parameters:
   'filename' is a disk image filename
   'objectdef' is a QEMU user creatable object definition. See the qemu(1)
@@ -62,13 +68,13 @@ Command parameters:
   '-p' show progress of command (only certain commands)
   '-q' use Quiet mode - do not print any output (except errors)
   '-S' indicates the consecutive number of bytes (defaults to 4k) that must
-       contain only zeros for qimg to create a sparse image during
+       contain only zeros for qemu-img to create a sparse image during
        conversion. If the number of bytes is 0, the source will not be scanned for
        unallocated or zero sectors, and the destination image will always be
        fully allocated
   '--output' takes the format in which the output must be done (human or json)
   '-n' skips the target volume creation (useful if the volume is created
-       prior to running qimg)
+       prior to running qemu-img)
 
 Parameters to bitmap subcommand:
   'bitmap' is the name of the bitmap to manipulate, through one or more
@@ -111,28 +117,106 @@ Parameters to dd subcommand:
 
 """
 
-TAIL = """\
-
+_TAIL = """
 See <https://qemu.org/contribute/report-a-bug> for how to report bugs.
 More information on the QEMU project at <https://qemu.org>.
 """
 
 
-def supported_formats() -> str:
+def _named(text: str) -> str:
+    """qemu-img's own name in a text, spelled as the program was invoked."""
+    return text.replace("qemu-img", prog.NAME) if prog.NAME != "qemu-img" else text
+
+
+def format_names() -> list[str]:
     from qimg.plugins import get_registry
 
-    return "Supported formats: " + " ".join(get_registry().driver_names())
+    return get_registry().driver_names()
 
 
 def version_text() -> str:
-    from qimg import QEMU_COMPAT_VERSION, __version__
+    """``--version``: ``NAME version X.Y.Z (qimg V)`` (X.Y.Z: the profile's qemu-img) and
+    qemu-img's copyright line."""
+    from qimg import __version__
+    from qimg.compat import version_string
 
-    from .main import PROG
-
-    return (f"{PROG} version {QEMU_COMPAT_VERSION} (qimg {__version__})\n"
-            "Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\n")
+    return f"{prog.NAME} version {version_string()} (qimg {__version__})\n{prog.text('copyright')}\n"
 
 
-def full_help() -> str:
-    """Everything ``qimg --help`` prints (ends with a newline)."""
-    return version_text() + USAGE + supported_formats() + "\n" + TAIL
+def global_help() -> str:
+    """Everything ``--help`` prints (ends with a newline)."""
+    from qimg.compat import has
+
+    return _global_help_10() if has("command-help") else _global_help_72()
+
+
+def _global_help_72() -> str:
+    from .tables import NAMES_72, SYNTAX_72
+
+    syntax = "".join(f"  {SYNTAX_72[n]}\n" for n in NAMES_72)
+    return (version_text() + _named(_HEAD_72 + syntax + _PARAMS_72)
+            + "Supported formats: " + " ".join(format_names()) + "\n" + _TAIL)
+
+
+def _global_help_10() -> str:
+    from .tables import SUMMARIES, global_options
+
+    g = global_options()
+    out = [version_text(), f"{g.summary}.  Usage:\n\n  qemu-img {g.usage}\n\nStandard options:\n"]
+    out += [g.option(k).doc + "\n" for k in g.layout]
+    out.append("\nRecognized commands (run qemu-img COMMAND --help for command-specific help):\n\n")
+    out += [f"  {n} - {summary}\n" for n, summary in SUMMARIES.items()]
+    for name, summary in plugin_commands():
+        out.append(f"  {name} - {summary}\n")
+    out.append("\nSupported image formats:\n")
+    # qemu-img 10.0's format_print: a name goes on a new line when the line would pass 75
+    n = 99
+    for name in format_names():
+        if n + len(name) > 75:
+            out.append("\n ")
+            n = 1
+        item = f" {name}"
+        out.append(item)
+        n += len(item)
+    if n:
+        out.append("\n")
+    out.append(_TAIL)
+    return _named("".join(out))
+
+
+def command_help(cmd: Command) -> str:
+    """qemu-img 10.0's ``COMMAND --help``."""
+    entries = []
+    for item in cmd.layout:
+        entries.append(item if item.startswith(" ") else cmd.option(item).doc)
+    return _named(f"Usage:\n{cmd.summary}.  Usage:\n\n  qemu-img {cmd.name} {cmd.usage}\nArguments:\n"
+                  "  -h, --help\n     print this help and exit\n" + "".join(e + "\n" for e in entries) + "\n")
+
+
+def plugin_commands() -> list[tuple[str, str]]:
+    """(name, summary) of the commands plugins add (none without importing click or pluggy
+    when no plugin implements the hook)."""
+    from .plugincmds import plugin_command_summaries
+
+    return plugin_command_summaries()
+
+
+def print_global_help() -> None:
+    sys.stdout.write(global_help())
+    sys.stdout.flush()
+
+
+def print_command_help(cmd: Command) -> None:
+    """``-h``/``--help``: the command's own help (qemu-img 10.0), the global help (7.2)."""
+    from qimg.compat import has
+
+    if not cmd.name or not has("command-help"):
+        print_global_help()
+        return
+    sys.stdout.write(command_help(cmd))
+    sys.stdout.flush()
+
+
+def print_version() -> None:
+    sys.stdout.write(version_text())
+    sys.stdout.flush()

@@ -1,98 +1,53 @@
-"""The ``qimg`` entry point: a lazily loaded click group and qemu-img's error conventions.
+"""The ``qimg`` entry point: standard options, command dispatch, qemu-img's error conventions.
 
-Nothing heavy happens at import time: the plugin manager is built inside :func:`main`, and each
-subcommand's module is imported only when that subcommand runs (click's LazyGroup pattern).
-The most common read-only commands (info, map, check) run without click at all when no global
-option precedes them (:mod:`qimg_cli.fast`): importing click costs more than such a command.
+``main()`` parses the standard options (``-h``, ``-V``, ``-T``, ``--untrusted``) with the global
+table, then the command's arguments with its table (:mod:`qimg_cli.parse`), and calls
+``run(p)`` of ``qimg_cli.commands.<name>``. Nothing heavy is imported before the command runs:
+a command module imports what it needs inside ``run``. Commands that plugins add go through
+click (:mod:`qimg_cli.plugincmds`). Every error ends as one ``prog: message`` line and an exit
+code; the program's name is ``argv[0]``'s (:mod:`qimg_cli.prog`).
 """
 from __future__ import annotations
 
 import os
 import sys
 
+from . import parse as prog
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     from typing import Any
 
-PROG = "qimg"
-
-#: built-in subcommands -> "module:attribute" of their click.Command
-BUILTIN_COMMANDS: dict[str, str] = {
-    name: f"qimg_cli.commands.{name}:command"
-    for name in ("amend", "bench", "bitmap", "check", "commit", "compare", "convert", "create",
-                 "dd", "info", "map", "measure", "snapshot", "rebase", "resize")
-}
-
 
 def __getattr__(name: str) -> Any:
-    if name == "LazyGroup":  # a click.Group: defined where click is imported
-        from .clickcmd import LazyGroup
+    if name == "BUILTIN_COMMANDS":  # the built-in commands' names (docs and tests read them)
+        from .tables import NAMES
 
-        return LazyGroup
+        return NAMES
+    if name == "PROG":  # the program's name as invoked (formerly a constant)
+        return prog.NAME
     raise AttributeError(name)
 
 
-#: commands that can run without click (their modules follow the protocol of qimg_cli.fast)
-FAST_COMMANDS = ("info", "map", "check")
-#: commands whose module parses its own arguments (``run([name, *args])``, see copyopts)
-GETOPT_COMMANDS = ("bench", "commit", "compare", "convert", "dd", "rebase")
-#: set to 1 to always go through click (tests compare both paths)
-DISABLE_ENV = "QIMG_NO_FAST_PATH"
+def error_exit(message: str, code: int = 1) -> Any:
+    """Print ``prog: message`` on stderr and exit (kept for plugins: qimg_cli.prog.error_exit)."""
+    prog.error_exit(message, code)
 
 
-class Option:
-    """What :func:`qimg_cli.common.getopt_spec` reads of a click Option."""
+def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
+    """Console-script entry point: ``argv`` defaults to ``sys.argv[1:]`` and the program's name
+    to ``sys.argv[0]``'s (``prog_name`` when given; ``qimg`` when ``argv`` is given without
+    one). Turns every error into one line and an exit code."""
+    if argv is None:
+        # a short-lived process: what the interpreter and the imports so far allocated stays
+        # until exit, so the collector need not walk it again (collections during start-up
+        # otherwise revisit every module's objects)
+        import gc
 
-    __slots__ = ("name", "opts", "is_flag")
-
-    def __init__(self, name: str, opts: tuple[str, ...], is_flag: bool) -> None:
-        self.name, self.opts, self.is_flag = name, opts, is_flag
-
-
-def run_fast(args: list[str]) -> bool:
-    """Run ``args`` if they start with a fast command's name; False: use the click group."""
-    if (not args or (args[0] not in FAST_COMMANDS and args[0] not in GETOPT_COMMANDS)
-            or os.environ.get(DISABLE_ENV, "") not in ("", "0")):
-        return False
-    from qimg.untrusted import ENV, _env_true
-
-    if _env_true(ENV):  # QIMG_UNTRUSTED=1 does what --untrusted does (as the group does)
-        from qimg.untrusted import enable_cli
-
-        enable_cli()
-    if args[0] in GETOPT_COMMANDS:
-        from .copyopts import run_direct
-
-        run_direct(args)  # commands that parse their own arguments with getopt
-        return True
-    from qimg.registry import import_module
-
-    from .common import getopt_spec, qemu_getopt
-
-    mod = import_module(f"qimg_cli.commands.{args[0]}")
-    opts, _ = getopt_spec([Option(*o) for o in mod.OPTIONS], mod.LEGACY_LONGS)
-    state: dict[str, Any] = {}
-    found, positionals = qemu_getopt(args[0], opts, args[1:], mod.GETOPT_HOOK, state)
-    kwargs: dict[str, Any] = {name: (False if flag else None) for name, _, flag in mod.OPTIONS}
-    kwargs["objects"] = ()  # defined while parsing, as the click path passes none on
-    flags = {name for name, _, flag in mod.OPTIONS if flag}
-    for o, value in found:
-        if o.key == "objects":
-            continue
-        kwargs[o.key] = True if o.key in flags else (value if value is not None else "")
-    mod.run(args=tuple(positionals), state=state, **kwargs)
-    return True
-
-
-def error_exit(message: str, code: int = 1) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
-    """Print ``qimg: message`` on stderr and exit, as qemu-img's error_exit."""
-    sys.stderr.write(f"{PROG}: {message}\n")
-    sys.stderr.flush()
-    raise SystemExit(code)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point. Turns every error into one line and an exit code."""
+        gc.freeze()
+    if prog_name is None:
+        prog_name = sys.argv[0] if argv is None else "qimg"
+    prog.set_argv0(prog_name)
     try:
         _main(list(sys.argv[1:] if argv is None else argv))
     finally:
@@ -105,6 +60,25 @@ def main(argv: list[str] | None = None) -> None:
             gc.freeze()
 
 
+def on_option(p: Any, key: str, value: str | None) -> None:
+    """The standard options as qemu-img's main loop meets them (this module is the global
+    table's hooks for :func:`qimg_cli.parse.parse`)."""
+    if key == "untrusted":
+        # docs/security.md: follow no names found in images, cap memory and CPU time
+        from qimg.untrusted import enable_cli
+
+        enable_cli()
+    elif key == "version":
+        from .help import print_version
+
+        print_version()
+        raise SystemExit(0)
+    elif key == "trace":
+        from .trace import configure_one
+
+        configure_one(value or "")
+
+
 def _main(args: list[str]) -> None:
     try:
         from qimg.plugins import add_hookspecs
@@ -113,10 +87,39 @@ def _main(args: list[str]) -> None:
         # unknown hook to the plugin checks, whichever command reads the registry first);
         # its module is imported only when a plugin implements a hook the core does not know
         add_hookspecs("qimg_cli.hookspecs")
-        if not run_fast(args):
-            from .app import cli
+        from .parse import parse, profile_name
+        from .tables import command, global_options
 
-            cli.main(args=args, prog_name=PROG, standalone_mode=False)
+        profile_name()  # an unknown QIMG_COMPAT is an error before anything runs
+        p = parse(global_options(), args, sys.modules[__name__])
+        if not p.args:
+            from qimg.compat import has
+
+            if args and not has("no-command-is-an-error"):
+                raise SystemExit(0)  # qemu-img 7.2: options and no command do nothing
+            prog.usage_exit("Not enough arguments")
+        from qimg.untrusted import ENV, _env_true
+
+        if _env_true(ENV):  # QIMG_UNTRUSTED=1 does what --untrusted does
+            from qimg.untrusted import enable_cli
+
+            enable_cli()
+        name, rest = p.args[0], p.args[1:]
+        cmd = command(name)
+        if cmd is None:
+            from . import plugincmds
+
+            found = plugincmds.find(name) if name[:1] != "-" else None
+            if found is None:
+                prog.usage_exit(f"Command not found: {name}")
+            prog.set_command(name)
+            plugincmds.run(found, name, rest)
+            raise SystemExit(0)
+        prog.set_command(name)
+        from qimg.registry import import_module
+
+        module = import_module(cmd.module)
+        module.run(parse(cmd, rest, module))
     except SystemExit:
         raise
     except KeyboardInterrupt:
@@ -124,27 +127,20 @@ def _main(args: list[str]) -> None:
     except BrokenPipeError:
         raise SystemExit(1) from None
     except Exception as e:  # noqa: BLE001 - the last line of defence: never a traceback
-        click = sys.modules.get("click")  # click errors can only come from a loaded click
-        if click is not None:
-            if isinstance(e, click.exceptions.Exit):
-                raise SystemExit(e.exit_code) from None
-            if isinstance(e, click.exceptions.Abort):
-                raise SystemExit(1) from None
-            if isinstance(e, click.ClickException):
-                from .app import usage_error
-
-                usage_error(e)
+        from qimg.compat import UnknownProfile
         from qimg.errors import QimgError, SilentFailure
 
         if isinstance(e, SilentFailure):
             raise SystemExit(e.exit_code) from None
         if isinstance(e, QimgError):
-            error_exit(e.message, e.exit_code)
+            prog.error_exit(e.message, e.exit_code)
+        if isinstance(e, UnknownProfile):
+            prog.error_exit(str(e))
         if isinstance(e, OSError):
-            error_exit(e.strerror or str(e))
+            prog.error_exit(e.strerror or str(e))
         if os.environ.get("QIMG_DEBUG"):
             raise
-        error_exit(f"internal error: {type(e).__name__}: {e} (set QIMG_DEBUG=1 for a traceback)")
+        prog.error_exit(f"internal error: {type(e).__name__}: {e} (set QIMG_DEBUG=1 for a traceback)")
     raise SystemExit(0)
 
 

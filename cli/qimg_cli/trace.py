@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from .main import PROG, error_exit
+from . import parse as prog
+from .parse import error_exit
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def configure_one(text: str) -> None:
                     lines = f.read().splitlines()
             except OSError as e:
                 # qemu prints this one without the space after the program name
-                sys.stderr.write(f"{PROG}:{value}: {e.strerror}\n")
+                sys.stderr.write(f"{prog.NAME}:{value}: {e.strerror}\n")
                 raise SystemExit(1) from None
             for line in lines:
                 line = line.strip()
@@ -55,7 +56,7 @@ def _enable_pattern(pattern: str) -> None:
     if pattern.startswith("-"):
         pattern, state = pattern[1:], False
     if not trace.enable(pattern, state) and not any(c in pattern for c in "*?["):
-        sys.stderr.write(f"{PROG}: warning: trace event '{pattern}' does not exist\n")
+        sys.stderr.write(f"{prog.NAME}: warning: trace event '{pattern}' does not exist\n")
 
 
 def configure(values: Iterable[str]) -> None:

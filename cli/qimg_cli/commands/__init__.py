@@ -1,2 +1,6 @@
-"""Built-in subcommands: one module per command, each exposing ``command`` (a click.Command),
-imported lazily by :class:`qimg_cli.main.LazyGroup`."""
+"""Built-in commands: one module per command, named as the command, imported only to run it.
+
+Each module has ``run(p)`` (``p``: the :class:`qimg_cli.parse.Parsed` command line, parsed from
+the command's table in :mod:`qimg_cli.tables`) and may have ``on_option(p, key, value)``, called
+as each option is parsed (qemu-img checks some values inside its getopt loop).
+"""

@@ -1,51 +1,67 @@
 """``qimg amend``: -o options (``-o help``), -p progress, --force, over ops.amend."""
 from __future__ import annotations
 
-import click
+from ..copyopts import Progress
+from ..tables import Command, Opt, help_option, object_option
 
-from ..common import Progress, check_option_list, qemu_command
+#: the command's options and help, as data (qimg_cli.tables describes the model)
+TABLE = Command(
+    "amend",
+    usage="[-f FMT | --image-opts] [t CACHE] [--force] [-p] [-q]\n        [--object OBJDEF -o OPTIONS FILENAME\n",
+    options=(
+        help_option(),
+        Opt("quiet", "-q --quiet@10.0", doc="  -q, --quiet\n     quiet operation"),
+        Opt("progress", "-p --progress@10.0", doc="  -p, --progres\n     show progress"),
+        object_option(),
+        Opt("fmt", "-f --format@10.0", True, "  -f, --format FMT\n     specify FILENAME format explicitly",
+            complete="format"),
+        Opt("cache", "-t --cache@10.0", True, "  -t, --cache CACHE\n     cache mode for FILENAME (writeback)",
+            complete="cache"),
+        Opt("options", "-o --options@10.0", True, repeat=True, metavar="OPTIONS"),
+        Opt("image_opts", "--image-opts", doc="  --image-opts\n     indicates that FILENAME is a complete image "
+            "specification\n   instead of a file name (incompatible with --format)"),
+        Opt("force", "--force", doc="  --force\n     allow certain unsafe operations"),
+    ),
+    layout=("quiet", "progress", "fmt", "image_opts", "cache", "force"))
 
 
-@qemu_command("amend", legacy_longs=("help", "object", "image-opts", "force"), getopt_hook=check_option_list)
-@click.option("-o", "--options", "options", multiple=True)
-@click.option("-f", "--format", "fmt")
-@click.option("-t", "--cache", "cache")
-@click.option("-p", "--progress", "progress", is_flag=True)
-@click.option("-q", "--quiet", "quiet", is_flag=True)
-@click.option("--object", "objects", multiple=True)
-@click.option("--image-opts", "image_opts", is_flag=True)
-@click.option("--force", "force", is_flag=True)
-@click.argument("args", nargs=-1)
-def command(options, fmt, cache, progress, quiet, objects, image_opts, force, args) -> None:
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..parse import Parsed
+
+
+def on_option(p: Parsed, key: str, value: str | None) -> None:
+    if key == "options":
+        from ..common import check_option_list
+
+        check_option_list(value)
+
+
+def run(p: Parsed) -> None:
     import sys
 
     from qimg.ops import amend as ops_amend
-    from qimg.ops.create import valid_option_list
     from qimg.options import is_help_request
 
-    from ..common import open_image, parse_objects, usage_exit
-    from ..main import error_exit
+    from ..common import open_image
+    from ..parse import error_exit, usage_exit
 
-    for o in options:
-        if not valid_option_list(o):
-            error_exit(f"Invalid option list: {o}")
-    if not options:
+    if not p.options:
         usage_exit("Must specify options (-o)")
-    opts = ",".join(options)
-    if quiet:
-        progress = False
-    parse_objects(objects)
+    opts = ",".join(p.options)
+    fmt, cache = p.fmt, p.cache
+    progress = p.progress and not p.quiet
     # qemu-img starts its progress meter here: every later exit ends it (a newline with -p)
     bar = _AmendProgress(progress, initial=False)
     try:
         if fmt and is_help_request(opts):
             sys.stdout.write(ops_amend.help_text(fmt) + "\n")
             return
-        if len(args) != 1:
+        if len(p.args) != 1:
             error_exit("Expecting one image file name")
         if cache is not None and cache not in ("none", "off", "writeback", "writethrough", "directsync", "unsafe"):
             error_exit(f"Invalid cache option: {cache}")
-        with open_image(args[0], fmt, image_opts=image_opts, writable=True) as img:
+        with open_image(p.args[0], fmt, image_opts=p.image_opts, writable=True) as img:
             if is_help_request(opts):
                 sys.stdout.write(ops_amend.help_text(img.format) + "\n")
                 return
@@ -54,11 +70,10 @@ def command(options, fmt, cache, progress, quiet, objects, image_opts, force, ar
             if supports_amend(type(img.driver)):
                 parse_amend_options(type(img.driver), opts)
                 bar.update(0, 1)  # as qemu-img, in case the driver reports no progress
-            ops_amend.amend(img, opts, progress=bar.update, force=force)
+            ops_amend.amend(img, opts, progress=bar.update, force=p.force)
             bar.update(1, 1)
     finally:
         bar.end()
-
 
 
 class _AmendProgress(Progress):

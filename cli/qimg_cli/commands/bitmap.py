@@ -1,76 +1,87 @@
 """``qimg bitmap``: --add/--remove/--clear/--enable/--disable/--merge SRC, in order."""
 from __future__ import annotations
 
-import click
+from ..tables import IMAGE_OPTS_DOC, Command, Opt, help_option, object_option
 
-from ..common import qemu_command
+#: the command's options and help, as data (qimg_cli.tables describes the model)
+TABLE = Command(
+    "bitmap",
+    usage=("( --merge SOURCE | --add | --remove | --clear |\n"
+           "                --enable | --disable ).. [-f FMT | --image-opts]\n"
+           "        [ -b SRC_FILENAME [-F SOURCE_FMT]] [-g SIZE[KMGTPE]] [--object OBJDEF]\n"
+           "        FILENAME BITMAP\n"),
+    options=(
+        help_option(),
+        object_option(""),
+        Opt("image_opts", "--image-opts", doc=IMAGE_OPTS_DOC),
+        Opt("add", "--add", doc="  --add\n     creates BITMAP, enables to record future edits"),
+        Opt("remove", "--remove", doc="  --remove\n     removes BITMAP"),
+        Opt("clear", "--clear", doc="  --clear\n     clears BITMAP"),
+        Opt("enable", "--enable", doc="  --enable, --disable\n     starts and stops recording future edits to BITMAP"),
+        Opt("disable", "--disable"),
+        Opt("merge", "--merge", True, "  --merge SRC_FILENAME\n     merges contents of SRC_FILENAME bitmap into BITMAP",
+            repeat=True),
+        Opt("granularity", "-g --granularity", True,
+            "   -g, --granularity SIZE[KMGTPE]\n     sets non-default bitmap granularity for --add to this size"),
+        Opt("source_file", "-b --source-file", True,
+            "   -b, --source-file SRC_FILENAME\n     select alternative source file for --merge", complete="file"),
+        Opt("source_fmt", "-F --source-format", True,
+            "   -F, --source-format SRC_FMT\n     specify format for SRC_FILENAME explicitly", complete="format"),
+        Opt("fmt", "-f", True, "  -f, --format FMT\n     specify FILENAME format explicitly", complete="format"),
+    ),
+    layout=("fmt", "image_opts", "add", "granularity", "remove", "clear", "enable", "merge", "source_file",
+            "source_fmt"))
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..parse import Parsed
 
 _ACTIONS = {"add", "remove", "clear", "enable", "disable", "merge"}
 
 
-def _in_loop(key: str, value, state: dict) -> None:
+def on_option(p: Parsed, key: str, value: str | None) -> None:
     if key == "granularity":
-        state["granularity"] = _granularity(value or "")
+        p.state["granularity"] = _granularity(value or "")
     elif key in _ACTIONS:
-        # kept in command-line order (click would group them by option)
-        state.setdefault("actions", []).append((key, value))
+        p.state.setdefault("actions", []).append((key, value))  # in command-line order
 
 
 def _granularity(text: str) -> int:
     from qimg.errors import QimgError
 
-    from ..common import image_size_arg
-    from ..main import PROG, error_exit
+    from ..common import cvtnum
+    from ..parse import error_exit
 
     try:
-        return image_size_arg(text)
-    except QimgError:
-        error_exit("Invalid granularity specified. You may use k, M, G, T, P or E suffixes for\n"
-                   f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
+        return cvtnum("granularity", text)
+    except QimgError as e:
+        error_exit(e.message)
 
 
-@qemu_command("bitmap", getopt_hook=_in_loop, legacy_longs=("help", "object", "image-opts", "add", "remove", "clear", "enable",
-                                      "disable", "merge", "granularity", "source-file", "source-format"))
-@click.option("--add", "add", is_flag=True)
-@click.option("--remove", "remove", is_flag=True)
-@click.option("--clear", "clear", is_flag=True)
-@click.option("--enable", "enable", is_flag=True)
-@click.option("--disable", "disable", is_flag=True)
-@click.option("--merge", "merge", multiple=True)
-@click.option("-g", "--granularity", "granularity")
-@click.option("-b", "--source-file", "source_file")
-@click.option("-F", "--source-format", "source_fmt")
-@click.option("-f", "--format", "fmt")
-@click.option("--object", "objects", multiple=True)
-@click.option("--image-opts", "image_opts", is_flag=True)
-@click.argument("args", nargs=-1)
-@click.pass_context
-def command(ctx, add, remove, clear, enable, disable, merge, granularity, source_file, source_fmt, fmt,
-            objects, image_opts, args) -> None:
+def run(p: Parsed) -> None:
     from qimg.ops import bitmap as ops_bitmap
 
-    from ..common import open_image, parse_objects
-    from ..main import error_exit
+    from ..common import open_image
+    from ..parse import error_exit
 
-    actions: list[tuple[str, str | None]] = ctx.meta.get("qimg.getopt_state", {}).get("actions", [])
-    gran = ctx.meta.get("qimg.getopt_state", {}).get("granularity") if granularity is not None else None
-    parse_objects(objects)
+    actions: list[tuple[str, str | None]] = p.state.get("actions", [])
+    gran = p.state.get("granularity")
     if not actions:
         error_exit("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge")
-    if gran and not add:
+    if gran and not p.add:
         error_exit("granularity only supported with --add")
-    if source_fmt and not source_file:
+    if p.source_fmt and not p.source_file:
         error_exit("-F only supported with -b")
-    if source_file and not merge:
+    if p.source_file and not p.merge:
         error_exit("Merge bitmap source file only supported with --merge")
-    if len(args) != 2:
+    if len(p.args) != 2:
         error_exit("Expecting filename and bitmap name")
-    filename, name = args
+    filename, name = p.args
     src = None
-    with open_image(filename, fmt, image_opts=image_opts, writable=True, backing=False) as img:
+    with open_image(filename, p.fmt, image_opts=p.image_opts, writable=True, backing=False) as img:
         try:
-            if source_file:
-                src = open_image(source_file, source_fmt, backing=False)
+            if p.source_file:
+                src = open_image(p.source_file, p.source_fmt, backing=False)
             for action, arg in actions:
                 ops_bitmap.apply(img, action, name, granularity=gran or None, source=src, source_name=arg)
         finally:

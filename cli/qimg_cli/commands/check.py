@@ -1,64 +1,68 @@
 """``qimg check``: ops.check's report and exit codes (0, 1, 2, 3, 63)."""
 from __future__ import annotations
 
+from ..tables import IMAGE_OPTS_DOC, Command, Opt, help_option, object_option
+
+#: the command's options and help, as data (qimg_cli.tables describes the model)
+TABLE = Command(
+    "check",
+    usage="[-f FMT | --image-opts] [-T CACHE_MODE] [-r] [-u]\n        [--output human|json] [--object OBJDEF] FILENAME\n",
+    options=(
+        help_option(),
+        Opt("quiet", "-q --quiet@10.0", doc="  -q, --quiet\n     quiet operations"),
+        Opt("fmt", "-f --format", True, "  -f, --format FMT\n     specifies format of the image explicitly",
+            complete="format"),
+        Opt("cache", "-T --cache@10.0", True, "  -T, --cache CACHE_MODE\n     image cache mode (writeback)",
+            complete="cache"),
+        Opt("repair", "-r --repair", True, "  -r, --repair leaks|all\n     repair particular aspect of the image\n"
+            "     (image will be open in read-write mode, incompatible with --force-share)", complete="leaks all"),
+        Opt("output", "--output", True, "  --output human|json\n     output format", complete="human json"),
+        object_option(),
+        Opt("image_opts", "--image-opts", doc=IMAGE_OPTS_DOC),
+        Opt("force_share", "-U --force-share", doc="  -U, --force-share\n     open image in shared mode for concurrent access"),
+    ),
+    layout=("quiet", "fmt", "image_opts", "cache", "force_share", "output", "repair", "objects",
+            "  FILENAME\n     the image file (or image specification) to operate on"))
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
-    from typing import Any
+    from ..parse import Parsed
 
 
-def _in_loop(key: str, value, state: dict) -> None:
-    from qimg.errors import QimgError
-    from qimg.ops.check import parse_repair
-
-    from ..common import usage_exit
-
+def on_option(p: Parsed, key: str, value: str | None) -> None:
     if key == "repair":
+        from qimg.errors import QimgError
+        from qimg.ops.check import parse_repair
+
+        from ..parse import fail
+
         try:
-            parse_repair(value or "")
-        except QimgError as e:
-            usage_exit(e.message)
+            p.state["repair"] = parse_repair(value or "")
+        except QimgError:
+            fail("bad-repair", value=value)
+    elif key == "output":
+        from ..common import output_format_in_loop
+
+        output_format_in_loop(value)
 
 
-# options as data (see qimg_cli.fast): no click import unless the click command is asked for
-NAME = "check"
-LEGACY_LONGS = ("help", "format", "repair", "output", "object", "image-opts", "force-share")
-#: (parameter name, option declarations, is a flag), in click's parameter order
-OPTIONS = (
-    ("fmt", ("-f", "--format"), False),
-    ("repair", ("-r", "--repair"), False),
-    ("output", ("--output",), False),
-    ("objects", ("--object",), False),
-    ("image_opts", ("--image-opts",), True),
-    ("force_share", ("-U", "--force-share"), True),
-    ("src_cache", ("-T",), False),
-    ("quiet", ("-q", "--quiet"), True),
-)
-GETOPT_HOOK = _in_loop
-
-
-def run(fmt, repair, output, objects, image_opts, force_share, src_cache, quiet, args, state) -> None:
+def run(p: Parsed) -> None:
     import sys
 
-    from qimg.errors import QimgError
     from qimg.ops import check as ops_check
 
-    from ..common import check_output_format, open_image, parse_objects, usage_exit
-    from ..main import error_exit
+    from ..common import check_output_format, open_image, usage_exit
+    from ..copyopts import check_cache
+    from ..parse import error_exit
 
-    fix: set[str] = set()
-    if repair is not None:
-        try:
-            fix = ops_check.parse_repair(repair)
-        except QimgError as e:
-            usage_exit(e.message)
-    if len(args) != 1:
+    fix: set[str] = p.state.get("repair", set())
+    if len(p.args) != 1:
         usage_exit("Expecting one image file name")
-    ofmt = check_output_format(output)
-    _check_cache(src_cache)
-    parse_objects(objects)
+    ofmt = check_output_format(p.output)
+    check_cache(p.cache, source=True)
 
     def out(text: str) -> None:
-        if not quiet:
+        if not p.quiet:
             sys.stdout.write(text)
             sys.stdout.flush()
 
@@ -67,27 +71,12 @@ def run(fmt, repair, output, objects, image_opts, force_share, src_cache, quiet,
             out(ops_check.repaired_text(result))
 
     # "check": the driver opens as for a check (QEMU's BDRV_O_CHECK: no repair on open)
-    with open_image(args[0], fmt, image_opts=image_opts, force_share=force_share,
+    with open_image(p.args[0], p.fmt, image_opts=p.image_opts, force_share=p.force_share,
                     writable=bool(fix), options={"check": True}) as img:
         result = ops_check.check_image(img, fix, on_repaired=on_repaired)
-        result.filename = args[0]  # as given (an --image-opts string, a json: name)
+        result.filename = p.args[0]  # as given (an --image-opts string, a json: name)
         out(ops_check.format_report(result, ofmt))
     code = ops_check.exit_code(result)
     if code == 1:
         error_exit("Check failed")
     raise SystemExit(code)
-
-
-def _check_cache(mode: str | None) -> None:
-    from qimg.errors import QimgError
-
-    if mode is not None and mode not in ("none", "off", "writeback", "writethrough", "directsync", "unsafe"):
-        raise QimgError(f"Invalid source cache option: {mode}")
-
-
-def __getattr__(name: str) -> Any:
-    if name == "command":
-        from ..fast import lazy_command
-
-        return lazy_command(__name__)
-    raise AttributeError(name)

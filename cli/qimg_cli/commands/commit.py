@@ -1,59 +1,58 @@
 """``qimg commit``: commit an image's changes into its backing file (or ``-b base``)."""
 from __future__ import annotations
 
-from ..copyopts import Getopt, UsageError, lazy_command, show_help
+from ..tables import IMAGE_OPTS_DOC, Command, Opt, help_option, object_option
+
+#: the command's options and help, as data (qimg_cli.tables describes the model)
+TABLE = Command(
+    "commit",
+    usage="[-f FMT | --image-opts] [-t CACHE_MODE] [-b BASE_IMG] [-d]\n        [-r RATE] [--object OBJDEF] FILENAME\n",
+    options=(
+        help_option(),
+        Opt("quiet", "-q --quiet@10.0", doc="  -q, --quiet\n     quiet operations"),
+        object_option(),
+        Opt("fmt", "-f --format@10.0", True, "  -f, --format FMT\n     specify FILENAME image format explicitly",
+            complete="format"),
+        Opt("image_opts", "--image-opts", doc=IMAGE_OPTS_DOC),
+        Opt("cache", "-t --cache@10.0", True, "  -t, --cache CACHE_MODE image cache mode (writeback)",
+            metavar="CACHE_MODE", complete="cache"),
+        Opt("drop", "-d --drop@10.0", doc="  -d, --drop\n     skip emptying FILENAME on completion"),
+        Opt("base", "-b --base@10.0", True, "  -b, --base BASE_IMG\n     image in the backing chain to which to commit "
+            "changes\n     instead of the previous one (implies --drop)", complete="file"),
+        Opt("progress", "-p --progress@10.0", doc="  -p, --progress\n     show operation progress"),
+        Opt("rate", "-r --rate@10.0", True, "  -r, --rate RATE\n     I/O rate limit"),
+    ),
+    layout=("quiet", "progress", "fmt", "image_opts", "cache", "drop", "base", "rate", "objects",
+            "  FILENAME\n     name of the image file to operate on"))
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
-SHORT = ":f:ht:b:dpqr:"
-LONG = {"help": False, "object": True, "image-opts": False}
+    from ..parse import Parsed
 
 
-def run(argv: list[str]) -> None:
+def on_option(p: Parsed, key: str, value: str | None) -> None:
+    if key == "rate":
+        from ..copyopts import parse_rate
+
+        p.state["rate"] = parse_rate(value or "")
+
+
+def run(p: Parsed) -> None:
     import sys
 
     from qimg.errors import QimgError
 
-    from ..common import Progress, parse_objects
-    from ..copyopts import check_cache, open_named, parse_rate
+    from ..copyopts import Progress, check_cache, open_named
+    from ..parse import usage_exit
 
-    fmt = cache = base_name = None
-    drop = progress = quiet = image_opts = False
-    rate = 0
-    objects: list[str] = []
-    g = Getopt(argv, SHORT, LONG)
-    for opt, val in g:
-        if opt in ("h", "help"):
-            show_help()
-        elif opt == "f":
-            fmt = val
-        elif opt == "t":
-            cache = val
-        elif opt == "b":
-            base_name = val
-            drop = True  # -b implies -d: the images above the base stay valid
-        elif opt == "d":
-            drop = True
-        elif opt == "p":
-            progress = True
-        elif opt == "q":
-            quiet = True
-        elif opt == "r":
-            rate = parse_rate(val or "")
-        elif opt == "object":
-            objects.append(val or "")
-        elif opt == "image-opts":
-            image_opts = True
-    if quiet:
-        progress = False
-    if len(g.positionals) != 1:
-        raise UsageError("Expecting one image file name")
-    filename = g.positionals[0]
-    parse_objects(objects)
-    check_cache(cache)
-    img = open_named(filename, fmt, image_opts=image_opts, writable=True)
+    base_name = p.base
+    drop = p.drop or base_name is not None  # -b implies -d: the images above the base stay valid
+    progress = p.progress and not p.quiet
+    if len(p.args) != 1:
+        usage_exit("Expecting one image file name")
+    filename = p.args[0]
+    check_cache(p.cache)
+    img = open_named(filename, p.fmt, image_opts=p.image_opts, writable=True)
     bar = Progress(progress)
     try:
         from qimg.ops.commit import commit, find_in_chain
@@ -64,7 +63,7 @@ def run(argv: list[str]) -> None:
             if base is None:
                 raise QimgError(f"Did not find '{base_name}' in the backing chain of '{filename}'")
         # qemu-img polls its commit job: 0% again while it starts, then 100% once done
-        commit(img, base, drop=drop, rate_limit=rate)
+        commit(img, base, drop=drop, rate_limit=p.state.get("rate", 0))
         if progress:
             sys.stdout.write("    (0.00/100%)\r    (100.00/100%)\r\n")
             sys.stdout.flush()
@@ -75,15 +74,5 @@ def run(argv: list[str]) -> None:
         raise
     finally:
         img.close()
-    if not quiet:
+    if not p.quiet:
         sys.stdout.write("Image committed.\n")
-
-
-def __getattr__(attr: str) -> "Any":
-    """``command``, the click command, is built on first use: running directly needs no click."""
-    if attr == "command":
-        return lazy_command(__name__, "commit", run, "Commit an image into its backing file")
-    raise AttributeError(attr)
-
-
-__all__ = ["run"]

@@ -1,75 +1,71 @@
 """``qimg compare``: exit 0 identical, 1 different, 2 open errors, 3/4 status/read errors."""
 from __future__ import annotations
 
-from ..copyopts import Getopt, UsageError, lazy_command, show_help
+from ..tables import Command, Opt, help_option, object_option
+
+#: the command's options and help, as data (qimg_cli.tables describes the model)
+TABLE = Command(
+    "compare",
+    usage="[--image-opts | [-f FMT] [-F FMT]] [-s]\n        [-T CACHE] [-U] [--object OBJDEF] FILENAME1 FILENAME2\n",
+    options=(
+        help_option(),
+        Opt("quiet", "-q --quiet@10.0", doc="  -q, --quiet\n     quiet operation"),
+        object_option(),
+        Opt("cache", "-T --cache@10.0", True, "  -T, --cache CACHE_MODE\n     images caching mode (writeback)",
+            complete="cache"),
+        Opt("image_opts", "--image-opts", doc="  --image-opts\n     indicates that FILENAMEs are complete image "
+            "specifications\n     instead of file names (incompatible with --a-format and --b-format)"),
+        Opt("fmt1", "-f --a-format@10.0 --left-format@10.0", True,
+            "  -f, --a-format FMT\n     specify FILENAME1 image format explicitly", complete="format"),
+        Opt("fmt2", "-F --b-format@10.0 --right-format@10.0", True,
+            "  -F, --b-format FMT\n     specify FILENAME2 image format explicitly", complete="format"),
+        Opt("force_share", "-U --force-share", doc="  -U, --force-share\n     open images in shared mode for concurrent access"),
+        Opt("strict", "-s --strict@10.0", doc="  -s, --strict\n     strict mode, also check if sizes are equal"),
+        Opt("progress", "-p --progress@10.0", doc="  -p, --progress\n     show operation progress"),
+    ),
+    layout=("quiet", "progress", "fmt1", "fmt2", "image_opts", "strict", "cache", "force_share", "objects",
+            "  FILENAME1, FILENAME2\n     image files (or specifications) to compare"))
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from ..parse import Parsed
 
-SHORT = ":hf:F:T:pqsU"
-LONG = {"help": False, "object": True, "image-opts": False, "force-share": False}
+#: qemu-img compare exits 2 on errors (1 means "different"), --object's included
+ERROR_EXIT = 2
 
 
-def run(argv: list[str]) -> None:
+def run(p: Parsed) -> None:
     import sys
 
     from qimg.errors import QimgError
 
-    from ..common import parse_objects
     from ..copyopts import check_cache, open_named, qemu_progress
+    from ..parse import usage_exit
 
-    fmt1 = fmt2 = cache = None
-    progress = quiet = strict = force_share = image_opts = False
-    objects: list[str] = []
-    g = Getopt(argv, SHORT, LONG)
-    for opt, val in g:
-        if opt in ("h", "help"):
-            show_help()
-        elif opt == "f":
-            fmt1 = val
-        elif opt == "F":
-            fmt2 = val
-        elif opt == "T":
-            cache = val
-        elif opt == "p":
-            progress = True
-        elif opt == "q":
-            quiet = True
-        elif opt == "s":
-            strict = True
-        elif opt in ("U", "force-share"):
-            force_share = True
-        elif opt == "object":
-            objects.append(val or "")
-        elif opt == "image-opts":
-            image_opts = True
-    if quiet:
-        progress = False
-    files = g.positionals
+    progress = p.progress and not p.quiet
+    files = p.args
     if len(files) != 2:
-        raise UsageError("Expecting two image file names")
+        usage_exit("Expecting two image file names")
     bar = qemu_progress(False)
     images = []
     try:
         try:
-            parse_objects(objects)
-            check_cache(cache, source=True)
+            check_cache(p.cache, source=True)
         except QimgError as e:
             raise QimgError(e.message, 2) from None
-        for name, fmt in ((files[0], fmt1), (files[1], fmt2)):
+        for name, fmt in ((files[0], p.fmt1), (files[1], p.fmt2)):
             try:
-                images.append(open_named(name, fmt, image_opts=image_opts, force_share=force_share))
+                images.append(open_named(name, fmt, image_opts=p.image_opts, force_share=p.force_share))
             except QimgError as e:
                 raise QimgError(e.message, 2) from None
         bar = qemu_progress(progress, 2.0)  # qemu-img starts it once both images are open
         from qimg.ops.compare import compare
 
         def say(text: str) -> None:
-            if not quiet:
+            if not p.quiet:
                 sys.stdout.write(text + "\n")
 
-        rc = compare(images[0], images[1], strict=strict, say=say,
+        rc = compare(images[0], images[1], strict=p.strict, say=say,
                      progress=bar.update if progress else None,
                      name1=files[0], name2=files[1], qemu_runs=bar.enabled)
     finally:
@@ -82,13 +78,3 @@ def run(argv: list[str]) -> None:
             sys.stdout.write("\n")
             sys.stdout.flush()
     raise SystemExit(rc)
-
-
-def __getattr__(attr: str) -> "Any":
-    """``command``, the click command, is built on first use: running directly needs no click."""
-    if attr == "command":
-        return lazy_command(__name__, "compare", run, "Check if two images have the same content")
-    raise AttributeError(attr)
-
-
-__all__ = ["run"]

@@ -1,54 +1,50 @@
 """``qimg dd``: ``bs= count= skip= if= of=`` operands as qemu-img dd."""
 from __future__ import annotations
 
-from ..copyopts import Getopt, lazy_command, show_help
+from ..tables import Command, Opt, help_option, object_option
+
+#: the command's options and help, as data (qimg_cli.tables describes the model)
+TABLE = Command(
+    "dd",
+    usage="[-f FMT|--image-opts] [-O OUTPUT_FMT] [-U]\n        [bs=BLOCK_SIZE] [count=BLOCKS] if=INPUT of=OUTPUT\n",
+    options=(
+        help_option(),
+        object_option(""),
+        Opt("fmt", "-f --format@10.0", True, "  -f, --format FMT\n     specify format for INPUT explicitly", complete="format"),
+        Opt("out_fmt", "-O --output-format@10.0", True, "  -O, --output-format OUTPUT_FMT\n     format of the OUTPUT "
+            "(default raw)", complete="format"),
+        Opt("image_opts", "--image-opts", doc="  --image-opts\n     indicates that INPUT is a complete image "
+            "specification\n     instead of a file name (incompatible with --format)"),
+        Opt("force_share", "-U --force-share", doc="  -U, --force-share\n     open images in shared mode for concurrent access"),
+    ),
+    layout=("fmt", "image_opts", "out_fmt", "force_share",
+            "  bs=BLOCK_SIZE[kKMGTP]\n     size of I/O block (default 512)",
+            "  count=COUNT\n     number of blocks to convert (default whole INPUT)",
+            "  if=INPUT\n     input file name (or image specification with --image-opts)",
+            "  of=OUTPUT\n     output file name to create"),
+    positionals="dd")
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
-SHORT = ":hf:O:U"
-LONG = {"help": False, "object": True, "image-opts": False, "force-share": False}
-MAX_BS = 2147483647
+    from ..parse import Parsed
 
 
-def run(argv: list[str]) -> None:
-    import sys
-
+def run(p: Parsed) -> None:
     from qimg.errors import QimgError
 
-    from ..common import parse_objects
-    from ..copyopts import cvtnum, open_named
+    from ..common import INT_MAX, cvtnum, warn
+    from ..copyopts import open_named
 
-    fmt = None
-    out_fmt = "raw"
-    force_share = image_opts = False
-    objects: list[str] = []
-    g = Getopt(argv, SHORT, LONG)
-    for opt, val in g:
-        if opt in ("h", "help"):
-            show_help()
-        elif opt == "f":
-            fmt = val
-        elif opt == "O":
-            out_fmt = val or ""
-        elif opt in ("U", "force-share"):
-            force_share = True
-        elif opt == "object":
-            objects.append(val or "")
-        elif opt == "image-opts":
-            image_opts = True
+    out_fmt = p.out_fmt if p.out_fmt is not None else "raw"
     bs = 512
     count = skip = None
     in_name = out_name = None
-    for arg in g.positionals:
+    for arg in p.args:
         key, eq, value = arg.partition("=")
         if not eq or key not in ("bs", "count", "if", "of", "skip"):
             raise QimgError(f"unrecognized operand {key}")
         if key == "bs":
-            bs = cvtnum("bs", value)
-            if not 1 <= bs <= MAX_BS:
-                raise QimgError(f"Invalid bs specified. Must be between 1 and {MAX_BS}.")
+            bs = cvtnum("bs", value, 1, INT_MAX)
         elif key == "count":
             count = cvtnum("count", value)
         elif key == "skip":
@@ -59,8 +55,7 @@ def run(argv: list[str]) -> None:
             out_name = value
     if in_name is None or out_name is None:
         raise QimgError("Must specify both input and output files")
-    parse_objects(objects)
-    src = open_named(in_name, fmt, image_opts=image_opts, force_share=force_share)
+    src = open_named(in_name, p.fmt, image_opts=p.image_opts, force_share=p.force_share)
     try:
         from qimg.plugins import get_registry
 
@@ -70,17 +65,6 @@ def run(argv: list[str]) -> None:
             raise QimgError("Unknown file format") from None
         from qimg.ops.dd import dd
 
-        dd(src, out_name, out_fmt, bs=bs, count=count, skip=skip, in_name=in_name,
-           warn=lambda m: sys.stderr.write(f"qimg: {m}\n"))
+        dd(src, out_name, out_fmt, bs=bs, count=count, skip=skip, in_name=in_name, warn=warn)
     finally:
         src.close()
-
-
-def __getattr__(attr: str) -> "Any":
-    """``command``, the click command, is built on first use: running directly needs no click."""
-    if attr == "command":
-        return lazy_command(__name__, "dd", run, "Copy from input to output converting formats")
-    raise AttributeError(attr)
-
-
-__all__ = ["run"]

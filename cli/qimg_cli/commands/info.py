@@ -1,57 +1,67 @@
 """``qimg info``: the ops.info report, human or JSON."""
 from __future__ import annotations
 
+from ..tables import FILENAME_DOC, IMAGE_OPTS_DOC, Command, Opt, help_option, object_option
+
+#: the command's options and help, as data (qimg_cli.tables describes the model)
+TABLE = Command(
+    "info",
+    usage="[-f FMT | --image-opts] [-b] [-U] [--object OBJDEF]\n        [--output human|json] FILENAME\n",
+    options=(
+        help_option(),
+        Opt("fmt", "-f --format", True, "  -f, --format FMT\n     specify FILENAME image format explicitly", complete="format"),
+        Opt("output", "--output", True, "  --output human|json\n     specify output format name (default human)",
+            complete="human json"),
+        Opt("backing_chain", "-b@10.0 --backing-chain", doc="  -b, --backing-chain\n     display information about "
+            "backing chaing\n  (in case the image is stacked"),
+        object_option(),
+        Opt("image_opts", "--image-opts", doc=IMAGE_OPTS_DOC),
+        Opt("force_share", "-U --force-share", doc="  -U, --force-share\n     open image in shared mode for concurrent access"),
+    ),
+    layout=("fmt", "image_opts", "backing_chain", "force_share", "objects", "output", FILENAME_DOC))
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
-    from typing import Any
+    from ..parse import Parsed
 
 
-# options as data (see qimg_cli.fast): no click import unless the click command is asked for
-NAME = "info"
-LEGACY_LONGS = ("help", "format", "output", "backing-chain", "object", "image-opts", "force-share")
-#: (parameter name, option declarations, is a flag), in click's parameter order
-OPTIONS = (
-    ("fmt", ("-f", "--format"), False),
-    ("output", ("--output",), False),
-    ("backing_chain", ("--backing-chain",), True),
-    ("objects", ("--object",), False),
-    ("image_opts", ("--image-opts",), True),
-    ("force_share", ("-U", "--force-share"), True),
-)
-GETOPT_HOOK = None
+def on_option(p: Parsed, key: str, value: str | None) -> None:
+    if key == "output":
+        from ..common import output_format_in_loop
+
+        output_format_in_loop(value)
 
 
-def run(fmt, output, backing_chain, objects, image_opts, force_share, args, state) -> None:
+def run(p: Parsed) -> None:
     import os
     import sys
 
     from qimg.errors import QimgError
     from qimg.ops import info as ops_info
 
-    from ..common import check_output_format, open_image, parse_objects, usage_exit
+    from ..common import check_output_format, open_image, usage_exit
 
-    if len(args) != 1:
+    if len(p.args) != 1:
         usage_exit("Expecting one image file name")
-    filename = args[0]
-    ofmt = check_output_format(output)
-    parse_objects(objects)
+    filename = p.args[0]
+    ofmt = check_output_format(p.output)
     infos = []
     seen: set[str] = set()
-    name, f, iopts = filename, fmt, image_opts
+    name, f, iopts = filename, p.fmt, p.image_opts
     while True:
         key = os.path.realpath(name) if not iopts else name
         if key in seen:
             raise QimgError(f"Backing file '{name}' creates an infinite loop.")
         seen.add(key)
         # "_no_io": info reads metadata only; encrypted images open without their key (QEMU)
-        img = open_image(name, f, image_opts=iopts, force_share=force_share, backing=False,
+        img = open_image(name, f, image_opts=iopts, force_share=p.force_share, backing=False,
                          options={"_no_io": True})
         try:
             infos.append(ops_info.image_info(img))
         finally:
             img.close()
         cur = infos[-1]
-        if not backing_chain or "backing-filename" not in cur:
+        if not p.backing_chain or "backing-filename" not in cur:
             break
         from qimg.untrusted import check_follow
 
@@ -63,14 +73,6 @@ def run(fmt, output, backing_chain, objects, image_opts, force_share, args, stat
         f = cur.get("backing-filename-format")
         iopts = False
     if ofmt == "json":
-        sys.stdout.write(ops_info.format_json(infos if backing_chain else infos[0]))
+        sys.stdout.write(ops_info.format_json(infos if p.backing_chain else infos[0]))
     else:
-        sys.stdout.write(ops_info.format_human(infos if backing_chain else infos[0]))
-
-
-def __getattr__(name: str) -> Any:
-    if name == "command":
-        from ..fast import lazy_command
-
-        return lazy_command(__name__)
-    raise AttributeError(name)
+        sys.stdout.write(ops_info.format_human(infos if p.backing_chain else infos[0]))

@@ -1,50 +1,59 @@
 """``qimg map``: the ops.map entries, human or JSON."""
 from __future__ import annotations
 
+from ..tables import FILENAME_DOC, IMAGE_OPTS_DOC, Command, Opt, help_option, object_option
+
+#: the command's options and help, as data (qimg_cli.tables describes the model)
+TABLE = Command(
+    "map",
+    usage=("[-f FMT | --image-opts] [--object OBJDEF] [--output human|json]\n"
+           "        [--start-offset OFFSET] [--max-length LENGTH] [-U] FILENAME\n"),
+    options=(
+        help_option(),
+        Opt("fmt", "-f --format", True, "  -f, --format FMT\n     specify FILENAME image format explicitly", complete="format"),
+        Opt("output", "--output", True, "  --output human|json\n     specify output format name (default human)",
+            complete="human json"),
+        object_option(),
+        Opt("image_opts", "--image-opts", doc=IMAGE_OPTS_DOC),
+        Opt("force_share", "-U --force-share", doc="  -U, --force-share\n     open image in shared mode for concurrent access"),
+        # qemu-img 7.2 also takes -s and -l for these (its man page does not list them)
+        Opt("start_offset", "-s --start-offset", True, "  --start-offset OFFSET", metavar="OFFSET"),
+        Opt("max_length", "-l --max-length", True, "  --max-length LENGTH", metavar="LENGTH"),
+    ),
+    layout=("fmt", "image_opts", "start_offset", "max_length", "output", "force_share", "objects", FILENAME_DOC))
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
-    from typing import Any
+    from ..parse import Parsed
 
 
-def _in_loop(key: str, value, state: dict) -> None:
+def on_option(p: Parsed, key: str, value: str | None) -> None:
+    # qemu-img converts these values inside its getopt loop
+    from ..common import cvtnum
+
     if key == "start_offset":
-        state["start_offset"] = _offset_arg("start offset", value or "")
+        p.state["start_offset"] = cvtnum("start offset", value or "")
     elif key == "max_length":
-        state["max_length"] = _offset_arg("max length", value or "")
+        p.state["max_length"] = cvtnum("max length", value or "")
+    elif key == "output":
+        from ..common import output_format_in_loop
+
+        output_format_in_loop(value)
 
 
-# options as data (see qimg_cli.fast): no click import unless the click command is asked for
-NAME = "map"
-LEGACY_LONGS = ("help", "format", "output", "object", "image-opts", "force-share", "start-offset", "max-length")
-#: (parameter name, option declarations, is a flag), in click's parameter order
-OPTIONS = (
-    ("fmt", ("-f", "--format"), False),
-    ("output", ("--output",), False),
-    ("objects", ("--object",), False),
-    ("image_opts", ("--image-opts",), True),
-    ("force_share", ("-U", "--force-share"), True),
-    # qemu-img 7.2 also takes -s and -l for these (its man page does not list them)
-    ("start_offset", ("-s", "--start-offset"), False),
-    ("max_length", ("-l", "--max-length"), False),
-)
-GETOPT_HOOK = _in_loop
-
-
-def run(fmt, output, objects, image_opts, force_share, start_offset, max_length, args, state) -> None:
+def run(p: Parsed) -> None:
     import sys
 
     from qimg.ops import map as ops_map
 
-    from ..common import check_output_format, open_image, parse_objects, usage_exit
+    from ..common import check_output_format, open_image, usage_exit
 
-    parsed = state  # values converted while parsing, as qemu-img
-    start = parsed.get("start_offset", 0) if start_offset is not None else 0
-    length = parsed.get("max_length") if max_length is not None else None
-    if len(args) != 1:
+    start = p.state.get("start_offset", 0)
+    length = p.state.get("max_length")
+    if len(p.args) != 1:
         usage_exit("Expecting one image file name")
-    ofmt = check_output_format(output)
-    parse_objects(objects)
-    with open_image(args[0], fmt, image_opts=image_opts, force_share=force_share) as img:
+    ofmt = check_output_format(p.output)
+    with open_image(p.args[0], p.fmt, image_opts=p.image_opts, force_share=p.force_share) as img:
         try:
             entries = ops_map.map_extents(img, start, length)
         except ops_map.MapError as e:
@@ -62,24 +71,3 @@ def run(fmt, output, objects, image_opts, force_share, start_offset, max_length,
             for line in ops_map.human_lines(entries):
                 sys.stdout.write(line + "\n")
         sys.stdout.flush()
-
-
-def _offset_arg(what: str, text: str) -> int:
-    from qimg.errors import QimgError
-
-    from ..common import image_size_arg
-    from ..main import PROG
-
-    try:
-        return image_size_arg(text)
-    except QimgError:
-        raise QimgError(f"Invalid {what} specified. You may use k, M, G, T, P or E suffixes for\n"
-                        f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.") from None
-
-
-def __getattr__(name: str) -> Any:
-    if name == "command":
-        from ..fast import lazy_command
-
-        return lazy_command(__name__)
-    raise AttributeError(name)

@@ -1,64 +1,74 @@
 """``qimg measure``: argument checks in qemu-img's order, then ops.measure."""
 from __future__ import annotations
 
-import click
+from ..tables import IMAGE_OPTS_DOC, Command, Opt, help_option, object_option
 
-from ..common import qemu_command
+#: the command's options and help, as data (qimg_cli.tables describes the model)
+TABLE = Command(
+    "measure",
+    usage=("[-f FMT|--image-opts] [-o OPTIONS] [-O OUTPUT_FMT]\n"
+           "       [--output OFMT] [--object OBJDEF] [-l SNAPSHOT_PARAM]\n"
+           "       (--size SIZE | FILENAME)\n"),
+    options=(
+        help_option(),
+        Opt("out_fmt", "-O --target-format@10.0", True,
+            "  -O, --target-format FMT\n     desired target/output image format (default raw)", complete="format"),
+        Opt("fmt", "-f --format@10.0", True, "  -f, --format\n     specify format of FILENAME explicitly",
+            metavar="FMT", complete="format"),
+        Opt("image_opts", "--image-opts", doc=IMAGE_OPTS_DOC),
+        Opt("options", "-o --options@10.0", True, repeat=True, metavar="OPTIONS"),
+        Opt("snapshot", "-l --snapshot@10.0", True, "  -l, --snapshot SNAPSHOT\n     use this snapshot in FILENAME as source"),
+        object_option(""),
+        Opt("output", "--output", True, "  --output human|json\n     output format", complete="human json"),
+        # qemu-img 10.0's help says -s, but its option string has no s
+        Opt("size", "--size", True, "  -s, --size SIZE\n     measure file size for given image size", metavar="SIZE"),
+        Opt("force_share", "-U --force-share", doc="  -U, --force-share\n     open images in shared mode for concurrent access"),
+    ),
+    layout=("out_fmt", "size", "  FILENAME\n     measure file size required to convert from FILENAME",
+            "fmt", "image_opts", "snapshot", "output", "force_share"),
+    quirks={"7.2": ("glibc-then-help",), "10.0": ()})
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..parse import Parsed
 
 
-def _in_loop(key: str, value, state: dict) -> None:
+def on_option(p: Parsed, key: str, value: str | None) -> None:
     from ..common import check_option_list, check_output_format, image_size_arg
 
     if key == "options":
-        check_option_list(key, value, state)
+        check_option_list(value)
     elif key == "output":
         check_output_format(value)
     elif key == "size":
-        state["size"] = image_size_arg(value or "")
+        p.state["size"] = image_size_arg(value or "")
     elif key == "snapshot":
         from qimg.errors import QimgError
+
+        from ..parse import NAME
 
         try:
             _snapshot_param(value or "")
         except QimgError as e:
-            from ..main import PROG
-
-            raise QimgError(f"{e.message}\n{PROG}: Failed in parsing snapshot param '{value}'") from None
+            raise QimgError(f"{e.message}\n{NAME}: Failed in parsing snapshot param '{value}'") from None
 
 
-@qemu_command("measure", legacy_longs=("help", "image-opts", "object", "output", "size", "force-share"),
-              glibc_errors=True, getopt_hook=_in_loop)
-@click.option("-f", "--format", "fmt")
-@click.option("-O", "--target-format", "out_fmt")
-@click.option("-o", "--options", "options", multiple=True)
-@click.option("-l", "--snapshot", "snapshot")
-@click.option("-U", "--force-share", "force_share", is_flag=True)
-@click.option("--object", "objects", multiple=True)
-@click.option("--image-opts", "image_opts", is_flag=True)
-@click.option("--output", "output")
-@click.option("--size", "size")
-@click.argument("args", nargs=-1)
-@click.pass_context
-def command(ctx, fmt, out_fmt, options, snapshot, force_share, objects, image_opts, output, size, args) -> None:
+def run(p: Parsed) -> None:
     import sys
 
     from qimg.errors import QimgError
     from qimg.ops import measure as ops_measure
-    from qimg.ops.create import valid_option_list
 
-    from ..common import check_output_format, open_image, parse_objects
-    from ..main import PROG, error_exit
+    from ..common import check_output_format, open_image
+    from ..parse import NAME, error_exit
 
-    for o in options:
-        if not valid_option_list(o):
-            error_exit(f"Invalid option list: {o}")
-    ofmt = check_output_format(output)
-    img_size = ctx.meta.get("qimg.getopt_state", {}).get("size") if size is not None else None
-    parse_objects(objects)
+    ofmt = check_output_format(p.output)
+    img_size = p.state.get("size")
+    args, fmt, snapshot = p.args, p.fmt, p.snapshot
     if len(args) > 1:
         error_exit("At most one filename argument is allowed.")
     filename = args[0] if args else None
-    if filename is None and (image_opts or fmt or snapshot is not None):
+    if filename is None and (p.image_opts or fmt or snapshot is not None):
         error_exit("--image-opts, -f, and -l require a filename argument.")
     if filename is not None and img_size is not None:
         error_exit("--size N cannot be used together with a filename.")
@@ -67,14 +77,14 @@ def command(ctx, fmt, out_fmt, options, snapshot, force_share, objects, image_op
     img = None
     try:
         if filename is not None:
-            img = open_image(filename, fmt, image_opts=image_opts, force_share=force_share)
+            img = open_image(filename, fmt, image_opts=p.image_opts, force_share=p.force_share)
             if snapshot is not None:
                 _load_snapshot(img, snapshot)
         try:
-            info = ops_measure.measure(out_fmt or "raw", img_size, ",".join(options), img)
+            info = ops_measure.measure(p.out_fmt or "raw", img_size, ",".join(p.options), img)
         except QimgError as e:
             # two error_report lines in qemu-img: both carry the program name
-            raise QimgError(e.message.replace("\nInvalid options", f"\n{PROG}: Invalid options"),
+            raise QimgError(e.message.replace("\nInvalid options", f"\n{NAME}: Invalid options"),
                             e.exit_code) from None
     finally:
         if img is not None:

@@ -1,69 +1,64 @@
 """``qimg rebase``: change the backing file (safe mode keeps the guest view; ``-u`` does not)."""
 from __future__ import annotations
 
-from ..copyopts import Getopt, UsageError, lazy_command, show_help
+from ..tables import FILENAME_DOC, IMAGE_OPTS_DOC, Command, Opt, help_option, object_option
+
+#: the command's options and help, as data (qimg_cli.tables describes the model)
+TABLE = Command(
+    "rebase",
+    usage=("[-f FMT | --image-opts] [-t CACHE] [-q] [-U] [-p]\n"
+           "        [-b BACKING_FILENAME [-F BACKING_FMT] [-T BACKING_CACHE]] [-u]\n"
+           "        [--object OBJDEF] [-c] FILENAME\n"
+           "Rebases FILENAME on top of BACKING_FILENAME or no backing file\n"),
+    options=(
+        help_option(),
+        Opt("quiet", "-q --quiet@10.0", doc="  -q, --quiet\n     quiet operation"),
+        Opt("progress", "-p --progress@10.0", doc="  -p, --progress\n     show progress indicator"),
+        object_option(),
+        Opt("image_opts", "--image-opts", doc=IMAGE_OPTS_DOC),
+        Opt("force_share", "-U --force-share", doc="  -U, --force-share\n     open image in shared mode for concurrent access"),
+        Opt("fmt", "-f --format@10.0", True, "  -f, --format FMT\n     specify FILENAME format explicitly", complete="format"),
+        Opt("cache", "-t --cache@10.0", True, "  -t, --cache CACHE\n     cache mode for FILENAME (writeback)", complete="cache"),
+        Opt("compress", "-c@10.0 --compress@10.0", doc="  -c, --compress\n     compress image (when image supports this)"),
+        Opt("backing", "-b --backing@10.0", True,
+            '  -b, --backing BACKING_FILENAME|""\n     rebase onto this file (or no backing file)',
+            metavar="BACKING_FILENAME", complete="file"),
+        Opt("backing_fmt", "-F --backing-format@10.0", True,
+            "  -F, --backing-format BACKING_FMT\n     specify format for BACKING_FILENAME", complete="format"),
+        Opt("src_cache", "-T --backing-cache@10.0", True,
+            "  -T, --backing-cache CACHE\n     BACKING_FILENAME cache mode (writeback)", complete="cache"),
+        Opt("unsafe", "-u --backing-unsafe@10.0", doc="  -u, --backing-unsafe\n     do not fail if BACKING_FILENAME can not be read"),
+    ),
+    layout=("quiet", "progress", "fmt", "image_opts", "cache", "backing", "backing_fmt", "src_cache", "unsafe",
+            "compress", "force_share", "objects", FILENAME_DOC))
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
-SHORT = ":hf:F:b:upt:T:qU"
-LONG = {"help": False, "object": True, "image-opts": False, "force-share": False}
+    from ..parse import Parsed
 
 
-def run(argv: list[str]) -> None:
+def run(p: Parsed) -> None:
     import sys
 
-    from ..common import parse_objects
     from ..copyopts import check_cache, open_named, qemu_progress
+    from ..parse import usage_exit
 
-    fmt = backing_fmt = backing = cache = src_cache = None
-    unsafe = progress = quiet = force_share = image_opts = False
-    objects: list[str] = []
-    g = Getopt(argv, SHORT, LONG)
-    for opt, val in g:
-        if opt in ("h", "help"):
-            show_help()
-        elif opt == "f":
-            fmt = val
-        elif opt == "F":
-            backing_fmt = val
-        elif opt == "b":
-            backing = val
-        elif opt == "u":
-            unsafe = True
-        elif opt == "p":
-            progress = True
-        elif opt == "t":
-            cache = val
-        elif opt == "T":
-            src_cache = val
-        elif opt == "q":
-            quiet = True
-        elif opt in ("U", "force-share"):
-            force_share = True
-        elif opt == "object":
-            objects.append(val or "")
-        elif opt == "image-opts":
-            image_opts = True
-    if quiet:
-        progress = False
-    if len(g.positionals) != 1:
-        raise UsageError("Expecting one image file name")
-    if not unsafe and backing is None:
-        raise UsageError("Must specify backing file (-b) or use unsafe mode (-u)")
-    filename = g.positionals[0]
-    parse_objects(objects)
-    check_cache(cache)
-    check_cache(src_cache, source=True)
+    progress = p.progress and not p.quiet
+    if len(p.args) != 1:
+        usage_exit("Expecting one image file name")
+    if not p.unsafe and p.backing is None:
+        usage_exit("Must specify backing file (-b) or use unsafe mode (-u)")
+    filename = p.args[0]
+    check_cache(p.cache)
+    check_cache(p.src_cache, source=True)
     bar = qemu_progress(progress, 2.0)
     try:
         # -U shares the backing files only: the image itself is written
-        img = open_named(filename, fmt, image_opts=image_opts, writable=True, backing=not unsafe)
+        img = open_named(filename, p.fmt, image_opts=p.image_opts, writable=True, backing=not p.unsafe)
         try:
             from qimg.ops.rebase import rebase
 
-            rebase(img, backing, backing_fmt, unsafe=unsafe, force_share=force_share,
+            rebase(img, p.backing, p.backing_fmt, unsafe=p.unsafe, force_share=p.force_share,
                    progress=bar.update if progress else None)
         finally:
             img.close()
@@ -74,13 +69,3 @@ def run(argv: list[str]) -> None:
             sys.stdout.write("\n")
             sys.stdout.flush()
         raise
-
-
-def __getattr__(attr: str) -> "Any":
-    """``command``, the click command, is built on first use: running directly needs no click."""
-    if attr == "command":
-        return lazy_command(__name__, "rebase", run, "Change the backing file of an image")
-    raise AttributeError(attr)
-
-
-__all__ = ["run"]

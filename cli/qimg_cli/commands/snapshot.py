@@ -1,55 +1,80 @@
 """``qimg snapshot``: -l (read-only), -c, -a, -d (one action) over ops.snapshot."""
 from __future__ import annotations
 
-import click
+from ..tables import Command, Opt, help_option, object_option
 
-from ..common import qemu_command
+#: the command's options and help, as data (qimg_cli.tables describes the model)
+TABLE = Command(
+    "snapshot",
+    usage="[-f FMT | --image-opts] [-l | -a|-c|-d SNAPSHOT]\n        [-U] [--object OBJDEF] FILENAME\n",
+    options=(
+        help_option(),
+        Opt("quiet", "-q --quiet@10.0", doc="  -q, --quiet\n      quiet operations"),
+        object_option("  --object OBJDEF\n      QEMU user-creatable object (eg encryption key)"),
+        Opt("fmt", "-f@10.0 --format@10.0", True, "  -f, --format FMT\n      specify FILENAME format explicitly",
+            complete="format"),
+        Opt("image_opts", "--image-opts", doc="  --image-opts\n      indicates that FILENAME is a complete image "
+            "specification\n   instead of a file name (incompatible with --format)"),
+        Opt("force_share", "-U --force-share", doc="  -U, --force-share\n      open image in shared mode for concurrent access"),
+        Opt("list", "-l --list@10.0", doc="    -l, --list\n       list snapshots in FILENAME (the default)"),
+        Opt("apply", "-a --apply@10.0~", True, "    -a, --apply SNAPSHOT\n       apply named snapshot to the base"),
+        Opt("create", "-c --create@10.0~", True, "    -c, --create SNAPSHOT\n       create named snapshot"),
+        Opt("delete", "-d --delete@10.0~", True, "    -d, --delete SNAPSHOT\n       delete named snapshot"),
+    ),
+    layout=("quiet", "fmt", "image_opts", "force_share", "objects", "  Operation, one of:", "list", "create",
+            "apply", "delete", "  FILENAME - image file name (or specification with --image-opts)"))
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..parse import Parsed
 
 
-def _one_action(key: str, value, state: dict) -> None:
-    if key in ("list_", "apply_", "create", "delete"):
-        if state.get("action"):
-            from ..common import usage_exit
+def on_option(p: Parsed, key: str, value: str | None) -> None:
+    if key in ("list", "apply", "create", "delete"):
+        if p.state.get("action"):
+            from ..parse import usage_exit
 
             usage_exit("Cannot mix '-l', '-a', '-c', '-d'")
-        state["action"] = key
+        p.state["action"] = key
 
 
-@qemu_command("snapshot", legacy_longs=("help", "object", "image-opts", "force-share"), getopt_hook=_one_action)
-@click.option("-l", "--list", "list_", is_flag=True)
-@click.option("-a", "--apply", "apply_")
-@click.option("-c", "--create", "create")
-@click.option("-d", "--delete", "delete")
-@click.option("-q", "--quiet", "quiet", is_flag=True)
-@click.option("-U", "--force-share", "force_share", is_flag=True)
-@click.option("--format", "fmt")
-@click.option("--object", "objects", multiple=True)
-@click.option("--image-opts", "image_opts", is_flag=True)
-@click.argument("args", nargs=-1)
-def command(list_, apply_, create, delete, quiet, force_share, fmt, objects, image_opts, args) -> None:
+def run(p: Parsed) -> None:
     import sys
 
+    from qimg.compat import has
+    from qimg.errors import QimgError
     from qimg.ops import snapshot as ops_snapshot
 
-    from ..common import open_image, parse_objects, usage_exit
+    from ..common import open_image, usage_exit
 
-    if len(args) != 1:
+    if len(p.args) != 1:
         usage_exit("Expecting one image file name")
-    parse_objects(objects)
-    writable = not list_
-    with open_image(args[0], fmt, image_opts=image_opts, writable=writable, force_share=force_share) as img:
-        if list_:
+    # no action: 10.0 lists; 7.2 opens the image for writing and does nothing
+    action = p.state.get("action") or ("list" if has("snapshot-lists-by-default") else None)
+    fmt, filename = p.fmt, p.args[0]
+    name = getattr(p, action) if action in ("apply", "create", "delete") else None
+    if action in ("create", "delete") and name is None:
+        # qemu-img 10.0's --create/--delete take no argument and it crashes on the missing name
+        raise QimgError(f"Could not {action} snapshot '(null)': no snapshot name given")
+    with open_image(filename, fmt, image_opts=p.image_opts, writable=action != "list",
+                    force_share=p.force_share) as img:
+        if action == "list":
             sys.stdout.write(ops_snapshot.format_list(ops_snapshot.list_snapshots(img)))
-        elif create is not None:
-            ops_snapshot.create_snapshot(img, create)
-        elif apply_ is not None:
-            if fmt is None and not image_opts and img.format == "raw":
+        elif action == "create":
+            ops_snapshot.create_snapshot(img, name)
+        elif action == "apply":
+            if fmt is None and not p.image_opts and img.format == "raw":
                 # QEMU falls back to the protocol node and reopens the probed raw driver
                 # on top of it, which warns about the probing a second time
                 from qimg.api import RAW_PROBE_WARNING
 
-                sys.stderr.write(RAW_PROBE_WARNING.format(args[0]) + "\n")
-            ops_snapshot.apply_snapshot(img, apply_)
-        elif delete is not None:
-            ops_snapshot.delete_snapshot(img, delete)
-    del quiet
+                sys.stderr.write(RAW_PROBE_WARNING.format(filename) + "\n")
+            if name is None:
+                # qemu-img 10.0's --apply takes no argument: no snapshot has a NULL name
+                try:
+                    ops_snapshot.apply_snapshot(img, "\0")
+                except QimgError as e:
+                    raise QimgError(e.message.replace("'\0'", "'(null)'"), e.exit_code) from None
+            ops_snapshot.apply_snapshot(img, name)
+        elif action == "delete":
+            ops_snapshot.delete_snapshot(img, name)
