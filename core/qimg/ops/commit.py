@@ -11,7 +11,7 @@ import os
 
 from ..blockstatus import ALLOCATED, ZERO
 from ..errors import NotSupported, QimgError
-from .copy import COPY, SKIP, Copier, Piece, parallel_safe, run_length
+from .copy import COPY, SKIP, Copier, Piece, WriteError, parallel_safe, run_length
 from .copy import ZERO as ZERO_OP
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
@@ -77,7 +77,10 @@ def commit(top: "Image", base: "Image | None" = None, *, drop: bool = False,
                         serial_reads=not parallel_safe(top),
                         unmap=True, rate_limit=rate_limit, progress_all=True,
                         progress=(lambda done: progress(done, size)) if progress else None)
-        copier.run(_plan(top, target, size))
+        try:
+            copier.run(_plan(top, target, size))
+        except WriteError as e:
+            raise QimgError(f"Block job failed: {e.reason}") from None
     finally:
         target.flush()
     if not drop:

@@ -217,6 +217,15 @@ def _merge_non_copy(pieces: Iterable[Piece]) -> Iterator[Piece]:
         yield cur
 
 
+class WriteError(QimgError):
+    """A write to the target failed: ``error while writing at byte N: <reason>`` as convert
+    says it; ``reason`` alone for commands that word it their own way (commit)."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"error while writing at byte {offset}: {reason}")
+        self.reason = reason
+
+
 class _Result:
     """A task's outcome: ``runs`` are (start in buf, length, "data"|"zero"|"comp"), and
     ``compressed`` the prepared payloads of the "comp" runs, in order."""
@@ -419,7 +428,7 @@ class Copier:
                         else:
                             self.target.write_compressed(off, view[s:s + k])
                     except OSError as e:
-                        raise QimgError(f"error while writing at byte {off}: {e.strerror or e}") from None
+                        raise WriteError(off, e.strerror or str(e)) from None
                     if self.compress:
                         self._advance(k)
                 if self.compress:

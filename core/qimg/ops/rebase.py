@@ -125,10 +125,13 @@ def _rebase_chunk(img: "Image", old: "Image | None", new: "Image | None", off: i
         while stop < k and vo[stop:stop + SECTOR] != vn[stop:stop + SECTOR]:
             stop += SECTOR
         stop = min(stop, k)
-        if old_is_zero:
-            img.write_zeroes(first + start, stop - start)
-        else:
-            img.pwrite(first + start, vo[start:stop])
+        try:
+            if old_is_zero:
+                img.write_zeroes(first + start, stop - start)
+            else:
+                img.pwrite(first + start, vo[start:stop])
+        except OSError as e:
+            raise QimgError(f"Error while writing to COW image: {e.strerror or e}") from None
         pos = stop
 
 

@@ -149,7 +149,11 @@ def downgrade(drv: "Qcow2Format", status: AmendStatus) -> None:
     visited = 0
     for l1_off, l1_size, active in l1s:
         l1 = drv.l1 if active else drv.read_table(l1_off, l1_size)
-        _expand_zero_clusters(drv, l1, active)
+        try:
+            _expand_zero_clusters(drv, l1, active)
+        except (QimgError, OSError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise QimgError(f"Failed to turn zero into data clusters: {reason}") from None
         for _ in range(l1_size):
             visited += 1
             status(visited, entries)
@@ -167,7 +171,7 @@ def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
         l2off = l1[l1i] & S.L1E_OFFSET_MASK
         if not l2off:
             continue
-        tbl = drv.get_l2(l2off)
+        tbl = drv.get_l2(l2off, l1i)
         l2_refs = drv.get_refcount(l2off >> cb)
         changed = False
         for i in range(drv.l2_entries):
@@ -175,6 +179,9 @@ def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
             if e & S.OFLAG_COMPRESSED or not e & S.OFLAG_ZERO:
                 continue
             host = e & S.L2E_OFFSET_MASK
+            if host & (cs - 1):
+                drv._corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, "
+                             f"L2 index: {S.chex(i)})")
             g = ((l1i << drv.l2_bits) + i) << cb
             if active and drv.backing is None and not host or g >= h.size:
                 tbl[i] = 0
@@ -183,6 +190,7 @@ def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
                     host = drv.alloc_clusters(1)
                     if l2_refs > 1:
                         drv.set_refcount(host >> cb, l2_refs)
+                drv.pre_write(0, host, cs, data_file=True)
                 drv.file.pwrite(host, bytes(cs))
                 tbl[i] = host | (S.OFLAG_COPIED if drv.get_refcount(host >> cb) == 1 else 0)
             changed = True
@@ -247,6 +255,7 @@ def change_refcount_order(drv: "Qcow2Format", order: int, status: "AmendStatus |
     for bi in range(blocks):
         off = (start + bi) << cb
         new_table[bi] = off
+        drv.pre_write(0, off, cs)
         drv.file.pwrite(off, raw_blocks.get(bi, bytearray(cs)))
     toff = (start + blocks) << cb
     drv.write_table(toff, new_table)

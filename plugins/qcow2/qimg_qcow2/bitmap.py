@@ -241,7 +241,7 @@ def _free_table(drv: "Qcow2Format", bm: Bitmap) -> None:
     for e in entries:
         off = e & TABLE_ENTRY_OFFSET_MASK
         if off and _check_entry(e, cs):
-            drv.free_clusters(off, cs)
+            drv.free_clusters(off, cs, discard=True)
     drv.free_clusters(bm.table_offset, bm.table_size * 8)
 
 
@@ -258,18 +258,29 @@ def _write_data(drv: "Qcow2Format", bm: Bitmap, data: bytes | bytearray | None) 
             if chunk == zero[: len(chunk)]:
                 continue
             off = drv.alloc_clusters(1)
+            _pre_write(drv, off, cs)
             drv.flush_caches()
             drv.file.pwrite(off, bytes(chunk) + bytes(cs - len(chunk)))
             entries[i] = off
     if bm.table_size:
         nbytes = bm.table_size * 8
         off = drv.alloc_clusters(-(-nbytes // cs))
+        _pre_write(drv, off, nbytes)
         drv.flush_caches()
         raw = struct.pack(f">{bm.table_size}Q", *entries)
         drv.file.pwrite(off, raw)  # just the table, as QEMU (the file may end unaligned)
         bm.table_offset = off
     else:
         bm.table_offset = 0
+
+
+def _pre_write(drv: "Qcow2Format", offset: int, size: int) -> None:
+    """The overlap check of a bitmap table or data cluster (before anything is flushed, as
+    QEMU), failing with QEMU's words."""
+    try:
+        drv.pre_write(0, offset, size)
+    except OSError as e:
+        raise QimgError(f"Qcow2 overlap check failed: {e.strerror}") from None
 
 
 def _write_directory(drv: "Qcow2Format", bitmaps: list[Bitmap], old: BitmapsState) -> None:
@@ -281,6 +292,10 @@ def _write_directory(drv: "Qcow2Format", bitmaps: list[Bitmap], old: BitmapsStat
         if len(data) > MAX_DIRECTORY_SIZE:
             raise QimgError("Bitmap directory is too large")
         off = drv.alloc_clusters(-(-len(data) // cs))
+        try:
+            drv.pre_write(0, off, len(data))  # before anything is flushed, as QEMU
+        except OSError:
+            raise QimgError("Failed to update bitmap extension") from None
         drv.flush_caches()
         drv.file.pwrite(off, data)
         drv.file.flush()
@@ -546,6 +561,7 @@ class Session:
                     e[2].flags |= FLAG_IN_USE
             drv.flush_caches()
             disk = b"".join((e[2] if e[2] is not None else e[0]).encode() for e in self.entries)
+            drv.pre_write(1 << 8, self.state.directory_offset, len(disk))  # all but the directory itself
             drv.file.pwrite(self.state.directory_offset, disk)
             drv.file.flush()
 

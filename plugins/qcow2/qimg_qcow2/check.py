@@ -349,46 +349,22 @@ class _Checker:
                 self.inc(res, table, offset, cs)
 
     def overlap(self, offset: int, size: int) -> str | None:
-        """The metadata a write of [offset, offset+size) would hit (QEMU's default overlap
-        checks, the active L2 tables aside), or None."""
-        def hit(start: int, length: int) -> bool:
-            return length > 0 and offset < start + length and start < offset + size
+        """The metadata a repair's write of an active L2 table (or entry) at [offset,
+        offset+size) would hit under the image's overlap checks (overlap.py), or None."""
+        from .overlap import ACTIVE_L2, STRUCTURE_NAMES, find_overlap
 
-        cs = self.cluster_size
-        h = self.h
-        if offset < cs:
-            return "qcow2_header"
-        if hit(h.l1_table_offset, h.l1_size * 8):
-            return "active L1 table"
-        if hit(h.refcount_table_offset, h.refcount_table_clusters * cs):
-            return "refcount table"
-        for e in self.reftable:
-            off = e & S.REFT_OFFSET_MASK
-            if off and hit(off, cs):
-                return "refcount block"
-        if h.nb_snapshots:
-            from .snapshot import snapshot_table_size
-
-            if hit(h.snapshots_offset, snapshot_table_size(self.snapshots)):
-                return "snapshot table"
-        for sn in self.snapshots:
-            if hit(sn.l1_table_offset, sn.l1_size * 8):
-                return "inactive L1 table"
-        if h.bitmaps_ext is not None and h.autoclear_features & S.AUTOCLEAR_BITMAPS and len(h.bitmaps_ext) >= 24:
-            dsize, doff = struct.unpack(">QQ", h.bitmaps_ext[8:24])
-            if hit(doff, dsize):
-                return "bitmap directory"
-        return None
+        ol = self.drv._overlap
+        if ol is None:
+            return None
+        bit = find_overlap(self.drv, ol.mask & ~ACTIVE_L2, offset, size)
+        return STRUCTURE_NAMES[bit.bit_length() - 1] if bit else None
 
     def signal_overlap(self, name: str) -> None:
-        """A repair would overwrite metadata: QEMU marks the image corrupt and refuses."""
-        self.say(f"qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with {name}); "
-                 "further corruption events will be suppressed")
-        h = self.h
-        if h.version >= 3 and not h.incompatible_features & S.INCOMPAT_CORRUPT:
-            h.incompatible_features |= S.INCOMPAT_CORRUPT
-            self.file.pwrite(72, struct.pack(">Q", h.incompatible_features))
-            self.file.flush()
+        """A repair would overwrite metadata: QEMU marks the image corrupt and refuses (the
+        message joins the check's own lines, in order)."""
+        from .overlap import signal_corruption
+
+        signal_corruption(self.drv, f"Preventing invalid write on metadata (overlaps with {name})", say=self.say)
 
     def _repair_prealloc_zero(self, res: CheckResult, l2_offset: int, index: int, entry: int,
                               bitmap: int) -> bool:
@@ -524,6 +500,13 @@ class _Checker:
             try:
                 blk = stored.block(base >> bb)
             except OSError:
+                offset = stored.table[base >> bb] & S.REFT_OFFSET_MASK
+                if offset & (self.cluster_size - 1):
+                    # QEMU's refcount lookup reports the unaligned block as a corruption
+                    from .overlap import signal_corruption
+
+                    signal_corruption(self.drv, f"Refblock offset {S.chex(offset)} unaligned (reftable index: "
+                                                f"{S.chex(base >> bb)})", say=self.say)
                 for i in range(base, end):
                     self.say(f"Can't get refcount for cluster {i}: Input/output error")
                     res.check_errors += 1
@@ -692,69 +675,90 @@ class _Checker:
         return out
 
     # -- rebuild ------------------------------------------------------------------------
-    def rebuild_refcounts(self, table: array) -> None:
-        """Write fresh refcount blocks and table for the computed refcounts and switch to them.
+    def _pre_write(self, offset: int, size: int, line: str) -> None:
+        """The overlap check of a rebuilt structure; a hit ends the check (QEMU's words)."""
+        from .overlap import STRUCTURE_NAMES, find_overlap
 
-        New structures take the first clusters that are free in ``table`` (which is updated),
-        as QEMU does; the old ones become leaks for the following compare pass.
-        """
+        ol = self.drv._overlap
+        bit = find_overlap(self.drv, ol.mask, offset, size) if ol is not None else 0
+        if bit:
+            self.signal_overlap(STRUCTURE_NAMES[bit.bit_length() - 1])
+            self.say(line.format(os.strerror(errno.EIO)))
+            raise CheckFailed(os.strerror(errno.EIO), self.msgs)
+
+    def rebuild_refcounts(self, table: array) -> None:
+        """Write fresh refcount blocks and table for the computed refcounts ``table`` and switch
+        to them, laid out as QEMU 7.2's rebuild_refcount_structure: blocks in cluster order, each
+        in the first free cluster from the start of the range it covers; then the table in the
+        first free clusters of the image, the blocks covering it written again (and all of it
+        once more while the table has to grow). The old structures become leaks."""
         cs = self.cluster_size
         rc_bits = 1 << self.h.refcount_order
         per_block = cs * 8 // rc_bits
-        first_free = [0]
+        reftable: list[int] = []
 
-        def alloc(n: int) -> int:
-            i = first_free[0]
-            while True:
-                if i + n > len(table):
-                    _grow(table, i + n)
-                run = table[i : i + n]
-                if not any(run):
-                    break
-                # skip past the last used cluster of the window
-                i += max(k for k in range(n) if run[k]) + 1
-            for k in range(i, i + n):
+        def alloc(count: int, first_free: list[int]) -> int:
+            """QEMU's alloc_clusters_imrt: ``count`` free clusters in a row from first_free[0]
+            (which moves to the first free cluster seen), the image growing if needed."""
+            cluster, run = first_free[0], 0
+            first_gap = True
+            while cluster < len(table) and run < count:
+                if not table[cluster]:
+                    run += 1
+                    if first_gap:
+                        first_free[0] = cluster
+                        first_gap = False
+                elif run:
+                    run = 0
+                cluster += 1
+            if run < count:
+                _grow(table, cluster + count - run)
+            cluster -= run
+            for k in range(cluster, cluster + count):
                 table[k] = 1
-            if i == first_free[0]:
-                first_free[0] = i + n
-            return i << self.cluster_bits
+            return cluster
 
-        reftable: array = []
-        rt_offset = -1
-        rt_clusters = 0
-        while True:
-            rt_start = rt_offset >> self.cluster_bits if rt_offset >= 0 else -1
-            nblocks = -(-len(table) // per_block)
-            for bi in range(nblocks):
-                lo, hi = bi * per_block, (bi + 1) * per_block
-                in_rt = rt_start >= 0 and rt_start < hi and rt_start + rt_clusters > lo
-                if bi < len(reftable) and reftable[bi]:
+        def write_blocks(first: int, end: int) -> bool:
+            """Allocate and write the blocks covering used clusters in [first, end); True when
+            the table had to grow."""
+            grown = False
+            first_free = [0]
+            cluster = first
+            while cluster < end:
+                if not table[cluster]:
+                    cluster += 1
                     continue
-                if not any(table[lo:hi]) and not in_rt:
-                    continue
-                off = alloc(1)
-                if bi >= len(reftable):
-                    reftable.extend([0] * (bi + 1 - len(reftable)))
-                reftable[bi] = off
-                nblocks = max(nblocks, -(-len(table) // per_block))
-            need = -(-len(reftable) * 8 // cs)
-            if rt_offset < 0 or need > rt_clusters:
-                rt_clusters = need
-                rt_offset = alloc(rt_clusters)
-                continue
-            # allocations for the table may have needed more blocks: loop until stable
-            nblocks = -(-len(table) // per_block)
-            if all(bi < len(reftable) and reftable[bi] for bi in range(nblocks)
-                   if any(table[bi * per_block:(bi + 1) * per_block])):
-                break
-        # write blocks
-        for bi, off in enumerate(reftable):
-            if off:
-                vals = table[bi * per_block:(bi + 1) * per_block].tolist()
+                index = cluster // per_block
+                start = index * per_block
+                if index < len(reftable) and reftable[index]:
+                    offset = reftable[index]
+                else:
+                    first_free[0] = max(first_free[0], start)  # not in a block already written
+                    offset = alloc(1, first_free) * cs
+                    if index >= len(reftable):
+                        entries = -(-(index + 1) * 8 // cs) * cs // 8
+                        reftable.extend([0] * (entries - len(reftable)))
+                        grown = True
+                    reftable[index] = offset
+                self._pre_write(offset, cs, "qimg: ERROR writing refblock: {}")
+                vals = table[start:start + per_block].tolist()
                 vals += [0] * (per_block - len(vals))
-                self.file.pwrite(off, _encode_refcounts(vals, rc_bits))
-        rt = array("Q", reftable + [0] * (rt_clusters * cs // 8 - len(reftable)))
+                self.file.pwrite(offset, _encode_refcounts(vals, rc_bits))
+                cluster = start + per_block
+            return grown
+
+        write_blocks(0, len(table))
+        while True:
+            rt_clusters = -(-len(reftable) * 8 // cs)
+            rt_offset = alloc(rt_clusters, [0]) * cs
+            first = rt_offset // cs
+            if not write_blocks(first, first + rt_clusters):
+                break
+            for k in range(first, first + rt_clusters):
+                table[k] = 0
+        rt = array("Q", reftable)
         raw = rt.tobytes() if struct.pack("=H", 1) == struct.pack(">H", 1) else _swapped(rt)
+        self._pre_write(rt_offset, len(raw), "qimg: ERROR writing reftable: {}")
         self.file.pwrite(rt_offset, raw)
         self.file.flush()
         _install_reftable(self.drv, rt_offset, rt_clusters, rt)

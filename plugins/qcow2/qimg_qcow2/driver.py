@@ -35,6 +35,8 @@ UNALLOC, ZEROES, NORMAL, COMPRESSED = 0, 1, 2, 3
 CACHE_BYTES = 32 << 20
 ALL_ALLOC = 0xFFFFFFFF
 ALL_ZERO = 0xFFFFFFFF << 32
+#: overlap.py's bits for the structures a call site's own write may legitimately touch
+_OL_ACTIVE_L1, _OL_ACTIVE_L2 = 1 << 1, 1 << 2
 
 
 def _zero_run(a: array, i: int, n: int, stride: int = 1) -> int:
@@ -136,6 +138,12 @@ class Qcow2Format(RefcountMixin, Format):
         self._ccache: tuple[int, bytes] | None = None
         #: the unlocked cipher of an encrypted image (None: not encrypted, or opened for info)
         self._crypt = None
+        #: the overlap checks (overlap.py) of a writable image; None when opened read-only
+        self._overlap = None
+        #: QEMU's ``bs->drv = NULL``: a fatal corruption stopped the driver (see :meth:`stop`)
+        self._dead = False
+        #: bumped by every write of the L1 or refcount table (the overlap checks' indexes follow)
+        self._meta_gen = 0
         self._open(options)
 
     def _open(self, options: dict[str, Any]) -> None:
@@ -214,6 +222,10 @@ class Qcow2Format(RefcountMixin, Format):
             self.backing_filename = h.backing_file
             self.backing_format = h.backing_format
         check_runtime_options(options, cs, h.version)
+        if self.writable:
+            from .overlap import OverlapState, mask_from_options
+
+            self._overlap = OverlapState(mask_from_options(options), h.cluster_bits)
         if h.crypt_method:
             self.encrypted = True
             if not options.get("_no_io"):
@@ -334,32 +346,68 @@ class Qcow2Format(RefcountMixin, Format):
             data += bytes(n * 8 - len(data))
         return _be_array(data)
 
-    def write_table(self, offset: int, arr: array) -> None:
+    def write_table(self, offset: int, arr: array, ign: int | None = 0) -> None:
+        """Write a big-endian u64 table; ``ign``: the overlap checks (overlap.py bits) this write
+        skips, as QEMU's call site does (None: QEMU checks nothing there)."""
+        if ign is not None:
+            self.pre_write(ign, offset, len(arr) * 8)
         self.file.pwrite(offset, _to_be(arr))
 
     def write_l1(self, start: int = 0, count: int | None = None) -> None:
         if count is None:
             count = len(self.l1) - start
-        meta_pwrite(self.file, self.header.l1_table_offset + start * 8, _to_be(self.l1[start : start + count]), "L1 table")
+        offset = self.header.l1_table_offset + start * 8
+        self._meta_gen += 1
+        self.pre_write(_OL_ACTIVE_L1, offset, count * 8)
+        meta_pwrite(self.file, offset, _to_be(self.l1[start : start + count]), "L1 table")
+
+    def pre_write(self, ign: int, offset: int, size: int, data_file: bool = False) -> None:
+        """The overlap check before writing [offset, offset+size) of the image file (QEMU's
+        ``qcow2_pre_write_overlap_check``): a write that would touch protected metadata marks
+        the image corrupt, stops the driver and raises. ``data_file``: guest data, which goes
+        to the external data file when there is one (never checked then)."""
+        ol = self._overlap
+        if ol is None or not ol.mask & ~ign or (data_file and self.data_file is not None):
+            return
+        ol.pre_write(self, ign, offset, size)
+
+    def stop(self) -> None:
+        """After a fatal corruption (QEMU's ``bs->drv = NULL``): further requests fail, metadata
+        still in the caches is never flushed (not even at close: only a close already under way
+        goes on, as QEMU's does) and the dirty bit stays."""
+        self._dead = True
+        self._bitmap_tracker = False
+        self._dirty_set = False
+        self._ccache = None
+
+    def _check_alive(self) -> None:
+        if self._dead:
+            raise QimgError("No medium found")
 
     def _l2_load(self, off: int) -> array:
         return self.read_table(off, self._cs // 8)
 
     def _l2_store(self, off: int, arr: array) -> None:
-        self.write_table(off, arr)
+        self.write_table(off, arr, _OL_ACTIVE_L2)
 
     def _flush_refblocks(self) -> None:
         self.refblock_cache.flush()
 
-    def get_l2(self, off: int) -> array:
+    def get_l2(self, off: int, l1_index: int | None = None) -> array:
+        """The L2 table at ``off``; ``l1_index``: the L1 entry it came from, for QEMU's
+        corruption report of an unaligned offset (the image is then marked corrupt)."""
         if off & (self._cs - 1):
-            raise CorruptImage(f"L2 table offset {off:#x} unaligned")
+            if l1_index is not None:
+                self._corrupt(f"L2 table offset {S.chex(off)} unaligned (L1 index: {S.chex(l1_index)})")
+            raise CorruptImage(f"L2 table offset {S.chex(off)} unaligned")
         return self.l2_cache.get(off)
 
     def new_l2(self, off: int, arr: array) -> None:
         self.l2_cache.put(off, arr, dirty=True)
 
     def flush_caches(self) -> None:
+        if self._dead:
+            return
         self.refblock_cache.flush()
         self.l2_cache.flush()
         self.refblock_cache.flush()
@@ -412,7 +460,7 @@ class Qcow2Format(RefcountMixin, Format):
             z = _zero_run(self.l1, l1i, n_l1) if self.l1[l1i] == 0 else 1
             run_end = min(offset + length, (l1i + z) << (self.l2_bits + cb))
             return UNALLOC, run_end - offset, 0
-        tbl = self.get_l2(l2off)
+        tbl = self.get_l2(l2off, l1i)
         i = gci & (self.l2_entries - 1)
         n = ((end - 1) >> cb) - gci + 1  # clusters touched
         in_cl = offset & (cs - 1)
@@ -443,13 +491,16 @@ class Qcow2Format(RefcountMixin, Format):
             return COMPRESSED, e
         host = e & S.L2E_OFFSET_MASK
         if e & S.OFLAG_ZERO and not self.extended_l2:
+            if host & (self._cs - 1):
+                self._corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, "
+                              f"L2 index: {S.chex(i)})")
             return ZEROES, host
         if host:
             if host & (self._cs - 1) or e & 0x1FE:
-                self._corrupt(f"Cluster allocation offset {host:#x} unaligned (L2 offset: {l2off:#x}, L2 index: {i:#x})")
+                self._corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, L2 index: {S.chex(i)})")
             if guest is not None and self.data_file is not None and host != guest:
-                self._corrupt(f"External data file host cluster offset {host:#x} does not match guest cluster "
-                              f"offset: {guest:#x}, L2 index: {i:#x})")
+                self._corrupt(f"External data file host cluster offset {S.chex(host)} does not match guest cluster "
+                              f"offset: {S.chex(guest)}, L2 index: {S.chex(i)})")
             return NORMAL, host
         if self.data_file is not None and e & S.OFLAG_COPIED:
             return NORMAL, 0
@@ -476,7 +527,7 @@ class Qcow2Format(RefcountMixin, Format):
             return COMPRESSED, min(end, ((offset >> cb) + k) << cb) - offset, e
         host = e & S.L2E_OFFSET_MASK
         if host and (host & (cs - 1)):
-            self._corrupt(f"Cluster allocation offset {host:#x} unaligned (L2 offset: {l2off:#x}, L2 index: {i:#x})")
+            self._corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, L2 index: {S.chex(i)})")
         alloc_ok = bool(host) or (self.data_file is not None and bool(e & S.OFLAG_COPIED))
         sc = in_cl // scs
 
@@ -517,22 +568,18 @@ class Qcow2Format(RefcountMixin, Format):
         return kind, run_end - offset, hoff
 
     def _corrupt(self, msg: str) -> None:
-        """Report corruption once, mark the image corrupt when writable, fail the request (QEMU)."""
-        from qimg import api
+        """Report corruption once; a writable image is marked corrupt and the driver stops
+        (QEMU's qcow2_signal_corruption); the request fails with EIO."""
+        from .overlap import FatalCorruption, signal_corruption
 
-        if self.writable and not self.header.incompatible_features & S.INCOMPAT_CORRUPT:
-            api.warn(f"qcow2: Marking image as corrupt: {msg}; further corruption events will be suppressed")
-            self.header.incompatible_features |= S.INCOMPAT_CORRUPT
-            try:
-                self.file.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
-            except OSError:
-                pass
-        elif not self.writable and not getattr(self, "_corruption_signaled", False):
-            api.warn(f"qcow2: Image is corrupt: {msg}; further non-fatal corruption events will be suppressed")
-        self._corruption_signaled = True
+        signal_corruption(self, msg)
+        if self.writable:
+            raise FatalCorruption()
         raise CorruptImage("Input/output error")
 
     def block_status(self, offset: int, length: int) -> Status:
+        if self._dead:
+            self._check_alive()
         kind, n, host = self._extent(offset, length)
         if kind == UNALLOC:
             if self.extended_l2 and host >= 0 and not self._encrypted():
@@ -567,6 +614,7 @@ class Qcow2Format(RefcountMixin, Format):
         except OSError:
             self._prealloc_detected = False
             return False
+        self._prealloc_detected = False  # as QEMU: a refcount that cannot be read says "no"
         threshold = max(real * 10 // 9, real + 2)
         end = -(-flen // cs)
         count = 0
@@ -576,7 +624,11 @@ class Qcow2Format(RefcountMixin, Format):
                 break
             off = self.refcount_table[ti] & S.REFT_OFFSET_MASK
             if off:
-                count += self._count_nonzero(self.refblock_cache.get(off), min(self.refblock_entries, end - first))
+                try:
+                    blk = self.refblock_cache.get(off)
+                except (QimgError, OSError):
+                    return False
+                count += self._count_nonzero(blk, min(self.refblock_entries, end - first))
         self._prealloc_detected = count >= threshold
         return self._prealloc_detected
 
@@ -604,6 +656,8 @@ class Qcow2Format(RefcountMixin, Format):
 
     # ------------------------------------------------------------------ read
     def read(self, offset: int, buf: memoryview) -> None:
+        if self._dead:
+            self._check_alive()
         if self._encrypted() and self._crypt is None:
             raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
         pos, total = 0, len(buf)
@@ -731,18 +785,20 @@ class Qcow2Format(RefcountMixin, Format):
         e = self.l1[l1i]
         off = e & S.L1E_OFFSET_MASK
         if off and e & S.OFLAG_COPIED:
-            return off, self.get_l2(off)
+            return off, self.get_l2(off, l1i)
         new_off = self.alloc_clusters(1)
-        if off:
-            tbl = array("Q", self.get_l2(off))
-            self.update_refcount(off, self._cs, -1)
-        else:
-            tbl = array("Q", bytes(self._cs))
+        if new_off == 0:
+            self._corrupt("Preventing invalid allocation of L2 table at offset 0")
+        tbl = array("Q", self.get_l2(off, l1i)) if off else array("Q", bytes(self._cs))
         self.refblock_cache.flush()
-        self.write_table(new_off, tbl)
+        # QEMU writes a new L2 table through its cache: checked as every L2 flush is
+        self.write_table(new_off, tbl, _OL_ACTIVE_L2)
         self.l2_cache.put(new_off, tbl)
         self.l1[l1i] = new_off | S.OFLAG_COPIED
         self.write_l1(l1i, 1)
+        if off:
+            # as QEMU: the old table loses its reference once the new one is in place
+            self.update_refcount(off, self._cs, -1)
         return new_off, tbl
 
     def _free_entry(self, e: int, punch: bool = False) -> None:
@@ -753,18 +809,17 @@ class Qcow2Format(RefcountMixin, Format):
         if e & S.OFLAG_COMPRESSED:
             self._ccache = None
             first, n = self.compressed_clusters(e)
-            self.update_refcount(first, n * self._cs, -1)
+            self.free_clusters(first, n * self._cs, punch)
         else:
             host = e & S.L2E_OFFSET_MASK
             if not host or self.data_file is not None:
                 return
-            first, n = host, 1
-            self.update_refcount(host, self._cs, -1)
-        if punch:
-            for k in range(n):
-                c = first + k * self._cs
-                if self.get_refcount(c >> self.cluster_bits) == 0:
-                    self.file.discard(c, self._cs)
+            if host & (self._cs - 1):
+                from .overlap import signal_corruption
+
+                signal_corruption(self, f"Cannot free unaligned cluster {S.chex(host)}", fatal=False)
+                return
+            self.free_clusters(host, self._cs, punch)
 
     def _can_write_in_place(self, e: int) -> bool:
         if e & S.OFLAG_COMPRESSED or not e & S.OFLAG_COPIED:
@@ -780,6 +835,9 @@ class Qcow2Format(RefcountMixin, Format):
         self._mark_dirty_lazy()
         cb = self.cluster_bits
         pos, total = 0, len(data)
+        # where the host range of this request goes on: clusters to allocate right after
+        # clusters written in place go there if free (QEMU's qcow2_alloc_clusters_at)
+        follow = 0
         while pos < total:
             off = offset + pos
             gci = off >> cb
@@ -792,8 +850,9 @@ class Qcow2Format(RefcountMixin, Format):
             st = self.l2_entry_size // 8
             if st == 1 and tbl[i0 : i0 + n].count(0) == n:
                 # nothing allocated yet (the copy case): one run of new clusters
-                self._write_alloc(tbl, l2off, i0, n, off, data[pos : end - offset])
+                self._write_alloc(tbl, l2off, i0, n, off, data[pos : end - offset], follow)
                 pos = end - offset
+                follow = 0
                 continue
             k = 0
             while k < n:
@@ -808,12 +867,17 @@ class Qcow2Format(RefcountMixin, Format):
                 dv = data[rs - offset : re - offset]
                 if inplace:
                     self._write_in_place(tbl, l2off, i0 + k, rs, dv)
+                    last = tbl[(i0 + j - 1) * st] & S.L2E_OFFSET_MASK
+                    follow = last + self._cs if last and self.data_file is None else 0
                 else:
-                    self._write_alloc(tbl, l2off, i0 + k, j - k, rs, dv)
+                    self._write_alloc(tbl, l2off, i0 + k, j - k, rs, dv, follow)
+                    follow = 0
                 k = j
             pos = end - offset
 
     def _check_io_writable(self) -> None:
+        if self._dead:
+            self._check_alive()
         if self._encrypted() and self._crypt is None:
             raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
         if self.header.incompatible_features & S.INCOMPAT_CORRUPT and not self.allow_corrupt:
@@ -830,6 +894,9 @@ class Qcow2Format(RefcountMixin, Format):
             ci = i + ((g >> cb) - (goff >> cb))
             e = tbl[ci * st]
             host = e & S.L2E_OFFSET_MASK
+            if host & (cs - 1):
+                kind = "Preallocated zero" if e & S.OFLAG_ZERO and not self.extended_l2 else "Data"
+                self._corrupt(f"{kind} cluster offset {S.chex(host)} unaligned (guest offset: {S.chex(g)})")
             # contiguous host clusters
             k = 1
             maxk = ((goff + total - 1) >> cb) - (g >> cb) + 1
@@ -837,6 +904,7 @@ class Qcow2Format(RefcountMixin, Format):
                 k = _same_run(tbl[ci * st : (ci + maxk) * st : st], e, cs)
             n = min(total - pos, ((g >> cb) + k << cb) - g)
             chunk = data[pos : pos + n]
+            self.pre_write(0, host + (g & (cs - 1)), n, data_file=True)
             if self.extended_l2:
                 # whole clusters in the middle go out in one write; partial ends need subcluster COW
                 a = -(-g // cs) * cs
@@ -937,8 +1005,27 @@ class Qcow2Format(RefcountMixin, Format):
                 return False
         return True
 
-    def _write_alloc(self, tbl: array, l2off: int, i: int, n: int, goff: int, data: memoryview) -> None:
-        """Allocate ``n`` new contiguous clusters for L2 indexes i..i+n-1 and write them whole."""
+    def _write_alloc(self, tbl: array, l2off: int, i: int, n: int, goff: int, data: memoryview,
+                     follow: int = 0) -> None:
+        """Allocate ``n`` new contiguous clusters for L2 indexes i..i+n-1 and write them whole;
+        ``follow``: the host offset where the request's host range goes on, tried first."""
+        cb = self.cluster_bits
+        if follow and self.data_file is None:
+            got = self.alloc_clusters_at(follow, n)
+            if got:
+                if got < n:
+                    # the rest is a new host range, allocated where the allocator finds room
+                    cut = ((goff >> cb) + got) << cb
+                    self._write_alloc_at(tbl, l2off, i, got, goff, data[: cut - goff], follow)
+                    self._write_alloc(tbl, l2off, i + got, n - got, cut, data[cut - goff :])
+                else:
+                    self._write_alloc_at(tbl, l2off, i, n, goff, data, follow)
+                return
+        self._write_alloc_at(tbl, l2off, i, n, goff, data, None)
+
+    def _write_alloc_at(self, tbl: array, l2off: int, i: int, n: int, goff: int, data: memoryview,
+                        host: int | None) -> None:
+        """:meth:`_write_alloc` once the host clusters are known (``host``) or to be found (None)."""
         cb, cs = self.cluster_bits, self._cs
         st = self.l2_entry_size // 8
         first_g = (goff >> cb) << cb
@@ -948,7 +1035,7 @@ class Qcow2Format(RefcountMixin, Format):
         old = tbl[i * st : (i + n) * st : st]
         if self.data_file is not None:
             host = first_g  # external data files map guest offsets 1:1
-        else:
+        elif host is None:
             host = self.alloc_clusters(n)
         sub = self.extended_l2 and not any(e & (S.OFLAG_COMPRESSED | S.L2E_OFFSET_MASK) for e in old)
         if sub:
@@ -961,6 +1048,7 @@ class Qcow2Format(RefcountMixin, Format):
         else:
             host_w = host
         dfile = self.data_file or self.file
+        self.pre_write(0, host_w, head + len(data) + tail, data_file=True)
         if ((head or tail) and not sub and self._crypt is None
                 and self._cow_reads_zero(old, first_g, ((first_g, head), (goff + len(data), tail)))):
             # as QEMU (handle_alloc_space): when nothing below shows through the parts not
@@ -1159,7 +1247,6 @@ class Qcow2Format(RefcountMixin, Format):
                 gci = pos >> cb
                 i = gci & (self.l2_entries - 1)
                 e = tbl[i * st]
-                kind = self._classify(e, l2off, i)[0] if not self.extended_l2 else None
                 allocated = bool(e & (S.OFLAG_COMPRESSED | S.L2E_OFFSET_MASK)) or (
                     self.data_file is not None and bool(e & S.OFLAG_COPIED))
                 if full:
@@ -1172,7 +1259,6 @@ class Qcow2Format(RefcountMixin, Format):
                 else:
                     pos = (gci + 1) << cb
                     continue
-                del kind
                 tbl[i * st] = ne
                 if self.extended_l2:
                     tbl[i * st + 1] = nb
@@ -1254,6 +1340,7 @@ class Qcow2Format(RefcountMixin, Format):
         if pad and end >= self.file.size():
             # QEMU's block layer writes whole sectors: the file grows to a 512-byte multiple
             out = bytes(out) + bytes(pad)
+        self.pre_write(0, host, len(out), data_file=True)
         self.file.pwrite(host, out)
         nsec = ((host + len(out) - 1) >> 9) - (host >> 9)
         tbl[i * st] = host | S.OFLAG_COMPRESSED | (nsec << self.csize_shift)
@@ -1265,7 +1352,7 @@ class Qcow2Format(RefcountMixin, Format):
 
     # ------------------------------------------------------------------ life cycle
     def flush(self) -> None:
-        if self.writable:
+        if self.writable and not self._dead:
             self.flush_caches()
             if self.data_file is not None:
                 self.data_file.flush()
@@ -1273,23 +1360,57 @@ class Qcow2Format(RefcountMixin, Format):
 
     def close(self) -> None:
         try:
-            if self.writable and getattr(self, "l2_cache", None) is not None:
-                if getattr(self, "_bitmap_tracker", None) or self.header.bitmaps_ext is not None:
-                    # QEMU stores every loaded bitmap when a read-write image closes
-                    from .bitmap import bitmaps_store
-
-                    bitmaps_store(self)
-                self.flush_caches()
-                if self._dirty_set:
-                    self.file.flush()
-                    self.header.incompatible_features &= ~S.INCOMPAT_DIRTY
-                    self.file.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
-                    self._dirty_set = False
-                self.file.flush()
+            if self.writable and getattr(self, "l2_cache", None) is not None and not self._dead:
+                # QEMU's bdrv_close flushes first, quietly: a corruption found there stops the
+                # driver, whose own close then never runs
+                try:
+                    self.flush_caches()
+                except (QimgError, OSError):
+                    if not self._dead:
+                        raise
+                if not self._dead:
+                    self._inactivate()
         finally:
             if self.data_file is not None:
                 self.data_file.close()
             self.file.close()
+
+    def _inactivate(self) -> None:
+        """QEMU's qcow2_inactivate: store the bitmaps, flush the L2 and refcount caches (each
+        failure reported, the close goes on), and clear the dirty bit only if all went well."""
+        from qimg import api
+
+        failed = False
+        if getattr(self, "_bitmap_tracker", None) or self.header.bitmaps_ext is not None:
+            # QEMU stores every loaded bitmap when a read-write image closes
+            from .bitmap import NODE_NUMBER, bitmaps_store
+
+            try:
+                bitmaps_store(self)
+            except (QimgError, OSError) as e:
+                if not self._dead:
+                    raise
+                reason = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
+                api.warn(f"qimg: Lost persistent bitmaps during inactivation of node '#block{NODE_NUMBER}': {reason}")
+        for cache, what in ((self.l2_cache, "L2 table"), (self.refblock_cache, "refcount block")):
+            try:
+                if cache is self.l2_cache and cache.dirty:
+                    self.refblock_cache.flush()  # the L2 tables depend on their refcounts
+                cache.flush()
+            except (QimgError, OSError) as e:
+                if not self._dead:
+                    raise
+                failed = True
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                api.warn(f"qimg: Failed to flush the {what} cache: {reason}")
+        if failed or self._dead:
+            return
+        if self._dirty_set:
+            self.file.flush()
+            self.header.incompatible_features &= ~S.INCOMPAT_DIRTY
+            self.file.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
+            self._dirty_set = False
+        self.file.flush()
 
     # ------------------------------------------------------------------ metadata
     def allocated_file_size(self) -> int | None:
@@ -1350,6 +1471,7 @@ class Qcow2Format(RefcountMixin, Format):
 
     # ------------------------------------------------------------------ delegation to sibling modules
     def check(self, fix: set[str]) -> CheckResult:
+        self._check_alive()
         from .check import check_image
 
         return check_image(self, fix)
@@ -1385,11 +1507,18 @@ class Qcow2Format(RefcountMixin, Format):
     def repair_dirty(self) -> None:
         """Repair refcounts after an unclean shutdown with lazy refcounts (QEMU repairs on open)."""
 
-        from .check import check_image
+        from .check import CheckFailed, check_image
 
-        # QEMU's repair on open prints the check's lines on stderr
-        for line in check_image(self, {"leaks", "errors"}).messages:
-            sys.stderr.write(line + "\n")
+        # QEMU's repair on open prints the check's lines on stderr; a repair with internal
+        # errors fails the open (the dirty bit stays)
+        try:
+            res = check_image(self, {"leaks", "errors"})
+        except CheckFailed as e:
+            sys.stderr.write("".join(line + "\n" for line in e.messages))
+            raise QimgError(f"Could not repair dirty image: {e.message}") from None
+        sys.stderr.write("".join(line + "\n" for line in res.messages))
+        if res.check_errors:
+            raise QimgError("Could not repair dirty image: Input/output error")
 
     def truncate(self, size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
         from .resize import truncate

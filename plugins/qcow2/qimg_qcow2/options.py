@@ -62,12 +62,16 @@ FORMAT_LINE_DEFAULTS: dict[str, str] = {
 }
 
 
+#: the structures the overlap checks protect, one boolean open option each (overlap.py)
+OVERLAP_AREAS = ("main-header", "active-l1", "active-l2", "refcount-table", "refcount-block",
+                 "snapshot-table", "inactive-l1", "inactive-l2", "bitmap-directory")
+
 #: QEMU 7.2's qcow2 open options (``--image-opts``/``json:``) and their types; others are
 #: refused as QEMU does ("overlap-check.<area>" are booleans, the template a string)
 RUNTIME_OPTIONS = {
     "lazy-refcounts": BOOL, "pass-discard-request": BOOL, "pass-discard-snapshot": BOOL,
     "pass-discard-other": BOOL, "overlap-check": STRING, "overlap-check.template": STRING,
-    "overlap-check.": BOOL, "cache-size": SIZE, "l2-cache-size": SIZE, "l2-cache-entry-size": SIZE,
+    **{"overlap-check." + area: BOOL for area in OVERLAP_AREAS}, "cache-size": SIZE, "l2-cache-size": SIZE, "l2-cache-entry-size": SIZE,
     "refcount-cache-size": SIZE, "cache-clean-interval": NUMBER, "encrypt.": STRING,
     "data-file": STRING, "data-file.": STRING,
 }

@@ -10,7 +10,10 @@ import struct
 
 from qimg.errors import CorruptImage, QimgError, os_error_text
 
-from .structs import MAX_FILE_OFFSET, REFT_OFFSET_MASK
+from .structs import MAX_FILE_OFFSET, REFT_OFFSET_MASK, chex
+
+#: QEMU's block layer refuses requests past this offset (BDRV_MAX_LENGTH)
+BDRV_MAX_LENGTH = ((1 << 63) - 1) & ~((1 << 30) - 1)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
@@ -32,15 +35,25 @@ def meta_pwrite(file: "Protocol", offset: int, data: bytes | bytearray | memoryv
 class RefcountMixin:
     # -- block access ------------------------------------------------------------
     def _rb_load(self: "Qcow2Format", off: int) -> bytearray:
-        if off > MAX_FILE_OFFSET:
-            # a corrupt reftable entry: an offset no file can hold (the OS would refuse the read)
-            raise CorruptImage(f"Refblock offset {off:#x} is beyond the maximum file offset")
+        if off & (self.cluster_size - 1):
+            self._refblock_unaligned(off)
+        if off + self.cluster_size > BDRV_MAX_LENGTH:
+            # a corrupt reftable entry: QEMU's block layer refuses requests this far (EIO);
+            # nearer offsets past the end of the file read as zeroes, as there
+            raise CorruptImage("Input/output error")
         data = bytearray(self.file.pread(off, self.cluster_size))
         if len(data) < self.cluster_size:
             data += bytes(self.cluster_size - len(data))
         return data
 
+    def _refblock_unaligned(self: "Qcow2Format", off: int, ti: int | None = None) -> None:
+        """QEMU's corruption report of an unaligned refcount block (fatal when writable)."""
+        if ti is None:
+            ti = next((i for i, e in enumerate(self.refcount_table) if e & REFT_OFFSET_MASK == off), 0)
+        self._corrupt(f"Refblock offset {chex(off)} unaligned (reftable index: {chex(ti)})")
+
     def _rb_store(self: "Qcow2Format", off: int, blk: bytearray) -> None:
+        self.pre_write(1 << 4, off, len(blk))  # overlap.REFCOUNT_BLOCK: its own cluster is fine
         meta_pwrite(self.file, off, blk, "refcount block")
 
     def _rb_get(self: "Qcow2Format", blk: bytearray, i: int) -> int:
@@ -76,6 +89,7 @@ class RefcountMixin:
 
     # -- refcount table ------------------------------------------------------------
     def _reftable_entry_write(self: "Qcow2Format", ti: int) -> None:
+        self._meta_gen += 1
         if self._reftable_pending:
             return
         meta_pwrite(self.file, self.header.refcount_table_offset + ti * 8, struct.pack(">Q", self.refcount_table[ti]),
@@ -101,11 +115,14 @@ class RefcountMixin:
         off = self.refcount_table[ti] & REFT_OFFSET_MASK if ti < len(self.refcount_table) else 0
         if off:
             if off & (self.cluster_size - 1):
-                raise CorruptImage(f"Refblock offset {off:#x} unaligned (reftable index: {ti:#x})")
+                self._refblock_unaligned(off, ti)
             return off, self.refblock_cache.get(off)
         nb = self._find_free(1)
         if nb == ci:
             nb = self._find_free(1, ci + 1)
+        if nb == 0:
+            # the header's cluster reads as free: the refcounts are broken (QEMU's words)
+            self._corrupt("Preventing invalid allocation of refcount block at offset 0")
         self.free_cluster_index = nb + 1
         noff = nb << self.cluster_bits
         if (nb >> self.rb_bits) == ti:
@@ -131,7 +148,7 @@ class RefcountMixin:
 
     def _set_refcount(self: "Qcow2Format", ci: int, v: int) -> None:
         if v < 0 or v > self.max_refcount:
-            raise CorruptImage(f"Refcount of cluster {ci} out of range ({v})")
+            raise CorruptImage("Invalid argument")  # QEMU: EINVAL
         off, blk = self._refblock_for(ci)
         self._rb_set(blk, ci & (self.refblock_entries - 1), v)
         self.refblock_cache.mark_dirty(off)
@@ -151,10 +168,21 @@ class RefcountMixin:
         cb = self.cluster_bits
         first, last = offset >> cb, (offset + length - 1) >> cb
         for ci in range(first, last + 1):
-            v = self.get_refcount(ci) + delta
-            if v < 0 or v > self.max_refcount:
-                raise CorruptImage(f"Cannot update refcount of cluster {ci} by {delta}: out of range")
-            self._set_refcount(ci, v)
+            try:
+                # as QEMU, the block is loaded (allocated if missing) and marked dirty before
+                # the new value is checked: a refused update still writes the block back
+                off, blk = self._refblock_for(ci)
+                self.refblock_cache.mark_dirty(off)
+                v = self._rb_get(blk, ci & (self.refblock_entries - 1)) + delta
+                if v < 0 or v > self.max_refcount:
+                    # QEMU: EINVAL, and the clusters already changed are changed back
+                    raise CorruptImage("Invalid argument")
+                self._set_refcount(ci, v)
+            except QimgError:
+                if not self._dead:
+                    for cj in range(first, ci):
+                        self._set_refcount(cj, self.get_refcount(cj) - delta)
+                raise
 
     # -- allocation ----------------------------------------------------------------
     def _find_free(self: "Qcow2Format", n: int, start: int | None = None) -> int:
@@ -220,6 +248,35 @@ class RefcountMixin:
             if not retry:
                 return start << self.cluster_bits
 
+    def alloc_clusters_at(self: "Qcow2Format", offset: int, n: int) -> int:
+        """Allocate as many of the ``n`` clusters from ``offset`` as are free in a row (QEMU's
+        qcow2_alloc_clusters_at: a write continues its host range where it can); return how
+        many (0: the first one is taken)."""
+        cb = self.cluster_bits
+        first = offset >> cb
+        while True:
+            k = 0
+            while k < n and self.get_refcount(first + k) == 0:
+                k += 1
+            if not k or self._bulk_claim(first, k):
+                return k
+            done = first
+            retry = False
+            for ci in range(first, first + k):
+                self._eagain = False
+                self._refblock_for(ci)
+                if not self._eagain:
+                    self._set_refcount(ci, self.get_refcount(ci) + 1)
+                    done = ci + 1
+                else:
+                    # new refcount metadata may have landed in the range: undo and count again
+                    for cj in range(first, done):
+                        self._set_refcount(cj, self.get_refcount(cj) - 1)
+                    retry = True
+                    break
+            if not retry:
+                return k
+
     def _bulk_claim(self: "Qcow2Format", start: int, n: int) -> bool:
         """Set the refcounts of free clusters start..start+n-1 to 1 with one slice assignment
         per refcount block; False (nothing changed) when a block is missing or the width is
@@ -267,9 +324,32 @@ class RefcountMixin:
                 self.free_byte_offset = (off + size) if (off + size) % cs else 0
                 return off
         off = self.alloc_clusters((size + cs - 1) // cs)
+        if off == 0:
+            self._corrupt("Preventing invalid allocation of compressed cluster at offset 0")
         self.free_byte_offset = (off + size) if (off + size) % cs else 0
         return off
 
-    def free_clusters(self: "Qcow2Format", offset: int, length: int) -> None:
-        self.update_refcount(offset, length, -1)
+    def free_clusters(self: "Qcow2Format", offset: int, length: int, discard: bool = False) -> bool:
+        """Drop a reference to every cluster of the range. As QEMU's qcow2_free_clusters, a
+        failure is reported on stderr and otherwise ignored (the clusters leak): False.
+        ``discard``: clusters no longer used are discarded in the file (the kinds of frees QEMU
+        passes down by default: snapshot data and tables, shrinking, bitmap data)."""
+        try:
+            self.update_refcount(offset, length, -1)
+        except (QimgError, OSError) as e:
+            import sys
+
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            sys.stderr.write(f"qcow2_free_clusters failed: {reason}\n")
+            return False
+        if discard:
+            self.discard_unused(offset, length)
+        return True
+
+    def discard_unused(self: "Qcow2Format", offset: int, length: int) -> None:
+        """Discard (punch) the clusters of a range whose refcount is zero."""
+        cb, cs = self.cluster_bits, self.cluster_size
+        for ci in range(offset >> cb, ((offset + length - 1) >> cb) + 1):
+            if self.get_refcount(ci) == 0:
+                self.file.discard(ci << cb, cs)
 

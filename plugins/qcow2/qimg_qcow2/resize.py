@@ -210,7 +210,7 @@ def refcount_area(drv: "Qcow2Format", start: int, additional: int, exact: bool =
                 drv._rb_set(blk, k, 1)
             drv.refblock_cache.mark_dirty(boff)
     drv.refblock_cache.flush()
-    drv.write_table(table_off, new)
+    drv.write_table(table_off, new, None)  # QEMU checks no overlap here
     old_off, old_clusters = drv.header.refcount_table_offset, drv.header.refcount_table_clusters
     drv.file.pwrite(48, struct.pack(">QI", table_off, table_clusters))
     drv.header.refcount_table_offset, drv.header.refcount_table_clusters = table_off, table_clusters
@@ -220,28 +220,102 @@ def refcount_area(drv: "Qcow2Format", start: int, additional: int, exact: bool =
 
 
 def _shrink(drv: "Qcow2Format", size: int) -> None:
-    cb, cs = drv.cluster_bits, drv.cluster_size
+    cs = drv.cluster_size
     h = drv.header
     a = -(-size // cs) * cs
     if a < h.size:
         drv._discard_range(a, h.size, full=True)
     new_l1 = drv._size_to_l1(size)
-    span = 1 << (drv.l2_bits + cb)
     for i in range(new_l1, len(drv.l1)):
         off = drv.l1[i] & S.L1E_OFFSET_MASK
         if off:
             drv.l2_cache.drop(off)
             drv.l1[i] = 0
-            drv.free_clusters(off, cs)
-    del span
+            drv.free_clusters(off, cs, discard=True)
     if len(drv.l1):
         drv.write_l1()
+    try:
+        _shrink_reftable(drv)
+    except QimgError as e:
+        raise QimgError(f"Failed to discard unused refblocks: {e.message}") from None
     drv.flush_caches()
     h.size = size
     drv.file.pwrite(24, struct.pack(">Q", size))
     last = drv.last_used_cluster()
     if last >= 0:
         drv.file.truncate((last + 1) * cs)
+
+
+def _cached_refblock(drv: "Qcow2Format", off: int) -> bytearray:
+    """A refcount block straight from the cache (QEMU's cache refuses an unaligned one)."""
+    if off & (drv.cluster_size - 1):
+        drv._corrupt(f"Cannot get entry from refcount block cache: Offset {S.chex(off)} is unaligned")
+    return drv.refblock_cache.get(off)
+
+
+def _shrink_reftable(drv: "Qcow2Format") -> None:
+    """QEMU's qcow2_shrink_reftable after a shrink: refcount blocks left with no refcount (but
+    their own) leave the refcount table, which is rewritten whole, and are freed."""
+    cb = drv.cluster_bits
+    table = drv.refcount_table
+    kept = array("Q", table)
+    for i, e in enumerate(table):
+        off = e & S.REFT_OFFSET_MASK
+        if not off:
+            kept[i] = 0
+            continue
+        blk = _cached_refblock(drv, off)
+        if (off >> cb) >> drv.rb_bits == i:
+            # a block describing itself: its own refcount does not count
+            own = (off >> cb) & (drv.refblock_entries - 1)
+            saved = drv._rb_get(blk, own)
+            drv._rb_set(blk, own, 0)
+            unused = blk.count(0) == len(blk)
+            drv._rb_set(blk, own, saved)
+        else:
+            unused = blk.count(0) == len(blk)
+        if unused:
+            kept[i] = 0
+    drv.refblock_cache.flush()
+    drv.write_table(drv.header.refcount_table_offset, kept, None)  # QEMU checks no overlap here
+    drv.file.flush()
+    failure: QimgError | None = None
+    for i in range(len(table)):
+        if table[i] and not kept[i]:
+            if failure is None:
+                try:
+                    _discard_refblock(drv, table[i] & S.REFT_OFFSET_MASK)
+                except QimgError as e:
+                    failure = e
+            table[i] = 0
+    drv._meta_gen += 1
+    if failure is not None:
+        raise failure
+
+
+def _discard_refblock(drv: "Qcow2Format", offset: int) -> None:
+    """Free a refcount block dropped from the table: its refcount (in the block covering it)
+    goes to zero and its cluster is discarded in the file (QEMU's qcow2_discard_refcount_block)."""
+    cb = drv.cluster_bits
+    ci = offset >> cb
+    index = ci & (drv.refblock_entries - 1)
+    ti = ci >> drv.rb_bits
+    cover = drv.refcount_table[ti] & S.REFT_OFFSET_MASK if ti < len(drv.refcount_table) else 0
+    if not cover:
+        drv._corrupt(f"Refblock at {S.chex(offset)} is not covered by the refcount structures")
+    blk = _cached_refblock(drv, cover)
+    value = drv._rb_get(blk, index)
+    if value != 1:
+        from .overlap import signal_corruption
+
+        signal_corruption(drv, f"Invalid refcount: index {index}, refcount {value}")
+        raise QimgError("Invalid argument")
+    drv._rb_set(blk, index, 0)
+    drv.refblock_cache.mark_dirty(cover)
+    if ci < drv.free_cluster_index:
+        drv.free_cluster_index = ci
+    drv.refblock_cache.drop(offset)
+    drv.file.discard(offset, drv.cluster_size)
 
 
 def _make_completely_empty(drv: "Qcow2Format") -> None:
@@ -257,7 +331,7 @@ def _make_completely_empty(drv: "Qcow2Format") -> None:
     drv.file.pwrite(3 * cs, bytes(l1_bytes))
     table = array("Q", bytes(cs))
     table[0] = 2 * cs
-    drv.write_table(cs, table)
+    drv.write_table(cs, table, None)  # the whole image is being rebuilt: nothing to check
     blk = bytearray(cs)
     for ci in range(3 + l1_clusters):
         drv._rb_set(blk, ci, 1)

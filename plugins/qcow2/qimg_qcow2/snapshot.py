@@ -198,6 +198,7 @@ def _write_table(drv: "Qcow2Format", snapshots: list[Snapshot]) -> None:
     if snapshots:
         cs = drv.cluster_size
         offset = drv.alloc_clusters(-(-len(data) // cs))
+        drv.pre_write(0, offset, len(data))  # before anything is flushed, as QEMU
         drv.flush_caches()
         drv.file.pwrite(offset, data)
     drv.flush_caches()
@@ -208,7 +209,7 @@ def _write_table(drv: "Qcow2Format", snapshots: list[Snapshot]) -> None:
     drv.file.pwrite(60, struct.pack(">IQ", h.nb_snapshots, h.snapshots_offset))
     drv.file.flush()
     if old_offset and old_size:
-        drv.free_clusters(old_offset, old_size)
+        drv.free_clusters(old_offset, old_size, discard=True)
 
 
 # -- refcount sharing -------------------------------------------------------------------
@@ -224,7 +225,7 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
         if not l2_off:
             continue
         if l2_off & (cs - 1):
-            raise QimgError(f"L2 table offset {l2_off:#x} unaligned (L1 index: {i:#x})")
+            drv._corrupt(f"L2 table offset {S.chex(l2_off)} unaligned (L1 index: {S.chex(i)})")
         l2_rc = drv.get_refcount(l2_off >> cb)
         # a table that this change frees is left untouched (it must not be written back later)
         touch = not (addend < 0 and l2_rc <= 1)
@@ -238,12 +239,19 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
                 if addend:
                     first, n = drv.compressed_clusters(le)
                     drv.update_refcount(first, n * cs, addend)
+                    if addend < 0:
+                        drv.discard_unused(first, n * cs)  # QEMU passes snapshot frees down
                 continue
             off = le & S.L2E_OFFSET_MASK
             if not off:
                 continue
+            if off & (cs - 1):
+                drv._corrupt(f"Cluster allocation offset {S.chex(off)} unaligned (L2 offset: {S.chex(l2_off)}, "
+                             f"L2 index: {S.chex(j // step)})")
             if addend:
                 drv.update_refcount(off, cs, addend)
+                if addend < 0:
+                    drv.discard_unused(off, cs)
             if touch:
                 rc = drv.get_refcount(off >> cb)
                 new = le | S.OFLAG_COPIED if rc == 1 else le & ~S.OFLAG_COPIED
@@ -256,11 +264,14 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
             if not touch:
                 drv.l2_cache.drop(l2_off)
             drv.update_refcount(l2_off, cs, addend)
+            if addend < 0:
+                drv.discard_unused(l2_off, cs)
         rc = drv.get_refcount(l2_off >> cb)
         new = e | S.OFLAG_COPIED if rc == 1 else e & ~S.OFLAG_COPIED
         if new != e:
             l1[i] = new
             l1_changed = True
+    drv.flush_caches()  # as QEMU, which flushes the image when it is done
     return l1_changed
 
 
@@ -322,8 +333,9 @@ def snapshot_create(drv: "Qcow2Format", name: str, *, snapshot_id: str | None = 
     l1_offset = 0
     if h.l1_size:
         l1_offset = drv.alloc_clusters(-(-h.l1_size * 8 // drv.cluster_size))
+        drv.pre_write(0, l1_offset, h.l1_size * 8)  # before anything is flushed, as QEMU
         drv.flush_caches()
-        drv.write_table(l1_offset, l1)
+        drv.write_table(l1_offset, l1, None)
     # one more reference to everything the active L1 reaches; COPIED cleared where shared
     try:
         changed = _update_snapshot_refcount(drv, drv.l1, 1, is_active=True)
@@ -360,22 +372,26 @@ def snapshot_goto(drv: "Qcow2Format", id_or_name: str) -> None:
 
         sys.stderr.write(f"qimg: {e.message}\n")
         raise QimgError(f"Failed to load snapshot: {e.errno_text}") from None
-    # the snapshot may have been taken at another disk size: its L1 must fit and the size follows
-    need = max(sn.l1_size, drv._size_to_l1(sn.disk_size))
-    if need > h.l1_size:
-        _grow_l1(drv, need)
-    # references of the snapshot's clusters first, then drop those of the old active state
-    _update_snapshot_refcount(drv, array("Q", sn_l1), 1, is_active=False)
-    old = array("Q", drv.l1)
-    new = array("Q", sn_l1)
-    new.extend([0] * (h.l1_size - len(new)))
-    drv.l1 = new
-    drv.write_l1()
-    drv.flush_caches()
-    _update_snapshot_refcount(drv, old, -1, is_active=False)
-    if _update_snapshot_refcount(drv, drv.l1, 0, is_active=True):
+    with _failing_as("Failed to load snapshot"):
+        # the snapshot may have been taken at another disk size: its L1 must fit, the size follows
+        need = max(sn.l1_size, drv._size_to_l1(sn.disk_size))
+        if need > h.l1_size:
+            _grow_l1(drv, need)
+        # references of the snapshot's clusters first (its L1 table gets the COPIED flags that
+        # follow), then drop those of the old active state
+        flagged = array("Q", sn_l1)
+        if _update_snapshot_refcount(drv, flagged, 1, is_active=False):
+            drv.write_table(sn.l1_table_offset, flagged, None)  # (QEMU checks no overlap here)
+        old = array("Q", drv.l1)
+        new = array("Q", sn_l1)
+        new.extend([0] * (h.l1_size - len(new)))
+        drv.l1 = new
         drv.write_l1()
-    drv.flush_caches()
+        drv.flush_caches()
+        _update_snapshot_refcount(drv, old, -1, is_active=False)
+        if _update_snapshot_refcount(drv, drv.l1, 0, is_active=True):
+            drv.write_l1()
+        drv.flush_caches()
     if sn.disk_size != h.size:
         h.size = sn.disk_size
         drv.file.pwrite(24, struct.pack(">Q", h.size))
@@ -414,19 +430,33 @@ def snapshot_delete(drv: "Qcow2Format", snapshot_id: str | None, name: str | Non
     sn = snapshots.pop(i)
     drv.flush_caches()
     sn_l1 = _read_l1(drv, sn.l1_table_offset, sn.l1_size)
-    _write_table(drv, snapshots)
-    _update_snapshot_refcount(drv, sn_l1, -1, is_active=False)
+    with _failing_as("Failed to remove snapshot from snapshot list"):
+        _write_table(drv, snapshots)
+    # the snapshot is gone from the list: from here on a failure only leaks clusters
+    with _failing_as("Failed to free the cluster and L1 table"):
+        _update_snapshot_refcount(drv, sn_l1, -1, is_active=False)
     if sn.l1_size:
-        try:
-            drv.free_clusters(sn.l1_table_offset, sn.l1_size * 8)
-        except CorruptImage:
-            # QEMU reports the failed free and carries on: the snapshot is gone either way
-            import sys
-
-            sys.stderr.write("qcow2_free_clusters failed: Invalid argument\n")
-    if _update_snapshot_refcount(drv, drv.l1, 0, is_active=True):
-        drv.write_l1()
+        drv.free_clusters(sn.l1_table_offset, sn.l1_size * 8, discard=True)  # (failures reported, ignored)
+    with _failing_as("Failed to update snapshot status in disk"):
+        if _update_snapshot_refcount(drv, drv.l1, 0, is_active=True):
+            drv.write_l1()
     drv.flush_caches()
+
+
+class _failing_as:
+    """Re-raise an I/O failure of a step as ``<what>: <reason>``, QEMU's wording of it."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, (QimgError, OSError)):
+            return False
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise QimgError(f"{self.what}: {reason}") from None
 
 
 def snapshot_load_readonly(drv: "Qcow2Format", snapshot_id: str | None, name: str | None) -> None:

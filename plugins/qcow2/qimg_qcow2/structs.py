@@ -98,3 +98,8 @@ MAX_SNAPSHOTS = 65536
 
 CRYPT_NONE, CRYPT_AES, CRYPT_LUKS = 0, 1, 2
 COMPRESSION_ZLIB, COMPRESSION_ZSTD = 0, 1
+
+
+def chex(value: int) -> str:
+    """A number as C's ``%#x`` prints it in QEMU's messages: ``0x2a``, but ``0`` for zero."""
+    return f"{value:#x}" if value else "0"
