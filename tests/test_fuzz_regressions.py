@@ -21,14 +21,16 @@ try:
 finally:
     sys.path.pop(0)
 
-# (format, mutations, truncate, what the error must name)
+# (format, mutations, truncate, what the error must name); qcow2 fails as QEMU does, with the
+# errno of the request (a refcount block past any offset: EIO; a table the file system cannot
+# hold: EFBIG, which qemu-img commit reports as "Block job failed: File too large")
 FINDINGS = [
-    pytest.param("qcow2", [("bits", 65536, 228)] * 3 + [("u32le", 228, 127)], None, "Refblock offset",
+    pytest.param("qcow2", [("bits", 65536, 228)] * 3 + [("u32le", 228, 127)], None, "Input/output error",
                  id="qcow2-refblock-read"),
-    pytest.param("qcow2", [("u64le", 400, 16), ("u32le", 1240, 1), ("u8", 41, 1), ("u8", 85, 41)], None, "L1 table",
-                 id="qcow2-write-l1"),
+    pytest.param("qcow2", [("u64le", 400, 16), ("u32le", 1240, 1), ("u8", 41, 1), ("u8", 85, 41)], None,
+                 "File too large", id="qcow2-write-l1"),
     pytest.param("qcow2", [("bits", 6712, 233)] + [("u64be", 44, 65536)] * 3 + [("bits", 233, 2)], None,
-                 "refcount table", id="qcow2-reftable-entry-write"),
+                 "File too large", id="qcow2-reftable-entry-write"),
     pytest.param("qcow", [("u64le", 392, 16), ("u32le", 1212, 1), ("u8", 41, 1), ("u8", 80, 41)], None, "L1 table",
                  id="qcow-commit-l1"),
     pytest.param("qcow", [("u32be", 692, 22), ("u32be", 44, 32), ("u8", 6256, 104)], 104, "L2 table",
@@ -50,7 +52,6 @@ def test_finding_raises_qimg_error(tmp_path, fmt, muts, truncate, field):
     path = _image(tmp_path, fmt, muts, truncate)
     with pytest.raises(QimgError) as ei:
         fuzz_run.exercise(path, fmt, True)
-    assert not isinstance(ei.value, OSError)
     assert "Errno" not in str(ei.value) and field in str(ei.value)
 
 

@@ -789,13 +789,20 @@ class Qcow2Format(RefcountMixin, Format):
         new_off = self.alloc_clusters(1)
         if new_off == 0:
             self._corrupt("Preventing invalid allocation of L2 table at offset 0")
-        tbl = array("Q", self.get_l2(off, l1i)) if off else array("Q", bytes(self._cs))
-        self.refblock_cache.flush()
-        # QEMU writes a new L2 table through its cache: checked as every L2 flush is
-        self.write_table(new_off, tbl, _OL_ACTIVE_L2)
-        self.l2_cache.put(new_off, tbl)
-        self.l1[l1i] = new_off | S.OFLAG_COPIED
-        self.write_l1(l1i, 1)
+        try:
+            tbl = array("Q", self.get_l2(off, l1i)) if off else array("Q", bytes(self._cs))
+            self.refblock_cache.flush()
+            # QEMU writes a new L2 table through its cache: checked as every L2 flush is
+            self.write_table(new_off, tbl, _OL_ACTIVE_L2)
+            self.l2_cache.put(new_off, tbl)
+            self.l1[l1i] = new_off | S.OFLAG_COPIED
+            self.write_l1(l1i, 1)
+        except (QimgError, OSError):
+            # as QEMU's l2_allocate: the L1 entry goes back and the new table is freed
+            self.l1[l1i] = e
+            self.l2_cache.drop(new_off)
+            self.free_clusters(new_off, self._cs, discard=True)
+            raise
         if off:
             # as QEMU: the old table loses its reference once the new one is in place
             self.update_refcount(off, self._cs, -1)

@@ -68,15 +68,23 @@ TEMPLATES = {"none": 0, "constant": CONSTANT, "cached": CACHED, "all": ALL}
 DEFAULT = "cached"
 
 
-class FatalCorruption(QimgError, OSError):
+class RequestFailed(QimgError, OSError):
+    """A request failed with an errno, as QEMU's driver returns it: a QimgError whose message
+    is the errno's text, and an OSError, so that commands word it as they word any failed
+    write ("error while writing at byte N: File too large", "Block job failed: ...")."""
+
+    def __init__(self, code: int) -> None:
+        OSError.__init__(self, code, os.strerror(code))
+        self.message = os.strerror(code)
+        self.exit_code = 1
+
+
+class FatalCorruption(RequestFailed):
     """The image was marked corrupt and the driver stopped (QEMU's ``bs->drv = NULL``): the
-    request fails with EIO. An OSError too, so that commands report it as they report any
-    failed write ("error while writing at byte ...")."""
+    request fails with EIO."""
 
     def __init__(self) -> None:
-        OSError.__init__(self, errno.EIO, os.strerror(errno.EIO))
-        self.message = os.strerror(errno.EIO)
-        self.exit_code = 1
+        super().__init__(errno.EIO)
 
 
 def mask_from_options(options: dict[str, Any]) -> int:

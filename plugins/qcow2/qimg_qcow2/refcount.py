@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import struct
 
-from qimg.errors import CorruptImage, QimgError, os_error_text
+from qimg.errors import CorruptImage, QimgError
 
 from .structs import MAX_FILE_OFFSET, REFT_OFFSET_MASK, chex
 
@@ -23,13 +23,16 @@ if TYPE_CHECKING:
 
 
 def meta_pwrite(file: "Protocol", offset: int, data: bytes | bytearray | memoryview, what: str) -> None:
-    """Write metadata; an offset the file system refuses (a corrupt table offset) is a QimgError."""
+    """Write metadata; an offset the file system refuses (a corrupt table offset) fails the
+    request with its errno, as in QEMU (``what`` names the structure, for tracing)."""
     try:
         file.pwrite(offset, data)
     except OSError as e:
         if e.errno not in (errno.EFBIG, errno.EINVAL):
             raise
-        raise CorruptImage(f"Could not write {what} at offset {offset:#x}: {os_error_text(e)}") from None
+        from .overlap import RequestFailed
+
+        raise RequestFailed(e.errno) from None
 
 
 class RefcountMixin:
