@@ -484,7 +484,7 @@ class Qcow2Format(RefcountMixin, Format):
             if kind == NORMAL or (kind == ZEROES and host):
                 host += in_cl
             return kind, run_end - offset, host
-        return self._extent_ext(tbl, l2off, i, n, offset, end)
+        return self._extent_ext(tbl, l2off, i, n, offset, end, merge_compressed)
 
     def _classify(self, e: int, l2off: int, i: int, guest: int | None = None) -> tuple[int, int]:
         if e & S.OFLAG_COMPRESSED:
@@ -514,16 +514,16 @@ class Qcow2Format(RefcountMixin, Format):
             k += 1
         return k
 
-    def _extent_ext(self, tbl: array, l2off: int, i: int, n: int, offset: int, end: int) -> tuple[int, int, int]:
+    def _extent_ext(self, tbl: array, l2off: int, i: int, n: int, offset: int, end: int,
+                    merge_compressed: bool = True) -> tuple[int, int, int]:
         cb, cs, scs = self.cluster_bits, self._cs, self.subcluster_size
         e, bm = tbl[2 * i], tbl[2 * i + 1]
         in_cl = offset & (cs - 1)
         if e & S.OFLAG_COMPRESSED:
+            # one cluster per run when the caller reads the data (each is decompressed alone)
             k = 1
-            if n > 1:
-                k = 1
-                while k < n and tbl[2 * (i + k)] & S.OFLAG_COMPRESSED:
-                    k += 1
+            while merge_compressed and k < n and tbl[2 * (i + k)] & S.OFLAG_COMPRESSED:
+                k += 1
             return COMPRESSED, min(end, ((offset >> cb) + k) << cb) - offset, e
         host = e & S.L2E_OFFSET_MASK
         if host and (host & (cs - 1)):
