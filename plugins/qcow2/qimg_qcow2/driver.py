@@ -120,6 +120,7 @@ class Qcow2Format(RefcountMixin, Format):
     supports_backing = True
     supports_compression = True
     zero_init = True
+    truncate_zeroes_backing_area = True
     #: read/block_status may run in several threads at once (the copy engine's readers): the
     #: table caches are locked, everything else on the read path is a local or a pread
     thread_safe_reads = True
@@ -166,12 +167,14 @@ class Qcow2Format(RefcountMixin, Format):
                 h.compression_type = 0
         if h.backing_file_offset > cs:
             raise QimgError("Invalid backing file offset")
-        cluster0 = f.pread(0, cs)
-        ext_end = h.backing_file_offset if h.backing_file_offset else len(cluster0)
-        parse_extensions(h, cluster0, ext_end)
+        # the first cluster and 8 bytes more (an extension header may start in its last bytes)
+        cluster0 = f.pread(0, cs + 8)
+        ext_end = h.backing_file_offset if h.backing_file_offset else cs
         self.header = h
         unknown = h.incompatible_features & ~S.INCOMPAT_KNOWN
         if unknown:
+            # as QEMU, the extensions are read for the feature names only, errors ignored
+            parse_extensions(h, cluster0, ext_end, strict=False)
             parts = []
             for bit in range(64):
                 if unknown & (1 << bit) and (0, bit) in h.feature_names:
@@ -183,6 +186,8 @@ class Qcow2Format(RefcountMixin, Format):
         self.allow_corrupt = bool(options.get("check") or options.get("_check"))
         if h.incompatible_features & S.INCOMPAT_CORRUPT and self.writable and not self.allow_corrupt:
             raise QimgError("qcow2: Image is corrupt; cannot be opened read/write")
+        if h.incompatible_features & S.INCOMPAT_EXTL2 and cs // 32 < 512:
+            raise QimgError(f"Unsupported subcluster size: {cs // 32}")
         if h.refcount_order > 6:
             raise QimgError("Reference count entry width too large; may not exceed 64 bits")
         if h.crypt_method > 2:
@@ -213,6 +218,28 @@ class Qcow2Format(RefcountMixin, Format):
             raise QimgError("L1 table is too small")
         if h.l1_size and not self._valid_table(h.l1_table_offset, h.l1_size * 8):
             raise QimgError("Active L1 table offset invalid")
+        check_runtime_options(options, cs, h.version)
+        if self.writable:
+            from .overlap import OverlapState, mask_from_options
+
+            self._overlap = OverlapState(mask_from_options(options), h.cluster_bits)
+        # QEMU's order from here: the tables, the header extensions (and the LUKS header they
+        # name), the external data file, the legacy cipher, the backing file name, snapshots
+        self.l1 = self.read_table(h.l1_table_offset, h.l1_size) if h.l1_size else array("Q")
+        self.refcount_table = self.read_table(h.refcount_table_offset, h.refcount_table_clusters * cs // 8)
+        ncache = max(16, CACHE_BYTES // cs)
+        self.l2_cache = TableCache(ncache, self._l2_load, self._l2_store, self._flush_refblocks)
+        self.refblock_cache = TableCache(max(8, ncache // 4), self._rb_load, self._rb_store)
+        parse_extensions(h, cluster0, ext_end)
+        if h.crypt_method == 2:
+            self._open_crypto(options)
+        self._open_data_file(options)
+        if h.crypt_method == 1:
+            self._open_crypto(options)
+        elif not h.crypt_method and options.get("encrypt.format") is not None:
+            from .luks import check_plain_options
+
+            check_plain_options(options)
         # backing file name
         if h.backing_file_offset:
             if h.backing_file_size > 1023 or h.backing_file_size > cs - h.backing_file_offset:
@@ -221,36 +248,8 @@ class Qcow2Format(RefcountMixin, Format):
                 "utf-8", "replace")
             self.backing_filename = h.backing_file
             self.backing_format = h.backing_format
-        check_runtime_options(options, cs, h.version)
-        if self.writable:
-            from .overlap import OverlapState, mask_from_options
-
-            self._overlap = OverlapState(mask_from_options(options), h.cluster_bits)
-        if h.crypt_method:
-            self.encrypted = True
-            if not options.get("_no_io"):
-                # as QEMU: every open but info's unlocks the key (and fails without it)
-                from .luks import open_crypto
-
-                self._crypt = open_crypto(self, options)
-            elif h.crypt_method == 2:
-                # info: no key, but the LUKS header is read and checked all the same
-                from .luks import read_luks_header
-
-                read_luks_header(self)
-        elif options.get("encrypt.format") is not None:
-            from .luks import check_plain_options
-
-            check_plain_options(options)
-        # tables
-        self.l1 = self.read_table(h.l1_table_offset, h.l1_size) if h.l1_size else array("Q")
-        self.refcount_table = self.read_table(h.refcount_table_offset, h.refcount_table_clusters * cs // 8)
-        ncache = max(16, CACHE_BYTES // cs)
-        self.l2_cache = TableCache(ncache, self._l2_load, self._l2_store, self._flush_refblocks)
-        self.refblock_cache = TableCache(max(8, ncache // 4), self._rb_load, self._rb_store)
         if h.nb_snapshots and not self.allow_corrupt:
             self._validate_snapshots()
-        self._open_data_file(options)
         if h.bitmaps_ext is not None:
             # QEMU loads (and so validates) persistent bitmaps on every open
             from .bitmap import validate_on_open
@@ -258,6 +257,19 @@ class Qcow2Format(RefcountMixin, Format):
             validate_on_open(self)
         if self.writable:
             self._writable_open_fixups()
+
+    def _open_crypto(self, options: dict[str, Any]) -> None:
+        self.encrypted = True
+        if not options.get("_no_io"):
+            # as QEMU: every open but info's unlocks the key (and fails without it)
+            from .luks import open_crypto
+
+            self._crypt = open_crypto(self, options)
+        elif self.header.crypt_method == 2:
+            # info: no key, but the LUKS header is read and checked all the same
+            from .luks import read_luks_header
+
+            read_luks_header(self)
 
     def _validate_snapshots(self) -> None:
         """QEMU reads the snapshot table on open and refuses an unreadable one."""
@@ -467,6 +479,11 @@ class Qcow2Format(RefcountMixin, Format):
         if not self.extended_l2:
             e = tbl[i]
             kind, host = self._classify(e, l2off, i, gci << cb)
+            if kind == ZEROES and self.header.version < 3:
+                self._corrupt(f"Zero cluster entry found in pre-v3 image (L2 offset: {S.chex(l2off)}, "
+                              f"L2 index: {S.chex(i)})")
+            elif kind == COMPRESSED and self.data_file is not None:
+                self._compressed_with_data_file(l2off, i)
             if kind == UNALLOC:
                 k = max(_zero_run(tbl, i, n), 1) if e == 0 else self._class_run(tbl, i, n, UNALLOC, l2off)
                 if k == n and end == table_end and offset + length > end:
@@ -486,33 +503,59 @@ class Qcow2Format(RefcountMixin, Format):
             return kind, run_end - offset, host
         return self._extent_ext(tbl, l2off, i, n, offset, end, merge_compressed)
 
-    def _classify(self, e: int, l2off: int, i: int, guest: int | None = None) -> tuple[int, int]:
+    def _classify(self, e: int, l2off: int, i: int, guest: int | None = None,
+                  validate: bool = True) -> tuple[int, int]:
+        """(kind, host) of a standard L2 entry; ``validate``: the cluster is the one a request
+        starts in, whose host offset QEMU checks (the following ones are only counted)."""
         if e & S.OFLAG_COMPRESSED:
             return COMPRESSED, e
         host = e & S.L2E_OFFSET_MASK
         if e & S.OFLAG_ZERO and not self.extended_l2:
-            if host & (self._cs - 1):
-                self._corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, "
-                              f"L2 index: {S.chex(i)})")
+            if validate and host & (self._cs - 1):
+                self._unaligned(host, l2off, i)
             return ZEROES, host
         if host:
-            if host & (self._cs - 1) or e & 0x1FE:
-                self._corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, L2 index: {S.chex(i)})")
-            if guest is not None and self.data_file is not None and host != guest:
-                self._corrupt(f"External data file host cluster offset {S.chex(host)} does not match guest cluster "
-                              f"offset: {S.chex(guest)}, L2 index: {S.chex(i)})")
+            if validate:
+                if host & (self._cs - 1):
+                    self._unaligned(host, l2off, i)
+                if guest is not None and self.data_file is not None and host != guest:
+                    self._data_file_mismatch(host, guest, i)
             return NORMAL, host
         if self.data_file is not None and e & S.OFLAG_COPIED:
             return NORMAL, 0
         return UNALLOC, 0
 
+    def _unaligned(self, host: int, l2off: int, i: int) -> None:
+        self._corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, "
+                      f"L2 index: {S.chex(i)})")
+
+    def _data_file_mismatch(self, host: int, guest: int, i: int) -> None:
+        self._corrupt(f"External data file host cluster offset {S.chex(host)} does not match guest cluster "
+                      f"offset: {S.chex(guest)}, L2 index: {S.chex(i)})")
+
+    def _compressed_with_data_file(self, l2off: int, i: int) -> None:
+        self._corrupt(f"Compressed cluster entry found in image with external data file (L2 offset: "
+                      f"{S.chex(l2off)}, L2 index: {S.chex(i)})")
+
     def _class_run(self, tbl: array, i: int, n: int, kind: int, l2off: int) -> int:
         k = 1
         while k < n:
-            if self._classify(tbl[i + k], l2off, i + k)[0] != kind:
+            if self._classify(tbl[i + k], l2off, i + k, validate=False)[0] != kind:
                 break
             k += 1
         return k
+
+    def _ext_invalid(self, e: int, bm: int) -> bool:
+        """QEMU's QCOW2_SUBCLUSTER_INVALID: an allocated cluster with subclusters both allocated
+        and zero, or an unallocated one with allocated subclusters."""
+        if e & S.OFLAG_COMPRESSED:
+            return False
+        if e & S.L2E_OFFSET_MASK or (self.data_file is not None and e & S.OFLAG_COPIED):
+            return bool((bm >> 32) & bm & ALL_ALLOC)
+        return bool(bm & ALL_ALLOC)
+
+    def _invalid_entry(self, l2off: int, i: int) -> None:
+        self._corrupt(f"Invalid cluster entry found  (L2 offset: {S.chex(l2off)}, L2 index: {S.chex(i)})")
 
     def _extent_ext(self, tbl: array, l2off: int, i: int, n: int, offset: int, end: int,
                     merge_compressed: bool = True) -> tuple[int, int, int]:
@@ -520,15 +563,22 @@ class Qcow2Format(RefcountMixin, Format):
         e, bm = tbl[2 * i], tbl[2 * i + 1]
         in_cl = offset & (cs - 1)
         if e & S.OFLAG_COMPRESSED:
+            if self.data_file is not None:
+                self._compressed_with_data_file(l2off, i)
             # one cluster per run when the caller reads the data (each is decompressed alone)
             k = 1
             while merge_compressed and k < n and tbl[2 * (i + k)] & S.OFLAG_COMPRESSED:
                 k += 1
             return COMPRESSED, min(end, ((offset >> cb) + k) << cb) - offset, e
+        if self._ext_invalid(e, bm):
+            self._invalid_entry(l2off, i)
         host = e & S.L2E_OFFSET_MASK
-        if host and (host & (cs - 1)):
-            self._corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, L2 index: {S.chex(i)})")
         alloc_ok = bool(host) or (self.data_file is not None and bool(e & S.OFLAG_COPIED))
+        if alloc_ok:
+            if host & (cs - 1):
+                self._unaligned(host, l2off, i)
+            if self.data_file is not None and host != (offset >> cb) << cb:
+                self._data_file_mismatch(host, (offset >> cb) << cb, i)
         sc = in_cl // scs
 
         def sc_kind(bmv: int, j: int) -> int:
@@ -561,6 +611,12 @@ class Qcow2Format(RefcountMixin, Format):
                 ents = tbl[2 * i : 2 * (i + n) : 2]
                 k = min(_same_run(bms, bm, 0), _zero_run(ents, 0, len(ents)))
                 run_end = min(end, ((offset >> cb) + max(1, k)) << cb)
+        if run_end < end and not (run_end & (cs - 1)):
+            # QEMU counts on into the next cluster of the request and checks it before anything
+            # else: an invalid one fails the request that reaches it
+            nxt = i + ((run_end >> cb) - (offset >> cb))
+            if self._ext_invalid(tbl[2 * nxt], tbl[2 * nxt + 1]):
+                self._invalid_entry(l2off, nxt)
         if kind in (NORMAL, ZEROES):
             hoff = host + in_cl if alloc_ok else 0
         else:
@@ -758,14 +814,13 @@ class Qcow2Format(RefcountMixin, Format):
         return data
 
     def _read_layer(self, offset: int, buf: memoryview) -> None:
-        """Guest view of this layer including backing (for copy-on-write)."""
+        """Guest view of this layer including backing (for copy-on-write). As QEMU's COW reads,
+        it is not bounded by the image's size: past it, what the backing file holds (up to its
+        own end) goes into the new clusters."""
         pos, total = 0, len(buf)
         while pos < total:
             off = offset + pos
-            if off >= self.header.size:
-                zero_fill(buf[pos:])
-                return
-            kind, n, host = self._extent(off, min(total - pos, self.header.size - off), merge_compressed=False)
+            kind, n, host = self._extent(off, total - pos, merge_compressed=False)
             if kind == UNALLOC:
                 self.read_backing(off, buf[pos : pos + n])
             else:
@@ -839,6 +894,10 @@ class Qcow2Format(RefcountMixin, Format):
     def write(self, offset: int, data: memoryview) -> None:
         self._check_io_writable()
         self._bitmaps_dirty(offset, len(data))
+        self._write(offset, data)
+
+    def _write(self, offset: int, data: memoryview) -> None:
+        """:meth:`write` below the block layer (no bitmap tracking): the driver's own writes."""
         self._mark_dirty_lazy()
         cb = self.cluster_bits
         pos, total = 0, len(data)

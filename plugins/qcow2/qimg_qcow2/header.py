@@ -90,36 +90,53 @@ def parse_fixed(buf: bytes) -> Header:
     return h
 
 
-def parse_extensions(h: Header, cluster: bytes, end: int) -> None:
-    """Read the extensions between ``header_length`` and ``end`` (backing name offset or cluster end)."""
+def parse_extensions(h: Header, cluster: bytes, end: int, strict: bool = True) -> None:
+    """Read the extensions from ``header_length`` to ``end`` (the backing name's offset or the
+    cluster's end) with QEMU's checks (qcow2_read_extensions). ``cluster`` holds the first
+    cluster and 8 bytes more; ``strict`` False: stop quietly at the first error (QEMU's pass
+    that only looks for the feature name table)."""
     pos = h.header_length
-    while pos + 8 <= end:
-        ext = S.ExtHeader.parse(cluster, pos)
+    while pos < end:
+        ext = S.ExtHeader.parse(cluster[pos : pos + 8].ljust(8, b"\0"))
         pos += 8
-        if ext.type == S.EXT_END:
+        try:
+            if pos > end or ext.length > end - pos:
+                raise QimgError("Header extension too large")
+            if ext.type == S.EXT_END:
+                return
+            _extension(h, ext.type, ext.length, cluster[pos : pos + ext.length])
+        except QimgError:
+            if strict:
+                raise
             return
-        if ext.length > end - pos:
-            raise QimgError("qcow2_read_extension: ERROR: Invalid extension length")
-        data = cluster[pos : pos + ext.length]
-        if ext.type == S.EXT_BACKING_FORMAT:
-            if ext.length >= 16:
-                raise QimgError(f"ERROR: ext_backing_format: len={ext.length} too large (>=16)")
-            h.backing_format = data.decode("utf-8", "replace")
-        elif ext.type == S.EXT_FEATURE_TABLE:
-            for i in range(0, len(data) - 47, 48):
-                fe = S.FeatureEntry.parse(data[i : i + 48])
-                h.feature_names[(fe.type, fe.bit)] = fe.name.split(b"\0", 1)[0].decode("utf-8", "replace")
-        elif ext.type == S.EXT_CRYPTO:
-            if ext.length != 16:
-                raise QimgError(f"Unable to read CRYPTO header extension: length {ext.length} != 16")
-            h.crypto_header = bytes(data)
-        elif ext.type == S.EXT_BITMAPS:
-            h.bitmaps_ext = bytes(data)
-        elif ext.type == S.EXT_DATA_FILE:
-            h.data_file = data.decode("utf-8", "replace")
-        else:
-            h.unknown_exts.append((ext.type, bytes(data)))
         pos += (ext.length + 7) & ~7
+
+
+def _extension(h: Header, kind: int, length: int, data: bytes) -> None:
+    if kind == S.EXT_BACKING_FORMAT:
+        if length >= 16:
+            raise QimgError(f"ERROR: ext_backing_format: len={length} too large (>=16)")
+        h.backing_format = data.decode("utf-8", "replace")
+    elif kind == S.EXT_FEATURE_TABLE:
+        for i in range(0, len(data) - 47, 48):
+            fe = S.FeatureEntry.parse(data[i : i + 48])
+            h.feature_names[(fe.type, fe.bit)] = fe.name.split(b"\0", 1)[0].decode("utf-8", "replace")
+    elif kind == S.EXT_CRYPTO:
+        if h.crypt_method != S.CRYPT_LUKS:
+            raise QimgError("CRYPTO header extension only expected with LUKS encryption method")
+        if length != 16:
+            raise QimgError(f"CRYPTO header extension size {length}, but expected size 16")
+        offset = struct.unpack(">Q", data[:8])[0]
+        if offset % (1 << h.cluster_bits):
+            raise QimgError(f"Encryption header offset '{offset}' is not a multiple of cluster size "
+                            f"'{1 << h.cluster_bits}'")
+        h.crypto_header = bytes(data)
+    elif kind == S.EXT_BITMAPS:
+        h.bitmaps_ext = bytes(data)
+    elif kind == S.EXT_DATA_FILE:
+        h.data_file = data.decode("utf-8", "replace")
+    else:
+        h.unknown_exts.append((kind, bytes(data)))
 
 
 def _ext(kind: int, data: bytes) -> bytes:
