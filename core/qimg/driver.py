@@ -128,6 +128,10 @@ class Format:
     layout_follows_requests: ClassVar[bool] = False
     #: a new image reads as zeroes without writing them (``convert`` may skip zero runs)
     zero_init: ClassVar[bool] = True
+    #: ``truncate`` zeroes a grown area that the backing file would otherwise show (it is
+    #: longer than the old size; QEMU's BDRV_REQ_ZERO_WRITE). A driver without it is refused
+    #: such a resize by the block layer, as QEMU refuses it ("does not support requested flags")
+    truncate_zeroes_backing_area: ClassVar[bool] = False
     #: optional: the option order of create's ``Formatting 'f', fmt=x ...`` line, as QEMU's
     #: option list declares it (qemu-img prints every option that is set or has a printed
     #: default, in this order). None: size, backing_file, backing_fmt, then ``create_opts`` order.

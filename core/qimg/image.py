@@ -148,6 +148,15 @@ class Image:
             self.driver.flush()
 
     def truncate(self, size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
+        old = self.size
+        if (size > old and self.backing is not None and not self.driver.truncate_zeroes_backing_area
+                and self.backing.size > old):
+            # the grown area must not show the backing file's data (QEMU's block layer asks the
+            # driver to zero it): a driver that cannot is refused, one without resize says so
+            from .driver import Format
+
+            if type(self.driver).truncate is not Format.truncate:
+                raise QimgError("Block driver does not support requested flags")
         self.driver.truncate(size, shrink=shrink, preallocation=preallocation)
 
     # -- block status -----------------------------------------------------------------

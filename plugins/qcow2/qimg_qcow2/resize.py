@@ -61,10 +61,40 @@ def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocati
         _preallocate_data(drv, old, size, preallocation)
     if drv.data_file is not None and size > old and preallocation == "off":
         drv.data_file.truncate(size)
+    backing = drv.backing
+    if size > old and backing is not None and backing.size > old:
+        # as QEMU's block layer asks (BDRV_REQ_ZERO_WRITE): the new area must not show the
+        # backing file's data that lies beyond the old end
+        h.size = size
+        try:
+            _zero_new_area(drv, old, size)
+        except BaseException:
+            h.size = old
+            raise
     drv.flush_caches()
     h.size = size
     drv.file.pwrite(24, struct.pack(">Q", size))
     _resize_bitmaps(drv, old, size)
+
+
+def _zero_new_area(drv: "Qcow2Format", old: int, size: int) -> None:
+    """QEMU's qcow2_co_truncate with BDRV_REQ_ZERO_WRITE: whole (sub)clusters of the new area
+    become zero clusters, the unaligned head after the old end is written with zeroes."""
+    unit = drv.subcluster_size if drv.extended_l2 else drv.cluster_size
+    start = -(-old // unit) * unit
+    if size > start:
+        if drv.header.version < 3:
+            raise QimgError("Failed to zero out new clusters: Operation not supported")
+        try:
+            drv._zero_units(start, size, unmap=False)
+        except QimgError as e:
+            raise QimgError(f"Failed to zero out new clusters: {e.message}") from None
+    if start > old:
+        try:
+            drv._write(old, memoryview(bytes(min(start, size) - old)))
+        except (QimgError, OSError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise QimgError(f"Failed to zero out the new area: {reason}") from None
 
 
 def _resize_bitmaps(drv: "Qcow2Format", old: int, new: int) -> None:
