@@ -172,7 +172,11 @@ def _backing_path(file: Protocol, image_filename: str, backing: str) -> str:
 
 
 def probe_format(file: Protocol, filename: str, *, untrusted: bool = False) -> str:
-    head = file.pread(0, 512)
+    try:
+        head = file.pread(0, 512)
+    except OSError as e:
+        text = os.strerror(e.errno) if e.errno else str(e)
+        raise QimgError(f"Could not open '{filename}': Could not read image for determining its format: {text}") from None
     if untrusted:
         from .untrusted import check_probe
 

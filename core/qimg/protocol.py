@@ -24,6 +24,14 @@ if TYPE_CHECKING:
 ZERO_CHUNK = bytes(1 << 20)
 
 
+#: qemu-img's words for a protocol that cannot create and could not open its target either
+_CREATE_FALLBACK = {
+    "7.2": "Protocol driver '{}' does not support image creation, and opening the image failed: ",
+    "10.0": "Protocol driver '{}' does not support creating new images, so an existing image must be "
+            "selected as the target; however, opening the given target as an existing image failed: ",
+}
+
+
 class Protocol:
     """Base class of protocol drivers: where an image's bytes live (QEMU's protocol
     BlockDriver). A format driver reads and writes its file only through these methods.
@@ -90,20 +98,35 @@ class Protocol:
     @classmethod
     def create(cls, filename: str, options: dict[str, Any] | None = None) -> "Protocol":
         """Open ``filename`` for a new image (a format's create writes into what this returns).
-        The default is QEMU's fallback for protocols that cannot create: the existing target
-        is opened writable and its first sector zeroed, so that nothing stale is probed."""
+        ``options`` may hold the ``size`` the image needs and a ``preallocation`` mode. The
+        default is QEMU's fallback for protocols that cannot create: no preallocation, the
+        existing target is opened writable, must be large enough (``truncate`` may refuse to
+        grow it) and its first sector is zeroed, so that nothing stale is probed."""
         from .errors import QimgError
 
+        options = dict(options or {})
+        size = options.pop("size", None)
+        mode = options.pop("preallocation", None)
+        if mode not in (None, "off"):
+            raise QimgError(f"Unsupported preallocation mode '{mode}'")
         opts = cls.parse_filename(filename, options)
         try:
             proto = cls.open(opts, writable=True, filename=filename)
         except QimgError as e:
-            raise QimgError(f"Protocol driver '{cls.protocol_name}' does not support creating new images, so an "
-                            "existing image must be selected as the target; however, opening the given target as "
-                            f"an existing image failed: {e.message}", e.exit_code) from None
-        n = min(SECTOR, proto.size())
-        if n:
-            proto.write_zeroes(0, n)
+            from . import compat
+
+            compat.TEXTS.setdefault("protocol-create-fallback", _CREATE_FALLBACK)
+            prefix = compat.text("protocol-create-fallback").format(cls.protocol_name)
+            raise with_errno(QimgError(prefix + e.message, e.exit_code), e.errno) from None
+        try:
+            if size is not None:
+                proto.truncate(int(size))  # may refuse to grow (nbd: "Cannot grow NBD nodes")
+            n = min(SECTOR, proto.size())
+            if n:
+                proto.write_zeroes(0, n, unmap=True)
+        except BaseException:
+            proto.close()
+            raise
         return proto
 
     # -- names -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import itertools
 from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, ZERO
 from ..errors import QimgError
 from ..image import zero_fill
-from .copy import COPY, SKIP, Copier, Piece, parallel_safe, qemu_run_length, run_length
+from .copy import COPY, SKIP, Copier, Piece, parallel_safe, prepare_parallel_reads, qemu_run_length, run_length
 from .copy import ZERO as ZERO_OP
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
@@ -370,7 +370,8 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             compress=compress, unmap=opts.sparse != 0,
             copy_range=_copy_range_fn(sources, target) if opts.copy_offload else None,
             progress=(lambda done: progress(done, total_done[0])) if progress else None,
-            rate_limit=opts.rate_limit, serial_reads=not parallel_safe(*sources))
+            rate_limit=opts.rate_limit, serial_reads=not parallel_safe(*sources),
+            readers=prepare_parallel_reads(*sources) if parallel_safe(*sources) else 1)
         backing_end = target.backing.size if has_backing and target.backing is not None else None
 
         def pieces() -> Iterator[Piece]:

@@ -91,6 +91,26 @@ def parallel_safe(*images: "Image") -> bool:
     return True
 
 
+def prepare_parallel_reads(*images: "Image") -> int:
+    """Reader threads a plain bulk copy of these images should use: one beside the writer for
+    host files (page-cache copies); the ``parallel_reads`` of a latency-bound protocol under
+    them (nbd), which is told (``start_parallel``) so that it can open more connections."""
+    n = PLAIN_READERS
+    protos = []
+    for img in images:
+        for layer in img.chain():
+            proto = getattr(layer.driver, "file", None)
+            want = getattr(proto, "parallel_reads", 1)
+            if want > 1:
+                protos.append(proto)
+                n = max(n, want)
+    for proto in protos:
+        start = getattr(proto, "start_parallel", None)
+        if start is not None:
+            start(n)
+    return n
+
+
 def region_is_zero(buf: bytearray, start: int, end: int) -> bool:
     """``buf[start:end]`` holds only zeroes (memcmp against the zero page, no copies)."""
     pos = start
@@ -253,7 +273,7 @@ class Copier:
                  unmap: bool = True, copy_range: Callable[[int, int], bool] | None = None,
                  progress: Callable[[int], None] | None = None,
                  rate_limit: int = 0, serial_reads: bool = False, progress_all: bool = False,
-                 count_zero: bool = False, chunk: int | None = None) -> None:
+                 count_zero: bool = False, chunk: int | None = None, readers: int = PLAIN_READERS) -> None:
         self.target = target
         self.progress_all = progress_all
         self.count_zero = count_zero
@@ -269,6 +289,8 @@ class Copier:
         self.zero_init = zero_init
         self.granule = granule
         self.workers = max(1, workers)
+        #: reader threads of a plain copy (more for a latency-bound source: prepare_parallel_reads)
+        self.readers = max(1, readers)
         self.ordered = ordered
         self.compress = compress
         self.unmap = unmap
@@ -465,7 +487,7 @@ class Copier:
         import os
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        want = cores if self.compress else PLAIN_READERS
+        want = cores if self.compress else self.readers
         return max(1, min(self.workers, want))
 
     def _run_pool(self, tasks: Iterator[tuple[str, int, int]]) -> None:

@@ -163,6 +163,11 @@ def check_protocol_preallocation(filename: str, cls: "type[Format]", typed: dict
     mode = typed.get("preallocation")
     if mode is None or any(o.name == "preallocation" for o in cls.create_opts):
         return
+    from ..plugins import get_registry
+
+    entry = get_registry().protocol_for(filename)
+    if entry is not None and entry.name != "file":
+        return  # a remote protocol's own create refuses what it cannot do
     if mode not in PREALLOC_NAMES:
         raise QimgError(f"invalid parameter value: {mode}")
     if mode == "metadata":

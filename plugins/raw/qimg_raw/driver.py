@@ -6,6 +6,7 @@ from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
 from qimg.driver import Format
 from qimg.errors import QimgError
 from qimg.options import SIZE, Option
+from qimg.plugins import get_registry
 from qimg.protocol import FileProtocol
 from qimg.protofmt import protocol_status
 
@@ -51,6 +52,13 @@ class RawFormat(Format):
     @classmethod
     def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
         mode = opts.get("preallocation") or "off"
+        entry = get_registry().protocol_for(filename)
+        if entry is not None and entry.name != "file":
+            # QEMU's raw creates through the protocol: a remote one (nbd) opens its existing
+            # target, checks the size and zeroes the first sector, and that is all
+            open_protocol(filename, create=True, writable=True,
+                          options={"size": size, "preallocation": opts.get("preallocation")}).close()
+            return
         if mode not in PREALLOC_MODES:
             raise QimgError(f"Parameter 'preallocation' does not accept value '{mode}'")
         file = open_protocol(filename, create=True, writable=True)

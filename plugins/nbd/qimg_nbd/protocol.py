@@ -1,0 +1,358 @@
+"""The ``nbd`` protocol: an export of an NBD server as an image's bytes (QEMU's nbd driver).
+
+Reads larger than the server's maximum are split and the pieces sent at once; several
+threads may read at the same time (a bulk copy keeps :attr:`NBDProtocol.parallel_reads`
+requests in flight), over extra connections when the server says they share one cache
+(``NBD_FLAG_CAN_MULTI_CONN``), else pipelined on one. Block status comes from the
+``base:allocation`` context as QEMU asks it (one extent per request), so ``map``, sparse
+``convert`` and ``compare`` see what qemu-img sees.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+from qimg.blockstatus import DATA, ZERO
+from qimg.errors import QimgError, with_errno
+from qimg.options import NUMBER, SIZE, STRING, Option
+from qimg.protocol import Protocol
+
+from . import client
+from .names import MAX_STRING, exact_filename, parse_filename, server_from_options
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+#: connections a multi-conn export is read over at most
+MAX_CONNECTIONS = 4
+_INT_MAX = (1 << 31) - 1
+
+
+class NBDProtocol(Protocol):
+    protocol_name = "nbd"
+    runtime_options = {"server.": STRING, "export": STRING, "host": STRING, "port": STRING, "path": STRING,
+                       "tls-creds": STRING, "tls-hostname": STRING, "x-dirty-bitmap": STRING,
+                       "reconnect-delay": NUMBER, "open-timeout": NUMBER}
+    strong_runtime_options = ("path", "host", "port", "export", "tls-creds", "tls-hostname", "server.")
+    #: QEMU's bdrv_create_opts_simple: an export cannot be created, only written into
+    create_opts = [Option("size", SIZE, "Virtual disk size"),
+                   Option("preallocation", STRING, "Preallocation mode (allowed values: off)")]
+    parallel_reads = 4
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def parse_filename(cls, filename: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return parse_filename(filename, options)
+
+    @classmethod
+    def dirname_for(cls, filename: str) -> str:
+        raise QimgError("Cannot generate a base directory for NBD nodes")
+
+    @classmethod
+    def open(cls, options: dict[str, Any], *, writable: bool, filename: str) -> NBDProtocol:
+        opts = dict(options)
+        # what a json: name of this node holds: the strong options as given (QEMU's
+        # full_open_options keep the user's spelling: "path", or "server.path")
+        given = {k: v for k, v in options.items()
+                 if k in cls.strong_runtime_options or any(k.startswith(p) for p in cls.strong_runtime_options
+                                                           if p.endswith("."))}
+        server = server_from_options(opts)
+        export = opts.pop("export", None)
+        if export is not None:
+            export = str(export)
+            if len(export.encode("utf-8", "surrogateescape")) > MAX_STRING:
+                raise QimgError("export name too long to send to server")
+        creds = opts.pop("tls-creds", None)
+        if creds is not None:
+            # qemu-img needs --object tls-creds-x509,id=...; qimg has no TLS objects
+            raise QimgError(f"No TLS credentials with id '{creds}'")
+        if opts.pop("x-dirty-bitmap", None) is not None:
+            raise QimgError("x-dirty-bitmap is not supported by qimg's nbd driver")
+        opts.pop("tls-hostname", None)
+        opts.pop("reconnect-delay", None)  # qimg does not reconnect: a broken connection fails
+        opts.pop("open-timeout", None)
+        opts.pop("filename", None)
+        options.clear()
+        options.update(opts)  # what is left: the core names it as unsupported
+        return cls(server, export, writable, given)
+
+    def __init__(self, server, export: str | None, writable: bool, given: dict[str, Any] | None = None) -> None:
+        self.server = server
+        self.export = export
+        self.given = dict(given or {})
+        self.timeout = client.timeout_seconds()
+        self.filename = exact_filename(server, export)
+        self._conns: list[client.Connection] = []
+        self._lock = threading.Lock()
+        self._turn = 0
+        conn = self._connect()
+        info = conn.info
+        if writable and info.read_only:
+            conn.close()
+            # QEMU's nbd driver loses its "NBD export is read-only" on the way: the block layer
+            # reports the bare errno
+            raise with_errno(QimgError(f"Could not open image: {os.strerror(errno.EACCES)}"), errno.EACCES)
+        self.writable = writable
+        self.info = info
+        # QEMU's request alignment: the server's minimum block size, else 1 when block status
+        # or an unaligned size need byte granularity, else a sector
+        self.align = info.min_block or (1 if info.size % 512 or info.context_id is not None else 512)
+        self._conns.append(conn)
+
+    def _connect(self) -> client.Connection:
+        sock = client.connect(self.server, self.timeout)
+        try:
+            info = client.handshake(sock, self.export or "")
+        except BaseException:
+            sock.close()
+            raise
+        return client.Connection(sock, info)
+
+    # -- names -------------------------------------------------------------------------------
+    def exact_filename(self) -> str | None:
+        return self.filename
+
+    def json_options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"driver": "nbd"}
+        for key, value in self.given.items():
+            node = out
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return out
+
+    def dirname(self) -> str:
+        raise QimgError("Cannot generate a base directory for NBD nodes")
+
+    # -- connections -------------------------------------------------------------------------
+    def _conn(self) -> client.Connection:
+        """A connection for the calling thread: round robin over the open ones, opening more
+        (up to :data:`MAX_CONNECTIONS`) when the server allows multi-conn."""
+        conns = self._conns
+        if not conns:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        if len(conns) == 1 or not self.info.flags & client.F_CAN_MULTI_CONN:
+            return conns[0]
+        with self._lock:
+            self._turn = (self._turn + 1) % len(conns)
+            return conns[self._turn]
+
+    def _grow(self, wanted: int) -> None:
+        """Open connections up to ``wanted`` for parallel readers (multi-conn exports only)."""
+        if not self.info.flags & client.F_CAN_MULTI_CONN or self.writable:
+            return
+        with self._lock:
+            while len(self._conns) < min(wanted, MAX_CONNECTIONS):
+                try:
+                    conn = self._connect()
+                except QimgError:
+                    return  # the first connection carries on alone
+                if conn.info.size != self.info.size or conn.info.flags != self.info.flags:
+                    conn.close()
+                    return
+                self._conns.append(conn)
+
+    # -- I/O ---------------------------------------------------------------------------------
+    def size(self) -> int:
+        return self.info.size
+
+    def allocated_size(self) -> int | None:
+        return None
+
+    def preadinto(self, offset: int, buf: memoryview) -> int:
+        if offset >= self.info.size:
+            return 0
+        n = min(len(buf), self.info.size - offset)
+        view = memoryview(buf).cast("B")[:n] if memoryview(buf).format != "B" else memoryview(buf)[:n]
+        a = self.align
+        if a > 1 and (offset % a or n % a):
+            # the server's minimum block: read the aligned span around it
+            start = offset - offset % a
+            end = min(-(-(offset + n) // a) * a, -(-self.info.size // a) * a)
+            bounce = bytearray(end - start)
+            self._read(start, memoryview(bounce))
+            view[:] = memoryview(bounce)[offset - start:offset - start + n]
+            return n
+        self._read(offset, view)
+        return n
+
+    def pread(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.info.size - offset))
+        buf = bytearray(length)
+        self.preadinto(offset, memoryview(buf))
+        return bytes(buf)
+
+    def _read(self, offset: int, view: memoryview) -> None:
+        """Read ``view`` at ``offset`` (aligned as the server wants): the pieces of at most the
+        server's maximum are all in flight before the first answer is awaited. Past the end of
+        the export (an unaligned tail rounded up) reads as zeroes."""
+        size = self.info.size
+        if offset + len(view) > size:
+            tail = max(0, size - offset)
+            view[tail:] = bytes(len(view) - tail)
+            view = view[:tail]
+        if not len(view):
+            return
+        conn = self._conn()
+        step = self.info.max_payload
+        reqs = []
+        try:
+            pos = 0
+            while pos < len(view):
+                k = min(step, len(view) - pos)
+                reqs.append(conn.submit(client.CMD_READ, offset + pos, k, buf=view[pos:pos + k]))
+                pos += k
+        finally:
+            _wait_all(conn, reqs)
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        self._check_writable()
+        view = memoryview(data).cast("B") if memoryview(data).format != "B" else memoryview(data)
+        n = len(view)
+        if offset + n > self.info.size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        a = self.align
+        if a > 1 and (offset % a or n % a):
+            start = offset - offset % a
+            end = -(-(offset + n) // a) * a
+            bounce = bytearray(end - start)
+            self._read(start, memoryview(bounce))
+            bounce[offset - start:offset - start + n] = view
+            offset, view = start, memoryview(bounce)[:min(end, self.info.size) - start]
+        conn = self._conns[0]
+        step = self.info.max_payload
+        reqs = []
+        try:
+            pos = 0
+            while pos < len(view):
+                k = min(step, len(view) - pos)
+                reqs.append(conn.submit(client.CMD_WRITE, offset + pos, k, data=view[pos:pos + k]))
+                pos += k
+        finally:
+            _wait_all(conn, reqs)
+
+    def pwritev(self, offset: int, buffers: list) -> None:
+        self.pwrite(offset, b"".join(bytes(b) for b in buffers))
+
+    def write_zeroes(self, offset: int, length: int, unmap: bool = False, fast: bool = False) -> None:
+        """NBD_CMD_WRITE_ZEROES as QEMU sends it: NO_HOLE unless ``unmap`` (QEMU's
+        BDRV_REQ_MAY_UNMAP), FAST_ZERO for ``fast`` (BDRV_REQ_NO_FALLBACK: fails with ENOTSUP
+        rather than write slowly). Without the command: written zero buffers, as QEMU's
+        fallback (unless ``fast``)."""
+        self._check_writable()
+        if length <= 0:
+            return
+        if offset + length > self.info.size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        info = self.info
+        if not info.flags & client.F_SEND_WRITE_ZEROES or (fast and not info.flags & client.F_SEND_FAST_ZERO):
+            if fast:
+                raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
+            super().write_zeroes(offset, length, unmap)
+            return
+        flags = (0 if unmap else client.CMD_FLAG_NO_HOLE) | (client.CMD_FLAG_FAST_ZERO if fast else 0)
+        a = self.align
+        if a > 1 and (offset % a or length % a):
+            head = min(length, (-offset) % a)
+            if head:
+                self.pwrite(offset, bytes(head))
+                offset, length = offset + head, length - head
+            tail = length % a
+            if tail:
+                self.pwrite(offset + length - tail, bytes(tail))
+                length -= tail
+            if not length:
+                return
+        conn = self._conns[0]
+        step = info.max_payload  # QEMU's max_pwrite_zeroes
+        while length > 0:
+            k = min(step, length)
+            conn.request(client.CMD_WRITE_ZEROES, offset, k, flags=flags)
+            offset += k
+            length -= k
+
+    def discard(self, offset: int, length: int) -> None:
+        """NBD_CMD_TRIM where the server has it (a hint: nothing otherwise)."""
+        if not self.writable or not self.info.flags & client.F_SEND_TRIM or length <= 0:
+            return
+        conn = self._conns[0]
+        a = self.align
+        start = -(-offset // a) * a
+        end = (offset + length) // a * a
+        step = _INT_MAX - _INT_MAX % a
+        while start < end:
+            k = min(step, end - start)
+            conn.request(client.CMD_TRIM, start, k)
+            start += k
+
+    def flush(self) -> None:
+        if self.writable and self.info.flags & client.F_SEND_FLUSH and self._conns and not self.unsafe_cache:
+            self._conns[0].request(client.CMD_FLUSH, 0, 0)
+
+    def block_status(self, offset: int, length: int) -> tuple[int, int]:
+        """One extent of ``base:allocation`` (NBD_CMD_FLAG_REQ_ONE), as QEMU reads it: HOLE
+        clears DATA, ZERO sets ZERO; no context: all data."""
+        info = self.info
+        if offset >= info.size:
+            return length, ZERO
+        length = min(length, info.size - offset)
+        if info.context_id is None:
+            return length, DATA
+        ask = min(length, _INT_MAX - _INT_MAX % self.align)
+        conn = self._conn()
+        req = conn.request(client.CMD_BLOCK_STATUS, offset, ask, flags=client.CMD_FLAG_REQ_ONE)
+        if req.extent is None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))  # "Server did not reply with any status extents"
+        n, flags = req.extent
+        lo = info.min_block
+        if lo and n % lo:
+            # an unaligned extent (a compliance bug QEMU works around): whole blocks, or one
+            # block of "allocated" (always a safe answer)
+            if n > lo:
+                n -= n % lo
+            else:
+                n, flags = lo, 0
+        n = min(n, ask)
+        return n, (0 if flags & client.STATE_HOLE else DATA) | (ZERO if flags & client.STATE_ZERO else 0)
+
+    def truncate(self, size: int) -> None:
+        """An export has the size it has: a smaller one is fine (nothing changes), as QEMU's
+        inexact truncate of NBD nodes; a larger one cannot be."""
+        if size > self.info.size:
+            raise QimgError("Cannot grow NBD nodes")
+
+    def check_resize(self, size: int) -> None:
+        """``qemu-img resize``'s exact size change: refused unless nothing changes."""
+        if size != self.info.size:
+            raise QimgError("Cannot resize NBD nodes")
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    def start_parallel(self, readers: int) -> None:
+        """A bulk copy is about to read with ``readers`` threads."""
+        self._grow(readers)
+
+    def close(self) -> None:
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+
+def _wait_all(conn: client.Connection, reqs: list) -> None:
+    """Wait for every request (none may still write into a buffer when the caller moves on),
+    then raise the first failure."""
+    first: BaseException | None = None
+    for req in reqs:
+        try:
+            conn.wait(req)
+        except OSError as e:
+            if first is None:
+                first = e
+    if first is not None:
+        raise first
