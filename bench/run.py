@@ -44,10 +44,11 @@ class Sizes:
     data_every: int     # one data MiB every this many MiB (4 -> a quarter of the image is data)
     big_size: str       # the "huge sparse qcow2" virtual size
     big_data_mib: int   # MiB of data written into it
+    nbd_size: int = 1 * GiB  # the qcow2 qemu-nbd serves (a quarter of it data, as src.raw)
 
 
-FULL = Sizes(raw_size=4 * GiB, data_every=4, big_size="1T", big_data_mib=4)
-QUICK = Sizes(raw_size=64 * MiB, data_every=4, big_size="16G", big_data_mib=2)
+FULL = Sizes(raw_size=4 * GiB, data_every=4, big_size="1T", big_data_mib=4, nbd_size=1 * GiB)
+QUICK = Sizes(raw_size=64 * MiB, data_every=4, big_size="16G", big_data_mib=2, nbd_size=32 * MiB)
 
 
 @dataclass
@@ -62,6 +63,9 @@ class Workload:
     ok_codes: tuple[int, ...] = (0,)
     command: str = ""
     baseline: bool = False
+    #: protocols qimg needs (nbd) and the NBD exports (see NBD_EXPORTS) the workload reads
+    needs_protocols: tuple[str, ...] = ()
+    servers: tuple[str, ...] = ()
     result: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,6 +100,76 @@ def sh(*cmd: str) -> None:
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"bench: setup step failed: {' '.join(cmd)}\n{p.stderr}")
+
+
+#: the NBD exports of the nbd workloads: name -> (qemu-nbd format of nbd.qcow2, transport)
+NBD_EXPORTS = {"nbd-qcow2": ("qcow2", "unix"), "nbd-qcow2-tcp": ("qcow2", "tcp"), "nbd-bytes": ("raw", "unix")}
+#: running qemu-nbd processes (stopped by main)
+SERVERS: list[subprocess.Popen] = []
+_PORT: list[int] = []
+
+
+def nbd_port() -> int:
+    """A free loopback port for the TCP export, chosen once."""
+    if not _PORT:
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        _PORT.append(s.getsockname()[1])
+        s.close()
+    return _PORT[0]
+
+
+def nbd_url(work: Path, name: str) -> str:
+    if NBD_EXPORTS[name][1] == "tcp":
+        return f"nbd://127.0.0.1:{nbd_port()}/{name}"
+    return f"nbd+unix:///{name}?socket={work}/{name}.sock"
+
+
+def start_nbd(work: Path, names: set[str], sizes: Sizes, qemu_img: str) -> None:
+    """nbd.qcow2 (a quarter data) served read-only by qemu-nbd: as a disk (-f qcow2) and as the
+    qcow2 file's bytes (-f raw, qimg then reads the qcow2 over NBD); ready when it accepts."""
+    import socket
+
+    qemu_nbd = shutil.which("qemu-nbd", path=os.path.dirname(qemu_img) + os.pathsep + os.environ.get("PATH", ""))
+    if not qemu_nbd:
+        raise SystemExit("bench: qemu-nbd not found (Debian package qemu-utils)")
+    make_raw(work / "nbd.raw", Sizes(sizes.nbd_size, sizes.data_every, "", 0))
+    sh(qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(work / "nbd.raw"), str(work / "nbd.qcow2"))
+    (work / "nbd.raw").unlink()
+    for name in sorted(names):
+        fmt, transport = NBD_EXPORTS[name]
+        where = ["-b", "127.0.0.1", "-p", str(nbd_port())] if transport == "tcp" else ["-k", f"{work}/{name}.sock"]
+        SERVERS.append(subprocess.Popen([qemu_nbd, "-t", "-r", "-e", "16", "-f", fmt, "-x", name, *where,
+                                         str(work / "nbd.qcow2")], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 30
+        while True:
+            if transport == "tcp":
+                s, addr = socket.socket(), ("127.0.0.1", nbd_port())
+            else:
+                s, addr = socket.socket(socket.AF_UNIX), f"{work}/{name}.sock"
+            try:
+                s.connect(addr)
+                break
+            except OSError:
+                if time.monotonic() > deadline or SERVERS[-1].poll() is not None:
+                    raise SystemExit(f"bench: qemu-nbd did not start for {name}") from None
+                time.sleep(0.02)
+            finally:
+                s.close()
+
+
+def stop_nbd() -> None:
+    while SERVERS:
+        p = SERVERS.pop()
+        p.terminate()
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def prepare(work: Path, sizes: Sizes, qemu_img: str, qemu_io: str | None, with_qcow2: bool) -> None:
@@ -150,6 +224,11 @@ def workloads(work: Path) -> list[Workload]:
         Workload("convert huge sparse qcow2->qcow2", ["convert", "-f", "qcow2", "-O", "qcow2", f"{w}/big.qcow2",
                                                       f"{w}/out.qcow2"], needs_formats=("qcow2",),
                  outputs=("out.qcow2",)),
+        *[Workload(f"convert {label}->raw", ["convert", "-O", "raw", nbd_url(work, name), f"{w}/out.raw"],
+                   needs_formats=fmts, needs_protocols=("nbd",), servers=(name,), outputs=("out.raw",))
+          for label, name, fmts in (("nbd+unix:// (qemu-nbd -f qcow2)", "nbd-qcow2", ()),
+                                    ("nbd:// TCP (qemu-nbd -f qcow2)", "nbd-qcow2-tcp", ()),
+                                    ("qcow2 over nbd+unix:// (qemu-nbd -f raw)", "nbd-bytes", ("qcow2",)))],
     ]
 
 
@@ -210,9 +289,10 @@ def qimg_argv() -> list[str]:
 
 
 def qimg_formats() -> set[str]:
+    """Formats and protocols qimg has installed."""
     from qimg.plugins import get_registry
 
-    return set(get_registry().format_names())
+    return set(get_registry().driver_names())
 
 
 def qimg_has_command(name: str) -> bool:
@@ -223,6 +303,9 @@ def skip_reason(wl: Workload, formats: set[str]) -> str | None:
     missing = [f for f in wl.needs_formats if f not in formats]
     if missing:
         return f"qimg format(s) not installed: {', '.join(missing)}"
+    missing = [f for f in wl.needs_protocols if f not in formats]
+    if missing:
+        return f"qimg protocol(s) not installed: {', '.join(missing)}"
     if wl.command and not qimg_has_command(wl.command):
         return f"qimg command '{wl.command}' not installed"
     return None
@@ -333,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only:
             rows = [wl for wl in rows if wl.baseline or any(t in wl.name for t in args.only)]
         prepare(work, sizes, qemu_img, qemu_io, "qcow2" in formats and any("qcow2" in wl.needs_formats for wl in rows))
+        exports = {s for wl in rows if skip_reason(wl, formats) is None for s in wl.servers}
+        if exports:
+            start_nbd(work, exports, sizes, qemu_img)
         failed = False
         for wl in rows:
             reason = None if wl.baseline else skip_reason(wl, formats)
@@ -358,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 1 if failed else 0
     finally:
+        stop_nbd()
         if tmp is not None:
             tmp.cleanup()
 

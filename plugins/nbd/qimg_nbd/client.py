@@ -62,6 +62,10 @@ STATE_HOLE, STATE_ZERO = 1, 2
 MAX_BUFFER = 32 << 20
 #: the largest reply payload that is not read data (QEMU's NBD_MAX_MALLOC_PAYLOAD)
 MAX_PAYLOAD = 1000
+#: extents one block status answer keeps (asked without NBD_CMD_FLAG_REQ_ONE), and the
+#: largest such answer a server may send (the spec's 2^20 extents)
+MAX_EXTENTS = 1024
+MAX_STATUS_PAYLOAD = 4 + 8 * (1 << 20)
 #: the largest option reply read during the handshake (QEMU caps these at NBD_MAX_BUFFER_SIZE;
 #: everything a client needs from one is far smaller)
 MAX_OPTION_REPLY = 64 << 10
@@ -439,7 +443,8 @@ def _checked(info: Export) -> Export:
 class _Request:
     """One request in flight: where its reply goes, and what became of it."""
 
-    __slots__ = ("cookie", "cmd", "offset", "length", "buf", "done", "error", "extent", "got", "covered")
+    __slots__ = ("cookie", "cmd", "offset", "length", "buf", "done", "error", "extent", "extents", "got", "covered",
+                 "one")
 
     def __init__(self, cookie: int, cmd: int, offset: int, length: int, buf: memoryview | None) -> None:
         self.cookie = cookie
@@ -449,7 +454,9 @@ class _Request:
         self.buf = buf
         self.done = False
         self.error: OSError | None = None  # the server refused the request
-        self.extent: tuple[int, int] | None = None  # block status: (length, flags)
+        self.extent: tuple[int, int] | None = None  # block status: the first (length, flags)
+        self.extents: list[tuple[int, int]] = []  # block status: every extent kept
+        self.one = False  # block status asked with NBD_CMD_FLAG_REQ_ONE
         self.got = False  # a read got data or a hole; block status got its chunk
         self.covered = 0  # bytes of a read that chunks filled
 
@@ -459,7 +466,13 @@ class Connection:
     them; the thread that waits reads replies for every request (one reader at a time), so
     no thread runs when nobody waits."""
 
-    def __init__(self, sock: socket.socket, info: Export) -> None:
+    def __init__(self, sock: socket.socket, info: Export, timeout: float = DEFAULT_TIMEOUT) -> None:
+        # the timeout as the kernel's SO_RCVTIMEO/SO_SNDTIMEO on a blocking socket: Python's own
+        # socket timeout would poll() before every recv
+        sock.settimeout(None)
+        tv = struct.pack("ll", int(timeout), int(timeout % 1 * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         self.sock = sock
         self.info = info
         self._send_lock = threading.Lock()
@@ -470,6 +483,7 @@ class Connection:
         self._broken: OSError | None = None
         self._hdr = bytearray(_SIMPLE.size)
         self._payload = bytearray(MAX_PAYLOAD)
+        self._status = bytearray(4 + 8 * MAX_EXTENTS)
 
     # -- requests ----------------------------------------------------------------------
     def submit(self, cmd: int, offset: int, length: int, *, flags: int = 0, data: memoryview | None = None,
@@ -482,6 +496,7 @@ class Connection:
                     cookie = self._next
                     self._next = cookie + 1
                     req = _Request(cookie, cmd, offset, length, buf)
+                    req.one = bool(flags & CMD_FLAG_REQ_ONE)
                     self._pending[cookie] = req
                     break
                 if self._receiving:
@@ -498,6 +513,9 @@ class Connection:
                     self.sock.sendall(data)
                 else:
                     self.sock.sendall(header)
+        except (TimeoutError, BlockingIOError):  # SO_SNDTIMEO ran out
+            self._fail(errno.ETIMEDOUT)
+            raise _io_error(errno.ETIMEDOUT) from None
         except OSError:
             self._fail(errno.EIO)
             raise _io_error(errno.EIO) from None
@@ -559,8 +577,10 @@ class Connection:
         while got < n:
             try:
                 k = self.sock.recv_into(view[got:])
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO ran out
                 raise _io_error(errno.ETIMEDOUT) from None
+            except InterruptedError:
+                continue
             if k == 0:
                 raise _io_error(errno.EIO)  # the server dropped the connection
             got += k
@@ -640,14 +660,24 @@ class Connection:
             req.got = True
             req.covered += size
         elif rtype == REPLY_BLOCK_STATUS:
-            if req.cmd != CMD_BLOCK_STATUS or length < 12 or length > MAX_PAYLOAD or (length - 4) % 8:
+            if req.cmd != CMD_BLOCK_STATUS or length < 12 or (length - 4) % 8 or req.got:
                 raise _io_error(errno.EINVAL)
-            body = memoryview(self._payload)[:length]
+            if length > (MAX_PAYLOAD if req.one else MAX_STATUS_PAYLOAD):
+                raise _io_error(errno.EINVAL)  # more than the spec lets a server send
+            keep = min(length, 4 + 8 * MAX_EXTENTS)
+            body = memoryview(self._status)[:keep]
             self._recv_into(body)
-            context, ext_len, ext_flags = struct.unpack_from(">III", body)
-            if context != self.info.context_id or ext_len == 0 or req.got:
+            self._drop(length - keep)  # extents past what one answer keeps: asked again later
+            (context,) = struct.unpack_from(">I", body)
+            if context != self.info.context_id:
                 raise _io_error(errno.EINVAL)
-            req.extent = (ext_len, ext_flags)
+            extents = [struct.unpack_from(">II", body, 4 + 8 * i) for i in range((keep - 4) // 8)]
+            if req.one:
+                extents = extents[:1]  # a server that sent more than asked: the rest is ignored
+            if any(n == 0 for n, _ in extents):
+                raise _io_error(errno.EINVAL)
+            req.extent = extents[0]
+            req.extents = extents
             req.got = True
         elif rtype & 0x8000:
             if length < 6 or length > MAX_PAYLOAD:

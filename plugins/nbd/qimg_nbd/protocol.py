@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: connections a multi-conn export is read over at most
 MAX_CONNECTIONS = 4
+#: bytes one block status request asks about at least (the answer's extents are kept)
+STATUS_ASK = 1 << 30
 _INT_MAX = (1 << 31) - 1
 
 
@@ -87,6 +89,7 @@ class NBDProtocol(Protocol):
         self.filename = exact_filename(server, export)
         self._conns: list[client.Connection] = []
         self._lock = threading.Lock()
+        self._extents: list[tuple[int, int, int]] = []  # (start, end, flags) of the last status answer
         self._turn = 0
         conn = self._connect()
         info = conn.info
@@ -109,7 +112,7 @@ class NBDProtocol(Protocol):
         except BaseException:
             sock.close()
             raise
-        return client.Connection(sock, info)
+        return client.Connection(sock, info, self.timeout)
 
     # -- names -------------------------------------------------------------------------------
     def exact_filename(self) -> str | None:
@@ -211,6 +214,7 @@ class NBDProtocol(Protocol):
 
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:
         self._check_writable()
+        self._extents = []
         view = memoryview(data).cast("B") if memoryview(data).format != "B" else memoryview(data)
         n = len(view)
         if offset + n > self.info.size:
@@ -244,6 +248,7 @@ class NBDProtocol(Protocol):
         rather than write slowly). Without the command: written zero buffers, as QEMU's
         fallback (unless ``fast``)."""
         self._check_writable()
+        self._extents = []
         if length <= 0:
             return
         if offset + length > self.info.size:
@@ -279,6 +284,7 @@ class NBDProtocol(Protocol):
         """NBD_CMD_TRIM where the server has it (a hint: nothing otherwise)."""
         if not self.writable or not self.info.flags & client.F_SEND_TRIM or length <= 0:
             return
+        self._extents = []
         conn = self._conns[0]
         a = self.align
         start = -(-offset // a) * a
@@ -294,30 +300,46 @@ class NBDProtocol(Protocol):
             self._conns[0].request(client.CMD_FLUSH, 0, 0)
 
     def block_status(self, offset: int, length: int) -> tuple[int, int]:
-        """One extent of ``base:allocation`` (NBD_CMD_FLAG_REQ_ONE), as QEMU reads it: HOLE
-        clears DATA, ZERO sets ZERO; no context: all data."""
+        """The status of the run at ``offset`` from ``base:allocation``, as QEMU reads it: HOLE
+        clears DATA, ZERO sets ZERO; no context: all data. One request answers many runs (the
+        extents after the first are kept until a write), where QEMU asks one extent at a time:
+        the runs, once merged as map and convert merge them, are the same."""
         info = self.info
         if offset >= info.size:
             return length, ZERO
         length = min(length, info.size - offset)
         if info.context_id is None:
             return length, DATA
-        ask = min(length, _INT_MAX - _INT_MAX % self.align)
-        conn = self._conn()
-        req = conn.request(client.CMD_BLOCK_STATUS, offset, ask, flags=client.CMD_FLAG_REQ_ONE)
+        with self._lock:
+            for start, end, flags in self._extents:
+                if start <= offset < end:
+                    return min(end - offset, length), flags
+        ask = min(max(length, STATUS_ASK), info.size - offset, _INT_MAX - _INT_MAX % self.align)
+        req = self._conn().request(client.CMD_BLOCK_STATUS, offset, ask)
         if req.extent is None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))  # "Server did not reply with any status extents"
-        n, flags = req.extent
+        runs = []
+        pos, end = offset, offset + ask
         lo = info.min_block
-        if lo and n % lo:
-            # an unaligned extent (a compliance bug QEMU works around): whole blocks, or one
-            # block of "allocated" (always a safe answer)
-            if n > lo:
-                n -= n % lo
-            else:
-                n, flags = lo, 0
-        n = min(n, ask)
-        return n, (0 if flags & client.STATE_HOLE else DATA) | (ZERO if flags & client.STATE_ZERO else 0)
+        for n, raw in req.extents:
+            flags = (0 if raw & client.STATE_HOLE else DATA) | (ZERO if raw & client.STATE_ZERO else 0)
+            if lo and n % lo:
+                # an unaligned extent (a compliance bug QEMU works around): whole blocks, or one
+                # block of "allocated" (always a safe answer), and nothing after it is trusted
+                if n > lo:
+                    n -= n % lo
+                else:
+                    n, flags = lo, DATA
+                runs.append((pos, min(pos + n, end), flags))
+                break
+            runs.append((pos, min(pos + n, end), flags))
+            pos += n
+            if pos >= end:
+                break
+        with self._lock:
+            self._extents = runs
+        first_end, first_flags = runs[0][1], runs[0][2]
+        return max(1, min(first_end - offset, length)), first_flags
 
     def truncate(self, size: int) -> None:
         """An export has the size it has: a smaller one is fine (nothing changes), as QEMU's
