@@ -303,7 +303,7 @@ def build(fmt: str, work: Path) -> list[Hostile]:
 _CHILD = r"""
 import io, json, os, resource, signal, sys, time
 from qimg_cli.main import main
-import qimg_cli.parse, qimg_cli.tables  # warm: imported once, shared by every forked child
+import qimg_cli.parse, qimg_cli.prog, qimg_cli.tables  # warm: imported once, shared by every forked child
 jobs = json.loads(sys.stdin.read())
 jobs_warm = ["qimg_cli.commands." + j["args"][0] for j in jobs["jobs"] if j["args"] and j["args"][0][:1] != "-"]
 jobs_warm = sorted(set(jobs_warm)) + ["qimg.ops.info", "qimg.ops.map", "qimg.ops.check", "qimg.ops.convert",

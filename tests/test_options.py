@@ -5,8 +5,8 @@ import pytest
 from cli_support import assert_same, run_qemu, run_qimg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qimg_cli.parse import NONOPT, GetoptError
-from qimg_cli.parse import getopt_all as getopt_parse
+from qimg_cli.getopt import NONOPT, GetoptError
+from qimg_cli.getopt import getopt_all as getopt_parse
 
 SHORTS = {"f": ("f", True), "U": ("U", False)}
 LONGS = [("format", "f", True), ("force-share", "U", False), ("output", "output", True),

@@ -41,7 +41,6 @@ main()
 def modules_after(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     out = tmp_path / "modules.txt"
     env = dict(os.environ, QIMG_MODULES_OUT=str(out))
-    env.pop("QIMG_NO_FAST_PATH", None)
     p = subprocess.run([sys.executable, "-c", CODE, *args], capture_output=True, text=True, env=env)
     return p, out.read_text().split("\n")
 

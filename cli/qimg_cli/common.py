@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from . import parse as prog
-from .parse import error_exit, usage_exit, warn  # noqa: F401 - the commands' helpers, re-exported
+from . import prog
+from .prog import error_exit, usage_exit, warn  # noqa: F401 - the commands' helpers, re-exported
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:

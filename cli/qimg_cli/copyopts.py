@@ -6,7 +6,7 @@ import sys
 
 from qimg.errors import QimgError
 
-from . import parse as prog
+from . import prog
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from . import parse as prog
+from . import prog
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import parse as prog
+from . import prog
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def __getattr__(name: str) -> Any:
 
 
 def error_exit(message: str, code: int = 1) -> Any:
-    """Print ``prog: message`` on stderr and exit (kept for plugins: qimg_cli.prog.error_exit)."""
+    """Print ``prog: message`` on stderr and exit (kept for plugins; qimg_cli.prog.error_exit)."""
     prog.error_exit(message, code)
 
 

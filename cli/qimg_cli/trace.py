@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from . import parse as prog
-from .parse import error_exit
+from . import prog
+from .prog import error_exit
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:

@@ -44,7 +44,7 @@ def run(p: Parsed) -> None:
     from qimg.options import is_help_request
 
     from ..common import open_image
-    from ..parse import error_exit, usage_exit
+    from ..prog import error_exit, usage_exit
 
     if not p.options:
         usage_exit("Must specify options (-o)")

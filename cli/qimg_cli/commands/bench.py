@@ -114,7 +114,7 @@ def run(p: Parsed) -> None:
     from qimg.ops.bench import BenchOptions
 
     from ..copyopts import open_named
-    from ..parse import usage_exit
+    from ..prog import usage_exit
 
     o = p.state.get("bench") or BenchOptions()
     fmt, aio, cache = p.fmt, p.state.get("aio"), p.cache

@@ -50,7 +50,7 @@ def _granularity(text: str) -> int:
     from qimg.errors import QimgError
 
     from ..common import cvtnum
-    from ..parse import error_exit
+    from ..prog import error_exit
 
     try:
         return cvtnum("granularity", text)
@@ -62,7 +62,7 @@ def run(p: Parsed) -> None:
     from qimg.ops import bitmap as ops_bitmap
 
     from ..common import open_image
-    from ..parse import error_exit
+    from ..prog import error_exit
 
     actions: list[tuple[str, str | None]] = p.state.get("actions", [])
     gran = p.state.get("granularity")

@@ -34,7 +34,7 @@ def on_option(p: Parsed, key: str, value: str | None) -> None:
         from qimg.errors import QimgError
         from qimg.ops.check import parse_repair
 
-        from ..parse import fail
+        from ..prog import fail
 
         try:
             p.state["repair"] = parse_repair(value or "")
@@ -53,7 +53,7 @@ def run(p: Parsed) -> None:
 
     from ..common import check_output_format, open_image, usage_exit
     from ..copyopts import check_cache
-    from ..parse import error_exit
+    from ..prog import error_exit
 
     fix: set[str] = p.state.get("repair", set())
     if len(p.args) != 1:

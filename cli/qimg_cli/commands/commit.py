@@ -43,7 +43,7 @@ def run(p: Parsed) -> None:
     from qimg.errors import QimgError
 
     from ..copyopts import Progress, check_cache, open_named
-    from ..parse import usage_exit
+    from ..prog import usage_exit
 
     base_name = p.base
     drop = p.drop or base_name is not None  # -b implies -d: the images above the base stay valid

@@ -40,7 +40,7 @@ def run(p: Parsed) -> None:
     from qimg.errors import QimgError
 
     from ..copyopts import check_cache, open_named, qemu_progress
-    from ..parse import usage_exit
+    from ..prog import usage_exit
 
     progress = p.progress and not p.quiet
     files = p.args

@@ -46,7 +46,7 @@ def run(p: Parsed) -> None:
     from qimg.options import is_help_request
 
     from ..common import image_size_arg
-    from ..parse import NAME, usage_exit
+    from ..prog import NAME, usage_exit
 
     args = p.args
     opts = ",".join(p.options)

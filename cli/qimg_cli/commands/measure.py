@@ -45,7 +45,7 @@ def on_option(p: Parsed, key: str, value: str | None) -> None:
     elif key == "snapshot":
         from qimg.errors import QimgError
 
-        from ..parse import NAME
+        from ..prog import NAME
 
         try:
             _snapshot_param(value or "")
@@ -60,7 +60,7 @@ def run(p: Parsed) -> None:
     from qimg.ops import measure as ops_measure
 
     from ..common import check_output_format, open_image
-    from ..parse import NAME, error_exit
+    from ..prog import NAME, error_exit
 
     ofmt = check_output_format(p.output)
     img_size = p.state.get("size")

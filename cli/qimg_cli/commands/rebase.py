@@ -41,7 +41,7 @@ def run(p: Parsed) -> None:
     import sys
 
     from ..copyopts import check_cache, open_named, qemu_progress
-    from ..parse import usage_exit
+    from ..prog import usage_exit
 
     progress = p.progress and not p.quiet
     if len(p.args) != 1:

@@ -39,7 +39,7 @@ def on_option(p: Parsed, key: str, value: str | None) -> None:
 
         check_preallocation(value or "")
     elif key == "" and len(p.args) > 2:
-        from ..parse import usage_exit
+        from ..prog import usage_exit
 
         usage_exit("Extra argument(s) in command line")
 

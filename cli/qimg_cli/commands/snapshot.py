@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 def on_option(p: Parsed, key: str, value: str | None) -> None:
     if key in ("list", "apply", "create", "delete"):
         if p.state.get("action"):
-            from ..parse import usage_exit
+            from ..prog import usage_exit
 
             usage_exit("Cannot mix '-l', '-a', '-c', '-d'")
         p.state["action"] = key
