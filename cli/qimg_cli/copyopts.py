@@ -181,3 +181,16 @@ class Progress:
             self._print()
             sys.stdout.write("\n")
             sys.stdout.flush()
+
+
+class AmendProgress(Progress):
+    """qemu-img amend's meter: the driver reports ``(offset, total)``; the percentage is
+    ``100.f * offset / total`` in single precision, printed on a move of more than 1 point,
+    at 0 and at 100 (qemu_progress_print)."""
+
+    def update(self, offset: float, total: float) -> None:
+        cur = 100.0 if total <= 0 else min(100.0, _f32(_f32(100.0 * _f32(offset)) / _f32(total)))
+        self.current = cur
+        last = self.last_printed
+        if self.enabled and (last < 0 or cur > _f32(last + 1.0) or cur < _f32(last - 1.0) or cur in (0, 100)):
+            self._print()

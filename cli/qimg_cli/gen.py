@@ -1,6 +1,8 @@
-"""Questions about the option tables (:mod:`qimg_cli.tables`) that documentation generated
-from them asks: which names an option has in a profile, its description, its argument's name.
-(Kept out of tables.py: a command's run needs none of it, and start-up pays for every line.)
+"""What is generated from the option tables (:mod:`qimg_cli.tables`): the man page ``qimg(1)``
+and the bash completion (``python -m qimg_cli.gen man|bash``; cli/hatch_build.py puts both in
+the wheel), and the questions about an option that documentation asks: which names it has in a
+profile, its description, its argument's name. (Kept out of tables.py: a command's run needs
+none of it, and start-up pays for every line.)
 """
 from __future__ import annotations
 
@@ -61,4 +63,238 @@ def commands() -> list[Command]:
     return [command(n) for n in NAMES]  # type: ignore[misc]
 
 
-__all__ = ["short", "longs", "all_names", "names_in", "description", "argname", "commands", "global_options"]
+
+# -- the man page --------------------------------------------------------------------------------
+
+PROFILES = ("7.2", "10.0")
+DEFAULT = "10.0"
+
+
+def _roff(text: str) -> str:
+    """Text for a roff line: backslashes and hyphens escaped, no leading dot or quote."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\\&" + text if text[:1] in (".", "'") else text
+
+
+def _names_roff(o: Opt) -> str:
+    names = names_in(o, DEFAULT)
+    arg = argname(o)
+    out = ", ".join(f"\\fB{_roff(n)}\\fR" for n in names)
+    if arg:
+        out += f" \\fI{_roff(arg)}\\fR"
+    old = names_in(o, "7.2")
+    if old != names:
+        out += " (QIMG_COMPAT=7.2: " + (", ".join(_roff(n) for n in old) if old else "not available") + ")"
+    return out
+
+
+def _text(o: Opt) -> str:
+    return description(o) or o.about
+
+
+def man_page(version: str) -> str:
+    """``qimg(1)`` in man(7) roff, from the tables (options as in the default profile, with the
+    7.2 profile's differences noted)."""
+    from .tables import SUMMARIES
+
+    g = global_options()
+    out = [
+        f'.TH QIMG 1 "" "qimg {version}" "User Commands"',
+        ".SH NAME",
+        "qimg \\- create, convert, inspect and modify virtual disk images (a qemu\\-img in Python)",
+        ".SH SYNOPSIS",
+        ".B qimg",
+        "[\\fIstandard options\\fR] \\fICOMMAND\\fR [\\fIcommand options\\fR]",
+        ".br",
+        ".B qimg",
+        "\\fICOMMAND\\fR \\fB\\-\\-help\\fR",
+        ".SH DESCRIPTION",
+        "qimg is a drop\\-in replacement for QEMU's",
+        ".BR qemu\\-img (1):",
+        "the same commands, options, output, messages and exit codes. Which version of qemu\\-img it",
+        "reproduces is a profile, chosen by the environment variable",
+        ".B QIMG_COMPAT",
+        "(see ENVIRONMENT). Installed under the name qemu\\-img, it names itself so in every message.",
+        "Every image format is a plugin; \\fBqimg \\-\\-help\\fR lists the installed ones.",
+        ".SH STANDARD OPTIONS",
+    ]
+    for o in g.options:
+        out += [".TP", _names_roff(o), _roff(_text(o))]
+    out.append(".SH COMMANDS")
+    for name, summary in SUMMARIES.items():
+        cmd = command(name)
+        assert cmd is not None
+        usage = " ".join(cmd.usage.split())
+        out += [f".SS {name}", _roff(summary) + ".", ".PP", f"\\fBqimg {name}\\fR {_roff(usage)}"]
+        for o in cmd.options:
+            if o.key == "help" or not names_in(o, DEFAULT) and not names_in(o, "7.2"):
+                continue
+            out += [".TP", _names_roff(o), _roff(_text(o))]
+    out += [
+        ".SH ENVIRONMENT",
+        ".TP",
+        ".B QIMG_COMPAT",
+        "The qemu\\-img version whose behaviour qimg reproduces: \\fB10.0\\fR (the default) or",
+        "\\fB7.2\\fR. It decides the options each command has, the help texts, the messages, the",
+        "output and the exit codes.",
+        ".TP",
+        ".B QIMG_UNTRUSTED",
+        "1 does what \\fB\\-\\-untrusted\\fR does: open nothing an image names, limit memory and time.",
+        ".TP",
+        ".B QIMG_DISABLE_PLUGINS",
+        "Comma\\-separated names of plugins not to load.",
+        ".SH EXIT STATUS",
+        "As qemu\\-img's: 0 on success, 1 on errors; \\fBcheck\\fR and \\fBcompare\\fR have their own codes",
+        "(see their pages in qimg's documentation).",
+        ".SH SEE ALSO",
+        ".BR qemu\\-img (1)",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# -- shell completions ---------------------------------------------------------------------------
+
+_CACHE_MODES = "none writeback writethrough directsync unsafe"
+#: how a shell gets the installed formats: from ``--help`` (both profiles' layouts)
+_FORMATS_SED = "sed -n -e 's/^Supported formats: //p' -e '/^Supported image formats:/,/^See /s/^  //p'"
+
+
+def _words(o: Opt) -> str:
+    """Fixed words an option's argument may be (its ``complete`` list)."""
+    c = o.complete
+    if c == "cache":
+        return _CACHE_MODES
+    if c in ("file", "format", ""):
+        return ""
+    return c
+
+
+def _all_option_names(cmd: Command) -> list[str]:
+    seen: list[str] = []
+    for o in cmd.options:
+        for p in PROFILES:
+            for n in names_in(o, p):
+                if n not in seen:
+                    seen.append(n)
+    return seen
+
+
+def bash_completion() -> str:
+    """A bash completion for ``qimg`` (self-contained: no bash-completion package needed)."""
+    g = global_options()
+    lines = [
+        "# bash completion for qimg, generated from its option tables (python -m qimg_cli.gen bash)",
+        "_qimg_formats() {",
+        '    if [ -z "${_qimg_format_list+x}" ]; then',
+        f'        _qimg_format_list=$("$1" --help 2>/dev/null | {_FORMATS_SED} | tr -s " " "\\n")',
+        "    fi",
+        '    printf "%s\\n" "$_qimg_format_list"',
+        "}",
+        "_qimg() {",
+        "    local cur prev cmd i w",
+        '    cur=${COMP_WORDS[COMP_CWORD]}',
+        '    prev=${COMP_WORDS[COMP_CWORD-1]}',
+        '    cmd=""',
+        "    i=1",
+        "    while [ $i -lt $COMP_CWORD ]; do",
+        '        w=${COMP_WORDS[i]}',
+        '        case $w in',
+        "            -T|--trace) i=$((i + 2)); continue ;;",
+        "            -*) ;;",
+        '            *) cmd=$w; break ;;',
+        "        esac",
+        "        i=$((i + 1))",
+        "    done",
+        "    COMPREPLY=()",
+        '    if [ -z "$cmd" ]; then',
+        '        case $prev in -T|--trace) return 0 ;; esac',
+        '        if [[ $cur == -* ]]; then',
+        '            COMPREPLY=($(compgen -W "' + " ".join(_all_option_names(g)) + '" -- "$cur"))',
+        "        else",
+        '            COMPREPLY=($(compgen -W "' + " ".join(NAMES) + ' $(_qimg_plugin_commands)" -- "$cur"))',
+        "        fi",
+        "        return 0",
+        "    fi",
+        '    case $cmd in',
+    ]
+    for name in NAMES:
+        cmd = command(name)
+        assert cmd is not None
+        lines.append(f"        {name})")
+        lines.append('            case $prev in')
+        for o in cmd.options:
+            if not o.arg:
+                continue
+            names = "|".join(n for p in PROFILES for n in names_in(o, p) if True)
+            names = "|".join(dict.fromkeys(names.split("|")))
+            if o.complete == "format":
+                action = 'COMPREPLY=($(compgen -W "$(_qimg_formats "${COMP_WORDS[0]}")" -- "$cur"))'
+            elif o.complete == "file":
+                action = 'COMPREPLY=($(compgen -f -- "$cur"))'
+            elif _words(o):
+                action = f'COMPREPLY=($(compgen -W "{_words(o)}" -- "$cur"))'
+            else:
+                action = ":"
+            lines.append(f"                {names}) {action}; return 0 ;;")
+        lines.append("            esac")
+        lines.append('            if [[ $cur == -* ]]; then')
+        lines.append('                COMPREPLY=($(compgen -W "' + " ".join(_all_option_names(cmd)) + '" -- "$cur"))')
+        if cmd.positionals == "dd":
+            lines += [
+                '            elif [[ $cur == if=* || $cur == of=* ]]; then',
+                '                COMPREPLY=($(compgen -P "${cur%%=*}=" -f -- "${cur#*=}"))',
+                "            else",
+                '                COMPREPLY=($(compgen -W "bs= count= skip= if= of=" -- "$cur"))',
+                "                compopt -o nospace 2>/dev/null",
+            ]
+        else:
+            lines += ["            else", '                COMPREPLY=($(compgen -f -- "$cur"))']
+        lines += ["            fi", "            ;;"]
+    lines += [
+        "    esac",
+        "    return 0",
+        "}",
+        "_qimg_plugin_commands() {",
+        '    "${COMP_WORDS[0]}" --help 2>/dev/null | sed -n "/^Recognized commands/,/^Supported image formats/s/^  \\([a-z0-9_-]*\\) - .*/\\1/p"'
+        ' | grep -vxF "$(printf "%s\\n" ' + " ".join(NAMES) + ')"',
+        "}",
+        "complete -o filenames -o bashdefault -F _qimg qimg",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m qimg_cli.gen man|bash [-o FILE]``"""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = None
+    if "-o" in args:
+        i = args.index("-o")
+        out = args[i + 1]
+        del args[i:i + 2]
+    if len(args) != 1 or args[0] not in ("man", "bash"):
+        sys.stderr.write("usage: python -m qimg_cli.gen man|bash [-o FILE]\n")
+        return 2
+    if args[0] == "man":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("qimg-cli")
+        except PackageNotFoundError:
+            v = "0"
+        text = man_page(v)
+    else:
+        text = bash_completion()
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        with open(out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

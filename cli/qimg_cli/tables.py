@@ -20,6 +20,8 @@ arguments; its ``quirks`` name the parsing rules a profile has for it.
 """
 from __future__ import annotations
 
+import sys
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -62,15 +64,16 @@ class Opt:
     as printed (lines indented as there), or "" when it has none. ``metavar``: the argument's
     name for generated documentation (man page, completion); defaults to the one in ``doc``.
     ``complete``: what a shell should offer for its argument: ``file``, ``format`` (the
-    registry's formats), or a space-separated list of words.
+    registry's formats), or a space-separated list of words. ``about``: what the man page says
+    of an option qemu-img 10.0's help does not describe (its ``doc`` has no text).
     """
 
-    __slots__ = ("key", "names", "arg", "repeat", "doc", "metavar", "complete")
+    __slots__ = ("key", "names", "arg", "repeat", "doc", "metavar", "complete", "about")
 
     def __init__(self, key: str, names: str, arg: bool = False, doc: str = "", *, repeat: bool = False,
-                 metavar: str = "", complete: str = "") -> None:
+                 metavar: str = "", complete: str = "", about: str = "") -> None:
         self.key, self.names, self.arg, self.repeat = key, tuple(names.split()), arg, repeat
-        self.doc, self.metavar, self.complete = doc, metavar, complete
+        self.doc, self.metavar, self.complete, self.about = doc, metavar, complete, about
 
 
 class Command:
@@ -150,7 +153,8 @@ FILENAME_DOC = "  FILENAME\n     image file name (or specification with --image-
 
 
 def object_option(doc: str = OBJECT_DOC) -> Opt:
-    return Opt("objects", "--object", True, doc, repeat=True, metavar="OBJDEF")
+    return Opt("objects", "--object", True, doc, repeat=True, metavar="OBJDEF",
+               about="" if doc else "QEMU user-creatable object (eg encryption key)")
 
 
 def help_option() -> Opt:
@@ -167,7 +171,9 @@ def global_options() -> Command:
             Opt("trace", "-T --trace", True, "  -T,--trace TRACE\n     specify tracing options:\n"
                 "        [[enable=]<pattern>][,events=<file>][,file=<file>]", repeat=True, metavar="TRACE"),
             # qimg's own (docs/security.md): not in qemu-img's table, not in its help
-            Opt("untrusted", "--untrusted!"),
+            Opt("untrusted", "--untrusted!", about="qimg's own: open nothing an image names (backing files, "
+                "external data files) and limit memory and CPU time, for images from untrusted sources "
+                "(QIMG_UNTRUSTED=1 does the same)"),
         ),
         layout=("help", "version", "trace"), quirks={"7.2": ("require-order",)}, positionals="command")
 
@@ -240,6 +246,8 @@ def command(name: str) -> Command | None:
     ``qimg_cli.commands.<name>``, beside the code that runs it."""
     if name not in SUMMARIES:
         return None
-    from qimg.registry import import_module
-
-    return import_module(f"qimg_cli.commands.{name}").TABLE
+    module = f"qimg_cli.commands.{name}"
+    # importlib.import_module without importing importlib at start-up (as qimg.registry's; the
+    # tables need nothing of the core: the wheel's build hook reads them without it)
+    __import__(module)
+    return sys.modules[module].TABLE

@@ -1,7 +1,6 @@
 """``qimg amend``: -o options (``-o help``), -p progress, --force, over ops.amend."""
 from __future__ import annotations
 
-from ..copyopts import Progress
 from ..tables import Command, Opt, help_option, object_option
 
 #: the command's options and help, as data (qimg_cli.tables describes the model)
@@ -17,7 +16,8 @@ TABLE = Command(
             complete="format"),
         Opt("cache", "-t --cache@10.0", True, "  -t, --cache CACHE\n     cache mode for FILENAME (writeback)",
             complete="cache"),
-        Opt("options", "-o --options@10.0", True, repeat=True, metavar="OPTIONS"),
+        Opt("options", "-o --options@10.0", True, repeat=True, metavar="OPTIONS",
+            about="format-specific options to change, name=value,... (-o help lists them)"),
         Opt("image_opts", "--image-opts", doc="  --image-opts\n     indicates that FILENAME is a complete image "
             "specification\n   instead of a file name (incompatible with --format)"),
         Opt("force", "--force", doc="  --force\n     allow certain unsafe operations"),
@@ -44,6 +44,7 @@ def run(p: Parsed) -> None:
     from qimg.options import is_help_request
 
     from ..common import open_image
+    from ..copyopts import AmendProgress
     from ..prog import error_exit, usage_exit
 
     if not p.options:
@@ -52,7 +53,7 @@ def run(p: Parsed) -> None:
     fmt, cache = p.fmt, p.cache
     progress = p.progress and not p.quiet
     # qemu-img starts its progress meter here: every later exit ends it (a newline with -p)
-    bar = _AmendProgress(progress, initial=False)
+    bar = AmendProgress(progress, initial=False)
     try:
         if fmt and is_help_request(opts):
             sys.stdout.write(ops_amend.help_text(fmt) + "\n")
@@ -75,17 +76,3 @@ def run(p: Parsed) -> None:
     finally:
         bar.end()
 
-
-class _AmendProgress(Progress):
-    """qemu-img amend's meter: the driver reports ``(offset, total)``; the percentage is
-    ``100.f * offset / total`` in single precision, printed on a move of more than 1 point,
-    at 0 and at 100 (qemu_progress_print)."""
-
-    def update(self, offset: float, total: float) -> None:
-        from ..copyopts import _f32
-
-        cur = 100.0 if total <= 0 else min(100.0, _f32(_f32(100.0 * _f32(offset)) / _f32(total)))
-        self.current = cur
-        last = self.last_printed
-        if self.enabled and (last < 0 or cur > _f32(last + 1.0) or cur < _f32(last - 1.0) or cur in (0, 100)):
-            self._print()

@@ -18,7 +18,7 @@ TABLE = Command(
         Opt("remove", "--remove", doc="  --remove\n     removes BITMAP"),
         Opt("clear", "--clear", doc="  --clear\n     clears BITMAP"),
         Opt("enable", "--enable", doc="  --enable, --disable\n     starts and stops recording future edits to BITMAP"),
-        Opt("disable", "--disable"),
+        Opt("disable", "--disable", about="stops recording future edits to BITMAP"),
         Opt("merge", "--merge", True, "  --merge SRC_FILENAME\n     merges contents of SRC_FILENAME bitmap into BITMAP",
             repeat=True),
         Opt("granularity", "-g --granularity", True,

@@ -39,7 +39,8 @@ TABLE = Command(
             doc="  --target-image-opts\n     indicates that TGT_FILENAME is a complete image specification\n"
                 "     instead of a file name (incompatible with --output-format)"),
         Opt("salvage", "--salvage", doc="  --salvage\n     XXX todo"),
-        Opt("target_is_zero", "--target-is-zero", doc="  --target-is-zero"),
+        Opt("target_is_zero", "--target-is-zero", doc="  --target-is-zero",
+            about="the target (with -n) reads as zeroes: zeroes are not written"),
         Opt("bitmaps", "--bitmaps", doc="  --bitmaps\n     also copy any persistent bitmaps present in source"),
         Opt("skip_broken_bitmaps", "--skip-broken-bitmaps",
             doc="  --skip-broken-bitmaps\n     skip (do not error out) any broken bitmaps"),

@@ -17,8 +17,10 @@ TABLE = Command(
         Opt("image_opts", "--image-opts", doc=IMAGE_OPTS_DOC),
         Opt("force_share", "-U --force-share", doc="  -U, --force-share\n     open image in shared mode for concurrent access"),
         # qemu-img 7.2 also takes -s and -l for these (its man page does not list them)
-        Opt("start_offset", "-s --start-offset", True, "  --start-offset OFFSET", metavar="OFFSET"),
-        Opt("max_length", "-l --max-length", True, "  --max-length LENGTH", metavar="LENGTH"),
+        Opt("start_offset", "-s --start-offset", True, "  --start-offset OFFSET", metavar="OFFSET",
+            about="map from OFFSET on"),
+        Opt("max_length", "-l --max-length", True, "  --max-length LENGTH", metavar="LENGTH",
+            about="map at most LENGTH bytes"),
     ),
     layout=("fmt", "image_opts", "start_offset", "max_length", "output", "force_share", "objects", FILENAME_DOC))
 
