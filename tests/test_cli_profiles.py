@@ -316,3 +316,16 @@ def test_option_tables_match_the_oracles_own():
         shorts, longs = cmd.getopt_tables("10.0")
         mine = [entry[0] for entry in longs if len(entry) == 3]  # without qimg's own exact-only names
         assert mine == listed, name
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("name", ["", *NAMES])
+def test_every_letter(profile, name, images):
+    """Each letter and digit as an option of each command (and before any command), alone: the
+    letters a profile has, whether they take an argument, and what an unknown one says, are
+    the oracle's (the tables list only the letters they know; this finds one they miss). No
+    file is named, so nothing runs past the usage checks."""
+    import string
+
+    for c in string.ascii_letters + string.digits:
+        check(profile, f"{name} -{c}".strip(), images, fresh=False)
