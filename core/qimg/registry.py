@@ -41,6 +41,19 @@ def _load_driver(kind: str, name: str, path: str) -> Any:
         raise QimgError(f"Could not load the {kind} driver '{name}' ({path}): {e}") from None
 
 
+#: bytes a probe sees (QEMU's BLOCK_PROBE_BUF_SIZE)
+PROBE_BYTES = 512
+
+#: QEMU asks its drivers in the order it registered them and keeps the first best score. Only
+#: vdi (its magic at byte 64) can tie with another format's magic at byte 0 (a polyglot): the
+#: formats listed win such ties, in this order, over the others (registration order). Measured
+#: with X+vdi polyglots; qemu-img 7.2 and 10.0 link their drivers in different orders.
+PROBE_FIRST: dict[str, tuple[str, ...]] = {
+    "7.2": ("qed", "vdi"),
+    "10.0": ("qed", "vhdx", "vmdk", "vpc", "vdi"),
+}
+
+
 class FormatEntry(Value):
     """A registered format: its name, ``"module:Class"`` driver path, probe and description."""
 
@@ -111,16 +124,32 @@ class Registry:
     def format_names(self) -> list[str]:
         return sorted(self.formats)
 
+    def scores(self, head: bytes, filename: str) -> dict[str, int]:
+        """Every probing format's score for a file's first bytes (``head``), as QEMU's probes
+        see them: 512 bytes, zeroes past the end of a shorter file."""
+        head = head[:PROBE_BYTES].ljust(PROBE_BYTES, b"\0")
+        out: dict[str, int] = {}
+        for name, entry in self.formats.items():
+            if entry.probe is not None:
+                out[name] = int(entry.probe(head, filename))
+        return out
+
     def probe(self, head: bytes, filename: str) -> FormatEntry | None:
-        """Best-scoring format for the first bytes of a file, as QEMU's bdrv_probe_all."""
-        best, best_score = None, 0
-        for entry in self.formats.values():
-            if entry.probe is None:
-                continue
-            score = entry.probe(head, filename)
-            if score > best_score:
-                best, best_score = entry, score
-        return best
+        """Best-scoring format for the first bytes of a file, as QEMU's bdrv_probe_all: an
+        empty file is raw; among equal scores QEMU's driver order decides (:data:`PROBE_FIRST`)."""
+        if not head and "raw" in self.formats:
+            return self.formats["raw"]
+        scores = self.scores(head, filename)
+        best = max(scores.values(), default=0)
+        if best <= 0:
+            return None
+        tied = [n for n, sc in scores.items() if sc == best]
+        if len(tied) > 1:
+            from . import compat
+
+            first = PROBE_FIRST.get(compat.name(), ())
+            tied.sort(key=lambda n: first.index(n) if n in first else len(first))
+        return self.formats[tied[0]]
 
     def protocol_for(self, filename: str) -> ProtocolEntry | None:
         """The protocol a ``prefix:`` filename selects, or None for a plain path or a prefix

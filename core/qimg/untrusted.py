@@ -76,14 +76,10 @@ def check_probe(registry: "Registry", head: bytes, filename: str) -> None:
     descriptor); which format wins then depends on probe scores, and an attacker picks the one
     a validator does not look at. Raw's score is the floor: every format beats it.
     """
-    scores: dict[str, int] = {}
-    for name, entry in registry.formats.items():
-        if entry.probe is None:
-            continue
-        try:
-            scores[name] = int(entry.probe(head, filename))
-        except Exception:  # noqa: BLE001 - a probe must never crash on hostile bytes
-            scores[name] = 0
+    try:
+        scores = registry.scores(head, filename)
+    except Exception:  # noqa: BLE001 - a probe must never crash on hostile bytes
+        scores = {}
     floor = scores.get("raw", 1)
     claimed = sorted(n for n, s in scores.items() if s > floor and n != "raw")
     if len(claimed) > 1:
