@@ -58,6 +58,13 @@ def open_errno(filename: str, code: int) -> CorruptImage:
     return CorruptImage(f"Could not open '{filename}': Could not open '{filename}': {os.strerror(code)}")
 
 
+def check_disk_size(size: int) -> None:
+    """QEMU's block layer after a driver's open (bdrv_refresh_total_sectors): a disk larger
+    than any request can reach (BDRV_MAX_LENGTH) does not open."""
+    if size > MAX_IMAGE_SIZE:
+        raise CorruptImage("Could not refresh total sector count: File too large")
+
+
 def check_range(value: int, lo: int, hi: int, what: str) -> int:
     """``lo <= value <= hi`` or CorruptImage naming ``what``; returns ``value``."""
     if not isinstance(value, int) or value < lo or value > hi:

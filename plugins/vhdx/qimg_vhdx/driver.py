@@ -232,6 +232,7 @@ class VhdxFormat(Format):
         self._read_regions()
         self._read_metadata()
         self._read_bat()
+        limits.check_disk_size(self._size)
         self._meta: MetadataMap | None = None  # built on the first write
         # qemu-img check opens without the BAT check and reports what it finds instead
         if not options.get("check"):

@@ -294,17 +294,26 @@ class VmdkFormat(Format):
         else:
             self._open_desc_file(head, 0)
             self.desc_offset = 0
-        if not self.extents:
-            # qemu-img opens it and then fails an assertion (abort): refuse it cleanly
-            raise QimgError("Invalid VMDK descriptor: no extents")
+        # QEMU sums the extents' sectors in an int64 and its block layer refuses a disk whose
+        # size (that sum times 512, in unsigned 64 bits) no request can reach
+        sectors = 0
+        for e in self.extents:
+            sectors = (sectors + e.length // SECTOR) & U64
+        if sectors * SECTOR & U64 > limits.MAX_IMAGE_SIZE:
+            raise QimgError("Could not refresh total sector count: File too large")
+        if sectors >= 1 << 63:
+            # a negative sector count passes there, and qemu-img's commands then fail one by
+            # one ("Can't get image size"): refused at once
+            raise QimgError("Invalid capacity, image may be corrupt")
+        if sectors > ((1 << 63) - 1) // SECTOR:
+            # so does a size past 2^63 bytes (QEMU's getlength: EFBIG)
+            raise QimgError("File too large")
         self.starts: list[int] = []
         pos = 0
         for e in self.extents:
             self.starts.append(pos)
             pos += e.length
         self._size = pos
-        if pos > limits.MAX_IMAGE_SIZE:
-            raise QimgError("Image size too large")
         # parentFileNameHint, CID and parentCID come from the descriptor's first 10 KiB
         area = file.pread(self.desc_offset, dsc.DESC_SIZE).ljust(dsc.DESC_SIZE, b"\0")
         try:
@@ -411,6 +420,10 @@ class VmdkFormat(Format):
         return isinstance(ext, SparseExtent) and ext.compressed
 
     def info_extra(self) -> dict[str, Any]:
+        if not self.extents:
+            # a descriptor without an extent QEMU opens is an empty disk, but qemu-img info
+            # then fails an assertion (abort): refuse it cleanly
+            raise QimgError("Invalid VMDK descriptor: no extents")
         return {"dirty-flag": False}
 
     def format_specific_info(self) -> dict[str, Any] | None:

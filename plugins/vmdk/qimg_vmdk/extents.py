@@ -220,9 +220,6 @@ class SparseExtent(Extent):
             raise CorruptImage("Invalid granularity, image may be corrupt")
         if l1_size > MAX_L1_ENTRIES:
             raise CorruptImage("L1 size too big")
-        if h.capacity * SECTOR > limits.MAX_IMAGE_SIZE:
-            # beyond QEMU (its sector counts overflow there): a size no request could address
-            raise CorruptImage("Invalid capacity, image may be corrupt")
         self.grain = h.grain_size * SECTOR
         self.gtes = h.num_gtes_per_gt
         self.capacity = h.capacity * SECTOR
