@@ -18,7 +18,7 @@ from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
 from qimg.driver import CheckResult, Format
 from qimg.errors import QimgError
 from qimg.image import is_zero, zero_fill
-from qimg.limits import einval, qemu_length
+from qimg.limits import check_disk_size, einval, qemu_length
 from qimg.options import SIZE, STRING, Option
 from qimg.overlap import MetadataMap
 from qimg.tables import le64_bytes as _to_le
@@ -64,6 +64,9 @@ def _max_image_size(cluster_size: int, table_size: int) -> int:
 class QedFormat(Format):
     #: a table is allocated after the data of the first write into it: convert splits writes as qemu-img
     layout_follows_requests = True
+    #: growing cannot zero the new area (QEMU's supported_truncate_flags lack BDRV_REQ_ZERO_WRITE):
+    #: resize refuses when a backing file would show through there
+    truncate_zero_write = False
     #: open options besides the block layer's (QEMU's runtime options of this driver)
     runtime_options = frozenset()
     format_name = "qed"
@@ -145,15 +148,20 @@ class QedFormat(Format):
             raise QimgError("QED image size is invalid")
         if not self._table_ok(h.l1_table_offset):
             raise QimgError("QED table offset is invalid")
+        if h.header_size > 0xFFFFFFFF // cs:
+            raise QimgError("QED header size is too large")
         if h.features & F_BACKING_FILE:
             off, n = h.backing_filename_offset, h.backing_filename_size
-            if off + n > self.data_start or n > MAX_BACKING_NAME:
+            if off + n > self.data_start:
                 raise QimgError("QED backing filename offset is invalid")
+            if n > MAX_BACKING_NAME:  # QEMU's qed_read_string: no room in its buffer (EINVAL)
+                raise QimgError("Failed to read backing filename")
             name = file.pread(off, n).split(b"\0", 1)[0]
             self.backing_filename = os.fsdecode(name) or None
             if self.backing_filename and h.features & F_BACKING_FORMAT_NO_PROBE:
                 self.backing_format = "raw"
         self._end = self.file_size
+        check_disk_size(h.image_size)
         self._meta: MetadataMap | None = None  # built on the first write
         self._l2cache: OrderedDict[tuple[int, int], array] = OrderedDict()
         self._load_l1()
@@ -515,7 +523,13 @@ class QedFormat(Format):
     def change_backing_file(self, filename: str | None, fmt: str | None) -> None:
         h = self.h
         name = os.fsencode(filename or "")
-        if name and (HEADER_SIZE + len(name) > self.data_start or len(name) > MAX_BACKING_NAME):
+        # as QEMU: unknown compat features may keep data after the header (ENOTSUP), and the
+        # header with its name must fit the header clusters (ENOSPC)
+        if filename is not None and h.compat_features:
+            raise QimgError("Operation not supported")
+        if HEADER_SIZE + len(name) > self.data_start:
+            raise QimgError("No space left on device")
+        if len(name) > MAX_BACKING_NAME:
             raise QimgError("Backing file name too long")
         h.features &= ~(F_BACKING_FILE | F_BACKING_FORMAT_NO_PROBE)
         # qemu-img keeps the name's offset even when it drops the name
