@@ -221,7 +221,12 @@ def create_node(filename: str, fmt: str, size: int, opts: dict[str, Any]) -> Non
     try:
         run_driver_create(cls, filename, size, opts)
     except OSError as e:
-        raise QimgError(f"Could not create '{filename}': {e.strerror or e}") from None
+        # a protocol's own wording ("Could not resize file: ...") stands as it is; the errno
+        # stays on the error (create turns EFBIG into its own message)
+        text = e.strerror or str(e)
+        err = QimgError(text if text.startswith("Could not resize file") else f"Could not create '{filename}': {text}")
+        err.errno = e.errno  # type: ignore[attr-defined]
+        raise err from None
 
 
 def create_image(filename: str, fmt: str = "raw", size: int | None = None, options: str | dict[str, Any] = "", *,
@@ -289,4 +294,12 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
         texts_all["size"] = str(size)
         echo(formatting_line(filename, fmt, cls, declared, texts_all))
     trace.event("create_image", filename=filename, format=fmt, size=size)
-    create_node(filename, fmt, size, typed)
+    try:
+        create_node(filename, fmt, size, typed)
+    except QimgError as e:
+        import errno
+
+        if getattr(e, "errno", None) == errno.EFBIG:  # bdrv_img_create's own message for EFBIG
+            hint = " (try using a larger cluster size)" if typed.get("cluster_size") else ""
+            raise QimgError(f"The image size is too large for file format '{fmt}'{hint}") from None
+        raise

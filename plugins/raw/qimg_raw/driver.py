@@ -70,7 +70,12 @@ class RawFormat(Format):
             # block (up to 4 KiB) so that alignment probing finds allocated data there
             size = -(-size // 512) * 512
             file.truncate(0)
-            preallocate(file, 0, size, mode)
+            try:
+                preallocate(file, 0, size, mode)
+            except OSError as e:  # QEMU's file driver words it so (the errno stays for the caller)
+                import os
+
+                raise OSError(e.errno, f"Could not resize file: {os.strerror(e.errno or 5)}") from None
             if size and mode != "full":
                 file.pwrite(0, bytes(min(size, FIRST_BLOCK)))
         finally:
