@@ -328,7 +328,7 @@ mem, timeout = jobs["mem"], jobs["timeout"]
 _seen_cmds = set()
 _so, _se = sys.stdout, sys.stderr
 for job in jobs["jobs"]:
-    if job["args"] and job["args"][0] not in _seen_cmds and not job.get("env"):
+    if job["args"] and job["args"][0] not in _seen_cmds and not job.get("env") and not job.get("cwd"):
         _seen_cmds.add(job["args"][0])
         sys.stdout = sys.stderr = open(os.devnull, "w")
         try:
@@ -352,6 +352,15 @@ for job in jobs["jobs"]:
             resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
             for k, v in job.get("env", {}).items():
                 os.environ[k] = v
+            if job.get("cwd"):
+                os.chdir(job["cwd"])
+            opened = []
+            if job.get("audit_out"):
+                # every file this run opens (the audit hook sees open() and os.open())
+                def _hook(event, args, _opened=opened):
+                    if event == "open" and args and isinstance(args[0], (str, bytes)):
+                        _opened.append(os.path.abspath(os.fsdecode(args[0])))
+                sys.addaudithook(_hook)
             sys.argv = ["qimg", *job["args"]]
             code = 0
             try:
@@ -359,6 +368,11 @@ for job in jobs["jobs"]:
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
             sys.stdout.flush(); sys.stderr.flush()
+            if job.get("audit_out"):
+                record = json.dumps(opened).encode()  # before opening the record itself
+                fd = os.open(job["audit_out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.write(fd, record)
+                os.close(fd)
             os._exit(code)
         except BaseException as e:
             try:
@@ -409,10 +423,18 @@ class Result:
     elapsed: float
 
 
-def run_batch(jobs: list[list[str]], *, mem: int = MEM_LIMIT, timeout: float = TIMEOUT,
+def run_batch(jobs: list, *, mem: int = MEM_LIMIT, timeout: float = TIMEOUT,
               env: dict[str, str] | None = None) -> list[Result]:
-    """Run ``qimg <args>`` for each job in a forked, rlimited child; see the module docstring."""
-    payload = json.dumps({"mem": mem, "timeout": timeout, "jobs": [{"args": a, "env": env or {}} for a in jobs]})
+    """Run ``qimg <args>`` for each job in a forked, rlimited child; see the module docstring.
+
+    A job is an argument list, or a dict with ``args`` and optionally ``env``, ``cwd`` and
+    ``audit_out`` (a file that receives the JSON list of every path the run opened).
+    """
+    specs = [dict(j) if isinstance(j, dict) else {"args": j} for j in jobs]
+    for spec in specs:
+        spec["env"] = {**(env or {}), **spec.get("env", {})}
+    jobs = [spec["args"] for spec in specs]
+    payload = json.dumps({"mem": mem, "timeout": timeout, "jobs": specs})
     p = subprocess.run([sys.executable, "-c", _CHILD], input=payload, capture_output=True, text=True,
                        timeout=timeout * len(jobs) + 60)
     if p.returncode != 0:
