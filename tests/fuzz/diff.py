@@ -261,9 +261,8 @@ class Campaign:
         flat = [(m, job) for m, _root, jobs, _e, _b in plans for job in jobs]
         specs = []
         for _m, (c, args, _q, md) in flat:
-            spec = {"args": args, "cwd": str(md), "env": dict(self.qimg_env)}
-            if c.startswith("u-"):
-                spec["audit_out"] = str(md / f".opened-{c}.json")
+            spec = {"args": args, "cwd": str(md), "env": dict(self.qimg_env),
+                    "audit_out": str(md / f".opened-{c}.json")}
             specs.append(spec)
         with ThreadPoolExecutor(3) as pool:
             qimg_future = pool.submit(hostile.run_batch, specs)
@@ -313,11 +312,17 @@ class Campaign:
             self._add(m, command, "memory", err.strip()[-300:])
             return
         if command.startswith("u-"):
-            self._judge_opened(m, command, r, md)
+            self._judge_opened(m, command, r, md, "untrusted mode")
             return
         assert q is not None
         if q.timed_out or q.rc < 0:
             return  # qemu-img hung or crashed (an assertion): there is no verdict to match
+        if command in READ and q.rc != 0 and q.err.startswith(f"qemu-img: Could not open '{m.seed.image}': ") \
+                and "backing" not in q.err \
+                and not (m.fmt == "vmdk" and m.seed.files[m.seed.image][:4] != b"KDMV"):
+            # qemu-img rejects the image itself: qimg must not have followed a name inside it
+            # (a VMDK descriptor is the exception: QEMU opens its extents line by line)
+            self._judge_opened(m, command, r, md, "a rejected image")
         mine, theirs = _classify(command, r.rc), _classify(command, q.rc)
         if mine != theirs and command in WRITE and r.rc != 0 and q.rc == 0 and before is not None:
             # qimg refused a write qemu-img made: right if qemu-img's write damaged the image;
@@ -351,13 +356,13 @@ class Campaign:
             elif self._check_rank(m.fmt, m.seed.image, md) > self._rank[m.id]:
                 self._add(m, command, "damage", "qemu-img check finds the image worse than before the write")
 
-    def _judge_opened(self, m, command, r: Run, md: Path) -> None:
-        allowed = {os.path.realpath(md / m.seed.image), os.path.realpath(md / "out-u.raw")}
+    def _judge_opened(self, m, command, r: Run, md: Path, why: str) -> None:
+        allowed = {os.path.realpath(md / n) for n in (m.seed.image, "out-u.raw", "out.raw", "out.dd")}
         for p in r.opened:
             real = os.path.realpath(p)
-            if real in allowed or _system_path(real):
+            if real in allowed or _system_path(real) or os.path.basename(real).startswith(".opened-"):
                 continue
-            self._add(m, command, "opened", f"untrusted mode opened {p}")
+            self._add(m, command, "opened", f"{why}: opened {p}")
             return
 
     def failures(self) -> list[Finding]:

@@ -270,12 +270,13 @@ class VmdkFormat(Format):
                 f.close()
             raise
 
-    def _read_desc(self, file: Any, offset: int) -> bytes:
-        """QEMU's vmdk_read_desc: at most 1 MiB - 1 bytes from ``offset`` (zeroes past the end)."""
+    def _read_desc(self, file: Any, offset: int, limit: int = DESC_READ) -> bytes:
+        """QEMU's vmdk_read_desc: at most 1 MiB - 1 bytes from ``offset`` (zeroes past the end);
+        ``limit`` reads less where only the magic matters (a sparse extent's head)."""
         size = file.size()
         if size < 4:
             raise QimgError("File is too small, not a valid image")
-        n = min(size, DESC_READ)
+        n = min(size, DESC_READ, limit)
         if not limits.request_ok(offset, n):
             raise QimgError("Could not read from file: Input/output error")
         return file.pread(offset, n).ljust(n, b"\0")
@@ -284,8 +285,10 @@ class VmdkFormat(Format):
         file = self.file
         self.extents: list[Extent] = []
         self.create_type: str | None = None
-        head = self._read_desc(file, 0)
+        head = self._read_desc(file, 0, SECTOR)
         self.embedded = head[:4] in (MAGIC, COWD_MAGIC)
+        if not self.embedded:
+            head = self._read_desc(file, 0)
         if self.embedded:
             main = self._open_sparse(file, self.filename, head, 0)
             if main is not None:
@@ -389,7 +392,7 @@ class VmdkFormat(Format):
         if line.type in ("SPARSE", "VMFSSPARSE"):
             # a sparse extent is what its header says, whatever size the line gives (a header
             # of capacity 0 may make it a descriptor naming further extents)
-            sparse = self._open_sparse(f, path, self._read_desc(f, 0), depth)
+            sparse = self._open_sparse(f, path, self._read_desc(f, 0, SECTOR), depth)
             if sparse is not None:
                 sparse.type_name = line.type
             return
