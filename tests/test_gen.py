@@ -138,3 +138,14 @@ def test_python_dash_m_qimg_without_the_cli(tmp_path) -> None:
     assert p.returncode == 1
     assert p.stderr.startswith("qimg: the command line is not installed: install the qimg-cli distribution")
     assert p.stderr.count("\n") == 1
+
+
+# -- the command pages ------------------------------------------------------------------------------
+
+def test_each_command_page_lists_its_options_from_the_table() -> None:
+    """docs/commands/NAME.md's options section is the table's (``python -m qimg_cli.gen docs``
+    rewrites it after a table changes)."""
+    for cmd in gen.commands():
+        page = (ROOT / "docs" / "commands" / f"{cmd.name}.md").read_text()
+        assert gen.options_markdown(cmd) in page, f"{cmd.name}.md: run python -m qimg_cli.gen docs"
+        assert gen.update_page(page, cmd) == page

@@ -1,8 +1,9 @@
 """What is generated from the option tables (:mod:`qimg_cli.tables`): the man page ``qimg(1)``
 and the bash completion (``python -m qimg_cli.gen man|bash``; cli/hatch_build.py puts both in
-the wheel), and the questions about an option that documentation asks: which names it has in a
-profile, its description, its argument's name. (Kept out of tables.py: a command's run needs
-none of it, and start-up pays for every line.)
+the wheel), and the options section of each command's page (``python -m qimg_cli.gen docs``;
+tests/test_gen.py checks the pages are current); and the questions about an option that such
+documentation asks: which names it has in a profile, its description, its argument's name.
+(Kept out of tables.py: a command's run needs none of it, and start-up pays for every line.)
 """
 from __future__ import annotations
 
@@ -265,18 +266,81 @@ def bash_completion() -> str:
     return "\n".join(lines)
 
 
+# -- the options section of each command's page (docs/commands/NAME.md) -------------------------
+
+DOCS_BEGIN = "<!-- options: generated from the option table by `python -m qimg_cli.gen docs`; edit the table -->"
+DOCS_END = "<!-- end of generated options -->"
+DOCS_HEADING = "## Every option, by profile"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_names(names: list[str], arg: str) -> str:
+    return ", ".join(f"`{_md(n)}`" for n in names) + (f" `{_md(arg)}`" if arg else "")
+
+
+def options_markdown(cmd: Command) -> str:
+    """The "Options" section of ``cmd``'s page: every option with its names in the default
+    profile, in QIMG_COMPAT=7.2 where they differ, and its description."""
+    rows = [
+        DOCS_HEADING,
+        "",
+        DOCS_BEGIN,
+        "",
+        f"In the order of qemu-img {DEFAULT}'s option table (`qimg {cmd.name} --help` prints its help).",
+        "",
+        "| option | with QIMG_COMPAT=7.2 | what it does |",
+        "| --- | --- | --- |",
+    ]
+    for o in cmd.options:
+        new, old = names_in(o, DEFAULT), names_in(o, "7.2")
+        if not new and not old:
+            continue
+        arg = argname(o)
+        then = "the same" if old == new else (_md_names(old, arg) if old else "not available")
+        rows.append(f"| {_md_names(new, arg) if new else 'not available'} | {then} | {_md(_text(o))} |")
+    rows += ["", DOCS_END]
+    return "\n".join(rows) + "\n"
+
+
+def update_page(text: str, cmd: Command) -> str:
+    """A command page with its options section replaced (or appended)."""
+    section = options_markdown(cmd)
+    begin = text.find(DOCS_HEADING + "\n\n" + DOCS_BEGIN)
+    if begin < 0:
+        return text.rstrip("\n") + "\n\n" + section
+    end = text.index(DOCS_END, begin) + len(DOCS_END) + 1
+    return text[:begin] + section + text[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m qimg_cli.gen man|bash [-o FILE]``"""
+    """``python -m qimg_cli.gen man|bash [-o FILE]``, or ``docs [DIR]`` (rewrite the options
+    section of each command's page in DIR, default docs/commands)"""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["docs"]:
+        import os
+
+        folder = args[1] if len(args) > 1 else os.path.join("docs", "commands")
+        for cmd in commands():
+            path = os.path.join(folder, f"{cmd.name}.md")
+            with open(path) as f:
+                text = f.read()
+            new = update_page(text, cmd)
+            if new != text:
+                with open(path, "w") as f:
+                    f.write(new)
+        return 0
     out = None
     if "-o" in args:
         i = args.index("-o")
         out = args[i + 1]
         del args[i:i + 2]
     if len(args) != 1 or args[0] not in ("man", "bash"):
-        sys.stderr.write("usage: python -m qimg_cli.gen man|bash [-o FILE]\n")
+        sys.stderr.write("usage: python -m qimg_cli.gen man|bash [-o FILE] | docs [DIR]\n")
         return 2
     if args[0] == "man":
         from importlib.metadata import PackageNotFoundError, version
