@@ -85,6 +85,17 @@ ERROR_CASES = [
     ["-O", "qcow2", "-o", "backing_file=src.raw", "src.raw", "x.qcow2"],
     ["-O", "qcow2", "-o", "cluster_size=3", "src.raw", "x.qcow2"],
     ["-n", "-B", "src.raw", "-O", "qcow2", "src.raw", "small.raw"],
+    # a backing file and several sources (iotests 122): refused before the backing format
+    ["-O", "qcow2", "-B", "small.raw", "src.raw", "small.raw", "x.qcow2"],
+    ["-O", "qcow2", "-B", "small.raw", "-F", "raw", "src.raw", "small.raw", "x.qcow2"],
+    ["-O", "qcow2", "-o", "backing_file=small.raw,backing_fmt=raw", "src.raw", "small.raw", "x.qcow2"],
+    ["-n", "-B", "small.raw", "src.raw", "small.raw", "garbage.raw"],
+    ["-O", "raw", "-B", "small.raw", "src.raw", "small.raw", "x.raw"],
+    # ',,' in -o values survives convert's own handling of the size option (iotests 082)
+    ["-O", "qcow2", "-o", "backing_fmt=raw,backing_file=small.raw,,help", "src.raw", "x.qcow2"],
+    ["-O", "qcow2", "-o", "backing_file=small.raw,", "-o", "help", "src.raw", "x.qcow2"],
+    ["-O", "qcow2", "-o", "backing_file=small.raw,,,", "-o", "help", "src.raw", "x.qcow2"],
+    ["-O", "qcow2", "-o", "cluster_size=4k,,,,lazy_refcounts=on", "src.raw", "x.qcow2"],
 ]
 
 

@@ -20,6 +20,29 @@ def test_parse_size_rejects(text):
         parse_size(text)
 
 
+# qemu_strtosz's fractions (iotests 049): a double scaled to 64 fixed-point bits, rounding half
+# up with a suffix; without one only a fraction that scales to zero ("1024.0") is taken
+SIZE_TEXTS = ["1024.0", "1024.0b", "0.0", "1.", "1.k", "1.5", ".5k", "1.5b", "1.00001",
+              "1024.0000000000000000001", "1.00000000000000000001", "0.0005k", "1.1k",
+              "0.9999999999999999999999k", "9223372036854775807.0", "9223372036854775808.0",
+              "18446744073709551616", "18446744073709551616.5", "18446744073709551616k",
+              "20000000000000000000k", "7.99999999999E", " 5", "5 ", "+5", "0x10.0"]
+
+
+@pytest.mark.parametrize("text", SIZE_TEXTS)
+def test_image_size_as_qemu_img_reads_it(text, qemu_img, tmp_path):
+    """`qemu-img create -f raw x SIZE`'s size (or error) is what parse_image_size makes of it."""
+    theirs = qemu_img("create", "-f", "raw", str(tmp_path / "x"), text)
+    try:
+        mine = f"size={parse_image_size(text)}"
+    except QimgError as e:
+        mine = e.message.splitlines()[0]
+    if theirs.stdout.startswith("Formatting"):  # the size was read (creating may still fail)
+        assert theirs.stdout.strip().endswith(mine), (theirs.stdout, mine)
+    else:
+        assert theirs.stderr.splitlines()[0] == f"qemu-img: {mine}"
+
+
 def test_image_size_messages():
     with pytest.raises(QimgError, match="Must be between 0 and 9223372036854775807"):
         parse_image_size("8E")

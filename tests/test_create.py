@@ -62,6 +62,13 @@ QCOW2_CASES = [
     ["-f", "qcow2", "-o", "lazy_refcounts=yes,cluster_size=4k,compat=1.1,refcount_bits=0x10", "n.qcow2", "1M"],
     ["-f", "qcow2", "-o", "lazy_refcounts,cluster_size=4k", "-o", "cluster_size=8k", "n.qcow2", "1M"],
     ["-f", "qcow2", "-o", "cluster_size=4k,,x", "n.qcow2", "1M"],
+    # ',,' in a string value (iotests 082): the Formatting line prints the value escaped again
+    ["-f", "qcow2", "-u", "-o", "backing_file=base.qcow2,,help", "-F", "qcow2", "n.qcow2", "1M"],
+    ["-f", "qcow2", "-u", "-o", "backing_file=base.qcow2,,,,x,backing_fmt=qcow2", "n.qcow2", "1M"],
+    ["-f", "qcow2", "-o", "backing_file=base.qcow2,,x,backing_fmt=qcow2", "n.qcow2"],
+    ["-f", "qcow2", "-o", "compression_type=zlib,,x", "n.qcow2", "1M"],
+    # fractions of a byte that scale to zero are sizes (iotests 049)
+    ["-f", "qcow2", "-o", "size=1024.0", "n.qcow2"], ["-f", "qcow2", "-o", "cluster_size=1024.0b", "n.qcow2", "1M"],
     # sizes that are not whole sectors are rounded up (qemu-img's option path)
     ["-f", "qcow2", "n.qcow2", "1000"], ["-f", "qcow2", "-o", "size=513", "n.qcow2"], ["-f", "qcow2", "n.qcow2", "1"],
 ]

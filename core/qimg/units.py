@@ -6,9 +6,11 @@ from .errors import QimgError
 TYPE_CHECKING = False  # neither typing nor re at start-up (`info` parses no size)
 if TYPE_CHECKING:
     import re
+    from collections.abc import Callable
 
 _SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
-_SIZE_PATTERN = r"^\s*([0-9]+(?:\.[0-9]*)?|0[xX][0-9a-fA-F]+)\s*([a-zA-Z]?)\s*$"
+# qemu_strtosz's syntax: [ws][+]DIGITS[.DIGITS][suffix] or 0xHEX[suffix], nothing after
+_SIZE_PATTERN = r"\s*\+?(?:0[xX]([0-9a-fA-F]+)|([0-9]+)(\.[0-9]*)?)([a-zA-Z]?)"
 _size_re: re.Pattern | None = None
 
 
@@ -19,36 +21,55 @@ def _match(text: str) -> re.Match | None:
         import re
 
         _size_re = re.compile(_SIZE_PATTERN)
-    return _size_re.match(text)
+    return _size_re.fullmatch(text)
+
+
+def strtosz(text: str, default_suffix: str = "b", on_hex_suffix: Callable[[], None] | None = None) -> int:
+    """The value QEMU's ``qemu_strtosz`` reads, unbounded (callers check the range, which QEMU
+    reports as ERANGE); ValueError on junk. Suffixes b/k/M/G/T/P/E in either case, binary.
+
+    A fraction is a double scaled to 64 fixed-point bits, as QEMU does: with a suffix, its
+    share rounds half up ("0.0005k" is 1); without one (bytes), only a fraction that scales to
+    0 is taken ("1024.0", "1."), any other ("1.5") is junk. A suffix on a hex number calls
+    ``on_hex_suffix`` (QEMU's deprecation warning) and is junk without one."""
+    m = _match(text)
+    if not m:
+        raise ValueError(text)
+    hexdigits, digits, frac, suffix = m.groups()
+    mult = _SUFFIX.get((suffix or default_suffix).lower())
+    if mult is None:
+        raise ValueError(text)
+    if hexdigits is not None:
+        if suffix:
+            if on_hex_suffix is None:
+                raise ValueError(text)
+            on_hex_suffix()
+        return int(hexdigits, 16) * mult
+    value = int(digits)
+    if value >= 1 << 64:
+        # strtoull's range error stands only when it ends the text; with more after it, junk
+        if frac is not None or suffix:
+            raise ValueError(text)
+        return value
+    if frac is None:
+        return value * mult
+    # the C cast of a fraction that rounded up to 1.0 (2^64) gives 0 on x86-64
+    valf = int(float("0" + frac) * 2.0**64) % (1 << 64) if frac != "." else 0
+    if mult == 1:
+        if valf:
+            raise ValueError(text)  # a fraction of a byte
+        return value
+    part = valf * mult
+    return value * mult + (part >> 64) + ((part >> 63) & 1)
 
 
 def parse_size(text: str, default_suffix: str = "b", limit: int = 1 << 63) -> int:
     """Parse ``1.5G``, ``512``, ``64k``.  Raise ValueError on junk or overflow.
 
-    Like qemu_strtosz: suffixes b/k/M/G/T/P/E in either case, binary multiples,
-    fractions allowed only with a suffix other than bytes, result below ``limit`` (int64).
+    Like qemu_strtosz (:func:`strtosz`), a result below ``limit`` (int64's); no suffix on
+    hex numbers.
     """
-    m = _match(text)
-    if not m:
-        raise ValueError(text)
-    num, suffix = m.group(1), m.group(2).lower()
-    if not suffix:
-        suffix = default_suffix
-    if suffix not in _SUFFIX:
-        raise ValueError(text)
-    mult = _SUFFIX[suffix]
-    if num.lower().startswith("0x"):
-        if m.group(2):
-            raise ValueError(text)
-        value = int(num, 16)
-    elif "." in num:
-        if mult == 1:
-            raise ValueError(text)
-        from fractions import Fraction
-
-        value = int(Fraction(num) * mult)
-    else:
-        value = int(num) * mult
+    value = strtosz(text, default_suffix)
     if value >= limit:
         raise ValueError(text)
     return value
@@ -73,15 +94,12 @@ def parse_image_size(text: str) -> int:
 
 def _looks_too_big(text: str) -> bool:
     """A well-formed size that does not fit in int64 (qemu-img words that error differently)."""
-    m = _match(text)
-    if not m or text.startswith("-"):
+    if text.startswith("-"):
         return False
     try:
-        parse_size(text)
+        return strtosz(text) >= 1 << 63
     except ValueError:
-        num, suffix = m.group(1), (m.group(2) or "b").lower()
-        return suffix in _SUFFIX and not num.lower().startswith("0x") and ("." not in num or suffix != "b")
-    return False
+        return False
 
 
 def size_to_str(size: int) -> str:

@@ -74,9 +74,9 @@ def on_option(p: Parsed, key: str, value: str | None) -> None:
     st = p.state
     val = value or ""
     if key == "options":
-        from qimg.options import split_options
+        from qimg.ops.create import valid_option_list
 
-        if not value or any(not k for k, v in split_options(value) if v is None):
+        if not valid_option_list(value or ""):
             raise QimgError(f"Invalid option list: {value}")
     elif key == "snapshot":
         st["snapshot"] = parse_snapshot_param(val)

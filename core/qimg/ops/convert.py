@@ -265,6 +265,9 @@ def _option_backing(create_options: str | dict[str, Any] | None) -> bool:
     return bool((create_options or {}).get("backing_file"))
 
 
+_CONCAT_BACKING = "Having a backing file for the target makes no sense when concatenating multiple input images"
+
+
 def check_options(opts: ConvertOptions, sources: list["Image"], target_filename: str | None = None) -> None:
     """What qemu-img refuses before creating the target, in its order: the output format,
     the -o options, backing file support, compression. (--bitmaps and the cache mode are
@@ -275,6 +278,9 @@ def check_options(opts: ConvertOptions, sources: list["Image"], target_filename:
     if opts.compress and opts.copy_offload:
         raise QimgError("Cannot enable copy offloading when -c is used")
     if opts.no_create:
+        # (-n --target-is-zero -B reports its own error first, in convert())
+        if opts.backing_file is not None and len(sources) > 1 and not opts.target_is_zero:
+            raise QimgError(_CONCAT_BACKING)
         return
     from .create import all_create_opts, format_class, supports_create
 
@@ -293,6 +299,8 @@ def check_options(opts: ConvertOptions, sources: list["Image"], target_filename:
     given = dict(split_options(co)) if isinstance(co, str) else dict(co or {})
     has_file = opts.backing_file is not None or bool(given.get("backing_file"))
     has_fmt = opts.backing_format is not None or bool(given.get("backing_fmt"))
+    if has_file and len(sources) > 1:
+        raise QimgError(_CONCAT_BACKING)
     if has_file and not has_fmt:
         raise QimgError("Use of backing file requires explicit backing format")
     if opts.compress and not cls.supports_compression:
@@ -313,7 +321,8 @@ def _create_key_secret(create_options: str | dict[str, Any] | None) -> str | Non
 def _without_size(text: str) -> str:
     from ..options import split_options
 
-    return ",".join(f"{k}={v}" if v is not None else k for k, v in split_options(text) if k != "size")
+    return ",".join(f"{k}={v.replace(',', ',,')}" if v is not None else k
+                    for k, v in split_options(text) if k != "size")
 
 
 def _check_cache(mode: str) -> None:

@@ -142,13 +142,15 @@ def formatting_line(filename: str, fmt: str, cls: "type[Format]", declared: list
         defaults = dict(given_defaults)
     else:
         defaults = {o.name: t for o in cls.create_opts if (t := _default_text(o)) is not None}
-    by_name = {o.name for o in declared}
+    types = {o.name: o.type for o in declared}
     parts = [f"Formatting '{filename}', fmt={fmt}"]
     for name in order:
-        if name not in by_name:
+        if name not in types:
             continue
         value = texts.get(name, defaults.get(name))
         if value is not None:
+            if types[name] == STRING:
+                value = value.replace(",", ",,")  # QEMU prints string values escaped
             parts.append(f"{name}={value}")
     return " ".join(parts)
 
