@@ -68,3 +68,31 @@ def test_character_devices(imgs, args):
     """Device files keep their size: QEMU's "Cannot grow device files" (and for resize
     "Cannot resize device files"); /dev/null as a convert target is refused the same way."""
     compare(imgs, *args)
+
+
+@pytest.mark.parametrize("args", [
+    ["info", "-f", "host_device", "/dev/null"], ["info", "-f", "host_device", "r.raw"],
+    ["info", "--image-opts", "driver=host_device,filename=/dev/null,locking=off"],
+    ["info", "--image-opts", "driver=host_device,filename=/dev/null,foo=off"],
+    ["map", "-f", "host_device", "/dev/null"], ["check", "-f", "host_device", "/dev/null"],
+    ["measure", "-O", "host_device", "--size", "1M"], ["create", "-f", "host_device", "-o", "help"],
+    ["create", "-f", "host_device", "/dev/null", "0"], ["create", "-f", "host_device", "/dev/null", "1M"],
+    ["create", "-f", "host_device", "r.raw", "0"], ["create", "-f", "host_device", "missing", "0"],
+    ["create", "-f", "host_device", "-o", "preallocation=full", "/dev/null", "0"],
+    ["create", "-f", "host_device", "-o", "preallocation=xyz", "/dev/null", "0"],
+])
+def test_host_device(imgs, args):
+    """``host_device``: the file protocol for devices, named as a format (iotests 031 records it
+    as a backing format); regular files are refused, creating only opens the device."""
+    compare(imgs, *args)
+
+
+def test_host_device_as_backing_format(tmp_path):
+    """``rebase -u -F host_device`` and ``create -F host_device`` record the name (iotests 031)."""
+    def setup(folder):
+        run_qemu("create", "-q", "-f", "qcow2", "t.qcow2", "1M", cwd=folder)
+
+    compare_in_copies(setup, tmp_path, "rebase", "-u", "-b", "/some/backing/file/path", "-F", "host_device", "t.qcow2")
+    assert (tmp_path / "qimg" / "t.qcow2").read_bytes() == (tmp_path / "qemu" / "t.qcow2").read_bytes()
+    compare(tmp_path / "qimg", "create", "-f", "qcow2", "-b", "/dev/null", "-F", "host_device", "n.qcow2")
+    compare(tmp_path / "qimg", "info", "n.qcow2")

@@ -133,7 +133,7 @@ def demo_venv(tmp_path_factory: pytest.TempPathFactory, demo_wheel: Path, deps_d
 def test_help_lists_third_party_format(demo_venv: Path) -> None:
     r = run(demo_venv, "--help")
     assert r.returncode == 0, r.stderr
-    assert formats_line(r.stdout) == "Supported formats: demo file raw"  # raw also registers "file"
+    assert formats_line(r.stdout) == "Supported formats: demo file host_device raw"  # raw also registers these
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def raw_venv(tmp_path_factory: pytest.TempPathFactory, deps_dir: Path) -> Path:
 def test_core_cli_raw_alone_list_only_raw(raw_venv: Path) -> None:
     r = run(raw_venv, "--help")
     assert r.returncode == 0, r.stderr
-    assert formats_line(r.stdout) == "Supported formats: file raw"
+    assert formats_line(r.stdout) == "Supported formats: file host_device raw"
 
 
 def test_core_cli_raw_alone_reject_demo(raw_venv: Path, tmp_path: Path, qemu_img) -> None:

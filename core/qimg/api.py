@@ -97,7 +97,7 @@ def _open_file(filename: str | None, options: dict[str, Any], *, writable: bool,
     if top_driver is not None:
         cls = _protocol_class(top_driver)
         popts = {k: v for k, v in options.items()
-                 if k not in _COMMON_KEYS and not k.startswith(("backing", "_")) and k != "untrusted"}
+                 if k not in _COMMON_KEYS and not k.startswith(("backing", "_")) and k not in ("untrusted", "check")}
         for k in popts:
             options.pop(k, None)
     else:

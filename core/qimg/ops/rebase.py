@@ -158,10 +158,10 @@ def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe
 
     name = backing or None
     if backing_fmt is not None:
-        try:
-            get_registry().format(backing_fmt)
-        except QimgError:
-            raise QimgError(f"Invalid format name: '{backing_fmt}'") from None
+        # any driver name, a protocol's too (QEMU's bdrv_find_format: host_device, nbd, ...)
+        reg = get_registry()
+        if backing_fmt not in reg.formats and reg.protocol(backing_fmt) is None:
+            raise QimgError(f"Invalid format name: '{backing_fmt}'")
     missing_fmt = QimgError(f"Could not change the backing file to '{name}': backing format must be specified")
     if not unsafe:
         new = open_new_backing(img, name, backing_fmt, force_share) if name is not None else None
