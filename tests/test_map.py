@@ -73,3 +73,21 @@ def test_library_entries():
     assert not _mergeable(a, {**a, "start": 10, "depth": 1, "offset": 110})
     b = {k: v for k, v in a.items() if k != "offset"}
     assert not _mergeable(a, {**b, "start": 10})
+
+
+@pytest.mark.parametrize("ops", [
+    # iotests 179: zero clusters with a host offset (written zeroes kept allocated), without one
+    # (unmapped), and again with one, are three extents, not one
+    ["write 18M 14M", "write -z -u 20M 2M", "write -z 24M 6M", "write -z -u 26M 2M", "write -z 28M 2M"],
+    # zero clusters whose host offsets do not follow each other
+    ["write 0 64k", "write 1M 64k", "write 128k 64k", "write -z 0 64k", "write -z 128k 64k", "write -z 1M 64k"],
+    ["write -z 0 1M", "write 1M 1M", "write -z 1M 1M", "write -z -u 2M 64k", "write -z 2M 128k"],
+])
+@pytest.mark.parametrize("out", ["--output=json", "--output=human"])
+def test_qcow2_zero_cluster_kinds(tmp_path, ops, out):
+    if "qcow2" not in formats_available():
+        pytest.skip("qcow2 plugin not installed")
+    run_qemu("create", "-q", "-f", "qcow2", "z.qcow2", "64M", cwd=tmp_path)
+    for op in ops:
+        run_qemu_io("-c", op, "z.qcow2", cwd=tmp_path)
+    compare(tmp_path, "map", out, "z.qcow2")

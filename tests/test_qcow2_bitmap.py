@@ -259,7 +259,24 @@ def test_measure_bitmaps_size(img, qemu_img, qimg, args):
     assert (got.returncode, as_qemu(got.stdout), as_qemu(got.stderr)) == (want.returncode, want.stdout, want.stderr)
 
 
-@pytest.mark.parametrize("case", ["v2", "long_name", "huge_granularity"])
+@pytest.mark.parametrize("args", [["-O", "raw"], ["-O", "qcow2", "-o", "cluster_size=64k"],
+                                  ["--output=json", "-O", "qcow2", "-o", "cluster_size=2M"],
+                                  ["-O", "qcow2", "-o", "compat=0.10"]])
+def test_measure_huge_bitmaps(tmp_path, qemu_img, qimg, args):
+    """A 2 TiB image with a 512-byte granularity bitmap (512 MiB of bitmap, QEMU's limit) opens
+    and measures as with qemu-img (iotests 190)."""
+    from conftest import as_qemu
+
+    p = tmp_path / "h.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=2M", str(p), "2T").returncode == 0
+    assert qemu_img("bitmap", "--add", "--granularity", "512", "-f", "qcow2", str(p), "b1").returncode == 0
+    assert qemu_img("bitmap", "--add", "-g", "2M", "-f", "qcow2", str(p), "b2").returncode == 0
+    want = qemu_img("measure", *args, "-f", "qcow2", str(p))
+    got = qimg("measure", *args, "-f", "qcow2", str(p))
+    assert (got.returncode, as_qemu(got.stdout), as_qemu(got.stderr)) == (want.returncode, want.stdout, want.stderr)
+
+
+@pytest.mark.parametrize("case", ["v2", "long_name", "huge_granularity", "too_much_space"])
 def test_cli_add_errors_like_qemu(tmp_path, qemu_img, qimg, case):
     import re
 
@@ -268,8 +285,10 @@ def test_cli_add_errors_like_qemu(tmp_path, qemu_img, qimg, case):
     a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
     opts = ["-o", "compat=0.10"] if case == "v2" else []
     for p in (a, b):
-        assert qemu_img("create", "-q", "-f", "qcow2", *opts, str(p), "1M").returncode == 0
-    args = {"v2": ["x"], "long_name": ["n" * 1024], "huge_granularity": ["-g", "4G", "x"]}[case]
+        assert qemu_img("create", "-q", "-f", "qcow2", *opts, str(p), "4T" if case == "too_much_space" else "1M"
+                        ).returncode == 0
+    args = {"v2": ["x"], "long_name": ["n" * 1024], "huge_granularity": ["-g", "4G", "x"],
+            "too_much_space": ["-g", "512", "x"]}[case]
     want = qemu_img("bitmap", "--add", *args[:-1], str(a), args[-1])
     got = qimg("bitmap", "--add", *args[:-1], str(b), args[-1])
     node = re.compile(r"#block\d+")  # QEMU's generated node name

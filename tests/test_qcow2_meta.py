@@ -277,6 +277,44 @@ def test_unknown_feature_named_in_table(qemu_img, tmp_path):
     assert r.stderr.strip() == f"qemu-img: {e.value.message}"
 
 
+def _entry(bit, name, kind=0, pad=True):
+    return bytes([kind, bit]) + (name.ljust(46, b"\0") if pad else name)
+
+
+@pytest.mark.parametrize("bits,table", [
+    ((63,), None),  # no table at all
+    ((63,), b"\x00\x3fTest feature"),  # one partial entry, zero-padded as QEMU reads it
+    ((61, 62, 63), b"\x00\x3fTest feature"),
+    ((61, 62, 63), b"\x00\x3dTest feature"),
+    ((61, 62, 63), _entry(61, b"test1") + _entry(62, b"test2")),
+    ((61, 62, 63), _entry(63, b"test3") + _entry(61, b"test1") + _entry(62, b"test2")),  # table order
+    ((61, 63), _entry(61, b"first") + _entry(61, b"second") + _entry(63, b"x", kind=1)),  # first wins, types
+    ((61, 62), _entry(61, b"a") + _entry(0, b"") + _entry(62, b"hidden")),  # an unnamed entry ends the table
+    ((62,), _entry(62, b"n" * 46)),
+])
+def test_unknown_feature_names_as_qemu(qemu_img, tmp_path, bits, table):
+    """The feature name table names unknown incompatible bits as QEMU reads it (iotests 036)."""
+    p = tmp_path / "f.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(p), "1M")
+    data = bytearray(p.read_bytes())
+    hlen = struct.unpack(">I", data[100:104])[0]
+    exts = b""
+    if table is not None:
+        exts = struct.pack(">II", 0x6803F857, len(table)) + table + bytes(-len(table) % 8)
+    exts += bytes(8)  # the end marker
+    data[hlen : hlen + 4096 - hlen] = exts.ljust(4096 - hlen, b"\0")
+    features = struct.unpack(">Q", data[72:80])[0]
+    for b in bits:
+        features |= 1 << b
+    data[72:80] = struct.pack(">Q", features)
+    p.write_bytes(bytes(data))
+    r = qemu_img("info", str(p))
+    assert r.returncode == 1
+    with pytest.raises(QimgError) as e:
+        qimg.open(str(p))
+    assert r.stderr.strip() == f"qemu-img: {e.value.message}"
+
+
 def test_unknown_extension_preserved_on_header_rewrite(qemu_img, qimg, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "base.raw").write_bytes(bytes(4096))

@@ -361,6 +361,9 @@ def bitmap_add(drv: "Qcow2Format", name: str, granularity: int | None = None, di
     ses = _writable_state(drv)
     if ses.find(name) is not None:
         raise QimgError(f"Bitmap already exists: {name}")
+    nbytes = _data_bytes(drv.size, gran.bit_length() - 1)
+    if nbytes > MAX_PHYS_SIZE or nbytes > MAX_TABLE_SIZE * drv.cluster_size:
+        raise QimgError(f"{where}: Too much space will be occupied by the bitmap. Use larger granularity")
     if len(name.encode()) > MAX_NAME_SIZE:
         raise QimgError(f"{where}: Name length exceeds maximum ({MAX_NAME_SIZE} characters)")
     if len(ses.entries) >= MAX_BITMAPS:
@@ -732,7 +735,8 @@ def measure_bitmaps(source, cluster_size: int) -> int | None:
 
 # -- validation when an image is opened -----------------------------------------------------
 MAX_DIRECTORY_SIZE_QEMU = 1024 * MAX_BITMAPS
-MAX_PHYS_SIZE = 64 << 20
+#: QEMU's BME_MAX_PHYS_SIZE: the most bytes a bitmap's table may cover (the bitmap in memory)
+MAX_PHYS_SIZE = 0x20000000
 
 
 def validate_on_open(drv: "Qcow2Format") -> None:

@@ -176,10 +176,12 @@ class Qcow2Format(RefcountMixin, Format):
             # as QEMU, the extensions are read for the feature names only, errors ignored
             parse_extensions(h, cluster0, ext_end, strict=False)
             parts = []
-            for bit in range(64):
-                if unknown & (1 << bit) and (0, bit) in h.feature_names:
-                    parts.append(h.feature_names[(0, bit)])
-                    unknown &= ~(1 << bit)
+            # the feature name table's order: each incompatible bit by the first entry naming it
+            for (kind, bit), name in h.feature_names.items():
+                mask = 1 << (bit & 63)  # QEMU's 1ULL << bit, whose count x86 takes modulo 64
+                if kind == 0 and unknown & mask:
+                    parts.append(name)
+                    unknown &= ~mask
             if unknown:
                 parts.append(f"Unknown incompatible feature: {unknown:x}")
             raise QimgError("Unsupported qcow2 feature(s): " + ", ".join(parts), 1)
@@ -496,7 +498,7 @@ class Qcow2Format(RefcountMixin, Format):
                 k = self._class_run(tbl, i, n, COMPRESSED, l2off) if merge_compressed else 1
                 host = e
             else:
-                k = self._class_run(tbl, i, n, ZEROES, l2off)
+                k = self._zero_cluster_run(tbl, i, n, host)
             run_end = min(end, (gci + k) << cb)
             if kind == NORMAL or (kind == ZEROES and host):
                 host += in_cl
@@ -541,6 +543,20 @@ class Qcow2Format(RefcountMixin, Format):
         k = 1
         while k < n:
             if self._classify(tbl[i + k], l2off, i + k, validate=False)[0] != kind:
+                break
+            k += 1
+        return k
+
+    def _zero_cluster_run(self, tbl: array, i: int, n: int, host: int) -> int:
+        """Zero clusters from ``tbl[i]`` of one kind, as QEMU counts a run: without a host
+        offset (ZERO_PLAIN), or with offsets that follow each other (ZERO_ALLOC), so that
+        ``map`` shows each kind as its own extent."""
+        cs, k = self._cs, 1
+        while k < n:
+            e = tbl[i + k]
+            if e & S.OFLAG_COMPRESSED or not e & S.OFLAG_ZERO:
+                break
+            if (e & S.L2E_OFFSET_MASK) != (host + k * cs if host else 0):
                 break
             k += 1
         return k

@@ -118,9 +118,15 @@ def _extension(h: Header, kind: int, length: int, data: bytes) -> None:
             raise QimgError(f"ERROR: ext_backing_format: len={length} too large (>=16)")
         h.backing_format = data.decode("utf-8", "replace")
     elif kind == S.EXT_FEATURE_TABLE:
-        for i in range(0, len(data) - 47, 48):
-            fe = S.FeatureEntry.parse(data[i : i + 48])
-            h.feature_names[(fe.type, fe.bit)] = fe.name.split(b"\0", 1)[0].decode("utf-8", "replace")
+        # as QEMU reads it: a partial last entry is zero-padded, the table ends at the first
+        # entry without a name, and the first entry of a bit names it (in table order)
+        table = bytes(data) + bytes(-len(data) % 48)
+        for i in range(0, len(table), 48):
+            fe = S.FeatureEntry.parse(table[i : i + 48])
+            name = fe.name.split(b"\0", 1)[0]
+            if not name:
+                break
+            h.feature_names.setdefault((fe.type, fe.bit), name.decode("utf-8", "replace"))
     elif kind == S.EXT_CRYPTO:
         if h.crypt_method != S.CRYPT_LUKS:
             raise QimgError("CRYPTO header extension only expected with LUKS encryption method")
