@@ -50,6 +50,15 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
     if version > old_version:
         status.operation("upgrade")
         status(0, 2)
+        if h.nb_snapshots:
+            from .snapshot import _write_table, read_snapshots
+
+            # v3 wants the VM state size and the disk size in every entry's extra data: a
+            # table with a short entry is written again (all entries then carry 24 bytes)
+            if any(sn.extra_data_size < 16 for sn in read_snapshots(drv)):
+                drv.flush_caches()
+                _write_table(drv, read_snapshots(drv))
+                drv.flush_caches()
         h.version = version
         h.refcount_order = drv.refcount_order
         status(1, 2)
@@ -130,6 +139,14 @@ def downgrade(drv: "Qcow2Format", status: AmendStatus) -> None:
         raise QimgError("compat=0.10 requires refcount_bits=16")
     if drv.data_file is not None:
         raise QimgError("Cannot downgrade an image with a data file")
+    snapshots = []
+    if h.nb_snapshots:
+        from .snapshot import read_snapshots
+
+        snapshots = read_snapshots(drv)
+    # v2 readers would not know that a snapshot's size or a VM state past 4 GiB matters
+    if any(sn.vm_state_size > 0xFFFFFFFF or sn.disk_size != h.size // 512 * 512 for sn in snapshots):
+        raise QimgError("Internal snapshots prevent downgrade of image")
     if h.incompatible_features & S.INCOMPAT_DIRTY:
         drv.flush_caches()
         h.incompatible_features &= ~S.INCOMPAT_DIRTY
@@ -140,15 +157,23 @@ def downgrade(drv: "Qcow2Format", status: AmendStatus) -> None:
     h.autoclear_features = 0
     # v2 has no zero clusters: turn them into data (or drop them when nothing shows through)
     l1s: list[tuple[int, int, bool]] = [(h.l1_table_offset, h.l1_size, True)]
-    if h.nb_snapshots:
-        from .snapshot import read_snapshots
-
-        l1s += [(sn.l1_table_offset, sn.l1_size, False) for sn in read_snapshots(drv)]
+    l1s += [(sn.l1_table_offset, sn.l1_size, False) for sn in snapshots]
     # QEMU reports one step per L1 entry visited, over the active and the snapshot tables
     entries = sum(size for _, size, _ in l1s)
     visited = 0
     for l1_off, l1_size, active in l1s:
-        l1 = drv.l1 if active else drv.read_table(l1_off, l1_size)
+        if active:
+            l1 = drv.l1
+        else:
+            from qimg.compat import program
+
+            from .snapshot import BadSnapshotL1, _read_l1
+
+            try:
+                l1 = _read_l1(drv, l1_off, l1_size)  # checked when reached, as QEMU does
+            except BadSnapshotL1 as e:
+                raise QimgError(f"{e.message}\n{program()}: Failed to turn zero into data clusters: "
+                                f"{e.errno_text}") from None
         try:
             _expand_zero_clusters(drv, l1, active)
         except (QimgError, OSError) as e:

@@ -811,8 +811,6 @@ def _strerror(exc: BaseException) -> str:
 
 def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
     """``qemu-img check`` for an open qcow2 image; ``fix`` is a subset of {"leaks", "errors"}."""
-    from .snapshot import read_snapshots
-
     fix = set(fix)
     if fix and not drv.writable:
         raise QimgError("Cannot repair a read-only image")
@@ -822,22 +820,10 @@ def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
     res = CheckResult(filename=drv.filename, format="qcow2", image_end_offset=0, total_clusters=0,
                       allocated_clusters=0, fragmented_clusters=0, compressed_clusters=0)
     res.total_clusters = -(-drv.header.size // c.cluster_size)
-    try:
-        snapshots = read_snapshots(drv)
-    except QimgError as e:
-        # qemu-img reports this with error_report (program name first), then gives up
-        c.say(f"qimg: ERROR failed to read the snapshot table: {e.message}")
-        hint = getattr(e, "hint", None)
-        if hint:
-            c.say(hint)
-        raise CheckFailed(getattr(e, "reason", "Invalid argument"), c.msgs) from None
-    # entries without the disk size (extra data under 16 bytes) are incomplete; counted apart
-    # from the refcount results (which decide about repairs), as qemu-img does
-    incomplete = 0
-    for i, sn in enumerate(snapshots):
-        if sn.disk_entry_size and sn.extra_data_size < 16:
-            c.say(f"{'Repairing' if FIX_ERRORS in fix else 'ERROR'} snapshot table entry {i} is incomplete")
-            incomplete += 1
+    # the snapshot table's results are kept apart from the refcounts' (which decide about
+    # repairs) and added at the end, as qemu-img does
+    snap = CheckResult()
+    snapshots, table_size = _check_read_snapshot_table(drv, c, fix, snap)
     stored = _StoredRefcounts(drv)
     c.snapshots = snapshots
     c.reftable = stored.table
@@ -883,21 +869,82 @@ def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
             drv.flush_caches()
     c.check_oflag_copied(res)
     res.image_end_offset = (highest[0] + 1) * c.cluster_size
-    if incomplete:
-        if FIX_ERRORS in fix:
-            from .snapshot import _write_table
+    if snap.corruptions and FIX_ERRORS in fix:
+        from .snapshot import _write_table
 
-            # rewriting the table completes the entries (24 bytes of extra data each)
-            drv.flush_caches()
-            _write_table(drv, snapshots)
-            drv.flush_caches()
-            res.corruptions_fixed += incomplete
-        else:
-            res.corruptions += incomplete
+        # rewriting the table completes short entries (24 bytes of extra data each) and
+        # keeps the cut extra data cut
+        drv.flush_caches()
+        _write_table(drv, snapshots, old_size=table_size)
+        drv.flush_caches()
+        snap.corruptions_fixed += snap.corruptions
+        snap.corruptions = 0
+    res.corruptions += snap.corruptions
+    res.corruptions_fixed += snap.corruptions_fixed
+    res.check_errors += snap.check_errors
     if fix and not res.check_errors and not res.corruptions:
         _mark_clean(drv)
     res.messages = c.msgs
     return res
+
+
+def _check_read_snapshot_table(drv: "Qcow2Format", c: _Checker, fix: set[str], snap: CheckResult
+                               ) -> tuple[list, int]:
+    """QEMU's qcow2_check_read_snapshot_table: the snapshot table as the header on disk names
+    it (an open for checking does not read it), its errors and, with ``-r all``, its repairs
+    (snapshots beyond QEMU's limits dropped, too much extra data cut). Returns the snapshots
+    and the bytes their table takes; raises CheckFailed when it cannot be read."""
+    from .snapshot import SNAPSHOT_HEADER_SIZE, SnapshotRepair, read_snapshots, snapshot_table_size
+
+    h = drv.header
+    nb, offset = struct.unpack(">IQ", c.read(60, 12))
+    reduced = 0
+    if nb > S.MAX_SNAPSHOTS and FIX_ERRORS in fix:
+        c.say(f"Discarding {nb - S.MAX_SNAPSHOTS} overhanging snapshots")
+        reduced = nb - S.MAX_SNAPSHOTS
+        nb = S.MAX_SNAPSHOTS
+    error = None
+    if nb > S.MAX_SNAPSHOTS:
+        error = ("snapshot table too large", "File too large")
+    elif (1 << 63) - 1 - nb * SNAPSHOT_HEADER_SIZE < offset or offset & (c.cluster_size - 1):
+        error = ("snapshot table offset invalid", "Invalid argument")
+    if error is not None:
+        snap.check_errors += 1
+        c.say(f"qimg: ERROR {error[0]}")
+        if nb > S.MAX_SNAPSHOTS:
+            c.say(f"You can force-remove all {nb - S.MAX_SNAPSHOTS} overhanging snapshots with qemu-img check -r all")
+        raise CheckFailed(error[1], c.msgs)
+    h.nb_snapshots, h.snapshots_offset = nb, offset
+    repair = SnapshotRepair(c.say) if FIX_ERRORS in fix else None
+    try:
+        snapshots = read_snapshots(drv, repair)
+    except QimgError as e:
+        # qemu-img reports this with error_report (program name first), then gives up
+        snap.check_errors += 1
+        c.say(f"qimg: ERROR failed to read the snapshot table: {e.message}")
+        hint = getattr(e, "hint", None)
+        if hint:
+            c.say(hint)
+        raise CheckFailed(getattr(e, "reason", "Invalid argument"), c.msgs) from None
+    table_size = snapshot_table_size(snapshots)
+    if repair is not None:
+        reduced += repair.reduced
+        snap.corruptions += repair.dropped
+        table_size = repair.table_size
+    if reduced:
+        # the header says so at once (this leaks the dropped entries, which the refcount
+        # check repairs)
+        h.nb_snapshots = len(snapshots)
+        drv.file.pwrite(60, struct.pack(">I", h.nb_snapshots))
+        drv.file.flush()
+        snap.corruptions_fixed += reduced
+    if h.version >= 3:
+        # a v3 entry must carry the 64-bit VM state size and the disk size
+        for i, sn in enumerate(snapshots):
+            if sn.extra_data_size < 16:
+                snap.corruptions += 1
+                c.say(f"{'Repairing' if FIX_ERRORS in fix else 'ERROR'} snapshot table entry {i} is incomplete")
+    return snapshots, table_size
 
 
 def _copy(res: CheckResult) -> CheckResult:

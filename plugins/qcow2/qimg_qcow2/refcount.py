@@ -355,4 +355,3 @@ class RefcountMixin:
         for ci in range(offset >> cb, ((offset + length - 1) >> cb) + 1):
             if self.get_refcount(ci) == 0:
                 self.file.discard(ci << cb, cs)
-

@@ -10,6 +10,8 @@ writing). Deleting drops those references again; applying a snapshot swaps the L
 """
 from __future__ import annotations
 
+import errno
+import os
 import struct
 import time
 from array import array
@@ -23,6 +25,8 @@ from . import structs as S
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .driver import Qcow2Format
 
 SnapshotHeader = Record(
@@ -121,8 +125,44 @@ def _pread_padded(drv: "Qcow2Format", offset: int, n: int) -> bytes:
     return data + bytes(n - len(data))
 
 
-def read_snapshots(drv: "Qcow2Format") -> list[Snapshot]:
-    """Parse the snapshot table; QimgError on a table that cannot be read."""
+class _TableReader:
+    """Reads the table's fields through a window of the file (one pread per MiB, not per
+    field); bytes past the end of the file read as zeroes, as QEMU's block layer reads them."""
+
+    WINDOW = 1 << 20
+
+    def __init__(self, drv: "Qcow2Format") -> None:
+        self.drv, self.start, self.buf = drv, 0, b""
+
+    def read(self, offset: int, n: int) -> bytes:
+        if n <= 0:
+            return b""
+        if offset < self.start or offset + n > self.start + len(self.buf):
+            if n > self.WINDOW:
+                return _pread_padded(self.drv, offset, n)
+            self.start, self.buf = offset, _pread_padded(self.drv, offset, self.WINDOW)
+        i = offset - self.start
+        return self.buf[i : i + n]
+
+
+class SnapshotRepair:
+    """What ``check -r`` changes while reading a broken table (QEMU's repair mode of
+    qcow2_do_read_snapshots): ``reduced`` snapshots dropped off the end of a table that is too
+    big, ``dropped`` entries whose extra data was cut to the maximum; ``table_size`` the bytes
+    the kept entries take on disk."""
+
+    def __init__(self, say: "Callable[[str], None]") -> None:
+        self.say, self.reduced, self.dropped, self.table_size = say, 0, 0, 0
+
+
+#: QEMU's INT_MAX bound on the snapshot table's extent on disk
+_INT_MAX = (1 << 31) - 1
+
+
+def read_snapshots(drv: "Qcow2Format", repair: SnapshotRepair | None = None) -> list[Snapshot]:
+    """Parse the snapshot table; QimgError on a table that cannot be read. With ``repair``
+    (``check -r all``), too much extra data is cut and a table that is too big is cut short
+    instead, each with QEMU's message, as ``repair`` records."""
     h = drv.header
     n = h.nb_snapshots
     if not n:
@@ -132,39 +172,64 @@ def read_snapshots(drv: "Qcow2Format") -> list[Snapshot]:
     offset = h.snapshots_offset
     if offset & ((1 << h.cluster_bits) - 1) or offset + n * SNAPSHOT_HEADER_SIZE > (1 << 63) - 1:
         raise QimgError("Snapshot table offset invalid")
+    reader = _TableReader(drv)
+    default_disk_size = h.size // 512 * 512  # QEMU's total_sectors, in bytes
     out: list[Snapshot] = []
     pos = offset
-    for _ in range(n):
+    table_length = 0
+    for i in range(n):
+        entry_start = pos
+        table_length = (table_length + 7) & ~7
         pos = (pos + 7) & ~7
-        if pos - offset > MAX_TABLE_SIZE:
-            raise QimgError("Snapshot table exceeds the maximum size")
-        # like QEMU's block layer, bytes past the end of the file read as zeroes
-        raw = _pread_padded(drv, pos, SNAPSHOT_HEADER_SIZE)
-        sh = SnapshotHeader.parse(raw)
+        sh = SnapshotHeader.parse(reader.read(pos, SNAPSHOT_HEADER_SIZE))
         pos += SNAPSHOT_HEADER_SIZE
-        if sh.extra_data_size > MAX_EXTRA_SIZE:
-            raise SnapshotTableError(f"Too much extra metadata in snapshot table entry {len(out)}", "File too large",
-                                     "You can force-remove this extra metadata with qemu-img check -r all")
-        extra = _pread_padded(drv, pos, sh.extra_data_size)
-        pos += sh.extra_data_size
-        strs = _pread_padded(drv, pos, sh.id_str_size + sh.name_size)
-        pos += sh.id_str_size + sh.name_size
-        entry_size = SNAPSHOT_HEADER_SIZE + sh.extra_data_size + sh.id_str_size + sh.name_size
-        sn = Snapshot(l1_table_offset=sh.l1_table_offset, l1_size=sh.l1_size, disk_entry_size=entry_size,
+        extra_size = kept = sh.extra_data_size
+        if extra_size > MAX_EXTRA_SIZE:
+            if repair is None:
+                raise SnapshotTableError(f"Too much extra metadata in snapshot table entry {i}", "File too large",
+                                         "You can force-remove this extra metadata with qemu-img check -r all")
+            repair.say(f"Discarding too much extra metadata in snapshot table entry {i} "
+                       f"({extra_size} > {MAX_EXTRA_SIZE})")
+            repair.dropped += 1
+            kept = MAX_EXTRA_SIZE
+        known = reader.read(pos, min(KNOWN_EXTRA_SIZE, extra_size))
+        pos += len(known)
+        unknown = b""
+        if extra_size > KNOWN_EXTRA_SIZE:
+            unknown = reader.read(pos, kept - KNOWN_EXTRA_SIZE)
+            pos += extra_size - KNOWN_EXTRA_SIZE
+        id_b = reader.read(pos, sh.id_str_size)
+        pos += sh.id_str_size
+        name_b = reader.read(pos, sh.name_size)
+        pos += sh.name_size
+        table_length += SNAPSHOT_HEADER_SIZE + kept + sh.id_str_size + sh.name_size
+        if table_length > MAX_TABLE_SIZE or pos - offset > _INT_MAX:
+            if repair is None:
+                raise SnapshotTableError("Snapshot table is too big", "File too large",
+                                         f"You can force-remove all {n - i} overhanging snapshots with "
+                                         "qemu-img check -r all")
+            repair.say(f"Discarding {n - i} overhanging snapshots (snapshot table is too big)")
+            repair.reduced += n - i
+            pos = entry_start
+            break
+        sn = Snapshot(l1_table_offset=sh.l1_table_offset, l1_size=sh.l1_size,
+                      disk_entry_size=SNAPSHOT_HEADER_SIZE + extra_size + sh.id_str_size + sh.name_size,
                       # QEMU keeps them as C strings: they end at the first NUL
-                      id=strs[: sh.id_str_size].split(b"\0", 1)[0].decode("utf-8", "replace"),
-                      name=strs[sh.id_str_size:].split(b"\0", 1)[0].decode("utf-8", "replace"),
+                      id=id_b.split(b"\0", 1)[0].decode("utf-8", "replace"),
+                      name=name_b.split(b"\0", 1)[0].decode("utf-8", "replace"),
                       date_sec=sh.date_sec, date_nsec=sh.date_nsec, vm_clock_nsec=sh.vm_clock_nsec,
-                      vm_state_size=sh.vm_state_size, disk_size=h.size,
-                      extra_data_size=sh.extra_data_size)
-        if len(extra) >= 8:
-            sn.vm_state_size = struct.unpack_from(">Q", extra, 0)[0]
-        if len(extra) >= 16:
-            sn.disk_size = struct.unpack_from(">Q", extra, 8)[0]
-        if len(extra) >= 24:
-            sn.icount = struct.unpack_from(">Q", extra, 16)[0]
-        sn.unknown_extra = bytes(extra[KNOWN_EXTRA_SIZE:])
+                      vm_state_size=sh.vm_state_size, disk_size=default_disk_size,
+                      extra_data_size=kept)
+        if len(known) >= 8:
+            sn.vm_state_size = struct.unpack_from(">Q", known, 0)[0]
+        if len(known) >= 16:
+            sn.disk_size = struct.unpack_from(">Q", known, 8)[0]
+        if len(known) >= 24:
+            sn.icount = struct.unpack_from(">Q", known, 16)[0]
+        sn.unknown_extra = bytes(unknown)
         out.append(sn)
+    if repair is not None:
+        repair.table_size = pos - offset
     return out
 
 
@@ -187,12 +252,13 @@ def _find_id_or_name(snapshots: list[Snapshot], id_or_name: str) -> int:
 
 
 # -- table writing --------------------------------------------------------------------
-def _write_table(drv: "Qcow2Format", snapshots: list[Snapshot]) -> None:
-    """Write a new table into fresh clusters, switch the header to it, free the old one."""
+def _write_table(drv: "Qcow2Format", snapshots: list[Snapshot], old_size: int | None = None) -> None:
+    """Write a new table into fresh clusters, switch the header to it, free the old one
+    (``old_size`` bytes; by default the size of the table the header names)."""
     h = drv.header
-    old_offset, old_size = h.snapshots_offset, 0
-    if h.nb_snapshots:
-        old_size = snapshot_table_size(read_snapshots(drv))
+    old_offset = h.snapshots_offset
+    if old_size is None:
+        old_size = snapshot_table_size(read_snapshots(drv)) if h.nb_snapshots else 0
     data = encode_table(snapshots)
     offset = 0
     if snapshots:
@@ -213,6 +279,22 @@ def _write_table(drv: "Qcow2Format", snapshots: list[Snapshot]) -> None:
 
 
 # -- refcount sharing -------------------------------------------------------------------
+def _update_refcounts(drv: "Qcow2Format", offset: int, length: int, addend: int) -> None:
+    """QEMU's qcow2_update_cluster_refcount, cluster by cluster: a cluster whose refcount
+    block is missing gets one, as QEMU allocates it, and then the update stops with EAGAIN
+    (QEMU's snapshot code does not retry, unlike its allocators)."""
+    cb = drv.cluster_bits
+    for ci in range(offset >> cb, ((offset + length - 1) >> cb) + 1):
+        ti = ci >> drv.rb_bits
+        if ti >= len(drv.refcount_table) or not drv.refcount_table[ti] & S.REFT_OFFSET_MASK:
+            drv._refblock_for(ci)
+            drv.flush_caches()
+            raise QimgError(os.strerror(errno.EAGAIN))
+        drv.update_refcount(ci << cb, 1 << cb, addend)
+        if addend < 0:
+            drv.discard_unused(ci << cb, 1 << cb)  # QEMU passes snapshot frees down
+
+
 def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_active: bool) -> bool:
     """Add ``addend`` (-1, 0, +1) references to all clusters reached from ``l1`` and fix the
     OFLAG_COPIED flags of the entries to match the new refcounts. Returns True if ``l1`` changed."""
@@ -238,9 +320,7 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
             if le & S.OFLAG_COMPRESSED:
                 if addend:
                     first, n = drv.compressed_clusters(le)
-                    drv.update_refcount(first, n * cs, addend)
-                    if addend < 0:
-                        drv.discard_unused(first, n * cs)  # QEMU passes snapshot frees down
+                    _update_refcounts(drv, first, n * cs, addend)
                 continue
             off = le & S.L2E_OFFSET_MASK
             if not off:
@@ -249,9 +329,7 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
                 drv._corrupt(f"Cluster allocation offset {S.chex(off)} unaligned (L2 offset: {S.chex(l2_off)}, "
                              f"L2 index: {S.chex(j // step)})")
             if addend:
-                drv.update_refcount(off, cs, addend)
-                if addend < 0:
-                    drv.discard_unused(off, cs)
+                _update_refcounts(drv, off, cs, addend)
             if touch:
                 rc = drv.get_refcount(off >> cb)
                 new = le | S.OFLAG_COPIED if rc == 1 else le & ~S.OFLAG_COPIED
@@ -263,9 +341,7 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
         if addend:
             if not touch:
                 drv.l2_cache.drop(l2_off)
-            drv.update_refcount(l2_off, cs, addend)
-            if addend < 0:
-                drv.discard_unused(l2_off, cs)
+            _update_refcounts(drv, l2_off, cs, addend)
         rc = drv.get_refcount(l2_off >> cb)
         new = e | S.OFLAG_COPIED if rc == 1 else e & ~S.OFLAG_COPIED
         if new != e:
