@@ -347,6 +347,24 @@ def test_resize_with_snapshot_as_qemu(qemu_img, qemu_io, qimg, tmp_path, args):
     assert a.read_bytes() == b.read_bytes()
 
 
+@pytest.mark.parametrize("args", [["64M"], ["--shrink", "16M"], ["32M"]])
+def test_resize_v2_with_snapshot_refused(qemu_img, qemu_io, qimg, tmp_path, args):
+    """A v2 image's snapshots need not record their size: qemu-img refuses to resize it, even to
+    its own size (iotests 061)."""
+    from conftest import as_qemu
+
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "compat=0.10", str(a), "32M")
+    qemu_io("-c", "write -P 0x2a 24M 64k", str(a))
+    qemu_img("snapshot", "-c", "foo", str(a))
+    shutil.copy(a, b)
+    want = qemu_img("resize", str(a), *args)
+    got = qimg("resize", str(b), *args)
+    assert (got.returncode, as_qemu(got.stdout), as_qemu(got.stderr).replace(str(b), str(a))) == (
+        want.returncode, want.stdout, want.stderr)
+    assert a.read_bytes() == b.read_bytes()
+
+
 def test_too_large_for_cluster_size(qemu_img, qimg, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exp = qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", "a.qcow2", "1T")

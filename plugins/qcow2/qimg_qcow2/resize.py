@@ -43,10 +43,13 @@ def grow_l1(drv: "Qcow2Format", min_size: int, exact: bool = True) -> None:
 def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
     h = drv.header
     old = h.size
-    if size % 512:
-        raise QimgError("The new size must be a multiple of 512")
     if preallocation not in ("off", "metadata", "falloc", "full"):
         raise QimgError(f"Unsupported preallocation mode '{preallocation}'")
+    if size % 512:
+        raise QimgError("The new size must be a multiple of 512")
+    if h.nb_snapshots and h.version < 3:
+        # v2 snapshots need not record their size: another size would be unsafe for them
+        raise QimgError("Can't resize a v2 image which has snapshots")
     if size < old:
         if preallocation != "off":
             raise QimgError("Preallocation can't be used for shrinking an image")
