@@ -339,7 +339,7 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         raise QimgError("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16")
     check_options(opts, sources, target_filename)
     if opts.bitmaps:
-        _check_bitmaps(sources)  # before the target is created
+        _check_bitmaps(sources, opts.skip_broken_bitmaps)  # before the target is created
     if opts.no_create and opts.target_is_zero and opts.backing_file is not None:
         # qemu-img reports this one and gives up with exit status 0, before opening the target
         if warn is not None:
@@ -430,11 +430,17 @@ def _supports_bitmaps(cls: type, driver: object = None) -> bool:
     return getattr(getattr(driver, "header", None), "version", 3) >= 3
 
 
-def _check_bitmaps(sources: list["Image"]) -> None:
+def _check_bitmaps(sources: list["Image"], skip_broken: bool) -> None:
     if len(sources) != 1:
         raise QimgError("Copying bitmaps only possible with single source")
     if not _supports_bitmaps(type(sources[0].driver), sources[0].driver):
         raise QimgError("Source lacks bitmap support")
+    if not skip_broken:
+        # QEMU walks its bitmap list, the directory's last bitmap first
+        for bm in reversed(_list_bitmaps(sources[0])):
+            if "in-use" in (bm.get("flags") or []):
+                raise QimgError(f"Cannot copy inconsistent bitmap '{bm['name']}'\n"
+                                "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it")
 
 
 def _list_bitmaps(img: "Image") -> list[dict[str, Any]]:
@@ -449,13 +455,16 @@ def _copy_bitmaps(src: "Image", dst: "Image", skip_broken: bool,
     disabled state (qemu-img's ``--bitmaps``)."""
     if not _supports_bitmaps(type(dst.driver)):
         raise QimgError(f"Format driver '{dst.format}' does not support bitmaps")
-    for bm in _list_bitmaps(src):
+    bitmaps = _list_bitmaps(src)
+    # skipped ones are reported as QEMU walks its bitmap list (the directory's last first)
+    for bm in reversed(bitmaps):
+        if "in-use" in (bm.get("flags") or []) and skip_broken and warn is not None:
+            warn(f"warning: Skipping inconsistent bitmap '{bm['name']}'")
+    for bm in bitmaps:
         name = bm["name"]
         flags = bm.get("flags") or []
         if "in-use" in flags:
             if skip_broken:
-                if warn is not None:
-                    warn(f"Skipping inconsistent bitmap '{name}'")
                 continue
             raise QimgError(f"Cannot copy inconsistent bitmap '{name}'\n"
                             "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it")
