@@ -347,6 +347,30 @@ def test_resize_with_snapshot_as_qemu(qemu_img, qemu_io, qimg, tmp_path, args):
     assert a.read_bytes() == b.read_bytes()
 
 
+@pytest.mark.parametrize("create,data,bits", [
+    ("refcount_bits=1,cluster_size=512", f"{58 * 512}", 64),  # iotests 112: a walk more is needed
+    ("refcount_bits=16,cluster_size=512", "600k", 1),  # refused: a refcount of 2 needs 2 bits
+    ("refcount_bits=16", "3M", 64), ("refcount_bits=64,cluster_size=4k", "5M", 2),
+    ("refcount_bits=1,cluster_size=1k", "2M", 8), ("refcount_bits=8,cluster_size=512", "1M", 32),
+    ("refcount_bits=16,cluster_size=512", "3M", 4),
+])
+def test_refcount_width_change_as_qemu(qemu_img, qemu_io, qimg, tmp_path, create, data, bits):
+    """amend -o refcount_bits=N walks the refcount table as QEMU does: the same progress lines
+    (more walks when one allocation needs another) and the same file (new blocks where QEMU's
+    allocator puts them, the old ones freed), or the same refusal."""
+    from conftest import as_qemu
+
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", create, str(a), "16M")
+    qemu_io("-c", f"write 0 {data}", str(a))
+    qemu_img("snapshot", "-c", "s", str(a))
+    shutil.copy(a, b)
+    want = qemu_img("amend", "-p", "-o", f"refcount_bits={bits}", str(a))
+    got = qimg("amend", "-p", "-o", f"refcount_bits={bits}", str(b))
+    assert (got.returncode, got.stdout, as_qemu(got.stderr)) == (want.returncode, want.stdout, want.stderr)
+    assert a.read_bytes() == b.read_bytes()
+
+
 @pytest.mark.parametrize("args", [["64M"], ["--shrink", "16M"], ["32M"]])
 def test_resize_v2_with_snapshot_refused(qemu_img, qemu_io, qimg, tmp_path, args):
     """A v2 image's snapshots need not record their size: qemu-img refuses to resize it, even to

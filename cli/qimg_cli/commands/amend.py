@@ -68,11 +68,14 @@ def run(p: Parsed) -> None:
                 return
             from qimg.ops.amend import parse_amend_options, supports_amend
 
-            if supports_amend(type(img.driver)):
-                parse_amend_options(type(img.driver), opts)
-                bar.update(0, 1)  # as qemu-img, in case the driver reports no progress
-            ops_amend.amend(img, opts, progress=bar.update, force=p.force)
-            bar.update(1, 1)
+            if not supports_amend(type(img.driver)):
+                ops_amend.amend(img, opts, progress=bar.update, force=p.force)  # (its refusal)
+            parse_amend_options(type(img.driver), opts)
+            bar.update(0, 1)  # as qemu-img, in case the driver reports no progress
+            try:
+                ops_amend.amend(img, opts, progress=bar.update, force=p.force)
+            finally:
+                bar.update(1, 1)  # qemu-img shows 100% whether the amendment worked or not
     finally:
         bar.end()
 

@@ -1,6 +1,7 @@
 """qemu-img amend for qcow2: compat up/down, lazy_refcounts, refcount_bits, backing, data file, size."""
 from __future__ import annotations
 
+import sys
 from array import array
 
 from qimg.errors import QimgError
@@ -223,75 +224,140 @@ def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
             drv.l2_cache.mark_dirty(l2off)
 
 
-def _report_walks(drv: "Qcow2Format", status: "AmendStatus | None", walks: int) -> None:
-    """QEMU walks the old refcount table ``walks`` times (allocating, checking, writing) and
-    reports each entry of each walk; qimg rewrites in one pass and reports the same steps."""
-    if status is None:
+#: QEMU's QCOW_MAX_REFTABLE_SIZE (bytes)
+_MAX_REFTABLE_SIZE = 8 << 20
+
+
+def _be64(values: list[int]) -> bytes:
+    a = array("Q", values)
+    if sys.byteorder == "little":
+        a.byteswap()
+    return a.tobytes()
+
+
+def _set_in(blk: bytearray, i: int, v: int, order: int) -> None:
+    """Refcount ``i`` of a block of width 2^order (QEMU's set_refcount_ro<order>)."""
+    if order >= 3:
+        w = 1 << (order - 3)
+        blk[i * w : i * w + w] = v.to_bytes(w, "big")
         return
-    entries = drv.header.refcount_table_clusters * drv.cluster_size // 8
-    for index in range(walks):
-        for i in range(entries):
-            status(index * entries + i, walks * entries)
-        status((index + 1) * entries, walks * entries)
+    bits, per = 1 << order, 8 >> order
+    sh = (i % per) * bits
+    blk[i // per] = (blk[i // per] & ~(((1 << bits) - 1) << sh)) | (v << sh)
 
 
 def change_refcount_order(drv: "Qcow2Format", order: int, status: "AmendStatus | None" = None) -> None:
-    """Rewrite every refcount with a new width: new blocks and table after the last used cluster."""
+    """Rewrite every refcount with a new width as QEMU's qcow2_change_refcount_order does:
+    walks over the old refcount table allocate the new refcount blocks (in the old structures,
+    where the allocator finds room) until a walk allocates nothing, each time with a new table
+    allocated after them; a last walk writes the new blocks; then the new table, the header, and
+    the old blocks and table freed. Progress is reported per table entry of each walk, the
+    number of walks growing when one more is needed (QEMU's regressing progress)."""
     cb, cs = drv.cluster_bits, drv.cluster_size
+    new_bits = 1 << order
+    new_entries = (cs * 8) >> order
     drv.flush_caches()
-    last = drv.last_used_cluster()
-    counts: dict[int, int] = {}
-    for ci in range(last + 1):
-        v = drv.get_refcount(ci)
-        if v:
-            counts[ci] = v
-    maxv = (1 << (1 << order)) - 1
-    for ci, v in counts.items():
-        if v > maxv:
-            raise QimgError(f"Cannot decrease refcount entry width to {1 << order} bits: Cluster at offset "
-                            f"{ci << cb:#x} has a refcount of {v}")
-    # the old structures stop being counted
-    for e in drv.refcount_table:
-        off = e & S.REFT_OFFSET_MASK
-        if off:
-            counts.pop(off >> cb, None)
-    t0 = drv.header.refcount_table_offset >> cb
-    for c in range(t0, t0 + drv.header.refcount_table_clusters):
-        counts.pop(c, None)
-    start = last + 1
-    from .create import refcount_metadata_clusters
+    new_table: list[int] = []
 
-    blocks, table = refcount_metadata_clusters(start, cs, order)
-    per_block = (cs * 8) >> order
-    # QEMU allocates in a walk, checks in another (again while new structures landed in a
-    # range no new block covered yet) and writes in a last one
-    alloc_walks = 2 if (start + blocks + table - 1) // per_block <= last // per_block else 3
-    _report_walks(drv, status, alloc_walks + 1)
-    table_entries = table * cs // 8
-    for c in range(start, start + blocks + table):
-        counts[c] = 1
-    new_table = array("Q", bytes(8 * table_entries))
-    raw_blocks: dict[int, bytearray] = {}
-    drv.refcount_order = order
-    for ci, v in counts.items():
-        bi = ci // per_block
-        blk = raw_blocks.setdefault(bi, bytearray(cs))
-        drv._rb_set(blk, ci % per_block, v)
-    for bi in range(blocks):
-        off = (start + bi) << cb
-        new_table[bi] = off
-        drv.pre_write(0, off, cs)
-        drv.file.pwrite(off, raw_blocks.get(bi, bytearray(cs)))
-    toff = (start + blocks) << cb
-    drv.write_table(toff, new_table)
-    drv.file.flush()
+    def walk(index: int, total: int, write: bool) -> bool:
+        """One walk over the old table (its size may grow meanwhile, as QEMU's loop reads it
+        live); True when a new block was allocated. ``write``: fill and write the new blocks."""
+        allocated = False
+        new_index = fill = 0
+        empty = True
+        block = bytearray(cs)
+
+        def finish() -> None:
+            nonlocal allocated
+            if write:
+                if new_index < len(new_table) and new_table[new_index]:
+                    drv.pre_write(0, new_table[new_index], cs)
+                    drv.file.pwrite(new_table[new_index], block)
+                return
+            if empty:
+                return
+            if new_index >= len(new_table):
+                size = -(-(new_index + 1) // (cs // 8)) * (cs // 8)
+                if size > _MAX_REFTABLE_SIZE // 8:
+                    raise QimgError("This operation would make the refcount table grow beyond the maximum size "
+                                    "supported by QEMU, aborting")
+                new_table.extend([0] * (size - len(new_table)))
+            if not new_table[new_index]:
+                new_table[new_index] = drv.alloc_clusters(1)
+                allocated = True
+
+        old_entries = drv.refblock_entries
+        ti = 0
+        while ti < len(drv.refcount_table):
+            size = len(drv.refcount_table)
+            if status is not None:
+                status(index * size + ti, total * size)
+            off = drv.refcount_table[ti] & S.REFT_OFFSET_MASK
+            if off and off & (cs - 1):
+                try:
+                    drv._corrupt(f"Refblock offset {off:#x} unaligned (reftable index: {ti:#x})")
+                except QimgError:
+                    pass
+                raise QimgError("Image is corrupt (unaligned refblock offset)")
+            old = drv.refblock_cache.get(off) if off else None
+            for bi in range(old_entries):
+                if fill >= new_entries:
+                    finish()
+                    new_index += 1
+                    fill = 0
+                    empty = True
+                v = drv._rb_get(old, bi) if old is not None else 0
+                if old is not None and new_bits < 64 and v >> new_bits:
+                    raise QimgError(f"Cannot decrease refcount entry width to {new_bits} bits: Cluster at offset "
+                                    f"{((ti * old_entries + bi) << cb):#x} has a refcount of {v}")
+                if write:
+                    _set_in(block, fill, v, order)
+                fill += 1
+                empty = empty and v == 0
+            ti += 1
+        if fill:
+            if write:
+                for i in range(fill, new_entries):
+                    _set_in(block, i, 0, order)
+            finish()
+            new_index += 1
+        if status is not None:
+            size = len(drv.refcount_table)
+            status((index + 1) * size, total * size)
+        return allocated
+
+    walk_index = 0
+    table_offset = table_allocated = 0
+    while True:
+        total = max(walk_index + 2, 3)
+        allocated = walk(walk_index, total, False)
+        walk_index += 1
+        if not allocated:
+            break
+        if table_offset:
+            drv.free_clusters(table_offset, table_allocated * 8)
+        table_offset = drv.alloc_clusters(-(-len(new_table) * 8 // cs))
+        table_allocated = len(new_table)
+    walk(walk_index, walk_index + 1, True)
+    drv.pre_write(0, table_offset, len(new_table) * 8)
+    drv.file.pwrite(table_offset, _be64(new_table))
+    drv.flush_caches()
     h = drv.header
+    old_table, old_offset = drv.refcount_table, h.refcount_table_offset
     h.refcount_order = order
-    h.refcount_table_offset = toff
-    h.refcount_table_clusters = table
+    h.refcount_table_offset = table_offset
+    h.refcount_table_clusters = -(-len(new_table) * 8 // cs)
     drv.refblock_cache.tables.clear()
     drv.refblock_cache.dirty.clear()
     drv._setup_geometry()
-    drv.refcount_table = new_table
+    drv.refcount_table = array("Q", new_table)
     drv.free_cluster_index = 0
     drv.update_header()
+    # the old blocks and table are freed in the new structures (not discarded)
+    for e in old_table:
+        off = e & S.REFT_OFFSET_MASK
+        if off:
+            drv.free_clusters(off, cs)
+    if old_offset:
+        drv.free_clusters(old_offset, len(old_table) * 8)
+    drv.flush_caches()
