@@ -88,6 +88,35 @@ def _check_protocol_options(cls: type[Protocol], opts: Mapping[str, Any]) -> Non
         raise QimgError(f"Block protocol '{cls.protocol_name}' doesn't support the option '{key}'")
 
 
+def open_child(filename: str | None, options: Mapping[str, Any] | None = None, *, writable: bool = False) -> Protocol:
+    """Open the child node of a filter protocol (blkdebug's ``image``): by name (a path, or a
+    protocol's ``prefix:`` name) and/or by options whose ``driver`` names a protocol
+    (``{"driver": "file", "filename": "x"}``); QEMU's errors when neither says what to open."""
+    opts = dict(options or {})
+    driver = opts.pop("driver", None)
+    if driver is not None and driver != "file" and get_registry().protocol(str(driver)) is None:
+        if str(driver) in get_registry().formats:
+            raise QimgError(f"A format node ('{driver}') as the child of a protocol is not supported by qimg")
+        raise QimgError(f"Unknown driver '{driver}'")
+    if driver in (None, "file"):
+        name = opts.pop("filename", None) or filename
+        if driver == "file" or name is None:
+            if name is None:
+                raise QimgError('A block device must be specified for "file"')
+            from .runtime import check_file
+
+            check_file(opts, prefix="")
+            _check_protocol_options(FileProtocol, opts)
+            return FileProtocol(str(name), writable=writable)
+        proto, _ = _open_file(str(name), {f"file.{k}": v for k, v in opts.items()}, writable=writable, top_driver=None,
+                              parse_filename=True)
+        return proto
+    name = opts.get("filename", filename)
+    proto, _ = _open_file(None if name is None else str(name), opts, writable=writable, top_driver=str(driver),
+                          parse_filename=False)
+    return proto
+
+
 def _open_file(filename: str | None, options: dict[str, Any], *, writable: bool, top_driver: str | None,
                parse_filename: bool) -> tuple[Protocol, type[Protocol] | None]:
     """The protocol node of an image: chosen by ``top_driver`` (a protocol named as the
@@ -539,7 +568,10 @@ def _open_node(
         if exact is None:
             from .ops.qjson import dumps
 
-            exact = "json:" + dumps(file.json_options(), pretty=False)
+            node = file.json_options()
+            if top_driver is None:  # a format over the protocol: its json: name holds both
+                node = {"driver": fmt_name, "file": node}
+            exact = "json:" + dumps(node, pretty=False)
         if exact != filename:
             img.display_name = exact
     # ``backing.KEY`` open options are the backing image's (``backing.encrypt.key-secret``)

@@ -115,8 +115,11 @@ def flatten_options(value: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
     def walk(obj: Mapping[str, Any], path: str) -> None:
         for key, val in obj.items():
-            if isinstance(val, dict):
+            if isinstance(val, dict) and val:
                 walk(val, f"{path}{key}.")
+            elif isinstance(val, list) and val:
+                # QEMU's qdict_flatten: list items are numbered keys ("inject-error.0.event")
+                walk({str(i): item for i, item in enumerate(val)}, f"{path}{key}.")
             elif val is None:
                 typed[path + key] = None  # "backing": null
             else:

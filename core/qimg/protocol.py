@@ -223,6 +223,12 @@ class Protocol:
     def discard(self, offset: int, length: int) -> None:
         """Hint that a range is unused (trim); may do nothing."""
 
+    def debug_event(self, event: str) -> None:
+        """A format driver over this protocol reached one of QEMU's blkdebug events
+        (``read_aio`` before reading guest data, ``l1_update`` before writing an L1 table,
+        ... the names of QEMU's BlkdebugEvent): a debugging protocol (blkdebug) arms its
+        error injection rules on it. Default: nothing."""
+
     def allocate(self, offset: int, length: int) -> None:
         """Reserve space (``preallocation=falloc``)."""
         raise NotImplementedError

@@ -7,6 +7,7 @@ emptied afterwards (``Format.make_empty``); ``-b`` implies ``drop`` in the CLI, 
 """
 from __future__ import annotations
 
+import errno
 import os
 
 from ..blockstatus import ALLOCATED, ZERO
@@ -88,8 +89,10 @@ def commit(top: "Image", base: "Image | None" = None, *, drop: bool = False,
             top.driver.make_empty()
         except NotSupported:
             pass  # qemu-img only empties the top when its driver can (qed, vmdk, vhdx cannot)
+        except OSError as e:
+            raise QimgError(f"Failed to empty {top.filename}: {os.strerror(e.errno or errno.EIO)}") from None
         except QimgError as e:
-            raise QimgError(f"Could not empty {top.filename}: {e.message}", e.exit_code) from None
+            raise QimgError(f"Failed to empty {top.filename}: {e.message}", e.exit_code) from None
         top.flush()
 
 

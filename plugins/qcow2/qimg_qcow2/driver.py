@@ -132,6 +132,7 @@ class Qcow2Format(RefcountMixin, Format):
     def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
         super().__init__(file, filename=filename, writable=writable, options=options)
         self.data_file = None
+        #: a failed operation left the image unusable (QEMU ejects the node): close writes nothing
         self._dirty_set = False
         self._reftable_pending = False
         self.free_cluster_index = 0
@@ -740,6 +741,8 @@ class Qcow2Format(RefcountMixin, Format):
             off = offset + pos
             kind, n, host = self._extent(off, total - pos, merge_compressed=False)
             view = buf[pos : pos + n]
+            if kind == NORMAL:
+                self.file.debug_event("read_aio")  # (QEMU's blkdebug events: on the image file)
             if kind == NORMAL and self._crypt is not None:
                 self._dpreadinto(dfile, host, off, view)
             elif kind == NORMAL:
@@ -756,6 +759,8 @@ class Qcow2Format(RefcountMixin, Format):
             elif kind == ZEROES:
                 zero_fill(view)
             else:
+                if self.backing is not None:
+                    self.file.debug_event("read_backing_aio")
                 self.read_backing(off, view)
             pos += n
 
@@ -989,6 +994,7 @@ class Qcow2Format(RefcountMixin, Format):
             n = min(total - pos, ((g >> cb) + k << cb) - g)
             chunk = data[pos : pos + n]
             self.pre_write(0, host + (g & (cs - 1)), n, data_file=True)
+            self.file.debug_event("write_aio")
             if self.extended_l2:
                 # whole clusters in the middle go out in one write; partial ends need subcluster COW
                 a = -(-g // cs) * cs
@@ -1138,9 +1144,12 @@ class Qcow2Format(RefcountMixin, Format):
             # as QEMU (handle_alloc_space): when nothing below shows through the parts not
             # written, the new clusters are zeroed in the file (no zero data is written) and
             # only the data goes out, so the file is as sparse as qemu-img leaves it
+            self.file.debug_event("cluster_alloc_space")
             dfile.write_zeroes(host_w, n * cs)
+            self.file.debug_event("write_aio")
             dfile.pwrite(host_w + head, data)
         else:
+            self.file.debug_event("write_aio")
             bufs: list = []
             if head:
                 hb = bytearray(head)

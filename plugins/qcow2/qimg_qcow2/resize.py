@@ -352,32 +352,62 @@ def _discard_refblock(drv: "Qcow2Format", offset: int) -> None:
 
 
 def _make_completely_empty(drv: "Qcow2Format") -> None:
-    """Rebuild a minimal image in place: header, one reftable and refblock, a zeroed L1."""
+    """Rebuild a minimal image in place (header, one reftable and refblock, a zeroed L1), in
+    QEMU's make_completely_empty order: the image is marked dirty first (its refcounts are
+    broken meanwhile), the old L1 zeroed, the first clusters zeroed, the header pointed at the
+    new tables, the refblock hooked up, the clusters allocated, the image marked clean and the
+    file cut; each step's blkdebug event before it (a failure leaves what QEMU's leaves)."""
     cs = drv.cluster_size
     h = drv.header
+    f = drv.file
     l1_bytes = h.l1_size * 8
     l1_clusters = -(-l1_bytes // cs)
     drv.flush_caches()
     drv.l2_cache.tables.clear()
     drv.refblock_cache.tables.clear()
-    # zero the L1 at its final place and make the metadata consistent before the header points there
-    drv.file.pwrite(3 * cs, bytes(l1_bytes))
-    table = array("Q", bytes(cs))
-    table[0] = 2 * cs
-    drv.write_table(cs, table, None)  # the whole image is being rebuilt: nothing to check
-    blk = bytearray(cs)
-    for ci in range(3 + l1_clusters):
-        drv._rb_set(blk, ci, 1)
-    drv.file.pwrite(2 * cs, blk)
-    h.l1_table_offset = 3 * cs if h.l1_size else 0
+    if not h.incompatible_features & S.INCOMPAT_DIRTY:
+        f.flush()
+        f.pwrite(72, struct.pack(">Q", h.incompatible_features | S.INCOMPAT_DIRTY))
+        f.flush()
+        h.incompatible_features |= S.INCOMPAT_DIRTY
+    try:
+        _empty_broken_refcounts(drv, l1_bytes, l1_clusters)
+    except BaseException:
+        # as QEMU (bs->drv = NULL): nothing more is written to this image, not even on close
+        drv.stop()
+        raise
+    # clean again: the refcounts are right
+    h.incompatible_features &= ~S.INCOMPAT_DIRTY
+    drv.flush_caches()
+    drv.update_header()
+    f.truncate((3 + l1_clusters) * cs)
+
+
+def _empty_broken_refcounts(drv: "Qcow2Format", l1_bytes: int, l1_clusters: int) -> None:
+    """The part of make_completely_empty during which the refcounts on disk are broken."""
+    cs, h, f = drv.cluster_size, drv.header, drv.file
+    f.debug_event("l1_update")
+    if l1_clusters:
+        f.write_zeroes(h.l1_table_offset, l1_clusters * cs)
+    drv.l1 = array("Q", bytes(l1_bytes))
+    f.debug_event("empty_image_prepare")
+    f.write_zeroes(cs, (2 + l1_clusters) * cs)
+    f.debug_event("l1_update")
+    f.debug_event("reftable_update")
+    f.pwrite(40, struct.pack(">QQI", 3 * cs, cs, 1))
+    f.flush()
+    h.l1_table_offset = 3 * cs
     h.refcount_table_offset = cs
     h.refcount_table_clusters = 1
-    drv.update_header()
-    drv.file.truncate((3 + l1_clusters) * cs)
-    drv.l1 = array("Q", bytes(l1_bytes))
-    drv.refcount_table = table
+    drv.refcount_table = array("Q", bytes(cs))
+    f.debug_event("refblock_alloc")
+    f.pwrite(cs, struct.pack(">Q", 2 * cs))
+    f.flush()
+    drv.refcount_table[0] = 2 * cs
     drv.free_cluster_index = 0
     drv.free_byte_offset = 0
+    if drv.alloc_clusters(-(-(3 * cs + l1_bytes) // cs)) != 0:
+        raise QimgError("First cluster in emptied image is in use")
 
 
 def make_empty(drv: "Qcow2Format") -> None:
