@@ -16,7 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .procs import MARK, kill_marked
 from .sources import ROOT, Fatal, Oracle, cache_dir
+
+#: set when the runner is asked to stop (SIGINT, SIGTERM): the tests not started are not run
+STOPPING = threading.Event()
 
 # ---------------------------------------------------------------------------------------------
 # stand-ins: the emulator and qemu-storage-daemon (needed by check, not by qemu-img tests), and
@@ -169,6 +173,8 @@ def run_one(src: Path, oracle: Oracle, standins: Path, img_prog: Path, fmt: str,
             test: str, timeout: float, workdir: Path, extra_env: dict[str, str]) -> Result:
     iot = src / "tests" / "qemu-iotests"
     name = test.replace("/", "-")
+    if STOPPING.is_set():
+        return Result("not run", "the runner was stopped")
     tdir = workdir / name
     shutil.rmtree(tdir, ignore_errors=True)
     tdir.mkdir(parents=True)
@@ -191,6 +197,9 @@ def run_one(src: Path, oracle: Oracle, standins: Path, img_prog: Path, fmt: str,
         "QIMG_IOTESTS_STANDIN_LOG": str(log),
         "QIMG_IOTESTS_REAL_QEMU_IMG": str(oracle.bindir / "qemu-img"),
         "PYTHONDONTWRITEBYTECODE": "1",
+        # every process of this test, also one that leaves its session (qemu-nbd --fork), is
+        # found by this and ended with the test (procs.py)
+        MARK: f"{os.getpid()}-{workdir.name}-{name}",
     })
     env.pop("QEMU_IOTESTS_REGEN", None)
     cmd = ["nice", "-n", "10", sys.executable, "check", f"-{fmt}", "--color=off"]
@@ -208,11 +217,13 @@ def run_one(src: Path, oracle: Oracle, standins: Path, img_prog: Path, fmt: str,
         out, _ = p.communicate()
         timed_out = True
     finally:
-        # the test's own leftovers (a qemu-nbd it started, ...) end with it
+        # the test's own leftovers end with it: its process group, then whatever left it
+        # (a daemonized qemu-nbd) by the mark in its environment
         try:
             os.killpg(p.pid, signal.SIGKILL)
         except OSError:
             pass
+        kill_marked(MARK, env[MARK])
         shutil.rmtree(sock, ignore_errors=True)
     elapsed = round(time.monotonic() - t0, 1)
     text = out.decode(errors="replace")
