@@ -300,6 +300,22 @@ def change_refcount_order(drv: "Qcow2Format", order: int, status: "AmendStatus |
                     pass
                 raise QimgError("Image is corrupt (unaligned refblock offset)")
             old = drv.refblock_cache.get(off) if off else None
+            if old is None:
+                # no refblock: its refcounts are all zero, taken in runs (a table's most entries)
+                left = old_entries
+                while left:
+                    if fill >= new_entries:
+                        finish()
+                        new_index += 1
+                        fill = 0
+                        empty = True
+                    n = min(left, new_entries - fill)
+                    if write:  # entry counts are multiples of 8: whole bytes
+                        block[fill * new_bits // 8 : (fill + n) * new_bits // 8] = bytes(n * new_bits // 8)
+                    fill += n
+                    left -= n
+                ti += 1
+                continue
             for bi in range(old_entries):
                 if fill >= new_entries:
                     finish()
