@@ -19,6 +19,7 @@ from array import array
 from functools import reduce
 from operator import and_, ne, or_
 
+from qimg.compat import program
 from qimg.driver import CheckResult
 from qimg.errors import QimgError
 
@@ -740,7 +741,7 @@ class _Checker:
                         reftable.extend([0] * (entries - len(reftable)))
                         grown = True
                     reftable[index] = offset
-                self._pre_write(offset, cs, "qimg: ERROR writing refblock: {}")
+                self._pre_write(offset, cs, program() + ": ERROR writing refblock: {}")
                 vals = table[start:start + per_block].tolist()
                 vals += [0] * (per_block - len(vals))
                 self.file.pwrite(offset, _encode_refcounts(vals, rc_bits))
@@ -758,7 +759,7 @@ class _Checker:
                 table[k] = 0
         rt = array("Q", reftable)
         raw = rt.tobytes() if struct.pack("=H", 1) == struct.pack(">H", 1) else _swapped(rt)
-        self._pre_write(rt_offset, len(raw), "qimg: ERROR writing reftable: {}")
+        self._pre_write(rt_offset, len(raw), program() + ": ERROR writing reftable: {}")
         self.file.pwrite(rt_offset, raw)
         self.file.flush()
         _install_reftable(self.drv, rt_offset, rt_clusters, rt)
@@ -910,7 +911,7 @@ def _check_read_snapshot_table(drv: "Qcow2Format", c: _Checker, fix: set[str], s
         error = ("snapshot table offset invalid", "Invalid argument")
     if error is not None:
         snap.check_errors += 1
-        c.say(f"qimg: ERROR {error[0]}")
+        c.say(f"{program()}: ERROR {error[0]}")
         if nb > S.MAX_SNAPSHOTS:
             c.say(f"You can force-remove all {nb - S.MAX_SNAPSHOTS} overhanging snapshots with qemu-img check -r all")
         raise CheckFailed(error[1], c.msgs)
@@ -921,7 +922,7 @@ def _check_read_snapshot_table(drv: "Qcow2Format", c: _Checker, fix: set[str], s
     except QimgError as e:
         # qemu-img reports this with error_report (program name first), then gives up
         snap.check_errors += 1
-        c.say(f"qimg: ERROR failed to read the snapshot table: {e.message}")
+        c.say(f"{program()}: ERROR failed to read the snapshot table: {e.message}")
         hint = getattr(e, "hint", None)
         if hint:
             c.say(hint)
