@@ -298,7 +298,7 @@ def load_cached(path: Path, img_version: str) -> Run | None:
 
 def save_run(path: Path, run: Run) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # runs at once (the suite's and one's own) each write whole
     tmp.write_text(json.dumps({"label": run.label, "img_version": run.img_version,
                                "results": {t: asdict(r) for t, r in sorted(run.results.items())}}, indent=1))
     tmp.replace(path)
