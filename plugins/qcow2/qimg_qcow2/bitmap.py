@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 
+from qimg.compat import program
 from qimg.errors import QimgError
 from qimg.records import Record
 from qimg.values import Value
@@ -701,7 +702,7 @@ def bitmap_export(drv: "Qcow2Format", skip_broken: bool = False) -> list[Exporte
                                 "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it")
             from qimg import api
 
-            api.warn(f"qimg: warning: Skipping inconsistent bitmap '{bm.name}'")
+            api.warn(f"{program()}: warning: Skipping inconsistent bitmap '{bm.name}'")
             continue
         out.append(ExportedBitmap(drv, bm.name, bm.granularity, bm.enabled))
     return out
@@ -757,7 +758,7 @@ def validate_on_open(drv: "Qcow2Format") -> None:
         else:
             first = "a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent"
         # qemu-img ends the hint without a newline
-        sys.stderr.write(f"qimg: warning: {first}\n"
+        sys.stderr.write(f"{program()}: warning: {first}\n"
                          "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.")
         sys.stderr.flush()
         return

@@ -425,7 +425,7 @@ class _Checker:
                 except (OSError, OverflowError) as exc:
                     if isinstance(exc, OverflowError):
                         exc = OSError(errno.EFBIG, os.strerror(errno.EFBIG))
-                    self.say(f"qimg: Could not resize file: {_strerror(exc)}")
+                    self.say(f"{program()}: Could not resize file: {_strerror(exc)}")
                     self.say(f"ERROR could not resize image: {_strerror(exc)}")
                     rebuild = True
                     continue

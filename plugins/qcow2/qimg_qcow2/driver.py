@@ -6,6 +6,7 @@ import sys
 from array import array
 
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
+from qimg.compat import program
 from qimg.driver import CheckResult, Format, ProgressFn, SnapshotInfo
 from qimg.errors import CorruptImage, QimgError
 from qimg.image import zero_fill
@@ -1484,7 +1485,7 @@ class Qcow2Format(RefcountMixin, Format):
                 if not self._dead:
                     raise
                 reason = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
-                api.warn(f"qimg: Lost persistent bitmaps during inactivation of node '#block{NODE_NUMBER}': {reason}")
+                api.warn(f"{program()}: Lost persistent bitmaps during inactivation of node '#block{NODE_NUMBER}': {reason}")
         for cache, what in ((self.l2_cache, "L2 table"), (self.refblock_cache, "refcount block")):
             try:
                 if cache is self.l2_cache and cache.dirty:
@@ -1495,7 +1496,7 @@ class Qcow2Format(RefcountMixin, Format):
                     raise
                 failed = True
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                api.warn(f"qimg: Failed to flush the {what} cache: {reason}")
+                api.warn(f"{program()}: Failed to flush the {what} cache: {reason}")
         if failed or self._dead:
             return
         if self._dirty_set:

@@ -16,6 +16,7 @@ import struct
 import time
 from array import array
 
+from qimg.compat import program
 from qimg.driver import SnapshotInfo
 from qimg.errors import CorruptImage, QimgError
 from qimg.records import Record
@@ -446,7 +447,7 @@ def snapshot_goto(drv: "Qcow2Format", id_or_name: str) -> None:
         # qemu-img reports the reason on its own line, then the errno of the failed load
         import sys
 
-        sys.stderr.write(f"qimg: {e.message}\n")
+        sys.stderr.write(f"{program()}: {e.message}\n")
         raise QimgError(f"Failed to load snapshot: {e.errno_text}") from None
     with _failing_as("Failed to load snapshot"):
         # the snapshot may have been taken at another disk size: its L1 must fit, the size follows

@@ -17,6 +17,7 @@ from array import array
 from qimg import api, limits
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, Status
+from qimg.compat import program
 from qimg.driver import CheckResult, Format
 from qimg.errors import CorruptImage, QimgError
 from qimg.image import zero_fill
@@ -238,7 +239,7 @@ class VhdxFormat(Format):
         if not options.get("check"):
             problems = self._bat_problems(stop_at_first=True)
             if problems:
-                api.warn(f"qimg: {problems[0]}")
+                api.warn(f"{program()}: {problems[0]}")
                 raise self._fail(errno.EINVAL)
 
     def _fail(self, code: int) -> QimgError:
@@ -313,7 +314,7 @@ class VhdxFormat(Format):
             e = RegionEntry.parse(raw[16 + 32 * i:48 + 32 * i])
             clash = self._overlap_check(e.file_offset, e.length)
             if clash:
-                api.warn(f"qimg: {clash}")
+                api.warn(f"{program()}: {clash}")
                 raise self._fail(errno.EINVAL)
             self._regions.append((e.file_offset, e.length))
             if e.guid in (BAT_GUID, METADATA_GUID):
@@ -571,7 +572,7 @@ class VhdxFormat(Format):
         # corruption; a log replayed by this open counts as a repaired corruption
         res = CheckResult(filename=self.filename, format="vhdx")
         for msg in self._bat_problems():
-            res.messages.append(f"qimg: {msg}")
+            res.messages.append(f"{program()}: {msg}")
             res.corruptions += 1
         if self.log_replayed:
             res.corruptions_fixed += 1

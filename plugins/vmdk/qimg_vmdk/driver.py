@@ -14,6 +14,7 @@ import os
 from qimg import limits
 from qimg.api import open_protocol
 from qimg.blockstatus import Status
+from qimg.compat import program
 from qimg.driver import CheckResult, Format
 from qimg.errors import NotSupported, QimgError
 from qimg.options import BOOL, SIZE, STRING, Option
@@ -562,7 +563,7 @@ class VmdkFormat(Format):
             if n > 16 << 20:
                 from qimg import api
 
-                api.warn("qimg: VMDK description file too big")
+                api.warn(f"{program()}: VMDK description file too big")
                 raise QimgError("File too large")
         import random  # not at start-up (random imports hashlib, math...)
 
