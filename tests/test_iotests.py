@@ -88,7 +88,7 @@ def test_iotests_pass_as_with_qemu_img(tmp_path):
             problems.append(f"-- {fmt} {d['test']}: passes with qemu-img, not with qimg: {d['status']}, "
                             f"{d['reason']}\n{d['diff'][:6000]}")
         for t in s["fixed"]:
-            problems.append(f"-- {fmt} {t}: passes now (or differs only by the program name): delete its line "
+            problems.append(f"-- {fmt} {t}: passes now: delete its line "
                             "from scripts/iotests.known")
     assert p.returncode == 0 and not problems, (
         "scripts/iotests found new differences or stale lines of scripts/iotests.known:\n" + "\n".join(problems)
