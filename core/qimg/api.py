@@ -200,6 +200,16 @@ def _backing_path(file: Protocol, image_filename: str, backing: str) -> str:
     return file.dirname() + backing
 
 
+def full_backing_name(file: Protocol, image_filename: str, backing: str) -> str:
+    """The name a recorded backing file name opens, for ``info``'s "actual path": "" when
+    the image's protocol has no folder to resolve it against (qemu-img's "cannot determine
+    actual path")."""
+    try:
+        return _backing_path(file, image_filename, backing)
+    except QimgError:
+        return ""
+
+
 def probe_format(file: Protocol, filename: str, *, untrusted: bool = False) -> str:
     try:
         head = file.pread(0, 512)
@@ -597,8 +607,7 @@ def _open_node(
             full = _backing_path(file, filename, bname) if backing_override is None else bname
         except QimgError as e:
             driver.close()
-            raise QimgError(f"Could not open '{filename}': {e.message}" if _depth == 0 else e.message,
-                            e.exit_code) from None
+            raise QimgError(e.message, e.exit_code) from None  # open() prefixes the name given
         key = os.path.realpath(full) if reg.protocol_for(full) is None and not full.startswith("json:") else full
         me = os.path.realpath(filename) if pcls is None else filename
         if key in _seen or key == me:
@@ -613,7 +622,7 @@ def _open_node(
             msg = e.message
             if not msg.startswith("Could not open backing file"):
                 msg = f"Could not open backing file: {msg}"
-            raise public_error(e, f"Could not open '{filename}': {msg}" if _depth == 0 else msg) from None
+            raise public_error(e, msg) from None  # open() prefixes the name given
         driver.backing = img.backing
     return img
 

@@ -69,6 +69,10 @@ class Protocol:
     strong_runtime_options: ClassVar[tuple[str, ...]] = ()
     #: ``-o`` options this protocol adds to a format's create options (``preallocation``...)
     create_opts: ClassVar[list[Option]] = []
+    #: whether an image can be created over this protocol at all (QEMU: the driver has
+    #: ``create_opts``); False: ``create`` and ``convert`` refuse before anything else with
+    #: "Protocol driver 'x' does not support image creation" (http)
+    can_create: ClassVar[bool] = True
     #: requests a bulk copy should keep in flight to hide latency (threads reading at once;
     #: such a protocol's pread/preadinto must then be safe to call from several threads)
     parallel_reads: ClassVar[int] = 1

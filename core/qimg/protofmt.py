@@ -74,10 +74,21 @@ def protocol_status(file: Protocol, offset: int, length: int) -> Status:
     data, zeroes, or unknown contents (present, to be read), at the same offset."""
     size = file.size()
     if offset >= size:
+        if not has_block_status(file):
+            # QEMU: a protocol without block status is data up to the (sector-rounded) end
+            return Status(DATA | ALLOCATED | OFFSET_VALID, length, offset, file.filename)
         return Status(ZERO | ALLOCATED, length)  # the sector rounding past the end
     n, flags = file.block_status(offset, min(length, size - offset))
     n = max(1, min(n, length))
     return Status((flags & (DATA | ZERO)) | ALLOCATED | OFFSET_VALID, n, offset, file.filename)
+
+
+def has_block_status(file: Protocol) -> bool:
+    """Whether a protocol answers block status (else everything is data, as QEMU assumes)."""
+    from .protocol import Protocol
+
+    cls = type(file)
+    return cls.block_status is not Protocol.block_status or cls.data_extents is not Protocol.data_extents
 
 
 _classes: dict[tuple[str, type], type[ProtocolFormat]] = {}

@@ -282,13 +282,15 @@ def check_options(opts: ConvertOptions, sources: list["Image"], target_filename:
         if opts.backing_file is not None and len(sources) > 1 and not opts.target_is_zero:
             raise QimgError(_CONCAT_BACKING)
         return
-    from .create import all_create_opts, format_class, supports_create
+    from .create import all_create_opts, check_protocol_creates, format_class, supports_create
 
     cls = format_class(opts.out_format)
     if target_filename is not None:
         get_registry().find_protocol(target_filename)  # QEMU's "Unknown protocol 'x'", before the options
     if not supports_create(cls):  # dmg, bochs, cloop: read-only formats
         raise QimgError(f"Format driver '{opts.out_format}' does not support image creation")
+    if target_filename is not None:
+        check_protocol_creates(target_filename)
     co = opts.create_options
     if isinstance(co, str) and co:
         parse_options(_without_size(co), all_create_opts(cls, target_filename))

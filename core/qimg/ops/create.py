@@ -46,6 +46,15 @@ def supports_create(cls: "type[Format]") -> bool:
     return getattr(cls.create, "__func__", None) is not Format.create.__func__
 
 
+def check_protocol_creates(filename: str) -> None:
+    """QEMU's refusal of a protocol without create options (http: read-only)."""
+    from ..plugins import get_registry
+
+    entry = get_registry().protocol_for(filename)
+    if entry is not None and entry.name != "file" and not getattr(entry.load(), "can_create", True):
+        raise QimgError(f"Protocol driver '{entry.name}' does not support image creation")
+
+
 def protocol_create_opts(filename: str) -> list[Option]:
     """Create options of the protocol that ``filename`` selects (``create_opts`` attribute of
     a registered protocol class; the file protocol's list for plain paths)."""
@@ -248,6 +257,7 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
     get_registry().find_protocol(filename)  # QEMU's "Unknown protocol 'x'", before anything else
     if not supports_create(cls):
         raise QimgError(f"Format driver '{fmt}' does not support image creation")
+    check_protocol_creates(filename)
     declared = all_create_opts(cls, filename)
     names = {o.name for o in declared}
     if isinstance(options, dict):

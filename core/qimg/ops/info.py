@@ -44,7 +44,8 @@ def snapshot_dict(sn: "SnapshotInfo") -> dict[str, Any]:
 def image_info(img: "Image", backing_chain: bool = False) -> dict[str, Any]:
     """qemu-img's ImageInfo for ``img``; with ``backing_chain`` the backing images nest
     under ``backing-image`` (use :func:`flatten_chain` for ``--backing-chain`` output)."""
-    from ..api import resolve_backing_name
+    from ..api import full_backing_name, resolve_backing_name
+    from ..protocol import FileProtocol, Protocol
 
     drv = img.driver
     extra = dict(drv.info_extra() or {})
@@ -74,7 +75,12 @@ def image_info(img: "Image", backing_chain: bool = False) -> dict[str, Any]:
             extra.pop(key, None)
     if drv.backing_filename:
         d["backing-filename"] = drv.backing_filename
-        full = img.backing.filename if img.backing is not None else resolve_backing_name(img.filename, drv.backing_filename)
+        if img.backing is not None:
+            full = img.backing.filename
+        elif isinstance(getattr(drv, "file", None), Protocol) and not isinstance(drv.file, FileProtocol):
+            full = full_backing_name(drv.file, img.filename, drv.backing_filename)
+        else:
+            full = resolve_backing_name(img.filename, drv.backing_filename)
         if full:
             d["full-backing-filename"] = full
         if drv.backing_format:

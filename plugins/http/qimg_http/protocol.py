@@ -1,0 +1,374 @@
+"""The ``http`` and ``https`` protocols: an image on a web server, read with Range requests
+(QEMU's curl driver: read-only, the same options, messages and names).
+
+Opening sends one HEAD request: the length comes from ``Content-Length`` and the server must
+answer ``Accept-Ranges: bytes``. Reads are ``GET`` requests for byte ranges; a small read asks
+for ``readahead`` more bytes and keeps them (qcow2's metadata reads hit those), a large one asks
+for exactly what it needs. Several threads may read at once (a bulk copy keeps
+:attr:`HttpProtocol.parallel_reads` requests in flight), each on a pooled keep-alive
+connection. Errors are worded as libcurl words them (``The requested URL returned error: 404``),
+since that is what qemu-img prints.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+
+from qimg.errors import QimgError, with_errno
+from qimg.options import BOOL, NUMBER, SIZE, STRING
+from qimg.protocol import Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+READAHEAD_DEFAULT = 256 * 1024
+TIMEOUT_DEFAULT = 5
+TIMEOUT_MAX = 10000
+#: connections (and requests in flight) per image, as QEMU's CURL_NUM_STATES
+CONNECTIONS = 8
+#: read-ahead buffers kept per image
+CACHED = 8
+#: redirects followed before giving up
+MAX_REDIRECTS = 50
+#: the error libcurl (GnuTLS build, as Debian's qemu-img uses) gives for any certificate it cannot trust
+CERT_FAILED = "server certificate verification failed. CAfile: none CRLfile: none"
+
+_SECRET_OPTIONS = ("cookie-secret", "password-secret", "proxy-password-secret")
+
+
+class CurlError(Exception):
+    """A failed transfer, with libcurl's words for it."""
+
+
+def _secret(ident: Any) -> str:
+    from qimg.secrets import get_secret
+
+    data = get_secret(str(ident))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise QimgError(f"Data from secret {ident} is not valid UTF-8") from None
+
+
+def _basic(user: str, password: str | None) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
+
+
+class HttpProtocol(Protocol):
+    protocol_name = "http"
+    runtime_options = {"url": STRING, "readahead": SIZE, "sslverify": BOOL, "timeout": NUMBER, "cookie": STRING,
+                       "cookie-secret": STRING, "username": STRING, "password-secret": STRING,
+                       "proxy-username": STRING, "proxy-password-secret": STRING}
+    #: QEMU's curl_strong_runtime_opts: with one of them the image is named json:{...}
+    strong_runtime_options = ("url", "sslverify", "cookie", "cookie-secret", "username", "password-secret",
+                              "proxy-username", "proxy-password-secret")
+    parallel_reads = CONNECTIONS
+    can_create = False  # read-only: create and convert refuse before anything else
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def parse_filename(cls, filename: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {"url": filename}
+
+    @classmethod
+    def create(cls, filename: str, options: dict[str, Any] | None = None) -> Protocol:
+        raise QimgError(f"Protocol driver '{cls.protocol_name}' does not support image creation")
+
+    @classmethod
+    def open(cls, options: dict[str, Any], *, writable: bool, filename: str) -> HttpProtocol:
+        if writable:
+            raise with_errno(QimgError("curl driver does not support writes"), errno.EACCES)
+        opts = dict(options)
+        # a name is parsed into "url"; "filename" given as an option is refused once open
+        named = opts.pop("filename", None) is not None
+        readahead = int(opts.pop("readahead", READAHEAD_DEFAULT))
+        if readahead & 0x1FF:
+            raise QimgError(f"HTTP_READAHEAD_SIZE {readahead} is not a multiple of 512")
+        timeout = int(opts.pop("timeout", TIMEOUT_DEFAULT))
+        if not 0 <= timeout <= TIMEOUT_MAX:
+            raise QimgError("timeout parameter is too large or negative")
+        sslverify = bool(opts.pop("sslverify", True))
+        cookie = opts.pop("cookie", None)
+        cookie_secret = opts.pop("cookie-secret", None)
+        if cookie is not None and cookie_secret is not None:
+            raise QimgError("curl driver cannot handle both cookie and cookie secret")
+        if cookie_secret is not None:
+            cookie = _secret(cookie_secret)
+        url = opts.pop("url", None)
+        if url is None:
+            raise QimgError("curl block driver requires an 'url' option")
+        url = str(url)
+        name = cls.protocol_name
+        if not url.startswith(name + "://"):
+            raise QimgError(f"{name} curl driver cannot handle the URL '{url}' (does not start with '{name}://')")
+        username = opts.pop("username", None)
+        secret = opts.pop("password-secret", None)
+        password = _secret(secret) if secret is not None else None
+        proxy_user = opts.pop("proxy-username", None)
+        secret = opts.pop("proxy-password-secret", None)
+        proxy_password = _secret(secret) if secret is not None else None
+        given = {k: options[k] for k in cls.strong_runtime_options if k in options and k != "url"}
+        options.clear()
+        options.update(opts)  # what is left: the core names it as unsupported
+        proto = cls(url, readahead=readahead, timeout=timeout, sslverify=sslverify, cookie=cookie,
+                    username=username, password=password, proxy_user=proxy_user, proxy_password=proxy_password,
+                    given=given)
+        if named:
+            proto.close()
+            raise QimgError(f"Block protocol '{name}' doesn't support the option 'filename'")
+        return proto
+
+    def __init__(self, url: str, *, readahead: int = READAHEAD_DEFAULT, timeout: int = TIMEOUT_DEFAULT,
+                 sslverify: bool = True, cookie: str | None = None, username: str | None = None,
+                 password: str | None = None, proxy_user: str | None = None, proxy_password: str | None = None,
+                 given: dict[str, Any] | None = None) -> None:
+        import urllib3
+
+        self.filename = self.url = url
+        self.writable = False
+        self.readahead = readahead
+        self.given = dict(given or {})
+        self._lock = threading.Lock()
+        self._cache: list[tuple[int, bytes]] = []  # (offset, data) of recent read-aheads, newest last
+        parsed = urllib3.util.parse_url(url)
+        self._host = parsed.host or ""
+        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        # the request target as given (urllib3 would re-encode it; curl sends it as it is)
+        self._target = url
+        self._headers: dict[str, str] = {}
+        if cookie:
+            self._headers["Cookie"] = str(cookie)
+        if username is None and parsed.auth:
+            username, _, rest = parsed.auth.partition(":")
+            password = password if password is not None else (rest if _ else None)
+        if username is not None:
+            self._headers["Authorization"] = _basic(str(username), password)
+        self._timeout = urllib3.Timeout(connect=timeout, read=timeout) if timeout else urllib3.Timeout(None, None)
+        self._seconds = timeout
+        self._retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=MAX_REDIRECTS,
+                                      raise_on_redirect=True, raise_on_status=False)
+        pool_kw: dict[str, Any] = {"num_pools": 4, "maxsize": CONNECTIONS, "block": True}
+        if parsed.scheme == "https":
+            if sslverify:
+                pool_kw.update(cert_reqs="CERT_REQUIRED")
+            else:
+                pool_kw.update(cert_reqs="CERT_NONE", assert_hostname=False)
+                import warnings
+
+                warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        proxy = _proxy_for(parsed.scheme, self._host)
+        if proxy is not None:
+            headers = {}
+            if proxy_user is not None:
+                headers["Proxy-Authorization"] = _basic(str(proxy_user), proxy_password)
+            self._pool = urllib3.ProxyManager(proxy, proxy_headers=headers, **pool_kw)
+        else:
+            self._pool = urllib3.PoolManager(**pool_kw)
+        try:
+            self._size = self._head()
+        except CurlError as e:
+            self._pool.clear()
+            raise QimgError(f"CURL: Error opening file: {e}") from None
+
+    # -- requests ----------------------------------------------------------------------------
+    def _request(self, method: str, headers: dict[str, str] | None = None) -> Any:
+        """One request (redirects followed), its response unread; libcurl's words on failure."""
+        import urllib3
+
+        h = dict(self._headers)
+        if headers:
+            h.update(headers)
+        start = time.monotonic()
+        try:
+            resp = self._pool.request(method, self._target, headers=h, preload_content=False,
+                                      timeout=self._timeout, retries=self._retries, redirect=True)
+        except urllib3.exceptions.MaxRetryError as e:
+            raise CurlError(self._why(e.reason, start)) from None
+        except urllib3.exceptions.HTTPError as e:
+            raise CurlError(self._why(e, start)) from None
+        except (ValueError, LookupError):
+            raise CurlError("URL using bad/illegal format or missing URL") from None
+        if resp.status >= 400:
+            resp.drain_conn()
+            resp.release_conn()
+            raise CurlError(f"The requested URL returned error: {resp.status}")
+        return resp
+
+    def _why(self, err: BaseException | None, start: float) -> str:
+        """libcurl's error text for a failed request."""
+        import ssl
+
+        import urllib3.exceptions as ux
+
+        ms = int((time.monotonic() - start) * 1000)
+        if isinstance(err, ux.NameResolutionError):
+            return f"Could not resolve host: {self._host}"
+        if isinstance(err, ux.SSLError) or isinstance(err, ssl.SSLError):
+            inner = err.args[0] if err.args else err
+            if isinstance(inner, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
+                return CERT_FAILED
+            if "WRONG_VERSION_NUMBER" in str(err) or "record layer failure" in str(err):
+                return "gnutls_handshake() failed: An unexpected TLS packet was received."
+            return f"gnutls_handshake() failed: {inner}"
+        if isinstance(err, ux.ConnectTimeoutError) and not isinstance(err, ux.NewConnectionError):
+            return f"Connection timed out after {ms} milliseconds"
+        if isinstance(err, ux.NewConnectionError):
+            return f"Failed to connect to {self._host} port {self._port} after {ms} ms: Couldn't connect to server"
+        if isinstance(err, ux.ReadTimeoutError):
+            return f"Operation timed out after {ms} milliseconds with 0 bytes received"
+        if isinstance(err, ux.ResponseError) and "redirect" in str(err):
+            return f"Maximum ({MAX_REDIRECTS}) redirects followed"
+        if isinstance(err, ux.ProtocolError):
+            text = str(err)
+            if "reset" in text.lower():
+                return "Recv failure: Connection reset by peer"
+            return "Empty reply from server"
+        return str(err) if err is not None else "Unknown error"
+
+    def _head(self) -> int:
+        resp = self._request("HEAD")
+        try:
+            length = resp.headers.get("Content-Length")
+            ranges = any(k == "Accept-Ranges" and v.startswith("bytes") for k, v in resp.headers.iteritems())
+        finally:
+            resp.drain_conn()
+            resp.release_conn()
+        try:
+            size = int(length) if length is not None else -1
+        except ValueError:
+            size = -1
+        if size < 0:
+            raise CurlError("Server didn't report file size.")
+        if not ranges:
+            raise CurlError("Server does not support 'range' (byte ranges).")
+        return size
+
+    def _get(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` with the bytes at ``offset`` (short only at the end of the file)."""
+        import urllib3
+
+        n = min(len(buf), self._size - offset)
+        if n <= 0:
+            return 0
+        start = time.monotonic()
+        resp = self._request("GET", {"Range": f"bytes={offset}-{offset + n - 1}"})
+        ok = False
+        try:
+            if resp.status != 206:
+                if resp.status != 200 or offset != 0:
+                    raise CurlError("Server does not support 'range' (byte ranges).")
+            else:
+                rng = resp.headers.get("Content-Range", "")
+                if not rng.startswith(f"bytes {offset}-"):
+                    raise CurlError(f"Server answered the range {offset}-{offset + n - 1} with '{rng}'")
+            got = 0
+            view = buf[:n]
+            while got < n:
+                try:
+                    k = resp.readinto(view[got:])
+                except (urllib3.exceptions.HTTPError, OSError) as e:
+                    raise CurlError(self._why(e, start)) from None
+                if not k:
+                    break
+                got += k
+            if got < n:
+                raise CurlError(f"transfer closed with {n - got} bytes remaining to read")
+            ok = resp.status == 206 and resp.length_remaining in (0, None)
+            return n
+        finally:
+            if ok:
+                resp.release_conn()
+            else:
+                resp.close()  # a body not read to its end: the connection cannot be reused
+
+    def _read_error(self, e: CurlError) -> OSError:
+        from qimg import api
+
+        api.report(f"curl: {e}")
+        return OSError(errno.EIO, os.strerror(errno.EIO))
+
+    # -- names -------------------------------------------------------------------------------
+    def exact_filename(self) -> str | None:
+        # QEMU's curl_refresh_filename: options that change what is reached hide the URL
+        if self.given.get("sslverify", True) is not True or any(k != "sslverify" for k in self.given):
+            return None
+        return self.url
+
+    def json_options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"driver": self.protocol_name, "url": self.url}
+        out.update(self.given)
+        return out
+
+    # -- I/O ---------------------------------------------------------------------------------
+    def size(self) -> int:
+        return self._size
+
+    def preadinto(self, offset: int, buf: memoryview) -> int:
+        length = len(buf)
+        if offset >= self._size or not length:
+            return 0
+        n = min(length, self._size - offset)
+        with self._lock:
+            for start, data in reversed(self._cache):
+                if start <= offset and offset + n <= start + len(data):
+                    buf[:n] = memoryview(data)[offset - start:offset - start + n]
+                    return n
+        try:
+            if n >= self.readahead:
+                return self._get(offset, buf)
+            want = min(n + self.readahead, self._size - offset)
+            data = bytearray(want)
+            self._get(offset, memoryview(data))
+        except CurlError as e:
+            raise self._read_error(e) from None
+        buf[:n] = memoryview(data)[:n]
+        with self._lock:
+            self._cache.append((offset, bytes(data)))
+            del self._cache[:-CACHED]
+        return n
+
+    def pread(self, offset: int, length: int) -> bytes:
+        buf = bytearray(max(0, min(length, self._size - offset)))
+        n = self.preadinto(offset, memoryview(buf))
+        return bytes(buf[:n])
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        raise with_errno(QimgError("curl driver does not support writes"), errno.EACCES)
+
+    def truncate(self, size: int) -> None:
+        raise QimgError("Image format driver does not support resize")
+
+    def close(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.clear()
+        self._cache = []
+
+
+class HttpsProtocol(HttpProtocol):
+    protocol_name = "https"
+
+
+def _proxy_for(scheme: str, host: str) -> str | None:
+    """The proxy libcurl would use for a URL, from the environment (``http_proxy`` (lower case
+    only), ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), or None."""
+    env = os.environ
+    if scheme == "http":
+        proxy = env.get("http_proxy")
+    else:
+        proxy = env.get("https_proxy") or env.get("HTTPS_PROXY")
+    proxy = proxy or env.get("all_proxy") or env.get("ALL_PROXY")
+    if not proxy:
+        return None
+    no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
+    for entry in no_proxy.split(","):
+        entry = entry.strip().lstrip(".")
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
+            return None
+    return proxy if "://" in proxy else "http://" + proxy
