@@ -1,0 +1,434 @@
+"""The ``ssh`` protocol: a file on an SSH server, read and written over SFTP (QEMU's ssh driver:
+the same names, options, host key checks, authentication and messages).
+
+The server's host key is checked against ``~/.ssh/known_hosts`` (and
+``/etc/ssh/ssh_known_hosts``) by default, or against a fingerprint, or not at all; the user
+authenticates with public keys only, from the SSH agent (``SSH_AUTH_SOCK``) and then the default
+key files of ``~/.ssh`` (``id_ed25519``, ``id_ecdsa``, ``id_rsa``), as libssh's
+``ssh_userauth_publickey_auto``. The home folder is the user's from the password database, as
+libssh's (``HOME`` is not consulted). Reads ask for a range in SFTP requests of 32 KiB (one at a time: paramiko's pipelined readv stalls); writes are pipelined and their acknowledgements checked at flush and close.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+
+from qimg.errors import QimgError, with_errno
+from qimg.options import SIZE, STRING, Option
+from qimg.protocol import Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+#: seconds to connect and finish the SSH handshake (QEMU waits without limit)
+CONNECT_TIMEOUT = float(os.environ.get("QIMG_SSH_TIMEOUT") or 120)
+_HASHES = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256}
+_NAME_KEYS = ("user", "host", "port", "path", "host_key_check")
+#: SFTP status codes of the errno paramiko raises
+_SFTP_CODES = {errno.ENOENT: 2, errno.EACCES: 3}
+
+
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER") or "root"
+
+
+def _ssh_dir() -> str:
+    import pwd
+
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        home = os.environ.get("HOME") or "/"
+    return os.path.join(home, ".ssh")
+
+
+def parse_url(filename: str) -> dict[str, Any]:
+    """``ssh://[user@]host[:port]/path[?host_key_check=X]`` as open options."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    try:
+        u = urlsplit(filename)
+        port = u.port
+    except ValueError:
+        raise with_errno(QimgError(os.strerror(errno.EINVAL)), errno.EINVAL) from None
+    if u.scheme != "ssh":
+        raise QimgError("URI scheme must be 'ssh'")
+    host = u.hostname
+    if not host:
+        raise QimgError("missing hostname in URI")
+    if not u.path:
+        raise QimgError("missing remote path in URI")
+    out: dict[str, Any] = {}
+    if u.username:
+        out["user"] = unquote(u.username)
+    out["server.host"] = host
+    if port is not None:
+        out["server.port"] = str(port)
+    out["path"] = unquote(u.path)
+    for key, value in parse_qsl(u.query, keep_blank_values=True):
+        if key == "host_key_check":  # the one query parameter QEMU understands; others are ignored
+            out["host_key_check"] = value
+    return out
+
+
+def canonical_name(user: str, host: str, port: str, path: str, host_key_check: str | None) -> str:
+    """The name QEMU gives an ssh node (``ssh_refresh_filename``)."""
+    name = f"ssh://{user}@{host}:{port}{path}"
+    return name + (f"?host_key_check={host_key_check}" if host_key_check is not None else "")
+
+
+class SshProtocol(Protocol):
+    protocol_name = "ssh"
+    runtime_options = {"server.": STRING, "path": STRING, "user": STRING, "host-key-check.": STRING,
+                       "host": STRING, "port": STRING, "host_key_check": STRING}
+    #: QEMU's ssh_strong_runtime_opts
+    strong_runtime_options = ("host", "port", "path", "user", "host_key_check", "server.")
+    #: QEMU's ssh_create_opts
+    create_opts = [Option("size", SIZE, "Virtual disk size")]
+    parallel_reads = 1  # one SFTP channel; each read pipelines its requests
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def parse_filename(cls, filename: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        if options and any(k in options for k in _NAME_KEYS):
+            raise QimgError("user, host, port, path, host_key_check cannot be used at the same time as a file option")
+        return parse_url(filename)
+
+    @classmethod
+    def dirname_for(cls, filename: str) -> str:
+        opts = parse_url(filename)
+        if "host_key_check" in opts:
+            raise QimgError("Cannot generate a base directory with host_key_check set")
+        from qimg.names import path_combine
+
+        name = canonical_name(opts.get("user") or _user(), opts["server.host"], opts.get("server.port", "22"),
+                              opts["path"], None)
+        return path_combine(name, "")
+
+    @classmethod
+    def open(cls, options: dict[str, Any], *, writable: bool, filename: str) -> SshProtocol:
+        return cls(options, writable=writable)
+
+    @classmethod
+    def create(cls, filename: str, options: dict[str, Any] | None = None) -> SshProtocol:
+        opts = dict(options or {})
+        size = opts.pop("size", None)
+        opts.pop("preallocation", None)
+        parsed = cls.parse_filename(filename, opts)
+        parsed.update(opts)
+        proto = cls(parsed, writable=True, create=True)
+        if size:
+            proto.truncate(int(size))
+        return proto
+
+    def __init__(self, options: dict[str, Any], *, writable: bool, create: bool = False) -> None:
+        opts = dict(options)
+        opts.pop("filename", None)
+        given = {k: v for k, v in opts.items()
+                 if k in self.strong_runtime_options or k.startswith("server.")}
+        host = opts.pop("host", None)
+        port = opts.pop("port", None)
+        if host is not None or port is not None:
+            if any(k.startswith("server.") for k in opts):
+                raise QimgError("host and server.* cannot be used at the same time")
+        server = {k[7:]: v for k, v in opts.items() if k.startswith("server.")}
+        for k in list(opts):
+            if k.startswith("server."):
+                del opts[k]
+        if host is not None:
+            server["host"] = host
+        if port is not None:
+            server["port"] = port
+        if "host" not in server:
+            raise QimgError("Parameter 'server.host' is missing")
+        path = opts.pop("path", None)
+        if path is None:
+            raise QimgError("Parameter 'path' is missing")
+        self.host = str(server.pop("host"))
+        self.port = str(server.pop("port", "22"))
+        self._plain_server = not any(k in server for k in ("ipv4", "ipv6", "to", "numeric"))
+        self.path = str(path)
+        self.user = str(opts.pop("user", None) or _user())
+        self.legacy_check = opts.pop("host_key_check", None)
+        check = {k[15:]: v for k, v in opts.items() if k.startswith("host-key-check.")}
+        for key in opts:  # QEMU's QAPI visitor refuses other keys before connecting
+            if not key.startswith("host-key-check."):
+                raise QimgError(f"Parameter '{key}' is unexpected")
+        mode, kind, expected = self._host_key_mode(check)
+        self.given = given
+        self.writable = writable
+        self.filename = canonical_name(self.user, self.host, self.port, self.path, self.legacy_check)
+        self._lock = threading.Lock()
+        self._transport = None
+        self._sftp = None
+        self._f = None
+        try:
+            self._connect(mode, kind, expected)
+            self._open_file(writable, create)
+        except BaseException:
+            self.close()
+            raise
+
+    def _host_key_mode(self, check: dict[str, Any]) -> tuple[str, str | None, str | None]:
+        legacy = self.legacy_check
+        if legacy is not None:
+            legacy = str(legacy)
+            if legacy == "no":
+                return "none", None, None
+            if legacy == "yes":
+                return "known_hosts", None, None
+            for kind in ("md5", "sha1", "sha256"):
+                if legacy.startswith(kind + ":"):
+                    return "hash", kind, legacy[len(kind) + 1:]
+            raise QimgError(f"unknown host_key_check setting ({legacy})")
+        mode = str(check.get("mode", "known_hosts"))
+        if mode not in ("none", "hash", "known_hosts"):
+            raise QimgError(f"Parameter 'host-key-check.mode' does not accept value '{mode}'")
+        if mode != "hash":
+            return mode, None, None
+        kind = check.get("type")
+        if kind is None:
+            raise QimgError("Parameter 'host-key-check.type' is missing")
+        if kind not in _HASHES:
+            raise QimgError(f"Parameter 'host-key-check.type' does not accept value '{kind}'")
+        if check.get("hash") is None:
+            raise QimgError("Parameter 'host-key-check.hash' is missing")
+        return "hash", str(kind), str(check["hash"])
+
+    # -- connection --------------------------------------------------------------------------
+    def _connect(self, mode: str, kind: str | None, expected: str | None) -> None:
+        import socket
+
+        import paramiko
+
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise QimgError(f"address resolution failed for {self.host}:{self.port}: {e.strerror}") from None
+        sock = None
+        last: OSError | None = None
+        for family, stype, proto, _, addr in infos:
+            s = socket.socket(family, stype, proto)
+            s.settimeout(CONNECT_TIMEOUT)
+            try:
+                s.connect(addr)
+                sock = s
+                break
+            except OSError as e:
+                s.close()
+                last = e
+        if sock is None:
+            text = os.strerror(last.errno) if last is not None and last.errno else "Connection failed"
+            raise with_errno(QimgError(f"Failed to connect to '{self.host}:{self.port}': {text}"),
+                             last.errno if last is not None else None)
+        sock.settimeout(None)
+        t = paramiko.Transport(sock)
+        self._transport = t
+        try:
+            t.start_client(timeout=CONNECT_TIMEOUT)
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            raise QimgError(f"failed to establish SSH session: {e or 'connection closed'}") from None
+        self._check_host_key(t.get_remote_server_key(), mode, kind, expected)
+        self._authenticate(t)
+        try:
+            self._sftp = paramiko.SFTPClient.from_transport(t)
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            raise QimgError(f"failed to initialize sftp handle: {e}") from None
+
+    def _check_host_key(self, key: Any, mode: str, kind: str | None, expected: str | None) -> None:
+        if mode == "none":
+            return
+        blob = key.asbytes()
+        if mode == "hash":
+            got = _HASHES[kind](blob).hexdigest()
+            if expected.replace(":", "").lower() != got:
+                raise QimgError(f"remote host {key.get_name()} key fingerprint '{kind}:{got}' does not match "
+                                f"host_key_check '{kind}:{expected}'")
+            return
+        import base64
+
+        import paramiko
+
+        known = paramiko.HostKeys()
+        for path in (os.path.join(_ssh_dir(), "known_hosts"), "/etc/ssh/ssh_known_hosts"):
+            try:
+                known.load(path)
+            except (OSError, paramiko.SSHException):
+                continue
+        name = self.host if self.port == "22" else f"[{self.host}]:{self.port}"
+        entry = known.lookup(name)
+        if not entry:
+            raise QimgError("no host key was found in known_hosts")
+        if key.get_name() not in entry:
+            raise QimgError("host key for this server not found, another type exists")
+        if entry[key.get_name()].asbytes() != blob:
+            fp = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+            raise QimgError(f"host key ({key.get_name()} key with fingerprint SHA256:{fp}) does not match the one in "
+                            "known_hosts; this may be a possible attack")
+
+    def _authenticate(self, t: Any) -> None:
+        import paramiko
+
+        failed = QimgError("failed to authenticate using publickey authentication and the identities held by your "
+                           "ssh-agent")
+        try:
+            t.auth_none(self.user)
+            return
+        except paramiko.BadAuthenticationType as e:
+            if "publickey" not in e.allowed_types:
+                raise failed from None
+        except (paramiko.SSHException, EOFError, OSError):
+            raise failed from None
+        keys: list[Any] = []
+        agent = None
+        if os.environ.get("SSH_AUTH_SOCK"):
+            try:
+                agent = paramiko.Agent()
+                keys += list(agent.get_keys())
+            except (paramiko.SSHException, OSError):
+                agent = None
+        for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
+            path = os.path.join(_ssh_dir(), name)
+            if os.path.exists(path):
+                try:
+                    keys.append(paramiko.PKey.from_path(path))
+                except (paramiko.SSHException, OSError, ValueError):
+                    continue  # an encrypted key (libssh would ask for its passphrase) or another kind
+        try:
+            for key in keys:
+                try:
+                    t.auth_publickey(self.user, key)
+                    return
+                except paramiko.AuthenticationException:
+                    continue
+                except (paramiko.SSHException, EOFError, OSError):
+                    break
+        finally:
+            if agent is not None:
+                agent.close()
+        raise failed
+
+    def _open_file(self, writable: bool, create: bool) -> None:
+        mode = "w+b" if create else ("r+b" if writable else "rb")
+        try:
+            f = self._sftp.open(self.path, mode)
+        except OSError as e:
+            raise self._sftp_error(f"failed to open remote file '{self.path}'", e) from None
+        self._f = f
+        if writable:
+            f.set_pipelined(True)
+        try:
+            self._size = f.stat().st_size or 0
+        except OSError as e:
+            raise self._sftp_error("failed to read file attributes", e) from None
+
+    @staticmethod
+    def _sftp_error(what: str, e: OSError) -> QimgError:
+        code = _SFTP_CODES.get(e.errno, 4)
+        text = e.strerror or str(e)
+        return with_errno(QimgError(f"{what}: SFTP server: {text} (libssh error code: 1, sftp error code: {code})"),
+                          e.errno)
+
+    # -- names -------------------------------------------------------------------------------
+    def exact_filename(self) -> str | None:
+        return self.filename if self._plain_server else None
+
+    def json_options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"driver": "ssh"}
+        for key, value in self.given.items():
+            node = out
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return out
+
+    def dirname(self) -> str:
+        if self.legacy_check is not None:
+            raise QimgError("Cannot generate a base directory with host_key_check set")
+        name = self.exact_filename()
+        if not name:
+            raise QimgError("Cannot generate a base directory for this ssh node")
+        from qimg.names import path_combine
+
+        return path_combine(name, "")
+
+    # -- I/O ---------------------------------------------------------------------------------
+    def size(self) -> int:
+        return self._size
+
+    def preadinto(self, offset: int, buf: memoryview) -> int:
+        n = min(len(buf), self._size - offset)
+        if n <= 0:
+            return 0
+        got = 0
+        try:
+            with self._lock:
+                self._f.seek(offset)
+                while got < n:
+                    piece = self._f.read(n - got)
+                    if not piece:
+                        break
+                    k = len(piece)
+                    buf[got:got + k] = piece
+                    got += k
+        except (OSError, EOFError) as e:
+            raise OSError(errno.EIO, os.strerror(errno.EIO)) from e
+        except Exception as e:  # paramiko.SSHException: the connection broke
+            raise OSError(errno.EIO, os.strerror(errno.EIO)) from e
+        return got
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        if not self.writable:
+            raise with_errno(QimgError("Cannot write to a read-only ssh node"), errno.EACCES)
+        try:
+            with self._lock:
+                self._f.seek(offset)
+                self._f.write(bytes(data))
+                self._size = max(self._size, offset + len(data))
+        except Exception as e:  # noqa: BLE001 - OSError, paramiko.SSHException
+            raise OSError(errno.EIO, os.strerror(errno.EIO)) from e
+
+    def check_resize(self, size: int) -> None:
+        if size < self._size:
+            raise with_errno(QimgError("ssh driver does not support shrinking files"), errno.ENOTSUP)
+
+    def truncate(self, size: int) -> None:
+        self.check_resize(size)
+        if size == self._size:
+            return
+        try:
+            with self._lock:
+                self._f.flush()
+                self._f.truncate(size)
+                self._size = size
+        except OSError as e:
+            raise self._sftp_error("failed to resize the remote file", e) from None
+
+    def flush(self) -> None:
+        if self._f is None or not self.writable:
+            return
+        try:
+            with self._lock:
+                self._f.flush()
+                self._f.stat()  # answered after every pipelined write before it
+        except Exception as e:  # noqa: BLE001
+            raise OSError(errno.EIO, os.strerror(errno.EIO)) from e
+
+    def close(self) -> None:
+        for obj in (self._f, self._sftp, self._transport):
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
+        self._f = self._sftp = self._transport = None
