@@ -156,10 +156,10 @@ def test_luks_area_unlocks_and_rejects_wrong_passphrase():
     from qimg.errors import QimgError
 
     p = luks.CreateParams.from_options({"encrypt.iter-time": 1, "encrypt.cipher-mode": "cbc",
-                                        "encrypt.ivgen-alg": "essiv"})
+                                        "encrypt.ivgen-alg": "essiv"}, "encrypt.")
     area, master = luks.create(p, b"pw")
     assert len(area) == luks.payload_bytes(p) == 1052672
-    h = luks.parse_header(area)
+    h = luks.read_header(area)
     assert (h.cipher_name, h.cipher_mode, h.hash_spec, h.key_bytes) == ("aes", "cbc-essiv:sha256", "sha256", 32)
     assert luks.unlock(h, lambda o, n: area[o : o + n], b"pw") == master
     with pytest.raises(QimgError, match="Invalid password, cannot unlock any keyslot"):

@@ -106,7 +106,7 @@ class SectorCipher:
         self.ivgen = ivgen
         if mode == "xts":
             half = len(key) // 2
-            if len(key) not in (32, 64):
+            if len(key) not in (32, 48, 64):  # AES-128/192/256 (OpenSSL lacks 192: built from ECB here)
                 raise QimgError(f"XTS cipher key length {len(key)} is not supported")
             self._ecb = Cipher(algorithms.AES(key[:half]), modes.ECB())
             self._tweak = Cipher(algorithms.AES(key[half:]), modes.ECB())

@@ -37,6 +37,12 @@ FEATURES: dict[str, str] = {
     "snapshot-lists-by-default": "10.0",
     # standard options without a command are a usage error (7.2: only no arguments at all)
     "no-command-is-an-error": "10.0",
+    # LUKS (qimg.luks): QCryptoHashAlgo sm3 and QCryptoCipherAlgo sm4 exist
+    "qcrypto-sm3-sm4": "10.0",
+    # LUKS info has "detached-header"; the luks format creates and opens detached headers
+    "luks-detached-header": "10.0",
+    # LUKS key material overlap test with 64-bit last sectors (ranges_overlap)
+    "luks-ranges-overlap": "10.0",
 }
 
 #: messages whose wording changed -> {first profile with this wording: text}. The CLI fills

@@ -42,7 +42,7 @@ def _encryption_format(opts: dict[str, Any]) -> str | None:
     else:
         from qimg.luks import CreateParams
 
-        CreateParams.from_options(opts)
+        CreateParams.from_options(opts, "encrypt.")
     return fmt
 
 
@@ -52,13 +52,15 @@ def _check_encryption_key(fmt: str | None, opts: dict[str, Any]) -> None:
         return
     if not opts.get("encrypt.key-secret"):
         raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
-    from qimg.secrets import get_secret
-
-    get_secret(opts["encrypt.key-secret"])
     if fmt == "luks":
-        from qimg.luks import CreateParams
+        from qimg import luks
 
-        CreateParams.from_options(opts).check_supported()
+        luks.passphrase(opts["encrypt.key-secret"])
+        luks.CreateParams.from_options(opts, "encrypt.").check_supported()
+    else:
+        from qimg.secrets import get_secret
+
+        get_secret(opts["encrypt.key-secret"])
 
 
 def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
@@ -305,7 +307,7 @@ def measure(size: int | None, opts: dict[str, Any], source=None) -> dict[str, in
     if o["encrypt"] == "luks":
         from qimg.luks import CreateParams, payload_bytes
 
-        full += -(-payload_bytes(CreateParams.from_options(opts)) // cs) * cs
+        full += -(-payload_bytes(CreateParams.from_options(opts, "encrypt.")) // cs) * cs
     out = {"required": full - virtual + required, "fully-allocated": full}
     if source is not None and opts.get("compat") != "0.10":
         from .bitmap import measure_bitmaps

@@ -37,9 +37,8 @@ def luks_info(drv: "Qcow2Format") -> dict[str, Any] | None:
     ext = _header_ext(drv)
     if ext is None:
         return None
-    raw = drv.file.pread(ext[0], luks.HEADER_SIZE)
     try:
-        return luks.info(luks.parse_header(raw))
+        return luks.info(luks.read_header(drv.file.pread(ext[0], luks.HEADER_SIZE)), with_format=True)
     except QimgError:
         return None
 
@@ -59,15 +58,6 @@ class Qcow2Crypto:
         return self.cipher.encrypt((host if self.physical else guest) // SECTOR, data)
 
 
-def _secret(options: dict[str, Any]) -> bytes:
-    from qimg.secrets import get_secret
-
-    key_id = options.get("encrypt.key-secret")
-    if not key_id:
-        raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
-    return get_secret(key_id)
-
-
 def check_plain_options(options: dict[str, Any]) -> None:
     """An unencrypted image opened with ``encrypt.format`` (QEMU refuses; a bare secret is fine)."""
     fmt = options.get("encrypt.format")
@@ -84,12 +74,28 @@ def read_luks_header(drv: "Qcow2Format") -> tuple[Any, int, int]:
     if ext is None:
         raise QimgError("Missing CRYPTO header for crypt method 2")
     offset, length = ext
-    hdr = luks.parse_header(drv.file.pread(offset, luks.HEADER_SIZE))
-    luks.check_header(hdr)
+    if length < luks.HEADER_SIZE:
+        raise QimgError("Request for data outside of extension header")
+    hdr = luks.read_header(drv.file.pread(offset, luks.HEADER_SIZE))
     if hdr.payload_offset * SECTOR > length:
         # the key material must lie inside the clusters the extension names
         raise QimgError("LUKS payload is overlapping with the header")
     return hdr, offset, length
+
+
+def _header_io(drv: "Qcow2Format", offset: int, length: int):
+    """QEMU's read and write functions of the LUKS header inside the extension's clusters."""
+    def read(off: int, n: int) -> bytes:
+        if off + n > length:
+            raise QimgError("Request for data outside of extension header")
+        return drv.file.pread(offset + off, n)
+
+    def write(off: int, data: bytes) -> None:
+        if off + len(data) > length:
+            raise QimgError("Request for data outside of extension header")
+        drv.file.pwrite(offset + off, data)
+
+    return read, write
 
 
 def open_crypto(drv: "Qcow2Format", options: dict[str, Any]) -> Qcow2Crypto:
@@ -100,7 +106,12 @@ def open_crypto(drv: "Qcow2Format", options: dict[str, Any]) -> Qcow2Crypto:
     if fmt is not None and fmt != want:
         raise QimgError(f"Header reported '{want}' encryption format but options specify '{fmt}'")
     if h.crypt_method == 1:
-        secret = _secret(options)
+        from qimg.secrets import get_secret
+
+        key_id = options.get("encrypt.key-secret")
+        if not key_id:
+            raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
+        secret = get_secret(key_id)
         try:
             from qimg.cipher import SectorCipher
         except ImportError:
@@ -111,30 +122,25 @@ def open_crypto(drv: "Qcow2Format", options: dict[str, Any]) -> Qcow2Crypto:
 
     if _header_ext(drv) is None:
         raise QimgError("Missing CRYPTO header for crypt method 2")
-    secret = _secret(options)
+    password = luks.require_secret(options, "encrypt.key-secret")
     hdr, offset, length = read_luks_header(drv)
-
-    def read(off: int, n: int) -> bytes:
-        if off + n > length:
-            return b""
-        return drv.file.pread(offset + off, n)
-
-    master = luks.unlock(hdr, read, secret)
+    read, _write = _header_io(drv, offset, length)
+    master = luks.unlock(hdr, read, password)
     return Qcow2Crypto(luks.sector_cipher(hdr, master), physical=True, master=master)
 
 
 def create_encryption(drv: "Qcow2Format", opts: dict[str, Any], fmt: str) -> None:
     """Set up encryption on a freshly created image (QEMU does this after sizing it)."""
+    from qimg import luks
+
     h = drv.header
-    secret = _secret(opts)
+    password = luks.require_secret(opts, "encrypt.key-secret")
     if fmt == "aes":
         h.crypt_method = 1
         drv.update_header()
         return
-    from qimg import luks
-
-    params = luks.CreateParams.from_options(opts)
-    area, _master = luks.create(params, secret)
+    params = luks.CreateParams.from_options(opts, "encrypt.")
+    area, _master = luks.create(params, password)
     cs = drv.cluster_size
     n = -(-len(area) // cs)
     off = drv.alloc_clusters(n)
@@ -149,83 +155,18 @@ def create_encryption(drv: "Qcow2Format", opts: dict[str, Any], fmt: str) -> Non
 
 def amend_encryption(drv: "Qcow2Format", opts: dict[str, Any], force: bool) -> None:
     """``amend -o encrypt.state=active|inactive,...``: add or erase LUKS key slots (QEMU's rules
-    and messages). The master key is the one the image was opened (unlocked) with."""
+    and messages, :func:`qimg.luks.amend_keyslots`). The master key is the one the image was
+    opened (unlocked) with."""
     from qimg import luks
-    from qimg.secrets import get_secret
 
     if drv.header.crypt_method != 2:
         raise QimgError("Only LUKS encryption options can be amended")
-    state = opts.get("encrypt.state")
-    if state is None:
+    if opts.get("encrypt.state") is None:
         raise QimgError("Parameter 'state' is missing")
-    if state not in ("active", "inactive"):
-        raise QimgError(f"Parameter 'state' does not accept value '{state}'")
     crypt = drv._crypt
     if crypt is None or crypt.master is None:
         raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
-    offset, length = _header_ext(drv) or (0, 0)
-    hdr = luks.parse_header(drv.file.pread(offset, luks.HEADER_SIZE))
-    keyslot = opts.get("encrypt.keyslot")
-    if keyslot is not None:
-        keyslot = int(keyslot)
-        if not 0 <= keyslot < luks.NUM_SLOTS:
-            raise QimgError(f"Invalid keyslot {keyslot & 0xFFFFFFFF} specified, must be between 0 and 7")
-
-    def read(off: int, n: int) -> bytes:
-        return drv.file.pread(offset + off, n) if off + n <= length else b""
-
-    def write_slot(index: int, entry: bytes, material: bytes) -> None:
-        # key material first, then the entry that makes it count (or no longer count)
-        if not erase:
-            drv.file.pwrite(offset + hdr.slots[index].key_offset * SECTOR, material)
-        drv.file.pwrite(offset + luks.slot_entry_offset(index), entry)
-        if erase:
-            drv.file.pwrite(offset + hdr.slots[index].key_offset * SECTOR, material)
-
-    active = [i for i, sl in enumerate(hdr.slots) if sl.active == luks.SLOT_ACTIVE]
-    if state == "active":
-        erase = False
-        if opts.get("encrypt.old-secret") is not None:
-            raise QimgError("'old-secret' must not be given when activating keyslots")
-        new_id = opts.get("encrypt.new-secret")
-        if not new_id:
-            raise QimgError("'new-secret' is required to activate a keyslot")
-        if keyslot is None:
-            free = [i for i in range(luks.NUM_SLOTS) if i not in active]
-            if not free:
-                raise QimgError("Can't add a keyslot - all keyslots are in use")
-            keyslot = free[0]
-        elif keyslot in active and not force:
-            raise QimgError(f"Refusing to overwrite active keyslot {keyslot} - please erase it first")
-        secret = get_secret(new_id)
-        it = opts.get("encrypt.iter-time")
-        entry, material = luks.new_keyslot(hdr, keyslot, crypt.master, secret, 2000 if it is None else int(it))
-        write_slot(keyslot, entry, material)
-    else:
-        erase = True
-        if opts.get("encrypt.new-secret") is not None:
-            raise QimgError("'new-secret' must not be given when erasing keyslots")
-        old_id = opts.get("encrypt.old-secret")
-        old = get_secret(old_id) if old_id is not None else None
-        if keyslot is not None:
-            if keyslot not in active:
-                raise QimgError(f"Given keyslot {keyslot} is already erased (inactive) ")
-            if old is not None and luks.try_slot(hdr, hdr.slots[keyslot], read, old) is None:
-                raise QimgError(f"Given keyslot {keyslot} doesn't contain the given old password for erase operation")
-            if active == [keyslot] and not force:
-                raise QimgError(f"Attempt to erase the only active keyslot {keyslot} which will erase all the data "
-                                "in the image irreversibly - refusing operation")
-            victims = [keyslot]
-        elif old is not None:
-            victims = [i for i in active if luks.try_slot(hdr, hdr.slots[i], read, old) is not None]
-            if not victims:
-                raise QimgError("No keyslots match given (old) password for erase operation")
-            if len(victims) == len(active) and not force:
-                raise QimgError("All the active keyslots match the (old) password that was given and erasing them "
-                                "will erase all the data in the image irreversibly - refusing operation")
-        else:
-            raise QimgError("To erase keyslot(s), either explicit keyslot index or the password currently "
-                            "contained in them must be given")
-        for i in victims:
-            write_slot(i, *luks.erased_keyslot(hdr, i))
+    hdr, offset, length = read_luks_header(drv)
+    read, write = _header_io(drv, offset, length)
+    luks.amend_keyslots(hdr, read, write, crypt.master, opts, force=force, prefix="encrypt.")
     drv.file.flush()
