@@ -132,6 +132,10 @@ class Format:
     #: longer than the old size; QEMU's BDRV_REQ_ZERO_WRITE). A driver without it is refused
     #: such a resize by the block layer, as QEMU refuses it ("does not support requested flags")
     truncate_zeroes_backing_area: ClassVar[bool] = False
+    #: ``create`` takes the protocol's ``preallocation`` option itself (off, metadata, falloc,
+    #: full) though its option list does not show it (QEMU's luks): the core then refuses only
+    #: names QEMU does not know and leaves ``metadata`` to the driver
+    takes_preallocation: ClassVar[bool] = False
     #: optional: the option order of create's ``Formatting 'f', fmt=x ...`` line, as QEMU's
     #: option list declares it (qemu-img prints every option that is set or has a printed
     #: default, in this order). None: size, backing_file, backing_fmt, then ``create_opts`` order.

@@ -498,8 +498,8 @@ class CreateParams:
             return f"{self.cipher_mode}-{self.ivgen_alg}:{self.ivgen_hash_alg}"
         return f"{self.cipher_mode}-{self.ivgen_alg}"
 
-    def check_supported(self) -> None:
-        """QEMU's refusals after the option checks (its order), then what qimg cannot do."""
+    def check_qemu(self) -> None:
+        """QEMU's refusals after the option checks, in its order (what its measure checks too)."""
         family = self.cipher_alg.partition("-")[0]
         if family not in _CIPHER_SIZES:
             raise QimgError(f"Algorithm '{self.cipher_alg}' not supported")
@@ -507,11 +507,21 @@ class CreateParams:
             _essiv_cipher(self.cipher_alg, self.ivgen_hash_alg or "sha256")
         if self.cipher_mode == "xts" and family not in ("aes", "serpent", "twofish"):
             raise QimgError(f"Unsupported cipher mode {self.cipher_mode}")
-        check_cipher(self.cipher_alg, self.cipher_mode)
         if self.key_bytes() * STRIPES % SECTOR:
             # QEMU aborts on key material that is not whole sectors (an assertion)
             raise QimgError(f"Cipher '{self.cipher_alg}' in {self.cipher_mode.upper()} mode makes key material "
                             "of partial sectors, which QEMU cannot use")
+
+    def check_iter_time(self) -> None:
+        """QEMU's range error for an ``iter-time`` whose scaling overflows (a negative one: it is
+        unsigned there), without a benchmark when no rate could overflow it."""
+        if self.iter_time & 0xFFFFFFFFFFFFFFFF > 1 << 40:
+            scaled_iters(_iters_per_second(self.hash_alg, DIGEST_LEN), self.iter_time)
+
+    def check_supported(self) -> None:
+        """QEMU's refusals, then what qimg cannot do (ciphers other than AES)."""
+        self.check_qemu()
+        check_cipher(self.cipher_alg, self.cipher_mode)
 
 
 def layout(p: CreateParams) -> tuple[list[int], int]:

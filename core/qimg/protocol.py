@@ -247,6 +247,30 @@ class Protocol:
         self.close()
 
 
+#: QEMU's file preallocation modes (PreallocMode without ``metadata``, a format's business)
+PREALLOC_MODES = ("off", "falloc", "full")
+
+
+def preallocate(file: Protocol, start: int, end: int, mode: str) -> None:
+    """Grow ``file`` from ``start`` to ``end`` as QEMU's file protocol truncates with a
+    preallocation mode: ``off`` sparse, ``falloc`` reserved blocks, ``full`` written zeroes."""
+    if end <= start:
+        return
+    if mode == "off":
+        file.truncate(end)
+    elif mode == "falloc":
+        file.truncate(end)
+        file.allocate(start, end - start)
+    elif mode == "full":
+        pos = start
+        while pos < end:
+            n = min(len(ZERO_CHUNK), end - pos)
+            file.pwrite(pos, memoryview(ZERO_CHUNK)[:n])
+            pos += n
+    else:
+        raise QimgError(f"Unsupported preallocation mode '{mode}'")
+
+
 _libc = None
 
 

@@ -249,9 +249,11 @@ def _open_target(filename: str, opts: ConvertOptions) -> "Image":
     import qimg
 
     extra: dict[str, Any] = {}
-    key = _create_key_secret(opts.create_options)
-    if key and not opts.no_create and "encrypt.key-secret" not in opts.target_open_options:
-        extra["encrypt.key-secret"] = key  # qemu-img opens an encrypted target with its -o secret
+    if not opts.no_create:
+        # qemu-img opens an encrypted target with the secrets its -o named (every *key-secret)
+        for k, v in _create_key_secrets(opts.create_options).items():
+            if k not in opts.target_open_options:
+                extra[k] = v
     if opts.target_name is not None:
         return qimg.open(opts.target_name, image_opts=True, writable=True, options=extra)
     return qimg.open(filename, opts.out_format, writable=True, options=extra)
@@ -312,12 +314,13 @@ def check_options(opts: ConvertOptions, sources: list["Image"], target_filename:
         raise QimgError("Compression and encryption not supported at the same time")
 
 
-def _create_key_secret(create_options: str | dict[str, Any] | None) -> str | None:
+def _create_key_secrets(create_options: str | dict[str, Any] | None) -> dict[str, Any]:
+    """The create options qemu-img hands to its open of the new target: those whose name ends in
+    ``key-secret`` (``key-secret`` of luks, ``encrypt.key-secret`` of qcow2)."""
     from ..options import split_options
 
-    if isinstance(create_options, str):
-        return dict(split_options(create_options)).get("encrypt.key-secret")
-    return (create_options or {}).get("encrypt.key-secret")
+    items = split_options(create_options) if isinstance(create_options, str) else (create_options or {}).items()
+    return {k: v for k, v in items if k.endswith("key-secret") and v}
 
 
 def _without_size(text: str) -> str:

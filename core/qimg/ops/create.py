@@ -181,7 +181,7 @@ def check_protocol_preallocation(filename: str, cls: "type[Format]", typed: dict
         return  # a remote protocol's own create refuses what it cannot do
     if mode not in PREALLOC_NAMES:
         raise QimgError(f"invalid parameter value: {mode}")
-    if mode == "metadata":
+    if mode == "metadata" and not getattr(cls, "takes_preallocation", False):
         import os
 
         try:

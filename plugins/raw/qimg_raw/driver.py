@@ -7,37 +7,15 @@ from qimg.driver import Format
 from qimg.errors import QimgError
 from qimg.options import SIZE, Option
 from qimg.plugins import get_registry
-from qimg.protocol import FileProtocol
+from qimg.protocol import PREALLOC_MODES, FileProtocol, preallocate
 from qimg.protofmt import protocol_status
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     from typing import Any
 
-PREALLOC_MODES = ("off", "falloc", "full")
 #: what QEMU writes at the start of a newly created raw file
 FIRST_BLOCK = 4096
-
-
-def preallocate(file, start: int, end: int, mode: str) -> None:
-    """Grow a file from ``start`` to ``end`` by preallocation mode (off/falloc/full)."""
-    if end <= start:
-        return
-    if mode == "off":
-        file.truncate(end)
-    elif mode == "falloc":
-        file.truncate(end)
-        file.allocate(start, end - start)
-    elif mode == "full":
-        from qimg.protocol import ZERO_CHUNK
-
-        pos = start
-        while pos < end:
-            n = min(len(ZERO_CHUNK), end - pos)
-            file.pwrite(pos, memoryview(ZERO_CHUNK)[:n])
-            pos += n
-    else:
-        raise QimgError(f"Unsupported preallocation mode '{mode}'")
 
 
 class RawFormat(Format):
