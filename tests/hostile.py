@@ -347,8 +347,10 @@ for job in jobs["jobs"]:
         try:
             os.close(out_r); os.close(err_r)
             os.dup2(out_w, 1); os.dup2(err_w, 2)
-            sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), write_through=True)
-            sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), write_through=True)
+            sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), write_through=True,
+                                           errors="surrogateescape")
+            sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), write_through=True,
+                                           errors="surrogateescape")
             resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
             for k, v in job.get("env", {}).items():
                 os.environ[k] = v

@@ -64,7 +64,7 @@ DIFF_PER_VARIANT = int(os.environ.get("QIMG_FUZZ_DIFF", "3"))
 def test_differential(fmt, tmp_path):
     """A deterministic spread of field-aware mutants of every variant of ``fmt`` through every
     read and write command, judged against qemu-img 7.2: no crash, hang or memory blow-up, no
-    file opened in untrusted mode but the image, qemu-img's exit status class, its output when
+    file opened in untrusted mode but the image, qemu-img's exit status, its output when
     both succeed, and every write reading back as written (tests/fuzz/diff.py has the rules; the
     long campaign is ``python tests/fuzz/diff.py --all``, see docs/security.md)."""
     from conftest import _need

@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
 
 import pytest
@@ -333,3 +334,20 @@ def test_verdict_as_qemu(tmp_path, monkeypatch, case, version):
         assert m == q, f"qimg {' '.join(args)}"
         if cmd == "convert" and q[0] == 0:
             assert (m_dir / "out.raw").read_bytes() == (q_dir / "out.raw").read_bytes()
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_bytes_from_the_image_print_as_qemu(tmp_path, version):
+    """A createType that is not UTF-8 (bytes 0x7f, 0xff): qemu-img prints the bytes as they are;
+    so does qimg (no escapes, no error while printing)."""
+    exe, env = _oracle(version)
+    name, fmt, _ = _flat_desc(tmp_path, ('createType="monolithicFlat"', 'createType="mono\x7f\xff\xffat"'))
+    raw = (tmp_path / name).read_bytes().replace(b"\xc3\xbf", b"\xff").replace(b"\xc2\x7f", b"\x7f")
+    (tmp_path / name).write_bytes(raw)
+    assert b"mono\x7f\xff\xffat" in raw
+    q = subprocess.run([exe, "info", "-f", fmt, name], capture_output=True, cwd=tmp_path, env=env)
+    m = subprocess.run([sys.executable, "-c", "import sys; from qimg_cli.main import main; sys.argv[0]='qemu-img'; main()",
+                        "info", "-f", fmt, name], capture_output=True, cwd=tmp_path,
+                       env=dict(os.environ, QIMG_COMPAT=version))
+    assert (m.returncode, m.stdout, m.stderr) == (q.returncode, q.stdout, q.stderr)
+    assert b"\xff\xffat'" in q.stderr

@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
         import gc
 
         gc.freeze()
+    for stream in (sys.stdout, sys.stderr):
+        # bytes from an image (a name, a createType) print as they are, as qemu-img prints them,
+        # not as escapes; nor does a text that is not UTF-8 end the command with an error
+        try:
+            stream.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError, OSError):
+            pass
     if prog_name is None:
         prog_name = sys.argv[0] if argv is None else "qimg"
     prog.set_argv0(prog_name)
