@@ -99,7 +99,24 @@ def _sample_data(size: int = 4 << 20) -> bytes:
     return bytes(out)
 
 
+def _dmg_sample() -> bytes:
+    import dmg_writer
+
+    data = _sample_data()
+    # no bzip2: Debian's qemu-img (the oracle of tests/test_hostile.py) cannot read it
+    layout = dmg_writer.chunked(len(data) // SECTOR, ["zlib", "raw", "zero", "ignore"], 2048, 2)
+    out = bytearray(data)
+    s = 0
+    for table in layout:  # zero chunks store nothing: their sectors read as zeroes
+        for kind, n in table:
+            if kind == "zero":
+                out[s * SECTOR:(s + n) * SECTOR] = bytes(n * SECTOR)
+            s += n
+    return dmg_writer.dmg_image(bytes(out), layout)[0]
+
+
 VALID = {
     "bochs": lambda: bochs_image(_sample_data()),
     "cloop": lambda: cloop_image(_sample_data()),
+    "dmg": _dmg_sample,
 }

@@ -216,11 +216,15 @@ def probe_format(file: Protocol, filename: str, *, untrusted: bool = False) -> s
     except OSError as e:
         text = os.strerror(e.errno) if e.errno else str(e)
         raise QimgError(f"Could not open '{filename}': Could not read image for determining its format: {text}") from None
+    reg = get_registry()
     if untrusted:
         from .untrusted import check_probe
 
-        check_probe(get_registry(), head, filename)
-    entry = get_registry().probe(head, filename)
+        check_probe(reg, head, filename)
+    entry = reg.probe(head, filename)
+    from .signatures import check_absent
+
+    check_absent(reg, head, filename, entry)  # a format whose plugin is not installed
     if entry is None:
         raise QimgError(f"Could not open '{filename}': Could not determine image format")
     return entry.name
