@@ -19,7 +19,7 @@ construct = pytest.importorskip("construct")
 #: modules holding on-disk Records (each plugin that is installed)
 MODULES = ("qimg_qcow2.structs", "qimg_qcow2.snapshot", "qimg_qcow2.bitmap", "qimg_qcow.structs",
            "qimg_qed.structs", "qimg_vdi.structs", "qimg_vpc.structs", "qimg_vhdx.structs",
-           "qimg_vmdk.structs", "qimg_bochs.structs", "qimg_cloop.structs")
+           "qimg_vmdk.structs", "qimg_bochs.structs", "qimg_cloop.structs", "qimg_dmg.structs")
 _BITS = {"B": 8, "H": 16, "I": 32, "Q": 64, "b": 8, "h": 16, "i": 32, "q": 64}
 
 

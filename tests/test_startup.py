@@ -99,6 +99,24 @@ def test_info_of_each_format_is_lean(tmp_path: Path, fmt: str, qemu_img) -> None
     assert "qimg_cli.hookspecs" not in mods and "qimg.hookspecs" not in mods  # no spec module read
 
 
+@pytest.mark.parametrize("fmt", ("bochs", "cloop", "dmg"))
+def test_info_of_read_only_formats_is_lean(tmp_path: Path, fmt: str) -> None:
+    """The formats qemu-img only reads (images from tests/ro_writers.py): the same rules."""
+    if importlib_find(f"qimg_{fmt}") is None:
+        pytest.skip(f"the {fmt} plugin is not installed")
+    sys.path.insert(0, str(Path(__file__).parent))
+    import ro_writers
+
+    img = tmp_path / f"small.{fmt}"
+    img.write_bytes(ro_writers.VALID[fmt]())
+    for args in (("info", str(img)), ("map", "-f", fmt, str(img)), ("info", "--output=json", str(img))):
+        p, mods = modules_after(tmp_path, *args)
+        assert p.returncode in (0, 1), p.stderr  # map of these: "File contains ... compressed clusters"
+        assert heavy(mods) == [] and slow(mods) == [], args
+        assert f"qimg_{fmt}.driver" in mods
+        assert [m for m in drivers(mods) if not m.startswith(f"qimg_{fmt}.")] == []
+
+
 @pytest.mark.parametrize("args", [("map",), ("map", "--output=json"), ("info", "--output=json"), ("check",)])
 def test_qcow2_map_check_json_are_lean(tmp_path: Path, args: tuple[str, ...], qemu_img) -> None:
     if importlib_find("qimg_qcow2") is None:

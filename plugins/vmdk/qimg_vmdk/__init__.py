@@ -1,6 +1,7 @@
 """qimg-vmdk: the VMDK format plugin. Registers a name, a probe and a lazy driver path."""
 from qimg.plugins import hookimpl
 
+
 def probe(head: bytes, filename: str) -> int:
     # QEMU's: a sparse extent ("KDMV"/"COWD" magic) or a text descriptor whose first line
     # after comments and blank lines is version=1, 2 or 3 (the core's table, qimg.signatures)
