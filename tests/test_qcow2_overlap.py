@@ -619,6 +619,36 @@ def test_amend_downgrade_reports_unaligned_tables(tmp_path, entry):
     assert _bytes(qc) == _bytes(ic)
 
 
+#: refcount-block edits that make a metadata cluster look free (the refcount block covers
+#: clusters 0.., two bytes each), and a refcount-table entry pointing at the L1 table
+AMEND_REFCOUNT_CASES = {
+    "l1-looks-free": (RB + 2 * (L1 >> 16), b"\0\0"),
+    "l2-looks-free": (RB + 2 * (L2 >> 16), b"\0\0"),
+    "reftable-looks-free": (RB + 2 * (RT >> 16), b"\0\0"),
+    "reftable-entry-at-l1": (RT, _q(L1)),
+    "clean": (0, b"QFI\xfb"),
+}
+
+
+@pytest.mark.parametrize("bits", [1, 64])
+@pytest.mark.parametrize("case", sorted(AMEND_REFCOUNT_CASES))
+def test_amend_refcount_bits_on_hostile_images(tmp_path, case, bits):
+    """``amend -o refcount_bits`` allocates the new refcount structures in the clusters the old
+    refcounts call free, as QEMU: one landing on metadata is refused by the overlap check
+    ("Overlap check failed"), the image marked corrupt and the allocations freed; a clean image
+    ends byte for byte as QEMU's (old blocks keep the counts of the new clusters)."""
+    img = _make(tmp_path / "img.qcow2", io=["write -P 0x41 0 64k", "write 10M 3M"])
+    _poke(img, AMEND_REFCOUNT_CASES[case])
+    qc, ic = _copies(img, tmp_path, "q.qcow2", "i.qcow2")
+    q = _qemu_img("amend", "-o", f"refcount_bits={bits}", qc)
+    i = _qimg("amend", "-o", f"refcount_bits={bits}", ic)
+    assert (q.returncode, _lines(q.stderr)) == (i.returncode, _lines(i.stderr))
+    if case.endswith("free"):
+        assert _lines(i.stderr)[-1] == "PROG: Overlap check failed: Input/output error"
+        assert _corrupt_bit(ic)
+    assert _bytes(qc) == _bytes(ic)
+
+
 def _refcount1_image(tmp_path, *edits) -> str:
     img = _make(tmp_path / "img.qcow2", opts="refcount_bits=1")
     _poke(img, *edits)

@@ -271,7 +271,7 @@ def change_refcount_order(drv: "Qcow2Format", order: int, status: "AmendStatus |
             nonlocal allocated
             if write:
                 if new_index < len(new_table) and new_table[new_index]:
-                    drv.pre_write(0, new_table[new_index], cs)
+                    _overlap_check(drv, new_table[new_index], cs)
                     drv.file.pwrite(new_table[new_index], block)
                 return
             if empty:
@@ -325,7 +325,7 @@ def change_refcount_order(drv: "Qcow2Format", order: int, status: "AmendStatus |
                 v = drv._rb_get(old, bi) if old is not None else 0
                 if old is not None and new_bits < 64 and v >> new_bits:
                     raise QimgError(f"Cannot decrease refcount entry width to {new_bits} bits: Cluster at offset "
-                                    f"{((ti * old_entries + bi) << cb):#x} has a refcount of {v}")
+                                    f"{_c_hex((ti * old_entries + bi) << cb)} has a refcount of {v}")
                 if write:
                     _set_in(block, fill, v, order)
                 fill += 1
@@ -355,7 +355,7 @@ def change_refcount_order(drv: "Qcow2Format", order: int, status: "AmendStatus |
         table_offset = drv.alloc_clusters(-(-len(new_table) * 8 // cs))
         table_allocated = len(new_table)
     walk(walk_index, walk_index + 1, True)
-    drv.pre_write(0, table_offset, len(new_table) * 8)
+    _overlap_check(drv, table_offset, len(new_table) * 8)
     drv.file.pwrite(table_offset, _be64(new_table))
     drv.flush_caches()
     h = drv.header
@@ -377,3 +377,18 @@ def change_refcount_order(drv: "Qcow2Format", order: int, status: "AmendStatus |
     if old_offset:
         drv.free_clusters(old_offset, len(old_table) * 8)
     drv.flush_caches()
+
+
+def _c_hex(v: int) -> str:
+    """printf's ``%#x``: no prefix for zero."""
+    return f"{v:#x}" if v else "0"
+
+
+def _overlap_check(drv: "Qcow2Format", offset: int, size: int) -> None:
+    """The overlap check before writing a new refcount structure, worded as QEMU's."""
+    from .overlap import RequestFailed
+
+    try:
+        drv.pre_write(0, offset, size)
+    except RequestFailed as e:
+        raise QimgError(f"Overlap check failed: {e.strerror}") from None
