@@ -686,6 +686,37 @@ def test_resize_shrink_with_bad_refcount_table(tmp_path, case):
     assert _bytes(qc) == _bytes(ic)
 
 
+#: resize on images whose structures point at other metadata: each failing step is worded as
+#: QEMU's qcow2_co_truncate words it, and a shrink that changes nothing in a table writes nothing
+RESIZE_CASES = {
+    "grow-l1-looks-free": ((RB + 2 * (L1 >> 16), b"\0\0"), ["4G"], "Failed to grow the L1 table"),
+    "grow-header-looks-free": ((RB, b"\0\0"), ["4G"], "Failed to grow the L1 table"),
+    "full-reftable-entry-at-l1": ((RT, _q(L1)), ["--preallocation=full", "65M"],
+                                  "Failed to resize refcount structures"),
+    "full-l1-entry-at-l1": ((L1, _q(COPIED | L1)), ["--preallocation=full", "65M"],
+                            "Failed to flush the preallocated area to disk"),
+    "shrink-l1-entry-at-l1": ((L1, _q(COPIED | L1)), ["--shrink", "32M"], None),
+    "shrink-reftable-entry-at-l1": ((RT, _q(L1)), ["--shrink", "32M"], None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESIZE_CASES))
+def test_resize_on_hostile_images(tmp_path, case):
+    edit, args, step = RESIZE_CASES[case]
+    img = _make(tmp_path / "img.qcow2", io=["write -P 0x41 0 64k"])
+    _poke(img, edit)
+    qc, ic = _copies(img, tmp_path, "q.qcow2", "i.qcow2")
+    q = _qemu_img("resize", "-q", qc, *args)
+    i = _qimg("resize", "-q", ic, *args)
+    assert (q.returncode, _lines(q.stderr)) == (i.returncode, _lines(i.stderr))
+    if step:
+        assert i.returncode == 1 and _lines(i.stderr)[-1] == f"PROG: {step}: Input/output error"
+        assert _corrupt_bit(ic)
+    else:
+        assert i.returncode == 0
+    assert _bytes(qc) == _bytes(ic)
+
+
 @pytest.mark.parametrize("size", ["64k", "300k", "513k"])
 def test_shrink_drops_refcount_blocks_no_longer_used(tmp_path, size):
     """QEMU's shrink also removes refcount blocks left empty and truncates the file after

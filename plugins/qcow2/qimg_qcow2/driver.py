@@ -1337,6 +1337,7 @@ class Qcow2Format(RefcountMixin, Format):
             # as QEMU, the L2 table is allocated (or made private) even if nothing changes in it
             l2off, tbl = self._l2_for_write(l1i)
             st = self.l2_entry_size // 8
+            changed = False
             while pos < tend:
                 gci = pos >> cb
                 i = gci & (self.l2_entries - 1)
@@ -1353,13 +1354,17 @@ class Qcow2Format(RefcountMixin, Format):
                 else:
                     pos = (gci + 1) << cb
                     continue
+                pos = (gci + 1) << cb
+                if e == ne and (not self.extended_l2 or tbl[i * st + 1] == nb):
+                    continue  # (an entry left as it was does not dirty the table)
+                changed = True
                 tbl[i * st] = ne
                 if self.extended_l2:
                     tbl[i * st + 1] = nb
                 if allocated:
                     self._free_entry(e, punch=True)
-                pos = (gci + 1) << cb
-            self.l2_cache.mark_dirty(l2off)
+            if changed:
+                self.l2_cache.mark_dirty(l2off)
 
     # ------------------------------------------------------------------ compressed write
     def write_compressed(self, offset: int, data: memoryview) -> None:

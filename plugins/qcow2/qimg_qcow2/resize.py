@@ -13,6 +13,21 @@ if TYPE_CHECKING:
     from .driver import Qcow2Format
 
 
+class _Step:
+    """A step of QEMU's qcow2_co_truncate: a request failing with an errno (a refused overlap
+    included) is worded as that step's message there ("Failed to grow the L1 table: ...")."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et, e, tb) -> None:
+        if isinstance(e, OSError):
+            raise QimgError(f"{self.what}: {e.strerror or e}") from None
+
+
 def grow_l1(drv: "Qcow2Format", min_size: int, exact: bool = True) -> None:
     """Give the L1 table at least ``min_size`` entries (a new table; the old one is freed)."""
     h = drv.header
@@ -57,7 +72,8 @@ def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocati
         _resize_bitmaps(drv, old, size)
         return
     drv.flush_caches()
-    grow_l1(drv, drv._size_to_l1(size), exact=True)
+    with _Step("Failed to grow the L1 table"):
+        grow_l1(drv, drv._size_to_l1(size), exact=True)
     if preallocation == "metadata" or (preallocation != "off" and drv.data_file is not None):
         _preallocate_metadata(drv, old, size, preallocation)
     elif preallocation in ("falloc", "full"):
@@ -74,9 +90,14 @@ def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocati
         except BaseException:
             h.size = old
             raise
-    drv.flush_caches()
+    if preallocation != "off":
+        with _Step("Failed to flush the preallocated area to disk"):
+            drv.flush_caches()
+    else:
+        drv.flush_caches()
     h.size = size
-    drv.file.pwrite(24, struct.pack(">Q", size))
+    with _Step("Failed to update the image size"):
+        drv.file.pwrite(24, struct.pack(">Q", size))
     _resize_bitmaps(drv, old, size)
 
 
@@ -172,7 +193,8 @@ def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str) -> None
     start = (last + 1) * cs if last >= 0 else -(-fsize // cs) * cs
     n_data = (-(-new // cs) * cs - (old & ~(cs - 1))) >> cb
     n_l2 = -(-n_data // drv.l2_entries) + 1
-    alloc_start = refcount_area(drv, start, n_data + n_l2)
+    with _Step("Failed to resize refcount structures"):
+        alloc_start = refcount_area(drv, start, n_data + n_l2)
     for ci in range(alloc_start >> cb, (alloc_start >> cb) + n_data):
         drv._set_refcount(ci, 1)
     drv.refblock_cache.flush()
@@ -186,7 +208,8 @@ def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str) -> None
         l1i = gci >> drv.l2_bits
         i0 = gci & (drv.l2_entries - 1)
         k = min(left, drv.l2_entries - i0)
-        l2off, tbl = drv._l2_for_write(l1i)
+        with _Step("Failed to update L2 tables"):
+            l2off, tbl = drv._l2_for_write(l1i)
         for j in range(k):
             tbl[(i0 + j) * st] = (host + j * cs) | S.OFLAG_COPIED
             if drv.extended_l2:
@@ -257,16 +280,23 @@ def _shrink(drv: "Qcow2Format", size: int) -> None:
     h = drv.header
     a = -(-size // cs) * cs
     if a < h.size:
-        drv._discard_range(a, h.size, full=True)
+        with _Step("Failed to discard cropped clusters"):
+            drv._discard_range(a, h.size, full=True)
     new_l1 = drv._size_to_l1(size)
-    for i in range(new_l1, len(drv.l1)):
-        off = drv.l1[i] & S.L1E_OFFSET_MASK
-        if off:
-            drv.l2_cache.drop(off)
-            drv.l1[i] = 0
-            drv.free_clusters(off, cs, discard=True)
-    if len(drv.l1):
-        drv.write_l1()
+    if new_l1 < len(drv.l1):
+        # QEMU's qcow2_shrink_l1_table: the table's tail is zeroed in the file (no overlap
+        # check there), then the L2 tables it pointed at are freed, last first
+        tail = array("Q", drv.l1[new_l1:])
+        drv.l1[new_l1:] = array("Q", bytes(8 * len(tail)))
+        drv._meta_gen += 1
+        with _Step("Failed to reduce the number of L2 tables"):
+            drv.file.pwrite(h.l1_table_offset + new_l1 * 8, bytes(8 * len(tail)))
+            drv.file.flush()
+        for e in reversed(tail):
+            off = e & S.L1E_OFFSET_MASK
+            if off:
+                drv.l2_cache.drop(off)
+                drv.free_clusters(off, cs, discard=True)
     try:
         _shrink_reftable(drv)
     except QimgError as e:
