@@ -294,6 +294,52 @@ def test_convert_n_into_a_hostile_target(tmp_path, v10):
     assert _bytes(qc) == _bytes(ic)
 
 
+def test_commit_whose_last_flush_fails(tmp_path):
+    """The refcount block written back at the end of the job lands on the L1 table: the job
+    fails ("Block job failed"), as QEMU's commit job flushes its target before completing."""
+    runs = []
+    for d, tool in (("q", _qemu_img), ("i", _qimg)):
+        (tmp_path / d).mkdir()
+        base = _make(tmp_path / d / "base.qcow2", io=["write -P 0x41 0 64k"])
+        _poke(base, (RT, _q(L1)))
+        top = str(tmp_path / d / "top.qcow2")
+        assert _qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", "base.qcow2", "-F", "qcow2", top,
+                         "64M").returncode == 0
+        assert _qemu_io(top, ["write -P 0x55 0 256k"]).returncode == 0
+        runs.append((tool("commit", top), _bytes(base), _bytes(top)))
+    (q, *qb), (i, *ib) = runs
+    assert (q.returncode, _lines(q.stderr)) == (i.returncode, _lines(i.stderr)) == (1, [
+        "qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with active L1 table); "
+        "further corruption events will be suppressed", "PROG: Block job failed: Input/output error"])
+    assert qb == ib
+
+
+def _snapshot_l1_is_the_active_one(tmp_path) -> str:
+    img = _make(tmp_path / "img.qcow2", io=["write -P 0x41 0 64k"])
+    assert _qemu_img("snapshot", "-c", "s1", img).returncode == 0
+    assert _qemu_io(img, ["write -P 2 64k 64k"]).returncode == 0
+    with open(img, "rb") as f:
+        f.seek(64)
+        sn_table = struct.unpack(">Q", f.read(8))[0]
+    _poke(img, (sn_table, _q(L1)))
+    return img
+
+
+@pytest.mark.parametrize("op", [["-c", "s2"], ["-d", "s1"]], ids=["create", "delete"])
+def test_snapshot_ops_when_the_snapshot_l1_is_the_active_one(tmp_path, op):
+    """QEMU writes the active L1 table's COPIED flags with no overlap check (the snapshot's L1
+    table sitting there is no hit), and deleting such a snapshot works on the active table."""
+    img = _snapshot_l1_is_the_active_one(tmp_path)
+    qc, ic = _copies(img, tmp_path, "q.qcow2", "i.qcow2")
+    q = _qemu_img("snapshot", *op, qc)
+    i = _qimg("snapshot", *op, ic)
+    assert (q.returncode, _lines(q.stderr)) == (i.returncode, _lines(i.stderr)) == (0, [])
+    q, i = _qemu_img("check", qc), _qemu_img("check", ic)
+    assert (q.returncode, q.stdout, q.stderr) == (i.returncode, i.stdout, i.stderr)
+    if op[0] == "-d":
+        assert _bytes(qc) == _bytes(ic)
+
+
 def _snapshot_image_with_refblock_over_l1(tmp_path) -> str:
     img = _make(tmp_path / "img.qcow2", "4M", io=["write -P 1 0 64k"])
     assert _qemu_img("snapshot", "-c", "s1", img).returncode == 0

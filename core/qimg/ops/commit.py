@@ -82,6 +82,10 @@ def commit(top: "Image", base: "Image | None" = None, *, drop: bool = False,
             copier.run(_plan(top, target, size))
         except WriteError as e:
             raise QimgError(f"Block job failed: {e.reason}") from None
+        try:
+            target.flush()  # the job's last step: its failure fails the job
+        except OSError as e:
+            raise QimgError(f"Block job failed: {e.strerror or e}") from None
     finally:
         target.flush()
     if not drop:

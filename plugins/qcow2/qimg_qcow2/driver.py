@@ -371,12 +371,15 @@ class Qcow2Format(RefcountMixin, Format):
             self.pre_write(ign, offset, len(arr) * 8)
         self.file.pwrite(offset, _to_be(arr))
 
-    def write_l1(self, start: int = 0, count: int | None = None) -> None:
+    def write_l1(self, start: int = 0, count: int | None = None, checked: bool = True) -> None:
+        """Write (part of) the active L1 table; ``checked=False`` where QEMU writes it with no
+        overlap check (qcow2_update_snapshot_refcount's write of the COPIED flags)."""
         if count is None:
             count = len(self.l1) - start
         offset = self.header.l1_table_offset + start * 8
         self._meta_gen += 1
-        self.pre_write(_OL_ACTIVE_L1, offset, count * 8)
+        if checked:
+            self.pre_write(_OL_ACTIVE_L1, offset, count * 8)
         meta_pwrite(self.file, offset, _to_be(self.l1[start : start + count]), "L1 table")
 
     def pre_write(self, ign: int, offset: int, size: int, data_file: bool = False) -> None:

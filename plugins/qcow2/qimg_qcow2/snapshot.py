@@ -421,7 +421,7 @@ def snapshot_create(drv: "Qcow2Format", name: str, *, snapshot_id: str | None = 
         drv.flush_caches()
         raise QimgError("Invalid argument") from None
     if changed:
-        drv.write_l1()
+        drv.write_l1(checked=False)  # (QEMU checks no overlap here)
     drv.flush_caches()
     sn = Snapshot(l1_table_offset=l1_offset, l1_size=h.l1_size, id=sid, name=name,
                   date_sec=date_sec, date_nsec=date_nsec or 0, vm_clock_nsec=0, vm_state_size=0,
@@ -467,7 +467,7 @@ def snapshot_goto(drv: "Qcow2Format", id_or_name: str) -> None:
         drv.flush_caches()
         _update_snapshot_refcount(drv, old, -1, is_active=False)
         if _update_snapshot_refcount(drv, drv.l1, 0, is_active=True):
-            drv.write_l1()
+            drv.write_l1(checked=False)
         drv.flush_caches()
     if sn.disk_size != h.size:
         h.size = sn.disk_size
@@ -506,17 +506,21 @@ def snapshot_delete(drv: "Qcow2Format", snapshot_id: str | None, name: str | Non
         raise QimgError("snapshot not found")
     sn = snapshots.pop(i)
     drv.flush_caches()
-    sn_l1 = _read_l1(drv, sn.l1_table_offset, sn.l1_size)
+    # a snapshot whose L1 table is the active one (a corrupt image): QEMU works on the active
+    # table in memory and writes it back
+    shared = sn.l1_size and sn.l1_table_offset == drv.header.l1_table_offset and sn.l1_size <= len(drv.l1)
+    sn_l1 = drv.l1 if shared else _read_l1(drv, sn.l1_table_offset, sn.l1_size)
     with _failing_as("Failed to remove snapshot from snapshot list"):
         _write_table(drv, snapshots)
     # the snapshot is gone from the list: from here on a failure only leaks clusters
     with _failing_as("Failed to free the cluster and L1 table"):
-        _update_snapshot_refcount(drv, sn_l1, -1, is_active=False)
+        if _update_snapshot_refcount(drv, sn_l1, -1, is_active=False) and shared:
+            drv.write_l1(checked=False)
     if sn.l1_size:
         drv.free_clusters(sn.l1_table_offset, sn.l1_size * 8, discard=True)  # (failures reported, ignored)
     with _failing_as("Failed to update snapshot status in disk"):
         if _update_snapshot_refcount(drv, drv.l1, 0, is_active=True):
-            drv.write_l1()
+            drv.write_l1(checked=False)
     drv.flush_caches()
 
 
