@@ -10,21 +10,16 @@ import contextlib
 import io
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import Run, _need, as_qemu, need_qemu10
+from conftest import Run, _need, as_qemu, need_qemu10, oracle_command
 
 
 def need_qemu() -> str:
-    path = shutil.which("qemu-img")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("qemu-img is required in CI")
-        pytest.skip("qemu-img not installed")
-    return path
+    """The current oracle's qemu-img (conftest's ``oracle`` fixture chooses 7.2 or 10.0)."""
+    return oracle_command("qemu-img")[2]
 
 
 def reset_state() -> None:
@@ -74,7 +69,15 @@ def run_qimg_subprocess(*args: str, cwd: str | os.PathLike | None = None) -> Run
 
 
 def run_qemu(*args: str, cwd: str | os.PathLike | None = None) -> Run:
-    p = subprocess.run([need_qemu(), *args], capture_output=True, cwd=cwd)
+    """Run the current oracle's qemu-img (7.2 or 10.0, conftest's ``oracle`` fixture)."""
+    argv, env, exe = oracle_command("qemu-img")
+    p = subprocess.run([*argv, *args], executable=exe, env=env, capture_output=True, cwd=cwd)
+    return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+
+
+def run_qemu72(*args: str, cwd: str | os.PathLike | None = None) -> Run:
+    """qemu-img 7.2 (the oracle on PATH), whichever oracle the running test has."""
+    p = subprocess.run([_need("qemu-img"), *args], capture_output=True, cwd=cwd)
     return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
 
 
@@ -85,13 +88,13 @@ def run_qemu10(*args: str, cwd: str | os.PathLike | None = None) -> Run:
     return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
 
 
-ORACLES = {"7.2": run_qemu, "10.0": run_qemu10}
+ORACLES = {"7.2": run_qemu72, "10.0": run_qemu10}
 
 
 def oracle_path(profile: str) -> str:
     """The path the profile's oracle runs from (qimg is run under the same name to compare
     byte for byte: the messages quote argv[0])."""
-    return need_qemu() if profile == "7.2" else need_qemu10("qemu-img")[0]
+    return _need("qemu-img") if profile == "7.2" else need_qemu10("qemu-img")[0]
 
 
 def as_oracle(profile: str, *args: str, cwd: str | os.PathLike | None = None) -> tuple[Run, Run]:
