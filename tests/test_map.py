@@ -65,7 +65,7 @@ def test_qcow2_chain(chain, name, extra):
 
 def test_library_entries():
     """map_extents merges as qemu-img: same kind and contiguous offsets only."""
-    from qimg.ops.map import _mergeable
+    from qimg.ops.map import _MERGE_KEYS, _mergeable
 
     a = {"start": 0, "length": 10, "depth": 0, "present": True, "zero": False, "data": True, "offset": 100}
     assert _mergeable(a, {**a, "start": 10, "offset": 110})
@@ -73,6 +73,11 @@ def test_library_entries():
     assert not _mergeable(a, {**a, "start": 10, "depth": 1, "offset": 110})
     b = {k: v for k, v in a.items() if k != "offset"}
     assert not _mergeable(a, {**b, "start": 10})
+    # qemu-img 10.0 merges compressed runs only with compressed ones
+    c = {**b, "compressed": True}
+    assert _mergeable(c, {**b, "start": 10, "compressed": False})
+    assert not _mergeable(c, {**b, "start": 10, "compressed": False}, _MERGE_KEYS + ("compressed",))
+    assert _mergeable(c, {**c, "start": 10}, _MERGE_KEYS + ("compressed",))
 
 
 @pytest.mark.parametrize("ops", [

@@ -246,6 +246,8 @@ def _masked_info(qemu_img, path) -> dict:
         if "iters" in s:
             s["iters"] = None
     d.pop("filename"), d.pop("actual-size", None)
+    for child in d.get("children", ()):  # qemu-img 10.0's child nodes: the file's name and use
+        child["info"].pop("filename"), child["info"].pop("actual-size", None)
     return d
 
 

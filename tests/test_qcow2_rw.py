@@ -6,6 +6,7 @@ import random
 
 import pytest
 import qimg
+from qimg.blockstatus import ALLOCATED, COMPRESSED, DATA
 
 MiB = 1 << 20
 
@@ -68,8 +69,8 @@ def test_read_compressed(qemu_img, tmp_path, ctype):
     assert _read_all(dst) == bytes(data)
     with qimg.open(str(dst)) as img:
         kinds = {(st.flags, st.host_offset is None) for st in img.extents()}
-    # compressed clusters are DATA without OFFSET_VALID
-    assert (0x09, True) in kinds
+    # compressed clusters are DATA (stored COMPRESSED) without OFFSET_VALID
+    assert (DATA | ALLOCATED | COMPRESSED, True) in kinds
 
 
 def test_read_data_file_and_backing(qemu_img, qemu_io, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ ZERO = 0x02           # reads return zeroes
 OFFSET_VALID = 0x04   # host_offset is meaningful
 ALLOCATED = 0x08      # this layer answers; without it reads fall through to the backing image
 RECURSE = 0x20        # (unused) kept for parity with QEMU's numbering
+COMPRESSED = 0x40     # the data is stored compressed (no host offset): map's "compressed"
 #: QEMU's BDRV_SECTOR_SIZE: block status, sizes and request alignment count in these
 SECTOR = 512
 

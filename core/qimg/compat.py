@@ -66,6 +66,36 @@ class UnknownProfile(ValueError):
     pass
 
 
+# -- what the commands print and do (qimg.ops, the drivers): docs/compat.md lists every entry --
+FEATURES.update({
+    # info: the block graph below each image ("children" in JSON, "Child node '/file':" sections
+    # in the human text, each child's filename, protocol type, file length, disk size)
+    "info-child-nodes": "10.0",
+    # the file protocol reports format-specific info (type "file"; an XFS extent size hint)
+    "file-specific-info": "10.0",
+    # map --output=json: every entry has "compressed"; runs merge only with equal compression
+    "map-compressed": "10.0",
+    # rebase compares and writes whole (sub)clusters, data up to the old backing's end even
+    # where a chunk crosses it, and skips what an image of the chain shows (since 8.2)
+    "rebase-aligned-copy": "10.0",
+    # (QemuOpts size options use "negative-size-out-of-range" too: "Value '-1' is out of range
+    # for parameter 'offset'", 7.2: not a non-negative number)
+    # create -b without -F: "Detected format of qcow2." ends with a newline (7.2: none)
+    "detected-format-newline": "10.0",
+})
+TEXTS.update({
+    # the snapshot table (info, snapshot -l): header, row layout (printf), VM clock (printf)
+    "snapshot-table-header": {
+        "7.2": "ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT",
+        "10.0": "ID      TAG               VM_SIZE                DATE        VM_CLOCK     ICOUNT"},
+    "snapshot-table-row": {"7.2": "%-9s %-16s %8s%20s%13s%11s", "10.0": "%-7s %-16s %8s %19s %15s %10s"},
+    "snapshot-vm-clock": {"7.2": "%02d:%02d:%02d.%03d", "10.0": "%04d:%02d:%02d.%03d"},
+    # snapshot -c on a format without snapshots: the errno's number is gone
+    "snapshot-create-failed": {"7.2": "Could not create snapshot '{name}': -{errno} ({strerror})",
+                               "10.0": "Could not create snapshot '{name}': {strerror}"},
+})
+
+
 def name() -> str:
     """The selected profile's name (``QIMG_COMPAT``, read at each call so tests can switch)."""
     value = os.environ.get("QIMG_COMPAT") or DEFAULT

@@ -246,6 +246,14 @@ class Format:
         """``format-specific`` data of ``info`` (JSON keys; the human form is derived)."""
         return None
 
+    def child_nodes(self) -> list[tuple[str, "Protocol"]]:
+        """This image's children in QEMU's block graph, as ``info`` lists them (qemu-img 10.0):
+        ``(child name, protocol)`` in QEMU's order. Default: the image's file, ``file``. A
+        driver with more files lists them (vmdk: its extents, newest child first, then
+        ``file``), one whose image is a protocol (``-f file``) none. A qcow2 data file is not
+        listed: qemu-img info does not open it."""
+        return [("file", self.file)]
+
     def info_extra(self) -> dict[str, Any]:
         """Extra top-level ``info`` keys (``cluster-size``, ``encrypted``, ``dirty-flag``...).
 

@@ -53,7 +53,12 @@ class Option(FrozenValue):
             raise QimgError(f"Parameter '{self.name}' expects 'on' or 'off'")
         if self.type == SIZE:
             try:
-                if value.startswith("-"):
+                if value.lstrip().startswith("-"):
+                    from .compat import has
+                    from .ops.sizes import is_negative
+
+                    if has("negative-size-out-of-range") and is_negative(value):
+                        raise QimgError(f"Value '{value}' is out of range for parameter '{self.name}'")
                     raise ValueError
                 return parse_size(value)
             except ValueError:

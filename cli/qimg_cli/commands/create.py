@@ -73,8 +73,11 @@ def run(p: Parsed) -> None:
                                 unsafe=p.unsafe, echo=echo)
     except QimgError as e:
         msg = f"{NAME}: {filename}: {e.message}"
-        # qemu-img's "Detected format" hint has no final newline
-        end = "" if e.message.startswith("Backing file specified without backing format\n") else "\n"
+        # qemu-img 7.2's "Detected format" hint has no final newline
+        from qimg.compat import has
+
+        hint = e.message.startswith("Backing file specified without backing format\n")
+        end = "" if hint and not has("detected-format-newline") else "\n"
         sys.stderr.write(msg + end)
         sys.stderr.flush()
         raise SystemExit(1) from None

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from ..driver import SnapshotInfo
     from ..image import Image
+    from ..protocol import Protocol
 
 #: ImageInfo's fields in QAPI schema order (QEMU inserts them in this order)
 _FIELD_ORDER = ("filename", "format", "dirty-flag", "actual-size", "virtual-size", "cluster-size",
@@ -97,7 +98,39 @@ def image_info(img: "Image", backing_chain: bool = False) -> dict[str, Any]:
         else:
             d["format-specific"] = {"type": img.format, "data": spec}
     d.update(extra)
+    from ..compat import has
+
+    if has("info-child-nodes"):
+        d["children"] = [{"name": name, "info": protocol_info(proto)} for name, proto in drv.child_nodes()]
     trace.event("info_image", filename=img.filename, format=img.format, virtual_size=img.size)
+    return d
+
+
+def protocol_info(proto: "Protocol") -> dict[str, Any]:
+    """A protocol node of the block graph (a child in qemu-img 10.0's ``info``), with
+    BlockGraphInfo's keys: the file's length (in whole sectors) as ``virtual-size``, the
+    protocol as ``format``."""
+    name = proto.exact_filename()
+    if name is None:  # options say more than a name: QEMU shows them
+        from .qjson import dumps
+
+        name = "json:" + dumps(proto.json_options(), pretty=False)
+    from ..protocol import file_path
+
+    # a file node's name without "file:" (and "./" before a name that reads as a protocol)
+    d: dict[str, Any] = {"filename": file_path(name) if name.startswith("file:") else name,
+                         "format": proto.driver_name}
+    if proto.reports_dirty_flag:
+        d["dirty-flag"] = False
+    actual = proto.allocated_size()
+    if actual is not None and actual >= 0:
+        d["actual-size"] = actual
+    # the block layer counts a node's length in whole sectors (bdrv_getlength rounds up)
+    d["virtual-size"] = -(-proto.size() // 512) * 512
+    spec = proto.specific_info()
+    if spec is not None:
+        d["format-specific"] = spec
+    d["children"] = []
     return d
 
 
@@ -115,19 +148,23 @@ def flatten_chain(info: dict[str, Any]) -> list[dict[str, Any]]:
 # -- human rendering ----------------------------------------------------------------------
 
 def snapshot_header() -> str:
-    return "%-10s%-17s%8s%20s%13s%11s" % ("ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")  # noqa: UP031 - printf layout as QEMU
+    from ..compat import text
+
+    return text("snapshot-table-header")
 
 
 def snapshot_row(sn: dict[str, Any]) -> str:
     """One row of the snapshot table from a snapshot's JSON dict (local time, as QEMU)."""
+    from ..compat import text
+
     date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sn.get("date-sec", 0)))
     secs = sn.get("vm-clock-sec", 0)
     msecs = sn.get("vm-clock-nsec", 0) // 1_000_000
-    clock = "%02d:%02d:%02d.%03d" % (secs // 3600, (secs // 60) % 60, secs % 60, msecs)  # noqa: UP031
+    clock = text("snapshot-vm-clock") % (secs // 3600, (secs // 60) % 60, secs % 60, msecs)
     icount = str(sn["icount"]) if sn.get("icount") is not None else ""
-    # rows keep a space after ID and TAG even when they overflow their columns (unlike the header)
-    return "%-9s %-16s %8s%20s%13s%11s" % (sn["id"], sn["name"], size_to_str(sn.get("vm-state-size", 0)),  # noqa: UP031 - printf layout as QEMU
-                                              date, clock, icount)
+    # rows keep a space after ID and TAG even when they overflow their columns (unlike 7.2's header)
+    return text("snapshot-table-row") % (sn["id"], sn["name"], size_to_str(sn.get("vm-state-size", 0)),
+                                        date, clock, icount)
 
 
 def snapshot_table(snaps: list[dict[str, Any]]) -> list[str]:
@@ -160,33 +197,36 @@ def _dump(value: Any, indent: int, lines: list[str]) -> None:
             _dump_value(item, indent, lines, f"{pad}[{i}]:")
 
 
-def format_specific_lines(spec: dict[str, Any]) -> list[str]:
+def format_specific_lines(spec: dict[str, Any], indent: int = 0) -> list[str]:
     """The block under ``Format specific information:`` for a ``format-specific`` dict."""
     lines: list[str] = []
     data = spec.get("data", spec)
     if isinstance(data, (dict, list)):
-        _dump(data, 1, lines)
+        _dump(data, indent + 1, lines)
     return lines
 
 
-def format_human(info: dict[str, Any] | list[dict[str, Any]]) -> str:
-    """The human text of ``qemu-img info`` (a list: the ``--backing-chain`` form)."""
-    if isinstance(info, list):
-        return "\n".join(format_human(i) for i in info)
-    lines = [
-        f"image: {info['filename']}",
-        f"file format: {info['format']}",
-        f"virtual size: {size_to_str(info['virtual-size'])} ({info['virtual-size']} bytes)",
-        "disk size: " + (size_to_str(info["actual-size"]) if "actual-size" in info else "unavailable"),
+def _node_lines(info: dict[str, Any], indent: int, path: str, lines: list[str]) -> None:
+    """One node of the block graph and its children, as QEMU's bdrv_node_info_dump and
+    dump_human_image_info: a node below the top without children of its own is a protocol
+    node (``filename``, ``protocol type``, ``file length``)."""
+    pad = " " * (4 * indent)
+    protocol = indent > 0 and not info.get("children")
+    lines += [
+        f"{pad}{'filename' if protocol else 'image'}: {info['filename']}",
+        f"{pad}{'protocol type' if protocol else 'file format'}: {info['format']}",
+        f"{pad}{'file length' if protocol else 'virtual size'}: {size_to_str(info['virtual-size'])} "
+        f"({info['virtual-size']} bytes)",
+        f"{pad}disk size: " + (size_to_str(info["actual-size"]) if "actual-size" in info else "unavailable"),
     ]
     if info.get("encrypted"):
-        lines.append("encrypted: yes")
+        lines.append(f"{pad}encrypted: yes")
     if "cluster-size" in info:
-        lines.append(f"cluster_size: {info['cluster-size']}")
+        lines.append(f"{pad}cluster_size: {info['cluster-size']}")
     if info.get("dirty-flag"):
-        lines.append("cleanly shut down: no")
+        lines.append(f"{pad}cleanly shut down: no")
     if "backing-filename" in info:
-        line = f"backing file: {info['backing-filename']}"
+        line = f"{pad}backing file: {info['backing-filename']}"
         full = info.get("full-backing-filename")
         if full is None:
             line += " (cannot determine actual path)"
@@ -194,13 +234,26 @@ def format_human(info: dict[str, Any] | list[dict[str, Any]]) -> str:
             line += f" (actual path: {full})"
         lines.append(line)
         if "backing-filename-format" in info:
-            lines.append(f"backing file format: {info['backing-filename-format']}")
+            lines.append(f"{pad}backing file format: {info['backing-filename-format']}")
     if info.get("snapshots"):
-        lines.append("Snapshot list:")
-        lines += snapshot_table(info["snapshots"])
-    if "format-specific" in info:
-        lines.append("Format specific information:")
-        lines += format_specific_lines(info["format-specific"])
+        lines.append(f"{pad}Snapshot list:")
+        lines += [pad + row for row in snapshot_table(info["snapshots"])]
+    spec = info.get("format-specific")
+    # nothing at all for empty data (the file protocol's), as QEMU's qobject_is_empty_dump
+    if spec is not None and spec.get("data", spec) not in ({}, []):
+        lines.append(f"{pad}Format specific information:")
+        lines += format_specific_lines(spec, indent)
+    for child in info.get("children", ()):
+        lines.append(f"{pad}Child node '{path}{child['name']}':")
+        _node_lines(child["info"], indent + 1, f"{path}{child['name']}/", lines)
+
+
+def format_human(info: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """The human text of ``qemu-img info`` (a list: the ``--backing-chain`` form)."""
+    if isinstance(info, list):
+        return "\n".join(format_human(i) for i in info)
+    lines: list[str] = []
+    _node_lines(info, 0, "/", lines)
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ zero/data/depth/present, both with or without an offset, and contiguous offsets.
 from __future__ import annotations
 
 from .. import trace
-from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
+from ..blockstatus import ALLOCATED, COMPRESSED, DATA, OFFSET_VALID, ZERO
 from ..errors import QimgError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
@@ -57,7 +57,7 @@ def _status(img: "Image", offset: int, length: int) -> dict[str, Any]:
         break
     entry: dict[str, Any] = {"start": offset, "length": n, "depth": depth,
                              "present": bool(flags & ALLOCATED), "zero": bool(flags & ZERO),
-                             "data": bool(flags & DATA)}
+                             "data": bool(flags & DATA), "compressed": bool(flags & COMPRESSED)}
     if flags & OFFSET_VALID and host is not None:
         entry["offset"] = host
     if fname is not None:
@@ -65,10 +65,14 @@ def _status(img: "Image", offset: int, length: int) -> dict[str, Any]:
     return entry
 
 
-def _mergeable(a: dict[str, Any], b: dict[str, Any]) -> bool:
+#: what two runs must share to merge (qemu-img 10.0 adds "compressed")
+_MERGE_KEYS = ("zero", "data", "depth", "present")
+
+
+def _mergeable(a: dict[str, Any], b: dict[str, Any], keys: tuple[str, ...] = _MERGE_KEYS) -> bool:
     if a["length"] == 0:
         return False
-    for k in ("zero", "data", "depth", "present"):
+    for k in keys:
         if a[k] != b[k]:
             return False
     if ("offset" in a) != ("offset" in b):
@@ -102,6 +106,10 @@ def map_extents(img: "Image", start: int = 0, length: int | None = None) -> list
     cur: dict[str, Any] | None = None
     offset = start
     window = _FIRST_WINDOW
+    from ..compat import has
+
+    # qemu-img 10.0 tells compressed runs apart (7.2 merges them with their neighbours)
+    keys = _MERGE_KEYS + ("compressed",) if has("map-compressed") else _MERGE_KEYS
     while offset < end:
         ask = min(window, end - offset)
         try:
@@ -111,7 +119,7 @@ def map_extents(img: "Image", start: int = 0, length: int | None = None) -> list
             raise MapError(f"Could not read file metadata: {text}", out) from None
         window = min(_CHUNK, window * 4) if e["length"] >= ask else _FIRST_WINDOW
         offset += e["length"]
-        if cur is not None and _mergeable(cur, e):
+        if cur is not None and _mergeable(cur, e, keys):
             cur["length"] += e["length"]
             continue
         if cur is not None:
@@ -127,10 +135,16 @@ def map_extents(img: "Image", start: int = 0, length: int | None = None) -> list
 
 
 def iter_lines_json(entries: list[dict[str, Any]]):
-    """qemu-img's hand-written JSON: one entry a line, inside ``[`` ``]``."""
+    """qemu-img's hand-written JSON: one entry a line, inside ``[`` ``]`` (10.0: with
+    ``"compressed"``)."""
+    from ..compat import has
+
+    compressed = has("map-compressed")
     for i, e in enumerate(entries):
         text = ('{ "start": %d, "length": %d, "depth": %d, "present": %s, "zero": %s, "data": %s'  # noqa: UP031
                 % (e["start"], e["length"], e["depth"], _b(e["present"]), _b(e["zero"]), _b(e["data"])))
+        if compressed:
+            text += f', "compressed": {_b(e.get("compressed", False))}'
         if "offset" in e:
             text += f', "offset": {e["offset"]}'
         text += "}"
@@ -143,7 +157,8 @@ def _b(v: bool) -> str:
 
 def format_json(entries: list[dict[str, Any]], start: int = 0) -> str:
     if not entries:  # qemu-img prints its empty starting entry
-        entries = [{"start": start, "length": 0, "depth": 0, "present": False, "zero": False, "data": False}]
+        entries = [{"start": start, "length": 0, "depth": 0, "present": False, "zero": False, "data": False,
+                    "compressed": False}]
     return "".join(iter_lines_json(entries))
 
 

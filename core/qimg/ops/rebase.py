@@ -1,9 +1,12 @@
 """``rebase``: change an image's backing file, keeping the guest view (safe mode) or not.
 
 Safe mode reads, for every run the image itself does not allocate, what the old and the new
-backing chains show; sectors that differ receive the old data (runs of them one write each,
-as qemu-img 7.2), so the image reads the same on top of the new backing. Runs that both chains leave as zeroes are
-never read. Unsafe mode (``-u``) only rewrites the recorded name and format.
+backing chains show; what differs receives the old data, so the image reads the same on top
+of the new backing. qemu-img 7.2 compares and writes 512-byte sectors (runs of them one write
+each; runs that both chains leave as zeroes are never read); qemu-img 10.0 compares and
+writes whole (sub)clusters, optionally compressed (``rebase -c``), and skips what an image of
+the chain that becomes the new backing already shows (:func:`copy_differences_aligned`).
+Unsafe mode (``-u``) only rewrites the recorded name and format.
 """
 from __future__ import annotations
 
@@ -135,6 +138,147 @@ def _rebase_chunk(img: "Image", old: "Image | None", new: "Image | None", off: i
         pos = stop
 
 
+def write_alignment(img: "Image", compress: bool = False) -> int:
+    """qemu-img 10.0's rebase write granularity: the image's subcluster (its cluster when
+    compressing), from QEMU's bdrv_get_info; 1 byte for a format without clusters."""
+    drv = img.driver
+    cluster = drv.cluster_size or 0
+    if compress:
+        return cluster or 1
+    return getattr(drv, "subcluster_size", None) or cluster or 1
+
+
+def _allocated_above(top: "Image | None", base: "Image", offset: int, length: int) -> tuple[bool, int]:
+    """QEMU's bdrv_is_allocated_above(top, base, include_base=false): whether a layer from
+    ``top`` down to ``base`` (excluded) allocates the run at ``offset``, and the run's length;
+    a layer that ends before ``offset`` answers (0 bytes when it is ``top`` itself, else as
+    allocated zeroes)."""
+    layer = top
+    first = True
+    while layer is not None and layer is not base:
+        if offset >= layer.size:
+            if first:
+                return False, 0
+            return True, length
+        st = layer.driver.block_status(offset, min(length, layer.size - offset))
+        length = min(length, st.length)
+        if st.flags & ALLOCATED:
+            return True, length
+        layer = layer.backing
+        first = False
+    return False, length
+
+
+def _same_run(a: memoryview, b: memoryview, chunk: int) -> tuple[bool, int]:
+    """QEMU's compare_buffers: whether the first ``chunk`` bytes differ, and how far (in
+    whole chunks) the buffers keep that answer."""
+    n = len(a)
+    i = min(n, chunk)
+    differ = a[:i] != b[:i]
+    if chunk == 1:
+        # byte runs: the XOR of the buffers is zero exactly where they agree
+        x = (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(n, "big")
+        j = x.find(0) if differ else n - len(x.lstrip(b"\0"))
+        return differ, (n if j < 0 else j)
+    while i < n:
+        k = min(n - i, chunk)
+        if (a[i:i + k] != b[i:i + k]) != differ:
+            break
+        i += k
+    return differ, i
+
+
+def copy_differences_aligned(img: "Image", old: "Image | None", new: "Image | None",
+                             progress: Callable[[float, float], None] | None = None, *,
+                             prefix: "Image | None" = None, compress: bool = False) -> None:
+    """Write old-backing data into ``img`` where old and new backing views differ, as
+    qemu-img 10.0 (since 8.2) does.
+
+    Chunks of at most 2 MiB where the image allocates nothing, skipping what the layers above
+    ``prefix`` (the new backing when it is in the old chain) leave unchanged; each chunk is
+    widened to the image's (sub)cluster boundaries (whole clusters when compressing) and
+    compared in (sub)cluster pieces; a run of differing pieces is one write of the old data,
+    of zeroes when it starts at or past the old backing's end (data up to there, even where
+    the old backing reads zeroes past its end within the chunk).
+    """
+    from .copy import qemu_run_length
+
+    size = img.size
+    align = write_alignment(img, compress)
+    old_size = old.size if old is not None else 0
+    new_size = new.size if new is not None else 0
+    cap = CHUNK + 2 * align
+    buf_old = bytearray(cap)
+    buf_new = bytearray(cap)
+    # as QEMU: a float step of 100 / (size / min(size, 2 MiB)), the division in integers
+    step = 100.0 / (size // min(size, CHUNK)) if size else 0.0
+    done = 0.0
+    off = 0
+    while off < size:
+        n = min(CHUNK, size - off)
+        st = img.driver.block_status(off, n)
+        n = qemu_run_length(img, off, run_length(st, n, img), 0)
+        if st.flags & ALLOCATED:
+            off += n
+            continue
+        if prefix is not None:
+            asked = n
+            changed, n = _allocated_above(img.backing, prefix, off, n)
+            if not changed and n:
+                off += n
+                continue
+            if not n:
+                n = asked  # past the old backing's end: reads as zeroes, compared below
+        start = off // align * align
+        end = min(-(-(off + n) // align) * align, size)
+        off, n = start, end - start
+        n_old = min(n, max(0, old_size - off))
+        n_new = min(n, max(0, new_size - off))
+        vo = memoryview(buf_old)[:n]
+        vn = memoryview(buf_new)[:n]
+        zero_fill(vo[n_old:])
+        old_eof = n_old == 0
+        if n_old:
+            old.preadinto(off, vo[:n_old])  # type: ignore[union-attr]
+        zero_fill(vn[n_new:])
+        if n_new:
+            new.preadinto(off, vn[:n_new])  # type: ignore[union-attr]
+        written = 0
+        while written < n:
+            differ, k = _same_run(vo[written:], vn[written:], align)
+            if differ:
+                if old_eof:
+                    img.write_zeroes(off + written, k)
+                elif compress:
+                    img.write_compressed(off + written, vo[written:written + k])
+                else:
+                    img.pwrite(off + written, vo[written:written + k])
+            written += k
+            if off + written >= old_size:
+                old_eof = True
+        done += step
+        if progress:
+            progress(min(done, 100.0), 100.0)
+        off += n
+
+
+def find_in_chain(img: "Image", name: str) -> "Image | None":
+    """The image of ``img``'s backing chain that ``name`` (relative to ``img``'s folder)
+    designates (QEMU's bdrv_find_backing_image), or None."""
+    import os
+
+    from ..api import resolve_backing_name
+
+    want = os.path.realpath(resolve_backing_name(img.filename, name))
+    layer = img.backing
+    while layer is not None:
+        fname = layer.filename[5:] if layer.filename.startswith("file:") else layer.filename
+        if os.path.realpath(fname) == want:
+            return layer
+        layer = layer.backing
+    return None
+
+
 def _first_diff_from(a: bytearray, b: bytearray, start: int, end: int) -> int:
     """First index in [start, end) where ``a`` and ``b`` differ, or -1."""
     vb = memoryview(b)
@@ -151,11 +295,16 @@ def _first_diff_from(a: bytearray, b: bytearray, start: int, end: int) -> int:
 
 
 def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe: bool = False,
-           force_share: bool = False, progress: Callable[[float, float], None] | None = None) -> None:
+           force_share: bool = False, progress: Callable[[float, float], None] | None = None,
+           compress: bool = False) -> None:
     """Rebase ``img`` (open writable; with its old chain unless ``unsafe``) onto ``backing``
-    (None or "" = no backing file)."""
+    (None or "" = no backing file). ``compress`` (qemu-img 10.0's ``rebase -c``) writes the
+    copied clusters compressed."""
+    from ..compat import has
     from ..plugins import get_registry
 
+    if compress and not img.driver.supports_compression:
+        raise QimgError("Compression not supported for this file format")
     name = backing or None
     if backing_fmt is not None:
         # any driver name, a protocol's too (QEMU's bdrv_find_format: host_device, nbd, ...)
@@ -163,7 +312,18 @@ def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe
         if backing_fmt not in reg.formats and reg.protocol(backing_fmt) is None:
             raise QimgError(f"Invalid format name: '{backing_fmt}'")
     missing_fmt = QimgError(f"Could not change the backing file to '{name}': backing format must be specified")
-    if not unsafe:
+    if not unsafe and has("rebase-aligned-copy"):
+        # qemu-img 10.0 reuses an image of the chain as the new backing (QEMU's prefix chain)
+        prefix = find_in_chain(img, name) if name is not None else None
+        new = prefix if prefix is not None else (
+            open_new_backing(img, name, backing_fmt, force_share) if name is not None else None)
+        try:
+            copy_differences_aligned(img, img.backing, new, progress, prefix=prefix, compress=compress)
+        finally:
+            if new is not None and new is not prefix:
+                new.close()
+        img.flush()
+    elif not unsafe:
         new = open_new_backing(img, name, backing_fmt, force_share) if name is not None else None
         try:
             copy_differences(img, img.backing, new, progress)

@@ -1,8 +1,9 @@
 """``qemu-img snapshot``: list/create/apply/delete internal snapshots through the driver.
 
 A driver without snapshot support keeps :class:`qimg.driver.Format`'s methods; the messages
-are then qemu-img's for such a format (raw): create ``-95 (Operation not supported)``, apply
-``Block driver does not support snapshots``, delete ``snapshot not found``.
+are then qemu-img's for such a format (raw): create ``-95 (Operation not supported)`` (10.0:
+``Operation not supported``), apply ``Block driver does not support snapshots``, delete
+``snapshot not found``.
 """
 from __future__ import annotations
 
@@ -23,12 +24,15 @@ def _overridden(drv: Format, name: str) -> bool:
     return getattr(type(drv), name) is not getattr(Format, name)
 
 
-def _errno_text(message: str) -> str:
-    """``-95 (Operation not supported)`` when the message is a strerror text."""
+def _create_failed(name: str, message: str) -> QimgError:
+    """snapshot -c's failure: ``-95 (Operation not supported)`` when the message is a strerror
+    text (qemu-img 10.0 prints the text alone)."""
+    from ..compat import text
+
     for code in range(1, 134):
         if os.strerror(code) == message:
-            return f"-{code} ({message})"
-    return message
+            return QimgError(text("snapshot-create-failed").format(name=name, errno=code, strerror=message))
+    return QimgError(f"Could not create snapshot '{name}': {message}")
 
 
 def list_snapshots(img: "Image") -> list[SnapshotInfo]:
@@ -51,11 +55,11 @@ def create_snapshot(img: "Image", name: str) -> None:
     trace.event("snapshot_op", filename=img.filename, op="create", name=name)
     drv = img.driver
     if not _overridden(drv, "snapshot_create"):
-        raise QimgError(f"Could not create snapshot '{name}': -{errno.ENOTSUP} ({os.strerror(errno.ENOTSUP)})")
+        raise _create_failed(name, os.strerror(errno.ENOTSUP))
     try:
         drv.snapshot_create(name)
     except QimgError as e:
-        raise QimgError(f"Could not create snapshot '{name}': {_errno_text(e.message)}") from None
+        raise _create_failed(name, e.message) from None
 
 
 def apply_snapshot(img: "Image", name: str) -> None:

@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, Status
+from qimg.blockstatus import COMPRESSED as STORED_COMPRESSED
 from qimg.driver import Format
 from qimg.errors import QimgError, SilentFailure, os_error_text
 from qimg.image import is_zero, zero_fill
@@ -261,7 +262,7 @@ class QcowFormat(Format):
             while j < last and tbl[j] & COMPRESSED:
                 j += 1
             n = min(end, ((l1i << self.l2_bits) + j) << cb) - offset
-            return Status(DATA | ALLOCATED, n)
+            return Status(DATA | ALLOCATED | STORED_COMPRESSED, n)
         while j < last and tbl[j] == entry + ((j - l2i) << cb):
             j += 1
         n = min(end, ((l1i << self.l2_bits) + j) << cb) - offset

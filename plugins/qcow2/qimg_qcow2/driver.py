@@ -6,6 +6,7 @@ import sys
 from array import array
 
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
+from qimg.blockstatus import COMPRESSED as STORED_COMPRESSED
 from qimg.compat import program
 from qimg.driver import CheckResult, Format, ProgressFn, SnapshotInfo
 from qimg.errors import CorruptImage, QimgError
@@ -669,7 +670,9 @@ class Qcow2Format(RefcountMixin, Format):
             if host and not self._encrypted():
                 return Status(ZERO | ALLOCATED | OFFSET_VALID, n, host, self._data_name())
             return Status(ZERO | ALLOCATED, n)
-        if kind == COMPRESSED or self._encrypted():
+        if kind == COMPRESSED:
+            return Status(DATA | ALLOCATED | STORED_COMPRESSED, n)
+        if self._encrypted():
             return Status(DATA | ALLOCATED, n)
         flags = DATA | ALLOCATED | OFFSET_VALID
         if self.data_file is None and self._metadata_preallocated():

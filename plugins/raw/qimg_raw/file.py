@@ -39,3 +39,12 @@ class FileFormat(RawFormat):
     @classmethod
     def measure(cls, size: int | None, opts: dict[str, Any], source=None) -> dict[str, int]:
         raise NotSupported("Block driver 'file' does not support size measurement")
+
+    def child_nodes(self) -> list:
+        return []  # the protocol itself: no node below it
+
+    def format_specific_info(self) -> dict[str, Any] | None:
+        from qimg.compat import has
+
+        # qemu-img 10.0 reports the file protocol's own info (7.2: none)
+        return self.file.specific_info() if has("file-specific-info") else None

@@ -271,6 +271,14 @@ class VmdkFormat(Format):
                 f.close()
             raise
 
+    def child_nodes(self) -> list:
+        """QEMU opens each extent line's file as a child ``extents.N`` (N counts the extents
+        before it), listed newest first, then the descriptor's ``file``; a sparse image that
+        is its own extent has ``file`` alone."""
+        out = [(f"extents.{i}", e.file) for i, e in enumerate(self.extents)
+               if e.file is not None and e.file is not self.file]
+        return out[::-1] + [("file", self.file)]
+
     def _read_desc(self, file: Any, offset: int, limit: int = DESC_READ) -> bytes:
         """QEMU's vmdk_read_desc: at most 1 MiB - 1 bytes from ``offset`` (zeroes past the end);
         ``limit`` reads less where only the magic matters (a sparse extent's head)."""

@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 from qimg import limits
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO
+from qimg.blockstatus import COMPRESSED as STORED_COMPRESSED
 from qimg.errors import CorruptImage, NotSupported, QimgError
 from qimg.image import zero_fill
 from qimg.tables import le32_bytes as _le32
@@ -361,7 +362,7 @@ class SparseExtent(Extent):
         if kind == ZEROES:
             return ZERO | ALLOCATED, k, None
         if kind in (COMPRESSED, PENDING):
-            return DATA | ALLOCATED, k, None
+            return DATA | ALLOCATED | STORED_COMPRESSED, k, None
         return DATA | ALLOCATED | OFFSET_VALID, k, host
 
     # -- reads ---------------------------------------------------------------------------------
