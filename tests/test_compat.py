@@ -254,10 +254,9 @@ def test_rebase_copies_as_qemu(tmp_path, qemu_img, qimg, case):
 
 
 def test_rebase_compress(tmp_path):
-    """``rebase -c`` (qemu-img 10.0) through the library: the same guest view and allocation as
-    qemu-img 10.0's; it compresses a request's clusters in parallel, so their order varies."""
-    import qimg
-    from qimg.ops.rebase import rebase
+    """``rebase -c`` (qemu-img 10.0): the same guest view and allocation as qemu-img 10.0's; it
+    compresses a request's clusters in parallel, so their order varies."""
+    from cli_support import run_qimg
 
     exe, env = need_qemu10("qemu-img")
     steps = ["create -f qcow2 -o cluster_size=4k old.qcow2 4M", "io old.qcow2 write -P 1 0 3M",
@@ -272,8 +271,8 @@ def test_rebase_compress(tmp_path):
     p = subprocess.run(["qemu-img", "rebase", "-c", "-b", "new.qcow2", "-F", "qcow2", "top.qcow2"],
                        executable=exe, env=env, cwd=q, capture_output=True)
     assert p.returncode == 0, p.stderr
-    with qimg.open(str(m / "top.qcow2"), "qcow2", writable=True) as img:
-        rebase(img, "new.qcow2", "qcow2", compress=True)
+    r = run_qimg("rebase", "-c", "-b", "new.qcow2", "-F", "qcow2", "top.qcow2", cwd=m, profile="10.0")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
     def view(d):
         r = subprocess.run([QEMU72, "map", "--output=json", "top.qcow2"], capture_output=True, cwd=d, text=True)
@@ -296,3 +295,18 @@ def test_rebase_compress_needs_a_compressing_format(tmp_path):
     with qimg.open(str(tmp_path / "top.qed"), "qed", writable=True) as img:
         with pytest.raises(QimgError, match="^Compression not supported for this file format$"):
             rebase(img, "", None, compress=True)
+
+
+def test_rebase_compress_cli_refused(tmp_path):
+    """``rebase -c`` on a format without compression: qemu-img 10.0's message and exit code;
+    ``-c`` is no option of 7.2's rebase."""
+    from cli_support import run_qimg
+
+    exe, env = need_qemu10("qemu-img")
+    make("create", "-q", "-f", "qed", "top.qed", "1M", cwd=tmp_path)
+    p = subprocess.run(["qemu-img", "rebase", "-c", "-b", "", "top.qed"], executable=exe, env=env, cwd=tmp_path,
+                       capture_output=True, text=True)
+    r = run_qimg("rebase", "-c", "-b", "", "top.qed", cwd=tmp_path, profile="10.0")
+    assert p.returncode == 1 and (r.returncode, r.stdout, as_qemu(r.stderr)) == (p.returncode, p.stdout, p.stderr)
+    r = run_qimg("rebase", "-c", "-b", "", "top.qed", cwd=tmp_path, profile="7.2")
+    assert r.returncode == 1 and ("invalid option" in r.stderr or "unrecognized option" in r.stderr), r.stderr

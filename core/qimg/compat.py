@@ -32,7 +32,7 @@ FEATURES: dict[str, str] = {
     "negative-size-out-of-range": "10.0",
     "hex-size-suffix-refused": "10.0",
     # bench's counts and convert -m are checked as integers in a range (cvtnum's messages)
-    "range-checked-numbers": "10.0",
+    "range-checked-numbers": "10.0",  # also dd's count= and skip=
     # snapshot with no -l/-a/-c/-d lists (7.2: opens the image for writing, does nothing)
     "snapshot-lists-by-default": "10.0",
     # standard options without a command are a usage error (7.2: only no arguments at all)

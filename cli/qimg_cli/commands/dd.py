@@ -30,14 +30,17 @@ if TYPE_CHECKING:
 
 
 def run(p: Parsed) -> None:
+    from qimg.compat import has
     from qimg.errors import QimgError
 
-    from ..common import INT_MAX, cvtnum, warn
+    from ..common import INT64_MAX, INT_MAX, cvtint, cvtnum, warn
     from ..copyopts import open_named
 
     out_fmt = p.out_fmt if p.out_fmt is not None else "raw"
     bs = 512
     count = skip = None
+    # qemu-img 10.0 reads count= and skip= as integers (C notation, no suffixes), 7.2 as sizes
+    blocks = (lambda what, v: cvtint(what, v, 0, INT64_MAX)) if has("range-checked-numbers") else cvtnum
     in_name = out_name = None
     for arg in p.args:
         key, eq, value = arg.partition("=")
@@ -46,9 +49,9 @@ def run(p: Parsed) -> None:
         if key == "bs":
             bs = cvtnum("bs", value, 1, INT_MAX)
         elif key == "count":
-            count = cvtnum("count", value)
+            count = blocks("count", value)
         elif key == "skip":
-            skip = cvtnum("skip", value)
+            skip = blocks("skip", value)
         elif key == "if":
             in_name = value
         else:

@@ -58,7 +58,7 @@ def run(p: Parsed) -> None:
         try:
             from qimg.ops.rebase import rebase
 
-            rebase(img, p.backing, p.backing_fmt, unsafe=p.unsafe, force_share=p.force_share,
+            rebase(img, p.backing, p.backing_fmt, unsafe=p.unsafe, force_share=p.force_share, compress=p.compress,
                    progress=bar.update if progress else None)
         finally:
             img.close()
