@@ -80,6 +80,7 @@ def test_help(raw_dir, args):
     assert strip(mine_lines) == strip(their_lines)
 
 
+@pytest.mark.oracle_72("qemu-img only makes the image; qimg's own registry is under test")
 def test_help_lists_registered_formats(raw_dir):
     from qimg.plugins import get_registry
 
@@ -146,8 +147,10 @@ def test_subprocess_entry_point(raw_dir):
     mine = run_qimg_subprocess("info", "--output=json", "a.raw", cwd=raw_dir)
     theirs = run_qemu("info", "--output=json", "a.raw", cwd=raw_dir)
     assert (mine.returncode, mine.stdout) == (theirs.returncode, theirs.stdout)
-    bad = run_qimg_subprocess("info", cwd=raw_dir)
-    assert bad.returncode == 1 and bad.stderr == "qimg: Expecting one image file name\nTry 'qimg --help' for more information\n"
+    bad, theirs = run_qimg_subprocess("info", cwd=raw_dir), run_qemu("info", cwd=raw_dir)
+    assert bad.returncode == theirs.returncode == 1
+    assert bad.stderr == theirs.stderr.replace("qemu-img", "qimg")
+    assert bad.stderr.startswith("qimg: Expecting one image file name\nTry 'qimg ")
 
 
 def test_object_secret_accepted(raw_dir):
