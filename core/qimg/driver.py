@@ -250,9 +250,9 @@ class Format:
         """This image's children in QEMU's block graph, as ``info`` lists them (qemu-img 10.0):
         ``(child name, protocol)`` in QEMU's order. Default: the image's file, ``file``. A
         driver with more files lists them (vmdk: its extents, newest child first, then
-        ``file``), one whose image is a protocol (``-f file``) none. A qcow2 data file is not
-        listed: qemu-img info does not open it."""
-        return [("file", self.file)]
+        ``file``). A qcow2 data file is not listed: qemu-img info does not open it. A protocol
+        named as the format (``-f file``, ``-f nbd``) is the node itself: none."""
+        return [] if self.is_protocol else [("file", self.file)]
 
     def info_extra(self) -> dict[str, Any]:
         """Extra top-level ``info`` keys (``cluster-size``, ``encrypted``, ``dirty-flag``...).

@@ -40,9 +40,6 @@ class FileFormat(RawFormat):
     def measure(cls, size: int | None, opts: dict[str, Any], source=None) -> dict[str, int]:
         raise NotSupported("Block driver 'file' does not support size measurement")
 
-    def child_nodes(self) -> list:
-        return []  # the protocol itself: no node below it
-
     def format_specific_info(self) -> dict[str, Any] | None:
         from qimg.compat import has
 
