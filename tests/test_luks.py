@@ -4,6 +4,7 @@ writes open in QEMU (and in cryptsetup) with the same passphrase, and create, me
 info, map, check and the errors match qemu-img."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -337,10 +338,19 @@ def test_create_errors_as_qemu(opts, existing, tmp_path, qemu_img, qimg):
             path.write_bytes(b"keep")
         r = qemu_tool_retry(tool, "create", *objs, "-f", "luks", "-o", opts, str(path), "1M") \
             if tool is qemu_img else tool("create", *objs, "-f", "luks", "-o", opts, str(path), "1M")
+        # what is left of the file as its length and a digest (a failing comparison of whole
+        # files made pytest's diff run for minutes)
+        left = path.read_bytes() if path.exists() else None
         sizes[name] = (r.returncode, as_qemu(r.stderr).replace(name, "X"),
-                       path.read_bytes() if path.exists() else None)
-    assert sizes["b.luks"] == sizes["a.luks"]
-    assert sizes["a.luks"][0] == 1
+                       None if left is None else (len(left), hashlib.sha256(left).hexdigest()))
+    e, g = sizes["a.luks"], sizes["b.luks"]
+    if e[0] == 0:
+        # created by both (10.0 has sm3): random keys, so only the outcome and size compare
+        assert (g[0], g[1], g[2] and g[2][0]) == (e[0], e[1], e[2] and e[2][0])
+        assert opts == "key-secret=sec0,hash-alg=sm3", "only 10.0's sm3 creates here"
+    else:
+        assert g == e
+        assert e[0] == 1
 
 
 @pytest.mark.parametrize("args", [
@@ -570,8 +580,8 @@ def test_luks2_as_qemu(tmp_path, qemu_img, qemu_img_10, qimg, monkeypatch):
                  ["convert", *OBJ, "-O", "raw", "--image-opts", iopts("v2.img"), "o.raw"]):
         for oracle, env in ((qemu_img, {"QIMG_COMPAT": "7.2"}), (qemu_img_10, {"QIMG_COMPAT": "10.0"})):
             exp, got = oracle(*args), qimg(*args, env=env)
-            if exp.returncode == 0:  # a raw image's info: 10.0 adds the child node (compat-10's part)
-                assert got.returncode == 0 and got.stdout == exp.stdout.split("Child node")[0], args
+            if exp.returncode == 0:  # a raw image's info (10.0 with its child node)
+                assert got.returncode == 0 and got.stdout == exp.stdout, args
                 assert "file format: raw" in got.stdout
             else:
                 assert (got.returncode, as_qemu(got.stderr)) == (exp.returncode, exp.stderr), args
