@@ -45,6 +45,7 @@ NOT_YET_DUAL: dict[str, str] = {
     "test_measure.py::test_glibc_usage_messages_then_help": "7.2's measure prints the global help after getopt's words",
     "test_nbd.py::test_unreachable_and_bad_names": "qemu-img 10.0 prints a GLib assertion line first (its bug)",
     "test_measure.py::test_size_syntax": "size syntax: qemu_strtosz's fractions (10.0 reads '.5M')",
+    "test_luks.py::test_luks2_as_qemu": "runs both oracles itself (qemu_img and qemu_img_10, each with its profile)",
 }
 
 #: cli_support functions that run the oracle, and those that run qimg's command line
