@@ -45,7 +45,14 @@ NOT_YET_DUAL: dict[str, str] = {
     "test_measure.py::test_glibc_usage_messages_then_help": "7.2's measure prints the global help after getopt's words",
     "test_nbd.py::test_unreachable_and_bad_names": "qemu-img 10.0 prints a GLib assertion line first (its bug)",
     "test_measure.py::test_size_syntax": "size syntax: qemu_strtosz's fractions (10.0 reads '.5M')",
-    "test_luks.py::test_luks2_as_qemu": "runs both oracles itself (qemu_img and qemu_img_10, each with its profile)",
+    "test_luks.py::test_luks2_as_qemu": "runs both oracles itself (qemu_img and qemu_img_10, each with its profile)",    "test_blkdebug.py::test_forms": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
+    "test_file_driver.py::test_host_device": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
+    "test_http.py::test_info_as_qemu": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
+    "test_http.py::test_map_check_compare_as_qemu": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
+    "test_ssh.py::test_info_as_qemu": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
+    "test_program_name.py::test_help_is_qemu_imgs_under_its_name": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
+    "test_qcow2_snapshot_table.py::test_short_extra_data": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
+    "test_qcow2_snapshot_table.py::test_too_many_snapshots_repaired": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
 }
 
 #: cli_support functions that run the oracle, and those that run qimg's command line
