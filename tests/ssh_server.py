@@ -19,27 +19,9 @@ import socket
 import subprocess
 import time
 
-import pytest
+from web_server import _need, free_port  # one copy of the servers' helpers
 
 READY_TIMEOUT = 30.0
-
-
-def _need(tool: str, package: str) -> str:
-    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.access(f"/usr/sbin/{tool}", os.X_OK) else None)
-    if path is None:
-        msg = f"{tool} (Debian package {package}) is not installed"
-        if os.environ.get("CI"):
-            pytest.fail(msg + " but CI is set: the server is required")
-        pytest.skip(msg)
-    return path
-
-
-def free_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _wait(what: str, ready, proc: subprocess.Popen) -> None:

@@ -578,3 +578,16 @@ class FileProtocol(Protocol):
             return True
         except (OSError, AttributeError):
             return False
+
+
+def nested_options(driver: str, given: dict[str, Any]) -> dict[str, Any]:
+    """QEMU's nested form of flat dotted options (``server.host`` -> ``{"server": {"host": ...}}``)
+    under ``driver``: what a protocol's ``json_options`` gives for ``json:{...}`` names."""
+    out: dict[str, Any] = {"driver": driver}
+    for key, value in given.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out

@@ -119,14 +119,9 @@ class NBDProtocol(Protocol):
         return self.filename
 
     def json_options(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"driver": "nbd"}
-        for key, value in self.given.items():
-            node = out
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        return out
+        from qimg.protocol import nested_options
+
+        return nested_options("nbd", self.given)
 
     def dirname(self) -> str:
         raise QimgError("Cannot generate a base directory for NBD nodes")

@@ -343,14 +343,9 @@ class SshProtocol(Protocol):
         return self.filename if self._plain_server else None
 
     def json_options(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"driver": "ssh"}
-        for key, value in self.given.items():
-            node = out
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        return out
+        from qimg.protocol import nested_options
+
+        return nested_options("ssh", self.given)
 
     def dirname(self) -> str:
         if self.legacy_check is not None:
