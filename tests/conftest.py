@@ -243,3 +243,18 @@ def pytest_collection_modifyitems(session, config, items):
         import random
 
         random.Random(seed).shuffle(items)
+
+
+@pytest.fixture(scope="session")
+def ceph():
+    """A real single-node Ceph (RBD pool and radosgw S3), shared by the run's workers
+    (tests/ceph_cluster.py); skipped without the Ceph packages, failing with CI set."""
+    from ceph_cluster import Cluster, need_ceph
+
+    need_ceph()
+    cluster = Cluster()
+    info = cluster.start()
+    try:
+        yield info
+    finally:
+        cluster.stop()
