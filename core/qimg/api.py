@@ -457,7 +457,7 @@ def open(  # noqa: A001 - the natural name for the public API
     if bad is not None:
         img.close()
         raise QimgError(prefix + bad)
-    if t.user_keys and not getattr(type(img.driver), "protocol_class", None):
+    if t.user_keys and type(img.driver).protocol_class is None:
         # (a protocol named as the driver is named by its own exact name, set by _open_node)
         img.display_name = _json_name(img, t.given) or img.display_name
     if t.fmt is None and writable and img.format == "raw" and probe_warning:

@@ -122,6 +122,8 @@ class Format:
     #: the driver is a protocol used as the format (``-f file``): QEMU words refusals of its
     #: options "Block protocol 'x' doesn't support the option"
     is_protocol: ClassVar[bool] = False
+    #: with ``is_protocol``: the protocol class this format node stands for (:mod:`qimg.protofmt`)
+    protocol_class: ClassVar[type[Protocol] | None] = None
     #: where the image puts its clusters depends on how writes are split (qed allocates a
     #: table after the data of the first write into it): ``convert`` then splits its writes
     #: where QEMU's would be (each source driver's ``qemu_status_end``), costlier but the same layout
@@ -143,16 +145,43 @@ class Format:
     #: optional: defaults that line shows for options not given (``{"cluster_size": "65536"}``).
     #: None: each ``Option.default`` that is not None (booleans as on/off).
     create_print_defaults: ClassVar[dict[str, str] | None] = None
+    #: what a refused ``create`` leaves, as QEMU's driver leaves it: "empty" (QEMU created the
+    #: file empty before checking the options: the core creates it first), "delete" (QEMU
+    #: removes what it made), None (the file is left as it was; the driver made nothing)
+    create_failure: ClassVar[str | None] = None
+    #: one open image may serve reads from several threads at once (``convert``'s and
+    #: ``compare``'s reader pool): its caches are safe for concurrent use. Default False: the
+    #: core then reads it from one thread (raw is always read in parallel: plain ``preadv``)
+    thread_safe_reads: ClassVar[bool] = False
+    #: the image's file is plain guest data, as raw's: other users may share it as QEMU lets
+    #: them share a raw node's child (:mod:`qimg.locking`). None: only the ``raw`` format is
+    lock_as_filter: ClassVar[bool | None] = None
+    #: ``create`` needs a passphrase (``key-secret``) for every image (luks): the conformance
+    #: suite (:mod:`qimg.testing`) leaves such formats out of its keyless cases
+    needs_secret: ClassVar[bool] = False
+    #: compressed writes can be prepared in worker threads (:meth:`compress_cluster`) and
+    #: placed in order (:meth:`write_compressed_cluster`): ``convert -c`` then compresses in
+    #: parallel. Default False: ``convert -c`` calls :meth:`write_compressed` cluster by cluster
+    parallel_compression: ClassVar[bool] = False
 
     # -- set by open --------------------------------------------------------
+    #: the protocol node all I/O goes through
     file: "Protocol"
+    #: the image's name as given
     filename: str
+    #: opened for writing
     writable: bool
+    #: the open options given (``--image-opts``/``json:`` keys, ``locking``, ``untrusted``...)
+    options: dict[str, Any]
+    #: the opened backing image (set by the core after open), or None
     backing: "Image | None" = None
     #: backing file name as recorded in the image (not resolved), or None
     backing_filename: str | None = None
     #: backing format as recorded, or None
     backing_format: str | None = None
+    #: the unit a partial write allocates when smaller than the cluster (qcow2's extended L2
+    #: subcluster): qemu-img 10.0's ``rebase`` aligns its copies to it. None: the cluster
+    subcluster_size: int | None = None
 
     # -- static -------------------------------------------------------------
     @classmethod
@@ -188,6 +217,30 @@ class Format:
         """Virtual (guest) size in bytes."""
         raise NotImplementedError
 
+    def qemu_status_end(self, offset: int) -> int | None:
+        """Where one QEMU block-status call starting at ``offset`` ends at the latest (one
+        cluster, block, grain or L2 table's range, as the QEMU driver answers): ``compare -s``
+        and ``convert`` of layouts that follow requests split their runs there. None (the
+        default): the driver's own runs are QEMU's."""
+        return None
+
+    def host_files(self) -> list[Protocol]:
+        """Every protocol node this open image writes through: its file, and a data file the
+        image names (qcow2 ``data_file``). ``convert``'s cache=unsafe applies to each. Default:
+        the image's file."""
+        return [self.file]
+
+    def plain_host_range(self) -> tuple[Protocol, int] | None:
+        """``(file, offset)`` when the whole image is stored plainly in ``file`` from
+        ``offset`` on (raw): ``convert -C`` may then copy host ranges into it. Default None."""
+        return None
+
+    def supports_persistent_bitmaps(self) -> bool:
+        """This open image can hold persistent dirty bitmaps (``convert --bitmaps``, ``bitmap``):
+        by default whether the driver implements :meth:`bitmap_add`. A driver whose images
+        differ by version says so here (a qcow2 v2 image cannot hold bitmaps)."""
+        return type(self).bitmap_add is not Format.bitmap_add
+
     # -- I/O of this layer ----------------------------------------------------
     def block_status(self, offset: int, length: int) -> Status:
         """Status of the run starting at ``offset`` (``0 < result.length <= length``).
@@ -210,6 +263,16 @@ class Format:
         """Write one whole cluster compressed (``convert -c``)."""
         raise NotSupported("Compression is not supported for this image format")
 
+    def compress_cluster(self, data: memoryview) -> object:
+        """With ``parallel_compression``: compress one whole cluster of guest data, in any
+        thread (no state is touched). The result goes to :meth:`write_compressed_cluster`."""
+        raise NotSupported(f"Format driver '{self.format_name}' does not support compressed writes")
+
+    def write_compressed_cluster(self, offset: int, prepared: object) -> None:
+        """With ``parallel_compression``: store what :meth:`compress_cluster` made for the cluster
+        at guest ``offset`` (called in cluster order, from one thread)."""
+        raise NotSupported(f"Format driver '{self.format_name}' does not support compressed writes")
+
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
         """Make a range read as zeroes (in this layer, hiding the backing image)."""
         from .protocol import ZERO_CHUNK
@@ -224,6 +287,7 @@ class Format:
         """Deallocate a range if the format can; reads may then fall through to backing."""
 
     def flush(self) -> None:
+        """Make written data and metadata stable (the file's flush by default)."""
         self.file.flush()
 
     def close(self) -> None:
@@ -262,6 +326,8 @@ class Format:
         return {}
 
     def truncate(self, size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
+        """Change the virtual size (``resize``); ``shrink`` allows a smaller one, ``preallocation``
+        applies to the grown area. Default: qemu-img's refusal."""
         raise NotSupported("Image format driver does not support resize")
 
     def check(self, fix: set[str]) -> CheckResult:
@@ -269,6 +335,7 @@ class Format:
         raise NotSupported("This image format does not support checks", exit_code=63)
 
     def amend(self, opts: dict[str, Any], progress: ProgressFn | None = None, force: bool = False) -> None:
+        """Change create options of this image in place (``amend -o``; only ``amend_opts``)."""
         raise NotSupported(f"Format driver '{self.format_name}' does not support option amendment")
 
     def make_empty(self) -> None:
@@ -281,15 +348,19 @@ class Format:
 
     # -- snapshots ----------------------------------------------------------
     def snapshot_list(self) -> list[SnapshotInfo]:
+        """The internal snapshots, in the image's order (``snapshot -l``, ``info``). Default: none."""
         return []
 
     def snapshot_create(self, name: str) -> None:
+        """Take an internal snapshot of the current state named ``name`` (``snapshot -c``)."""
         raise NotSupported("Operation not supported")
 
     def snapshot_goto(self, id_or_name: str) -> None:
+        """Make a snapshot's state the current one (``snapshot -a``)."""
         raise NotSupported("Operation not supported")
 
     def snapshot_delete(self, id_or_name: str | None, name: str | None = None) -> None:
+        """Delete a snapshot by id or name (``snapshot -d``)."""
         raise NotSupported("Operation not supported")
 
     def snapshot_load_readonly(self, snapshot_id: str | None, name: str | None) -> None:
@@ -300,18 +371,24 @@ class Format:
     # Each raises NotSupported by default with qemu-img's message for a format without
     # persistent bitmaps. ``granularity`` None means the driver's default.
     def bitmap_add(self, name: str, granularity: int | None = None) -> None:
+        """Add an empty persistent dirty bitmap (``bitmap --add``). Implementing it makes
+        :meth:`supports_persistent_bitmaps` true by default."""
         raise NotSupported(f"Can't store persistent bitmaps to {self.filename}: Operation not supported")
 
     def bitmap_remove(self, name: str) -> None:
+        """Remove a persistent bitmap (``bitmap --remove``)."""
         raise NotSupported(f"Dirty bitmap '{name}' not found")
 
     def bitmap_clear(self, name: str) -> None:
+        """Clear every bit of a persistent bitmap (``bitmap --clear``)."""
         raise NotSupported(f"Dirty bitmap '{name}' not found")
 
     def bitmap_enable(self, name: str) -> None:
+        """Mark a bitmap as recording writes (``bitmap --enable``)."""
         raise NotSupported(f"Dirty bitmap '{name}' not found")
 
     def bitmap_disable(self, name: str) -> None:
+        """Mark a bitmap as not recording writes (``bitmap --disable``)."""
         raise NotSupported(f"Dirty bitmap '{name}' not found")
 
     def bitmap_merge(self, name: str, source_image: "Image", source_name: str) -> None:
@@ -321,6 +398,7 @@ class Format:
     # -- cluster geometry (convert, measure, map use it for alignment) --------
     @property
     def cluster_size(self) -> int | None:
+        """The allocation unit (``info``'s cluster_size, ``convert -c``'s unit), or None."""
         return None
 
 

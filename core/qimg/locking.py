@@ -166,7 +166,7 @@ def is_filter_format(format_name: str, cls: Any = None) -> bool:
 
     A driver may set ``lock_as_filter = True`` to be treated like raw.
     """
-    if cls is not None and getattr(cls, "lock_as_filter", None) is not None:
+    if cls is not None and cls.lock_as_filter is not None:
         return bool(cls.lock_as_filter)
     return format_name == "raw"
 
@@ -224,6 +224,4 @@ def lock_image(image: Any, perm: int, shared: int) -> None:
     qemu-img's reopen does.
     """
     file = image.driver.file
-    setter = getattr(file, "set_perms", None)
-    if setter is not None:
-        setter(perm, shared)
+    file.set_perms(perm, shared)

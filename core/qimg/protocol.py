@@ -77,12 +77,20 @@ class Protocol:
     #: such a protocol's pread/preadinto must then be safe to call from several threads)
     parallel_reads: ClassVar[int] = 1
 
+    #: the name as given (with the protocol's prefix)
     filename: str
+    #: opened for writing
     writable: bool
     #: cache=unsafe (qemu-img convert's default): flush() does not reach the disk
     unsafe_cache: bool = False
     #: QEMU's bdrv_get_info works on this protocol: its ``info`` node has a "dirty-flag"
     reports_dirty_flag: bool = False
+    #: the node is a block device (``convert`` cannot assume a new target reads as zeroes)
+    is_block: bool = False
+
+    def start_parallel(self, readers: int) -> None:
+        """A bulk copy is about to read with ``readers`` threads (at most ``parallel_reads``): a
+        latency-bound protocol may open more connections now. Default: nothing to do."""
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -174,9 +182,11 @@ class Protocol:
         return len(data)
 
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        """Write all of ``data`` at ``offset`` (a short write is an error)."""
         raise NotImplementedError
 
     def size(self) -> int:
+        """The node's length in bytes."""
         raise NotImplementedError
 
     def truncate(self, size: int) -> None:
@@ -188,10 +198,10 @@ class Protocol:
         protocol, in qemu-img's words (``Cannot resize NBD nodes``); the default allows it."""
 
     def flush(self) -> None:
-        pass
+        """Make written data stable (nothing to do by default; ``unsafe_cache`` skips it)."""
 
     def close(self) -> None:
-        pass
+        """Release the node (connections, descriptors); called once."""
 
     def allocated_size(self) -> int | None:
         """Bytes actually used on the host (``disk size``), or None if unknown (``unavailable``)."""

@@ -133,7 +133,7 @@ def check_file(opts: MutableMapping[str, Any], prefix: str = "file.") -> None:
 
 def runtime_types(cls: type) -> Mapping[str, str]:
     """The option types a driver declares (``runtime_options`` as a dict; a set types nothing)."""
-    declared = getattr(cls, "runtime_options", None)
+    declared = cls.runtime_options
     return declared if isinstance(declared, dict) else {}
 
 

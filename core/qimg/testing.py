@@ -60,7 +60,7 @@ def creatable_formats() -> list[str]:
     names = []
     for name in reg.format_names():
         cls = reg.format(name).load()
-        if getattr(cls, "needs_secret", False):
+        if cls.needs_secret:
             continue
         if getattr(cls, "create", None) is not None and cls.create.__func__ is not Format.create.__func__:
             names.append(name)

@@ -204,7 +204,7 @@ def _refuse_writers(img, name: str) -> None:  # noqa: ANN001 - qimg.image.Image
     from qimg import locking
     from qimg.errors import QimgError
 
-    if locking.locking_disabled(getattr(img.driver, "options", None)):
+    if locking.locking_disabled(img.driver.options):
         return
     perm, shared = locking.wanted(img.format, writable=False, no_share=True, cls=type(img.driver))
     try:

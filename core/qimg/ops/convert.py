@@ -185,10 +185,10 @@ def _copy_range_fn(sources: list["Image"], target: "Image") -> Callable[[int, in
     """copy_file_range between host files when both ends store data plainly (``-C``)."""
     from ..protocol import FileProtocol
 
-    dst_file = getattr(target.driver, "file", None)
-    if (len(sources) != 1 or target.format != "raw" or getattr(target.driver, "offset", 0)
-            or not isinstance(dst_file, FileProtocol)):
+    plain = target.driver.plain_host_range()
+    if len(sources) != 1 or plain is None or plain[1] != 0 or not isinstance(plain[0], FileProtocol):
         return None
+    dst_file = plain[0]
     src = sources[0]
     chain = src.chain()
 
@@ -198,7 +198,7 @@ def _copy_range_fn(sources: list["Image"], target: "Image") -> Callable[[int, in
             return False
         if st.flags & ZERO or st.host_offset is None or st.depth >= len(chain):
             return False
-        proto = getattr(chain[st.depth].driver, "file", None)
+        proto = chain[st.depth].driver.file
         if not isinstance(proto, FileProtocol) or proto.filename != st.file:
             return False
         return proto.copy_range_to(dst_file, st.host_offset, offset, length)
@@ -209,10 +209,8 @@ def _copy_range_fn(sources: list["Image"], target: "Image") -> Callable[[int, in
 def _never_sync(target: "Image") -> None:
     """cache=unsafe (convert's default): flushes, including the driver's own on close, do not
     reach the disk, as in qemu-img (an fdatasync of a fresh 1 GiB target costs ~0.5 s)."""
-    for name in ("file", "data_file"):
-        proto = getattr(target.driver, name, None)
-        if proto is not None:
-            proto.unsafe_cache = True
+    for proto in target.driver.host_files():
+        proto.unsafe_cache = True
 
 
 def _create_target(filename: str, opts: ConvertOptions, size: int) -> None:
@@ -359,7 +357,7 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         target = _open_target(target_filename, opts)
         if opts.cache == "unsafe":
             _never_sync(target)
-        if opts.bitmaps and not _supports_bitmaps(type(target.driver), target.driver):
+        if opts.bitmaps and not target.driver.supports_persistent_bitmaps():
             raise QimgError(f"Format driver '{target.format}' does not support bitmaps")
         if opts.no_create and target.size < total:
             raise QimgError("output file is smaller than input file")
@@ -376,7 +374,7 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             zero_init = opts.target_is_zero
         else:
             zero_init = (type(target.driver).zero_init and not has_backing
-                         and not getattr(target.driver.file, "is_block", False))
+                         and not target.driver.file.is_block)
         total_done = [0]
         copier = Copier(
             target, concat_reader(sources, opts.salvage, warn), zero_init=zero_init,
@@ -426,19 +424,10 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
 
 
 # -- persistent bitmaps (through the driver's bitmap_* interface) ----------------------
-def _supports_bitmaps(cls: type, driver: object = None) -> bool:
-    from ..driver import Format
-
-    if getattr(cls, "bitmap_add", Format.bitmap_add) is Format.bitmap_add:
-        return False
-    # a qcow2 v2 image (compat=0.10) cannot hold persistent bitmaps
-    return getattr(getattr(driver, "header", None), "version", 3) >= 3
-
-
 def _check_bitmaps(sources: list["Image"], skip_broken: bool) -> None:
     if len(sources) != 1:
         raise QimgError("Copying bitmaps only possible with single source")
-    if not _supports_bitmaps(type(sources[0].driver), sources[0].driver):
+    if not sources[0].driver.supports_persistent_bitmaps():
         raise QimgError("Source lacks bitmap support")
     if not skip_broken:
         # QEMU walks its bitmap list, the directory's last bitmap first
@@ -458,7 +447,7 @@ def _copy_bitmaps(src: "Image", dst: "Image", skip_broken: bool,
                   warn: Callable[[str], None] | None = None) -> None:
     """Copy every persistent bitmap: add with the same granularity, merge the bits, keep the
     disabled state (qemu-img's ``--bitmaps``)."""
-    if not _supports_bitmaps(type(dst.driver)):
+    if not dst.driver.supports_persistent_bitmaps():
         raise QimgError(f"Format driver '{dst.format}' does not support bitmaps")
     bitmaps = _list_bitmaps(src)
     # skipped ones are reported as QEMU walks its bitmap list (the directory's last first)

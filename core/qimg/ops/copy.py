@@ -71,9 +71,10 @@ def qemu_run_length(img: "Image", offset: int, n: int, depth: int) -> int:
     for _ in range(depth + 1):
         if layer is None:
             break
-        end = getattr(layer.driver, "qemu_status_end", None)
-        if end is not None and offset < layer.size:
-            n = max(1, min(n, end(offset) - offset))
+        if offset < layer.size:
+            end = layer.driver.qemu_status_end(offset)
+            if end is not None:
+                n = max(1, min(n, end - offset))
         layer = layer.backing
     return n
 
@@ -86,7 +87,7 @@ def parallel_safe(*images: "Image") -> bool:
     """
     for img in images:
         for layer in img.chain():
-            if layer.format != "raw" and not getattr(type(layer.driver), "thread_safe_reads", False):
+            if layer.format != "raw" and not type(layer.driver).thread_safe_reads:
                 return False
     return True
 
@@ -99,15 +100,13 @@ def prepare_parallel_reads(*images: "Image") -> int:
     protos = []
     for img in images:
         for layer in img.chain():
-            proto = getattr(layer.driver, "file", None)
-            want = getattr(proto, "parallel_reads", 1)
+            proto = layer.driver.file
+            want = proto.parallel_reads
             if want > 1:
                 protos.append(proto)
                 n = max(n, want)
     for proto in protos:
-        start = getattr(proto, "start_parallel", None)
-        if start is not None:
-            start(n)
+        proto.start_parallel(n)
     return n
 
 
@@ -314,10 +313,9 @@ class Copier:
         self._done = 0
         self._started = 0.0
         drv = target.driver
-        self._prep = getattr(drv, "compress_cluster", None) if compress else None
-        self._write_prep = getattr(drv, "write_compressed_cluster", None) if compress else None
-        if self._prep is None or self._write_prep is None:
-            self._prep = self._write_prep = None
+        parallel = compress and type(drv).parallel_compression
+        self._prep = drv.compress_cluster if parallel else None
+        self._write_prep = drv.write_compressed_cluster if parallel else None
 
     # -- buffers --------------------------------------------------------------------
     def _get_buf(self) -> bytearray:

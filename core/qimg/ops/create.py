@@ -51,7 +51,7 @@ def check_protocol_creates(filename: str) -> None:
     from ..plugins import get_registry
 
     entry = get_registry().protocol_for(filename)
-    if entry is not None and entry.name != "file" and not getattr(entry.load(), "can_create", True):
+    if entry is not None and entry.name != "file" and not entry.load().can_create:
         raise QimgError(f"Protocol driver '{entry.name}' does not support image creation")
 
 
@@ -63,7 +63,7 @@ def protocol_create_opts(filename: str) -> list[Option]:
     entry = get_registry().protocol_for(filename)
     if entry is None or entry.name == "file":
         return list(FILE_CREATE_OPTS)
-    return list(getattr(entry.load(), "create_opts", []) or [])
+    return list(entry.load().create_opts)
 
 
 def merged_opts(first: list[Option], second: list[Option]) -> list[Option]:
@@ -135,20 +135,15 @@ def _default_text(opt: Option) -> str | None:
 def formatting_line(filename: str, fmt: str, cls: "type[Format]", declared: list[Option],
                     texts: dict[str, str]) -> str:
     """``Formatting 'f', fmt=F opt=value ...`` in the driver's declared print order."""
-    # ``format_line_order``/``format_line_defaults``: accepted aliases of the documented names
-    declared_order = getattr(cls, "create_print_order", None) or getattr(cls, "format_line_order", None)
-    if declared_order:
-        order = list(declared_order)
+    if cls.create_print_order:
+        order = list(cls.create_print_order)
     else:
         # QEMU's option lists mostly begin with size and the backing options
         order = [n for n in ("size", "backing_file", "backing_fmt") if n in {o.name for o in cls.create_opts}]
         order += [o.name for o in cls.create_opts if o.name not in order]
     order += [o.name for o in declared if o.name not in order]
-    given_defaults = getattr(cls, "create_print_defaults", None)
-    if given_defaults is None:
-        given_defaults = getattr(cls, "format_line_defaults", None)
-    if given_defaults is not None:
-        defaults = dict(given_defaults)
+    if cls.create_print_defaults is not None:
+        defaults = dict(cls.create_print_defaults)
     else:
         defaults = {o.name: t for o in cls.create_opts if (t := _default_text(o)) is not None}
     types = {o.name: o.type for o in declared}
@@ -181,7 +176,7 @@ def check_protocol_preallocation(filename: str, cls: "type[Format]", typed: dict
         return  # a remote protocol's own create refuses what it cannot do
     if mode not in PREALLOC_NAMES:
         raise QimgError(f"invalid parameter value: {mode}")
-    if mode == "metadata" and not getattr(cls, "takes_preallocation", False):
+    if mode == "metadata" and not cls.takes_preallocation:
         import os
 
         try:
@@ -199,7 +194,7 @@ def run_driver_create(cls: "type[Format]", filename: str, size: int, opts: dict[
     ("delete"); otherwise the file is left alone."""
     import os
 
-    policy = getattr(cls, "create_failure", None)
+    policy = cls.create_failure
     if policy:
         # QEMU's first step: the protocol creates the file; its errors (lock held, permission)
         # leave an existing file as it was

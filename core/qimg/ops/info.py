@@ -78,7 +78,7 @@ def image_info(img: "Image", backing_chain: bool = False) -> dict[str, Any]:
         d["backing-filename"] = drv.backing_filename
         if img.backing is not None:
             full = img.backing.filename
-        elif isinstance(getattr(drv, "file", None), Protocol) and not isinstance(drv.file, FileProtocol):
+        elif isinstance(drv.file, Protocol) and not isinstance(drv.file, FileProtocol):
             full = full_backing_name(drv.file, img.filename, drv.backing_filename)
         else:
             full = resolve_backing_name(img.filename, drv.backing_filename)

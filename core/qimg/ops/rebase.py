@@ -145,7 +145,7 @@ def write_alignment(img: "Image", compress: bool = False) -> int:
     cluster = drv.cluster_size or 0
     if compress:
         return cluster or 1
-    return getattr(drv, "subcluster_size", None) or cluster or 1
+    return drv.subcluster_size or cluster or 1
 
 
 def _allocated_above(top: "Image | None", base: "Image", offset: int, length: int) -> tuple[bool, int]:

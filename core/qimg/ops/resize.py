@@ -68,14 +68,6 @@ def resize(img: "Image", size: str | int, *, shrink: bool = False, preallocation
     total = new_size(current, relative, n, shrink=shrink, preallocation=preallocation)
     trace.event("resize_image", filename=img.filename, old_size=current, new_size=total, shrink=shrink,
                 preallocation=preallocation)
-    if (total > current and img.backing is not None and img.backing.size > current
-            and not getattr(img.driver, "truncate_zero_write", True)):
-        # QEMU zero-fills a new area its backing file would otherwise show through; a driver
-        # that cannot (truncate_zero_write = False) refuses, as in QEMU's bdrv_co_truncate
-        from ..driver import Format
-
-        if type(img.driver).truncate is not Format.truncate:
-            raise QimgError("Block driver does not support requested flags")
     try:
         img.truncate(total, shrink=shrink, preallocation=preallocation)
     except OSError as e:  # the file protocol's failure, worded as QEMU's file driver

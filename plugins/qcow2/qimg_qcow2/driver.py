@@ -11,6 +11,7 @@ from qimg.compat import program
 from qimg.driver import CheckResult, Format, ProgressFn, SnapshotInfo
 from qimg.errors import CorruptImage, QimgError
 from qimg.image import zero_fill
+from qimg.protocol import Protocol
 from qimg.tables import be64_bytes as _to_be
 from qimg.tables import be64_table as _be_array
 
@@ -126,6 +127,9 @@ class Qcow2Format(RefcountMixin, Format):
     #: read/block_status may run in several threads at once (the copy engine's readers): the
     #: table caches are locked, everything else on the read path is a local or a pread
     thread_safe_reads = True
+    #: ``convert -c`` compresses clusters in worker threads (compress_cluster) and places them
+    #: in order (write_compressed_cluster)
+    parallel_compression = True
     #: QEMU 7.2's qcow2 open options (``--image-opts``/``json:``); others are refused as QEMU does
     runtime_options = RUNTIME_OPTIONS
     strong_runtime_options = ("encrypt.key-secret",)
@@ -1684,6 +1688,12 @@ class Qcow2Format(RefcountMixin, Format):
         from .bitmap import bitmaps_mark_dirty
 
         bitmaps_mark_dirty(self, offset, length)
+
+    def supports_persistent_bitmaps(self) -> bool:
+        return self.header.version >= 3  # a v2 image (compat=0.10) cannot hold them
+
+    def host_files(self) -> list[Protocol]:
+        return [self.file] + ([self.data_file] if isinstance(self.data_file, Protocol) else [])
 
     def bitmap_add(self, name: str, granularity: int | None = None, disabled: bool = False) -> None:
         from .bitmap import bitmap_add

@@ -64,9 +64,9 @@ def _max_image_size(cluster_size: int, table_size: int) -> int:
 class QedFormat(Format):
     #: a table is allocated after the data of the first write into it: convert splits writes as qemu-img
     layout_follows_requests = True
-    #: growing cannot zero the new area (QEMU's supported_truncate_flags lack BDRV_REQ_ZERO_WRITE):
-    #: resize refuses when a backing file would show through there
-    truncate_zero_write = False
+    #: (truncate_zeroes_backing_area stays False: growing cannot zero the new area, QEMU's
+    #: supported_truncate_flags lack BDRV_REQ_ZERO_WRITE, so resize refuses when a backing file
+    #: would show through there)
     #: open options besides the block layer's (QEMU's runtime options of this driver)
     runtime_options = frozenset()
     format_name = "qed"

@@ -7,7 +7,7 @@ from qimg.driver import Format
 from qimg.errors import QimgError
 from qimg.options import SIZE, Option
 from qimg.plugins import get_registry
-from qimg.protocol import PREALLOC_MODES, FileProtocol, preallocate
+from qimg.protocol import PREALLOC_MODES, FileProtocol, Protocol, preallocate
 from qimg.protofmt import protocol_status
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
@@ -84,6 +84,9 @@ class RawFormat(Format):
         else:
             self._size = max(0, fsize - self.offset)
             self._fixed = False
+
+    def plain_host_range(self) -> tuple[Protocol, int]:
+        return self.file, self.offset
 
     @property
     def size(self) -> int:
