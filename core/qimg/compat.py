@@ -43,6 +43,10 @@ FEATURES: dict[str, str] = {
     "luks-detached-header": "10.0",
     # LUKS key material overlap test with 64-bit last sectors (ranges_overlap)
     "luks-ranges-overlap": "10.0",
+    # URLs are parsed by GLib (g_uri_parse, g_uri_parse_params): query parameters are split at
+    # '&' only, every piece needs an '=', a repeated name keeps its last value (7.2: QEMU's own
+    # util/uri.c: '&' or ';', empty pieces skipped, a repeated name counts twice)
+    "glib-uri": "10.0",
 }
 
 #: messages whose wording changed -> {first profile with this wording: text}. The CLI fills

@@ -8,6 +8,9 @@ export name, with QEMU's messages for what is wrong.
 """
 from __future__ import annotations
 
+import socket
+
+from qimg import api, compat
 from qimg.errors import QimgError
 
 TYPE_CHECKING = False
@@ -22,10 +25,24 @@ _URL_ERROR = "No valid URL specified"
 _SCHEMES = {"nbd": False, "nbd+tcp": False, "nbd+unix": True}
 
 
+#: the characters RFC 3986 allows in a URI (QEMU 7.2's parser refuses any other; GLib takes them)
+_URI_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;=%")
+
+
 def _unescape(text: str) -> str:
-    """RFC 3986 percent-decoding; a broken escape makes the URL invalid (as QEMU's parser)."""
+    """RFC 3986 percent-decoding; a broken escape makes the URL invalid (as QEMU's parser).
+    An escaped NUL: GLib (10.0) refuses it, 7.2's C strings end there."""
     if "%" not in text:
         return text
+    out = _decode(text)
+    if "\0" in out:
+        if compat.has("glib-uri"):
+            raise QimgError(_URL_ERROR)
+        out = out[:out.index("\0")]
+    return out
+
+
+def _decode(text: str) -> str:
     out = bytearray()
     raw = text.encode("utf-8", "surrogateescape")
     i = 0
@@ -43,31 +60,90 @@ def _unescape(text: str) -> str:
     return out.decode("utf-8", "surrogateescape")
 
 
+def _is_ip(text: str, family: int) -> bool:
+    try:
+        socket.inet_pton(family, text)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _uri_params(query: str) -> list[tuple[str, str]]:
+    """QEMU 7.2's ``query_params_parse``: pieces end at the next '&' (at the next ';' when no
+    '&' is left); empty pieces and "=value" are skipped; a piece without '=' is a name with an
+    empty value; every piece counts, repeated names too."""
+    params = []
+    while query:
+        end = query.find("&")
+        if end < 0:
+            end = query.find(";")
+        if end < 0:
+            end = len(query)
+        part = query[:end]
+        if part and not (part[0] == "=" and len(part) > 1):  # "=value" is ignored (CGI.pm's rule)
+            key, _, value = part.partition("=")
+            params.append((_unescape(key), _unescape(value)))
+        query = query[end + 1:]
+    return params
+
+
+def _glib_params(query: str) -> list[tuple[str, str]] | None:
+    """GLib's ``g_uri_parse_params`` (separator '&'): every piece but an empty last one needs
+    an '='; a repeated name keeps its last value; None when the query is invalid."""
+    table: dict[str, str] = {}
+    pos = 0
+    while pos < len(query):
+        end = query.find("&", pos)
+        if end < 0:
+            end = len(query)
+        key, eq, value = query[pos:end].partition("=")
+        if not eq:
+            return None
+        try:
+            table[_unescape(key)] = _unescape(value)
+        except QimgError:
+            return None
+        pos = end + 1
+    return list(table.items())
+
+
 def parse_url(name: str) -> dict[str, Any]:
     """``nbd[+tcp|+unix]://...`` as options (QEMU's ``nbd_parse_uri``)."""
     scheme, sep, rest = name.partition("://")
     if not sep or scheme not in _SCHEMES:
         raise QimgError(_URL_ERROR)
     is_unix = _SCHEMES[scheme]
-    rest = rest.partition("#")[0]
+    glib = compat.has("glib-uri")
+    if not glib and not _URI_CHARS.issuperset(rest):
+        raise QimgError(_URL_ERROR)
+    rest, _, fragment = rest.partition("#")
+    if not glib and ("#" in fragment or "[" in fragment or "]" in fragment):
+        raise QimgError(_URL_ERROR)
     rest, qsep, query = rest.partition("?")
     authority, slash, path = rest.partition("/")
     path = slash + path
+    if not glib and ("[" in path or "]" in path or "[" in query or "]" in query):
+        raise QimgError(_URL_ERROR)
     if "@" in authority:
         authority = authority.rpartition("@")[2]
     if authority.startswith("["):
         close = authority.find("]")
         if close < 0:
             raise QimgError(_URL_ERROR)
-        host, after = authority[1:close], authority[close + 1:]
+        host, after = _unescape(authority[1:close]), authority[close + 1:]
         if after and not after.startswith(":"):
             raise QimgError(_URL_ERROR)
         port_text = after[1:] if after else None
+        if glib and not _is_ip(host.partition("%")[0], socket.AF_INET6):
+            raise QimgError(_URL_ERROR)  # GLib takes IPv6 addresses (and a zone) only
     else:
         host, colon, port_text = authority.partition(":")
         if not colon:
             port_text = None
+        escaped = "%" in host
         host = _unescape(host)
+        if glib and escaped and (_is_ip(host, socket.AF_INET) or _is_ip(host, socket.AF_INET6)):
+            raise QimgError(_URL_ERROR)  # GLib: an IP address may not be percent-encoded
     port = None
     if port_text is not None and port_text != "":
         if not port_text.isdigit() or not port_text.isascii() or int(port_text) > 65535:
@@ -79,16 +155,15 @@ def parse_url(name: str) -> dict[str, Any]:
         export = export[1:]
     if export:
         opts["export"] = export
-    params: list[tuple[str, str]] = []
-    if qsep and query:
-        for part in query.split("&"):
-            if not part:
-                continue
-            key, _, value = part.partition("=")
-            params.append((_unescape(key), _unescape(value)))
-    if len(params) > 1 or (is_unix and not params) or (not is_unix and params):
+    params = _glib_params(query) if glib else _uri_params(query) if qsep else []
+    if params is None or len(params) > 1 or (is_unix and not params and (qsep or not glib)) or \
+            (not is_unix and params):
         raise QimgError(_URL_ERROR)
     if is_unix:
+        if not qsep:
+            # QEMU 10.0 looks the socket up in a table it never made (no query): GLib complains
+            api.report("GLib: g_hash_table_lookup: assertion 'hash_table != NULL' failed")
+            raise QimgError(_URL_ERROR)
         if host or port is not None or params[0][0] != "socket":
             raise QimgError(_URL_ERROR)
         opts["server.type"] = "unix"
