@@ -51,7 +51,7 @@ FAULTS = {
 class FakeNBD:
     def __init__(self, data: bytearray, faults: dict | None = None, export: str = "",
                  flags: int = FLAG_SEND_FLUSH | FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES | FLAG_SEND_DF,
-                 size: int | None = None, granule: int = 65536) -> None:
+                 size: int | None = None, granule: int = 65536, abstract: bool = False) -> None:
         self.data = data
         self.faults = dict(faults or {})
         self.export = export
@@ -61,7 +61,8 @@ class FakeNBD:
         self.dir = tempfile.mkdtemp(prefix="qimg-nbd-fake-")
         self.path = os.path.join(self.dir, "nbd.sock")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(self.path)
+        # abstract: the same name in the abstract namespace (a NUL first, no file)
+        self.sock.bind("\0" + self.path if abstract else self.path)
         self.sock.listen(16)
         self.conns: list[socket.socket] = []
         self.lock = threading.Lock()

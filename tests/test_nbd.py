@@ -259,6 +259,15 @@ def test_unreachable_and_bad_names(tmp_path, cmd, name):
     "reconnect-delay=x", "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path={sock}",
     "driver=nbd,server.type=unix,server.path={sock},export=" + "e" * 5000,
     "driver=raw,file.driver=nbd,file.filename=nbd+unix:///x?socket={sock}", "driver=nbd,filename=nbd://x",
+    "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},server.ipv4=x",
+    "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},server.ipv4=off,server.ipv6=off",
+    "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},server.to=x",
+    "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},server.to=70000",
+    "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},server.to=-1",
+    "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},server.path=x",
+    "driver=nbd,server.type=unix,server.path={sock},server.tight=x",
+    "driver=nbd,server.type=unix,server.path={sock},server.abstract=on",
+    "driver=nbd,server.type=unix,server.path={sock},server.host=x",
 ])
 def test_option_errors(tmp_path, opts):
     port, sock = _nothing_listens(tmp_path)
@@ -410,3 +419,28 @@ def test_url_spellings_per_profile(tmp_path, servers):
         name = spelling.format(sock=u.sock, port=t.port)
         same(tmp_path, "compare", name, str(img))
         _same10(tmp_path, "compare", name, str(img))
+
+
+def test_socket_address_options(tmp_path, servers):
+    """QEMU's SocketAddress options: accepted and checked; ipv4/ipv6/to leave no URL to name
+    the node (a json: name with the options as given, flat and in QDict order)."""
+    img = tmp_path / "disk.raw"
+    _sparse_raw(img)
+    t = servers("qemu-nbd", img, readonly=True, tcp=True)
+    u = servers("qemu-nbd", img, readonly=True)
+    inet = f"server.type=inet,server.host=127.0.0.1,server.port={t.port},export=exp"
+    unix = f"server.type=unix,server.path={u.sock},export=exp"
+    for extra in ("server.ipv4=on", "server.ipv6=on", "server.ipv4=off", "server.ipv6=off,server.to=9",
+                  "server.ipv4=yes,server.ipv6=true", "server.numeric=on", "server.keep-alive=on", "server.mptcp=off",
+                  "server.to=5,server.keep-alive=off"):
+        file_opts = ",".join("file." + kv for kv in f"{inet},{extra}".split(","))
+        for opts in (f"driver=nbd,{inet},{extra}", "driver=raw,file.driver=nbd,offset=1M," + file_opts,
+                     "driver=raw,file.driver=nbd," + file_opts, "file.driver=nbd," + file_opts):
+            same(tmp_path, "info", "--image-opts", opts)
+            _same10(tmp_path, "map", "--image-opts", opts)
+    for extra in ("server.tight=off", "server.tight=on", "server.abstract=off"):
+        same(tmp_path, "info", "--image-opts", f"driver=nbd,{unix},{extra}")
+    with FakeNBD(_fake_data(), abstract=True) as fake:
+        for extra in ("server.abstract=on", "server.abstract=on,server.tight=on", "server.abstract=on,server.tight=off",
+                      "server.abstract=off"):
+            same(tmp_path, "info", "--image-opts", f"driver=nbd,server.type=unix,server.path={fake.path},{extra}")

@@ -126,6 +126,10 @@ class Export:
 
 # -- connecting ---------------------------------------------------------------------------------
 
+#: sizeof(sockaddr_un.sun_path) on Linux
+_SUN_PATH = 108
+
+
 def connect(server: Server, timeout: float) -> socket.socket:
     """A connected socket, or QimgError in QEMU's words (``Failed to connect to 'h:p': ...``)."""
     if server.kind == "unix":
@@ -134,8 +138,13 @@ def connect(server: Server, timeout: float) -> socket.socket:
                              errno.ECONNREFUSED)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
+        addr: str | bytes = server.path
+        if server.abstract:
+            # the abstract namespace: a NUL, the name, and (not tight) NULs to fill sun_path
+            name = b"\0" + os.fsencode(server.path)
+            addr = name if server.tight else name.ljust(_SUN_PATH, b"\0")
         try:
-            sock.connect(server.path)
+            sock.connect(addr)
         except OSError as e:
             sock.close()
             raise _connect_error(server, e) from None
@@ -152,6 +161,8 @@ def connect(server: Server, timeout: float) -> socket.socket:
     last: OSError | None = None
     for family, kind, proto, _, addr in infos:
         sock = socket.socket(family, kind, proto)
+        if server.keep_alive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.settimeout(timeout)
         try:
             sock.connect(addr)

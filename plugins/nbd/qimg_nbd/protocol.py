@@ -86,7 +86,13 @@ class NBDProtocol(Protocol):
         self.export = export
         self.given = dict(given or {})
         self.timeout = client.timeout_seconds()
-        self.filename = exact_filename(server, export)
+        self._exact = exact_filename(server, export)
+        if self._exact is None:
+            from qimg.ops.qjson import dumps
+
+            self.filename = "json:" + dumps(self.json_options(), pretty=False)
+        else:
+            self.filename = self._exact
         self._conns: list[client.Connection] = []
         self._lock = threading.Lock()
         self._extents: list[tuple[int, int, int]] = []  # (start, end, flags) of the last status answer
@@ -116,12 +122,14 @@ class NBDProtocol(Protocol):
 
     # -- names -------------------------------------------------------------------------------
     def exact_filename(self) -> str | None:
-        return self.filename
+        return self._exact
 
     def json_options(self) -> dict[str, Any]:
-        from qimg.protocol import nested_options
+        # QEMU's options are flat ("server.path", not {"server": {"path": ...}}), copied from
+        # one QDict into another: keys that share a hash bucket come out reversed
+        from qimg.ops.qjson import qdict_order
 
-        return nested_options("nbd", self.given)
+        return {"driver": "nbd", **{k: self.given[k] for k in qdict_order(list(self.given))}}
 
     def dirname(self) -> str:
         raise QimgError("Cannot generate a base directory for NBD nodes")
