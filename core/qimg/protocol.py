@@ -601,3 +601,45 @@ def nested_options(driver: str, given: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = value
     return out
+
+
+class creation_scope:
+    """``with creation_scope():`` around a command that creates an image and then opens it
+    again (``convert``, ``dd``): a protocol that cannot change what it stores in place (s3)
+    may keep the node it created in this process until the scope ends, instead of storing it
+    at close, and hand it to the next open of the same name (:func:`defer_to_creation_scope`).
+    At the end each deferred finisher runs with ``ok`` (whether the body succeeded); the first
+    error of a finisher is raised after all have run, unless the body already failed."""
+
+    _open: list[creation_scope] = []
+
+    def __enter__(self) -> creation_scope:
+        self.finishers: list = []
+        creation_scope._open.append(self)
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        creation_scope._open.remove(self)
+        ok = kind is None
+        first: BaseException | None = None
+        for fn in self.finishers:
+            try:
+                fn(ok)
+            except BaseException as e:  # noqa: BLE001 - every finisher runs
+                first = first or e
+        if first is not None and ok:
+            raise first
+
+
+def current_creation_scope() -> creation_scope | None:
+    """The innermost open :class:`creation_scope` (its ``finishers`` may be added to), or None."""
+    return creation_scope._open[-1] if creation_scope._open else None
+
+
+def defer_to_creation_scope(fn) -> bool:
+    """Run ``fn(ok)`` when the innermost open :class:`creation_scope` ends; False (and nothing
+    deferred) when none is open."""
+    if not creation_scope._open:
+        return False
+    creation_scope._open[-1].finishers.append(fn)
+    return True

@@ -349,6 +349,17 @@ def convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             warn("Cannot use --target-is-zero when the destination image has a backing file")
         return
     total = sum(s.size for s in sources)
+    from ..protocol import creation_scope
+
+    # the target is created, closed, and opened again: a protocol may keep what it created in
+    # this process until the copy is over (s3 uploads the whole object once, at the end)
+    with creation_scope():
+        _convert(sources, target_filename, opts, total, progress, warn)
+
+
+def _convert(sources: list["Image"], target_filename: str, opts: ConvertOptions, total: int,
+             progress: Callable[[float, float], None] | None,
+             warn: Callable[[str], None] | None) -> None:
     target: Image | None = None
     try:
         if not opts.no_create:

@@ -60,29 +60,34 @@ def dd(src: "Image", out_filename: str, out_fmt: str, *, bs: int = 512, count: i
         if warn is not None:
             warn(f"{in_name or src.filename}: cannot skip to specified offset")
         size = 0
-    try:
-        qimg.create(out_filename, out_fmt, size, create_options or {})
-    except (QimgError, OSError) as e:
-        text = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
-        raise QimgError(f"{out_filename}: error while creating output image: {text}") from None
-    with qimg.open(out_filename, out_fmt, writable=True) as out:
-        def read(offset: int, view: memoryview) -> None:
-            try:
-                src.preadinto(start + offset, view)
-            except (QimgError, OSError) as e:
-                raise _ReadError(_text(e)) from None
+    from ..protocol import creation_scope
 
-        # qemu-img dd reads and writes one bs-sized block at a time: the same requests give
-        # the same cluster allocation order (bounded, as a hostile bs must not cost memory)
-        copier = Copier(out, read, zero_init=type(out.driver).zero_init, granule=0, workers=1,
-                        serial_reads=not parallel_safe(src), chunk=min(bs, MAX_DD_CHUNK))
+    # the target is created, then opened again: a protocol may keep what it created until
+    # then (s3 uploads the whole object once, at the end)
+    with creation_scope():
         try:
-            copier.run(_plan(src, start, size))
-            out.flush()
-        except _ReadError as e:
-            raise QimgError(f"error while reading from input image file: {e.message}") from None
+            qimg.create(out_filename, out_fmt, size, create_options or {})
         except (QimgError, OSError) as e:
-            raise QimgError(f"error while writing to output image file: {_text(e)}") from None
+            text = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
+            raise QimgError(f"{out_filename}: error while creating output image: {text}") from None
+        with qimg.open(out_filename, out_fmt, writable=True) as out:
+            def read(offset: int, view: memoryview) -> None:
+                try:
+                    src.preadinto(start + offset, view)
+                except (QimgError, OSError) as e:
+                    raise _ReadError(_text(e)) from None
+
+            # qemu-img dd reads and writes one bs-sized block at a time: the same requests give
+            # the same cluster allocation order (bounded, as a hostile bs must not cost memory)
+            copier = Copier(out, read, zero_init=type(out.driver).zero_init, granule=0, workers=1,
+                            serial_reads=not parallel_safe(src), chunk=min(bs, MAX_DD_CHUNK))
+            try:
+                copier.run(_plan(src, start, size))
+                out.flush()
+            except _ReadError as e:
+                raise QimgError(f"error while reading from input image file: {e.message}") from None
+            except (QimgError, OSError) as e:
+                raise QimgError(f"error while writing to output image file: {_text(e)}") from None
 
 
 class _ReadError(QimgError):
