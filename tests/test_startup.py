@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("construct", "cryptography", "zstandard", "crc32c", "pluggy", "click")
+HEAVY = ("construct", "cryptography", "zstandard", "crc32c", "pluggy", "click", "botocore", "boto3")
 #: modules (or packages) no info/map/check of a small image imports
 SLOW = ("dataclasses", "inspect", "typing", "threading", "uuid", "importlib.metadata", "zipfile", "email",
         "ast", "json")
