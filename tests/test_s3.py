@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -397,3 +398,17 @@ def test_unreachable_endpoint_is_bounded(s3, qimg):
         assert "S3 endpoint did not answer in time" in line, line
     finally:
         silent.close()
+
+
+def test_missing_botocore_is_one_line(s3, tmp_path):
+    # the plugin installed without its dependency: the command says what to install
+    code = ("import sys; sys.modules['botocore'] = None; sys.modules['botocore.session'] = None; "
+            "from qimg_cli.main import main; sys.argv[0] = 'qimg'; main()")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(s3.env)
+    p = subprocess.run([sys.executable, "-c", code, "info", s3.url("x.qcow2")], capture_output=True, text=True,
+                       env=env)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"qimg: Could not open '{s3.url('x.qcow2')}': The s3 protocol needs botocore (pip install botocore, or "
+        "install the qimg-s3 distribution with its dependencies)"]

@@ -110,7 +110,7 @@ class RawFormat(Format):
     def info_extra(self) -> dict[str, Any]:
         # QEMU asks the protocol, and only the file protocol answers (no dirty-flag over nbd);
         # a protocol that answers as a file does says so (reports_dirty_flag)
-        return {} if getattr(self.file, "reports_dirty_flag", False) else {"dirty-flag": None}
+        return {} if self.file.reports_dirty_flag else {"dirty-flag": None}
 
     def read(self, offset: int, buf: memoryview) -> None:
         got = self.file.preadinto(self.offset + offset, buf)
