@@ -113,13 +113,24 @@ class Cluster:
 
     @contextlib.contextmanager
     def _locked(self):
-        os.makedirs(self.users, exist_ok=True)
-        with open(os.path.join(self.base, "lock"), "w") as f:
+        path = os.path.join(self.base, "lock")
+        while True:
+            os.makedirs(self.users, exist_ok=True)
+            f = open(path, "w")
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            # the last user's stop() removed the folder while this worker waited: lock anew
+            f.close()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
 
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
         return dict(
