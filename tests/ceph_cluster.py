@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import shutil
 import socket
@@ -137,7 +138,28 @@ class Cluster:
             os.environ, CEPH_STATE=self.state, CEPH_MEMSTORE_BYTES=str(MEMSTORE_BYTES), CEPH_POOL="rbd", **extra
         )
 
+    def reap_orphans(self) -> None:
+        """Stop the clusters of earlier test runs that were killed before their last worker's
+        stop() (a timeout, ^C): a folder whose lock is free and whose registered workers are all
+        gone. A run starting or using its cluster holds the lock or has a live worker."""
+        for base in glob.glob(os.path.join(tempfile.gettempdir(), "qimg-ceph-*")):
+            if base == self.base or not os.path.exists(os.path.join(base, "lock")):
+                continue
+            with open(os.path.join(base, "lock"), "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # starting or stopping right now
+                users = os.path.join(base, "users")
+                names = os.listdir(users) if os.path.isdir(users) else []
+                if any(os.path.exists(f"/proc/{n}") for n in names):
+                    continue
+                env = dict(os.environ, CEPH_STATE=os.path.join(base, "state"))
+                subprocess.run([DOWN], env=env, capture_output=True, timeout=120, check=False)
+                shutil.rmtree(base, ignore_errors=True)
+
     def start(self) -> Ceph:
+        self.reap_orphans()
         with self._locked():
             ports: dict[str, str] = {}
             if os.path.exists(self.info):
