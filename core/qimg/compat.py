@@ -47,6 +47,9 @@ FEATURES: dict[str, str] = {
     # '&' only, every piece needs an '=', a repeated name keeps its last value (7.2: QEMU's own
     # util/uri.c: '&' or ';', empty pieces skipped, a repeated name counts twice)
     "glib-uri": "10.0",
+    # parallels: data_off checks, repair of writable images on open, reuse of free clusters,
+    # discard of whole clusters, duplicate BAT entries in check (QEMU 8.x's rework)
+    "parallels-repair": "10.0",
 }
 
 #: messages whose wording changed -> {first profile with this wording: text}. The CLI fills

@@ -311,6 +311,10 @@ def rebase(img: "Image", backing: str | None, backing_fmt: str | None, *, unsafe
         reg = get_registry()
         if backing_fmt not in reg.formats and reg.protocol(backing_fmt) is None:
             raise QimgError(f"Invalid format name: '{backing_fmt}'")
+    if has("rebase-aligned-copy") and img.driver.info_extra().get("dirty-flag", False) is None:
+        # qemu-img 10.0 asks the driver's bdrv_get_info for its write alignment first: a
+        # driver without one (parallels) fails here, -u or not
+        raise QimgError("could not get block driver info")
     missing_fmt = QimgError(f"Could not change the backing file to '{name}': backing format must be specified")
     if not unsafe and has("rebase-aligned-copy"):
         # qemu-img 10.0 reuses an image of the chain as the new backing (QEMU's prefix chain)
