@@ -422,3 +422,15 @@ def test_commit_keeps_top_like_qemu(tmp_path, qemu_img, qemu_io, qimg, fmt):
     assert maps[0] == maps[1]
     assert "Images are identical" in _ok(qemu_img("compare", str(tmp_path / f"bq.{fmt}"),
                                                   str(tmp_path / f"bm.{fmt}"))).stdout
+
+
+@pytest.mark.parametrize("keep", [2, 4, 6, 20, 63])
+@pytest.mark.parametrize("cmd", [["check"], ["info"], ["check", "-f", "qed"]])
+def test_truncated_header_as_qemu(tmp_path, qemu_img, qimg, keep, cmd):
+    """A header cut short reads zeroes past the end of the file, as QEMU's block layer: the
+    magic alone opens as qed and fails on the fields (``QED cluster size is invalid``)."""
+    full, path = tmp_path / "full.qed", tmp_path / "t.qed"
+    _ok(qemu_img("create", "-q", "-f", "qed", str(full), "1M"))
+    path.write_bytes(full.read_bytes()[:keep])
+    e, g = qemu_img(*cmd, str(path)), qimg(*cmd, str(path))
+    assert (g.returncode, g.stdout, g.stderr.replace("qimg:", "qemu-img:")) == (e.returncode, e.stdout, e.stderr)

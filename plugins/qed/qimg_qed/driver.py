@@ -126,8 +126,10 @@ class QedFormat(Format):
     # -- open -----------------------------------------------------------------------
     def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
         super().__init__(file, filename=filename, writable=writable, options=options)
-        raw = file.pread(0, HEADER_SIZE)
-        if len(raw) < HEADER_SIZE or raw[:4] != MAGIC:
+        # past the end of a short file QEMU's block layer reads zeroes: a truncated header with
+        # the magic fails on its fields ("QED cluster size is invalid"), as qemu-img's
+        raw = file.pread(0, HEADER_SIZE).ljust(HEADER_SIZE, b"\0")
+        if raw[:4] != MAGIC:
             raise QimgError("Image not in QED format")
         h = Header.parse(raw)
         self.h = h
