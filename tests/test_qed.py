@@ -24,7 +24,7 @@ def qimg_map(path: str) -> list[dict]:
     """qimg's block status in the shape of ``qemu-img map --output=json`` (merged runs)."""
     out: list[dict] = []
     with qimg.open(path) as img:
-        last = len(img.chain()) - 1
+        last = len(img.chain) - 1
         for st in img.extents():
             e = {"start": 0, "length": st.length, "depth": min(st.depth, last), "present": bool(st.flags & ALLOCATED),
                  "zero": bool(st.flags & ZERO) or not st.flags & DATA, "data": bool(st.flags & DATA)}

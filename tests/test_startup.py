@@ -97,6 +97,7 @@ def test_info_of_each_format_is_lean(tmp_path: Path, fmt: str, qemu_img) -> None
     assert f"qimg_{fmt}.driver" in mods
     assert [m for m in drivers(mods) if not m.startswith(f"qimg_{fmt}.")] == []
     assert "qimg_cli.hookspecs" not in mods and "qimg.hookspecs" not in mods  # no spec module read
+    assert not {"qimg.library", "qimg.results", "qimg.progress"} & set(mods)  # the library API stays lazy
 
 
 @pytest.mark.parametrize("fmt", ("bochs", "cloop", "dmg"))

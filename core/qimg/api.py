@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import QimgError, public_error
+from .errors import QimgError, QimgValueError, public_error
 from .image import MAX_CHAIN_DEPTH, Image
 from .plugins import get_registry
 from .protocol import FileProtocol, Protocol
@@ -420,7 +420,7 @@ def open(  # noqa: A001 - the natural name for the public API
         raise QimgError(f"{prefix}force-share=on can only be used with read-only images")
     reg = get_registry()
     if t.fmt is not None and t.fmt not in reg.formats and reg.protocol(t.fmt) is None:
-        raise QimgError(f"{prefix}Unknown driver '{t.fmt}'")
+        raise QimgValueError(f"{prefix}Unknown driver '{t.fmt}'")
     fname = t.filename
     if fname is not None and _uses_file_protocol(t):
         plain = fname[5:] if t.parse_filename and fname.startswith("file:") else fname
@@ -662,16 +662,17 @@ def create(
     filename: str | os.PathLike[str],
     fmt: str,
     size: int | None = None,
-    options: dict[str, Any] | str | None = None,
+    options: Mapping[str, Any] | str | None = None,
     *,
-    backing_file: str | None = None,
+    backing_file: str | os.PathLike[str] | None = None,
     backing_fmt: str | None = None,
     unsafe: bool = False,
 ) -> None:
     """Create an image, as ``qemu-img create`` (:func:`qimg.ops.create.create_image`).
 
     ``filename`` is a path or a protocol name (an ``nbd://`` export is written in place, as
-    qemu-img does). ``options`` is a dict of typed values or a ``-o`` string (validated
+    qemu-img does). ``options`` is a mapping (values typed or as text: ``{"cluster_size":
+    65536}``, ``{"cluster_size": "64k", "lazy_refcounts": True}``) or a ``-o`` string (validated
     against the driver's ``create_opts`` and the protocol's). Without ``size`` the backing
     file's size is used; the backing file is opened unless ``unsafe`` (then ``backing_fmt``
     must be given, as qemu-img requires). Errors are qemu-img's messages (without its
@@ -679,7 +680,11 @@ def create(
     """
     from .ops.create import all_create_opts, create_image, format_class
 
-    name = os.fspath(filename)
+    name = os.fsdecode(os.fspath(filename))
+    if options is not None and not isinstance(options, str):
+        from .options import options_string
+
+        options = options_string(options)  # checked and typed as ``-o`` (strings or typed values)
     try:
         if isinstance(options, str) and options and size is not None:
             from .options import parse_options
@@ -687,6 +692,8 @@ def create(
             options = parse_options(options, all_create_opts(format_class(fmt), name))
         if isinstance(options, dict) and size is not None:
             options = {k: v for k, v in options.items() if k != "size"}
+        if backing_file is not None:
+            backing_file = os.fsdecode(os.fspath(backing_file))
         create_image(name, fmt, size, options or "", backing_file=backing_file, backing_fmt=backing_fmt,
                      unsafe=unsafe)
     except QimgError as e:

@@ -10,6 +10,10 @@ COMPRESSED = 0x40     # the data is stored compressed (no host offset): map's "c
 #: QEMU's BDRV_SECTOR_SIZE: block status, sizes and request alignment count in these
 SECTOR = 512
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from .results import Allocation
+
 
 class Status:
     """One run of uniform status starting at the queried offset.
@@ -42,6 +46,14 @@ class Status:
     def __repr__(self) -> str:
         return ("Status(flags={}, length={}, host_offset={}, file={!r}, depth={})"
                 .format(*self._key()))
+
+    @property
+    def allocation(self) -> "Allocation":
+        """``flags`` as the :class:`qimg.Allocation` ``enum.IntFlag`` (``flags`` itself stays a
+        plain int: it is built on every hot path)."""
+        from .results import Allocation
+
+        return Allocation(self.flags)
 
     @property
     def allocated(self) -> bool:

@@ -22,8 +22,14 @@ class QimgError(Exception):
         return self.message
 
 
-class NotSupported(QimgError):
-    """A driver lacks a capability; the message is qemu-img's for that case."""
+class NotSupported(QimgError, NotImplementedError):
+    """A driver lacks a capability; the message is qemu-img's for that case. Also a
+    :class:`NotImplementedError`."""
+
+
+class QimgValueError(QimgError, ValueError):
+    """A value the caller gave is invalid (a size, an option, a format or mode name); also a
+    :class:`ValueError`, with qemu-img's message."""
 
 
 class CorruptImage(QimgError):

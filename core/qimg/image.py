@@ -62,6 +62,11 @@ class Image:
         self.protocol_class: type | None = None
         self.backing = backing
         driver.backing = backing
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("rw" if self.writable else "ro")
+        return f"<qimg.Image {self.filename!r} format={self.format!r} size={self.size} {state}>"
 
     # -- facts ----------------------------------------------------------------
     @property
@@ -72,14 +77,20 @@ class Image:
     def writable(self) -> bool:
         return self.driver.writable
 
-    def chain(self) -> list["Image"]:
-        """This image and its backing images, top first."""
-        out: list[Image] = []
+    @property
+    def chain(self) -> "Chain":
+        """This image and its backing images, top first (a list; calling it, as earlier
+        versions' method, gives the same list)."""
+        out = Chain()
         img: Image | None = self
         while img is not None:
             out.append(img)
             img = img.backing
         return out
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # -- reads ------------------------------------------------------------------
     def pread(self, offset: int, length: int) -> bytes:
@@ -196,7 +207,11 @@ class Image:
 
     # -- life cycle ---------------------------------------------------------------
     def close(self) -> None:
-        for img in self.chain():
+        """Close the image and its backing chain (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        for img in self.chain:
             try:
                 img.driver.close()
             except OSError as e:
@@ -213,12 +228,34 @@ class Image:
         return ImageFile(self)
 
 
-class ImageFile(io.RawIOBase):
-    """``io`` adapter: lets any Python code read (and write) an image as a file."""
+class Chain(list):
+    """An image's chain, top first: a list that may also be called (``img.chain()``)."""
 
-    def __init__(self, image: Image) -> None:
+    __slots__ = ()
+
+    def __call__(self) -> "Chain":
+        return self
+
+
+class ImageFile(io.RawIOBase):
+    """The guest view of an image as a binary file (``io.RawIOBase``): ``read``, ``readinto``,
+    ``write``, ``seek``, ``tell``; wrap it in ``io.BufferedReader`` for small reads, or hand it
+    to any code that takes a file (``shutil.copyfileobj``, ``tarfile``, ``hashlib.file_digest``).
+
+    The file has the image's virtual size: reads stop there, writes past it fail with
+    ``OSError`` (ENOSPC, as a block device's). Closing the file leaves the image open
+    (``Image.as_file``); it closes the image only when the file owns it (``qimg.open_file``).
+    """
+
+    def __init__(self, image: Image, *, owns_image: bool = False) -> None:
+        super().__init__()
         self.image = image
         self.pos = 0
+        self._owns = owns_image
+
+    @property
+    def name(self) -> str:
+        return self.image.filename
 
     def readable(self) -> bool:
         return True
@@ -230,22 +267,63 @@ class ImageFile(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.pos, 2: self.image.size}[whence]
-        self.pos = max(0, base + offset)
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+        if whence == 0:
+            base = 0
+        elif whence == 1:
+            base = self.pos
+        elif whence == 2:
+            base = self.image.size
+        else:
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        if base + offset < 0:
+            raise OSError(22, "Invalid argument")  # as lseek's EINVAL
+        self.pos = base + offset
         return self.pos
 
     def tell(self) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
         return self.pos
 
     def readinto(self, b: Any) -> int:
-        n = max(0, min(len(b), self.image.size - self.pos))
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+        view = memoryview(b).cast("B")
+        n = max(0, min(len(view), self.image.size - self.pos))
         if n:
-            self.image.preadinto(self.pos, memoryview(b)[:n])
+            self.image.preadinto(self.pos, view[:n])
         self.pos += n
         return n
 
     def write(self, b: Any) -> int:
-        view = memoryview(b)
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+        if not self.image.writable:
+            raise io.UnsupportedOperation("write: the image is open read-only")
+        view = memoryview(b).cast("B")
+        if self.pos + len(view) > self.image.size:
+            import errno
+
+            from .errors import os_error
+
+            raise os_error(f"Write of {len(view)} bytes at {self.pos} is beyond the end of '{self.image.filename}'",
+                           errno.ENOSPC, self.image.filename)
         self.image.pwrite(self.pos, view)
         self.pos += len(view)
         return len(view)
+
+    def flush(self) -> None:
+        if not self.closed and not self.image.closed:
+            self.image.flush()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.flush()
+        finally:
+            super().close()
+            if self._owns:
+                self.image.close()

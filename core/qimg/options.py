@@ -5,13 +5,13 @@ data serves ``-o help``, validation, and conversion of the strings to Python val
 """
 from __future__ import annotations
 
-from .errors import QimgError
+from .errors import QimgError, QimgValueError
 from .units import parse_size
 from .values import FrozenValue
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
     from typing import Any
 
 SIZE, BOOL, STRING, NUMBER = "size", "bool", "str", "num"
@@ -50,7 +50,7 @@ class Option(FrozenValue):
                 return True
             if v in _FALSE:
                 return False
-            raise QimgError(f"Parameter '{self.name}' expects 'on' or 'off'")
+            raise QimgValueError(f"Parameter '{self.name}' expects 'on' or 'off'")
         if self.type == SIZE:
             try:
                 if value.lstrip().startswith("-"):
@@ -58,11 +58,11 @@ class Option(FrozenValue):
                     from .ops.sizes import is_negative
 
                     if has("negative-size-out-of-range") and is_negative(value):
-                        raise QimgError(f"Value '{value}' is out of range for parameter '{self.name}'")
+                        raise QimgValueError(f"Value '{value}' is out of range for parameter '{self.name}'")
                     raise ValueError
                 return parse_size(value)
             except ValueError:
-                raise QimgError(
+                raise QimgValueError(
                     f"Parameter '{self.name}' expects a non-negative number below 2^64\n"
                     "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
                     "and exabytes, respectively."
@@ -71,7 +71,7 @@ class Option(FrozenValue):
             try:
                 return int(value, 0)
             except ValueError:
-                raise QimgError(f"Parameter '{self.name}' expects a number") from None
+                raise QimgValueError(f"Parameter '{self.name}' expects a number") from None
         return value
 
 
@@ -113,6 +113,19 @@ def merge_option_strings(strings: Iterable[str]) -> str:
     return ",".join(s for s in strings if s)
 
 
+def options_string(options: Mapping[str, Any]) -> str:
+    """A mapping of options as a ``-o`` string (the library's keyword form): booleans as
+    on/off, ``,`` in values doubled, None values left out; parsed and checked as ``-o`` is."""
+    parts = []
+    for key, value in options.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        parts.append(f"{key}={str(value).replace(',', ',,')}")
+    return ",".join(parts)
+
+
 def is_help_request(text: str | None) -> bool:
     """True when an option string asks for the option list (``help`` or ``?`` anywhere)."""
     if not text:
@@ -136,11 +149,11 @@ def parse_options(text: str, declared: list[Option], *, prefix_error: str = "") 
             key, value = (key[2:], "off") if key.startswith("no") else (key, "on")
         opt = by_name.get(key)
         if opt is None:
-            raise QimgError(f"{prefix_error}Invalid parameter '{key}'")
+            raise QimgValueError(f"{prefix_error}Invalid parameter '{key}'")
         try:
             result[key] = opt.convert(value)
         except QimgError as e:
-            raise QimgError(prefix_error + e.message) from None
+            raise QimgValueError(prefix_error + e.message) from None
     return result
 
 

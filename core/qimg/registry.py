@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .errors import QimgError
+from .errors import QimgError, QimgValueError
 from .values import Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
@@ -119,7 +119,7 @@ class Registry:
         try:
             return self.formats[name]
         except KeyError:
-            raise QimgError(f"Unknown file format '{name}'") from None
+            raise QimgValueError(f"Unknown file format '{name}'") from None
 
     def format_names(self) -> list[str]:
         return sorted(self.formats)
@@ -171,7 +171,7 @@ class Registry:
         for entry in self.protocols.values():
             if head in entry.prefixes:
                 return entry
-        raise QimgError(f"Unknown protocol '{head}'")
+        raise QimgValueError(f"Unknown protocol '{head}'")
 
     def protocol(self, name: str) -> ProtocolEntry | None:
         """The protocol registered under a driver name (``driver=nbd``), or None."""

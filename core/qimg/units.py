@@ -1,7 +1,7 @@
 """Size parsing and printing, as QEMU's ``qemu_strtosz`` and ``size_to_str`` do."""
 from __future__ import annotations
 
-from .errors import QimgError
+from .errors import QimgValueError
 
 TYPE_CHECKING = False  # neither typing nor re at start-up (`info` parses no size)
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def parse_size(text: str, default_suffix: str = "b", limit: int = 1 << 63) -> in
 def parse_image_size(text: str) -> int:
     """Size argument of create/measure, with qemu-img's error text."""
     if _looks_too_big(text):
-        raise QimgError("Invalid image size specified. Must be between 0 and 9223372036854775807.")
+        raise QimgValueError("Invalid image size specified. Must be between 0 and 9223372036854775807.")
     try:
         if text.startswith("-"):
             raise ValueError(text)
@@ -86,7 +86,7 @@ def parse_image_size(text: str) -> int:
     except ValueError:
         from .compat import program
 
-        raise QimgError(
+        raise QimgValueError(
             "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
             f"{program()}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
         ) from None

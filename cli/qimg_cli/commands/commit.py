@@ -40,8 +40,6 @@ def on_option(p: Parsed, key: str, value: str | None) -> None:
 def run(p: Parsed) -> None:
     import sys
 
-    from qimg.errors import QimgError
-
     from ..copyopts import Progress, check_cache, open_named
     from ..prog import usage_exit
 
@@ -55,13 +53,9 @@ def run(p: Parsed) -> None:
     img = open_named(filename, p.fmt, image_opts=p.image_opts, writable=True)
     bar = Progress(progress)
     try:
-        from qimg.ops.commit import commit, find_in_chain
+        from qimg.ops.commit import base_named, commit
 
-        base = None
-        if base_name is not None:
-            base = find_in_chain(img, base_name)
-            if base is None:
-                raise QimgError(f"Did not find '{base_name}' in the backing chain of '{filename}'")
+        base = base_named(img, base_name, filename) if base_name is not None else None
         # qemu-img polls its commit job: 0% again while it starts, then 100% once done
         commit(img, base, drop=drop, rate_limit=p.state.get("rate", 0))
         if progress:

@@ -33,45 +33,17 @@ def on_option(p: Parsed, key: str, value: str | None) -> None:
 
 
 def run(p: Parsed) -> None:
-    import os
     import sys
 
-    from qimg.errors import QimgError
     from qimg.ops import info as ops_info
 
     from ..common import check_output_format, open_image, usage_exit
 
     if len(p.args) != 1:
         usage_exit("Expecting one image file name")
-    filename = p.args[0]
     ofmt = check_output_format(p.output)
-    infos = []
-    seen: set[str] = set()
-    name, f, iopts = filename, p.fmt, p.image_opts
-    while True:
-        key = os.path.realpath(name) if not iopts else name
-        if key in seen:
-            raise QimgError(f"Backing file '{name}' creates an infinite loop.")
-        seen.add(key)
-        # "_no_io": info reads metadata only; encrypted images open without their key (QEMU)
-        img = open_image(name, f, image_opts=iopts, force_share=p.force_share, backing=False,
-                         options={"_no_io": True})
-        try:
-            infos.append(ops_info.image_info(img))
-        finally:
-            img.close()
-        cur = infos[-1]
-        if not p.backing_chain or "backing-filename" not in cur:
-            break
-        from qimg.untrusted import check_follow
-
-        check_follow(name, cur["backing-filename"])  # untrusted mode opens nothing an image names
-        if "full-backing-filename" not in cur:  # a protocol without folders (nbd)
-            raise QimgError("Could not determine absolute backing filename, but backing filename "
-                            f"'{cur['backing-filename']}' present")
-        name = cur["full-backing-filename"]
-        f = cur.get("backing-filename-format")
-        iopts = False
+    infos = ops_info.collect(p.args[0], p.fmt, image_opts=p.image_opts, force_share=p.force_share,
+                             backing_chain=p.backing_chain, opener=open_image)
     if ofmt == "json":
         sys.stdout.write(ops_info.format_json(infos if p.backing_chain else infos[0]))
     else:

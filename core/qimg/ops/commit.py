@@ -39,6 +39,14 @@ def find_in_chain(top: "Image", name: str) -> "Image | None":
     return None
 
 
+def base_named(top: "Image", name: str, shown: str) -> "Image":
+    """:func:`find_in_chain`, or qemu-img's error naming the image as ``shown``."""
+    base = find_in_chain(top, name)
+    if base is None:
+        raise QimgError(f"Did not find '{name}' in the backing chain of '{shown}'")
+    return base
+
+
 def reopen_writable(top: "Image", base: "Image") -> "Image":
     """Replace ``base`` in ``top``'s chain by a writable handle of the same image.
 

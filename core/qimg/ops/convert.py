@@ -190,7 +190,7 @@ def _copy_range_fn(sources: list["Image"], target: "Image") -> Callable[[int, in
         return None
     dst_file = plain[0]
     src = sources[0]
-    chain = src.chain()
+    chain = src.chain
 
     def copy_range(offset: int, length: int) -> bool:
         st = src.chain_status(offset, length)

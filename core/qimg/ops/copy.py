@@ -86,7 +86,7 @@ def parallel_safe(*images: "Image") -> bool:
     says so with ``thread_safe_reads = True``. Raw is: it only calls ``os.preadv``.
     """
     for img in images:
-        for layer in img.chain():
+        for layer in img.chain:
             if layer.format != "raw" and not type(layer.driver).thread_safe_reads:
                 return False
     return True
@@ -99,7 +99,7 @@ def prepare_parallel_reads(*images: "Image") -> int:
     n = PLAIN_READERS
     protos = []
     for img in images:
-        for layer in img.chain():
+        for layer in img.chain:
             proto = layer.driver.file
             want = proto.parallel_reads
             if want > 1:

@@ -8,7 +8,7 @@ the protocol driver's list to the format's.
 from __future__ import annotations
 
 from .. import trace
-from ..errors import QimgError
+from ..errors import QimgError, QimgValueError
 from ..options import BOOL, NUMBER, SIZE, STRING, Option, parse_options, split_options
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
@@ -263,7 +263,7 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
         texts = option_texts(options, declared) if options else {}
     if "size" in typed:
         if size is not None:
-            raise QimgError("The image size must be specified only once")
+            raise QimgValueError("The image size must be specified only once")
         size = typed.pop("size")
     texts.pop("size", None)
     if backing_file is not None:
@@ -278,9 +278,9 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
     bfmt = typed.get("backing_fmt")
     if bf is not None:
         if bf == filename:
-            raise QimgError("Error: Trying to create an image with the same filename as the backing file")
+            raise QimgValueError("Error: Trying to create an image with the same filename as the backing file")
         if bf == "":
-            raise QimgError("Expected backing file name, got empty string")
+            raise QimgValueError("Expected backing file name, got empty string")
     if bf and not unsafe:
         try:
             with open_image(resolve_backing_name(filename, bf), bfmt, backing=False, force_share=True) as b:
@@ -293,9 +293,9 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
         if size is None:
             size = bsize
     elif bf and not bfmt:
-        raise QimgError("Backing file specified without backing format")
+        raise QimgValueError("Backing file specified without backing format")
     if size is None:
-        raise QimgError("Image creation needs a size parameter")
+        raise QimgValueError("Image creation needs a size parameter")
     if echo is not None:
         texts_all = dict(texts)
         texts_all["size"] = str(size)

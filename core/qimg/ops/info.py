@@ -14,6 +14,7 @@ from ..units import size_to_str
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from ..driver import SnapshotInfo
@@ -104,6 +105,45 @@ def image_info(img: "Image", backing_chain: bool = False) -> dict[str, Any]:
         d["children"] = [{"name": name, "info": protocol_info(proto)} for name, proto in drv.child_nodes()]
     trace.event("info_image", filename=img.filename, format=img.format, virtual_size=img.size)
     return d
+
+
+def collect(name: str, fmt: str | None = None, *, image_opts: bool = False, force_share: bool = False,
+            backing_chain: bool = False, opener: Callable[..., Image] | None = None) -> list[dict[str, Any]]:
+    """``qemu-img info`` of ``name``: the image's info, and with ``backing_chain`` each backing
+    image's after it (each opened by the name the one above records, as qemu-img walks it).
+    ``opener`` opens one image as :func:`qimg.open` (the CLI's own, which words warnings)."""
+    import os
+
+    from ..errors import QimgError
+
+    if opener is None:
+        from ..api import open as opener
+    infos: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    f, iopts = fmt, image_opts
+    while True:
+        key = os.path.realpath(name) if not iopts else name
+        if key in seen:
+            raise QimgError(f"Backing file '{name}' creates an infinite loop.")
+        seen.add(key)
+        # "_no_io": info reads metadata only; encrypted images open without their key (QEMU)
+        img = opener(name, f, image_opts=iopts, force_share=force_share, backing=False, options={"_no_io": True})
+        try:
+            infos.append(image_info(img))
+        finally:
+            img.close()
+        cur = infos[-1]
+        if not backing_chain or "backing-filename" not in cur:
+            return infos
+        from ..untrusted import check_follow
+
+        check_follow(name, cur["backing-filename"])  # untrusted mode opens nothing an image names
+        if "full-backing-filename" not in cur:  # a protocol without folders (nbd)
+            raise QimgError("Could not determine absolute backing filename, but backing filename "
+                            f"'{cur['backing-filename']}' present")
+        name = cur["full-backing-filename"]
+        f = cur.get("backing-filename-format")
+        iopts = False
 
 
 def protocol_info(proto: "Protocol") -> dict[str, Any]:

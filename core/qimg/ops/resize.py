@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import trace
-from ..errors import QimgError
+from ..errors import QimgError, QimgValueError
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ SHRINK_WARNING = ("Shrinking an image will delete all data beyond the shrunken i
 
 def check_preallocation(mode: str) -> str:
     if mode not in PREALLOC_MODES:
-        raise QimgError(f"Invalid preallocation mode '{mode}'")
+        raise QimgValueError(f"Invalid preallocation mode '{mode}'")
     return mode
 
 
@@ -34,9 +34,9 @@ def parse_size_arg(text: str, warn: Callable[[str], None] | None = None) -> tupl
     try:
         n = strtosz(text, warn, limit=1 << 64)
     except OverflowError:
-        raise QimgError(f"Value '{text}' is out of range for parameter 'size'") from None
+        raise QimgValueError(f"Value '{text}' is out of range for parameter 'size'") from None
     except ValueError:
-        raise QimgError(
+        raise QimgValueError(
             "Parameter 'size' expects a non-negative number below 2^64\n"
             "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
             "and exabytes, respectively.") from None
@@ -44,16 +44,16 @@ def parse_size_arg(text: str, warn: Callable[[str], None] | None = None) -> tupl
     return relative, n - (1 << 64) if n >= 1 << 63 else n
 
 
-class ShrinkRefused(QimgError):
+class ShrinkRefused(QimgValueError):
     """Shrinking without --shrink: the CLI also prints qemu-img's warning."""
 
 
 def new_size(current: int, relative: int, n: int, *, shrink: bool, preallocation: str = "off") -> int:
     total = current + n * relative if relative else n
     if total <= 0:
-        raise QimgError("New image size must be positive")
+        raise QimgValueError("New image size must be positive")
     if total <= current and preallocation != "off":
-        raise QimgError("Preallocation can only be used for growing images")
+        raise QimgValueError("Preallocation can only be used for growing images")
     if total < current and not shrink:
         raise ShrinkRefused("Use the --shrink option to perform a shrink operation.")
     return total
