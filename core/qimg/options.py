@@ -52,16 +52,17 @@ class Option(FrozenValue):
                 return False
             raise QimgValueError(f"Parameter '{self.name}' expects 'on' or 'off'")
         if self.type == SIZE:
+            if value.lstrip().startswith("-"):
+                from .compat import has
+                from .ops.sizes import is_negative
+
+                if has("negative-size-out-of-range") and is_negative(value):
+                    raise QimgValueError(f"Value '{value}' is out of range for parameter '{self.name}'")
             try:
                 if value.lstrip().startswith("-"):
-                    from .compat import has
-                    from .ops.sizes import is_negative
-
-                    if has("negative-size-out-of-range") and is_negative(value):
-                        raise QimgValueError(f"Value '{value}' is out of range for parameter '{self.name}'")
                     raise ValueError
                 return parse_size(value)
-            except ValueError:
+            except ValueError:  # (QimgValueError is one too: none is raised in here)
                 raise QimgValueError(
                     f"Parameter '{self.name}' expects a non-negative number below 2^64\n"
                     "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
