@@ -129,6 +129,37 @@ def qemu_progress(enabled: bool, min_skip: float = 1.0) -> Any:
     return bar
 
 
+def with_stream(update: Any, operation: str, phase: str, scale: int | None = None) -> Any:
+    """``update`` (qemu-img's ``-p`` meter, or None) that also writes the JSON lines of
+    ``QIMG_PROGRESS_FD`` when the caller asked for them (docs/progress.md); the meter's output
+    is the same either way."""
+    import os
+
+    if not os.environ.get("QIMG_PROGRESS_FD"):
+        return update
+    from qimg.progress import reporter
+
+    rep = reporter(operation, phase, scale)
+    if rep is None or update is None:
+        return rep or update
+
+    def both(done: float, total: float) -> None:
+        update(done, total)
+        rep(done, total)
+
+    return both
+
+
+def stream_done(operation: str, total: int | None = None) -> None:
+    """The ``done`` line of ``QIMG_PROGRESS_FD`` after a successful operation."""
+    import os
+
+    if os.environ.get("QIMG_PROGRESS_FD"):
+        from qimg.progress import done
+
+        done(operation, total)
+
+
 def open_named(filename: str, fmt: str | None = None, **kw: Any) -> Any:
     """common.open_image (an empty name or format fails as qemu-img's)."""
     from .common import open_image

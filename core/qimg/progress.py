@@ -105,8 +105,11 @@ def reporter(operation: str, phase: str, scale: int | None = None) -> Callable[[
     return report
 
 
-def done(operation: str, total: int) -> None:
-    """The last line of a successful operation."""
+def done(operation: str, total: int | None = None) -> None:
+    """The last line of a successful operation (``total`` None: the last one reported, else 0)."""
     s = stream()
     if s is not None:
+        if total is None:
+            last = s.last
+            total = last[3] if last is not None and last[0] == operation else 0
         s.emit(operation, "done", total, total)

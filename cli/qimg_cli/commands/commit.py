@@ -40,7 +40,7 @@ def on_option(p: Parsed, key: str, value: str | None) -> None:
 def run(p: Parsed) -> None:
     import sys
 
-    from ..copyopts import Progress, check_cache, open_named
+    from ..copyopts import Progress, check_cache, open_named, stream_done, with_stream
     from ..prog import usage_exit
 
     base_name = p.base
@@ -57,7 +57,8 @@ def run(p: Parsed) -> None:
 
         base = base_named(img, base_name, filename) if base_name is not None else None
         # qemu-img polls its commit job: 0% again while it starts, then 100% once done
-        commit(img, base, drop=drop, rate_limit=p.state.get("rate", 0))
+        commit(img, base, drop=drop, rate_limit=p.state.get("rate", 0), progress=with_stream(None, "commit", "commit"))
+        stream_done("commit", img.size)
         if progress:
             sys.stdout.write("    (0.00/100%)\r    (100.00/100%)\r\n")
             sys.stdout.flush()

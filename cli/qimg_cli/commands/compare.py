@@ -39,7 +39,7 @@ def run(p: Parsed) -> None:
 
     from qimg.errors import QimgError
 
-    from ..copyopts import check_cache, open_named, qemu_progress
+    from ..copyopts import check_cache, open_named, qemu_progress, stream_done, with_stream
     from ..prog import usage_exit
 
     progress = p.progress and not p.quiet
@@ -66,8 +66,10 @@ def run(p: Parsed) -> None:
                 sys.stdout.write(text + "\n")
 
         rc = compare(images[0], images[1], strict=p.strict, say=say,
-                     progress=bar.update if progress else None,
+                     progress=with_stream(bar.update if progress else None, "compare", "compare"),
                      name1=files[0], name2=files[1], qemu_runs=bar.enabled)
+        if rc == 0:
+            stream_done("compare", max(images[0].size, images[1].size))
     finally:
         for img in images:
             try:

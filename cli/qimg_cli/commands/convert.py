@@ -109,7 +109,16 @@ def run(p: Parsed) -> None:
     from qimg.ops.convert import ConvertOptions
 
     from ..common import merge_o, warn
-    from ..copyopts import check_cache, image_opts_target, load_snapshot, open_named, option_help, qemu_progress
+    from ..copyopts import (
+        check_cache,
+        image_opts_target,
+        load_snapshot,
+        open_named,
+        option_help,
+        qemu_progress,
+        stream_done,
+        with_stream,
+    )
 
     st = p.state
     opts = ConvertOptions(out_format=p.out_fmt, backing_file=p.backing, backing_format=p.backing_fmt,
@@ -181,9 +190,10 @@ def run(p: Parsed) -> None:
             load_snapshot(sources[0], *snapshot)
         from qimg.ops.convert import convert
 
-        convert(sources, out_filename, opts, progress=bar.update,
+        convert(sources, out_filename, opts, progress=with_stream(bar.update, "convert", "copy"),
                 warn=warn)
         bar.finish()
+        stream_done("convert")
     except BaseException:
         if bar.enabled:
             import sys

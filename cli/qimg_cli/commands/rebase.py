@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 def run(p: Parsed) -> None:
     import sys
 
-    from ..copyopts import check_cache, open_named, qemu_progress
+    from ..copyopts import check_cache, open_named, qemu_progress, stream_done, with_stream
     from ..prog import usage_exit
 
     progress = p.progress and not p.quiet
@@ -59,11 +59,13 @@ def run(p: Parsed) -> None:
             from qimg.ops.rebase import rebase
 
             rebase(img, p.backing, p.backing_fmt, unsafe=p.unsafe, force_share=p.force_share, compress=p.compress,
-                   progress=bar.update if progress else None)
+                   progress=with_stream(bar.update if progress else None, "rebase", "copy", scale=img.size))
+            size = img.size
         finally:
             img.close()
         if progress:
             bar.end()  # the 100% line came from ops.rebase, before the name change
+        stream_done("rebase", size)
     except BaseException:
         if bar.enabled:
             sys.stdout.write("\n")
