@@ -3,8 +3,11 @@ docs/plugins.md, every built-in subcommand has a page, and docs' relative links 
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -153,3 +156,40 @@ def _exercise_slice_protocol(cls, tmp_path: Path) -> None:
         assert r.returncode == 1 and "Slice names read slice:OFFSET:LENGTH:PATH" in r.stderr
     finally:
         del reg.protocols["slice"]
+
+
+#: pages whose ```python blocks are run elsewhere (plugins.md: each block alone, above)
+_RUN_ELSEWHERE = {"plugins.md"}
+_RUNNER = r"""
+import os, re, sys, warnings
+page = sys.argv[1]
+text = open(page).read()
+ns = {"__name__": "__main__"}
+for i, block in enumerate(re.findall(r"```python\n(.*?)```", text, re.S)):
+    exec(compile(block, f"{page} block {i}", "exec"), ns)
+print("ran", i + 1, "blocks")
+"""
+
+
+def _python_pages() -> list[Path]:
+    return sorted(p for p in DOCS.rglob("*.md") if "```python\n" in p.read_text() and p.name not in _RUN_ELSEWHERE)
+
+
+def test_library_page_has_examples() -> None:
+    assert DOCS / "library.md" in _python_pages()
+
+
+@pytest.mark.parametrize("page", _python_pages(), ids=lambda p: p.relative_to(DOCS).as_posix())
+def test_every_python_example_runs_as_written(page: Path, tmp_path: Path) -> None:
+    """Every ```python block of a page runs, in order, in one namespace, in an empty folder
+    (the page's examples build on each other, as a reader runs them). Other fences (```sh) are
+    illustrations: they name servers and files a reader has."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("QIMG_PROGRESS_FD", None)
+    r = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", _RUNNER, str(page)], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, f"{page.name}: {r.stderr[-3000:]}"
+    assert "ran" in r.stdout
