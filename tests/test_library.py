@@ -38,7 +38,10 @@ def chain(tmp_path: Path, qemu_img, qemu_io) -> Path:
 def test_every_command_has_a_function() -> None:
     for name in ("open", "open_file", "create", "info", "check", "convert", "compare", "commit", "rebase", "resize",
                  "measure", "map"):
-        assert callable(getattr(qimg, name)) and name in qimg.__all__, name
+        assert callable(getattr(qimg, name)) and (name in qimg.__all__) == (name not in ("open", "map")), name
+    star: dict = {}
+    exec("from qimg import *", star)
+    assert "open" not in star and "map" not in star and "convert" in star  # built-ins stay
     for name in ("ImageInfo", "CheckReport", "MapEntry", "Measurement", "Comparison", "Progress"):
         assert dataclasses.is_dataclass(getattr(qimg, name)), name
     assert issubclass(qimg.Allocation, __import__("enum").IntFlag)

@@ -38,7 +38,8 @@ _EXPORTS = {
     "hookimpl": "plugins",
 }
 
-__all__ = [*_EXPORTS, "__version__", "QEMU_COMPAT_VERSION"]
+#: ``from qimg import *`` leaves the built-ins ``open`` and ``map`` alone (use ``qimg.open``, ``qimg.map``)
+__all__ = [n for n in _EXPORTS if n not in ("open", "map")] + ["__version__", "QEMU_COMPAT_VERSION"]
 
 
 def __getattr__(name: str) -> Any:
