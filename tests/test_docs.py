@@ -71,55 +71,60 @@ def test_relative_links_resolve() -> None:
     assert not broken, "broken links: " + ", ".join(broken)
 
 
-def _blocks() -> list[dict]:
-    """Execute every ```python block of docs/plugins.md, each in its own namespace."""
-    text = (DOCS / "plugins.md").read_text()
-    spaces = []
-    for i, block in enumerate(re.findall(r"```python\n(.*?)```", text, re.S)):
-        ns: dict = {"__name__": f"plugins_md_block_{i}"}
-        exec(compile(block, f"docs/plugins.md block {i}", "exec"), ns)
-        spaces.append(ns)
-    return spaces
+@pytest.fixture
+def guide_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The guide's example package (qimg_demo, extracted from docs/plugins.md by
+    tests/test_plugin_guide.py's rules) importable in this process."""
+    import sys
+
+    from test_plugin_guide import guide_files
+
+    root = tmp_path / "qimg-demo"
+    for path, code in guide_files((DOCS / "plugins.md").read_text()).items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(code)
+    monkeypatch.syspath_prepend(str(root))
+    for name in [m for m in sys.modules if m == "qimg_demo" or m.startswith("qimg_demo.")]:
+        monkeypatch.delitem(sys.modules, name)
+    import importlib
+
+    yield importlib.import_module("qimg_demo")
+    for name in [m for m in sys.modules if m == "qimg_demo" or m.startswith("qimg_demo.")]:
+        del sys.modules[name]
 
 
-def test_plugins_guide_examples_run(tmp_path: Path) -> None:
+def test_plugins_guide_examples_run(tmp_path: Path, guide_package) -> None:
+    """The guide's hooks, driver and protocol in this process (tests/test_plugin_guide.py
+    installs the whole distribution into a venv and runs the command line)."""
+    import importlib
+
     import click
     from click.testing import CliRunner
     from qimg.image import Image
     from qimg.protocol import FileProtocol
     from qimg.registry import Registry
 
-    ran = set()
-    for ns in _blocks():
-        if "qimg_register_formats" in ns:
-            reg = Registry()
-            ns["qimg_register_formats"](registry=reg)
-            entry = reg.format("demo")
-            assert entry.probe(b"QIMGDEMO" + bytes(504), "x") == 100 and entry.probe(bytes(512), "x") == 0
-            ran.add("formats")
-        if "qimg_register_protocols" in ns:
-            reg = Registry()
-            ns["qimg_register_protocols"](registry=reg)
-            assert reg.protocol_for("slice:0:1M:x").name == "slice"
-            _exercise_slice_protocol(ns["SliceProtocol"], tmp_path)
-            ran.add("protocols")
-        if "qimg_register_commands" in ns:
-            group = click.Group("qimg")
-            ns["qimg_register_commands"](cli=group)
-            res = CliRunner().invoke(group, ["formats"])
-            assert res.exit_code == 0 and "raw\t" in res.output
-            ran.add("commands")
-        if "DemoFormat" in ns:
-            cls = ns["DemoFormat"]
-            path = str(tmp_path / "doc.demo")
-            cls.create(path, 1 << 20, {})
-            img = Image(cls(FileProtocol(path, writable=True), filename=path, writable=True, options={}),
-                        format_name="demo", filename=path)
-            with img:
-                img.pwrite(1000, b"hello")
-                assert img.size == 1 << 20 and img.pread(998, 9) == b"\0\0hello\0\0"
-            ran.add("driver")
-    assert ran == {"formats", "protocols", "commands", "driver"}
+    mod = guide_package
+    reg = Registry()
+    mod.qimg_register_formats(registry=reg)
+    entry = reg.format("demo")
+    assert entry.probe(b"QIMGDEMO" + bytes(504), "x") == 100 and entry.probe(bytes(512), "x") == 0
+    reg = Registry()
+    mod.qimg_register_protocols(registry=reg)
+    assert reg.protocol_for("slice:0:1M:x").name == "slice"
+    _exercise_slice_protocol(importlib.import_module("qimg_demo.protocol").SliceProtocol, tmp_path)
+    group = click.Group("qimg")
+    mod.qimg_register_commands(cli=group)
+    res = CliRunner().invoke(group, ["formats"])
+    assert res.exit_code == 0 and "raw\t" in res.output
+    cls = importlib.import_module("qimg_demo.driver").DemoFormat
+    path = str(tmp_path / "doc.demo")
+    cls.create(path, 1 << 20, {})
+    img = Image(cls(FileProtocol(path, writable=True), filename=path, writable=True, options={}),
+                format_name="demo", filename=path)
+    with img:
+        img.pwrite(1000, b"hello")
+        assert img.size == 1 << 20 and img.pread(998, 9) == b"\0\0hello\0\0"
 
 
 def _exercise_slice_protocol(cls, tmp_path: Path) -> None:
@@ -134,7 +139,7 @@ def _exercise_slice_protocol(cls, tmp_path: Path) -> None:
     data = bytes(range(256)) * 4096  # 1 MiB
     disk.write_bytes(bytes(1 << 20) + data + bytes(1 << 20))
     reg = get_registry()
-    reg.protocols["slice"] = ProtocolEntry("slice", "docs:SliceProtocol", ("slice",), "docs", _cls=cls)
+    reg.protocols["slice"] = ProtocolEntry("slice", "qimg_demo.protocol:SliceProtocol", ("slice",), "docs", _cls=cls)
     try:
         name = f"slice:1M:1M:{disk}"
         with qimg.open(name) as img:

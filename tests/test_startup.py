@@ -363,3 +363,18 @@ def test_installed_launcher_imports_no_re(tmp_path: Path) -> None:
     imported = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
     assert "qimg_raw.driver" in imported
     assert "re" not in imported and "typing" not in imported
+
+
+@pytest.mark.parametrize("cli_installed", [True, False])
+def test_a_plugin_with_commands_works_through_the_library(clean_plugins, monkeypatch: pytest.MonkeyPatch,
+                                                          cli_installed: bool) -> None:
+    """A plugin implementing the CLI's hook (qimg_register_commands) next to its formats: the
+    library alone (no CLI loaded, so no spec for that hook yet) still gets its formats; without
+    the CLI installed at all the command hook is never called (docs/plugins.md's example)."""
+    monkeypatch.setattr(plugins, "_extra_specs", [])
+    if not cli_installed:
+        monkeypatch.setattr(plugins, "_SPECS_ELSEWHERE", {"qimg_register_commands": "qimg_no_such_cli.hookspecs"})
+    mod = plugin("cmds", qimg_register_formats=formats_impl("withcmd"),
+                 qimg_register_commands=plugins.hookimpl(lambda cli: None))
+    use_plugins(monkeypatch, ("cmds", mod))
+    assert "withcmd" in plugins.get_registry().formats

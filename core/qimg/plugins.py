@@ -136,6 +136,27 @@ def _load_plugin(name: str, value: str) -> object:
                         f"(QIMG_DISABLE_PLUGINS={name} skips it)") from None
 
 
+#: hooks a layer above the core specifies (the CLI's commands): a plugin implementing one stays
+#: usable through the library alone (the spec is added when that layer is installed, else the
+#: implementation is never called, as an optional hook)
+_SPECS_ELSEWHERE = {"qimg_register_commands": "qimg_cli.hookspecs"}
+
+
+def _specs_from_elsewhere(pm: pluggy.PluginManager) -> None:
+    for hook, module in _SPECS_ELSEWHERE.items():
+        caller = getattr(pm.hook, hook, None)
+        if caller is None or caller.has_spec():
+            continue
+        try:
+            spec = _spec_module(module)
+        except ImportError:
+            for impl in caller.get_hookimpls():
+                impl.optionalhook = True
+            continue
+        pm.add_hookspecs(spec)
+        add_hookspecs(spec)  # (recorded: the plugin manager is being built)
+
+
 def get_plugin_manager() -> pluggy.PluginManager:
     global _pm
     if _pm is None:
@@ -159,6 +180,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
             if pm.has_plugin(name) or pm.is_blocked(name):
                 continue
             pm.register(_load_plugin(name, value), name=name)
+        _specs_from_elsewhere(pm)
         pm.check_pending()
         _pm = pm
     return _pm
