@@ -461,6 +461,9 @@ def open(  # noqa: A001 - the natural name for the public API
         # (a protocol named as the driver is named by its own exact name, set by _open_node)
         img.display_name = _json_name(img, t.given) or img.display_name
     if t.fmt is None and writable and img.format == "raw" and probe_warning:
+        file = img.driver.file
+        if img.protocol_class is not None and file.exact_filename() is None:
+            fname = file.filename  # QEMU names the node: a json: name for rbd
         sys.stderr.write(RAW_PROBE_WARNING.format(fname) + "\n")  # QEMU prints it as it is
     return img
 

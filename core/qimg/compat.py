@@ -80,6 +80,8 @@ FEATURES.update({
     "info-child-nodes": "10.0",
     # the file protocol reports format-specific info (type "file"; an XFS extent size hint)
     "file-specific-info": "10.0",
+    # info: a format-specific block with no data (rbd's) prints nothing (7.2: its heading)
+    "info-empty-specific-hidden": "10.0",
     # map --output=json: every entry has "compressed"; runs merge only with equal compression
     "map-compressed": "10.0",
     # rebase compares and writes whole (sub)clusters, data up to the old backing's end even

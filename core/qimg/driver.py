@@ -347,21 +347,42 @@ class Format:
         raise NotSupported("Operation not supported")
 
     # -- snapshots ----------------------------------------------------------
+    # A format without internal snapshots of its own (raw) passes these to its file's
+    # protocol, as QEMU falls back to the primary child: an rbd image's snapshots show through
+    # a raw image over it. Protocols without snapshots (a host file) answer as such a format.
     def snapshot_list(self) -> list[SnapshotInfo]:
-        """The internal snapshots, in the image's order (``snapshot -l``, ``info``). Default: none."""
-        return []
+        """The internal snapshots, in the image's order (``snapshot -l``, ``info``). Default: the
+        file protocol's (none for a host file)."""
+        file = getattr(self, "file", None)
+        return file.snapshot_list() if hasattr(file, "snapshot_list") else []
 
     def snapshot_create(self, name: str) -> None:
         """Take an internal snapshot of the current state named ``name`` (``snapshot -c``)."""
-        raise NotSupported("Operation not supported")
+        self._snapshot_file().snapshot_create(name)
 
     def snapshot_goto(self, id_or_name: str) -> None:
         """Make a snapshot's state the current one (``snapshot -a``)."""
-        raise NotSupported("Operation not supported")
+        self._snapshot_file().snapshot_goto(id_or_name)
 
     def snapshot_delete(self, id_or_name: str | None, name: str | None = None) -> None:
         """Delete a snapshot by id or name (``snapshot -d``)."""
-        raise NotSupported("Operation not supported")
+        self._snapshot_file().snapshot_delete(id_or_name, name)
+
+    def _snapshot_file(self) -> Protocol:
+        file = getattr(self, "file", None)
+        if not hasattr(file, "snapshot_create"):
+            raise NotSupported("Operation not supported")
+        return file
+
+    def snapshots_fall_back(self, op: str) -> bool:
+        """Whether snapshot operation ``op`` (``snapshot_create``...) is one this driver does:
+        its own, or its file protocol's (the fallback above)."""
+        from .protocol import Protocol
+
+        if getattr(type(self), op) is not getattr(Format, op):
+            return True
+        file = getattr(self, "file", None)
+        return isinstance(file, Protocol) and getattr(type(file), op) is not getattr(Protocol, op)
 
     def snapshot_load_readonly(self, snapshot_id: str | None, name: str | None) -> None:
         """Switch this (read-only) instance to show a snapshot's data (``convert -l``)."""

@@ -85,6 +85,9 @@ class Protocol:
     unsafe_cache: bool = False
     #: QEMU's bdrv_get_info works on this protocol: its ``info`` node has a "dirty-flag"
     reports_dirty_flag: bool = False
+    #: the cluster size that bdrv_get_info reports (``info``'s cluster_size of this node and of
+    #: a raw image over it: rbd's object size), or None
+    cluster_size: int | None = None
     #: the node is a block device (``convert`` cannot assume a new target reads as zeroes)
     is_block: bool = False
 
@@ -260,6 +263,28 @@ class Protocol:
     def allocate(self, offset: int, length: int) -> None:
         """Reserve space (``preallocation=falloc``)."""
         raise NotImplementedError
+
+    # -- internal snapshots of the protocol (rbd): a format without its own (raw) falls back
+    # to these, as QEMU's bdrv_snapshot_* fall back to the primary child. The defaults are a
+    # protocol without snapshots.
+    def snapshot_list(self) -> list:
+        """The protocol's snapshots as :class:`qimg.driver.SnapshotInfo`."""
+        return []
+
+    def snapshot_create(self, name: str) -> None:
+        from .errors import NotSupported
+
+        raise NotSupported("Operation not supported")
+
+    def snapshot_goto(self, id_or_name: str) -> None:
+        from .errors import NotSupported
+
+        raise NotSupported("Operation not supported")
+
+    def snapshot_delete(self, id_or_name: str | None, name: str | None = None) -> None:
+        from .errors import NotSupported
+
+        raise NotSupported("Operation not supported")
 
     def set_perms(self, perm: int, shared: int) -> None:
         """Advertise permissions to other processes (:mod:`qimg.locking`); no-op by default."""

@@ -28,7 +28,7 @@ class ProtocolFormat(Format):
 
     @classmethod
     def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
-        proto = cls.protocol_class.create(filename, opts)
+        proto = cls.protocol_class.create(filename, {**opts, "size": size})
         try:
             if proto.size() < size:
                 proto.truncate(size)
@@ -66,7 +66,15 @@ class ProtocolFormat(Format):
         return self.file.allocated_size()
 
     def info_extra(self) -> dict[str, Any]:
-        return {"dirty-flag": None}  # a protocol node answers no bdrv_get_info
+        # most protocol nodes answer no bdrv_get_info (rbd does: its object size)
+        return {} if self.file.reports_dirty_flag else {"dirty-flag": None}
+
+    @property
+    def cluster_size(self) -> int | None:
+        return self.file.cluster_size
+
+    def format_specific_info(self) -> dict[str, Any] | None:
+        return self.file.specific_info()
 
 
 def protocol_status(file: Protocol, offset: int, length: int) -> Status:

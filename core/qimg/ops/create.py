@@ -195,6 +195,11 @@ def run_driver_create(cls: "type[Format]", filename: str, size: int, opts: dict[
     import os
 
     policy = cls.create_failure
+    from ..plugins import get_registry
+
+    entry = get_registry().protocol_for(filename)
+    if entry is not None and entry.name != "file":
+        policy = None  # a remote protocol (rbd) creates once, in the driver's create
     if policy:
         # QEMU's first step: the protocol creates the file; its errors (lock held, permission)
         # leave an existing file as it was

@@ -167,6 +167,11 @@ def protocol_info(proto: "Protocol") -> dict[str, Any]:
         d["actual-size"] = actual
     # the block layer counts a node's length in whole sectors (bdrv_getlength rounds up)
     d["virtual-size"] = -(-proto.size() // 512) * 512
+    if proto.cluster_size:
+        d["cluster-size"] = proto.cluster_size
+    snaps = proto.snapshot_list()
+    if snaps:
+        d["snapshots"] = [snapshot_dict(s) for s in snaps]
     spec = proto.specific_info()
     if spec is not None:
         d["format-specific"] = spec
@@ -280,7 +285,10 @@ def _node_lines(info: dict[str, Any], indent: int, path: str, lines: list[str]) 
         lines += [pad + row for row in snapshot_table(info["snapshots"])]
     spec = info.get("format-specific")
     # nothing at all for empty data (the file protocol's), as QEMU's qobject_is_empty_dump
-    if spec is not None and spec.get("data", spec) not in ({}, []):
+    # (7.2 prints the heading alone)
+    from ..compat import has
+
+    if spec is not None and (spec.get("data", spec) not in ({}, []) or not has("info-empty-specific-hidden")):
         lines.append(f"{pad}Format specific information:")
         lines += format_specific_lines(spec, indent)
     for child in info.get("children", ()):

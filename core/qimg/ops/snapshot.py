@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 
 def _overridden(drv: Format, name: str) -> bool:
-    return getattr(type(drv), name) is not getattr(Format, name)
+    """Whether the driver (or, for a format without snapshots, its protocol) does ``name``."""
+    return drv.snapshots_fall_back(name)
 
 
 def _create_failed(name: str, message: str) -> QimgError:

@@ -148,6 +148,10 @@ class LuksFormat(Format):
     def info_extra(self) -> dict[str, Any]:
         return {"encrypted": True}
 
+    @property
+    def cluster_size(self) -> int | None:
+        return self.file.cluster_size  # QEMU's luks passes its file's bdrv_get_info on (rbd)
+
     def format_specific_info(self) -> dict[str, Any] | None:
         return {"type": "luks", "data": luks.info(self.header)}
 

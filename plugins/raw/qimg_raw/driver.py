@@ -34,8 +34,10 @@ class RawFormat(Format):
         if entry is not None and entry.name != "file":
             # QEMU's raw creates through the protocol: a remote one (nbd) opens its existing
             # target, checks the size and zeroes the first sector, and that is all
-            open_protocol(filename, create=True, writable=True,
-                          options={"size": size, "preallocation": opts.get("preallocation")}).close()
+            popts = {k: v for k, v in opts.items() if v is not None}
+            popts["size"] = size
+            popts["preallocation"] = opts.get("preallocation")
+            open_protocol(filename, create=True, writable=True, options=popts).close()
             return
         if mode not in PREALLOC_MODES:
             raise QimgError(f"Parameter 'preallocation' does not accept value '{mode}'")
@@ -108,9 +110,13 @@ class RawFormat(Format):
         return Status(ZERO | ALLOCATED, length)
 
     def info_extra(self) -> dict[str, Any]:
-        # QEMU asks the protocol, and only the file protocol answers (no dirty-flag over nbd);
-        # a protocol that answers as a file does says so (reports_dirty_flag)
+        # QEMU asks the protocol, and only some answer (file, rbd; no dirty-flag over nbd): a
+        # protocol that answers says so (reports_dirty_flag)
         return {} if self.file.reports_dirty_flag else {"dirty-flag": None}
+
+    @property
+    def cluster_size(self) -> int | None:
+        return self.file.cluster_size  # QEMU's raw passes bdrv_get_info on (rbd's object size)
 
     def read(self, offset: int, buf: memoryview) -> None:
         got = self.file.preadinto(self.offset + offset, buf)
