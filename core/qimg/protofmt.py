@@ -74,6 +74,11 @@ class ProtocolFormat(Format):
         return self.file.cluster_size
 
     def format_specific_info(self) -> dict[str, Any] | None:
+        from .compat import has
+        from .protocol import FileProtocol
+
+        if isinstance(self.file, FileProtocol) and not has("file-specific-info"):
+            return None  # 7.2's file and host_device drivers report none
         return self.file.specific_info()
 
 
