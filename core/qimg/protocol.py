@@ -268,20 +268,23 @@ class Protocol:
     # to these, as QEMU's bdrv_snapshot_* fall back to the primary child. The defaults are a
     # protocol without snapshots.
     def snapshot_list(self) -> list:
-        """The protocol's snapshots as :class:`qimg.driver.SnapshotInfo`."""
+        """The protocol's snapshots as :class:`qimg.driver.SnapshotInfo` (default: none)."""
         return []
 
     def snapshot_create(self, name: str) -> None:
+        """Take a snapshot of the protocol's data named ``name`` (rbd: an RBD snapshot)."""
         from .errors import NotSupported
 
         raise NotSupported("Operation not supported")
 
     def snapshot_goto(self, id_or_name: str) -> None:
+        """Roll the data back to a snapshot."""
         from .errors import NotSupported
 
         raise NotSupported("Operation not supported")
 
     def snapshot_delete(self, id_or_name: str | None, name: str | None = None) -> None:
+        """Delete a snapshot (by name; an id, when given, must equal it for rbd)."""
         from .errors import NotSupported
 
         raise NotSupported("Operation not supported")
