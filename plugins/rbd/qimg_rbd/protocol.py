@@ -667,6 +667,8 @@ class RbdProtocol(Protocol):
         self._runs = []
 
     def close(self) -> None:
+        """Wait for the writes in flight (a failed one is raised here: convert's default cache
+        mode never flushes), then close the image and the connection."""
         image, self.image = self.image, None
         try:
             if image is not None:
@@ -681,6 +683,7 @@ class RbdProtocol(Protocol):
             if cluster is not None:
                 cluster.close()
                 self._cluster = None
+        self._raise_write_error()
 
 
 def _noop(_completion: Any) -> None:
