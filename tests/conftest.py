@@ -40,11 +40,7 @@ PROFILES = ("7.2", "10.0")
 #: against qemu-img 7.2 only, with the reason; the list empties as qimg's 10.0 profile learns
 #: each difference (issue 11). ``QIMG_TEST_ALL_DUAL=1`` ignores it (to see what is left).
 NOT_YET_DUAL: dict[str, str] = {
-    "test_cli.py::test_help": "7.2's help (tests/test_cli_profiles.py compares 10.0's per command)",
-    "test_cli.py::test_version": "7.2's version line (tests/test_cli_profiles.py has 10.0's)",
-    "test_measure.py::test_glibc_usage_messages_then_help": "7.2's measure prints the global help after getopt's words",
     "test_nbd.py::test_unreachable_and_bad_names": "qemu-img 10.0 prints a GLib assertion line first (its bug)",
-    "test_measure.py::test_size_syntax": "size syntax: qemu_strtosz's fractions (10.0 reads '.5M')",
     "test_luks.py::test_luks2_as_qemu": "runs both oracles itself (qemu_img and qemu_img_10, each with its profile)",    "test_blkdebug.py::test_forms": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
     "test_file_driver.py::test_host_device": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
     "test_http.py::test_info_as_qemu": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",

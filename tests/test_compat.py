@@ -310,3 +310,31 @@ def test_rebase_compress_cli_refused(tmp_path):
     assert p.returncode == 1 and (r.returncode, r.stdout, as_qemu(r.stderr)) == (p.returncode, p.stdout, p.stderr)
     r = run_qimg("rebase", "-c", "-b", "", "top.qed", cwd=tmp_path, profile="7.2")
     assert r.returncode == 1 and ("invalid option" in r.stderr or "unrecognized option" in r.stderr), r.stderr
+
+
+# -- sizes: qemu_strtosz per profile -------------------------------------------------------------
+
+SIZE_CASES = [".5M", "+.5k", " .5k", "\t.1K", "1.00", "1.0", ".0", "1.", "1.k", ".", ".k", "0.5", "1.5b",
+              "1.0b", "-1", "-0", "-1k", "-.5", "-.5k", " -0.25", "1.00048828125k", "0.00048828125k",
+              "12.1T", "0.999999999999999999999E", "1.999999999999999999999k", ".25E", "7.99999999E", "8E",
+              "18446744073709551615", "99999999999999999999", "99999999999999999999.5k", "0x10", "0x10k",
+              "0x", "0x.8k", "+0x10", "-0x10", "1e3", ".5e1k", "1.5e", "1 ", " 1k", "1kB", "", "x.5k",
+              "0x1.5k", "1.5kb", "1k5", "+ 1k", "1.0000000001k", "0X1F", "00012", "0.0005k", "1e", "1E",
+              "-", "+", " ", "0x0", "0xg", "1.5.5k", "1..5k", "-1.5k", "1-", "1.-5k", "1.+5k", "1. 5k"]
+
+
+@pytest.mark.parametrize("text", SIZE_CASES)
+def test_size_syntax(tmp_path, qemu_img, qimg, text):
+    """qemu_strtosz as each version reads it (bench prints the offset it read): 10.0 accepts a
+    fraction without integral digits and calls a negative number out of range, 7.2 warns about
+    a suffix on a hex number; both round a fraction's last half byte up."""
+    make("create", "-q", "-f", "raw", "img.raw", "64M", cwd=tmp_path)
+    args = ("bench", "-c", "1", "-d", "1", "-o", text, "-f", "raw", "img.raw")
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        q, m = qemu_img(*args), qimg(*args)
+    finally:
+        os.chdir(here)
+    first = lambda r: r.stdout.splitlines()[:1]  # noqa: E731 (the run's timing follows)
+    assert (m.returncode, first(m), as_qemu(m.stderr)) == (q.returncode, first(q), q.stderr)

@@ -73,7 +73,6 @@ def cvtnum(what: str, text: str, lo: int = 0, hi: int = INT64_MAX) -> int:
     """qemu-img's ``cvtnum_full``: a size with suffixes (``qemu_strtosz``) in ``[lo, hi]``, or
     QimgError with its message (``Invalid <what> specified...``, worded by profile)."""
     from qimg.errors import QimgError
-    from qimg.ops.sizes import is_negative
 
     out_of_range = f"Invalid {what} specified. Must be between {lo} and {hi}."
     try:
@@ -81,10 +80,6 @@ def cvtnum(what: str, text: str, lo: int = 0, hi: int = INT64_MAX) -> int:
     except OverflowError:
         raise QimgError(out_of_range) from None
     except ValueError:
-        from qimg.compat import has
-
-        if has("negative-size-out-of-range") and is_negative(text):
-            raise QimgError(out_of_range) from None
         raise QimgError(prog.text("cvtnum-invalid", what=what, value=text)) from None
     if not lo <= value <= hi:
         raise QimgError(out_of_range)

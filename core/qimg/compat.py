@@ -27,10 +27,12 @@ FEATURES: dict[str, str] = {
     "command-help": "10.0",
     # --output's value is checked as the option is met, before later usage errors
     "output-checked-in-loop": "10.0",
-    # sizes (qemu_strtosz): a negative number is out of range (7.2: invalid), a suffix on a hex
-    # number is refused (7.2: accepted with a deprecation warning)
-    "negative-size-out-of-range": "10.0",
-    "hex-size-suffix-refused": "10.0",
+    # sizes (qemu_strtosz, QEMU 8.1's rework; qimg.units.strtosz): a negative number is out of
+    # range (7.2: invalid), a suffix on a hex number is refused (7.2: accepted with a deprecation
+    # warning), a fraction may lack integral digits (".5M"), one that reads as 1.0 is one more
+    # unit (7.2: none); the same in QemuOpts size options ("Value '-1' is out of range for
+    # parameter 'offset'", 7.2: not a non-negative number)
+    "strtosz-rework": "10.0",
     # bench's counts and convert -m are checked as integers in a range (cvtnum's messages)
     "range-checked-numbers": "10.0",  # also dd's count= and skip=
     # snapshot with no -l/-a/-c/-d lists (7.2: opens the image for writing, does nothing)
@@ -87,8 +89,6 @@ FEATURES.update({
     # rebase compares and writes whole (sub)clusters, data up to the old backing's end even
     # where a chunk crosses it, and skips what an image of the chain shows (since 8.2)
     "rebase-aligned-copy": "10.0",
-    # (QemuOpts size options use "negative-size-out-of-range" too: "Value '-1' is out of range
-    # for parameter 'offset'", 7.2: not a non-negative number)
     # create -b without -F: "Detected format of qcow2." ends with a newline (7.2: none)
     "detected-format-newline": "10.0",
 })

@@ -6,7 +6,7 @@ data serves ``-o help``, validation, and conversion of the strings to Python val
 from __future__ import annotations
 
 from .errors import QimgError, QimgValueError
-from .units import parse_size
+from .units import SizeRange, parse_size
 from .values import FrozenValue
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
@@ -52,17 +52,11 @@ class Option(FrozenValue):
                 return False
             raise QimgValueError(f"Parameter '{self.name}' expects 'on' or 'off'")
         if self.type == SIZE:
-            if value.lstrip().startswith("-"):
-                from .compat import has
-                from .ops.sizes import is_negative
-
-                if has("negative-size-out-of-range") and is_negative(value):
-                    raise QimgValueError(f"Value '{value}' is out of range for parameter '{self.name}'")
             try:
-                if value.lstrip().startswith("-"):
-                    raise ValueError
                 return parse_size(value)
-            except ValueError:  # (QimgValueError is one too: none is raised in here)
+            except SizeRange:  # a negative number, 10.0 (7.2: invalid, below)
+                raise QimgValueError(f"Value '{value}' is out of range for parameter '{self.name}'") from None
+            except ValueError:
                 raise QimgValueError(
                     f"Parameter '{self.name}' expects a non-negative number below 2^64\n"
                     "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"

@@ -9,9 +9,19 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 _SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
-# qemu_strtosz's syntax: [ws][+]DIGITS[.DIGITS][suffix] or 0xHEX[suffix], nothing after
-_SIZE_PATTERN = r"\s*\+?(?:0[xX]([0-9a-fA-F]+)|([0-9]+)(\.[0-9]*)?)([a-zA-Z]?)"
+# qemu_strtosz's syntax: [ws][+]DIGITS[.DIGITS][suffix] or 0xHEX[suffix], nothing after; since
+# QEMU 8.1 also [ws][+].DIGITS[suffix] (no integral digits)
+_SIZE_PATTERN = r"\s*\+?(?:0[xX]([0-9a-fA-F]+)|([0-9]*)(\.[0-9]*)?)([a-zA-Z]?)"
+# what QEMU 8.1's qemu_strtosz calls out of range rather than invalid: a negative integer, or a
+# negative fraction without integral digits, with nothing after it
+_NEGATIVE_PATTERN = r"\s*-(?:[0-9]+|\.[0-9]+)"
 _size_re: re.Pattern | None = None
+_negative_re: re.Pattern | None = None
+
+
+class SizeRange(OverflowError, ValueError):
+    """qemu_strtosz's range error for a negative number (QEMU 8.1 on; 7.2 calls it invalid):
+    callers that word both cases catch it first, others see a ValueError."""
 
 
 def _match(text: str) -> re.Match | None:
@@ -24,18 +34,41 @@ def _match(text: str) -> re.Match | None:
     return _size_re.fullmatch(text)
 
 
-def strtosz(text: str, default_suffix: str = "b", on_hex_suffix: Callable[[], None] | None = None) -> int:
+def _is_negative(text: str) -> bool:
+    global _negative_re
+    if _negative_re is None:
+        import re
+
+        _negative_re = re.compile(_NEGATIVE_PATTERN)
+    return _negative_re.fullmatch(text) is not None
+
+
+def strtosz(text: str, default_suffix: str = "b", on_hex_suffix: Callable[[], None] | None = None,
+            rework: bool | None = None) -> int:
     """The value QEMU's ``qemu_strtosz`` reads, unbounded (callers check the range, which QEMU
     reports as ERANGE); ValueError on junk. Suffixes b/k/M/G/T/P/E in either case, binary.
 
     A fraction is a double scaled to 64 fixed-point bits, as QEMU does: with a suffix, its
     share rounds half up ("0.0005k" is 1); without one (bytes), only a fraction that scales to
     0 is taken ("1024.0", "1."), any other ("1.5") is junk. A suffix on a hex number calls
-    ``on_hex_suffix`` (QEMU's deprecation warning) and is junk without one."""
+    ``on_hex_suffix`` (QEMU's deprecation warning) and is junk without one.
+
+    ``rework`` (default: the profile's feature ``strtosz-rework``, qemu-img 10.0) reads as QEMU
+    8.1 on does: a fraction may lack integral digits (".5M"), a negative number is out of range
+    (:class:`SizeRange`; with anything after it, junk), a fraction that reads as 1.0 is one more
+    unit (7.2: none) and any other non-zero one is at least 2^-64 (a fraction of a byte)."""
+    if rework is None:
+        from .compat import has
+
+        rework = has("strtosz-rework")
     m = _match(text)
     if not m:
+        if rework and _is_negative(text):
+            raise SizeRange(text)
         raise ValueError(text)
     hexdigits, digits, frac, suffix = m.groups()
+    if hexdigits is None and not digits and (not rework or frac is None or len(frac) < 2):
+        raise ValueError(text)  # no digits (10.0: ".5" needs one after the point)
     mult = _SUFFIX.get((suffix or default_suffix).lower())
     if mult is None:
         raise ValueError(text)
@@ -45,7 +78,7 @@ def strtosz(text: str, default_suffix: str = "b", on_hex_suffix: Callable[[], No
                 raise ValueError(text)
             on_hex_suffix()
         return int(hexdigits, 16) * mult
-    value = int(digits)
+    value = int(digits or "0")
     if value >= 1 << 64:
         # strtoull's range error stands only when it ends the text; with more after it, junk
         if frac is not None or suffix:
@@ -53,8 +86,14 @@ def strtosz(text: str, default_suffix: str = "b", on_hex_suffix: Callable[[], No
         return value
     if frac is None:
         return value * mult
-    # the C cast of a fraction that rounded up to 1.0 (2^64) gives 0 on x86-64
-    valf = int(float("0" + frac) * 2.0**64) % (1 << 64) if frac != "." else 0
+    fraction = float("0" + frac) if frac != "." else 0.0
+    if rework and fraction == 1.0:
+        value, valf = value + 1, 0  # 8.1 carries a fraction that rounded to 1.0
+    else:
+        # the C cast of a fraction that rounded up to 1.0 (2^64) gives 0 on x86-64
+        valf = int(fraction * 2.0**64) % (1 << 64)
+        if rework and not valf and fraction:
+            valf = 1
     if mult == 1:
         if valf:
             raise ValueError(text)  # a fraction of a byte
