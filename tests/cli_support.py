@@ -157,6 +157,24 @@ def compare_in_copies(setup, tmp_path, *args: str, mask=None) -> tuple[Run, Run]
     return mine, theirs
 
 
+def strip_formats(lines: list[str]) -> list[str]:
+    """The global help's lines after the version line, without the list of formats (7.2: one
+    line; 10.0: a "Supported image formats:" block wrapped to the terminal), qemu-img spelled qimg."""
+    out, in_block = [], False
+    for ln in lines[1:]:
+        if ln.startswith("Supported formats:"):
+            continue
+        if ln == "Supported image formats:":
+            in_block = True
+            continue
+        if in_block:
+            if ln == "" or ln.startswith("  "):
+                continue
+            in_block = False
+        out.append(ln.replace("qemu-img", "qimg"))
+    return out
+
+
 def formats_available() -> list[str]:
     from qimg.plugins import get_registry
 

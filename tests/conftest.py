@@ -10,7 +10,7 @@ then with qemu-img 10.0 and ``QIMG_COMPAT=10.0`` (test ids end in ``[7.2]``/``[1
 autouse fixture ``oracle`` selects the pair: the ``qemu_img`` fixture and cli_support's
 ``run_qemu``/``compare`` run that oracle, and qimg (the ``qimg`` fixture, ``run_qimg``) runs
 with that profile. A test is differential when it reaches both sides: it requests the
-``qemu_img`` and ``qimg`` fixtures, or its code (and the module's helpers it calls) uses
+``qemu_img`` (or ``oracle``) and ``qimg`` fixtures, or its code (and the module's helpers it calls) uses
 cli_support's oracle runners (``run_qemu``, ``compare``, ``compare_in_copies``). Every other
 test runs once, against 7.2: qemu-img only made its images, or qimg ran as a library, whose
 results do not depend on the profile. ``@pytest.mark.oracle_72("why")`` keeps a differential
@@ -41,14 +41,6 @@ PROFILES = ("7.2", "10.0")
 #: each difference (issue 11). ``QIMG_TEST_ALL_DUAL=1`` ignores it (to see what is left).
 NOT_YET_DUAL: dict[str, str] = {
     "test_nbd.py::test_unreachable_and_bad_names": "qemu-img 10.0 prints a GLib assertion line first (its bug)",
-    "test_luks.py::test_luks2_as_qemu": "runs both oracles itself (qemu_img and qemu_img_10, each with its profile)",    "test_blkdebug.py::test_forms": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
-    "test_file_driver.py::test_host_device": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
-    "test_http.py::test_info_as_qemu": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
-    "test_http.py::test_map_check_compare_as_qemu": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
-    "test_ssh.py::test_info_as_qemu": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
-    "test_program_name.py::test_help_is_qemu_imgs_under_its_name": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
-    "test_qcow2_snapshot_table.py::test_short_extra_data": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
-    "test_qcow2_snapshot_table.py::test_too_many_snapshots_repaired": "landed while the 10.0 runs were on a branch: not yet compared with 10.0 (issue 11)",
 }
 
 #: cli_support functions that run the oracle, and those that run qimg's command line
@@ -104,7 +96,9 @@ def _differential(metafunc: pytest.Metafunc) -> bool:
         fn = getattr(fn, "obj", fn)
         if isinstance(fn, types.FunctionType) and fn.__module__ == metafunc.module.__name__:
             used |= _names_used(fn.__code__, metafunc.module, set())
-    oracle = "qemu_img" in names or bool(used & _ORACLE_NAMES)
+    # a test that names the ``oracle`` fixture picks its oracle itself (its helpers' runners)
+    asks = "oracle" in metafunc.function.__code__.co_varnames[:metafunc.function.__code__.co_argcount]
+    oracle = "qemu_img" in names or asks or bool(used & _ORACLE_NAMES)
     cli = "qimg" in names or bool(used & _CLI_NAMES)
     return oracle and cli
 

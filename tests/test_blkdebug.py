@@ -58,6 +58,9 @@ def test_config_file(imgs, conf):
 @pytest.mark.parametrize("args", [
     ["info", "blkdebug:read.conf:t.qcow2"], ["info", "blkdebug::t.qcow2"], ["info", "blkdebug:foo"],
     ["info", "blkdebug:missing.conf:t.qcow2"], ["info", "blkdebug::missing.qcow2"],
+    # 10.0: blkdebug is a node with a child ('image'), and a dirty flag
+    ["info", "--output=json", "blkdebug::t.qcow2"], ["info", "-f", "blkdebug", "blkdebug::t.qcow2"],
+    ["info", "--output=json", "-f", "blkdebug", "blkdebug::t.qcow2"],
     ["info", "--image-opts", "driver=qcow2,file.driver=blkdebug,file.image.filename=t.qcow2"],
     ["info", "--image-opts", "driver=qcow2,file.driver=blkdebug,file.image.filename=t.qcow2,"
      "file.inject-error.0.event=read_aio"],

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from cli_support import compare, run_qemu, run_qimg, run_qimg_subprocess
+from cli_support import compare, run_qemu, run_qimg, run_qimg_subprocess, strip_formats
 
 
 @pytest.fixture
@@ -83,21 +83,6 @@ def test_help(raw_dir, args):
     # "Supported image formats:" block wrapped to the terminal, up to the next blank line)
     assert strip_formats(mine_lines) == strip_formats(their_lines)
 
-
-def strip_formats(lines: list[str]) -> list[str]:
-    out, in_block = [], False
-    for ln in lines[1:]:
-        if ln.startswith("Supported formats:"):
-            continue
-        if ln == "Supported image formats:":
-            in_block = True
-            continue
-        if in_block:
-            if ln == "" or ln.startswith("  "):
-                continue
-            in_block = False
-        out.append(ln.replace("qemu-img", "qimg"))
-    return out
 
 
 @pytest.mark.oracle_72("qemu-img only makes the image; qimg's own registry is under test")

@@ -16,7 +16,7 @@ import threading
 
 import pytest
 import qimg
-from cli_support import run_qemu, run_qemu_io, run_qimg
+from cli_support import run_qemu, run_qemu72, run_qemu_io, run_qimg
 from conftest import Run, as_qemu, need_qemu10
 from web_server import WebServer, free_port
 
@@ -50,7 +50,7 @@ def _norm(text: str) -> str:
 
 def _qemu(version: str, *args: str, cwd=None) -> Run:
     if version == "7.2":
-        return run_qemu(*args, cwd=cwd)
+        return run_qemu72(*args, cwd=cwd)
     import subprocess
 
     exe, env = need_qemu10("qemu-img")
@@ -124,28 +124,20 @@ def _error_cases(web: WebServer, tmp_path) -> list[list[str]]:
     ]
 
 
-@pytest.mark.parametrize("version", ["7.2", "10.0"])
-def test_info_as_qemu(web, monkeypatch, tmp_path, version):
-    if version == "10.0":
-        pytest.xfail("qimg's 10.0 info (Child node sections) lands with the compat-10 branch")
+def test_info_as_qemu(web, monkeypatch, tmp_path, oracle):
     for args in _cases(web):
-        same(monkeypatch, version, *args, cwd=tmp_path)
+        same(monkeypatch, oracle, *args, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("version", ["7.2", "10.0"])
-def test_map_check_compare_as_qemu(web, monkeypatch, tmp_path, version):
+def test_map_check_compare_as_qemu(web, monkeypatch, tmp_path, oracle):
     cases = _read_cases(web)
-    if version == "10.0":
-        cases = [c for c in cases if c[0] != "map" or "--output=json" not in c]  # 10.0's "compressed" key: compat-10
-        cases = [c for c in cases if c[:2] != ["info", "--backing-chain"]]
     for args in cases:
-        same(monkeypatch, version, *args, cwd=tmp_path)
+        same(monkeypatch, oracle, *args, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("version", ["7.2", "10.0"])
-def test_errors_as_qemu(web, monkeypatch, tmp_path, version):
+def test_errors_as_qemu(web, monkeypatch, tmp_path, oracle):
     for args in _error_cases(web, tmp_path):
-        same(monkeypatch, version, *args, cwd=tmp_path)
+        same(monkeypatch, oracle, *args, cwd=tmp_path)
 
 
 def test_convert_from_http_lands_the_same_bytes(web, tmp_path, monkeypatch):
@@ -270,13 +262,12 @@ def test_hostile_servers_fail_cleanly(mode, tmp_path):
         srv.server_close()
 
 
-@pytest.mark.parametrize("version", ["7.2", "10.0"])
-def test_a_silent_server_times_out_as_qemu(monkeypatch, version):
+def test_a_silent_server_times_out_as_qemu(monkeypatch, oracle):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)  # accepts connections (the kernel does) but never answers
     try:
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
-        same(monkeypatch, version, "info", "--image-opts", f"driver=raw,file.driver=http,file.url={url},file.timeout=1")
+        same(monkeypatch, oracle, "info", "--image-opts", f"driver=raw,file.driver=http,file.url={url},file.timeout=1")
     finally:
         listener.close()

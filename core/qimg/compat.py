@@ -99,6 +99,13 @@ TEXTS.update({
         "10.0": "ID      TAG               VM_SIZE                DATE        VM_CLOCK     ICOUNT"},
     "snapshot-table-row": {"7.2": "%-9s %-16s %8s%20s%13s%11s", "10.0": "%-7s %-16s %8s %19s %15s %10s"},
     "snapshot-vm-clock": {"7.2": "%02d:%02d:%02d.%03d", "10.0": "%04d:%02d:%02d.%03d"},
+    # ... and a snapshot without an instruction count (a short entry's, or -1)
+    "snapshot-no-icount": {"7.2": "", "10.0": "--"},
+    # a protocol that cannot create, and could not open its target either
+    "protocol-create-fallback": {
+        "7.2": "Protocol driver '{}' does not support image creation, and opening the image failed: ",
+        "10.0": "Protocol driver '{}' does not support creating new images, so an existing image must be "
+                "selected as the target; however, opening the given target as an existing image failed: "},
     # snapshot -c on a format without snapshots: the errno's number is gone
     "snapshot-create-failed": {"7.2": "Could not create snapshot '{name}': -{errno} ({strerror})",
                                "10.0": "Could not create snapshot '{name}': {strerror}"},

@@ -315,8 +315,8 @@ class Format:
         ``(child name, protocol)`` in QEMU's order. Default: the image's file, ``file``. A
         driver with more files lists them (vmdk: its extents, newest child first, then
         ``file``). A qcow2 data file is not listed: qemu-img info does not open it. A protocol
-        named as the format (``-f file``, ``-f nbd``) is the node itself: none."""
-        return [] if self.is_protocol else [("file", self.file)]
+        named as the format (``-f file``, ``-f nbd``) is the node itself: its own children."""
+        return self.file.child_nodes() if self.is_protocol else [("file", self.file)]
 
     def info_extra(self) -> dict[str, Any]:
         """Extra top-level ``info`` keys (``cluster-size``, ``encrypted``, ``dirty-flag``...).

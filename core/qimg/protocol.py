@@ -24,14 +24,6 @@ if TYPE_CHECKING:
 ZERO_CHUNK = bytes(1 << 20)
 
 
-#: qemu-img's words for a protocol that cannot create and could not open its target either
-_CREATE_FALLBACK = {
-    "7.2": "Protocol driver '{}' does not support image creation, and opening the image failed: ",
-    "10.0": "Protocol driver '{}' does not support creating new images, so an existing image must be "
-            "selected as the target; however, opening the given target as an existing image failed: ",
-}
-
-
 class Protocol:
     """Base class of protocol drivers: where an image's bytes live (QEMU's protocol
     BlockDriver). A format driver reads and writes its file only through these methods.
@@ -132,7 +124,6 @@ class Protocol:
         except QimgError as e:
             from . import compat
 
-            compat.TEXTS.setdefault("protocol-create-fallback", _CREATE_FALLBACK)
             prefix = compat.text("protocol-create-fallback").format(cls.protocol_name)
             raise with_errno(QimgError(prefix + e.message, e.exit_code), e.errno) from None
         try:
@@ -225,6 +216,12 @@ class Protocol:
         (qemu-img 10.0): :attr:`protocol_name`, unless what was opened has its own (the file
         protocol opens device nodes with QEMU's ``host_device``)."""
         return self.protocol_name
+
+    def child_nodes(self) -> list[tuple[str, "Protocol"]]:
+        """This node's children in QEMU's block graph, as qemu-img 10.0's ``info`` lists them:
+        ``(child name, protocol)``. Default: none; a filter over another node lists it
+        (blkdebug: ``image``), and ``info`` then shows this node as an image with a child."""
+        return []
 
     def specific_info(self) -> dict | None:
         """The protocol's ``format-specific`` info in ``info`` (``{"type": ..., "data": {...}}``),

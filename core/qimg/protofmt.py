@@ -66,7 +66,7 @@ class ProtocolFormat(Format):
         return self.file.allocated_size()
 
     def info_extra(self) -> dict[str, Any]:
-        # most protocol nodes answer no bdrv_get_info (rbd does: its object size)
+        # most protocol nodes answer no bdrv_get_info (those that do say so: rbd, blkdebug)
         return {} if self.file.reports_dirty_flag else {"dirty-flag": None}
 
     @property

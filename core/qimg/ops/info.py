@@ -175,7 +175,7 @@ def protocol_info(proto: "Protocol") -> dict[str, Any]:
     spec = proto.specific_info()
     if spec is not None:
         d["format-specific"] = spec
-    d["children"] = []
+    d["children"] = [{"name": n, "info": protocol_info(child)} for n, child in proto.child_nodes()]
     return d
 
 
@@ -206,7 +206,7 @@ def snapshot_row(sn: dict[str, Any]) -> str:
     secs = sn.get("vm-clock-sec", 0)
     msecs = sn.get("vm-clock-nsec", 0) // 1_000_000
     clock = text("snapshot-vm-clock") % (secs // 3600, (secs // 60) % 60, secs % 60, msecs)
-    icount = str(sn["icount"]) if sn.get("icount") is not None else ""
+    icount = str(sn["icount"]) if sn.get("icount") is not None else text("snapshot-no-icount")
     # rows keep a space after ID and TAG even when they overflow their columns (unlike 7.2's header)
     return text("snapshot-table-row") % (sn["id"], sn["name"], size_to_str(sn.get("vm-state-size", 0)),
                                         date, clock, icount)

@@ -48,6 +48,7 @@ def _check_limits(opts: dict[str, Any], child_align: int = 1) -> None:
 
 class BlkdebugProtocol(Protocol):
     protocol_name = "blkdebug"
+    reports_dirty_flag = True  # blkdebug_co_get_info passes its child's (a file's: false)
     runtime_options = {"config": STRING, "x-image": STRING, "image": STRING, "image.": STRING,
                        **{name: SIZE for name in _LIMITS}, "inject-error.": STRING, "set-state.": STRING,
                        "take-child-perms.": STRING, "unshare-child-perms.": STRING}
@@ -126,6 +127,9 @@ class BlkdebugProtocol(Protocol):
         out.update(self.extra)
         out["image"] = self.child.json_options()
         return out
+
+    def child_nodes(self) -> list[tuple[str, Protocol]]:
+        return [("image", self.child)]
 
     def dirname(self) -> str:
         # only the image's name matters (QEMU's blkdebug_dirname)

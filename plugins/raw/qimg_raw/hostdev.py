@@ -53,8 +53,10 @@ class HostDeviceProtocol(FileProtocol):
         try:
             proto = cls.open(cls.parse_filename(filename), writable=True, filename=filename)
         except QimgError as e:
-            raise QimgError(f"Protocol driver '{cls.protocol_name}' does not support image creation, and opening "
-                            f"the image failed: {e.message}", e.exit_code) from None
+            from qimg.compat import text
+
+            prefix = text("protocol-create-fallback").format(cls.protocol_name)
+            raise QimgError(prefix + e.message, e.exit_code) from None
         try:
             size = opts.get("size") or 0
             proto.truncate(size)  # a device never grows: QEMU's 'Cannot grow device files'
