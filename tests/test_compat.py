@@ -338,3 +338,11 @@ def test_size_syntax(tmp_path, qemu_img, qimg, text):
         os.chdir(here)
     first = lambda r: r.stdout.splitlines()[:1]  # noqa: E731 (the run's timing follows)
     assert (m.returncode, first(m), as_qemu(m.stderr)) == (q.returncode, first(q), q.stderr)
+
+
+@pytest.mark.parametrize("text", ["16E", "18446744073709551616", "99999999999999999999", "7E", "-1", "-1k", ".5k",
+                                  "1.5", "0x1000", "-0"])
+def test_size_option_syntax(tmp_path, qemu_img, qimg, text):
+    """QemuOpts size options (-o size=) read a uint64 with each version's qemu_strtosz: 2^64
+    and more out of range in both, a negative number out of range in 10.0."""
+    same(qemu_img, qimg, "create", "-f", "raw", "-o", f"size={text}", "sz.raw", cwd=tmp_path)
