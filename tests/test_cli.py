@@ -108,13 +108,18 @@ def test_version(raw_dir, oracle):
     assert run_qimg("--version", "info").stdout == r.stdout
 
 
-def test_trace_help_lists_qimg_events():
-    from qimg import trace
+@pytest.mark.parametrize("args", [["-T", "help"], ["--trace", "enable=help"], ["-T", "help", "info"],
+                                  ["-T", "bdrv_open_common", "-T", "help"]])
+def test_trace_help_lists_qemus_events(raw_dir, args):
+    """qemu-img's own list of trace events, per version (qimg's are in docs/tracing.md)."""
+    r = compare(raw_dir, *args)
+    assert r.returncode == 0 and "bdrv_open_common" in r.stdout.split()
 
-    r = run_qimg("-T", "help")
-    assert r.returncode == 0
-    assert r.stdout.splitlines() == trace.list_events()
-    assert "map_entry" in r.stdout.split()
+
+def test_trace_qemus_event_names_are_known(raw_dir):
+    """Enabling one of qemu-img's events is no error (it has nothing to trace in qimg)."""
+    r = compare(raw_dir, "-T", "breakpoint_insert", "info", "a.raw")
+    assert r.returncode == 0 and not r.stderr
 
 
 def test_trace_enable_emits_events(raw_dir):
@@ -163,3 +168,13 @@ def test_object_secret_accepted(raw_dir):
         mine = run_qimg(*cmd, "--object", "secret,id=s0,data=abc", "a.raw", cwd=raw_dir)
         theirs = run_qemu(*cmd, "--object", "secret,id=s0,data=abc", "a.raw", cwd=raw_dir)
         assert mine.returncode == theirs.returncode
+
+
+@pytest.mark.parametrize("obj", ["help", "?", "secret,help", "id=x,help", "help=on", "secret,help=off",
+                                 "secret,id=s,help", "qom-type=help", "help,help", "Secret,help", ",help", ",",
+                                 "tls-cipher-suites,help", "qom-type=throttle-group,help", "tls-creds-x509,?"])
+@pytest.mark.parametrize("cmd", [["info"], ["convert", "-O", "raw"], ["create", "-f", "raw"]])
+def test_object_help(raw_dir, cmd, obj):
+    """``--object help`` lists qemu-img's user creatable object types (per version), and
+    ``TYPE,help`` a type's properties."""
+    compare(raw_dir, *cmd, "--object", obj, "a.raw", "b.raw")

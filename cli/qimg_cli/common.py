@@ -50,11 +50,14 @@ def parse_objects(objects: Iterable[str]) -> None:
         return
     from qimg import secrets
 
+    from .objects import help_text
+
     for text in objects:
-        if text in ("help", "?"):
-            # qimg knows one kind of user creatable object
-            sys.stdout.write("List of user creatable objects:\n  secret\n")
-            raise SystemExit(0)
+        if "help" in text or "?" in text:
+            answer = help_text(text)
+            if answer is not None:
+                sys.stdout.write(answer)
+                raise SystemExit(0)
         secrets.add_object(text)
 
 

@@ -49,13 +49,16 @@ def _enable_pattern(pattern: str) -> None:
 
     get_plugin_manager()  # plugins declare their events when their package is imported
 
+    from .qemu_events import names
+
     if pattern == "help":
-        sys.stdout.write("".join(f"{name}\n" for name in trace.list_events()))
+        # qemu-img's list (qimg's own events: docs/tracing.md)
+        sys.stdout.write("".join(f"{name}\n" for name in names()))
         raise SystemExit(0)
     state = True
     if pattern.startswith("-"):
         pattern, state = pattern[1:], False
-    if not trace.enable(pattern, state) and not any(c in pattern for c in "*?["):
+    if not trace.enable(pattern, state) and not any(c in pattern for c in "*?[") and pattern not in names():
         sys.stderr.write(f"{prog.NAME}: warning: trace event '{pattern}' does not exist\n")
 
 

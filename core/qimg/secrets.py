@@ -14,6 +14,8 @@ def add_object(text: str) -> None:
     import re
 
     items = split_options(text)
+    if any(key == "" for key, _ in items):
+        raise QimgError("Invalid parameter ''")  # an empty piece, even the implied first one
     if items and items[0][1] is None:  # QEMU's implied first key is qom-type
         items[0] = ("qom-type", items[0][0])
     for key, _ in items:
