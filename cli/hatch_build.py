@@ -1,6 +1,6 @@
-"""Build hook of qimg-cli: the man page qimg(1) and the bash completion, generated from
-the option tables (qimg_cli.gen) when the wheel is built, installed with the CLI under the
-environment's share/ (share/man/man1, share/bash-completion/completions)."""
+"""Build hook of qimg-cli: the man page qimg(1) and the bash and zsh completions, generated
+from the option tables (qimg_cli.gen) when the wheel is built, installed with the CLI under the
+environment's share/ (share/man/man1, share/bash-completion/completions, share/zsh/site-functions)."""
 from __future__ import annotations
 
 import os
@@ -24,6 +24,7 @@ class GeneratedFilesHook(BuildHookInterface):
         files = {
             "qimg.1": (gen.man_page(self.metadata.version), "share/man/man1/qimg.1"),
             "qimg.bash": (gen.bash_completion(), "share/bash-completion/completions/qimg"),
+            "_qimg": (gen.zsh_completion(), "share/zsh/site-functions/_qimg"),
         }
         for name, (text, dest) in files.items():
             path = os.path.join(self._tmp, name)

@@ -95,6 +95,69 @@ def test_bash_completes_commands_options_formats_and_files(bash_script, tmp_path
     assert _bash(bash_script, ["qimg", "dd", f"if={tmp_path}/di"], profile) == [f"if={tmp_path}/disk.img"]
 
 
+# -- zsh -----------------------------------------------------------------------------------------
+
+#: completes a command line in an interactive zsh (zpty) with the completion system loaded from
+#: $1, and prints each match compadd receives (a compadd wrapper); $2: the line. TAB runs a
+#: widget that completes, then prints a marker: the output is read up to it (no timing)
+_ZSH_CAPTURE = r"""
+zmodload zsh/zpty || exit 3
+zpty z zsh -f -i
+zpty -w z "PROMPT=''; fpath=($1 \$fpath); autoload -U compinit; compinit -u -D"
+zpty -w z "compadd () { if [[ \${@[1,(i)(-|--)]} == *-(O|A|D)\\ * ]]; then builtin compadd \"\$@\"; return \$?; fi; typeset -a __hits; builtin compadd -A __hits \"\$@\"; local h; for h in \$__hits; do print -r -- \"<C>\$h\"; done; }"
+zpty -w z "_cap_tab() { zle complete-word; print -r -- '<DONE''>'; }; zle -N _cap_tab; bindkey '^I' _cap_tab"
+zpty -w z "print -r -- '<READY''>'"
+local line
+while zpty -r z line; do [[ $line == *'<READY>'* ]] && break; done
+zpty -w -n z "$2"$'\t'
+while zpty -r z line; do
+  [[ $line == *'<DONE>'* ]] && break
+  [[ $line == *'<C>'* ]] && print -r -- "${${line#*<C>}%%$'\r'}"
+done
+zpty -d z
+"""
+
+
+@pytest.fixture(scope="module")
+def zsh_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("zsh")
+    (folder / "_qimg").write_text(gen.zsh_completion())
+    (folder / "capture.zsh").write_text(_ZSH_CAPTURE)
+    return folder
+
+
+def _zsh(folder: Path, line: str, profile: str = "10.0") -> list[str]:
+    p = subprocess.run([_need("zsh"), "-f", str(folder / "capture.zsh"), str(folder), line], capture_output=True,
+                       text=True, env=_env(QIMG_COMPAT=profile), timeout=60, cwd=folder)
+    assert p.returncode == 0, p.stderr
+    return [ln for ln in p.stdout.split("\n") if ln.strip()]
+
+
+def test_zsh_script_loads(zsh_dir) -> None:
+    p = subprocess.run([_need("zsh"), "-n", str(zsh_dir / "_qimg")], capture_output=True, text=True)
+    assert p.returncode == 0 and not p.stderr, p.stderr
+    p = subprocess.run([_need("zsh"), "-f", "-c", f"fpath=({zsh_dir} $fpath); autoload -U compinit; compinit -u -D; "
+                        "autoload -U +X _qimg && print -r -- $_comps[qimg]"], capture_output=True, text=True)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "_qimg\n", "")
+
+
+@pytest.mark.parametrize("profile", ["7.2", "10.0"])
+def test_zsh_completes_commands_options_formats_and_files(zsh_dir, profile) -> None:
+    from qimg.plugins import get_registry
+
+    formats = get_registry().driver_names()
+    assert _zsh(zsh_dir, "qimg co", profile) == ["commit", "compare", "convert"]
+    assert sorted(_zsh(zsh_dir, "qimg info --f", profile)) == ["--force-share", "--format"]
+    assert sorted(_zsh(zsh_dir, "qimg -", profile)) == sorted(["-h", "--help", "-V", "--version", "-T", "--trace",
+                                                                 "--untrusted"])
+    assert sorted(_zsh(zsh_dir, "qimg info -f q", profile)) == sorted(f for f in formats if f.startswith("q"))
+    assert sorted(_zsh(zsh_dir, "qimg convert -c -O v", profile)) == sorted(f for f in formats if f.startswith("v"))
+    assert _zsh(zsh_dir, "qimg check --output ", profile) == ["human", "json"]
+    assert _zsh(zsh_dir, "qimg dd i", profile) == ["if="]
+    assert _zsh(zsh_dir, "qimg info capt", profile) == ["capture.zsh"]
+    assert _zsh(zsh_dir, "qimg dd of=capt", profile) == ["capture.zsh"]
+
+
 # -- what the wheel installs, python -m qimg -------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -115,6 +178,7 @@ def test_wheel_installs_the_man_page_and_completions(cli_wheel) -> None:
 
     assert data["share/man/man1/qimg.1"] == gen.man_page(version("qimg-cli"))
     assert data["share/bash-completion/completions/qimg"] == gen.bash_completion()
+    assert data["share/zsh/site-functions/_qimg"] == gen.zsh_completion()
     assert any(n.endswith(".data/scripts/qimg") for n in names)
 
 

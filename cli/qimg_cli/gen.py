@@ -1,6 +1,6 @@
 """What is generated from the option tables (:mod:`qimg_cli.tables`): the man page ``qimg(1)``
-and the bash completion (``python -m qimg_cli.gen man|bash``; cli/hatch_build.py puts both in
-the wheel), and the options section of each command's page (``python -m qimg_cli.gen docs``;
+and the bash and zsh completions (``python -m qimg_cli.gen man|bash|zsh``; cli/hatch_build.py
+puts them in the wheel), and the options section of each command's page (``python -m qimg_cli.gen docs``;
 tests/test_gen.py checks the pages are current); and the questions about an option that such
 documentation asks: which names it has in a profile, its description, its argument's name.
 (Kept out of tables.py: a command's run needs none of it, and start-up pays for every line.)
@@ -268,6 +268,124 @@ def bash_completion() -> str:
 
 # -- the options section of each command's page (docs/commands/NAME.md) -------------------------
 
+# -- zsh -----------------------------------------------------------------------------------------
+
+def _zsh_quote(text: str) -> str:
+    """``text`` inside a single-quoted zsh word (``'`` closes, escapes, reopens)."""
+    return text.replace("'", "'\\''")
+
+
+def _zsh_spec(o: Opt) -> str:
+    """One ``_arguments`` spec: the option's names in any profile, its text, its argument."""
+    names = [n.rstrip("~!") for n in _all_option_names_of(o)]
+    text = description(o) or o.about or ""
+    text = text.replace("[", "(").replace("]", ")").replace("\\", "")
+    text = text[:70].rsplit(" ", 1)[0] + "..." if len(text) > 72 else text
+    exclusive = "" if o.repeat else "(" + " ".join(names) + ")"
+    star = "*" if o.repeat else ""
+    if o.arg:
+        if o.complete == "format":
+            action = "_qimg_formats"
+        elif o.complete == "file":
+            action = "_files"
+        elif _words(o):
+            action = "(" + _words(o) + ")"
+        else:
+            action = " "
+        arg = ":" + (argname(o).lower() or "arg").replace(":", " ") + ":" + action
+    else:
+        arg = ""
+    specs = []
+    for n in names:
+        eq = "=" if o.arg and n.startswith("--") else ("+" if o.arg else "")
+        specs.append(f"'{_zsh_quote(exclusive + star + n + eq + '[' + text + ']' + arg)}'")
+    return " \\\n        ".join(specs)
+
+
+def _all_option_names_of(o: Opt) -> list[str]:
+    seen: list[str] = []
+    for p in PROFILES:
+        for n in names_in(o, p):
+            if n not in seen:
+                seen.append(n)
+    return seen
+
+
+def zsh_completion() -> str:
+    """A zsh completion for ``qimg`` (``#compdef qimg``, for a directory on ``$fpath``): the
+    same tables and the same formats (from ``--help``) as the bash one."""
+    g = global_options()
+    out = [
+        "#compdef qimg",
+        "# zsh completion for qimg, generated from its option tables (python -m qimg_cli.gen zsh)",
+        "",
+        "_qimg_formats() {",
+        "    local -a fmts",
+        f'    fmts=(${{=$("${{_qimg_prog:-qimg}}" --help 2>/dev/null | {_FORMATS_SED})}})',
+        "    compadd -a fmts",
+        "}",
+        "",
+        "_qimg_commands() {",
+        "    local -a cmds",
+        "    cmds=(",
+    ]
+    from .tables import SUMMARIES
+
+    for name in NAMES:
+        out.append(f"        '{_zsh_quote(name + ':' + SUMMARIES[name].replace(':', ' '))}'")
+    out += [
+        "    )",
+        "    _describe -t commands 'qimg command' cmds",
+        "}",
+        "",
+    ]
+    for name in NAMES:
+        cmd = command(name)
+        assert cmd is not None
+        specs = [_zsh_spec(o) for o in cmd.options]
+        if cmd.positionals == "dd":
+            rest = "'*:dd operand:_qimg_dd_operands'"
+        else:
+            rest = "'*:file:_files'"
+        out.append(f"_qimg_{name}() {{")
+        out.append("    _arguments -s -S \\")
+        out += [f"        {s} \\" for s in specs]
+        out.append(f"        {rest}")
+        out += ["}", ""]
+    out += [
+        "_qimg_dd_operands() {",
+        "    if compset -P '(if|of)='; then",
+        "        _files",
+        "    else",
+        "        compadd -S '' bs= count= skip= if= of=",
+        "    fi",
+        "}",
+        "",
+        "_qimg() {",
+        "    local curcontext=$curcontext state line _qimg_prog=$words[1]",
+        "    typeset -A opt_args",
+        "    _arguments -C -s \\",
+        *[f"        {_zsh_spec(o)} \\" for o in g.options],
+        "        '1:command:_qimg_commands' \\",
+        "        '*::argument:->command'",
+        "    case $state in",
+        "        command)",
+        '            curcontext="${curcontext%:*:*}:qimg-$words[1]:"',
+        "            if (( $+functions[_qimg_$words[1]] )); then",
+        "                _qimg_$words[1]",
+        "            else",
+        "                _files",
+        "            fi",
+        "            ;;",
+        "    esac",
+        "}",
+        "",
+        '_qimg "$@"',
+        "",
+    ]
+    return "\n".join(out)
+
+
 DOCS_BEGIN = "<!-- options: generated from the option table by `python -m qimg_cli.gen docs`; edit the table -->"
 DOCS_END = "<!-- end of generated options -->"
 DOCS_HEADING = "## Every option, by profile"
@@ -339,8 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         i = args.index("-o")
         out = args[i + 1]
         del args[i:i + 2]
-    if len(args) != 1 or args[0] not in ("man", "bash"):
-        sys.stderr.write("usage: python -m qimg_cli.gen man|bash [-o FILE] | docs [DIR]\n")
+    if len(args) != 1 or args[0] not in ("man", "bash", "zsh"):
+        sys.stderr.write("usage: python -m qimg_cli.gen man|bash|zsh [-o FILE] | docs [DIR]\n")
         return 2
     if args[0] == "man":
         from importlib.metadata import PackageNotFoundError, version
@@ -350,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         except PackageNotFoundError:
             v = "0"
         text = man_page(v)
+    elif args[0] == "zsh":
+        text = zsh_completion()
     else:
         text = bash_completion()
     if out is None:
