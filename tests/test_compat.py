@@ -346,3 +346,13 @@ def test_size_option_syntax(tmp_path, qemu_img, qimg, text):
     """QemuOpts size options (-o size=) read a uint64 with each version's qemu_strtosz: 2^64
     and more out of range in both, a negative number out of range in 10.0."""
     same(qemu_img, qimg, "create", "-f", "raw", "-o", f"size={text}", "sz.raw", cwd=tmp_path)
+
+
+def test_resize_encrypted_qcow(tmp_path, qemu_img, qimg):
+    """qemu-img opens the image for I/O before it finds the format cannot resize: without its key
+    an AES qcow image says so first."""
+    make("create", "-q", "--object", "secret,id=s0,data=abc", "-f", "qcow", "-o",
+         "encrypt.format=aes,encrypt.key-secret=s0", "e.qcow", "1M", cwd=tmp_path)
+    same(qemu_img, qimg, "resize", "--object", "secret,id=s0,data=abc", "e.qcow", "2M", cwd=tmp_path)
+    same(qemu_img, qimg, "resize", "--object", "secret,id=s0,data=abc", "--image-opts",
+         "driver=qcow,file.filename=e.qcow,encrypt.key-secret=s0", "2M", cwd=tmp_path)

@@ -233,6 +233,10 @@ class QcowFormat(Format):
             raise QimgError(f"Could not open '{self.filename}': Parameter 'encrypt.key-secret' is required "
                             "for cipher")
 
+    def truncate(self, size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
+        self._check_crypto()  # qemu-img fails to open it for the resize before saying it cannot
+        super().truncate(size, shrink=shrink, preallocation=preallocation)
+
     # -- block status --------------------------------------------------------------------
     def block_status(self, offset: int, length: int) -> Status:
         # qemu-img needs the key to open an encrypted image for I/O at all
