@@ -40,7 +40,6 @@ PROFILES = ("7.2", "10.0")
 #: against qemu-img 7.2 only, with the reason; the list empties as qimg's 10.0 profile learns
 #: each difference (issue 11). ``QIMG_TEST_ALL_DUAL=1`` ignores it (to see what is left).
 NOT_YET_DUAL: dict[str, str] = {
-    "test_nbd.py::test_unreachable_and_bad_names": "qemu-img 10.0 prints a GLib assertion line first (its bug)",
 }
 
 #: cli_support functions that run the oracle, and those that run qimg's command line
