@@ -216,3 +216,23 @@ sys.argv[0] = "qimg"
 from qimg_cli.main import main
 main(sys.argv[1:])
 """
+
+
+def run_qemu_version(version: str, *args: str, cwd=None) -> Run:
+    """qemu-img of the given version ("7.2" or "10.0") on ``args``."""
+    if version == "7.2":
+        return run_qemu72(*args, cwd=cwd)
+    exe, env = need_qemu10("qemu-img")
+    p = subprocess.run([exe, *args], capture_output=True, env=env, cwd=cwd)
+    return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+
+
+def same_as_qemu(monkeypatch, version: str, *args: str, cwd=None, norm=lambda text: text) -> Run:
+    """Run qimg under ``version``'s profile and that qemu-img on ``args``: stdout, exit code and
+    stderr (``norm`` applied to both, qimg's program name as qemu-img's) must be the same."""
+    monkeypatch.setenv("QIMG_COMPAT", version)
+    theirs = run_qemu_version(version, *args, cwd=cwd)
+    mine = run_qimg(*args, cwd=cwd)
+    assert (norm(as_qemu(mine.stderr)), mine.stdout, mine.returncode) == \
+        (norm(theirs.stderr), theirs.stdout, theirs.returncode), args
+    return mine

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import qimg
-from cli_support import run_qemu, run_qemu72, run_qemu_io, run_qimg
-from conftest import Run, as_qemu, need_qemu10
+from cli_support import run_qemu, run_qemu_io, run_qimg, same_as_qemu
+from conftest import Run
 from ssh_server import SshServer, free_port
 
 MIB = 1 << 20
@@ -43,23 +43,8 @@ def _norm(text: str) -> str:
     return "".join(line for line in text.splitlines(True) if "GLib:" not in line)
 
 
-def _qemu(version: str, *args: str, cwd=None) -> Run:
-    if version == "7.2":
-        return run_qemu72(*args, cwd=cwd)
-    import subprocess
-
-    exe, e = need_qemu10("qemu-img")
-    p = subprocess.run([exe, *args], capture_output=True, env=e, cwd=cwd)
-    return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
-
-
 def same(monkeypatch, version: str, *args: str, cwd=None) -> Run:
-    monkeypatch.setenv("QIMG_COMPAT", version)
-    theirs = _qemu(version, *args, cwd=cwd)
-    mine = run_qimg(*args, cwd=cwd)
-    assert (_norm(as_qemu(mine.stderr)), mine.stdout, mine.returncode) == \
-        (_norm(theirs.stderr), theirs.stdout, theirs.returncode), args
-    return mine
+    return same_as_qemu(monkeypatch, version, *args, cwd=cwd, norm=_norm)
 
 
 def _info_cases(s: SshServer, root) -> list[list[str]]:
