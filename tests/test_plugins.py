@@ -236,20 +236,27 @@ def test_duplicate_format_name_is_an_error(tmp_path: Path, demo_venv: Path) -> N
     assert r.stderr == "qimg: Format 'demo' is registered twice (by demo and dup)\n"
 
 
-def test_duplicate_format_name_in_process() -> None:
+def test_duplicate_format_name_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry refuses a second registration of a name (pluggy would hide it)."""
-    from qimg import plugins
+    import types
 
-    class Dup:
-        @plugins.hookimpl
-        def qimg_register_formats(self, registry):
-            registry.add_format("raw", "qimg_raw.driver:RawFormat")
+    from qimg import entrypoints, plugins
 
+    dup = types.ModuleType("qimg_test_dup_raw")
+
+    @plugins.hookimpl
+    def qimg_register_formats(registry):
+        registry.add_format("raw", "qimg_raw.driver:RawFormat")
+
+    dup.qimg_register_formats = qimg_register_formats
+    monkeypatch.setitem(sys.modules, dup.__name__, dup)
+    installed = entrypoints.entry_points
+    monkeypatch.setattr(entrypoints, "entry_points", lambda group: [*installed(group), ("dup-raw", dup.__name__)])
     plugins.reset()
     try:
-        plugins.get_plugin_manager().register(Dup(), "dup-raw")
         with pytest.raises(QimgError, match=r"Format 'raw' is registered twice \(by raw and dup-raw\)"):
             plugins.get_registry()
     finally:
+        monkeypatch.undo()
         plugins.reset()
     assert "raw" in plugins.get_registry().format_names()

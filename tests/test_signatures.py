@@ -190,7 +190,7 @@ def test_subset_venv_refuses_vmdk(qemu_img, tmp_path):
     if not hasattr(test_plugins, "make_venv"):
         pytest.skip("tests/test_plugins.py has no venv builder")
     deps = tmp_path / "deps"
-    runtime = ["pluggy", "click"]
+    runtime = ["click"]  # qimg-cli's; qimg-core needs none of these (not pluggy)
     test_plugins._link_distributions(test_plugins._dependency_closure(runtime), deps)
     py = test_plugins.make_venv(tmp_path / "venv", deps, dists=("qimg-core", "qimg-cli", "qimg-raw", "qimg-qcow2"))
     img = tmp_path / "disk.vmdk"

@@ -194,7 +194,7 @@ def command_help(cmd: Command) -> str:
 
 
 def plugin_commands() -> list[tuple[str, str]]:
-    """(name, summary) of the commands plugins add (none without importing click or pluggy
+    """(name, summary) of the commands plugins add (none, without importing click,
     when no plugin implements the hook)."""
     from .plugincmds import plugin_command_summaries
 

@@ -45,9 +45,9 @@ def configure_one(text: str) -> None:
 
 def _enable_pattern(pattern: str) -> None:
     from qimg import trace
-    from qimg.plugins import get_plugin_manager
+    from qimg.plugins import load_plugins
 
-    get_plugin_manager()  # plugins declare their events when their package is imported
+    load_plugins()  # plugins declare their events when their package is imported
 
     from .qemu_events import names
 

@@ -1,18 +1,28 @@
-"""Plugins: the registry of formats and protocols, and pluggy's plugin manager, built lazily.
+"""Plugins: the registry of formats and protocols, read from the plugins' hooks once.
 
 Plugins come from the entry-point group ``qimg``; the core's own ``file`` protocol is
 registered the same way (``qimg.builtin``). ``QIMG_DISABLE_PLUGINS`` (comma-separated entry
 point names) blocks plugins before they load, like tox's ``set_blocked``.
 
-Plugins are pluggy plugins, but importing pluggy (with ``typing`` and ``inspect``) costs more
-than a whole ``qimg info`` may take. So :data:`hookimpl` and :data:`qimg.hookspecs.hookspec`
-are small markers that set exactly the attributes pluggy's ``HookimplMarker("qimg")`` and
-``HookspecMarker("qimg")`` set (pluggy reads them as its own), and :func:`get_registry` reads
-the registration hooks of plain plugin modules itself, in pluggy's order and with pluggy's
-checks. Anything beyond the plain case (hook wrappers, a hookimpl pluggy would refuse, a plugin
-that is not a module, a plugin manager already built) is left to pluggy's
-:class:`PluginManager` (:func:`get_plugin_manager`), which stays the reference: the light
-reader only ever answers when pluggy would give the same answer.
+This module is qimg's one plugin host, a small substitute for pluggy's ``PluginManager``, and the
+only one: pluggy is not imported at run time. Why: importing pluggy (with ``typing`` and
+``inspect``) took ~17 ms on the reference machine, more than half of a whole ``qimg info`` of a
+raw image (~30 ms), and qimg calls two registration hooks once per process, which needs none of
+pluggy's machinery (wrappers, historic hooks, results). What it keeps of pluggy is its plugin
+format, so a plugin written for pluggy works unchanged:
+
+- :data:`hookimpl` and :class:`HookspecMarker` set exactly the attributes pluggy's
+  ``HookimplMarker("qimg")``/``HookspecMarker("qimg")`` set (a plugin may use pluggy's markers);
+- implementations are listed in the order of pluggy's ``get_hookimpls()`` (``tryfirst``/
+  ``trylast``, then registration order), ``specname`` and ``optionalhook`` mean what they mean to pluggy, and
+  a hook implementation pluggy would refuse (unknown hook, arguments the hook does not provide)
+  is refused with a one-line error naming the plugin.
+
+What pluggy offers beyond that is refused, clearly, rather than half-supported: a plugin is a
+module (not a class or instance), a hook implementation is a plain function, hook wrappers are
+not supported. tests/test_startup.py checks this reader against pluggy's ``PluginManager`` (the
+library stays the reference, as a test dependency) on the installed plugins and on made-up
+ones: same hooks, same order, same plugin names, and a refusal wherever pluggy refuses.
 """
 from __future__ import annotations
 
@@ -25,14 +35,11 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import pluggy
-
 PROJECT = "qimg"
 
 
 class HookimplMarker:
-    """``pluggy.HookimplMarker`` without importing pluggy: marks hook implementations."""
-
+    """``pluggy.HookimplMarker``'s equivalent: marks hook implementations."""
     __slots__ = ("project_name",)
 
     def __init__(self, project_name: str) -> None:
@@ -51,7 +58,7 @@ class HookimplMarker:
 
 
 class HookspecMarker:
-    """``pluggy.HookspecMarker`` without importing pluggy: marks hook specifications."""
+    """``pluggy.HookspecMarker``'s equivalent: marks hook specifications."""
 
     __slots__ = ("project_name",)
 
@@ -73,13 +80,11 @@ class HookspecMarker:
 
 hookimpl = HookimplMarker(PROJECT)
 
-_pm: pluggy.PluginManager | None = None
 _registry: Registry | None = None
 _extra_specs: list[object] = []
 
 #: the hooks the registry calls
 _REGISTRY_HOOKS = ("qimg_register_formats", "qimg_register_protocols")
-
 
 #: the core's hooks and their arguments (what :mod:`qimg.hookspecs` declares; a test keeps
 #: both equal), so reading the registry imports no spec module
@@ -87,6 +92,11 @@ _CORE_SPECS: dict[str, tuple[str, ...]] = {
     "qimg_register_formats": ("registry",),
     "qimg_register_protocols": ("registry",),
 }
+
+#: hooks a layer above the core specifies (the CLI's commands): a plugin implementing one stays
+#: usable through the library alone (the spec module is imported when a plugin implements the
+#: hook; when that layer is not installed, the implementation is never called, as an optional hook)
+_SPECS_ELSEWHERE = {"qimg_register_commands": "qimg_cli.hookspecs"}
 
 
 def _spec_name(spec: object) -> str:
@@ -111,8 +121,6 @@ def add_hookspecs(module: object) -> None:
                 _extra_specs[i] = module
             return
     _extra_specs.append(module)
-    if _pm is not None:
-        _pm.add_hookspecs(_spec_module(module))
 
 
 def _register_builtin_protocols(registry) -> None:
@@ -122,6 +130,12 @@ def _register_builtin_protocols(registry) -> None:
 
 def _blocked_names() -> set[str]:
     return {name.strip() for name in filter(None, os.environ.get("QIMG_DISABLE_PLUGINS", "").split(","))}
+
+
+def _plugin_error(name: str, what: str):
+    from .errors import QimgError
+
+    return QimgError(f"Plugin '{name}' {what} (QIMG_DISABLE_PLUGINS={name} skips it)")
 
 
 def _load_plugin(name: str, value: str) -> object:
@@ -136,70 +150,8 @@ def _load_plugin(name: str, value: str) -> object:
                         f"(QIMG_DISABLE_PLUGINS={name} skips it)") from None
 
 
-#: hooks a layer above the core specifies (the CLI's commands): a plugin implementing one stays
-#: usable through the library alone (the spec is added when that layer is installed, else the
-#: implementation is never called, as an optional hook)
-_SPECS_ELSEWHERE = {"qimg_register_commands": "qimg_cli.hookspecs"}
-
-
-def _specs_from_elsewhere(pm: pluggy.PluginManager) -> None:
-    for hook, module in _SPECS_ELSEWHERE.items():
-        caller = getattr(pm.hook, hook, None)
-        if caller is None or caller.has_spec():
-            continue
-        try:
-            spec = _spec_module(module)
-        except ImportError:
-            for impl in caller.get_hookimpls():
-                impl.optionalhook = True
-            continue
-        pm.add_hookspecs(spec)
-        add_hookspecs(spec)  # (recorded: the plugin manager is being built)
-
-
-def get_plugin_manager() -> pluggy.PluginManager:
-    global _pm
-    if _pm is None:
-        import pluggy
-
-        from . import hookspecs
-
-        pm = pluggy.PluginManager(PROJECT)
-        pm.add_hookspecs(hookspecs)
-        for spec in _extra_specs:
-            pm.add_hookspecs(_spec_module(spec))
-        for name in _blocked_names():
-            pm.set_blocked(name)
-        from . import builtin
-
-        pm.register(builtin, "qimg.builtin")
-        # what pm.load_setuptools_entrypoints("qimg") does, without importlib.metadata's cost
-        from .entrypoints import entry_points
-
-        for name, value in entry_points(PROJECT):
-            if pm.has_plugin(name) or pm.is_blocked(name):
-                continue
-            pm.register(_load_plugin(name, value), name=name)
-        _specs_from_elsewhere(pm)
-        pm.check_pending()
-        _pm = pm
-    return _pm
-
-
-# -- the registry without a plugin manager -------------------------------------------------------
-class _Fallback(Exception):
-    """The light reader met something only pluggy should judge."""
-
-
-def _positional_names(func: object) -> tuple[str, ...]:
-    """pluggy's ``varnames(func)[0]`` for a plain module-level function; _Fallback otherwise."""
-    import types
-
-    if type(func) is not types.FunctionType or hasattr(func, "__wrapped__"):
-        raise _Fallback
-    qualname = func.__qualname__.rsplit("<locals>.", 1)[-1]
-    if "." in qualname:  # defined in a class: pluggy's self/cls rules apply
-        raise _Fallback
+def _positional_names(func) -> tuple[str, ...]:
+    """pluggy's ``varnames(func)[0]`` for a plain module-level function."""
     code = func.__code__
     args = code.co_varnames[: code.co_argcount]
     if func.__defaults__:
@@ -208,26 +160,70 @@ def _positional_names(func: object) -> tuple[str, ...]:
 
 
 def _spec_args(namespaces: list[object]) -> dict[str, tuple[str, ...]]:
-    """Hook name -> the argument names its specification accepts (positional and keyword)."""
-    import types
-
+    """Hook name -> the argument names its specification accepts."""
     out: dict[str, tuple[str, ...]] = {}
     for ns in namespaces:
-        if not isinstance(ns, types.ModuleType) or "__dir__" in vars(ns):
-            raise _Fallback
-        for name in sorted(vars(ns)):
-            func = vars(ns)[name]
-            opts = getattr(func, PROJECT + "_spec", None) if type(func) is types.FunctionType else None
-            if not isinstance(opts, dict):
-                if isinstance(func, (staticmethod, classmethod, types.MethodType)):
-                    raise _Fallback
+        for name, func in sorted(vars(ns).items()):
+            if isinstance(getattr(func, PROJECT + "_spec", None), dict) and hasattr(func, "__code__"):
+                code = func.__code__
+                out[name] = code.co_varnames[: code.co_argcount]
+    return out
+
+
+class _Specs:
+    """Hook name -> spec argument names: the core's, then the added spec modules' (a module
+    given by name is imported only when a plugin implements a hook not known so far)."""
+
+    def __init__(self) -> None:
+        self.args = dict(_CORE_SPECS)
+        self.pending = [m for m in _extra_specs if isinstance(m, str)]
+        self.args.update(_spec_args([m for m in _extra_specs if not isinstance(m, str)]))
+
+    def get(self, hook: str) -> tuple[str, ...] | None:
+        if hook not in self.args and self.pending:
+            self.args.update(_spec_args([_spec_module(m) for m in self.pending]))
+            self.pending = []
+        if hook not in self.args and hook in _SPECS_ELSEWHERE:
+            try:
+                self.args.update(_spec_args([_spec_module(_SPECS_ELSEWHERE[hook])]))
+            except ImportError:
+                return None  # that layer is not installed: the hook is never called
+        return self.args.get(hook)
+
+
+_DEFAULTS = {"tryfirst": False, "trylast": False, "wrapper": False, "hookwrapper": False,
+             "optionalhook": False, "specname": None}
+
+
+def _module_impls(name: str, module: object, specs: _Specs) -> list[tuple[str, Callable, dict]]:
+    """(hook name, function, options) of a plugin module's hook implementations, with pluggy's
+    checks; a one-line error for what pluggy refuses and for what this host does not support."""
+    import types
+
+    if not isinstance(module, types.ModuleType):
+        raise _plugin_error(name, f"is a {type(module).__name__}, not a module (qimg's plugins are modules)")
+    out = []
+    for attr, value in sorted(vars(module).items()):
+        opts = getattr(value, PROJECT + "_impl", None)
+        if not isinstance(opts, dict):
+            continue  # pluggy ignores a marker that is not its options dict too
+        if type(value) is not types.FunctionType:
+            raise _plugin_error(name, f"hook implementation '{attr}' is a {type(value).__name__}, "
+                                      f"not a plain function")
+        opts = {**_DEFAULTS, **opts}
+        hook = opts["specname"] or attr
+        if opts["wrapper"] or opts["hookwrapper"]:
+            raise _plugin_error(name, f"hook '{hook}': hook wrappers are not supported")
+        spec = specs.get(hook)
+        if spec is None:
+            if opts["optionalhook"] or hook in _SPECS_ELSEWHERE:
                 continue
-            if opts.get("warn_on_impl") or opts.get("warn_on_impl_args") or opts.get("historic"):
-                raise _Fallback
-            if name in out:
-                raise _Fallback
-            code = func.__code__
-            out[name] = code.co_varnames[: code.co_argcount]
+            raise _plugin_error(name, f"implements unknown hook '{hook}'")
+        extra = [a for a in _positional_names(value) if a not in spec]
+        if extra:
+            raise _plugin_error(name, f"hook '{hook}' asks for argument(s) {', '.join(extra)} "
+                                      f"the hook does not provide ({', '.join(spec)})")
+        out.append((hook, value, opts))
     return out
 
 
@@ -245,117 +241,52 @@ def _add_impl(impls: list[tuple[str, Callable, dict]], item: tuple[str, Callable
         impls.insert(i + 1, item)
 
 
-def _module_impls(module: object, specs: _Specs) -> list[tuple[str, Callable, dict]]:
-    """(hook name, function, options) of a plugin module's hookimpls, as pluggy's register
-    checks them; _Fallback wherever pluggy would refuse or could differ."""
-    import types
+def _read_hookimpls(hooks: tuple[str, ...] = _REGISTRY_HOOKS) -> dict[str, list[tuple[str, Callable]]]:
+    """Load every plugin and return the implementations of ``hooks`` as
+    ``{hook: [(plugin name, function)]}``, in the order of pluggy's ``get_hookimpls()``
+    (``trylast`` first, ``tryfirst`` last; the registry calls them in that order)."""
+    specs = _Specs()
+    blocked = _blocked_names()
+    impls: dict[str, list[tuple[str, Callable, dict]]] = {}
+    registered: dict[str, object] = {}
+    if "qimg.builtin" not in blocked:
+        # qimg.builtin's one hookimpl, without importing that module
+        registered["qimg.builtin"] = None
+        _add_impl(impls.setdefault("qimg_register_protocols", []),
+                  ("qimg.builtin", _register_builtin_protocols, _DEFAULTS))
+    from .entrypoints import entry_points
 
-    if not isinstance(module, types.ModuleType) or "__dir__" in vars(module):
-        raise _Fallback
-    out = []
-    attrs = vars(module)
-    for attr in sorted(attrs):
-        value = attrs[attr]
-        if type(value) is not types.FunctionType:
-            if isinstance(value, (staticmethod, classmethod, types.MethodType)):
-                raise _Fallback  # hookable by pluggy: let it decide
-            continue
-        opts = getattr(value, PROJECT + "_impl", None)
-        if opts is None:
-            continue
-        if not isinstance(opts, dict):
-            continue  # pluggy ignores such a marker too
-        opts = {"tryfirst": False, "trylast": False, "wrapper": False, "hookwrapper": False,
-                "optionalhook": False, "specname": None, **opts}
-        if opts["wrapper"] or opts["hookwrapper"]:
-            raise _Fallback
-        hook = opts["specname"] or attr
-        spec = specs.get(hook)
-        if spec is None:
-            if not opts["optionalhook"]:
-                raise _Fallback  # pluggy's check_pending refuses an unknown hook
-            continue
-        if set(_positional_names(value)) - set(spec):
-            raise _Fallback  # pluggy's argument check refuses it
-        out.append((hook, value, opts))
-    return out
-
-
-class _Specs:
-    """Hook name -> spec argument names: the core's, then the added spec modules' (a module
-    given by name is imported only when a plugin implements a hook not known so far)."""
-
-    def __init__(self) -> None:
-        self.args = dict(_CORE_SPECS)
-        self.pending = [m for m in _extra_specs if isinstance(m, str)]
-        self.args.update(_spec_args([m for m in _extra_specs if not isinstance(m, str)]))
-
-    def get(self, hook: str) -> tuple[str, ...] | None:
-        if hook not in self.args and self.pending:
-            self.args.update(_spec_args([_spec_module(m) for m in self.pending]))
-            self.pending = []
-        return self.args.get(hook)
-
-
-def _light_hookimpls(hooks: tuple[str, ...] = _REGISTRY_HOOKS) -> dict[str, list[tuple[str, Callable]]] | None:
-    """The implementations of ``hooks`` (default: the registry's) in pluggy's call-list order,
-    as ``{hook: [(plugin name, function)]}``, or None when pluggy must decide."""
-    try:
-        specs = _Specs()
-        blocked = _blocked_names()
-        impls: dict[str, list[tuple[str, Callable, dict]]] = {}
-        registered: dict[str, object] = {}
-        defaults = {"tryfirst": False, "trylast": False, "wrapper": False, "hookwrapper": False,
-                    "optionalhook": False, "specname": None}
-
-        def register(name: str, module: object) -> None:
-            if any(module is m for m in registered.values()):
-                raise _Fallback  # pluggy: "already registered under a different name"
-            found = _module_impls(module, specs)
-            registered[name] = module
-            for hook, func, opts in found:
-                _add_impl(impls.setdefault(hook, []), (name, func, opts))
-
-        if "qimg.builtin" not in blocked:
-            # qimg.builtin's one hookimpl, without importing that module
-            registered["qimg.builtin"] = None
-            _add_impl(impls.setdefault("qimg_register_protocols", []),
-                      ("qimg.builtin", _register_builtin_protocols, defaults))
-        from .entrypoints import entry_points
-
-        for name, value in entry_points(PROJECT):
-            if name in registered or name in blocked:
-                continue
-            module = _load_plugin(name, value)
-            if module is None:
-                continue  # pluggy ignores a None plugin
-            if name == "qimg.builtin" or module is sys.modules.get("qimg.builtin"):
-                raise _Fallback
-            register(name, module)
-    except _Fallback:
-        return None
-    return {hook: [(name, func) for name, func, _ in impls.get(hook, [])] for hook in hooks}
+    for name, value in entry_points(PROJECT):
+        if name in registered or name in blocked:
+            continue  # as pluggy's load_setuptools_entrypoints: the first of a name wins
+        module = _load_plugin(name, value)
+        if module is None:
+            continue  # pluggy ignores a None plugin
+        for other, known in registered.items():
+            if module is known or (other == "qimg.builtin" and module is sys.modules.get("qimg.builtin")):
+                raise _plugin_error(name, f"is the module plugin '{other}' is already")
+        registered[name] = module
+        for hook, func, opts in _module_impls(name, module, specs):
+            _add_impl(impls.setdefault(hook, []), (name, func, opts))
+    return {hook: [(n, f) for n, f, _ in impls.get(hook, [])] for hook in hooks}
 
 
 def hookimpls(hook: str) -> list[tuple[str, Callable]]:
     """``[(plugin name, function)]`` implementing ``hook`` (one the core or an added spec module
-    declares), in pluggy's call-list order: read without pluggy when every plugin is plain."""
-    found = _light_hookimpls((hook,)) if _pm is None else None
-    if found is not None:
-        return found[hook]
-    caller = getattr(get_plugin_manager().hook, hook, None)
-    return [] if caller is None else [(impl.plugin_name, impl.function) for impl in caller.get_hookimpls()]
+    declares), in the order of pluggy's ``get_hookimpls()``."""
+    return _read_hookimpls((hook,))[hook]
+
+
+def load_plugins() -> None:
+    """Import every plugin (what registers their trace events, for ``-T help``)."""
+    get_registry()
 
 
 def get_registry() -> Registry:
     """The registry of formats and protocols, filled by every plugin's hooks once."""
     global _registry
     if _registry is None:
-        found = _light_hookimpls() if _pm is None else None
-        if found is None:
-            pm = get_plugin_manager()
-            found = {hook: [(impl.plugin_name, impl.function) for impl in getattr(pm.hook, hook).get_hookimpls()]
-                     for hook in _REGISTRY_HOOKS}
+        found = _read_hookimpls()
         reg = Registry()
         for hook in _REGISTRY_HOOKS:
             for plugin_name, function in found[hook]:
@@ -368,6 +299,5 @@ def get_registry() -> Registry:
 
 def reset() -> None:
     """Forget loaded plugins (tests that install plugins at run time)."""
-    global _pm, _registry
-    _pm = None
+    global _registry
     _registry = None
