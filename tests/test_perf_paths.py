@@ -63,6 +63,44 @@ def test_entry_point_scan_matches_importlib_metadata() -> None:
     assert ("qcow2", "qimg_qcow2") in want
 
 
+_ZIP_AND_FINDER = r"""
+import importlib.metadata as md, pathlib, sys, zipfile
+tmp = pathlib.Path(sys.argv[1])
+with zipfile.ZipFile(tmp / "plugins.zip", "w") as z:
+    z.writestr("qimg_zipped-1.0.dist-info/METADATA", "Name: qimg-zipped\nVersion: 1.0\n")
+    z.writestr("qimg_zipped-1.0.dist-info/entry_points.txt", "[qimg]\nzipped = qimg_zipped\n")
+    z.writestr("qimg_zipped/__init__.py", "")
+meta = tmp / "found" / "qimg_found-1.0.dist-info"
+meta.mkdir(parents=True)
+(meta / "METADATA").write_text("Name: qimg-found\nVersion: 1.0\n")
+(meta / "entry_points.txt").write_text("[qimg]\nfound = qimg_found:mod\n")
+
+class Finder:  # a finder that supplies a distribution the path does not hold
+    @classmethod
+    def find_spec(cls, *a, **k):
+        return None
+
+    @classmethod
+    def find_distributions(cls, context=md.DistributionFinder.Context()):
+        return [md.PathDistribution(meta)]
+
+sys.path.insert(0, str(tmp / "plugins.zip"))
+sys.meta_path.insert(0, Finder)
+from qimg.entrypoints import entry_points
+want = [(ep.name, ep.value) for d in md.distributions() for ep in d.entry_points if ep.group == "qimg"]
+got = entry_points("qimg")
+assert got == want, (got, want)
+assert got[0] == ("found", "qimg_found:mod") and ("zipped", "qimg_zipped") in got, got
+"""
+
+
+def test_entry_point_scan_zip_archives_and_other_finders(tmp_path: Path) -> None:
+    """A zip archive on sys.path and a meta path finder supplying distributions: read as
+    importlib.metadata reads them, in its order, by the one reader (no fallback to it)."""
+    p = subprocess.run([sys.executable, "-c", _ZIP_AND_FINDER, str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
 def test_entry_point_parsing() -> None:
     from qimg.entrypoints import _parse_group
 
