@@ -14,8 +14,9 @@ nested Record (``("geometry", Geometry)``) or an array of them (``("locators", (
 of construct's ``Container``); :meth:`Record.build` packs a mapping of the field values.
 :attr:`Record.construct` builds the equivalent ``construct.Struct`` on demand: construct stays
 the reference form of every layout (tests/test_records.py checks both agree on random values),
-while opening an image imports nothing but ``struct`` (importing construct costs more than a
-whole ``qimg info``).
+while opening an image imports nothing but ``struct`` (importing construct took ~33 ms measured
+on the reference machine, more than a whole ``qimg info`` of a raw image). This is qimg's one
+implementation of header layouts; construct is not used at run time.
 """
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """Plain value classes: ``==`` and ``repr`` over declared fields.
 
 What the ``dataclasses`` these replaced gave, without importing ``dataclasses`` (with
-``inspect``, it costs more start-up time than a whole ``qimg info``). Subclasses list their
+``inspect``, ``ast`` and ``dis`` it took ~22 ms measured on the reference machine, more start-up
+time than a whole ``qimg info`` of a raw image). The one substitute, used everywhere in qimg;
+tests/test_values.py checks it against ``dataclasses`` (``==``, ``repr``, hashing, frozen
+fields, copy and pickle). Subclasses list their
 fields in ``_fields`` (usually their ``__slots__``) and write their own ``__init__``.
 """
 from __future__ import annotations
