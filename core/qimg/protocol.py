@@ -105,6 +105,26 @@ class Protocol:
         raise NotImplementedError
 
     @classmethod
+    def creation_options(cls, filename: str, options: dict[str, Any] | None,
+                         check_preallocation: bool = True, merge: bool = True) -> tuple[dict[str, Any], Any]:
+        """The first step of every ``create``: ``(open options, size)`` from a filename and the
+        creation options. ``size`` and ``preallocation`` are taken out (a mode other than
+        ``off`` refused with QEMU's ``Unsupported preallocation mode``, unless
+        ``check_preallocation`` is false), the filename is parsed by :meth:`parse_filename`
+        and, with ``merge``, the remaining options override what it gives."""
+        from .errors import QimgError
+
+        rest = dict(options or {})
+        size = rest.pop("size", None)
+        mode = rest.pop("preallocation", None)
+        if check_preallocation and mode not in (None, "off"):
+            raise QimgError(f"Unsupported preallocation mode '{mode}'")
+        opts = cls.parse_filename(filename, rest)
+        if merge:
+            opts.update(rest)
+        return opts, size
+
+    @classmethod
     def create(cls, filename: str, options: dict[str, Any] | None = None) -> "Protocol":
         """Open ``filename`` for a new image (a format's create writes into what this returns).
         ``options`` may hold the ``size`` the image needs and a ``preallocation`` mode. The
@@ -113,12 +133,7 @@ class Protocol:
         grow it) and its first sector is zeroed, so that nothing stale is probed."""
         from .errors import QimgError
 
-        options = dict(options or {})
-        size = options.pop("size", None)
-        mode = options.pop("preallocation", None)
-        if mode not in (None, "off"):
-            raise QimgError(f"Unsupported preallocation mode '{mode}'")
-        opts = cls.parse_filename(filename, options)
+        opts, size = cls.creation_options(filename, options, merge=False)  # QEMU opens the target by name
         try:
             proto = cls.open(opts, writable=True, filename=filename)
         except QimgError as e:

@@ -69,13 +69,7 @@ class S3Protocol(Protocol):
 
     @classmethod
     def create(cls, filename: str, options: dict[str, Any] | None = None) -> S3Protocol:
-        opts = dict(options or {})
-        size = opts.pop("size", None)
-        mode = opts.pop("preallocation", None)
-        if mode not in (None, "off"):
-            raise QimgError(f"Unsupported preallocation mode '{mode}'")
-        parsed = cls.parse_filename(filename, opts)
-        parsed.update(opts)
+        parsed, size = cls.creation_options(filename, options)
         proto = cls(parsed, writable=True, create=True)
         if size:
             proto.truncate(int(size))

@@ -120,11 +120,7 @@ class SshProtocol(Protocol):
 
     @classmethod
     def create(cls, filename: str, options: dict[str, Any] | None = None) -> SshProtocol:
-        opts = dict(options or {})
-        size = opts.pop("size", None)
-        opts.pop("preallocation", None)
-        parsed = cls.parse_filename(filename, opts)
-        parsed.update(opts)
+        parsed, size = cls.creation_options(filename, options, check_preallocation=False)
         proto = cls(parsed, writable=True, create=True)
         if size:
             proto.truncate(int(size))
