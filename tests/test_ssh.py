@@ -158,3 +158,36 @@ def test_writes_land_through_the_library(env, tmp_path):
     assert "verification failed" not in run.stdout
     with pytest.raises(qimg.QimgError, match="No such file"):
         qimg.open(env.url(str(tmp_path / "nosuch.raw")), "raw")
+
+
+def test_pipelined_reads_match_paramiko(env, tmp_path):
+    """The pipelined range reads (16 SFTP requests in flight) give what paramiko's plain
+    SFTPFile.read gives, byte for byte: whole requests, a last partial one, the end of the file
+    and past it, and a read after a file shrank under the open node (a short answer)."""
+    import os
+
+    from qimg.api import open_protocol
+
+    data = os.urandom(3 * MIB + 12345)
+    img = tmp_path / "p.raw"
+    img.write_bytes(data)
+    p = open_protocol(env.url(str(img)))
+    try:
+        cases = [(0, len(data)), (1, MIB), (32768 - 1, 32768 * 20 + 3), (len(data) - 70000, 200000),
+                 (len(data) - 1, 10), (len(data), 10), (5, 32768)]
+        for off, n in cases:
+            buf = bytearray(n)
+            got = p.preadinto(off, memoryview(buf))
+            p._f.seek(off)
+            want = p._f.read(n)  # paramiko's own, one request at a time
+            assert (got, bytes(buf[:got])) == (len(want), want), (off, n)
+        with open(img, "r+b") as f:
+            f.truncate(MIB + 100)  # the server's file shrinks; the node still believes the old size
+        buf = bytearray(2 * MIB)
+        assert p.preadinto(0, memoryview(buf)) == MIB + 100
+        assert bytes(buf[:MIB + 100]) == data[:MIB + 100]
+        buf = bytearray(MIB)  # and the connection is still in step for the next read
+        assert p.preadinto(MIB - 10, memoryview(buf)) == 110
+        assert bytes(buf[:110]) == data[MIB - 10:MIB + 100]
+    finally:
+        p.close()
