@@ -15,13 +15,13 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import sys
 from array import array
-from functools import reduce
-from operator import and_, ne, or_
 
 from qimg.compat import program
 from qimg.driver import CheckResult
 from qimg.errors import QimgError
+from qimg.tables import same_run, zero_run
 
 from . import structs as S
 
@@ -66,6 +66,9 @@ L2_BITMAP_ALL_ALLOC = 0xFFFFFFFF
 L2_BITMAP_ALL_ZEROES = 0xFFFFFFFF << 32
 
 
+_LITTLE = sys.byteorder == "little"
+
+
 def _be_u64_array(data: bytes) -> array:
     arr = array("Q")
     arr.frombytes(data)
@@ -89,6 +92,8 @@ class _StoredRefcounts:
         nbytes = min(h.refcount_table_clusters * self.cluster_size, S.MAX_REFTABLE_SIZE)
         self.table = _be_u64_array(self._read(h.refcount_table_offset, nbytes))
         self.blocks: dict[int, list[int]] = {}
+        self.raw: dict[int, bytes] = {}
+        self.modified: set[int] = set()  # blocks repaired: never evicted nor read again
 
     def _read(self, offset: int, n: int) -> bytes:
         data = self.file.pread(offset, n)
@@ -113,8 +118,8 @@ class _StoredRefcounts:
             out.extend(table[b])
         return out
 
-    def block(self, index: int) -> list[int] | None:
-        """Decoded refcount block ``index``; None when there is none; raises OSError(EIO) if bad."""
+    def raw_block(self, index: int) -> bytes | None:
+        """Refcount block ``index`` as stored; None when there is none; raises OSError(EIO) if bad."""
         if index >= len(self.table):
             return None
         offset = self.table[index] & S.REFT_OFFSET_MASK
@@ -122,13 +127,54 @@ class _StoredRefcounts:
             return None
         if offset & (self.cluster_size - 1):
             raise OSError(errno.EIO, "unaligned refcount block")
+        got = self.raw.get(index)
+        if got is None:
+            got = self._read(offset, self.cluster_size)
+            if len(self.raw) >= 16:  # bounded: blocks are mostly visited in order
+                for old in self.raw:
+                    if old not in self.modified:
+                        del self.raw[old]
+                        break
+            self.raw[index] = got
+        return got
+
+    def block(self, index: int) -> list[int] | None:
+        """Decoded refcount block ``index``; None when there is none; raises OSError(EIO) if bad."""
         got = self.blocks.get(index)
         if got is None:
-            got = self._decode(self._read(offset, self.cluster_size))
-            if len(self.blocks) >= 64:  # bounded: blocks are mostly visited in order
-                del self.blocks[next(iter(self.blocks))]
+            raw = self.raw_block(index)
+            if raw is None:
+                return None
+            got = self._decode(raw)
+            if len(self.blocks) >= 16:
+                for old in self.blocks:
+                    if old not in self.modified:
+                        del self.blocks[old]
+                        break
             self.blocks[index] = got
         return got
+
+    def uniform(self, first: int, k: int, value: int | None) -> int | None:
+        """The stored refcount of clusters first..first+k-1 when they all have the same one
+        (``value`` if given, else whatever the first has) and lie in one block, else None;
+        compared in C. Refcounts narrower than a byte are not looked at (None)."""
+        if self.bits < 8 or (first >> self.block_bits) != ((first + k - 1) >> self.block_bits):
+            return None
+        try:
+            raw = self.raw_block(first >> self.block_bits)
+        except OSError:
+            return None
+        w = self.bits >> 3
+        at = (first & ((1 << self.block_bits) - 1)) * w
+        if raw is None:
+            v = 0
+        else:
+            v = int.from_bytes(raw[at:at + w], "big")
+        if value is not None and v != value:
+            return None
+        if raw is not None and k > 1 and raw[at:at + k * w] != raw[at:at + w] * k:
+            return None
+        return v
 
     def get(self, cluster: int) -> int:
         blk = self.block(cluster >> self.block_bits)
@@ -137,9 +183,13 @@ class _StoredRefcounts:
         return blk[cluster & ((1 << self.block_bits) - 1)]
 
     def set_cached(self, cluster: int, value: int) -> None:
-        blk = self.blocks.get(cluster >> self.block_bits)
+        index = cluster >> self.block_bits
+        blk = self.blocks.get(index)
         if blk is not None:
             blk[cluster & ((1 << self.block_bits) - 1)] = value
+            # the stored bytes now follow the decoded block (the driver may not have written yet)
+            self.raw[index] = _encode_refcounts(blk, self.bits)
+            self.modified.add(index)
 
 
 class _Checker:
@@ -238,46 +288,74 @@ class _Checker:
             return raw[0::2], raw[1::2]
         return raw, None
 
-    def _fast_l2(self, res: CheckResult, table: array, entries: array, flags: int) -> bool:
-        """Whole-table walk of a standard L2 table whose entries are all plain aligned data
-        clusters or unallocated: what check_l2 would count, with bulk operations instead of
-        per-entry branches. False (nothing done) when any entry needs the per-entry walk
-        (compressed, zero flag, reserved bits, unaligned, beyond the file end, refcount overflow)."""
-        if self.extended_l2 or self.data_file:
-            return False
-        slow = (S.OFLAG_COMPRESSED | S.OFLAG_ZERO | S.L2E_STD_RESERVED_MASK
-                | (S.L2E_OFFSET_MASK & (self.cluster_size - 1)))
-        nonzero = list(filter(None, entries))  # C-level: most tables are mostly empty
-        if reduce(or_, nonzero, 0) & slow:
-            return False
-        # entries without an offset are unallocated
-        offs = list(filter(None, map(S.L2E_OFFSET_MASK.__and__, nonzero)))
-        if not offs:
-            return True
-        if max(offs) >= self.file_len:
-            return False  # inc() reports these
-        cb, cs = self.cluster_bits, self.cluster_size
-        idx = list(map(cb.__rrshift__, offs))  # o >> cb
-        last = max(idx)
-        if last >= len(table):
-            _grow(table, last + 1)
-        if max(map(table.__getitem__, idx)) + len(idx) > self.refcount_max:
-            return False  # an overflow is possible: inc() reports it entry by entry
-        if flags & CHECK_FRAG_INFO:
-            res.allocated_clusters += len(offs)
-            # contiguity within this table: an entry not following the previous one is a break
-            res.fragmented_clusters += sum(map(ne, offs[1:], map(cs.__add__, offs)))
-        for k in idx:
-            table[k] += 1
-        return True
-
     def check_l2(self, res: CheckResult, table: array, l2_offset: int, flags: int, active: bool,
                  frag: list[int]) -> None:
         entries, bitmaps = self._load_l2(l2_offset)
-        if self._fast_l2(res, table, entries, flags):
+        if bitmaps is not None or self.data_file:
+            self._check_entries(res, table, l2_offset, flags, frag, entries, bitmaps, 0, len(entries))
             return
+        # standard L2 table: runs of entries e0, e0+cs, e0+2cs... (same flags, contiguous
+        # clusters) are counted at once; whatever else the table holds is walked entry by entry
+        cs, cb = self.cluster_size, self.cluster_bits
+        om = S.L2E_OFFSET_MASK
+        odd = S.OFLAG_COMPRESSED | S.L2E_STD_RESERVED_MASK | (om & (cs - 1))
+        frag_info = flags & CHECK_FRAG_INFO
+        n = len(entries)
+        i = 0
+        short = 0
+        while i < n:
+            e = entries[i]
+            if not e:
+                i += zero_run(entries, i, n - i)
+                continue
+            if e & odd or short > 64:
+                # rare entries, or a table too fragmented for runs to pay: entry by entry
+                k = 1 if short <= 64 else n - i
+                self._check_entries(res, table, l2_offset, flags, frag, entries, None, i, i + k)
+                i += k
+                continue
+            offset = e & om
+            if not offset:
+                i += same_run(entries, e, 0, i)  # unallocated (or zero) without a cluster: nothing to count
+                continue
+            k = same_run(entries, e, cs, i)
+            if k < 8:
+                short += 1
+            last = offset + (k - 1) * cs
+            if frag_info:
+                res.allocated_clusters += k
+                if frag[0] and offset != frag[0]:
+                    res.fragmented_clusters += 1
+                frag[0] = last + cs
+            if not self._inc_run(table, offset >> cb, k, last):
+                for j in range(k):
+                    self.inc(res, table, offset + j * cs, cs)
+            i += k
+
+    def _inc_run(self, table: array, first: int, k: int, last: int) -> bool:
+        """One reference more for each of the k clusters from ``first`` when that cannot
+        overflow nor exceed the file (what inc() would report): in C, the clusters' counts
+        being all equal. False (nothing done) otherwise."""
+        if last + self.cluster_size - self.file_len >= self.cluster_size:
+            return False
+        end = first + k
+        if end > len(table):
+            _grow(table, end)
+        v = table[first]
+        if v >= self.refcount_max:
+            return False
+        code = table.typecode
+        if k > 1 and table[first:end] != array(code, [v]) * k:
+            return False
+        table[first:end] = array(code, [v + 1]) * k
+        return True
+
+    def _check_entries(self, res: CheckResult, table: array, l2_offset: int, flags: int, frag: list[int],
+                       entries: array, bitmaps: array | None, first: int, end: int) -> None:
+        """check_l2's exact walk of entries[first:end], one at a time."""
         cs = self.cluster_size
-        for i, e in enumerate(entries):
+        for i in range(first, end):
+            e = entries[i]
             if not e:
                 if bitmaps is not None and bitmaps[i] & L2_BITMAP_ALL_ALLOC:
                     self.say("ERROR: Unallocated cluster has non-zero subcluster allocation map")
@@ -499,7 +577,7 @@ class _Checker:
         for base in range(0, nb, per):
             end = min(nb, base + per)
             try:
-                blk = stored.block(base >> bb)
+                blk = stored.raw_block(base >> bb)
             except OSError:
                 offset = stored.table[base >> bb] & S.REFT_OFFSET_MASK
                 if offset & (self.cluster_size - 1):
@@ -512,6 +590,9 @@ class _Checker:
                     self.say(f"Can't get refcount for cluster {i}: Input/output error")
                     res.check_errors += 1
                 continue
+            if stored.bits >= 8 and self._same_block(blk, stored.bits >> 3, base, end, table, highest):
+                continue
+            blk = stored.block(base >> bb)
             want = table[base:end].tolist()
             have = blk[: end - base] if blk is not None else [0] * (end - base)
             for k in range(end - base - 1, -1, -1):
@@ -553,6 +634,23 @@ class _Checker:
                 else:
                     res.leaks += 1
         return rebuild
+
+    @staticmethod
+    def _same_block(raw: bytes | None, w: int, base: int, end: int, table: array, highest: list[int]) -> bool:
+        """True when the stored refcounts of clusters base..end-1 (``raw``, ``w`` bytes each,
+        big-endian) equal the computed ones; then ``highest`` is updated as compare() does.
+        Compared in C; False (nothing done) when they differ."""
+        want = table[base:end]
+        if w > 1 and _LITTLE:
+            want.byteswap()
+        want = want.tobytes()
+        have = raw[: len(want)] if raw is not None else bytes(len(want))
+        if have != want:
+            return False
+        used = len(have.rstrip(b"\0"))
+        if used:
+            highest[0] = max(highest[0], base + (used - 1) // w)
+        return True
 
     # -- OFLAG_COPIED --------------------------------------------------------------------
     def check_oflag_copied(self, res: CheckResult) -> None:
@@ -630,49 +728,36 @@ class _Checker:
 
     def _copied_suspects(self, entries: array, stored: _StoredRefcounts) -> "list[tuple[int, int]] | enumerate":
         """(index, entry) of the L2 entries whose OFLAG_COPIED may disagree with the stored
-        refcount: all of them with a data file; otherwise only the normal clusters whose flag
-        does not match ``refcount == 1`` (or whose refcount cannot be read), found with one
-        refcount-block lookup per block instead of one call per entry."""
+        refcount (a superset, in entry order: the caller checks each): all of them with a data
+        file; otherwise the runs of contiguous normal clusters whose stored refcounts are not
+        all 1 (with the flag) or all the same other value (without), compared in C."""
         if self.data_file:
             return enumerate(entries)
         om, comp, copied = S.L2E_OFFSET_MASK, S.OFLAG_COMPRESSED, S.OFLAG_COPIED
-        cb, bb = self.cluster_bits, stored.block_bits
-        bmask = (1 << bb) - 1
-        # the usual table: every data cluster has OFLAG_COPIED and refcount 1, all its
-        # refcounts in one refcount block: checked with C-level maps, no per-entry branches
-        nonzero = list(filter(None, entries))
-        if not reduce(or_, nonzero, 0) & comp and reduce(and_, nonzero, copied) & copied:
-            clusters = list(map(cb.__rrshift__, filter(None, map(om.__and__, nonzero))))
-            if not clusters:
-                return []
-            bi = clusters[0] >> bb
-            if max(clusters) >> bb == bi and min(clusters) >> bb == bi:
-                try:
-                    blk = stored.block(bi)
-                except OSError:
-                    blk = None
-                if blk is not None:
-                    rcs = list(map(blk.__getitem__, map(bmask.__and__, clusters)))
-                    if rcs.count(1) == len(rcs):
-                        return []
-        blocks: dict[int, list[int] | None | bool] = {}
+        cs, cb = self.cluster_size, self.cluster_bits
+        per = 1 << stored.block_bits
         out: list[tuple[int, int]] = []
-        for j, le in enumerate(entries):
-            if not le & om or le & comp:
+        n = len(entries)
+        i = 0
+        while i < n:
+            e = entries[i]
+            if not e:
+                i += zero_run(entries, i, n - i)
                 continue
-            c = (le & om) >> cb
-            blk = blocks.get(c >> bb, False)
-            if blk is False:
-                try:
-                    blk = stored.block(c >> bb)
-                except OSError:
-                    blk = True  # unreadable: the per-entry walk skips it again
-                blocks[c >> bb] = blk
-            if blk is True:
+            if e & comp or not e & om:
+                i += 1
                 continue
-            rc = blk[c & bmask] if blk is not None else 0
-            if (rc == 1) != bool(le & copied):
-                out.append((j, le))
+            k = same_run(entries, e, cs, i)
+            first = (e & om) >> cb
+            want = 1 if e & copied else None
+            done = 0
+            while done < k:  # one refcount block at a time
+                m = min(k - done, per - ((first + done) & (per - 1)))
+                rc = stored.uniform(first + done, m, want)
+                if rc is None or (rc == 1) != bool(want):
+                    out.extend((j, entries[j]) for j in range(i + done, i + done + m))
+                done += m
+            i += k
         return out
 
     # -- rebuild ------------------------------------------------------------------------
