@@ -527,3 +527,36 @@ def test_disk_descriptor_xml_probes_as_raw(tmp_path, oracle, qemu_img, qemu_io, 
     for args in (["info", str(xml)], ["map", "--output=json", str(xml)]):
         e, g = qemu_img(*args), run_qimg(qimg, profile, *args)
         same(g, e)
+
+
+# ---------------------------------------------------------------------------- close
+@pytest.mark.parametrize("command", ["bitmap", "commit", "commit-into"])
+def test_bitmap_and_commit_close_as_qemu(command, tmp_path, oracle, qemu_img, qemu_io, qimg):
+    """10.0's bitmap and commit inactivate the image before closing it: parallels leaves it
+    marked in use (7.2 clears ``inuse``); commit into a parallels base is refused by both (its
+    driver cannot reopen a node read-write)."""
+    profile = oracle
+    files = {}
+    for who in ("q", "m"):
+        d = tmp_path / who
+        d.mkdir()
+        img = d / "p.img"
+        assert qemu_img("create", "-q", "-f", "parallels", str(img), "4M").returncode == 0
+        assert qemu_io("-f", "parallels", "-c", "write -P 3 0 64k", str(img)).returncode == 0
+        target = img
+        if command == "commit-into":
+            target = d / "ov.qcow2"
+            assert qemu_img("create", "-q", "-f", "qcow2", "-b", "p.img", "-F", "parallels", str(target)).returncode == 0
+            assert qemu_io("-c", "write -P 5 0 64k", str(target)).returncode == 0
+        args = ["bitmap", "--add", str(target), "b0"] if command == "bitmap" else ["commit", str(target)]
+        files[who] = (img, target, args)
+    (qi, qt, qargs), (mi, mt, margs) = files["q"], files["m"]
+    e = qemu_img(*qargs)
+    g = run_qimg(qimg, profile, *margs)
+    e.stderr = re.sub(r"'#block\d+'", "'#block100'", e.stderr)
+    same(g, e, (str(tmp_path / "m"), str(tmp_path / "q")))
+    assert e.returncode == 1
+    assert mi.read_bytes() == qi.read_bytes()
+    assert mt.read_bytes() == qt.read_bytes()
+    inuse = struct.unpack_from("<I", mi.read_bytes(), 44)[0]
+    assert inuse == (INUSE if profile == "10.0" and command != "commit-into" else 0)

@@ -182,6 +182,10 @@ class Format:
     #: the unit a partial write allocates when smaller than the cluster (qcow2's extended L2
     #: subcluster): qemu-img 10.0's ``rebase`` aligns its copies to it. None: the cluster
     subcluster_size: int | None = None
+    #: set by :meth:`inactivate`: nothing more is written back at close
+    inactive: bool = False
+    #: QEMU's driver can reopen a node read-write (bdrv_reopen_prepare): commit into it needs that
+    reopenable: ClassVar[bool] = True
 
     # -- static -------------------------------------------------------------
     @classmethod
@@ -289,6 +293,17 @@ class Format:
     def flush(self) -> None:
         """Make written data and metadata stable (the file's flush by default)."""
         self.file.flush()
+
+    def inactivate(self) -> int:
+        """QEMU's bdrv_inactivate (qemu-img 10.0's ``bitmap`` and ``commit`` call it on every
+        node before closing, to learn of errors): write back what :meth:`close` would, return 0
+        or the errno of the failure (the caller words it). Afterwards :meth:`close` only releases
+        the file; a driver whose QEMU counterpart writes at close only when the node is active
+        (parallels' ``inuse``) checks :attr:`inactive` there. By default: a flush."""
+        self.inactive = True
+        if self.writable:
+            self.flush()
+        return 0
 
     def close(self) -> None:
         """Write back metadata and release the file."""

@@ -57,13 +57,12 @@ READ = ("info", "info-json", "check", "map", "convert", "compare", "dd", "measur
 UNTRUSTED = ("u-info", "u-map", "u-convert")
 WRITE = ("commit", "snapshot", "bitmap", "resize", "amend", "rebase-u", "rebase", "convert-n")
 #: formats whose write-safety belongs to another helper until their overlap check lands
-WRITE_CHECKS_OFF: set[str] = {"qcow2"}
+WRITE_CHECKS_OFF: set[str] = set()
 
 #: known differences from qemu-img: (mutant id glob, command glob, kind, reason)
 KNOWN: list[tuple[str, str, str, str]] = [
     ("*", "*", "message", "wording of a refusal both make (reported, not a failure without --strict)"),
     ("*", "*", "strict", "qimg refuses any write over its metadata, also where qemu-img's shows no harm"),
-    ("qcow2/*", "*", "*", "qcow2 is the qcow2-safe helper's (its findings are listed, not failed)"),
     ("vmdk/*/capacity=0x8*", "*", "verdict", "a sparse capacity of 2^63 sectors or more: qemu-img's sector count goes "
      "negative and its commands fail one by one (check passes); qimg refuses the image"),
     ("vmdk/*/compress_algorithm=*", "commit", "verdict", "a version-3 sparse extent without compression: "

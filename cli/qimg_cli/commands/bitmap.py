@@ -59,10 +59,14 @@ def _granularity(text: str) -> int:
 
 
 def run(p: Parsed) -> None:
+    import os
+
+    from qimg import compat
+    from qimg.errors import QimgError
     from qimg.ops import bitmap as ops_bitmap
 
     from ..common import open_image
-    from ..prog import error_exit
+    from ..prog import error_exit, warn
 
     actions: list[tuple[str, str | None]] = p.state.get("actions", [])
     gran = p.state.get("granularity")
@@ -79,11 +83,30 @@ def run(p: Parsed) -> None:
     filename, name = p.args
     src = None
     with open_image(filename, p.fmt, image_opts=p.image_opts, writable=True, backing=False) as img:
+        failure: BaseException | None = None
         try:
             if p.source_file:
                 src = open_image(p.source_file, p.source_fmt, backing=False)
             for action, arg in actions:
                 ops_bitmap.apply(img, action, name, granularity=gran or None, source=src, source_name=arg)
+        except Exception as e:  # noqa: BLE001 - reported below, after the close's own failure
+            failure = e
+        # 10.0 inactivates the images before closing them (QEMU 8.0): a failure there is
+        # reported after the command's own, and fails the command
+        err = 0
+        try:
+            if compat.has("inactivate-before-close"):
+                err = img.inactivate()
+                if src is not None and not err:
+                    err = src.inactivate()
         finally:
             if src is not None:
                 src.close()
+        if err:
+            if isinstance(failure, QimgError):
+                warn(failure.message)
+            elif failure is not None:
+                raise failure
+            error_exit(f"Error while closing the image: {os.strerror(err)}")
+        if failure is not None:
+            raise failure

@@ -37,7 +37,22 @@ def on_option(p: Parsed, key: str, value: str | None) -> None:
         p.state["rate"] = parse_rate(value or "")
 
 
+def _close(img) -> int:
+    """Close the image and its chain; 10.0 inactivates them first and returns the errno of a
+    failure there (QEMU 8.0's qemu-img commit: blk_unref() does not tell)."""
+    from qimg import compat
+
+    err = 0
+    try:
+        if compat.has("inactivate-before-close"):
+            err = img.inactivate()
+    finally:
+        img.close()
+    return err
+
+
 def run(p: Parsed) -> None:
+    import os
     import sys
 
     from ..copyopts import Progress, check_cache, open_named, stream_done, with_stream
@@ -66,8 +81,12 @@ def run(p: Parsed) -> None:
         if bar.enabled:
             sys.stdout.write("\n")
             sys.stdout.flush()
+        _close(img)
         raise
-    finally:
-        img.close()
+    err = _close(img)
+    if err:
+        from ..prog import error_exit
+
+        error_exit(f"Error while closing the image: {os.strerror(err)}")
     if not p.quiet:
         sys.stdout.write("Image committed.\n")

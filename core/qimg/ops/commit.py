@@ -60,6 +60,9 @@ def reopen_writable(top: "Image", base: "Image") -> "Image":
         parent = parent.backing
     if parent.backing is not base:
         raise QimgError(f"'{base.filename}' is not in the backing chain of '{top.filename}'")
+    if not type(base.driver).reopenable:
+        # QEMU names the node ('#block<N>', a number it generates)
+        raise QimgError(f"Block format '{base.format}' used by node '#block100' does not support reopening files")
     base.close()
     new = qimg.open(base.filename, base.format, writable=True)
     parent.backing = new

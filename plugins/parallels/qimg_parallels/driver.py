@@ -70,6 +70,7 @@ def _repairs() -> bool:
 
 class ParallelsFormat(Format):
     format_name = "parallels"
+    reopenable = False  # QEMU's driver has no bdrv_reopen_prepare: commit cannot write into it
     #: QEMU's runtime options of the parallels driver
     runtime_options = {"prealloc-size": SIZE, "prealloc-mode": STRING}
     create_opts = [
@@ -539,7 +540,11 @@ class ParallelsFormat(Format):
             return
         self._closed = True
         try:
-            if self.writable:
+            if self.writable and self.inactive:
+                # QEMU 10.0's parallels_close writes nothing on an inactivated node (bitmap and
+                # commit inactivate first): the image stays marked in use
+                self._flush_bat()
+            elif self.writable:
                 self._flush_bat()
                 self._set_inuse(0)
                 # errors are ignored, as QEMU's

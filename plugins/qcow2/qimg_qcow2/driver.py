@@ -1,6 +1,7 @@
 """The qcow2 format driver: open/validate, read, write, metadata (QEMU 7.2 compatible)."""
 from __future__ import annotations
 
+import errno
 import struct
 import sys
 from array import array
@@ -1467,9 +1468,23 @@ class Qcow2Format(RefcountMixin, Format):
                 self.data_file.flush()
             self.file.flush()
 
+    def inactivate(self) -> int:
+        """QEMU's qcow2_inactivate as bdrv_inactivate_all calls it: no flush first; the errno
+        of the last failure (-EINVAL for lost bitmaps), ENOMEDIUM once a corruption stopped
+        the driver."""
+        if self.inactive:
+            return 0
+        self.inactive = True
+        if self._dead:
+            return errno.ENOMEDIUM
+        if not self.writable or getattr(self, "l2_cache", None) is None:
+            return 0
+        return self._inactivate()
+
     def close(self) -> None:
         try:
-            if self.writable and getattr(self, "l2_cache", None) is not None and not self._dead:
+            if self.writable and getattr(self, "l2_cache", None) is not None and not self._dead \
+                    and not self.inactive:
                 # QEMU's bdrv_close flushes first, quietly: a corruption found there stops the
                 # driver, whose own close then never runs
                 try:
@@ -1484,12 +1499,13 @@ class Qcow2Format(RefcountMixin, Format):
                 self.data_file.close()
             self.file.close()
 
-    def _inactivate(self) -> None:
+    def _inactivate(self) -> int:
         """QEMU's qcow2_inactivate: store the bitmaps, flush the L2 and refcount caches (each
-        failure reported, the close goes on), and clear the dirty bit only if all went well."""
+        failure reported, the close goes on), and clear the dirty bit only if all went well.
+        The errno of the last failure, or 0."""
         from qimg import api
 
-        failed = False
+        failed = 0
         if getattr(self, "_bitmap_tracker", None) or self.header.bitmaps_ext is not None:
             # QEMU stores every loaded bitmap when a read-write image closes
             from .bitmap import NODE_NUMBER, bitmaps_store
@@ -1501,6 +1517,7 @@ class Qcow2Format(RefcountMixin, Format):
                     raise
                 reason = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
                 api.warn(f"{program()}: Lost persistent bitmaps during inactivation of node '#block{NODE_NUMBER}': {reason}")
+                failed = errno.EINVAL
         for cache, what in ((self.l2_cache, "L2 table"), (self.refblock_cache, "refcount block")):
             try:
                 if cache is self.l2_cache and cache.dirty:
@@ -1509,17 +1526,18 @@ class Qcow2Format(RefcountMixin, Format):
             except (QimgError, OSError) as e:
                 if not self._dead:
                     raise
-                failed = True
+                failed = (e.errno if isinstance(e, OSError) else 0) or errno.EIO
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
                 api.warn(f"{program()}: Failed to flush the {what} cache: {reason}")
         if failed or self._dead:
-            return
+            return failed or errno.EIO
         if self._dirty_set:
             self.file.flush()
             self.header.incompatible_features &= ~S.INCOMPAT_DIRTY
             self.file.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
             self._dirty_set = False
         self.file.flush()
+        return 0
 
     # ------------------------------------------------------------------ metadata
     def allocated_file_size(self) -> int | None:
