@@ -435,3 +435,48 @@ def test_aes_matches_plain_cbc_per_sector():
         assert aes.decrypt(off, data) == bytes(dec)
     with pytest.raises(ValueError):
         aes.encrypt(100, bytes(512))
+
+
+def test_l1_table_larger_than_the_file_as_qemu(qemu_img, qemu_io, qimg, tmp_path):
+    """An image of exactly 2^48 bytes has a 1 GiB L1 table, almost all of it past the end of a
+    small file: qemu-img opens it (the missing part reads as zeroes), so does qimg, holding only
+    the entries the file has (memory stays bounded): info, check, map and reads as qemu-img."""
+    import qimg as qimg_lib
+
+    img = str(tmp_path / "big.qcow")
+    assert qemu_img("create", "-q", "-f", "qcow", img, "1M").returncode == 0
+    assert qemu_io("-f", "qcow", "-c", "write -P 0x5a 4096 8192", img).returncode == 0
+    with open(img, "r+b") as f:
+        f.seek(24)
+        f.write(struct.pack(">Q", 1 << 48))
+    before = open(img, "rb").read()
+    # (each qemu-img run reads the whole 1 GiB table: a few seconds)
+    for args in (["info", "--output=json", "-f", "qcow", img], ["check", "-f", "qcow", img],
+                 ["map", "--output=json", f"--start-offset={(1 << 48) - (1 << 30)}", "-f", "qcow", img]):
+        q, m = qemu_img(*args), qimg(*args)
+        assert (m.returncode, m.stdout, m.stderr.replace("qimg:", "qemu-img:")) == (q.returncode, q.stdout, q.stderr), args
+        assert args[0] != "check" or q.returncode == 63
+    m = qimg("map", "--output=json", "--max-length=16M", "-f", "qcow", img)
+    assert [(e["start"], e["length"], e["data"]) for e in json.loads(m.stdout)] == [
+        (0, 4096, False), (4096, 8192, True), (12288, (16 << 20) - 12288, False)], m.stdout
+    with qimg_lib.open(img, "qcow") as im:
+        assert im.size == 1 << 48
+        assert im.pread((1 << 48) - 65536, 65536) == bytes(65536)
+        assert im.pread(1 << 47, 4096) == bytes(4096)
+        assert im.pread(0, 16384) == bytes(4096) + b"\x5a" * 8192 + bytes(4096)
+    r = qemu_io("-f", "qcow", "-r", "-c", f"read -P 0 {(1 << 48) - 65536} 64k", "-c", f"read -P 0 {1 << 47} 4k",
+                "-c", "read -P 0x5a 4096 8192", img)
+    assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout
+    assert open(img, "rb").read() == before
+    # a write at the far end: its tables go after the (mostly missing) L1 table, never inside
+    # it, and qemu-io reads back what qimg wrote; the L1 entry for guest offset 1 GiB lies on
+    # the file's L2 table (QEMU would write it there): refused
+    far = (1 << 48) - 65536
+    with qimg_lib.open(img, "qcow", writable=True) as im:
+        im.pwrite(far, b"\x07" * 65536)
+        with pytest.raises(QimgError, match="overlaps with L2 table"):
+            im.pwrite(1 << 30, b"\x08" * 4096)
+    r = qemu_io("-f", "qcow", "-r", "-c", f"read -P 7 {far} 64k", "-c", f"read -P 0 {1 << 30} 4k",
+                "-c", "read -P 0x5a 4096 8192", "-c", f"read -P 0 {far - 65536} 64k", img)
+    assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout
+    os.unlink(img)

@@ -147,9 +147,6 @@ class QcowFormat(Format):
         l1_size = -(-h.size >> shift)
         if l1_size > 0x7FFFFFFF // 8:
             raise QimgError("Image too large")
-        if l1_size * 8 > MAX_TABLE_BYTES:
-            raise QimgError(f"Image too large: an L1 table of {l1_size * 8} bytes exceeds qimg's "
-                            f"limit of {MAX_TABLE_BYTES}")
         if not request_ok(h.l1_table_offset, l1_size * 8):
             raise QimgError(f"Could not open '{filename}': Could not open '{filename}': Input/output error")
         self.header = h
@@ -159,9 +156,11 @@ class QcowFormat(Format):
         self._l2_entries = 1 << h.l2_bits
         self._size = h.size // SECTOR * SECTOR
         self.encrypted = h.crypt_method == CRYPT_AES
-        # unreadable parts of the table (past the end of the file) read as zeroes
-        self.l1 = _be_array(file.pread(h.l1_table_offset, l1_size * 8).ljust(l1_size * 8, b"\0"))
         self.l1_offset = h.l1_table_offset
+        self._l1_size = l1_size
+        self.l1 = self._read_l1(file, h.l1_table_offset, l1_size)
+        #: entries written beyond what the array may hold (a huge table's far end)
+        self._l1_far: dict[int, int] = {}
         if h.backing_file_offset:
             n = h.backing_file_size
             if n > 1023:
@@ -188,6 +187,37 @@ class QcowFormat(Format):
             except ImportError:
                 raise QimgError("AES-encrypted qcow images need the Python package 'cryptography'") from None
             self._aes = QcowAES(secret)
+
+    @staticmethod
+    def _read_l1(file, offset: int, count: int) -> array:
+        """The L1 table up to its last nonzero entry: the rest, and what lies past the end of
+        the file, reads as zeroes (QEMU allocates the whole table; a 2^48-byte image's is 1 GiB,
+        mostly beyond a small file). What is held is capped by qimg's table limit."""
+        end = max(0, min(count * 8, file.size() - offset))
+        held = bytearray()
+        pending = 0  # zero bytes read after the last nonzero entry
+        pos, chunk = 0, 4 << 20
+        while pos < end:
+            data = file.pread(offset + pos, min(chunk, end - pos))
+            if not data:
+                break
+            pos += len(data)
+            nz = len(data.rstrip(b"\0"))
+            if not nz:
+                pending += len(data)
+                continue
+            if len(held) + pending + nz > MAX_TABLE_BYTES:
+                raise QimgError(f"Image too large: an L1 table of {count * 8} bytes exceeds qimg's "
+                                f"limit of {MAX_TABLE_BYTES}")
+            held += bytes(pending) + data[:nz]
+            pending = len(data) - nz
+        held += bytes(-len(held) % 8)  # a partial entry at the end of the file: zeroes follow
+        return _be_array(bytes(held))
+
+    def _l1(self, l1i: int) -> int:
+        if l1i < len(self.l1):
+            return self.l1[l1i]
+        return self._l1_far.get(l1i, 0)
 
     # -- facts ----------------------------------------------------------------------------
     @property
@@ -248,12 +278,18 @@ class QcowFormat(Format):
         end = offset + length
         # clusters of this L2 table the request covers
         last = min(self._l2_entries, -(-(end - (l1i << (cb + self.l2_bits))) >> cb))
-        l2off = self.l1[l1i]
+        l2off = self._l1(l1i)
         if l2off == 0:
-            # whole L2 ranges without a table, as far as the request goes
+            # whole L2 ranges without a table, as far as the request goes (past the entries
+            # held, all of them)
             last_l1 = -(-end >> (cb + self.l2_bits))
-            m = _ZERO_RUN.match(memoryview(self.l1).cast("B"), l1i * 8, last_l1 * 8)
-            run_end = (m.end() // 8) << (cb + self.l2_bits)
+            held = min(last_l1, len(self.l1))
+            run = min([last_l1, *(k for k, v in self._l1_far.items() if k >= l1i and v)])
+            if l1i < held:
+                m = _ZERO_RUN.match(memoryview(self.l1).cast("B"), l1i * 8, held * 8)
+                if m.end() // 8 < held:
+                    run = m.end() // 8
+            run_end = run << (cb + self.l2_bits)
             return Status(0, min(end, run_end) - offset)
         tbl = self._l2(l2off)
         entry = tbl[l2i]
@@ -351,14 +387,20 @@ class QcowFormat(Format):
 
     def _entry(self, offset: int) -> int:
         l1i, l2i = divmod(offset >> self.cluster_bits, self._l2_entries)
-        l2off = self.l1[l1i]
+        l2off = self._l1(l1i)
         return self._l2(l2off)[l2i] if l2off else 0
 
     # -- writes -------------------------------------------------------------------------
     def _alloc_end(self, length: int) -> int:
         """Reserve ``length`` bytes at the cluster-aligned end of the file."""
         cs = self._cs
-        start = -(-self._eof // cs) * cs
+        # an L1 table that starts in the file and reaches past its end (a 2^48-byte image's
+        # 1 GiB one) keeps its place: QEMU allocates at the end of the file, where a later L1
+        # entry lands on the new cluster; qimg allocates after the table
+        end = self._eof
+        if self.l1_offset < end < self.l1_offset + self._l1_size * 8:
+            end = self.l1_offset + self._l1_size * 8
+        start = -(-end // cs) * cs
         if not request_ok(start, length) or start & COMPRESSED:
             raise QimgError(f"'{self.filename}': image file too large")
         # metadata a hostile header places past the end of the file is not overwritten
@@ -367,7 +409,7 @@ class QcowFormat(Format):
         return start
 
     def _l2_for_write(self, l1i: int) -> tuple[int, array]:
-        l2off = self.l1[l1i]
+        l2off = self._l1(l1i)
         n = self._l2_entries * 8
         if l2off:
             return l2off, self._l2(l2off)
@@ -385,7 +427,7 @@ class QcowFormat(Format):
         if self._meta is None:
             h = self.header
             n = self._l2_entries * 8
-            ranges = [(0, HEADER_SIZE, "the header"), (self.l1_offset, len(self.l1) * 8, "L1 table")]
+            ranges = [(0, HEADER_SIZE, "the header"), (self.l1_offset, self._l1_size * 8, "L1 table")]
             if h.backing_file_offset:
                 ranges.append((h.backing_file_offset, h.backing_file_size, "the backing file name"))
             ranges += [(off, n, "L2 table") for off in set(self.l1) if off]
@@ -408,10 +450,15 @@ class QcowFormat(Format):
         return l2off, l2off + self._l2_entries * 8, "L2 table"
 
     def _commit_l1(self, l1i: int, l2off: int) -> None:
-        if self.l1[l1i] != l2off:
+        if self._l1(l1i) != l2off:
             self._meta_pwrite(self.l1_offset + l1i * 8, l2off.to_bytes(8, "big"), "L1 table",
-                              (self.l1_offset, self.l1_offset + len(self.l1) * 8, "L1 table"))
-            self.l1[l1i] = l2off
+                              (self.l1_offset, self.l1_offset + self._l1_size * 8, "L1 table"))
+            if l1i >= len(self.l1) and (l1i + 1) * 8 <= MAX_TABLE_BYTES:
+                self.l1.extend(array("Q", bytes((l1i + 1 - len(self.l1)) * 8)))
+            if l1i < len(self.l1):
+                self.l1[l1i] = l2off
+            else:
+                self._l1_far[l1i] = l2off
 
     def write(self, offset: int, data: memoryview) -> None:
         self._check_crypto()
@@ -531,9 +578,12 @@ class QcowFormat(Format):
 
     def make_empty(self) -> None:
         """Drop every mapping (``commit`` without ``-d``): an empty L1 table, the file cut after it."""
-        l1_bytes = len(self.l1) * 8
-        self.file.pwrite(self.l1_offset, bytes(l1_bytes))
-        self.l1 = array("Q", bytes(l1_bytes))
+        l1_bytes = self._l1_size * 8
+        zeroes = memoryview(bytes(min(l1_bytes, 1 << 20)))
+        for pos in range(0, l1_bytes, len(zeroes) or 1):
+            self.file.pwrite(self.l1_offset + pos, zeroes[:min(len(zeroes), l1_bytes - pos)])
+        self.l1 = array("Q")
+        self._l1_far = {}
         self._l2_cache.clear()
         self._zcache = None
         self._meta = None
