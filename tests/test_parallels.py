@@ -560,3 +560,16 @@ def test_bitmap_and_commit_close_as_qemu(command, tmp_path, oracle, qemu_img, qe
     assert mt.read_bytes() == qt.read_bytes()
     inuse = struct.unpack_from("<I", mi.read_bytes(), 44)[0]
     assert inuse == (INUSE if profile == "10.0" and command != "commit-into" else 0)
+
+
+def test_measure_into_qcow2_as_qemu(tmp_path, oracle, qemu_img, qemu_io, qimg):
+    """10.0 prints "bitmaps size: 0" for a parallels source (QEMU 8.2: parallels images carry
+    persistent bitmaps, loaded as non-persistent ones); 7.2 no bitmaps line (issue 17)."""
+    profile = oracle
+    src = tmp_path / "p.img"
+    assert qemu_img("create", "-q", "-f", "parallels", str(src), "8M").returncode == 0
+    assert qemu_io("-f", "parallels", "-c", "write -P 7 1M 1M", str(src)).returncode == 0
+    for args in (["-O", "qcow2"], ["--output=json", "-O", "qcow2"], ["-O", "qcow2", "-o", "compat=0.10"],
+                 ["-O", "qed"]):
+        cmd = ["measure", *args, "-f", "parallels", str(src)]
+        same(run_qimg(qimg, profile, *cmd), qemu_img(*cmd))

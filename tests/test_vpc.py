@@ -304,3 +304,26 @@ def test_other_block_sizes_both_directions(qemu_img, qemu_io, tmp_path, block_si
     assert qimg_map(theirs, "vpc") == qemu_map(qemu_img, theirs, "vpc")
     with qimg.open(theirs, "vpc") as img:
         assert img.driver.info_extra() == {"cluster-size": block_size}
+
+
+@pytest.mark.parametrize("subformat", ["fixed", "dynamic"])
+@pytest.mark.parametrize("creator", [b"vpc ", b"qemu", b"d2v ", b"vs  ", b"*img"])
+def test_size_from_creator_as_qemu(qimg, qemu_img, tmp_path, subformat, creator):
+    """Which creators' images take their size from CHS and which from current_size: 7.2 uses
+    CHS but for a list of creators, 10.0 current_size but for Virtual PC's and QEMU's (issue
+    17: FreeBSD mkimg's fixed VHDs, creator "*img", are 5 MiB in 10.0, 4.98 MiB in 7.2)."""
+    path = tmp_path / "v.vhd"
+    assert qemu_img("create", "-q", "-f", "vpc", "-o", f"subformat={subformat}", str(path), "5M").returncode == 0
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        for off in [size - 512] + ([0] if subformat == "dynamic" else []):
+            f.seek(off)
+            footer = bytearray(f.read(512))
+            footer[28:32] = creator
+            footer[48:56] = struct.pack(">Q", 5 << 20)  # current_size != the CHS size
+            footer[64:68] = bytes(4)
+            footer[64:68] = struct.pack(">I", ~sum(footer) & 0xFFFFFFFF)
+            f.seek(off)
+            f.write(footer)
+    mine, theirs = qimg("info", "-f", "vpc", str(path)), qemu_img("info", "-f", "vpc", str(path))
+    assert (mine.returncode, mine.stdout) == (theirs.returncode, theirs.stdout)

@@ -95,6 +95,13 @@ FEATURES.update({
     # there is "Error while closing the image: ...", exit 1 (7.2: reported, exit 0); parallels
     # leaves such an image marked in use
     "inactivate-before-close": "10.0",
+    # vpc: the virtual size comes from the footer's current_size unless Virtual PC ("vpc ") or
+    # QEMU ("qemu") made the image (7.2: from the CHS geometry unless one of a list of
+    # creators that use current_size made it)
+    "vpc-current-size-default": "10.0",
+    # parallels images can carry persistent dirty bitmaps (QEMU 8.2): measure -O qcow2 of a
+    # parallels image prints "bitmaps size" (its bitmaps are loaded as non-persistent: 0)
+    "parallels-bitmaps": "10.0",
 })
 TEXTS.update({
     # the snapshot table (info, snapshot -l): header, row layout (printf), VM clock (printf)

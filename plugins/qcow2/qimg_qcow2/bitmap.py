@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 
+from qimg import compat
 from qimg.compat import program
 from qimg.errors import QimgError
 from qimg.records import Record
@@ -718,6 +719,8 @@ def measure_bitmaps(source, cluster_size: int) -> int | None:
     ``cluster_size`` clusters (all data assumed allocated, plus tables and directory), or None
     when the source cannot carry persistent bitmaps (qemu-img then prints no line)."""
     drv = getattr(source, "driver", source)
+    if getattr(drv, "format_name", "") == "parallels" and compat.has("parallels-bitmaps"):
+        return 0  # QEMU loads a parallels image's bitmaps as non-persistent ones: none to count
     if getattr(drv, "format_name", "") != "qcow2" or not hasattr(drv, "header"):
         return None
     if drv.header.version < 3:

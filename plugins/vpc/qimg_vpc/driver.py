@@ -12,6 +12,7 @@ import sys
 import time
 from array import array
 
+from qimg import compat
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, ZERO, Status
 from qimg.driver import Format
@@ -52,6 +53,8 @@ UNALLOCATED = 0xFFFFFFFF
 MAX_BAT_ENTRIES = 1 << 26
 #: creator applications whose images take their size from ``current_size``, not CHS
 CURRENT_SIZE_CREATORS = (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0")
+#: ... and those whose images take it from CHS (feature vpc-current-size-default: every other)
+CHS_CREATORS = (b"vpc ", b"qemu")
 
 _UNALLOCATED_RUN = LazyPattern(rb"(?:\xff\xff\xff\xff)*")  # compiled on first use
 
@@ -221,7 +224,10 @@ class VpcFormat(Format):
         mode = options.get("force_size_calc")
         if mode not in (None, "chs", "current_size"):
             raise QimgError(f"Invalid size calculation mode: '{mode}'")
-        use_chs = footer.creator_app not in CURRENT_SIZE_CREATORS or mode == "chs"
+        if compat.has("vpc-current-size-default"):
+            use_chs = footer.creator_app in CHS_CREATORS or mode == "chs"
+        else:
+            use_chs = footer.creator_app not in CURRENT_SIZE_CREATORS or mode == "chs"
         if not use_chs or sectors == MAX_GEOMETRY or mode == "current_size":
             sectors = footer.current_size // SECTOR
         if sectors > MAX_SECTORS:
