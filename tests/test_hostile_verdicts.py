@@ -269,6 +269,39 @@ def vhdx_log_over_bat(t):
     return _vhdx_header(t, log_offset=2 * MiB)
 
 
+def _qcow2_backed(t):
+    qemu(t, "qemu-img", "create", "-q", "-f", "raw", "base.raw", "4M")
+    qemu(t, "qemu-io", "-f", "raw", "-c", "write -P 0x33 0 1M", "base.raw")
+    qemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "b.qcow2", "4M")
+    qemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x44 1M 64k", "b.qcow2")
+    return t / "b.qcow2"
+
+
+def qcow2_backing_name_with_nul(t):
+    """A backing file name one byte longer, ending in NUL: a C string to QEMU."""
+    path = _qcow2_backed(t)
+    size = struct.unpack(">I", path.read_bytes()[16:20])[0]
+    patch(path, [(16, ">I", size + 1)])
+    return "b.qcow2", "qcow2", ["info", "check", "map", "convert"]
+
+
+def qcow2_backing_format_of_nuls(t):
+    """A backing format extension of NULs: an empty C string, the backing file is probed."""
+    path = _qcow2_backed(t)
+    data = path.read_bytes()
+    at = data.index(struct.pack(">II", 0xE2792ACA, 3)) + 8
+    patch(path, [(at, "3s", b"\0\0\0")])
+    return "b.qcow2", "qcow2", ["info", "check", "map", "convert"]
+
+
+def qcow2_no_refcount_table(t):
+    """refcount_table_clusters 0: refused on open, but check opens it (BDRV_O_CHECK)."""
+    qemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "r.qcow2", "4M")
+    qemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x41 0 64k", "r.qcow2")
+    patch(t / "r.qcow2", [(56, ">I", 0)])
+    return "r.qcow2", "qcow2", ["info", "check", "map"]
+
+
 def vdi_disk_size_odd_and_huge(t):
     qemu(t, "qemu-img", "create", "-q", "-f", "vdi", "d.vdi", "4M")
     patch(t / "d.vdi", [(368, "<Q", 0x1FFFFF80 * MiB + 1)])
@@ -289,7 +322,8 @@ CASES = {f.__name__: f for f in [
     vmdk_stream_without_compressed_flag, vmdk_plain_with_algorithm, vmdk_stream_grain_too_long,
     qcow_l1_entry_max, qcow_l1_entry_past_limit, qcow_data_unaligned, qed_short_by_a_sector,
     qed_bytes_appended, vhdx_log_offset_unaligned, vhdx_log_offset_in_header_section, vhdx_log_version,
-    vhdx_log_over_bat, vdi_disk_size_odd_and_huge, vpc_too_small,
+    vhdx_log_over_bat, vdi_disk_size_odd_and_huge, vpc_too_small, qcow2_backing_name_with_nul,
+    qcow2_backing_format_of_nuls, qcow2_no_refcount_table,
 ]}
 
 

@@ -212,7 +212,7 @@ class Qcow2Format(RefcountMixin, Format):
         # sizes and tables
         if self._size_to_l1(h.size) > 0x7FFFFFFF:
             raise QimgError("Image is too big")
-        if h.refcount_table_clusters == 0:
+        if h.refcount_table_clusters == 0 and not self.allow_corrupt:  # check opens it (BDRV_O_CHECK)
             raise QimgError("Image does not contain a reference count table")
         if h.refcount_table_clusters * cs > S.MAX_REFTABLE_SIZE:
             raise QimgError("Reference count table too large")
@@ -256,8 +256,9 @@ class Qcow2Format(RefcountMixin, Format):
         if h.backing_file_offset:
             if h.backing_file_size > 1023 or h.backing_file_size > cs - h.backing_file_offset:
                 raise QimgError("Backing file name too long")
-            h.backing_file = cluster0[h.backing_file_offset : h.backing_file_offset + h.backing_file_size].decode(
-                "utf-8", "replace")
+            # a C string in QEMU: it ends at the first NUL (an empty name is no backing file)
+            raw = cluster0[h.backing_file_offset : h.backing_file_offset + h.backing_file_size].split(b"\0", 1)[0]
+            h.backing_file = raw.decode("utf-8", "replace") or None
             self.backing_filename = h.backing_file
             self.backing_format = h.backing_format
         if h.nb_snapshots and not self.allow_corrupt:

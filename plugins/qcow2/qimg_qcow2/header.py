@@ -116,7 +116,8 @@ def _extension(h: Header, kind: int, length: int, data: bytes) -> None:
     if kind == S.EXT_BACKING_FORMAT:
         if length >= 16:
             raise QimgError(f"ERROR: ext_backing_format: len={length} too large (>=16)")
-        h.backing_format = data.decode("utf-8", "replace")
+        # a C string in QEMU: it ends at the first NUL (empty: the backing file is probed)
+        h.backing_format = bytes(data).split(b"\0", 1)[0].decode("utf-8", "replace") or None
     elif kind == S.EXT_FEATURE_TABLE:
         # as QEMU reads it: a partial last entry is zero-padded, the table ends at the first
         # entry without a name, and the first entry of a bit names it (in table order)
