@@ -149,3 +149,39 @@ def test_extended_l2_preallocated(tmp_path, qemu_img, opts):
     _prealloc(qemu_img, p, "2G", opts)
     assert_same_check(qemu_img, p, tmp_path)
     compare(tmp_path, "map", "--output=json", p.name)
+
+
+def test_same_run_matches_naive_model() -> None:
+    """qimg.tables.same_run (byte lanes for power-of-two steps, integer XOR otherwise) against
+    the entry-by-entry definition: long tables, flags in the top bits, series that would leave
+    64 bits, starts and counts inside the table, a last entry that fits the series after a gap."""
+    import random
+    from array import array
+
+    from qimg.tables import same_run
+
+    def naive(vals, start, count, e0, step):
+        k = 0
+        end = len(vals) if count is None else min(len(vals), start + count)
+        while start + k < end and vals[start + k] == e0 + k * step:
+            k += 1
+        return k
+
+    rng = random.Random(19)
+    top = (1 << 64) - 1
+    for it in range(4000):
+        n = rng.randint(0, 20000) if it % 10 == 0 else rng.randint(0, 1500)
+        step = rng.choice([0, 512, 4096, 65536, 1 << 21, 1 << 13, 1 << 62, 3 * 512])
+        e0 = rng.randrange(1 << 64) if rng.random() < 0.2 else \
+            (rng.randrange(1 << 40) & ~511) | rng.choice([0, 1 << 63, 1, 0x1FF, 1 << 62])
+        vals = [e0 + j * step for j in range(rng.randint(0, n))]
+        vals = [v for v in vals if v <= top]
+        run = len(vals)
+        vals += [rng.choice([0, (e0 + 7) & top, (e0 + (run + 1) * step) & top,
+                             (e0 + run * step + (1 << rng.randint(0, 63))) & top, (e0 + (n - 1) * step) & top])
+                 for _ in range(n - run)]
+        a = array("Q", vals)
+        start = rng.randint(0, 3) if n > 3 else 0
+        x = a[start] if start < n else e0
+        count = rng.choice([None, rng.randint(0, n)])
+        assert same_run(a, x, step, start, count) == naive(a, start, count, x, step), (it, e0, step)

@@ -120,13 +120,62 @@ def zero_run(a: array, i: int, n: int, stride: int = 1) -> int:
     return (len(raw) - len(raw.lstrip(b"\0"))) // 8
 
 
+#: byte patterns of counters, by (shift, low bits): see _lanes_match
+_PATTERNS: dict[tuple[int, int], bytes] = {}
+#: longest range _lanes_match compares at once
+_LANE_MAX = 8192
+
+
+def _pattern(t: int, low: int) -> bytes:
+    """Byte j of the result is byte 0 of (j >> t) for t >= 0, of (j << -t) | low for t < 0,
+    for j from 0 to one period plus _LANE_MAX."""
+    got = _PATTERNS.get((t, low))
+    if got is None:
+        if t >= 0:
+            period = b"".join(bytes([v]) * (1 << t) for v in range(256))
+        else:
+            period = bytes(((x << -t) & 255) | low for x in range(1 << (8 + t)))
+        got = period * (-(-_LANE_MAX // len(period)) + 1)
+        _PATTERNS[(t, low)] = got
+    return got
+
+
+def _lanes_match(raw: bytes, e0: int, bits: int, k: int) -> bool:
+    """Whether the k little-endian u64s in ``raw`` are e0, e0 + 2**bits, e0 + 2*2**bits...
+    (none past 64 bits): each of the 8 byte lanes (raw[lane::8], one C slice) is compared with
+    the bytes that lane must hold, sliced from a cached pattern; no arithmetic per entry."""
+    c0 = e0 >> bits  # the counter that steps by one
+    for lane in range(8):
+        lo = 8 * lane
+        if lo + 8 <= bits:  # below the step: constant
+            want = bytes([(e0 >> lo) & 255]) * k
+        elif lo >= bits:
+            t = lo - bits
+            first, last = c0 >> t, (c0 + k - 1) >> t
+            if last - first <= 1:  # one change at most
+                m = min(k, ((first + 1) << t) - c0)
+                want = bytes([first & 255]) * m + bytes([(first + 1) & 255]) * (k - m)
+            else:
+                at = c0 & ((1 << (t + 8)) - 1)
+                want = _pattern(t, 0)[at : at + k]
+        else:  # the lane holding the step's bit
+            sh = bits - lo
+            at = c0 & ((1 << (8 - sh)) - 1)
+            want = _pattern(-sh, (e0 >> lo) & ((1 << sh) - 1))[at : at + k]
+        if raw[lane::8] != want:
+            return False
+    return True
+
+
 def same_run(vals: array, e0: int, step: int, start: int = 0, count: int | None = None) -> int:
     """How many entries of the 64-bit table ``vals[start:start+count]`` from the first equal
     e0, e0+step, e0+2*step... (C operations over whole ranges, none per entry).
 
-    A range of entries is read as one integer and compared with the expected series built the
-    same way (e0 * 1,1,1... + 0,step,2*step...); the first mismatch is the lowest differing
-    bit of their XOR. Ranges grow 64, 512, 4096... entries, so the cost follows the run found,
+    With a power-of-two step (L2 tables: one cluster), a range is compared byte lane by byte
+    lane with slices of cached patterns (_lanes_match); otherwise, and to locate the first
+    mismatch, it is read as one integer and compared with the expected series built the same
+    way (e0 * 1,1,1... + 0,step,2*step...): the first mismatch is the lowest differing bit of
+    their XOR. Ranges grow 64, 512, 4096... entries, so the cost follows the run found,
     not the (up to 8192-entry) table."""
     n = len(vals) - start if count is None else min(count, len(vals) - start)
     if n <= 0 or vals[start] != e0:
@@ -136,10 +185,22 @@ def same_run(vals: array, e0: int, step: int, start: int = 0, count: int | None 
     if n == 1:
         return 1
     mv = memoryview(vals)
-    done, k = 0, 64
+    lanes = _ORDER == "little" and step > 0 and step & (step - 1) == 0 and vals.itemsize == 8
+    bits = step.bit_length() - 1
+    # a range whose last entry fits the series is usually one run: compared whole at once
+    done, k = 0, n if vals[start + n - 1] == e0 + (n - 1) * step else 64
     while done < n:
-        k = min(k, n - done)
+        k = min(k, n - done, _LANE_MAX)
         at = start + done
+        if not step:
+            if vals[at : at + k].tobytes() == array("Q", [e0]).tobytes() * k:
+                done += k
+                k *= 8
+                continue
+        elif lanes and _lanes_match(vals[at : at + k].tobytes(), e0 + done * step, bits, k):
+            done += k
+            k *= 8
+            continue
         have = int.from_bytes(mv[at : at + k], _ORDER)
         ones, ramp = _series(k, step)
         d = have ^ ((e0 + done * step) * ones + ramp)

@@ -20,11 +20,10 @@ if TYPE_CHECKING:
 
 #: qemu-img asks block status in chunks of at most 1 GiB
 _CHUNK = 1 << 30
-#: the first query's length; it grows 4x while runs fill the query and falls back after a
-#: short run. A driver's cost may follow the length asked rather than the run found (qcow2
-#: compares whole L2 table ranges), so asking about what the last runs suggest keeps each
-#: query near the size of its answer; the entries are merged afterwards, so the output is
-#: the same as with 1 GiB queries.
+#: the first query's length; later ones ask 4x the last run found (at least this). A driver's
+#: cost may follow the length asked rather than the run found, so asking about what the last
+#: runs suggest keeps each query near the size of its answer; the entries are merged
+#: afterwards, so the output is the same as with 1 GiB queries.
 _FIRST_WINDOW = 1 << 20
 
 
@@ -117,7 +116,9 @@ def map_extents(img: "Image", start: int = 0, length: int | None = None) -> list
         except (OSError, QimgError) as exc:
             text = exc.message if isinstance(exc, QimgError) else (exc.strerror or str(exc))
             raise MapError(f"Could not read file metadata: {text}", out) from None
-        window = min(_CHUNK, window * 4) if e["length"] >= ask else _FIRST_WINDOW
+        # the next query: 4x the run found (a run that ended at an L2 table's end says the
+        # next one may be as long), at least the first window
+        window = min(_CHUNK, max(_FIRST_WINDOW, 4 * e["length"]))
         offset += e["length"]
         if cur is not None and _mergeable(cur, e, keys):
             cur["length"] += e["length"]

@@ -15,6 +15,7 @@ from qimg.image import zero_fill
 from qimg.protocol import Protocol
 from qimg.tables import be64_bytes as _to_be
 from qimg.tables import be64_table as _be_array
+from qimg.tables import same_run, zero_run
 
 from . import structs as S
 from .cache import TableCache
@@ -43,55 +44,9 @@ ALL_ZERO = 0xFFFFFFFF << 32
 _OL_ACTIVE_L1, _OL_ACTIVE_L2 = 1 << 1, 1 << 2
 
 
-def _zero_run(a: array, i: int, n: int, stride: int = 1) -> int:
-    """Number of leading zero entries in a[i : i+n*stride : stride] (checked in C)."""
-    if stride == 1:
-        # growing chunks: cost follows the zero run found, not the (up to 32 MiB) table
-        done, step = 0, 512
-        mv = memoryview(a)
-        while done < n:
-            k = min(step, n - done)
-            raw = bytes(mv[i + done : i + done + k].cast("B"))
-            z = (len(raw) - len(raw.lstrip(b"\0"))) // 8
-            done += z
-            if z < k:
-                return done
-            step *= 2
-        return done
-    part = a[i : i + n * stride : stride]
-    raw = part.tobytes()
-    return (len(raw) - len(raw.lstrip(b"\0"))) // 8
-
-
-def _same_run(vals: array, e0: int, step: int, start: int = 0, count: int | None = None) -> int:
-    """How many entries of ``vals[start:start+count]`` from the first equal e0, e0+step,
-    e0+2*step... (C compares).
-
-    Galloping: chunks double from 16 entries, so the cost follows the run found, not the
-    (up to 8192-entry) range, which is never copied whole; the chunk holding the first
-    mismatch is bisected."""
-    n = len(vals) - start if count is None else min(count, len(vals) - start)
-    if n <= 0 or vals[start] != e0:
-        return 0
-    done, k = 0, 16
-    while done < n:
-        k = min(k, n - done)
-        base = e0 + done * step
-        exp = array("Q", range(base, base + k * step, step)) if step else array("Q", [e0]) * k
-        at = start + done
-        if vals[at : at + k] == exp:
-            done += k
-            k *= 2
-            continue
-        lo, hi = 0, k  # vals[at:at+lo] matches, vals[at:at+hi] does not
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if vals[at : at + mid] == exp[:mid]:
-                lo = mid
-            else:
-                hi = mid
-        return done + lo
-    return done
+# runs in L1/L2 tables: whole-range C comparisons (qimg.tables), never entry by entry
+_zero_run = zero_run
+_same_run = same_run
 
 
 class _RefusedFile:
