@@ -302,6 +302,14 @@ def qcow2_no_refcount_table(t):
     return "r.qcow2", "qcow2", ["info", "check", "map"]
 
 
+def qcow2_size_below_a_sector(t):
+    """A size field of 2 bytes: QEMU counts whole sectors, an empty disk (check's summary too)."""
+    qemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "z.qcow2", "4M")
+    qemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x41 0 64k", "z.qcow2")
+    patch(t / "z.qcow2", [(24, ">Q", 2)])
+    return "z.qcow2", "qcow2", ["info", "check", "map", "convert"]
+
+
 def vdi_disk_size_odd_and_huge(t):
     qemu(t, "qemu-img", "create", "-q", "-f", "vdi", "d.vdi", "4M")
     patch(t / "d.vdi", [(368, "<Q", 0x1FFFFF80 * MiB + 1)])
@@ -323,7 +331,7 @@ CASES = {f.__name__: f for f in [
     qcow_l1_entry_max, qcow_l1_entry_past_limit, qcow_data_unaligned, qed_short_by_a_sector,
     qed_bytes_appended, vhdx_log_offset_unaligned, vhdx_log_offset_in_header_section, vhdx_log_version,
     vhdx_log_over_bat, vdi_disk_size_odd_and_huge, vpc_too_small, qcow2_backing_name_with_nul,
-    qcow2_backing_format_of_nuls, qcow2_no_refcount_table,
+    qcow2_backing_format_of_nuls, qcow2_no_refcount_table, qcow2_size_below_a_sector,
 ]}
 
 

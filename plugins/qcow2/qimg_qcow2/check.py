@@ -905,7 +905,7 @@ def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
     c = _Checker(drv, fix)
     res = CheckResult(filename=drv.filename, format="qcow2", image_end_offset=0, total_clusters=0,
                       allocated_clusters=0, fragmented_clusters=0, compressed_clusters=0)
-    res.total_clusters = -(-drv.header.size // c.cluster_size)
+    res.total_clusters = -(-drv.size // c.cluster_size)  # whole sectors, as QEMU
     # the snapshot table's results are kept apart from the refcounts' (which decide about
     # repairs) and added at the end, as qemu-img does
     snap = CheckResult()

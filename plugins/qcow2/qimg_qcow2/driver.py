@@ -403,7 +403,8 @@ class Qcow2Format(RefcountMixin, Format):
     # ------------------------------------------------------------------ facts
     @property
     def size(self) -> int:
-        return self.header.size
+        # QEMU counts whole sectors (bs->total_sectors): a size field of 2 is an empty disk
+        return self.header.size // 512 * 512
 
     def qemu_status_end(self, offset: int) -> int:
         """End of the run one QEMU block-status call reports (``compare -s`` sees it): the
@@ -1172,7 +1173,7 @@ class Qcow2Format(RefcountMixin, Format):
         end = offset + length
         a = -(-offset // unit) * unit
         b = end // unit * unit
-        if end == self.header.size and b < end:
+        if end == self.size and b < end:
             b = end  # the image tail may be partial
         if self.header.version < 3 and self.backing is not None:
             self._write_zero_bytes(offset, length)
@@ -1197,7 +1198,7 @@ class Qcow2Format(RefcountMixin, Format):
     def _zero_partial(self, offset: int, length: int, unmap: bool) -> None:
         unit = self.subcluster_size if self.extended_l2 else self._cs
         u0 = offset - offset % unit
-        u1 = min(u0 + unit, self.header.size)
+        u1 = min(u0 + unit, self.size)
         end = offset + length
         if self._reads_zero(u0, offset - u0) and self._reads_zero(end, u1 - end):
             kind = self._extent(u0, u1 - u0, merge_compressed=False)[0]
@@ -1245,7 +1246,7 @@ class Qcow2Format(RefcountMixin, Format):
                 cend = min(tend, (gci + 1) << cb)
                 if self.extended_l2:
                     e, bm = tbl[2 * i], tbl[2 * i + 1]
-                    if cend - pos == cs or (cend == self.header.size and pos & (cs - 1) == 0):
+                    if cend - pos == cs or (cend == self.size and pos & (cs - 1) == 0):
                         do_unmap = bool(e & S.OFLAG_COMPRESSED) or (unmap and bool(e & S.L2E_OFFSET_MASK))
                         ne = 0 if do_unmap else e
                         nb = ALL_ZERO
@@ -1286,7 +1287,7 @@ class Qcow2Format(RefcountMixin, Format):
         cs = self._cs
         a = (offset + cs - 1) // cs * cs
         b = (offset + length) // cs * cs
-        if offset + length == self.header.size:
+        if offset + length == self.size:
             b = offset + length
         if self.header.version < 3 and self.backing is not None:
             return  # v2 cannot hide the backing file: QEMU ignores the request
@@ -1356,7 +1357,7 @@ class Qcow2Format(RefcountMixin, Format):
                 self.write_compressed(offset + k, data[k : k + cs])
             return
         if len(data) != cs:
-            if offset + len(data) != self.header.size:
+            if offset + len(data) != self.size:
                 raise QimgError("Compressed writes must cover a whole cluster")
             buf = bytearray(cs)
             buf[: len(data)] = data
@@ -1388,9 +1389,9 @@ class Qcow2Format(RefcountMixin, Format):
             raise QimgError("Compression is not supported with external data files")
         if offset & (cs - 1):
             raise QimgError("Compressed writes must be cluster aligned")
-        self._bitmaps_dirty(offset, min(cs, self.header.size - offset))
+        self._bitmaps_dirty(offset, min(cs, self.size - offset))
         if len(out) >= cs:
-            self.write(offset, data[: min(cs, self.header.size - offset)])
+            self.write(offset, data[: min(cs, self.size - offset)])
             return
         self._mark_dirty_lazy()
         gci = offset >> self.cluster_bits
