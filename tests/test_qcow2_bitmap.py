@@ -425,3 +425,24 @@ def test_cli_ops_on_inconsistent_bitmap(img, qemu_img, qimg, tmp_path, op):
     got = qimg("bitmap", *op, str(b), "bad")
     assert (got.returncode, as_qemu(got.stderr).replace(str(b), str(a))) == (want.returncode, want.stderr)
     assert qemu_bitmaps(qemu_img, a) == qemu_bitmaps(qemu_img, b)
+
+
+@pytest.mark.parametrize("args", [["--shrink", "2M"], ["8M"]], ids=["shrink", "grow"])
+def test_cli_resize_with_bitmaps_makes_qemus_file(tmp_path, qemu_img, qemu_io, qimg, args):
+    """resize of an image whose bitmap directory is the file's last, partial cluster: the bitmaps
+    are stored anew at close (the old directory freed), and a shrink cuts the file only where
+    QEMU does (never growing it to the last cluster in use): the same bytes as qemu-img's."""
+    src = tmp_path / "s.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", str(src), "4M").returncode == 0
+    assert qemu_io("-c", "write -P 1 0 64k", "-c", "write -P 2 2M 64k", str(src)).returncode == 0
+    assert qemu_img("bitmap", "--add", str(src), "t0").returncode == 0
+    assert qemu_img("bitmap", "--add", "--disable", str(src), "t1").returncode == 0
+    assert qemu_io("-c", "write -P 6 3M 64k", str(src)).returncode == 0
+    q, m = tmp_path / "q.qcow2", tmp_path / "m.qcow2"
+    shutil.copy(src, q)
+    shutil.copy(src, m)
+    want, got = qemu_img("resize", str(q), *args), qimg("resize", str(m), *args)
+    assert (got.returncode, got.stdout, got.stderr) == (want.returncode, want.stdout, want.stderr)
+    assert m.read_bytes() == q.read_bytes()
+    assert qemu_bitmaps(qemu_img, m) == qemu_bitmaps(qemu_img, q)
+    assert_clean(qemu_img, m)

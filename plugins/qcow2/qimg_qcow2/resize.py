@@ -305,7 +305,9 @@ def _shrink(drv: "Qcow2Format", size: int) -> None:
     h.size = size
     drv.file.pwrite(24, struct.pack(">Q", size))
     last = drv.last_used_cluster()
-    if last >= 0:
+    # as QEMU: only a cut, never a growth (the last cluster in use may be a partial one, such
+    # as a bitmap directory at the end of the file, which close then moves)
+    if last >= 0 and (last + 1) * cs < drv.file.size():
         drv.file.truncate((last + 1) * cs)
 
 
