@@ -74,3 +74,35 @@ def test_qed_refuses_to_grow_over_a_longer_backing_file(tmp_path, qemu_img, qimg
     assert (i.returncode, as_qemu(i.stderr)) == (q.returncode, q.stderr) == (1, "qemu-img: Block driver does not "
                                                                            "support requested flags\n")
     assert img.read_bytes() == mine.read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["metadata", "falloc", "full"])
+@pytest.mark.parametrize("ext", ["off", "on"])
+@pytest.mark.parametrize("with_backing", [False, True])
+def test_preallocated_grow_keeps_the_partial_last_cluster(tmp_path, qemu_img, qemu_io, qimg, mode, ext,
+                                                          with_backing):
+    """qemu-iotests 271's resizes with preallocation: the cluster holding an unaligned old end
+    keeps what it read (its own data, or the backing file's), the grown area reads zeroes.
+    falloc/full allocate that cluster anew and copy its head into it (QEMU's COW), metadata
+    allocates it when it was not (copying the backing file's data); the old one is freed. The
+    (sub)cluster after the new end gets the backing file's data (or zeroes) and the file ends
+    there, as QEMU's allocation copies it (COW)."""
+    img = tmp_path / "top.qcow2"
+    args = ["-F", "raw", "-b", "base.raw"] if with_backing else []
+    if with_backing:
+        assert qemu_img("create", "-q", "-f", "raw", str(tmp_path / "base.raw"), "1M").returncode == 0
+        assert qemu_io("-f", "raw", "-c", "write -P 0xff 0 1M", str(tmp_path / "base.raw")).returncode == 0
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", f"extended_l2={ext}", *args, str(img),
+                    "503k").returncode == 0
+    if not with_backing:
+        assert qemu_io("-c", "write -P 0xff 0 503k", str(img)).returncode == 0
+    theirs, mine = tmp_path / "q.qcow2", tmp_path / "i.qcow2"
+    shutil.copyfile(img, theirs)
+    shutil.copyfile(img, mine)
+    q = qemu_img("resize", f"--preallocation={mode}", str(theirs), "1013k")
+    i = qimg("resize", f"--preallocation={mode}", str(mine), "1013k")
+    assert (i.returncode, as_qemu(i.stdout), as_qemu(i.stderr)) == (q.returncode, q.stdout, q.stderr)
+    r = qemu_io("-c", "read -P 0xff 0 503k", "-c", "read -P 0 503k 510k", str(mine))
+    assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout
+    assert qemu_img("check", str(mine)).returncode == 0
+    assert theirs.read_bytes() == mine.read_bytes()

@@ -458,8 +458,10 @@ class _Checker:
         try:
             l2 = drv.get_l2(l2_offset)
             if self.extended_l2:
+                # as QEMU: allocated subclusters become zero ones, the others stay as they were
+                # (unallocated ones read the backing file)
                 l2[2 * index] = 0
-                l2[2 * index + 1] = L2_BITMAP_ALL_ZEROES
+                l2[2 * index + 1] = (bitmap | (bitmap << 32)) & L2_BITMAP_ALL_ZEROES
             else:
                 l2[index] = S.OFLAG_ZERO
             drv.l2_cache.mark_dirty(l2_offset)

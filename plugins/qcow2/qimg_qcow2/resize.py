@@ -8,6 +8,8 @@ from qimg.errors import QimgError
 
 from . import structs as S
 
+ALL_ALLOC = 0xFFFFFFFF  # an extended L2 entry's bitmap: every subcluster allocated
+
 TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
     from .driver import Qcow2Format
@@ -74,16 +76,19 @@ def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocati
     drv.flush_caches()
     with _Step("Failed to grow the L1 table"):
         grow_l1(drv, drv._size_to_l1(size), exact=True)
+    backing = drv.backing
+    # as QEMU's block layer asks (BDRV_REQ_ZERO_WRITE): the new area must not show the
+    # backing file's data that lies beyond the old end
+    zero_write = size > old and backing is not None and backing.size > old
     if preallocation == "metadata" or (preallocation != "off" and drv.data_file is not None):
         _preallocate_metadata(drv, old, size, preallocation)
     elif preallocation in ("falloc", "full"):
-        _preallocate_data(drv, old, size, preallocation)
+        # the new clusters read the file's (zero) data: that takes care of the zeroing
+        _preallocate_data(drv, old, size, preallocation, zero_write)
+        zero_write = False
     if drv.data_file is not None and size > old and preallocation == "off":
         drv.data_file.truncate(size)
-    backing = drv.backing
-    if size > old and backing is not None and backing.size > old:
-        # as QEMU's block layer asks (BDRV_REQ_ZERO_WRITE): the new area must not show the
-        # backing file's data that lies beyond the old end
+    if zero_write:
         h.size = size
         try:
             _zero_new_area(drv, old, size)
@@ -134,6 +139,8 @@ def _preallocate_metadata(drv: "Qcow2Format", start: int, end: int, mode: str) -
     st = drv.l2_entry_size // 8
     pos = start & ~(cs - 1)
     last_host = 0
+    head = _cow_head(drv, start) if drv.data_file is None and not drv.extended_l2 else None
+    tail = _cow_tail(drv, end) if drv.data_file is None else None
     while pos < end:
         gci = pos >> cb
         l1i = gci >> drv.l2_bits
@@ -154,15 +161,57 @@ def _preallocate_metadata(drv: "Qcow2Format", start: int, end: int, mode: str) -
                 if drv.extended_l2:
                     tbl[(i0 + k) * st + 1] = 0
                 last_host = max(last_host, hoff + cs)
+                if head is not None and pos + (k << cb) == head[0]:
+                    head[2] = hoff
+                if tail is not None and pos + (k << cb) == tail[0]:
+                    tail[2] = hoff
             drv.l2_cache.mark_dirty(l2off)
         pos = tend
     target = drv.data_file if drv.data_file is not None else drv.file
     if drv.data_file is not None:
         last_host = end
+    if tail is not None and tail[2] is not None and last_host == tail[2] + cs:
+        # the file ends with the last cluster's copied tail (QEMU: host offset + bytes)
+        last_host = tail[2] + (end - tail[0]) + len(tail[1])
     if last_host:
         cur = target.size()
         if last_host > cur:
             _extend(target, cur, last_host, mode if drv.data_file is not None else "off")
+    if tail is not None and tail[2] is not None:
+        # the rest of the (sub)cluster after the new end is copied from the backing file (or
+        # written with zeroes), as QEMU's allocation does (COW)
+        drv._dpwrite(drv.file, tail[2] + (end - tail[0]), end, tail[1])
+    if head is not None and head[2] is not None:
+        # the partial cluster before the old end was not allocated: it is now, and what it
+        # read (the backing file's data) is copied into it, as QEMU's allocation does (COW)
+        drv._dpwrite(drv.file, head[2], head[0], head[1])
+
+
+def _cow_tail(drv: "Qcow2Format", end: int) -> list | None:
+    """[guest offset of the cluster holding an unaligned new end, the data after the end up to
+    its (sub)cluster's end: the backing file's or zeroes, host offset (filled in when the
+    cluster is allocated)], or None."""
+    unit = drv.subcluster_size if drv.extended_l2 else drv.cluster_size
+    n = -end % unit
+    if not n:
+        return None
+    buf = bytearray(n)
+    b = drv.backing
+    if b is not None and b.size > end:
+        drv.read_backing(end, memoryview(buf)[: min(n, b.size - end)])
+    return [end & ~(drv.cluster_size - 1), buf, None]
+
+
+def _cow_head(drv: "Qcow2Format", old: int) -> list | None:
+    """[guest offset of the cluster holding the old end, its data up to the old end, host
+    offset (filled in when the cluster is allocated anew)], or None when the old end is
+    aligned."""
+    n = old & (drv.cluster_size - 1)
+    if not n:
+        return None
+    buf = bytearray(n)
+    drv.read(old - n, memoryview(buf))
+    return [old - n, buf, None]
 
 
 def _extend(f, cur: int, new: int, mode: str) -> None:
@@ -183,11 +232,19 @@ def _extend(f, cur: int, new: int, mode: str) -> None:
         f.truncate(new)
 
 
-def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str) -> None:
-    """falloc/full: refcount structures first (a new reftable at the end), then one data area."""
+def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str, zero_write: bool) -> None:
+    """falloc/full: refcount structures first (a new reftable at the end), then one data area.
+
+    As QEMU's qcow2_co_truncate, the cluster holding an unaligned old end is allocated anew
+    too: its data up to the old end is copied into the new cluster, the old one is freed.
+    ``zero_write``: the new area must read zeroes, not the backing file (extended L2: every
+    subcluster of the new clusters is allocated; otherwise the head keeps its bitmap)."""
     from .create import refcount_metadata_clusters
 
     cb, cs = drv.cluster_bits, drv.cluster_size
+    st = drv.l2_entry_size // 8
+    head = _cow_head(drv, old)
+    old_head = 0  # the L2 entry the head cluster had
     last = drv.last_used_cluster()
     fsize = drv.file.size()
     start = (last + 1) * cs if last >= 0 else -(-fsize // cs) * cs
@@ -199,7 +256,6 @@ def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str) -> None
         drv._set_refcount(ci, 1)
     drv.refblock_cache.flush()
     _extend(drv.file, drv.file.size(), alloc_start + n_data * cs, mode)
-    st = drv.l2_entry_size // 8
     host = alloc_start
     pos = old & ~(cs - 1)
     left = n_data
@@ -211,13 +267,23 @@ def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str) -> None
         with _Step("Failed to update L2 tables"):
             l2off, tbl = drv._l2_for_write(l1i)
         for j in range(k):
-            tbl[(i0 + j) * st] = (host + j * cs) | S.OFLAG_COPIED
-            if drv.extended_l2:
-                tbl[(i0 + j) * st + 1] = 0  # allocated, subclusters read through
+            x = (i0 + j) * st
+            if head is not None and pos + j * cs == head[0]:
+                old_head = tbl[x]
+                head[2] = host + j * cs
+            tbl[x] = (host + j * cs) | S.OFLAG_COPIED
+            if drv.extended_l2 and zero_write:
+                tbl[x + 1] = ALL_ALLOC
+            elif drv.extended_l2 and (head is None or pos + j * cs != head[0]):
+                tbl[x + 1] = 0  # allocated, subclusters read through
         drv.l2_cache.mark_dirty(l2off)
         pos += k * cs
         host += k * cs
         left -= k
+    if head is not None:
+        drv._dpwrite(drv.file, head[2], head[0], head[1])
+        if old_head & S.OFLAG_COMPRESSED or old_head & S.L2E_OFFSET_MASK:
+            drv._free_entry(old_head)
     del refcount_metadata_clusters
 
 
