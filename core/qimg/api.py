@@ -528,6 +528,7 @@ def _open_node(
     top_driver = fmt if fmt is not None and fmt not in reg.formats and reg.protocol(fmt) is not None else None
     entry = reg.format(fmt) if fmt and top_driver is None else None
     options = dict(options or {})
+    given = dict(options)
     if options:
         from .runtime import check_common, check_file
 
@@ -578,6 +579,7 @@ def _open_node(
         raise
     img = Image(driver, format_name=fmt_name, filename=filename)
     img.protocol_class = pcls
+    img.open_options = given
     if isinstance(file, FileProtocol) and filename.startswith("file:") and file.path != filename[5:]:
         img.display_name = file.path  # QEMU shows the path its file driver opened (./image:x)
     if pcls is not None:

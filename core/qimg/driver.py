@@ -128,7 +128,9 @@ class Format:
     #: table after the data of the first write into it): ``convert`` then splits its writes
     #: where QEMU's would be (each source driver's ``qemu_status_end``), costlier but the same layout
     layout_follows_requests: ClassVar[bool] = False
-    #: a new image reads as zeroes without writing them (``convert`` may skip zero runs)
+    #: a new image reads as zeroes without writing them (``convert`` may skip zero runs); a
+    #: driver whose answer depends on the image makes it a property (qcow2: preallocated and
+    #: encrypted is not), so it is read from the driver, not its class
     zero_init: ClassVar[bool] = True
     #: ``truncate`` zeroes a grown area that the backing file would otherwise show (it is
     #: longer than the old size; QEMU's BDRV_REQ_ZERO_WRITE). A driver without it is refused

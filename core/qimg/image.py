@@ -60,6 +60,9 @@ class Image:
         self.display_name: str | None = None
         #: the protocol class under the format when it is not the ``file`` protocol (nbd...)
         self.protocol_class: type | None = None
+        #: the driver options the image was opened with (a backing file's ``backing.*`` keys,
+        #: a json: name's nodes): the same node opens again with them (commit's reopen)
+        self.open_options: dict[str, Any] = {}
         self.backing = backing
         driver.backing = backing
         self._closed = False

@@ -76,6 +76,47 @@ def _json_depth(text: str) -> int:
     return deepest
 
 
+def _standard_json(text: str) -> tuple[str, list[int] | None]:
+    """QEMU's JSON dialect as standard JSON: its lexer takes strings in single quotes too
+    (``{'driver': 'file'}``, iotests write them so) and ``\\'`` in either kind of string.
+    Returns the text for Python's parser and, when it changed, the position in ``text`` of each
+    of its characters (for error messages); ``None`` when it is the same."""
+    if "'" not in text:
+        return text, None
+    out: list[str] = []
+    where: list[int] = []
+    quote = ""
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if not quote:
+            if ch in "\"'":
+                quote = ch
+                ch = '"'
+        elif ch == "\\" and i + 1 < n:
+            nxt = text[i + 1]
+            if nxt == "'":
+                out.append("'")
+                where.append(i)
+            else:
+                out.append(ch + nxt)
+                where.extend((i, i + 1))
+            i += 2
+            continue
+        elif ch == quote:
+            quote = ""
+            ch = '"'
+        elif ch == '"':  # a double quote inside single quotes
+            out.append('\\"')
+            where.extend((i, i))
+            i += 1
+            continue
+        out.append(ch)
+        where.append(i)
+        i += 1
+    return "".join(out), where
+
+
 def parse_json_name(name: str) -> tuple[str, dict[str, Any]]:
     """A ``json:{...}`` name as an ``--image-opts`` option string (QEMU's messages, without
     the ``Could not open`` prefix, on errors), and its flattened values with their JSON types
@@ -86,16 +127,20 @@ def parse_json_name(name: str) -> tuple[str, dict[str, Any]]:
     prefix = "Could not parse the JSON options: "
     if not text.strip():
         raise QimgError(prefix + "Expecting a JSON value")
-    if _json_depth(text) > JSON_MAX_NESTING:
+    std, where = _standard_json(text)
+    if _json_depth(std) > JSON_MAX_NESTING:
         raise QimgError(prefix + "JSON nesting depth limit exceeded")  # QEMU's parser limit
     # up to QEMU's 1024 levels: Python's parser and the flattening below recurse per level
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * JSON_MAX_NESTING))
     try:
-        value = json.loads(text)
+        value = json.loads(std)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":
             raise QimgError(prefix + "Expecting at most one JSON value") from None
-        rest = text[e.pos:].lstrip()
+        pos = e.pos if where is None else (where[e.pos] if e.pos < len(where) else len(text))
+        if e.msg.startswith("Unterminated string"):  # QEMU's lexer: the rest is one bad token
+            raise QimgError(prefix + f"JSON parse error, stray '{text[pos:]}'") from None
+        rest = text[pos:].lstrip()
         if not rest:
             raise QimgError(prefix + "JSON parse error, premature EOI") from None
         word = rest[: len(rest) - len(rest.lstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"))]
@@ -123,8 +168,15 @@ def flatten_options(value: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
             elif val is None:
                 typed[path + key] = None  # "backing": null
             else:
+                if isinstance(val, int) and not isinstance(val, bool) and not -(1 << 63) <= val < 1 << 64:
+                    val = float(val)  # QEMU's parser: an integer out of int64/uint64 is a double
                 typed[path + key] = val
-                text = ("on" if val else "off") if isinstance(val, bool) else str(val)
+                if isinstance(val, bool):
+                    text = "on" if val else "off"
+                elif isinstance(val, float):
+                    text = f"{val:.17g}" # QEMU's qnum_to_string of a double (1.0 is "1")
+                else:
+                    text = str(val)
                 pairs.append(f"{path}{key}={text.replace(',', ',,')}")
 
     walk(value, "")

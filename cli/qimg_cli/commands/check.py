@@ -63,8 +63,9 @@ def run(p: Parsed) -> None:
 
     def out(text: str) -> None:
         if not p.quiet:
+            # no flush: as qemu-img's stdio, the report waits in a pipe's buffer while the
+            # second pass's messages go to stderr (the order of a "2>&1" output)
             sys.stdout.write(text)
-            sys.stdout.flush()
 
     def on_repaired(result) -> None:
         if ofmt == "human":

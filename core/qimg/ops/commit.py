@@ -63,8 +63,10 @@ def reopen_writable(top: "Image", base: "Image") -> "Image":
     if not type(base.driver).reopenable:
         # QEMU names the node ('#block<N>', a number it generates)
         raise QimgError(f"Block format '{base.format}' used by node '#block100' does not support reopening files")
+    # the same node again: its file name and the options it was opened with (a backing file's
+    # key secret, a json: name's blkdebug node)
     base.close()
-    new = qimg.open(base.filename, base.format, writable=True)
+    new = qimg.open(base.filename, base.format, writable=True, options=base.open_options or None)
     parent.backing = new
     parent.driver.backing = new
     return new

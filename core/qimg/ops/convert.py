@@ -384,7 +384,7 @@ def _convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
         elif opts.no_create:
             zero_init = opts.target_is_zero
         else:
-            zero_init = (type(target.driver).zero_init and not has_backing
+            zero_init = (target.driver.zero_init and not has_backing
                          and not target.driver.file.is_block)
         total_done = [0]
         copier = Copier(

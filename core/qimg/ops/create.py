@@ -288,7 +288,9 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
             raise QimgValueError("Expected backing file name, got empty string")
     if bf and not unsafe:
         try:
-            with open_image(resolve_backing_name(filename, bf), bfmt, backing=False, force_share=True) as b:
+            # metadata only (QEMU's BDRV_O_NO_IO): an encrypted backing file opens without its key
+            with open_image(resolve_backing_name(filename, bf), bfmt, backing=False, force_share=True,
+                            options={"_no_io": True}) as b:
                 detected, bsize = b.format, b.size
         except QimgError as e:
             raise QimgError(f"{e.message}\nCould not open backing image.") from None

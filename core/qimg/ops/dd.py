@@ -79,7 +79,7 @@ def dd(src: "Image", out_filename: str, out_fmt: str, *, bs: int = 512, count: i
 
             # qemu-img dd reads and writes one bs-sized block at a time: the same requests give
             # the same cluster allocation order (bounded, as a hostile bs must not cost memory)
-            copier = Copier(out, read, zero_init=type(out.driver).zero_init, granule=0, workers=1,
+            copier = Copier(out, read, zero_init=out.driver.zero_init, granule=0, workers=1,
                             serial_reads=not parallel_safe(src), chunk=min(bs, MAX_DD_CHUNK))
             try:
                 copier.run(_plan(src, start, size))

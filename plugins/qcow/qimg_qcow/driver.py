@@ -492,6 +492,7 @@ class QcowFormat(Format):
                 host = first_entry + (off & (cs - 1))
                 self._check_host(first_entry, host, n)
                 self._metadata().guard(host, n)
+                self.file.debug_event("write_aio")  # (QEMU's blkdebug events)
                 if self._aes is not None:
                     self._pwrite_encrypted(host, off, data[pos : pos + n])
                 else:
@@ -502,6 +503,7 @@ class QcowFormat(Format):
                 while j < end_i and tbl[j] == 0:
                     j += 1
             n = min(total - pos, base + (j << cb) - off)
+            self.file.debug_event("write_aio")
             self._write_new(tbl, l2off, i, j, off, data[pos : pos + n], first_entry)
             pos += n
 

@@ -78,7 +78,6 @@ class Qcow2Format(RefcountMixin, Format):
     create_print_defaults = FORMAT_LINE_DEFAULTS
     supports_backing = True
     supports_compression = True
-    zero_init = True
     truncate_zeroes_backing_area = True
     #: read/block_status may run in several threads at once (the copy engine's readers): the
     #: table caches are locked, everything else on the read path is a local or a pread
@@ -697,6 +696,14 @@ class Qcow2Format(RefcountMixin, Format):
 
     def _encrypted(self) -> bool:
         return bool(self.header.crypt_method)
+
+    @property
+    def zero_init(self) -> bool:  # type: ignore[override]
+        """QEMU's qcow2_has_zero_init: an image with metadata preallocated (its first L2 table
+        is there) reads its file's bytes, which an encrypted image decrypts into noise."""
+        if not (len(self.l1) and self.l1[0]):
+            return True
+        return not self._encrypted() and not (self.data_file or self.file).is_block
 
     # ------------------------------------------------------------------ read
     def read(self, offset: int, buf: memoryview) -> None:

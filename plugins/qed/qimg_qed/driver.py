@@ -414,6 +414,7 @@ class QedFormat(Format):
                 if piece is None:
                     self.file.write_zeroes(host, g1 - g0)
                 else:
+                    self.file.debug_event("write_aio")  # (QEMU's blkdebug events)
                     self.file.pwrite(host, piece)
                 j = k
                 continue
@@ -483,6 +484,7 @@ class QedFormat(Format):
             if ents[k - 1] == 0:
                 self.read_backing(g1, memoryview(tail))
             bufs.append(tail)
+        self.file.debug_event("write_aio")
         pwritev = getattr(self.file, "pwritev", None)
         if pwritev is not None and len(bufs) > 1:
             pwritev(host, bufs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import threading
 
 from qimg.errors import QimgError, with_errno
@@ -154,6 +155,31 @@ def parse_url(filename: str) -> dict[str, Any]:
     return out
 
 
+# QEMU's qemu_strtou64 (base 0: hexadecimal, octal, decimal; a sign and leading spaces) on the
+# whole value, and its qemu_strtoi (base 10)
+_C_U64 = re.compile(r"[ \t\n\v\f\r]*[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_C_INT = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
+
+
+def _legacy_port(value: Any) -> str:
+    """The legacy ``port`` option, a QEMU_OPT_NUMBER: checked as QEMU parses it, kept as
+    given (the connection uses the text)."""
+    if isinstance(value, bool):
+        text = "on" if value else "off"
+    elif isinstance(value, float):
+        text = f"{value:.17g}" # (a JSON number QEMU holds as a double: 1.0 is "1")
+    else:
+        text = str(value)
+    m = _C_U64.fullmatch(text)
+    if not m:
+        raise QimgError("Parameter 'port' expects a number")
+    digits = m.group(1)
+    base = 16 if digits[1:2] in ("x", "X") else 8 if digits.startswith("0") else 10
+    if int(digits, base) >= 1 << 64:
+        raise QimgError(f"Value '{text}' is too large for parameter 'port'")
+    return text
+
+
 def canonical_name(user: str, host: str, port: str, path: str, host_key_check: str | None) -> str:
     """The name QEMU gives an ssh node (``ssh_refresh_filename``)."""
     name = f"ssh://{user}@{host}:{port}{path}"
@@ -217,7 +243,7 @@ class SshProtocol(Protocol):
         if host is not None:
             server["host"] = host
         if port is not None:
-            server["port"] = port
+            server["port"] = _legacy_port(port)
         if "host" not in server:
             raise QimgError("Parameter 'server.host' is missing")
         path = opts.pop("path", None)
@@ -225,6 +251,8 @@ class SshProtocol(Protocol):
             raise QimgError("Parameter 'path' is missing")
         self.host = str(server.pop("host"))
         self.port = str(server.pop("port", "22"))
+        if not _C_INT.fullmatch(self.port):
+            raise QimgError("Use only numeric port value")  # (QEMU's qemu_strtoi, base 10)
         self._plain_server = not any(k in server for k in ("ipv4", "ipv6", "to", "numeric"))
         self.path = str(path)
         self.user = str(opts.pop("user", None) or _user())

@@ -242,7 +242,8 @@ class VmdkFormat(Format):
         if fmt and fmt != "vmdk":
             raise QimgError("backing_file must be a vmdk image")
         name = resolve_backing_name(filename, backing)
-        open_protocol(name).close()  # a missing file is reported as such, even with -u
+        if not name.startswith("json:"):  # (a json: name is a node's options, opened below)
+            open_protocol(name).close()  # a missing file is reported as such, even with -u
         try:
             img = qopen(name, "vmdk", backing=False, force_share=True)
         except QimgError:

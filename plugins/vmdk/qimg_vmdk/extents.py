@@ -174,6 +174,7 @@ class FlatExtent(Extent):
         if data is None:
             self.file.write_zeroes(self.base + off, length)
         else:
+            self.file.debug_event("write_aio")  # (QEMU's blkdebug events)
             self.file.pwrite(self.base + off, data)
 
     def check(self, first_sector):
@@ -536,6 +537,7 @@ class SparseExtent(Extent):
                 if piece is None:
                     self.file.write_zeroes(host, b - a)
                 else:
+                    self.file.debug_event("write_aio")  # (QEMU's blkdebug events)
                     self.file.pwrite(host, piece)
             else:
                 if piece is None:
@@ -565,6 +567,7 @@ class SparseExtent(Extent):
                 cow(b, memoryview(tail))
             bufs.append(tail)
         host = self._alloc(end - start)
+        self.file.debug_event("write_aio")
         _pwritev(self.file, host, bufs)
         for i in range(c1 - c0):
             new[j + i] = host // SECTOR + i * self.h.grain_size
@@ -648,6 +651,7 @@ class SparseExtent(Extent):
             blob = comp
         pad = -len(blob) % SECTOR
         host = self._alloc(len(blob))
+        self.file.debug_event("write_compressed")
         self.file.pwrite(host, blob + bytes(pad))
         self.min_file_end = max(self.min_file_end, host + g)
         self.dirty = True
