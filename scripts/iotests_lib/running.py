@@ -40,7 +40,15 @@ if args[-2:] == ["-machine", "help"]:
 if args[-2:] == ["-drive", "format=help"]:
     out = subprocess.run([os.environ["QIMG_IOTESTS_REAL_QEMU_IMG"], "--help"], capture_output=True,
                          text=True).stdout
-    fmts = next((l.split(":", 1)[1] for l in out.splitlines() if l.startswith("Supported formats:")), "")
+    # 7.2: "Supported formats: a b c"; 10.0: "Supported image formats:" and indented lines
+    lines = out.splitlines()
+    fmts = next((l.split(":", 1)[1] for l in lines if l.startswith("Supported formats:")), "")
+    if not fmts.strip() and "Supported image formats:" in lines:
+        for l in lines[lines.index("Supported image formats:") + 1:]:
+            if l.strip():
+                fmts += " " + l.strip()
+            elif fmts:
+                break
     print("Supported formats:" + fmts)
     print("Supported formats (read-only):" + fmts)
     sys.exit(0)
