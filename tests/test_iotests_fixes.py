@@ -211,3 +211,43 @@ def test_commit_into_an_encrypted_backing_file_keeps_its_key(tmp_path, qemu_img,
         r = qemu_io("--object", SECRET0, "--image-opts", "-c", "read -P 0x9 0 4M", spec_base)
         assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, (run, r.stdout)
     _names_same(*results)
+
+
+def test_data_file_given_as_open_options(tmp_path, qemu_img, qemu_io, qimg):
+    """iotest 061: an image whose data file name is wrong (amend -o data_file=foo) opens with
+    the data file given as the node's options (data-file.filename=...), and info, which reads
+    metadata only, does not open the data file at all (QEMU: BDRV_O_NO_IO)."""
+    img = tmp_path / "d.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={img}.data", str(img), "4M").returncode == 0
+    assert qemu_io("-c", "write -P 1 0 4k", str(img)).returncode == 0
+    # (absolute: QEMU opens a relative data file name from its working folder, qimg from the
+    # image's: a difference of its own, not this test's)
+    assert qemu_img("amend", "-o", f"data_file={tmp_path}/foo", str(img)).returncode == 0
+    spec = f"data-file.filename={img}.data,file.filename={img}"
+    for args in (["info", str(img)], ["info", "--image-opts", spec], ["info", "--image-opts", "driver=qcow2," + spec],
+                 ["check", str(img)], ["compare", "--image-opts", spec, "driver=qcow2," + spec]):
+        _names_same(qemu_img(*args), qimg(*args))
+    out = tmp_path / "x.raw"
+    assert qimg("convert", "-O", "raw", "--image-opts", "driver=qcow2," + spec, str(out)).returncode == 0
+    assert out.read_bytes()[:4096] == b"\1" * 4096
+
+
+def test_relative_data_file_name_is_from_the_working_folder(tmp_path, monkeypatch, oracle):
+    """QEMU creates and opens a relative data file name (data_file=x.data) from its working
+    folder, not from the image's folder as a backing file name: so does qimg (it created the
+    file in one place and looked for it in the other)."""
+    from cli_support import as_qemu, run_qemu_version, run_qimg
+
+    monkeypatch.setenv("QIMG_COMPAT", oracle)
+    runs = {}
+    for who in ("q", "i"):
+        work = tmp_path / who
+        (work / "sub").mkdir(parents=True)
+        run = (lambda *a, cwd: run_qemu_version(oracle, *a, cwd=cwd)) if who == "q" else \
+            (lambda *a, cwd: run_qimg(*a, cwd=cwd))
+        runs[who] = [run("create", "-q", "-f", "qcow2", "-o", "data_file=x.data", "sub/d.qcow2", "1M", cwd=work),
+                     run("check", "sub/d.qcow2", cwd=work),
+                     run("check", "d.qcow2", cwd=work / "sub")]
+        assert sorted(p.name for p in work.iterdir()) == ["sub", "x.data"]
+    for q, i in zip(runs["q"], runs["i"], strict=True):
+        assert (i.returncode, as_qemu(i.stdout), as_qemu(i.stderr)) == (q.returncode, q.stdout, q.stderr)

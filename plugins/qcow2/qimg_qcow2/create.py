@@ -137,7 +137,7 @@ def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_image(filename: str, size: int, opts: dict[str, Any]) -> None:
-    from qimg.api import open_protocol, resolve_backing_name
+    from qimg.api import open_protocol
 
     # qemu-img's option path rounds the size up to whole sectors (its QMP path would refuse)
     size = -(-size // 512) * 512
@@ -185,7 +185,7 @@ def create_image(filename: str, size: int, opts: dict[str, Any]) -> None:
     f = open_protocol(filename, writable=True)
     dopts: dict[str, Any] = {}
     if o["data_file"]:
-        dopts["data-file"] = resolve_backing_name(filename, o["data_file"])
+        dopts["data-file"] = o["data_file"]  # (as QEMU: from the working folder, as created)
     drv = Qcow2Format(f, filename=filename, writable=True, options=dopts)
     try:
         drv.header.data_file = o["data_file"]

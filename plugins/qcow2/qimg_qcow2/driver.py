@@ -68,6 +68,16 @@ class _RefusedFile:
         pass
 
 
+class _NoIOFile(_RefusedFile):
+    """Stands for an external data file a metadata-only open (info) does not open."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise QimgError(f"'{self._image}': the data file is not opened for metadata only")
+
+    pread = preadinto = pwrite = pwritev = size = truncate = flush = allocate = data_extents = _refuse
+    allocated_size = _refuse
+
+
 class Qcow2Format(RefcountMixin, Format):
     format_name = "qcow2"
     #: QEMU creates the file before checking the options and deletes it when the create fails
@@ -276,16 +286,29 @@ class Qcow2Format(RefcountMixin, Format):
 
     def _open_data_file(self, options: dict[str, Any]) -> None:
         h = self.header
+        # the data file as a node's options (data-file.filename=..., data-file.driver=...)
+        node = {k[10:]: v for k, v in options.items() if k.startswith("data-file.")}
         if not h.incompatible_features & S.INCOMPAT_DATA_FILE:
-            if options.get("data-file"):
+            if options.get("data-file") or node:
                 raise QimgError("'data-file' can only be set for images that use an external data file")
+            return
+        from qimg.api import open_child, open_protocol
+
+        if options.get("_no_io"):
+            # metadata only (info): QEMU does not open the data file then (BDRV_O_NO_IO)
+            self.data_file = _NoIOFile(self.filename, str(node.get("filename") or options.get("data-file")
+                                                          or h.data_file or ""))
+            return
+        if node and not options.get("data-file"):
+            self.data_file = open_child(None, node, writable=self.writable)
             return
         name = options.get("data-file") or h.data_file
         if not name:
             raise QimgError("'data-file' is required for this image")
-        from qimg.api import open_protocol, resolve_backing_name
 
-        path = name if options.get("data-file") else resolve_backing_name(self.filename, name)
+        # as QEMU opens it: the name as it is (a relative one from the working folder, not from
+        # the image's as a backing file name)
+        path = name
         if options.get("untrusted") and not options.get("data-file"):
             # CVE-2024-32498: never follow a data file name found in an untrusted image
             self.data_file = _RefusedFile(self.filename, path)
