@@ -855,3 +855,27 @@ def test_write_continues_its_host_range_after_in_place_clusters(tmp_path):
     assert "failed" not in _qemu_io(qc, ["write -P 3 0 128k"]).stdout
     assert "failed" not in _qimg_io(ic, ["write -P 3 0 128k"]).stdout
     assert _bytes(qc) == _bytes(ic)
+
+
+@pytest.mark.parametrize("v10", [False, True], ids=["7.2", "10.0"])
+def test_bitmap_add_with_reftable_offset_at_l1(tmp_path, v10):
+    """The header's refcount table offset names the L1 table: storing the new bitmap at close
+    cannot allocate clusters. Reported, the close goes on (7.2: exit 0); 10.0's inactivation
+    fails ('Error while closing the image: Invalid argument', exit 1) and its close tries
+    again. Nothing is written."""
+    img = _make(tmp_path / "img.qcow2", "4M", io=["write -P 0x41 0 64k"])
+    _poke(img, (48, _q(L1)))
+    qc, ic = _copies(img, tmp_path, "q.qcow2", "i.qcow2")
+    q = _qemu_img("bitmap", "--add", qc, "b0", v10=v10)
+    i = _qimg("bitmap", "--add", ic, "b0", v10=v10)
+    # (qemu-img names the allocation of the bitmap's data, qimg that of its table)
+    lost = re.compile(r"^(PROG: Lost persistent bitmaps during inactivation of node '#blockN': )Failed to allocate "
+                      r"clusters.*(: Input/output error)$")
+    ql, il = ([lost.sub(r"\1\2", ln) for ln in _lines(r.stderr)] for r in (q, i))
+    lost_line = "PROG: Lost persistent bitmaps during inactivation of node '#blockN': : Input/output error"
+    if v10:
+        assert ql == il == [lost_line, "PROG: Error while closing the image: Invalid argument", lost_line]
+    else:
+        assert ql == il == [lost_line]
+    assert q.returncode == i.returncode == (1 if v10 else 0)
+    assert _bytes(qc) == _bytes(ic) and open(ic, "rb").read() == open(img, "rb").read()

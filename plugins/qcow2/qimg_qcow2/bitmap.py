@@ -11,6 +11,7 @@ then frees the old ones, so an interruption never leaves a broken directory behi
 """
 from __future__ import annotations
 
+import os
 import struct
 
 from qimg import compat
@@ -259,14 +260,14 @@ def _write_data(drv: "Qcow2Format", bm: Bitmap, data: bytes | bytearray | None) 
             chunk = view[i * cs : (i + 1) * cs]
             if chunk == zero[: len(chunk)]:
                 continue
-            off = drv.alloc_clusters(1)
+            off = _alloc(drv, 1, f"Failed to allocate clusters for bitmap '{bm.name}'")
             _pre_write(drv, off, cs)
             drv.flush_caches()
             drv.file.pwrite(off, bytes(chunk) + bytes(cs - len(chunk)))
             entries[i] = off
     if bm.table_size:
         nbytes = bm.table_size * 8
-        off = drv.alloc_clusters(-(-nbytes // cs))
+        off = _alloc(drv, -(-nbytes // cs), "Failed to allocate clusters")
         _pre_write(drv, off, nbytes)
         drv.flush_caches()
         raw = struct.pack(f">{bm.table_size}Q", *entries)
@@ -274,6 +275,16 @@ def _write_data(drv: "Qcow2Format", bm: Bitmap, data: bytes | bytearray | None) 
         bm.table_offset = off
     else:
         bm.table_offset = 0
+
+
+def _alloc(drv: "Qcow2Format", count: int, what: str) -> int:
+    """Clusters for bitmap data or a table; an I/O failure worded as QEMU's store_bitmap."""
+    try:
+        return drv.alloc_clusters(count)
+    except OSError as e:
+        raise QimgError(f"{what}: {e.strerror or os.strerror(e.errno or 5)}") from None
+    except QimgError as e:  # a refcount structure that cannot be read or used: EIO
+        raise QimgError(f"{what}: {e.message}") from None
 
 
 def _pre_write(drv: "Qcow2Format", offset: int, size: int) -> None:

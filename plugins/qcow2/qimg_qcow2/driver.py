@@ -1461,12 +1461,15 @@ class Qcow2Format(RefcountMixin, Format):
         the driver."""
         if self.inactive:
             return 0
-        self.inactive = True
         if self._dead:
+            self.inactive = True
             return errno.ENOMEDIUM
-        if not self.writable or getattr(self, "l2_cache", None) is None:
-            return 0
-        return self._inactivate()
+        err = 0
+        if self.writable and getattr(self, "l2_cache", None) is not None:
+            err = self._inactivate()
+        # a node whose inactivation failed stays active: its close tries again
+        self.inactive = not err or self._dead
+        return err
 
     def close(self) -> None:
         try:
@@ -1500,8 +1503,7 @@ class Qcow2Format(RefcountMixin, Format):
             try:
                 bitmaps_store(self)
             except (QimgError, OSError) as e:
-                if not self._dead:
-                    raise
+                # reported, the close goes on (QEMU's qcow2_inactivate)
                 reason = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
                 api.warn(f"{program()}: Lost persistent bitmaps during inactivation of node '#block{NODE_NUMBER}': {reason}")
                 failed = errno.EINVAL
