@@ -1372,7 +1372,7 @@ class Qcow2Format(RefcountMixin, Format):
         self._bitmaps_dirty(offset, len(data))
         cs = self._cs
         if self.data_file is not None:
-            raise QimgError("Compression is not supported with external data files")
+            raise _no_compression_with_data_file()
         if not len(data):
             # QEMU's end-of-stream signal: align the file end to a sector
             fsize = self.file.size()
@@ -1416,7 +1416,7 @@ class Qcow2Format(RefcountMixin, Format):
         cs = self._cs
         data, out = prepared
         if self.data_file is not None:
-            raise QimgError("Compression is not supported with external data files")
+            raise _no_compression_with_data_file()
         if offset & (cs - 1):
             raise QimgError("Compressed writes must be cluster aligned")
         self._bitmaps_dirty(offset, min(cs, self.size - offset))
@@ -1761,3 +1761,13 @@ def _last_used_cluster(self: Qcow2Format) -> int:
 
 
 Qcow2Format.last_used_cluster = _last_used_cluster  # type: ignore[attr-defined]
+
+
+def _no_compression_with_data_file() -> Exception:
+    """QEMU refuses a compressed write to an image with an external data file with ENOTSUP
+    (convert: "error while writing at byte N: Operation not supported")."""
+    import errno
+
+    from qimg.errors import os_error
+
+    return os_error("Operation not supported", errno.ENOTSUP)
