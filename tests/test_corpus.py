@@ -1,7 +1,8 @@
 """A third-party corpus: images neither qemu-img nor qimg made, read by both (issue 17).
 
 Sources (tests/third_party.py, tests/corpus/README.md): FreeBSD mkimg's test vectors (committed
-hexdumps) and QEMU's own sample images (Hyper-V, Virtual PC, Disk2VHD, VMware, Parallels, DMG,
+hexdumps), log2timeline/dfvfs's test data (qcow2, vhd, vmdk, dmg; committed xz-compressed)
+and QEMU's own sample images (Hyper-V, Virtual PC, Disk2VHD, VMware, Parallels, DMG,
 cloop, bochs and fuzzed samples; fetched at run time, never committed), and a streamOptimized
 vmdk made here by python3-vmdkstream. Images made by other Debian producers are also in
 test_bochs.py (bximage), test_cloop.py (create_compressed_fs) and test_luks.py (cryptsetup).
@@ -19,7 +20,15 @@ import os
 
 import pytest
 from cli_support import as_oracle, oracle_path, run_qemu_version, run_qimg
-from third_party import QEMU_SAMPLES, mkimg_image, mkimg_images, qemu_sample, vmdkstream_image
+from third_party import (
+    QEMU_SAMPLES,
+    dfvfs_image,
+    dfvfs_images,
+    mkimg_image,
+    mkimg_images,
+    qemu_sample,
+    vmdkstream_image,
+)
 
 #: what qimg writes and qemu-img checks back (luks needs a secret: test_luks.py)
 WRITABLE = ("raw", "qcow2", "qcow", "qed", "vdi", "vpc", "vhdx", "vmdk", "parallels")
@@ -36,6 +45,7 @@ MKIMG_FORMAT = {"qcow": "qcow", "qcow2": "qcow2", "vhd": "vpc", "vhdf": "vpc", "
                 "vmdk": "vmdk", "vmdks": "vmdk", "raw": "raw"}
 
 CASES = [pytest.param(("mkimg", p), id=f"mkimg-{p.name[:-4]}") for p in mkimg_images()] + \
+        [pytest.param(("dfvfs", p), id=f"dfvfs-{p.name[:-3]}") for p in dfvfs_images()] + \
         [pytest.param(("qemu", n), id=f"qemu-{n}") for n in QEMU_SAMPLES] + \
         [pytest.param(("vmdkstream", None), id="vmdkstream")]
 
@@ -46,6 +56,9 @@ def _image(case, folder):
     if kind == "mkimg":
         path = mkimg_image(what, folder)
         return path.name, MKIMG_FORMAT[path.name.rsplit(".", 1)[1]]
+    if kind == "dfvfs":
+        path = dfvfs_image(what, folder)
+        return path.name, {"qcow2": "qcow2", "vhd": "vpc", "vmdk": "vmdk", "dmg": "dmg"}[path.name.rsplit(".", 1)[1]]
     if kind == "vmdkstream":
         return vmdkstream_image(folder).name, "vmdk"
     os.symlink(qemu_sample(what), folder / what)

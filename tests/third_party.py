@@ -3,6 +3,8 @@ unpacked.
 
 - FreeBSD's mkimg test vectors: hexdumps (``hexdump -C``) committed under tests/corpus/mkimg
   (origin and licence in tests/corpus/README.md), turned back into images in the test.
+- log2timeline/dfvfs's test_data (qcow2, vhd, vmdk, dmg): committed xz-compressed under
+  tests/corpus/dfvfs (Apache-2.0).
 - QEMU's own tests/qemu-iotests/sample_images (Hyper-V, Virtual PC, Disk2VHD, VMware, Parallels,
   fuzzed samples; bzip2-compressed, GPL, never committed here): fetched at run time from Debian's
   qemu source package of the 7.2 oracle by scripts/iotests' library (scripts/iotests_lib), which
@@ -83,6 +85,19 @@ def mkimg_image(hexfile: Path, dest_dir: Path) -> Path:
     """The image of a committed mkimg hexdump, written into ``dest_dir``."""
     dest = dest_dir / hexfile.name[: -len(".hex")]
     _write_sparse(dest, [unhexdump(hexfile.read_text())])
+    return dest
+
+
+def dfvfs_images() -> list[Path]:
+    return sorted((CORPUS / "dfvfs").glob("*.xz"))
+
+
+def dfvfs_image(xzfile: Path, dest_dir: Path) -> Path:
+    """The image of a committed dfvfs test file (xz-compressed), written into ``dest_dir``."""
+    import lzma
+
+    dest = dest_dir / xzfile.name[: -len(".xz")]
+    _write_sparse(dest, [lzma.decompress(xzfile.read_bytes())])
     return dest
 
 
