@@ -65,6 +65,9 @@ KNOWN: list[tuple[str, str, str, str]] = [
     ("*", "*", "strict", "qimg refuses any write over its metadata, also where qemu-img's shows no harm"),
     ("vmdk/*/capacity=0x8*", "*", "verdict", "a sparse capacity of 2^63 sectors or more: qemu-img's sector count goes "
      "negative and its commands fail one by one (check passes); qimg refuses the image"),
+    ("qcow2/*/L2?1?=0x2000*", "convert-n", "verdict", "an L2 entry without COPIED names the refcount block: "
+     "freeing it on copy-on-write drops QEMU's cached refcount block with its pending updates, and a later "
+     "allocation lands on metadata (overlap, exit 1); qimg keeps the refcounts and writes (check reports the entry)"),
     ("vmdk/*/compress_algorithm=*", "commit", "verdict", "a version-3 sparse extent without compression: "
      "qemu-img's commit reopens the base read-write without its read-only check; qimg opens it writable"),
 ]
