@@ -28,6 +28,9 @@ def reset_state() -> None:
 
     trace.reset()
     secrets._secrets.clear()
+    from qimg import tlscreds
+
+    tlscreds.clear()
 
 
 def run_qimg(*args: str, cwd: str | os.PathLike | None = None, profile: str | None = None,

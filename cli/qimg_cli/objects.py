@@ -1,6 +1,7 @@
 """``--object help`` and ``--object TYPE,help`` as each qemu-img prints them (observed output,
 as data): the user creatable object types of its build, and each type's properties. qimg itself
-creates ``secret`` objects only (qimg.secrets); the help answers as qemu-img does."""
+creates ``secret`` objects (qimg.secrets) and TLS credentials (``tls-creds-x509``, ``-psk``,
+``-anon``: qimg.tlscreds); the help answers as qemu-img does."""
 from __future__ import annotations
 
 #: each type's properties, as ``name=<type>`` (sorted, as qemu-img prints them)

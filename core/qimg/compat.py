@@ -113,6 +113,11 @@ TEXTS.update({
     # ... and a snapshot without an instruction count (a short entry's, or -1)
     "snapshot-no-icount": {"7.2": "", "10.0": "--"},
     # a protocol that cannot create, and could not open its target either
+    # a TLS session the server ended without a close_notify (nbd: it refused our certificate):
+    # QEMU's TLS channel read error, worded by its gnutls error mapping
+    "tls-read-eof": {
+        "7.2": "Cannot read from TLS channel: Software caused connection abort",
+        "10.0": "Cannot read from TLS channel: The TLS connection was non-properly terminated."},
     "protocol-create-fallback": {
         "7.2": "Protocol driver '{}' does not support image creation, and opening the image failed: ",
         "10.0": "Protocol driver '{}' does not support creating new images, so an existing image must be "

@@ -1,4 +1,5 @@
-"""``--object secret,...`` definitions: passphrases for encrypted images, looked up by id."""
+"""``--object`` definitions: ``secret`` (passphrases for encrypted images, looked up by id here)
+and the TLS credentials types (:mod:`qimg.tlscreds`), which share one namespace of ids."""
 from __future__ import annotations
 
 import base64
@@ -25,6 +26,13 @@ def add_object(text: str) -> None:
     qom_type = pairs.pop("qom-type", None)
     if qom_type is None:
         raise QimgError("Parameter 'qom-type' is missing")
+    from . import tlscreds
+
+    if qom_type in tlscreds.TYPES:
+        if pairs.get("id") and (pairs["id"] in _secrets or pairs["id"] in tlscreds._creds):
+            raise QimgError(f"attempt to add duplicate property '{pairs['id']}' to object (type 'container')")
+        tlscreds.add(qom_type, pairs)
+        return
     if qom_type != "secret":
         raise QimgError(f"Parameter 'qom-type' does not accept value '{qom_type}'")
     ident = pairs.get("id")
@@ -33,7 +41,7 @@ def add_object(text: str) -> None:
     for key in pairs:
         if key not in ("id", "data", "file", "format", "keyid", "iv", "loaded"):
             raise QimgError(f"Parameter '{key}' is unexpected")
-    if ident in _secrets:
+    if ident in _secrets or ident in tlscreds._creds:
         raise QimgError(f"attempt to add duplicate property '{ident}' to object (type 'container')")
     if "data" in pairs and pairs["data"] is not None:
         value = pairs["data"].encode()

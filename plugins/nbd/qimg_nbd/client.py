@@ -24,6 +24,8 @@ from qimg.image import zero_fill
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .names import Server
 
 NBDMAGIC = 0x4E42444D41474943  # "NBDMAGIC"
@@ -199,11 +201,21 @@ class _Handshake:
             except TimeoutError:
                 raise with_errno(QimgError(f"{what}: {os.strerror(errno.ETIMEDOUT)}"), errno.ETIMEDOUT) from None
             except OSError as e:
+                if type(e).__module__ == "ssl":  # the server ended the TLS session (refused our certificate)
+                    raise self._tls_eof(what) from None
                 raise with_errno(QimgError(f"{what}: {os.strerror(e.errno or errno.EIO)}"), e.errno) from None
             if k == 0:
+                if type(self.sock).__module__ == "ssl":
+                    raise self._tls_eof(what)
                 raise QimgError(f"{what}: {_EOF}")
             got += k
         return bytes(buf)
+
+    @staticmethod
+    def _tls_eof(what: str) -> QimgError:
+        from qimg.compat import text
+
+        return with_errno(QimgError(f"{what}: {text('tls-read-eof')}"), errno.ECONNABORTED)
 
     def send(self, data: bytes, what: str) -> None:
         try:
@@ -262,21 +274,34 @@ class _Handshake:
             msg = f"Server requires INFO_BLOCK_SIZE for {name}"
         else:
             msg = f"Unknown error code when asking for {name}"
+        if hint:  # QEMU's hints, in the order it appends them
+            msg += "\n" + hint
         if payload:
             msg += "\nserver reported: " + payload.decode("utf-8", "replace").replace("\0", "")
-        if hint:
-            msg += "\n" + hint
         self.abort()
         return QimgError(msg)
 
+    def starttls(self) -> None:
+        """NBD_OPT_STARTTLS, acknowledged by the server (QEMU's nbd_receive_starttls)."""
+        self.option(OPT_STARTTLS)
+        rtype, payload = self.reply(OPT_STARTTLS)
+        if rtype & 0x80000000:
+            err = self.error(OPT_STARTTLS, rtype, payload, True)
+            raise err or QimgError("Server don't support STARTTLS option")
+        if rtype != REP_ACK:
+            self.abort()
+            raise QimgError(f"Server rejected request to start TLS {rtype:x}")
+        if payload:
+            self.abort()
+            raise QimgError(f"Start TLS response was not zero {len(payload)}")
+
     def simple_option(self, opt: int) -> bool:
-        """An option without data that the server acks: True, unsupported: False."""
+        """An option without data that the server acks: True; unsupported or refused: False
+        (QEMU asks it "not strictly": any error reply, such as a TLS-only server's
+        "TLS required", only means the option is not there; the next option says why)."""
         self.option(opt)
         rtype, payload = self.reply(opt)
         if rtype & 0x80000000:
-            err = self.error(opt, rtype, payload, False)
-            if err is not None:
-                raise err
             return False
         if rtype != REP_ACK:
             self.abort()
@@ -400,9 +425,71 @@ def _check_block_sizes(lo: int, pref: int, hi: int) -> None:
         raise QimgError(f"server maximum block size {hi} is not valid")
 
 
-def handshake(sock: socket.socket, export: str, *, tls: bool = False) -> Export:
-    """Negotiate ``export`` on a connected socket."""
+class Tls:
+    """TLS for the connections of one node: the client's SSL context (from its
+    ``tls-creds``), the name the server's certificate must carry (``tls-hostname``, else the
+    server's host name; none for a unix socket) and whether the server is verified."""
+
+    __slots__ = ("context", "hostname", "verify")
+
+    def __init__(self, context: Any, hostname: str | None, verify: bool) -> None:
+        self.context, self.hostname, self.verify = context, hostname, verify
+        context.check_hostname = bool(verify and hostname)
+
+    def wrap(self, sock: socket.socket) -> socket.socket:
+        """The TLS handshake on ``sock``; QimgError in QEMU's (gnutls') words when it fails."""
+        import ssl
+
+        try:
+            tls_sock = self.context.wrap_socket(sock, server_hostname=self.hostname or None,
+                                                do_handshake_on_connect=False)
+            tls_sock.do_handshake()
+        except ssl.SSLCertVerificationError as e:
+            raise QimgError(_verify_message(e, self.hostname)) from None
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError):
+            raise QimgError("TLS handshake failed: The TLS connection was non-properly terminated.") from None
+        except ssl.SSLError as e:
+            raise QimgError(f"TLS handshake failed: {e.reason or e}") from None
+        except TimeoutError:
+            raise with_errno(QimgError(f"TLS handshake failed: {os.strerror(errno.ETIMEDOUT)}"),
+                             errno.ETIMEDOUT) from None
+        except OSError as e:
+            raise QimgError(f"TLS handshake failed: {os.strerror(e.errno or errno.EIO)}") from None
+        if self.verify and not self.hostname:
+            tls_sock.close()
+            raise QimgError("No hostname for certificate validation")
+        return tls_sock
+
+
+def _verify_message(e: Any, hostname: str | None) -> str:
+    """gnutls' words (as QEMU prints them) for OpenSSL's certificate verification codes."""
+    code = getattr(e, "verify_code", 0)
+    if code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+        return f"Certificate does not match the hostname {hostname}"
+    if code in (2, 18, 19, 20, 21):  # no issuer found, self-signed, cannot verify the leaf
+        return "The certificate hasn't got a known issuer"
+    if code == 10:
+        return "The certificate has expired"
+    if code == 9:
+        return "The certificate is not yet activated"
+    if code == 23:
+        return "The certificate has been revoked"
+    return f"The certificate is not trusted: {getattr(e, 'verify_message', None) or e}"
+
+
+def handshake(sock: socket.socket, export: str, *, tls: Tls | None = None) -> tuple[socket.socket, Export]:
+    """Negotiate ``export`` on a connected socket (over TLS when ``tls``): the socket to use
+    from now on (the TLS one) and what was negotiated."""
     h = _Handshake(sock)
+    try:
+        return _negotiate(h, export, tls)
+    except BaseException:
+        if h.sock is not sock:
+            h.sock.close()  # the TLS socket (it took over the connected one's descriptor)
+        raise
+
+
+def _negotiate(h: _Handshake, export: str, tls: Tls | None) -> tuple[socket.socket, Export]:
     info = Export()
     name = export.encode("utf-8", "surrogateescape")
     (magic,) = struct.unpack(">Q", h.read(8, "Failed to read initial magic"))
@@ -412,10 +499,12 @@ def handshake(sock: socket.socket, export: str, *, tls: bool = False) -> Export:
     if magic == CLIENT_MAGIC:  # oldstyle: no export names, no options
         if name:
             raise QimgError("Server does not support non-empty export names")
+        if tls is not None:
+            raise QimgError("Server does not support STARTTLS")
         info.size, flags = struct.unpack(">QI", h.read(12, "Failed to read export length"))
         info.flags = flags & 0xFFFF
         h.read(124, "Failed to read reserved block")
-        return _checked(info)
+        return h.sock, _checked(info)
     if magic != OPTS_MAGIC:
         raise QimgError(f"Bad server magic received: 0x{magic:x}")
     (sflags,) = struct.unpack(">H", h.read(2, "Failed to read server flags"))
@@ -423,12 +512,17 @@ def handshake(sock: socket.socket, export: str, *, tls: bool = False) -> Export:
     no_zeroes = bool(sflags & FLAG_NO_ZEROES)
     cflags = (FLAG_FIXED_NEWSTYLE if fixed else 0) | (FLAG_NO_ZEROES if no_zeroes else 0)
     h.send(struct.pack(">I", cflags), "Failed to send clientflags field")
+    if tls is not None:
+        if not fixed:
+            raise QimgError("Server does not support STARTTLS")
+        h.starttls()
+        h.sock = tls.wrap(h.sock)
     if fixed:
         info.structured = h.simple_option(OPT_STRUCTURED_REPLY)
         if info.structured:
             info.context_id = h.meta_context(name, b"base:allocation")
-        if h.go(name, info, tls):
-            return _checked(info)
+        if h.go(name, info, tls is not None):
+            return h.sock, _checked(info)
         # the server knows no NBD_OPT_GO: an older one; see that it has the export first,
         # as NBD_OPT_EXPORT_NAME cannot say it has not
         if not h.list_has(name):
@@ -438,7 +532,7 @@ def handshake(sock: socket.socket, export: str, *, tls: bool = False) -> Export:
     info.size, info.flags = struct.unpack(">QH", h.read(10, "Failed to read export length"))
     if not no_zeroes:
         h.read(124, "Failed to read reserved block")
-    return _checked(info)
+    return h.sock, _checked(info)
 
 
 def _checked(info: Export) -> Export:

@@ -68,22 +68,29 @@ class NBDProtocol(Protocol):
             if len(export.encode("utf-8", "surrogateescape")) > MAX_STRING:
                 raise QimgError("export name too long to send to server")
         creds = opts.pop("tls-creds", None)
+        hostname = opts.pop("tls-hostname", None)
+        tls = None
         if creds is not None:
-            # qemu-img needs --object tls-creds-x509,id=...; qimg has no TLS objects
-            raise QimgError(f"No TLS credentials with id '{creds}'")
+            from qimg import tlscreds
+
+            found = tlscreds.get(str(creds))
+            if hostname is None and server.kind == "inet":
+                hostname = server.host  # QEMU checks the certificate against the host connected to
+            tls = client.Tls(found.client_context(), None if hostname is None else str(hostname), found.verify_peer)
         if opts.pop("x-dirty-bitmap", None) is not None:
             raise QimgError("x-dirty-bitmap is not supported by qimg's nbd driver")
-        opts.pop("tls-hostname", None)
         opts.pop("reconnect-delay", None)  # qimg does not reconnect: a broken connection fails
         opts.pop("open-timeout", None)
         opts.pop("filename", None)
         options.clear()
         options.update(opts)  # what is left: the core names it as unsupported
-        return cls(server, export, writable, given)
+        return cls(server, export, writable, given, tls)
 
-    def __init__(self, server, export: str | None, writable: bool, given: dict[str, Any] | None = None) -> None:
+    def __init__(self, server, export: str | None, writable: bool, given: dict[str, Any] | None = None,
+                 tls: client.Tls | None = None) -> None:
         self.server = server
         self.export = export
+        self.tls = tls
         self.given = dict(given or {})
         self.timeout = client.timeout_seconds()
         self._exact = exact_filename(server, export)
@@ -114,7 +121,7 @@ class NBDProtocol(Protocol):
     def _connect(self) -> client.Connection:
         sock = client.connect(self.server, self.timeout)
         try:
-            info = client.handshake(sock, self.export or "")
+            sock, info = client.handshake(sock, self.export or "", tls=self.tls)
         except BaseException:
             sock.close()
             raise
