@@ -136,10 +136,17 @@ def _sample_sources() -> Path:
         from iotests_lib.sources import Fatal, fetch_sources, find_oracle
     finally:
         sys.path.remove(str(ROOT / "scripts"))
-    try:
-        src = fetch_sources(find_oracle("7.2"))
-    except Fatal as e:
-        _missing(f"QEMU's sample images could not be fetched: {e}")
+    import fcntl
+
+    lock_path = _corpus_cache() / ".fetch.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    # one fetch at a time: the test workers (xdist) would otherwise run apt-get on the same lists
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            src = fetch_sources(find_oracle("7.2"))
+        except Fatal as e:
+            _missing(f"QEMU's sample images could not be fetched: {e}")
     d = src / "tests" / "qemu-iotests" / "sample_images"
     if not d.is_dir():
         _missing(f"no sample_images in {src}")
