@@ -216,6 +216,34 @@ class RefcountMixin:
                 run += ent - idx
                 ci += ent - idx
                 continue
+            if self.refcount_order >= 3:
+                # byte-wide refcounts: zero entries found and counted with C searches
+                w = 1 << (self.refcount_order - 3)
+                zero = bytes(w)
+                while idx < ent and run < n:
+                    if run == 0:
+                        p = idx * w
+                        while True:
+                            q = blk.find(zero, p)
+                            if q < 0 or q % w == 0:
+                                break
+                            p = q + 1
+                        nxt = ent if q < 0 else q // w
+                        ci += nxt - idx
+                        idx = nxt
+                        if idx >= ent:
+                            break
+                        run_start = ci
+                    seg = blk[idx * w : min(ent, idx + n - run) * w]
+                    z = (len(seg) - len(seg.lstrip(b"\0"))) // w
+                    run += z
+                    idx += z
+                    ci += z
+                    if run < n and idx < ent:  # a used cluster ends the run
+                        run = 0
+                        idx += 1
+                        ci += 1
+                continue
             while idx < ent and run < n:
                 if self._rb_get(blk, idx) == 0:
                     if run == 0:

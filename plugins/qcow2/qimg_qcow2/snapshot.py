@@ -20,6 +20,7 @@ from qimg.compat import program
 from qimg.driver import SnapshotInfo
 from qimg.errors import CorruptImage, QimgError
 from qimg.records import Record
+from qimg.tables import same_run, zero_run
 from qimg.values import Value
 
 from . import structs as S
@@ -296,12 +297,40 @@ def _update_refcounts(drv: "Qcow2Format", offset: int, length: int, addend: int)
             drv.discard_unused(ci << cb, 1 << cb)  # QEMU passes snapshot frees down
 
 
+def _run_refcounts(drv: "Qcow2Format", first: int, k: int, addend: int) -> int | None:
+    """Add ``addend`` to the refcounts of clusters first..first+k-1 at once (C slices of the
+    refcount block) and return their new common value, when they all have the same one in one
+    existing block of byte-wide or wider refcounts and the result stays within 1..max (so no
+    cluster is freed, no block allocated, no error raised). None (nothing done) otherwise."""
+    order = drv.refcount_order
+    ti = first >> drv.rb_bits
+    if order < 3 or ti != (first + k - 1) >> drv.rb_bits or ti >= len(drv.refcount_table):
+        return None
+    off = drv.refcount_table[ti] & S.REFT_OFFSET_MASK
+    if not off or off & (drv.cluster_size - 1):
+        return None
+    blk = drv.refblock_cache.get(off)
+    w = 1 << (order - 3)
+    a = (first & (drv.refblock_entries - 1)) * w
+    cur = bytes(blk[a : a + w])
+    if k > 1 and blk[a : a + k * w] != cur * k:
+        return None
+    v = int.from_bytes(cur, "big") + addend
+    if addend:
+        if v < 1 or v > drv.max_refcount:
+            return None
+        blk[a : a + k * w] = v.to_bytes(w, "big") * k
+        drv.refblock_cache.mark_dirty(off)
+    return v
+
+
 def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_active: bool) -> bool:
     """Add ``addend`` (-1, 0, +1) references to all clusters reached from ``l1`` and fix the
     OFLAG_COPIED flags of the entries to match the new refcounts. Returns True if ``l1`` changed."""
     cb = drv.cluster_bits
     cs = 1 << cb
     step = 2 if drv.extended_l2 else 1
+    odd = S.OFLAG_COMPRESSED | (S.L2E_OFFSET_MASK & (cs - 1))
     l1_changed = False
     for i, e in enumerate(l1):
         l2_off = e & S.L1E_OFFSET_MASK
@@ -314,28 +343,48 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
         touch = not (addend < 0 and l2_rc <= 1)
         l2 = drv.get_l2(l2_off)
         dirty = False
-        for j in range(0, len(l2), step):
+        j, n, slow = 0, len(l2), 0
+        while j < n:
             le = l2[j]
             if not le:
+                j += step if step == 2 else zero_run(l2, j, n - j)
                 continue
+            if j >= slow and step == 1 and not le & odd and le & S.L2E_OFFSET_MASK:
+                # a run of contiguous clusters with the same flags: counted at once when
+                # nothing can go wrong for any of them (else cluster by cluster below)
+                first = (le & S.L2E_OFFSET_MASK) >> cb
+                # up to the end of the refcount block holding the first cluster's count
+                k = same_run(l2, le, cs, j, drv.refblock_entries - (first & (drv.refblock_entries - 1)))
+                rc = _run_refcounts(drv, first, k, addend)
+                if rc is not None:
+                    if touch:
+                        new = le | S.OFLAG_COPIED if rc == 1 else le & ~S.OFLAG_COPIED
+                        if new != le:
+                            l2[j : j + k] = array("Q", range(new, new + k * cs, cs))
+                            dirty = True
+                    j += k
+                    continue
+                slow = j + k
+            idx = j
+            j += step
             if le & S.OFLAG_COMPRESSED:
                 if addend:
-                    first, n = drv.compressed_clusters(le)
-                    _update_refcounts(drv, first, n * cs, addend)
+                    first, count = drv.compressed_clusters(le)
+                    _update_refcounts(drv, first, count * cs, addend)
                 continue
             off = le & S.L2E_OFFSET_MASK
             if not off:
                 continue
             if off & (cs - 1):
                 drv._corrupt(f"Cluster allocation offset {S.chex(off)} unaligned (L2 offset: {S.chex(l2_off)}, "
-                             f"L2 index: {S.chex(j // step)})")
+                             f"L2 index: {S.chex(idx // step)})")
             if addend:
                 _update_refcounts(drv, off, cs, addend)
             if touch:
                 rc = drv.get_refcount(off >> cb)
                 new = le | S.OFLAG_COPIED if rc == 1 else le & ~S.OFLAG_COPIED
                 if new != le:
-                    l2[j] = new
+                    l2[idx] = new
                     dirty = True
         if dirty:
             drv.l2_cache.mark_dirty(l2_off)
