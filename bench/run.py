@@ -45,10 +45,14 @@ class Sizes:
     big_size: str       # the "huge sparse qcow2" virtual size
     big_data_mib: int   # MiB of data written into it
     nbd_size: int = 1 * GiB  # the qcow2 qemu-nbd serves (a quarter of it data, as src.raw)
+    #: virtual sizes of the metadata-preallocated qcow2 images (every L2 entry allocated: the
+    #: metadata walks of check, map, measure and compare), each also with an internal snapshot
+    prealloc: tuple[str, str] = ("64G", "256G")
 
 
 FULL = Sizes(raw_size=4 * GiB, data_every=4, big_size="1T", big_data_mib=4, nbd_size=1 * GiB)
-QUICK = Sizes(raw_size=64 * MiB, data_every=4, big_size="16G", big_data_mib=2, nbd_size=32 * MiB)
+QUICK = Sizes(raw_size=64 * MiB, data_every=4, big_size="16G", big_data_mib=2, nbd_size=32 * MiB,
+              prealloc=("1G", "2G"))
 
 
 @dataclass
@@ -186,10 +190,17 @@ def prepare(work: Path, sizes: Sizes, qemu_img: str, qemu_io: str | None, with_q
             for i, off in enumerate((0, big // 2, big - sizes.big_data_mib * MiB // 2)):
                 n = max(1, sizes.big_data_mib // 2) * MiB if i else MiB
                 sh(qemu_io, "-f", "qcow2", "-c", f"write -P {0x11 * (i + 1)} {off} {n}", str(work / "big.qcow2"))
+        for size in sizes.prealloc:
+            pre, snap = work / f"pre-{size}.qcow2", work / f"pre-{size}-snap.qcow2"
+            sh(qemu_img, "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", str(pre), size)
+            sh("cp", "--sparse=always", str(pre), str(snap))
+            sh(qemu_img, "snapshot", "-c", "s1", str(snap))
 
 
-def workloads(work: Path) -> list[Workload]:
+def workloads(work: Path, sizes: Sizes = FULL) -> list[Workload]:
     w = str(work)
+    small, large = sizes.prealloc
+    q = ("qcow2",)
     return [
         Workload("python3 -c pass (start-up baseline)", [], baseline=True),
         Workload("info raw (start-up)", ["info", f"{w}/src.raw"]),
@@ -224,6 +235,17 @@ def workloads(work: Path) -> list[Workload]:
         Workload("convert huge sparse qcow2->qcow2", ["convert", "-f", "qcow2", "-O", "qcow2", f"{w}/big.qcow2",
                                                       f"{w}/out.qcow2"], needs_formats=("qcow2",),
                  outputs=("out.qcow2",)),
+        *[Workload(f"check {size} metadata-preallocated qcow2{label}", ["check", "-f", "qcow2", f"{w}/pre-{size}{sfx}.qcow2"],
+                   needs_formats=q)
+          for size in (small, large) for label, sfx in (("", ""), (" + snapshot", "-snap"))],
+        *[Workload(f"map --output=json {size} metadata-preallocated qcow2",
+                   ["map", "--output=json", "-f", "qcow2", f"{w}/pre-{size}.qcow2"], needs_formats=q)
+          for size in (small, large)],
+        Workload(f"measure -O qcow2 {large} metadata-preallocated qcow2",
+                 ["measure", "-O", "qcow2", "-f", "qcow2", f"{w}/pre-{large}.qcow2"], needs_formats=q),
+        Workload(f"compare {large} metadata-preallocated qcow2 (itself)",
+                 ["compare", "-f", "qcow2", "-F", "qcow2", f"{w}/pre-{large}.qcow2", f"{w}/pre-{large}.qcow2"],
+                 needs_formats=q),
         *[Workload(f"convert {label}->raw", ["convert", "-O", "raw", nbd_url(work, name), f"{w}/out.raw"],
                    needs_formats=fmts, needs_protocols=("nbd",), servers=(name,), outputs=("out.raw",))
           for label, name, fmts in (("nbd+unix:// (qemu-nbd -f qcow2)", "nbd-qcow2", ()),
@@ -412,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="qimg-bench-", dir=os.environ.get("QIMG_BENCH_TMP"))
         work = Path(tmp.name)
     try:
-        rows = workloads(work)
+        rows = workloads(work, sizes)
         if args.only:
             rows = [wl for wl in rows if wl.baseline or any(t in wl.name for t in args.only)]
         prepare(work, sizes, qemu_img, qemu_io, "qcow2" in formats and any("qcow2" in wl.needs_formats for wl in rows))
