@@ -251,3 +251,27 @@ def test_relative_data_file_name_is_from_the_working_folder(tmp_path, monkeypatc
         assert sorted(p.name for p in work.iterdir()) == ["sub", "x.data"]
     for q, i in zip(runs["q"], runs["i"], strict=True):
         assert (i.returncode, as_qemu(i.stdout), as_qemu(i.stderr)) == (q.returncode, q.stdout, q.stderr)
+
+
+def test_amend_clears_the_data_file_name(tmp_path, qemu_img, qimg):
+    """iotest 061: amend -o data_file= (empty) clears the data file's name in the header (the
+    image then needs its data file given as an option); on an image without a data file the
+    empty value is refused as any other."""
+    img = tmp_path / "d.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={img}.data", str(img), "1M").returncode == 0
+    assert qemu_img("amend", "-o", f"data_file={tmp_path}/foo", str(img)).returncode == 0
+    plain = tmp_path / "p.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", str(plain), "1M").returncode == 0
+    saved = img.read_bytes()
+    outs = []
+    for run in (qemu_img, qimg):
+        img.write_bytes(saved)
+        r = run("amend", "-o", "data_file=", "--image-opts", f"data-file.filename={img}.data,file.filename={img}")
+        outs.append((r, img.read_bytes(), run("amend", "-o", "data_file=", str(plain))))
+    _names_same(outs[0][0], outs[1][0])
+    assert outs[0][1] == outs[1][1]
+    _names_same(outs[0][2], outs[1][2])
+    # info shows "data file raw" though the header names no data file now
+    spec = f"data-file.filename={img}.data,file.filename={img}"
+    for args in (["info", "--image-opts", spec], ["info", "--output=json", "--image-opts", spec]):
+        _names_same(qemu_img(*args), qimg(*args))

@@ -42,7 +42,8 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
     rb = opts.get("refcount_bits")
     if rb is not None and (rb < 1 or rb > 64 or rb & (rb - 1)):
         raise QimgError("Refcount width must be a power of two and may not exceed 64 bits")
-    if opts.get("data_file") and drv.data_file is None:
+    # (QEMU: an empty data_file= is given too, it clears the name: "amend -o data_file=")
+    if opts.get("data_file") is not None and drv.data_file is None:
         raise QimgError("data-file can only be set for images that use an external data file")
     raw = opts.get("data_file_raw")
     if raw and not drv.data_raw:
@@ -86,8 +87,8 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
                             "(use compat=1.1 or greater)")
         status.operation("refcount order")
         change_refcount_order(drv, rb.bit_length() - 1, status)
-    if opts.get("data_file"):
-        h.data_file = opts["data_file"]
+    if opts.get("data_file") is not None:
+        h.data_file = opts["data_file"] or None
         drv.update_header()
     if raw is False and drv.data_raw:
         h.autoclear_features &= ~S.AUTOCLEAR_DATA_FILE_RAW

@@ -1545,6 +1545,7 @@ class Qcow2Format(RefcountMixin, Format):
         d["compat"] = "1.1"
         if h.data_file is not None:
             d["data-file"] = h.data_file
+        if h.incompatible_features & S.INCOMPAT_DATA_FILE:  # (with or without a name in the header)
             d["data-file-raw"] = bool(h.autoclear_features & S.AUTOCLEAR_DATA_FILE_RAW)
         d["compression-type"] = "zlib" if h.compression_type == 0 else "zstd"
         d["lazy-refcounts"] = bool(h.compatible_features & S.COMPAT_LAZY_REFCOUNTS)
