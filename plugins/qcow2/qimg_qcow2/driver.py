@@ -614,6 +614,15 @@ class Qcow2Format(RefcountMixin, Format):
                 z = _zero_run(tbl, 2 * i, n, 2)
                 zb = _zero_run(tbl, 2 * i + 1, n, 2)
                 run_end = min(end, ((offset >> cb) + max(1, min(z, zb))) << cb)
+            elif host and n > 1 and (kind == ZEROES and bm >> 32 == ALL_ALLOC and not bm & ALL_ALLOC
+                                     or kind == UNALLOC and not bm):
+                # preallocated clusters whose subclusters all read as zeroes or are all
+                # unallocated (extended L2 preallocation=metadata): contiguous hosts with the
+                # same bitmap are one run, as for normal clusters
+                ents = tbl[2 * (i + 1) : 2 * (i + n) : 2]
+                bms = tbl[2 * (i + 1) + 1 : 2 * (i + n) + 1 : 2]
+                k = min(_same_run(ents, e + cs, cs), _same_run(bms, bm, 0))
+                run_end = min(end, (((offset >> cb) + 1 + k) << cb))
             elif kind == ZEROES and bm >> 32 == ALL_ALLOC and not host:
                 bms = tbl[2 * i + 1 : 2 * (i + n) + 1 : 2]
                 ents = tbl[2 * i : 2 * (i + n) : 2]
