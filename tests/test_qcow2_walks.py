@@ -307,3 +307,24 @@ def test_find_free_matches_naive_model(order) -> None:
                     run = 0
                 ci += 1
             assert s._find_free(n) == run_start, (order, n, start)
+
+
+@pytest.mark.parametrize("what", ["alloc_and_zero", "alloc_on_unallocated", "other_bitmap", "refcount_2"])
+def test_extended_l2_damage_inside_a_run(tmp_path, qemu_img, what):
+    """Extended L2 tables of preallocated clusters: one entry or bitmap inside the run changed."""
+    p = tmp_path / "x.qcow2"
+    d = _prealloc(qemu_img, p, "1G", "extended_l2=on")
+    i = 1000  # 16-byte entries: (entry, bitmap)
+    addr = (d.l1e(0) & L2_MASK) + 16 * i
+    e, bm = d.q(addr), d.q(addr + 8)
+    if what == "alloc_and_zero":
+        d.setq(addr + 8, bm | 0x1 | (1 << 32))
+    elif what == "alloc_on_unallocated":
+        d.setq(addr, 0)
+        d.setq(addr + 8, 0x3)
+    elif what == "other_bitmap":
+        d.setq(addr + 8, 0xFFFF)
+    else:
+        d.wr(_refcount_addr(d, (e & L2_MASK) >> d.cluster_bits), (2).to_bytes(2, "big"))
+    assert_same_check(qemu_img, p, tmp_path)
+    compare(tmp_path, "check", p.name)

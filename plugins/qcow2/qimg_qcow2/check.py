@@ -291,7 +291,7 @@ class _Checker:
     def check_l2(self, res: CheckResult, table: array, l2_offset: int, flags: int, active: bool,
                  frag: list[int]) -> None:
         entries, bitmaps = self._load_l2(l2_offset)
-        if bitmaps is not None or self.data_file:
+        if self.data_file:
             self._check_entries(res, table, l2_offset, flags, frag, entries, bitmaps, 0, len(entries))
             return
         # standard L2 table: runs of entries e0, e0+cs, e0+2cs... (same flags, contiguous
@@ -303,22 +303,34 @@ class _Checker:
         n = len(entries)
         i = 0
         short = 0
+        if bitmaps is not None:
+            odd |= S.OFLAG_ZERO
         while i < n:
             e = entries[i]
-            if not e:
-                i += zero_run(entries, i, n - i)
+            bm = bitmaps[i] if bitmaps is not None else 0
+            if not e and not bm & L2_BITMAP_ALL_ALLOC:
+                k = zero_run(entries, i, n - i)
+                if bitmaps is not None:  # and no subcluster allocated
+                    k = min(k, max(1, zero_run(bitmaps, i, n - i)))
+                i += k
                 continue
-            if e & odd or short > 64:
+            if not e or e & odd or short > 64 or (bm >> 32) & bm & L2_BITMAP_ALL_ALLOC:
                 # rare entries, or a table too fragmented for runs to pay: entry by entry
                 k = 1 if short <= 64 else n - i
-                self._check_entries(res, table, l2_offset, flags, frag, entries, None, i, i + k)
+                self._check_entries(res, table, l2_offset, flags, frag, entries, bitmaps, i, i + k)
                 i += k
                 continue
             offset = e & om
             if not offset:
+                if bitmaps is not None:
+                    self._check_entries(res, table, l2_offset, flags, frag, entries, bitmaps, i, i + 1)
+                    i += 1
+                    continue
                 i += same_run(entries, e, 0, i)  # unallocated (or zero) without a cluster: nothing to count
                 continue
             k = same_run(entries, e, cs, i)
+            if bitmaps is not None:
+                k = min(k, same_run(bitmaps, bm, 0, i))
             if k < 8:
                 short += 1
             last = offset + (k - 1) * cs
