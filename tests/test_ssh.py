@@ -191,3 +191,32 @@ def test_pipelined_reads_match_paramiko(env, tmp_path):
         assert bytes(buf[:110]) == data[MIB - 10:MIB + 100]
     finally:
         p.close()
+
+
+def test_reads_see_pipelined_writes(env, tmp_path):
+    """Writes are buffered and pipelined; a read in between (small or pipelined, as a format's
+    metadata reads are) sees every byte written before it, and the writes' answers are all
+    collected: more than paramiko's 100 in flight, then a flush, then the file on the server."""
+    import os
+
+    from qimg.api import open_protocol
+
+    img = tmp_path / "rw.raw"
+    img.write_bytes(bytes(4 * MIB))
+    want = bytearray(4 * MIB)
+    p = open_protocol(env.url(str(img)), writable=True)
+    try:
+        for round_ in range(3):
+            for i in range(150):  # small writes: paramiko buffers some, pipelines the rest
+                off = (i * 7919 + round_ * 131) % (4 * MIB - 3000)
+                data = os.urandom(1 + (i * 37) % 2999)
+                p.pwrite(off, data)
+                want[off:off + len(data)] = data
+            for off, n in ((0, 4 * MIB), (12345, 100), (MIB - 7, 70000)):
+                buf = bytearray(n)
+                assert p.preadinto(off, memoryview(buf)) == n
+                assert buf == want[off:off + n], (round_, off, n)
+        p.flush()
+    finally:
+        p.close()
+    assert img.read_bytes() == bytes(want)

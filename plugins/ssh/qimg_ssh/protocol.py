@@ -8,7 +8,8 @@ key files of ``~/.ssh`` (``id_ed25519``, ``id_ecdsa``, ``id_rsa``), as libssh's
 ``ssh_userauth_publickey_auto``. The home folder is the user's from the password database, as
 libssh's (``HOME`` is not consulted). A read asks for its range in SFTP requests of 32 KiB with up
 to :data:`READ_WINDOW` of them in flight (:class:`_PipelinedRead`); writes are pipelined and their
-acknowledgements checked at flush and close.
+acknowledgements collected, failures raised, before any read, resize, flush or close
+(:meth:`SshProtocol._settle`).
 """
 from __future__ import annotations
 
@@ -465,6 +466,8 @@ class SshProtocol(Protocol):
             return 0
         try:
             with self._lock:
+                if self.writable:
+                    self._settle()
                 if n <= READ_REQUEST:
                     self._f.seek(offset)
                     got = self._read_plain(buf[:n])
@@ -476,6 +479,17 @@ class SshProtocol(Protocol):
         except Exception as e:  # noqa: BLE001 - OSError, EOFError, paramiko.SSHException (connection broken)
             raise OSError(errno.EIO, os.strerror(errno.EIO)) from e
         return got
+
+    def _settle(self) -> None:
+        """Send what paramiko still buffers and wait for every pipelined write's answer, raising
+        the first failure. Any other request or read would take those answers and drop them
+        (paramiko keeps a write's answer only for the write's own later wait), and a read past
+        the buffer would miss the buffered bytes."""
+        f = self._f
+        f.flush()
+        pending = f._reqs
+        while pending:
+            self._sftp._read_response(pending.popleft())  # an error status raises IOError
 
     def _read_plain(self, buf: memoryview) -> int:
         got = 0
@@ -508,7 +522,7 @@ class SshProtocol(Protocol):
             return
         try:
             with self._lock:
-                self._f.flush()
+                self._settle()
                 self._f.truncate(size)
                 self._size = size
         except OSError as e:
@@ -519,12 +533,16 @@ class SshProtocol(Protocol):
             return
         try:
             with self._lock:
-                self._f.flush()
-                self._f.stat()  # answered after every pipelined write before it
+                self._settle()
         except Exception as e:  # noqa: BLE001
             raise OSError(errno.EIO, os.strerror(errno.EIO)) from e
 
     def close(self) -> None:
+        if self._f is not None and self.writable:
+            try:
+                self._settle()
+            except Exception:  # noqa: BLE001 - closing a broken connection (flush reports failures)
+                pass
         for obj in (self._f, self._sftp, self._transport):
             if obj is not None:
                 try:
