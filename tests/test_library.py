@@ -267,3 +267,30 @@ def test_progress_callback_feeds_the_json_stream(chain: Path, tmp_path: Path, mo
                          "bytes_total": seen[-1].total}
     assert {(x["operation"], x["phase"]) for x in lines} <= {("convert", "copy"), ("convert", "done")}
     assert [x["bytes_done"] for x in lines] == sorted(x["bytes_done"] for x in lines)
+
+
+def test_define_object_secrets_and_tls(tmp_path, qemu_img) -> None:
+    """qimg.define_object takes qemu-img's --object syntax: an image the library encrypts with a
+    secret reads back in qemu-img with the same passphrase; a bad definition is qemu-img's
+    message; forget_objects drops them."""
+    img = tmp_path / "enc.qcow2"
+    qimg.forget_objects()
+    try:
+        qimg.define_object("secret,id=s0,data=pw")
+        qimg.create(str(img), "qcow2", 1 << 20, {"encrypt.format": "luks", "encrypt.key-secret": "s0",
+                                                 "encrypt.iter-time": 10})
+        with qimg.open(str(img), writable=True, options={"encrypt.key-secret": "s0"}) as d:
+            d.pwrite(4096, b"\x5a" * 8192)
+        r = qemu_img("convert", "--object", "secret,id=s0,data=pw", "--image-opts",
+                     f"driver=qcow2,file.filename={img},encrypt.key-secret=s0", "-O", "raw", str(tmp_path / "out.raw"))
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / "out.raw").read_bytes() == bytes(4096) + b"\x5a" * 8192 + bytes((1 << 20) - 12288)
+        with pytest.raises(qimg.QimgError, match="attempt to add duplicate property 's0'"):
+            qimg.define_object("tls-creds-anon,id=s0")
+        with pytest.raises(qimg.QimgError, match=r"Unable to access credentials .*/ca-cert.pem"):
+            qimg.define_object(f"tls-creds-x509,id=t0,dir={tmp_path}")
+        qimg.forget_objects()
+        with pytest.raises(qimg.QimgError, match="No secret with id 's0'"):
+            qimg.open(str(img), options={"encrypt.key-secret": "s0"})
+    finally:
+        qimg.forget_objects()

@@ -29,7 +29,7 @@ _EXPORTS = {
     "open": "api", "create": "api",
     "open_file": "library", "info": "library", "check": "library", "convert": "library", "compare": "library",
     "commit": "library", "rebase": "library", "resize": "library", "measure": "library", "map": "library",
-    "QimgWarning": "library",
+    "QimgWarning": "library", "define_object": "library", "forget_objects": "library",
     "Image": "image", "ImageFile": "image",
     "Allocation": "results", "Progress": "results", "ImageInfo": "results", "Snapshot": "results",
     "CheckReport": "results", "MapEntry": "results", "Measurement": "results", "Comparison": "results",

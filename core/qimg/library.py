@@ -120,6 +120,27 @@ def _public(err: QimgError, name: str | None = None) -> QimgError:
     return public_error(err, None, name)
 
 
+# -- objects: secrets and TLS credentials ----------------------------------------------------------
+
+def define_object(definition: str) -> None:
+    """Define an object as qemu-img's ``--object`` does, in its syntax: a ``secret``
+    (``"secret,id=sec0,data=passphrase"``, or ``file=``, ``format=base64``) for encrypted
+    images (``key-secret``, ``encrypt.key-secret``), or TLS credentials
+    (``"tls-creds-x509,id=tls0,dir=/etc/pki/qemu"``) for nbd nodes (``tls-creds``). Objects
+    live for the process; ids are unique (QimgError with qemu-img's message otherwise)."""
+    from . import secrets
+
+    secrets.add_object(definition)
+
+
+def forget_objects() -> None:
+    """Forget every object :func:`define_object` defined."""
+    from . import secrets, tlscreds
+
+    secrets._secrets.clear()
+    tlscreds.clear()
+
+
 # -- opening as a file ---------------------------------------------------------------------------
 
 def open_file(target: str | os.PathLike[str] | Mapping[str, Any], fmt: str | None = None, mode: str = "rb",
