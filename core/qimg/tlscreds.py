@@ -26,7 +26,6 @@ _PROPS = {
     "tls-creds-psk": ("dir", "endpoint", "verify-peer", "priority", "username"),
     "tls-creds-x509": ("dir", "endpoint", "verify-peer", "priority", "sanity-check", "passwordid"),
 }
-_TRUE, _FALSE = ("on", "yes", "true", "y"), ("off", "no", "false", "n")
 
 _creds: dict[str, TlsCreds] = {}
 
@@ -67,12 +66,10 @@ class TlsCreds:
 
 
 def _bool(name: str, value: str | None) -> bool:
-    v = (value or "").lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise QimgError(f"Parameter '{name}' expects 'on' or 'off'")
+    """A QemuOpts boolean, with its message (qimg.options' one conversion)."""
+    from .options import BOOL, Option
+
+    return Option(name, BOOL, "").convert(value or "")
 
 
 def _path(directory: str, name: str, required: bool) -> str | None:
