@@ -28,6 +28,7 @@ from . import client as s3client
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 #: smallest part (S3's minimum is 5 MiB, the last part excepted)
@@ -102,6 +103,19 @@ class Multipart:
             self.abort()
             raise
         self._shutdown()
+
+    def conclude(self, ok: bool, send_rest: Callable[[], None]) -> None:
+        """The end of a writer's upload: when ``ok``, send what is left (``send_rest``) and
+        complete it; otherwise, or when sending fails, abort it."""
+        try:
+            if ok:
+                send_rest()
+                self.complete()
+            else:
+                self.abort()
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         for f in self._futures:
@@ -182,20 +196,15 @@ class Spool:
     def finish(self, ok: bool) -> None:
         """Upload the spool (``ok``) or forget it; the spool file is closed either way."""
         self.done = True
+
+        def send_rest() -> None:
+            size = self.size()
+            psize = part_size(size)
+            for number, off in enumerate(range(0, size, psize), 1):
+                self.upload.put(number, self.file.pread(off, min(psize, size - off)))
+
         try:
-            if ok:
-                size = self.size()
-                psize = part_size(size)
-                number = 0
-                for off in range(0, size, psize):
-                    number += 1
-                    self.upload.put(number, self.file.pread(off, min(psize, size - off)))
-                self.upload.complete()
-            else:
-                self.upload.abort()
-        except BaseException:
-            self.upload.abort()
-            raise
+            self.upload.conclude(ok, send_rest)
         finally:
             self.file.close()
 
@@ -297,16 +306,13 @@ class Stream:
 
     def finish(self, ok: bool) -> None:
         self.done = True
+
+        def send_rest() -> None:
+            while self.start < self._size:
+                self._next_part()
+
         try:
-            if ok:
-                while self.start < self._size:
-                    self._next_part()
-                self.upload.complete()
-            else:
-                self.upload.abort()
-        except BaseException:
-            self.upload.abort()
-            raise
+            self.upload.conclude(ok, send_rest)
         finally:
             self.buf = bytearray()
             self.ahead.clear()
