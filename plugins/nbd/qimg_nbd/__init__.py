@@ -1,5 +1,6 @@
 """qimg-nbd: the NBD protocol plugin. Registers the protocol names only; the client
-(``qimg_nbd.client``) loads when an NBD name is opened."""
+(``qimg_nbd.protocol`` with ``handshake``, ``tls``, ``transmission`` and ``wire``) loads when an
+NBD name is opened."""
 from qimg.plugins import hookimpl
 
 

@@ -18,8 +18,9 @@ from qimg.errors import QimgError, with_errno
 from qimg.options import NUMBER, SIZE, STRING, Option
 from qimg.protocol import Protocol
 
-from . import client
+from . import handshake, transmission, wire
 from .names import MAX_STRING, exact_filename, parse_filename, server_from_options
+from .tls import Tls
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class NBDProtocol(Protocol):
             found = tlscreds.get(str(creds))
             if hostname is None and server.kind == "inet":
                 hostname = server.host  # QEMU checks the certificate against the host connected to
-            tls = client.Tls(found.client_context(), None if hostname is None else str(hostname), found.verify_peer)
+            tls = Tls(found.client_context(), None if hostname is None else str(hostname), found.verify_peer)
         if opts.pop("x-dirty-bitmap", None) is not None:
             raise QimgError("x-dirty-bitmap is not supported by qimg's nbd driver")
         opts.pop("reconnect-delay", None)  # qimg does not reconnect: a broken connection fails
@@ -87,12 +88,12 @@ class NBDProtocol(Protocol):
         return cls(server, export, writable, given, tls)
 
     def __init__(self, server, export: str | None, writable: bool, given: dict[str, Any] | None = None,
-                 tls: client.Tls | None = None) -> None:
+                 tls: Tls | None = None) -> None:
         self.server = server
         self.export = export
         self.tls = tls
         self.given = dict(given or {})
-        self.timeout = client.timeout_seconds()
+        self.timeout = wire.timeout_seconds()
         self._exact = exact_filename(server, export)
         if self._exact is None:
             from qimg.ops.qjson import dumps
@@ -100,7 +101,7 @@ class NBDProtocol(Protocol):
             self.filename = "json:" + dumps(self.json_options(), pretty=False)
         else:
             self.filename = self._exact
-        self._conns: list[client.Connection] = []
+        self._conns: list[transmission.Connection] = []
         self._lock = threading.Lock()
         self._extents: list[tuple[int, int, int]] = []  # (start, end, flags) of the last status answer
         self._turn = 0
@@ -118,14 +119,14 @@ class NBDProtocol(Protocol):
         self.align = info.min_block or (1 if info.size % 512 or info.context_id is not None else 512)
         self._conns.append(conn)
 
-    def _connect(self) -> client.Connection:
-        sock = client.connect(self.server, self.timeout)
+    def _connect(self) -> transmission.Connection:
+        sock = handshake.connect(self.server, self.timeout)
         try:
-            sock, info = client.handshake(sock, self.export or "", tls=self.tls)
+            sock, info = handshake.handshake(sock, self.export or "", tls=self.tls)
         except BaseException:
             sock.close()
             raise
-        return client.Connection(sock, info, self.timeout)
+        return transmission.Connection(sock, info, self.timeout)
 
     # -- names -------------------------------------------------------------------------------
     def exact_filename(self) -> str | None:
@@ -142,13 +143,13 @@ class NBDProtocol(Protocol):
         raise QimgError("Cannot generate a base directory for NBD nodes")
 
     # -- connections -------------------------------------------------------------------------
-    def _conn(self) -> client.Connection:
+    def _conn(self) -> transmission.Connection:
         """A connection for the calling thread: round robin over the open ones, opening more
         (up to :data:`MAX_CONNECTIONS`) when the server allows multi-conn."""
         conns = self._conns
         if not conns:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        if len(conns) == 1 or not self.info.flags & client.F_CAN_MULTI_CONN:
+        if len(conns) == 1 or not self.info.flags & wire.F_CAN_MULTI_CONN:
             return conns[0]
         with self._lock:
             self._turn = (self._turn + 1) % len(conns)
@@ -156,7 +157,7 @@ class NBDProtocol(Protocol):
 
     def _grow(self, wanted: int) -> None:
         """Open connections up to ``wanted`` for parallel readers (multi-conn exports only)."""
-        if not self.info.flags & client.F_CAN_MULTI_CONN or self.writable:
+        if not self.info.flags & wire.F_CAN_MULTI_CONN or self.writable:
             return
         with self._lock:
             while len(self._conns) < min(wanted, MAX_CONNECTIONS):
@@ -217,7 +218,7 @@ class NBDProtocol(Protocol):
             pos = 0
             while pos < len(view):
                 k = min(step, len(view) - pos)
-                reqs.append(conn.submit(client.CMD_READ, offset + pos, k, buf=view[pos:pos + k]))
+                reqs.append(conn.submit(wire.CMD_READ, offset + pos, k, buf=view[pos:pos + k]))
                 pos += k
         finally:
             _wait_all(conn, reqs)
@@ -244,7 +245,7 @@ class NBDProtocol(Protocol):
             pos = 0
             while pos < len(view):
                 k = min(step, len(view) - pos)
-                reqs.append(conn.submit(client.CMD_WRITE, offset + pos, k, data=view[pos:pos + k]))
+                reqs.append(conn.submit(wire.CMD_WRITE, offset + pos, k, data=view[pos:pos + k]))
                 pos += k
         finally:
             _wait_all(conn, reqs)
@@ -264,12 +265,12 @@ class NBDProtocol(Protocol):
         if offset + length > self.info.size:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         info = self.info
-        if not info.flags & client.F_SEND_WRITE_ZEROES or (fast and not info.flags & client.F_SEND_FAST_ZERO):
+        if not info.flags & wire.F_SEND_WRITE_ZEROES or (fast and not info.flags & wire.F_SEND_FAST_ZERO):
             if fast:
                 raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
             super().write_zeroes(offset, length, unmap)
             return
-        flags = (0 if unmap else client.CMD_FLAG_NO_HOLE) | (client.CMD_FLAG_FAST_ZERO if fast else 0)
+        flags = (0 if unmap else wire.CMD_FLAG_NO_HOLE) | (wire.CMD_FLAG_FAST_ZERO if fast else 0)
         a = self.align
         if a > 1 and (offset % a or length % a):
             head = min(length, (-offset) % a)
@@ -286,13 +287,13 @@ class NBDProtocol(Protocol):
         step = info.max_payload  # QEMU's max_pwrite_zeroes
         while length > 0:
             k = min(step, length)
-            conn.request(client.CMD_WRITE_ZEROES, offset, k, flags=flags)
+            conn.request(wire.CMD_WRITE_ZEROES, offset, k, flags=flags)
             offset += k
             length -= k
 
     def discard(self, offset: int, length: int) -> None:
         """NBD_CMD_TRIM where the server has it (a hint: nothing otherwise)."""
-        if not self.writable or not self.info.flags & client.F_SEND_TRIM or length <= 0:
+        if not self.writable or not self.info.flags & wire.F_SEND_TRIM or length <= 0:
             return
         self._extents = []
         conn = self._conns[0]
@@ -302,12 +303,12 @@ class NBDProtocol(Protocol):
         step = _INT_MAX - _INT_MAX % a
         while start < end:
             k = min(step, end - start)
-            conn.request(client.CMD_TRIM, start, k)
+            conn.request(wire.CMD_TRIM, start, k)
             start += k
 
     def flush(self) -> None:
-        if self.writable and self.info.flags & client.F_SEND_FLUSH and self._conns and not self.unsafe_cache:
-            self._conns[0].request(client.CMD_FLUSH, 0, 0)
+        if self.writable and self.info.flags & wire.F_SEND_FLUSH and self._conns and not self.unsafe_cache:
+            self._conns[0].request(wire.CMD_FLUSH, 0, 0)
 
     def block_status(self, offset: int, length: int) -> tuple[int, int]:
         """The status of the run at ``offset`` from ``base:allocation``, as QEMU reads it: HOLE
@@ -325,14 +326,14 @@ class NBDProtocol(Protocol):
                 if start <= offset < end:
                     return min(end - offset, length), flags
         ask = min(max(length, STATUS_ASK), info.size - offset, _INT_MAX - _INT_MAX % self.align)
-        req = self._conn().request(client.CMD_BLOCK_STATUS, offset, ask)
+        req = self._conn().request(wire.CMD_BLOCK_STATUS, offset, ask)
         if req.extent is None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))  # "Server did not reply with any status extents"
         runs = []
         pos, end = offset, offset + ask
         lo = info.min_block
         for n, raw in req.extents:
-            flags = (0 if raw & client.STATE_HOLE else DATA) | (ZERO if raw & client.STATE_ZERO else 0)
+            flags = (0 if raw & wire.STATE_HOLE else DATA) | (ZERO if raw & wire.STATE_ZERO else 0)
             if lo and n % lo:
                 # an unaligned extent (a compliance bug QEMU works around): whole blocks, or one
                 # block of "allocated" (always a safe answer), and nothing after it is trusted
@@ -376,7 +377,7 @@ class NBDProtocol(Protocol):
             conn.close()
 
 
-def _wait_all(conn: client.Connection, reqs: list) -> None:
+def _wait_all(conn: transmission.Connection, reqs: list) -> None:
     """Wait for every request (none may still write into a buffer when the caller moves on),
     then raise the first failure."""
     first: BaseException | None = None
