@@ -356,3 +356,22 @@ def test_resize_encrypted_qcow(tmp_path, qemu_img, qimg):
     same(qemu_img, qimg, "resize", "--object", "secret,id=s0,data=abc", "e.qcow", "2M", cwd=tmp_path)
     same(qemu_img, qimg, "resize", "--object", "secret,id=s0,data=abc", "--image-opts",
          "driver=qcow,file.filename=e.qcow,encrypt.key-secret=s0", "2M", cwd=tmp_path)
+
+
+@pytest.mark.parametrize("command", [
+    ["map"], ["map", "--output=json"], ["check"], ["check", "--output=json"], ["snapshot", "-l"],
+    ["compare", "e.qcow"], ["convert", "-O", "raw"], ["measure", "-O", "qcow2"], ["amend", "-o", "size=2M"],
+    ["rebase", "-u", "-b", ""], ["commit"], ["info"], ["info", "--backing-chain"], ["map", "top.qcow2"],
+], ids=lambda c: "-".join(w.strip("-") or "empty" for w in c))
+def test_encrypted_qcow_needs_key(tmp_path, qemu_img, qimg, command):
+    """An AES qcow image without its key opens for info (metadata only) and for nothing else:
+    every other command fails at the open, as qemu-img does, before it prints or checks."""
+    make("create", "-q", "--object", "secret,id=s0,data=abc", "-f", "qcow", "-o",
+         "encrypt.format=aes,encrypt.key-secret=s0", "e.qcow", "1M", cwd=tmp_path)
+    make("create", "-q", "-f", "qcow2", "-b", "e.qcow", "-F", "qcow", "top.qcow2", cwd=tmp_path)
+    args = [*command[:1], "--object", "secret,id=s0,data=abc", *command[1:]]
+    if args[-1] != "top.qcow2":
+        args.insert(len(args) - (args[0] == "compare"), "e.qcow")
+    if args[0] == "convert":
+        args.append("out.raw")
+    same(qemu_img, qimg, *args, cwd=tmp_path)

@@ -124,7 +124,7 @@ def enc_opts(path: str) -> str:
 
 
 def test_create_encrypted_like_qemu(qemu_img, tmp_path):
-    """With a secret, an AES image is made as qemu-img makes it; without the key no I/O."""
+    """With a secret, an AES image is made as qemu-img makes it; without the key it opens for info only."""
     define_secret()
     mine, theirs = str(tmp_path / "mine.qcow"), str(tmp_path / "theirs.qcow")
     r = qemu_img("create", "-q", *SECRET, "-f", "qcow", "-o", "encrypt.format=aes,encrypt.key-secret=sec0",
@@ -137,10 +137,10 @@ def test_create_encrypted_like_qemu(qemu_img, tmp_path):
     mi.pop("filename"), ti.pop("filename")
     assert mi == ti
     r = qemu_img("convert", "-f", "qcow", "-O", "raw", theirs, str(tmp_path / "x.raw"))
-    with qimg.open(mine, "qcow") as img:
+    with qimg.open(mine, "qcow", options={"_no_io": True}) as img:  # info's open: metadata only
         assert img.driver.info_extra() == {"cluster-size": 4096, "encrypted": True}
-        with pytest.raises(QimgError) as e:
-            img.pread(0, 4096)
+    with pytest.raises(QimgError) as e:  # any other open needs the key, as in qemu-img
+        qimg.open(mine, "qcow")
     assert r.returncode == 1 and r.stderr.strip() == f"qemu-img: {e.value.message}".replace(mine, theirs)
 
 

@@ -187,6 +187,9 @@ class QcowFormat(Format):
             except ImportError:
                 raise QimgError("AES-encrypted qcow images need the Python package 'cryptography'") from None
             self._aes = QcowAES(secret)
+        elif self.encrypted and not options.get("_no_io"):
+            # as QEMU: every open but info's (metadata only) needs the key
+            raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
 
     @staticmethod
     def _read_l1(file, offset: int, count: int) -> array:
