@@ -98,7 +98,9 @@ def servers(tmp_path):
     started = []
 
     def start(kind, image, certdir, *, verify_clients=True, **kw):
-        if kind.startswith("qemu-nbd"):
+        if certdir is None:  # anonymous TLS (qemu-nbd only: nbdkit has x509 and PSK)
+            extra = ("--object", "tls-creds-anon,id=tls0,endpoint=server", "--tls-creds", "tls0")
+        elif kind.startswith("qemu-nbd"):
             verify = "" if verify_clients else ",verify-peer=off"
             extra = ("--object", f"tls-creds-x509,id=tls0,endpoint=server,dir={certdir}{verify}", "--tls-creds", "tls0")
         else:
@@ -205,6 +207,8 @@ def test_failures_as_qemu(tmp_path, certs, servers, kind):
     "tls-creds-x509,id=t,dir={d}/cli,passwordid=nosuch",
     "tls-creds-x509,id=t,dir={d}/cli,priority=NORMAL",
     "tls-creds-psk,id=t,dir={d}/cli",
+    "tls-creds-anon,id=t",
+    "tls-creds-anon,id=t,dir={d}/nonexistent",
     "tls-creds-psk,id=t,endpoint=client",
     "tls-creds-anon,id=t,endpoint=client",
     "tls-creds-anon,id=t,loaded=on",
@@ -215,3 +219,68 @@ def test_object_checks_as_qemu(tmp_path, certs, obj):
     img.write_bytes(bytes(MIB))
     same(tmp_path, "info", "--object", obj.format(d=certs), str(img))
     same(tmp_path, "info", "--object", obj.format(d=certs), "--object", "secret,id=t,data=x", str(img))
+
+
+ANON = ["--object", "tls-creds-anon,id=tls0,endpoint=client"]
+
+
+@pytest.mark.parametrize("kind", ["qemu-nbd", "qemu-nbd-10"])
+def test_anonymous_tls(tmp_path, servers, kind):
+    """tls-creds-anon: anonymous Diffie-Hellman (TLS 1.2) with QEMU's GnuTLS server, over TCP and a
+    unix socket (no host name needed: nothing is verified); reads, map and a convert into it."""
+    img = tmp_path / "disk.raw"
+    _sparse_raw(img)
+    tcp = servers(kind, img, None, readonly=True, tcp=True)
+    unix = servers(kind, img, None, readonly=True)
+    for cmd in (["info"], ["info", "--output=json"], ["map", "--output=json"], ["map"], ["check", "-f", "raw"]):
+        same(tmp_path, cmd[0], *ANON, *cmd[1:], *opts(tcp))
+        same(tmp_path, cmd[0], *ANON, *cmd[1:], *opts(unix))
+    same(tmp_path, "info", *ANON, json_name(tcp))
+    same(tmp_path, "compare", *ANON, "-F", "raw", *opts(unix)[1:], str(img))
+    out = tmp_path / "out.raw"
+    r = run_qimg("convert", *ANON, "-O", "raw", *opts(tcp), str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == img.read_bytes()
+    target = tmp_path / "target.raw"
+    run_qemu("create", "-q", "-f", "raw", str(target), str(8 * MIB))
+    w = servers(kind, target, None)
+    r = run_qimg("convert", *ANON, "-n", "-f", "raw", "-O", "raw", str(img),
+                 'json:{"driver":"raw","file":{"driver":"nbd","export":"' + w.export + '","tls-creds":"tls0",'
+                 '"server":{"type":"unix","path":"' + w.sock + '"}}}')
+    assert r.returncode == 0, r.stderr
+    w.stop()
+    assert run_qemu("compare", "-f", "raw", "-F", "raw", str(img), str(target)).returncode == 0
+
+
+def test_anonymous_tls_failures_as_qemu(tmp_path, certs, servers):
+    """Anonymous credentials against a server that requires certificates, certificates against
+    an anonymous server, and no credentials at all: qemu-img's messages and exit codes."""
+    img = tmp_path / "disk.raw"
+    _sparse_raw(img)
+    anon = servers("qemu-nbd", img, None, readonly=True, tcp=True)
+    x509 = servers("qemu-nbd", img, certs / "srv", readonly=True, tcp=True)
+    for cmd in (["info", *ANON, *opts(x509)], ["info", *creds(certs / "cli"), *opts(anon)],
+                ["info", *creds(certs / "cli", ",verify-peer=off"), *opts(anon)], ["info", anon.url]):
+        same(tmp_path, *cmd)
+
+
+def test_psk_is_refused_clearly(tmp_path, servers):
+    """tls-creds-psk: qemu-img reads a PSK export; qimg fails with a one-line reason, exit 1
+    (Python's ssl has no PSK before 3.13: docs/protocols/nbd.md)."""
+    img = tmp_path / "disk.raw"
+    _sparse_raw(img)
+    keys = tmp_path / "psk"
+    keys.mkdir()
+    (keys / "keys.psk").write_text("qemu:" + os.urandom(32).hex() + "\n")
+    s = start_server("qemu-nbd", img, tmp_path, readonly=True, tcp=True,
+                     extra=("--object", f"tls-creds-psk,id=tls0,endpoint=server,dir={keys}", "--tls-creds", "tls0"))
+    try:
+        psk = ["--object", f"tls-creds-psk,id=tls0,endpoint=client,dir={keys}"]
+        assert run_qemu("info", *psk, *opts(s)).returncode == 0
+        r = run_qimg("info", *psk, *opts(s))
+        assert r.returncode == 1
+        assert r.stderr.strip().endswith("TLS-PSK credentials are not supported by qimg (Python's ssl module has "
+                                         "no PSK before Python 3.13)"), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    finally:
+        s.stop()

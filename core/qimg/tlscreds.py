@@ -5,9 +5,12 @@ their messages, and the files loaded (and sanity-checked) when the object is def
 a protocol uses it. A protocol that speaks TLS (the nbd client) asks :func:`get` for the
 credentials by id and :meth:`TlsCreds.client_context` for an :class:`ssl.SSLContext`.
 
-Python's ``ssl`` module has no TLS-PSK before Python 3.13 and no anonymous key exchange under
-TLS 1.3, so ``tls-creds-psk`` and ``tls-creds-anon`` objects are accepted and checked as qemu-img
-checks them, and a connection that would use one says it cannot (:meth:`TlsCreds.client_context`).
+``tls-creds-anon`` is anonymous (unauthenticated) Diffie-Hellman, as GnuTLS' ``+ANON-DH`` /
+``+ANON-ECDH`` key exchanges that QEMU asks for: TLS 1.2 (TLS 1.3 has no anonymous key exchange)
+with OpenSSL's ``aNULL`` cipher suites, which it offers only at security level 0.
+Python's ``ssl`` module has no TLS-PSK before Python 3.13 (and pyOpenSSL none at all), so
+``tls-creds-psk`` objects are accepted and checked as qemu-img checks them, and a connection that
+would use one says it cannot (:meth:`TlsCreds.client_context`).
 """
 from __future__ import annotations
 
@@ -39,19 +42,29 @@ class TlsCreds:
         self.files: dict[str, str] = {}  # role (ca, cert, key, crl) -> path, for those present
         self.key_password: bytes | None = None  # passwordid's secret: our key's passphrase
 
+    @property
+    def checks_certificate(self) -> bool:
+        """Whether the server's certificate is verified (x509 with verify-peer; anonymous
+        credentials have no certificates)."""
+        return self.qom_type == "tls-creds-x509" and self.verify_peer
+
     def client_context(self) -> ssl.SSLContext:
         """An SSL context for a client of these credentials, or QimgError saying why not
-        (QEMU's ``Expected TLS credentials for a client endpoint``; PSK and anonymous)."""
+        (QEMU's ``Expected TLS credentials for a client endpoint``; PSK)."""
         if self.endpoint != "client":
             raise QimgError("Expected TLS credentials for a client endpoint")
         if self.qom_type == "tls-creds-psk":
-            raise QimgError("TLS-PSK credentials are not supported by qimg (Python's ssl module has no PSK)")
-        if self.qom_type == "tls-creds-anon":
-            raise QimgError("Anonymous TLS credentials are not supported by qimg (no anonymous key exchange "
-                            "in Python's ssl module)")
+            raise QimgError("TLS-PSK credentials are not supported by qimg (Python's ssl module has no PSK before "
+                            "Python 3.13)")
         import ssl
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if self.qom_type == "tls-creds-anon":
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            ctx.set_ciphers("aNULL:!eNULL:@SECLEVEL=0")
+            return ctx
         if self.verify_peer:
             ctx.load_verify_locations(cafile=self.files["ca"])
             if "crl" in self.files:

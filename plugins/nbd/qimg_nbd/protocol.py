@@ -77,7 +77,7 @@ class NBDProtocol(Protocol):
             found = tlscreds.get(str(creds))
             if hostname is None and server.kind == "inet":
                 hostname = server.host  # QEMU checks the certificate against the host connected to
-            tls = Tls(found.client_context(), None if hostname is None else str(hostname), found.verify_peer)
+            tls = Tls(found.client_context(), None if hostname is None else str(hostname), found.checks_certificate)
         if opts.pop("x-dirty-bitmap", None) is not None:
             raise QimgError("x-dirty-bitmap is not supported by qimg's nbd driver")
         opts.pop("reconnect-delay", None)  # qimg does not reconnect: a broken connection fails
