@@ -128,34 +128,89 @@ class HttpProtocol(Protocol):
                  sslverify: bool = True, cookie: str | None = None, username: str | None = None,
                  password: str | None = None, proxy_user: str | None = None, proxy_password: str | None = None,
                  given: dict[str, Any] | None = None) -> None:
-        import urllib3
-
         self.filename = self.url = url
         self.writable = False
         self.readahead = readahead
         self.given = dict(given or {})
         self._lock = threading.Lock()
         self._cache: list[tuple[int, bytes]] = []  # (offset, data) of recent read-aheads, newest last
-        parsed = urllib3.util.parse_url(url)
-        self._host = parsed.host or ""
-        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
         # the request target as given (urllib3 would re-encode it; curl sends it as it is)
         self._target = url
-        self._headers: dict[str, str] = {}
-        if cookie:
-            self._headers["Cookie"] = str(cookie)
-        if username is None and parsed.auth:
-            username, _, rest = parsed.auth.partition(":")
+        self._cookie, self._username, self._password = cookie, username, password
+        self._proxy_user, self._proxy_password = proxy_user, proxy_password
+        self._seconds = timeout
+        self._sslverify = sslverify
+        self._pool: Any = None  # urllib3's, made when first needed (_urllib3)
+        # Reads take a fast path first: HEAD and GETs on pooled keep-alive http.client
+        # connections, reading straight into the caller's buffer (urllib3's readinto reads into
+        # a new bytes object and copies it, its pool costs more Python per request, and importing
+        # it costs more than a whole small convert). Whatever that path does not expect (a
+        # redirect, an error status, a refused or broken connection, a proxy in the environment)
+        # is asked again through urllib3, which follows redirects and words the failure as
+        # libcurl does.
+        self._idle: list[Any] = []
+        self._ssl_context: Any = None
+        self._fast = self._fast_target(url)
+        size = self._fast_head() if self._fast else None
+        if size is not None:
+            self._size = size
+            return
+        self._fast = False
+        try:
+            self._urllib3()
+            self._size = self._head()
+        except CurlError as e:
+            self._pool.clear()
+            raise QimgError(f"CURL: Error opening file: {e}") from None
+
+    def _fast_target(self, url: str) -> bool:
+        """Set up the fast path's scheme, host, port, path and headers: False if the URL is one
+        it leaves to urllib3 (anything unusual, a proxy)."""
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            return False
+        if not host or parts.scheme not in ("http", "https") or _proxy_for(parts.scheme, host) is not None:
+            return False
+        self._scheme, self._host = parts.scheme, host
+        self._port = port or (443 if parts.scheme == "https" else 80)
+        self._path = _request_target(url)
+        auth = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else None
+        self._headers = self._auth_headers(auth)
+        return True
+
+    def _auth_headers(self, auth: str | None) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self._cookie:
+            headers["Cookie"] = str(self._cookie)
+        username, password = self._username, self._password
+        if username is None and auth:
+            username, _, rest = auth.partition(":")
             password = password if password is not None else (rest if _ else None)
         if username is not None:
-            self._headers["Authorization"] = _basic(str(username), password)
+            headers["Authorization"] = _basic(str(username), password)
+        return headers
+
+    def _urllib3(self) -> Any:
+        """urllib3's pool manager (made on first use) with this image's settings."""
+        if self._pool is not None:
+            return self._pool
+        import urllib3
+
+        parsed = urllib3.util.parse_url(self.url)
+        self._host = parsed.host or ""
+        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._headers = self._auth_headers(parsed.auth)
+        timeout = self._seconds
         self._timeout = urllib3.Timeout(connect=timeout, read=timeout) if timeout else urllib3.Timeout(None, None)
-        self._seconds = timeout
         self._retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=MAX_REDIRECTS,
                                       raise_on_redirect=True, raise_on_status=False)
         pool_kw: dict[str, Any] = {"num_pools": 4, "maxsize": CONNECTIONS, "block": True}
         if parsed.scheme == "https":
-            if sslverify:
+            if self._sslverify:
                 pool_kw.update(cert_reqs="CERT_REQUIRED")
             else:
                 pool_kw.update(cert_reqs="CERT_NONE", assert_hostname=False)
@@ -165,16 +220,12 @@ class HttpProtocol(Protocol):
         proxy = _proxy_for(parsed.scheme, self._host)
         if proxy is not None:
             headers = {}
-            if proxy_user is not None:
-                headers["Proxy-Authorization"] = _basic(str(proxy_user), proxy_password)
+            if self._proxy_user is not None:
+                headers["Proxy-Authorization"] = _basic(str(self._proxy_user), self._proxy_password)
             self._pool = urllib3.ProxyManager(proxy, proxy_headers=headers, **pool_kw)
         else:
             self._pool = urllib3.PoolManager(**pool_kw)
-        try:
-            self._size = self._head()
-        except CurlError as e:
-            self._pool.clear()
-            raise QimgError(f"CURL: Error opening file: {e}") from None
+        return self._pool
 
     # -- requests ----------------------------------------------------------------------------
     def _request(self, method: str, headers: dict[str, str] | None = None) -> Any:
@@ -186,7 +237,7 @@ class HttpProtocol(Protocol):
             h.update(headers)
         start = time.monotonic()
         try:
-            resp = self._pool.request(method, self._target, headers=h, preload_content=False,
+            resp = self._urllib3().request(method, self._target, headers=h, preload_content=False,
                                       timeout=self._timeout, retries=self._retries, redirect=True)
         except urllib3.exceptions.MaxRetryError as e:
             raise CurlError(self._why(e.reason, start)) from None
@@ -233,6 +284,8 @@ class HttpProtocol(Protocol):
 
     def _head(self) -> int:
         resp = self._request("HEAD")
+        if resp.retries is not None and resp.retries.history:
+            self._fast = False  # redirected: every read follows the redirect through urllib3
         try:
             length = resp.headers.get("Content-Length")
             ranges = any(k == "Accept-Ranges" and v.startswith("bytes") for k, v in resp.headers.iteritems())
@@ -251,13 +304,15 @@ class HttpProtocol(Protocol):
 
     def _get(self, offset: int, buf: memoryview) -> int:
         """Fill ``buf`` with the bytes at ``offset`` (short only at the end of the file)."""
-        import urllib3
-
         n = min(len(buf), self._size - offset)
         if n <= 0:
             return 0
+        if self._fast and self._fast_get(offset, buf[:n]):
+            return n
         start = time.monotonic()
         resp = self._request("GET", {"Range": f"bytes={offset}-{offset + n - 1}"})
+        import urllib3
+
         ok = False
         try:
             if resp.status != 206:
@@ -286,6 +341,89 @@ class HttpProtocol(Protocol):
                 resp.release_conn()
             else:
                 resp.close()  # a body not read to its end: the connection cannot be reused
+
+    def _connection(self) -> Any:
+        """An idle keep-alive connection, or a new one (not yet connected)."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        import http.client
+
+        timeout = self._seconds or None
+        if self._scheme != "https":
+            return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        if self._ssl_context is None:
+            import ssl
+
+            ctx = ssl.create_default_context()
+            if not self._sslverify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self._ssl_context = ctx
+        return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._ssl_context)
+
+    def _fast_head(self) -> int | None:
+        """The length from a HEAD on the fast path, or None (urllib3 asks again)."""
+        import http.client
+
+        conn = self._connection()
+        keep = False
+        try:
+            conn.putrequest("HEAD", self._path, skip_accept_encoding=True)
+            for key, value in self._headers.items():
+                conn.putheader(key, value)
+            conn.endheaders()
+            resp = conn.getresponse()
+            resp.read()
+            length = resp.getheader("Content-Length")
+            ranges = any(k.lower() == "accept-ranges" and v.startswith("bytes") for k, v in resp.getheaders())
+            if resp.status != 200 or length is None or not length.isdigit() or not ranges:
+                return None
+            keep = not resp.will_close
+            return int(length)
+        except (OSError, http.client.HTTPException, ValueError):
+            return None
+        finally:
+            if keep:
+                with self._lock:
+                    self._idle.append(conn)
+            else:
+                conn.close()
+
+    def _fast_get(self, offset: int, view: memoryview) -> bool:
+        """``view`` filled from ``offset`` with one GET on a pooled connection: True; False when
+        anything was not as expected (the caller asks again through urllib3)."""
+        import http.client
+
+        n = len(view)
+        conn = self._connection()
+        keep = False
+        try:
+            conn.putrequest("GET", self._path, skip_accept_encoding=True)
+            for key, value in self._headers.items():
+                conn.putheader(key, value)
+            conn.putheader("Range", f"bytes={offset}-{offset + n - 1}")
+            conn.endheaders()
+            resp = conn.getresponse()
+            if resp.status != 206 or resp.length != n or \
+                    not (resp.getheader("Content-Range") or "").startswith(f"bytes {offset}-"):
+                return False
+            got = 0
+            while got < n:
+                k = resp.readinto(view[got:])
+                if not k:
+                    return False
+                got += k
+            keep = not resp.will_close and resp.isclosed()
+            return True
+        except (OSError, http.client.HTTPException, ValueError):
+            return False
+        finally:
+            if keep:
+                with self._lock:
+                    self._idle.append(conn)
+            else:
+                conn.close()
 
     def _read_error(self, e: CurlError) -> OSError:
         from qimg import api
@@ -348,11 +486,24 @@ class HttpProtocol(Protocol):
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.clear()
+        for conn in getattr(self, "_idle", ()):
+            conn.close()
+        self._idle = []
         self._cache = []
 
 
 class HttpsProtocol(HttpProtocol):
     protocol_name = "https"
+
+
+def _request_target(url: str) -> str:
+    """The path and query of ``url`` as given (curl sends them unchanged), ``/`` if none."""
+    rest = url.partition("://")[2]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    target = rest[cut:].partition("#")[0]
+    if target.startswith("?"):
+        target = "/" + target
+    return target or "/"
 
 
 def _proxy_for(scheme: str, host: str) -> str | None:
