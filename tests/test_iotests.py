@@ -93,3 +93,21 @@ def test_iotests_pass_as_with_qemu_img(tmp_path):
     assert p.returncode == 0 and not problems, (
         "scripts/iotests found new differences or stale lines of scripts/iotests.known:\n" + "\n".join(problems)
         + ("" if problems else p.stdout[-5000:] + p.stderr[-3000:]))
+
+
+@pytest.mark.parametrize("text,starts", [
+    ("_launch_qemu -drive file=x\n", "_launch_qemu"),
+    ("vm = iotests.VM().add_drive(img)\n", "VM("),
+    ("with QemuStorageDaemon('--blockdev', x):\n", "QemuStorageDaemon("),
+    ("$QEMU -machine none\n", "$QEMU"),
+    ("$QEMU_IMG info x\n$QEMU_IO -c 'read 0 1' x\nqemu_comm_method=monitor\n", ""),
+    ("iotests.qemu_img('info', x)\n", ""),
+])
+def test_tests_that_start_a_vm_are_found_in_their_source(tmp_path, text, starts):
+    """A test whose source starts a VM or qemu-storage-daemon is reported as needing one without
+    being run (some ran a minute before their first VM); qemu-img, qemu-io and qemu-nbd alone do not
+    count (qemu_comm_method is only a variable: iotest 146 runs no VM)."""
+    from iotests_lib.running import starts_vm
+
+    (tmp_path / "123").write_text("#!/usr/bin/env bash\n" + text)
+    assert starts_vm(tmp_path, "123") == starts

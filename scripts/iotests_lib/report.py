@@ -146,7 +146,7 @@ def compare(series: str, src: Path, fmt: str, ref: Run, mine: Run | None, known)
 def print_report(series: str, src: Path, fmt: str, cmp: dict, all_diffs: bool, ref_version: str,
                  assumed: int = 0) -> None:
     n_ref, n_both = len(cmp["pass_ref"]), len(cmp["pass_both"])
-    note = f" ({assumed} of them pass with qimg and were not run with it)" if assumed else ""
+    note = f" ({assumed} of them not run with it: they pass with qimg, or are known differences with --ci)" if assumed else ""
     print(f"== {fmt}: {n_ref} tests pass with {ref_version}{note}; {n_both} of them pass with qimg; "
           f"{len(cmp['new'])} new and {len(cmp['known'])} known differences")
     for t, status, reason, output, *k in cmp["new"] + cmp["known"]:
