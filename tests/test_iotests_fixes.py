@@ -275,3 +275,49 @@ def test_amend_clears_the_data_file_name(tmp_path, qemu_img, qimg):
     spec = f"data-file.filename={img}.data,file.filename={img}"
     for args in (["info", "--image-opts", spec], ["info", "--output=json", "--image-opts", spec]):
         _names_same(qemu_img(*args), qimg(*args))
+
+
+# -- QEMU's null block drivers (plugins/null): iotests 150 and 162 ---------------------------------
+
+NULL_ZEROES = "json:{ 'driver': 'null-co', 'size': 1048576, 'read-zeroes': true }"
+
+
+@pytest.mark.parametrize("sparse", ["512", "0"])
+@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+def test_convert_from_null_co(tmp_path, qemu_img, qimg, fmt, sparse):
+    """iotest 150: a null-co node that reads zeroes converted with -S 512 leaves nothing
+    allocated, with -S 0 the whole image is data (map's table); both tools' images map alike."""
+    theirs, mine = tmp_path / f"q.{fmt}", tmp_path / f"i.{fmt}"
+    q = qemu_img("convert", "-O", fmt, "-S", sparse, NULL_ZEROES, str(theirs))
+    i = qimg("convert", "-O", fmt, "-S", sparse, NULL_ZEROES, str(mine))
+    assert (i.returncode, i.stderr) == (q.returncode, q.stderr) == (0, "")
+    for tool in (qemu_img, qimg):
+        qm, im = tool("map", "--output=json", str(theirs)), tool("map", "--output=json", str(mine))
+        assert im.stdout.replace(str(mine), "X") == qm.stdout.replace(str(theirs), "X")
+    _names_same(qemu_img("map", str(theirs)), qimg("map", str(mine)), (str(theirs), str(mine)))
+
+
+@pytest.mark.parametrize("args", [
+    ["info", "null-co://"],
+    ["info", "--output=json", "null-co://"],
+    ["info", "null-aio://"],
+    ["info", "-f", "null-co", "null-co://"],
+    ["info", "json:{\"driver\": \"null-co\", \"size\": \"1M\", \"latency-ns\": 10}"],
+    ["info", "--output=json", "json:{\"driver\": \"null-aio\", \"size\": \"4k\", \"read-zeroes\": true}"],
+    # iotest 162: blkdebug's name over a null-co child whose config is a number
+    ["info", "json:{\"driver\": \"blkdebug\", \"config\": 42, \"image.driver\": \"null-co\"}"],
+    ["map", "--output=json", "json:{\"driver\": \"null-co\", \"size\": 1048576, \"read-zeroes\": true}"],
+    ["compare", "null-co://", "json:{\"driver\": \"null-aio\", \"read-zeroes\": true}"],
+    ["info", "null-co://foo"],
+    ["info", "json:{\"driver\": \"null-co\", \"bogus\": 1}"],
+    ["create", "-f", "raw", "null-co://", "1M"],
+    ["convert", "-O", "raw", "null-co://", "null-aio://"],
+    ["resize", "-f", "raw", "null-co://", "2G"],
+    ["check", "null-co://"],
+])
+def test_null_co_as_qemu(tmp_path, monkeypatch, qemu_img, qimg, args):
+    """The null-co and null-aio drivers: names, sizes, info and map of what they read, and what
+    they refuse, word for word (iotests 150, 162)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "42").write_text("")  # blkdebug's config file "42" (empty: no rules)
+    _names_same(qemu_img(*args), qimg(*args))
