@@ -321,3 +321,117 @@ def test_null_co_as_qemu(tmp_path, monkeypatch, qemu_img, qimg, args):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "42").write_text("")  # blkdebug's config file "42" (empty: no rules)
     _names_same(qemu_img(*args), qimg(*args))
+
+
+# -- QEMU's quorum driver (plugins/quorum): iotests 110 and vmdk's 059 ------------------------------
+
+def _quorum(children, threshold, **extra):
+    import json
+
+    node = {"driver": "quorum", "vote-threshold": threshold, **extra,
+            "children": [{"driver": "file", "filename": str(c)} for c in children]}
+    return node, "json:" + json.dumps(node)
+
+
+def test_quorum_under_a_format_has_no_folder_for_backing_names(tmp_path, monkeypatch, qemu_img, qimg):
+    """iotest 110: a qcow2 image over quorum whose backing file name is relative: info shows it
+    with "(cannot determine actual path)" (a quorum node has no folder)."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    assert qemu_img("create", "-q", "-f", "qcow2", "base.qcow2", "1M").returncode == 0
+    assert qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "t.qcow2").returncode == 0
+    shutil.copyfile(tmp_path / "t.qcow2", tmp_path / "t.copy")
+    node, _ = _quorum([tmp_path / "t.qcow2", tmp_path / "t.copy"], 1)
+    name = "json:" + json.dumps({"driver": "qcow2", "file": node})
+    for args in (["info", name], ["info", "--output=json", name]):
+        _names_same(qemu_img(*args), qimg(*args))
+    assert "(cannot determine actual path)" in qimg("info", name).stdout
+
+
+def test_vmdk_with_relative_extents_over_quorum_is_refused(tmp_path, monkeypatch, qemu_img, qimg):
+    """vmdk's iotest 059: a monolithicFlat descriptor read through quorum cannot resolve its
+    relative extent name: qemu-img's message, naming the quorum node."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    assert qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", "t.vmdk", "1M").returncode == 0
+    shutil.copyfile(tmp_path / "t.vmdk", tmp_path / "t.orig")
+    node, _ = _quorum([tmp_path / "t.vmdk", tmp_path / "t.orig"], 1)
+    name = "json:" + json.dumps({"driver": "vmdk", "file": node})
+    q, i = qemu_img("info", name), qimg("info", name)
+    _names_same(q, i)
+    assert "Cannot generate a base directory for quorum nodes" in i.stderr
+
+
+@pytest.mark.parametrize("case", [
+    {"vote-threshold": 3},
+    {"vote-threshold": 0},
+    {"read-pattern": "x"},
+    {"read-pattern": "fifo"},
+    {"blkverify": True, "vote-threshold": 1},
+    {"blkverify": True, "vote-threshold": 2, "rewrite-corrupted": True},
+    {"children": []},
+    {"children": ["node0"]},
+    {"children": "sizes"},
+])
+def test_quorum_options_as_qemu(tmp_path, qemu_img, qimg, case):
+    """quorum's options and what it refuses, word for word."""
+    import json
+
+    a, b = tmp_path / "a.raw", tmp_path / "b.raw"
+    for f in (a, b):
+        f.write_bytes(b"\1" * 65536)
+    case = dict(case)
+    if case.get("children") == "sizes":  # children of different lengths
+        (tmp_path / "b.raw").write_bytes(b"\1" * 4096)
+        del case["children"]
+    node, _ = _quorum([a, b], case.pop("vote-threshold", 2))
+    node.update(case)
+    name = "json:" + json.dumps(node)
+    for args in (["info", name], ["map", "--output=json", name]):
+        _names_same(qemu_img(*args), qimg(*args))
+
+
+@pytest.mark.parametrize("threshold", [1, 2])
+@pytest.mark.parametrize("pattern", ["quorum", "fifo"])
+def test_quorum_reads_the_voted_version(tmp_path, qemu_img, qemu_io, qimg, threshold, pattern):
+    """Three raw children, the first differing in one cluster: the read is the version two of
+    them hold (quorum), or the first child's (fifo); with two children that disagree and
+    threshold 2, the read fails (EIO). convert's output and messages are qemu-img's."""
+    a, b, c = (tmp_path / f"{x}.raw" for x in "abc")
+    for f in (a, b, c):
+        f.write_bytes(b"\1" * 131072)
+    assert qemu_io("-f", "raw", "-c", "write -P 7 64k 4k", str(a)).returncode == 0
+    for children in ([a, b, c], [a, b]):
+        _, name = _quorum(children, threshold, **{"read-pattern": pattern})
+        theirs, mine = tmp_path / "q.raw", tmp_path / "i.raw"
+        q = qemu_img("convert", "-O", "raw", name, str(theirs))
+        i = qimg("convert", "-O", "raw", name, str(mine))
+        _names_same(q, i, (str(theirs), str(mine)))
+        if q.returncode == 0:
+            assert mine.read_bytes() == theirs.read_bytes()
+        for f in (mine, theirs):
+            f.unlink(missing_ok=True)
+
+
+def test_quorum_writes_every_child(tmp_path, qemu_img):
+    """A write through quorum reaches every child; rewrite-corrupted mends a child that lost a
+    read's vote (qemu-img then finds all three identical)."""
+    import qimg as lib
+
+    kids = [tmp_path / f"{x}.raw" for x in "abc"]
+    for f in kids:
+        f.write_bytes(bytes(65536))
+    node, _ = _quorum(kids, 2)
+    with lib.open(dict(node), writable=True) as img:
+        img.pwrite(4096, b"\x55" * 8192)
+    for f in kids[1:]:
+        assert qemu_img("compare", "-f", "raw", "-F", "raw", str(kids[0]), str(f)).returncode == 0
+    with open(kids[0], "r+b") as f:
+        f.seek(4096)
+        f.write(b"\x66" * 512)
+    node, _ = _quorum(kids, 2, **{"rewrite-corrupted": True})
+    with lib.open(dict(node), writable=True) as img:
+        assert img.pread(4096, 512) == b"\x55" * 512
+    assert qemu_img("compare", "-f", "raw", "-F", "raw", str(kids[0]), str(kids[1])).returncode == 0

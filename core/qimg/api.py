@@ -571,8 +571,10 @@ def _open_node(
                 convert_typed(drv_options, runtime_types(cls))  # the format's own option types
             driver = cls(file, filename=filename, writable=writable, options=drv_options)
         except QimgError as e:
-            if e.message.startswith("Could not open") or _depth:
-                raise  # qemu-img names the top image only ("Could not open backing file: <error>")
+            if e.message.startswith("Could not open") or _depth or not filename:
+                # qemu-img names the top image only ("Could not open backing file: <error>"); an
+                # image opened by options alone is named by open() (its json: name)
+                raise
             raise QimgError(f"Could not open '{filename}': {e.message}", e.exit_code) from None
     except BaseException:
         file.close()

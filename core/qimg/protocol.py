@@ -82,6 +82,10 @@ class Protocol:
     cluster_size: int | None = None
     #: the node is a block device (``convert`` cannot assume a new target reads as zeroes)
     is_block: bool = False
+    #: block status names where the data lies in this node (QEMU's offset: ``map``'s "offset"
+    #: and "Mapped to"); False for a node over several children (quorum), whose data has no
+    #: single place
+    maps_offsets: ClassVar[bool] = True
 
     def start_parallel(self, readers: int) -> None:
         """A bulk copy is about to read with ``readers`` threads (at most ``parallel_reads``): a

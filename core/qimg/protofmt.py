@@ -93,6 +93,8 @@ def protocol_status(file: Protocol, offset: int, length: int) -> Status:
         return Status(ZERO | ALLOCATED, length)  # the sector rounding past the end
     n, flags = file.block_status(offset, min(length, size - offset))
     n = max(1, min(n, length))
+    if not file.maps_offsets:
+        return Status((flags & (DATA | ZERO)) | ALLOCATED, n)
     return Status((flags & (DATA | ZERO)) | ALLOCATED | OFFSET_VALID, n, offset, file.filename)
 
 

@@ -19,6 +19,7 @@ from qimg.driver import CheckResult, Format
 from qimg.errors import NotSupported, QimgError
 from qimg.options import BOOL, SIZE, STRING, Option
 from qimg.overlap import MetadataMap
+from qimg.protocol import FileProtocol
 
 from . import descriptor as dsc
 from .extents import U64, Extent, FlatExtent, SparseExtent, UnopenedExtent
@@ -379,6 +380,20 @@ class VmdkFormat(Format):
         name = line.filename
         folder = os.path.dirname(self.filename)
         path = name if os.path.isabs(name) else os.path.join(folder, name)
+        if not os.path.isabs(name) and not isinstance(self.file, FileProtocol):
+            from qimg.names import path_has_protocol
+
+            if not path_has_protocol(name):
+                try:
+                    self.file.dirname()
+                except QimgError as e:  # a node without a folder (quorum, nbd): QEMU's words
+                    node = self.file.exact_filename()
+                    if node is None:
+                        from qimg.ops.qjson import dumps
+
+                        node = "json:" + dumps(self.file.json_options(), pretty=False)
+                    raise QimgError(f"Cannot use relative paths with VMDK descriptor file '{node}': "
+                                    f"{e.message}") from None
         if self.untrusted and os.path.realpath(path) != os.path.realpath(self.filename):
             self.extents.append(UnopenedExtent(self.filename, path, line.sectors * SECTOR, line.type))
             return
