@@ -161,7 +161,7 @@ def test_writes_land_through_the_library(env, tmp_path):
 
 
 def test_pipelined_reads_match_paramiko(env, tmp_path):
-    """The pipelined range reads (16 SFTP requests in flight) give what paramiko's plain
+    """The pipelined range reads (several SFTP requests in flight) give what paramiko's plain
     SFTPFile.read gives, byte for byte: whole requests, a last partial one, the end of the file
     and past it, and a read after a file shrank under the open node (a short answer)."""
     import os
@@ -189,6 +189,30 @@ def test_pipelined_reads_match_paramiko(env, tmp_path):
         buf = bytearray(MIB)  # and the connection is still in step for the next read
         assert p.preadinto(MIB - 10, memoryview(buf)) == 110
         assert bytes(buf[:110]) == data[MIB - 10:MIB + 100]
+    finally:
+        p.close()
+
+
+def test_pipelined_reads_adapt_to_the_servers_limit(env, tmp_path, monkeypatch):
+    """Read requests larger than sshd's sftp-server answers whole (it caps one read at 255 KiB):
+    each short answer inside the file is asked again from where it stopped, the smaller size is
+    kept for later reads, and every byte is right."""
+    import os
+
+    import qimg_ssh.protocol
+    from qimg.api import open_protocol
+
+    monkeypatch.setattr(qimg_ssh.protocol, "READ_REQUEST", 4 * MIB)
+    data = os.urandom(6 * MIB + 777)
+    img = tmp_path / "big.raw"
+    img.write_bytes(data)
+    p = open_protocol(env.url(str(img)))
+    try:
+        for off, n in ((0, 5 * MIB), (MIB - 3, 5 * MIB + 780), (100, 64 * 1024)):
+            buf = bytearray(n)
+            got = p.preadinto(off, memoryview(buf))
+            assert (got, bytes(buf[:got])) == (min(n, len(data) - off), data[off:off + n]), (off, n)
+        assert 0 < p._read_request < 4 * MIB
     finally:
         p.close()
 

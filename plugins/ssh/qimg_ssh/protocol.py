@@ -36,9 +36,18 @@ _NAME_KEYS = ("user", "host", "port", "path", "host_key_check")
 _SFTP_CODES = {errno.ENOENT: 2, errno.EACCES: 3}
 
 
-#: bytes per SFTP read request (paramiko's and OpenSSH's usual maximum) and how many are in flight
-READ_REQUEST = 32768
-READ_WINDOW = 16
+#: bytes per SFTP read request and how many are in flight: OpenSSH's sftp-server answers reads of
+#: up to 256 KiB less 1 KiB whole (its SFTP_MAX_READ_LENGTH); a server that answers less (the
+#: SFTP draft lets it) sets the size for the rest (``_PipelinedRead.request``)
+READ_REQUEST = 256 * 1024 - 1024
+READ_WINDOW = 8
+#: reads not larger than this are one plain SFTP read (qcow2's headers and tables)
+SMALL_READ = 32768
+#: the SFTP channel's receive window and largest packet: the server sends each answer in a few
+#: large packets (paramiko handles every packet in Python) and never waits for window room with
+#: READ_WINDOW requests in flight (paramiko's defaults are 2 MiB and 32 KiB)
+CHANNEL_WINDOW = 16 << 20
+CHANNEL_PACKET = 256 << 10
 
 
 class _PipelinedRead:
@@ -55,8 +64,9 @@ class _PipelinedRead:
     it against ``SFTPFile.read`` byte for byte, at the end of the file and past it.
     """
 
-    def __init__(self, sftp: Any, f: Any) -> None:
+    def __init__(self, sftp: Any, f: Any, request: int = READ_REQUEST) -> None:
         self.sftp, self.f = sftp, f
+        self.request = request  # bytes per request: lowered to what the server answers whole
         self.answers: dict[int, bytes | BaseException] = {}
 
     def _async_response(self, t: int, msg: Any, num: int) -> None:  # called by paramiko
@@ -84,7 +94,7 @@ class _PipelinedRead:
         pos = 0
         while pos < len(buf) or pending:
             while pos < len(buf) and len(pending) < READ_WINDOW:
-                k = min(READ_REQUEST, len(buf) - pos)
+                k = min(self.request, len(buf) - pos)
                 pending.append((self.sftp._async_request(self, CMD_READ, handle, int64(offset + pos), k), pos, k))
                 pos += k
             num, at, k = pending[0]
@@ -97,7 +107,12 @@ class _PipelinedRead:
             buf[at:at + len(data)] = data
             if len(data) < k:
                 self._drain(pending)
-                return at + len(data)
+                pending.clear()
+                if not data:
+                    return at  # the end of the file
+                # the server answers less per request: ask again from there, in pieces of that size
+                self.request = min(self.request, len(data))
+                pos = at + len(data)
         return len(buf)
 
     def _drain(self, pending) -> None:
@@ -267,6 +282,7 @@ class SshProtocol(Protocol):
         self.writable = writable
         self.filename = canonical_name(self.user, self.host, self.port, self.path, self.legacy_check)
         self._lock = threading.Lock()
+        self._read_request = READ_REQUEST  # bytes per pipelined SFTP read (_PipelinedRead.request)
         self._transport = None
         self._sftp = None
         self._f = None
@@ -339,7 +355,8 @@ class SshProtocol(Protocol):
         self._check_host_key(t.get_remote_server_key(), mode, kind, expected)
         self._authenticate(t)
         try:
-            self._sftp = paramiko.SFTPClient.from_transport(t)
+            self._sftp = paramiko.SFTPClient.from_transport(t, window_size=CHANNEL_WINDOW,
+                                                            max_packet_size=CHANNEL_PACKET)
         except (paramiko.SSHException, EOFError, OSError) as e:
             raise QimgError(f"failed to initialize sftp handle: {e}") from None
 
@@ -468,14 +485,14 @@ class SshProtocol(Protocol):
             with self._lock:
                 if self.writable:
                     self._settle()
-                if n <= READ_REQUEST:
+                if n <= SMALL_READ:
                     self._f.seek(offset)
                     got = self._read_plain(buf[:n])
                 else:
-                    got = _PipelinedRead(self._sftp, self._f).into(offset, buf[:n])
-                    if got < n:  # a short answer not at the end of the file: the rest plainly
-                        self._f.seek(offset + got)
-                        got += self._read_plain(buf[got:n])
+                    reader = _PipelinedRead(self._sftp, self._f, self._read_request)
+                    got = reader.into(offset, buf[:n])
+                    if got == n:  # a short answer inside the file: the server's limit, kept
+                        self._read_request = reader.request
         except Exception as e:  # noqa: BLE001 - OSError, EOFError, paramiko.SSHException (connection broken)
             raise OSError(errno.EIO, os.strerror(errno.EIO)) from e
         return got
