@@ -217,6 +217,37 @@ def test_pipelined_reads_adapt_to_the_servers_limit(env, tmp_path, monkeypatch):
         p.close()
 
 
+def test_threads_read_a_read_only_node_at_once(env, tmp_path):
+    """A read-only node is read by several threads at once on its one SFTP channel (a bulk
+    copy's readers): each answer reaches its own reader, small and large reads mixed, past the end."""
+    import os
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qimg.api import open_protocol
+
+    data = os.urandom(5 * MIB + 321)
+    img = tmp_path / "t.raw"
+    img.write_bytes(data)
+    p = open_protocol(env.url(str(img)))
+    assert p.parallel_reads > 1
+    rnd = random.Random(7)
+    cases = [(rnd.randrange(len(data) + 10), rnd.choice([1, 512, 65536, 300000, MIB, 2 * MIB])) for _ in range(80)]
+
+    def read(case):
+        off, n = case
+        buf = bytearray(n)
+        got = p.preadinto(off, memoryview(buf))
+        return got, bytes(buf[:got])
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for (off, n), (got, out) in zip(cases, pool.map(read, cases), strict=True):
+                assert (got, out) == (len(data[off:off + n]), data[off:off + n]), (off, n)
+    finally:
+        p.close()
+
+
 def test_reads_see_pipelined_writes(env, tmp_path):
     """Writes are buffered and pipelined; a read in between (small or pipelined, as a format's
     metadata reads are) sees every byte written before it, and the writes' answers are all

@@ -47,12 +47,26 @@ SMALL_READ = 32768
 #: large packets (paramiko handles every packet in Python) and never waits for window room with
 #: READ_WINDOW requests in flight (paramiko's defaults are 2 MiB and 32 KiB)
 CHANNEL_WINDOW = 16 << 20
+#: reader threads of a bulk copy from a read-only node (each keeps READ_WINDOW requests in flight)
+PARALLEL_READS = 4
 CHANNEL_PACKET = 256 << 10
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
 
 
 class _PipelinedRead:
     """One range read as SFTP read requests of :data:`READ_REQUEST` bytes with up to
-    :data:`READ_WINDOW` in flight, answers taken in order, on the calling thread.
+    :data:`READ_WINDOW` in flight, answers taken in order, on the calling thread (several
+    threads may each run one at once on the same channel: ``locks``).
 
     Why not paramiko's own: ``SFTPFile.read`` sends one request and waits for its answer (64 MiB
     from sshd on loopback took 18 s, one round trip per 32 KiB), and ``SFTPFile.readv`` prefetches
@@ -64,10 +78,21 @@ class _PipelinedRead:
     it against ``SFTPFile.read`` byte for byte, at the end of the file and past it.
     """
 
-    def __init__(self, sftp: Any, f: Any, request: int = READ_REQUEST) -> None:
+    def __init__(self, sftp: Any, f: Any, request: int = READ_REQUEST, locks: tuple[Any, Any] | None = None) -> None:
         self.sftp, self.f = sftp, f
         self.request = request  # bytes per request: lowered to what the server answers whole
         self.answers: dict[int, bytes | BaseException] = {}
+        # several threads reading at once (a read-only node): requests are sent under one lock
+        # and answers read under another, one answer at a time, each handed to its own reader
+        self._send_lock, self._recv_lock = locks if locks is not None else (_NO_LOCK, _NO_LOCK)
+
+    def _wait(self, num: int) -> None:
+        """Until the answer to request ``num`` is in: read answers (anyone's) one at a time."""
+        answers = self.answers
+        while num not in answers:
+            with self._recv_lock:
+                if num not in answers:
+                    self.sftp._read_response()  # one answer, handed to its requester
 
     def _async_response(self, t: int, msg: Any, num: int) -> None:  # called by paramiko
         from paramiko.sftp import CMD_DATA
@@ -95,11 +120,12 @@ class _PipelinedRead:
         while pos < len(buf) or pending:
             while pos < len(buf) and len(pending) < READ_WINDOW:
                 k = min(self.request, len(buf) - pos)
-                pending.append((self.sftp._async_request(self, CMD_READ, handle, int64(offset + pos), k), pos, k))
+                with self._send_lock:
+                    num = self.sftp._async_request(self, CMD_READ, handle, int64(offset + pos), k)
+                pending.append((num, pos, k))
                 pos += k
             num, at, k = pending[0]
-            while num not in self.answers:
-                self.sftp._read_response()  # one answer, handed to its requester
+            self._wait(num)
             pending.popleft()
             data = self.answers.pop(num)
             if isinstance(data, BaseException):
@@ -118,8 +144,7 @@ class _PipelinedRead:
     def _drain(self, pending) -> None:
         """Wait for the answers still due (they would otherwise arrive during a later request)."""
         for num, _, _ in pending:
-            while num not in self.answers:
-                self.sftp._read_response()
+            self._wait(num)
         self.answers.clear()
 
 
@@ -210,7 +235,7 @@ class SshProtocol(Protocol):
     strong_runtime_options = ("host", "port", "path", "user", "host_key_check", "server.")
     #: QEMU's ssh_create_opts
     create_opts = [Option("size", SIZE, "Virtual disk size")]
-    parallel_reads = 1  # one SFTP channel; each read pipelines its requests (_PipelinedRead)
+    parallel_reads = 1  # writable: one read at a time; read-only: PARALLEL_READS (set when opened)
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -283,6 +308,12 @@ class SshProtocol(Protocol):
         self.filename = canonical_name(self.user, self.host, self.port, self.path, self.legacy_check)
         self._lock = threading.Lock()
         self._read_request = READ_REQUEST  # bytes per pipelined SFTP read (_PipelinedRead.request)
+        # a read-only node is read by several threads at once on its one SFTP channel (a bulk
+        # copy keeps their requests in flight together); a writable one a read at a time, as
+        # reads must first collect the answers to pipelined writes (_settle)
+        self._locks = (threading.Lock(), threading.Lock())
+        if not writable:
+            self.parallel_reads = PARALLEL_READS
         self._transport = None
         self._sftp = None
         self._f = None
@@ -481,10 +512,18 @@ class SshProtocol(Protocol):
         n = min(len(buf), self._size - offset)
         if n <= 0:
             return 0
+        if not self.writable:
+            reader = _PipelinedRead(self._sftp, self._f, self._read_request, self._locks)
+            try:
+                got = reader.into(offset, buf[:n])
+            except Exception as e:  # noqa: BLE001 - OSError, EOFError, paramiko.SSHException (connection broken)
+                raise OSError(errno.EIO, os.strerror(errno.EIO)) from e
+            if got == n:
+                self._read_request = reader.request
+            return got
         try:
             with self._lock:
-                if self.writable:
-                    self._settle()
+                self._settle()
                 if n <= SMALL_READ:
                     self._f.seek(offset)
                     got = self._read_plain(buf[:n])
