@@ -6,8 +6,6 @@ Everything here is parsing with QEMU's messages; :mod:`qimg.api` does the openin
 """
 from __future__ import annotations
 
-import sys
-
 from .errors import QimgError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
@@ -17,8 +15,6 @@ if TYPE_CHECKING:
 
 #: QEMU copies at most this much of a prefix into its protocol name buffer (char[128])
 PROTOCOL_NAME_MAX = 127
-#: QEMU's JSON parser refuses objects nested deeper than this
-JSON_MAX_NESTING = 1024
 
 
 def path_has_protocol(name: str) -> bool:
@@ -53,100 +49,16 @@ def is_host_device(name: str) -> bool:
     return stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
 
 
-def _json_depth(text: str) -> int:
-    """Deepest bracket nesting outside strings (checked before parsing: Python's parser and
-    the flattening recurse, and a hostile name must not reach the recursion limit)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "}]":
-            depth -= 1
-    return deepest
-
-
-def _standard_json(text: str) -> tuple[str, list[int] | None]:
-    """QEMU's JSON dialect as standard JSON: its lexer takes strings in single quotes too
-    (``{'driver': 'file'}``, iotests write them so) and ``\\'`` in either kind of string.
-    Returns the text for Python's parser and, when it changed, the position in ``text`` of each
-    of its characters (for error messages); ``None`` when it is the same."""
-    if "'" not in text:
-        return text, None
-    out: list[str] = []
-    where: list[int] = []
-    quote = ""
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if not quote:
-            if ch in "\"'":
-                quote = ch
-                ch = '"'
-        elif ch == "\\" and i + 1 < n:
-            nxt = text[i + 1]
-            if nxt == "'":
-                out.append("'")
-                where.append(i)
-            else:
-                out.append(ch + nxt)
-                where.extend((i, i + 1))
-            i += 2
-            continue
-        elif ch == quote:
-            quote = ""
-            ch = '"'
-        elif ch == '"':  # a double quote inside single quotes
-            out.append('\\"')
-            where.extend((i, i))
-            i += 1
-            continue
-        out.append(ch)
-        where.append(i)
-        i += 1
-    return "".join(out), where
-
-
 def parse_json_name(name: str) -> tuple[str, dict[str, Any]]:
     """A ``json:{...}`` name as an ``--image-opts`` option string (QEMU's messages, without
     the ``Could not open`` prefix, on errors), and its flattened values with their JSON types
     (``None`` for ``null``)."""
-    import json
+    from .qemujson import loads
 
-    text = name[5:]
-    prefix = "Could not parse the JSON options: "
-    if not text.strip():
-        raise QimgError(prefix + "Expecting a JSON value")
-    std, where = _standard_json(text)
-    if _json_depth(std) > JSON_MAX_NESTING:
-        raise QimgError(prefix + "JSON nesting depth limit exceeded")  # QEMU's parser limit
-    # up to QEMU's 1024 levels: Python's parser and the flattening below recurse per level
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * JSON_MAX_NESTING))
     try:
-        value = json.loads(std)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data":
-            raise QimgError(prefix + "Expecting at most one JSON value") from None
-        pos = e.pos if where is None else (where[e.pos] if e.pos < len(where) else len(text))
-        if e.msg.startswith("Unterminated string"):  # QEMU's lexer: the rest is one bad token
-            raise QimgError(prefix + f"JSON parse error, stray '{text[pos:]}'") from None
-        rest = text[pos:].lstrip()
-        if not rest:
-            raise QimgError(prefix + "JSON parse error, premature EOI") from None
-        word = rest[: len(rest) - len(rest.lstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"))]
-        if word:
-            raise QimgError(prefix + f"JSON parse error, invalid keyword '{word}'") from None
-        raise QimgError(prefix + "JSON parse error, expecting value") from None
+        value = loads(name[5:])
+    except QimgError as e:
+        raise QimgError("Could not parse the JSON options: " + e.message) from None
     if not isinstance(value, dict):
         raise QimgError("Invalid JSON object given")
     return flatten_options(value)
