@@ -108,15 +108,17 @@ def _ready(server: Server) -> bool:
 
 
 def start_server(kind: str, image: str | os.PathLike, tmp_path, *, fmt: str = "raw", export: str = "exp",
-                 readonly: bool = False, tcp: bool = False, shared: int = 8, extra: tuple[str, ...] = ()) -> Server:
-    """Serve ``image`` (a file) with ``kind``; the caller stops it (see the ``nbd_server`` fixture)."""
+                 readonly: bool = False, tcp: bool = False, shared: int = 8, extra: tuple[str, ...] = (),
+                 port: int | None = None) -> Server:
+    """Serve ``image`` (a file) with ``kind``; the caller stops it (see the ``nbd_server`` fixture).
+    ``port``: this TCP port (a server that comes back where one was) instead of a free one."""
     exe, env = _tool(kind)
     folder = tmp_path / f"nbd-{kind}-{os.getpid()}-{time.monotonic_ns()}"
     folder.mkdir()
     # a unix socket's path has at most 107 bytes: not under pytest's long tmp_path
     sock_dir = None if tcp else tempfile.mkdtemp(prefix="qimg-nbd-")
     sock = None if tcp else os.path.join(sock_dir, "s.sock")
-    port = free_port() if tcp else None
+    port = (port or free_port()) if tcp else None
     log = str(folder / "server.log")
     if kind.startswith("qemu-nbd"):
         args = [exe, "-t", "-f", fmt, "-x", export, "-e", str(shared)]

@@ -10,8 +10,10 @@ requests in flight), over extra connections when the server says they share one 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import threading
+import time
 
 from qimg.blockstatus import DATA, ZERO
 from qimg.errors import QimgError, with_errno
@@ -32,6 +34,31 @@ MAX_CONNECTIONS = 4
 #: bytes one block status request asks about at least (the answer's extents are kept)
 STATUS_ASK = 1 << 30
 _INT_MAX = (1 << 31) - 1
+#: seconds between connection attempts under open-timeout and reconnect-delay: doubling from the
+#: first to the last (QEMU's connect thread)
+RETRY_FIRST, RETRY_MAX = 1, 16
+_sleep = time.sleep  # between attempts (tests hook it to start a server at that moment)
+
+
+def _reconnecting(method):
+    """Requests of a node with ``reconnect-delay``: when a connection broke, made again within
+    the delay (from the first failure) and the whole request sent again (reads, writes, zeroes,
+    trims and flushes are all safe to repeat); otherwise the failure as it was."""
+    @functools.wraps(method)
+    def run(self, *args, **kw):
+        deadline = None
+        while True:
+            generation = self._generation
+            try:
+                return method(self, *args, **kw)
+            except OSError:
+                if not self.reconnect_delay:
+                    raise
+                if deadline is None:
+                    deadline = time.monotonic() + self.reconnect_delay
+                if not self._reconnect(generation, deadline):
+                    raise
+    return run
 
 
 class NBDProtocol(Protocol):
@@ -80,16 +107,21 @@ class NBDProtocol(Protocol):
             tls = Tls(found.client_context(), None if hostname is None else str(hostname), found.checks_certificate)
         if opts.pop("x-dirty-bitmap", None) is not None:
             raise QimgError("x-dirty-bitmap is not supported by qimg's nbd driver")
-        opts.pop("reconnect-delay", None)  # qimg does not reconnect: a broken connection fails
-        opts.pop("open-timeout", None)
+        reconnect_delay = int(opts.pop("reconnect-delay", 0) or 0)
+        open_timeout = int(opts.pop("open-timeout", 0) or 0)
         opts.pop("filename", None)
         options.clear()
         options.update(opts)  # what is left: the core names it as unsupported
-        return cls(server, export, writable, given, tls)
+        return cls(server, export, writable, given, tls, reconnect_delay=reconnect_delay, open_timeout=open_timeout)
 
     def __init__(self, server, export: str | None, writable: bool, given: dict[str, Any] | None = None,
-                 tls: Tls | None = None) -> None:
+                 tls: Tls | None = None, *, reconnect_delay: int = 0, open_timeout: int = 0) -> None:
         self.server = server
+        #: seconds a request waits for a broken connection to be made again (QEMU's
+        #: reconnect-delay; 0: a broken connection fails the request)
+        self.reconnect_delay = reconnect_delay
+        self._generation = 0  # connections made again so far
+        self._reconnect_lock = threading.Lock()
         self.export = export
         self.tls = tls
         self.given = dict(given or {})
@@ -105,7 +137,10 @@ class NBDProtocol(Protocol):
         self._lock = threading.Lock()
         self._extents: list[tuple[int, int, int]] = []  # (start, end, flags) of the last status answer
         self._turn = 0
-        conn = self._connect()
+        if open_timeout:  # QEMU's open-timeout: attempts until then, the last one's error after
+            conn = self._connect_until(time.monotonic() + open_timeout)
+        else:
+            conn = self._connect()
         info = conn.info
         if writable and info.read_only:
             conn.close()
@@ -127,6 +162,46 @@ class NBDProtocol(Protocol):
             sock.close()
             raise
         return transmission.Connection(sock, info, self.timeout)
+
+    def _connect_until(self, deadline: float) -> transmission.Connection:
+        """Connect and negotiate, trying again after 1, 2, 4 ... 16 seconds while the deadline
+        allows; after it, the last attempt's error."""
+        wait = RETRY_FIRST
+        while True:
+            try:
+                return self._connect()
+            except QimgError as e:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                last = e
+            _sleep(min(wait, left))
+            wait = min(wait * 2, RETRY_MAX)
+            if time.monotonic() >= deadline:
+                raise last  # QEMU's timer ends the wait with the last attempt's error
+
+    def _reconnect(self, generation: int, deadline: float) -> bool:
+        """After a failed request: True when the request may be sent again (a connection broke
+        and a new one is up, made here or by another thread since ``generation``)."""
+        with self._reconnect_lock:
+            if self._generation != generation:
+                return True
+            if not self._conns or not any(c.broken for c in self._conns):
+                return False  # the server refused the request: no connection problem
+            try:
+                conn = self._connect_until(deadline)
+            except QimgError:
+                return False
+            if conn.info.size != self.info.size:
+                conn.close()  # not the same export any more
+                return False
+            old, self._conns = self._conns, [conn]
+            for c in old:
+                c.close()
+            with self._lock:
+                self._extents = []
+            self._generation += 1
+            return True
 
     # -- names -------------------------------------------------------------------------------
     def exact_filename(self) -> str | None:
@@ -177,6 +252,7 @@ class NBDProtocol(Protocol):
     def allocated_size(self) -> int | None:
         return None
 
+    @_reconnecting
     def preadinto(self, offset: int, buf: memoryview) -> int:
         if offset >= self.info.size:
             return 0
@@ -223,6 +299,7 @@ class NBDProtocol(Protocol):
         finally:
             _wait_all(conn, reqs)
 
+    @_reconnecting
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:
         self._check_writable()
         self._extents = []
@@ -253,6 +330,7 @@ class NBDProtocol(Protocol):
     def pwritev(self, offset: int, buffers: list) -> None:
         self.pwrite(offset, b"".join(bytes(b) for b in buffers))
 
+    @_reconnecting
     def write_zeroes(self, offset: int, length: int, unmap: bool = False, fast: bool = False) -> None:
         """NBD_CMD_WRITE_ZEROES as QEMU sends it: NO_HOLE unless ``unmap`` (QEMU's
         BDRV_REQ_MAY_UNMAP), FAST_ZERO for ``fast`` (BDRV_REQ_NO_FALLBACK: fails with ENOTSUP
@@ -291,6 +369,7 @@ class NBDProtocol(Protocol):
             offset += k
             length -= k
 
+    @_reconnecting
     def discard(self, offset: int, length: int) -> None:
         """NBD_CMD_TRIM where the server has it (a hint: nothing otherwise)."""
         if not self.writable or not self.info.flags & wire.F_SEND_TRIM or length <= 0:
@@ -306,10 +385,12 @@ class NBDProtocol(Protocol):
             conn.request(wire.CMD_TRIM, start, k)
             start += k
 
+    @_reconnecting
     def flush(self) -> None:
         if self.writable and self.info.flags & wire.F_SEND_FLUSH and self._conns and not self.unsafe_cache:
             self._conns[0].request(wire.CMD_FLUSH, 0, 0)
 
+    @_reconnecting
     def block_status(self, offset: int, length: int) -> tuple[int, int]:
         """The status of the run at ``offset`` from ``base:allocation``, as QEMU reads it: HOLE
         clears DATA, ZERO sets ZERO; no context: all data. One request answers many runs (the
