@@ -435,3 +435,66 @@ def test_quorum_writes_every_child(tmp_path, qemu_img):
     with lib.open(dict(node), writable=True) as img:
         assert img.pread(4096, 512) == b"\x55" * 512
     assert qemu_img("compare", "-f", "raw", "-F", "raw", str(kids[0]), str(kids[1])).returncode == 0
+
+
+# -- blkdebug over a format node (core/qimg/formatnode.py): iotests 204 and 251 ------------------
+
+@pytest.mark.parametrize("output", ["human", "json"])
+def test_map_looks_through_blkdebug_over_a_format(tmp_path, qemu_img, qemu_io, qimg, output):
+    """iotest 204: map of driver=blkdebug,image.driver=qcow2 (an overlay over a backing file,
+    align=4k) is the qcow2 image's map, backing file included: qemu-img's map skips filters."""
+    base, top = tmp_path / "t.qcow2.base", tmp_path / "t.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", str(base), "8M").returncode == 0
+    assert qemu_io("-c", "write -P 1 0 8M", str(base)).returncode == 0
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=1M", "-b", str(base), "-F", "qcow2",
+                    str(top)).returncode == 0
+    assert qemu_io("-c", "write -P 2 0 1M", "-c", "write -z 3M 1M", "-c", "write -P 3 5M 2M", str(top)).returncode == 0
+    opts = f"driver=blkdebug,image.driver=qcow2,image.file.driver=file,image.file.filename={top},align=4k"
+    args = ["map", f"--output={output}", "--image-opts", opts]
+    _names_same(qemu_img(*args), qimg(*args))
+    for what in (["info", "--image-opts", opts], ["info", "--output=json", "--image-opts", opts]):
+        _names_same(qemu_img(*what), qimg(*what))
+
+
+def test_convert_salvage_through_blkdebug_over_a_format(tmp_path, qemu_img, qemu_io, qimg):
+    """iotest 251: convert --salvage from blkdebug over a qcow2 image with block-status and read
+    errors injected at some sectors: qemu-img's warnings in its order (block status twice: the
+    count and the copy), the unreadable sectors zero, everything else copied (a sector whose
+    status failed too)."""
+    import json
+
+    orig = tmp_path / "t.orig"
+    assert qemu_img("create", "-q", "-f", "qcow2", str(orig), "8M").returncode == 0
+    assert qemu_io("-c", "write -P 42 0 8M", str(orig)).returncode == 0
+    status_fail = [2 * 1024 * 1024 + 8192, 5 * 1024 * 1024 + 512]
+    read_fail = [4 * 1024 * 1024 - 65536, 5 * 1024 * 1024 + 512, 6 * 1024 * 1024, 6 * 1024 * 1024 + 512]
+    rules = ([{"event": "none", "iotype": "block-status", "errno": 5, "sector": o // 512} for o in status_fail]
+             + [{"event": "none", "iotype": "read", "errno": 5, "sector": o // 512} for o in read_fail])
+    src = "json:" + json.dumps({"driver": "blkdebug", "inject-error": rules, "image": {
+        "driver": "qcow2", "file": {"driver": "file", "filename": str(orig)}}})
+    theirs, mine = tmp_path / "q.qcow2", tmp_path / "i.qcow2"
+    q = qemu_img("convert", "--salvage", "-O", "qcow2", src, str(theirs))
+    i = qimg("convert", "--salvage", "-O", "qcow2", src, str(mine))
+    _names_same(q, i, (str(theirs), str(mine)))
+    assert i.stderr.count("error while reading block status") == 4
+    assert qemu_img("compare", str(theirs), str(mine)).returncode == 0
+    r = qemu_io("-c", f"read -P 0 {read_fail[0]} 512", "-c", f"read -P 42 {status_fail[0]} 512", str(mine))
+    assert "Pattern verification failed" not in r.stdout, r.stdout
+
+
+def test_quorum_over_format_nodes(tmp_path, qemu_img, qemu_io, qimg):
+    """quorum's children may be format nodes (qcow2 images): info, map and convert as qemu-img."""
+    import json
+
+    kids = [tmp_path / f"{x}.qcow2" for x in "ab"]
+    for f in kids:
+        assert qemu_img("create", "-q", "-f", "qcow2", str(f), "1M").returncode == 0
+        assert qemu_io("-c", "write -P 9 64k 64k", str(f)).returncode == 0
+    name = "json:" + json.dumps({"driver": "quorum", "vote-threshold": 2, "children": [
+        {"driver": "qcow2", "file": {"driver": "file", "filename": str(f)}} for f in kids]})
+    for args in (["info", name], ["map", "--output=json", name]):
+        _names_same(qemu_img(*args), qimg(*args))
+    theirs, mine = tmp_path / "q.raw", tmp_path / "i.raw"
+    _names_same(qemu_img("convert", "-O", "raw", name, str(theirs)), qimg("convert", "-O", "raw", name, str(mine)),
+                (str(theirs), str(mine)))
+    assert mine.read_bytes() == theirs.read_bytes()

@@ -96,7 +96,13 @@ def open_child(filename: str | None, options: Mapping[str, Any] | None = None, *
     driver = opts.pop("driver", None)
     if driver is not None and driver != "file" and get_registry().protocol(str(driver)) is None:
         if str(driver) in get_registry().formats:
-            raise QimgError(f"A format node ('{driver}') as the child of a protocol is not supported by qimg")
+            # a format node (blkdebug over qcow2): an image of its own under the protocol
+            from .formatnode import FormatNode
+
+            return FormatNode.open_options({"driver": driver, **opts, **({"file.filename": filename}
+                                                                        if filename and "file.filename" not in opts
+                                                                        and "file" not in opts else {})},
+                                           writable=writable)
         raise QimgError(f"Unknown driver '{driver}'")
     if driver in (None, "file"):
         name = opts.pop("filename", None) or filename

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections import deque
 
 from ..blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, ZERO
 from ..errors import QimgError
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from typing import Any
 
+    from ..blockstatus import Status
     from ..image import Image
 
 DEFAULT_SPARSE = 4096
@@ -117,7 +119,8 @@ def _salvage(src: "Image", offset: int, view: memoryview, warn: Callable[[str], 
 
 def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
          backing_end: int | None = None, qemu_runs: bool = False,
-         compress_cluster: int = 0) -> Iterator[Piece]:
+         compress_cluster: int = 0, salvage: bool = False,
+         warn: Callable[[int, str], None] | None = None) -> Iterator[Piece]:
     """What to do with each run of the target, from the sources' block status.
 
     ``backing_end``: size of the target's backing file; zero runs past it are left alone
@@ -126,6 +129,9 @@ def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
     follows the write requests, or progress in qemu-img's steps); compressing into clusters of
     ``compress_cluster`` bytes, a shorter run is then read as a whole cluster of data and a
     longer one rounded down to clusters, as qemu-img counts them.
+    ``salvage`` (``--salvage``): a block-status error is asked again over a quarter of the range
+    until one sector fails alone, which is then copied as data after a warning (``warn(position,
+    message)``), as qemu-img does.
     """
     base = 0
     for src in sources:
@@ -149,7 +155,13 @@ def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
                     st = status(off, want)
             except (OSError, QimgError) as e:
                 text = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
-                raise QimgError(f"error while reading block status at offset {off}: {text}") from None
+                if not salvage:
+                    raise QimgError(f"error while reading block status at offset {off}: {text}") from None
+                st = _salvage_status(status, off, short, pos, warn)
+                if st is None:  # one sector whose status cannot be read: copied as data
+                    yield Piece(pos, min(SECTOR, size - off), COPY)
+                    off += min(SECTOR, size - off)
+                    continue
             if target_has_backing:
                 if st.flags & ALLOCATED:
                     op = ZERO_OP if st.flags & ZERO else COPY
@@ -179,6 +191,26 @@ def plan(sources: list["Image"], *, target_has_backing: bool, sparse: int,
             yield Piece(pos, n, op)
             off += n
         base += size
+
+
+def _salvage_status(status: Callable[[int, int], Status], off: int, length: int, pos: int,
+                    warn: Callable[[int, str], None] | None) -> Status | None:
+    """``--salvage``: the block status at ``off`` asked over a quarter of the range (in sectors,
+    rounded up) after each error, or None (with qemu-img's warning) when one sector fails."""
+    sectors = -(-length // SECTOR)
+    while sectors > 1:
+        sectors = -(-sectors // 4)
+        try:
+            return status(off, sectors * SECTOR)
+        except (OSError, QimgError):
+            continue
+    try:
+        return status(off, SECTOR)
+    except (OSError, QimgError) as e:
+        if warn is not None:
+            text = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
+            warn(pos, f"warning: error while reading block status at offset {pos}: {text}")  # QEMU warn_report
+        return None
 
 
 def _copy_range_fn(sources: list["Image"], target: "Image") -> Callable[[int, int], bool] | None:
@@ -387,23 +419,40 @@ def _convert(sources: list["Image"], target_filename: str, opts: ConvertOptions,
             zero_init = (target.driver.zero_init and not has_backing
                          and not target.driver.file.is_block)
         total_done = [0]
+        reader = concat_reader(sources, opts.salvage, warn)
+        # --salvage: the copy's block-status warnings wait for the read of their sector (qemu-img
+        # asks and reads in turn), and one thread reads, in order: the warnings come in order
+        pending: deque[tuple[int, str]] = deque()
+        if opts.salvage and warn is not None:
+            read_sources = reader
+
+            def reader(offset: int, view: memoryview) -> None:
+                while pending and pending[0][0] < offset + len(view):
+                    warn(pending.popleft()[1])
+                read_sources(offset, view)
         copier = Copier(
-            target, concat_reader(sources, opts.salvage, warn), zero_init=zero_init,
+            target, reader, zero_init=zero_init,
             granule=0 if opts.copy_offload else opts.sparse, workers=opts.workers, ordered=opts.ordered or compress,
             compress=compress, unmap=opts.sparse != 0,
             copy_range=_copy_range_fn(sources, target) if opts.copy_offload else None,
             progress=(lambda done: progress(done, total_done[0])) if progress else None,
             rate_limit=opts.rate_limit, serial_reads=not parallel_safe(*sources),
-            readers=prepare_parallel_reads(*sources) if parallel_safe(*sources) else 1)
+            readers=prepare_parallel_reads(*sources) if parallel_safe(*sources) and not opts.salvage else 1)
         backing_end = target.backing.size if has_backing and target.backing is not None else None
 
-        def pieces() -> Iterator[Piece]:
+        def pieces(status_warn: Callable[[int, str], None] | None = None) -> Iterator[Piece]:
             return plan(sources, target_has_backing=has_backing, sparse=opts.sparse, backing_end=backing_end,
                         qemu_runs=opts.qemu_runs or type(target.driver).layout_follows_requests,
-                        compress_cluster=(target.driver.cluster_size or 0) if compress else 0)
+                        compress_cluster=(target.driver.cluster_size or 0) if compress else 0,
+                        salvage=opts.salvage, warn=status_warn)
 
         todo: Iterable[Piece] = pieces()
-        if progress is not None:
+        if opts.salvage:
+            # qemu-img walks the block status once to count the sectors to copy, then again as
+            # it copies: --salvage's warnings about block status come from both walks
+            total_done[0] = copier.planned_total(pieces(None if warn is None else lambda pos, m: warn(m)))
+            todo = pieces(lambda pos, m: pending.append((pos, m)))
+        elif progress is not None:
             # qemu-img also walks the block status once for the progress total; keep that
             # walk's pieces for the copy unless there are very many (memory stays bounded)
             memo = list(itertools.islice(todo, PLAN_MEMO + 1))

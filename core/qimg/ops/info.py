@@ -150,6 +150,16 @@ def protocol_info(proto: "Protocol") -> dict[str, Any]:
     """A protocol node of the block graph (a child in qemu-img 10.0's ``info``), with
     BlockGraphInfo's keys: the file's length (in whole sectors) as ``virtual-size``, the
     protocol as ``format``."""
+    from ..formatnode import FormatNode
+
+    if isinstance(proto, FormatNode):
+        # a format node under a filter (blkdebug over qcow2): an image's info, with the backing
+        # file its node opened as a child of its own
+        d = image_info(proto.image)
+        if proto.image.backing is not None and "children" in d:
+            # (QEMU lists the child attached last first)
+            d["children"].insert(0, {"name": "backing", "info": image_info(proto.image.backing)})
+        return d
     name = proto.exact_filename()
     if name is None:  # options say more than a name: QEMU shows them
         from .qjson import dumps

@@ -99,6 +99,9 @@ def format_json_partial(entries: list[dict[str, Any]]) -> str:
 
 def map_extents(img: "Image", start: int = 0, length: int | None = None) -> list[dict[str, Any]]:
     """Merged map entries (dicts with qemu-img's JSON keys, plus ``filename`` when known)."""
+    from ..formatnode import skip_filters
+
+    img = skip_filters(img)  # qemu-img's map looks through filter nodes (blkdebug over qcow2)
     size = img.size
     end = size if length is None else min(size, start + length)
     out: list[dict[str, Any]] = []

@@ -50,7 +50,8 @@ class BlkdebugProtocol(Protocol):
     protocol_name = "blkdebug"
     reports_dirty_flag = True  # blkdebug_co_get_info passes its child's (a file's: false)
     runtime_options = {"config": STRING, "x-image": STRING, "image": STRING, "image.": STRING,
-                       **{name: SIZE for name in _LIMITS}, "inject-error.": STRING, "set-state.": STRING,
+                       # (the limits typed in open(): a json: name shows them as given, "4k")
+                       **{name: STRING for name in _LIMITS}, "inject-error.": STRING, "set-state.": STRING,
                        "take-child-perms.": STRING, "unshare-child-perms.": STRING}
     strong_runtime_options = ("config", "inject-error.", "set-state.", *_LIMITS)
 
@@ -98,7 +99,9 @@ class BlkdebugProtocol(Protocol):
 
         child = open_child(None if image is None else str(image), image_opts, writable=writable)
         try:
-            _check_limits(opts)
+            from qimg.runtime import convert_value
+
+            _check_limits({name: convert_value(name, SIZE, opts[name]) for name in _LIMITS if name in opts})
         except QimgError:
             child.close()
             raise
@@ -106,6 +109,7 @@ class BlkdebugProtocol(Protocol):
         proto.child, proto.rules, proto.config = child, rules, config
         proto.writable = writable
         proto.filename = filename or child.filename
+        proto.cluster_size = child.cluster_size  # blkdebug_co_get_info asks its child
         # what makes the node more than "blkdebug:CONFIG:IMAGE" (its json: name then)
         proto.extra = {k: v for k, v in options.items()
                        if k not in ("config", "x-image", "driver", "filename") and not k.startswith("image.")}
