@@ -52,6 +52,8 @@ FEATURES: dict[str, str] = {
     # parallels: data_off checks, repair of writable images on open, reuse of free clusters,
     # discard of whole clusters, duplicate BAT entries in check (QEMU 8.x's rework)
     "parallels-repair": "10.0",
+    # the nbd client asks for NBD_OPT_EXTENDED_HEADERS (QEMU 9.0's client; 7.2: structured only)
+    "nbd-extended-headers": "10.0",
 }
 
 #: messages whose wording changed -> {first profile with this wording: text}. The CLI fills

@@ -30,6 +30,7 @@ from .wire import (
     NBDMAGIC,
     OPT_ABORT,
     OPT_EXPORT_NAME,
+    OPT_EXTENDED_HEADERS,
     OPT_GO,
     OPT_LIST,
     OPT_NAMES,
@@ -399,11 +400,20 @@ def _negotiate(h: _Handshake, export: str, tls: Tls | None) -> tuple[socket.sock
         h.starttls()
         h.sock = tls.wrap(h.sock)
     if fixed:
-        info.structured = h.simple_option(OPT_STRUCTURED_REPLY)
+        # QEMU 10.0's client asks for extended headers first (7.2's knows none), then
+        # structured replies, which extended headers include
+        from qimg import compat
+
+        if compat.has("nbd-extended-headers"):
+            info.extended = h.simple_option(OPT_EXTENDED_HEADERS)
+        info.structured = info.extended or h.simple_option(OPT_STRUCTURED_REPLY)
         if info.structured:
             info.context_id = h.meta_context(name, b"base:allocation")
         if h.go(name, info, tls is not None):
             return h.sock, _checked(info)
+        if info.extended:  # the spec: a server with extended headers has NBD_OPT_GO
+            h.abort()
+            raise QimgError("Server does not support NBD_OPT_GO with extended headers")
         # the server knows no NBD_OPT_GO: an older one; see that it has the export first,
         # as NBD_OPT_EXPORT_NAME cannot say it has not
         if not h.list_has(name):

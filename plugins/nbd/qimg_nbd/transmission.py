@@ -18,19 +18,27 @@ import threading
 from qimg.image import zero_fill
 
 from .wire import (
+    _EXT_HDR,
+    _EXT_REST,
     _HDR,
     _SIMPLE,
     _STRUCT_REST,
     CMD_BLOCK_STATUS,
     CMD_DISC,
+    CMD_FLAG_PAYLOAD_LEN,
     CMD_FLAG_REQ_ONE,
     CMD_READ,
+    CMD_WRITE,
     DEFAULT_TIMEOUT,
+    EXTENDED_REPLY_MAGIC,
+    EXTENDED_REQUEST_MAGIC,
+    MAX_BUFFER,
     MAX_EXTENTS,
     MAX_IN_FLIGHT,
     MAX_PAYLOAD,
     MAX_STATUS_PAYLOAD,
     REPLY_BLOCK_STATUS,
+    REPLY_BLOCK_STATUS_EXT,
     REPLY_FLAG_DONE,
     REPLY_NONE,
     REPLY_OFFSET_DATA,
@@ -87,7 +95,7 @@ class Connection:
         self._broken: OSError | None = None
         self._hdr = bytearray(_SIMPLE.size)
         self._payload = bytearray(MAX_PAYLOAD)
-        self._status = bytearray(4 + 8 * MAX_EXTENTS)
+        self._status = bytearray(8 + 16 * MAX_EXTENTS)
 
     # -- requests ----------------------------------------------------------------------
     def submit(self, cmd: int, offset: int, length: int, *, flags: int = 0, data: memoryview | None = None,
@@ -109,7 +117,7 @@ class Connection:
                 self._receiving = True
             # every slot is taken and nobody reads: this thread reads a reply to free one
             self._pump()
-        header = _HDR.pack(REQUEST_MAGIC, flags, cmd, cookie, offset, length)
+        header = self._header(flags, cmd, cookie, offset, length)
         try:
             with self._send_lock:
                 if data is not None:
@@ -124,6 +132,12 @@ class Connection:
             self._fail(errno.EIO)
             raise _io_error(errno.EIO) from None
         return req
+
+    def _header(self, flags: int, cmd: int, cookie: int, offset: int, length: int) -> bytes:
+        if self.info.extended:  # a write's length is its payload's, and says so
+            flags |= CMD_FLAG_PAYLOAD_LEN if cmd == CMD_WRITE else 0
+            return _EXT_HDR.pack(EXTENDED_REQUEST_MAGIC, flags, cmd, cookie, offset, length)
+        return _HDR.pack(REQUEST_MAGIC, flags, cmd, cookie, offset, length)
 
     def wait(self, req: _Request) -> _Request:
         """Until ``req`` is answered; its error (the server's) is raised, as a broken connection's."""
@@ -211,10 +225,21 @@ class Connection:
             self._cond.notify_all()
 
     def _receive_one(self) -> None:
-        """Read one reply (simple) or one chunk (structured) and hand it to its request."""
+        """Read one reply (simple) or one chunk (structured or extended) and hand it to its
+        request."""
         hdr = memoryview(self._hdr)
         self._recv_into(hdr[:4])
         (magic,) = struct.unpack_from(">I", hdr)
+        if self.info.extended:  # every reply has the extended header, no simple ones
+            if magic != EXTENDED_REPLY_MAGIC:
+                raise _io_error(errno.EIO)
+            rest = bytearray(_EXT_REST.size)
+            self._recv_into(memoryview(rest))
+            flags, rtype, cookie, _offset, length = _EXT_REST.unpack(rest)
+            if length > MAX_BUFFER + 8 and rtype != REPLY_BLOCK_STATUS_EXT:
+                raise _io_error(errno.EIO)  # no chunk but a status one is this long: the stream is lost
+            self._chunk(self._owner(cookie), flags, rtype, length)
+            return
         if magic == SIMPLE_MAGIC:
             self._recv_into(hdr[4:16])
             _, error, cookie = _SIMPLE.unpack(hdr)
@@ -234,7 +259,11 @@ class Connection:
         rest = bytearray(_STRUCT_REST.size)
         self._recv_into(memoryview(rest))
         flags, rtype, cookie, length = _STRUCT_REST.unpack(rest)
-        req = self._owner(cookie)
+        self._chunk(self._owner(cookie), flags, rtype, length)
+
+    def _chunk(self, req: _Request, flags: int, rtype: int, length: int) -> None:
+        """The payload of one structured or extended reply chunk for ``req``."""
+        hdr = memoryview(self._hdr)
         done = bool(flags & REPLY_FLAG_DONE)
         if rtype == REPLY_NONE:
             if not done or length:
@@ -263,7 +292,23 @@ class Connection:
             zero_fill(req.buf[start:start + size])
             req.got = True
             req.covered += size
+        elif rtype == REPLY_BLOCK_STATUS_EXT:
+            if not self.info.extended or req.cmd != CMD_BLOCK_STATUS or length < 24 or (length - 8) % 16 or req.got:
+                raise _io_error(errno.EINVAL)
+            if length > (MAX_PAYLOAD if req.one else 8 + 16 * (1 << 20)):
+                raise _io_error(errno.EINVAL)  # more than the spec lets a server send
+            keep = min(length, 8 + 16 * MAX_EXTENTS)
+            body = memoryview(self._status)[:keep]
+            self._recv_into(body)
+            self._drop(length - keep)  # extents past what one answer keeps: asked again later
+            context, count = struct.unpack_from(">II", body)
+            if context != self.info.context_id or count != (length - 8) // 16:
+                raise _io_error(errno.EINVAL)
+            extents = [struct.unpack_from(">QQ", body, 8 + 16 * i) for i in range((keep - 8) // 16)]
+            self._extents(req, extents)
         elif rtype == REPLY_BLOCK_STATUS:
+            if self.info.extended:
+                raise _io_error(errno.EINVAL)  # extended headers: only the 64-bit status chunk
             if req.cmd != CMD_BLOCK_STATUS or length < 12 or (length - 4) % 8 or req.got:
                 raise _io_error(errno.EINVAL)
             if length > (MAX_PAYLOAD if req.one else MAX_STATUS_PAYLOAD):
@@ -276,13 +321,7 @@ class Connection:
             if context != self.info.context_id:
                 raise _io_error(errno.EINVAL)
             extents = [struct.unpack_from(">II", body, 4 + 8 * i) for i in range((keep - 4) // 8)]
-            if req.one:
-                extents = extents[:1]  # a server that sent more than asked: the rest is ignored
-            if any(n == 0 for n, _ in extents):
-                raise _io_error(errno.EINVAL)
-            req.extent = extents[0]
-            req.extents = extents
-            req.got = True
+            self._extents(req, extents)
         elif rtype & 0x8000:
             if length < 6 or length > MAX_PAYLOAD:
                 raise _io_error(errno.EINVAL)
@@ -302,12 +341,22 @@ class Connection:
                 req.error = _io_error(errno.EINVAL)
             self._finish(req)
 
+    @staticmethod
+    def _extents(req: _Request, extents: list[tuple[int, int]]) -> None:
+        if req.one:
+            extents = extents[:1]  # a server that sent more than asked: the rest is ignored
+        if any(n == 0 for n, _ in extents):
+            raise _io_error(errno.EINVAL)
+        req.extent = extents[0]
+        req.extents = extents
+        req.got = True
+
     # -- closing -----------------------------------------------------------------------
     def close(self) -> None:
         if not self.broken:
             try:
                 with self._send_lock:
-                    self.sock.sendall(_HDR.pack(REQUEST_MAGIC, 0, CMD_DISC, 0, 0, 0))
+                    self.sock.sendall(self._header(0, CMD_DISC, 0, 0, 0))
             except OSError:
                 pass
         try:

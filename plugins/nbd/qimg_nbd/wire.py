@@ -16,10 +16,12 @@ REP_MAGIC = 0x3E889045565A9
 REQUEST_MAGIC = 0x25609513
 SIMPLE_MAGIC = 0x67446698
 STRUCTURED_MAGIC = 0x668E33EF
+EXTENDED_REQUEST_MAGIC = 0x21E41C71
+EXTENDED_REPLY_MAGIC = 0x6E8A278C
 
 FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS, OPT_INFO, OPT_GO = 1, 2, 3, 5, 6, 7
-OPT_STRUCTURED_REPLY, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT = 8, 9, 10
+OPT_STRUCTURED_REPLY, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT, OPT_EXTENDED_HEADERS = 8, 9, 10, 11
 OPT_NAMES = {1: "export name", 2: "abort", 3: "list", 4: "peek export", 5: "starttls", 6: "info", 7: "go",
              8: "structured reply", 9: "list meta context", 10: "set meta context", 11: "extended headers"}
 REP_ACK, REP_SERVER, REP_INFO, REP_META_CONTEXT = 1, 2, 3, 4
@@ -35,9 +37,10 @@ F_SEND_FAST_ZERO = 2048
 # commands and their flags
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = range(8)
 CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_DF, CMD_FLAG_REQ_ONE, CMD_FLAG_FAST_ZERO = 1, 2, 4, 8, 16
+CMD_FLAG_PAYLOAD_LEN = 32  # extended headers: the length is the payload's (writes)
 # structured replies
 REPLY_FLAG_DONE = 1
-REPLY_NONE, REPLY_OFFSET_DATA, REPLY_OFFSET_HOLE, REPLY_BLOCK_STATUS = 0, 1, 2, 5
+REPLY_NONE, REPLY_OFFSET_DATA, REPLY_OFFSET_HOLE, REPLY_BLOCK_STATUS, REPLY_BLOCK_STATUS_EXT = 0, 1, 2, 5, 6
 REPLY_ERROR, REPLY_ERROR_OFFSET = 32769, 32770
 STATE_HOLE, STATE_ZERO = 1, 2
 
@@ -61,6 +64,8 @@ _EOF = "Unexpected end-of-file before all data were read"
 _HDR = struct.Struct(">IHHQQI")
 _SIMPLE = struct.Struct(">IIQ")
 _STRUCT_REST = struct.Struct(">HHQI")  # after the magic: flags, type, cookie, length
+_EXT_HDR = struct.Struct(">IHHQQQ")  # extended request: magic, flags, type, cookie, offset, length
+_EXT_REST = struct.Struct(">HHQQQ")  # extended reply after the magic: flags, type, cookie, offset, length
 _OPT = struct.Struct(">QII")
 _OPT_REPLY = struct.Struct(">QIII")
 
@@ -87,7 +92,7 @@ def _io_error(code: int) -> OSError:
 class Export:
     """What the handshake negotiated."""
 
-    __slots__ = ("size", "flags", "min_block", "pref_block", "max_block", "structured", "context_id")
+    __slots__ = ("size", "flags", "min_block", "pref_block", "max_block", "structured", "extended", "context_id")
 
     def __init__(self) -> None:
         self.size = 0
@@ -96,6 +101,7 @@ class Export:
         self.pref_block = 0
         self.max_block = 0
         self.structured = False
+        self.extended = False  # NBD_OPT_EXTENDED_HEADERS: 32-byte headers, 64-bit lengths
         self.context_id: int | None = None
 
     @property
