@@ -498,3 +498,36 @@ def test_quorum_over_format_nodes(tmp_path, qemu_img, qemu_io, qimg):
     _names_same(qemu_img("convert", "-O", "raw", name, str(theirs)), qimg("convert", "-O", "raw", name, str(mine)),
                 (str(theirs), str(mine)))
     assert mine.read_bytes() == theirs.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["bochs", "dmg", "cloop"])
+@pytest.mark.parametrize("args", [[], ["in.raw", "out.img"]])
+def test_convert_option_help_of_a_read_only_format(tmp_path, monkeypatch, qemu_img, qimg, fmt, args):
+    """iotest 082: convert -O bochs -o help is refused as create's is ("Format driver 'bochs'
+    does not support image creation"), not answered with an empty option list."""
+    monkeypatch.chdir(tmp_path)
+    cmd = ["convert", "-O", fmt, "-o", "help", *args]
+    _names_same(qemu_img(*cmd), qimg(*cmd))
+
+
+def test_raw_node_with_a_size_under_qcow2(tmp_path, qemu_img, qemu_io, qimg):
+    """10.0's tests/qemu-img-close-errors: a qcow2 image over a raw format node with a size
+    (json: 'file': {'driver': 'raw', 'size': N, 'file': {...}}) opens as qemu-img opens it; a
+    write past the raw node's end is out of space (ENOSPC), as QEMU's raw driver says."""
+    import errno
+    import json
+
+    import qimg as lib
+
+    base = tmp_path / "t.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", str(base), "64M").returncode == 0
+    assert qemu_io("-c", "write -P 5 0 64k", str(base)).returncode == 0
+    size = base.stat().st_size
+    node = {"driver": "qcow2", "file": {"driver": "raw", "size": size,
+                                        "file": {"driver": "file", "filename": str(base)}}}
+    name = "json:" + json.dumps(node)
+    for args in (["map", "--output=json", name], ["check", name], ["compare", name, str(base)]):
+        _names_same(qemu_img(*args), qimg(*args))
+    with lib.open(node, writable=True) as img, pytest.raises(OSError) as e:
+        img.pwrite(32 << 20, b"\1" * 4096)  # a new cluster past the raw node's end
+    assert e.value.errno == errno.ENOSPC

@@ -80,10 +80,14 @@ _FILE_OPTS = [
 
 def option_help(fmt: str, filename: str | None) -> str:
     """The text of ``-o help`` for a target format (with protocol options if a file is named)."""
+    from qimg.errors import QimgError
+    from qimg.ops.create import supports_create
     from qimg.options import Option, options_help
     from qimg.plugins import get_registry
 
     cls = get_registry().format(fmt).load()
+    if not supports_create(cls):  # (a read-only format: bochs, dmg, cloop)
+        raise QimgError(f"Format driver '{fmt}' does not support image creation")
     declared = list(cls.create_opts)
     if filename is None:
         return options_help(fmt, declared)

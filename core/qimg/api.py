@@ -137,6 +137,17 @@ def _open_file(filename: str | None, options: dict[str, Any], *, writable: bool,
             options.pop(k, None)
     else:
         pdriver = options.pop("file.driver", None)
+        if (pdriver is not None and pdriver != "file" and get_registry().protocol(str(pdriver)) is None
+                and str(pdriver) in get_registry().formats):
+            # a format node as the file of a format (raw with size= under qcow2): an image of
+            # its own (qimg.formatnode)
+            from .formatnode import FormatNode
+
+            sub = {k[5:]: v for k, v in options.items() if k.startswith("file.")}
+            for k in list(options):
+                if k.startswith("file."):
+                    del options[k]
+            return FormatNode.open_options({"driver": pdriver, **sub}, writable=writable), FormatNode
         if pdriver is not None and pdriver != "file":
             cls = _protocol_class(str(pdriver))
         elif pdriver is None and filename is not None and parse_filename:

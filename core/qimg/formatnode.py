@@ -8,6 +8,9 @@ nodes first); ``convert`` and reads go through the filter (its rules apply).
 """
 from __future__ import annotations
 
+import errno
+import os
+
 from .blockstatus import ALLOCATED, DATA, ZERO
 from .protocol import Protocol
 
@@ -79,14 +82,24 @@ class FormatNode(Protocol):
             self.image.preadinto(offset, buf[:n])
         return n
 
+    def _room(self, offset: int, length: int) -> None:
+        # a format node does not grow under its parent: a write past its end is out of space,
+        # as QEMU's raw driver with a size says (ENOSPC)
+        if offset + length > self.image.size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        self._room(offset, len(data))
         self.image.pwrite(offset, data)
 
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
+        self._room(offset, length)
         self.image.write_zeroes(offset, length, unmap)
 
     def discard(self, offset: int, length: int) -> None:
-        self.image.discard(offset, length)
+        length = min(length, self.image.size - offset)  # (a hint: nothing past the end)
+        if length > 0:
+            self.image.discard(offset, length)
 
     def flush(self) -> None:
         self.image.flush()
