@@ -12,12 +12,20 @@ import ipaddress
 import os
 
 import pytest
-from cli_support import run_qemu, run_qemu_io, run_qimg
+from cli_support import assert_same, run_qemu, run_qemu_io, run_qimg
 from nbd_servers import start_server
-from test_nbd import _sparse_raw, same
+from test_nbd import _sparse_raw
 
 MIB = 1 << 20
 KINDS = ["qemu-nbd", "qemu-nbd-10", "nbdkit"]
+
+
+def same(tmp_path, *args):
+    """qimg and the oracle (both oracles: each test runs with 7.2 and with 10.0) print the same."""
+    theirs = run_qemu(*args, cwd=tmp_path)
+    mine = run_qimg(*args, cwd=tmp_path)
+    assert_same(mine, theirs)
+    return mine
 
 
 def _write_pem(path, data: bytes) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from . import compat
 from .errors import QimgError
 
 TYPE_CHECKING = False
@@ -104,7 +105,7 @@ def add(qom_type: str, pairs: dict[str, str | None]) -> None:
     if not ident:
         raise QimgError("Parameter 'id' is missing")
     for key in pairs:
-        if key == "loaded":  # a read-only QOM property
+        if key == "loaded" and not compat.has("tls-creds-without-loaded"):  # 7.2: a read-only QOM property
             raise QimgError(f"Property '{qom_type}.loaded' is not writable")
         if key != "id" and key not in _PROPS[qom_type]:
             raise QimgError(f"Parameter '{key}' is unexpected")
