@@ -341,7 +341,7 @@ def test_bitmaps_resize_like_qemu(tmp_path, qemu_img, qemu_io, new_size):
         if size > old:
             from qimg_qcow2.snapshot import _grow_l1
 
-            _grow_l1(d, d._size_to_l1(size))
+            _grow_l1(d, d.size_to_l1(size))
         d.header.size = size
         d.file.pwrite(24, struct.pack(">Q", size))
         B.bitmaps_resize(d, old, size)

@@ -137,7 +137,7 @@ def test_corrupt_and_dirty(qemu_img, qemu_io, tmp_path):
         img.pwrite(0, b"x" * 70000)
         assert img.driver.header.incompatible_features & 1
         img.driver.flush_caches()
-        img.driver._dirty_set = False  # simulate a crash: the dirty bit stays set
+        img.driver.dirty_set = False  # simulate a crash: the dirty bit stays set
     assert "cleanly shut down: no" in qemu_img("info", str(d)).stdout
     with qimg.open(str(d), writable=True):
         pass

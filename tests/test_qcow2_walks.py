@@ -248,8 +248,9 @@ def test_find_free_matches_naive_model(order) -> None:
     whose bytes hold zeros, free runs across block ends, missing blocks."""
     import random
     from array import array
+    from types import SimpleNamespace
 
-    from qimg_qcow2.refcount import RefcountMixin
+    from qimg_qcow2.refcount import Refcounts
 
     rng = random.Random(order)
     cluster_bits = 9
@@ -263,8 +264,9 @@ def test_find_free_matches_naive_model(order) -> None:
         def get(self, off):
             return self.blocks[off]
 
-    class Stub(RefcountMixin):
-        pass
+    def refcounts(table: array) -> Refcounts:
+        drv = SimpleNamespace(file=None, cluster_bits=cluster_bits, header=SimpleNamespace(refcount_order=order))
+        return Refcounts(drv, table, 8)
 
     for _ in range(60):
         nblocks = rng.randint(1, 6)
@@ -281,17 +283,15 @@ def test_find_free_matches_naive_model(order) -> None:
                     for _ in range(ent)]
             off = (b + 1) << 20
             table.append(off)
-            s = Stub()
-            s.refcount_order = order
+            s = refcounts(array("Q"))
             blk = bytearray(1 << cluster_bits)
             for i, v in enumerate(vals):
-                s._rb_set(blk, i, v)
+                s.set_entry(blk, i, v)
             blocks[off] = blk
             values += vals
-        s = Stub()
-        s.refcount_order, s.cluster_bits, s.refblock_entries = order, cluster_bits, ent
-        s.rb_bits = ent.bit_length() - 1
-        s.refcount_table, s.refblock_cache = table, Blocks(blocks)
+        s = refcounts(table)
+        assert s.block_entries == ent
+        s.cache = Blocks(blocks)
         for _ in range(20):
             n = rng.choice([1, 2, 3, rng.randint(1, 3 * ent)])
             start = rng.randrange(len(values))
@@ -306,7 +306,7 @@ def test_find_free_matches_naive_model(order) -> None:
                 else:
                     run = 0
                 ci += 1
-            assert s._find_free(n) == run_start, (order, n, start)
+            assert s.find_free(n) == run_start, (order, n, start)
 
 
 @pytest.mark.parametrize("what", ["alloc_and_zero", "alloc_on_unallocated", "other_bitmap", "refcount_2"])

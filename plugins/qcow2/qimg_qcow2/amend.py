@@ -48,21 +48,21 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
     raw = opts.get("data_file_raw")
     if raw and not drv.data_raw:
         raise QimgError("data-file-raw cannot be set on existing images")
-    status = AmendStatus(progress, (version != old_version) + (rb is not None and rb != drv.refcount_bits))
+    status = AmendStatus(progress, (version != old_version) + (rb is not None and rb != drv.refcounts.bits))
     if version > old_version:
         status.operation("upgrade")
         status(0, 2)
         if h.nb_snapshots:
-            from .snapshot import _write_table, read_snapshots
+            from .snapshot import read_snapshots, write_snapshot_table
 
             # v3 wants the VM state size and the disk size in every entry's extra data: a
             # table with a short entry is written again (all entries then carry 24 bytes)
             if any(sn.extra_data_size < 16 for sn in read_snapshots(drv)):
                 drv.flush_caches()
-                _write_table(drv, read_snapshots(drv))
+                write_snapshot_table(drv, read_snapshots(drv))
                 drv.flush_caches()
         h.version = version
-        h.refcount_order = drv.refcount_order
+        h.refcount_order = drv.refcounts.order
         status(1, 2)
         drv.update_header()
         status(2, 2)
@@ -79,9 +79,9 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
             drv.flush_caches()
             h.compatible_features &= ~S.COMPAT_LAZY_REFCOUNTS
             h.incompatible_features &= ~S.INCOMPAT_DIRTY
-            drv._dirty_set = False
+            drv.dirty_set = False
         drv.update_header()
-    if rb is not None and rb != drv.refcount_bits:
+    if rb is not None and rb != drv.refcounts.bits:
         if version < 3 and rb != 16:
             raise QimgError("Refcount widths other than 16 bits require compatibility level 1.1 or above "
                             "(use compat=1.1 or greater)")
@@ -137,7 +137,7 @@ class AmendStatus:
 
 def downgrade(drv: "Qcow2Format", status: AmendStatus) -> None:
     h = drv.header
-    if drv.refcount_order != 4:
+    if drv.refcounts.order != 4:
         raise QimgError("compat=0.10 requires refcount_bits=16")
     if drv.data_file is not None:
         raise QimgError("Cannot downgrade an image with a data file")
@@ -152,7 +152,7 @@ def downgrade(drv: "Qcow2Format", status: AmendStatus) -> None:
     if h.incompatible_features & S.INCOMPAT_DIRTY:
         drv.flush_caches()
         h.incompatible_features &= ~S.INCOMPAT_DIRTY
-        drv._dirty_set = False
+        drv.dirty_set = False
     if h.incompatible_features & ~S.INCOMPAT_COMPRESSION:
         raise QimgError(f"Cannot downgrade an image with incompatible features {h.incompatible_features:#x} set")
     h.compatible_features = 0
@@ -169,10 +169,10 @@ def downgrade(drv: "Qcow2Format", status: AmendStatus) -> None:
         else:
             from qimg.compat import program
 
-            from .snapshot import BadSnapshotL1, _read_l1
+            from .snapshot import BadSnapshotL1, read_snapshot_l1
 
             try:
-                l1 = _read_l1(drv, l1_off, l1_size)  # checked when reached, as QEMU does
+                l1 = read_snapshot_l1(drv, l1_off, l1_size)  # checked when reached, as QEMU does
             except BadSnapshotL1 as e:
                 raise QimgError(f"{e.message}\n{program()}: Failed to turn zero into data clusters: "
                                 f"{e.errno_text}") from None
@@ -199,7 +199,7 @@ def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
         if not l2off:
             continue
         tbl = drv.get_l2(l2off, l1i)
-        l2_refs = drv.get_refcount(l2off >> cb)
+        l2_refs = drv.refcounts.get(l2off >> cb)
         changed = False
         for i in range(drv.l2_entries):
             e = tbl[i]
@@ -207,19 +207,19 @@ def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
                 continue
             host = e & S.L2E_OFFSET_MASK
             if host & (cs - 1):
-                drv._corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, "
+                drv.corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, "
                              f"L2 index: {S.chex(i)})")
             g = ((l1i << drv.l2_bits) + i) << cb
             if active and drv.backing is None and not host or g >= h.size:
                 tbl[i] = 0
             else:
                 if not host:
-                    host = drv.alloc_clusters(1)
+                    host = drv.refcounts.alloc(1)
                     if l2_refs > 1:
-                        drv.set_refcount(host >> cb, l2_refs)
+                        drv.refcounts.set(host >> cb, l2_refs)
                 drv.pre_write(0, host, cs, data_file=True)
                 drv.file.pwrite(host, bytes(cs))
-                tbl[i] = host | (S.OFLAG_COPIED if drv.get_refcount(host >> cb) == 1 else 0)
+                tbl[i] = host | (S.OFLAG_COPIED if drv.refcounts.get(host >> cb) == 1 else 0)
             changed = True
         if changed:
             drv.l2_cache.mark_dirty(l2off)
@@ -284,23 +284,23 @@ def change_refcount_order(drv: "Qcow2Format", order: int, status: "AmendStatus |
                                     "supported by QEMU, aborting")
                 new_table.extend([0] * (size - len(new_table)))
             if not new_table[new_index]:
-                new_table[new_index] = drv.alloc_clusters(1)
+                new_table[new_index] = drv.refcounts.alloc(1)
                 allocated = True
 
-        old_entries = drv.refblock_entries
+        old_entries = drv.refcounts.block_entries
         ti = 0
-        while ti < len(drv.refcount_table):
-            size = len(drv.refcount_table)
+        while ti < len(drv.refcounts.table):
+            size = len(drv.refcounts.table)
             if status is not None:
                 status(index * size + ti, total * size)
-            off = drv.refcount_table[ti] & S.REFT_OFFSET_MASK
+            off = drv.refcounts.table[ti] & S.REFT_OFFSET_MASK
             if off and off & (cs - 1):
                 try:
-                    drv._corrupt(f"Refblock offset {off:#x} unaligned (reftable index: {ti:#x})")
+                    drv.corrupt(f"Refblock offset {off:#x} unaligned (reftable index: {ti:#x})")
                 except QimgError:
                     pass
                 raise QimgError("Image is corrupt (unaligned refblock offset)")
-            old = drv.refblock_cache.get(off) if off else None
+            old = drv.refcounts.cache.get(off) if off else None
             if old is None:
                 # no refblock: its refcounts are all zero, taken in runs (a table's most entries)
                 left = old_entries
@@ -323,7 +323,7 @@ def change_refcount_order(drv: "Qcow2Format", order: int, status: "AmendStatus |
                     new_index += 1
                     fill = 0
                     empty = True
-                v = drv._rb_get(old, bi) if old is not None else 0
+                v = drv.refcounts.entry(old, bi) if old is not None else 0
                 if old is not None and new_bits < 64 and v >> new_bits:
                     raise QimgError(f"Cannot decrease refcount entry width to {new_bits} bits: Cluster at offset "
                                     f"{_c_hex((ti * old_entries + bi) << cb)} has a refcount of {v}")
@@ -339,7 +339,7 @@ def change_refcount_order(drv: "Qcow2Format", order: int, status: "AmendStatus |
             finish()
             new_index += 1
         if status is not None:
-            size = len(drv.refcount_table)
+            size = len(drv.refcounts.table)
             status((index + 1) * size, total * size)
         return allocated
 
@@ -352,31 +352,31 @@ def change_refcount_order(drv: "Qcow2Format", order: int, status: "AmendStatus |
         if not allocated:
             break
         if table_offset:
-            drv.free_clusters(table_offset, table_allocated * 8)
-        table_offset = drv.alloc_clusters(-(-len(new_table) * 8 // cs))
+            drv.refcounts.free(table_offset, table_allocated * 8)
+        table_offset = drv.refcounts.alloc(-(-len(new_table) * 8 // cs))
         table_allocated = len(new_table)
     walk(walk_index, walk_index + 1, True)
     _overlap_check(drv, table_offset, len(new_table) * 8)
     drv.file.pwrite(table_offset, _be64(new_table))
     drv.flush_caches()
     h = drv.header
-    old_table, old_offset = drv.refcount_table, h.refcount_table_offset
+    old_table, old_offset = drv.refcounts.table, h.refcount_table_offset
     h.refcount_order = order
     h.refcount_table_offset = table_offset
     h.refcount_table_clusters = -(-len(new_table) * 8 // cs)
-    drv.refblock_cache.tables.clear()
-    drv.refblock_cache.dirty.clear()
-    drv._setup_geometry()
-    drv.refcount_table = array("Q", new_table)
-    drv.free_cluster_index = 0
+    drv.refcounts.cache.tables.clear()
+    drv.refcounts.cache.dirty.clear()
+    drv.refcounts.set_order(order)
+    drv.refcounts.table = array("Q", new_table)
+    drv.refcounts.free_cluster_index = 0
     drv.update_header()
     # the old blocks and table are freed in the new structures (not discarded)
     for e in old_table:
         off = e & S.REFT_OFFSET_MASK
         if off:
-            drv.free_clusters(off, cs)
+            drv.refcounts.free(off, cs)
     if old_offset:
-        drv.free_clusters(old_offset, len(old_table) * 8)
+        drv.refcounts.free(old_offset, len(old_table) * 8)
     drv.flush_caches()
 
 

@@ -244,8 +244,8 @@ def _free_table(drv: "Qcow2Format", bm: Bitmap) -> None:
     for e in entries:
         off = e & TABLE_ENTRY_OFFSET_MASK
         if off and _check_entry(e, cs):
-            drv.free_clusters(off, cs, discard=True)
-    drv.free_clusters(bm.table_offset, bm.table_size * 8)
+            drv.refcounts.free(off, cs, discard=True)
+    drv.refcounts.free(bm.table_offset, bm.table_size * 8)
 
 
 def _write_data(drv: "Qcow2Format", bm: Bitmap, data: bytes | bytearray | None) -> None:
@@ -280,7 +280,7 @@ def _write_data(drv: "Qcow2Format", bm: Bitmap, data: bytes | bytearray | None) 
 def _alloc(drv: "Qcow2Format", count: int, what: str) -> int:
     """Clusters for bitmap data or a table; an I/O failure worded as QEMU's store_bitmap."""
     try:
-        return drv.alloc_clusters(count)
+        return drv.refcounts.alloc(count)
     except OSError as e:
         raise QimgError(f"{what}: {e.strerror or os.strerror(e.errno or 5)}") from None
     except QimgError as e:  # a refcount structure that cannot be read or used: EIO
@@ -304,7 +304,7 @@ def _write_directory(drv: "Qcow2Format", bitmaps: list[Bitmap], old: BitmapsStat
         data = b"".join(bm.encode() for bm in bitmaps)
         if len(data) > MAX_DIRECTORY_SIZE:
             raise QimgError("Bitmap directory is too large")
-        off = drv.alloc_clusters(-(-len(data) // cs))
+        off = drv.refcounts.alloc(-(-len(data) // cs))
         try:
             drv.pre_write(0, off, len(data))  # before anything is flushed, as QEMU
         except OSError:
@@ -322,7 +322,7 @@ def _write_directory(drv: "Qcow2Format", bitmaps: list[Bitmap], old: BitmapsStat
     drv.update_header()
     drv.file.flush()
     if old.directory_offset and old.directory_size:
-        drv.free_clusters(old.directory_offset, old.directory_size)
+        drv.refcounts.free(old.directory_offset, old.directory_size)
     drv.flush_caches()
 
 
@@ -612,21 +612,21 @@ class Session:
 
 
 def session(drv: "Qcow2Format") -> Session:
-    ses = getattr(drv, "_bitmap_tracker", None)
+    ses = getattr(drv, "bitmap_tracker", None)
     if not ses:
-        ses = drv._bitmap_tracker = Session(drv)
+        ses = drv.bitmap_tracker = Session(drv)
     return ses
 
 
 def bitmaps_mark_dirty(drv: "Qcow2Format", offset: int, length: int) -> None:
     """Driver write-path hook: note a guest write of [offset, offset+length) in enabled bitmaps.
 
-    The tracker is created on the first call and kept in ``drv._bitmap_tracker`` (False when the
+    The tracker is created on the first call and kept in ``drv.bitmap_tracker`` (False when the
     image has nothing to track, so later calls cost one attribute test)."""
-    tracker = getattr(drv, "_bitmap_tracker", None)
+    tracker = getattr(drv, "bitmap_tracker", None)
     if tracker is None:
         tracker = Session(drv) if has_bitmaps(drv) else False
-        drv._bitmap_tracker = tracker or False
+        drv.bitmap_tracker = tracker or False
         if not tracker:
             return
     elif not tracker:
@@ -636,21 +636,21 @@ def bitmaps_mark_dirty(drv: "Qcow2Format", offset: int, length: int) -> None:
 
 def bitmaps_store(drv: "Qcow2Format") -> None:
     """Driver close hook: write back bitmaps changed by tracked writes."""
-    tracker = getattr(drv, "_bitmap_tracker", None)
+    tracker = getattr(drv, "bitmap_tracker", None)
     if not tracker and drv.writable and drv.header.version >= 3 and has_bitmaps(drv):
         tracker = Session(drv)  # nothing used the bitmaps: QEMU still rewrites them at close
     if tracker:
         tracker.store()
-    drv._bitmap_tracker = None
+    drv.bitmap_tracker = None
 
 
 def bitmaps_resize(drv: "Qcow2Format", old_size: int, new_size: int) -> None:
     """Resize hook: after the virtual size changed from ``old_size``, re-express every bitmap for
     the new size (bits past the old end start clear, as QEMU's resize leaves them); as QEMU,
     in memory: the bitmaps reach the disk when the image closes."""
-    if not has_bitmaps(drv) and not getattr(drv, "_bitmap_tracker", None):
+    if not has_bitmaps(drv) and not getattr(drv, "bitmap_tracker", None):
         return
-    ses = getattr(drv, "_bitmap_tracker", None) or Session(drv, old_size)
+    ses = getattr(drv, "bitmap_tracker", None) or Session(drv, old_size)
     for bm, data, _old in ses.entries:
         if data is None:
             raise QimgError(f"Cannot resize: bitmap '{bm.name}' is inconsistent")
@@ -662,7 +662,7 @@ def bitmaps_resize(drv: "Qcow2Format", old_size: int, new_size: int) -> None:
         if nbits % 8 and data:
             data[-1] &= (1 << (nbits % 8)) - 1
         ent[1] = data
-    drv._bitmap_tracker = ses
+    drv.bitmap_tracker = ses
 
 
 class _SizeView:

@@ -444,7 +444,7 @@ class _Checker:
         offset+size) would hit under the image's overlap checks (overlap.py), or None."""
         from .overlap import ACTIVE_L2, STRUCTURE_NAMES, find_overlap
 
-        ol = self.drv._overlap
+        ol = self.drv.overlap
         if ol is None:
             return None
         bit = find_overlap(self.drv, ol.mask & ~ACTIVE_L2, offset, size)
@@ -631,7 +631,7 @@ class _Checker:
                 self.say(f"{word} cluster {i} refcount={r1} reference={r2}")
                 if fixed:
                     try:
-                        self.drv.set_refcount(i, r2)
+                        self.drv.refcounts.set(i, r2)
                         stored.set_cached(i, r2)
                         if r2 == 0:
                             self.file.discard(i << self.cluster_bits, self.cluster_size)
@@ -779,7 +779,7 @@ class _Checker:
         """The overlap check of a rebuilt structure; a hit ends the check (QEMU's words)."""
         from .overlap import STRUCTURE_NAMES, find_overlap
 
-        ol = self.drv._overlap
+        ol = self.drv.overlap
         bit = find_overlap(self.drv, ol.mask, offset, size) if ol is not None else 0
         if bit:
             self.signal_overlap(STRUCTURE_NAMES[bit.bit_length() - 1])
@@ -892,15 +892,14 @@ def _encode_refcounts(vals: list[int], bits: int) -> bytes:
 
 def _install_reftable(drv: "Qcow2Format", offset: int, clusters: int, table: array) -> None:
     """Make the driver use a newly written refcount table (header updated atomically)."""
-    drv.refblock_cache.clear()
-    drv.refcount_table = table
+    drv.refcounts.cache.clear()
+    drv.refcounts.table = table
     drv.header.refcount_table_offset = offset
     drv.header.refcount_table_clusters = clusters
     # refcount table offset and size are adjacent in the header: one write switches both
     drv.file.pwrite(48, struct.pack(">QI", offset, clusters))
     drv.file.flush()
-    if hasattr(drv, "free_cluster_index"):
-        drv.free_cluster_index = 0
+    drv.refcounts.free_cluster_index = 0
 
 
 def _strerror(exc: BaseException) -> str:
@@ -970,12 +969,12 @@ def check_image(drv: "Qcow2Format", fix: set[str]) -> CheckResult:
     c.check_oflag_copied(res)
     res.image_end_offset = (highest[0] + 1) * c.cluster_size
     if snap.corruptions and FIX_ERRORS in fix:
-        from .snapshot import _write_table
+        from .snapshot import write_snapshot_table
 
         # rewriting the table completes short entries (24 bytes of extra data each) and
         # keeps the cut extra data cut
         drv.flush_caches()
-        _write_table(drv, snapshots, old_size=table_size)
+        write_snapshot_table(drv, snapshots, old_size=table_size)
         drv.flush_caches()
         snap.corruptions_fixed += snap.corruptions
         snap.corruptions = 0

@@ -7,6 +7,7 @@ from qimg.errors import QimgError
 
 from . import structs as S
 from .header import Header
+from .refcount import refcount_metadata_clusters
 
 TYPE_CHECKING = False  # no run-time typing import (start-up time)
 if TYPE_CHECKING:
@@ -207,27 +208,6 @@ def create_image(filename: str, size: int, opts: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- measure
-def refcount_metadata_clusters(clusters: int, cluster_size: int, refcount_order: int,
-                               generous: bool = False) -> tuple[int, int]:
-    """(refblocks, reftable clusters) needed to count ``clusters`` plus themselves (fixed point)."""
-    per_table_cluster = cluster_size // 8
-    per_block = cluster_size * 8 >> refcount_order
-    table = blocks = 0
-    n = 0
-    while True:
-        last = n
-        blocks = -(-(clusters + table + blocks) // per_block)
-        table = -(-blocks // per_table_cluster)
-        n = clusters + blocks + table
-        if n == last:
-            if generous:
-                clusters += -(-table // 2)
-                generous = False
-                n = 0
-                continue
-            return blocks, table
-
-
 def prealloc_size(total: int, cs: int, refcount_order: int, extended_l2: bool) -> int:
     """Bytes of a fully allocated image (QEMU's qcow2_calc_prealloc_size semantics)."""
     aligned = -(-total // cs) * cs

@@ -28,7 +28,7 @@ from .options import (
     RUNTIME_OPTIONS,
     check_runtime_options,
 )
-from .refcount import RefcountMixin, meta_pwrite
+from .refcount import Refcounts, meta_pwrite
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class _NoIOFile(_RefusedFile):
     allocated_size = _refuse
 
 
-class Qcow2Format(RefcountMixin, Format):
+class Qcow2Format(Format):
     format_name = "qcow2"
     #: QEMU creates the file before checking the options and deletes it when the create fails
     create_failure = "delete"
@@ -104,19 +104,23 @@ class Qcow2Format(RefcountMixin, Format):
         super().__init__(file, filename=filename, writable=writable, options=options)
         self.data_file = None
         #: a failed operation left the image unusable (QEMU ejects the node): close writes nothing
-        self._dirty_set = False
-        self._reftable_pending = False
-        self.free_cluster_index = 0
-        self.free_byte_offset = 0
+        self.dirty_set = False
+        #: the refcount table and blocks, and the allocator (refcount.py), made by the open
+        self.refcounts: Refcounts | None = None
         self._ccache: tuple[int, bytes] | None = None
         #: the unlocked cipher of an encrypted image (None: not encrypted, or opened for info)
-        self._crypt = None
+        self.crypt = None
         #: the overlap checks (overlap.py) of a writable image; None when opened read-only
-        self._overlap = None
+        self.overlap = None
         #: QEMU's ``bs->drv = NULL``: a fatal corruption stopped the driver (see :meth:`stop`)
-        self._dead = False
+        self.stopped = False
         #: bumped by every write of the L1 or refcount table (the overlap checks' indexes follow)
-        self._meta_gen = 0
+        self.meta_gen = 0
+        #: the persistent bitmaps' write tracker (bitmap.py; False: nothing to track, None: not
+        #: looked at yet)
+        self.bitmap_tracker = None
+        #: a corruption was reported (overlap.signal_corruption reports it once)
+        self.corruption_signaled = False
         self._open(options)
 
     def _open(self, options: dict[str, Any]) -> None:
@@ -174,7 +178,7 @@ class Qcow2Format(RefcountMixin, Format):
             raise QimgError("qcow2: Compression type incompatible feature bit must not be set")
         self._setup_geometry()
         # sizes and tables
-        if self._size_to_l1(h.size) > 0x7FFFFFFF:
+        if self.size_to_l1(h.size) > 0x7FFFFFFF:
             raise QimgError("Image is too big")
         if h.refcount_table_clusters == 0 and not self.allow_corrupt:  # check opens it (BDRV_O_CHECK)
             raise QimgError("Image does not contain a reference count table")
@@ -190,7 +194,7 @@ class Qcow2Format(RefcountMixin, Format):
                 raise QimgError("Snapshot table offset invalid")
         if h.l1_size > S.MAX_L1_SIZE // 8:
             raise QimgError("Active L1 table too large")
-        if h.l1_size < self._size_to_l1(h.size):
+        if h.l1_size < self.size_to_l1(h.size):
             raise QimgError("L1 table is too small")
         if h.l1_size and not self._valid_table(h.l1_table_offset, h.l1_size * 8):
             raise QimgError("Active L1 table offset invalid")
@@ -198,14 +202,15 @@ class Qcow2Format(RefcountMixin, Format):
         if self.writable:
             from .overlap import OverlapState, mask_from_options
 
-            self._overlap = OverlapState(mask_from_options(options), h.cluster_bits)
+            self.overlap = OverlapState(mask_from_options(options), h.cluster_bits)
         # QEMU's order from here: the tables, the header extensions (and the LUKS header they
         # name), the external data file, the legacy cipher, the backing file name, snapshots
         self.l1 = self.read_table(h.l1_table_offset, h.l1_size) if h.l1_size else array("Q")
-        self.refcount_table = self.read_table(h.refcount_table_offset, h.refcount_table_clusters * cs // 8)
         ncache = max(16, CACHE_BYTES // cs)
-        self.l2_cache = TableCache(ncache, self._l2_load, self._l2_store, self._flush_refblocks)
-        self.refblock_cache = TableCache(max(8, ncache // 4), self._rb_load, self._rb_store)
+        self.refcounts = Refcounts(self, self.read_table(h.refcount_table_offset, h.refcount_table_clusters * cs // 8),
+                                   max(8, ncache // 4))
+        # the L2 tables depend on their refcounts: dirty refcount blocks go out first
+        self.l2_cache = TableCache(ncache, self._l2_load, self._l2_store, self.refcounts.cache.flush)
         parse_extensions(h, cluster0, ext_end)
         if h.crypt_method == 2:
             self._open_crypto(options)
@@ -241,7 +246,7 @@ class Qcow2Format(RefcountMixin, Format):
             # as QEMU: every open but info's unlocks the key (and fails without it)
             from .luks import open_crypto
 
-            self._crypt = open_crypto(self, options)
+            self.crypt = open_crypto(self, options)
         elif self.header.crypt_method == 2:
             # info: no key, but the LUKS header is read and checked all the same
             from .luks import read_luks_header
@@ -267,17 +272,12 @@ class Qcow2Format(RefcountMixin, Format):
         self.l2_entries = self._cs // self.l2_entry_size
         self.l2_bits = self.l2_entries.bit_length() - 1
         self.subcluster_size = self._cs // 32 if self.extended_l2 else self._cs
-        self.refcount_order = h.refcount_order
-        self.refcount_bits = 1 << h.refcount_order
-        self.max_refcount = (1 << self.refcount_bits) - 1
-        self.rb_bits = h.cluster_bits + 3 - h.refcount_order
-        self.refblock_entries = 1 << self.rb_bits
         # compressed cluster descriptors
         self.csize_shift = 62 - (h.cluster_bits - 8)
         self.csize_mask = (1 << (h.cluster_bits - 8)) - 1
         self.coffset_mask = (1 << self.csize_shift) - 1
 
-    def _size_to_l1(self, size: int) -> int:
+    def size_to_l1(self, size: int) -> int:
         shift = self.cluster_bits + self.l2_bits
         return (size + (1 << shift) - 1) >> shift
 
@@ -321,7 +321,7 @@ class Qcow2Format(RefcountMixin, Format):
 
     def _writable_open_fixups(self) -> None:
         h = self.header
-        self._compute_free_index()
+        self.refcounts.free_cluster_index = 0
         changed = False
         if h.autoclear_features & ~S.AUTOCLEAR_KNOWN:
             h.autoclear_features &= S.AUTOCLEAR_KNOWN
@@ -337,9 +337,6 @@ class Qcow2Format(RefcountMixin, Format):
             changed = True
         if changed:
             self.update_header()
-
-    def _compute_free_index(self) -> None:
-        self.free_cluster_index = 0
 
     # ------------------------------------------------------------------ tables
     def read_table(self, offset: int, n: int) -> array:
@@ -361,7 +358,7 @@ class Qcow2Format(RefcountMixin, Format):
         if count is None:
             count = len(self.l1) - start
         offset = self.header.l1_table_offset + start * 8
-        self._meta_gen += 1
+        self.meta_gen += 1
         if checked:
             self.pre_write(_OL_ACTIVE_L1, offset, count * 8)
         meta_pwrite(self.file, offset, _to_be(self.l1[start : start + count]), "L1 table")
@@ -371,7 +368,7 @@ class Qcow2Format(RefcountMixin, Format):
         ``qcow2_pre_write_overlap_check``): a write that would touch protected metadata marks
         the image corrupt, stops the driver and raises. ``data_file``: guest data, which goes
         to the external data file when there is one (never checked then)."""
-        ol = self._overlap
+        ol = self.overlap
         if ol is None or not ol.mask & ~ign or (data_file and self.data_file is not None):
             return
         ol.pre_write(self, ign, offset, size)
@@ -380,13 +377,13 @@ class Qcow2Format(RefcountMixin, Format):
         """After a fatal corruption (QEMU's ``bs->drv = NULL``): further requests fail, metadata
         still in the caches is never flushed (not even at close: only a close already under way
         goes on, as QEMU's does) and the dirty bit stays."""
-        self._dead = True
-        self._bitmap_tracker = False
-        self._dirty_set = False
+        self.stopped = True
+        self.bitmap_tracker = False
+        self.dirty_set = False
         self._ccache = None
 
     def _check_alive(self) -> None:
-        if self._dead:
+        if self.stopped:
             raise QimgError("No medium found")
 
     def _l2_load(self, off: int) -> array:
@@ -395,15 +392,12 @@ class Qcow2Format(RefcountMixin, Format):
     def _l2_store(self, off: int, arr: array) -> None:
         self.write_table(off, arr, _OL_ACTIVE_L2)
 
-    def _flush_refblocks(self) -> None:
-        self.refblock_cache.flush()
-
     def get_l2(self, off: int, l1_index: int | None = None) -> array:
         """The L2 table at ``off``; ``l1_index``: the L1 entry it came from, for QEMU's
         corruption report of an unaligned offset (the image is then marked corrupt)."""
         if off & (self._cs - 1):
             if l1_index is not None:
-                self._corrupt(f"L2 table offset {S.chex(off)} unaligned (L1 index: {S.chex(l1_index)})")
+                self.corrupt(f"L2 table offset {S.chex(off)} unaligned (L1 index: {S.chex(l1_index)})")
             raise CorruptImage(f"L2 table offset {S.chex(off)} unaligned")
         return self.l2_cache.get(off)
 
@@ -411,11 +405,11 @@ class Qcow2Format(RefcountMixin, Format):
         self.l2_cache.put(off, arr, dirty=True)
 
     def flush_caches(self) -> None:
-        if self._dead:
+        if self.stopped:
             return
-        self.refblock_cache.flush()
+        self.refcounts.cache.flush()
         self.l2_cache.flush()
-        self.refblock_cache.flush()
+        self.refcounts.cache.flush()
 
     def update_header(self) -> None:
         self.file.pwrite(0, encode_header(self.header, self._cs))
@@ -474,7 +468,7 @@ class Qcow2Format(RefcountMixin, Format):
             e = tbl[i]
             kind, host = self._classify(e, l2off, i, gci << cb)
             if kind == ZEROES and self.header.version < 3:
-                self._corrupt(f"Zero cluster entry found in pre-v3 image (L2 offset: {S.chex(l2off)}, "
+                self.corrupt(f"Zero cluster entry found in pre-v3 image (L2 offset: {S.chex(l2off)}, "
                               f"L2 index: {S.chex(i)})")
             elif kind == COMPRESSED and self.data_file is not None:
                 self._compressed_with_data_file(l2off, i)
@@ -520,15 +514,15 @@ class Qcow2Format(RefcountMixin, Format):
         return UNALLOC, 0
 
     def _unaligned(self, host: int, l2off: int, i: int) -> None:
-        self._corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, "
+        self.corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, "
                       f"L2 index: {S.chex(i)})")
 
     def _data_file_mismatch(self, host: int, guest: int, i: int) -> None:
-        self._corrupt(f"External data file host cluster offset {S.chex(host)} does not match guest cluster "
+        self.corrupt(f"External data file host cluster offset {S.chex(host)} does not match guest cluster "
                       f"offset: {S.chex(guest)}, L2 index: {S.chex(i)})")
 
     def _compressed_with_data_file(self, l2off: int, i: int) -> None:
-        self._corrupt(f"Compressed cluster entry found in image with external data file (L2 offset: "
+        self.corrupt(f"Compressed cluster entry found in image with external data file (L2 offset: "
                       f"{S.chex(l2off)}, L2 index: {S.chex(i)})")
 
     def _class_run(self, tbl: array, i: int, n: int, kind: int, l2off: int) -> int:
@@ -563,7 +557,7 @@ class Qcow2Format(RefcountMixin, Format):
         return bool(bm & ALL_ALLOC)
 
     def _invalid_entry(self, l2off: int, i: int) -> None:
-        self._corrupt(f"Invalid cluster entry found  (L2 offset: {S.chex(l2off)}, L2 index: {S.chex(i)})")
+        self.corrupt(f"Invalid cluster entry found  (L2 offset: {S.chex(l2off)}, L2 index: {S.chex(i)})")
 
     def _extent_ext(self, tbl: array, l2off: int, i: int, n: int, offset: int, end: int,
                     merge_compressed: bool = True) -> tuple[int, int, int]:
@@ -640,7 +634,7 @@ class Qcow2Format(RefcountMixin, Format):
             hoff = host + in_cl if alloc_ok else -1
         return kind, run_end - offset, hoff
 
-    def _corrupt(self, msg: str) -> None:
+    def corrupt(self, msg: str) -> None:
         """Report corruption once; a writable image is marked corrupt and the driver stops
         (QEMU's qcow2_signal_corruption); the request fails with EIO."""
         from .overlap import FatalCorruption, signal_corruption
@@ -651,7 +645,7 @@ class Qcow2Format(RefcountMixin, Format):
         raise CorruptImage("Input/output error")
 
     def block_status(self, offset: int, length: int) -> Status:
-        if self._dead:
+        if self.stopped:
             self._check_alive()
         kind, n, host = self._extent(offset, length)
         if kind == UNALLOC:
@@ -691,37 +685,12 @@ class Qcow2Format(RefcountMixin, Format):
             return False
         self._prealloc_detected = False  # as QEMU: a refcount that cannot be read says "no"
         threshold = max(real * 10 // 9, real + 2)
-        end = -(-flen // cs)
-        count = 0
-        for ti in range(len(self.refcount_table)):
-            first = ti * self.refblock_entries
-            if first >= end or count >= threshold:
-                break
-            off = self.refcount_table[ti] & S.REFT_OFFSET_MASK
-            if off:
-                try:
-                    blk = self.refblock_cache.get(off)
-                except (QimgError, OSError):
-                    return False
-                count += self._count_nonzero(blk, min(self.refblock_entries, end - first))
+        try:
+            count = self.refcounts.count_used(-(-flen // cs), threshold)
+        except (QimgError, OSError):
+            return False
         self._prealloc_detected = count >= threshold
         return self._prealloc_detected
-
-    def _count_nonzero(self, blk: bytearray, n: int) -> int:
-        """Nonzero refcounts among the first ``n`` entries of a block (counted in C)."""
-        order = self.refcount_order
-        if order >= 3:
-            w = 1 << (order - 3)
-            a = array({1: "B", 2: "H", 4: "I", 8: "Q"}[w])
-            a.frombytes(bytes(blk[: n * w]))
-            return n - a.count(0)
-        nbits = n << order
-        v = int.from_bytes(blk[: -(-nbits // 8)], "little") & ((1 << nbits) - 1)
-        if order == 1:
-            v = (v | (v >> 1)) & int("01" * (nbits // 2 + 1), 2)
-        elif order == 2:
-            v = (v | (v >> 1) | (v >> 2) | (v >> 3)) & int("0001" * (nbits // 4 + 1), 2)
-        return v.bit_count()
 
     def _data_name(self) -> str:
         return (self.data_file or self.file).filename
@@ -739,9 +708,9 @@ class Qcow2Format(RefcountMixin, Format):
 
     # ------------------------------------------------------------------ read
     def read(self, offset: int, buf: memoryview) -> None:
-        if self._dead:
+        if self.stopped:
             self._check_alive()
-        if self._encrypted() and self._crypt is None:
+        if self._encrypted() and self.crypt is None:
             raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
         pos, total = 0, len(buf)
         dfile = self.data_file or self.file
@@ -751,7 +720,7 @@ class Qcow2Format(RefcountMixin, Format):
             view = buf[pos : pos + n]
             if kind == NORMAL:
                 self.file.debug_event("read_aio")  # (QEMU's blkdebug events: on the image file)
-            if kind == NORMAL and self._crypt is not None:
+            if kind == NORMAL and self.crypt is not None:
                 self._dpreadinto(dfile, host, off, view)
             elif kind == NORMAL:
                 got = dfile.preadinto(host, view)
@@ -777,7 +746,7 @@ class Qcow2Format(RefcountMixin, Format):
     # within a sector, so both widen alike. Writes of partial sectors read, patch and rewrite.
     def _dpreadinto(self, dfile, host: int, guest: int, view: memoryview) -> None:
         """Read data stored at ``host`` (guest offset ``guest``), decrypted when encrypted."""
-        if self._crypt is None:
+        if self.crypt is None:
             got = dfile.preadinto(host, view)
             if got < len(view):
                 zero_fill(view[got:])
@@ -788,11 +757,11 @@ class Qcow2Format(RefcountMixin, Format):
         raw = dfile.pread(host - head, span)
         if len(raw) < span:
             raw += bytes(span - len(raw))
-        view[:] = memoryview(self._crypt.decrypt(host - head, guest - head, raw))[head : head + n]
+        view[:] = memoryview(self.crypt.decrypt(host - head, guest - head, raw))[head : head + n]
 
     def _dpwrite(self, dfile, host: int, guest: int, data) -> None:
         """Write guest data at ``host``, encrypted when the image is."""
-        if self._crypt is None:
+        if self.crypt is None:
             dfile.pwrite(host, data)
             return
         n = len(data)
@@ -807,7 +776,7 @@ class Qcow2Format(RefcountMixin, Format):
                 self._dpreadinto(dfile, host + n + tail - 512, guest + n + tail - 512, mv[-512:])
             mv[head : head + n] = data
             data = buf
-        dfile.pwrite(host - head, self._crypt.encrypt(host - head, guest - head, data))
+        dfile.pwrite(host - head, self.crypt.encrypt(host - head, guest - head, data))
 
     def _read_compressed_batch(self, offset: int, buf: memoryview) -> int:
         """Decompress the run of compressed clusters at ``offset`` (cluster aligned) into ``buf``
@@ -860,11 +829,11 @@ class Qcow2Format(RefcountMixin, Format):
 
     # ------------------------------------------------------------------ write helpers
     def _mark_dirty_lazy(self) -> None:
-        if self.header.compatible_features & S.COMPAT_LAZY_REFCOUNTS and not self._dirty_set:
+        if self.header.compatible_features & S.COMPAT_LAZY_REFCOUNTS and not self.dirty_set:
             self.header.incompatible_features |= S.INCOMPAT_DIRTY
             self.file.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
             self.file.flush()
-            self._dirty_set = True
+            self.dirty_set = True
 
     def _l2_for_write(self, l1i: int) -> tuple[int, array]:
         """The L2 table for L1 index ``l1i``, allocated or made private (COPIED) if needed."""
@@ -872,12 +841,12 @@ class Qcow2Format(RefcountMixin, Format):
         off = e & S.L1E_OFFSET_MASK
         if off and e & S.OFLAG_COPIED:
             return off, self.get_l2(off, l1i)
-        new_off = self.alloc_clusters(1)
+        new_off = self.refcounts.alloc(1)
         if new_off == 0:
-            self._corrupt("Preventing invalid allocation of L2 table at offset 0")
+            self.corrupt("Preventing invalid allocation of L2 table at offset 0")
         try:
             tbl = array("Q", self.get_l2(off, l1i)) if off else array("Q", bytes(self._cs))
-            self.refblock_cache.flush()
+            self.refcounts.cache.flush()
             # QEMU writes a new L2 table through its cache: checked as every L2 flush is
             self.write_table(new_off, tbl, _OL_ACTIVE_L2)
             self.l2_cache.put(new_off, tbl)
@@ -887,11 +856,11 @@ class Qcow2Format(RefcountMixin, Format):
             # as QEMU's l2_allocate: the L1 entry goes back and the new table is freed
             self.l1[l1i] = e
             self.l2_cache.drop(new_off)
-            self.free_clusters(new_off, self._cs, discard=True)
+            self.refcounts.free(new_off, self._cs, discard=True)
             raise
         if off:
             # as QEMU: the old table loses its reference once the new one is in place
-            self.update_refcount(off, self._cs, -1)
+            self.refcounts.update(off, self._cs, -1)
         return new_off, tbl
 
     def _free_entry(self, e: int, punch: bool = False) -> None:
@@ -902,7 +871,7 @@ class Qcow2Format(RefcountMixin, Format):
         if e & S.OFLAG_COMPRESSED:
             self._ccache = None
             first, n = self.compressed_clusters(e)
-            self.free_clusters(first, n * self._cs, punch)
+            self.refcounts.free(first, n * self._cs, punch)
         else:
             host = e & S.L2E_OFFSET_MASK
             if not host or self.data_file is not None:
@@ -912,7 +881,7 @@ class Qcow2Format(RefcountMixin, Format):
 
                 signal_corruption(self, f"Cannot free unaligned cluster {S.chex(host)}", fatal=False)
                 return
-            self.free_clusters(host, self._cs, punch)
+            self.refcounts.free(host, self._cs, punch)
 
     def _can_write_in_place(self, e: int) -> bool:
         if e & S.OFLAG_COMPRESSED or not e & S.OFLAG_COPIED:
@@ -973,9 +942,9 @@ class Qcow2Format(RefcountMixin, Format):
             pos = end - offset
 
     def _check_io_writable(self) -> None:
-        if self._dead:
+        if self.stopped:
             self._check_alive()
-        if self._encrypted() and self._crypt is None:
+        if self._encrypted() and self.crypt is None:
             raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
         if self.header.incompatible_features & S.INCOMPAT_CORRUPT and not self.allow_corrupt:
             raise QimgError("Input/output error")
@@ -993,7 +962,7 @@ class Qcow2Format(RefcountMixin, Format):
             host = e & S.L2E_OFFSET_MASK
             if host & (cs - 1):
                 kind = "Preallocated zero" if e & S.OFLAG_ZERO and not self.extended_l2 else "Data"
-                self._corrupt(f"{kind} cluster offset {S.chex(host)} unaligned (guest offset: {S.chex(g)})")
+                self.corrupt(f"{kind} cluster offset {S.chex(host)} unaligned (guest offset: {S.chex(g)})")
             # contiguous host clusters
             k = 1
             maxk = ((goff + total - 1) >> cb) - (g >> cb) + 1
@@ -1109,7 +1078,7 @@ class Qcow2Format(RefcountMixin, Format):
         ``follow``: the host offset where the request's host range goes on, tried first."""
         cb = self.cluster_bits
         if follow and self.data_file is None:
-            got = self.alloc_clusters_at(follow, n)
+            got = self.refcounts.alloc_at(follow, n)
             if got:
                 if got < n:
                     # the rest is a new host range, allocated where the allocator finds room
@@ -1134,7 +1103,7 @@ class Qcow2Format(RefcountMixin, Format):
         if self.data_file is not None:
             host = first_g  # external data files map guest offsets 1:1
         elif host is None:
-            host = self.alloc_clusters(n)
+            host = self.refcounts.alloc(n)
         sub = self.extended_l2 and not any(e & (S.OFLAG_COMPRESSED | S.L2E_OFFSET_MASK) for e in old)
         if sub:
             # as QEMU: only the touched subclusters get allocated; the others keep their state
@@ -1147,7 +1116,7 @@ class Qcow2Format(RefcountMixin, Format):
             host_w = host
         dfile = self.data_file or self.file
         self.pre_write(0, host_w, head + len(data) + tail, data_file=True)
-        if ((head or tail) and not sub and self._crypt is None
+        if ((head or tail) and not sub and self.crypt is None
                 and self._cow_reads_zero(old, first_g, ((first_g, head), (goff + len(data), tail)))):
             # as QEMU (handle_alloc_space): when nothing below shows through the parts not
             # written, the new clusters are zeroed in the file (no zero data is written) and
@@ -1168,7 +1137,7 @@ class Qcow2Format(RefcountMixin, Format):
                 tb = bytearray(tail)
                 self._read_layer(goff + len(data), memoryview(tb))
                 bufs.append(tb)
-            if self._crypt is not None:
+            if self.crypt is not None:
                 whole = b"".join(bufs) if len(bufs) > 1 else data
                 self._dpwrite(dfile, host_w, first_g, whole)
             elif hasattr(dfile, "pwritev") and len(bufs) > 1:
@@ -1440,7 +1409,7 @@ class Qcow2Format(RefcountMixin, Format):
         st = self.l2_entry_size // 8
         old = tbl[i * st]
         self._ccache = None
-        host = self.alloc_bytes(len(out))
+        host = self.refcounts.alloc_bytes(len(out))
         end = host + len(out)
         pad = (-end) % 512
         if pad and end >= self.file.size():
@@ -1458,7 +1427,7 @@ class Qcow2Format(RefcountMixin, Format):
 
     # ------------------------------------------------------------------ life cycle
     def flush(self) -> None:
-        if self.writable and not self._dead:
+        if self.writable and not self.stopped:
             self.flush_caches()
             if self.data_file is not None:
                 self.data_file.flush()
@@ -1470,28 +1439,28 @@ class Qcow2Format(RefcountMixin, Format):
         the driver."""
         if self.inactive:
             return 0
-        if self._dead:
+        if self.stopped:
             self.inactive = True
             return errno.ENOMEDIUM
         err = 0
         if self.writable and getattr(self, "l2_cache", None) is not None:
             err = self._inactivate()
         # a node whose inactivation failed stays active: its close tries again
-        self.inactive = not err or self._dead
+        self.inactive = not err or self.stopped
         return err
 
     def close(self) -> None:
         try:
-            if self.writable and getattr(self, "l2_cache", None) is not None and not self._dead \
+            if self.writable and getattr(self, "l2_cache", None) is not None and not self.stopped \
                     and not self.inactive:
                 # QEMU's bdrv_close flushes first, quietly: a corruption found there stops the
                 # driver, whose own close then never runs
                 try:
                     self.flush_caches()
                 except (QimgError, OSError):
-                    if not self._dead:
+                    if not self.stopped:
                         raise
-                if not self._dead:
+                if not self.stopped:
                     self._inactivate()
         finally:
             if self.data_file is not None:
@@ -1505,7 +1474,7 @@ class Qcow2Format(RefcountMixin, Format):
         from qimg import api
 
         failed = 0
-        if getattr(self, "_bitmap_tracker", None) or self.header.bitmaps_ext is not None:
+        if self.bitmap_tracker or self.header.bitmaps_ext is not None:
             # QEMU stores every loaded bitmap when a read-write image closes
             from .bitmap import NODE_NUMBER, bitmaps_store
 
@@ -1516,24 +1485,24 @@ class Qcow2Format(RefcountMixin, Format):
                 reason = e.message if isinstance(e, QimgError) else (e.strerror or str(e))
                 api.warn(f"{program()}: Lost persistent bitmaps during inactivation of node '#block{NODE_NUMBER}': {reason}")
                 failed = errno.EINVAL
-        for cache, what in ((self.l2_cache, "L2 table"), (self.refblock_cache, "refcount block")):
+        for cache, what in ((self.l2_cache, "L2 table"), (self.refcounts.cache, "refcount block")):
             try:
                 if cache is self.l2_cache and cache.dirty:
-                    self.refblock_cache.flush()  # the L2 tables depend on their refcounts
+                    self.refcounts.cache.flush()  # the L2 tables depend on their refcounts
                 cache.flush()
             except (QimgError, OSError) as e:
-                if not self._dead:
+                if not self.stopped:
                     raise
                 failed = (e.errno if isinstance(e, OSError) else 0) or errno.EIO
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
                 api.warn(f"{program()}: Failed to flush the {what} cache: {reason}")
-        if failed or self._dead:
+        if failed or self.stopped:
             return failed or errno.EIO
-        if self._dirty_set:
+        if self.dirty_set:
             self.file.flush()
             self.header.incompatible_features &= ~S.INCOMPAT_DIRTY
             self.file.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
-            self._dirty_set = False
+            self.dirty_set = False
         self.file.flush()
         return 0
 
@@ -1548,7 +1517,7 @@ class Qcow2Format(RefcountMixin, Format):
         if h.version == 2:
             d["compat"] = "0.10"
             d["compression-type"] = "zlib" if h.compression_type == 0 else "zstd"
-            d["refcount-bits"] = self.refcount_bits
+            d["refcount-bits"] = self.refcounts.bits
             self._encrypt_info(d)
             return d
         d["compat"] = "1.1"
@@ -1567,7 +1536,7 @@ class Qcow2Format(RefcountMixin, Format):
                 bm = bitmap_info(self)
                 if bm is not None:
                     d["bitmaps"] = bm
-        d["refcount-bits"] = self.refcount_bits
+        d["refcount-bits"] = self.refcounts.bits
         self._encrypt_info(d)
         d["corrupt"] = bool(h.incompatible_features & S.INCOMPAT_CORRUPT)
         d["extended-l2"] = self.extended_l2
@@ -1692,15 +1661,15 @@ class Qcow2Format(RefcountMixin, Format):
 
     def _drop_caches(self) -> None:
         self.l2_cache.clear()
-        self.refblock_cache.clear()
+        self.refcounts.cache.clear()
 
     # ------------------------------------------------------------------ persistent bitmaps (bitmap.py)
     def _bitmaps_dirty(self, offset: int, length: int) -> None:
         """Record a guest write in enabled persistent bitmaps (False: nothing to track)."""
-        if getattr(self, "_bitmap_tracker", None) is False:
+        if self.bitmap_tracker is False:
             return
         if self.header.bitmaps_ext is None:
-            self._bitmap_tracker = False
+            self.bitmap_tracker = False
             return
         from .bitmap import bitmaps_mark_dirty
 
@@ -1752,25 +1721,6 @@ class Qcow2Format(RefcountMixin, Format):
         from .bitmap import bitmap_import
 
         bitmap_import(self, exported)
-
-
-def _last_used_cluster(self: Qcow2Format) -> int:
-    """Index of the last cluster with a nonzero refcount (-1 if none)."""
-    ent = self.refblock_entries
-    for ti in range(len(self.refcount_table) - 1, -1, -1):
-        off = self.refcount_table[ti] & S.REFT_OFFSET_MASK
-        if not off:
-            continue
-        blk = self.refblock_cache.get(off)
-        if blk.count(0) == len(blk):
-            continue
-        for i in range(ent - 1, -1, -1):
-            if self._rb_get(blk, i):
-                return ti * ent + i
-    return -1
-
-
-Qcow2Format.last_used_cluster = _last_used_cluster  # type: ignore[attr-defined]
 
 
 def _no_compression_with_data_file() -> Exception:

@@ -143,8 +143,8 @@ def create_encryption(drv: "Qcow2Format", opts: dict[str, Any], fmt: str) -> Non
     area, _master = luks.create(params, password)
     cs = drv.cluster_size
     n = -(-len(area) // cs)
-    off = drv.alloc_clusters(n)
-    drv.refblock_cache.flush()
+    off = drv.refcounts.alloc(n)
+    drv.refcounts.cache.flush()
     # the clusters are written whole (zeroes after the area), as QEMU zero-fills them first
     drv.file.pwrite(off, area + bytes(n * cs - len(area)))
     h.crypt_method = 2
@@ -163,7 +163,7 @@ def amend_encryption(drv: "Qcow2Format", opts: dict[str, Any], force: bool) -> N
         raise QimgError("Only LUKS encryption options can be amended")
     if opts.get("encrypt.state") is None:
         raise QimgError("Parameter 'state' is missing")
-    crypt = drv._crypt
+    crypt = drv.crypt
     if crypt is None or crypt.master is None:
         raise QimgError("Parameter 'encrypt.key-secret' is required for cipher")
     hdr, offset, length = read_luks_header(drv)

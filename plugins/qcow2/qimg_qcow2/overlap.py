@@ -225,7 +225,7 @@ def find_overlap(drv: "Qcow2Format", chk: int, offset: int, size: int) -> int:
     before every data write."""
     if not size or not chk:
         return 0
-    cs = drv._cs
+    cs = drv.cluster_size
     if chk & MAIN_HEADER and offset < cs:
         return MAIN_HEADER
     # the range widened to whole clusters
@@ -238,11 +238,11 @@ def find_overlap(drv: "Qcow2Format", chk: int, offset: int, size: int) -> int:
         if n and first < end and start < first + n:
             return ACTIVE_L1
     if chk & REFCOUNT_TABLE:
-        n = len(drv.refcount_table) * 8
+        n = len(drv.refcounts.table) * 8
         first = h.refcount_table_offset
         if n and first < end and start < first + n:
             return REFCOUNT_TABLE
-    state: OverlapState = drv._overlap
+    state: OverlapState = drv.overlap
     if chk & (SNAPSHOT_TABLE | INACTIVE_L1 | INACTIVE_L2) and h.nb_snapshots:
         n, l1s = state.snapshots(drv)
         first = h.snapshots_offset
@@ -254,9 +254,9 @@ def find_overlap(drv: "Qcow2Format", chk: int, offset: int, size: int) -> int:
                     return INACTIVE_L1
     cb = drv.cluster_bits
     c0, count = start >> cb, (end - start) >> cb
-    if chk & ACTIVE_L2 and len(drv.l1) and _any_in(state.l2_index.clusters(drv.l1, drv._meta_gen), c0, count):
+    if chk & ACTIVE_L2 and len(drv.l1) and _any_in(state.l2_index.clusters(drv.l1, drv.meta_gen), c0, count):
         return ACTIVE_L2
-    if chk & REFCOUNT_BLOCK and _any_in(state.refblock_index.clusters(drv.refcount_table, drv._meta_gen),
+    if chk & REFCOUNT_BLOCK and _any_in(state.refblock_index.clusters(drv.refcounts.table, drv.meta_gen),
                                         c0, count):
         return REFCOUNT_BLOCK
     if chk & INACTIVE_L2 and h.nb_snapshots:
@@ -291,7 +291,7 @@ def _inactive_l2_hit(drv: "Qcow2Format", l1_off: int, l1_size: int, start: int, 
 def pre_write(drv: "Qcow2Format", ign: int, offset: int, size: int) -> None:
     """Refuse a write that would touch protected metadata: mark the image corrupt, stop the
     driver and fail with EIO (QEMU's ``qcow2_pre_write_overlap_check``)."""
-    bit = find_overlap(drv, drv._overlap.mask & ~ign, offset, size)
+    bit = find_overlap(drv, drv.overlap.mask & ~ign, offset, size)
     if bit:
         name = STRUCTURE_NAMES[bit.bit_length() - 1]
         signal_corruption(drv, f"Preventing invalid write on metadata (overlaps with {name})")
@@ -307,14 +307,14 @@ def signal_corruption(drv: "Qcow2Format", message: str, fatal: bool = True,
 
     fatal = fatal and drv.writable
     h = drv.header
-    if getattr(drv, "_corruption_signaled", False) and (not fatal or h.incompatible_features & S.INCOMPAT_CORRUPT):
+    if drv.corruption_signaled and (not fatal or h.incompatible_features & S.INCOMPAT_CORRUPT):
         return
     say = say or api.warn
     if fatal:
         say(f"qcow2: Marking image as corrupt: {message}; further corruption events will be suppressed")
     else:
         say(f"qcow2: Image is corrupt: {message}; further non-fatal corruption events will be suppressed")
-    drv._corruption_signaled = True
+    drv.corruption_signaled = True
     if fatal:
         h.incompatible_features |= S.INCOMPAT_CORRUPT
         try:

@@ -46,15 +46,15 @@ def grow_l1(drv: "Qcow2Format", min_size: int, exact: bool = True) -> None:
     nbytes = new_size * 8
     new_l1 = array("Q", drv.l1)
     new_l1.extend(array("Q", bytes(8 * (new_size - len(new_l1)))))
-    off = drv.alloc_clusters(-(-nbytes // drv.cluster_size))
-    drv.refblock_cache.flush()
+    off = drv.refcounts.alloc(-(-nbytes // drv.cluster_size))
+    drv.refcounts.cache.flush()
     drv.write_table(off, new_l1)
     old_off, old_size = h.l1_table_offset, h.l1_size
     drv.file.pwrite(36, struct.pack(">IQ", new_size, off))
     h.l1_size, h.l1_table_offset = new_size, off
     drv.l1 = new_l1
     if old_size:
-        drv.free_clusters(old_off, old_size * 8)
+        drv.refcounts.free(old_off, old_size * 8)
 
 
 def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocation: str = "off") -> None:
@@ -75,7 +75,7 @@ def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocati
         return
     drv.flush_caches()
     with _Step("Failed to grow the L1 table"):
-        grow_l1(drv, drv._size_to_l1(size), exact=True)
+        grow_l1(drv, drv.size_to_l1(size), exact=True)
     backing = drv.backing
     # as QEMU's block layer asks (BDRV_REQ_ZERO_WRITE): the new area must not show the
     # backing file's data that lies beyond the old end
@@ -154,7 +154,7 @@ def _preallocate_metadata(drv: "Qcow2Format", start: int, end: int, mode: str) -
             if drv.data_file is not None:
                 host = pos
             else:
-                host = drv.alloc_clusters(len(todo))
+                host = drv.refcounts.alloc(len(todo))
             for j, k in enumerate(todo):
                 hoff = (pos + (k << cb)) if drv.data_file is not None else host + j * cs
                 tbl[(i0 + k) * st] = hoff | S.OFLAG_COPIED
@@ -239,22 +239,20 @@ def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str, zero_wr
     too: its data up to the old end is copied into the new cluster, the old one is freed.
     ``zero_write``: the new area must read zeroes, not the backing file (extended L2: every
     subcluster of the new clusters is allocated; otherwise the head keeps its bitmap)."""
-    from .create import refcount_metadata_clusters
-
     cb, cs = drv.cluster_bits, drv.cluster_size
     st = drv.l2_entry_size // 8
     head = _cow_head(drv, old)
     old_head = 0  # the L2 entry the head cluster had
-    last = drv.last_used_cluster()
+    last = drv.refcounts.last_used()
     fsize = drv.file.size()
     start = (last + 1) * cs if last >= 0 else -(-fsize // cs) * cs
     n_data = (-(-new // cs) * cs - (old & ~(cs - 1))) >> cb
     n_l2 = -(-n_data // drv.l2_entries) + 1
     with _Step("Failed to resize refcount structures"):
-        alloc_start = refcount_area(drv, start, n_data + n_l2)
+        alloc_start = drv.refcounts.area(start, n_data + n_l2)
     for ci in range(alloc_start >> cb, (alloc_start >> cb) + n_data):
-        drv._set_refcount(ci, 1)
-    drv.refblock_cache.flush()
+        drv.refcounts.set(ci, 1)
+    drv.refcounts.cache.flush()
     _extend(drv.file, drv.file.size(), alloc_start + n_data * cs, mode)
     host = alloc_start
     pos = old & ~(cs - 1)
@@ -284,61 +282,6 @@ def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str, zero_wr
         drv._dpwrite(drv.file, head[2], head[0], head[1])
         if old_head & S.OFLAG_COMPRESSED or old_head & S.L2E_OFFSET_MASK:
             drv._free_entry(old_head)
-    del refcount_metadata_clusters
-
-
-def refcount_area(drv: "Qcow2Format", start: int, additional: int, exact: bool = True,
-                  new_index: int | None = None, new_block: int = 0) -> int:
-    """Write a new reftable plus the missing refblocks at ``start`` covering ``additional`` more
-    clusters; return the first offset after them (QEMU's layout for falloc/full preallocation)."""
-    from .create import refcount_metadata_clusters
-
-    cb, cs = drv.cluster_bits, drv.cluster_size
-    total_blocks, _ = refcount_metadata_clusters((start >> cb) + additional, cs, drv.refcount_order,
-                                                 generous=not exact)
-    if total_blocks * 8 > S.MAX_REFTABLE_SIZE:
-        raise QimgError("File too large")
-    area_index = (start >> cb) >> drv.rb_bits
-    per = cs // 8
-    table_size = total_blocks if exact else total_blocks + -(-total_blocks // 2)
-    table_size = -(-table_size // per) * per
-    if table_size * 8 > S.MAX_REFTABLE_SIZE:
-        raise QimgError("File too large")
-    table_clusters = table_size * 8 // cs
-    new = array("Q", bytes(8 * table_size))
-    for i in range(min(len(drv.refcount_table), table_size)):
-        new[i] = drv.refcount_table[i]
-    if new_block:
-        new[new_index] = new_block
-    missing = sum(1 for i in range(area_index, total_blocks) if not new[i])
-    table_off = start + missing * cs
-    end_off = table_off + table_clusters * cs
-    block_off = start
-    for i in range(area_index, total_blocks):
-        if new[i]:
-            boff = new[i] & S.REFT_OFFSET_MASK
-            blk = drv.refblock_cache.get(boff)
-        else:
-            boff = block_off
-            blk = bytearray(cs)
-            drv.refblock_cache.put(boff, blk, dirty=True)
-            new[i] = boff
-            block_off += cs
-        first = (i * drv.refblock_entries) << cb
-        if first < end_off:
-            j = (start - first) >> cb if first < start else 0
-            e = min((end_off - first) >> cb, drv.refblock_entries)
-            for k in range(j, e):
-                drv._rb_set(blk, k, 1)
-            drv.refblock_cache.mark_dirty(boff)
-    drv.refblock_cache.flush()
-    drv.write_table(table_off, new, None)  # QEMU checks no overlap here
-    old_off, old_clusters = drv.header.refcount_table_offset, drv.header.refcount_table_clusters
-    drv.file.pwrite(48, struct.pack(">QI", table_off, table_clusters))
-    drv.header.refcount_table_offset, drv.header.refcount_table_clusters = table_off, table_clusters
-    drv.refcount_table = new
-    drv.free_clusters(old_off, old_clusters * cs)
-    return end_off
 
 
 def _shrink(drv: "Qcow2Format", size: int) -> None:
@@ -348,13 +291,13 @@ def _shrink(drv: "Qcow2Format", size: int) -> None:
     if a < h.size:
         with _Step("Failed to discard cropped clusters"):
             drv._discard_range(a, h.size, full=True)
-    new_l1 = drv._size_to_l1(size)
+    new_l1 = drv.size_to_l1(size)
     if new_l1 < len(drv.l1):
         # QEMU's qcow2_shrink_l1_table: the table's tail is zeroed in the file (no overlap
         # check there), then the L2 tables it pointed at are freed, last first
         tail = array("Q", drv.l1[new_l1:])
         drv.l1[new_l1:] = array("Q", bytes(8 * len(tail)))
-        drv._meta_gen += 1
+        drv.meta_gen += 1
         with _Step("Failed to reduce the number of L2 tables"):
             drv.file.pwrite(h.l1_table_offset + new_l1 * 8, bytes(8 * len(tail)))
             drv.file.flush()
@@ -362,7 +305,7 @@ def _shrink(drv: "Qcow2Format", size: int) -> None:
             off = e & S.L1E_OFFSET_MASK
             if off:
                 drv.l2_cache.drop(off)
-                drv.free_clusters(off, cs, discard=True)
+                drv.refcounts.free(off, cs, discard=True)
     try:
         _shrink_reftable(drv)
     except QimgError as e:
@@ -370,7 +313,7 @@ def _shrink(drv: "Qcow2Format", size: int) -> None:
     drv.flush_caches()
     h.size = size
     drv.file.pwrite(24, struct.pack(">Q", size))
-    last = drv.last_used_cluster()
+    last = drv.refcounts.last_used()
     # as QEMU: only a cut, never a growth (the last cluster in use may be a partial one, such
     # as a bitmap directory at the end of the file, which close then moves)
     if last >= 0 and (last + 1) * cs < drv.file.size():
@@ -380,15 +323,15 @@ def _shrink(drv: "Qcow2Format", size: int) -> None:
 def _cached_refblock(drv: "Qcow2Format", off: int) -> bytearray:
     """A refcount block straight from the cache (QEMU's cache refuses an unaligned one)."""
     if off & (drv.cluster_size - 1):
-        drv._corrupt(f"Cannot get entry from refcount block cache: Offset {S.chex(off)} is unaligned")
-    return drv.refblock_cache.get(off)
+        drv.corrupt(f"Cannot get entry from refcount block cache: Offset {S.chex(off)} is unaligned")
+    return drv.refcounts.cache.get(off)
 
 
 def _shrink_reftable(drv: "Qcow2Format") -> None:
     """QEMU's qcow2_shrink_reftable after a shrink: refcount blocks left with no refcount (but
     their own) leave the refcount table, which is rewritten whole, and are freed."""
     cb = drv.cluster_bits
-    table = drv.refcount_table
+    table = drv.refcounts.table
     kept = array("Q", table)
     for i, e in enumerate(table):
         off = e & S.REFT_OFFSET_MASK
@@ -396,18 +339,18 @@ def _shrink_reftable(drv: "Qcow2Format") -> None:
             kept[i] = 0
             continue
         blk = _cached_refblock(drv, off)
-        if (off >> cb) >> drv.rb_bits == i:
+        if (off >> cb) >> drv.refcounts.block_bits == i:
             # a block describing itself: its own refcount does not count
-            own = (off >> cb) & (drv.refblock_entries - 1)
-            saved = drv._rb_get(blk, own)
-            drv._rb_set(blk, own, 0)
+            own = (off >> cb) & (drv.refcounts.block_entries - 1)
+            saved = drv.refcounts.entry(blk, own)
+            drv.refcounts.set_entry(blk, own, 0)
             unused = blk.count(0) == len(blk)
-            drv._rb_set(blk, own, saved)
+            drv.refcounts.set_entry(blk, own, saved)
         else:
             unused = blk.count(0) == len(blk)
         if unused:
             kept[i] = 0
-    drv.refblock_cache.flush()
+    drv.refcounts.cache.flush()
     drv.write_table(drv.header.refcount_table_offset, kept, None)  # QEMU checks no overlap here
     drv.file.flush()
     failure: QimgError | None = None
@@ -419,7 +362,7 @@ def _shrink_reftable(drv: "Qcow2Format") -> None:
                 except QimgError as e:
                     failure = e
             table[i] = 0
-    drv._meta_gen += 1
+    drv.meta_gen += 1
     if failure is not None:
         raise failure
 
@@ -429,23 +372,23 @@ def _discard_refblock(drv: "Qcow2Format", offset: int) -> None:
     goes to zero and its cluster is discarded in the file (QEMU's qcow2_discard_refcount_block)."""
     cb = drv.cluster_bits
     ci = offset >> cb
-    index = ci & (drv.refblock_entries - 1)
-    ti = ci >> drv.rb_bits
-    cover = drv.refcount_table[ti] & S.REFT_OFFSET_MASK if ti < len(drv.refcount_table) else 0
+    index = ci & (drv.refcounts.block_entries - 1)
+    ti = ci >> drv.refcounts.block_bits
+    cover = drv.refcounts.table[ti] & S.REFT_OFFSET_MASK if ti < len(drv.refcounts.table) else 0
     if not cover:
-        drv._corrupt(f"Refblock at {S.chex(offset)} is not covered by the refcount structures")
+        drv.corrupt(f"Refblock at {S.chex(offset)} is not covered by the refcount structures")
     blk = _cached_refblock(drv, cover)
-    value = drv._rb_get(blk, index)
+    value = drv.refcounts.entry(blk, index)
     if value != 1:
         from .overlap import signal_corruption
 
         signal_corruption(drv, f"Invalid refcount: index {index}, refcount {value}")
         raise QimgError("Invalid argument")
-    drv._rb_set(blk, index, 0)
-    drv.refblock_cache.mark_dirty(cover)
-    if ci < drv.free_cluster_index:
-        drv.free_cluster_index = ci
-    drv.refblock_cache.drop(offset)
+    drv.refcounts.set_entry(blk, index, 0)
+    drv.refcounts.cache.mark_dirty(cover)
+    if ci < drv.refcounts.free_cluster_index:
+        drv.refcounts.free_cluster_index = ci
+    drv.refcounts.cache.drop(offset)
     drv.file.discard(offset, drv.cluster_size)
 
 
@@ -462,7 +405,7 @@ def _make_completely_empty(drv: "Qcow2Format") -> None:
     l1_clusters = -(-l1_bytes // cs)
     drv.flush_caches()
     drv.l2_cache.tables.clear()
-    drv.refblock_cache.tables.clear()
+    drv.refcounts.cache.tables.clear()
     if not h.incompatible_features & S.INCOMPAT_DIRTY:
         f.flush()
         f.pwrite(72, struct.pack(">Q", h.incompatible_features | S.INCOMPAT_DIRTY))
@@ -497,14 +440,14 @@ def _empty_broken_refcounts(drv: "Qcow2Format", l1_bytes: int, l1_clusters: int)
     h.l1_table_offset = 3 * cs
     h.refcount_table_offset = cs
     h.refcount_table_clusters = 1
-    drv.refcount_table = array("Q", bytes(cs))
+    drv.refcounts.table = array("Q", bytes(cs))
     f.debug_event("refblock_alloc")
     f.pwrite(cs, struct.pack(">Q", 2 * cs))
     f.flush()
-    drv.refcount_table[0] = 2 * cs
-    drv.free_cluster_index = 0
-    drv.free_byte_offset = 0
-    if drv.alloc_clusters(-(-(3 * cs + l1_bytes) // cs)) != 0:
+    drv.refcounts.table[0] = 2 * cs
+    drv.refcounts.free_cluster_index = 0
+    drv.refcounts.free_byte_offset = 0
+    if drv.refcounts.alloc(-(-(3 * cs + l1_bytes) // cs)) != 0:
         raise QimgError("First cluster in emptied image is in use")
 
 
@@ -513,7 +456,7 @@ def make_empty(drv: "Qcow2Format") -> None:
     h = drv.header
     l1_clusters = -(-h.l1_size * 8 // drv.cluster_size)
     if (h.version >= 3 and not h.nb_snapshots and h.bitmaps_ext is None and drv.data_file is None
-            and h.crypt_method != 2 and 3 + l1_clusters <= drv.refblock_entries):
+            and h.crypt_method != 2 and 3 + l1_clusters <= drv.refcounts.block_entries):
         _make_completely_empty(drv)
         return
     # QEMU's fallback discards every cluster; the L2 tables stay (v2, snapshots, bitmaps, data file)

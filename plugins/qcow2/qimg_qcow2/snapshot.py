@@ -254,7 +254,7 @@ def _find_id_or_name(snapshots: list[Snapshot], id_or_name: str) -> int:
 
 
 # -- table writing --------------------------------------------------------------------
-def _write_table(drv: "Qcow2Format", snapshots: list[Snapshot], old_size: int | None = None) -> None:
+def write_snapshot_table(drv: "Qcow2Format", snapshots: list[Snapshot], old_size: int | None = None) -> None:
     """Write a new table into fresh clusters, switch the header to it, free the old one
     (``old_size`` bytes; by default the size of the table the header names)."""
     h = drv.header
@@ -265,7 +265,7 @@ def _write_table(drv: "Qcow2Format", snapshots: list[Snapshot], old_size: int | 
     offset = 0
     if snapshots:
         cs = drv.cluster_size
-        offset = drv.alloc_clusters(-(-len(data) // cs))
+        offset = drv.refcounts.alloc(-(-len(data) // cs))
         drv.pre_write(0, offset, len(data))  # before anything is flushed, as QEMU
         drv.flush_caches()
         drv.file.pwrite(offset, data)
@@ -277,7 +277,7 @@ def _write_table(drv: "Qcow2Format", snapshots: list[Snapshot], old_size: int | 
     drv.file.pwrite(60, struct.pack(">IQ", h.nb_snapshots, h.snapshots_offset))
     drv.file.flush()
     if old_offset and old_size:
-        drv.free_clusters(old_offset, old_size, discard=True)
+        drv.refcounts.free(old_offset, old_size, discard=True)
 
 
 # -- refcount sharing -------------------------------------------------------------------
@@ -287,14 +287,14 @@ def _update_refcounts(drv: "Qcow2Format", offset: int, length: int, addend: int)
     (QEMU's snapshot code does not retry, unlike its allocators)."""
     cb = drv.cluster_bits
     for ci in range(offset >> cb, ((offset + length - 1) >> cb) + 1):
-        ti = ci >> drv.rb_bits
-        if ti >= len(drv.refcount_table) or not drv.refcount_table[ti] & S.REFT_OFFSET_MASK:
-            drv._refblock_for(ci)
+        ti = ci >> drv.refcounts.block_bits
+        if ti >= len(drv.refcounts.table) or not drv.refcounts.table[ti] & S.REFT_OFFSET_MASK:
+            drv.refcounts.block_for(ci)
             drv.flush_caches()
             raise QimgError(os.strerror(errno.EAGAIN))
-        drv.update_refcount(ci << cb, 1 << cb, addend)
+        drv.refcounts.update(ci << cb, 1 << cb, addend)
         if addend < 0:
-            drv.discard_unused(ci << cb, 1 << cb)  # QEMU passes snapshot frees down
+            drv.refcounts.discard_unused(ci << cb, 1 << cb)  # QEMU passes snapshot frees down
 
 
 def _run_refcounts(drv: "Qcow2Format", first: int, k: int, addend: int) -> int | None:
@@ -302,25 +302,25 @@ def _run_refcounts(drv: "Qcow2Format", first: int, k: int, addend: int) -> int |
     refcount block) and return their new common value, when they all have the same one in one
     existing block of byte-wide or wider refcounts and the result stays within 1..max (so no
     cluster is freed, no block allocated, no error raised). None (nothing done) otherwise."""
-    order = drv.refcount_order
-    ti = first >> drv.rb_bits
-    if order < 3 or ti != (first + k - 1) >> drv.rb_bits or ti >= len(drv.refcount_table):
+    order = drv.refcounts.order
+    ti = first >> drv.refcounts.block_bits
+    if order < 3 or ti != (first + k - 1) >> drv.refcounts.block_bits or ti >= len(drv.refcounts.table):
         return None
-    off = drv.refcount_table[ti] & S.REFT_OFFSET_MASK
+    off = drv.refcounts.table[ti] & S.REFT_OFFSET_MASK
     if not off or off & (drv.cluster_size - 1):
         return None
-    blk = drv.refblock_cache.get(off)
+    blk = drv.refcounts.cache.get(off)
     w = 1 << (order - 3)
-    a = (first & (drv.refblock_entries - 1)) * w
+    a = (first & (drv.refcounts.block_entries - 1)) * w
     cur = bytes(blk[a : a + w])
     if k > 1 and blk[a : a + k * w] != cur * k:
         return None
     v = int.from_bytes(cur, "big") + addend
     if addend:
-        if v < 1 or v > drv.max_refcount:
+        if v < 1 or v > drv.refcounts.max:
             return None
         blk[a : a + k * w] = v.to_bytes(w, "big") * k
-        drv.refblock_cache.mark_dirty(off)
+        drv.refcounts.cache.mark_dirty(off)
     return v
 
 
@@ -337,8 +337,8 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
         if not l2_off:
             continue
         if l2_off & (cs - 1):
-            drv._corrupt(f"L2 table offset {S.chex(l2_off)} unaligned (L1 index: {S.chex(i)})")
-        l2_rc = drv.get_refcount(l2_off >> cb)
+            drv.corrupt(f"L2 table offset {S.chex(l2_off)} unaligned (L1 index: {S.chex(i)})")
+        l2_rc = drv.refcounts.get(l2_off >> cb)
         # a table that this change frees is left untouched (it must not be written back later)
         touch = not (addend < 0 and l2_rc <= 1)
         l2 = drv.get_l2(l2_off)
@@ -354,7 +354,7 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
                 # nothing can go wrong for any of them (else cluster by cluster below)
                 first = (le & S.L2E_OFFSET_MASK) >> cb
                 # up to the end of the refcount block holding the first cluster's count
-                k = same_run(l2, le, cs, j, drv.refblock_entries - (first & (drv.refblock_entries - 1)))
+                k = same_run(l2, le, cs, j, drv.refcounts.block_entries - (first & (drv.refcounts.block_entries - 1)))
                 rc = _run_refcounts(drv, first, k, addend)
                 if rc is not None:
                     if touch:
@@ -376,12 +376,12 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
             if not off:
                 continue
             if off & (cs - 1):
-                drv._corrupt(f"Cluster allocation offset {S.chex(off)} unaligned (L2 offset: {S.chex(l2_off)}, "
+                drv.corrupt(f"Cluster allocation offset {S.chex(off)} unaligned (L2 offset: {S.chex(l2_off)}, "
                              f"L2 index: {S.chex(idx // step)})")
             if addend:
                 _update_refcounts(drv, off, cs, addend)
             if touch:
-                rc = drv.get_refcount(off >> cb)
+                rc = drv.refcounts.get(off >> cb)
                 new = le | S.OFLAG_COPIED if rc == 1 else le & ~S.OFLAG_COPIED
                 if new != le:
                     l2[idx] = new
@@ -392,7 +392,7 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
             if not touch:
                 drv.l2_cache.drop(l2_off)
             _update_refcounts(drv, l2_off, cs, addend)
-        rc = drv.get_refcount(l2_off >> cb)
+        rc = drv.refcounts.get(l2_off >> cb)
         new = e | S.OFLAG_COPIED if rc == 1 else e & ~S.OFLAG_COPIED
         if new != e:
             l1[i] = new
@@ -409,7 +409,7 @@ class BadSnapshotL1(QimgError):
         self.errno_text = errno_text
 
 
-def _read_l1(drv: "Qcow2Format", offset: int, size: int) -> array:
+def read_snapshot_l1(drv: "Qcow2Format", offset: int, size: int) -> array:
     if size > S.MAX_L1_SIZE // 8:
         raise BadSnapshotL1("Snapshot L1 table too large", "File too large")
     if offset & (drv.cluster_size - 1) or offset + size * 8 > (1 << 63) - 1:
@@ -458,7 +458,7 @@ def snapshot_create(drv: "Qcow2Format", name: str, *, snapshot_id: str | None = 
     l1 = array("Q", drv.l1)
     l1_offset = 0
     if h.l1_size:
-        l1_offset = drv.alloc_clusters(-(-h.l1_size * 8 // drv.cluster_size))
+        l1_offset = drv.refcounts.alloc(-(-h.l1_size * 8 // drv.cluster_size))
         drv.pre_write(0, l1_offset, h.l1_size * 8)  # before anything is flushed, as QEMU
         drv.flush_caches()
         drv.write_table(l1_offset, l1, None)
@@ -475,7 +475,7 @@ def snapshot_create(drv: "Qcow2Format", name: str, *, snapshot_id: str | None = 
     sn = Snapshot(l1_table_offset=l1_offset, l1_size=h.l1_size, id=sid, name=name,
                   date_sec=date_sec, date_nsec=date_nsec or 0, vm_clock_nsec=0, vm_state_size=0,
                   disk_size=drv.size, icount=0)
-    _write_table(drv, [*snapshots, sn])
+    write_snapshot_table(drv, [*snapshots, sn])
     drv.flush_caches()
     return sn.info()
 
@@ -491,7 +491,7 @@ def snapshot_goto(drv: "Qcow2Format", id_or_name: str) -> None:
     drv.flush_caches()
     h = drv.header
     try:
-        sn_l1 = _read_l1(drv, sn.l1_table_offset, sn.l1_size)
+        sn_l1 = read_snapshot_l1(drv, sn.l1_table_offset, sn.l1_size)
     except BadSnapshotL1 as e:
         # qemu-img reports the reason on its own line, then the errno of the failed load
         import sys
@@ -500,7 +500,7 @@ def snapshot_goto(drv: "Qcow2Format", id_or_name: str) -> None:
         raise QimgError(f"Failed to load snapshot: {e.errno_text}") from None
     with _failing_as("Failed to load snapshot"):
         # the snapshot may have been taken at another disk size: its L1 must fit, the size follows
-        need = max(sn.l1_size, drv._size_to_l1(sn.disk_size))
+        need = max(sn.l1_size, drv.size_to_l1(sn.disk_size))
         if need > h.l1_size:
             _grow_l1(drv, need)
         # references of the snapshot's clusters first (its L1 table gets the COPIED flags that
@@ -529,7 +529,7 @@ def _grow_l1(drv: "Qcow2Format", new_size: int) -> None:
     cs = drv.cluster_size
     l1 = array("Q", drv.l1)
     l1.extend([0] * (new_size - len(l1)))
-    offset = drv.alloc_clusters(-(-new_size * 8 // cs))
+    offset = drv.refcounts.alloc(-(-new_size * 8 // cs))
     drv.flush_caches()
     drv.write_table(offset, l1)
     old_off, old_size = h.l1_table_offset, h.l1_size
@@ -539,7 +539,7 @@ def _grow_l1(drv: "Qcow2Format", new_size: int) -> None:
     drv.file.pwrite(36, struct.pack(">IQ", new_size, offset))
     drv.file.flush()
     if old_off and old_size:
-        drv.free_clusters(old_off, old_size * 8)
+        drv.refcounts.free(old_off, old_size * 8)
 
 
 def snapshot_delete(drv: "Qcow2Format", snapshot_id: str | None, name: str | None = None) -> None:
@@ -558,15 +558,15 @@ def snapshot_delete(drv: "Qcow2Format", snapshot_id: str | None, name: str | Non
     # a snapshot whose L1 table is the active one (a corrupt image): QEMU works on the active
     # table in memory and writes it back
     shared = sn.l1_size and sn.l1_table_offset == drv.header.l1_table_offset and sn.l1_size <= len(drv.l1)
-    sn_l1 = drv.l1 if shared else _read_l1(drv, sn.l1_table_offset, sn.l1_size)
+    sn_l1 = drv.l1 if shared else read_snapshot_l1(drv, sn.l1_table_offset, sn.l1_size)
     with _failing_as("Failed to remove snapshot from snapshot list"):
-        _write_table(drv, snapshots)
+        write_snapshot_table(drv, snapshots)
     # the snapshot is gone from the list: from here on a failure only leaks clusters
     with _failing_as("Failed to free the cluster and L1 table"):
         if _update_snapshot_refcount(drv, sn_l1, -1, is_active=False) and shared:
             drv.write_l1(checked=False)
     if sn.l1_size:
-        drv.free_clusters(sn.l1_table_offset, sn.l1_size * 8, discard=True)  # (failures reported, ignored)
+        drv.refcounts.free(sn.l1_table_offset, sn.l1_size * 8, discard=True)  # (failures reported, ignored)
     with _failing_as("Failed to update snapshot status in disk"):
         if _update_snapshot_refcount(drv, drv.l1, 0, is_active=True):
             drv.write_l1(checked=False)
@@ -598,6 +598,6 @@ def snapshot_load_readonly(drv: "Qcow2Format", snapshot_id: str | None, name: st
     if i < 0:
         raise QimgError("Can't find snapshot")
     sn = snapshots[i]
-    drv.l1 = _read_l1(drv, sn.l1_table_offset, sn.l1_size)
+    drv.l1 = read_snapshot_l1(drv, sn.l1_table_offset, sn.l1_size)
     drv.header.l1_size = sn.l1_size
     drv.header.l1_table_offset = sn.l1_table_offset
