@@ -1,6 +1,6 @@
-"""``convert -O raw`` of a qcow2 holding 256 MiB of data from http:// and ssh:// (nginx and
-OpenSSH's sshd on loopback, started here with the tests' helpers and stopped after), qimg against
-qemu-img, alternating, medians of ``--runs`` runs.
+"""``convert -O raw`` of a qcow2 holding 256 MiB of data from http://, ssh:// and nbd+unix://
+(nginx, OpenSSH's sshd on loopback and ``qemu-nbd -r -f qcow2``, started here with the tests'
+helpers and stopped after), qimg against qemu-img, alternating, medians of ``--runs`` runs.
 
     python bench/remote.py [--runs 3] [--data-mib 256] [--qemu-img PATH]
 
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--qemu-parallel", action="store_true")
     ap.add_argument("--timeout", type=float, default=300)
     args = ap.parse_args()
+    from nbd_servers import start_server
     from ssh_server import SshServer
     from web_server import WebServer
 
@@ -71,9 +72,11 @@ def main() -> None:
             (work / "sshd").mkdir()
             ssh = SshServer(str(work / "sshd"))
             servers.append(ssh)
+            nbd = start_server("qemu-nbd", img, work, fmt="qcow2", readonly=True)
+            servers.append(nbd)
             env = dict(os.environ, SSH_AUTH_SOCK=ssh.agent_sock)
             out = str(work / "out.raw")
-            cases = {"http": f"{web.url}/src.qcow2", "ssh": ssh.url(str(img))}
+            cases = {"http": f"{web.url}/src.qcow2", "ssh": ssh.url(str(img)), "nbd": nbd.url}
             print(f"convert -O raw of a qcow2 with {args.data_mib} MiB of data; median of {args.runs} runs")
             print(f"{'source':8} {'qimg s':>8} {'qemu-img s':>11} {'ratio':>6}")
             for label, url in cases.items():

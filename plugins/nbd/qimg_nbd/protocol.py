@@ -14,6 +14,7 @@ import functools
 import os
 import threading
 import time
+from bisect import bisect_right
 
 from qimg.blockstatus import DATA, ZERO
 from qimg.errors import QimgError, with_errno
@@ -34,6 +35,7 @@ MAX_CONNECTIONS = 4
 #: bytes one block status request asks about at least (the answer's extents are kept)
 STATUS_ASK = 1 << 30
 _INT_MAX = (1 << 31) - 1
+_NO_MORE = 1 << 64  # beyond any run's end: a bisection key that sorts after every (offset, end, ...)
 #: seconds between connection attempts under open-timeout and reconnect-delay: doubling from the
 #: first to the last (QEMU's connect thread)
 RETRY_FIRST, RETRY_MAX = 1, 16
@@ -403,9 +405,11 @@ class NBDProtocol(Protocol):
         if info.context_id is None:
             return length, DATA
         with self._lock:
-            for start, end, flags in self._extents:
-                if start <= offset < end:
-                    return min(end - offset, length), flags
+            runs = self._extents
+            if runs:  # sorted and contiguous: the run holding offset, found by bisection
+                i = bisect_right(runs, (offset, _NO_MORE, 0)) - 1
+                if i >= 0 and runs[i][0] <= offset < runs[i][1]:
+                    return min(runs[i][1] - offset, length), runs[i][2]
         ask = min(max(length, STATUS_ASK), info.size - offset, _INT_MAX - _INT_MAX % self.align)
         req = self._conn().request(wire.CMD_BLOCK_STATUS, offset, ask)
         if req.extent is None:
