@@ -3,6 +3,7 @@ none of the iotests' sources: the image is built here, qemu-img and qimg work on
 and the results are compared (against both oracles, through the fixtures)."""
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 
@@ -531,3 +532,20 @@ def test_raw_node_with_a_size_under_qcow2(tmp_path, qemu_img, qemu_io, qimg):
     with lib.open(node, writable=True) as img, pytest.raises(OSError) as e:
         img.pwrite(32 << 20, b"\1" * 4096)  # a new cluster past the raw node's end
     assert e.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("direct", ["on", "off"])
+def test_map_of_unaligned_raw_with_direct_io(tmp_path, qemu_img, qemu_io, qimg, direct):
+    """iotest 253: a raw image of 1 MiB - 1 byte whose last 64 KiB are data: with
+    cache.direct=on QEMU's block status is aligned to O_DIRECT's request size, so the byte past
+    the file's end joins the data run; without it, that byte is a zero run of its own."""
+    img = tmp_path / "t.raw"
+    size = 1024 * 1024 - 1
+    assert qemu_img("create", "-q", "-f", "raw", str(img), str(size)).returncode == 0
+    # written with O_DIRECT (qemu-io -t none, as the test's cache mode): the file grows to the
+    # aligned end and is cut back
+    assert qemu_io("-t", "none", "-f", "raw", "-c", f"write {size + 1 - 65536} 65535", str(img)).returncode == 0
+    os.truncate(img, size)
+    args = ["map", "--output=json", "--image-opts",
+            f"driver=raw,file.driver=file,file.filename={img},cache.direct={direct}"]
+    _names_same(qemu_img(*args), qimg(*args))

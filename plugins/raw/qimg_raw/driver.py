@@ -71,6 +71,9 @@ class RawFormat(Format):
     def __init__(self, file, *, filename: str, writable: bool, options: dict[str, Any]) -> None:
         super().__init__(file, filename=filename, writable=writable, options=options)
         self.offset = int(options.get("offset", 0) or 0)
+        # cache.direct=on: QEMU's requests (block status too) are aligned to O_DIRECT's request
+        # size, so the part of the last sector past the file's end joins the data before it
+        self._direct = options.get("cache.direct") is True
         fsize = file.size()
         if self.offset > fsize:
             raise QimgError(f"Offset ({self.offset}) cannot be greater than size of the containing file ({fsize})")
@@ -105,6 +108,8 @@ class RawFormat(Format):
         for start, n, is_data in self.file.data_extents(self.offset + offset, length):
             host = start
             if is_data:
+                if self._direct and not self._fixed and start + n == self.file.size():
+                    n = min(length, self.size - offset)  # (through the end of the last sector)
                 return Status(DATA | ALLOCATED | OFFSET_VALID, n, host, self.file.filename)
             return Status(ZERO | ALLOCATED | OFFSET_VALID, n, host, self.file.filename)
         return Status(ZERO | ALLOCATED, length)
