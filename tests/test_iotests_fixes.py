@@ -549,3 +549,42 @@ def test_map_of_unaligned_raw_with_direct_io(tmp_path, qemu_img, qemu_io, qimg, 
     args = ["map", "--output=json", "--image-opts",
             f"driver=raw,file.driver=file,file.filename={img},cache.direct={direct}"]
     _names_same(qemu_img(*args), qimg(*args))
+
+
+# -- iotest 301 (qcow v1): backing formats and a probed raw backing file ---------------------------
+
+def test_commit_into_a_probed_raw_backing_file_keeps_its_type(tmp_path, monkeypatch, qemu_img, qimg):
+    """iotest 301: a qcow (v1) image records no backing format, so its raw backing file is
+    probed; committing data whose first sector is a qcow2 header into it is refused (EPERM:
+    'Block job failed: Operation not permitted'), and the backing file stays raw."""
+    monkeypatch.chdir(tmp_path)
+    results = []
+    for tool, tag in ((qemu_img, "q"), (qimg, "i")):
+        base, img, q2 = f"{tag}.base", f"{tag}.qcow", f"{tag}.q2"
+        (tmp_path / base).write_bytes(b"")
+        os.truncate(tmp_path / base, 32 << 20)
+        assert qemu_img("create", "-q", "-f", "qcow", "-b", base, "-F", "raw", img, "32M").returncode == 0
+        assert qemu_img("create", "-q", "-f", "qcow2", q2, "32M").returncode == 0
+        os.truncate(tmp_path / q2, 32 << 20)
+        assert qemu_img("convert", "-n", "-f", "raw", "-O", "qcow", q2, img).returncode == 0
+        results.append(tool("commit", "-f", "qcow", img))
+        assert "file format: raw" in qemu_img("info", base).stdout
+    _names_same(*results)
+    assert results[1].returncode == 1 and "Operation not permitted" in results[1].stderr
+
+
+@pytest.mark.parametrize("case", ["vmdk", "garbage", "-u garbage"])
+def test_create_with_a_backing_format_that_does_not_fit(tmp_path, monkeypatch, qemu_img, qimg, case):
+    """iotest 301: create -b base -F vmdk over a qcow base is the vmdk driver's own message (no
+    file name before it), -F garbage an unknown driver; qcow with -u -F garbage refuses the
+    format it cannot record before making anything (the old image stays)."""
+    monkeypatch.chdir(tmp_path)
+    assert qemu_img("create", "-q", "-f", "qcow", "t.base", "32M").returncode == 0
+    *unsafe, bfmt = case.split()
+    outs = []
+    for tool in (qemu_img, qimg):
+        assert qemu_img("create", "-q", "-f", "qcow", "-b", "t.base", "-F", "raw", "-u", "t.qcow", "32M").returncode == 0
+        r = tool("create", "-f", "qcow", "-b", "t.base", "-F", bfmt, *unsafe, "t.qcow", "32M")
+        outs.append((r, qemu_img("info", "t.qcow").stdout))
+    _names_same(outs[0][0], outs[1][0])
+    assert outs[0][1] == outs[1][1]

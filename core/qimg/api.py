@@ -566,6 +566,7 @@ def _open_node(
             cls = format_class(top_driver, pcls or type(file))
             fmt_name = top_driver
         else:
+            probed = entry is None
             if entry is None:
                 entry = reg.format(probe_format(file, filename, untrusted=untrusted))
             cls = entry.load()
@@ -587,6 +588,8 @@ def _open_node(
 
                 convert_typed(drv_options, runtime_types(cls))  # the format's own option types
             driver = cls(file, filename=filename, writable=writable, options=drv_options)
+            if top_driver is None and probed:
+                driver.probed = True
         except QimgError as e:
             if e.message.startswith("Could not open") or _depth or not filename:
                 # qemu-img names the top image only ("Could not open backing file: <error>"); an

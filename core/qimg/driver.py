@@ -186,6 +186,9 @@ class Format:
     subcluster_size: int | None = None
     #: set by :meth:`inactivate`: nothing more is written back at close
     inactive: bool = False
+    #: set by the core when the format was probed, not named (QEMU's ``bs->probed``): raw then
+    #: refuses a write that would make its first sector probe as another format (EPERM)
+    probed: bool = False
     #: QEMU's driver can reopen a node read-write (bdrv_reopen_prepare): commit into it needs that
     reopenable: ClassVar[bool] = True
 
@@ -204,6 +207,12 @@ class Format:
         registry's protocol for prefixed names) to make the file.
         """
         raise NotSupported(f"Format driver '{cls.format_name}' does not support image creation")
+
+    @classmethod
+    def create_check(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
+        """Refuse create options before anything is made (QEMU's driver checks that come before
+        its file is created: the file is then left as it was, whatever ``create_failure``
+        says). Default: nothing to check."""
 
     @classmethod
     def measure(cls, size: int | None, opts: dict[str, Any], source: "Image | None") -> dict[str, int]:

@@ -67,6 +67,7 @@ def reopen_writable(top: "Image", base: "Image") -> "Image":
     # key secret, a json: name's blkdebug node)
     base.close()
     new = qimg.open(base.filename, base.format, writable=True, options=base.open_options or None)
+    new.driver.probed = base.driver.probed  # (a probed raw node stays one: its first sector is guarded)
     parent.backing = new
     parent.driver.backing = new
     return new

@@ -194,6 +194,7 @@ def run_driver_create(cls: "type[Format]", filename: str, size: int, opts: dict[
     ("delete"); otherwise the file is left alone."""
     import os
 
+    cls.create_check(filename, size, opts)
     policy = cls.create_failure
     from ..plugins import get_registry
 
@@ -249,8 +250,8 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
 
     Errors are QimgError without the ``filename:`` prefix the CLI adds.
     """
+    from ..api import _is_strerror, resolve_backing_name
     from ..api import _open_node as open_image
-    from ..api import resolve_backing_name
     from ..plugins import get_registry
 
     cls = format_class(fmt)
@@ -293,7 +294,15 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
                             options={"_no_io": True}) as b:
                 detected, bsize = b.format, b.size
         except QimgError as e:
-            raise QimgError(f"{e.message}\nCould not open backing image.") from None
+            # QEMU names the backing file only before an errno's text (its driver's own
+            # messages stand alone), and an unknown -F names a driver
+            msg = e.message
+            inner = f"Could not open '{resolve_backing_name(filename, bf)}': "
+            if msg.startswith(inner) and not _is_strerror(msg[len(inner):]):
+                msg = msg[len(inner):]
+            if bfmt and msg == f"Unknown file format '{bfmt}'":
+                msg = f"Unknown driver '{bfmt}'"
+            raise QimgError(f"{msg}\nCould not open backing image.") from None
         if not bfmt:
             # qemu-img prints this hint without a final newline
             raise QimgError(f"Backing file specified without backing format\nDetected format of {detected}.")

@@ -82,6 +82,18 @@ class QcowFormat(Format):
 
     # -- create -------------------------------------------------------------------
     @classmethod
+    def create_check(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
+        bfmt = opts.get("backing_fmt")
+        if bfmt:
+            # qcow v1 stores no backing format, but QEMU checks that the one asked for exists
+            # (before it makes the file)
+            from qimg.plugins import get_registry
+
+            reg = get_registry()
+            if bfmt not in reg.formats and reg.protocol(bfmt) is None and bfmt != "file":
+                raise QimgError(f"unrecognized backing format '{bfmt}'")
+
+    @classmethod
     def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
         size = -(-size // SECTOR) * SECTOR
         if size == 0:

@@ -1,8 +1,11 @@
 """The raw format: guest bytes are the file's bytes (optionally a window: offset/size)."""
 from __future__ import annotations
 
+import errno
+import os
+
 from qimg.api import open_protocol
-from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
+from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, ZERO, Status
 from qimg.driver import Format
 from qimg.errors import QimgError
 from qimg.options import SIZE, Option
@@ -129,7 +132,19 @@ class RawFormat(Format):
             buf[got:] = bytes(len(buf) - got)
 
     def write(self, offset: int, data: memoryview) -> None:
+        if self.probed and offset < SECTOR and len(data):
+            self._check_probe(offset, data)
         self.file.pwrite(self.offset + offset, data)
+
+    def _check_probe(self, offset: int, data: memoryview) -> None:
+        """A probed raw image refuses a write that would make its first sector probe as another
+        format (QEMU's raw driver: EPERM), so that a guest cannot turn it into an image."""
+        head = bytearray(self.file.pread(self.offset, SECTOR).ljust(SECTOR, b"\0"))
+        n = min(len(data), SECTOR - offset)
+        head[offset:offset + n] = data[:n]
+        entry = get_registry().probe(bytes(head), self.filename)
+        if entry is not None and entry.name != "raw":
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
 
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
         self.file.write_zeroes(self.offset + offset, length, unmap)
