@@ -166,6 +166,29 @@ def test_library_opens_urls(web):
         qimg.open(f"{web.url}/nosuch")
 
 
+def test_a_kept_connection_the_server_closed_is_made_again(web):
+    """The server closes an idle keep-alive connection (here: nginx reloads, and its old workers
+    close their idle connections): the next read goes out again on a new connection, without
+    falling back to urllib3 (whose pool is then never made), and reads the right bytes."""
+    import select
+    import signal
+    import time
+
+    data = (web_root(web) / "raw.img").read_bytes()
+    with qimg.open({"driver": "raw", "file": {"driver": "http", "url": f"{web.url}/raw.img"}}) as img:
+        proto = img.driver.file
+        assert img.pread(0, MIB) == data[:MIB]
+        kept = list(proto._idle)
+        assert kept and proto._pool is None
+        web.proc.send_signal(signal.SIGHUP)  # reload: idle keep-alive connections are closed
+        deadline = time.monotonic() + 30
+        for conn in kept:  # bounded wait until the server has closed each (readable, at EOF)
+            while not select.select([conn.sock], [], [], 0.05)[0]:
+                assert time.monotonic() < deadline, "nginx did not close its idle connections"
+        assert img.pread(3 * MIB, MIB) == data[3 * MIB:4 * MIB]
+        assert proto._pool is None
+
+
 def web_root(web):
     from pathlib import Path
 

@@ -342,11 +342,16 @@ class HttpProtocol(Protocol):
             else:
                 resp.close()  # a body not read to its end: the connection cannot be reused
 
-    def _connection(self) -> Any:
-        """An idle keep-alive connection, or a new one (not yet connected)."""
+    def _idle_connection(self) -> Any:
+        """A kept keep-alive connection, or None."""
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
+            return self._idle.pop() if self._idle else None
+
+    def _connection(self) -> Any:
+        """A kept keep-alive connection, or a new one (not yet connected)."""
+        return self._idle_connection() or self._new_connection()
+
+    def _new_connection(self) -> Any:
         import http.client
 
         timeout = self._seconds or None
@@ -396,15 +401,21 @@ class HttpProtocol(Protocol):
         import http.client
 
         n = len(view)
-        conn = self._connection()
+        conn = self._idle_connection()
+        kept = conn is not None
+        conn = conn or self._new_connection()
         keep = False
         try:
-            conn.putrequest("GET", self._path, skip_accept_encoding=True)
-            for key, value in self._headers.items():
-                conn.putheader(key, value)
-            conn.putheader("Range", f"bytes={offset}-{offset + n - 1}")
-            conn.endheaders()
-            resp = conn.getresponse()
+            try:
+                resp = self._send_get(conn, offset, n)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                if not kept:
+                    return False
+                # a kept connection the server closed meanwhile (its keep-alive timeout): once
+                # more on a new one, before anything else
+                conn.close()
+                conn = self._new_connection()
+                resp = self._send_get(conn, offset, n)
             if resp.status != 206 or resp.length != n or \
                     not (resp.getheader("Content-Range") or "").startswith(f"bytes {offset}-"):
                 return False
@@ -424,6 +435,14 @@ class HttpProtocol(Protocol):
                     self._idle.append(conn)
             else:
                 conn.close()
+
+    def _send_get(self, conn: Any, offset: int, n: int) -> Any:
+        conn.putrequest("GET", self._path, skip_accept_encoding=True)
+        for key, value in self._headers.items():
+            conn.putheader(key, value)
+        conn.putheader("Range", f"bytes={offset}-{offset + n - 1}")
+        conn.endheaders()
+        return conn.getresponse()
 
     def _read_error(self, e: CurlError) -> OSError:
         from qimg import api
