@@ -8,10 +8,6 @@ from __future__ import annotations
 import sys
 from array import array
 
-TYPE_CHECKING = False  # re only when a pattern is first used
-if TYPE_CHECKING:
-    import re
-
 _LITTLE = sys.byteorder == "little"
 
 
@@ -30,6 +26,17 @@ def pack_table(a: array, big_endian: bool) -> bytes:
         a = array(a.typecode, a)
         a.byteswap()
     return a.tobytes()
+
+
+def read_table(file, offset: int, count: int, typecode: str, big_endian: bool) -> array:
+    """``count`` entries read from ``file`` (a Protocol) at ``offset`` straight into the array
+    (one buffer, no copies); what lies past the end of the file reads as zeroes, as QEMU's."""
+    a = array(typecode, bytes(array(typecode).itemsize)) * count
+    if count:
+        file.preadinto(offset, memoryview(a).cast("B"))
+        if big_endian == _LITTLE:
+            a.byteswap()
+    return a
 
 
 def be64_table(data: bytes | bytearray | memoryview) -> array:
@@ -54,25 +61,6 @@ def le32_table(data: bytes | bytearray | memoryview) -> array:
 
 def le32_bytes(a: array) -> bytes:
     return pack_table(a, False)
-
-
-class LazyPattern:
-    """A bytes regular expression compiled on first use: drivers scan tables for runs with
-    ``match``, and ``info`` (which scans none) does not pay for importing ``re``."""
-
-    __slots__ = ("_source", "_compiled")
-
-    def __init__(self, source: bytes) -> None:
-        self._source = source
-        self._compiled = None
-
-    def match(self, data: bytes | memoryview, pos: int = 0, endpos: int = 2**63 - 1) -> re.Match[bytes] | None:
-        pattern = self._compiled
-        if pattern is None:
-            import re
-
-            pattern = self._compiled = re.compile(self._source)
-        return pattern.match(data, pos, endpos)
 
 
 # -- runs in host-order 64-bit tables, found with whole-range C operations ----------------------
@@ -208,4 +196,62 @@ def same_run(vals: array, e0: int, step: int, start: int = 0, count: int | None 
             return done + _first_diff(d, k)
         done += k
         k *= 8
+    return done
+
+
+def equal_run(vals: array, start: int, value: int, count: int | None = None) -> int:
+    """How many entries of ``vals[start:start+count]`` (any typecode) from the first equal
+    ``value`` (a run of unallocated entries), compared in C a range at a time: ranges grow
+    64, 512, 4096... entries and a mismatching one is halved down to the first other entry,
+    so time follows the run and memory stays that of one range. (A regular expression over
+    the table's bytes, ``(?:unit)*``, takes about 16 bytes of matcher state per entry: 1 GiB
+    for a 64 MiB table.)"""
+    n = len(vals) - start if count is None else min(count, len(vals) - start)
+    if n <= 0 or vals[start] != value:
+        return 0
+    unit = array(vals.typecode, [value])
+    done, k = 0, 64
+    while done < n:
+        k = min(k, n - done, 1 << 20)
+        at = start + done
+        if vals[at : at + k] == unit * k:
+            done += k
+            k *= 8
+            continue
+        while k > 1:
+            h = k // 2
+            if vals[at : at + h] == unit * h:
+                done, at, k = done + h, at + h, k - h
+            else:
+                k = h
+        return done
+    return done
+
+
+def consecutive_run(vals: array, start: int, e0: int, count: int | None = None) -> int:
+    """How many entries of ``vals[start:start+count]`` (any integer typecode) from the first
+    equal e0, e0+1, e0+2... (a block map stored in order), compared in C a range at a time
+    against ``array(range(...))``: ranges grow 64, 512, 4096... entries, and a mismatching
+    range is halved down to the first differing entry, so the cost follows the run found."""
+    n = len(vals) - start if count is None else min(count, len(vals) - start)
+    if n <= 0 or vals[start] != e0:
+        return 0
+    limit = (1 << (8 * vals.itemsize)) - e0  # the series ends where the type's range does
+    n = min(n, limit)
+    code = vals.typecode
+    done, k = 0, 64
+    while done < n:
+        k = min(k, n - done, 1 << 20)
+        at, want = start + done, e0 + done
+        if vals[at : at + k] == array(code, range(want, want + k)):
+            done += k
+            k *= 8
+            continue
+        while k > 1:  # the first mismatch lies in this range: halve it
+            h = k // 2
+            if vals[at : at + h] == array(code, range(want, want + h)):
+                done, at, want, k = done + h, at + h, want + h, k - h
+            else:
+                k = h
+        return done
     return done

@@ -29,7 +29,7 @@ from qimg.image import zero_fill
 from qimg.limits import eio, request_ok
 from qimg.options import SIZE, STRING, Option
 from qimg.overlap import MetadataMap
-from qimg.tables import LazyPattern
+from qimg.tables import equal_run
 
 from .structs import (
     DEFAULT_CLUSTER_SIZE,
@@ -59,8 +59,6 @@ MEM_ALIGN = 4096
 #: BAT entries qimg holds in memory at most (256 MiB; QEMU allows 2 GiB)
 MAX_BAT_ENTRIES = 1 << 26
 PREALLOC_SIZE = 128 << 20
-#: a run of unallocated (zero) BAT entries, matched from an entry's offset in the header+BAT
-_ZERO_RUN = LazyPattern(rb"(?:\x00\x00\x00\x00)*")
 
 
 def _repairs() -> bool:
@@ -306,8 +304,7 @@ class ParallelsFormat(Format):
         bat = self.bat
         first = bat[idx]
         if first == 0:
-            m = _ZERO_RUN.match(self.meta, HEADER_SIZE + 4 * idx, HEADER_SIZE + 4 * (idx + limit))
-            return max(1, (m.end() - m.start()) // 4)
+            return equal_run(bat, idx, 0, limit)
         step = self.tracks // self.off_multiplier
         # galloping: compare growing pieces of the BAT with the run they would make
         n, k = 1, 1

@@ -17,14 +17,14 @@ from qimg.image import zero_fill
 from qimg.options import BOOL, SIZE, Option
 from qimg.overlap import MetadataMap
 from qimg.protocol import ZERO_CHUNK
-from qimg.tables import LazyPattern
+from qimg.tables import consecutive_run, equal_run, read_table
 from qimg.tables import le32_bytes as _le_bytes
-from qimg.tables import le32_table as _le_array
 
 from .structs import HEADER_SIZE, SIGNATURE, TEXT, TYPE_DYNAMIC, TYPE_STATIC, VERSION_1_1, Header
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 BLOCK_SIZE = 1 << 20
@@ -36,7 +36,6 @@ MAX_DISK_SIZE = MAX_BLOCKS * BLOCK_SIZE
 #: block map entries we hold in memory at most (256 MiB, a 64 TiB disk)
 MAX_BMAP_ENTRIES = 1 << 26
 
-_UNALLOCATED_RUN = LazyPattern(rb"(?:[\xfe\xff]\xff\xff\xff)*")  # compiled on first use
 
 
 class VdiFormat(Format):
@@ -150,10 +149,11 @@ class VdiFormat(Format):
         self._size = disk_size
         self.offset_data = h.offset_data
         # as QEMU, a block map reaching past the end of the file reads zeroes there
-        self.bmap = _le_array(file.pread(h.offset_bmap, blocks * 4).ljust(blocks * 4, b"\0"))
+        self.bmap = read_table(file, h.offset_bmap, blocks, "I", big_endian=False)
         self.blocks_allocated = h.blocks_allocated
-        # the highest data-area index in use: allocation must not reuse it
-        self._top = max(filter(FIRST_UNALLOCATED.__gt__, self.bmap), default=-1)
+        # the highest data-area index in use (allocation must not reuse it): found at the first
+        # allocation, so that commands that only read never walk the map for it
+        self._top: int | None = None
         self._block_buf: bytearray | None = None
         # the header and the block map (whole sectors, as QEMU writes them): no block may overlap them
         self._meta = MetadataMap([(0, HEADER_SIZE, "the header"),
@@ -181,8 +181,7 @@ class VdiFormat(Format):
         last = -(-(offset + length) // BLOCK_SIZE)
         entry = self.bmap[idx]
         if entry >= FIRST_UNALLOCATED:
-            m = _UNALLOCATED_RUN.match(memoryview(self.bmap).cast("B"), idx * 4, last * 4)
-            run_end = (idx + (m.end() - idx * 4) // 4) * BLOCK_SIZE
+            run_end = self._unallocated_end(idx, last) * BLOCK_SIZE
             # no backing file: unallocated blocks read as zeroes (qemu-img map says zero, present)
             return Status(ZERO | ALLOCATED, min(length, run_end - offset))
         # following blocks stored right after this one extend the run
@@ -241,6 +240,8 @@ class VdiFormat(Format):
     def _allocate(self, idx: int, within: int, chunk: memoryview) -> None:
         """Append a block: the whole block (zero padded), then the header count, then the map entry."""
         entry = self.blocks_allocated
+        if self._top is None:
+            self._top = max((e + k - 1 for _, e, k in self._allocated_runs()), default=-1)
         if entry >= self.header.blocks_in_image or entry <= self._top:
             raise QimgError(f"'{self.filename}': the block map and the allocated block count disagree; "
                             "cannot allocate (run 'qimg check')")
@@ -281,6 +282,30 @@ class VdiFormat(Format):
                 self.file.pwrite(host + done, memoryview(ZERO_CHUNK)[:n])
                 done += n
 
+    def _unallocated_end(self, i: int, last: int) -> int:
+        """The first block from ``i`` (unallocated) up to ``last`` that is allocated, or last:
+        a run of free entries, of discarded ones, of free ones... (C comparisons per run)."""
+        bmap = self.bmap
+        while i < last and bmap[i] >= FIRST_UNALLOCATED:
+            i += equal_run(bmap, i, bmap[i], last - i)
+        return i
+
+    def _allocated_runs(self) -> Iterator[tuple[int, int, int]]:
+        """(first block, its entry, count) of each run of allocated blocks whose entries count
+        up by one, in block order; unallocated runs are skipped (C operations per run, not
+        per entry)."""
+        bmap = self.bmap
+        n = len(bmap)
+        i = 0
+        while i < n:
+            entry = bmap[i]
+            if entry >= FIRST_UNALLOCATED:
+                i = self._unallocated_end(i, n)
+                continue
+            k = consecutive_run(bmap, i, entry, FIRST_UNALLOCATED - entry)  # none unallocated
+            yield i, entry, k
+            i += k
+
     # -- check --------------------------------------------------------------------------
     def check(self, fix: set[str]) -> CheckResult:
         if fix:
@@ -289,19 +314,22 @@ class VdiFormat(Format):
         blocks = self.header.blocks_in_image
         owner = bytearray(blocks)  # 1 where a data-area block is already referenced
         counted = 0
-        for block, entry in enumerate(self.bmap):
-            if entry >= FIRST_UNALLOCATED:
+        for first, e0, k in self._allocated_runs():
+            if e0 + k <= blocks and owner.find(1, e0, e0 + k) < 0:
+                owner[e0 : e0 + k] = b"\x01" * k  # a run in range that nothing else uses
+                counted += k
                 continue
-            if entry < blocks:
-                counted += 1
-                if owner[entry]:
-                    res.messages.append(f"ERROR: block index {entry} also used by {entry}")
-                    res.corruptions += 1
+            for block, entry in enumerate(range(e0, e0 + k), first):
+                if entry < blocks:
+                    counted += 1
+                    if owner[entry]:
+                        res.messages.append(f"ERROR: block index {entry} also used by {entry}")
+                        res.corruptions += 1
+                    else:
+                        owner[entry] = 1
                 else:
-                    owner[entry] = 1
-            else:
-                res.messages.append(f"ERROR: block index {block} too large, is {entry}")
-                res.corruptions += 1
+                    res.messages.append(f"ERROR: block index {block} too large, is {entry}")
+                    res.corruptions += 1
         if counted != self.header.blocks_allocated:
             res.messages.append(f"ERROR: allocated blocks mismatch, is {counted}, "
                                 f"should be {self.header.blocks_allocated}")

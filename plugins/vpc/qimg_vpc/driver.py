@@ -21,7 +21,7 @@ from qimg.image import zero_fill
 from qimg.limits import qemu_length, request_ok
 from qimg.options import BOOL, SIZE, STRING, Option
 from qimg.overlap import MetadataMap
-from qimg.tables import LazyPattern
+from qimg.tables import equal_run
 
 from .structs import (
     COOKIE,
@@ -56,7 +56,23 @@ CURRENT_SIZE_CREATORS = (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0")
 #: ... and those whose images take it from CHS (feature vpc-current-size-default: every other)
 CHS_CREATORS = (b"vpc ", b"qemu")
 
-_UNALLOCATED_RUN = LazyPattern(rb"(?:\xff\xff\xff\xff)*")  # compiled on first use
+
+
+def _top_used(part: array) -> int:
+    """The largest allocated entry of a piece of the BAT (-1: none): the largest of each run of
+    allocated entries, runs told apart by ``index`` and :func:`equal_run` (C per run)."""
+    top, i, n = -1, 0, len(part)
+    while i < n:
+        i += equal_run(part, i, UNALLOCATED)
+        if i >= n:
+            break
+        try:
+            j = part.index(UNALLOCATED, i)
+        except ValueError:
+            j = n
+        top = max(top, max(part[i:j]))
+        i = j
+    return top
 
 
 def chs_geometry(total_sectors: int) -> tuple[int, int, int]:
@@ -286,9 +302,7 @@ class VpcFormat(Format):
             part = array("I", self.file.pread(self.bat_offset + pos * 4, k * 4).ljust(k * 4, b"\0"))
             if sys.byteorder == "little":
                 part.byteswap()
-            used = list(filter(UNALLOCATED.__ne__, part))
-            if used:
-                top = max(top, max(used))
+            top = max(top, _top_used(part))
             if pos < needed:
                 self.bat.extend(part[: needed - pos])
             pos += k
@@ -329,8 +343,7 @@ class VpcFormat(Format):
             host = entry * SECTOR + self.bitmap_size + within
             return Status(DATA | ALLOCATED | OFFSET_VALID, n, host, self.file.filename)
         last = -(-(offset + length) // bs)
-        m = _UNALLOCATED_RUN.match(memoryview(self.bat).cast("B"), idx * 4, last * 4)
-        run_end = (idx + (m.end() - idx * 4) // 4) * bs
+        run_end = (idx + equal_run(self.bat, idx, 0xFFFFFFFF, last - idx)) * bs
         # no backing file: unallocated blocks read as zeroes (qemu-img map says zero, present)
         return Status(ZERO | ALLOCATED, min(length, run_end - offset))
 
