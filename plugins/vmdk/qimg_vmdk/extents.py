@@ -682,12 +682,17 @@ class SparseExtent(Extent):
         g = self.h.grain_size
         span = self.gtes * g  # sectors per grain table
         sectors = self.capacity // SECTOR
+        # an entry at or past this sector points after the end of the file
+        past_eof = -(-self.file_size // SECTOR)
         for gti in range(-(-sectors // span) if span else 0):
             if gti >= self.l1_size:
                 return f"ERROR: could not get cluster_offset for sector {first_sector + gti * span}", errno.EPERM
             gt = self._gt(gti)
             if gt is None:
                 continue
+            used = -(-(sectors - gti * span) // g)  # entries inside the disk
+            if 0 < past_eof and max(gt if used >= len(gt) else gt[:used], default=0) < past_eof:
+                continue  # (in C) every entry of the table points into the file
             for k, e in enumerate(gt):
                 if gti * span + k * g >= sectors:
                     break
