@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import uuid
@@ -357,3 +358,69 @@ def test_encrypted_create_and_open(pool, tmp_path):
                  # too small for librbd's header: it fails, the image is removed
                  ["create", *secret, *opts, ceph.rbd(pool.name("enc")), "4M"]):
         compare(tmp_path, *args)
+
+
+_HOLD_LOCK = """
+import sys
+from qimg_rbd.bindings import bindings
+rados, rbd = bindings()
+conf, pool, image = sys.argv[1:4]
+with rados.Rados(conffile=conf) as c, c.open_ioctx(pool) as io, rbd.Image(io, image) as img:
+    img.lock_acquire(rbd.RBD_LOCK_MODE_EXCLUSIVE)  # a managed lock: never handed over on request
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_failed_asynchronous_write(pool, tmp_path):
+    """Another client holds the image's exclusive lock (librbd's managed lock, which it does not
+    give up on request), so librbd fails every write with EROFS, after the write was queued: the
+    error of writes still in flight at the end of a convert is raised when the image is closed.
+    qimg exits 1 with one line naming the reason, as qemu-img's last line does."""
+    ceph = pool.ceph
+    image = pool.name("locked")
+    assert run_qemu("create", "-q", "-f", "raw", ceph.rbd(image), "8M").returncode == 0
+    src = tmp_path / "src.raw"
+    src.write_bytes(random.Random(3).randbytes(4 * MIB))  # two 2 MiB writes, in flight at the end
+    tail = tmp_path / "tail.raw"
+    tail.write_bytes(random.Random(4).randbytes(2 * MIB) + bytes(2 * MIB))  # a write, then zeroes
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, ceph.conf, ceph.pool, image],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n", "the lock holder did not take the lock"
+        argv = ("convert", "-n", "-f", "raw", "-O", "raw", str(src), ceph.rbd(image))
+        ours, theirs = run_qimg(*argv), run_qemu(*argv)
+        assert (ours.returncode, theirs.returncode) == (1, 1), ours.stderr + theirs.stderr
+        assert ours.stdout == theirs.stdout == ""
+        assert ours.stderr == f"qimg: Could not close '{ceph.rbd(image)}': Read-only file system\n"
+        assert theirs.stderr.splitlines()[-1].endswith(": Read-only file system")
+        # a synchronous request after them (the zeroes) sees their failure: convert's message
+        argv = ("convert", "-n", "-f", "raw", "-O", "raw", str(tail), ceph.rbd(image))
+        ours, theirs = run_qimg(*argv), run_qemu(*argv)
+        assert (ours.returncode, theirs.returncode) == (1, 1), ours.stderr + theirs.stderr
+        assert ours.stderr == "qimg: error while writing at byte 2097152: Read-only file system\n"
+        assert theirs.stderr.splitlines()[-1] == "qemu-img: error while writing at byte 0: Read-only file system"
+        # the library: the failed write is raised by close, not lost
+        import qimg
+
+        img = qimg.open(ceph.rbd(image), "raw", writable=True)
+        img.pwrite(0, b"\x55" * 4096)
+        with pytest.raises(qimg.QimgError, match="^Could not close .*: Read-only file system$"):
+            img.close()
+    finally:
+        holder.communicate("", timeout=60)
+    # nothing reached the image
+    zeros = tmp_path / "zeros.raw"
+    zeros.write_bytes(bytes(8 * MIB))
+    r = run_qemu("compare", "-f", "raw", "-F", "raw", ceph.rbd(image), str(zeros))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_bindings_from_the_system_folder():
+    """In a venv that does not see the system's packages, the two extension modules are loaded
+    from the distribution's folder (when built for this Python)."""
+    code = ("import sys; from qimg_rbd.bindings import _system_bindings; r, b = _system_bindings(); "
+            "print(r.__name__, b.__name__, b.RBD().version() >= (1, 0, 0))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "rados rbd True\n"

@@ -403,7 +403,10 @@ class Copier:
         pz = self._pending_zero
         if pz is not None:
             self._pending_zero = None
-            self.target.write_zeroes(pz[0], pz[1] - pz[0], unmap=self.unmap)
+            try:
+                self.target.write_zeroes(pz[0], pz[1] - pz[0], unmap=self.unmap)
+            except OSError as e:  # qemu-img reports a failed zero write as any other write
+                raise WriteError(pz[0], e.strerror or str(e)) from None
 
     def _advance(self, n: int, copied: bool = True) -> None:
         if not copied and not self.progress_all:

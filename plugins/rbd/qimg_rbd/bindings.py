@@ -57,7 +57,7 @@ def _system_bindings() -> tuple[Any, Any]:
         try:
             for name, path in zip(("rados", "rbd"), paths, strict=True):
                 loader = importlib.machinery.ExtensionFileLoader(name, path)
-                spec = importlib.util.spec_from_filelocation(name, path, loader=loader)
+                spec = importlib.util.spec_from_file_location(name, path, loader=loader)
                 mod = importlib.util.module_from_spec(spec)
                 sys.modules[name] = mod  # rbd imports rados by name
                 loader.exec_module(mod)
