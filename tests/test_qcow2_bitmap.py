@@ -8,6 +8,7 @@ import struct
 import pytest
 import qimg
 from qimg_qcow2 import bitmap as B
+from qimg_qcow2 import bitmapops as BO
 
 
 @pytest.fixture
@@ -71,9 +72,9 @@ def test_qemu_made_bitmaps_listed_and_read(img, qemu_img, qemu_io):
 
 
 def test_qimg_added_bitmaps_visible_to_qemu(img, qemu_img, qemu_io, tmp_path):
-    run(B.bitmap_add, img, "one")
-    run(B.bitmap_add, img, "two", 1 << 20, disabled=True)
-    run(B.bitmap_add, img, "three", 512)
+    run(BO.bitmap_add, img, "one")
+    run(BO.bitmap_add, img, "two", 1 << 20, disabled=True)
+    run(BO.bitmap_add, img, "three", 512)
     assert qemu_bitmaps(qemu_img, img) == qimg_bitmaps(img) == [
         {"flags": ["auto"], "name": "one", "granularity": 65536},
         {"flags": [], "name": "two", "granularity": 1 << 20},
@@ -93,7 +94,7 @@ def test_default_granularity_follows_cluster_size(tmp_path, qemu_img):
         for p in (a, b):
             assert qemu_img("create", "-q", "-f", "qcow2", "-o", f"cluster_size={cs}", str(p), "4M").returncode == 0
         assert qemu_img("bitmap", "--add", str(a), "x").returncode == 0
-        run(B.bitmap_add, b, "x")
+        run(BO.bitmap_add, b, "x")
         assert qemu_bitmaps(qemu_img, a) == qemu_bitmaps(qemu_img, b)
 
 
@@ -107,8 +108,8 @@ def test_errors_match(img, qemu_img, op, args):
     r = qemu_img("bitmap", f"--{op}", *args[:-1], str(img), name)
     assert r.returncode == 1
     want = r.stderr.strip().split("failed: ", 1)[1]
-    fn = {"add": B.bitmap_add, "remove": B.bitmap_remove, "clear": B.bitmap_clear,
-          "enable": B.bitmap_enable}[op]
+    fn = {"add": BO.bitmap_add, "remove": BO.bitmap_remove, "clear": BO.bitmap_clear,
+          "enable": BO.bitmap_enable}[op]
     extra = [int(args[1])] if op == "add" and len(args) == 3 else []
     with pytest.raises(qimg.QimgError) as exc:
         run(fn, img, name, *extra)
@@ -124,17 +125,17 @@ def test_remove_clear_enable_disable_like_qemu(img, qemu_img, qemu_io, tmp_path)
     assert qemu_img("bitmap", "--remove", str(ref), "a").returncode == 0
     assert qemu_img("bitmap", "--clear", str(ref), "b").returncode == 0
     assert qemu_img("bitmap", "--disable", str(ref), "c").returncode == 0
-    run(B.bitmap_remove, img, "a")
-    run(B.bitmap_clear, img, "b")
-    run(B.bitmap_disable, img, "c")
+    run(BO.bitmap_remove, img, "a")
+    run(BO.bitmap_clear, img, "b")
+    run(BO.bitmap_disable, img, "c")
     assert qimg_bitmaps(img) == qemu_bitmaps(qemu_img, img) == qemu_bitmaps(qemu_img, ref)
     assert bits(img, "b") == bits(ref, "b") and not any(bits(img, "b"))
     assert bits(img, "c") == bits(ref, "c") and any(bits(img, "c"))
     assert_clean(qemu_img, img)
-    run(B.bitmap_enable, img, "c")
+    run(BO.bitmap_enable, img, "c")
     assert qemu_bitmaps(qemu_img, img)[1]["flags"] == ["auto"]
-    run(B.bitmap_remove, img, "b")
-    run(B.bitmap_remove, img, "c")
+    run(BO.bitmap_remove, img, "b")
+    run(BO.bitmap_remove, img, "c")
     assert qemu_bitmaps(qemu_img, img) == []
     assert_clean(qemu_img, img)
 
@@ -149,7 +150,7 @@ def test_merge_across_images_and_granularities(img, qemu_img, qemu_io, tmp_path)
         assert qemu_img("bitmap", "--add", str(p), "small").returncode == 0
     assert qemu_img("bitmap", "--merge", "big", "-b", str(img), "-F", "qcow2", str(ref), "small").returncode == 0
     with qimg.open(str(img), "qcow2") as src, qimg.open(str(other), "qcow2", writable=True) as dst:
-        B.bitmap_merge(dst.driver, "small", src.driver, "big")
+        BO.bitmap_merge(dst.driver, "small", src.driver, "big")
     assert bits(other, "small") == bits(ref, "small")
     assert set_bit_indexes(bits(other, "small")) == list(range(32, 48))
     assert_clean(qemu_img, other)
@@ -171,7 +172,7 @@ def test_copy_bitmaps_like_convert(img, qemu_img, qemu_io, tmp_path):
     dst = tmp_path / "dst.qcow2"
     assert qemu_img("create", "-q", "-f", "qcow2", str(dst), "16M").returncode == 0
     with qimg.open(str(img), "qcow2") as s, qimg.open(str(dst), "qcow2", writable=True) as d:
-        B.copy_bitmaps(s.driver, d.driver)
+        BO.copy_bitmaps(s.driver, d.driver)
     assert qemu_bitmaps(qemu_img, dst) == qemu_bitmaps(qemu_img, ref)
     for name in ("a", "b"):
         assert bits(dst, name) == bits(ref, name)
@@ -191,13 +192,13 @@ def test_copy_refuses_inconsistent_unless_skipped(img, qemu_img, tmp_path):
     assert r.returncode == 1
     assert qemu_img("create", "-q", "-f", "qcow2", str(out), "16M").returncode == 0
     with qimg.open(str(img), "qcow2") as s:
-        assert B.check_inconsistent(s.driver) == ["bad"]
+        assert BO.check_inconsistent(s.driver) == ["bad"]
         with qimg.open(str(out), "qcow2", writable=True) as d, pytest.raises(qimg.QimgError) as exc:
-            B.copy_bitmaps(s.driver, d.driver)
+            BO.copy_bitmaps(s.driver, d.driver)
         assert "qemu-img: " + exc.value.message.replace("\n", "\n", 1) + "\n" == r.stderr
         warned = []
         with qimg.open(str(out), "qcow2", writable=True) as d:
-            B.copy_bitmaps(s.driver, d.driver, skip_broken=True, warn=warned.append)
+            BO.copy_bitmaps(s.driver, d.driver, skip_broken=True, warn=warned.append)
     ref = tmp_path / "ref.qcow2"
     r = qemu_img("convert", "--bitmaps", "--skip-broken-bitmaps", "-O", "qcow2", str(img), str(ref))
     assert r.returncode == 0
@@ -344,7 +345,7 @@ def test_bitmaps_resize_like_qemu(tmp_path, qemu_img, qemu_io, new_size):
             _grow_l1(d, d.size_to_l1(size))
         d.header.size = size
         d.file.pwrite(24, struct.pack(">Q", size))
-        B.bitmaps_resize(d, old, size)
+        BO.bitmaps_resize(d, old, size)
     assert qemu_bitmaps(qemu_img, b) == qemu_bitmaps(qemu_img, a)
     for name in ("fine", "coarse"):
         assert bits(b, name) == bits(a, name)

@@ -12,7 +12,7 @@ from array import array
 
 import pytest
 import qimg
-from qimg_qcow2.driver import _same_run
+from qimg.tables import same_run as _same_run
 
 
 def _naive_same_run(vals: array, e0: int, step: int) -> int:
@@ -75,7 +75,7 @@ def test_parallel_reads_with_evicting_cache(tmp_path, qemu_img, qemu_io) -> None
     image = qimg.open(str(img), fmt="qcow2")
     try:
         drv = image.driver
-        drv.l2_cache.capacity = 2
+        drv.clusters.cache.capacity = 2
         errors: list[BaseException] = []
 
         def worker(seed: int) -> None:
@@ -101,6 +101,6 @@ def test_parallel_reads_with_evicting_cache(tmp_path, qemu_img, qemu_io) -> None
         finally:
             sys.setswitchinterval(old_switch)
         assert not errors, errors[0]
-        assert len(drv.l2_cache.tables) <= 2
+        assert len(drv.clusters.cache.tables) <= 2
     finally:
         image.close()

@@ -198,7 +198,7 @@ def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
         l2off = l1[l1i] & S.L1E_OFFSET_MASK
         if not l2off:
             continue
-        tbl = drv.get_l2(l2off, l1i)
+        tbl = drv.clusters.get_l2(l2off, l1i)
         l2_refs = drv.refcounts.get(l2off >> cb)
         changed = False
         for i in range(drv.l2_entries):
@@ -222,7 +222,7 @@ def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
                 tbl[i] = host | (S.OFLAG_COPIED if drv.refcounts.get(host >> cb) == 1 else 0)
             changed = True
         if changed:
-            drv.l2_cache.mark_dirty(l2off)
+            drv.clusters.cache.mark_dirty(l2off)
 
 
 #: QEMU's QCOW_MAX_REFTABLE_SIZE (bytes)

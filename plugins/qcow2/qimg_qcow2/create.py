@@ -137,7 +137,9 @@ def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
                 backing_fmt=opts.get("backing_fmt"))
 
 
-def create_image(filename: str, size: int, opts: dict[str, Any]) -> None:
+def create_image(cls: type, filename: str, size: int, opts: dict[str, Any]) -> None:
+    """Create a qcow2 image: its bare structure, then opened with ``cls`` (the driver) to size,
+    preallocate, name the backing file and set up encryption as QEMU does."""
     from qimg.api import open_protocol
 
     # qemu-img's option path rounds the size up to whole sectors (its QMP path would refuse)
@@ -181,13 +183,11 @@ def create_image(filename: str, size: int, opts: dict[str, Any]) -> None:
         f.pwrite(0, encode_header(h, cs))
     finally:
         f.close()
-    from .driver import Qcow2Format
-
     f = open_protocol(filename, writable=True)
     dopts: dict[str, Any] = {}
     if o["data_file"]:
         dopts["data-file"] = o["data_file"]  # (as QEMU: from the working folder, as created)
-    drv = Qcow2Format(f, filename=filename, writable=True, options=dopts)
+    drv = cls(f, filename=filename, writable=True, options=dopts)
     try:
         drv.header.data_file = o["data_file"]
         drv.flush_caches()

@@ -193,3 +193,59 @@ def encode_header(h: Header, cluster_size: int) -> bytes:
     if len(out) > cluster_size:
         raise QimgError("Cannot update qcow2 header: header and extensions do not fit in one cluster")
     return bytes(out) + bytes(cluster_size - len(out))
+
+
+def read_header(f, refuse_corrupt: bool) -> tuple[Header, bytes, int]:
+    """Read and check the header as QEMU's qcow2_do_open does, in its order; return it with
+    the first cluster (and 8 bytes more: an extension header may start in its last bytes) and
+    the end of the extension area. ``refuse_corrupt``: a read-write open (not for a check)."""
+    head = f.pread(0, S.V3_HEADER_SIZE)
+    if len(head) < S.V2_HEADER_SIZE or head[:4] != b"QFI\xfb":
+        raise QimgError("Image is not in qcow2 format")
+    h = parse_fixed(head)
+    if h.version < 2 or h.version > 3:
+        raise QimgError(f"Unsupported qcow2 version {h.version}")
+    if h.cluster_bits < S.MIN_CLUSTER_BITS or h.cluster_bits > S.MAX_CLUSTER_BITS:
+        raise QimgError(f"Unsupported cluster size: 2^{h.cluster_bits}")
+    cs = 1 << h.cluster_bits
+    if h.version == 3:
+        if len(head) < S.V3_MIN_HEADER_SIZE or h.header_length < S.V3_MIN_HEADER_SIZE:
+            raise QimgError("qcow2 header too short")
+        if h.header_length > cs:
+            raise QimgError("qcow2 header exceeds cluster size")
+        if h.header_length <= S.V3_MIN_HEADER_SIZE:
+            h.compression_type = 0
+    if h.backing_file_offset > cs:
+        raise QimgError("Invalid backing file offset")
+    # the first cluster and 8 bytes more (an extension header may start in its last bytes)
+    cluster0 = f.pread(0, cs + 8)
+    ext_end = h.backing_file_offset if h.backing_file_offset else cs
+    unknown = h.incompatible_features & ~S.INCOMPAT_KNOWN
+    if unknown:
+        # as QEMU, the extensions are read for the feature names only, errors ignored
+        parse_extensions(h, cluster0, ext_end, strict=False)
+        parts = []
+        # the feature name table's order: each incompatible bit by the first entry naming it
+        for (kind, bit), name in h.feature_names.items():
+            mask = 1 << (bit & 63)  # QEMU's 1ULL << bit, whose count x86 takes modulo 64
+            if kind == 0 and unknown & mask:
+                parts.append(name)
+                unknown &= ~mask
+        if unknown:
+            parts.append(f"Unknown incompatible feature: {unknown:x}")
+        raise QimgError("Unsupported qcow2 feature(s): " + ", ".join(parts), 1)
+    if h.incompatible_features & S.INCOMPAT_CORRUPT and refuse_corrupt:
+        raise QimgError("qcow2: Image is corrupt; cannot be opened read/write")
+    if h.incompatible_features & S.INCOMPAT_EXTL2 and cs // 32 < 512:
+        raise QimgError(f"Unsupported subcluster size: {cs // 32}")
+    if h.refcount_order > 6:
+        raise QimgError("Reference count entry width too large; may not exceed 64 bits")
+    if h.crypt_method > 2:
+        raise QimgError(f"Unsupported encryption method {h.crypt_method}")
+    if h.compression_type > 1:
+        raise QimgError(f"qcow2: unknown compression type: {h.compression_type}")
+    if h.compression_type != 0 and not h.incompatible_features & S.INCOMPAT_COMPRESSION:
+        raise QimgError("qcow2: Compression type incompatible feature bit must be set")
+    if h.compression_type == 0 and h.incompatible_features & S.INCOMPAT_COMPRESSION:
+        raise QimgError("qcow2: Compression type incompatible feature bit must not be set")
+    return h, cluster0, ext_end

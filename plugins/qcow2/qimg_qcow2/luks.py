@@ -57,6 +57,34 @@ class Qcow2Crypto:
     def encrypt(self, host: int, guest: int, data: bytes | bytearray | memoryview) -> bytes:
         return self.cipher.encrypt((host if self.physical else guest) // SECTOR, data)
 
+    # Encryption works on whole 512-byte sectors; host and guest offsets share their position
+    # within a sector, so both widen alike. Writes of partial sectors read, patch and rewrite.
+    def read_into(self, dfile: Any, host: int, guest: int, view: memoryview) -> None:
+        """Read and decrypt the data stored at ``host`` (guest offset ``guest``) into ``view``."""
+        head = host % SECTOR
+        n = len(view)
+        span = -(-(head + n) // SECTOR) * SECTOR
+        raw = dfile.pread(host - head, span)
+        if len(raw) < span:
+            raw += bytes(span - len(raw))
+        view[:] = memoryview(self.decrypt(host - head, guest - head, raw))[head : head + n]
+
+    def write(self, dfile: Any, host: int, guest: int, data: Any) -> None:
+        """Encrypt guest data and store it at ``host``."""
+        n = len(data)
+        head = host % SECTOR
+        tail = -(host + n) % SECTOR
+        if head or tail:
+            buf = bytearray(head + n + tail)
+            mv = memoryview(buf)
+            if head:
+                self.read_into(dfile, host - head, guest - head, mv[:SECTOR])
+            if tail:
+                self.read_into(dfile, host + n + tail - SECTOR, guest + n + tail - SECTOR, mv[-SECTOR:])
+            mv[head : head + n] = data
+            data = buf
+        dfile.pwrite(host - head, self.encrypt(host - head, guest - head, data))
+
 
 def check_plain_options(options: dict[str, Any]) -> None:
     """An unencrypted image opened with ``encrypt.format`` (QEMU refuses; a bare secret is fine)."""

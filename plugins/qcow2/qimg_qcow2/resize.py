@@ -115,12 +115,12 @@ def _zero_new_area(drv: "Qcow2Format", old: int, size: int) -> None:
         if drv.header.version < 3:
             raise QimgError("Failed to zero out new clusters: Operation not supported")
         try:
-            drv._zero_units(start, size, unmap=False)
+            drv.allocator.zero_units(start, size, unmap=False)
         except QimgError as e:
             raise QimgError(f"Failed to zero out new clusters: {e.message}") from None
     if start > old:
         try:
-            drv._write(old, memoryview(bytes(min(start, size) - old)))
+            drv.allocator.write(old, memoryview(bytes(min(start, size) - old)))
         except (QimgError, OSError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise QimgError(f"Failed to zero out the new area: {reason}") from None
@@ -128,7 +128,7 @@ def _zero_new_area(drv: "Qcow2Format", old: int, size: int) -> None:
 
 def _resize_bitmaps(drv: "Qcow2Format", old: int, new: int) -> None:
     if drv.header.bitmaps_ext is not None and old != new:
-        from .bitmap import bitmaps_resize
+        from .bitmapops import bitmaps_resize
 
         bitmaps_resize(drv, old, new)
 
@@ -145,7 +145,7 @@ def _preallocate_metadata(drv: "Qcow2Format", start: int, end: int, mode: str) -
         gci = pos >> cb
         l1i = gci >> drv.l2_bits
         tend = min(-(-end // cs) * cs, (l1i + 1) << (drv.l2_bits + cb))
-        l2off, tbl = drv._l2_for_write(l1i)
+        l2off, tbl = drv.allocator.l2_for_write(l1i)
         i0 = gci & (drv.l2_entries - 1)
         n = (tend - pos) >> cb
         # only clusters not yet allocated
@@ -165,7 +165,7 @@ def _preallocate_metadata(drv: "Qcow2Format", start: int, end: int, mode: str) -
                     head[2] = hoff
                 if tail is not None and pos + (k << cb) == tail[0]:
                     tail[2] = hoff
-            drv.l2_cache.mark_dirty(l2off)
+            drv.clusters.cache.mark_dirty(l2off)
         pos = tend
     target = drv.data_file if drv.data_file is not None else drv.file
     if drv.data_file is not None:
@@ -180,11 +180,11 @@ def _preallocate_metadata(drv: "Qcow2Format", start: int, end: int, mode: str) -
     if tail is not None and tail[2] is not None:
         # the rest of the (sub)cluster after the new end is copied from the backing file (or
         # written with zeroes), as QEMU's allocation does (COW)
-        drv._dpwrite(drv.file, tail[2] + (end - tail[0]), end, tail[1])
+        drv.write_stored(drv.file, tail[2] + (end - tail[0]), end, tail[1])
     if head is not None and head[2] is not None:
         # the partial cluster before the old end was not allocated: it is now, and what it
         # read (the backing file's data) is copied into it, as QEMU's allocation does (COW)
-        drv._dpwrite(drv.file, head[2], head[0], head[1])
+        drv.write_stored(drv.file, head[2], head[0], head[1])
 
 
 def _cow_tail(drv: "Qcow2Format", end: int) -> list | None:
@@ -263,7 +263,7 @@ def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str, zero_wr
         i0 = gci & (drv.l2_entries - 1)
         k = min(left, drv.l2_entries - i0)
         with _Step("Failed to update L2 tables"):
-            l2off, tbl = drv._l2_for_write(l1i)
+            l2off, tbl = drv.allocator.l2_for_write(l1i)
         for j in range(k):
             x = (i0 + j) * st
             if head is not None and pos + j * cs == head[0]:
@@ -274,14 +274,14 @@ def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str, zero_wr
                 tbl[x + 1] = ALL_ALLOC
             elif drv.extended_l2 and (head is None or pos + j * cs != head[0]):
                 tbl[x + 1] = 0  # allocated, subclusters read through
-        drv.l2_cache.mark_dirty(l2off)
+        drv.clusters.cache.mark_dirty(l2off)
         pos += k * cs
         host += k * cs
         left -= k
     if head is not None:
-        drv._dpwrite(drv.file, head[2], head[0], head[1])
+        drv.write_stored(drv.file, head[2], head[0], head[1])
         if old_head & S.OFLAG_COMPRESSED or old_head & S.L2E_OFFSET_MASK:
-            drv._free_entry(old_head)
+            drv.allocator.free_entry(old_head)
 
 
 def _shrink(drv: "Qcow2Format", size: int) -> None:
@@ -290,7 +290,7 @@ def _shrink(drv: "Qcow2Format", size: int) -> None:
     a = -(-size // cs) * cs
     if a < h.size:
         with _Step("Failed to discard cropped clusters"):
-            drv._discard_range(a, h.size, full=True)
+            drv.allocator.discard_range(a, h.size, full=True)
     new_l1 = drv.size_to_l1(size)
     if new_l1 < len(drv.l1):
         # QEMU's qcow2_shrink_l1_table: the table's tail is zeroed in the file (no overlap
@@ -304,7 +304,7 @@ def _shrink(drv: "Qcow2Format", size: int) -> None:
         for e in reversed(tail):
             off = e & S.L1E_OFFSET_MASK
             if off:
-                drv.l2_cache.drop(off)
+                drv.clusters.cache.drop(off)
                 drv.refcounts.free(off, cs, discard=True)
     try:
         _shrink_reftable(drv)
@@ -404,7 +404,7 @@ def _make_completely_empty(drv: "Qcow2Format") -> None:
     l1_bytes = h.l1_size * 8
     l1_clusters = -(-l1_bytes // cs)
     drv.flush_caches()
-    drv.l2_cache.tables.clear()
+    drv.clusters.cache.tables.clear()
     drv.refcounts.cache.tables.clear()
     if not h.incompatible_features & S.INCOMPAT_DIRTY:
         f.flush()
@@ -460,5 +460,5 @@ def make_empty(drv: "Qcow2Format") -> None:
         _make_completely_empty(drv)
         return
     # QEMU's fallback discards every cluster; the L2 tables stay (v2, snapshots, bitmaps, data file)
-    drv._discard_range(0, drv.header.size, full=True)
+    drv.allocator.discard_range(0, drv.header.size, full=True)
     drv.flush_caches()

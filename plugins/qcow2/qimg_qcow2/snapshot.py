@@ -341,7 +341,7 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
         l2_rc = drv.refcounts.get(l2_off >> cb)
         # a table that this change frees is left untouched (it must not be written back later)
         touch = not (addend < 0 and l2_rc <= 1)
-        l2 = drv.get_l2(l2_off)
+        l2 = drv.clusters.get_l2(l2_off)
         dirty = False
         j, n, slow = 0, len(l2), 0
         while j < n:
@@ -369,7 +369,7 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
             j += step
             if le & S.OFLAG_COMPRESSED:
                 if addend:
-                    first, count = drv.compressed_clusters(le)
+                    first, count = drv.clusters.compressed_clusters(le)
                     _update_refcounts(drv, first, count * cs, addend)
                 continue
             off = le & S.L2E_OFFSET_MASK
@@ -387,10 +387,10 @@ def _update_snapshot_refcount(drv: "Qcow2Format", l1: array, addend: int, *, is_
                     l2[idx] = new
                     dirty = True
         if dirty:
-            drv.l2_cache.mark_dirty(l2_off)
+            drv.clusters.cache.mark_dirty(l2_off)
         if addend:
             if not touch:
-                drv.l2_cache.drop(l2_off)
+                drv.clusters.cache.drop(l2_off)
             _update_refcounts(drv, l2_off, cs, addend)
         rc = drv.refcounts.get(l2_off >> cb)
         new = e | S.OFLAG_COPIED if rc == 1 else e & ~S.OFLAG_COPIED
