@@ -111,6 +111,9 @@ def _main(args: list[str]) -> None:
             from qimg.untrusted import enable_cli
 
             enable_cli()
+        from qimg import api
+
+        api.report = prog.warn  # QEMU's warn_report lines carry the program name
         name, rest = p.args[0], p.args[1:]
         cmd = command(name)
         if cmd is None:

@@ -151,6 +151,10 @@ class Format:
     #: file empty before checking the options: the core creates it first), "delete" (QEMU
     #: removes what it made), None (the file is left as it was; the driver made nothing)
     create_failure: ClassVar[str | None] = None
+    #: QEMU reads the ``-o`` option strings a second time when this format creates its image
+    #: (its create goes through the option strings again: qemu-img 7.2 then repeats the
+    #: warning for a hex size with a suffix). False: only once (QEMU's vmdk and luks)
+    create_reparses_options: ClassVar[bool] = True
     #: one open image may serve reads from several threads at once (``convert``'s and
     #: ``compare``'s reader pool): its caches are safe for concurrent use. Default False: the
     #: core then reads it from one thread (raw is always read in parallel: plain ``preadv``)

@@ -41,8 +41,11 @@ class Option(FrozenValue):
         left = f"  {self.name}={kind}"
         return f"{left:<24} - {self.help}" if self.help else left
 
-    def convert(self, value: str) -> Any:
-        """String to typed value, raising QimgError with QEMU's message."""
+    def convert(self, value: str, *, quiet: bool = False) -> Any:
+        """String to typed value, raising QimgError with QEMU's message. A size is QemuOpts'
+        uint64 (0 to 2^64 - 1: what QEMU keeps as int64 shows as negative, see
+        :func:`as_int64`); 7.2 warns about a suffix on a hex size through ``qimg.api.report``
+        unless ``quiet``."""
         if self.type == BOOL:
             v = value.lower()
             if v in _TRUE:
@@ -52,15 +55,12 @@ class Option(FrozenValue):
             raise QimgValueError(f"Parameter '{self.name}' expects 'on' or 'off'")
         if self.type == SIZE:
             try:
-                # QemuOpts reads a uint64: 2^64 and more is out of range, as is a negative
-                # number in 10.0 (SizeRange; 7.2: invalid, below); 7.2 accepts a suffix on a
-                # hex number (its deprecation warning is not printed here yet), 10.0 refuses it
+                # 2^64 and more is out of range, as is a negative number in 10.0 (SizeRange;
+                # 7.2: invalid, below); 7.2 accepts a suffix on a hex number with a warning,
+                # 10.0 refuses it
                 from .ops.sizes import strtosz
 
-                size = strtosz(value, limit=1 << 64)
-                if size >= 1 << 63:
-                    raise ValueError(value)  # qimg keeps sizes in int64 (QEMU's turn negative)
-                return size
+                return strtosz(value, None if quiet else _report, limit=1 << 64)
             except OverflowError:
                 raise QimgValueError(f"Value '{value}' is out of range for parameter '{self.name}'") from None
             except ValueError:
@@ -75,6 +75,23 @@ class Option(FrozenValue):
             except ValueError:
                 raise QimgValueError(f"Parameter '{self.name}' expects a number") from None
         return value
+
+
+def _report(message: str) -> None:
+    from . import api
+
+    api.report(message)
+
+
+def as_int64(value: int) -> int:
+    """A QemuOpts number (uint64) as QEMU prints and mostly keeps it: int64, so 2^63 and more
+    are negative (``size=18446744073709551614`` is ``size=-2``)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+#: a QemuOpts size of 2^64 - 1 is QEMU's "not set" (-1): ``-o size=18446744073709551615`` asks
+#: for no size (create then takes the backing file's or needs one)
+SIZE_UNSET = (1 << 64) - 1
 
 
 def split_options(text: str) -> list[tuple[str, str | None]]:
@@ -135,11 +152,12 @@ def is_help_request(text: str | None) -> bool:
     return any(k in ("help", "?") and v is None for k, v in split_options(text))
 
 
-def parse_options(text: str, declared: list[Option], *, prefix_error: str = "") -> dict[str, Any]:
+def parse_options(text: str, declared: list[Option], *, prefix_error: str = "", quiet: bool = False) -> dict[str, Any]:
     """Validate and convert an option string against declared options.
 
     Later values of a repeated key win, as with QemuOpts. Unknown keys raise
-    ``Invalid parameter 'x'``. Nested names (``encrypt.format``) are kept flat.
+    ``Invalid parameter 'x'``. Nested names (``encrypt.format``) are kept flat. Each call is
+    one QEMU parse of the string: 7.2's hex-size warnings come once per call unless ``quiet``.
     """
     by_name = {o.name: o for o in declared}
     result: dict[str, Any] = {}
@@ -153,7 +171,7 @@ def parse_options(text: str, declared: list[Option], *, prefix_error: str = "") 
         if opt is None:
             raise QimgValueError(f"{prefix_error}Invalid parameter '{key}'")
         try:
-            result[key] = opt.convert(value)
+            result[key] = opt.convert(value, quiet=quiet)
         except QimgError as e:
             raise QimgValueError(prefix_error + e.message) from None
     return result

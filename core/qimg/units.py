@@ -19,6 +19,13 @@ _size_re: re.Pattern | None = None
 _negative_re: re.Pattern | None = None
 
 
+def sector_round(size: int) -> int:
+    """QEMU's ``ROUND_UP(size, 512)`` on the uint64 a create option holds: a size within 511
+    bytes of 2^64 wraps to 0 (``-o size=18446744073709551614`` makes an empty image), 2^63 and
+    more stay what the driver then refuses as negative or too large."""
+    return (size + 511) & ~511 & ((1 << 64) - 1)
+
+
 class SizeRange(OverflowError, ValueError):
     """qemu_strtosz's range error for a negative number (QEMU 8.1 on; 7.2 calls it invalid):
     callers that word both cases catch it first, others see a ValueError."""

@@ -73,7 +73,7 @@ def run(p: Parsed) -> None:
             parse_amend_options(type(img.driver), opts)
             bar.update(0, 1)  # as qemu-img, in case the driver reports no progress
             try:
-                ops_amend.amend(img, opts, progress=bar.update, force=p.force)
+                ops_amend.amend(img, opts, progress=bar.update, force=p.force, quiet=True)  # read above
             finally:
                 bar.update(1, 1)  # qemu-img shows 100% whether the amendment worked or not
     finally:

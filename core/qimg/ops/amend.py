@@ -28,23 +28,26 @@ def help_text(fmt: str) -> str:
     return "\n".join(lines)
 
 
-def parse_amend_options(cls: "type[Format]", options: str) -> dict[str, Any]:
+def parse_amend_options(cls: "type[Format]", options: str, *, quiet: bool = False) -> dict[str, Any]:
+    """The amend options, checked; ``quiet``: without 7.2's hex-size warnings (QEMU reads the
+    string once: a caller that checked it first passes quiet to :func:`amend`)."""
     try:
-        return parse_options(options, list(cls.amend_opts))
+        return parse_options(options, list(cls.amend_opts), quiet=quiet)
     except QimgError as e:
         from .create import merged_opts
 
         try:
-            parse_options(options, merged_opts(list(cls.amend_opts), list(cls.create_opts)))
+            parse_options(options, merged_opts(list(cls.amend_opts), list(cls.create_opts)), quiet=quiet)
         except QimgError:
             raise e from None
         raise QimgError(f"{e.message}\nThis option is only supported for image creation") from None
 
 
-def amend(img: "Image", options: str, *, progress: ProgressFn | None = None, force: bool = False) -> None:
+def amend(img: "Image", options: str, *, progress: ProgressFn | None = None, force: bool = False,
+          quiet: bool = False) -> None:
     cls = type(img.driver)
     if not supports_amend(cls):
         raise QimgError(f"Format driver '{img.format}' does not support option amendment")
-    opts = parse_amend_options(cls, options)
+    opts = parse_amend_options(cls, options, quiet=quiet)
     trace.event("amend_image", filename=img.filename, options=options)
     img.driver.amend(opts, progress, force)

@@ -253,7 +253,9 @@ def _create_target(filename: str, opts: ConvertOptions, size: int) -> None:
     co = opts.create_options
     if isinstance(co, str) or co is None:
         # the file protocol's options (preallocation, nocow, ...) are accepted too
-        copts = parse_options(_without_size(co or ""), all_create_opts(cls, filename))
+        # QEMU's second reading of the options, the size replaced by the source's
+        copts = parse_options(_without_size(co or ""), all_create_opts(cls, filename),
+                              quiet=not cls.create_reparses_options)
     else:
         copts = {k: v for k, v in co.items() if k != "size"}
     if opts.backing_file is not None:
@@ -325,7 +327,7 @@ def check_options(opts: ConvertOptions, sources: list["Image"], target_filename:
         check_protocol_creates(target_filename)
     co = opts.create_options
     if isinstance(co, str) and co:
-        parse_options(_without_size(co), all_create_opts(cls, target_filename))
+        parse_options(co, all_create_opts(cls, target_filename))  # the size too (then ignored)
     if opts.backing_file is not None and not cls.supports_backing:
         raise QimgError(f"Backing file not supported for file format '{opts.out_format}'")
     if opts.backing_format is not None and not cls.supports_backing:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .. import trace
 from ..errors import QimgError, QimgValueError
-from ..options import BOOL, NUMBER, SIZE, STRING, Option, parse_options, split_options
+from ..options import BOOL, NUMBER, SIZE, SIZE_UNSET, STRING, Option, as_int64, parse_options, split_options
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def option_texts(text: str, declared: list[Option]) -> dict[str, str]:
             value = "on" if opt.type == BOOL else ""
         if opt.type in (SIZE, NUMBER):
             try:
-                value = str(opt.convert(value))
+                value = str(as_int64(opt.convert(value, quiet=True)))  # QEMU prints int64
             except QimgError:
                 pass
         out[key] = value
@@ -271,6 +271,8 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
         if size is not None:
             raise QimgValueError("The image size must be specified only once")
         size = typed.pop("size")
+        if size == SIZE_UNSET:
+            size = None  # QEMU's -1: no size given
     texts.pop("size", None)
     if backing_file is not None:
         if "backing_file" not in names:
@@ -314,8 +316,10 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
         raise QimgValueError("Image creation needs a size parameter")
     if echo is not None:
         texts_all = dict(texts)
-        texts_all["size"] = str(size)
+        texts_all["size"] = str(as_int64(size))
         echo(formatting_line(filename, fmt, cls, declared, texts_all))
+    if isinstance(options, str) and options and cls.create_reparses_options:
+        parse_options(options, declared)  # QEMU's second reading (7.2's hex-size warnings again)
     trace.event("create_image", filename=filename, format=fmt, size=size)
     try:
         create_node(filename, fmt, size, typed)

@@ -50,6 +50,8 @@ class _ProfileCreateOpts:
 
 class LuksFormat(Format):
     format_name = "luks"
+    #: QEMU's luks takes the size out of the options before it creates the file
+    create_reparses_options = False
     #: QEMU's runtime options of the luks driver
     runtime_options = {"key-secret": STRING}
     #: the secret's name is part of what the image is (``json:{..., "key-secret": ...}``)

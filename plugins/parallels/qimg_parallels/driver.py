@@ -84,7 +84,9 @@ class ParallelsFormat(Format):
     @classmethod
     def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
         # qemu-img's option path rounds both sizes up to whole sectors
-        total = -(-size // SECTOR) * SECTOR
+        from qimg.units import sector_round
+
+        total = sector_round(size)
         cl = opts.get("cluster_size")
         cl = DEFAULT_CLUSTER_SIZE if cl is None else -(-int(cl) // SECTOR) * SECTOR
         if cl >= INT64_MAX // IMAGE_FACTOR:

@@ -96,7 +96,9 @@ class QcowFormat(Format):
 
     @classmethod
     def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
-        size = -(-size // SECTOR) * SECTOR
+        from qimg.units import sector_round
+
+        size = sector_round(size)
         if size == 0:
             raise QimgError("Image size is too small, cannot be zero length")
         crypt = _secret_check(opts)

@@ -88,7 +88,9 @@ class QedFormat(Format):
         cs = DEFAULT_CLUSTER if cs is None else int(cs)
         ts = opts.get("table_size")
         ts = DEFAULT_TABLE if ts is None else int(ts)
-        size = (size + 511) & ~511
+        from qimg.units import sector_round
+
+        size = sector_round(size)
         if not _pow2_in(cs, CLUSTER_MIN, CLUSTER_MAX):
             raise QimgError(f"QED cluster size must be within range [{CLUSTER_MIN}, {CLUSTER_MAX}] and power of 2")
         if not _pow2_in(ts, TABLE_MIN, TABLE_MAX):

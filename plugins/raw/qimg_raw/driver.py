@@ -51,7 +51,11 @@ class RawFormat(Format):
                 return
             # QEMU's file creation rounds the size up to whole sectors and writes the first
             # block (up to 4 KiB) so that alignment probing finds allocated data there
-            size = -(-size // 512) * 512
+            from qimg.units import sector_round
+
+            size = sector_round(size)
+            if size >= 1 << 63:  # QEMU's int64: ftruncate refuses a negative length
+                raise OSError(22, "Could not resize file: Invalid argument")
             file.truncate(0)
             try:
                 preallocate(file, 0, size, mode)

@@ -53,8 +53,11 @@ class VdiFormat(Format):
     # -- create -------------------------------------------------------------------
     @classmethod
     def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
-        disk_size = -(-size // SECTOR) * SECTOR
+        from qimg.units import sector_round
+
+        disk_size = sector_round(size)
         if disk_size > MAX_DISK_SIZE:
+            open_protocol(filename, create=True, writable=True).close()  # QEMU created it first
             raise QimgError(f"Unsupported VDI image size (size is {disk_size:#x}, "
                             f"max supported is {MAX_DISK_SIZE:#x})")
         static = bool(opts.get("static"))

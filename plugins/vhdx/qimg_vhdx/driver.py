@@ -96,9 +96,9 @@ def _chunk_ratio(block_size: int, logical_sector: int) -> int:
 def _bat_entries(size: int, block_size: int, chunk_ratio: int) -> tuple[int, int]:
     """(payload blocks, BAT entries) of a non-differencing image."""
     blocks = (size + block_size - 1) // block_size
-    if blocks == 0:
-        return 0, 0
-    return blocks, blocks + (blocks - 1) // chunk_ratio
+    # QEMU counts in uint32: for an empty image, blocks - 1 wraps and the table is as long as
+    # 2^32 - 1 blocks' sector bitmaps (a 64 MiB BAT with 8 MiB blocks)
+    return blocks, blocks + ((blocks - 1) & 0xFFFFFFFF) // chunk_ratio
 
 
 def _header_bytes(h: dict[str, Any]) -> bytes:
@@ -134,6 +134,9 @@ class VhdxFormat(Format):
     # -- create ---------------------------------------------------------------------------------
     @classmethod
     def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
+        from qimg.units import sector_round
+
+        size = sector_round(size)
         if size > MAX_SIZE:
             raise QimgError("Image size too large; max of 64TB")
         sub = opts.get("subformat") or "dynamic"

@@ -121,6 +121,8 @@ class VmdkFormat(Format):
     #: open options besides the block layer's (QEMU's runtime options of this driver)
     runtime_options = frozenset()
     format_name = "vmdk"
+    #: QEMU's vmdk creates its extents from values it read once
+    create_reparses_options = False
     supports_backing = True
     supports_compression = True
     # in qemu-img's order (the "Formatting ..." line follows it); -o help sorts by name
@@ -175,7 +177,9 @@ class VmdkFormat(Format):
             finally:
                 f.close()
             parent_cid = cls._backing_cid(filename, backing, opts.get("backing_fmt"))
-        capacity = (size + SECTOR - 1) // SECTOR
+        from qimg.units import sector_round
+
+        capacity = sector_round(size) // SECTOR
         heads = 16 if adapter == "ide" else 255
         cylinders = capacity // (heads * 63)  # qemu-img does not cap it at 16383
         import random  # not at start-up (random imports hashlib, math...)

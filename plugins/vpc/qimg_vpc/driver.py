@@ -171,8 +171,10 @@ class VpcFormat(Format):
         subformat = opts.get("subformat") or "dynamic"
         if subformat not in ("dynamic", "fixed"):
             raise QimgError(f"Parameter 'subformat' does not accept value '{subformat}'")
+        from qimg.units import sector_round
+
         force = bool(opts.get("force_size"))
-        c, h, s, total = create_geometry(size, force)
+        c, h, s, total = create_geometry(sector_round(size), force)
         if subformat == "fixed":
             footer = make_footer(DISK_FIXED, total, (c, h, s), force)
             file = open_protocol(filename, create=True, writable=True)
