@@ -154,3 +154,20 @@ def os_error_text(err: OSError) -> str:
     if err.errno is not None:
         return os.strerror(err.errno)
     return str(err)
+
+
+# -- QAPI's option errors: one wording for every -o, --object, json: and driver option --------
+
+def bad_value(name: str, value: object) -> QimgValueError:
+    """QAPI's refusal of a value its enum does not know: ``Parameter 'X' does not accept value 'Y'``."""
+    return QimgValueError(f"Parameter '{name}' does not accept value '{value}'")
+
+
+def missing_parameter(name: str) -> QimgValueError:
+    """QAPI's ``Parameter 'X' is missing`` (a required member not given)."""
+    return QimgValueError(f"Parameter '{name}' is missing")
+
+
+def invalid_parameter(name: str) -> QimgValueError:
+    """QemuOpts' and QAPI's ``Invalid parameter 'X'`` (a name the option list does not have)."""
+    return QimgValueError(f"Invalid parameter '{name}'")

@@ -23,7 +23,7 @@ import hashlib
 import struct
 
 from . import compat
-from .errors import QimgError
+from .errors import QimgError, bad_value, missing_parameter
 from .records import Record
 
 TYPE_CHECKING = False  # typing costs start-up time (info imports this module)
@@ -476,7 +476,7 @@ class CreateParams:
             if v is None:
                 return default
             if v not in choices:
-                raise QimgError(f"Parameter '{name}' does not accept value '{v}'")
+                raise bad_value(name, v)
             return v
 
         hashes = hash_algs()
@@ -583,9 +583,9 @@ def amend_keyslots(h: Header, read: ReadFn, write: WriteFn, master: bytes, opts:
     option names' (``"encrypt."`` in qcow2). ``h`` is updated."""
     state = opts.get(prefix + "state")
     if state is None:
-        raise QimgError("Parameter 'state' is missing")
+        raise missing_parameter("state")
     if state not in ("active", "inactive"):
-        raise QimgError(f"Parameter 'state' does not accept value '{state}'")
+        raise bad_value("state", state)
     keyslot = opts.get(prefix + "keyslot")
     if keyslot is not None:
         keyslot = int(keyslot)

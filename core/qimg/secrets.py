@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from .errors import QimgError
+from .errors import QimgError, bad_value, invalid_parameter, missing_parameter
 from .options import split_options
 
 _secrets: dict[str, bytes] = {}
@@ -16,16 +16,16 @@ def add_object(text: str) -> None:
 
     items = split_options(text)
     if any(key == "" for key, _ in items):
-        raise QimgError("Invalid parameter ''")  # an empty piece, even the implied first one
+        raise invalid_parameter("")  # an empty piece, even the implied first one
     if items and items[0][1] is None:  # QEMU's implied first key is qom-type
         items[0] = ("qom-type", items[0][0])
     for key, _ in items:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", key):
-            raise QimgError(f"Invalid parameter '{key}'")
+            raise invalid_parameter(key)
     pairs = dict(items)
     qom_type = pairs.pop("qom-type", None)
     if qom_type is None:
-        raise QimgError("Parameter 'qom-type' is missing")
+        raise missing_parameter("qom-type")
     from . import tlscreds
 
     if qom_type in tlscreds.TYPES:
@@ -34,10 +34,10 @@ def add_object(text: str) -> None:
         tlscreds.add(qom_type, pairs)
         return
     if qom_type != "secret":
-        raise QimgError(f"Parameter 'qom-type' does not accept value '{qom_type}'")
+        raise bad_value("qom-type", qom_type)
     ident = pairs.get("id")
     if not ident:
-        raise QimgError("Parameter 'id' is missing")
+        raise missing_parameter("id")
     for key in pairs:
         if key not in ("id", "data", "file", "format", "keyid", "iv", "loaded"):
             raise QimgError(f"Parameter '{key}' is unexpected")

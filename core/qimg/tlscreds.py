@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 from . import compat
-from .errors import QimgError
+from .errors import QimgError, bad_value, missing_parameter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def add(qom_type: str, pairs: dict[str, str | None]) -> None:
     """Define TLS credentials from ``--object`` properties (``qom-type`` taken out)."""
     ident = pairs.get("id")
     if not ident:
-        raise QimgError("Parameter 'id' is missing")
+        raise missing_parameter("id")
     for key in pairs:
         if key == "loaded" and not compat.has("tls-creds-without-loaded"):  # 7.2: a read-only QOM property
             raise QimgError(f"Property '{qom_type}.loaded' is not writable")
@@ -111,7 +111,7 @@ def add(qom_type: str, pairs: dict[str, str | None]) -> None:
             raise QimgError(f"Parameter '{key}' is unexpected")
     endpoint = pairs.get("endpoint") or "client"
     if endpoint not in ("client", "server"):
-        raise QimgError(f"Parameter 'endpoint' does not accept value '{endpoint}'")
+        raise bad_value("endpoint", endpoint)
     verify_peer = _bool("verify-peer", pairs["verify-peer"]) if "verify-peer" in pairs else True
     sanity = _bool("sanity-check", pairs["sanity-check"]) if "sanity-check" in pairs else True
     directory = pairs.get("dir")

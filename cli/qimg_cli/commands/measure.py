@@ -98,7 +98,7 @@ def run(p: Parsed) -> None:
 
 def _snapshot_param(param: str) -> tuple[str | None, str | None]:
     """``-l``: ``snapshot.id=ID,snapshot.name=NAME`` or a bare ID_OR_NAME."""
-    from qimg.errors import QimgError
+    from qimg.errors import invalid_parameter
     from qimg.options import split_options
 
     if not param.startswith("snapshot."):
@@ -106,7 +106,7 @@ def _snapshot_param(param: str) -> tuple[str | None, str | None]:
     d: dict[str, str | None] = {}
     for k, v in split_options(param):
         if k not in ("snapshot.id", "snapshot.name"):
-            raise QimgError(f"Invalid parameter '{k}'")
+            raise invalid_parameter(k)
         d[k] = v
     return d.get("snapshot.id"), d.get("snapshot.name")
 

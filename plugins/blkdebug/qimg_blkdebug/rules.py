@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import errno as _errno
 
-from qimg.errors import QimgError
+from qimg.errors import QimgError, invalid_parameter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ def _typed(section: dict[str, Any], known: dict[str, str]) -> dict[str, Any]:
             continue
         kind = known.get(name)
         if kind is None:
-            raise QimgError(f"Invalid parameter '{name}'")
+            raise invalid_parameter(name)
         if kind == "number":
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 raise QimgError(f"Parameter '{name}' expects a number")

@@ -7,7 +7,7 @@ import os
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, ZERO, Status
 from qimg.driver import Format
-from qimg.errors import QimgError
+from qimg.errors import QimgError, bad_value
 from qimg.options import SIZE, Option
 from qimg.plugins import get_registry
 from qimg.protocol import PREALLOC_MODES, FileProtocol, Protocol, preallocate
@@ -43,7 +43,7 @@ class RawFormat(Format):
             open_protocol(filename, create=True, writable=True, options=popts).close()
             return
         if mode not in PREALLOC_MODES:
-            raise QimgError(f"Parameter 'preallocation' does not accept value '{mode}'")
+            raise bad_value("preallocation", mode)
         file = open_protocol(filename, create=True, writable=True)
         try:
             if getattr(file, "is_device", False):

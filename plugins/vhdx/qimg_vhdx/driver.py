@@ -19,7 +19,7 @@ from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, Status
 from qimg.compat import program
 from qimg.driver import CheckResult, Format
-from qimg.errors import CorruptImage, QimgError
+from qimg.errors import CorruptImage, QimgError, bad_value
 from qimg.image import zero_fill
 from qimg.options import BOOL, SIZE, STRING, Option
 from qimg.overlap import MetadataMap
@@ -141,7 +141,7 @@ class VhdxFormat(Format):
             raise QimgError("Image size too large; max of 64TB")
         sub = opts.get("subformat") or "dynamic"
         if sub not in ("dynamic", "fixed"):
-            raise QimgError(f"Parameter 'subformat' does not accept value '{sub}'")
+            raise bad_value("subformat", sub)
         fixed = sub == "fixed"
         zero_state = opts.get("block_state_zero")
         zero_state = True if zero_state is None else bool(zero_state)

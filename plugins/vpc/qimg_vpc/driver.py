@@ -16,7 +16,7 @@ from qimg import compat
 from qimg.api import open_protocol
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, SECTOR, ZERO, Status
 from qimg.driver import Format
-from qimg.errors import QimgError
+from qimg.errors import QimgError, bad_value
 from qimg.image import zero_fill
 from qimg.limits import qemu_length, request_ok
 from qimg.options import BOOL, SIZE, STRING, Option
@@ -170,7 +170,7 @@ class VpcFormat(Format):
     def create(cls, filename: str, size: int, opts: dict[str, Any]) -> None:
         subformat = opts.get("subformat") or "dynamic"
         if subformat not in ("dynamic", "fixed"):
-            raise QimgError(f"Parameter 'subformat' does not accept value '{subformat}'")
+            raise bad_value("subformat", subformat)
         from qimg.units import sector_round
 
         force = bool(opts.get("force_size"))
