@@ -70,11 +70,31 @@ class Option(FrozenValue):
                     "and exabytes, respectively."
                 ) from None
         if self.type == NUMBER:
-            try:
-                return int(value, 0)
-            except ValueError:
-                raise QimgValueError(f"Parameter '{self.name}' expects a number") from None
+            number = strtou64(value)
+            if number is None:
+                raise QimgValueError(f"Parameter '{self.name}' expects a number")
+            if number < 0:
+                raise QimgValueError(f"Value '{value}' is too large for parameter '{self.name}'")
+            return as_int64(number)  # as QEMU prints it and its int64 options read it
         return value
+
+
+def strtou64(text: str) -> int | None:
+    """QEMU's ``qemu_strtou64(text, NULL, 0)`` as QemuOpts reads a number: C's strtoull with
+    base 0 (``0x`` hex, a leading 0 octal), leading white space and a sign allowed, nothing
+    after; a negative number wraps modulo 2^64. None when it is not a number, -1 when it is
+    out of range (more than 64 bits either way)."""
+    import re
+
+    m = re.fullmatch(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", text)
+    if m is None:
+        return None
+    digits = m.group(2)
+    base = 16 if digits[:2] in ("0x", "0X") else 8 if digits.startswith("0") else 10
+    number = int(digits, base)
+    if number >= 1 << 64:
+        return -1
+    return (-number) & ((1 << 64) - 1) if m.group(1) == "-" else number
 
 
 def _report(message: str) -> None:
