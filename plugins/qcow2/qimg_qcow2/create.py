@@ -142,8 +142,11 @@ def create_image(cls: type, filename: str, size: int, opts: dict[str, Any]) -> N
     preallocate, name the backing file and set up encryption as QEMU does."""
     from qimg.api import open_protocol
 
-    # qemu-img's option path rounds the size up to whole sectors (its QMP path would refuse)
-    size = -(-size // 512) * 512
+    # qemu-img's option path rounds the size up to whole sectors (its QMP path would refuse),
+    # on a uint64: within 511 bytes of 2^64 it wraps to 0
+    from qimg.units import sector_round
+
+    size = sector_round(size)
     o = _validate(size, opts)
     cs = o["cluster_size"]
     if o["data_file"]:
