@@ -59,7 +59,9 @@ class RbdProtocol(Protocol):
                "Name of encryption cipher algorithm (allowed values: aes-128, aes-256)"),
         Option("encrypt.key-secret", STRING, "ID of secret providing LUKS passphrase"),
     ]
-    parallel_reads = 8
+    #: reader threads of a bulk copy: librbd keeps one request in flight per thread; more than
+    #: 4 (2 MiB each) only add GIL hand-offs (8 measured 1.27x slower than 4 out of rbd: 2 cores)
+    parallel_reads = 4
     reports_dirty_flag = True  # QEMU's rbd driver answers bdrv_get_info (the object size)
 
     # -- opening -----------------------------------------------------------------------------
