@@ -115,3 +115,22 @@ def test_number_options(tmp_path, value):
     too large; printed as int64. (Not yet: qcow2's QAPI re-reading of refcount-bits, which
     refuses a number past int64 as 'expects integer'.)"""
     same(tmp_path, "create", "-f", "qcow2", "-o", f"refcount_bits={value}", "t.img", "1M", made="t.img")
+
+
+@pytest.mark.parametrize("size", ["9223372036854775807", "9223372036854775808", "18446744073709551615",
+                                  "18446744073709551614", "8E", "15E", "1000"])
+def test_qcow2_measure_and_amend_size_option(tmp_path, size):
+    """measure checks the size option (rounded up to a cluster on a uint64) even when a source
+    gives the size; amend's resize meets the block layer's checks (negative, past
+    BDRV_MAX_LENGTH) before qcow2's own."""
+    def setup(d):
+        subprocess.run([QEMU72, "create", "-q", "-f", "raw", "b.raw", "1M"], cwd=d, check=True)
+        subprocess.run([QEMU72, "create", "-q", "-f", "qcow2", "a.qcow2", "1M"], cwd=d, check=True)
+
+    same(tmp_path, "measure", "-O", "qcow2", "-o", f"size={size}", "b.raw", setup=setup)
+    for d in ("qemu", "qimg"):
+        shutil.rmtree(tmp_path / d)
+    same(tmp_path, "measure", "-O", "qcow2", "-o", f"size={size}", "--size", "1M", setup=setup)
+    for d in ("qemu", "qimg"):
+        shutil.rmtree(tmp_path / d)
+    same(tmp_path, "amend", "-o", f"size={size}", "a.qcow2", made="a.qcow2", setup=setup)

@@ -95,8 +95,15 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
         drv.update_header()
     size = opts.get("size")
     if size and size != h.size:  # QEMU reads size=0 as "not given"
+        from qimg.limits import MAX_IMAGE_SIZE
+
         from .resize import truncate
 
+        # the block layer's checks of the uint64 option, before the driver's own
+        if size >= 1 << 63:
+            raise QimgError("Image size cannot be negative")
+        if size > MAX_IMAGE_SIZE:
+            raise QimgError(f"offset({size}) exceeds maximum({MAX_IMAGE_SIZE})")
         truncate(drv, size, shrink=True)
     if version < old_version:
         status.operation("downgrade")

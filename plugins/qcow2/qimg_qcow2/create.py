@@ -256,7 +256,12 @@ def _measure_checks(size: int | None, opts: dict[str, Any]) -> dict[str, Any]:
     if opts.get("encrypt.format") != "luks":
         left = {k: v for k, v in left.items() if k != "encryption" and not k.startswith("encrypt.")}
     l2_span = cs * (cs // (16 if ext else 8))
-    if -(-(size or 0) // l2_span) * 8 > S.MAX_L1_SIZE:
+    sizes = [size or 0]
+    if opts.get("size") is not None:
+        # QEMU checks the size option, rounded up to a cluster on a uint64, even when a source
+        # image gives the size
+        sizes.append(-(-opts["size"] // cs) * cs & ((1 << 64) - 1))
+    if any(-(-n // l2_span) * 8 > S.MAX_L1_SIZE for n in sizes):
         raise QimgError("The image size is too large (try using a larger cluster size)")
     return left
 
