@@ -41,22 +41,83 @@ FIX_ERRORS = "errors"
 CHECK_FRAG_INFO = 2
 #: QEMU's block layer refuses requests beyond this offset (EIO)
 BDRV_MAX_LENGTH = ((1 << 63) - 1) & ~((1 << 30) - 1)
-#: most host clusters a check keeps expected refcounts for (memory cap against hostile offsets;
-#: the array holds one refcount-width item per cluster, as QEMU's does)
+#: most host clusters a check keeps expected refcounts for in one array (as QEMU does: one
+#: refcount-width item per cluster); a larger file's are kept in chunks (SparseTable)
 MAX_CHECK_CLUSTERS = 1 << 27
+#: most host clusters a check looks at all (a file this large is refused: its per-block
+#: comparison alone would take minutes; QEMU's array would need gigabytes)
+MAX_SPARSE_CLUSTERS = 1 << 34
 
 
-def new_table(refcount_order: int, n: int) -> array:
+class SparseTable:
+    """Expected refcounts of a file with more than MAX_CHECK_CLUSTERS clusters, as an array
+    would hold them (indexes, slices, ``len``, ``typecode``) but in chunks made when a cluster
+    in them is first counted: memory follows the metadata, not the file's size."""
+
+    CHUNK_BITS = 16
+
+    def __init__(self, typecode: str, n: int) -> None:
+        self.typecode = typecode
+        self.itemsize = array(typecode).itemsize
+        self.n = n
+        self.chunks: dict[int, array] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def grow(self, n: int) -> None:
+        self.n = max(self.n, n)
+
+    def _chunk(self, index: int) -> array:
+        c = self.chunks.get(index)
+        if c is None:
+            c = self.chunks[index] = array(self.typecode, bytes(self.itemsize << self.CHUNK_BITS))
+        return c
+
+    def __getitem__(self, k):  # noqa: ANN001 - an int or a slice, as array's
+        if isinstance(k, slice):
+            out = array(self.typecode)
+            pos, stop = k.start, min(k.stop, self.n)
+            while pos < stop:
+                ci, off = pos >> self.CHUNK_BITS, pos & ((1 << self.CHUNK_BITS) - 1)
+                m = min(stop - pos, (1 << self.CHUNK_BITS) - off)
+                c = self.chunks.get(ci)
+                out.extend(c[off:off + m] if c is not None else array(self.typecode, bytes(m * self.itemsize)))
+                pos += m
+            return out
+        c = self.chunks.get(k >> self.CHUNK_BITS)
+        return c[k & ((1 << self.CHUNK_BITS) - 1)] if c is not None else 0
+
+    def __setitem__(self, k, v) -> None:  # noqa: ANN001 - an int or a slice, as array's
+        if isinstance(k, slice):
+            pos, i = k.start, 0
+            while i < len(v):
+                off = pos & ((1 << self.CHUNK_BITS) - 1)
+                m = min(len(v) - i, (1 << self.CHUNK_BITS) - off)
+                self._chunk(pos >> self.CHUNK_BITS)[off:off + m] = v[i:i + m]
+                pos += m
+                i += m
+            self.n = max(self.n, pos)
+            return
+        self._chunk(k >> self.CHUNK_BITS)[k & ((1 << self.CHUNK_BITS) - 1)] = v
+        self.n = max(self.n, k + 1)
+
+
+def new_table(refcount_order: int, n: int) -> "array | SparseTable":
     """Expected refcounts, one item per host cluster, as wide as the image's refcounts."""
     bits = 1 << refcount_order
     code = "B" if bits <= 8 else "H" if bits == 16 else "I" if bits == 32 else "Q"
+    if n > MAX_CHECK_CLUSTERS:
+        return SparseTable(code, n)
     table = array(code)
     grow_table(table, n)
     return table
 
 
-def grow_table(table: array, n: int) -> None:
-    if n > len(table):
+def grow_table(table: "array | SparseTable", n: int) -> None:
+    if isinstance(table, SparseTable):
+        table.grow(n)
+    elif n > len(table):
         table.frombytes(bytes((n - len(table)) * table.itemsize))
 REFT_RESERVED_MASK = 0x1FF
 # extended L2: the two halves of the subcluster bitmap
@@ -515,7 +576,8 @@ class Checker:
                     self.say(f"ERROR could not resize image: {strerror_of(exc)}")
                     rebuild = True
                     continue
-                if (offset + self.cluster_size) >> self.cluster_bits > MAX_CHECK_CLUSTERS:
+                limit = MAX_SPARSE_CLUSTERS if isinstance(table, SparseTable) else MAX_CHECK_CLUSTERS
+                if (offset + self.cluster_size) >> self.cluster_bits > limit:
                     # the in-memory refcount array would be too big: give up as on ENOMEM
                     self.file.truncate(old_len)
                     res.check_errors += 1
@@ -540,7 +602,7 @@ class Checker:
     def calculate(self, res: CheckResult, stored: StoredRefcounts, snapshots: list) -> tuple[array, bool]:
         h = self.h
         nb_clusters = -(-self.file_len // self.cluster_size)
-        if nb_clusters > MAX_CHECK_CLUSTERS:
+        if nb_clusters > MAX_SPARSE_CLUSTERS:
             res.check_errors += 1
             raise CheckFailed("File too large", self.msgs)
         table = new_table(self.h.refcount_order, nb_clusters)
