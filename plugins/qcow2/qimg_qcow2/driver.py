@@ -20,7 +20,6 @@ from qimg.tables import be64_table as _be_array
 
 from . import structs as S
 from .cluster import COMPRESSED, NORMAL, UNALLOC, ZEROES, ClusterMap
-from .datafile import open_data_file
 from .header import encode_header, parse_extensions, read_header
 from .options import (
     AMEND_OPTS,
@@ -171,7 +170,10 @@ class Qcow2Format(Format):
         parse_extensions(h, cluster0, ext_end)
         if h.crypt_method == 2:
             self._open_crypto(options)
-        self.data_file = open_data_file(self, options)
+        if h.incompatible_features & S.INCOMPAT_DATA_FILE or any(k.startswith("data-file") for k in options):
+            from .datafile import open_data_file  # (most images have none: not loaded for them)
+
+            self.data_file = open_data_file(self, options)
         if h.crypt_method == 1:
             self._open_crypto(options)
         elif not h.crypt_method and options.get("encrypt.format") is not None:
