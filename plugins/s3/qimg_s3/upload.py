@@ -69,7 +69,7 @@ class Multipart:
         self._futures: deque = deque()
         self._pool = None
 
-    def _send(self, number: int, data: bytes | memoryview) -> None:
+    def _send(self, number: int, data: bytes | bytearray | memoryview) -> None:
         try:
             r = self.c.upload_part(Bucket=self.bucket, Key=self.key, PartNumber=number, UploadId=self.upload_id,
                                    Body=bytes(data) if isinstance(data, memoryview) else data)
@@ -77,7 +77,7 @@ class Multipart:
             raise s3client.error(e, "UploadPart", self.bucket, self.key) from None
         self.etags[number] = r["ETag"]
 
-    def put(self, number: int, data: bytes) -> None:
+    def put(self, number: int, data: bytes | bytearray) -> None:
         """Send part ``number`` (waits while too many are in flight; raises an earlier part's error)."""
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
@@ -288,7 +288,8 @@ class Stream:
     def _next_part(self) -> None:
         """Send the part being filled and start the next (taking what was kept ahead for it)."""
         end = self._end()
-        self.upload.put(self.number, bytes(self.buf[:end - self.start]))
+        buf = self.buf  # sized to the part: handed over whole, no copy (a new one is made below)
+        self.upload.put(self.number, buf if len(buf) == end - self.start else bytes(buf[:end - self.start]))
         self.number += 1
         self.start = end
         end = self._end()
