@@ -5,6 +5,7 @@ first, then the expected refcounts (checkwalk.py) compared with the stored ones 
 from __future__ import annotations
 
 import struct
+import sys
 
 from qimg.compat import program
 from qimg.driver import CheckResult
@@ -177,3 +178,17 @@ def _mark_clean(drv: "Qcow2Format") -> None:
         drv.flush_caches()
         h.incompatible_features &= ~bits
         drv.update_header()
+
+
+def repair_dirty(drv: "Qcow2Format") -> None:
+    """Repair refcounts after an unclean shutdown with lazy refcounts (QEMU repairs on open):
+    the check's lines go to stderr; a repair with internal errors fails the open (the dirty
+    bit stays)."""
+    try:
+        res = check_image(drv, {FIX_LEAKS, FIX_ERRORS})
+    except CheckFailed as e:
+        sys.stderr.write("".join(line + "\n" for line in e.messages))
+        raise QimgError(f"Could not repair dirty image: {e.message}") from None
+    sys.stderr.write("".join(line + "\n" for line in res.messages))
+    if res.check_errors:
+        raise QimgError("Could not repair dirty image: Input/output error")

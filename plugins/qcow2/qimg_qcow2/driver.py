@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import struct
-import sys
 from array import array
 
 from qimg.blockstatus import ALLOCATED, DATA, OFFSET_VALID, ZERO, Status
@@ -260,7 +259,9 @@ class Qcow2Format(Format):
             changed = True
         if h.incompatible_features & S.INCOMPAT_DIRTY and not self.allow_corrupt:
             # opened for ``check`` (option "check"): the check itself reports and repairs
-            self.repair_dirty()
+            from .check import repair_dirty
+
+            repair_dirty(self)
             h.incompatible_features &= ~S.INCOMPAT_DIRTY
             changed = True
         if changed:
@@ -643,22 +644,6 @@ class Qcow2Format(Format):
         return snapshot_list(self)
 
     # ------------------------------------------------------------------ whole-image operations
-    def repair_dirty(self) -> None:
-        """Repair refcounts after an unclean shutdown with lazy refcounts (QEMU repairs on open)."""
-
-        from .check import CheckFailed, check_image
-
-        # QEMU's repair on open prints the check's lines on stderr; a repair with internal
-        # errors fails the open (the dirty bit stays)
-        try:
-            res = check_image(self, {"leaks", "errors"})
-        except CheckFailed as e:
-            sys.stderr.write("".join(line + "\n" for line in e.messages))
-            raise QimgError(f"Could not repair dirty image: {e.message}") from None
-        sys.stderr.write("".join(line + "\n" for line in res.messages))
-        if res.check_errors:
-            raise QimgError("Could not repair dirty image: Input/output error")
-
     def amend(self, opts: dict[str, Any], progress: ProgressFn | None = None, force: bool = False) -> None:
         from .amend import amend
 
