@@ -17,7 +17,7 @@ from array import array
 import pytest
 import qimg
 from conftest import _need, as_qemu
-from qimg.tables import consecutive_run, equal_run, read_table
+from qimg.tables import consecutive_run, equal_run, nonzero_max, nonzero_spans, read_table
 
 MiB = 1 << 20
 
@@ -58,6 +58,28 @@ def test_run_finders_match_naive_models(typecode):
         assert equal_run(a, start, a[start] ^ 1, count) == 0
         want = _naive_consecutive(a, start, a[start], c)
         assert consecutive_run(a, start, a[start], count) == want, (n, start, count)
+
+
+def test_nonzero_spans_and_max_match_naive_models():
+    rnd = random.Random(7)
+    for _ in range(500):
+        n = rnd.choice([0, 1, 5, 64, 700, 3000])
+        a = array("I", [rnd.choice([0, 0, 0, rnd.randrange(1, 1 << 32)]) for _ in range(n)])
+        if rnd.random() < 0.3 and n:  # long zero runs, as in a sparse table
+            a[: n // 2] = array("I", bytes(4 * (n // 2)))
+        spans = list(nonzero_spans(a))
+        want, i = [], 0
+        while i < n:
+            if a[i]:
+                j = i
+                while j < n and a[j]:
+                    j += 1
+                want.append((i, j))
+                i = j
+            else:
+                i += 1
+        assert spans == want
+        assert nonzero_max(a) == max(a, default=0)
 
 
 def test_long_runs_are_found_whole():

@@ -199,6 +199,21 @@ def same_run(vals: array, e0: int, step: int, start: int = 0, count: int | None 
     return done
 
 
+#: entries one comparison of equal_run covers at most
+_UNIFORM_MAX = 1 << 20
+#: (typecode, value) -> an array of _UNIFORM_MAX such entries (a few values are ever asked)
+_UNIFORMS: dict[tuple[str, int], array] = {}
+
+
+def _uniform(typecode: str, value: int) -> array:
+    got = _UNIFORMS.get((typecode, value))
+    if got is None:
+        if len(_UNIFORMS) >= 8:
+            _UNIFORMS.clear()
+        got = _UNIFORMS[(typecode, value)] = array(typecode, [value]) * _UNIFORM_MAX
+    return got
+
+
 def equal_run(vals: array, start: int, value: int, count: int | None = None) -> int:
     """How many entries of ``vals[start:start+count]`` (any typecode) from the first equal
     ``value`` (a run of unallocated entries), compared in C a range at a time: ranges grow
@@ -209,18 +224,18 @@ def equal_run(vals: array, start: int, value: int, count: int | None = None) -> 
     n = len(vals) - start if count is None else min(count, len(vals) - start)
     if n <= 0 or vals[start] != value:
         return 0
-    unit = array(vals.typecode, [value])
+    unit = _uniform(vals.typecode, value)
     done, k = 0, 64
     while done < n:
-        k = min(k, n - done, 1 << 20)
+        k = min(k, n - done, _UNIFORM_MAX)
         at = start + done
-        if vals[at : at + k] == unit * k:
+        if vals[at : at + k] == (unit if k == _UNIFORM_MAX else unit[:k]):
             done += k
             k *= 8
             continue
         while k > 1:
             h = k // 2
-            if vals[at : at + h] == unit * h:
+            if vals[at : at + h] == unit[:h]:
                 done, at, k = done + h, at + h, k - h
             else:
                 k = h
@@ -255,3 +270,27 @@ def consecutive_run(vals: array, start: int, e0: int, count: int | None = None) 
                 k = h
         return done
     return done
+
+
+def nonzero_spans(a: array, start: int = 0):
+    """(first, end) of each run of nonzero entries of ``a`` from ``start`` (allocated entries of a
+    table whose unallocated ones are 0), found in C: zero runs by :func:`equal_run`, the end of
+    a nonzero run by ``array.index``. Python steps follow the number of runs, not of entries."""
+    n = len(a)
+    i = start
+    while i < n:
+        i += equal_run(a, i, 0)
+        if i >= n:
+            return
+        try:
+            j = a.index(0, i)
+        except ValueError:
+            j = n
+        yield i, j
+        i = j
+
+
+def nonzero_max(a: array) -> int:
+    """The largest entry of ``a`` (0 when all are zero), looking only at its nonzero runs: a
+    sparse table's maximum in C time that follows its allocated entries."""
+    return max((max(a[i:j]) for i, j in nonzero_spans(a)), default=0)

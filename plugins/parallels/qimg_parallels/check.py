@@ -11,6 +11,7 @@ from __future__ import annotations
 from qimg.driver import CheckResult
 from qimg.errors import QimgError
 from qimg.limits import qemu_length
+from qimg.tables import nonzero_max, nonzero_spans
 
 from .structs import SECTOR
 
@@ -116,7 +117,7 @@ def _check_10(drv: ParallelsFormat, res: CheckResult, fix: set[str], out) -> Non
     if outside:
         high = max((v for v in drv.bat if v * unit + cs <= size), default=0) * unit
     else:
-        high = max(drv.bat, default=0) * unit
+        high = nonzero_max(drv.bat) * unit
     for i, _v in outside:
         out(f"{_word(fix, 'errors')} cluster {i} is outside image")
         res.corruptions += 1
@@ -173,13 +174,17 @@ def _entries(drv: ParallelsFormat, least: int = 1):
         yield from enumerate(bat)
         return
     step = 1 << 14
-    for start in range(0, len(bat), step):
-        piece = bat[start : start + step]
-        if max(piece) < least:
+    for i, j in nonzero_spans(bat):  # zero (unallocated) runs skipped by memcmp
+        if least == 1:
+            yield from enumerate(bat[i:j], i)
             continue
-        for j, v in enumerate(piece):
-            if v >= least:
-                yield start + j, v
+        for start in range(i, j, step):
+            piece = bat[start : min(j, start + step)]
+            if max(piece) < least:
+                continue
+            for k, v in enumerate(piece, start):
+                if v >= least:
+                    yield k, v
 
 
 class _CheckFailed(QimgError):

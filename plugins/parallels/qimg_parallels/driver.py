@@ -29,7 +29,7 @@ from qimg.image import zero_fill
 from qimg.limits import eio, request_ok
 from qimg.options import SIZE, STRING, Option
 from qimg.overlap import MetadataMap
-from qimg.tables import equal_run
+from qimg.tables import equal_run, nonzero_max, nonzero_spans
 
 from .structs import (
     DEFAULT_CLUSTER_SIZE,
@@ -152,10 +152,10 @@ class ParallelsFormat(Format):
         self._size = total_sectors * SECTOR
         # the header and the BAT as QEMU holds them (past the end of the file: zeroes)
         meta_len = HEADER_SIZE + 4 * bat_size
-        raw = file.pread(0, meta_len)
-        self.meta = bytearray(raw) + bytearray(meta_len - len(raw))
+        self.meta = bytearray(meta_len)  # read in place: one buffer, no copies
+        file.preadinto(0, memoryview(self.meta))
         self.bat = array("I")
-        self.bat.frombytes(bytes(self.meta[HEADER_SIZE:]))
+        self.bat.frombytes(memoryview(self.meta)[HEADER_SIZE:])
         if array("I", [1]).tobytes() != b"\1\0\0\0":
             self.bat.byteswap()
         self.header = h
@@ -189,7 +189,7 @@ class ParallelsFormat(Format):
         self.used: bytearray | None = None
         if v10:
             if bat_size:
-                self.data_end = max(self.data_end, max(self.bat) * self.off_multiplier + tracks)
+                self.data_end = max(self.data_end, nonzero_max(self.bat) * self.off_multiplier + tracks)
             need_check = need_check or self.data_end > fsize // SECTOR
             if not need_check:
                 need_check = not self._fill_used(fsize)
@@ -250,10 +250,11 @@ class ParallelsFormat(Format):
         the BAT wholly below the end are skipped at C speed."""
         bat, mult, tracks = self.bat, self.off_multiplier, self.tracks
         step = 1 << 16
+        zeros = array("I", bytes(4)) * step
         for start in range(0, len(bat), step):
             piece = bat[start : start + step]
-            if max(piece) * mult < data_end:
-                continue
+            if piece == zeros[: len(piece)] or max(piece) * mult < data_end:
+                continue  # (an unallocated piece is told by one memcmp, cheaper than max)
             for v in piece:
                 if v * mult >= data_end:
                     data_end = v * mult + tracks
@@ -267,7 +268,10 @@ class ParallelsFormat(Format):
 
     def _cluster_indexes(self) -> list[int]:
         """QEMU's host_cluster_index of every allocated BAT entry, in BAT order."""
-        nz = [v for v in self.bat if v]
+        bat = self.bat
+        nz = array("I")
+        for i, j in nonzero_spans(bat):
+            nz.extend(bat[i:j])
         base, cs = self.data_start * SECTOR, self.cs
         unit = self.off_multiplier * SECTOR
         if unit == cs and base % cs == 0:
