@@ -48,11 +48,16 @@ class Sizes:
     #: virtual sizes of the metadata-preallocated qcow2 images (every L2 entry allocated: the
     #: metadata walks of check, map, measure and compare), each also with an internal snapshot
     prealloc: tuple[str, str] = ("64G", "256G")
+    #: the other formats at (near) the largest size each allows, with a few MiB written: their
+    #: whole tables (block map, BAT, grain tables, L1) are walked by info/check/map/measure
+    tables: tuple[tuple[str, str], ...] = (("vdi", "16T"), ("vpc", "2040G"), ("vhdx", "64T"), ("vmdk", "2T"),
+                                           ("qcow", "16T"), ("qed", "16T"), ("parallels", "16T"))
 
 
 FULL = Sizes(raw_size=4 * GiB, data_every=4, big_size="1T", big_data_mib=4, nbd_size=1 * GiB)
 QUICK = Sizes(raw_size=64 * MiB, data_every=4, big_size="16G", big_data_mib=2, nbd_size=32 * MiB,
-              prealloc=("1G", "2G"))
+              prealloc=("1G", "2G"), tables=(("vdi", "4G"), ("vpc", "4G"), ("vhdx", "4G"), ("vmdk", "4G"),
+                                              ("qcow", "4G"), ("qed", "4G"), ("parallels", "4G")))
 
 
 @dataclass
@@ -89,6 +94,11 @@ def text_block(seed: int) -> bytes:
         out += b"%08d %d " % (n, seed) + line + b"\n"
         n += 1
     return bytes(out[:MiB])
+
+
+def _bytes(size: str) -> int:
+    """A size such as "16T" or "2040G" in bytes."""
+    return int(size[:-1]) << {"G": 30, "T": 40}[size[-1]]
 
 
 def make_raw(path: Path, sizes: Sizes) -> None:
@@ -176,10 +186,18 @@ def stop_nbd() -> None:
             p.wait()
 
 
-def prepare(work: Path, sizes: Sizes, qemu_img: str, qemu_io: str | None, with_qcow2: bool) -> None:
+def prepare(work: Path, sizes: Sizes, qemu_img: str, qemu_io: str | None, with_qcow2: bool,
+            tables: bool = True) -> None:
     print(f"bench: preparing inputs in {work} ...", file=sys.stderr, flush=True)
     make_raw(work / "src.raw", sizes)
     sh("cp", "--sparse=always", str(work / "src.raw"), str(work / "copy.raw"))
+    for fmt, size in sizes.tables if tables else ():
+        path = work / f"table.{fmt}"
+        sh(qemu_img, "create", "-q", "-f", fmt, str(path), size)
+        if qemu_io:  # a few MiB at the start, in the middle and near the end
+            end = _bytes(size)
+            for i, off in enumerate((0, end // 2, end // 8 * 7)):
+                sh(qemu_io, "-f", fmt, "-c", f"write -P {0x21 + i} {off} {MiB}", str(path))
     if with_qcow2:
         sh(qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(work / "src.raw"), str(work / "src.qcow2"))
         sh(qemu_img, "create", "-q", "-f", "qcow2", str(work / "small.qcow2"), "1G")
@@ -246,6 +264,13 @@ def workloads(work: Path, sizes: Sizes = FULL) -> list[Workload]:
         Workload(f"compare {large} metadata-preallocated qcow2 (itself)",
                  ["compare", "-f", "qcow2", "-F", "qcow2", f"{w}/pre-{large}.qcow2", f"{w}/pre-{large}.qcow2"],
                  needs_formats=q),
+        # the other formats' largest tables (qcow's map and measure are left out: qemu-img 7.2
+        # takes over 10 minutes on 16 TiB: one block-status call per 4 KiB cluster)
+        *[Workload(f"{' '.join(cmd[:1])} {size} {fmt} (its largest table)", [*cmd, "-f", fmt, f"{w}/table.{fmt}"],
+                   needs_formats=(fmt,))
+          for fmt, size in sizes.tables
+          for cmd in (["info"], ["check"], ["map", "--output=json"], ["measure", "-O", "qcow2"])
+          if not (fmt == "qcow" and cmd[0] in ("map", "measure"))],
         *[Workload(f"convert {label}->raw", ["convert", "-O", "raw", nbd_url(work, name), f"{w}/out.raw"],
                    needs_formats=fmts, needs_protocols=("nbd",), servers=(name,), outputs=("out.raw",))
           for label, name, fmts in (("nbd+unix:// (qemu-nbd -f qcow2)", "nbd-qcow2", ()),
@@ -277,6 +302,12 @@ def rss_method() -> str:
 RSS_METHOD = rss_method()
 
 
+#: the children's environment: as installed, Python loads its modules from cached bytecode; an
+#: inherited PYTHONDONTWRITEBYTECODE (set on some machines and CI images) would have qimg
+#: compile every module on every run and measure that instead (~0.1-0.2 s a run here)
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run_child(argv: list[str]) -> tuple[int, float, int, str]:
     """Run a child; (exit code, wall seconds, peak RSS KiB, stderr tail)."""
     with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
@@ -285,7 +316,7 @@ def run_child(argv: list[str]) -> tuple[int, float, int, str]:
         else:
             launch = [RSS_METHOD, "-f", "%M", "-o", rss.name, *argv]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(launch, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(launch, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, env=CHILD_ENV)
         # a blocking wait, killed by a watchdog: Popen.wait(timeout) polls with doubling sleeps,
         # which rounds short runs up to 8, 16, 32, 64 ms
         watchdog = threading.Timer(CHILD_TIMEOUT, proc.kill)
@@ -437,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = workloads(work, sizes)
         if args.only:
             rows = [wl for wl in rows if wl.baseline or any(t in wl.name for t in args.only)]
-        prepare(work, sizes, qemu_img, qemu_io, "qcow2" in formats and any("qcow2" in wl.needs_formats for wl in rows))
+        prepare(work, sizes, qemu_img, qemu_io, "qcow2" in formats and any("qcow2" in wl.needs_formats for wl in rows),
+                tables=any("largest table" in wl.name for wl in rows))
         exports = {s for wl in rows if skip_reason(wl, formats) is None for s in wl.servers}
         if exports:
             start_nbd(work, exports, sizes, qemu_img)
