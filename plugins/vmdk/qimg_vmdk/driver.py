@@ -22,7 +22,8 @@ from qimg.overlap import MetadataMap
 from qimg.protocol import FileProtocol
 
 from . import descriptor as dsc
-from .extents import U64, Extent, FlatExtent, SparseExtent, UnopenedExtent
+from .extents import U64, Extent, FlatExtent, UnopenedExtent
+from .sparse import SparseExtent
 from .structs import (
     COMPRESSION_DEFLATE,
     COWD_MAGIC,
