@@ -102,7 +102,7 @@ def option_help(fmt: str, filename: str | None) -> str:
 
 def image_opts_target(text: str) -> tuple[str, str | None, dict[str, Any]]:
     """``--target-image-opts`` string -> (filename, driver, open options)."""
-    from qimg.api import target_from_image_opts
+    from qimg.targets import target_from_image_opts
 
     return target_from_image_opts(text)
 

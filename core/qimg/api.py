@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import QimgError, QimgValueError, public_error
+from .errors import QimgError, QimgValueError, is_strerror, public_error
 from .image import MAX_CHAIN_DEPTH, Image
 from .plugins import get_registry
 from .protocol import FileProtocol, Protocol
+from .targets import parse_target, shown_name, target_from_options, uses_file_protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
@@ -247,139 +248,6 @@ def probe_format(file: Protocol, filename: str, *, untrusted: bool = False) -> s
     return entry.name
 
 
-# -- parsing what to open --------------------------------------------------------------------
-
-class _Target:
-    """What one open asks for, parsed once: the file name (None when options name the data),
-    the driver, driver options, whether the name may carry a protocol prefix, and what the
-    user gave (for QEMU's ``json:`` naming and the unsupported-option check)."""
-
-    __slots__ = ("filename", "fmt", "options", "parse_filename", "user_keys", "given")
-
-    def __init__(self, filename: str | None, fmt: str | None, options: dict[str, Any], parse_filename: bool,
-                 user_keys: list[str], given: dict[str, Any]) -> None:
-        self.filename = filename
-        self.fmt = fmt
-        self.options = options
-        self.parse_filename = parse_filename
-        self.user_keys = user_keys
-        self.given = given
-
-
-def _from_options(text: str, typed: dict[str, Any], fmt: str | None, json_fmt: str | None,
-                  extra: dict[str, Any]) -> _Target:
-    """An option string (``--image-opts``, or a ``json:`` name flattened) as a target."""
-    from .options import parse_dotted, split_options
-
-    reg = get_registry()
-    pairs = split_options(text)
-    parsed: dict[str, Any] = parse_dotted(text)
-    driver = json_fmt or parsed.pop("driver", None)
-    parsed.pop("driver", None)
-    if driver is not None and driver not in reg.formats and reg.protocol(driver) is None:
-        raise QimgError(f"Unknown driver '{driver}'")
-    if pairs and pairs[0][1] is None and pairs[0][0]:
-        pairs[0] = ("file", pairs[0][0])  # QEMU's implied first key
-    for key, value in pairs:
-        if key == "file" and value is not None:
-            raise QimgError(f"Cannot find device='{value}' nor node-name='{value}'")
-    if driver is None and not any(k == "file" or k.startswith("file.") for k, _ in pairs):
-        raise QimgError("Must specify either driver or file")
-    # a protocol named as the image's driver takes its file name at the top level
-    top_protocol = driver is not None and (driver == "file" or driver not in reg.formats)
-    fname = parsed.pop("filename", None) if top_protocol else parsed.pop("file.filename", None)
-    fdriver = parsed.get("file.driver")
-    if fname is None and (driver == "file" or not top_protocol) and fdriver in (None, "file"):
-        raise QimgError('A block device must be specified for "file"')
-    if "backing" in typed and typed["backing"] is None:
-        parsed["backing"] = None  # json: "backing": null, no backing file
-    if parsed.get("backing") == "":
-        report('warning: Use of "backing": "" is deprecated; use "backing": null instead')
-    options = dict(extra)
-    options.update(parsed)
-    # "backing" null or "": no backing file, taken by every open
-    user_keys = [k for k, v in parsed.items() if k != "backing" or v not in ("", None)]
-    given = {k: typed.get(k, v) for k, v in parsed.items()}
-    return _Target(fname, driver, options, False, user_keys, given)
-
-
-def _uses_file_protocol(t: _Target) -> bool:
-    """Whether the image's bytes are a host file (the ``file`` protocol opens them)."""
-    reg = get_registry()
-    if t.fmt is not None and t.fmt != "file" and t.fmt not in reg.formats:
-        return False
-    if t.options.get("file.driver") not in (None, "file"):
-        return False
-    if t.filename is None or not t.parse_filename:
-        return True
-    try:
-        entry = reg.find_protocol(t.filename)
-    except QimgError:
-        return False
-    return entry is None or entry.name == "file"
-
-
-def target_from_image_opts(text: str) -> tuple[str, str | None, dict[str, Any]]:
-    """A ``--target-image-opts`` string as (file name, driver, the other options), for the
-    checks convert makes before it opens the target (which :func:`open` then does with the
-    string itself). The name is "" when options alone name the data (``file.driver=nbd``)."""
-    from .options import parse_dotted
-
-    opts: dict[str, Any] = dict(parse_dotted(text))
-    fmt = opts.pop("driver", None)
-    fname = opts.pop("file.filename", None) or opts.pop("filename", None)
-    fdriver = opts.get("file.driver")
-    reg = get_registry()
-    remote = fdriver not in (None, "file") or (fmt is not None and fmt != "file" and fmt not in reg.formats)
-    if fname is None and not remote:
-        raise QimgError(f"Could not open '{text}': A block device must be specified for \"file\"")
-    return fname or "", fmt, opts
-
-
-def _parse_target(target: Any, fmt: str | None, image_opts: bool, options: Mapping[str, Any] | None) -> _Target:
-    """``qimg.open``'s first argument, whatever its kind, as a :class:`_Target`."""
-    from .names import flatten_options, parse_json_name
-
-    extra = dict(options or {})
-    if not isinstance(target, (str, os.PathLike)) and hasattr(target, "items"):
-        if fmt:
-            raise QimgError("--image-opts and --format are mutually exclusive")
-        text, typed = flatten_options(target)
-        return _from_options(text, typed, None, None, extra)
-    name = os.fspath(target)
-    if isinstance(name, bytes):
-        name = os.fsdecode(name)
-    if not image_opts and name.startswith("json:"):
-        # QEMU's json: pseudo-protocol: the same options --image-opts takes, as a JSON object
-        # (a -f format still wins over its "driver")
-        text, typed = parse_json_name(name)
-        return _from_options(text, typed, None, fmt, extra)
-    if image_opts:
-        if fmt:
-            raise QimgError("--image-opts and --format are mutually exclusive")
-        return _from_options(name, {}, None, None, extra)
-    return _Target(name, fmt, extra, True, [], {})
-
-
-def _shown_name(target: Any) -> str:
-    from .names import options_text
-
-    if not isinstance(target, (str, os.PathLike)) and hasattr(target, "items"):
-        return options_text(target)
-    name = os.fspath(target)
-    return os.fsdecode(name) if isinstance(name, bytes) else name
-
-
-def _is_strerror(text: str) -> bool:
-    global _STRERRORS
-    if _STRERRORS is None:
-        _STRERRORS = {os.strerror(i) for i in range(1, 134)}
-    return text in _STRERRORS
-
-
-_STRERRORS: set[str] | None = None
-
-
 # -- the public open -------------------------------------------------------------------------
 
 def open(  # noqa: A001 - the natural name for the public API
@@ -425,10 +293,10 @@ def open(  # noqa: A001 - the natural name for the public API
     Errors: :class:`qimg.errors.QimgError` worded as qemu-img's (``Could not open 'x': ...``);
     a failed system call is also the matching ``OSError`` subclass (``FileNotFoundError``...).
     """
-    shown = name if name is not None else _shown_name(target)
+    shown = name if name is not None else shown_name(target)
     prefix = f"Could not open '{shown}': "
     try:
-        t = _parse_target(target, fmt, image_opts, options)
+        t = parse_target(target, fmt, image_opts, options)
     except QimgError as e:
         if e.message == "--image-opts and --format are mutually exclusive":
             raise
@@ -439,7 +307,7 @@ def open(  # noqa: A001 - the natural name for the public API
     if t.fmt is not None and t.fmt not in reg.formats and reg.protocol(t.fmt) is None:
         raise QimgValueError(f"{prefix}Unknown driver '{t.fmt}'")
     fname = t.filename
-    if fname is not None and _uses_file_protocol(t):
+    if fname is not None and uses_file_protocol(t):
         plain = fname[5:] if t.parse_filename and fname.startswith("file:") else fname
         if plain == "":
             raise QimgError(f"{prefix}The 'file' block driver requires a file name")
@@ -455,7 +323,7 @@ def open(  # noqa: A001 - the natural name for the public API
         msg = e.message
         inner = f"Could not open '{fname}': "
         rest = msg[len(inner):] if msg.startswith(inner) else msg
-        if msg.startswith(inner) and _is_strerror(rest):
+        if msg.startswith(inner) and is_strerror(rest):
             msg = prefix + msg
         else:
             msg = prefix + rest
@@ -535,7 +403,7 @@ def _open_node(
         # a json: backing file name (as QEMU follows it; untrusted mode never gets here)
         from .names import parse_json_name
 
-        t = _from_options(*parse_json_name(filename), None, None, {})
+        t = target_from_options(*parse_json_name(filename), None, None, {})
         merged = dict(t.options)
         merged.update(options or {})
         return _open_node(t.filename, fmt or t.fmt, writable=writable, backing=backing, force_share=force_share,

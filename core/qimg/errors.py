@@ -171,3 +171,18 @@ def missing_parameter(name: str) -> QimgValueError:
 def invalid_parameter(name: str) -> QimgValueError:
     """QemuOpts' and QAPI's ``Invalid parameter 'X'`` (a name the option list does not have)."""
     return QimgValueError(f"Invalid parameter '{name}'")
+
+
+def is_strerror(text: str) -> bool:
+    """Whether ``text`` is a system error's text (``strerror``): QEMU names the file in a
+    message only when a system call failed, so callers that reword tell the two apart."""
+    global _STRERRORS
+    if _STRERRORS is None:
+        import errno as _errno_mod
+        import os
+
+        _STRERRORS = {os.strerror(n) for n in _errno_mod.errorcode}
+    return text in _STRERRORS
+
+
+_STRERRORS: set[str] | None = None

@@ -250,8 +250,9 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
 
     Errors are QimgError without the ``filename:`` prefix the CLI adds.
     """
-    from ..api import _is_strerror, resolve_backing_name
     from ..api import _open_node as open_image
+    from ..api import resolve_backing_name
+    from ..errors import is_strerror
     from ..plugins import get_registry
 
     cls = format_class(fmt)
@@ -300,7 +301,7 @@ def create_image(filename: str, fmt: str = "raw", size: int | None = None, optio
             # messages stand alone), and an unknown -F names a driver
             msg = e.message
             inner = f"Could not open '{resolve_backing_name(filename, bf)}': "
-            if msg.startswith(inner) and not _is_strerror(msg[len(inner):]):
+            if msg.startswith(inner) and not is_strerror(msg[len(inner):]):
                 msg = msg[len(inner):]
             if bfmt and msg == f"Unknown file format '{bfmt}'":
                 msg = f"Unknown driver '{bfmt}'"

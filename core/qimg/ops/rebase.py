@@ -11,7 +11,7 @@ Unsafe mode (``-u``) only rewrites the recorded name and format.
 from __future__ import annotations
 
 from ..blockstatus import ALLOCATED, DATA, SECTOR, ZERO
-from ..errors import QimgError
+from ..errors import QimgError, is_strerror
 from ..image import zero_fill
 from .copy import CHUNK, run_length
 
@@ -34,16 +34,9 @@ def open_new_backing(img: "Image", name: str, fmt: str | None, force_share: bool
     except QimgError as e:
         msg = e.message
         prefix = f"Could not open '{path}': "
-        if msg.startswith(prefix) and not _is_strerror(msg[len(prefix):]):
+        if msg.startswith(prefix) and not is_strerror(msg[len(prefix):]):
             msg = msg[len(prefix):]  # qemu names the file only in protocol-level errors
         raise QimgError(f"Could not open new backing file '{name}': {msg}", e.exit_code) from None
-
-
-def _is_strerror(text: str) -> bool:
-    import errno
-    import os
-
-    return text in {os.strerror(n) for n in errno.errorcode}
 
 
 def _zero_everywhere(img: "Image | None", offset: int, length: int) -> int:
