@@ -9,6 +9,7 @@ the L1 entry of a new table, so an interrupted write never exposes unwritten clu
 from __future__ import annotations
 
 import errno
+import sys
 import zlib
 from array import array
 from collections import OrderedDict
@@ -212,8 +213,8 @@ class QcowFormat(Format):
         the file, reads as zeroes (QEMU allocates the whole table; a 2^48-byte image's is 1 GiB,
         mostly beyond a small file). What is held is capped by qimg's table limit."""
         end = max(0, min(count * 8, file.size() - offset))
-        held = bytearray()
-        pending = 0  # zero bytes read after the last nonzero entry
+        held = array("Q")  # the entries so far, big-endian until the end (one buffer, no copies)
+        pending = 0  # zero bytes read after the last nonzero entry (whole entries)
         pos, chunk = 0, len(_ZEROS)
         while pos < end:
             data = file.pread(offset + pos, min(chunk, end - pos))
@@ -224,16 +225,17 @@ class QcowFormat(Format):
                 pending += len(data)  # (a comparison: rstrip looks at each byte in Python's loop)
                 continue
             nz = len(data.rstrip(b"\0"))
-            if not nz:
-                pending += len(data)
-                continue
-            if len(held) + pending + nz > MAX_TABLE_BYTES:
+            nz += -nz % 8  # whole entries (a partial one at the end of the file: zeroes follow)
+            if len(held) * 8 + pending + nz > MAX_TABLE_BYTES:
                 raise QimgError(f"Image too large: an L1 table of {count * 8} bytes exceeds qimg's "
                                 f"limit of {MAX_TABLE_BYTES}")
-            held += bytes(pending) + data[:nz]
-            pending = len(data) - nz
-        held += bytes(-len(held) % 8)  # a partial entry at the end of the file: zeroes follow
-        return _be_array(bytes(held))
+            if pending:
+                held.frombytes(bytes(pending))
+            held.frombytes(data[:nz].ljust(nz, b"\0"))
+            pending = max(0, len(data) - nz)
+        if sys.byteorder == "little":
+            held.byteswap()
+        return held
 
     def _l1(self, l1i: int) -> int:
         if l1i < len(self.l1):
