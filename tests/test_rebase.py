@@ -114,3 +114,35 @@ def test_progress_lines_byte_for_byte(tmp_path):
     assert mine.stdout.count("\r") > 10
     (tmp_path / "u").mkdir()
     compare_in_copies(setup, tmp_path / "u", "rebase", "-p", "-u", "-b", "new.raw", "-F", "raw", "t.qcow2")
+
+
+def test_compare_run_matches_a_naive_model():
+    """rebase's in-place piece comparison (bytearray.startswith) against slicing and comparing:
+    the first piece's answer and how many whole pieces keep it, from any start."""
+    import random
+
+    from qimg.ops.rebase import _compare_run
+
+    def naive(a, b, start, end, chunk):
+        n = end - start
+        i = min(n, chunk)
+        differ = a[start:start + i] != b[start:start + i]
+        while i < n:
+            k = min(n - i, chunk)
+            if (a[start + i:start + i + k] != b[start + i:start + i + k]) != differ:
+                break
+            i += k
+        return differ, i
+
+    rnd = random.Random(8)
+    for _ in range(2000):
+        chunk = rnd.choice([1, 2, 8, 512, 4096])
+        n = rnd.randint(1, 9000)
+        a = bytearray(rnd.choice([b"\0", b"q"]) * n)
+        b = bytearray(a)
+        for _ in range(rnd.randint(0, 6)):
+            p = rnd.randrange(n)
+            b[p] ^= 0x5A
+        start = rnd.randrange(n)
+        end = rnd.randint(start + 1, n)
+        assert _compare_run(a, b, start, end, chunk) == naive(a, b, start, end, chunk), (chunk, n, start, end)

@@ -162,20 +162,27 @@ def _allocated_above(top: "Image | None", base: "Image", offset: int, length: in
     return False, length
 
 
-def _same_run(a: memoryview, b: memoryview, chunk: int) -> tuple[bool, int]:
-    """QEMU's compare_buffers: whether the first ``chunk`` bytes differ, and how far (in
-    whole chunks) the buffers keep that answer."""
-    n = len(a)
+def _compare_run(a: bytearray, b: bytearray, start: int, end: int, chunk: int) -> tuple[bool, int]:
+    """QEMU's compare_buffers over ``a[start:end]`` and ``b[start:end]``: whether the first
+    ``chunk`` bytes differ, and how far (in whole chunks) the buffers keep that answer.
+
+    Pieces are compared in place with ``bytearray.startswith`` (one memcmp, no copy; comparing
+    memoryviews goes byte by byte, ~3 ns a byte: 13 s for 4 GiB); equal buffers are told by one
+    comparison of the rest."""
+    mb = memoryview(b)
+    n = end - start
     i = min(n, chunk)
-    differ = a[:i] != b[:i]
+    differ = not a.startswith(mb[start : start + i], start)
     if chunk == 1:
         # byte runs: the XOR of the buffers is zero exactly where they agree
-        x = (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(n, "big")
+        x = (int.from_bytes(a[start:end], "big") ^ int.from_bytes(b[start:end], "big")).to_bytes(n, "big")
         j = x.find(0) if differ else n - len(x.lstrip(b"\0"))
         return differ, (n if j < 0 else j)
+    if not differ and a.startswith(mb[start + i : end], start + i):
+        return False, n
     while i < n:
         k = min(n - i, chunk)
-        if (a[i:i + k] != b[i:i + k]) != differ:
+        if (not a.startswith(mb[start + i : start + i + k], start + i)) != differ:
             break
         i += k
     return differ, i
@@ -238,7 +245,7 @@ def copy_differences_aligned(img: "Image", old: "Image | None", new: "Image | No
             new.preadinto(off, vn[:n_new])  # type: ignore[union-attr]
         written = 0
         while written < n:
-            differ, k = _same_run(vo[written:], vn[written:], align)
+            differ, k = _compare_run(buf_old, buf_new, written, n, align)
             if differ:
                 if old_eof:
                     img.write_zeroes(off + written, k)
