@@ -201,16 +201,18 @@ def same_run(vals: array, e0: int, step: int, start: int = 0, count: int | None 
 
 #: entries one comparison of equal_run covers at most
 _UNIFORM_MAX = 1 << 20
-#: (typecode, value) -> an array of _UNIFORM_MAX such entries (a few values are ever asked)
+#: (typecode, value) -> an array of such entries, grown to the longest range compared yet
+#: (a small table never pays for a large one; a few values are ever asked)
 _UNIFORMS: dict[tuple[str, int], array] = {}
 
 
-def _uniform(typecode: str, value: int) -> array:
+def _uniform(typecode: str, value: int, k: int) -> array:
+    """At least ``k`` entries of ``value``."""
     got = _UNIFORMS.get((typecode, value))
-    if got is None:
+    if got is None or len(got) < k:
         if len(_UNIFORMS) >= 8:
             _UNIFORMS.clear()
-        got = _UNIFORMS[(typecode, value)] = array(typecode, [value]) * _UNIFORM_MAX
+        got = _UNIFORMS[(typecode, value)] = array(typecode, [value]) * max(k, 4096)
     return got
 
 
@@ -224,12 +226,12 @@ def equal_run(vals: array, start: int, value: int, count: int | None = None) -> 
     n = len(vals) - start if count is None else min(count, len(vals) - start)
     if n <= 0 or vals[start] != value:
         return 0
-    unit = _uniform(vals.typecode, value)
     done, k = 0, 64
     while done < n:
         k = min(k, n - done, _UNIFORM_MAX)
         at = start + done
-        if vals[at : at + k] == (unit if k == _UNIFORM_MAX else unit[:k]):
+        unit = _uniform(vals.typecode, value, k)
+        if vals[at : at + k] == (unit if k == len(unit) else unit[:k]):
             done += k
             k *= 8
             continue

@@ -310,7 +310,7 @@ class ParallelsFormat(Format):
         bat = self.bat
         first = bat[idx]
         if first == 0:
-            return equal_run(bat, idx, 0, limit)
+            return max(1, equal_run(bat, idx, 0, limit))
         step = self.tracks // self.off_multiplier
         # galloping: compare growing pieces of the BAT with the run they would make
         n, k = 1, 1

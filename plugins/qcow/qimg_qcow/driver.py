@@ -41,7 +41,6 @@ DEFLATE_WBITS = -12
 _ZEROS = bytes(4 << 20)
 
 
-
 def _secret_check(opts: dict[str, Any]) -> int:
     """crypt_method for the create options, with qemu-img's errors."""
     fmt = opts.get("encrypt.format")

@@ -37,7 +37,6 @@ MAX_DISK_SIZE = MAX_BLOCKS * BLOCK_SIZE
 MAX_BMAP_ENTRIES = 1 << 26
 
 
-
 class VdiFormat(Format):
     #: open options besides the block layer's (QEMU's runtime options of this driver)
     runtime_options = frozenset()

@@ -57,7 +57,6 @@ CURRENT_SIZE_CREATORS = (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0")
 CHS_CREATORS = (b"vpc ", b"qemu")
 
 
-
 def _top_used(part: array) -> int:
     """The largest allocated entry of a piece of the BAT (-1: none): the largest of each run of
     allocated entries, runs told apart by ``index`` and :func:`equal_run` (C per run)."""
