@@ -289,6 +289,15 @@ def loads(text: str) -> Any:
             raise _Error("Expecting at most one JSON value")
         values.append(value)
 
+    def parse_and_emit(tokens: list[tuple[str, bytes]]) -> None:
+        try:
+            value = _parse(tokens)
+        except _Error as e:
+            if values:
+                raise _Error("Expecting at most one JSON value") from None
+            raise _Error(f"JSON parse error, {e}") from None
+        emit(value)
+
     try:
         for kind, tok in _tokens(data):
             if kind == "error":
@@ -304,22 +313,10 @@ def loads(text: str) -> Any:
             pending.append((kind, tok))
             if (braces > 0 or brackets > 0) and braces >= 0 and brackets >= 0:
                 continue  # the value is not complete yet
-            try:
-                value = _parse(pending)
-            except _Error as e:
-                if values:
-                    raise _Error("Expecting at most one JSON value") from None
-                raise _Error(f"JSON parse error, {e}") from None
-            emit(value)
+            parse_and_emit(pending)
             pending, braces, brackets = [], 0, 0
         if pending:  # the text ends inside a value: QEMU parses what there is
-            try:
-                value = _parse(pending)
-            except _Error as e:
-                if values:
-                    raise _Error("Expecting at most one JSON value") from None
-                raise _Error(f"JSON parse error, {e}") from None
-            emit(value)
+            parse_and_emit(pending)
         if not values:
             raise _Error("Expecting a JSON value")
     except _Error as e:

@@ -389,11 +389,16 @@ class HttpProtocol(Protocol):
         except (OSError, http.client.HTTPException, ValueError):
             return None
         finally:
-            if keep:
-                with self._lock:
-                    self._idle.append(conn)
-            else:
-                conn.close()
+            self._release(conn, keep)
+
+    def _release(self, conn: Any, keep: bool) -> None:
+        """A pooled connection back to the pool (``keep``: its answer was read whole and the
+        server keeps it open), or closed."""
+        if keep:
+            with self._lock:
+                self._idle.append(conn)
+        else:
+            conn.close()
 
     def _fast_get(self, offset: int, view: memoryview) -> bool:
         """``view`` filled from ``offset`` with one GET on a pooled connection: True; False when
@@ -430,11 +435,7 @@ class HttpProtocol(Protocol):
         except (OSError, http.client.HTTPException, ValueError):
             return False
         finally:
-            if keep:
-                with self._lock:
-                    self._idle.append(conn)
-            else:
-                conn.close()
+            self._release(conn, keep)
 
     def _send_get(self, conn: Any, offset: int, n: int) -> Any:
         conn.putrequest("GET", self._path, skip_accept_encoding=True)
