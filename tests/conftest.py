@@ -201,11 +201,11 @@ QIMG = [sys.executable, "-c", "import sys; from qimg_cli.main import main; sys.a
 def qimg():
     """Run the qimg CLI in a subprocess: ``qimg("info", path)`` -> Run."""
 
-    def run(*args: str, input: bytes | None = None, env: dict | None = None) -> Run:
+    def run(*args: str, input: bytes | None = None, env: dict | None = None, preexec_fn=None) -> Run:
         e = dict(os.environ)
         if env:
             e.update(env)
-        p = subprocess.run([*QIMG, *args], capture_output=True, input=input, env=e)
+        p = subprocess.run([*QIMG, *args], capture_output=True, input=input, env=e, preexec_fn=preexec_fn)
         return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
 
     return run

@@ -202,6 +202,43 @@ def test_block_map_past_eof_reads_zeroes(qemu_img, tmp_path):
     assert qimg_read_all(path, "vdi") == qemu_raw(qemu_img, path, "vdi", tmp_path)
 
 
+def _limited(limit: int):
+    """preexec_fn: the child may map at most ``limit`` bytes of address space."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+@pytest.mark.parametrize("output", ["human", "json"])
+def test_largest_image_info_reads_the_header_alone(qimg, qemu_img, tmp_path, output):
+    """iotest 084's "maximum size": a 1 KiB file whose header claims 512 TiB - 128 MiB
+    (536870784 blocks, a 2 GiB block map) is as large as qemu-img opens; ``info`` answers from
+    the header as qemu-img's does, within 1 GiB of address space (the map is read at its first
+    use). Commands that walk the map refuse it in one line rather than hold 2 GiB."""
+    path = str(tmp_path / "t.vdi")
+    qemu_img("create", "-q", "-f", "vdi", path, "64M")
+    patch(path, [(368, struct.pack("<Q", 0x1FFFFF8000000)), (384, 0x1FFFFF80)])
+    t = qemu_img("info", f"--output={output}", "-f", "vdi", path)
+    assert t.returncode == 0, t.stderr
+    r = qimg("info", f"--output={output}", "-f", "vdi", path, preexec_fn=_limited(1 << 30))
+    assert r.returncode == 0, r.stderr
+    if output == "json":
+        mine, theirs = json.loads(r.stdout), json.loads(t.stdout)
+        for d in (mine, theirs):
+            d.pop("actual-size", None)
+            for c in d.get("children", []):
+                c["info"].pop("actual-size", None)
+        assert mine == theirs
+    else:
+        strip = lambda s: [x for x in s.splitlines() if "disk size" not in x]  # noqa: E731
+        assert strip(r.stdout) == strip(t.stdout)
+    for cmd in (["map"], ["check"], ["convert", "-O", "qcow2"]):
+        extra = [str(tmp_path / "out.qcow2")] if cmd[0] == "convert" else []
+        r = qimg(*cmd, "-f", "vdi", path, *extra, preexec_fn=_limited(1 << 30))
+        assert r.returncode == 1, (cmd, r.stderr)
+        assert r.stderr.count("\n") == 1 and "too many blocks 536870784" in r.stderr, (cmd, r.stderr)
+
+
 # damaged block maps for check: (block map entries, blocks_allocated)
 CHECK_CASES = {
     "clean": ([0xFFFFFFFF, 0, 0xFFFFFFFF, 1], 2),
