@@ -104,6 +104,11 @@ class Format:
     amend_opts: ClassVar[list[Option]] = []
     #: the format can record a backing file
     supports_backing: ClassVar[bool] = False
+    #: block status is the protocol's, passed on (QEMU's BDRV_BLOCK_RAW: raw, a protocol as the
+    #: image): a run that is neither data nor zeroes (an NBD hole that need not read as zeroes,
+    #: an ``x-dirty-bitmap``'s dirty run) is read as data, and ``map`` shows it as nothing at
+    #: all (not present, no offset), where a format's unallocated run reads as zeroes
+    raw_status: ClassVar[bool] = False
     #: the format stores compressed clusters (``convert -c``)
     supports_compression: ClassVar[bool] = False
     #: this image takes whole compressed clusters only (vmdk streamOptimized): convert then

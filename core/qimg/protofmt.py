@@ -20,6 +20,7 @@ class ProtocolFormat(Format):
     top node). Sizes count whole sectors, as QEMU's block layer does."""
 
     is_protocol = True
+    raw_status = True
     thread_safe_reads = True
     protocol_class: type[Protocol]
 

@@ -41,6 +41,10 @@ def _status(img: "Image", offset: int, length: int) -> dict[str, Any]:
             flags, n, host, fname = st.flags, min(st.length, length), st.host_offset, st.file
         if flags & (DATA | ZERO):
             break
+        if layer.driver.raw_status and layer.backing is None:
+            # a protocol's "neither data nor zeroes" ends qemu-img's walk with nothing at all
+            flags, host = 0, None
+            break
         if not flags & ALLOCATED:
             backing = layer.backing
             if backing is None:

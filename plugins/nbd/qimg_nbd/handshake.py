@@ -359,19 +359,21 @@ def _check_block_sizes(lo: int, pref: int, hi: int) -> None:
         raise QimgError(f"server maximum block size {hi} is not valid")
 
 
-def handshake(sock: socket.socket, export: str, *, tls: Tls | None = None) -> tuple[socket.socket, Export]:
+def handshake(sock: socket.socket, export: str, *, tls: Tls | None = None,
+              context: str = "base:allocation") -> tuple[socket.socket, Export]:
     """Negotiate ``export`` on a connected socket (over TLS when ``tls``): the socket to use
-    from now on (the TLS one) and what was negotiated."""
+    from now on (the TLS one) and what was negotiated. ``context`` is the one metadata context
+    asked for (QEMU's client asks for one: ``base:allocation``, or its ``x-dirty-bitmap``)."""
     h = _Handshake(sock)
     try:
-        return _negotiate(h, export, tls)
+        return _negotiate(h, export, tls, context.encode("utf-8", "surrogateescape"))
     except BaseException:
         if h.sock is not sock:
             h.sock.close()  # the TLS socket (it took over the connected one's descriptor)
         raise
 
 
-def _negotiate(h: _Handshake, export: str, tls: Tls | None) -> tuple[socket.socket, Export]:
+def _negotiate(h: _Handshake, export: str, tls: Tls | None, context: bytes) -> tuple[socket.socket, Export]:
     info = Export()
     name = export.encode("utf-8", "surrogateescape")
     (magic,) = struct.unpack(">Q", h.read(8, "Failed to read initial magic"))
@@ -408,7 +410,7 @@ def _negotiate(h: _Handshake, export: str, tls: Tls | None) -> tuple[socket.sock
             info.extended = h.simple_option(OPT_EXTENDED_HEADERS)
         info.structured = info.extended or h.simple_option(OPT_STRUCTURED_REPLY)
         if info.structured:
-            info.context_id = h.meta_context(name, b"base:allocation")
+            info.context_id = h.meta_context(name, context)
         if h.go(name, info, tls is not None):
             return h.sock, _checked(info)
         if info.extended:  # the spec: a server with extended headers has NBD_OPT_GO

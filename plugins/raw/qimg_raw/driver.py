@@ -26,6 +26,7 @@ class RawFormat(Format):
     runtime_options = {"offset": SIZE, "size": SIZE}
     strong_runtime_options = ("offset", "size")
     format_name = "raw"
+    raw_status = True
     create_opts = [
         Option("size", SIZE, "Virtual disk size"),
     ]
