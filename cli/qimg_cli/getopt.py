@@ -40,13 +40,13 @@ class GetoptError(Exception):
     ``text`` what followed ``--`` (long errors: name and ``=value`` as given); ``name`` the
     full long name matched (missing or unexpected argument); ``candidates`` the long names an
     ambiguous prefix matches, in table order; ``element`` is ``argv[optind - 1]`` at the
-    error (what qemu-img 7.2 quotes).
+    error (what qemu-img 7.2 quotes), ``at`` its index in ``argv`` (0: ``prog``).
     """
 
-    def __init__(self, kind: str, element: str, *, char: str = "", text: str = "", name: str = "",
+    def __init__(self, kind: str, element: str, *, at: int = -1, char: str = "", text: str = "", name: str = "",
                  candidates: tuple[str, ...] = ()) -> None:
         super().__init__(kind)
-        self.kind, self.element, self.char, self.text = kind, element, char, text
+        self.kind, self.element, self.at, self.char, self.text = kind, element, at, char, text
         self.name, self.candidates = name, candidates
 
     def glibc_message(self) -> str:
@@ -150,9 +150,9 @@ def getopt(args: Sequence[str], shorts: dict[str, tuple[object, bool]],
                 optind += 1
                 found = _match_long(name, longs)
                 if isinstance(found, list):
-                    raise GetoptError(AMBIGUOUS, argv[optind - 1], text=body, candidates=tuple(found))
+                    raise GetoptError(AMBIGUOUS, argv[optind - 1], at=optind - 1, text=body, candidates=tuple(found))
                 if found is None:
-                    raise GetoptError(UNKNOWN_LONG, argv[optind - 1], text=body)
+                    raise GetoptError(UNKNOWN_LONG, argv[optind - 1], at=optind - 1, text=body)
                 full, key, takes = found
                 if takes:
                     if eq:
@@ -161,9 +161,9 @@ def getopt(args: Sequence[str], shorts: dict[str, tuple[object, bool]],
                         optind += 1
                         yield key, argv[optind - 1]
                     else:
-                        raise GetoptError(MISSING_LONG, argv[optind - 1], text=body, name=full)
+                        raise GetoptError(MISSING_LONG, argv[optind - 1], at=optind - 1, text=body, name=full)
                 elif eq:
-                    raise GetoptError(UNEXPECTED_ARG, argv[optind - 1], text=body, name=full)
+                    raise GetoptError(UNEXPECTED_ARG, argv[optind - 1], at=optind - 1, text=body, name=full)
                 else:
                     yield key, None
                 continue
@@ -174,7 +174,7 @@ def getopt(args: Sequence[str], shorts: dict[str, tuple[object, bool]],
         entry = shorts.get(c) if c != ":" else None
         if entry is None:
             nextchar = ""
-            raise GetoptError(UNKNOWN_SHORT, argv[optind - 1], char=c)
+            raise GetoptError(UNKNOWN_SHORT, argv[optind - 1], at=optind - 1, char=c)
         key, takes = entry
         if not takes:
             yield key, None
@@ -183,7 +183,7 @@ def getopt(args: Sequence[str], shorts: dict[str, tuple[object, bool]],
             value = nextchar
             optind += 1
         elif optind == argc:
-            raise GetoptError(MISSING_SHORT, argv[optind - 1], char=c)
+            raise GetoptError(MISSING_SHORT, argv[optind - 1], at=optind - 1, char=c)
         else:
             value = argv[optind]
             optind += 1

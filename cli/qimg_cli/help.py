@@ -124,8 +124,9 @@ More information on the QEMU project at <https://qemu.org>.
 
 
 def _named(text: str) -> str:
-    """qemu-img's own name in a text, spelled as the program was invoked."""
-    return text.replace("qemu-img", prog.NAME) if prog.NAME != "qemu-img" else text
+    """qemu-img's own name in a text: ``qemu-img`` under any name but qimg's (qemu-img does not
+    spell it as invoked in its help texts)."""
+    return text.replace("qemu-img", prog.FIXED) if prog.FIXED != "qemu-img" else text
 
 
 def format_names() -> list[str]:
@@ -135,12 +136,12 @@ def format_names() -> list[str]:
 
 
 def version_text() -> str:
-    """``--version``: ``NAME version X.Y.Z (qimg V)`` (X.Y.Z: the profile's qemu-img) and
+    """``--version``: ``qemu-img version X.Y.Z (qimg V)`` (X.Y.Z: the profile's qemu-img) and
     qemu-img's copyright line."""
     from qimg import __version__
     from qimg.compat import version_string
 
-    return f"{prog.NAME} version {version_string()} (qimg {__version__})\n{prog.text('copyright')}\n"
+    return f"{prog.FIXED} version {version_string()} (qimg {__version__})\n{prog.text('copyright')}\n"
 
 
 def global_help() -> str:

@@ -52,9 +52,11 @@ def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
             stream.reconfigure(errors="surrogateescape")
         except (AttributeError, ValueError, OSError):
             pass
+    # the script's own argv[0] may be a PATH lookup's result (prog.invoked_as); a name given is as given
+    script = prog_name is None and argv is None
     if prog_name is None:
         prog_name = sys.argv[0] if argv is None else "qimg"
-    prog.set_argv0(prog_name)
+    prog.set_argv0(prog_name, script=script)
     try:
         _main(list(sys.argv[1:] if argv is None else argv))
     finally:

@@ -78,7 +78,7 @@ def report(e: GetoptError, cmd: Command, profile: str) -> NoReturn:
         print_global_help()
         raise SystemExit(0)
     if has("getopt-messages"):
-        where = f"{prog.ARGV0} {cmd.name}" if cmd.name else prog.ARGV0
+        where = f"{prog.invoked_as()} {cmd.name}" if cmd.name else prog.invoked_as()
         sys.stderr.write(f"{where}: {e.glibc_message()}\n{prog.try_help()}\n")
         sys.stderr.flush()
         raise SystemExit(1)
@@ -111,7 +111,7 @@ def parse(cmd: Command, args: list[str], hooks: Any = None, profile: str | None 
             return len(p.args) == 1 and a[:1] == "-" and a[1:2].isdigit()
 
     on_option = getattr(hooks, "on_option", None)
-    gen = getopt(args, shorts, longs, ordering=ordering, prog=cmd.name or prog.ARGV0, before=before)
+    gen = getopt(args, shorts, longs, ordering=ordering, prog=cmd.name, before=before)
     try:
         while True:
             key, value = next(gen)
@@ -141,6 +141,8 @@ def parse(cmd: Command, args: list[str], hooks: Any = None, profile: str | None 
     except StopIteration as stop:
         p.args.extend(stop.value or ())
     except GetoptError as e:
+        if e.at == 0 and not cmd.name:
+            e.element = prog.invoked_as()  # looked up only when quoted (a PATH walk)
         report(e, cmd, profile)
     p.args.extend(tail)
     return p

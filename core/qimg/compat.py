@@ -59,10 +59,11 @@ FEATURES: dict[str, str] = {
 }
 
 #: messages whose wording changed -> {first profile with this wording: text}. The CLI fills
-#: in ``{prog}`` (the program's name as invoked) and ``{argv0}`` (argv[0] and the command); a
+#: in ``{prog}`` (the program's name as invoked), ``{fixed}`` (the name qemu-img spells out
+#: as ``qemu-img`` whatever it runs as: :func:`fixed_name`) and ``{argv0}`` (argv[0] and the command); a
 #: CLI wording that ends in ``{try}`` is a usage error there (qimg_cli.prog.fail).
 TEXTS: dict[str, dict[str, str]] = {
-    "try-help": {"7.2": "Try '{prog} --help' for more information", "10.0": "Try '{argv0} --help' for more info"},
+    "try-help": {"7.2": "Try '{fixed} --help' for more information", "10.0": "Try '{argv0} --help' for more info"},
     "copyright": {"7.2": "Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers",
                   "10.0": "Copyright (c) 2003-2025 Fabrice Bellard and the QEMU Project developers"},
     "cvtnum-invalid": {"7.2": "Invalid {what} specified. You may use k, M, G, T, P or E suffixes for\n"
@@ -174,6 +175,7 @@ def text(key: str) -> str:
 #: name as invoked in its messages (the ``qemu-img:`` prefix of every error line, the hints that
 #: tell what to run). The CLI sets it (:func:`set_program`); library users see ``qimg``.
 _program = "qimg"
+_fixed = "qimg"
 
 
 def program() -> str:
@@ -181,6 +183,14 @@ def program() -> str:
     return _program
 
 
-def set_program(name: str) -> None:
-    global _program
+def fixed_name() -> str:
+    """The name where qemu-img writes ``qemu-img`` whatever it was invoked as (help texts, the
+    version line, hints such as vhdx's ``qemu-img check -r all``): ``qimg`` under qimg's own name,
+    ``qemu-img`` under any other."""
+    return _fixed
+
+
+def set_program(name: str, fixed: str | None = None) -> None:
+    global _program, _fixed
     _program = name or "qimg"
+    _fixed = fixed or ("qimg" if _program.startswith("qimg") else "qemu-img")

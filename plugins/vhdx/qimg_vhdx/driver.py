@@ -286,10 +286,10 @@ class VhdxFormat(Format):
         log = Log(self.file, lo, ln, self.hdr["log_guid"])
         entries = log.active_sequence()
         if entries and not self.writable:
-            from qimg.compat import program  # the hint names the program as invoked
+            from qimg.compat import fixed_name  # qemu-img spells its name out in this hint
 
             raise QimgError(f"VHDX image file '{self.filename}' opened read-only, but contains a log that needs to "
-                            f"be replayed\nTo replay the log, run:\n{program()} check -r all '{self.filename}'")
+                            f"be replayed\nTo replay the log, run:\n{fixed_name()} check -r all '{self.filename}'")
         if self.writable:
             # a log writes where it says: never into the header section or into the log itself
             keep = MetadataMap([(0, HEADER_SECTION_END, "the VHDX header section"), (lo, ln, "the VHDX log")])
