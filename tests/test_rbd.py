@@ -424,3 +424,105 @@ def test_bindings_from_the_system_folder():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout == "rados rbd True\n"
+
+
+def _direct_and_binding(name: str) -> tuple[bytes, bytes]:
+    """The image ``name`` read whole twice over one open: through qimg_rbd.direct (librbd's C API
+    into the caller's buffers, 1 MiB requests from three threads, the last one past the end) and
+    through Ceph's binding."""
+    import threading
+
+    from qimg_rbd.names import parse_filename
+    from qimg_rbd.protocol import RbdProtocol
+
+    proto = RbdProtocol.open(parse_filename(name), writable=False, filename=name)
+    try:
+        proto.start_parallel(3)
+        with proto._opening:  # the second handle's connection has finished
+            pass
+        assert proto._direct is not None, "the direct path did not open"
+        size = proto.size()
+        got = bytearray(size)
+        view = memoryview(got)
+        offsets = iter(range(0, size, MIB))
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+
+        def reader() -> None:
+            buf = bytearray(MIB)
+            while True:
+                with lock:
+                    off = next(offsets, None)
+                if off is None:
+                    return
+                try:
+                    n = proto.preadinto(off, memoryview(buf))
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+                    return
+                view[off:off + n] = buf[:n]
+
+        threads = [threading.Thread(target=reader) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        proto._direct, direct = None, proto._direct
+        try:
+            via_binding = proto.pread(0, size)
+        finally:
+            proto._direct = direct
+        return bytes(got), via_binding
+    finally:
+        proto.close()
+
+
+def test_direct_reads_match_the_binding(pool, tmp_path, monkeypatch):
+    """A bulk copy out of rbd reads through librbd's C API (qimg_rbd.direct, ctypes) straight
+    into the copy's buffers, on a second connection configured as the binding's: the same bytes
+    as the binding reads, for an image with librados pairs in its name, a snapshot, an image in a
+    namespace, and an end that is not a whole request; then a sparse convert of an image past
+    DIRECT_MIN, against qemu-img's."""
+    import qimg_rbd.protocol as rp
+
+    ceph = pool.ceph
+    monkeypatch.setattr(rp, "DIRECT_MIN", 0)
+    image, data = _filled(pool, tmp_path, "direct", size=5 * MIB + 1536)
+    name = pool.rbd(image, extra=":id=admin:rbd_cache=false")
+    assert _direct_and_binding(name) == (data, data)
+    assert run_qimg("snapshot", "-c", "s1", name).returncode == 0
+    other = tmp_path / "other.raw"
+    other.write_bytes(pattern_bytes(5 * MIB + 1536, 7))
+    assert run_qemu("convert", "-n", "-f", "raw", "-O", "raw", str(other), name).returncode == 0
+    assert _direct_and_binding(ceph.rbd(image + "@s1")) == (data, data)
+    ns = "ns" + uuid.uuid4().hex[:8]
+    assert pool.cli("namespace", "create", f"{ceph.pool}/{ns}").returncode == 0
+    try:
+        assert pool.cli("create", "--size", "3M", f"{ceph.pool}/{ns}/inns").returncode == 0
+        small = tmp_path / "small.raw"
+        small.write_bytes(pattern_bytes(3 * MIB, 3))
+        nsname = f"rbd:{ceph.pool}/{ns}/inns:conf={ceph.conf}"
+        assert run_qemu("convert", "-n", "-f", "raw", "-O", "raw", str(small), nsname).returncode == 0
+        assert _direct_and_binding(nsname) == (small.read_bytes(),) * 2
+    finally:
+        pool.cli("rm", f"{ceph.pool}/{ns}/inns")
+        pool.cli("namespace", "remove", f"{ceph.pool}/{ns}")
+    # a whole command over the direct path: a sparse image just past DIRECT_MIN
+    monkeypatch.undo()
+    size = rp.DIRECT_MIN + 4 * MIB + 512
+    src = tmp_path / "sparse.raw"
+    with open(src, "wb") as f:
+        f.truncate(size)
+        for off in (0, 9 * MIB + 100, rp.DIRECT_MIN, size - 5000):
+            f.seek(off)
+            f.write(pattern_bytes(4096, off % 251))
+    big = pool.name("direct-big")
+    assert run_qemu("convert", "-f", "raw", "-O", "raw", str(src), pool.rbd(big)).returncode == 0
+    out = tmp_path / "out.raw"
+    r = run_qimg("convert", "-O", "raw", pool.rbd(big), str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == src.read_bytes()
+    theirs = tmp_path / "theirs.raw"
+    assert run_qemu("convert", "-O", "raw", pool.rbd(big), str(theirs)).returncode == 0
+    assert run_qemu("map", "--output=json", str(out)).stdout == run_qemu("map", "--output=json", str(theirs)).stdout

@@ -36,6 +36,9 @@ class Cluster:
             loc.key_secret = secret_id
         mon_host = loc.mon_host()
         self.ioctx = None
+        #: the configuration calls that succeeded, in order: (None, file) for a configuration
+        #: file read, (key, value) for a setting; .direct replays them on its own connection
+        self.settings: list[tuple[str | None, str | None]] = []
         try:
             self.cluster = rados.Rados(rados_id=loc.user)
         except rados.Error as e:
@@ -65,8 +68,10 @@ class Cluster:
 
     def _configure(self, rados: Any, loc: Location, keypairs: str | None, mon_host: str | None) -> None:
         c = self.cluster
+        settings = self.settings
         try:
             c.conf_read_file(loc.conf)  # None: the default places, whose absence is no error
+            settings.append((None, loc.conf))
         except rados.Error as e:
             if loc.conf is not None:
                 raise fail(f"error reading conf file {loc.conf}", e) from None
@@ -78,11 +83,13 @@ class Cluster:
                 except rados.Error as e:
                     raise with_errno(QimgError(f"invalid conf option {key}: {os.strerror(errno_of(e))}"),
                                      errno.EINVAL) from None
+                settings.append((key, value))
         if mon_host:
             try:
                 c.conf_set("mon_host", mon_host)
             except rados.Error as e:
                 raise as_oserror(e) from None
+            settings.append(("mon_host", mon_host))
         if loc.key_secret:
             import base64
 
@@ -93,19 +100,24 @@ class Cluster:
                 c.conf_set("key", key)
             except rados.Error as e:
                 raise fail("Could not set 'key'", e) from None
+            settings.append(("key", key))
         if loc.auth_client_required is not None:
+            modes = ";".join(loc.auth_client_required)
             try:
-                c.conf_set("auth_client_required", ";".join(loc.auth_client_required))
+                c.conf_set("auth_client_required", modes)
             except rados.Error as e:
                 raise fail("Could not set 'auth_client_required'", e) from None
+            settings.append(("auth_client_required", modes))
         try:
             c.conf_set("rbd_cache", "true")
+            settings.append(("rbd_cache", "true"))
         except rados.Error:
             pass  # (QEMU ignores this one's failure too)
         # a bounded wait for the monitors (qemu-img waits librados' 300 s) unless set otherwise
         try:
             if c.conf_get("client_mount_timeout") in ("300", "300.000000"):
                 c.conf_set("client_mount_timeout", CONNECT_TIMEOUT)
+                settings.append(("client_mount_timeout", CONNECT_TIMEOUT))
         except rados.Error:
             pass
 

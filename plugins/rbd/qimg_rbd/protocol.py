@@ -4,13 +4,15 @@ the same names, options, create options, messages, ``info`` and block status).
 Ceph's own Python bindings (``rados``, ``rbd``: Debian's python3-rados and python3-rbd, not on
 PyPI) do the work; they are imported when an rbd image is opened. Reads are blocking librbd
 calls that release the GIL, so a bulk copy reads with :attr:`RbdProtocol.parallel_reads` threads
-at once; writes are asynchronous (up to :data:`WRITES_IN_FLIGHT` at a time), waited for before
+at once, straight into the copy's buffers through librbd's C API (:mod:`.direct`: the binding
+has no read-into) for read-only images of :data:`DIRECT_MIN` bytes or more; writes are asynchronous (up to :data:`WRITES_IN_FLIGHT` at a time), waited for before
 anything that must see them (a read, block status, a size change, flush, close). Block status is
 librbd's object map (``diff_iterate`` over whole objects), as QEMU asks it: images without the
 fast-diff feature, or whose map is invalid, are all data.
 
 Modules: :mod:`.bindings` (loading Ceph's bindings, their errors), :mod:`.cluster` (connecting),
-:mod:`.encryption` (librbd's LUKS), :mod:`.names` (rbd: names and options).
+:mod:`.encryption` (librbd's LUKS), :mod:`.names` (rbd: names and options), :mod:`.direct`
+(bulk reads through librbd's C API).
 """
 from __future__ import annotations
 
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
 WRITES_IN_FLIGHT = 16
 #: bytes one block status query asks librbd about at least (its answer's runs are kept)
 STATUS_ASK = 1 << 30
+#: images from this size up are read through librbd's C API (.direct) in a bulk copy: below,
+#: the second connection's CPU costs more than reading into the copy's buffers saves
+DIRECT_MIN = 64 << 20
 _LUKS1 = b"LUKS\xba\xbe\x00\x01"
 _LUKS2 = b"LUKS\xba\xbe\x00\x02"
 class RbdProtocol(Protocol):
@@ -134,6 +139,8 @@ class RbdProtocol(Protocol):
         self._writes: deque = deque()
         self._write_error: int | None = None
         self._runs: list[tuple[int, int, int]] = []
+        self._direct: Any = None  # a .direct.DirectReader during a bulk copy
+        self._opening: Any = None  # held while the DirectReader connects
         self._cluster = Cluster(loc, keypairs, secret_id)
         try:
             try:
@@ -209,10 +216,39 @@ class RbdProtocol(Protocol):
         except rbd.Error as e:
             raise as_oserror(e) from None
 
+    def start_parallel(self, readers: int) -> None:
+        """A bulk copy reads from this image: read-only, unencrypted images of
+        :data:`DIRECT_MIN` bytes or more are then read straight into the copy's buffers through
+        librbd's C API (.direct: the binding returns a new ``bytes`` per read). That second
+        handle connects in a thread of its own (librados releases the GIL); the copy reads
+        through the binding until it is there."""
+        if (self._opening is None and not self.writable and self.loc.encrypt is None
+                and self._size >= DIRECT_MIN and self._cluster is not None):
+            from _thread import allocate_lock, start_new_thread
+
+            from .direct import open_reader
+
+            opening = self._opening = allocate_lock()
+            opening.acquire()
+
+            def connect() -> None:
+                try:
+                    self._direct = open_reader(self._cluster, self.loc, self._size)
+                finally:
+                    opening.release()
+
+            start_new_thread(connect, ())
+
     def preadinto(self, offset: int, buf: memoryview) -> int:
         n = min(len(buf), self._size - offset)
         if n <= 0:
             return 0
+        direct = self._direct
+        if direct is not None:
+            k = direct.readinto(offset, buf[:n])
+            if k < n:  # QEMU pads short reads with zeroes
+                buf[k:n] = bytes(n - k)
+            return n
         if self._writes:
             self._drain()
         data = self._read(offset, n)
@@ -464,6 +500,13 @@ class RbdProtocol(Protocol):
         """Wait for the writes in flight (a failed one is raised here: convert's default cache
         mode never flushes), then close the image and the connection."""
         image, self.image = self.image, None
+        opening = getattr(self, "_opening", None)
+        if opening is not None:
+            with opening:  # the DirectReader's connection attempt has finished
+                pass
+        direct, self._direct = getattr(self, "_direct", None), None
+        if direct is not None:
+            direct.close()
         try:
             if image is not None:
                 try:
