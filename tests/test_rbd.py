@@ -438,6 +438,8 @@ def _direct_and_binding(name: str) -> tuple[bytes, bytes]:
     proto = RbdProtocol.open(parse_filename(name), writable=False, filename=name)
     try:
         proto.start_parallel(3)
+        view1 = memoryview(bytearray(1))
+        proto.preadinto(0, view1)  # more than DIRECT_AFTER (0 here) bytes through the binding
         with proto._opening:  # the second handle's connection has finished
             pass
         assert proto._direct is not None, "the direct path did not open"
@@ -478,16 +480,17 @@ def _direct_and_binding(name: str) -> tuple[bytes, bytes]:
         proto.close()
 
 
+@pytest.mark.oracle_72("qemu-img only makes and reads back the images: qimg's reads do not depend on the profile")
 def test_direct_reads_match_the_binding(pool, tmp_path, monkeypatch):
     """A bulk copy out of rbd reads through librbd's C API (qimg_rbd.direct, ctypes) straight
     into the copy's buffers, on a second connection configured as the binding's: the same bytes
     as the binding reads, for an image with librados pairs in its name, a snapshot, an image in a
     namespace, and an end that is not a whole request; then a sparse convert of an image past
-    DIRECT_MIN, against qemu-img's."""
+    DIRECT_AFTER, against qemu-img's."""
     import qimg_rbd.protocol as rp
 
     ceph = pool.ceph
-    monkeypatch.setattr(rp, "DIRECT_MIN", 0)
+    monkeypatch.setattr(rp, "DIRECT_AFTER", 0)
     image, data = _filled(pool, tmp_path, "direct", size=5 * MIB + 1536)
     name = pool.rbd(image, extra=":id=admin:rbd_cache=false")
     assert _direct_and_binding(name) == (data, data)
@@ -508,13 +511,16 @@ def test_direct_reads_match_the_binding(pool, tmp_path, monkeypatch):
     finally:
         pool.cli("rm", f"{ceph.pool}/{ns}/inns")
         pool.cli("namespace", "remove", f"{ceph.pool}/{ns}")
-    # a whole command over the direct path: a sparse image just past DIRECT_MIN
+    # a whole command that reads through both: data past DIRECT_AFTER
     monkeypatch.undo()
-    size = rp.DIRECT_MIN + 4 * MIB + 512
+    size = rp.DIRECT_AFTER + 16 * MIB + 512
     src = tmp_path / "sparse.raw"
     with open(src, "wb") as f:
         f.truncate(size)
-        for off in (0, 9 * MIB + 100, rp.DIRECT_MIN, size - 5000):
+        block = bytes(range(1, 256)) * 4112  # no zero run: all of it is data, read and allocated
+        for _ in range((rp.DIRECT_AFTER + 8 * MIB) // len(block)):
+            f.write(block)
+        for off in (rp.DIRECT_AFTER + 9 * MIB + 100, size - 5000):
             f.seek(off)
             f.write(pattern_bytes(4096, off % 251))
     big = pool.name("direct-big")

@@ -12,10 +12,10 @@ threads 0.31-0.51 s, ``rbd_aio_read`` 0.30-0.47 s. Whole ``convert -O raw`` of t
 tmpfs (``perf stat -r 5``, twice): 687/719 ms CPU and 1.44/1.60 s wall, against 808/759 ms and
 1.75/1.75 s through the binding (docs/performance.md has the comparison with qemu-img). So a
 bulk copy out of rbd (``RbdProtocol.start_parallel``) opens the image a second time, read-only,
-through this module (connecting in a thread of its own while the copy starts through the
-binding) and then reads with ``rbd_read`` from the copy's reader threads (ctypes releases the
-GIL during the call) into the caller's buffer. The second connection costs about 10-40 ms of
-CPU: images under ``DIRECT_MIN`` do without it.
+through this module (connecting in a thread of its own once the copy has read ``DIRECT_AFTER``
+bytes through the binding: the second connection's cost is not worth it on smaller copies) and
+then reads with ``rbd_read`` from the copy's reader threads (ctypes releases the GIL during the
+call) into the caller's buffer.
 
 The second connection is configured exactly as the binding's was: :class:`~.cluster.Cluster`
 records every configuration call that succeeded (the configuration file, librados pairs,
