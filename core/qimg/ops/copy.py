@@ -178,8 +178,15 @@ def _data_end(buf: bytearray, start: int, n: int) -> int:
 
 def _granule_runs(buf: bytearray, n: int, base: int, granule: int) -> list[tuple[int, int, bool]]:
     """Whole zero granules aligned to target offsets, the rest data (coalesced)."""
-    zg = ZERO_VIEW[:granule] if granule <= len(ZERO_CHUNK) else bytes(granule)
     first = (-base) % granule
+    whole = (n - first) // granule
+    if whole > 0 and not granule % 8 and not first % 8:
+        # a zero granule starts with a zero word: when no granule does (data, the common case),
+        # there is none, and the search below (a scan of the whole buffer) is spared
+        heads = memoryview(buf)[first:first + whole * granule].cast("Q")[::granule // 8].tolist()
+        if 0 not in heads:
+            return [(0, n, False)]
+    zg = ZERO_VIEW[:granule] if granule <= len(ZERO_CHUNK) else bytes(granule)
     out: list[tuple[int, int, bool]] = []
     pos = 0
     search = first

@@ -14,6 +14,7 @@ import functools
 import os
 import threading
 import time
+from _thread import get_ident, start_new_thread
 from bisect import bisect_right
 
 from qimg.blockstatus import DATA, ZERO
@@ -146,6 +147,9 @@ class NBDProtocol(Protocol):
         self._lock = threading.Lock()
         self._extents: list[tuple[int, int, int]] = []  # (start, end, flags) of the last status answer
         self._turn = 0
+        self._mine: dict[int, transmission.Connection] = {}  # thread -> its connection (multi-conn)
+        self._growing = threading.Lock()  # held while connections are opened in the background
+        self._closing = False
         if open_timeout:  # QEMU's open-timeout: attempts until then, the last one's error after
             conn = self._connect_until(time.monotonic() + open_timeout)
         else:
@@ -209,12 +213,13 @@ class NBDProtocol(Protocol):
             if conn.info.size != self.info.size:
                 conn.close()  # not the same export any more
                 return False
-            old, self._conns = self._conns, [conn]
+            with self._lock:
+                old, self._conns = self._conns, [conn]
+                self._mine = {}
+                self._extents = []
+                self._generation += 1
             for c in old:
                 c.close()
-            with self._lock:
-                self._extents = []
-            self._generation += 1
             return True
 
     # -- names -------------------------------------------------------------------------------
@@ -233,33 +238,44 @@ class NBDProtocol(Protocol):
 
     # -- connections -------------------------------------------------------------------------
     def _conn(self) -> transmission.Connection:
-        """A connection for the calling thread: round robin over the open ones, opening more
-        (up to :data:`MAX_CONNECTIONS`) when the server allows multi-conn."""
+        """A connection for the calling thread. Over several (multi-conn), each thread keeps
+        the one it was given (round robin) until more are opened: it then reads its own
+        replies, without handing them to another thread."""
         conns = self._conns
         if not conns:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        if len(conns) == 1 or not self.info.flags & wire.F_CAN_MULTI_CONN:
+        if len(conns) == 1:
             return conns[0]
+        ident = get_ident()
+        mine = self._mine.get(ident)
+        if mine is not None:
+            return mine
         with self._lock:
+            conns = self._conns or conns
             self._turn = (self._turn + 1) % len(conns)
-            return conns[self._turn]
+            conn = self._mine[ident] = conns[self._turn]
+        return conn
 
-    def _grow(self, wanted: int) -> None:
-        """Open connections up to ``wanted`` for parallel readers (multi-conn exports only)."""
-        if not self.info.flags & wire.F_CAN_MULTI_CONN or self.writable:
-            return
-        with self._lock:
-            while len(self._conns) < min(wanted, MAX_CONNECTIONS):
+    def _grow(self, wanted: int, generation: int) -> None:
+        """Open connections up to ``wanted`` (in a thread of its own, while the first one
+        already serves the readers); a failure leaves the ones there are."""
+        try:
+            while len(self._conns) < min(wanted, MAX_CONNECTIONS) and not self._closing:
                 try:
                     conn = self._connect()
-                except QimgError:
-                    return  # the first connection carries on alone
-                if conn.info.size != self.info.size or conn.info.flags != self.info.flags:
-                    conn.close()
-                    return
-                self._conns.append(conn)
+                except (QimgError, OSError):
+                    return  # the connections there are carry on
+                with self._lock:
+                    if (self._closing or generation != self._generation or conn.info.size != self.info.size
+                            or conn.info.flags != self.info.flags):
+                        conn.close()
+                        return
+                    self._conns = [*self._conns, conn]
+                    self._mine = {}  # the readers spread over the new set
+        finally:
+            self._growing.release()
 
-    # -- I/O ---------------------------------------------------------------------------------
+        # -- I/O ---------------------------------------------------------------------------------
     def size(self) -> int:
         return self.info.size
 
@@ -467,11 +483,19 @@ class NBDProtocol(Protocol):
             raise OSError(errno.EPERM, os.strerror(errno.EPERM))
 
     def start_parallel(self, readers: int) -> None:
-        """A bulk copy is about to read with ``readers`` threads."""
-        self._grow(readers)
+        """A bulk copy is about to read with ``readers`` threads: over a read-only multi-conn
+        export, more connections are opened in the background."""
+        if (not self.info.flags & wire.F_CAN_MULTI_CONN or self.writable
+                or len(self._conns) >= min(readers, MAX_CONNECTIONS) or not self._growing.acquire(False)):
+            return
+        start_new_thread(self._grow, (readers, self._generation))
 
     def close(self) -> None:
+        self._closing = True
+        with self._growing:  # the background opener has finished (and kept or closed its connection)
+            pass
         conns, self._conns = self._conns, []
+        self._mine = {}
         for conn in conns:
             conn.close()
 

@@ -87,6 +87,9 @@ class Connection:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         self.sock = sock
         self.info = info
+        # a plain socket's recv waits for the whole length (one system call and one wake-up
+        # for a read's data instead of one per socket buffer's worth); TLS sockets take no flags
+        self._waitall = socket.MSG_WAITALL if type(sock) is socket.socket else 0
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
         self._receiving = False
@@ -192,9 +195,10 @@ class Connection:
     # -- replies -----------------------------------------------------------------------
     def _recv_into(self, view: memoryview) -> None:
         got, n = 0, len(view)
+        waitall = self._waitall
         while got < n:
             try:
-                k = self.sock.recv_into(view[got:])
+                k = self.sock.recv_into(view[got:], 0, waitall)
             except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO ran out
                 raise _io_error(errno.ETIMEDOUT) from None
             except InterruptedError:
