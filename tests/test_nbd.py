@@ -241,7 +241,7 @@ def _nothing_listens(tmp_path):
     "nbd://localhost:99999/x", "nbd+unix://h/x?socket={sock}", "nbd+unix:///x?socket={sock}&socket=y",
     "nbd+unix:///x?other={sock}", "nbd://[::1]:{port}/x", "nbd:[::1]:{port}", "nbd://user@127.0.0.1:{port}/x",
     "nbd+tcp:127.0.0.1:{port}", "nbd+unix:{sock}", "nbd://%zz/x", "nbd://[::1/x", "nbd:unix:",
-    "nbd://host.invalid/x", "nbd:host.invalid:{port}",
+    "nbd://host.invalid/x", "nbd:host.invalid:{port}", "nbd::{port}", "nbd://[]:{port}/x", "nbd://:{port}/x",
 ])
 @pytest.mark.parametrize("cmd", [["info"], ["map"], ["convert", "-O", "raw"]])
 def test_unreachable_and_bad_names(tmp_path, cmd, name):

@@ -90,7 +90,7 @@ def connect(server: Server, timeout: float) -> socket.socket:
                              errno.EINVAL) from None
         return sock
     try:
-        infos = socket.getaddrinfo(server.host or None, server.port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)  # "" fails, as in QEMU
     except (socket.gaierror, UnicodeError) as e:
         text = e.strerror if isinstance(e, socket.gaierror) and e.strerror else str(e)
         raise QimgError(f"address resolution failed for {server.host}:{server.port}: {text}") from None

@@ -126,7 +126,8 @@ def parse_url(name: str) -> dict[str, Any]:
         raise QimgError(_URL_ERROR)
     if "@" in authority:
         authority = authority.rpartition("@")[2]
-    if authority.startswith("["):
+    bracketed = authority.startswith("[")
+    if bracketed:
         close = authority.find("]")
         if close < 0:
             raise QimgError(_URL_ERROR)
@@ -169,7 +170,7 @@ def parse_url(name: str) -> dict[str, Any]:
         opts["server.type"] = "unix"
         opts["server.path"] = params[0][1]
     else:
-        if not host:
+        if not host and not (bracketed and not glib):  # 7.2: "[]" is a host, the empty one
             raise QimgError(_URL_ERROR)
         opts["server.type"] = "inet"
         opts["server.host"] = host
