@@ -7,6 +7,7 @@ from array import array
 from qimg.errors import QimgError
 
 from . import structs as S
+from .bitmap import has_bitmaps
 
 TYPE_CHECKING = False  # typing's own import costs start-up time
 if TYPE_CHECKING:
@@ -106,6 +107,10 @@ def amend(drv: "Qcow2Format", opts: dict[str, Any], progress: "ProgressFn | None
             raise QimgError(f"offset({size}) exceeds maximum({MAX_IMAGE_SIZE})")
         truncate(drv, size, shrink=True)
     if version < old_version:
+        if drv.writable and has_bitmaps(drv):
+            from .bitmapops import session
+
+            session(drv)  # QEMU loaded them at open (marked in use) and stores them at close
         status.operation("downgrade")
         downgrade(drv, status)
     drv.flush_caches()
@@ -194,13 +199,13 @@ def downgrade(drv: "Qcow2Format", status: AmendStatus) -> None:
     drv.flush_caches()
     h.version = 2
     h.incompatible_features = 0
-    h.bitmaps_ext = None
+    # the bitmaps stay: QEMU keeps their extension in the v2 header and stores them at close
+    # (where a later open, seeing no autoclear bit to vouch for them, drops them)
     drv.update_header()
 
 
 def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
     cb, cs = drv.cluster_bits, drv.cluster_size
-    h = drv.header
     for l1i in range(len(l1)):
         l2off = l1[l1i] & S.L1E_OFFSET_MASK
         if not l2off:
@@ -216,8 +221,7 @@ def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
             if host & (cs - 1):
                 drv.corrupt(f"Cluster allocation offset {S.chex(host)} unaligned (L2 offset: {S.chex(l2off)}, "
                              f"L2 index: {S.chex(i)})")
-            g = ((l1i << drv.l2_bits) + i) << cb
-            if active and drv.backing is None and not host or g >= h.size:
+            if not host and drv.backing is None:  # any table's, as QEMU (the guest size aside)
                 tbl[i] = 0
             else:
                 if not host:
@@ -226,7 +230,8 @@ def _expand_zero_clusters(drv: "Qcow2Format", l1: array, active: bool) -> None:
                         drv.refcounts.set(host >> cb, l2_refs)
                 drv.pre_write(0, host, cs, data_file=True)
                 drv.file.pwrite(host, bytes(cs))
-                tbl[i] = host | (S.OFLAG_COPIED if drv.refcounts.get(host >> cb) == 1 else 0)
+                # COPIED as the L2 table's refcount says (QEMU's rule, the cluster's own aside)
+                tbl[i] = host | (S.OFLAG_COPIED if l2_refs == 1 else 0)
             changed = True
         if changed:
             drv.clusters.cache.mark_dirty(l2off)
