@@ -264,6 +264,10 @@ class Qcow2Format(Format):
             repair_dirty(self)
             h.incompatible_features &= ~S.INCOMPAT_DIRTY
             changed = True
+        elif h.incompatible_features & S.INCOMPAT_DIRTY:
+            # check -r: QEMU's close marks the image clean once its caches flush, even after
+            # a check that failed (``-r leaks`` on refcounts that need a rebuild)
+            self.dirty_set = True
         if changed:
             self.update_header()
 
