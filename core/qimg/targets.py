@@ -62,11 +62,13 @@ def target_from_options(text: str, typed: dict[str, Any], fmt: str | None, json_
         from . import api  # its report() is the one the command line redirects
 
         api.report('warning: Use of "backing": "" is deprecated; use "backing": null instead')
+    # values as given: a json: name's keep their JSON types (false, 5), an option string's are
+    # text ("off", "5"); drivers type them, and QEMU names an image with them as given
+    given = {k: typed.get(k, v) for k, v in parsed.items()}
     options = dict(extra)
-    options.update(parsed)
+    options.update(given)
     # "backing" null or "": no backing file, taken by every open
     user_keys = [k for k, v in parsed.items() if k != "backing" or v not in ("", None)]
-    given = {k: typed.get(k, v) for k, v in parsed.items()}
     return Target(fname, driver, options, False, user_keys, given)
 
 

@@ -19,6 +19,7 @@ import time
 from qimg.errors import QimgError, with_errno
 from qimg.options import BOOL, NUMBER, SIZE, STRING
 from qimg.protocol import Protocol
+from qimg.runtime import convert_value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,7 +63,8 @@ def _basic(user: str, password: str | None) -> str:
 
 class HttpProtocol(Protocol):
     protocol_name = "http"
-    runtime_options = {"url": STRING, "readahead": SIZE, "sslverify": BOOL, "timeout": NUMBER, "cookie": STRING,
+    # sslverify is typed by open itself: QEMU names the image with the value as written ("off")
+    runtime_options = {"url": STRING, "readahead": SIZE, "sslverify": STRING, "timeout": NUMBER, "cookie": STRING,
                        "cookie-secret": STRING, "username": STRING, "password-secret": STRING,
                        "proxy-username": STRING, "proxy-password-secret": STRING}
     #: QEMU's curl_strong_runtime_opts: with one of them the image is named json:{...}
@@ -85,6 +87,7 @@ class HttpProtocol(Protocol):
         if writable:
             raise with_errno(QimgError("curl driver does not support writes"), errno.EACCES)
         opts = dict(options)
+        sslverify = bool(convert_value("sslverify", BOOL, opts.pop("sslverify", True)))
         # a name is parsed into "url"; "filename" given as an option is refused once open
         named = opts.pop("filename", None) is not None
         readahead = int(opts.pop("readahead", READAHEAD_DEFAULT))
@@ -93,7 +96,6 @@ class HttpProtocol(Protocol):
         timeout = int(opts.pop("timeout", TIMEOUT_DEFAULT))
         if not 0 <= timeout <= TIMEOUT_MAX:
             raise QimgError("timeout parameter is too large or negative")
-        sslverify = bool(opts.pop("sslverify", True))
         cookie = opts.pop("cookie", None)
         cookie_secret = opts.pop("cookie-secret", None)
         if cookie is not None and cookie_secret is not None:
@@ -236,15 +238,21 @@ class HttpProtocol(Protocol):
         if headers:
             h.update(headers)
         start = time.monotonic()
-        try:
-            resp = self._urllib3().request(method, self._target, headers=h, preload_content=False,
-                                      timeout=self._timeout, retries=self._retries, redirect=True)
-        except urllib3.exceptions.MaxRetryError as e:
-            raise CurlError(self._why(e.reason, start)) from None
-        except urllib3.exceptions.HTTPError as e:
-            raise CurlError(self._why(e, start)) from None
-        except (ValueError, LookupError):
-            raise CurlError("URL using bad/illegal format or missing URL") from None
+        for again in (True, False):
+            try:
+                resp = self._urllib3().request(method, self._target, headers=h, preload_content=False,
+                                               timeout=self._timeout, retries=self._retries, redirect=True)
+                break
+            except urllib3.exceptions.MaxRetryError as e:
+                if again and _closed_unanswered(e.reason):
+                    # as libcurl: a kept connection the server (or proxy) closed as the request
+                    # went out is retried once on a new one
+                    continue
+                raise CurlError(self._why(e.reason, start)) from None
+            except urllib3.exceptions.HTTPError as e:
+                raise CurlError(self._why(e, start)) from None
+            except (ValueError, LookupError):
+                raise CurlError("URL using bad/illegal format or missing URL") from None
         if resp.status >= 400:
             resp.drain_conn()
             resp.release_conn()
@@ -258,6 +266,17 @@ class HttpProtocol(Protocol):
         import urllib3.exceptions as ux
 
         ms = int((time.monotonic() - start) * 1000)
+        if isinstance(err, ux.ProxyError):
+            inner = err.original_error
+            if isinstance(inner, (ux.NewConnectionError, ux.NameResolutionError)) or \
+                    (isinstance(inner, ux.ConnectTimeoutError) and not isinstance(inner, ux.NewConnectionError)):
+                proxy = self._pool.proxy
+                if isinstance(inner, ux.NameResolutionError):
+                    return f"Could not resolve proxy: {proxy.host}"
+                if isinstance(inner, ux.NewConnectionError):
+                    return f"Failed to connect to {proxy.host} port {proxy.port} after {ms} ms: Couldn't connect to server"
+                return f"Connection timed out after {ms} milliseconds"
+            err = inner
         if isinstance(err, ux.NameResolutionError):
             return f"Could not resolve host: {self._host}"
         if isinstance(err, ux.SSLError) or isinstance(err, ssl.SSLError):
@@ -454,7 +473,7 @@ class HttpProtocol(Protocol):
     # -- names -------------------------------------------------------------------------------
     def exact_filename(self) -> str | None:
         # QEMU's curl_refresh_filename: options that change what is reached hide the URL
-        if self.given.get("sslverify", True) is not True or any(k != "sslverify" for k in self.given):
+        if not self._sslverify or any(k != "sslverify" for k in self.given):
             return None
         return self.url
 
@@ -524,6 +543,17 @@ def _request_target(url: str) -> str:
     if target.startswith("?"):
         target = "/" + target
     return target or "/"
+
+
+def _closed_unanswered(err: BaseException | None) -> bool:
+    """Whether a request failed because its connection was closed before any answer (urllib3
+    wraps that in ProtocolError or ProxyError: "Connection aborted", RemoteDisconnected...)."""
+    import http.client
+
+    for arg in getattr(err, "args", ()):
+        if isinstance(arg, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
+            return True
+    return False
 
 
 def _proxy_for(scheme: str, host: str) -> str | None:
