@@ -338,15 +338,43 @@ def test_stalled_server_times_out(tmp_path, fault):
 
 
 def test_multi_conn_reads_in_parallel(tmp_path):
-    """A server that allows multi-conn is read over several connections, and correctly."""
+    """A server that allows multi-conn is read over several connections (opened in the
+    background once a bulk copy starts), and correctly."""
+    import threading
+    import time
+
     data = bytearray(os.urandom(8 * MIB))
     data[2 * MIB:3 * MIB] = bytes(MIB)
     with FakeNBD(data, export="e", flags=FLAG_CAN_MULTI_CONN | 4) as srv:
         r = run_qimg("convert", "-O", "raw", srv.url, str(tmp_path / "o.raw"))
-        conns = len(srv.conns)
-    assert r.returncode == 0, r
-    assert (tmp_path / "o.raw").read_bytes() == data
-    assert conns > 1
+        assert r.returncode == 0, r
+        assert (tmp_path / "o.raw").read_bytes() == data
+        img = qimg.open(srv.url, "raw")
+        try:
+            p = img.driver.file
+            p.start_parallel(4)
+            deadline = time.monotonic() + 30
+            while len(p._conns) < 4:
+                assert time.monotonic() < deadline, "the extra connections were not opened within 30 s"
+                time.sleep(0.01)
+            got = [b""] * 8
+            together = threading.Barrier(8, timeout=30)  # all alive at once: 8 distinct threads
+
+            def read(i):
+                together.wait()
+                got[i] = p.pread(i * MIB, MIB)
+                together.wait()
+
+            threads = [threading.Thread(target=read, args=(i,)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert b"".join(got) == data
+            assert len({id(c) for c in p._mine.values()}) > 1  # the threads read over several
+        finally:
+            img.close()
+        assert len(srv.conns) >= 5  # the convert's first, then the library's four
 
 
 def test_library(tmp_path, servers):
