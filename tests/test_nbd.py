@@ -472,3 +472,39 @@ def test_socket_address_options(tmp_path, servers):
         for extra in ("server.abstract=on", "server.abstract=on,server.tight=on", "server.abstract=on,server.tight=off",
                       "server.abstract=off"):
             same(tmp_path, "info", "--image-opts", f"driver=nbd,server.type=unix,server.path={fake.path},{extra}")
+
+
+def test_nbdkit_named_exports(tmp_path):
+    """nbdkit's file plugin serving a folder: every file an export by its name (a raw and a
+    qcow2), a name it does not have, the default export it refuses; qimg and qemu-img the same."""
+    import shutil
+    import tempfile
+    import time
+
+    from nbd_servers import READY_TIMEOUT, Server, _ready, _tool
+
+    exe, env = _tool("nbdkit")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    run_qemu("create", "-q", "-f", "raw", str(folder / "a.raw"), "1M")
+    run_qemu_io("-f", "raw", "-c", "write -P 7 0 64k", str(folder / "a.raw"))
+    run_qemu("create", "-q", "-f", "qcow2", str(folder / "b.qcow2"), "2M")
+    sock_dir = tempfile.mkdtemp(prefix="qimg-nbd-")
+    sock = os.path.join(sock_dir, "s.sock")
+    proc = subprocess.Popen([exe, "-f", "--exit-with-parent", "-U", sock, "file", f"dir={folder}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env)
+    server = Server("nbdkit", proc, "", sock, None, os.devnull, sock_dir)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not _ready(server):
+            assert proc.poll() is None and time.monotonic() < deadline, "nbdkit did not start listening"
+            time.sleep(0.02)
+        for name in (f"nbd+unix:///a.raw?socket={sock}", f"nbd+unix:///b.qcow2?socket={sock}",
+                     f"nbd:unix:{sock}:exportname=b.qcow2", f"nbd+unix:///nope?socket={sock}",
+                     f"nbd+unix:///?socket={sock}"):
+            same(tmp_path, "info", name)
+            same(tmp_path, "map", "--output=json", name)
+        same(tmp_path, "compare", f"nbd+unix:///a.raw?socket={sock}", str(folder / "a.raw"))
+    finally:
+        server.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
