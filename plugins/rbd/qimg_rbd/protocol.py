@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 WRITES_IN_FLIGHT = 16
 #: bytes one block status query asks librbd about at least (its answer's runs are kept)
 STATUS_ASK = 1 << 30
+#: objects one block status query covers at least (a whole image of 4 MiB objects up to 512 GiB
+#: in one librbd call: map of a 1 TiB image with 16 data objects took 392 ms of CPU in 1 GiB
+#: queries, 159 ms in one; the kept runs stay bounded, at most twice this many)
+STATUS_OBJECTS = 1 << 17
 #: bytes a bulk copy out of a read-only image reads through the binding before it connects a
 #: second time to read through librbd's C API (.direct): that connection's cost is only worth
 #: it on larger copies (whole-command medians, all read direct against all through the binding:
@@ -142,9 +146,9 @@ class RbdProtocol(Protocol):
         self._lock = threading.Lock()
         self._writes: deque = deque()
         self._write_error: int | None = None
-        #: the last block status answer: (start, end, flags) runs in order, and their starts
-        self._runs: list[tuple[int, int, int]] = []
-        self._starts: list[int] = []
+        #: the last block status answers, newest first: (starts, runs), the runs (start, end,
+        #: flags) in order (a probe of the image's end does not cost the main query)
+        self._windows: list[tuple[list[int], list[tuple[int, int, int]]]] = []
         self._direct: Any = None  # a .direct.DirectReader during a bulk copy
         self._opening: Any = None  # held while the DirectReader connects
         self._direct_due = False  # a bulk copy reads: connect the DirectReader after DIRECT_AFTER bytes
@@ -301,7 +305,7 @@ class RbdProtocol(Protocol):
         if not n:
             return
         self._grow(offset + n)
-        self._runs = []
+        self._windows = []
         _, rbd = bindings()
         payload = bytes(data)
         with self._lock:
@@ -343,7 +347,7 @@ class RbdProtocol(Protocol):
             return
         self._grow(offset + length)
         self._drain()
-        self._runs = []
+        self._windows = []
         _, rbd = bindings()
         # QEMU: thick provisioning unless the caller allows deallocation
         flags = 0 if unmap else rbd.RBD_WRITE_ZEROES_FLAG_THICK_PROVISION
@@ -359,7 +363,7 @@ class RbdProtocol(Protocol):
         if length <= 0:
             return
         self._drain()
-        self._runs = []
+        self._windows = []
         _, rbd = bindings()
         try:
             self.image.discard(offset, length)
@@ -384,7 +388,7 @@ class RbdProtocol(Protocol):
         except rbd.Error as e:
             raise fail("Failed to resize file", e) from None
         self._size = size
-        self._runs = []
+        self._windows = []
 
     def truncate(self, size: int) -> None:
         self._check_writable()
@@ -411,7 +415,7 @@ class RbdProtocol(Protocol):
             return length, DATA
         obj = self.object_size
         start = offset - offset % obj
-        end = min(size, max(offset + length, start + STATUS_ASK))
+        end = min(size, max(offset + length, start + max(STATUS_ASK, obj * STATUS_OBJECTS)))
         extents: list[list[int]] = []
 
         def seen(off: int, n: int, exists: bool) -> None:
@@ -439,22 +443,26 @@ class RbdProtocol(Protocol):
             pos = e
         if pos < end:
             runs.append((pos, end, ZERO))
-        self._runs = runs
-        self._starts = [r[0] for r in runs]
-        for s, e, flags in runs:
-            if s <= offset < e:
-                return min(e - offset, length), flags
+        kept = [([r[0] for r in runs], runs)]
+        total = len(runs)
+        for window in self._windows:
+            total += len(window[1])
+            if total > 2 * STATUS_OBJECTS + 2:
+                break  # the runs kept stay bounded
+            kept.append(window)
+        self._windows = kept
+        hit = self._cached_run(offset)
+        if hit is not None:
+            return min(hit[1] - offset, length), hit[2]
         return length, DATA
 
     def _cached_run(self, offset: int) -> tuple[int, int, int] | None:
         """The kept run holding ``offset``, found by bisection (an image of small objects has
         hundreds of thousands of runs per query; a scan per call made ``map`` quadratic)."""
-        runs = self._runs
-        if not runs:
-            return None
-        i = bisect_right(self._starts, offset) - 1
-        if 0 <= i < len(runs) and runs[i][0] <= offset < runs[i][1]:
-            return runs[i]
+        for starts, runs in self._windows:
+            i = bisect_right(starts, offset) - 1
+            if i >= 0 and runs[i][0] <= offset < runs[i][1]:
+                return runs[i]
         return None
 
     def _has_map(self) -> bool:
@@ -523,7 +531,7 @@ class RbdProtocol(Protocol):
             self.image.rollback_to_snap(id_or_name)
         except rbd.Error as e:
             raise QimgError(os.strerror(errno_of(e))) from None
-        self._runs = []
+        self._windows = []
 
     def close(self) -> None:
         """Wait for the writes in flight (a failed one is raised here: convert's default cache
