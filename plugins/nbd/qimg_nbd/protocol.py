@@ -263,8 +263,8 @@ class NBDProtocol(Protocol):
             while len(self._conns) < min(wanted, MAX_CONNECTIONS) and not self._closing:
                 try:
                     conn = self._connect()
-                except (QimgError, OSError):
-                    return  # the connections there are carry on
+                except Exception:  # noqa: BLE001 - nothing may escape this thread; the connections there are carry on
+                    return
                 with self._lock:
                     if (self._closing or generation != self._generation or conn.info.size != self.info.size
                             or conn.info.flags != self.info.flags):
