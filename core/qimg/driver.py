@@ -27,6 +27,10 @@ from .errors import NotSupported
 from .values import Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+
+#: the image's node in messages that name it: QEMU generates '#block<N><RR>' (a counter, 1 for
+#: a qemu-img image's format node, and two random digits); qimg says '#block100'
+NODE_NAME = "#block100"
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping  # noqa: F401 - Callable: the string type alias below
     from typing import Any, ClassVar
@@ -429,7 +433,7 @@ class Format:
     def bitmap_add(self, name: str, granularity: int | None = None) -> None:
         """Add an empty persistent dirty bitmap (``bitmap --add``). Implementing it makes
         :meth:`supports_persistent_bitmaps` true by default."""
-        raise NotSupported(f"Can't store persistent bitmaps to {self.filename}: Operation not supported")
+        raise NotSupported(f"Can't store persistent bitmaps to {NODE_NAME}: Operation not supported")
 
     def bitmap_remove(self, name: str) -> None:
         """Remove a persistent bitmap (``bitmap --remove``)."""

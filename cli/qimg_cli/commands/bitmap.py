@@ -88,7 +88,10 @@ def run(p: Parsed) -> None:
             if p.source_file:
                 src = open_image(p.source_file, p.source_fmt, backing=False)
             for action, arg in actions:
-                ops_bitmap.apply(img, action, name, granularity=gran or None, source=src, source_name=arg)
+                # QEMU hands the granularity on as a uint32 (QMP's block-dirty-bitmap-add): the
+                # low 32 bits count (-g 5G adds a 1 GiB granularity, -g 4G is 0: refused)
+                ops_bitmap.apply(img, action, name, granularity=gran & 0xFFFFFFFF if gran else None, source=src,
+                                 source_name=arg)
         except Exception as e:  # noqa: BLE001 - reported below, after the close's own failure
             failure = e
         # 10.0 inactivates the images before closing them (QEMU 8.0): a failure there is

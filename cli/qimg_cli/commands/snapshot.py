@@ -53,9 +53,9 @@ def run(p: Parsed) -> None:
     action = p.state.get("action") or ("list" if has("snapshot-lists-by-default") else None)
     fmt, filename = p.fmt, p.args[0]
     name = getattr(p, action) if action in ("apply", "create", "delete") else None
-    if action in ("create", "delete") and name is None:
-        # qemu-img 10.0's --create/--delete take no argument and it crashes on the missing name
-        raise QimgError(f"Could not {action} snapshot '(null)': no snapshot name given")
+    if action == "create" and name is None:
+        # qemu-img 10.0's --create takes no argument, and it crashes on the missing name
+        raise QimgError("Could not create snapshot '(null)': no snapshot name given")
     with open_image(filename, fmt, image_opts=p.image_opts, writable=action != "list",
                     force_share=p.force_share) as img:
         if action == "list":
@@ -77,4 +77,10 @@ def run(p: Parsed) -> None:
                     raise QimgError(e.message.replace("'\0'", "'(null)'"), e.exit_code) from None
             ops_snapshot.apply_snapshot(img, name)
         elif action == "delete":
+            if name is None:
+                # nor does --delete: no snapshot is found by a NULL name, unless there is one to
+                # compare it with (qemu-img crashes comparing)
+                if ops_snapshot.list_snapshots(img):
+                    raise QimgError("Could not delete snapshot '(null)': no snapshot name given")
+                raise QimgError("Could not delete snapshot '(null)': snapshot not found")
             ops_snapshot.delete_snapshot(img, name)

@@ -61,8 +61,9 @@ def reopen_writable(top: "Image", base: "Image") -> "Image":
     if parent.backing is not base:
         raise QimgError(f"'{base.filename}' is not in the backing chain of '{top.filename}'")
     if not type(base.driver).reopenable:
-        # QEMU names the node ('#block<N>', a number it generates)
-        raise QimgError(f"Block format '{base.format}' used by node '#block100' does not support reopening files")
+        from ..driver import NODE_NAME
+
+        raise QimgError(f"Block format '{base.format}' used by node '{NODE_NAME}' does not support reopening files")
     # the same node again: its file name and the options it was opened with (a backing file's
     # key secret, a json: name's blkdebug node)
     base.close()
