@@ -185,6 +185,22 @@ def test_create_into_export(tmp_path, servers, kind, fmt):
         assert run_qemu("check", str(tmp_path / "qimg.img")).returncode == 0
 
 
+def test_create_preallocated_qcow2_that_would_grow_the_export(tmp_path, servers):
+    """qcow2 with preallocation=metadata needs more than the export has: qemu-img's words
+    ("Could not resize image: Cannot grow NBD nodes"), and as much written as qemu-img wrote."""
+    outs = {}
+    for who, run in (("qemu", run_qemu), ("qimg", run_qimg)):
+        target = tmp_path / f"{who}.img"
+        run_qemu("create", "-q", "-f", "raw", str(target), "64M")
+        s = servers("qemu-nbd", target)
+        r = run("create", "-f", "qcow2", "-o", "preallocation=metadata", s.url, "64M")
+        outs[who] = Run(r.returncode, r.stdout.replace(s.url, "URL"), r.stderr.replace(s.url, "URL"))
+        s.stop()
+    assert_same(outs["qimg"], outs["qemu"])
+    assert "Could not resize image: Cannot grow NBD nodes" in outs["qimg"].stderr
+    assert (tmp_path / "qemu.img").read_bytes() == (tmp_path / "qimg.img").read_bytes()
+
+
 def test_writes_land_byte_identical(tmp_path, servers):
     """Library writes over NBD, unaligned, read back by qemu-io on the server's file."""
     target = tmp_path / "t.raw"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import struct
 
-from qimg.errors import QimgError
+from qimg.errors import QimgError, reworded
 
 from . import structs as S
 from .header import Header
@@ -197,7 +197,10 @@ def create_image(cls: type, filename: str, size: int, opts: dict[str, Any]) -> N
         drv.update_header()
         from .resize import truncate
 
-        truncate(drv, size, preallocation=o["prealloc"])
+        try:
+            truncate(drv, size, preallocation=o["prealloc"])
+        except QimgError as e:  # QEMU's qcow2_co_create words what sizing the new image met
+            raise reworded(e, f"Could not resize image: {e.message}") from None
         if o["backing_file"]:
             drv.change_backing_file(o["backing_file"], o["backing_fmt"])
         drv.flush_caches()
