@@ -75,15 +75,16 @@ class Option(FrozenValue):
                 raise QimgValueError(f"Parameter '{self.name}' expects a number")
             if number < 0:
                 raise QimgValueError(f"Value '{value}' is too large for parameter '{self.name}'")
-            return as_int64(number)  # as QEMU prints it and its int64 options read it
+            # as QEMU prints it and its int64 options read it; a QAPI visitor reads the text
+            # again as an int64 (qemu_strtoi64) and refuses one out of range
+            return Number(as_int64(number), int64_overflow=strtoi64(value) is None)
         return value
 
 
-def strtou64(text: str) -> int | None:
-    """QEMU's ``qemu_strtou64(text, NULL, 0)`` as QemuOpts reads a number: C's strtoull with
-    base 0 (``0x`` hex, a leading 0 octal), leading white space and a sign allowed, nothing
-    after; a negative number wraps modulo 2^64. None when it is not a number, -1 when it is
-    out of range (more than 64 bits either way)."""
+def _c_integer(text: str) -> tuple[bool, int] | None:
+    """C's strto(u)ll with base 0 as QEMU's qemu_strto* call it: (negative, magnitude), or None
+    when the text is not a number (``0x`` hex, a leading 0 octal, leading white space and a
+    sign allowed, nothing after)."""
     import re
 
     m = re.fullmatch(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", text)
@@ -91,10 +92,43 @@ def strtou64(text: str) -> int | None:
         return None
     digits = m.group(2)
     base = 16 if digits[:2] in ("0x", "0X") else 8 if digits.startswith("0") else 10
-    number = int(digits, base)
+    return m.group(1) == "-", int(digits, base)
+
+
+def strtou64(text: str) -> int | None:
+    """QEMU's ``qemu_strtou64(text, NULL, 0)`` as QemuOpts reads a number (see
+    :func:`_c_integer`); a negative number wraps modulo 2^64. None when it is not a number, -1
+    when it is out of range (more than 64 bits either way)."""
+    parsed = _c_integer(text)
+    if parsed is None:
+        return None
+    negative, number = parsed
     if number >= 1 << 64:
         return -1
-    return (-number) & ((1 << 64) - 1) if m.group(1) == "-" else number
+    return (-number) & ((1 << 64) - 1) if negative else number
+
+
+class Number(int):
+    """A QemuOpts number (its int64 value) that remembers whether its text is out of an
+    int64's range (``int64_overflow``): QEMU's QAPI visitors, which parse the option's text
+    again, refuse such a number with "Parameter 'x' expects integer"."""
+
+    int64_overflow: bool
+
+    def __new__(cls, value: int, int64_overflow: bool = False) -> "Number":
+        n = super().__new__(cls, value)
+        n.int64_overflow = int64_overflow
+        return n
+
+
+def strtoi64(text: str) -> int | None:
+    """QEMU's ``qemu_strtoi64(text, NULL, 0)``: None when the text is not a number or the
+    number is out of an int64's range (a negative number does not wrap)."""
+    parsed = _c_integer(text)
+    if parsed is None:
+        return None
+    number = -parsed[1] if parsed[0] else parsed[1]
+    return number if -(1 << 63) <= number < 1 << 63 else None
 
 
 def _report(message: str) -> None:

@@ -64,6 +64,10 @@ def _check_encryption_key(fmt: str | None, opts: dict[str, Any]) -> None:
         get_secret(opts["encrypt.key-secret"])
 
 
+def _power_of_2(n: int) -> bool:
+    return n > 0 and not n & (n - 1)
+
+
 def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
     """QEMU's option checks, in its order; returns normalized settings."""
     if size % 512:
@@ -78,12 +82,17 @@ def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
         version = 3
     else:
         raise QimgError(f"Parameter 'version' does not accept value '{compat}'")
-    ctype = opts.get("compression_type")
-    if ctype is not None and ctype not in ("zlib", "zstd"):
-        raise QimgError(f"Parameter 'compression-type' does not accept value '{ctype}'")
+    # the QAPI visitor's checks, in its field order: preallocation, refcount-bits (an int64
+    # there, a uint64 to the option parser before it), compression-type
     prealloc = opts.get("preallocation") or "off"
     if prealloc not in ("off", "metadata", "falloc", "full"):
         raise QimgError(f"Parameter 'preallocation' does not accept value '{prealloc}'")
+    rb = opts.get("refcount_bits")
+    if getattr(rb, "int64_overflow", False):
+        raise QimgError("Parameter 'refcount-bits' expects integer")
+    ctype = opts.get("compression_type")
+    if ctype is not None and ctype not in ("zlib", "zstd"):
+        raise QimgError(f"Parameter 'compression-type' does not accept value '{ctype}'")
     cs = opts.get("cluster_size")
     cs = 65536 if cs is None else int(cs)
     ext = bool(opts.get("extended_l2"))
@@ -108,7 +117,8 @@ def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
         raise QimgError("Lazy refcounts only supported with " + V3_MSG)
     rb = opts.get("refcount_bits")
     rb = 16 if rb is None else int(rb)
-    if rb < 1 or rb > 64 or rb & (rb - 1):
+    # QEMU's test of the int64: -2^63 is a power of two as a uint64 (and not above 64)
+    if rb > 64 or not _power_of_2(rb & ((1 << 64) - 1)):
         raise QimgError("Refcount width must be a power of two and may not exceed 64 bits")
     if version < 3 and rb != 16:
         raise QimgError("Different refcount widths than 16 bits require compatibility level 1.1 or above "
@@ -125,6 +135,8 @@ def _validate(size: int, opts: dict[str, Any]) -> dict[str, Any]:
         raise QimgError("External data files are only supported with " + V3_MSG)
     if ctype == "zstd" and version < 3:
         raise QimgError("Non-zlib compression type is only supported with " + V3_MSG)
+    if rb < 0:  # written as refcount order 63, which the open of the new image refuses
+        raise QimgError("Reference count entry width too large; may not exceed 64 bits")
     _check_encryption_key(encrypt, opts)
     # QEMU creates the image empty and then resizes it: the block layer's limits come last
     if size >= 1 << 63:

@@ -76,6 +76,9 @@ def truncate(drv: "Qcow2Format", size: int, *, shrink: bool = False, preallocati
     drv.flush_caches()
     with _Step("Failed to grow the L1 table"):
         grow_l1(drv, drv.size_to_l1(size), exact=True)
+    if preallocation == "off" and drv.data_raw:
+        # the data file reads as the image: the new area gets its metadata, as at creation
+        preallocation = "metadata"
     backing = drv.backing
     # as QEMU's block layer asks (BDRV_REQ_ZERO_WRITE): the new area must not show the
     # backing file's data that lies beyond the old end
@@ -318,6 +321,8 @@ def _shrink(drv: "Qcow2Format", size: int) -> None:
     # as a bitmap directory at the end of the file, which close then moves)
     if last >= 0 and (last + 1) * cs < drv.file.size():
         drv.file.truncate((last + 1) * cs)
+    if drv.data_file is not None:
+        drv.data_file.truncate(size)  # the data file follows the guest size, as QEMU's truncate
 
 
 def _cached_refblock(drv: "Qcow2Format", off: int) -> bytearray:
