@@ -257,3 +257,59 @@ def test_create_option_errors_in_qapi_order(opts, tmp_path, qemu_img, qimg):
     q = subprocess_in(tmp_path / "q", qimg, *cmd)
     assert (q.returncode, as_qemu(q.stdout), as_qemu(q.stderr)) == (r.returncode, r.stdout, r.stderr)
     assert r.returncode == 1
+
+
+def _same_run(q, r) -> None:
+    import re
+
+    def norm(text: str) -> str:
+        return re.sub(r"#block\d+", "#blockN", text)
+
+    assert (q.returncode, as_qemu(q.stdout), norm(as_qemu(q.stderr))) == (r.returncode, r.stdout, norm(r.stderr))
+
+
+def test_snapshot_delete_with_failing_cluster_free(tmp_path, qemu_img, qimg, qemu_io):
+    """blkdebug's error injected at qcow2's cluster_free event (iotest 217): the free of the old
+    snapshot table fails on the refcount block's read, then the snapshot's L1 table cannot be
+    read: the same messages, exit code and leaked clusters as qemu-img."""
+    import subprocess
+
+    conf = tmp_path / "blkdebug.conf"
+    conf.write_text('[inject-error]\nevent = "cluster_free"\nerrno = "5"\n')
+    ref, mine = tmp_path / "r.qcow2", tmp_path / "q.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(ref), "64M"], check=True)
+    assert qemu_io("-c", "write 0 64k", str(ref)).returncode == 0
+    subprocess.run(["qemu-img", "snapshot", "-c", "foo", str(ref)], check=True)
+    shutil.copy(ref, mine)
+    r = qemu_img("snapshot", "-d", "foo", f"blkdebug:{conf}:{ref}")
+    q = qimg("snapshot", "-d", "foo", f"blkdebug:{conf}:{mine}")
+    _same_run(q, r)
+    assert r.returncode == 1 and "Failed to free the cluster and L1 table" in r.stderr
+    _same_file(mine, ref)
+    rc, qc = qemu_img("check", str(ref)), qimg("check", str(mine))
+    assert (qc.returncode, qc.stdout, as_qemu(qc.stderr)) == (rc.returncode, rc.stdout, rc.stderr)
+
+
+def test_bitmap_store_fails_at_close(tmp_path, qemu_img, qimg, qemu_io):
+    """A bitmap that cannot be written when the image closes (a raw node's size ends the file):
+    "Failed to write bitmap 'X' to file: <error>", and the tables written before it freed so
+    that the close's second attempt fails on the same bitmap (10.0's qemu-img-close-errors)."""
+    import json
+    import subprocess
+
+    paths = {}
+    for side in ("r", "q"):
+        p = tmp_path / f"{side}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(p), "1M"], check=True)
+        for name in ("b0", "b1"):
+            subprocess.run(["qemu-img", "bitmap", "--add", str(p), name], check=True)
+        assert qemu_io("-c", "write 0 64k", str(p)).returncode == 0
+        size = -(-p.stat().st_size // 65536) * 65536
+        assert qemu_io("-f", "raw", "-c", f"truncate {size}", str(p)).returncode == 0
+        paths[side] = "json:" + json.dumps({"driver": "qcow2", "file": {
+            "driver": "raw", "size": size, "file": {"driver": "file", "filename": str(p)}}})
+    r = qemu_img("bitmap", "--add", paths["r"], "b2")
+    q = qimg("bitmap", "--add", paths["q"], "b2")
+    _same_run(q, r)
+    assert "Failed to write bitmap 'b" in r.stderr
+    _same_file(tmp_path / "q.qcow2", tmp_path / "r.qcow2")

@@ -249,32 +249,50 @@ def free_table(drv: "Qcow2Format", bm: Bitmap) -> None:
 
 
 def write_data(drv: "Qcow2Format", bm: Bitmap, data: bytes | bytearray | None) -> None:
-    """Write ``data`` (None: all zeroes) as a fresh table + clusters; sets bm.table_offset/size."""
+    """Write ``data`` (None: all zeroes) as a fresh table + clusters; sets bm.table_offset/size.
+    A failure frees what this call allocated (QEMU's store_bitmap), and raises."""
     cs = drv.cluster_size
     bm.table_size = table_size_for(drv.size, bm.granularity_bits, cs)
     entries = [0] * bm.table_size
-    if data is not None:
-        view = memoryview(bytes(data))
-        zero = bytes(cs)
-        for i in range(bm.table_size):
-            chunk = view[i * cs : (i + 1) * cs]
-            if chunk == zero[: len(chunk)]:
-                continue
-            off = _alloc(drv, 1, f"Failed to allocate clusters for bitmap '{bm.name}'")
-            _pre_write(drv, off, cs)
+    table = 0
+    try:
+        if data is not None:
+            view = memoryview(bytes(data))
+            zero = bytes(cs)
+            for i in range(bm.table_size):
+                chunk = view[i * cs : (i + 1) * cs]
+                if chunk == zero[: len(chunk)]:
+                    continue
+                off = _alloc(drv, 1, f"Failed to allocate clusters for bitmap '{bm.name}'")
+                entries[i] = off
+                _pre_write(drv, off, cs)
+                drv.flush_caches()
+                _write(drv, bm, off, bytes(chunk) + bytes(cs - len(chunk)))
+        if bm.table_size:
+            nbytes = bm.table_size * 8
+            table = _alloc(drv, -(-nbytes // cs), "Failed to allocate clusters")
+            _pre_write(drv, table, nbytes)
             drv.flush_caches()
-            drv.file.pwrite(off, bytes(chunk) + bytes(cs - len(chunk)))
-            entries[i] = off
-    if bm.table_size:
-        nbytes = bm.table_size * 8
-        off = _alloc(drv, -(-nbytes // cs), "Failed to allocate clusters")
-        _pre_write(drv, off, nbytes)
-        drv.flush_caches()
-        raw = struct.pack(f">{bm.table_size}Q", *entries)
-        drv.file.pwrite(off, raw)  # just the table, as QEMU (the file may end unaligned)
-        bm.table_offset = off
-    else:
-        bm.table_offset = 0
+            raw = struct.pack(f">{bm.table_size}Q", *entries)
+            _write(drv, bm, table, raw)  # just the table, as QEMU (the file may end unaligned)
+    except (QimgError, OSError):
+        if not drv.stopped:
+            for off in entries:
+                if off:
+                    drv.refcounts.free(off, cs, discard=True)
+            if table:
+                drv.refcounts.free(table, bm.table_size * 8)
+        raise
+    bm.table_offset = table
+
+
+def _write(drv: "Qcow2Format", bm: Bitmap, offset: int, data: bytes) -> None:
+    """A bitmap's data cluster or table written, a failure worded as QEMU's store_bitmap."""
+    try:
+        drv.file.pwrite(offset, data)
+    except OSError as e:
+        raise QimgError(f"Failed to write bitmap '{bm.name}' to file: {e.strerror or os.strerror(e.errno or 5)}") \
+            from None
 
 
 def _alloc(drv: "Qcow2Format", count: int, what: str) -> int:

@@ -274,10 +274,19 @@ class Session:
         if not any(e[1] is not None for e in self.entries):
             return
         drv.flush_caches()
-        for bm, data, _old in self.entries:
-            if data is not None:
-                write_data(drv, bm, data)
-                bm.flags &= ~FLAG_IN_USE
+        written: list[Bitmap] = []
+        try:
+            for bm, data, _old in self.entries:
+                if data is not None:
+                    write_data(drv, bm, data)
+                    written.append(bm)
+                    bm.flags &= ~FLAG_IN_USE
+        except (QimgError, OSError):
+            # QEMU frees the tables this attempt wrote: a later attempt (the close's) has the room
+            if not drv.stopped:
+                for bm in written:
+                    free_table(drv, bm)
+            raise
         write_directory(drv, [e[0] for e in self.entries], self.state)
         for _bm, _data, old in self.entries:
             if old is not None:

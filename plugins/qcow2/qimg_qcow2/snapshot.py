@@ -409,11 +409,16 @@ class BadSnapshotL1(QimgError):
         self.errno_text = errno_text
 
 
-def read_snapshot_l1(drv: "Qcow2Format", offset: int, size: int) -> array:
+def check_snapshot_l1(drv: "Qcow2Format", offset: int, size: int) -> None:
+    """QEMU's validation of a snapshot's L1 table (its size and offset), before any read."""
     if size > S.MAX_L1_SIZE // 8:
         raise BadSnapshotL1("Snapshot L1 table too large", "File too large")
     if offset & (drv.cluster_size - 1) or offset + size * 8 > (1 << 63) - 1:
         raise BadSnapshotL1("Snapshot L1 table offset invalid", "Invalid argument")
+
+
+def read_snapshot_l1(drv: "Qcow2Format", offset: int, size: int) -> array:
+    check_snapshot_l1(drv, offset, size)
     return drv.read_table(offset, size)
 
 
@@ -558,11 +563,14 @@ def snapshot_delete(drv: "Qcow2Format", snapshot_id: str | None, name: str | Non
     # a snapshot whose L1 table is the active one (a corrupt image): QEMU works on the active
     # table in memory and writes it back
     shared = sn.l1_size and sn.l1_table_offset == drv.header.l1_table_offset and sn.l1_size <= len(drv.l1)
-    sn_l1 = drv.l1 if shared else read_snapshot_l1(drv, sn.l1_table_offset, sn.l1_size)
+    if not shared:
+        check_snapshot_l1(drv, sn.l1_table_offset, sn.l1_size)
     with _failing_as("Failed to remove snapshot from snapshot list"):
         write_snapshot_table(drv, snapshots)
     # the snapshot is gone from the list: from here on a failure only leaks clusters
     with _failing_as("Failed to free the cluster and L1 table"):
+        # read now, as QEMU's qcow2_update_snapshot_refcount reads it (after the table's free)
+        sn_l1 = drv.l1 if shared else drv.read_table(sn.l1_table_offset, sn.l1_size)
         if _update_snapshot_refcount(drv, sn_l1, -1, is_active=False) and shared:
             drv.write_l1(checked=False)
     if sn.l1_size:
