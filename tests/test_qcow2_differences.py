@@ -313,3 +313,24 @@ def test_bitmap_store_fails_at_close(tmp_path, qemu_img, qimg, qemu_io):
     _same_run(q, r)
     assert "Failed to write bitmap 'b" in r.stderr
     _same_file(tmp_path / "q.qcow2", tmp_path / "r.qcow2")
+
+
+@pytest.mark.parametrize("field", [(32, ">I", 0xFFFFFFFE), (32, ">I", 0xC0000000), (24, ">Q", (1 << 64) - 1),
+                                   (24, ">Q", (1 << 64) - 512), (24, ">Q", 1 << 63)],
+                         ids=["crypt-minus-2", "crypt-high", "size-max", "size-wraps", "size-2^63"])
+@pytest.mark.parametrize("command", ["info", "check"])
+def test_open_refusals_worded_as_qemu(command, field, tmp_path, qemu_img, qimg):
+    """Header fields QEMU reads in C types: the encryption method printed as an int, a size
+    within an L2 table's reach of 2^64 wrapping past the L1 check to fail on the sector count
+    (found by the fuzz campaign)."""
+    import subprocess
+
+    offset, fmt, value = field
+    p = tmp_path / "img.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(p), "1M"], check=True)
+    with open(p, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(fmt, value))
+    r, q = qemu_img(command, str(p)), qimg(command, str(p))
+    assert (q.returncode, as_qemu(q.stdout), as_qemu(q.stderr)) == (r.returncode, r.stdout, r.stderr)
+    assert r.returncode == 1

@@ -130,7 +130,11 @@ class Qcow2Format(Format):
         cs = 1 << h.cluster_bits
         self._setup_geometry()
         # sizes and tables
-        if self.size_to_l1(h.size) > 0x7FFFFFFF:
+        # QEMU's size_to_l1 in uint64: a size within an L2 table's reach of 2^64 wraps to a
+        # small index, passes, and the open fails later on the size itself
+        shift = self.cluster_bits + self.l2_bits
+        l1_vm_state_index = ((h.size + (1 << shift) - 1) & ((1 << 64) - 1)) >> shift
+        if l1_vm_state_index > 0x7FFFFFFF:
             raise QimgError("Image is too big")
         if h.refcount_table_clusters == 0 and not self.allow_corrupt:  # check opens it (BDRV_O_CHECK)
             raise QimgError("Image does not contain a reference count table")
@@ -146,7 +150,7 @@ class Qcow2Format(Format):
                 raise QimgError("Snapshot table offset invalid")
         if h.l1_size > S.MAX_L1_SIZE // 8:
             raise QimgError("Active L1 table too large")
-        if h.l1_size < self.size_to_l1(h.size):
+        if h.l1_size < l1_vm_state_index:
             raise QimgError("L1 table is too small")
         if h.l1_size and not self._valid_table(h.l1_table_offset, h.l1_size * 8):
             raise QimgError("Active L1 table offset invalid")
@@ -195,6 +199,8 @@ class Qcow2Format(Format):
             from .bitmap import validate_on_open
 
             validate_on_open(self)
+        if h.size >= 1 << 63:  # the wrapped size of above: the block layer's sector count refuses it
+            raise QimgError("Could not refresh total sector count: File too large")
         if self.writable:
             self._writable_open_fixups()
 

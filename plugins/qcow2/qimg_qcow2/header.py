@@ -241,7 +241,9 @@ def read_header(f, refuse_corrupt: bool) -> tuple[Header, bytes, int]:
     if h.refcount_order > 6:
         raise QimgError("Reference count entry width too large; may not exceed 64 bits")
     if h.crypt_method > 2:
-        raise QimgError(f"Unsupported encryption method {h.crypt_method}")
+        # printed as QEMU's int: the uint32 field read signed
+        method = h.crypt_method - (1 << 32) if h.crypt_method >= 1 << 31 else h.crypt_method
+        raise QimgError(f"Unsupported encryption method {method}")
     if h.compression_type > 1:
         raise QimgError(f"qcow2: unknown compression type: {h.compression_type}")
     if h.compression_type != 0 and not h.incompatible_features & S.INCOMPAT_COMPRESSION:
