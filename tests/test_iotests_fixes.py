@@ -501,6 +501,29 @@ def test_quorum_over_format_nodes(tmp_path, qemu_img, qemu_io, qimg):
     assert mine.read_bytes() == theirs.read_bytes()
 
 
+@pytest.mark.parametrize("child", ["bad-version", "missing", "backing-missing", "bad-option", "blkdebug"])
+def test_a_format_node_child_that_fails_is_named_once(tmp_path, monkeypatch, qemu_img, qimg, child):
+    """A format node under another node (raw over qcow2, blkdebug over qcow2) that fails to open:
+    its error follows the top image's name alone, as qemu-img's ("Could not open 'TOP': Unsupported
+    qcow2 version 9"), not prefixed a second time with the child's own options."""
+    monkeypatch.chdir(tmp_path)
+    assert qemu_img("create", "-q", "-f", "qcow2", "q.qcow2", "1M").returncode == 0
+    assert qemu_img("create", "-q", "-f", "qcow2", "-b", "q.qcow2", "-F", "qcow2", "top.qcow2").returncode == 0
+    with open("q.qcow2", "r+b") as f:
+        f.seek(4)
+        f.write((9).to_bytes(4, "big"))
+    raw = "driver=raw,file.driver=qcow2,file.file.filename="
+    cmd = {"bad-version": ["info", "--image-opts", raw + "q.qcow2"],
+           "missing": ["info", "--image-opts", raw + "nope.qcow2"],
+           "backing-missing": ["info", "--image-opts", raw + "top.qcow2,file.backing.file.filename=nope"],
+           "bad-option": ["info", "--image-opts", raw + "top.qcow2,file.bogus=1"],
+           "blkdebug": ["info", 'json:{"driver": "raw", "file": {"driver": "blkdebug", "image": '
+                                '{"driver": "qcow2", "file": {"driver": "file", "filename": "q.qcow2"}}}}']}[child]
+    theirs, mine = qemu_img(*cmd), qimg(*cmd)
+    assert theirs.returncode == 1
+    _names_same(theirs, mine)
+
+
 @pytest.mark.parametrize("fmt", ["bochs", "dmg", "cloop"])
 @pytest.mark.parametrize("args", [[], ["in.raw", "out.img"]])
 def test_convert_option_help_of_a_read_only_format(tmp_path, monkeypatch, qemu_img, qimg, fmt, args):

@@ -37,8 +37,19 @@ class FormatNode(Protocol):
     @classmethod
     def open_options(cls, options: Mapping[str, Any], *, writable: bool) -> "FormatNode":
         from .api import open as open_image
+        from .errors import QimgError, reworded
+        from .targets import shown_name
 
-        return cls(open_image(dict(options), writable=writable), options)
+        try:
+            image = open_image(dict(options), writable=writable)
+        except QimgError as e:
+            # a child node's error reaches the top image's message as it is: open() names the
+            # image it opens (by its options here), which QEMU does only for the top one
+            prefix = f"Could not open '{shown_name(dict(options))}': "
+            if e.message.startswith(prefix):
+                raise reworded(e, e.message[len(prefix):]) from None
+            raise
+        return cls(image, options)
 
     # -- names ---------------------------------------------------------------------------------
     @property
