@@ -334,3 +334,21 @@ def test_open_refusals_worded_as_qemu(command, field, tmp_path, qemu_img, qimg):
     r, q = qemu_img(command, str(p)), qimg(command, str(p))
     assert (q.returncode, as_qemu(q.stdout), as_qemu(q.stderr)) == (r.returncode, r.stdout, r.stderr)
     assert r.returncode == 1
+
+
+@pytest.mark.parametrize("field", [40, 48], ids=["l1_table_offset", "refcount_table_offset"])
+@pytest.mark.parametrize("offset", [0x7FFFFFFFC0000000, 0x7FFFFFFFBFFFFFF8, 0x7FFFFFFFBFFF0000])
+def test_a_table_reaching_past_the_block_layers_limit(tmp_path, qemu_img, qimg, field, offset):
+    """A table that passes qcow2's own offset checks (bounded by INT64_MAX) but ends past
+    BDRV_MAX_LENGTH (INT64_MAX rounded down to 1 GiB) fails in QEMU's block layer: "Could not read
+    L1 table: Input/output error", "Could not initialize refcount handling: Input/output error"
+    (found by tests/fuzz/diff.py against 10.0; 7.2 says the same). One that ends inside it reads
+    past the end of the file: zeroes, and the image opens."""
+    path = tmp_path / "m.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", str(path), "4M").returncode == 0
+    with open(path, "r+b") as f:
+        f.seek(field)
+        f.write(struct.pack(">Q", offset))
+    for cmd in (["info", str(path)], ["check", str(path)], ["map", "--output=json", str(path)]):
+        theirs, mine = qemu_img(*cmd), qimg(*cmd)
+        assert (mine.returncode, as_qemu(mine.stderr)) == (theirs.returncode, theirs.stderr), cmd

@@ -19,7 +19,7 @@ from qimg.tables import be64_table as _be_array
 
 from . import structs as S
 from .cluster import COMPRESSED, NORMAL, UNALLOC, ZEROES, ClusterMap
-from .header import encode_header, parse_extensions, read_header
+from .header import check_table_requests, encode_header, parse_extensions, read_header
 from .options import (
     AMEND_OPTS,
     CREATE_OPTS,
@@ -161,6 +161,7 @@ class Qcow2Format(Format):
             self.overlap = OverlapState(mask_from_options(options), h.cluster_bits)
         # QEMU's order from here: the tables, the header extensions (and the LUKS header they
         # name), the external data file, the legacy cipher, the backing file name, snapshots
+        check_table_requests(h, cs)
         self.l1 = self.read_table(h.l1_table_offset, h.l1_size) if h.l1_size else array("Q")
         ncache = max(16, CACHE_BYTES // cs)
         self.refcounts = Refcounts(self, self.read_table(h.refcount_table_offset, h.refcount_table_clusters * cs // 8),

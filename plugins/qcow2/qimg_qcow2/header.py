@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 from qimg.errors import QimgError
+from qimg.limits import request_ok
 from qimg.values import Value
 
 from . import structs as S
@@ -88,6 +89,15 @@ def parse_fixed(buf: bytes) -> Header:
         if h.header_length > S.V3_MIN_HEADER_SIZE and len(buf) > S.V3_MIN_HEADER_SIZE:
             h.compression_type = buf[S.V3_MIN_HEADER_SIZE]
     return h
+
+
+def check_table_requests(h: Header, cluster_size: int) -> None:
+    """The L1 and refcount tables as QEMU's block layer reads them at open: a table that passes
+    the header checks (bounded by INT64_MAX) but ends past BDRV_MAX_LENGTH fails its request."""
+    if h.l1_size and not request_ok(h.l1_table_offset, h.l1_size * 8):
+        raise QimgError("Could not read L1 table: Input/output error")
+    if not request_ok(h.refcount_table_offset, h.refcount_table_clusters * cluster_size):
+        raise QimgError("Could not initialize refcount handling: Input/output error")
 
 
 def parse_extensions(h: Header, cluster: bytes, end: int, strict: bool = True) -> None:
