@@ -352,3 +352,32 @@ def test_a_table_reaching_past_the_block_layers_limit(tmp_path, qemu_img, qimg, 
     for cmd in (["info", str(path)], ["check", str(path)], ["map", "--output=json", str(path)]):
         theirs, mine = qemu_img(*cmd), qimg(*cmd)
         assert (mine.returncode, as_qemu(mine.stderr)) == (theirs.returncode, theirs.stderr), cmd
+
+
+def test_a_write_over_an_invalid_extended_l2_entry_marks_the_image_corrupt(tmp_path, qemu_img, qemu_io, qimg):
+    """Extended L2: an unallocated cluster whose bitmap says a subcluster is allocated is QEMU's
+    QCOW2_SUBCLUSTER_INVALID. A write whose range reaches it (here convert -n into the image)
+    marks the image corrupt and fails ("Invalid cluster entry found"), as qemu-img does; it was
+    written over (found by tests/fuzz/diff.py: extl2/L2[63]=0x8)."""
+    src = tmp_path / "src.raw"
+    src.write_bytes(b"\x5a" * (4 << 20))
+    made = tmp_path / "made.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "extended_l2=on", str(made), "4M").returncode == 0
+    assert qemu_io("-c", "write -P 1 0 64k", str(made)).returncode == 0
+    with open(made, "r+b") as f:
+        f.seek(40)
+        l1 = struct.unpack(">Q", f.read(8))[0]
+        f.seek(l1)
+        l2 = struct.unpack(">Q", f.read(8))[0] & 0x00FFFFFFFFFFFE00
+        f.seek(l2 + 63 * 8)  # cluster 31's subcluster bitmap: subcluster 3 allocated
+        f.write(struct.pack(">Q", 8))
+    runs = []
+    for tool, name in ((qemu_img, "theirs.qcow2"), (qimg, "mine.qcow2")):
+        img = tmp_path / name
+        shutil.copy(made, img)
+        runs.append((tool("convert", "-n", "-f", "raw", "-O", "qcow2", str(src), str(img)),
+                     qemu_img("check", "--output=json", str(img))))
+    (theirs, tcheck), (mine, mcheck) = runs
+    assert theirs.returncode == 1 and "Invalid cluster entry found" in theirs.stderr
+    assert (mine.returncode, as_qemu(mine.stderr)) == (theirs.returncode, theirs.stderr)
+    assert mcheck.stdout == tcheck.stdout.replace("theirs.qcow2", "mine.qcow2")

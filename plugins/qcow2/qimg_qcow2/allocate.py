@@ -116,6 +116,13 @@ class ClusterAllocator:
             i0 = gci & (self.l2_entries - 1)
             n = ((end - 1) >> cb) - gci + 1
             st = self.l2_entry_size // 8
+            if st == 2:
+                # QEMU's handle_copied/handle_alloc: an invalid entry in the request's range
+                # (subclusters allocated in an unallocated cluster...) stops the write
+                cmap = self.drv.clusters
+                for i in range(i0, i0 + n):
+                    if cmap.ext_invalid(tbl[2 * i], tbl[2 * i + 1]):
+                        cmap.invalid_entry(l2off, i, write=True)
             if st == 1 and tbl[i0 : i0 + n].count(0) == n:
                 # nothing allocated yet (the copy case): one run of new clusters
                 self._write_alloc(tbl, l2off, i0, n, off, data[pos : end - offset], follow)

@@ -184,7 +184,7 @@ class ClusterMap:
             k += 1
         return k
 
-    def _ext_invalid(self, e: int, bm: int) -> bool:
+    def ext_invalid(self, e: int, bm: int) -> bool:
         """QEMU's QCOW2_SUBCLUSTER_INVALID: an allocated cluster with subclusters both allocated
         and zero, or an unallocated one with allocated subclusters."""
         if e & S.OFLAG_COMPRESSED:
@@ -193,8 +193,10 @@ class ClusterMap:
             return bool((bm >> 32) & bm & ALL_ALLOC)
         return bool(bm & ALL_ALLOC)
 
-    def _invalid_entry(self, l2off: int, i: int) -> None:
-        self.drv.corrupt(f"Invalid cluster entry found  (L2 offset: {S.chex(l2off)}, L2 index: {S.chex(i)})")
+    def invalid_entry(self, l2off: int, i: int, write: bool = False) -> None:
+        # (QEMU's read path words it with two spaces before the parenthesis, its write path one)
+        gap = " " if write else "  "
+        self.drv.corrupt(f"Invalid cluster entry found{gap}(L2 offset: {S.chex(l2off)}, L2 index: {S.chex(i)})")
 
     def _extent_ext(self, tbl: array, l2off: int, i: int, n: int, offset: int, end: int,
                     merge_compressed: bool = True) -> tuple[int, int, int]:
@@ -209,8 +211,8 @@ class ClusterMap:
             while merge_compressed and k < n and tbl[2 * (i + k)] & S.OFLAG_COMPRESSED:
                 k += 1
             return COMPRESSED, min(end, ((offset >> cb) + k) << cb) - offset, e
-        if self._ext_invalid(e, bm):
-            self._invalid_entry(l2off, i)
+        if self.ext_invalid(e, bm):
+            self.invalid_entry(l2off, i)
         host = e & S.L2E_OFFSET_MASK
         alloc_ok = bool(host) or (self.drv.data_file is not None and bool(e & S.OFLAG_COPIED))
         if alloc_ok:
@@ -263,8 +265,8 @@ class ClusterMap:
             # QEMU counts on into the next cluster of the request and checks it before anything
             # else: an invalid one fails the request that reaches it
             nxt = i + ((run_end >> cb) - (offset >> cb))
-            if self._ext_invalid(tbl[2 * nxt], tbl[2 * nxt + 1]):
-                self._invalid_entry(l2off, nxt)
+            if self.ext_invalid(tbl[2 * nxt], tbl[2 * nxt + 1]):
+                self.invalid_entry(l2off, nxt)
         if kind in (NORMAL, ZEROES):
             hoff = host + in_cl if alloc_ok else 0
         else:
