@@ -381,3 +381,18 @@ def test_a_write_over_an_invalid_extended_l2_entry_marks_the_image_corrupt(tmp_p
     assert theirs.returncode == 1 and "Invalid cluster entry found" in theirs.stderr
     assert (mine.returncode, as_qemu(mine.stderr)) == (theirs.returncode, theirs.stderr)
     assert mcheck.stdout == tcheck.stdout.replace("theirs.qcow2", "mine.qcow2")
+
+
+@pytest.mark.parametrize("writes", [[], ["write -P 1 64k 4k"], ["write -P 1 3M 64k"]], ids=["empty", "sub", "far"])
+def test_extended_l2_map_of_clusters_without_an_l2_table(tmp_path, qemu_img, qemu_io, qimg, writes):
+    """Extended L2: clusters under an empty L1 entry (no L2 table) are unallocated with no host
+    offset; map printed them with "offset": 0 (host 0 taken for an unallocated subcluster's
+    offset in an allocated cluster) and split the run (found by tests/fuzz/diff.py)."""
+    path = tmp_path / "e.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=64k", str(path),
+                    "1G").returncode == 0
+    for w in writes:
+        assert qemu_io("-c", w, str(path)).returncode == 0
+    for cmd in (["map", "--output=json", str(path)], ["map", str(path)]):
+        theirs, mine = qemu_img(*cmd), qimg(*cmd)
+        assert (mine.returncode, mine.stdout, as_qemu(mine.stderr)) == (theirs.returncode, theirs.stdout, theirs.stderr)
