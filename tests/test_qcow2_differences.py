@@ -383,14 +383,17 @@ def test_a_write_over_an_invalid_extended_l2_entry_marks_the_image_corrupt(tmp_p
     assert mcheck.stdout == tcheck.stdout.replace("theirs.qcow2", "mine.qcow2")
 
 
-@pytest.mark.parametrize("writes", [[], ["write -P 1 64k 4k"], ["write -P 1 3M 64k"]], ids=["empty", "sub", "far"])
-def test_extended_l2_map_of_clusters_without_an_l2_table(tmp_path, qemu_img, qemu_io, qimg, writes):
+@pytest.mark.parametrize("data_file", [False, True], ids=["", "data-file"])
+@pytest.mark.parametrize("writes", [[], ["write -P 1 64k 4k"], ["write -P 1 3M 64k"], ["write -P 1 32k 4k"]],
+                         ids=["empty", "sub", "far", "cluster0"])
+def test_extended_l2_map_of_clusters_without_an_l2_table(tmp_path, qemu_img, qemu_io, qimg, writes, data_file):
     """Extended L2: clusters under an empty L1 entry (no L2 table) are unallocated with no host
     offset; map printed them with "offset": 0 (host 0 taken for an unallocated subcluster's
-    offset in an allocated cluster) and split the run (found by tests/fuzz/diff.py)."""
+    offset in an allocated cluster) and split the run (found by tests/fuzz/diff.py). In an
+    external data file, guest cluster 0's subclusters do have host offset 0."""
     path = tmp_path / "e.qcow2"
-    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=64k", str(path),
-                    "1G").returncode == 0
+    opts = "extended_l2=on,cluster_size=64k" + (f",data_file={tmp_path / 'e.raw'}" if data_file else "")
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", opts, str(path), "1G").returncode == 0
     for w in writes:
         assert qemu_io("-c", w, str(path)).returncode == 0
     for cmd in (["map", "--output=json", str(path)], ["map", str(path)]):

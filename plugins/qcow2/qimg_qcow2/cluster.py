@@ -184,6 +184,20 @@ class ClusterMap:
             k += 1
         return k
 
+    def at_zero(self, offset: int, host: int) -> bool:
+        """Whether ``host`` 0 from :meth:`extent` for the unallocated subclusters at guest
+        ``offset`` is a real host offset: guest cluster 0's in an external data file (the
+        cluster allocated: COPIED) and not "no cluster" (no L2 table, or an unallocated one)."""
+        if host or self.drv.data_file is None:
+            return False
+        gci = offset >> self.cluster_bits
+        l1i = gci >> self.l2_bits
+        l2off = self.drv.l1[l1i] & S.L1E_OFFSET_MASK if l1i < len(self.drv.l1) else 0
+        if not l2off:
+            return False
+        e = self.get_l2(l2off, l1i)[2 * (gci & (self.l2_entries - 1))]
+        return not e & S.OFLAG_COMPRESSED and bool(e & S.OFLAG_COPIED)
+
     def ext_invalid(self, e: int, bm: int) -> bool:
         """QEMU's QCOW2_SUBCLUSTER_INVALID: an allocated cluster with subclusters both allocated
         and zero, or an unallocated one with allocated subclusters."""

@@ -370,9 +370,8 @@ class Qcow2Format(Format):
             self._check_alive()
         kind, n, host = self.clusters.extent(offset, length)
         if kind == UNALLOC:
-            if self.extended_l2 and host > 0 and not self._encrypted():
-                # an unallocated subcluster of an allocated cluster keeps its host offset (0:
-                # no cluster, no L2 table: the header holds cluster 0)
+            # an unallocated subcluster of an allocated cluster keeps its host offset (see at_zero)
+            if self.extended_l2 and (host > 0 or self.clusters.at_zero(offset, host)) and not self._encrypted():
                 return Status(OFFSET_VALID, n, host, self._data_name())
             return Status(0, n)
         if kind == ZEROES:
