@@ -15,7 +15,7 @@ import time
 import pytest
 from cli_support import run_qemu, run_qemu_io, run_qimg
 from cli_support import same_as_qemu as _same
-from web_server import READY_TIMEOUT, WebServer, _need, free_port
+from web_server import READY_TIMEOUT, WebServer, _need, free_port, stop_server
 
 MIB = 1 << 20
 
@@ -50,15 +50,7 @@ class TinyProxy:
             return f.read()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        stop_server(self.proc)
 
 
 @pytest.fixture(scope="module")

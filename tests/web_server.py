@@ -116,12 +116,17 @@ http {{
             return False
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: nginx's fast shutdown, workers included
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        stop_server(self.proc)  # SIGTERM: nginx's fast shutdown, workers included
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """A server started by a fixture: SIGTERM, a bounded wait, then SIGKILL; its stderr closed."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
