@@ -105,8 +105,11 @@ def certs(tmp_path_factory):
 def servers(tmp_path):
     started = []
 
-    def start(kind, image, certdir, *, verify_clients=True, **kw):
-        if certdir is None:  # anonymous TLS (qemu-nbd only: nbdkit has x509 and PSK)
+    def start(kind, image, certdir, *, verify_clients=True, psk=None, **kw):
+        if psk is not None:  # TLS-PSK: psk is a folder with keys.psk
+            extra = (("--object", f"tls-creds-psk,id=tls0,endpoint=server,dir={psk}", "--tls-creds", "tls0")
+                     if kind.startswith("qemu-nbd") else ("--tls=require", f"--tls-psk={psk}/keys.psk"))
+        elif certdir is None:  # anonymous TLS (qemu-nbd only: nbdkit has x509 and PSK)
             extra = ("--object", "tls-creds-anon,id=tls0,endpoint=server", "--tls-creds", "tls0")
         elif kind.startswith("qemu-nbd"):
             verify = "" if verify_clients else ",verify-peer=off"
@@ -272,23 +275,116 @@ def test_anonymous_tls_failures_as_qemu(tmp_path, certs, servers):
         same(tmp_path, *cmd)
 
 
-def test_psk_is_refused_clearly(tmp_path, servers):
-    """tls-creds-psk: qemu-img reads a PSK export; qimg fails with a one-line reason, exit 1
-    (Python's ssl has no PSK before 3.13: docs/protocols/nbd.md)."""
+def _psk_folder(path, *lines: str):
+    path.mkdir()
+    (path / "keys.psk").write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture
+def psk_keys(tmp_path):
+    """keys.psk folders: the server's (users qemu and alice), the client's own copy, a wrong key
+    for qemu, an unknown user."""
+    qemu_key, alice_key = os.urandom(32).hex(), os.urandom(16).hex().upper()
+    return {
+        "srv": _psk_folder(tmp_path / "psk-srv", f"qemu:{qemu_key}", f"alice:{alice_key}"),
+        "cli": _psk_folder(tmp_path / "psk-cli", f"bob:{os.urandom(8).hex()}", f"alice:{alice_key}", f"qemu:{qemu_key}"),
+        "wrong": _psk_folder(tmp_path / "psk-wrong", f"qemu:{os.urandom(32).hex()}"),
+        "stranger": _psk_folder(tmp_path / "psk-stranger", f"mallory:{qemu_key}"),
+    }
+
+
+def psk(folder, extra: str = "") -> list[str]:
+    return ["--object", f"tls-creds-psk,id=tls0,endpoint=client,dir={folder}{extra}"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_psk_reads_and_writes(tmp_path, servers, psk_keys, kind):
+    """tls-creds-psk against QEMU's and nbdkit's GnuTLS servers: the default user (qemu) and a
+    named one, TCP and a unix socket (PSK needs no host name), info/map/compare as qemu-img prints
+    them, a convert out byte for byte and a convert -n into a writable export read back by qemu-img."""
     img = tmp_path / "disk.raw"
     _sparse_raw(img)
-    keys = tmp_path / "psk"
-    keys.mkdir()
-    (keys / "keys.psk").write_text("qemu:" + os.urandom(32).hex() + "\n")
-    s = start_server("qemu-nbd", img, tmp_path, readonly=True, tcp=True,
-                     extra=("--object", f"tls-creds-psk,id=tls0,endpoint=server,dir={keys}", "--tls-creds", "tls0"))
+    tcp = servers(kind, img, None, psk=psk_keys["srv"], readonly=True, tcp=True)
+    unix = servers(kind, img, None, psk=psk_keys["srv"], readonly=True)
+    for user in ("", ",username=alice"):
+        c = psk(psk_keys["cli"], user)
+        for cmd in (["info"], ["info", "--output=json"], ["map", "--output=json"]):
+            same(tmp_path, cmd[0], *c, *cmd[1:], *opts(tcp))
+            same(tmp_path, cmd[0], *c, *cmd[1:], *opts(unix))
+    c = psk(psk_keys["cli"])
+    same(tmp_path, "info", *c, json_name(tcp))
+    same(tmp_path, "compare", *c, "-F", "raw", *opts(unix)[1:], str(img))
+    out = tmp_path / "out.raw"
+    r = run_qimg("convert", *c, "-O", "raw", *opts(tcp), str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == img.read_bytes()
+    if kind == "qemu-nbd-10":
+        return
+    target = tmp_path / "target.raw"
+    run_qemu("create", "-q", "-f", "raw", str(target), str(8 * MIB))
+    w = servers(kind, target, None, psk=psk_keys["srv"], tcp=True)
+    r = run_qimg("convert", *psk(psk_keys["cli"], ",username=alice"), "-n", "-f", "raw", "-O", "raw", str(img),
+                 'json:{"driver":"raw","file":' + json_name(w)[5:] + "}")
+    assert r.returncode == 0, r.stderr
+    w.stop()
+    assert run_qemu("compare", "-f", "raw", "-F", "raw", str(img), str(target)).returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["qemu-nbd", "nbdkit"])
+def test_psk_failures_as_qemu(tmp_path, certs, servers, psk_keys, kind):
+    """A wrong key, a user the server does not know, PSK against a certificate server or a server
+    without TLS, certificates or nothing against a PSK server: qemu-img's words and exit codes."""
+    img = tmp_path / "disk.raw"
+    _sparse_raw(img)
+    s = servers(kind, img, None, psk=psk_keys["srv"], readonly=True, tcp=True)
+    x509 = servers(kind, img, certs / "srv", readonly=True, tcp=True, verify_clients=False)
+    plain = start_server(kind, img, tmp_path, readonly=True, tcp=True)
     try:
-        psk = ["--object", f"tls-creds-psk,id=tls0,endpoint=client,dir={keys}"]
-        assert run_qemu("info", *psk, *opts(s)).returncode == 0
-        r = run_qimg("info", *psk, *opts(s))
-        assert r.returncode == 1
-        assert r.stderr.strip().endswith("TLS-PSK credentials are not supported by qimg (Python's ssl module has "
-                                         "no PSK before Python 3.13)"), r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        for cmd in (["info", *psk(psk_keys["wrong"]), *opts(s)],
+                    ["info", *psk(psk_keys["stranger"], ",username=mallory"), *opts(s)],
+                    ["info", *psk(psk_keys["cli"], ",username=bob"), *opts(s)],
+                    ["info", *creds(certs / "cli"), *opts(s)]):
+            # the server refuses the key (or a client without one) and hangs up: with a FIN or,
+            # when our next record is already in its socket, a reset; which one is the
+            # scheduler's choice, for qemu-img too
+            theirs, mine = run_qemu(*cmd, cwd=tmp_path), run_qimg(*cmd, cwd=tmp_path)
+            for r in (theirs, mine):
+                assert r.returncode == 1 and not r.stdout and len(r.stderr.splitlines()) == 1, r
+                reason = r.stderr.split("TLS handshake failed: ", 1)[1]
+                assert reason.startswith(("The TLS connection was non-properly terminated.",
+                                          "Error in the pull function.")), r.stderr
+            assert mine.stderr.split(": ", 1)[1].split("TLS handshake")[0] == \
+                theirs.stderr.split(": ", 1)[1].split("TLS handshake")[0]
+        for cmd in (["info", *psk(psk_keys["cli"]), *opts(x509)],
+                    ["info", *psk(psk_keys["cli"]), "--image-opts", plain.image_opts + ",tls-creds=tls0"],
+                    ["info", s.url]):
+            same(tmp_path, *cmd)
     finally:
-        s.stop()
+        plain.stop()
+
+
+@pytest.mark.parametrize("keys, obj", [
+    (None, "endpoint=client"),
+    (None, "endpoint=client,username=alice"),
+    (None, "endpoint=client,username=nobody"),
+    (None, "endpoint=client,username="),
+    (None, "endpoint=server"),
+    (None, "endpoint=server,username=alice"),
+    ("qemu:abc", "endpoint=client"),  # odd length
+    ("qemu:zz11", "endpoint=client"),  # not hex
+    ("qemu:", "endpoint=client"),  # empty
+    ("qemu:0011 ", "endpoint=client"),  # trailing blank
+    ("qemu:00112233\r", "endpoint=client"),  # a CRLF file
+    ("qemu:00:11:22:33", "endpoint=client"),
+    ("qemu:001122", "endpoint=client"),  # 3 bytes: gnutls wants 4
+    ("qemu:00112233", "endpoint=client,username=qemu"),
+    ("qemux:0011\nqemu:00112233", "endpoint=client"),  # a longer name that starts with the user's
+    ("qemu:00112233", "endpoint=client,verify-peer=off,priority=NORMAL"),
+])
+def test_psk_object_checks_as_qemu(tmp_path, psk_keys, keys, obj):
+    """The key file is read when the object is defined, as QEMU reads it: the user's line, its hex."""
+    folder = psk_keys["srv"] if keys is None else _psk_folder(tmp_path / "k", keys)
+    img = tmp_path / "x.raw"
+    img.write_bytes(bytes(MIB))
+    same(tmp_path, "info", "--object", f"tls-creds-psk,id=t,dir={folder},{obj}", str(img))

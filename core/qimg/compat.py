@@ -117,12 +117,18 @@ TEXTS.update({
     "snapshot-vm-clock": {"7.2": "%02d:%02d:%02d.%03d", "10.0": "%04d:%02d:%02d.%03d"},
     # ... and a snapshot without an instruction count (a short entry's, or -1)
     "snapshot-no-icount": {"7.2": "", "10.0": "--"},
-    # a protocol that cannot create, and could not open its target either
     # a TLS session the server ended without a close_notify (nbd: it refused our certificate):
     # QEMU's TLS channel read error, worded by its gnutls error mapping
     "tls-read-eof": {
         "7.2": "Cannot read from TLS channel: Software caused connection abort",
         "10.0": "Cannot read from TLS channel: The TLS connection was non-properly terminated."},
+    # a TLS handshake the server reset (a refused pre-shared key): gnutls' pull error, to which
+    # QEMU 10.0 adds the socket's own error
+    "tls-handshake-reset": {
+        "7.2": "TLS handshake failed: Error in the pull function.",
+        "10.0": "TLS handshake failed: Error in the pull function.: Unable to read from socket: "
+                "Connection reset by peer"},
+    # a protocol that cannot create, and could not open its target either
     "protocol-create-fallback": {
         "7.2": "Protocol driver '{}' does not support image creation, and opening the image failed: ",
         "10.0": "Protocol driver '{}' does not support creating new images, so an existing image must be "

@@ -8,9 +8,9 @@ credentials by id and :meth:`TlsCreds.client_context` for an :class:`ssl.SSLCont
 ``tls-creds-anon`` is anonymous (unauthenticated) Diffie-Hellman, as GnuTLS' ``+ANON-DH`` /
 ``+ANON-ECDH`` key exchanges that QEMU asks for: TLS 1.2 (TLS 1.3 has no anonymous key exchange)
 with OpenSSL's ``aNULL`` cipher suites, which it offers only at security level 0.
-Python's ``ssl`` module has no TLS-PSK before Python 3.13 (and pyOpenSSL none at all), so
-``tls-creds-psk`` objects are accepted and checked as qemu-img checks them, and a connection that
-would use one says it cannot (:meth:`TlsCreds.client_context`).
+``tls-creds-psk`` reads the client's key from ``DIR/keys.psk`` (``username:hexkey`` lines, user
+``qemu`` unless ``username`` says) when the object is defined, as QEMU does; the client context
+answers the server with that name and key (:mod:`qimg.tlspsk`).
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class TlsCreds:
         self.endpoint, self.verify_peer = endpoint, verify_peer
         self.files: dict[str, str] = {}  # role (ca, cert, key, crl) -> path, for those present
         self.key_password: bytes | None = None  # passwordid's secret: our key's passphrase
+        self.psk: tuple[str, bytes] | None = None  # tls-creds-psk client: (username, key)
 
     @property
     def checks_certificate(self) -> bool:
@@ -54,12 +55,14 @@ class TlsCreds:
         (QEMU's ``Expected TLS credentials for a client endpoint``; PSK)."""
         if self.endpoint != "client":
             raise QimgError("Expected TLS credentials for a client endpoint")
-        if self.qom_type == "tls-creds-psk":
-            raise QimgError("TLS-PSK credentials are not supported by qimg (Python's ssl module has no PSK before "
-                            "Python 3.13)")
         import ssl
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if self.psk is not None:  # (the connection checks that the server did not answer with a certificate)
+            from .tlspsk import set_client_psk
+
+            set_client_psk(ctx, *self.psk)
+            return ctx
         if self.qom_type == "tls-creds-anon":
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -120,7 +123,7 @@ def add(qom_type: str, pairs: dict[str, str | None]) -> None:
         if not directory:
             raise QimgError("Missing 'dir' property value")
         if qom_type == "tls-creds-psk":
-            creds.files["psk"] = _path(directory, "keys.psk", True)
+            _load_psk(creds, directory, pairs.get("username"))
         else:
             if pairs.get("passwordid"):
                 from .secrets import get_secret
@@ -128,6 +131,43 @@ def add(qom_type: str, pairs: dict[str, str | None]) -> None:
                 creds.key_password = get_secret(str(pairs["passwordid"]))
             _load_x509(creds, directory, sanity)
     _creds[ident] = creds
+
+
+def _load_psk(creds: TlsCreds, directory: str, username: str | None) -> None:
+    """QEMU's qcrypto_tls_creds_psk_load: a server names no user (its key file is the server's
+    business, only checked to exist); a client finds its user's line in ``keys.psk`` and the hex
+    key on it (gnutls' words for a key that is not hex, or empty)."""
+    if creds.endpoint == "server":
+        if username is not None:
+            raise QimgError("username should not be set when endpoint=server")
+        creds.files["psk"] = _path(directory, "keys.psk", True)
+        return
+    path = creds.files["psk"] = _path(directory, "keys.psk", True)
+    user = username if username is not None else "qemu"
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        raise QimgError(f"Cannot read PSK file {path}: Failed to open file \u201c{path}\u201d: "
+                        f"{e.strerror}") from None
+    prefix = user.encode() + b":"
+    for line in lines:
+        if line.startswith(prefix):
+            hexkey = line[len(prefix):]
+            break
+    else:
+        raise QimgError(f"Username {user} not found in PSK file {path}")
+    if not hexkey:
+        raise QimgError("Cannot set PSK client credentials: The request is invalid.")
+    try:  # gnutls: not hex (odd, blanks, a CR) is a parsing error; a key under 4 bytes is refused
+        key = bytes.fromhex(hexkey.decode("ascii")) if len(hexkey) % 2 == 0 and hexkey.isalnum() else None
+    except (UnicodeDecodeError, ValueError):
+        key = None
+    if key is None:
+        raise QimgError("Cannot set PSK client credentials: Error in parsing.")
+    if len(key) < 4:
+        raise QimgError("Cannot set PSK client credentials: The request is invalid.")
+    creds.psk = (user, key)
 
 
 def _load_x509(creds: TlsCreds, directory: str, sanity: bool) -> None:

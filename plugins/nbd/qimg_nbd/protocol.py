@@ -107,7 +107,8 @@ class NBDProtocol(Protocol):
             found = tlscreds.get(str(creds))
             if hostname is None and server.kind == "inet":
                 hostname = server.host  # QEMU checks the certificate against the host connected to
-            tls = Tls(found.client_context(), None if hostname is None else str(hostname), found.checks_certificate)
+            tls = Tls(found.client_context(), None if hostname is None else str(hostname), found.checks_certificate,
+                      psk=found.psk is not None)
         bitmap = opts.pop("x-dirty-bitmap", None)
         reconnect_delay = int(opts.pop("reconnect-delay", 0) or 0)
         open_timeout = int(opts.pop("open-timeout", 0) or 0)

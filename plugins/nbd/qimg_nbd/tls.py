@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 
+from qimg.compat import text
 from qimg.errors import QimgError, with_errno
 
 TYPE_CHECKING = False
@@ -17,12 +18,13 @@ if TYPE_CHECKING:
 class Tls:
     """TLS for the connections of one node: the client's SSL context (from its
     ``tls-creds``), the name the server's certificate must carry (``tls-hostname``, else the
-    server's host name; none for a unix socket) and whether the server is verified."""
+    server's host name; none for a unix socket), whether the server is verified, and whether
+    the server must have authenticated with our pre-shared key (``tls-creds-psk``)."""
 
-    __slots__ = ("context", "hostname", "verify")
+    __slots__ = ("context", "hostname", "verify", "psk")
 
-    def __init__(self, context: Any, hostname: str | None, verify: bool) -> None:
-        self.context, self.hostname, self.verify = context, hostname, verify
+    def __init__(self, context: Any, hostname: str | None, verify: bool, *, psk: bool = False) -> None:
+        self.context, self.hostname, self.verify, self.psk = context, hostname, verify, psk
         context.check_hostname = bool(verify and hostname)
 
     def wrap(self, sock: socket.socket) -> socket.socket:
@@ -35,6 +37,8 @@ class Tls:
             tls_sock.do_handshake()
         except ssl.SSLCertVerificationError as e:
             raise QimgError(_verify_message(e, self.hostname)) from None
+        except ConnectionResetError:
+            raise QimgError(text("tls-handshake-reset")) from None
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError):
             raise QimgError("TLS handshake failed: The TLS connection was non-properly terminated.") from None
         except ssl.SSLError as e:
@@ -47,6 +51,11 @@ class Tls:
         if self.verify and not self.hostname:
             tls_sock.close()
             raise QimgError("No hostname for certificate validation")
+        if self.psk and tls_sock.getpeercert(binary_form=True) is not None:
+            # TLS 1.3 lets a server that does not take our key answer with a certificate instead,
+            # which a PSK client has nothing to check against (gnutls refuses it in these words)
+            tls_sock.close()
+            raise QimgError("TLS handshake failed: Insufficient credentials for that request.")
         return tls_sock
 
 
