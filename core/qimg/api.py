@@ -346,11 +346,17 @@ def open(  # noqa: A001 - the natural name for the public API
         # (a protocol named as the driver is named by its own exact name, set by _open_node)
         img.display_name = _json_name(img, t.given) or img.display_name
     if t.fmt is None and writable and img.format == "raw" and probe_warning:
-        file = img.driver.file
-        if img.protocol_class is not None and file.exact_filename() is None:
-            fname = file.filename  # QEMU names the node: a json: name for rbd
-        sys.stderr.write(RAW_PROBE_WARNING.format(fname) + "\n")  # QEMU prints it as it is
+        sys.stderr.write(RAW_PROBE_WARNING.format(raw_probe_name(img, fname)) + "\n")  # QEMU prints it as it is
     return img
+
+
+def raw_probe_name(img: Image, fname: str) -> str:
+    """The name QEMU's raw driver gives a probed image in its warning (``fname``, the name the
+    user gave), which is its file node's: a json: name for a protocol without an exact one (rbd)."""
+    file = img.driver.file
+    if img.protocol_class is not None and file.exact_filename() is None:
+        return file.filename
+    return fname
 
 
 def _json_name(img: Image, given: dict[str, Any]) -> str | None:

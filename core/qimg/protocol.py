@@ -68,6 +68,9 @@ class Protocol:
     #: requests a bulk copy should keep in flight to hide latency (threads reading at once;
     #: such a protocol's pread/preadinto must then be safe to call from several threads)
     parallel_reads: ClassVar[int] = 1
+    #: the preallocation modes a growth (``resize --preallocation``) may ask for; any other is
+    #: refused with QEMU's "Unsupported preallocation mode" (rbd: only ``off``)
+    preallocation_modes: ClassVar[tuple[str, ...]] = ("off", "falloc", "full")
 
     #: the name as given (with the protocol's prefix)
     filename: str
@@ -324,6 +327,8 @@ def preallocate(file: Protocol, start: int, end: int, mode: str) -> None:
     preallocation mode: ``off`` sparse, ``falloc`` reserved blocks, ``full`` written zeroes."""
     if end <= start:
         return
+    if mode not in file.preallocation_modes:
+        raise QimgError(f"Unsupported preallocation mode '{mode}'")
     if mode == "off":
         file.truncate(end)
     elif mode == "falloc":

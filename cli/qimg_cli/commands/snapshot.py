@@ -66,9 +66,9 @@ def run(p: Parsed) -> None:
             if fmt is None and not p.image_opts and img.format == "raw":
                 # QEMU falls back to the protocol node and reopens the probed raw driver
                 # on top of it, which warns about the probing a second time
-                from qimg.api import RAW_PROBE_WARNING
+                from qimg.api import RAW_PROBE_WARNING, raw_probe_name
 
-                sys.stderr.write(RAW_PROBE_WARNING.format(filename) + "\n")
+                sys.stderr.write(RAW_PROBE_WARNING.format(raw_probe_name(img, filename)) + "\n")
             if name is None:
                 # qemu-img 10.0's --apply takes no argument: no snapshot has a NULL name
                 try:

@@ -30,10 +30,11 @@ class Cluster:
 
     def __init__(self, loc: Location, keypairs: str | None, secret_id: str | None) -> None:
         rados, _ = bindings()
+        key_secret = loc.key_secret
         if secret_id:
-            if loc.key_secret:
+            if key_secret:
                 raise QimgError("Legacy 'password-secret' clashes with 'key-secret'")
-            loc.key_secret = secret_id
+            key_secret = secret_id
         mon_host = loc.mon_host()
         self.ioctx = None
         #: the configuration calls that succeeded, in order: (None, file) for a configuration
@@ -44,7 +45,7 @@ class Cluster:
         except rados.Error as e:
             raise fail("error initializing", e) from None
         try:
-            self._configure(rados, loc, keypairs, mon_host)
+            self._configure(rados, loc, keypairs, mon_host, key_secret)
             try:
                 self.cluster.connect()
             except rados.Error as e:
@@ -66,7 +67,8 @@ class Cluster:
             self.close()
             raise
 
-    def _configure(self, rados: Any, loc: Location, keypairs: str | None, mon_host: str | None) -> None:
+    def _configure(self, rados: Any, loc: Location, keypairs: str | None, mon_host: str | None,
+                   key_secret: str | None) -> None:
         c = self.cluster
         settings = self.settings
         try:
@@ -90,12 +92,12 @@ class Cluster:
             except rados.Error as e:
                 raise as_oserror(e) from None
             settings.append(("mon_host", mon_host))
-        if loc.key_secret:
+        if key_secret:
             import base64
 
             from qimg.secrets import get_secret
 
-            key = base64.b64encode(get_secret(loc.key_secret)).decode()
+            key = base64.b64encode(get_secret(key_secret)).decode()
             try:
                 c.conf_set("key", key)
             except rados.Error as e:

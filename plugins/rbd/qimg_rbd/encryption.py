@@ -3,6 +3,7 @@ qemu_rbd_encryption_load and qemu_rbd_encryption_format."""
 from __future__ import annotations
 
 import errno
+import os
 
 from qimg.errors import QimgError, with_errno
 
@@ -36,10 +37,11 @@ def encrypt_spec(enc: dict[str, Any]) -> dict[str, Any]:
     if fmt not in ("luks", "luks2"):
         raise QimgError(f"Parameter 'format' does not accept value '{fmt}'")
     alg = enc.get("cipher-alg")
-    if alg is not None and alg not in ("aes-128", "aes-256", "aes-192", "des-rfb", "cast5-128", "serpent-128",
-                                       "serpent-192", "serpent-256", "twofish-128", "twofish-192", "twofish-256",
-                                       "sm4"):
-        raise QimgError(f"Parameter 'cipher-alg' does not accept value '{alg}'")
+    if alg is not None:
+        from qimg.luks import cipher_algs
+
+        if alg not in cipher_algs():  # QEMU's QCryptoCipherAlgorithm, this profile's
+            raise QimgError(f"Parameter 'cipher-alg' does not accept value '{alg}'")
     if enc.get("key-secret") is None:
         raise QimgError("Parameter 'key-secret' is missing")
     for key in enc:
@@ -57,7 +59,11 @@ def format_encryption(rbd: Any, ioctx: Any, name: str, enc: dict[str, Any]) -> N
         passphrase = get_secret(enc["secret"])
         alg = enc["alg"]
         if alg not in (None, "aes-128", "aes-256"):
-            raise with_errno(QimgError(f"unknown encryption algorithm: {alg}"), errno.ENOTSUP)
+            # librbd's two; QEMU names any other by its place in QCryptoCipherAlgorithm
+            from qimg.luks import cipher_algs
+
+            raise with_errno(QimgError(f"unknown encryption algorithm: {cipher_algs().index(alg)}: "
+                                       f"{os.strerror(errno.ENOTSUP)}"), errno.ENOTSUP)
         cipher = rbd.RBD_ENCRYPTION_ALGORITHM_AES128 if alg == "aes-128" else rbd.RBD_ENCRYPTION_ALGORITHM_AES256
         fmt = rbd.RBD_ENCRYPTION_FORMAT_LUKS1 if enc["format"] == "luks" else rbd.RBD_ENCRYPTION_FORMAT_LUKS2
         try:

@@ -142,6 +142,13 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _not_null(key: str, value: Any) -> None:
+    """A JSON null where a string belongs: QEMU's keyval visitor takes numbers and booleans as
+    their text, and calls a null an internal error."""
+    if value is None:
+        raise QimgError(f"Internal error: parameter {key} invalid")
+
+
 def _indexed(opts: dict[str, Any], name: str) -> list[dict[str, Any]] | None:
     """A flattened list member (``name.0.host``, ``name.1``...) taken out of ``opts``: its
     elements in index order (a dict of sub-keys each, ``""`` for a scalar element)."""
@@ -153,7 +160,8 @@ def _indexed(opts: dict[str, Any], name: str) -> list[dict[str, Any]] | None:
     for key in keys:
         head, _, sub = key[len(prefix):].partition(".")
         if not head.isdigit():
-            raise QimgError(f"Parameter '{key}' is unexpected")
+            # (QEMU's visitor sees an object where the list belongs)
+            raise QimgError(f"Invalid parameter type for '{name}', expected: array")
         items.setdefault(int(head), {})[sub] = opts.pop(key)
     if max(items) + 1 != len(items):
         raise QimgError(f"List indices are not contiguous, saw {len(items)} elements but {max(items)} largest index")
@@ -168,12 +176,15 @@ def check_location(options: Mapping[str, Any]) -> Location:
 
     def take(key: str, required: bool = False) -> str | None:
         if key not in opts:
+            if any(k.startswith(key + ".") for k in opts):  # a list or an object (json:'s, flattened)
+                raise QimgError(f"Parameters '{key}.*' are unexpected")
             if required:
                 raise QimgError(f"Parameter '{key}' is missing")
             return None
         value = opts.pop(key)
         if isinstance(value, (dict, list)):
             raise QimgError(f"Invalid parameter type for '{key}', expected: string")
+        _not_null(key, value)
         return _text(value)
 
     loc.pool = take("pool", True) or ""
@@ -189,7 +200,8 @@ def check_location(options: Mapping[str, Any]) -> Location:
         if fmt is None:
             raise QimgError("Parameter 'encrypt.format' is missing")
         if fmt not in _ENCRYPT_FORMATS:
-            raise QimgError(f"Parameter 'encrypt.format' does not accept value '{fmt}'")
+            # (the union's discriminator is named without the member's prefix)
+            raise QimgError(f"Parameter 'format' does not accept value '{fmt}'")
         if enc.get("key-secret") is None:
             raise QimgError("Parameter 'encrypt.key-secret' is missing")
         for key in enc:
@@ -202,11 +214,15 @@ def check_location(options: Mapping[str, Any]) -> Location:
         if not isinstance(value, list):
             raise QimgError("Invalid parameter type for 'auth-client-required', expected: array")
         opts.update({f"auth-client-required.{i}": v for i, v in enumerate(value)})
+        if not value:  # an empty list is a list: librados is told no mode at all
+            loc.auth_client_required = []
     modes = _indexed(opts, "auth-client-required")
     if modes is not None:
         loc.auth_client_required = []
         for i, item in enumerate(modes):
             value = item.get("")
+            if set(item) == {""}:
+                _not_null(f"auth-client-required[{i}]", value)
             if value is None or set(item) != {""}:
                 raise QimgError(f"Invalid parameter type for 'auth-client-required[{i}]', expected: string")
             if value not in _AUTH_MODES:
@@ -232,6 +248,8 @@ def check_location(options: Mapping[str, Any]) -> Location:
             for key in item:
                 if key not in ("host", "port"):
                     raise QimgError(f"Parameter 'server.{i}.{key}' is unexpected")
+            for key in ("host", "port"):
+                _not_null(f"server[{i}].{key}", item[key])
             loc.servers.append((_text(item["host"]), _text(item["port"])))
     if opts:
         from qimg.ops.qjson import qdict_order
@@ -241,14 +259,26 @@ def check_location(options: Mapping[str, Any]) -> Location:
 
 
 def given_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The strong options among ``options``, as a ``json:`` name of the node shows them
-    (flat keys as given: ``server.0.host``)."""
-    out = {}
+    """The strong options among ``options``, as a ``json:`` name of the node shows them (flat
+    keys as given: ``server.0.host``), in the order QEMU's append_strong_runtime_options puts
+    them into the name's QDict: the driver's list in order, the keys under a prefix
+    (``server.``) in the order the node's own options QDict iterates them."""
+    from qimg.ops.qjson import qdict_order
+
+    flat: dict[str, Any] = {}
     for key, value in options.items():
-        if key in STRONG or any(p.endswith(".") and key.startswith(p) for p in STRONG):
-            out[key] = value
-        elif key == "server" and isinstance(value, list):
+        if key == "server" and isinstance(value, list):
             for i, item in enumerate(value):
                 for sub, v in (item.items() if isinstance(item, dict) else ()):
-                    out[f"server.{i}.{sub}"] = v
+                    flat[f"server.{i}.{sub}"] = v
+        else:
+            flat[key] = value
+    out = {}
+    for name in STRONG:
+        if not name.endswith("."):
+            if name in flat:
+                out[name] = flat[name]
+            continue
+        for key in qdict_order([k for k in flat if k.startswith(name)]):
+            out[key] = flat[key]
     return out

@@ -75,6 +75,7 @@ class RbdProtocol(Protocol):
     #: reader threads of a bulk copy: librbd keeps one request in flight per thread; more than
     #: 4 (2 MiB each) only add GIL hand-offs (8 measured 1.27x slower than 4 out of rbd: 2 cores)
     parallel_reads = 4
+    preallocation_modes = ("off",)  # QEMU's qemu_rbd_co_truncate refuses the others
     reports_dirty_flag = True  # QEMU's rbd driver answers bdrv_get_info (the object size)
 
     # -- opening -----------------------------------------------------------------------------
@@ -530,7 +531,7 @@ class RbdProtocol(Protocol):
         try:
             self.image.rollback_to_snap(id_or_name)
         except rbd.Error as e:
-            raise QimgError(os.strerror(errno_of(e))) from None
+            raise fail("Failed to load snapshot", e) from None
         self._windows = []
 
     def close(self) -> None:
