@@ -65,6 +65,50 @@ def run_qimg(*args: str, cwd: str | os.PathLike | None = None, profile: str | No
     return Run(code, out.getvalue(), err.getvalue())
 
 
+def run_qimg_fd(*args: str, cwd: str | os.PathLike | None = None) -> Run:
+    """qimg in-process with its output taken at the file descriptors: what C libraries loaded
+    into the process write there themselves (librados' "unable to get monitor info from DNS SRV
+    ...") lands in order with qimg's own lines, as it does when qimg runs as a program."""
+    import ctypes
+    import tempfile
+
+    from qimg_cli.main import main
+
+    reset_state()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    old = os.getcwd()
+    code = 0
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        streams = sys.stdout, sys.stderr
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        sys.stdout = open(1, "w", closefd=False, encoding="utf-8", errors="surrogateescape")
+        sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            try:
+                main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            os.chdir(old)
+            for f in (sys.stdout, sys.stderr):
+                f.flush()
+            ctypes.CDLL(None).fflush(None)  # what C code left in stdio's buffers
+            sys.stdout, sys.stderr = streams
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            reset_state()
+        out.seek(0)
+        err.seek(0)
+        return Run(code, out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+
+
 def run_qimg_subprocess(*args: str, cwd: str | os.PathLike | None = None) -> Run:
     cmd = [sys.executable, "-c", "import sys; from qimg_cli.main import main; sys.argv[0]='qimg'; main()", *args]
     p = subprocess.run(cmd, capture_output=True, cwd=cwd)

@@ -44,7 +44,7 @@ NOT_YET_DUAL: dict[str, str] = {
 
 #: cli_support functions that run the oracle, and those that run qimg's command line
 _ORACLE_NAMES = frozenset({"run_qemu", "compare", "compare_in_copies", "need_qemu", "same_as_qemu"})
-_CLI_NAMES = frozenset({"run_qimg", "run_qimg_subprocess", "compare", "compare_in_copies", "CRASHER",
+_CLI_NAMES = frozenset({"run_qimg", "run_qimg_fd", "run_qimg_subprocess", "compare", "compare_in_copies", "CRASHER",
                         "same_as_qemu"})
 
 #: the oracle of the running test (set by the ``oracle`` fixture; one test at a time per process)
