@@ -54,6 +54,9 @@ FEATURES: dict[str, str] = {
     "parallels-repair": "10.0",
     # the nbd client asks for NBD_OPT_EXTENDED_HEADERS (QEMU 9.0's client; 7.2: structured only)
     "nbd-extended-headers": "10.0",
+    # rbd's encrypt options take format luks-any and a parent's encryption (QEMU 8.0's layered
+    # encryption; librbd 16 then refuses them at open)
+    "rbd-layered-encryption": "10.0",
     # tls-creds-* objects have no "loaded" property (7.2: read-only, "is not writable")
     "tls-creds-without-loaded": "10.0",
 }

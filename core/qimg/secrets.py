@@ -2,7 +2,8 @@
 and the TLS credentials types (:mod:`qimg.tlscreds`), which share one namespace of ids."""
 from __future__ import annotations
 
-import base64
+import errno
+import os
 
 from .errors import QimgError, bad_value, invalid_parameter, missing_parameter
 from .options import split_options
@@ -46,19 +47,51 @@ def add_object(text: str) -> None:
     if "data" in pairs and pairs["data"] is not None:
         value = pairs["data"].encode()
     elif "file" in pairs and pairs["file"] is not None:
+        path = pairs["file"]
         try:
-            with open(pairs["file"], "rb") as f:
+            f = open(path, "rb")
+        except IsADirectoryError:  # (GLib opens a folder, and fails reading it)
+            raise QimgError(f"Unable to read {path}: Error reading file \u201c{path}\u201d: "
+                            f"{os.strerror(errno.EISDIR)}") from None
+        except OSError as e:  # g_file_get_contents' words
+            raise QimgError(f"Unable to read {path}: Failed to open file \u201c{path}\u201d: {e.strerror}") from None
+        try:
+            with f:
                 value = f.read()
         except OSError as e:
-            raise QimgError(f"Unable to read {pairs['file']}: {e.strerror}") from None
+            raise QimgError(f"Unable to read {path}: Error reading file \u201c{path}\u201d: {e.strerror}") from None
     else:
         raise QimgError("Either 'file' or 'data' must be provided")
     if pairs.get("format") == "base64":
-        try:
-            value = base64.b64decode(value, validate=True)
-        except ValueError:
-            raise QimgError("Unable to decode base64 secret") from None
+        value = _base64(value)
     _secrets[ident] = value
+
+
+_BASE64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n")
+
+
+def _base64(data: bytes) -> bytes:
+    """QEMU's qbase64_decode: only base64's characters (and newlines) are allowed, then GLib's
+    g_base64_decode: whole groups of four decoded ('=' counts as a zero), a partial last group
+    dropped, and one byte less for each '=' among the last two characters."""
+    if any(b not in _BASE64 for b in data):
+        raise QimgError("Base64 data contains invalid characters")
+    out = bytearray()
+    value = count = 0
+    ranked = [b for b in data if b != 0x0A]
+    for b in ranked:
+        value = (value << 6) | _B64_VALUES.get(b, 0)
+        count += 1
+        if count == 4:
+            out += value.to_bytes(3, "big")
+            value = count = 0
+    for b in ranked[-2:]:
+        if b == 0x3D and out:
+            out.pop()
+    return bytes(out)
+
+
+_B64_VALUES = {c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
 
 
 def get_secret(ident: str) -> bytes:

@@ -218,21 +218,12 @@ def _cow_head(drv: "Qcow2Format", old: int) -> list | None:
 
 
 def _extend(f, cur: int, new: int, mode: str) -> None:
-    if new <= cur:
-        return
-    if mode == "falloc":
-        f.truncate(new)
-        f.allocate(cur, new - cur)
-    elif mode == "full":
-        from qimg.protocol import ZERO_CHUNK
+    """Grow the file as QEMU's bdrv_co_truncate with a preallocation mode (the protocol may
+    refuse the mode: rbd takes only ``off``)."""
+    from qimg.protocol import preallocate
 
-        p = cur
-        while p < new:
-            n = min(len(ZERO_CHUNK), new - p)
-            f.pwrite(p, memoryview(ZERO_CHUNK)[:n])
-            p += n
-    else:
-        f.truncate(new)
+    if new > cur:
+        preallocate(f, cur, new, mode)
 
 
 def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str, zero_write: bool) -> None:
@@ -253,10 +244,16 @@ def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str, zero_wr
     n_l2 = -(-n_data // drv.l2_entries) + 1
     with _Step("Failed to resize refcount structures"):
         alloc_start = drv.refcounts.area(start, n_data + n_l2)
+    try:
+        _extend(drv.file, drv.file.size(), alloc_start + n_data * cs, mode)
+    except QimgError as e:
+        from qimg.errors import reworded
+
+        raise reworded(e, f"Failed to resize underlying file: {e.message}") from None
+    # (as QEMU: the data clusters are counted once the file holds them)
     for ci in range(alloc_start >> cb, (alloc_start >> cb) + n_data):
         drv.refcounts.set(ci, 1)
     drv.refcounts.cache.flush()
-    _extend(drv.file, drv.file.size(), alloc_start + n_data * cs, mode)
     host = alloc_start
     pos = old & ~(cs - 1)
     left = n_data

@@ -167,7 +167,7 @@ class RawFormat(Format):
         if size < old:
             self.file.truncate(size)
         else:
-            if preallocation not in PREALLOC_MODES:
-                raise QimgError(f"Unsupported preallocation mode: {preallocation}")
-            preallocate(self.file, old, size, preallocation)
+            if preallocation not in PREALLOC_MODES and self.file.preallocation_modes == PREALLOC_MODES:
+                raise QimgError(f"Unsupported preallocation mode: {preallocation}")  # (file-posix's words)
+            preallocate(self.file, old, size, preallocation)  # (a protocol's own refusal: rbd's)
 

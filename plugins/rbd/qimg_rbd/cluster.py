@@ -31,8 +31,8 @@ class Cluster:
     def __init__(self, loc: Location, keypairs: str | None, secret_id: str | None) -> None:
         rados, _ = bindings()
         key_secret = loc.key_secret
-        if secret_id:
-            if key_secret:
+        if secret_id is not None:  # (an empty id is an id: "No secret with id ''")
+            if key_secret is not None:
                 raise QimgError("Legacy 'password-secret' clashes with 'key-secret'")
             key_secret = secret_id
         mon_host = loc.mon_host()
@@ -92,7 +92,7 @@ class Cluster:
             except rados.Error as e:
                 raise as_oserror(e) from None
             settings.append(("mon_host", mon_host))
-        if key_secret:
+        if key_secret is not None:
             import base64
 
             from qimg.secrets import get_secret

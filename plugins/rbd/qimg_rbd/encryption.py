@@ -14,14 +14,17 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def load_encryption(rbd: Any, image: Any, enc: dict[str, str]) -> None:
+def load_encryption(rbd: Any, image: Any, enc: dict[str, Any]) -> None:
     """Open an image librbd encrypted (``encrypt.format``, ``encrypt.key-secret``), as QEMU's
     qemu_rbd_encryption_load: reads and writes are then the plaintext."""
     from qimg.secrets import get_secret
 
+    if "parent" in enc:  # (librbd 16 has no rbd_encryption_load2)
+        raise with_errno(QimgError("RBD library does not support layered encryption"), errno.ENOTSUP)
     fmt = {"luks": rbd.RBD_ENCRYPTION_FORMAT_LUKS1, "luks2": rbd.RBD_ENCRYPTION_FORMAT_LUKS2}.get(enc["format"])
-    if fmt is None:  # luks-any: librbd 16 knows no such format
-        raise with_errno(QimgError(f"unknown image encryption format: {enc['format']}"), errno.ENOTSUP)
+    if fmt is None:  # luks-any: librbd 16 knows no such format; QEMU names it by its place
+        raise with_errno(QimgError(f"unknown image encryption format: 2: {os.strerror(errno.ENOTSUP)}"),
+                         errno.ENOTSUP)
     passphrase = get_secret(enc["key-secret"])
     try:
         image.encryption_load(fmt, passphrase.decode("utf-8", "surrogateescape"))
@@ -34,6 +37,16 @@ def encrypt_spec(enc: dict[str, Any]) -> dict[str, Any]:
     fmt = enc.get("format")
     if fmt is None:
         raise QimgError("Parameter 'format' is missing")
+    from qimg import compat
+
+    if fmt == "luks-any" and compat.has("rbd-layered-encryption"):
+        # a value of the enum without a branch of its own: nothing else is expected, and librbd
+        # is then asked for a format it cannot write (format_encryption)
+        from qimg.ops.qjson import qdict_order
+
+        for key in qdict_order([k for k in enc if k != "format"]):
+            raise QimgError(f"Parameter '{key}' is unexpected")
+        return {"format": fmt, "alg": None, "secret": None}
     if fmt not in ("luks", "luks2"):
         raise QimgError(f"Parameter 'format' does not accept value '{fmt}'")
     alg = enc.get("cipher-alg")
@@ -56,6 +69,9 @@ def format_encryption(rbd: Any, ioctx: Any, name: str, enc: dict[str, Any]) -> N
     from qimg.secrets import get_secret
 
     try:
+        if enc["format"] not in ("luks", "luks2"):
+            raise with_errno(QimgError(f"unknown image encryption format: 2: {os.strerror(errno.ENOTSUP)}"),
+                             errno.ENOTSUP)
         passphrase = get_secret(enc["secret"])
         alg = enc["alg"]
         if alg not in (None, "aes-128", "aes-256"):

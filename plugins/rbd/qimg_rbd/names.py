@@ -127,7 +127,7 @@ class Location:
         self.key_secret: str | None = None
         self.auth_client_required: list[str] | None = None
         self.servers: list[tuple[str, str]] | None = None
-        self.encrypt: dict[str, str] | None = None
+        self.encrypt: dict[str, Any] | None = None
 
     def mon_host(self) -> str | None:
         """The ``server`` list as librados' ``mon_host`` (``[v6]:port`` for IPv6 addresses)."""
@@ -168,6 +168,36 @@ def _indexed(opts: dict[str, Any], name: str) -> list[dict[str, Any]] | None:
     return [items[i] for i in range(len(items))]
 
 
+def _encryption(enc: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """QEMU's RbdEncryptionOptions (``encrypt.*``, flattened): ``format`` (``luks``, ``luks2``;
+    10.0 adds ``luks-any``), ``key-secret``, and in 10.0 a ``parent`` of the same kind (the
+    encryption of a clone's parent), checked in the visitor's order and words."""
+    from qimg import compat
+
+    layered = compat.has("rbd-layered-encryption")
+    fmt = enc.get("format")
+    if fmt is None:
+        raise QimgError(f"Parameter '{prefix}format' is missing")
+    if fmt not in (_ENCRYPT_FORMATS if layered else _ENCRYPT_FORMATS[:2]):
+        # (the union's discriminator is named without the member's prefix)
+        raise QimgError(f"Parameter 'format' does not accept value '{fmt}'")
+    _not_null(prefix + "format", fmt)
+    if enc.get("key-secret") is None:
+        raise QimgError(f"Parameter '{prefix}key-secret' is missing")
+    out: dict[str, Any] = {"format": _text(fmt), "key-secret": _text(enc["key-secret"])}
+    if layered and ("parent" in enc or any(k.startswith("parent.") for k in enc)):
+        if "parent" in enc:
+            raise QimgError(f"Invalid parameter type for '{prefix}parent', expected: object")
+        out["parent"] = _encryption({k[7:]: v for k, v in enc.items() if k.startswith("parent.")}, prefix + "parent.")
+    from qimg.ops.qjson import qdict_order
+
+    known = ("format", "key-secret", "parent") if layered else ("format", "key-secret")
+    for key in qdict_order(list(dict.fromkeys(k.split(".", 1)[0] for k in enc))):
+        if key not in known:
+            raise QimgError(f"Parameter '{prefix}{key}' is unexpected")
+    return out
+
+
 def check_location(options: Mapping[str, Any]) -> Location:
     """The options of an rbd node, checked as QEMU's QAPI visitor checks BlockdevOptionsRbd
     (members in schema order, then the keys nobody took)."""
@@ -196,18 +226,7 @@ def check_location(options: Mapping[str, Any]) -> Location:
         raise QimgError("Invalid parameter type for 'encrypt', expected: object")
     enc = {k[8:]: opts.pop(k) for k in [k for k in opts if k.startswith("encrypt.")]}
     if enc:
-        fmt = enc.get("format")
-        if fmt is None:
-            raise QimgError("Parameter 'encrypt.format' is missing")
-        if fmt not in _ENCRYPT_FORMATS:
-            # (the union's discriminator is named without the member's prefix)
-            raise QimgError(f"Parameter 'format' does not accept value '{fmt}'")
-        if enc.get("key-secret") is None:
-            raise QimgError("Parameter 'encrypt.key-secret' is missing")
-        for key in enc:
-            if key not in ("format", "key-secret"):
-                raise QimgError(f"Parameter 'encrypt.{key}' is unexpected")
-        loc.encrypt = {k: _text(v) for k, v in enc.items()}
+        loc.encrypt = _encryption(enc, "encrypt.")
     loc.user = take("user")
     if "auth-client-required" in opts:
         value = opts.pop("auth-client-required")
