@@ -223,7 +223,8 @@ def _extend(f, cur: int, new: int, mode: str) -> None:
     from qimg.protocol import preallocate
 
     if new > cur:
-        preallocate(f, cur, new, mode)
+        # (metadata: the format's own business; the file only grows)
+        preallocate(f, cur, new, mode if mode in ("falloc", "full") else "off")
 
 
 def _preallocate_data(drv: "Qcow2Format", old: int, new: int, mode: str, zero_write: bool) -> None:
