@@ -409,7 +409,7 @@ def _open_node(
         # a json: backing file name (as QEMU follows it; untrusted mode never gets here)
         from .names import parse_json_name
 
-        t = target_from_options(*parse_json_name(filename), None, None, {})
+        t = target_from_options(*parse_json_name(filename), None, None, {}, joined=True)
         merged = dict(t.options)
         merged.update(options or {})
         return _open_node(t.filename, fmt or t.fmt, writable=writable, backing=backing, force_share=force_share,

@@ -32,8 +32,11 @@ class Target:
 
 
 def target_from_options(text: str, typed: dict[str, Any], fmt: str | None, json_fmt: str | None,
-                  extra: dict[str, Any]) -> Target:
-    """An option string (``--image-opts``, or a ``json:`` name flattened) as a target."""
+                  extra: dict[str, Any], joined: bool = False) -> Target:
+    """An option string (``--image-opts``, or a ``json:`` name flattened) as a target.
+    ``joined``: a ``json:`` name's, which QEMU joins into the node's options (qdict_join): they
+    arrive in the order the json QDict iterates them (the keys of one hash bucket reversed;
+    a driver that names its node by them, rbd's ``server.N.*``, shows that order)."""
     from .options import parse_dotted, split_options
 
     reg = get_registry()
@@ -65,6 +68,10 @@ def target_from_options(text: str, typed: dict[str, Any], fmt: str | None, json_
     # values as given: a json: name's keep their JSON types (false, 5), an option string's are
     # text ("off", "5"); drivers type them, and QEMU names an image with them as given
     given = {k: typed.get(k, v) for k, v in parsed.items()}
+    if joined:
+        from .ops.qjson import qdict_order
+
+        given = {k: given[k] for k in qdict_order(list(given))}
     options = dict(extra)
     options.update(given)
     # "backing" null or "": no backing file, taken by every open
@@ -122,7 +129,7 @@ def parse_target(target: Any, fmt: str | None, image_opts: bool, options: Mappin
         # QEMU's json: pseudo-protocol: the same options --image-opts takes, as a JSON object
         # (a -f format still wins over its "driver")
         text, typed = parse_json_name(name)
-        return target_from_options(text, typed, None, fmt, extra)
+        return target_from_options(text, typed, None, fmt, extra, joined=True)
     if image_opts:
         if fmt:
             raise QimgError("--image-opts and --format are mutually exclusive")

@@ -84,11 +84,6 @@ class RbdProtocol(Protocol):
         return parse_filename(filename)
 
     @classmethod
-    def dirname_for(cls, filename: str) -> str:
-        # QEMU's rbd node has no exact name: relative backing names have nothing to be relative to
-        raise QimgError("Cannot generate a base directory for rbd nodes")
-
-    @classmethod
     def open(cls, options: dict[str, Any], *, writable: bool, filename: str) -> RbdProtocol:
         loc, keypairs, secret_id, legacy = location(options)
         given = given_options(options) if legacy is None else {}
@@ -193,6 +188,9 @@ class RbdProtocol(Protocol):
         return {"driver": "rbd", **self.given}
 
     def dirname(self) -> str:
+        # an open rbd node has no exact name: a relative backing name of an image in rbd has
+        # nothing to be relative to (create -b, though, combines it with the name as a string,
+        # as QEMU's path_combine: the default dirname_for)
         raise QimgError("Cannot generate a base directory for rbd nodes")
 
     # -- info --------------------------------------------------------------------------------
