@@ -429,8 +429,11 @@ def _open_node(
                 check_file(options)
         except QimgError as e:
             raise QimgError(f"Could not open '{shown}': {e.message}", e.exit_code) from None
+    # -f file: the file protocol is the image's driver and opens the name as a path
+    # (nbd://h/x is a file of that name, as QEMU's), its "file:" prefix aside
     file, pcls = _open_file(filename, options, writable=writable, top_driver=top_driver,
-                            parse_filename=parse_filename)
+                            parse_filename=parse_filename and fmt != "file")
+    by_options = filename is None  # the file named by options alone (file.driver=nbd,...)
     if filename is None:
         filename = file.filename
     try:
@@ -465,7 +468,7 @@ def _open_node(
             if top_driver is None and probed:
                 driver.probed = True
         except QimgError as e:
-            if e.message.startswith("Could not open") or _depth or not filename:
+            if e.message.startswith("Could not open") or _depth or not filename or by_options:
                 # qemu-img names the top image only ("Could not open backing file: <error>"); an
                 # image opened by options alone is named by open() (its json: name)
                 raise

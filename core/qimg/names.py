@@ -67,6 +67,8 @@ def parse_json_name(name: str) -> tuple[str, dict[str, Any]]:
 def flatten_options(value: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """Nested options (``{"file": {"driver": "nbd", ...}}``) as an option string with dotted
     keys and ``,,`` escapes, and the flat dict of their typed values."""
+    from .options import qobject_text
+
     pairs: list[str] = []
     typed: dict[str, Any] = {}
 
@@ -83,12 +85,7 @@ def flatten_options(value: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
                 if isinstance(val, int) and not isinstance(val, bool) and not -(1 << 63) <= val < 1 << 64:
                     val = float(val)  # QEMU's parser: an integer out of int64/uint64 is a double
                 typed[path + key] = val
-                if isinstance(val, bool):
-                    text = "on" if val else "off"
-                elif isinstance(val, float):
-                    text = f"{val:.17g}" # QEMU's qnum_to_string of a double (1.0 is "1")
-                else:
-                    text = str(val)
+                text = qobject_text(val)
                 pairs.append(f"{path}{key}={text.replace(',', ',,')}")
 
     walk(value, "")

@@ -181,6 +181,18 @@ def split_options(text: str) -> list[tuple[str, str | None]]:
     return pairs
 
 
+def qobject_text(value: Any) -> str:
+    """A typed option value (a ``json:`` name's, the library's) as the text QEMU turns it into
+    before an option list or a QAPI visitor parses it (``qemu_opts_from_qdict_entry``,
+    ``qdict_crumple_for_keyval_qiv``): true/false as on/off, a double by ``%.17g`` (1.0 is
+    "1", as ``qnum_to_string``), other scalars as written."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:.17g}"
+    return str(value)
+
+
 def merge_option_strings(strings: Iterable[str]) -> str:
     """Repeated ``-o`` options merge with a comma, as qemu-img does."""
     return ",".join(s for s in strings if s)

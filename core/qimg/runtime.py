@@ -10,7 +10,7 @@ their meaning itself.
 from __future__ import annotations
 
 from .errors import QimgError
-from .options import BOOL, NUMBER, SIZE, STRING, Option
+from .options import BOOL, NUMBER, SIZE, STRING, Option, qobject_text
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (opens run this)
 if TYPE_CHECKING:
@@ -57,7 +57,11 @@ def parse_number(name: str, text: str) -> int:
 
 
 def convert_value(name: str, kind: str, value: Any) -> Any:
-    """A string option value as its type (non-strings, from ``json:`` or the library, pass)."""
+    """An option value as its type. A ``json:`` name's (or the library's) number or boolean is
+    first written as QEMU writes it (``qobject_text``: ``true`` is "on", ``0`` is "0") and
+    parsed as the text would be; other values (lists, objects) pass."""
+    if isinstance(value, (bool, int, float)):
+        value = qobject_text(value)
     if not isinstance(value, str):
         return value
     if kind == NUMBER:
