@@ -20,7 +20,7 @@ import re
 import threading
 
 from qimg.errors import QimgError, with_errno
-from qimg.options import SIZE, STRING, Option
+from qimg.options import SIZE, STRING, Option, qobject_text
 from qimg.protocol import Protocol
 
 TYPE_CHECKING = False
@@ -168,31 +168,35 @@ def _ssh_dir() -> str:
 
 
 def parse_url(filename: str) -> dict[str, Any]:
-    """``ssh://[user@]host[:port]/path[?host_key_check=X]`` as open options."""
-    from urllib.parse import parse_qsl, unquote, urlsplit
+    """``ssh://[user@]host[:port]/path[?host_key_check=X]`` as open options (QEMU's
+    ``parse_uri``). A name its URI parser refuses gives no options and no message (QEMU
+    returns without one: the open then misses 'server')."""
+    from qimg import api, compat
+    from qimg.uri import parse, query_params
 
-    try:
-        u = urlsplit(filename)
-        port = u.port
-    except ValueError:
-        raise with_errno(QimgError(os.strerror(errno.EINVAL)), errno.EINVAL) from None
-    if u.scheme != "ssh":
+    uri = parse(filename)
+    if uri is None:
+        return {}
+    if uri.scheme != "ssh":
         raise QimgError("URI scheme must be 'ssh'")
-    host = u.hostname
-    if not host:
+    if not uri.host:
         raise QimgError("missing hostname in URI")
-    if not u.path:
+    if not uri.path:
         raise QimgError("missing remote path in URI")
+    params = query_params(uri.query)
+    if params is None:
+        raise QimgError("could not parse query parameters")
     out: dict[str, Any] = {}
-    if u.username:
-        out["user"] = unquote(u.username)
-    out["server.host"] = host
-    if port is not None:
-        out["server.port"] = str(port)
-    out["path"] = unquote(u.path)
-    for key, value in parse_qsl(u.query, keep_blank_values=True):
-        if key == "host_key_check":  # the one query parameter QEMU understands; others are ignored
+    if uri.user:
+        out["user"] = uri.user
+    out["server.host"] = uri.host
+    out["server.port"] = str(uri.port or 22)
+    out["path"] = uri.path
+    for key, value in params:
+        if key == "host_key_check":  # the one query parameter QEMU understands
             out["host_key_check"] = value
+        elif compat.has("glib-uri"):
+            api.report(f"warning: Unsupported parameter '{key}' in URI")  # 7.2 ignores it silently
     return out
 
 
@@ -205,12 +209,7 @@ _C_INT = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
 def _legacy_port(value: Any) -> str:
     """The legacy ``port`` option, a QEMU_OPT_NUMBER: checked as QEMU parses it, kept as
     given (the connection uses the text)."""
-    if isinstance(value, bool):
-        text = "on" if value else "off"
-    elif isinstance(value, float):
-        text = f"{value:.17g}" # (a JSON number QEMU holds as a double: 1.0 is "1")
-    else:
-        text = str(value)
+    text = qobject_text(value)
     m = _C_U64.fullmatch(text)
     if not m:
         raise QimgError("Parameter 'port' expects a number")
@@ -247,6 +246,8 @@ class SshProtocol(Protocol):
     @classmethod
     def dirname_for(cls, filename: str) -> str:
         opts = parse_url(filename)
+        if "server.host" not in opts:
+            raise QimgError("Parameter 'server' is missing")
         if "host_key_check" in opts:
             raise QimgError("Cannot generate a base directory with host_key_check set")
         from qimg.names import path_combine
@@ -274,29 +275,36 @@ class SshProtocol(Protocol):
                  if k in self.strong_runtime_options or k.startswith("server.")}
         host = opts.pop("host", None)
         port = opts.pop("port", None)
-        if host is not None or port is not None:
-            if any(k.startswith("server.") for k in opts):
-                raise QimgError("host and server.* cannot be used at the same time")
+        if port is not None:
+            port = _legacy_port(port)
+            if host is None:
+                raise QimgError("port may not be used without host")
+        for key in ("server", "host-key-check"):
+            if key in opts:  # a json: name's string where QEMU's QAPI wants an object
+                raise QimgError(f"Invalid parameter type for '{key}', expected: object")
         server = {k[7:]: v for k, v in opts.items() if k.startswith("server.")}
         for k in list(opts):
             if k.startswith("server."):
                 del opts[k]
-        if host is not None:
+        if host is not None:  # QEMU's legacy options overwrite server.host and server.port
             server["host"] = host
-        if port is not None:
-            server["port"] = _legacy_port(port)
+            server["port"] = port if port is not None else "22"
+        if not server:
+            raise QimgError("Parameter 'server' is missing")
         if "host" not in server:
             raise QimgError("Parameter 'server.host' is missing")
+        if "port" not in server:
+            raise QimgError("Parameter 'server.port' is missing")
         path = opts.pop("path", None)
         if path is None:
             raise QimgError("Parameter 'path' is missing")
-        self.host = str(server.pop("host"))
-        self.port = str(server.pop("port", "22"))
+        self.host = qobject_text(server.pop("host"))
+        self.port = qobject_text(server.pop("port", "22"))
         if not _C_INT.fullmatch(self.port):
             raise QimgError("Use only numeric port value")  # (QEMU's qemu_strtoi, base 10)
         self._plain_server = not any(k in server for k in ("ipv4", "ipv6", "to", "numeric"))
-        self.path = str(path)
-        self.user = str(opts.pop("user", None) or _user())
+        self.path = qobject_text(path)
+        self.user = qobject_text(opts.pop("user", None) or _user())
         self.legacy_check = opts.pop("host_key_check", None)
         check = {k[15:]: v for k, v in opts.items() if k.startswith("host-key-check.")}
         for key in opts:  # QEMU's QAPI visitor refuses other keys before connecting
@@ -338,14 +346,14 @@ class SshProtocol(Protocol):
             raise QimgError(f"unknown host_key_check setting ({legacy})")
         mode = str(check.get("mode", "known_hosts"))
         if mode not in ("none", "hash", "known_hosts"):
-            raise QimgError(f"Parameter 'host-key-check.mode' does not accept value '{mode}'")
+            raise QimgError(f"Parameter 'mode' does not accept value '{mode}'")
         if mode != "hash":
             return mode, None, None
         kind = check.get("type")
         if kind is None:
             raise QimgError("Parameter 'host-key-check.type' is missing")
         if kind not in _HASHES:
-            raise QimgError(f"Parameter 'host-key-check.type' does not accept value '{kind}'")
+            raise QimgError(f"Parameter 'type' does not accept value '{kind}'")
         if check.get("hash") is None:
             raise QimgError("Parameter 'host-key-check.hash' is missing")
         return "hash", str(kind), str(check["hash"])
