@@ -68,6 +68,10 @@ _SUN_PATH = 108
 
 def connect(server: Server, timeout: float) -> socket.socket:
     """A connected socket, or QimgError in QEMU's words (``Failed to connect to 'h:p': ...``)."""
+    if server.kind == "fd":
+        return _socket_fd(server.path, timeout)
+    if server.kind == "vsock":
+        return _vsock(server, timeout)
     if server.kind == "unix":
         if not server.path:  # QEMU connects to an empty address, which nothing listens on
             raise with_errno(QimgError(f"Failed to connect to '': {os.strerror(errno.ECONNREFUSED)}"),
@@ -109,6 +113,53 @@ def connect(server: Server, timeout: float) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     raise _connect_error(server, last or _io_error(errno.ECONNREFUSED)) from None
+
+
+def _socket_fd(text: str, timeout: float) -> socket.socket:
+    """``server.type=fd``: a socket the caller opened, by its descriptor number (QEMU's
+    ``socket_get_fd`` outside a monitor: qemu_strtoi, then a socket or refused). Each
+    connection gets its own duplicate of it."""
+    import re
+    import stat
+
+    m = re.fullmatch(r"[ \t\n\v\f\r]*([+-]?[0-9]+)", text)
+    if m is None:
+        # (qemu_strtoi leaves errno as it was, 0: QEMU's message has no reason)
+        raise with_errno(QimgError(f"Unable to parse FD number {text}"), errno.EINVAL)
+    fd = int(m.group(1))
+    if not -(1 << 31) <= fd < 1 << 31:
+        raise with_errno(QimgError(f"Unable to parse FD number {text}: {os.strerror(errno.ERANGE)}"), errno.ERANGE)
+    try:
+        is_socket = fd >= 0 and stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        is_socket = False
+    if not is_socket:
+        raise QimgError(f"File descriptor '{text}' is not a socket")
+    sock = socket.socket(fileno=os.dup(fd))
+    sock.settimeout(timeout)
+    return sock
+
+
+def _vsock(server: Server, timeout: float) -> socket.socket:
+    """``server.type=vsock``: AF_VSOCK to (cid, port), both parsed as QEMU's parse_uint_full."""
+    numbers = []
+    for what, text in (("cid", server.host), ("port", server.port)):
+        t = text.lstrip(" \t\n\v\f\r")
+        if not t.isdigit() or not t.isascii() or int(t) > 0xFFFFFFFF:
+            raise QimgError(f"Failed to parse {what} '{text}'")
+        numbers.append(int(t))
+    try:
+        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    except (OSError, AttributeError) as e:
+        code = getattr(e, "errno", None) or errno.EAFNOSUPPORT
+        raise with_errno(QimgError(f"Failed to create socket family 40: {os.strerror(code)}"), code) from None
+    sock.settimeout(timeout)
+    try:
+        sock.connect((numbers[0], numbers[1]))
+    except OSError as e:
+        sock.close()
+        raise _connect_error(server, e) from None
+    return sock
 
 
 def _connect_error(server: Server, e: OSError) -> QimgError:

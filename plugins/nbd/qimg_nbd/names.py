@@ -12,6 +12,7 @@ import socket
 
 from qimg import api, compat
 from qimg.errors import QimgError
+from qimg.options import qobject_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ def parse_url(name: str) -> dict[str, Any]:
         if glib and escaped and (_is_ip(host, socket.AF_INET) or _is_ip(host, socket.AF_INET6)):
             raise QimgError(_URL_ERROR)  # GLib: an IP address may not be percent-encoded
     port = None
+    if port_text == "" and not glib:
+        raise QimgError(_URL_ERROR)  # 7.2's parser: a ':' needs digits after it
     if port_text is not None and port_text != "":
         if not port_text.isdigit() or not port_text.isascii() or int(port_text) > 65535:
             raise QimgError(_URL_ERROR)
@@ -229,7 +232,8 @@ def parse_filename(name: str, given: Mapping[str, Any] | None = None) -> dict[st
 
 
 class Server:
-    """Where the NBD server listens: ``kind`` "inet" (host, port) or "unix" (path), with the
+    """Where the NBD server listens: ``kind`` "inet" (host, port), "unix" (path), "vsock" (cid
+    in ``host``, port) or "fd" (a connected socket's descriptor number in ``path``), with the
     socket options of QEMU's SocketAddress that change the connection: ``keep_alive``,
     ``abstract``, ``tight``; ``plain``: a URL can name it (no ``ipv4``, ``ipv6`` or ``to``)."""
 
@@ -243,7 +247,7 @@ class Server:
         self.plain = opts.get("plain", True)
 
     def __str__(self) -> str:
-        return self.path if self.kind == "unix" else f"{self.host}:{self.port}"
+        return self.path if self.kind in ("unix", "fd") else f"{self.host}:{self.port}"
 
 
 def server_from_options(opts: dict[str, Any]) -> Server:
@@ -268,15 +272,19 @@ def server_from_options(opts: dict[str, Any]) -> Server:
     kind = addr.pop("type", None)
     if kind is None:
         raise QimgError("Parameter 'type' is missing")
-    kind = str(kind)
+    kind = qobject_text(kind)
     if kind == "inet":
         wanted = ("host", "port")
         allowed = {"host", "port", "numeric", "to", "ipv4", "ipv6", "keep-alive", "mptcp"}
     elif kind == "unix":
         wanted = ("path",)
         allowed = {"path", "abstract", "tight"}
-    elif kind in ("fd", "vsock"):
-        raise QimgError(f"NBD servers of type '{kind}' are not supported by qimg (inet and unix are)")
+    elif kind == "vsock":
+        wanted = ("cid", "port")
+        allowed = {"cid", "port"}
+    elif kind == "fd":
+        wanted = ("str",)
+        allowed = {"str"}
     else:
         raise QimgError(f"Parameter 'type' does not accept value '{kind}'")
     for key in addr:
@@ -285,10 +293,14 @@ def server_from_options(opts: dict[str, Any]) -> Server:
     for key in wanted:
         if addr.get(key) is None:
             raise QimgError(f"Parameter '{key}' is missing")
+    if kind == "vsock":
+        return Server("vsock", host=qobject_text(addr["cid"]), port=qobject_text(addr["port"]), plain=False)
+    if kind == "fd":
+        return Server("fd", path=qobject_text(addr["str"]), plain=False)
     flags = {k: _bool(k, addr[k]) for k in ("numeric", "ipv4", "ipv6", "keep-alive", "mptcp", "abstract", "tight")
              if k in addr}
     if kind == "unix":
-        return Server("unix", path=str(addr["path"]), abstract=flags.get("abstract", False),
+        return Server("unix", path=qobject_text(addr["path"]), abstract=flags.get("abstract", False),
                       tight=flags.get("tight", True))
     if "to" in addr:
         _uint16("to", addr["to"])  # the last port to try: a listener's option, ignored by a connect
@@ -298,7 +310,7 @@ def server_from_options(opts: dict[str, Any]) -> Server:
     # qemu-img connects the same whatever ipv4, ipv6, numeric and mptcp say (observed with
     # 7.2 and 10.0: ipv6=on reaches 127.0.0.1, numeric=on resolves localhost): they only
     # change the node's name, as does ``to``
-    return Server("inet", host=str(addr["host"]), port=str(addr["port"]), keep_alive=flags.get("keep-alive", False),
+    return Server("inet", host=qobject_text(addr["host"]), port=qobject_text(addr["port"]), keep_alive=flags.get("keep-alive", False),
                   plain=ipv4 is None and ipv6 is None and "to" not in addr)
 
 

@@ -260,6 +260,8 @@ class NBDProtocol(Protocol):
     def _grow(self, wanted: int, generation: int) -> None:
         """Open connections up to ``wanted`` (in a thread of its own, while the first one
         already serves the readers); a failure leaves the ones there are."""
+        if self.server.kind == "fd":
+            wanted = 1  # the caller's socket is one connection
         try:
             while len(self._conns) < min(wanted, MAX_CONNECTIONS) and not self._closing:
                 try:
