@@ -152,46 +152,41 @@ class HttpProtocol(Protocol):
         # libcurl does.
         self._idle: list[Any] = []
         self._ssl_context: Any = None
-        self._fast = self._fast_target(url)
-        size = self._fast_head() if self._fast else None
-        if size is not None:
-            self._size = size
-            return
-        self._fast = False
+        parts = curl_url(url)
+        if parts is None:
+            # libcurl refuses the URL before it fills QEMU's error buffer: the reason is empty
+            raise QimgError("CURL: Error opening file: ")
+        self._scheme, user, password, self._host, self._port, self._path = parts
+        if self._port == 0:  # libcurl connects to port 0, which refuses (urllib3 would take 80)
+            raise QimgError(f"CURL: Error opening file: Failed to connect to {self._host} port 0 after 0 ms: "
+                            "Couldn't connect to server")
+        self._headers = self._auth_headers(user, password)
+        # the URL the requests go to: the host and port as libcurl read them, the path as given
+        # (urllib3 re-encodes a stray '%'; the fast path sends it as it is, as libcurl does)
+        shown_host = f"[{self._host}]" if ":" in self._host else self._host
+        self._target = f"{self._scheme}://{shown_host}:{self._port}{self._path}"
+        self._fast = _proxy_for(self._scheme, self._host) is None
         try:
+            size = self._fast_head() if self._fast else None
+            if size is not None:
+                self._size = size
+                return
+            self._fast = False
             self._urllib3()
             self._size = self._head()
         except CurlError as e:
-            self._pool.clear()
+            if self._pool is not None:
+                self._pool.clear()
             raise QimgError(f"CURL: Error opening file: {e}") from None
 
-    def _fast_target(self, url: str) -> bool:
-        """Set up the fast path's scheme, host, port, path and headers: False if the URL is one
-        it leaves to urllib3 (anything unusual, a proxy)."""
-        from urllib.parse import urlsplit
-
-        try:
-            parts = urlsplit(url)
-            host, port = parts.hostname, parts.port
-        except ValueError:
-            return False
-        if not host or parts.scheme not in ("http", "https") or _proxy_for(parts.scheme, host) is not None:
-            return False
-        self._scheme, self._host = parts.scheme, host
-        self._port = port or (443 if parts.scheme == "https" else 80)
-        self._path = _request_target(url)
-        auth = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else None
-        self._headers = self._auth_headers(auth)
-        return True
-
-    def _auth_headers(self, auth: str | None) -> dict[str, str]:
+    def _auth_headers(self, url_user: str | None, url_password: str | None) -> dict[str, str]:
         headers: dict[str, str] = {}
         if self._cookie:
             headers["Cookie"] = str(self._cookie)
         username, password = self._username, self._password
-        if username is None and auth:
-            username, _, rest = auth.partition(":")
-            password = password if password is not None else (rest if _ else None)
+        if username is None and url_user is not None:
+            username = url_user
+            password = password if password is not None else url_password
         if username is not None:
             headers["Authorization"] = _basic(str(username), password)
         return headers
@@ -202,16 +197,12 @@ class HttpProtocol(Protocol):
             return self._pool
         import urllib3
 
-        parsed = urllib3.util.parse_url(self.url)
-        self._host = parsed.host or ""
-        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        self._headers = self._auth_headers(parsed.auth)
         timeout = self._seconds
         self._timeout = urllib3.Timeout(connect=timeout, read=timeout) if timeout else urllib3.Timeout(None, None)
         self._retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=MAX_REDIRECTS,
                                       raise_on_redirect=True, raise_on_status=False)
         pool_kw: dict[str, Any] = {"num_pools": 4, "maxsize": CONNECTIONS, "block": True}
-        if parsed.scheme == "https":
+        if self._scheme == "https":
             if self._sslverify:
                 pool_kw.update(cert_reqs="CERT_REQUIRED")
             else:
@@ -219,7 +210,7 @@ class HttpProtocol(Protocol):
                 import warnings
 
                 warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
-        proxy = _proxy_for(parsed.scheme, self._host)
+        proxy = _proxy_for(self._scheme, self._host)
         if proxy is not None:
             headers = {}
             if self._proxy_user is not None:
@@ -401,6 +392,9 @@ class HttpProtocol(Protocol):
             resp.read()
             length = resp.getheader("Content-Length")
             ranges = any(k.lower() == "accept-ranges" and v.startswith("bytes") for k, v in resp.getheaders())
+            if resp.status >= 400:
+                # libcurl's answer to it, whatever urllib3 would make of the URL (it re-encodes)
+                raise CurlError(f"The requested URL returned error: {resp.status}")
             if resp.status != 200 or length is None or not length.isdigit() or not ranges:
                 return None
             keep = not resp.will_close
@@ -535,14 +529,75 @@ class HttpsProtocol(HttpProtocol):
     protocol_name = "https"
 
 
-def _request_target(url: str) -> str:
-    """The path and query of ``url`` as given (curl sends them unchanged), ``/`` if none."""
-    rest = url.partition("://")[2]
-    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    target = rest[cut:].partition("#")[0]
+#: bytes libcurl 7.88 refuses in a host name (hostname_check), besides controls and space
+_HOST_JUNK = frozenset("/:#?!@{}[]\\$'\"^`*<>=;,+&()%")
+
+
+def _pct_decode(text: str) -> str | None:
+    from qimg.uri import unescape
+
+    return unescape(text)
+
+
+def curl_url(url: str) -> tuple[str, str | None, str | None, str, int, str] | None:
+    """``scheme://[user[:password]@]host[:port][/path][?query][#fragment]`` as libcurl 7.88
+    reads it (urlapi's parseurl): (scheme, user, password, host, port, request target), the
+    user and password percent-decoded, an IPv6 literal without its brackets, the path and query
+    as written; None for a URL it refuses (CURLE_URL_MALFORMAT): a space or control byte
+    anywhere, more than three slashes, an empty or malformed host, a port that is not a
+    number up to 65535 (an empty one is the scheme's)."""
+    import socket
+
+    if any(c <= " " or c == "\x7f" for c in url):
+        return None
+    scheme, _, rest = url.partition("://")
+    if rest.startswith("/"):
+        rest = rest[1:]  # a third slash is taken
+        if rest.startswith("/"):
+            return None
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    user = password = None
+    if "@" in authority:
+        login, _, authority = authority.partition("@")
+        name, colon, secret = login.partition(":")
+        user, password = _pct_decode(name), _pct_decode(secret) if colon else None
+        if user is None or (colon and password is None):
+            return None
+    if authority.startswith("["):
+        close = authority.find("]")
+        if close < 0:
+            return None
+        inner, after = authority[1:close], authority[close + 1:]
+        host, _, zone = inner.partition("%25")
+        try:
+            socket.inet_pton(socket.AF_INET6, host)
+        except (OSError, ValueError):
+            return None
+        if after and not after.startswith(":"):
+            return None
+        port_text = after[1:]
+    else:
+        host, colon, port_text = authority.rpartition(":")
+        if not colon:
+            host, port_text = authority, ""
+        decoded = _pct_decode(host)
+        if decoded is None or any(c in _HOST_JUNK or c <= " " for c in decoded):
+            return None
+        host = decoded
+    if not host:
+        return None
+    default = 443 if scheme == "https" else 80
+    if port_text:
+        if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+            return None
+        port = int(port_text)
+    else:
+        port = default
+    target = tail.partition("#")[0]
     if target.startswith("?"):
         target = "/" + target
-    return target or "/"
+    return scheme, user, password, host, port, target or "/"
 
 
 def _closed_unanswered(err: BaseException | None) -> bool:
