@@ -35,7 +35,8 @@ def _wait(what: str, ready, proc: subprocess.Popen) -> None:
 
 
 class SshServer:
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, *, ipv6: bool = False) -> None:
+        """``ipv6``: sshd listens on ``[::1]`` too (the same port)."""
         sshd = _need("sshd", "openssh-server")
         keygen = _need("ssh-keygen", "openssh-client")
         agent = _need("ssh-agent", "openssh-client")
@@ -56,7 +57,8 @@ class SshServer:
         self.port = free_port()
         conf = os.path.join(folder, "sshd_config")
         with open(conf, "w") as f:
-            f.write(f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nAuthorizedKeysFile {auth}\n"
+            listen = f"ListenAddress [::1]:{self.port}\n" if ipv6 else ""
+            f.write(f"Port {self.port}\nListenAddress 127.0.0.1\n{listen}HostKey {host_key}\nAuthorizedKeysFile {auth}\n"
                     f"PidFile {folder}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
                     "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
                     "Subsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\nMaxSessions 100\n")

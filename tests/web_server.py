@@ -49,7 +49,8 @@ def self_signed(folder: str) -> tuple[str, str]:
 
 
 class WebServer:
-    def __init__(self, root: str, conf_dir: str) -> None:
+    def __init__(self, root: str, conf_dir: str, *, ipv6: bool = False) -> None:
+        """``ipv6``: listen on ``[::1]`` too (the same two ports, when they are free there)."""
         self.root = root
         nginx = _need("nginx", "nginx-light")
         self.cert, key = self_signed(conf_dir)
@@ -62,6 +63,7 @@ class WebServer:
         temp = "".join(f" {k}_temp_path {conf_dir}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi",
                                                                       "scgi"))
         user = "user root;" if os.geteuid() == 0 else ""
+        listen6 = f"listen [::1]:{self.port}; listen [::1]:{self.tls_port} ssl;" if ipv6 else ""
         conf = f"""{user}
 daemon off;
 master_process on;
@@ -77,6 +79,7 @@ http {{
   server {{
     listen 127.0.0.1:{self.port};
     listen 127.0.0.1:{self.tls_port} ssl;
+    {listen6}
     ssl_certificate {self.cert};
     ssl_certificate_key {key};
     root {root};
