@@ -47,7 +47,7 @@ class Option(FrozenValue):
         :func:`as_int64`); 7.2 warns about a suffix on a hex size through ``qimg.api.report``
         unless ``quiet``."""
         if self.type == BOOL:
-            v = value.lower()
+            v = value  # qapi_bool_parse: lower case only ("ON" is refused)
             if v in _TRUE:
                 return True
             if v in _FALSE:
