@@ -428,6 +428,8 @@ def _open_node(
             if top_driver is None and options.get("file.driver") in (None, "file"):
                 check_file(options)
         except QimgError as e:
+            if filename is None:  # named by options alone: open() names it
+                raise
             raise QimgError(f"Could not open '{shown}': {e.message}", e.exit_code) from None
     # -f file: the file protocol is the image's driver and opens the name as a path
     # (nbd://h/x is a file of that name, as QEMU's), its "file:" prefix aside

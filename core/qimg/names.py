@@ -69,8 +69,8 @@ def flatten_options(value: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     keys and ``,,`` escapes, and the flat dict of their typed values."""
     from .options import qobject_text
 
-    pairs: list[str] = []
     typed: dict[str, Any] = {}
+    nested: set[str] = set()  # keys a nested object gave
 
     def walk(obj: Mapping[str, Any], path: str) -> None:
         for key, val in obj.items():
@@ -79,16 +79,20 @@ def flatten_options(value: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
             elif isinstance(val, list) and val:
                 # QEMU's qdict_flatten: list items are numbered keys ("inject-error.0.event")
                 walk({str(i): item for i, item in enumerate(val)}, f"{path}{key}.")
-            elif val is None:
-                typed[path + key] = None  # "backing": null
             else:
+                name = path + key
+                if not path and name in nested:
+                    # QEMU's qdict_flatten puts a nested object's members over the top-level
+                    # dotted keys ({"server": {"type": "unix"}, "server.type": "inet"}: unix)
+                    continue
+                if path:
+                    nested.add(name)
                 if isinstance(val, int) and not isinstance(val, bool) and not -(1 << 63) <= val < 1 << 64:
                     val = float(val)  # QEMU's parser: an integer out of int64/uint64 is a double
-                typed[path + key] = val
-                text = qobject_text(val)
-                pairs.append(f"{path}{key}={text.replace(',', ',,')}")
+                typed[name] = val  # None: "backing": null
 
     walk(value, "")
+    pairs = [f"{k}={qobject_text(v).replace(',', ',,')}" for k, v in typed.items() if v is not None]
     return ",".join(pairs), typed
 
 

@@ -61,6 +61,18 @@ def target_from_options(text: str, typed: dict[str, Any], fmt: str | None, json_
         raise QimgError('A block device must be specified for "file"')
     if "backing" in typed and typed["backing"] is None:
         parsed["backing"] = None  # json: "backing": null, no backing file
+    for key, value in typed.items():
+        # a null where QEMU's QAPI visitor reads the options ("Internal error: parameter port
+        # invalid"): inside a socket address (nbd's and ssh's "server", ssh's
+        # "host-key-check"), and ssh's own members; a QemuOpts option ignores one, as the
+        # option string leaves it out
+        if value is None:
+            *parents, leaf = key.split(".")
+            node = ".".join(parents)
+            node_driver = driver if not node else parsed.get(node + ".driver")
+            if any(p in ("server", "host-key-check") for p in parents) or \
+                    (node_driver == "ssh" and leaf in ("user", "path")):
+                parsed[key] = None
     if parsed.get("backing") == "":
         from . import api  # its report() is the one the command line redirects
 
