@@ -85,9 +85,14 @@ def parse(text: str) -> URI | None:
         return None
     user = None
     if "@" in authority:
-        userinfo, _, authority = authority.rpartition("@")
+        at = authority.find("@")
+        userinfo, authority = authority[:at], authority[at + 1:]
+        if not userinfo and not glib:
+            # 7.2 unescapes an empty user information with its length 0, which its
+            # uri_string_unescape reads as "to the end": the user is the rest of the URI
+            userinfo = text[len(scheme) + 3:]
         user = unescape(userinfo)
-        if user is None:
+        if user is None or ("@" in authority and not glib):  # 7.2: a host has no '@' (GLib takes it)
             return None
     if authority.startswith("["):
         close = authority.find("]")
@@ -121,24 +126,56 @@ def parse(text: str) -> URI | None:
             if not port_text.isdigit() or not port_text.isascii() or int(port_text) > 65535:
                 return None
             port = int(port_text)
-    upath = unescape(path)
+    upath = unescape(remove_dot_segments(path) if glib else path)
     if upath is None:
         return None
     return URI(scheme, user, host or None, port, upath, query if qsep else None, fragment)
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 (GLib applies it to a parsed URI's path; QEMU 7.2's parser does not)."""
+    out: list[str] = []
+    while path:
+        if path.startswith("../"):
+            path = path[3:]
+        elif path.startswith("./"):
+            path = path[2:]
+        elif path.startswith("/./"):
+            path = path[2:]
+        elif path == "/.":
+            path = "/"
+        elif path.startswith("/../"):
+            path = path[3:]
+            if out:
+                out.pop()
+        elif path == "/..":
+            path = "/"
+            if out:
+                out.pop()
+        elif path in (".", ".."):
+            path = ""
+        else:
+            cut = path.find("/", 1)
+            cut = len(path) if cut < 0 else cut
+            out.append(path[:cut])
+            path = path[cut:]
+    return "".join(out)
 
 
 def query_params(query: str | None) -> list[tuple[str, str]] | None:
     """The query's parameters, every piece in order (repeated names too), unescaped; None
     when the query is invalid. 7.2's ``query_params_parse``: pieces end at the next '&' (at
     the next ';' when no '&' is left), empty pieces and "=value" are skipped, a piece without
-    '=' is a name with an empty value. GLib (10.0): pieces end at '&', each needs an '='."""
+    '=' is a name with an empty value. GLib (10.0): pieces end at '&', each needs an '=' (an
+    empty last one aside)."""
     params: list[tuple[str, str]] = []
     if not query:
         return params
     if compat.has("glib-uri"):
-        for part in query.split("&"):
-            if not part:
-                continue
+        parts = query.split("&")
+        if parts[-1] == "":
+            parts.pop()  # GLib: a '&' at the end ends the query
+        for part in parts:
             key, eq, value = part.partition("=")
             k, v = unescape(key), unescape(value)
             if not eq or k is None or v is None:

@@ -126,7 +126,9 @@ def parse_url(name: str) -> dict[str, Any]:
     if not glib and ("[" in path or "]" in path or "[" in query or "]" in query):
         raise QimgError(_URL_ERROR)
     if "@" in authority:
-        authority = authority.rpartition("@")[2]
+        authority = authority.partition("@")[2]
+        if "@" in authority and not glib:  # 7.2: a host has no '@' (GLib takes it)
+            raise QimgError(_URL_ERROR)
     bracketed = authority.startswith("[")
     if bracketed:
         close = authority.find("]")
@@ -154,6 +156,10 @@ def parse_url(name: str) -> dict[str, Any]:
             raise QimgError(_URL_ERROR)
         port = int(port_text)
     opts: dict[str, Any] = {}
+    if glib:
+        from qimg.uri import remove_dot_segments
+
+        path = remove_dot_segments(path)  # GLib's parse removes "." and ".." segments
     export = _unescape(path)
     if export.startswith("/"):
         export = export[1:]
@@ -269,6 +275,9 @@ def server_from_options(opts: dict[str, Any]) -> Server:
     addr = {k[7:]: opts.pop(k) for k in [k for k in opts if k.startswith("server.")]}
     if not addr:
         raise QimgError("NBD server address missing")
+    for key in addr:  # a json: null where QEMU's visitor wants a string
+        if addr[key] is None and "." not in key:
+            raise QimgError(f"Internal error: parameter {key} invalid")
     kind = addr.pop("type", None)
     if kind is None:
         raise QimgError("Parameter 'type' is missing")
@@ -287,6 +296,9 @@ def server_from_options(opts: dict[str, Any]) -> Server:
         allowed = {"str"}
     else:
         raise QimgError(f"Parameter 'type' does not accept value '{kind}'")
+    for key in addr:
+        if "." in key:  # a json: list or object where a member is a string
+            raise QimgError(f"Parameters '{key.partition('.')[0]}.*' are unexpected")
     for key in addr:
         if key not in allowed:
             raise QimgError(f"Parameter '{key}' is unexpected")

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = float(os.environ.get("QIMG_SSH_TIMEOUT") or 120)
 _HASHES = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256}
 _NAME_KEYS = ("user", "host", "port", "path", "host_key_check")
+#: the members of QEMU's InetSocketAddress (server.*)
+_INET_KEYS = ("host", "port", "numeric", "to", "ipv4", "ipv6", "keep-alive", "mptcp")
 #: SFTP status codes of the errno paramiko raises
 _SFTP_CODES = {errno.ENOENT: 2, errno.EACCES: 3}
 
@@ -185,7 +187,10 @@ def parse_url(filename: str) -> dict[str, Any]:
         raise QimgError("missing remote path in URI")
     params = query_params(uri.query)
     if params is None:
-        raise QimgError("could not parse query parameters")
+        if compat.has("glib-uri"):
+            params = []  # 10.0 reads no parameter from a query GLib refuses
+        else:
+            raise QimgError("could not parse query parameters")
     out: dict[str, Any] = {}
     if uri.user:
         out["user"] = uri.user
@@ -279,6 +284,9 @@ class SshProtocol(Protocol):
             port = _legacy_port(port)
             if host is None:
                 raise QimgError("port may not be used without host")
+        for key, value in opts.items():
+            if value is None and (key in ("user", "path") or key.startswith(("server.", "host-key-check."))):
+                raise QimgError(f"Internal error: parameter {key} invalid")  # a json: null
         for key in ("server", "host-key-check"):
             if key in opts:  # a json: name's string where QEMU's QAPI wants an object
                 raise QimgError(f"Invalid parameter type for '{key}', expected: object")
@@ -295,6 +303,9 @@ class SshProtocol(Protocol):
             raise QimgError("Parameter 'server.host' is missing")
         if "port" not in server:
             raise QimgError("Parameter 'server.port' is missing")
+        for key in server:  # QEMU's InetSocketAddress
+            if key not in _INET_KEYS:
+                raise QimgError(f"Parameter 'server.{key}' is unexpected")
         path = opts.pop("path", None)
         if path is None:
             raise QimgError("Parameter 'path' is missing")
@@ -304,12 +315,16 @@ class SshProtocol(Protocol):
             raise QimgError("Use only numeric port value")  # (QEMU's qemu_strtoi, base 10)
         self._plain_server = not any(k in server for k in ("ipv4", "ipv6", "to", "numeric"))
         self.path = qobject_text(path)
-        self.user = qobject_text(opts.pop("user", None) or _user())
+        user = opts.pop("user", None)
+        if user is not None and qobject_text(user) == "":
+            raise QimgError("failed to set the user in the libssh session: Invalid argument in ssh_options_set "
+                            "(libssh error code: 2)")
+        self.user = qobject_text(user) if user is not None else _user()
         self.legacy_check = opts.pop("host_key_check", None)
         check = {k[15:]: v for k, v in opts.items() if k.startswith("host-key-check.")}
         for key in opts:  # QEMU's QAPI visitor refuses other keys before connecting
             if not key.startswith("host-key-check."):
-                raise QimgError(f"Parameter '{key}' is unexpected")
+                raise QimgError(f"Parameter '{key.partition('.')[0]}' is unexpected")
         mode, kind, expected = self._host_key_mode(check)
         self.given = given
         self.writable = writable
@@ -347,6 +362,10 @@ class SshProtocol(Protocol):
         mode = str(check.get("mode", "known_hosts"))
         if mode not in ("none", "hash", "known_hosts"):
             raise QimgError(f"Parameter 'mode' does not accept value '{mode}'")
+        members = ("mode", "type", "hash") if mode == "hash" else ("mode",)  # QEMU's SshHostKeyCheck union
+        for key in check:
+            if key not in members:
+                raise QimgError(f"Parameter 'host-key-check.{key}' is unexpected")
         if mode != "hash":
             return mode, None, None
         kind = check.get("type")
@@ -498,9 +517,10 @@ class SshProtocol(Protocol):
         return self.filename if self._plain_server else None
 
     def json_options(self) -> dict[str, Any]:
-        from qimg.protocol import nested_options
+        # QEMU names the node with its options flat ("server.host"), in QDict order
+        from qimg.ops.qjson import qdict_order
 
-        return nested_options("ssh", self.given)
+        return {"driver": "ssh", **{k: self.given[k] for k in qdict_order(list(self.given))}}
 
     def dirname(self) -> str:
         if self.legacy_check is not None:
