@@ -183,10 +183,15 @@ class HttpProtocol(Protocol):
         headers: dict[str, str] = {}
         if self._cookie:
             headers["Cookie"] = str(self._cookie)
+        # as libcurl (7.88) under QEMU's options, observed: with password-secret, the
+        # username option (else the URL's user) and that password; without it, the URL's
+        # credentials when it has some, else the username option alone
         username, password = self._username, self._password
-        if username is None and url_user is not None:
-            username = url_user
-            password = password if password is not None else url_password
+        if password is not None:
+            if username is None:
+                username = url_user
+        elif url_user is not None:
+            username, password = url_user, url_password
         if username is not None:
             headers["Authorization"] = _basic(str(username), password)
         return headers
