@@ -257,6 +257,66 @@ NBD_NAMES: list[tuple[str, ...]] = [
     ('json:{{"driver":"raw","file":{{"driver":"nbd","server":{{"type":"unix","path":"{sock}"}},"export":"exp"}}}}',),
     ('json:{{"driver":"raw","file":"nbd+unix:///exp?socket={sock}"}}',),
     ('json:{{"driver":"raw","file.filename":"nbd://127.0.0.1:{port}/disk.raw"}}',),
+    # more: ports and hosts spelled otherwise, escapes in exports, block-layer options
+    ("nbd://127.0.0.1:{port}/./disk.raw",), ("nbd://127.0.0.1:{port}/x/../disk.raw",), ("nbd://127.0.0.1:{port}/..",),
+    ("nbd://127.0.0.1:0{port}/disk.raw",), ("nbd://127.0.0.1:+{port}/disk.raw",), ("nbd://LOCALHOST:{port}/disk.raw",),
+    ("nbd://127.0.0.1:{port}/disk%2Eraw",), ("nbd://127.0.0.1:{port}/%2Fdisk.raw",), ("nbd://127.0.0.1:{port}/disk.raw%",),
+    ("nbd://127.0.0.1:{port}/disk.raw%zz",), ("nbd://127.0.0.1:{port}/disk.raw?socket",),
+    ("nbd://127.0.0.1:{port}/disk.raw#a#b",), ("nbd://127.0.0.1:{port}/dis[k.raw",), ("nbd://[127.0.0.1]:{port}/disk.raw",),
+    ("nbd://[]:{port}/disk.raw",), ("nbd://%31%32%37.0.0.1:{port}/disk.raw",), ("nbd://a@b@127.0.0.1:{port}/disk.raw",),
+    ("nbd+unix:///exp?socket={sock}&",), ("nbd+unix:///exp?&socket={sock}",), ("nbd+unix:///exp?socket={sock};x=1",),
+    ("nbd+unix:///exp?=x&socket={sock}",), ("nbd+unix:///exp/?socket={sock}",), ("nbd+unix:///%65xp?socket={sock}",),
+    ("nbd:127.0.0.1:{port}:exportname=disk.raw:exportname=disk.qcow2",), ("nbd:unix:{sock}:exportname=exp:x",),
+    ("nbd:127.0.0.1:nbd:exportname=disk.raw",), ("nbd:127.0.0.1:+{port}:exportname=disk.raw",),
+    ("nbd:127.0.0.1: {port}:exportname=disk.raw",), ("nbd:[::1]:{port6}",), ("nbd:[::1:{port6}",), ("nbd:[]:{port6}",),
+    ("nbd:",), ("nbd:unix",), ("nbd:unix:{sock}:",), ("nbd:127.0.0.1:{port}:",),
+    ("--image-opts", "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=+{port},export=disk.raw"),
+    ("--image-opts", "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port= {port},export=disk.raw"),
+    ("--image-opts", "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=0x10,export=disk.raw"),
+    ("--image-opts", "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},export="),
+    ("--image-opts", "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},export=disk.raw,"
+                     "server.ipv6=on"),
+    ("--image-opts", "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},export=disk.raw,"
+                     "server.ipv4=off,server.ipv6=off"),
+    ("--image-opts", "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},export=disk.raw,"
+                     "server.ipv4=x"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,server.abstract=on"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,server.port=1"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,read-only=on"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,node-name=n0"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,node-name=0n"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,detect-zeroes=on"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,cache.direct=on"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,discard=unmap"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,force-share=on"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,file.driver=file"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,reconnect-delay=-1"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,open-timeout=1k"),
+    ("--image-opts", "driver=nbd,server.type=unix,server.path={sock},export=exp,tls-creds=x,tls-hostname=y"),
+    ("--image-opts", "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},export=disk.raw,"
+                     "x-dirty-bitmap=qemu:allocation-depth"),
+    ("--image-opts", "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path={sock},file.export=exp,"
+                     "offset=512,size=1M"),
+    ("--image-opts", "driver=raw,file.driver=nbd,file.host=127.0.0.1,file.port={port},file.export=disk.raw"),
+    ("--image-opts", "driver=raw,file.driver=nbd,file.filename=nbd://127.0.0.1:{port}/disk.raw"),
+    ("--image-opts", "driver=raw,file.filename=nbd://127.0.0.1:{port}/disk.raw"),
+    ("--image-opts", "driver=raw,file.filename=nbd:unix:{sock}:exportname=exp"),
+    ("--image-opts", "file.filename=nbd://127.0.0.1:{port}/disk.qcow2"),
+    ("--image-opts", "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},export=disk.raw,"
+                     "server.host=localhost"),
+    ('json:{{"driver":"nbd","server":{{"type":"inet","host":"127.0.0.1","port":"{port}","ipv4":true}},'
+     '"export":"disk.raw"}}',),
+    ('json:{{"driver":"nbd","server":{{"type":"inet","host":"127.0.0.1","port":{port}.0}},"export":"disk.raw"}}',),
+    ('json:{{"driver":"nbd","server":{{"type":"inet","host":"127.0.0.1","port":null}},"export":"disk.raw"}}',),
+    ('json:{{"driver":"nbd","server":{{"type":"inet","host":"127.0.0.1","port":["{port}"]}},"export":"disk.raw"}}',),
+    ('json:{{"driver":"nbd","server":{{}},"export":"disk.raw"}}',), ('json:{{"driver":"nbd","server":[],"export":"x"}}',),
+    ('json:{{"driver":"nbd","server":{{"type":"unix","path":"{sock}"}},"export":"exp","read-only":true}}',),
+    ('json:{{"driver":"nbd","server":{{"type":"unix","path":"{sock}"}},"export":"exp","server.type":"inet"}}',),
+    ('json:{{"driver":"nbd","server.type":"unix","server":{{"path":"{sock}"}},"export":"exp"}}',),
+    ('json:{{"driver":"raw","file":{{"driver":"nbd","server":{{"type":"unix","path":"{sock}"}},"export":"exp"}},'
+     '"offset":4096}}',),
+    ('json:{{"driver":"qcow2","file":{{"driver":"nbd","server":{{"type":"inet","host":"127.0.0.1",'
+     '"port":"{port}"}},"export":"disk.qcow2"}},"backing":null}}',),
     # format given
     ("-f", "raw", "nbd://127.0.0.1:{port}/disk.qcow2"), ("-f", "qcow2", "nbd://127.0.0.1:{port}/disk.qcow2"),
     ("-f", "qcow2", "nbd://127.0.0.1:{port}/disk.raw"), ("-f", "nbd", "nbd://127.0.0.1:{port}/disk.raw"),
@@ -368,6 +428,57 @@ HTTP_NAMES: list[tuple[str, ...]] = [
     ('json:{{"driver":"raw","file.driver":"http","file.url":"{u}/disk.raw"}}',),
     ('json:{{"driver":"raw","file":"{u}/disk.raw"}}',), ('json:{{"driver":"http","filename":"{u}/disk.raw"}}',),
     ('json:{{"driver":"http","url":"{u}/disk.raw","bogus":true}}',),
+    # more
+    ("{u}/disk.raw?a=b#c",), ("{u}/disk%2Eraw",), ("{u}/disk.raw?%zz",), ("{u}/disk.raw#%zz",), ("{u}/disk.qcow2?",),
+    ("http://LOCALHOST:{port}/disk.raw",), ("http://127.0.0.1:0{port}/disk.raw",), ("http://127.0.0.1:+{port}/disk.raw",),
+    ("http://[::1]:{port}",), ("http://[::1]/disk.raw",), ("http://[::1]x:{port}/disk.raw",),
+    ("http://[fe80::1%25lo]:{dead}/disk.raw",), ("http://[127.0.0.1]:{port}/disk.raw",),
+    ("http://%31%32%37.0.0.1:{port}/disk.raw",), ("http://a@b@127.0.0.1:{port}/disk.raw",),
+    ("http://@127.0.0.1:{port}/auth/disk.raw",), ("http://:secret@127.0.0.1:{port}/auth/disk.raw",),
+    ("http://bob:@127.0.0.1:{port}/auth/disk.raw",), ("http://bob:sec%72et@127.0.0.1:{port}/auth/disk.raw",),
+    ("http://bob:secret@127.0.0.1:{port}/redirect/auth/disk.raw",), ("http://127.0.0.1:{port}?x",),
+    ("http://127.0.0.1:{port}#x",), ("http:////127.0.0.1:{port}/disk.raw",), ("http://127.0.0.1:{port}/\\disk.raw",),
+    ("http://ex_ample.invalid/disk.raw",), ("http://a!b.invalid/disk.raw",), ("http://127.0.0.1:{port}/disk.raw\t",),
+    ("--image-opts", "driver=http,url={u}/disk.raw,readahead=512"),
+    ("--image-opts", "driver=http,url={u}/disk.raw,readahead=0x200"),
+    ("--image-opts", "driver=http,url={u}/disk.raw,readahead=1.5k"),
+    ("--image-opts", "driver=http,url={u}/disk.raw,readahead=16E"),
+    ("--image-opts", "driver=http,url={u}/disk.raw,timeout=10000"),
+    ("--image-opts", "driver=http,url={u}/disk.raw,timeout=10001"),
+    ("--image-opts", "driver=http,url={u}/disk.raw,timeout=0x10"),
+    ("--image-opts", "driver=http,url={u}/disk.raw,timeout=+5"),
+    ("--image-opts", "driver=https,url={t}/disk.raw,sslverify=yes"),
+    ("--image-opts", "driver=https,url={t}/disk.raw,sslverify=false"),
+    ("--image-opts", "driver=https,url={t}/disk.raw,sslverify=n"),
+    ("--image-opts", "driver=https,url={t}/disk.raw,sslverify=OFF"),
+    ("--image-opts", "driver=http,url=HTTP://127.0.0.1:{port}/disk.raw"),
+    ("--image-opts", "driver=http,url={u}/cookie/disk.raw,cookie=a=b;c=d"),
+    ("--image-opts", "driver=http,url={u}/cookie/disk.raw,cookie=a=b,cookie-secret=s"),
+    ("--object", "secret,id=s,data=a=b", "--image-opts", "driver=http,url={u}/cookie/disk.raw,cookie-secret=s"),
+    ("--object", "secret,id=pw,data=secret", "--image-opts",
+     "driver=http,url={u}/auth/disk.raw,username=bob,password-secret=pw"),
+    ("--object", "secret,id=pw,data=secret", "--image-opts",
+     "driver=http,url=http://bob:wrong@127.0.0.1:{port}/auth/disk.raw,password-secret=pw"),
+    ("--object", "secret,id=pw,data=wrong", "--image-opts",
+     "driver=http,url=http://bob:secret@127.0.0.1:{port}/auth/disk.raw,password-secret=pw"),
+    ("--image-opts", "driver=http,url=http://bob:secret@127.0.0.1:{port}/auth/disk.raw,username=alice"),
+    ("--image-opts", "driver=http,url={u}/disk.raw,node-name=h0"),
+    # (not read-only=off: qemu-img opens the node writable and the curl driver refuses, qimg's
+    # info opens it read-only whatever the option says: not done yet)
+    ("--image-opts", "driver=http,url={u}/disk.raw,force-share=on"),
+    ("--image-opts", "driver=raw,file.driver=http,file.url={u}/disk.raw,offset=1M"),
+    ("--image-opts", "driver=raw,file.filename={u}/disk.raw"),
+    ("--image-opts", "driver=raw,file.driver=https,file.url={t}/disk.raw"),
+    ("--image-opts", "file.filename={u}/disk.qcow2"),
+    ('json:{{"driver":"http","url":"{u}/disk.raw","sslverify":true}}',),
+    ('json:{{"driver":"http","url":"{u}/disk.raw","readahead":-512}}',),
+    ('json:{{"driver":"http","url":"{u}/disk.raw","readahead":1e3}}',),
+    ('json:{{"driver":"http","url":"{u}/disk.raw","timeout":5.0}}',),
+    ('json:{{"driver":"http","url":"{u}/disk.raw","timeout":null}}',),
+    ('json:{{"driver":"http","url":"{u}/disk.raw","cookie":5}}',),
+    ('json:{{"driver":"https","url":"{u}/disk.raw"}}',),
+    ('json:{{"driver":"http","url":{{"a":"b"}}}}',),
+    ('json:{{"driver":"http"}}',),
     # format given
     ("-f", "raw", "{u}/disk.qcow2"), ("-f", "qcow2", "{u}/disk.qcow2"), ("-f", "qcow2", "{u}/disk.raw"),
     ("-f", "http", "{u}/disk.raw"), ("-f", "https", "{u}/disk.raw"), ("-f", "http", "{t}/disk.raw"),
@@ -398,7 +509,9 @@ def ssh(sshd, images, monkeypatch):
     monkeypatch.setenv("SSH_AUTH_SOCK", sshd.agent_sock)
     return {"port": sshd.port, "root": str(images), "user": sshd.user, "sha256": sshd.sha256, "md5": sshd.md5,
             "dead": free_port(), "h": f"127.0.0.1:{sshd.port}", "no": "?host_key_check=no",
-            "k": f"?host_key_check=sha256:{sshd.sha256}"}
+            "k": f"?host_key_check=sha256:{sshd.sha256}", "sha256_upper": sshd.sha256.upper(),
+            "sha256_colons": ":".join(sshd.sha256[i:i + 2] for i in range(0, 64, 2)),
+            "md5_colons": ":".join(sshd.md5[i:i + 2] for i in range(0, 32, 2))}
 
 
 #: names on sshd; {h}: 127.0.0.1:PORT, {root}: the images' folder, {no}: ?host_key_check=no,
@@ -497,6 +610,71 @@ SSH_NAMES: list[tuple[str, ...]] = [
      '"host-key-check":{{"mode":"none"}}}}}}',),
     ('json:{{"driver":"ssh","filename":"ssh://{h}{root}/disk.raw{no}"}}',),
     ('json:{{"driver":"raw","file":"ssh://{h}{root}/disk.raw{no}"}}',),
+    # more
+    ("ssh://@{h}{root}/disk.raw{no}",), ("ssh://%72oot@{h}{root}/disk.raw{no}",), ("ssh://{h}{root}/disk%2Eraw{no}",),
+    ("ssh://{h}{root}/disk.raw%zz{no}",), ("ssh://{h}{root}/disk.raw?host_key_check=n%6f",),
+    ("ssh://{h}{root}/disk.raw?host_key_check=sha256:{sha256_upper}",),
+    ("ssh://{h}{root}/disk.raw?host_key_check=sha256:{sha256_colons}",),
+    ("ssh://{h}{root}/disk.raw?host_key_check=md5:{md5_colons}",), ("ssh://{h}{root}/disk.raw?host_key_check=sha256:",),
+    ("ssh://{h}{root}/disk.raw?host_key_check=md5",), ("ssh://{h}{root}/disk.raw?host_key_check=NO",),
+    ("ssh://{h}{root}/disk.raw?&host_key_check=no",), ("ssh://{h}{root}/disk.raw?host_key_check=no&",),
+    ("ssh://{h}{root}/disk.raw?=x&host_key_check=no",), ("ssh://LOCALHOST:{port}{root}/disk.raw{no}",),
+    ("ssh://127.0.0.1:0{port}{root}/disk.raw{no}",), ("ssh://127.0.0.1:+{port}{root}/disk.raw{no}",),
+    ("ssh://[127.0.0.1]:{port}{root}/disk.raw{no}",), ("ssh://[::1]{root}/disk.raw{no}",),
+    ("ssh://{h}{root}/../{root}/disk.raw{no}",), ("ssh://{h}{root}/{no}",), ("ssh://{h}/nonexistent-dir/x{no}",),
+    ("ssh://{h}{root}/dis[k.raw{no}",), ("ssh://a@b@{h}{root}/disk.raw{no}",),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port={port},path={root}/disk.raw,"
+                     "host-key-check.mode=hash,host-key-check.type=sha256,host-key-check.hash={sha256_upper}"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port={port},path={root}/disk.raw,"
+                     "host-key-check.mode=hash,host-key-check.type=sha256,host-key-check.hash={sha256_colons}"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port={port},path={root}/disk.raw,"
+                     "host-key-check.mode=none,host-key-check.type=md5"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port={port},path={root}/disk.raw,"
+                     "host-key-check.mode=known_hosts,host-key-check.hash=00"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port={port},path={root}/disk.raw,user=,"
+                     "host-key-check.mode=none"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port={port},path=,host-key-check.mode=none"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port={port},path=disk.raw,host-key-check.mode=none"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port=+{port},path={root}/disk.raw,"
+                     "host-key-check.mode=none"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port=0x10,path={root}/disk.raw,"
+                     "host-key-check.mode=none"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port={port},server.ipv4=on,path={root}/disk.raw,"
+                     "host-key-check.mode=none"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port={port},server.type=inet,path={root}/disk.raw,"
+                     "host-key-check.mode=none"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port={port},server.bogus=1,path={root}/disk.raw,"
+                     "host-key-check.mode=none"),
+    ("--image-opts", "driver=ssh,port={port},path={root}/disk.raw,host_key_check=no"),
+    ("--image-opts", "driver=ssh,host=127.0.0.1,port=abc,path={root}/disk.raw,host_key_check=no"),
+    ("--image-opts", "driver=ssh,host=127.0.0.1,port=+{port},path={root}/disk.raw,host_key_check=no"),
+    ("--image-opts", "driver=ssh,host=127.0.0.1,port={port},path={root}/disk.raw,host_key_check=yes"),
+    ("--image-opts", "driver=ssh,host=127.0.0.1,port={port},path={root}/disk.raw,host_key_check=md5:{md5}"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port={port},path={root}/disk.raw,"
+                     "host-key-check.mode=none,node-name=s0"),
+    ("--image-opts", "driver=ssh,server.host=127.0.0.1,server.port={port},path={root}/disk.raw,"
+                     "host-key-check.mode=none,read-only=on"),
+    ("--image-opts", "driver=raw,file.driver=ssh,file.server.host=127.0.0.1,file.server.port={port},"
+                     "file.path={root}/disk.raw,file.host-key-check.mode=none,size=1M"),
+    ("--image-opts", "driver=raw,file.filename=ssh://{h}{root}/disk.raw{no}"),
+    ("--image-opts", "driver=raw,file.driver=ssh,file.filename=ssh://{h}{root}/disk.raw{no}"),
+    ("--image-opts", "driver=ssh,filename=ssh://{h}{root}/disk.raw{no},user=x"),
+    ('json:{{"driver":"ssh","server":{{"host":"127.0.0.1","port":{port}.0}},"path":"{root}/disk.raw",'
+     '"host-key-check":{{"mode":"none"}}}}',),
+    ('json:{{"driver":"ssh","server":{{"host":"127.0.0.1","port":"{port}"}},"path":"{root}/disk.raw",'
+     '"host-key-check":{{"mode":"hash","type":"md5","hash":"{md5}"}}}}',),
+    ('json:{{"driver":"ssh","server":{{"host":"127.0.0.1","port":"{port}"}},"path":"{root}/disk.raw",'
+     '"host-key-check":{{"mode":7}}}}',),
+    ('json:{{"driver":"ssh","server":"127.0.0.1","path":"{root}/disk.raw"}}',),
+    ('json:{{"driver":"ssh","server":{{"host":"127.0.0.1","port":null}},"path":"{root}/disk.raw"}}',),
+    ('json:{{"driver":"ssh","server":{{"host":"127.0.0.1","port":"{port}"}},"path":"{root}/disk.raw",'
+     '"host-key-check":{{"mode":null}}}}',),
+    ('json:{{"driver":"ssh","server":{{"host":"127.0.0.1","port":"{port}"}},"path":"{root}/disk.raw",'
+     '"user":null,"host-key-check":{{"mode":"none"}}}}',),
+    ('json:{{"driver":"ssh","server":{{"host":"127.0.0.1","port":"{port}"}},"path":"{root}/disk.raw",'
+     '"host-key-check":{{"mode":"none"}},"bogus":{{"a":1}}}}',),
+    ('json:{{"driver":"ssh","host":"127.0.0.1","port":"{port}","path":"{root}/disk.raw","host_key_check":"no",'
+     '"server":{{"host":"x"}}}}',),
     # format given
     ("-f", "raw", "ssh://{h}{root}/disk.qcow2{no}"), ("-f", "qcow2", "ssh://{h}{root}/disk.raw{no}"),
     ("-f", "ssh", "ssh://{h}{root}/disk.raw{no}"), ("-f", "file", "ssh://{h}{root}/disk.raw{no}"),
