@@ -48,7 +48,8 @@ def unescape(text: str) -> str | None:
     return out.decode("utf-8", "surrogateescape")
 
 
-def _is_ip(text: str, family: int) -> bool:
+def is_ip(text: str, family: int) -> bool:
+    """Whether ``text`` is an address of ``family`` (AF_INET, AF_INET6) as inet_pton reads it."""
     try:
         socket.inet_pton(family, text)
     except (OSError, ValueError):
@@ -104,7 +105,7 @@ def parse(text: str) -> URI | None:
         port_text = after[1:] if after else None
         if glib:
             host = unescape(inner)
-            if host is None or not _is_ip(host.partition("%")[0], socket.AF_INET6):
+            if host is None or not is_ip(host.partition("%")[0], socket.AF_INET6):
                 return None  # GLib takes IPv6 addresses (and a zone) only
         else:
             host = "[" + inner + "]"
@@ -116,7 +117,7 @@ def parse(text: str) -> URI | None:
         host = unescape(host)
         if host is None:
             return None
-        if glib and escaped and (_is_ip(host, socket.AF_INET) or _is_ip(host, socket.AF_INET6)):
+        if glib and escaped and (is_ip(host, socket.AF_INET) or is_ip(host, socket.AF_INET6)):
             return None  # GLib: an IP address may not be percent-encoded
     port = 0
     if port_text is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 
-from qimg import api, compat
+from qimg import api, compat, uri
 from qimg.errors import QimgError
 from qimg.options import qobject_text
 
@@ -26,47 +26,19 @@ _URL_ERROR = "No valid URL specified"
 _SCHEMES = {"nbd": False, "nbd+tcp": False, "nbd+unix": True}
 
 
-#: the characters RFC 3986 allows in a URI (QEMU 7.2's parser refuses any other; GLib takes them)
-_URI_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;=%")
-
-
 def _unescape(text: str) -> str:
     """RFC 3986 percent-decoding; a broken escape makes the URL invalid (as QEMU's parser).
     An escaped NUL: GLib (10.0) refuses it, 7.2's C strings end there."""
     if "%" not in text:
         return text
-    out = _decode(text)
+    out = uri.unescape(text)
+    if out is None:
+        raise QimgError(_URL_ERROR)
     if "\0" in out:
         if compat.has("glib-uri"):
             raise QimgError(_URL_ERROR)
         out = out[:out.index("\0")]
     return out
-
-
-def _decode(text: str) -> str:
-    out = bytearray()
-    raw = text.encode("utf-8", "surrogateescape")
-    i = 0
-    while i < len(raw):
-        c = raw[i]
-        if c == 0x25:  # %
-            pair = raw[i + 1:i + 3]
-            if len(pair) != 2 or not all(ch in b"0123456789abcdefABCDEF" for ch in pair):
-                raise QimgError(_URL_ERROR)
-            out.append(int(pair, 16))
-            i += 3
-        else:
-            out.append(c)
-            i += 1
-    return out.decode("utf-8", "surrogateescape")
-
-
-def _is_ip(text: str, family: int) -> bool:
-    try:
-        socket.inet_pton(family, text)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def _uri_params(query: str) -> list[tuple[str, str]]:
@@ -115,7 +87,7 @@ def parse_url(name: str) -> dict[str, Any]:
         raise QimgError(_URL_ERROR)
     is_unix = _SCHEMES[scheme]
     glib = compat.has("glib-uri")
-    if not glib and not _URI_CHARS.issuperset(rest):
+    if not glib and not uri.URI_CHARS.issuperset(rest):
         raise QimgError(_URL_ERROR)
     rest, _, fragment = rest.partition("#")
     if not glib and ("#" in fragment or "[" in fragment or "]" in fragment):
@@ -138,7 +110,7 @@ def parse_url(name: str) -> dict[str, Any]:
         if after and not after.startswith(":"):
             raise QimgError(_URL_ERROR)
         port_text = after[1:] if after else None
-        if glib and not _is_ip(host.partition("%")[0], socket.AF_INET6):
+        if glib and not uri.is_ip(host.partition("%")[0], socket.AF_INET6):
             raise QimgError(_URL_ERROR)  # GLib takes IPv6 addresses (and a zone) only
     else:
         host, colon, port_text = authority.partition(":")
@@ -146,7 +118,7 @@ def parse_url(name: str) -> dict[str, Any]:
             port_text = None
         escaped = "%" in host
         host = _unescape(host)
-        if glib and escaped and (_is_ip(host, socket.AF_INET) or _is_ip(host, socket.AF_INET6)):
+        if glib and escaped and (uri.is_ip(host, socket.AF_INET) or uri.is_ip(host, socket.AF_INET6)):
             raise QimgError(_URL_ERROR)  # GLib: an IP address may not be percent-encoded
     port = None
     if port_text == "" and not glib:
